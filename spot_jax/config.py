@@ -1,0 +1,82 @@
+"""T5 architecture description shared by the model, the checkpoint readers and gin.
+
+One frozen dataclass so that a config can be a jit static argument and a dict key.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+FEED_FORWARDS = ("relu", "gated-gelu")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Shape and variant of a T5 encoder-decoder.
+
+  `feed_forward="relu"` with `tie_word_embeddings=True` is T5 1.0; `"gated-gelu"` with untied
+  `logits_dense` is T5 1.1, LM-adapted and mT5 (DESIGN.md §3).
+  """
+  vocab_size: int = 32128
+  d_model: int = 512
+  num_heads: int = 6
+  head_dim: int = 64
+  d_ff: int = 1024
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  feed_forward: str = "gated-gelu"
+  tie_word_embeddings: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  layer_norm_epsilon: float = 1e-6
+  dropout_rate: float = 0.1
+  dtype: str = "float32"  # activation dtype; parameters stay in their stored dtype
+
+  def __post_init__(self):
+    if self.feed_forward not in FEED_FORWARDS:
+      raise ValueError(f"feed_forward={self.feed_forward!r} is not supported; use one of {FEED_FORWARDS}")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"dtype={self.dtype!r} is not supported; use 'float32' or 'bfloat16'")
+    for name in ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff", "num_encoder_layers",
+                 "num_decoder_layers", "relative_attention_num_buckets"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+  @property
+  def gated(self) -> bool:
+    return self.feed_forward == "gated-gelu"
+
+  def replace(self, **overrides: Any) -> "T5Config":
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+    if unknown:
+      raise ValueError(f"unknown T5Config field(s) {sorted(unknown)}; valid fields: "
+                       f"{[f.name for f in dataclasses.fields(self)]}")
+    return dataclasses.replace(self, **overrides)
+
+
+def _v11(**kw) -> T5Config:
+  return T5Config(feed_forward="gated-gelu", tie_word_embeddings=False, **kw)
+
+
+# T5 1.1 / LM-adapted sizes (DESIGN.md §3); `tiny` is for tests and the offline demo.
+SIZES = {
+    "tiny": _v11(vocab_size=32128, d_model=64, num_heads=4, head_dim=16, d_ff=128,
+                 num_encoder_layers=2, num_decoder_layers=2),
+    "small": _v11(d_model=512, num_heads=6, head_dim=64, d_ff=1024, num_encoder_layers=8,
+                  num_decoder_layers=8),
+    "base": _v11(d_model=768, num_heads=12, head_dim=64, d_ff=2048, num_encoder_layers=12,
+                 num_decoder_layers=12),
+    "large": _v11(d_model=1024, num_heads=16, head_dim=64, d_ff=2816, num_encoder_layers=24,
+                  num_decoder_layers=24),
+    "xl": _v11(d_model=2048, num_heads=32, head_dim=64, d_ff=5120, num_encoder_layers=24,
+               num_decoder_layers=24),
+    "xxl": _v11(d_model=4096, num_heads=64, head_dim=64, d_ff=10240, num_encoder_layers=24,
+                num_decoder_layers=24),
+}
+
+
+def size_config(name: str, **overrides: Any) -> T5Config:
+  """The T5 1.1 config of a named size, with field overrides (e.g. `vocab_size=250112` for mT5)."""
+  if name not in SIZES:
+    raise ValueError(f"unknown T5 size {name!r}; known sizes: {sorted(SIZES)}")
+  return SIZES[name].replace(**overrides) if overrides else SIZES[name]

@@ -1,0 +1,359 @@
+"""Flax T5 encoder-decoder whose parameter tree mirrors T5X names.
+
+The soft prompt is an *input* of the model, not one of its parameters: a training step differentiates
+the prompt argument while the frozen parameters are a separate pytree that is never updated. Every
+parameter carries logical axis names so the trainer can shard it with logical-axis rules.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spot_jax.config import T5Config
+
+NEG_INF = -1e10  # additive mask value used by T5X (finite, so a fully masked row stays finite)
+
+
+def activation_dtype(config: T5Config):
+  return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
+def _fan_in_normal(scale=1.0, distribution="normal"):
+  return nn.initializers.variance_scaling(scale, "fan_in", distribution)
+
+
+def _param(module: nn.Module, name: str, init, shape, axes):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+class Dense(nn.Module):
+  """A bias-free projection with a 2-D kernel `[in, out]` as stored by T5X."""
+  features: int
+  axes: tuple
+  dtype: jnp.dtype
+  kernel_init: nn.initializers.Initializer = _fan_in_normal(1.0, "truncated_normal")
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features), self.axes)
+    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction, statistics in float32."""
+  epsilon: float
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x):
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def relative_position_buckets(q_len: int, k_len: int, bidirectional: bool, num_buckets: int,
+                              max_distance: int, q_offset: int = 0) -> np.ndarray:
+  """Bucket index `[q_len, k_len]` of each (query, key) pair, as Mesh TensorFlow / HF T5 compute it.
+
+  Computed with numpy at trace time: positions are static, so the table is a constant of the program.
+  """
+  context = np.arange(q_offset, q_offset + q_len, dtype=np.int64)[:, None]
+  memory = np.arange(k_len, dtype=np.int64)[None, :]
+  relative = memory - context
+  buckets = np.zeros_like(relative)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative > 0).astype(np.int64) * num_buckets
+    n = np.abs(relative)
+  else:
+    n = -np.minimum(relative, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  with np.errstate(divide="ignore"):
+    scaled = (np.log(n.astype(np.float32) / np.float32(max_exact)) /
+              np.float32(np.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact))
+  large = max_exact + np.where(is_small, 0, scaled).astype(np.int64)
+  large = np.minimum(large, num_buckets - 1)
+  buckets += np.where(is_small, n, large)
+  return buckets.astype(np.int32)
+
+
+class RelativePositionBias(nn.Module):
+  """One `[heads, buckets]` table per stack, shared by all its layers (T5X `relpos_bias`)."""
+  config: T5Config
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, q_len: int, k_len: int, q_position=None):
+    cfg = self.config
+    table = _param(self, "rel_embedding", nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                   (cfg.num_heads, cfg.relative_attention_num_buckets), ("heads", "relpos_buckets"))
+    if q_position is None:
+      buckets = relative_position_buckets(q_len, k_len, self.bidirectional,
+                                          cfg.relative_attention_num_buckets,
+                                          cfg.relative_attention_max_distance)
+      return jnp.take(table, jnp.asarray(buckets), axis=1)[None]  # [1, H, q, k]
+    # Incremental decoding: one query row at a dynamic position.
+    full = relative_position_buckets(k_len, k_len, self.bidirectional,
+                                     cfg.relative_attention_num_buckets,
+                                     cfg.relative_attention_max_distance)
+    row = jax.lax.dynamic_slice_in_dim(jnp.asarray(full), q_position, 1, axis=0)
+    return jnp.take(table, row, axis=1)[None]  # [1, H, 1, k]
+
+
+class Attention(nn.Module):
+  """Multi-head dot-product attention without the 1/sqrt(head_dim) factor (folded into `query`)."""
+  config: T5Config
+  cached_kv: str = ""  # "self": append to a KV cache; "cross": project the memory once and keep it
+
+  @nn.compact
+  def __call__(self, x, memory, bias, enable_dropout: bool, decode: bool = False):
+    cfg = self.config
+    dtype = activation_dtype(cfg)
+    inner = cfg.num_heads * cfg.head_dim
+    depth_scaling = float(np.sqrt(cfg.head_dim))
+
+    def query_init(key, shape, dtype=jnp.float32):
+      return _fan_in_normal()(key, shape, dtype) / depth_scaling
+
+    proj = functools.partial(Dense, features=inner, axes=("embed", "joined_kv"), dtype=dtype,
+                             kernel_init=_fan_in_normal())
+    split = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.head_dim))
+    q = split(proj(name="query", kernel_init=query_init)(x))
+
+    if decode and self.cached_kv == "cross" and self.has_variable("cache", "cross_key"):
+      k = self.get_variable("cache", "cross_key")
+      v = self.get_variable("cache", "cross_value")
+    else:
+      k = split(proj(name="key")(memory))
+      v = split(proj(name="value")(memory))
+      if decode and self.cached_kv == "cross":
+        self.put_variable("cache", "cross_key", k)
+        self.put_variable("cache", "cross_value", v)
+
+    if decode and self.cached_kv == "self":
+      initialized = self.has_variable("cache", "cached_key")
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+      if initialized:
+        i = index.value
+        k = jax.lax.dynamic_update_slice(cached_key.value, k, (0, i, 0, 0))
+        v = jax.lax.dynamic_update_slice(cached_value.value, v, (0, i, 0, 0))
+        cached_key.value, cached_value.value = k, v
+        index.value = i + x.shape[1]
+
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
+    weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=not enable_dropout)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape[:2] + (inner,))
+    return Dense(cfg.d_model, ("joined_kv", "embed"), dtype, _fan_in_normal(), name="out")(out)
+
+
+class MLP(nn.Module):
+  """ReLU (`wi`, T5 1.0) or gated-GELU (`wi_0`, `wi_1`, T5 1.1) feed-forward block."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, enable_dropout: bool):
+    cfg = self.config
+    dtype = activation_dtype(cfg)
+    dense = functools.partial(Dense, axes=("embed", "mlp"), dtype=dtype)
+    if cfg.gated:
+      pre = dense(cfg.d_ff, name="wi_0")(x)
+      h = jax.nn.gelu(pre, approximate=True) * dense(cfg.d_ff, name="wi_1")(x)
+    else:
+      pre = dense(cfg.d_ff, name="wi")(x)
+      h = jax.nn.relu(pre)
+    # Stored only when the caller makes "intermediates" mutable (SPoT's ON similarity).
+    self.sow("intermediates", "ffn_preact", pre)
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not enable_dropout)
+    return Dense(cfg.d_model, ("mlp", "embed"), dtype, name="wo")(h)
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, bias, enable_dropout: bool):
+    cfg = self.config
+    dtype = activation_dtype(cfg)
+    drop = lambda t: nn.Dropout(cfg.dropout_rate)(t, deterministic=not enable_dropout)
+    h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
+    x = x + drop(Attention(cfg, name="attention")(h, h, bias, enable_dropout))
+    h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
+    return x + drop(MLP(cfg, name="mlp")(h, enable_dropout))
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, y, encoded, self_bias, cross_bias, enable_dropout: bool, decode: bool):
+    cfg = self.config
+    dtype = activation_dtype(cfg)
+    drop = lambda t: nn.Dropout(cfg.dropout_rate)(t, deterministic=not enable_dropout)
+    h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(y)
+    y = y + drop(Attention(cfg, "self", name="self_attention")(h, h, self_bias, enable_dropout, decode))
+    h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(y)
+    y = y + drop(Attention(cfg, "cross", name="encoder_decoder_attention")(
+        h, encoded, cross_bias, enable_dropout, decode))
+    h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(y)
+    return y + drop(MLP(cfg, name="mlp")(h, enable_dropout))
+
+
+def encoder_mask(encoder_input_tokens, prompt_length: int):
+  """`[B, P+L]` validity of encoder positions: prompt rows always, tokens where the id is not 0."""
+  valid = encoder_input_tokens > 0
+  if prompt_length:
+    valid = jnp.concatenate(
+        [jnp.ones(valid.shape[:1] + (prompt_length,), dtype=bool), valid], axis=1)
+  return valid
+
+
+def _key_bias(valid):
+  """Additive `[B, 1, 1, K]` bias masking invalid keys (queries are never masked, as in HF)."""
+  return jnp.where(valid, 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :]
+
+
+class Encoder(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, embedded, valid, enable_dropout: bool):
+    cfg = self.config
+    x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=not enable_dropout)
+    length = x.shape[1]
+    bias = RelativePositionBias(cfg, True, name="relpos_bias")(length, length) + _key_bias(valid)
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, enable_dropout)
+    x = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="encoder_norm")(x)
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
+
+
+class Decoder(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, embedded, encoded, encoder_valid, enable_dropout: bool, decode: bool):
+    cfg = self.config
+    y = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=not enable_dropout)
+    relpos = RelativePositionBias(cfg, False, name="relpos_bias")
+    if decode and self.has_variable("cache", "position"):
+      # One step of incremental decoding against a cache of `max_length` positions.
+      position = self.get_variable("cache", "position")
+      max_length = self.get_variable("cache", "max_length_marker").shape[0]
+      causal = jnp.arange(max_length) <= position
+      self_bias = relpos(1, max_length, q_position=position) + jnp.where(
+          causal, 0.0, NEG_INF)[None, None, None, :]
+      self.put_variable("cache", "position", position + 1)
+    else:
+      length = y.shape[1]
+      causal = np.tril(np.ones((length, length), dtype=bool))
+      self_bias = relpos(length, length) + jnp.where(causal, 0.0, NEG_INF)[None, None]
+      if decode:  # cache-creating pass: remember the maximum length and start at position 0
+        self.put_variable("cache", "position", jnp.array(0, jnp.int32))
+        self.put_variable("cache", "max_length_marker", jnp.zeros((length,), jnp.int8))
+    cross_bias = _key_bias(encoder_valid)
+    for i in range(cfg.num_decoder_layers):
+      y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, enable_dropout,
+                                                decode)
+    y = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="decoder_norm")(y)
+    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=not enable_dropout)
+    if cfg.tie_word_embeddings:
+      return y  # the caller projects with the shared embedding
+    return Dense(cfg.vocab_size, ("embed", "vocab"), activation_dtype(cfg), name="logits_dense")(y)
+
+
+class T5(nn.Module):
+  """T5 encoder-decoder; `prompt` (`[P, d]` or `[B, P, d]`) is prepended to the encoder input."""
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = nn.Embed(
+        cfg.vocab_size, cfg.d_model, dtype=activation_dtype(cfg), param_dtype=jnp.float32,
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")))
+    self.encoder = Encoder(cfg)
+    self.decoder = Decoder(cfg)
+
+  def _embed_with_prompt(self, tokens, prompt):
+    x = self.token_embedder(tokens)
+    if prompt is None:
+      return x
+    prompt = jnp.asarray(prompt).astype(x.dtype)
+    if prompt.ndim == 2:
+      prompt = jnp.broadcast_to(prompt[None], (x.shape[0],) + prompt.shape)
+    if prompt.ndim != 3 or prompt.shape[0] != x.shape[0] or prompt.shape[2] != x.shape[2]:
+      raise ValueError(f"prompt has shape {prompt.shape}; expected [P, {x.shape[2]}] or "
+                       f"[{x.shape[0]}, P, {x.shape[2]}] (d_model={x.shape[2]}, batch={x.shape[0]})")
+    return jnp.concatenate([prompt, x], axis=1)
+
+  def encode(self, encoder_input_tokens, prompt=None, enable_dropout: bool = False):
+    """Encoder output `[B, P+L, d]` (prompt positions first)."""
+    prompt_length = 0 if prompt is None else prompt.shape[-2]
+    embedded = self._embed_with_prompt(encoder_input_tokens, prompt)
+    return self.encoder(embedded, encoder_mask(encoder_input_tokens, prompt_length), enable_dropout)
+
+  def decode(self, encoded, encoder_valid, decoder_input_tokens, enable_dropout: bool = False,
+             decode: bool = False):
+    """Logits `[B, T, V]` in float32 given the encoder output and its `[B, P+L]` validity."""
+    y = self.decoder(self.token_embedder(decoder_input_tokens), encoded, encoder_valid,
+                     enable_dropout, decode)
+    if self.config.tie_word_embeddings:
+      y = y * (self.config.d_model ** -0.5)
+      logits = self.token_embedder.attend(y)
+    else:
+      logits = y
+    return logits.astype(jnp.float32)
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, prompt=None,
+               enable_dropout: bool = False):
+    prompt_length = 0 if prompt is None else prompt.shape[-2]
+    encoded = self.encode(encoder_input_tokens, prompt, enable_dropout)
+    valid = encoder_mask(encoder_input_tokens, prompt_length)
+    return self.decode(encoded, valid, decoder_input_tokens, enable_dropout)
+
+
+def _dummy_inputs():
+  return jnp.ones((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32)
+
+
+def init_params(config: T5Config, rng) -> dict:
+  """A fresh T5X-style initialization (plain arrays, no partitioning boxes)."""
+  enc, dec = _dummy_inputs()
+  boxed = T5(config).init(rng, enc, dec)["params"]
+  return jax.device_get(nn.unbox(boxed))
+
+
+def param_logical_axes(config: T5Config) -> dict:
+  """The tree of logical axis names (`PartitionSpec`s) of every parameter, without allocating it."""
+  enc, dec = _dummy_inputs()
+  abstract = jax.eval_shape(lambda: T5(config).init(jax.random.PRNGKey(0), enc, dec)["params"])
+  return nn.get_partition_spec(abstract)
+
+
+def param_shapes(config: T5Config) -> dict:
+  enc, dec = _dummy_inputs()
+  abstract = jax.eval_shape(lambda: T5(config).init(jax.random.PRNGKey(0), enc, dec)["params"])
+  return jax.tree.map(lambda x: tuple(x.shape), nn.unbox(abstract))
+
+
+def ffn_preactivations(config: T5Config, params, input_ids, prompt) -> np.ndarray:
+  """Encoder FFN first-layer pre-activations `[layers, B, P+L, d_ff]` driven by `prompt`.
+
+  SPoT's ON similarity binarizes these (> 0) to compare which neurons two prompts activate.
+  """
+  model = T5(config.replace(dropout_rate=0.0))
+  _, state = model.apply({"params": params}, jnp.asarray(input_ids), prompt=jnp.asarray(prompt),
+                         method=T5.encode, mutable=["intermediates"])
+  layers = state["intermediates"]["encoder"]
+  acts = [layers[f"layers_{i}"]["mlp"]["ffn_preact"][0] for i in range(config.num_encoder_layers)]
+  return np.asarray(jnp.stack(acts).astype(jnp.float32))
