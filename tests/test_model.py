@@ -1,0 +1,136 @@
+"""The Flax T5: masks, prompt handling, incremental decoding, parameter names and axes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spot_jax import model as M
+from spot_jax.config import size_config
+
+CFG = size_config("tiny", vocab_size=96, dropout_rate=0.0, relative_attention_num_buckets=8,
+                  relative_attention_max_distance=16)
+V10 = CFG.replace(feed_forward="relu", tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="module", params=[CFG, V10], ids=["t5_1_1", "t5_1_0"])
+def model_and_params(request):
+  cfg = request.param
+  return cfg, M.T5(cfg), M.init_params(cfg, jax.random.PRNGKey(0))
+
+
+ENC = np.array([[5, 6, 7, 8, 0, 0], [9, 10, 0, 0, 0, 0]], np.int32)
+DEC = np.array([[0, 3, 4, 5], [0, 6, 7, 0]], np.int32)
+
+
+def test_parameter_names_follow_t5x():
+  p = M.init_params(CFG, jax.random.PRNGKey(0))
+  assert p["token_embedder"]["embedding"].shape == (96, 64)
+  enc0 = p["encoder"]["layers_0"]
+  assert set(enc0) == {"attention", "mlp", "pre_attention_layer_norm", "pre_mlp_layer_norm"}
+  assert set(enc0["mlp"]) == {"wi_0", "wi_1", "wo"}
+  assert enc0["attention"]["query"]["kernel"].shape == (64, 64)
+  dec0 = p["decoder"]["layers_1"]
+  assert set(dec0) == {"self_attention", "encoder_decoder_attention", "mlp", "pre_self_attention_layer_norm",
+                       "pre_cross_attention_layer_norm", "pre_mlp_layer_norm"}
+  assert p["encoder"]["relpos_bias"]["rel_embedding"].shape == (4, 8)
+  assert p["decoder"]["logits_dense"]["kernel"].shape == (64, 96)
+  p10 = M.init_params(V10, jax.random.PRNGKey(0))
+  assert set(p10["encoder"]["layers_0"]["mlp"]) == {"wi", "wo"}
+  assert "logits_dense" not in p10["decoder"]
+
+
+def test_every_parameter_has_logical_axes():
+  axes = M.param_logical_axes(CFG)
+  shapes = M.param_shapes(CFG)
+  flat_axes = jax.tree_util.tree_leaves_with_path(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  flat_shapes = dict(jax.tree_util.tree_leaves_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple)))
+  assert len(flat_axes) == len(flat_shapes)
+  for path, spec in flat_axes:
+    assert len(spec) == len(flat_shapes[path]) and all(isinstance(a, str) for a in spec), path
+  assert axes["token_embedder"]["embedding"] == jax.sharding.PartitionSpec("vocab", "embed")
+  assert axes["encoder"]["layers_0"]["mlp"]["wo"]["kernel"] == jax.sharding.PartitionSpec("mlp", "embed")
+
+
+def test_query_kernel_init_is_scaled_by_head_dim():
+  p = M.init_params(CFG.replace(d_model=256, head_dim=64, num_heads=4), jax.random.PRNGKey(1))
+  att = p["encoder"]["layers_0"]["attention"]
+  ratio = np.std(att["key"]["kernel"]) / np.std(att["query"]["kernel"])
+  assert 7.0 < ratio < 9.0  # sqrt(64) = 8
+
+
+def test_padding_does_not_change_logits(model_and_params):
+  cfg, m, p = model_and_params
+  base = m.apply({"params": p}, ENC, DEC)
+  more_padding = np.concatenate([ENC, np.zeros((2, 5), np.int32)], axis=1)
+  np.testing.assert_allclose(m.apply({"params": p}, more_padding, DEC), base, atol=1e-5)
+  # Tokens after the padding boundary are ignored only if they are padding: a real token changes things.
+  changed = ENC.copy()
+  changed[1, 3] = 11
+  assert np.abs(m.apply({"params": p}, changed, DEC)[1] - base[1]).max() > 1e-4
+
+
+def test_prompt_changes_encoder_output_and_logits(model_and_params):
+  cfg, m, p = model_and_params
+  prompt = np.random.RandomState(0).uniform(-0.5, 0.5, (3, cfg.d_model)).astype(np.float32)
+  plain = m.apply({"params": p}, ENC, method=M.T5.encode)
+  prompted = m.apply({"params": p}, ENC, prompt=prompt, method=M.T5.encode)
+  assert prompted.shape == (2, 3 + ENC.shape[1], cfg.d_model)
+  assert np.abs(prompted[:, 3:] - plain).max() > 1e-3
+  batched = np.broadcast_to(prompt, (2,) + prompt.shape)
+  np.testing.assert_allclose(m.apply({"params": p}, ENC, DEC, prompt=batched),
+                             m.apply({"params": p}, ENC, DEC, prompt=prompt), atol=1e-6)
+
+
+def test_wrong_prompt_width_is_a_clear_error(model_and_params):
+  cfg, m, p = model_and_params
+  with pytest.raises(ValueError, match=r"prompt has shape .*expected \[P, 64\]"):
+    m.apply({"params": p}, ENC, DEC, prompt=np.zeros((3, 32), np.float32))
+
+
+def test_incremental_decoding_matches_full_forward(model_and_params):
+  cfg, m, p = model_and_params
+  prompt = np.random.RandomState(1).normal(size=(2, cfg.d_model)).astype(np.float32)
+  full = m.apply({"params": p}, ENC, DEC, prompt=prompt)
+  encoded = m.apply({"params": p}, ENC, prompt=prompt, method=M.T5.encode)
+  valid = M.encoder_mask(jnp.asarray(ENC), 2)
+  _, state = m.apply({"params": p}, encoded, valid, jnp.zeros_like(DEC), decode=True,
+                     method=M.T5.decode, mutable=["cache"])
+  cache, steps = state["cache"], []
+  for t in range(DEC.shape[1]):
+    logits, state = m.apply({"params": p, "cache": cache}, encoded, valid, DEC[:, t:t + 1], decode=True,
+                            method=M.T5.decode, mutable=["cache"])
+    cache = state["cache"]
+    steps.append(logits)
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_relative_position_buckets_match_t5_definition():
+  b = M.relative_position_buckets(1, 200, True, 32, 128)[0]
+  assert b[0] == 0 and b[1] == 16 + 1 and b[7] == 16 + 7  # exact region for keys to the right
+  assert b[8] == 16 + 8 and b[199] == 31  # log region, clipped at the last bucket
+  c = M.relative_position_buckets(200, 1, False, 32, 128)[:, 0]
+  assert c[0] == 0 and c[15] == 15 and c[16] == 16 and c[199] == 31
+
+
+def test_dropout_is_deterministic_only_when_disabled():
+  cfg = CFG.replace(dropout_rate=0.5)
+  m, p = M.T5(cfg), M.init_params(cfg, jax.random.PRNGKey(0))
+  a = m.apply({"params": p}, ENC, DEC)
+  np.testing.assert_array_equal(a, m.apply({"params": p}, ENC, DEC))
+  b = m.apply({"params": p}, ENC, DEC, enable_dropout=True, rngs={"dropout": jax.random.PRNGKey(3)})
+  assert np.abs(a - b).max() > 1e-3
+
+
+def test_bfloat16_activations_stay_close_to_float32():
+  m32, p = M.T5(CFG), M.init_params(CFG, jax.random.PRNGKey(0))
+  m16 = M.T5(CFG.replace(dtype="bfloat16"))
+  a, b = m32.apply({"params": p}, ENC, DEC), m16.apply({"params": p}, ENC, DEC)
+  assert b.dtype == jnp.float32
+  assert np.abs(a - b).max() < 0.1 * np.abs(a).max()
+
+
+def test_ffn_preactivations_shape():
+  p = M.init_params(CFG, jax.random.PRNGKey(0))
+  acts = M.ffn_preactivations(CFG, p, ENC[:1, :1], np.ones((3, 64), np.float32))
+  assert acts.shape == (2, 1, 4, 128)
+  assert (acts > 0).any() and (acts < 0).any()
