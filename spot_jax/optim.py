@@ -1,0 +1,48 @@
+"""The prompt's optimizer: Adafactor with the prompt-tuning defaults (DESIGN.md §5).
+
+Only the prompt is handed to the optimizer, so frozen parameters never get optimizer state.
+"""
+from __future__ import annotations
+
+import gin
+import jax.numpy as jnp
+import optax
+
+
+@gin.configurable
+def constant_schedule(learning_rate: float = 0.3):
+  return optax.constant_schedule(learning_rate)
+
+
+@gin.configurable
+def linear_warmup_rsqrt_decay(learning_rate: float = 0.3, warmup_steps: int = 1000):
+  """T5's `rsqrt` schedule: linear warm-up then `lr * sqrt(warmup / step)`."""
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32) + 1.0
+    return learning_rate * jnp.minimum(step / warmup_steps, jnp.sqrt(warmup_steps / step))
+  return schedule
+
+
+@gin.configurable
+def adafactor(learning_rate=None, decay_rate: float = 0.8, clipping_threshold: float = 1.0,
+              weight_decay: float = 1e-5, factored: bool = False, epsilon: float = 1e-30,
+              multiply_by_parameter_scale: bool = False) -> optax.GradientTransformation:
+  """Adafactor as T5X's prompt tuning runs it.
+
+  β2_t = 1 − t^−decay_rate, update clipping by block RMS, no parameter scaling, an unfactored second
+  moment (the prompt is small), and weight decay applied to the parameter directly (not scaled by
+  the learning rate, as T5X's Adafactor does).
+  """
+  schedule = learning_rate if learning_rate is not None else constant_schedule()
+  if isinstance(schedule, (int, float)):
+    schedule = optax.constant_schedule(float(schedule))
+  parts = [
+      optax.scale_by_factored_rms(factored=factored, decay_rate=decay_rate, epsilon=epsilon),
+      optax.clip_by_block_rms(clipping_threshold),
+  ]
+  if multiply_by_parameter_scale:
+    parts.append(optax.scale_by_param_block_rms())
+  parts.append(optax.scale_by_learning_rate(schedule))
+  if weight_decay:
+    parts.append(optax.add_decayed_weights(-weight_decay))
+  return optax.chain(*parts)

@@ -1,0 +1,134 @@
+"""Where the soft prompt is created: the initializers of DESIGN.md §5, selectable from gin.
+
+An initializer is a callable `(rng, prompt_length, d_model, embedding) -> np.ndarray [P, d] float32`,
+where `embedding` is the frozen model's `[vocab, d]` token embedding (numpy). Vocabulary-dependent
+initializers take the seqio vocabulary when they are configured, so this module knows no task.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import gin
+import numpy as np
+
+PromptInit = Callable[[np.random.Generator, int, int, np.ndarray], np.ndarray]
+
+
+def _rng(seed_or_rng) -> np.random.Generator:
+  return seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
+
+
+@gin.configurable
+def random_uniform(scale: float = 0.5) -> PromptInit:
+  """Uniform in [-scale, scale] (prompt-tuning's default)."""
+  def init(rng, prompt_length, d_model, embedding=None):
+    return _rng(rng).uniform(-scale, scale, (prompt_length, d_model)).astype(np.float32)
+  return init
+
+
+@gin.configurable
+def sampled_vocab(population_size: int = 5000) -> PromptInit:
+  """Rows of the embedding table drawn (without replacement when possible) from the first ids."""
+  def init(rng, prompt_length, d_model, embedding):
+    _require_embedding(embedding, d_model, "sampled_vocab")
+    population = min(population_size, embedding.shape[0])
+    ids = _rng(rng).choice(population, prompt_length, replace=prompt_length > population)
+    return np.asarray(embedding[ids], np.float32)
+  return init
+
+
+def _require_embedding(embedding, d_model, name):
+  if embedding is None:
+    raise ValueError(f"the {name} prompt initializer needs the frozen model's token embedding")
+  if embedding.shape[1] != d_model:
+    raise ValueError(f"embedding width {embedding.shape[1]} != d_model {d_model}")
+
+
+def _token_ids(vocabulary, text: str) -> list:
+  ids = [int(i) for i in vocabulary.encode(text)]
+  if not ids:
+    raise ValueError(f"{text!r} encodes to no tokens with {vocabulary}")
+  return ids
+
+
+@gin.configurable
+def class_labels(vocabulary=gin.REQUIRED, labels: Sequence[str] = gin.REQUIRED,
+                 fallback: Optional[PromptInit] = None) -> PromptInit:
+  """Each label's sub-token embeddings averaged into one row; the remaining rows from `fallback`."""
+  fallback = fallback or sampled_vocab()
+
+  def init(rng, prompt_length, d_model, embedding):
+    _require_embedding(embedding, d_model, "class_labels")
+    if len(labels) > prompt_length:
+      raise ValueError(f"{len(labels)} class labels do not fit a prompt of length {prompt_length}")
+    rows = [np.asarray(embedding[_token_ids(vocabulary, l)], np.float32).mean(0) for l in labels]
+    rest = fallback(rng, prompt_length - len(rows), d_model, embedding)
+    return np.concatenate([np.stack(rows), rest], axis=0).astype(np.float32)
+  return init
+
+
+@gin.configurable
+def from_string(vocabulary=gin.REQUIRED, text: str = gin.REQUIRED,
+                fallback: Optional[PromptInit] = None) -> PromptInit:
+  """The embeddings of a string's tokens in the first rows; the rest from `fallback`."""
+  fallback = fallback or sampled_vocab()
+
+  def init(rng, prompt_length, d_model, embedding):
+    _require_embedding(embedding, d_model, "from_string")
+    ids = _token_ids(vocabulary, text)
+    if len(ids) > prompt_length:
+      raise ValueError(f"the init string has {len(ids)} tokens, more than the prompt length "
+                       f"{prompt_length}; shorten it or raise PROMPT_LENGTH")
+    rest = fallback(rng, prompt_length - len(ids), d_model, embedding)
+    return np.concatenate([np.asarray(embedding[ids], np.float32), rest], axis=0)
+  return init
+
+
+@gin.configurable
+def from_file(path: str = gin.REQUIRED) -> PromptInit:
+  """A prompt saved earlier (SPoT transfer): `.npy`, a T5X-prompt-tuning export, PEFT or MODEL_DIR."""
+  def init(rng, prompt_length, d_model, embedding=None):
+    from spot_jax import prompt_io
+    prompt = prompt_io.load_prompt(path)
+    _check_shape(prompt, prompt_length, d_model, path)
+    return prompt
+  return init
+
+
+@gin.configurable
+def from_files_weighted(paths: Sequence[str] = gin.REQUIRED,
+                        weights: Optional[Sequence[float]] = None) -> PromptInit:
+  """Σ w_k p_k over several saved prompts (SPoT's top-k weighted average); weights are normalized."""
+  if weights is not None and len(weights) != len(paths):
+    raise ValueError(f"{len(paths)} prompt files but {len(weights)} weights")
+
+  def init(rng, prompt_length, d_model, embedding=None):
+    from spot_jax import prompt_io
+    w = np.ones(len(paths)) if weights is None else np.asarray(weights, np.float64)
+    if w.sum() <= 0:
+      raise ValueError(f"prompt weights must sum to a positive number, got {list(w)}")
+    w = w / w.sum()
+    total = np.zeros((prompt_length, d_model), np.float64)
+    for p, wk in zip(paths, w):
+      prompt = prompt_io.load_prompt(p)
+      _check_shape(prompt, prompt_length, d_model, p)
+      total += wk * prompt
+    return total.astype(np.float32)
+  return init
+
+
+def _check_shape(prompt, prompt_length, d_model, source):
+  if prompt.shape != (prompt_length, d_model):
+    raise ValueError(f"prompt from {source} has shape {tuple(prompt.shape)} but this run expects "
+                     f"[PROMPT_LENGTH={prompt_length}, d_model={d_model}]; set PROMPT_LENGTH to "
+                     f"{prompt.shape[0]} or use a prompt trained for this model")
+
+
+def make_prompt(init: PromptInit, seed, prompt_length: int, d_model: int,
+                embedding: Optional[np.ndarray] = None) -> np.ndarray:
+  """Run an initializer and check what it returns."""
+  prompt = np.asarray(init(_rng(seed), prompt_length, d_model, embedding), np.float32)
+  _check_shape(prompt, prompt_length, d_model, "the prompt initializer")
+  if not np.isfinite(prompt).all():
+    raise ValueError("the prompt initializer produced NaN or inf values")
+  return prompt

@@ -1,0 +1,106 @@
+"""Where the prompt is trained: the jitted step that differentiates the prompt alone.
+
+The frozen parameters are an argument of the step that is never differentiated, updated or copied
+into optimizer state, so XLA computes gradients through activations only (no weight gradients).
+The train state is a small pytree: step, prompt, optimizer state, and the first step whose loss was
+not finite (such an update is skipped, so a saved prompt is never poisoned; the host checks the flag
+at log and save points instead of syncing every step).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from spot_jax.config import T5Config
+from spot_jax.model import T5
+
+BATCH_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+              "decoder_loss_weights")
+
+
+class TrainState(NamedTuple):
+  step: jax.Array
+  prompt: jax.Array  # [P, d] float32
+  opt_state: Any
+  nonfinite_step: jax.Array  # -1 while every loss so far was finite
+
+
+def init_state(prompt, tx: optax.GradientTransformation) -> TrainState:
+  prompt = jnp.asarray(prompt, jnp.float32)
+  return TrainState(jnp.array(0, jnp.int32), prompt, tx.init(prompt), jnp.array(-1, jnp.int32))
+
+
+def cross_entropy(logits, targets, weights, z_loss: float = 1e-4):
+  """Token cross-entropy plus T5X's z-loss, summed over weighted tokens; returns (sum, count)."""
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  loss = log_z - target_logit + z_loss * jnp.square(log_z)
+  weights = weights.astype(jnp.float32)
+  return jnp.sum(loss * weights), jnp.sum(weights)
+
+
+def make_loss_fn(config: T5Config, enable_dropout: bool, z_loss: float = 1e-4) -> Callable:
+  model = T5(config)
+
+  def loss_fn(prompt, frozen, batch, rng):
+    logits = model.apply({"params": frozen}, batch["encoder_input_tokens"],
+                         batch["decoder_input_tokens"], prompt=prompt, enable_dropout=enable_dropout,
+                         rngs={"dropout": rng} if enable_dropout else {})
+    return cross_entropy(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss)
+  return loss_fn
+
+
+def make_train_step(config: T5Config, tx: optax.GradientTransformation, enable_dropout: bool = True,
+                    num_microbatches: int = 1, z_loss: float = 1e-4) -> Callable:
+  """`step(state, frozen, batch, rng) -> (state, metrics)`; pure, to be jitted by the caller.
+
+  The loss is the mean over real target tokens of the whole batch; with microbatches the summed
+  gradients are divided by the total token count, so the update equals the full-batch one.
+  """
+  loss_fn = make_loss_fn(config, enable_dropout, z_loss)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state: TrainState, frozen, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    if num_microbatches == 1:
+      (loss_sum, count), grad_sum = grad_fn(state.prompt, frozen, batch, rng)
+    else:
+      micro = jax.tree.map(
+          lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:]), batch)
+
+      def body(carry, xs):
+        mb, i = xs
+        (l, c), g = grad_fn(state.prompt, frozen, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (l, c, g)), None
+
+      zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros_like(state.prompt))
+      (loss_sum, count, grad_sum), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(num_microbatches)))
+    count = jnp.maximum(count, 1.0)
+    loss, grads = loss_sum / count, grad_sum / count
+    updates, opt_state = tx.update(grads, state.opt_state, state.prompt)
+    new_prompt = optax.apply_updates(state.prompt, updates)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(new_prompt))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    nonfinite = jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step)
+    new_state = TrainState(state.step + 1, keep(new_prompt, state.prompt),
+                           keep(opt_state, state.opt_state), nonfinite)
+    metrics = {"loss": loss, "target_tokens": count, "grad_norm": optax.global_norm(grads),
+               "prompt_norm": optax.global_norm(new_state.prompt)}
+    return new_state, metrics
+
+  return step
+
+
+def jit_train_step(step_fn, mesh, frozen_shardings, donate: bool = True):
+  """`jax.jit` over the mesh: prompt/opt state replicated, frozen by logical rules, batch over data."""
+  from spot_jax import partitioning
+  rep = partitioning.replicated(mesh)
+  batch = partitioning.batch_sharding(mesh)
+  return jax.jit(step_fn,
+                 in_shardings=(rep, frozen_shardings, batch, rep),
+                 out_shardings=(rep, rep),
+                 donate_argnums=(0,) if donate else ())
