@@ -1,0 +1,203 @@
+"""T5X native checkpoints: write/read round trip, the real T5X-written fixture, spec rewriting, errors."""
+import json
+import os
+
+import ml_dtypes
+import msgpack
+import numpy as np
+import pytest
+
+from spot_jax.checkpoints import (CheckpointError, absolute_spec, detect_format, read_params, read_t5x,
+                                  write_t5x)
+from spot_jax.checkpoints.infer_config import expected_shapes, flatten, unflatten
+from spot_jax.checkpoints.t5x import DUMMY_BUCKET, choose_chunk_shape, decode_msgpack
+from spot_jax.config import T5Config
+
+# `../shared/fixtures` beside the repository (CI has it); override with SPOT_JAX_T5X_FIXTURE.
+REAL = os.environ.get("SPOT_JAX_T5X_FIXTURE", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fixtures", "t5x_tiny_checkpoint",
+    "checkpoint_3"))
+
+TINY = T5Config(vocab_size=16, d_model=8, num_heads=2, head_dim=4, d_ff=12, num_encoder_layers=2,
+                num_decoder_layers=1, relative_attention_num_buckets=4)
+
+
+def _params(config=TINY, seed=0, bf16=("token_embedder/embedding",)):
+  rng = np.random.default_rng(seed)
+  flat = {name: rng.standard_normal(shape).astype(np.float32)
+          for name, shape in expected_shapes(config).items()}
+  for name in bf16:
+    flat[name] = flat[name].astype(ml_dtypes.bfloat16)
+  return unflatten(flat)
+
+
+def _assert_same(a, b):
+  fa, fb = flatten(a), flatten(b)
+  assert sorted(fa) == sorted(fb)
+  for k in fa:
+    assert fa[k].dtype == fb[k].dtype, k
+    np.testing.assert_array_equal(np.asarray(fa[k], np.float32), np.asarray(fb[k], np.float32), err_msg=k)
+
+
+def test_round_trip_is_exact_with_bf16_and_inline_arrays(tmp_path):
+  params = _params()
+  ckpt = write_t5x(params, str(tmp_path), step=42)
+  assert ckpt == os.path.join(str(tmp_path), "checkpoint_42")
+  files = sorted(os.listdir(ckpt))
+  assert "checkpoint" in files and not any(".tmp" in f for f in os.listdir(str(tmp_path)))
+  # 2-D kernels go to zarr (gzip level 1), layer-norm scales and relpos tables stay inline.
+  emb = os.path.join(ckpt, "target.token_embedder.embedding")
+  zarray = json.load(open(os.path.join(emb, ".zarray")))
+  assert zarray["dtype"] == "bfloat16" and zarray["compressor"] == {"id": "gzip", "level": 1}
+  assert "target.encoder.layers_0.attention.query.kernel" in files
+  assert not any("layer_norm" in f or "rel_embedding" in f for f in files)
+  raw = open(os.path.join(ckpt, "checkpoint"), "rb").read()
+  state = decode_msgpack(raw)
+  assert state["version"] == 3 and int(state["optimizer"]["state"]["step"]) == 42
+  target = state["optimizer"]["target"]
+  assert target["token_embedder"]["embedding"]["kvstore"] == {
+      "driver": "gfile", "path": "target.token_embedder.embedding"}
+  assert isinstance(target["encoder"]["encoder_norm"]["scale"], np.ndarray)
+  # Inline arrays are msgpack ExtType 1, as flax writes them.
+  seen = []
+  msgpack.unpackb(raw, ext_hook=lambda code, data: seen.append(code) or None, strict_map_key=False)
+  assert set(seen) == {1}
+  # flax (what T5X restores with) decodes it to the same tree.
+  serialization = pytest.importorskip("flax.serialization")
+  restored = serialization.msgpack_restore(raw)
+  assert restored["optimizer"]["state"]["step"].shape == () and int(restored["optimizer"]["state"]["step"]) == 42
+  np.testing.assert_array_equal(restored["optimizer"]["target"]["encoder"]["encoder_norm"]["scale"],
+                                flatten(params)["encoder/encoder_norm/scale"])
+
+  ckpt_dir, back = read_t5x(ckpt)
+  assert ckpt_dir == ckpt
+  _assert_same(params, back)
+  assert flatten(back)["token_embedder/embedding"].dtype == ml_dtypes.bfloat16
+
+
+def test_model_dir_reads_newest_step_and_infers_config(tmp_path):
+  write_t5x(_params(seed=1), str(tmp_path), step=2)
+  newest = _params(seed=2)
+  write_t5x(newest, str(tmp_path), step=10)
+  assert detect_format(str(tmp_path)) == "t5x"
+  config, params = read_params(str(tmp_path))
+  _assert_same(newest, params)
+  assert config == TINY.replace(dropout_rate=config.dropout_rate)
+  with pytest.raises(FileExistsError, match="overwrite=True"):
+    write_t5x(newest, str(tmp_path), step=10)
+
+
+def test_relu_tied_variant_is_inferred(tmp_path):
+  v10 = TINY.replace(feed_forward="relu", tie_word_embeddings=True)
+  write_t5x(_params(v10), str(tmp_path), step=1)
+  config, params = read_params(str(tmp_path))
+  assert config.feed_forward == "relu" and config.tie_word_embeddings
+  assert "logits_dense" not in params["decoder"] and "wi" in params["encoder"]["layers_0"]["mlp"]
+
+
+def test_dtype_cast_and_overrides(tmp_path):
+  write_t5x(_params(bf16=()), str(tmp_path), step=1)
+  config, params = read_params(str(tmp_path), dtype="bfloat16",
+                               overrides={"relative_attention_max_distance": 64, "dtype": "bfloat16"})
+  assert config.relative_attention_max_distance == 64 and config.dtype == "bfloat16"
+  assert all(v.dtype == ml_dtypes.bfloat16 for v in flatten(params).values())
+
+
+def test_given_config_must_agree(tmp_path):
+  write_t5x(_params(), str(tmp_path), step=1)
+  config, _ = read_params(str(tmp_path), config=TINY.replace(relative_attention_max_distance=32))
+  assert config.relative_attention_max_distance == 32  # non-shape fields come from the caller
+  with pytest.raises(CheckpointError) as e:
+    read_params(str(tmp_path), config=TINY.replace(d_ff=64, num_heads=4, head_dim=2))
+  msg = str(e.value)
+  assert "d_ff: config says 64, checkpoint has 12" in msg and "num_heads: config says 4" in msg
+  assert "head_dim: config says 2, checkpoint has 4" in msg and "d_model" not in msg
+
+
+def test_missing_array_is_named(tmp_path):
+  flat = flatten(_params())
+  del flat["encoder/layers_1/mlp/wo/kernel"]
+  write_t5x(unflatten(flat), str(tmp_path), step=1)
+  with pytest.raises(CheckpointError, match=r"missing array 'encoder/layers_1/mlp/wo/kernel'"):
+    read_params(str(tmp_path))
+
+
+def test_shape_contradicting_config_is_named(tmp_path):
+  flat = flatten(_params())
+  flat["decoder/layers_0/mlp/wi_1/kernel"] = np.zeros((8, 5), np.float32)
+  write_t5x(unflatten(flat), str(tmp_path), step=1)
+  with pytest.raises(CheckpointError, match=r"'decoder/layers_0/mlp/wi_1/kernel' has shape \(8, 5\).*"
+                                            r"expects \(8, 12\)"):
+    read_params(str(tmp_path))
+
+
+def test_corrupt_msgpack_and_missing_zarr(tmp_path):
+  ckpt = write_t5x(_params(), str(tmp_path / "a"), step=1)
+  os.rename(os.path.join(ckpt, "target.encoder.layers_0.mlp.wo.kernel"), os.path.join(ckpt, "moved"))
+  with pytest.raises(CheckpointError, match="encoder/layers_0/mlp/wo/kernel"):
+    read_t5x(ckpt)
+  bad = tmp_path / "b" / "checkpoint_1"
+  bad.mkdir(parents=True)
+  (bad / "checkpoint").write_bytes(b"\xc1\xc1 not msgpack")
+  with pytest.raises(CheckpointError, match="not a valid msgpack checkpoint file"):
+    read_params(str(bad))
+  (bad / "checkpoint").write_bytes(msgpack.packb({"params": {}}))
+  with pytest.raises(CheckpointError, match="no optimizer/target"):
+    read_params(str(bad))
+
+
+def test_path_of_neither_format(tmp_path):
+  (tmp_path / "notes.txt").write_text("hi")
+  with pytest.raises(CheckpointError, match="neither a T5X checkpoint .* nor a Hugging Face"):
+    read_params(str(tmp_path))
+  with pytest.raises(CheckpointError, match="does not exist"):
+    read_params(str(tmp_path / "nope"))
+
+
+def test_spec_rewrite_local_and_gcs():
+  stored = {"driver": "zarr", "kvstore": {"driver": "gfile", "path": "target.a.kernel"},
+            "metadata": {"shape": [2, 2]}}
+  local = absolute_spec(stored, "ckpts/checkpoint_3")
+  assert local["kvstore"] == {"driver": "file",
+                              "path": os.path.join(os.path.abspath("ckpts/checkpoint_3"), "target.a.kernel")}
+  assert stored["kvstore"]["driver"] == "gfile"  # input untouched
+  written_on_gcs = {"driver": "zarr", "kvstore": {"driver": "gcs", "bucket": DUMMY_BUCKET,
+                                                  "path": "target.a.kernel"}}
+  for spec in (stored, written_on_gcs):
+    got = absolute_spec(spec, "gs://t5-data/pretrained_models/t5x/small/checkpoint_1100000/")
+    assert got["kvstore"] == {"driver": "gcs", "bucket": "t5-data",
+                              "path": "pretrained_models/t5x/small/checkpoint_1100000/target.a.kernel"}
+  # tensorstore < 0.1.14 layout: `path` beside `kvstore`.
+  legacy = {"driver": "zarr", "kvstore": {"driver": "gcs", "bucket": DUMMY_BUCKET}, "path": "target.b"}
+  got = absolute_spec(legacy, "gs://bkt/run/checkpoint_1")
+  assert got["kvstore"] == {"driver": "gcs", "bucket": "bkt", "path": "run/checkpoint_1/target.b"}
+  assert "path" not in got
+  # A GCS-written checkpoint copied to local disk reads locally.
+  assert absolute_spec(written_on_gcs, "/data/ck")["kvstore"] == {"driver": "file",
+                                                                  "path": "/data/ck/target.a.kernel"}
+  with pytest.raises(CheckpointError, match="unsupported TensorStore kvstore driver 's3'"):
+    absolute_spec({"driver": "zarr", "kvstore": {"driver": "s3", "path": "x"}}, "/d")
+
+
+def test_chunk_shape_divides_and_fits():
+  assert choose_chunk_shape([8, 4], 1000) == [8, 4]
+  for shape, target in (([32128, 4], 16384), ([4, 32128], 4096), ([768, 2048], 100000)):
+    chunks = choose_chunk_shape(shape, target)
+    assert all(s % c == 0 for s, c in zip(shape, chunks)) and np.prod(chunks) <= target
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL), reason=f"T5X-written fixture not found at {REAL}")
+def test_real_t5x_checkpoint_loads_and_runs():
+  config, params = read_params(REAL)
+  assert (config.vocab_size, config.d_model, config.num_heads, config.head_dim, config.d_ff) == (
+      32128, 4, 2, 2, 8)
+  assert (config.num_encoder_layers, config.num_decoder_layers) == (2, 2)
+  assert config.feed_forward == "gated-gelu" and not config.tie_word_embeddings
+  assert config.relative_attention_num_buckets == 4 and config.relative_attention_max_distance == 128
+  flat = flatten(params)
+  assert set(flat) == set(expected_shapes(config))  # optimizer state is not read
+  assert all(v.dtype == np.float32 for v in flat.values())
+  jnp = pytest.importorskip("jax.numpy")
+  from spot_jax.model import T5
+  logits = T5(config).apply({"params": params}, jnp.asarray([[5, 6, 7, 1, 0]]), jnp.asarray([[0, 5, 6]]))
+  assert logits.shape == (1, 3, 32128) and bool(jnp.all(jnp.isfinite(logits)))
