@@ -1,0 +1,515 @@
+"""Reading and writing soft prompts in every format users already have (DESIGN.md §6).
+
+Formats read by `load_prompt` (auto-detected):
+  * a `.npy` file (any file in numpy's `.npy` format, whatever its suffix);
+  * the T5X prompt-tuning numpy export: a file named `encoder.prompt.prompt.prompt` written with
+    `np.save` to a file handle (so no `.npy` suffix), its `checkpoint_<step>` directory, or a
+    `numpy_checkpoints` directory (newest step);
+  * a PEFT prompt-tuning adapter directory (`adapter_config.json` + `adapter_model.safetensors` holding
+    `prompt_embeddings`), or the `.safetensors` file itself;
+  * a training `MODEL_DIR` (its `numpy_checkpoints/best` export if present, else the newest step).
+
+Layout of a training MODEL_DIR's exports (the trainer writes them through `export_numpy_checkpoint`):
+  MODEL_DIR/numpy_checkpoints/checkpoint_<step>/{encoder.prompt.prompt.prompt, prompt.npy, export.json}
+  MODEL_DIR/numpy_checkpoints/best/...            best-on-validation export
+  MODEL_DIR/numpy_checkpoints/task_embedding/...  early export used as the SPoT task embedding
+
+Every write is atomic: files go to a temporary name and are renamed into place, so a crash leaves either
+the old export or the new one, never a partial one. `gs://` paths go through `tf.io.gfile` (TensorFlow
+is imported only then).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+
+NUMPY_CHECKPOINTS_DIR = "numpy_checkpoints"
+T5X_PROMPT_FILENAME = "encoder.prompt.prompt.prompt"
+PROMPT_NPY = "prompt.npy"
+EXPORT_INFO = "export.json"  # {"step": int, "shape": [P, d], "metrics": {...}, "created": float}
+BEST_EXPORT = "best"
+TASK_EMBEDDING_EXPORT = "task_embedding"
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_TENSOR = "prompt_embeddings"
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
+_NPY_MAGIC = b"\x93NUMPY"
+
+ACCEPTED_FORMATS = (
+    "a .npy file; a T5X prompt-tuning numpy export file (encoder.prompt.prompt.prompt), its "
+    "checkpoint_<step> directory or a numpy_checkpoints directory; a PEFT adapter directory "
+    "(adapter_config.json + adapter_model.safetensors) or its .safetensors file; a training MODEL_DIR "
+    "containing numpy_checkpoints/")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layout of MODEL_DIR exports (shared with the trainer).
+
+def numpy_checkpoints_dir(model_dir: str) -> str:
+  return _join(model_dir, NUMPY_CHECKPOINTS_DIR)
+
+
+def checkpoint_export_dir(model_dir: str, step: int) -> str:
+  return _join(model_dir, NUMPY_CHECKPOINTS_DIR, f"checkpoint_{int(step)}")
+
+
+def best_export_dir(model_dir: str) -> str:
+  return _join(model_dir, NUMPY_CHECKPOINTS_DIR, BEST_EXPORT)
+
+
+def task_embedding_export_dir(model_dir: str) -> str:
+  return _join(model_dir, NUMPY_CHECKPOINTS_DIR, TASK_EMBEDDING_EXPORT)
+
+
+@dataclasses.dataclass
+class ModelDirExports:
+  """What a MODEL_DIR holds: `checkpoints` is [(step, dir)] sorted by step; others are dirs or None."""
+  checkpoints: list
+  best: Optional[str]
+  task_embedding: Optional[str]
+
+  @property
+  def latest(self) -> Optional[str]:
+    return self.checkpoints[-1][1] if self.checkpoints else None
+
+
+def list_numpy_checkpoints(numpy_dir: str) -> list:
+  """[(step, dir)] of the complete `checkpoint_<step>` exports in `numpy_dir`, oldest first.
+
+  Temporary (`.tmp-*`) and backup directories left by an interrupted write are ignored.
+  """
+  if not _isdir(numpy_dir):
+    return []
+  out = []
+  for name in _listdir(numpy_dir):
+    m = _CHECKPOINT_RE.match(name.rstrip("/"))
+    if m and _export_file(_join(numpy_dir, name.rstrip("/"))):
+      out.append((int(m.group(1)), _join(numpy_dir, name.rstrip("/"))))
+  return sorted(out)
+
+
+def find_exports(model_dir: str) -> ModelDirExports:
+  """The numpy exports of a training MODEL_DIR (or of its numpy_checkpoints directory)."""
+  numpy_dir = model_dir if _basename(model_dir) == NUMPY_CHECKPOINTS_DIR else numpy_checkpoints_dir(
+      model_dir)
+  best = _join(numpy_dir, BEST_EXPORT)
+  emb = _join(numpy_dir, TASK_EMBEDDING_EXPORT)
+  return ModelDirExports(
+      checkpoints=list_numpy_checkpoints(numpy_dir),
+      best=best if _isdir(best) and _export_file(best) else None,
+      task_embedding=emb if _isdir(emb) and _export_file(emb) else None)
+
+
+def read_export_info(export_dir: str) -> dict:
+  """The `export.json` beside an export (step, metrics), or {} when absent or unreadable."""
+  path = _join(export_dir, EXPORT_INFO)
+  if not _exists(path):
+    m = _CHECKPOINT_RE.match(_basename(export_dir))
+    return {"step": int(m.group(1))} if m else {}
+  try:
+    with _open(path, "r") as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    warnings.warn(f"ignoring unreadable {path}: {e}")
+    return {}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation.
+
+def validate_prompt(prompt: Any, source: str = "prompt") -> np.ndarray:
+  """Returns `prompt` as a float32 [P, d] array; raises ValueError naming `source` otherwise."""
+  arr = np.asarray(prompt)
+  if arr.dtype.kind == "V" and arr.dtype.itemsize == 2:  # bfloat16 saved without ml_dtypes registered
+    import ml_dtypes  # pylint: disable=g-import-not-at-top
+    arr = arr.view(ml_dtypes.bfloat16)
+  if arr.dtype.kind not in "fiu" and arr.dtype.name != "bfloat16":
+    raise ValueError(f"{source}: a prompt must hold numbers, got dtype {arr.dtype}")
+  if arr.ndim != 2:
+    hint = " (a batch of prompts? pass one [P, d] prompt)" if arr.ndim == 3 else ""
+    raise ValueError(f"{source}: a prompt must have rank 2 [prompt_length, d_model], got shape "
+                     f"{tuple(arr.shape)}{hint}")
+  if arr.shape[0] == 0 or arr.shape[1] == 0:
+    raise ValueError(f"{source}: empty prompt of shape {tuple(arr.shape)}")
+  arr = arr.astype(np.float32)
+  if not np.all(np.isfinite(arr)):
+    bad = int(np.sum(~np.isfinite(arr)))
+    raise ValueError(f"{source}: the prompt holds {bad} NaN/inf value(s) of {arr.size}; the run that "
+                     "wrote it probably diverged — use an earlier checkpoint")
+  return arr
+
+
+def check_prompt_shape(prompt: np.ndarray, prompt_length: Optional[int], d_model: Optional[int],
+                       source: str = "prompt") -> np.ndarray:
+  """Raises a ValueError stating both shapes when `prompt` is not [prompt_length, d_model].
+
+  Either expected size may be None (not checked).
+  """
+  arr = validate_prompt(prompt, source)
+  p, d = arr.shape
+  if (prompt_length is not None and p != prompt_length) or (d_model is not None and d != d_model):
+    want = (prompt_length if prompt_length is not None else "any",
+            d_model if d_model is not None else "any")
+    hint = ""
+    if d_model is not None and d != d_model:
+      hint = " The d_model differs: this prompt was trained for another model size."
+    elif prompt_length is not None:
+      hint = f" Set PROMPT_LENGTH={p} to use it as is."
+    raise ValueError(f"{source}: prompt shape {(p, d)} does not match the expected "
+                     f"[prompt_length, d_model] = {want}.{hint}")
+  return arr
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading.
+
+@dataclasses.dataclass
+class PromptSource:
+  """Where `load_prompt` found a prompt: the file, its format, and the export directory/step if any."""
+  file: str
+  format: str  # "npy" | "t5x" | "peft"
+  export_dir: Optional[str] = None
+  step: Optional[int] = None
+
+
+def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
+  """Finds the prompt file behind `path` (see the module docstring for what `path` may be).
+
+  `which` picks among a MODEL_DIR's exports: "auto" (best if present, else latest), "best", "latest",
+  or "task_embedding". It is ignored for a single file or export directory.
+  """
+  if which not in ("auto", "best", "latest", "task_embedding"):
+    raise ValueError(f"which={which!r}: use 'auto', 'best', 'latest' or 'task_embedding'")
+  path = str(path)
+  if not _exists(path):
+    raise FileNotFoundError(f"no prompt at {path}: the path does not exist. Accepted: {ACCEPTED_FORMATS}")
+  if not _isdir(path):
+    if path.endswith(".safetensors"):
+      return PromptSource(path, "peft")
+    fmt = "t5x" if _basename(path) == T5X_PROMPT_FILENAME else "npy"
+    parent = os.path.dirname(path.rstrip("/"))
+    step = _step_of(parent) if fmt == "t5x" or _basename(path) == PROMPT_NPY else None
+    return PromptSource(path, fmt, export_dir=parent if step is not None else None, step=step)
+  if _exists(_join(path, PEFT_CONFIG)):
+    weights = _join(path, PEFT_WEIGHTS)
+    if not _exists(weights):
+      extra = " (adapter_model.bin is a PyTorch pickle: re-save the adapter with safe_serialization=True)" \
+          if _exists(_join(path, "adapter_model.bin")) else ""
+      raise FileNotFoundError(f"PEFT adapter directory {path} has no {PEFT_WEIGHTS}{extra}")
+    return PromptSource(weights, "peft", export_dir=path)
+  f = _export_file(path)
+  if f is not None:  # an export directory (checkpoint_<step>, best, task_embedding)
+    info = read_export_info(path)
+    step = info.get("step", _step_of(path))
+    return PromptSource(f, "t5x" if _basename(f) == T5X_PROMPT_FILENAME else "npy", path, step)
+  if _basename(path) == NUMPY_CHECKPOINTS_DIR or _isdir(numpy_checkpoints_dir(path)) or \
+      list_numpy_checkpoints(path):
+    ex = find_exports(path)
+    if which == "task_embedding":
+      chosen = ex.task_embedding
+    elif which == "best":
+      chosen = ex.best
+    elif which == "latest":
+      chosen = ex.latest
+    else:
+      chosen = ex.best or ex.latest
+      if _basename(path) == NUMPY_CHECKPOINTS_DIR and ex.latest:
+        chosen = ex.latest  # a numpy_checkpoints directory means "the newest step"
+    if chosen is None:
+      raise FileNotFoundError(
+          f"{path} has no {which if which != 'auto' else 'prompt'} numpy export under "
+          f"{NUMPY_CHECKPOINTS_DIR}/ (found steps {[s for s, _ in ex.checkpoints]}, best="
+          f"{ex.best is not None}, task_embedding={ex.task_embedding is not None}); write one with "
+          "`spot-jax export` from an orbax checkpoint")
+    return resolve_prompt(chosen)
+  raise ValueError(f"unknown prompt format at {path}. Accepted: {ACCEPTED_FORMATS}")
+
+
+def load_prompt(path: str, which: str = "auto") -> np.ndarray:
+  """Loads a prompt from any supported format as float32 [P, d]; see `resolve_prompt`."""
+  return load_prompt_with_source(path, which)[0]
+
+
+def load_prompt_with_source(path: str, which: str = "auto"):
+  """(prompt, PromptSource) — the source tells where the prompt came from (file, format, step)."""
+  src = resolve_prompt(path, which)
+  if src.format == "peft":
+    arr = _load_peft(src)
+  else:
+    with _open(src.file, "rb") as f:
+      head = f.read(len(_NPY_MAGIC))
+      if head != _NPY_MAGIC:
+        raise ValueError(f"unknown prompt format at {src.file}: not a numpy .npy file (no numpy header)."
+                         f" Accepted: {ACCEPTED_FORMATS}")
+      f.seek(0)
+      data = f.read()
+    arr = np.load(io.BytesIO(data), allow_pickle=False)
+  return validate_prompt(arr, src.file), src
+
+
+def _load_peft(src: PromptSource) -> np.ndarray:
+  from safetensors.numpy import load as st_load  # pylint: disable=g-import-not-at-top
+  with _open(src.file, "rb") as f:
+    tensors = st_load(f.read())
+  keys = [k for k in tensors if k == PEFT_TENSOR or k.endswith("." + PEFT_TENSOR)]
+  if len(keys) != 1:
+    raise ValueError(f"{src.file}: expected one tensor named {PEFT_TENSOR!r}, found keys "
+                     f"{sorted(tensors)}; is this a prompt-tuning adapter?")
+  arr = np.asarray(tensors[keys[0]])
+  config = {}
+  if src.export_dir is not None:
+    with _open(_join(src.export_dir, PEFT_CONFIG), "r") as f:
+      config = json.load(f)
+    if config.get("peft_type") not in (None, "PROMPT_TUNING"):
+      raise ValueError(f"{src.export_dir}: peft_type is {config.get('peft_type')!r}; only PROMPT_TUNING "
+                       "adapters hold a soft prompt")
+  p = config.get("num_virtual_tokens")
+  subs = config.get("num_transformer_submodules") or 1
+  if arr.ndim == 2 and p and arr.shape[0] == subs * p and subs > 1:
+    warnings.warn(f"{src.file}: PEFT stored {arr.shape[0]} prompt rows (num_transformer_submodules={subs}"
+                  f"); using the first {p} (the encoder prompt) and ignoring the decoder rows")
+    arr = arr[:p]
+  elif arr.ndim == 2 and p and arr.shape[0] != p:
+    raise ValueError(f"{src.file}: {PEFT_TENSOR} has {arr.shape[0]} rows but adapter_config.json says "
+                     f"num_virtual_tokens={p}, num_transformer_submodules={subs}")
+  return arr
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing.
+
+def save_npy(prompt: Any, path: str) -> str:
+  """Writes `prompt` as a float32 `.npy` file atomically; returns the path."""
+  arr = validate_prompt(prompt, str(path))
+  _atomic_write_bytes(str(path), _npy_bytes(arr))
+  return str(path)
+
+
+def write_t5x_prompt_dir(prompt: Any, directory: str, info: Optional[dict] = None) -> str:
+  """Writes a T5X-layout export directory atomically: `encoder.prompt.prompt.prompt`, `prompt.npy`
+  (identical bytes) and `export.json` (shape, creation time, plus `info`). Replaces an existing one."""
+  arr = validate_prompt(prompt, str(directory))
+  data = _npy_bytes(arr)
+  meta = {"shape": list(arr.shape), "created": time.time(), **(info or {})}
+  meta_bytes = json.dumps(meta, indent=2, sort_keys=True, default=_json_default).encode()
+  _atomic_write_dir(str(directory), {T5X_PROMPT_FILENAME: data, PROMPT_NPY: data, EXPORT_INFO: meta_bytes})
+  return str(directory)
+
+
+def export_numpy_checkpoint(prompt: Any, model_dir: str, step: int, name: Optional[str] = None,
+                            metrics: Optional[dict] = None) -> str:
+  """Writes `MODEL_DIR/numpy_checkpoints/<name or checkpoint_<step>>/` atomically; returns the dir.
+
+  `name` is `"best"` or `"task_embedding"` for those exports. Call from process 0 only. `metrics`
+  (e.g. the validation metrics of a best export) are kept in `export.json` for the prompt library.
+  """
+  if name is None:
+    directory = checkpoint_export_dir(model_dir, step)
+  else:
+    if "/" in name or name.startswith(".") or _CHECKPOINT_RE.match(name) and name != f"checkpoint_{step}":
+      raise ValueError(f"export name {name!r} is not a plain directory name consistent with step {step}")
+    directory = _join(model_dir, NUMPY_CHECKPOINTS_DIR, name)
+  info = {"step": int(step)}
+  if metrics:
+    info["metrics"] = metrics
+  return write_t5x_prompt_dir(prompt, directory, info)
+
+
+def peft_adapter_config(prompt_length: int, d_model: int, base_model_name_or_path: Optional[str] = None,
+                        num_attention_heads: Optional[int] = None,
+                        num_layers: Optional[int] = None) -> dict:
+  """The adapter_config.json of a PEFT PromptTuningConfig (PEFT ignores keys it does not know)."""
+  return {
+      "peft_type": "PROMPT_TUNING",
+      "task_type": "SEQ_2_SEQ_LM",
+      "base_model_name_or_path": base_model_name_or_path,
+      "revision": None,
+      "inference_mode": True,
+      "auto_mapping": None,
+      "num_virtual_tokens": int(prompt_length),
+      "token_dim": int(d_model),
+      "num_transformer_submodules": 1,
+      "num_attention_heads": num_attention_heads,
+      "num_layers": num_layers,
+      "prompt_tuning_init": "RANDOM",
+      "prompt_tuning_init_text": None,
+      "tokenizer_name_or_path": None,
+      "tokenizer_kwargs": None,
+  }
+
+
+def export_peft(prompt: Any, directory: str, base_model_name_or_path: Optional[str] = None,
+                num_attention_heads: Optional[int] = None, num_layers: Optional[int] = None) -> str:
+  """Writes a PEFT prompt-tuning adapter directory atomically (replacing an existing one).
+
+  `num_transformer_submodules` is 1: the prompt goes to the encoder only, as in T5X prompt tuning, so
+  PEFT's `PeftModel.from_pretrained(t5, directory)` gets exactly our [P, d] prompt.
+  """
+  from safetensors.numpy import save as st_save  # pylint: disable=g-import-not-at-top
+  arr = validate_prompt(prompt, str(directory))
+  config = peft_adapter_config(arr.shape[0], arr.shape[1], base_model_name_or_path,
+                               num_attention_heads, num_layers)
+  files = {
+      PEFT_CONFIG: json.dumps(config, indent=2, sort_keys=True).encode(),
+      PEFT_WEIGHTS: st_save({PEFT_TENSOR: np.ascontiguousarray(arr)}, metadata={"format": "pt"}),
+  }
+  _atomic_write_dir(str(directory), files)
+  return str(directory)
+
+
+EXPORT_FORMATS = ("npy", "t5x", "peft")
+
+
+def export_prompt(prompt: Any, out: str, fmt: str, **peft_kwargs) -> str:
+  """One entry point for `spot-jax export`: fmt "npy" (a file), "t5x" (a directory holding
+  encoder.prompt.prompt.prompt) or "peft" (an adapter directory)."""
+  if fmt == "npy":
+    return save_npy(prompt, out)
+  if fmt == "t5x":
+    return write_t5x_prompt_dir(prompt, out)
+  if fmt == "peft":
+    return export_peft(prompt, out, **peft_kwargs)
+  raise ValueError(f"unknown export format {fmt!r}; use one of {EXPORT_FORMATS}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers: local files through os, gs:// through tf.io.gfile.
+
+def _is_remote(path: str) -> bool:
+  return str(path).startswith("gs://")
+
+
+def _gfile():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile
+
+
+def _join(*parts: str) -> str:
+  return os.path.join(*[str(p) for p in parts])
+
+
+def _basename(path: str) -> str:
+  return os.path.basename(str(path).rstrip("/"))
+
+
+def _exists(path: str) -> bool:
+  return _gfile().exists(path) if _is_remote(path) else os.path.exists(path)
+
+
+def _isdir(path: str) -> bool:
+  return _gfile().isdir(path) if _is_remote(path) else os.path.isdir(path)
+
+
+def _listdir(path: str) -> list:
+  return _gfile().listdir(path) if _is_remote(path) else os.listdir(path)
+
+
+def _open(path: str, mode: str):
+  return _gfile().GFile(path, mode) if _is_remote(path) else open(path, mode)
+
+
+def _makedirs(path: str) -> None:
+  _gfile().makedirs(path) if _is_remote(path) else os.makedirs(path, exist_ok=True)
+
+
+def _rmtree(path: str) -> None:
+  if _is_remote(path):
+    if _gfile().exists(path):
+      _gfile().rmtree(path)
+  else:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _rename(src: str, dst: str) -> None:
+  if _is_remote(src):
+    _gfile().rename(src, dst, overwrite=True)
+  else:
+    os.replace(src, dst)
+
+
+def _step_of(directory: str) -> Optional[int]:
+  m = _CHECKPOINT_RE.match(_basename(directory))
+  return int(m.group(1)) if m else None
+
+
+def _export_file(directory: str) -> Optional[str]:
+  for name in (T5X_PROMPT_FILENAME, PROMPT_NPY):
+    if _exists(_join(directory, name)):
+      return _join(directory, name)
+  return None
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  np.save(buf, arr, allow_pickle=False)  # to a file handle: exactly what prompt-tuning writes
+  return buf.getvalue()
+
+
+def _json_default(obj):
+  if isinstance(obj, (np.generic,)):
+    return obj.item()
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+  parent = os.path.dirname(path)
+  if parent:
+    _makedirs(parent)
+  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    with _open(tmp, "wb") as f:
+      f.write(data)
+    _rename(tmp, path)
+  except BaseException:
+    if _exists(tmp):
+      _gfile().remove(tmp) if _is_remote(tmp) else os.remove(tmp)
+    raise
+
+
+def _atomic_write_dir(directory: str, files: dict) -> None:
+  """Writes `files` {name: bytes} into a temporary sibling directory, then renames it to `directory`.
+
+  An existing `directory` is moved aside first and deleted after the rename. Locally the window
+  between the two renames is the only moment without a complete directory; on GCS a directory
+  rename copies objects, so readers should ignore `*.tmp-*` names (list_numpy_checkpoints does).
+  """
+  directory = directory.rstrip("/")
+  parent = os.path.dirname(directory)
+  if parent:
+    _makedirs(parent)
+  token = uuid.uuid4().hex[:8]
+  tmp = f"{directory}.tmp-{token}"
+  try:
+    _makedirs(tmp)
+    for name, data in files.items():
+      with _open(_join(tmp, name), "wb") as f:
+        f.write(data)
+  except BaseException:
+    _rmtree(tmp)
+    raise
+  old = None
+  if _exists(directory):
+    old = f"{directory}.old-{token}"
+    _rename(directory, old)
+  try:
+    _rename(tmp, directory)
+  except BaseException:
+    if old is not None:
+      _rename(old, directory)
+    _rmtree(tmp)
+    raise
+  if old is not None:
+    _rmtree(old)

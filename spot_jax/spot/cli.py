@@ -1,0 +1,298 @@
+"""`spot-jax library add|list|similarity|retrieve|init` (also `python -m spot_jax.spot.cli ...`).
+
+  add         put a trained prompt (MODEL_DIR, .npy, T5X numpy export, PEFT adapter) in the library
+  list        tasks, shapes, steps and metrics
+  similarity  pairwise similarities: ranked table, matrix JSON and heatmap PNG
+  retrieve    rank the library's sources for a target task embedding
+  init        write a transfer init .npy for a target (top-k weighted average or top-1)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+from spot_jax import prompt_io
+from spot_jax.spot import similarity as sim
+from spot_jax.spot.library import KINDS, PromptLibrary, rank_sources, weighted_average_init
+
+EXTRA_ID_0 = 32099  # `<extra_id_0>` in the T5 SentencePiece vocabulary with 100 extra ids
+EOS_ID = 1
+
+
+def add_library_parser(subparsers) -> argparse.ArgumentParser:
+  """Adds the `library` subcommand (with its verbs) to an argparse subparsers object.
+
+  Each verb sets `func`; run it with `args.func(args)`, which returns an exit code.
+  """
+  lib = subparsers.add_parser("library", help="SPoT prompt library: add, list, similarity, retrieve, "
+                              "init", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  verbs = lib.add_subparsers(dest="library_verb", metavar="VERB")
+  verbs.required = True
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("--library", required=True, help="library directory")
+
+  measure_help = f"similarity measure: one of {sorted(sim.SIMILARITIES)}"
+  on = argparse.ArgumentParser(add_help=False)
+  on.add_argument("--window", type=_window, default=3,
+                  help="ON: layers per window (default 3); 'all' for one window over all layers")
+  on.add_argument("--model", default=None,
+                  help="ON: frozen model checkpoint (T5X or Hugging Face dir) to drive with each prompt")
+  on.add_argument("--input-ids", default=f"{EXTRA_ID_0},{EOS_ID}",
+                  help="ON: encoder input ids (default '<extra_id_0>' + EOS = 32099,1)")
+
+  p = verbs.add_parser("add", parents=[common], help="add a trained prompt to the library")
+  p.add_argument("source", help="MODEL_DIR, .npy, T5X numpy export (file, checkpoint_<step>, "
+                 "numpy_checkpoints) or PEFT adapter directory")
+  p.add_argument("--task", required=True, help="source task name (seqio task)")
+  p.add_argument("--model-id", default=None,
+                 help="frozen model identity, e.g. t5_1_1_lm100k_base (default: the library's)")
+  p.add_argument("--task-embedding", default=None,
+                 help="early-checkpoint prompt used as the task embedding (default: the MODEL_DIR's "
+                 "task_embedding export, if any)")
+  p.add_argument("--which", default="auto", choices=["auto", "best", "latest"],
+                 help="which MODEL_DIR export to add (auto: best if present, else newest)")
+  p.add_argument("--steps", type=int, default=None, help="training steps (default: from the export)")
+  p.add_argument("--metrics", default=None,
+                 help="validation metrics as a JSON object or a path to a JSON file")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing entry of this task")
+  p.set_defaults(func=_cmd_add)
+
+  p = verbs.add_parser("list", parents=[common], help="show tasks, shapes, steps and metrics")
+  p.add_argument("--json", action="store_true", help="print the records as JSON")
+  p.set_defaults(func=_cmd_list)
+
+  p = verbs.add_parser("similarity", parents=[common, on],
+                       help="pairwise similarities: table, matrix JSON, heatmap PNG")
+  p.add_argument("--measure", action="append", default=None,
+                 help=measure_help + "; repeatable; 'all' for every prompt-only measure "
+                 "(default cos_avg_tokens)")
+  p.add_argument("--kind", choices=KINDS, default="prompt",
+                 help="compare final prompts or task embeddings (default prompt)")
+  p.add_argument("--out-dir", default=None, help="where to write similarity_<measure>.{json,png} "
+                 "(default <library>/similarity)")
+  p.add_argument("--top", type=int, default=20, help="pairs to print per measure (default 20)")
+  p.set_defaults(func=_cmd_similarity)
+
+  for verb, helptext in (("retrieve", "rank library sources for a target task embedding"),
+                         ("init", "write a transfer init .npy for a target task")):
+    p = verbs.add_parser(verb, parents=[common, on], help=helptext)
+    p.add_argument("--target", required=True,
+                   help="the target's task embedding: a prompt from a short target run (any format)")
+    p.add_argument("--measure", default=sim.DEFAULT_MEASURE, help=measure_help)
+    p.add_argument("--kind", choices=KINDS, default="task_embedding",
+                   help="what the target is compared with (default task_embedding; entries without "
+                   "one use their final prompt)")
+    p.add_argument("--exclude", action="append", default=[],
+                   help="source task to leave out (repeatable), e.g. the target task itself")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    if verb == "retrieve":
+      p.add_argument("--top-k", type=int, default=None, help="print only the k best sources")
+      p.set_defaults(func=_cmd_retrieve)
+    else:
+      p.add_argument("--out", required=True, help="the init .npy to write (PROMPT_FILE for training)")
+      p.add_argument("--strategy", choices=["weighted_average", "top1"], default="weighted_average",
+                     help="top-k weighted average of source prompts (w ∝ similarity) or the best one")
+      p.add_argument("--top-k", type=int, default=3, help="sources averaged (default 3)")
+      p.set_defaults(func=_cmd_init)
+  return lib
+
+
+def _window(value: str) -> Optional[int]:
+  if value in ("all", "none", "None"):
+    return None
+  try:
+    v = int(value)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"window must be a positive integer or 'all', got {value!r}") from e
+  if v < 1:
+    raise argparse.ArgumentTypeError(f"window must be >= 1, got {v}")
+  return v
+
+
+def _load_metrics(value: Optional[str]) -> Optional[dict]:
+  if value is None:
+    return None
+  text = value
+  if os.path.exists(value):
+    with open(value) as f:
+      text = f.read()
+  try:
+    out = json.loads(text)
+  except ValueError as e:
+    raise ValueError(f"--metrics must be a JSON object or a JSON file, got {value!r}: {e}") from e
+  if not isinstance(out, dict):
+    raise ValueError(f"--metrics must be a JSON object, got {type(out).__name__}")
+  return out
+
+
+def model_activations_fn(model_path: str, input_ids: Sequence[int]):
+  """activations_fn(prompt) for ON: FFN first-layer pre-activations of the frozen model at `model_path`
+  driven by `prompt` with encoder input `input_ids` (spot_jax.model.ffn_preactivations)."""
+  import spot_jax  # pylint: disable=g-import-not-at-top
+  from spot_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  model = spot_jax.load_t5(model_path)
+  ids = np.asarray([list(input_ids)], dtype=np.int32)
+
+  def fn(prompt):
+    return np.asarray(model_lib.ffn_preactivations(model.config, model.params, ids, prompt))
+  return fn
+
+
+def _activations(args, measures) -> Optional[object]:
+  if "on" not in measures:
+    return None
+  if not args.model:
+    raise ValueError("measure 'on' drives the frozen model with each prompt: pass --model CHECKPOINT")
+  ids = [int(x) for x in args.input_ids.split(",") if x.strip()]
+  return model_activations_fn(args.model, ids)
+
+
+def _fmt_metrics(m: dict) -> str:
+  if not m:
+    return "-"
+  return " ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in m.items())
+
+
+def _cmd_add(args) -> int:
+  lib = PromptLibrary(args.library)
+  rec = lib.add(args.task, args.source, args.model_id, task_embedding=args.task_embedding,
+                steps=args.steps, metrics=_load_metrics(args.metrics), overwrite=args.overwrite,
+                which=args.which)
+  emb = f", task embedding [{rec['task_embedding_length']}, {rec['d_model']}]" \
+      if rec["has_task_embedding"] else ", no task embedding"
+  print(f"added {rec['task']}: prompt [{rec['prompt_length']}, {rec['d_model']}]{emb}, "
+        f"steps {rec['steps']}, model {rec['model_id']} -> {os.path.join(args.library, args.task)}")
+  return 0
+
+
+def _cmd_list(args) -> int:
+  lib = PromptLibrary(args.library)
+  recs = lib.list()
+  if args.json:
+    print(json.dumps({"library": lib.meta, "entries": recs}, indent=2, sort_keys=True))
+    return 0
+  meta = lib.meta
+  print(f"library {args.library}: {len(recs)} task(s), model {meta.get('model_id')}, "
+        f"d_model {meta.get('d_model')}")
+  if not recs:
+    return 0
+  w = max(4, *(len(r["task"]) for r in recs))
+  print(f"{'task':<{w}}  {'prompt':>11}  {'task_emb':>11}  {'steps':>7}  metrics")
+  for r in recs:
+    shape = f"[{r['prompt_length']},{r['d_model']}]"
+    emb = f"[{r['task_embedding_length']},{r['d_model']}]" if r.get("has_task_embedding") else "-"
+    steps = "-" if r.get("steps") is None else str(r["steps"])
+    print(f"{r['task']:<{w}}  {shape:>11}  {emb:>11}  {steps:>7}  {_fmt_metrics(r.get('metrics'))}")
+  return 0
+
+
+def _cmd_similarity(args) -> int:
+  from spot_jax.spot.heatmap import save_heatmap  # pylint: disable=g-import-not-at-top
+  lib = PromptLibrary(args.library)
+  measures = args.measure or [sim.DEFAULT_MEASURE]
+  if "all" in measures:
+    measures = [m for m in measures if m != "all"] + [m for m in sim.PROMPT_SIMILARITIES
+                                                       if m not in measures]
+  for m in measures:
+    if m not in sim.SIMILARITIES:
+      raise ValueError(f"unknown measure {m!r}; choose from {sorted(sim.SIMILARITIES)} or 'all'")
+  prompts = lib.prompts(args.kind)
+  if len(prompts) < 2:
+    raise ValueError(f"library {args.library} has {len(prompts)} task(s); similarity needs at least 2")
+  act = _activations(args, measures)
+  out_dir = args.out_dir or os.path.join(args.library, "similarity")
+  os.makedirs(out_dir, exist_ok=True)
+  for m in measures:
+    names, matrix = sim.similarity_matrix(prompts, m, activations_fn=act, window=args.window)
+    base = os.path.join(out_dir, f"similarity_{m}{'' if args.kind == 'prompt' else '_' + args.kind}")
+    prompt_io._atomic_write_bytes(base + ".json", json.dumps(  # pylint: disable=protected-access
+        {"measure": m, "kind": args.kind, "window": args.window if m == "on" else None,
+         "names": names, "matrix": matrix.tolist()}, indent=2).encode())
+    save_heatmap(names, matrix, base + ".png", title=f"{m} ({args.kind})")
+    pairs = sim.ranked_pairs(names, matrix)
+    print(f"== {m} ({args.kind}): {len(pairs)} pairs, most similar first")
+    w = max(6, *(len(n) for n in names))
+    print(f"{'rank':>4}  {'task_a':<{w}}  {'task_b':<{w}}  score")
+    for i, (a, b, s) in enumerate(pairs[:args.top], 1):
+      print(f"{i:>4}  {a:<{w}}  {b:<{w}}  {s:.4f}")
+    print(f"wrote {base}.json and {base}.png")
+  return 0
+
+
+def _rank(args):
+  lib = PromptLibrary(args.library)
+  act = _activations(args, [args.measure])
+  target = prompt_io.load_prompt(args.target, "task_embedding")
+  return lib, rank_sources(target, lib, args.measure, exclude=args.exclude, kind=args.kind,
+                           activations_fn=act, window=args.window)
+
+
+def _cmd_retrieve(args) -> int:
+  _, ranked = _rank(args)
+  if args.top_k is not None:
+    ranked = ranked[:args.top_k]
+  if args.json:
+    print(json.dumps([{"task": t, "score": s} for t, s in ranked], indent=2))
+    return 0
+  w = max(4, *(len(t) for t, _ in ranked))
+  print(f"sources ranked by {args.measure} ({args.kind}) for {args.target}")
+  print(f"{'rank':>4}  {'task':<{w}}  score")
+  for i, (t, s) in enumerate(ranked, 1):
+    print(f"{i:>4}  {t:<{w}}  {s:.4f}")
+  return 0
+
+
+def _cmd_init(args) -> int:
+  lib, ranked = _rank(args)
+  k = 1 if args.strategy == "top1" else args.top_k
+  chosen = ranked[:k]
+  finals = {t: lib.get(t).prompt for t, _ in chosen}
+  if args.strategy == "top1":  # the best source as is, whatever the sign of its score
+    init, weights = finals[chosen[0][0]], {chosen[0][0]: 1.0}
+  else:
+    init, weights = weighted_average_init(finals, dict(chosen), top_k=k)
+  prompt_io.save_npy(init, args.out)
+  summary = {"out": args.out, "strategy": args.strategy, "measure": args.measure, "kind": args.kind,
+             "shape": list(init.shape),
+             "sources": [{"task": t, "score": s, "weight": weights.get(t, 0.0)} for t, s in chosen]}
+  if args.json:
+    print(json.dumps(summary, indent=2))
+  else:
+    print(f"wrote {args.out} {tuple(init.shape)} ({args.strategy}, {args.measure} on {args.kind}):")
+    for src in summary["sources"]:
+      print(f"  {src['task']}: score {src['score']:.4f}, weight {src['weight']:.4f}")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m spot_jax.spot.cli")
+  add_library_parser(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+  return parser
+
+
+def run(args) -> int:
+  """Runs a parsed `library` command; user errors print one line on stderr and return 1."""
+  try:
+    return args.func(args)
+  except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"error: {msg}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Entry point: `main(["library", "list", "--library", DIR])`; a leading "library" is optional."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] != "library":
+    argv = ["library"] + argv
+  return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,333 @@
+"""The SPoT prompt library: trained source prompts on disk, plus retrieval for a target task.
+
+Layout (DESIGN.md §7):
+  <lib>/library.json              {"format_version", "d_model", "model_id", "created"}
+  <lib>/<task>/prompt.npy         the trained prompt [P, d]
+  <lib>/<task>/task_embedding.npy an early-checkpoint prompt (optional), SPoT's task embedding
+  <lib>/<task>/record.json        task, model_id, d_model, prompt_length, steps, metrics, source, created
+
+All prompts of a library belong to one frozen model: an entry whose d_model or model id differs is
+refused. Entries are written into a temporary directory and renamed into place, so a failed `add`
+leaves no partial entry. The library is a local directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+import uuid
+import warnings
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from spot_jax import prompt_io
+from spot_jax.spot import similarity as sim
+
+LIBRARY_JSON = "library.json"
+RECORD_JSON = "record.json"
+PROMPT_FILE = "prompt.npy"
+TASK_EMBEDDING_FILE = "task_embedding.npy"
+FORMAT_VERSION = 1
+KINDS = ("prompt", "task_embedding")
+
+
+@dataclasses.dataclass
+class LibraryEntry:
+  task: str
+  prompt: np.ndarray
+  task_embedding: Optional[np.ndarray]
+  record: dict
+
+
+def _check_task_name(task: str) -> None:
+  if not task or not isinstance(task, str) or "/" in task or "\\" in task or task.startswith(".") \
+      or task == LIBRARY_JSON:
+    raise ValueError(f"invalid task name {task!r}: use a seqio task name without '/' that does not "
+                     "start with '.'")
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True, default=prompt_io._json_default)  # pylint: disable=protected-access
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+class PromptLibrary:
+  """A directory of source-task prompts for one frozen model."""
+
+  def __init__(self, path: str):
+    self.path = str(path)
+    if os.path.exists(self.path) and not os.path.isdir(self.path):
+      raise NotADirectoryError(f"prompt library {self.path} is a file, not a directory")
+
+  # -- metadata ------------------------------------------------------------------------------------
+  @property
+  def meta(self) -> dict:
+    """library.json, or {} for a library with no entry yet."""
+    p = os.path.join(self.path, LIBRARY_JSON)
+    if not os.path.exists(p):
+      tasks = self.tasks()
+      if tasks:  # library.json lost (e.g. a crash after the first entry): the entries still decide
+        rec = self.record(tasks[0])
+        return {"format_version": FORMAT_VERSION, "d_model": rec["d_model"], "model_id": rec["model_id"]}
+      return {}
+    with open(p) as f:
+      return json.load(f)
+
+  @property
+  def d_model(self) -> Optional[int]:
+    return self.meta.get("d_model")
+
+  @property
+  def model_id(self) -> Optional[str]:
+    return self.meta.get("model_id")
+
+  def tasks(self) -> list:
+    if not os.path.isdir(self.path):
+      return []
+    return sorted(n for n in os.listdir(self.path)
+                  if not n.startswith(".") and os.path.exists(os.path.join(self.path, n, RECORD_JSON)))
+
+  def __contains__(self, task: str) -> bool:
+    return task in self.tasks()
+
+  def __len__(self) -> int:
+    return len(self.tasks())
+
+  # -- writing -------------------------------------------------------------------------------------
+  def add(self, task: str, prompt_or_path: Any, model_id: Optional[str], task_embedding: Any = None,
+          steps: Optional[int] = None, metrics: Optional[dict] = None, overwrite: bool = False,
+          which: str = "auto") -> dict:
+    """Adds (or with `overwrite`, replaces) the entry of `task`; returns its record.
+
+    `prompt_or_path` is an array or any path `prompt_io.load_prompt` reads. A training MODEL_DIR also
+    brings its task-embedding export, its step and its validation metrics (from the best export) unless
+    given here. `model_id` names the frozen model (e.g. "t5_1_1_lm100k_base"); None means the
+    library's. `which` picks a MODEL_DIR export ("auto" = best, else newest).
+    """
+    _check_task_name(task)
+    meta = self.meta
+    if model_id is None:
+      model_id = meta.get("model_id")
+      if model_id is None:
+        raise ValueError(f"library {self.path} is empty: pass the frozen model's id (model_id) with the "
+                         "first prompt")
+    model_id = str(model_id)
+    entry_dir = os.path.join(self.path, task)
+    if os.path.exists(entry_dir) and not overwrite:
+      raise FileExistsError(f"task {task!r} is already in library {self.path}; pass overwrite=True "
+                            "(--overwrite) to replace it")
+
+    source = None
+    info: dict = {}
+    if isinstance(prompt_or_path, (str, os.PathLike)):
+      source = str(prompt_or_path)
+      prompt, src = prompt_io.load_prompt_with_source(source, which)
+      if src.export_dir is not None and src.format != "peft":
+        info = prompt_io.read_export_info(src.export_dir)
+      if task_embedding is None and os.path.isdir(source):
+        ex = prompt_io.find_exports(source)
+        if ex.task_embedding is not None:
+          task_embedding = ex.task_embedding
+    else:
+      prompt = prompt_io.validate_prompt(prompt_or_path, f"prompt for task {task!r}")
+    emb_source = None
+    if task_embedding is not None:
+      if isinstance(task_embedding, (str, os.PathLike)):
+        emb_source = str(task_embedding)
+        task_embedding = prompt_io.load_prompt(emb_source, "task_embedding")
+      else:
+        task_embedding = prompt_io.validate_prompt(task_embedding, f"task embedding for {task!r}")
+      if task_embedding.shape[1] != prompt.shape[1]:
+        raise ValueError(f"task {task!r}: task embedding shape {task_embedding.shape} and prompt shape "
+                         f"{prompt.shape} have different d_model")
+
+    d_model = int(prompt.shape[1])
+    if meta:
+      if meta.get("d_model") != d_model:
+        raise ValueError(
+            f"cannot add {task!r} to library {self.path}: its prompt has d_model {d_model} "
+            f"(shape {tuple(prompt.shape)}) but the library holds d_model {meta.get('d_model')} prompts "
+            f"of model {meta.get('model_id')!r}. Use a library per frozen model.")
+      if meta.get("model_id") != model_id:
+        raise ValueError(
+            f"cannot add {task!r} to library {self.path}: its frozen model is {model_id!r} but the "
+            f"library holds prompts of {meta.get('model_id')!r}. Prompts only transfer within one "
+            "frozen model: use a library per model (or the same model id).")
+
+    if steps is None:
+      steps = info.get("step")
+    if metrics is None:
+      metrics = info.get("metrics")
+    record = {
+        "task": task,
+        "model_id": model_id,
+        "d_model": d_model,
+        "prompt_length": int(prompt.shape[0]),
+        "steps": None if steps is None else int(steps),
+        "metrics": metrics or {},
+        "source": source,
+        "task_embedding_source": emb_source,
+        "has_task_embedding": task_embedding is not None,
+        "task_embedding_length": None if task_embedding is None else int(task_embedding.shape[0]),
+        "created": time.time(),
+        "format_version": FORMAT_VERSION,
+    }
+    files = {PROMPT_FILE: prompt_io._npy_bytes(prompt),  # pylint: disable=protected-access
+             RECORD_JSON: json.dumps(record, indent=2, sort_keys=True,
+                                     default=prompt_io._json_default).encode()}  # pylint: disable=protected-access
+    if task_embedding is not None:
+      files[TASK_EMBEDDING_FILE] = prompt_io._npy_bytes(task_embedding)  # pylint: disable=protected-access
+    os.makedirs(self.path, exist_ok=True)
+    prompt_io._atomic_write_dir(entry_dir, files)  # pylint: disable=protected-access
+    if not meta:  # after the entry, so a failed first add leaves the library unclaimed
+      _write_json(os.path.join(self.path, LIBRARY_JSON),
+                  {"format_version": FORMAT_VERSION, "d_model": d_model, "model_id": model_id,
+                   "created": time.time()})
+    return record
+
+  def remove(self, task: str) -> None:
+    """Deletes the entry of `task` (renamed aside first, so it vanishes at once)."""
+    _check_task_name(task)
+    entry_dir = os.path.join(self.path, task)
+    if not os.path.isdir(entry_dir):
+      raise KeyError(f"task {task!r} is not in library {self.path}; tasks: {self.tasks()}")
+    trash = os.path.join(self.path, f".removed-{task}-{uuid.uuid4().hex[:8]}")
+    os.replace(entry_dir, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+  # -- reading -------------------------------------------------------------------------------------
+  def record(self, task: str) -> dict:
+    path = os.path.join(self.path, task, RECORD_JSON)
+    if not os.path.exists(path):
+      raise KeyError(f"task {task!r} is not in library {self.path}; tasks: {self.tasks()}")
+    with open(path) as f:
+      return json.load(f)
+
+  def list(self) -> list:  # pylint: disable=redefined-builtin
+    """Records of all entries, sorted by task name."""
+    return [self.record(t) for t in self.tasks()]
+
+  def get(self, task: str) -> LibraryEntry:
+    rec = self.record(task)
+    d = os.path.join(self.path, task)
+    emb_path = os.path.join(d, TASK_EMBEDDING_FILE)
+    emb = prompt_io.load_prompt(emb_path) if os.path.exists(emb_path) else None
+    return LibraryEntry(task, prompt_io.load_prompt(os.path.join(d, PROMPT_FILE)), emb, rec)
+
+  def prompts(self, kind: str = "prompt", missing: str = "prompt") -> dict:
+    """{task: array} of the final prompts (kind="prompt") or the task embeddings.
+
+    For kind="task_embedding", tasks without one use their final prompt (missing="prompt", with a
+    warning), are left out (missing="skip"), or raise (missing="error").
+    """
+    if kind not in KINDS:
+      raise ValueError(f"kind={kind!r}: use one of {KINDS}")
+    if missing not in ("prompt", "skip", "error"):
+      raise ValueError(f"missing={missing!r}: use 'prompt', 'skip' or 'error'")
+    out, lacking = {}, []
+    for t in self.tasks():
+      d = os.path.join(self.path, t)
+      if kind == "task_embedding":
+        p = os.path.join(d, TASK_EMBEDDING_FILE)
+        if os.path.exists(p):
+          out[t] = prompt_io.load_prompt(p)
+          continue
+        lacking.append(t)
+        if missing == "skip":
+          continue
+        if missing == "error":
+          raise ValueError(f"library {self.path}: task(s) {lacking} have no task embedding; add them "
+                           "from a MODEL_DIR with a task_embedding export or pass --task-embedding")
+      out[t] = prompt_io.load_prompt(os.path.join(d, PROMPT_FILE))
+    if lacking:
+      what = "their final prompt is used instead" if missing == "prompt" else "they are left out"
+      warnings.warn(f"library {self.path}: {lacking} have no task embedding; {what}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Retrieval.
+
+def rank_sources(target_embedding, library, measure: str = sim.DEFAULT_MEASURE,
+                 exclude: Sequence[str] = (), kind: str = "task_embedding",
+                 activations_fn=None, window: Optional[int] = 3) -> list:
+  """[(task, score)] of the library's sources, most similar to the target first.
+
+  `library` is a PromptLibrary (its `kind` arrays are compared) or a {task: prompt} mapping.
+  `target_embedding` is an array or a path load_prompt reads. "on" needs `activations_fn`.
+  """
+  if isinstance(target_embedding, (str, os.PathLike)):
+    target_embedding = prompt_io.load_prompt(str(target_embedding))
+  target = prompt_io.validate_prompt(target_embedding, "target embedding")
+  if isinstance(library, PromptLibrary):
+    d = library.d_model
+    if d is not None and d != target.shape[1]:
+      raise ValueError(f"target embedding has d_model {target.shape[1]} (shape {target.shape}) but "
+                       f"library {library.path} holds d_model {d} prompts of {library.model_id!r}")
+    candidates = library.prompts(kind)
+  else:
+    candidates = dict(library)
+  candidates = {k: v for k, v in candidates.items() if k not in set(exclude)}
+  if not candidates:
+    raise ValueError("no source prompts to rank (empty library, or all excluded)")
+  scores = sim.similarities_to(target, candidates, measure, activations_fn, window)
+  return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def weighted_average_init(prompts, scores, top_k: Optional[int] = None):
+  """SPoT's top-k weighted average: init = Σ_k w_k p_k with w ∝ similarity over the top k.
+
+  `prompts` and `scores` are aligned sequences, or mappings with the same keys. Returns
+  (init [P, d], weights): weights is an array aligned with `prompts` (zeros outside the top k) for
+  sequences, or {name: weight} of the chosen sources for mappings. Negative similarities get weight 0.
+  """
+  if isinstance(prompts, Mapping):
+    names = list(prompts)
+    if not isinstance(scores, Mapping) or set(scores) != set(names):
+      raise ValueError("prompts and scores must be mappings with the same keys")
+    arrs = [prompts[n] for n in names]
+    vals = np.array([float(scores[n]) for n in names])
+  else:
+    names = None
+    arrs = list(prompts)
+    vals = np.asarray(list(scores), dtype=np.float64)
+    if len(arrs) != len(vals):
+      raise ValueError(f"{len(arrs)} prompts but {len(vals)} scores")
+  if not arrs:
+    raise ValueError("weighted_average_init needs at least one prompt")
+  arrs = [prompt_io.validate_prompt(a, f"source prompt {names[i] if names else i}")
+          for i, a in enumerate(arrs)]
+  shapes = {a.shape for a in arrs}
+  if len(shapes) != 1:
+    labels = names or list(range(len(arrs)))
+    raise ValueError("weighted average needs prompts of one shape, got "
+                     + ", ".join(f"{l}: {a.shape}" for l, a in zip(labels, arrs)))
+  k = len(arrs) if top_k is None else int(top_k)
+  if k < 1:
+    raise ValueError(f"top_k must be >= 1, got {top_k}")
+  order = np.argsort(-vals, kind="stable")[:k]
+  w_sel = np.clip(vals[order], 0.0, None)
+  if w_sel.sum() <= 0:
+    raise ValueError(f"the top-{k} similarities {vals[order].tolist()} are all <= 0: no source is "
+                     "similar to the target; use a random or vocabulary init instead")
+  if np.any(vals[order] < 0):
+    warnings.warn(f"negative similarities among the top {k} get weight 0: {vals[order].tolist()}")
+  w_sel = w_sel / w_sel.sum()
+  weights = np.zeros(len(arrs))
+  weights[order] = w_sel
+  init = np.zeros_like(arrs[0], dtype=np.float64)
+  for i in order:
+    init += weights[i] * arrs[i]
+  init = init.astype(np.float32)
+  if names is not None:
+    return init, {names[i]: float(weights[i]) for i in order}
+  return init, weights

@@ -1,0 +1,169 @@
+"""The prompt library: entries, refusals, atomicity, retrieval and the weighted-average init."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from spot_jax import prompt_io as pio
+from spot_jax.spot import library as lib_mod
+from spot_jax.spot import similarity as sim
+from spot_jax.spot.library import PromptLibrary, rank_sources, weighted_average_init
+
+
+def _prompt(p=4, d=8, seed=0):
+  return np.random.default_rng(seed).normal(size=(p, d)).astype(np.float32)
+
+
+def test_add_list_get_remove(tmp_path):
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  assert lib.list() == [] and lib.meta == {}
+  a, b = _prompt(seed=1), _prompt(seed=2)
+  lib.add("rte", a, "t5_tiny", steps=100, metrics={"accuracy": 0.6})
+  np.save(tmp_path / "b.npy", b)
+  rec = lib.add("boolq", str(tmp_path / "b.npy"), None)  # model id inherited from the library
+  assert rec["model_id"] == "t5_tiny" and rec["source"] == str(tmp_path / "b.npy")
+  assert [r["task"] for r in lib.list()] == ["boolq", "rte"]
+  assert lib.meta["d_model"] == 8 and lib.meta["model_id"] == "t5_tiny"
+  e = lib.get("rte")
+  np.testing.assert_array_equal(e.prompt, a)
+  assert e.task_embedding is None
+  assert e.record["steps"] == 100 and e.record["metrics"] == {"accuracy": 0.6}
+  assert e.record["prompt_length"] == 4 and e.record["d_model"] == 8 and e.record["created"] > 0
+  assert sorted(os.listdir(tmp_path / "lib" / "rte")) == ["prompt.npy", "record.json"]
+  lib.remove("rte")
+  assert lib.tasks() == ["boolq"]
+  with pytest.raises(KeyError, match="rte"):
+    lib.get("rte")
+
+
+def test_refuses_mismatched_d_model_and_model_id(tmp_path):
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  lib.add("rte", _prompt(d=8), "t5_tiny")
+  with pytest.raises(ValueError, match=r"d_model 16.*d_model 8"):
+    lib.add("cb", _prompt(d=16), "t5_tiny")
+  with pytest.raises(ValueError, match=r"'t5_base'.*'t5_tiny'"):
+    lib.add("cb", _prompt(d=8), "t5_base")
+  with pytest.raises(FileExistsError, match="overwrite"):
+    lib.add("rte", _prompt(seed=5), "t5_tiny")
+  lib.add("rte", _prompt(seed=5), "t5_tiny", overwrite=True)
+  np.testing.assert_array_equal(lib.get("rte").prompt, _prompt(seed=5))
+  assert lib.tasks() == ["rte"]
+  with pytest.raises(ValueError, match="model_id"):
+    PromptLibrary(str(tmp_path / "empty")).add("x", _prompt(), None)
+  with pytest.raises(ValueError, match="invalid task name"):
+    lib.add("glue/rte", _prompt(), "t5_tiny")
+
+
+def test_add_model_dir_brings_task_embedding_steps_metrics(tmp_path):
+  model_dir = str(tmp_path / "run")
+  final, best, emb = _prompt(seed=1), _prompt(seed=2), _prompt(seed=3)
+  pio.export_numpy_checkpoint(emb, model_dir, 50, name="task_embedding")
+  pio.export_numpy_checkpoint(final, model_dir, 1000)
+  pio.export_numpy_checkpoint(best, model_dir, 800, name="best", metrics={"accuracy": 0.9})
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  rec = lib.add("rte", model_dir, "t5_tiny")
+  assert rec["steps"] == 800 and rec["metrics"] == {"accuracy": 0.9} and rec["has_task_embedding"]
+  e = lib.get("rte")
+  np.testing.assert_array_equal(e.prompt, best)
+  np.testing.assert_array_equal(e.task_embedding, emb)
+  rec = lib.add("rte", model_dir, "t5_tiny", overwrite=True, which="latest", steps=7)
+  assert rec["steps"] == 7 and rec["metrics"] == {}
+  np.testing.assert_array_equal(lib.get("rte").prompt, final)
+
+
+def test_prompts_kinds(tmp_path):
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  lib.add("a", _prompt(seed=1), "m", task_embedding=_prompt(seed=11))
+  lib.add("b", _prompt(seed=2), "m")
+  assert set(lib.prompts()) == {"a", "b"}
+  with pytest.warns(UserWarning, match="final prompt is used"):
+    embs = lib.prompts("task_embedding")
+  np.testing.assert_array_equal(embs["a"], _prompt(seed=11))
+  np.testing.assert_array_equal(embs["b"], _prompt(seed=2))
+  with pytest.warns(UserWarning, match="left out"):
+    assert list(lib.prompts("task_embedding", missing="skip")) == ["a"]
+  with pytest.raises(ValueError, match="no task embedding"):
+    lib.prompts("task_embedding", missing="error")
+  with pytest.raises(ValueError, match="task embedding shape"):
+    lib.add("c", _prompt(d=8), "m", task_embedding=_prompt(d=4))
+
+
+def test_failed_add_leaves_no_partial_entry(tmp_path, monkeypatch):
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  real_open = pio._open
+  calls = []
+
+  def failing_open(path, mode):
+    calls.append(path)
+    if len(calls) == 2:
+      raise OSError("disk full")
+    return real_open(path, mode)
+
+  monkeypatch.setattr(pio, "_open", failing_open)
+  with pytest.raises(OSError, match="disk full"):
+    lib.add("rte", _prompt(d=8), "t5_tiny", task_embedding=_prompt(seed=3))
+  assert os.listdir(tmp_path / "lib") == []  # no entry, no temporary, library not claimed
+  monkeypatch.setattr(pio, "_open", real_open)
+  lib.add("rte", _prompt(d=16), "other")  # the failed add did not fix d_model
+  old = lib.get("rte").prompt
+  calls.clear()
+  monkeypatch.setattr(pio, "_open", failing_open)
+  with pytest.raises(OSError):
+    lib.add("rte", _prompt(d=16, seed=9), "other", overwrite=True)
+  monkeypatch.setattr(pio, "_open", real_open)
+  np.testing.assert_array_equal(lib.get("rte").prompt, old)
+  assert sorted(os.listdir(tmp_path / "lib")) == ["library.json", "rte"]
+
+
+def test_retrieval_ranks_planted_prompt_first(tmp_path):
+  rng = np.random.default_rng(0)
+  target = rng.normal(size=(4, 64)).astype(np.float32)
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  for i in range(5):
+    lib.add(f"random_{i}", rng.normal(size=(4, 64)), "m",
+            task_embedding=rng.normal(size=(4, 64)))
+  lib.add("related", rng.normal(size=(4, 64)), "m",
+          task_embedding=target + 0.05 * rng.normal(size=(4, 64)))
+  for measure in sim.PROMPT_SIMILARITIES:
+    ranked = rank_sources(target, lib, measure)
+    assert ranked[0][0] == "related", measure
+    assert len(ranked) == 6
+    assert all(ranked[i][1] >= ranked[i + 1][1] for i in range(5))
+  ranked = rank_sources(target, lib, "cos_avg_tokens", exclude=("related",))
+  assert "related" not in dict(ranked)
+  with pytest.raises(ValueError, match="d_model 3"):
+    rank_sources(np.ones((2, 3)), lib)
+  # a plain mapping works too, and ON goes through activations_fn
+  cands = {"x": target + 0.01, "y": -target}
+  ranked = rank_sources(target, cands, "on", activations_fn=lambda p: p[None], window=None)
+  assert ranked[0][0] == "x" and ranked[0][1] > 0.95 and ranked[1][1] == 0.0
+
+
+def test_weighted_average_init_equals_manual_sum():
+  ps = [_prompt(seed=s) for s in range(3)]
+  init, w = weighted_average_init(ps, [0.9, 0.1, 0.5], top_k=2)
+  manual = (0.9 * ps[0] + 0.5 * ps[2]) / 1.4
+  np.testing.assert_allclose(init, manual, rtol=1e-6)
+  np.testing.assert_allclose(w, [0.9 / 1.4, 0.0, 0.5 / 1.4])
+  init_all, w_all = weighted_average_init(ps, [1.0, 1.0, 2.0])
+  np.testing.assert_allclose(init_all, (ps[0] + ps[1] + 2 * ps[2]) / 4, rtol=1e-6)
+  init_m, w_m = weighted_average_init(dict(zip("abc", ps)), {"a": 0.9, "b": 0.1, "c": 0.5}, 2)
+  np.testing.assert_allclose(init_m, manual, rtol=1e-6)
+  assert w_m == pytest.approx({"a": 0.9 / 1.4, "c": 0.5 / 1.4})
+  with pytest.raises(ValueError, match="one shape"):
+    weighted_average_init([ps[0], _prompt(p=5)], [1, 1])
+  with pytest.raises(ValueError, match="all <= 0"):
+    weighted_average_init(ps, [-0.1, -0.2, -0.3], top_k=2)
+  with pytest.warns(UserWarning, match="weight 0"):
+    init, w = weighted_average_init(ps, [0.5, -0.2, 0.1], top_k=3)
+  np.testing.assert_allclose(w, [0.5 / 0.6, 0.0, 0.1 / 0.6])
+
+
+def test_meta_survives_lost_library_json(tmp_path):
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  lib.add("rte", _prompt(d=8), "t5_tiny")
+  os.remove(tmp_path / "lib" / lib_mod.LIBRARY_JSON)
+  with pytest.raises(ValueError, match="d_model"):
+    lib.add("cb", _prompt(d=16), "t5_tiny")
+  assert json.load(open(tmp_path / "lib" / "rte" / "record.json"))["task"] == "rte"

@@ -1,0 +1,250 @@
+"""Round trips of every prompt format, auto-detection, errors and atomic writes."""
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from spot_jax import prompt_io as pio
+
+
+def _prompt(p=4, d=6, seed=0):
+  return np.random.default_rng(seed).normal(size=(p, d)).astype(np.float32)
+
+
+def test_npy_round_trip_and_dtype(tmp_path):
+  p = _prompt().astype(np.float64)
+  path = pio.save_npy(p, str(tmp_path / "sub" / "p.npy"))
+  out = pio.load_prompt(path)
+  assert out.dtype == np.float32 and out.shape == (4, 6)
+  np.testing.assert_allclose(out, p.astype(np.float32))
+  assert os.listdir(tmp_path / "sub") == ["p.npy"]  # no temporary left behind
+
+
+def test_npy_without_suffix_and_bfloat16(tmp_path):
+  import ml_dtypes
+  p = _prompt()
+  with open(tmp_path / "weird_name", "wb") as f:
+    np.save(f, p.astype(ml_dtypes.bfloat16))
+  out = pio.load_prompt(str(tmp_path / "weird_name"))
+  np.testing.assert_allclose(out, p.astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_prompt_tuning_layout_written_by_hand(tmp_path):
+  """What google-research/prompt-tuning writes: np.save to a file handle, no prompt.npy beside it."""
+  numpy_dir = tmp_path / "model" / "numpy_checkpoints"
+  prompts = {}
+  for step in (100, 1200, 300):
+    d = numpy_dir / f"checkpoint_{step}"
+    d.mkdir(parents=True)
+    prompts[step] = _prompt(seed=step)
+    with open(d / "encoder.prompt.prompt.prompt", "wb") as f:
+      np.save(f, prompts[step])
+  (numpy_dir / "checkpoint_5000.tmp-1699999").mkdir()  # interrupted write: must be ignored
+  with open(numpy_dir / "checkpoint_5000.tmp-1699999" / "encoder.prompt.prompt.prompt", "wb") as f:
+    np.save(f, _prompt(seed=9))
+  single = numpy_dir / "checkpoint_300" / "encoder.prompt.prompt.prompt"
+  np.testing.assert_array_equal(pio.load_prompt(str(single)), prompts[300])
+  np.testing.assert_array_equal(pio.load_prompt(str(single.parent)), prompts[300])
+  np.testing.assert_array_equal(pio.load_prompt(str(numpy_dir)), prompts[1200])  # newest step
+  np.testing.assert_array_equal(pio.load_prompt(str(tmp_path / "model")), prompts[1200])
+  src = pio.resolve_prompt(str(tmp_path / "model"))
+  assert src.format == "t5x" and src.step == 1200
+  assert [s for s, _ in pio.list_numpy_checkpoints(str(numpy_dir))] == [100, 300, 1200]
+
+
+def test_export_numpy_checkpoint_layout(tmp_path):
+  model_dir = str(tmp_path / "m")
+  p = _prompt()
+  out = pio.export_numpy_checkpoint(p, model_dir, 7)
+  assert out == pio.checkpoint_export_dir(model_dir, 7)
+  assert out.endswith("numpy_checkpoints/checkpoint_7")
+  assert sorted(os.listdir(out)) == ["encoder.prompt.prompt.prompt", "export.json", "prompt.npy"]
+  np.testing.assert_array_equal(np.load(os.path.join(out, "encoder.prompt.prompt.prompt")), p)
+  np.testing.assert_array_equal(np.load(os.path.join(out, "prompt.npy")), p)
+  assert json.load(open(os.path.join(out, "export.json")))["step"] == 7
+  # overwriting the same step replaces it
+  pio.export_numpy_checkpoint(2 * p, model_dir, 7)
+  np.testing.assert_array_equal(pio.load_prompt(out), 2 * p)
+  assert os.listdir(os.path.join(model_dir, "numpy_checkpoints")) == ["checkpoint_7"]
+
+
+def test_model_dir_prefers_best_and_finds_task_embedding(tmp_path):
+  model_dir = str(tmp_path / "m")
+  p10, p20, best, emb = (_prompt(seed=s) for s in range(4))
+  pio.export_numpy_checkpoint(p10, model_dir, 10)
+  pio.export_numpy_checkpoint(p20, model_dir, 20)
+  assert pio.find_exports(model_dir).best is None
+  np.testing.assert_array_equal(pio.load_prompt(model_dir), p20)
+  pio.export_numpy_checkpoint(best, model_dir, 15, name="best", metrics={"accuracy": 0.75})
+  pio.export_numpy_checkpoint(emb, model_dir, 2, name="task_embedding")
+  np.testing.assert_array_equal(pio.load_prompt(model_dir), best)
+  np.testing.assert_array_equal(pio.load_prompt(model_dir, "latest"), p20)
+  np.testing.assert_array_equal(pio.load_prompt(model_dir, "task_embedding"), emb)
+  ex = pio.find_exports(model_dir)
+  assert ex.best == pio.best_export_dir(model_dir)
+  assert ex.task_embedding == pio.task_embedding_export_dir(model_dir)
+  assert [s for s, _ in ex.checkpoints] == [10, 20]
+  info = pio.read_export_info(ex.best)
+  assert info["step"] == 15 and info["metrics"] == {"accuracy": 0.75}
+  assert pio.resolve_prompt(model_dir).step == 15
+
+
+def test_peft_round_trip_and_config(tmp_path):
+  from safetensors.numpy import load_file
+  p = _prompt(5, 8)
+  d = pio.export_peft(p, str(tmp_path / "adapter"), base_model_name_or_path="google/t5-base-lm-adapt",
+                      num_attention_heads=12, num_layers=12)
+  cfg = json.load(open(os.path.join(d, "adapter_config.json")))
+  assert cfg["peft_type"] == "PROMPT_TUNING" and cfg["task_type"] == "SEQ_2_SEQ_LM"
+  assert cfg["num_virtual_tokens"] == 5 and cfg["token_dim"] == 8
+  assert cfg["num_transformer_submodules"] == 1 and cfg["inference_mode"] is True
+  assert cfg["prompt_tuning_init"] == "RANDOM" and cfg["num_layers"] == 12
+  tensors = load_file(os.path.join(d, "adapter_model.safetensors"))
+  assert list(tensors) == ["prompt_embeddings"] and tensors["prompt_embeddings"].shape == (5, 8)
+  np.testing.assert_array_equal(pio.load_prompt(d), p)
+  np.testing.assert_array_equal(pio.load_prompt(os.path.join(d, "adapter_model.safetensors")), p)
+  assert pio.resolve_prompt(d).format == "peft"
+
+
+def test_peft_two_submodules_takes_encoder_rows(tmp_path):
+  from safetensors.numpy import save_file
+  d = tmp_path / "peft2"
+  d.mkdir()
+  rows = _prompt(6, 4)  # 2 * P with P = 3
+  cfg = pio.peft_adapter_config(3, 4)
+  cfg["num_transformer_submodules"] = 2
+  (d / "adapter_config.json").write_text(json.dumps(cfg))
+  save_file({"prompt_embeddings": rows}, str(d / "adapter_model.safetensors"))
+  with pytest.warns(UserWarning, match="first 3"):
+    out = pio.load_prompt(str(d))
+  np.testing.assert_array_equal(out, rows[:3])
+  cfg["num_transformer_submodules"] = 1  # rows disagree with the config now
+  (d / "adapter_config.json").write_text(json.dumps(cfg))
+  with pytest.raises(ValueError, match="num_virtual_tokens=3"):
+    pio.load_prompt(str(d))
+
+
+def test_export_prompt_formats(tmp_path):
+  p = _prompt()
+  for fmt in pio.EXPORT_FORMATS:
+    out = pio.export_prompt(p, str(tmp_path / f"out_{fmt}"), fmt)
+    np.testing.assert_array_equal(pio.load_prompt(out), p)
+  assert os.path.exists(tmp_path / "out_t5x" / "encoder.prompt.prompt.prompt")
+  with pytest.raises(ValueError, match="unknown export format"):
+    pio.export_prompt(p, str(tmp_path / "x"), "pt")
+
+
+def test_errors(tmp_path):
+  with pytest.raises(ValueError, match="rank 2"):
+    pio.save_npy(np.zeros((1, 2, 3)), str(tmp_path / "a.npy"))
+  bad = _prompt()
+  bad[1, 2] = np.nan
+  with pytest.raises(ValueError, match="NaN"):
+    pio.save_npy(bad, str(tmp_path / "b.npy"))
+  assert not os.path.exists(tmp_path / "b.npy")
+  np.save(tmp_path / "nan.npy", bad)
+  with pytest.raises(ValueError, match="nan.npy.*NaN"):
+    pio.load_prompt(str(tmp_path / "nan.npy"))
+  (tmp_path / "notes.txt").write_text("hello")
+  with pytest.raises(ValueError, match=r"unknown prompt format at .*notes.txt.*Accepted"):
+    pio.load_prompt(str(tmp_path / "notes.txt"))
+  (tmp_path / "empty_dir").mkdir()
+  with pytest.raises(ValueError, match=r"unknown prompt format at .*empty_dir.*PEFT"):
+    pio.load_prompt(str(tmp_path / "empty_dir"))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    pio.load_prompt(str(tmp_path / "missing"))
+  (tmp_path / "m" / "numpy_checkpoints").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match="spot-jax export"):
+    pio.load_prompt(str(tmp_path / "m"))
+
+
+def test_check_prompt_shape_states_both_shapes():
+  p = _prompt(4, 6)
+  assert pio.check_prompt_shape(p, 4, 6).shape == (4, 6)
+  assert pio.check_prompt_shape(p, None, 6).shape == (4, 6)
+  with pytest.raises(ValueError, match=r"my.npy: prompt shape \(4, 6\) .* \(100, 6\).*PROMPT_LENGTH=4"):
+    pio.check_prompt_shape(p, 100, 6, "my.npy")
+  with pytest.raises(ValueError, match=r"\(4, 6\) .* \(4, 512\).*d_model differs"):
+    pio.check_prompt_shape(p, 4, 512)
+
+
+def test_failed_export_leaves_no_partial_directory(tmp_path, monkeypatch):
+  model_dir = str(tmp_path / "m")
+  old = _prompt(seed=1)
+  pio.export_numpy_checkpoint(old, model_dir, 3)
+  real_open = pio._open
+  calls = []
+
+  def failing_open(path, mode):
+    calls.append(path)
+    if len(calls) == 2:
+      raise OSError("disk full")
+    return real_open(path, mode)
+
+  monkeypatch.setattr(pio, "_open", failing_open)
+  with pytest.raises(OSError, match="disk full"):
+    pio.export_numpy_checkpoint(_prompt(seed=2), model_dir, 3)
+  calls.clear()
+  with pytest.raises(OSError, match="disk full"):
+    pio.export_numpy_checkpoint(_prompt(seed=2), model_dir, 4)
+  monkeypatch.setattr(pio, "_open", real_open)
+  assert sorted(os.listdir(os.path.join(model_dir, "numpy_checkpoints"))) == ["checkpoint_3"]
+  np.testing.assert_array_equal(pio.load_prompt(model_dir), old)  # the old export is intact
+
+
+class _FakeGfile:
+  """tf.io.gfile stand-in mapping gs://bucket/... to a local directory."""
+
+  def __init__(self, root):
+    self.root = str(root)
+    self.used = set()
+
+  def _p(self, path):
+    assert path.startswith("gs://bucket/"), path
+    return os.path.join(self.root, path[len("gs://bucket/"):])
+
+  def _use(self, name, path):
+    self.used.add(name)
+    return self._p(path)
+
+  def exists(self, path):
+    return os.path.exists(self._use("exists", path))
+
+  def isdir(self, path):
+    return os.path.isdir(self._use("isdir", path))
+
+  def listdir(self, path):
+    return os.listdir(self._use("listdir", path))
+
+  def makedirs(self, path):
+    os.makedirs(self._use("makedirs", path), exist_ok=True)
+
+  def GFile(self, path, mode):  # pylint: disable=invalid-name
+    return open(self._use("GFile", path), mode)
+
+  def rename(self, src, dst, overwrite=False):
+    assert overwrite
+    os.replace(self._use("rename", src), self._p(dst))
+
+  def rmtree(self, path):
+    import shutil
+    shutil.rmtree(self._use("rmtree", path))
+
+  def remove(self, path):
+    os.remove(self._use("remove", path))
+
+
+def test_gcs_paths_go_through_gfile(tmp_path, monkeypatch):
+  fake = _FakeGfile(tmp_path)
+  monkeypatch.setattr(pio, "_gfile", lambda: fake)
+  p = _prompt()
+  pio.export_numpy_checkpoint(p, "gs://bucket/run", 5)
+  pio.export_numpy_checkpoint(2 * p, "gs://bucket/run", 5)  # replace an existing export
+  assert {"GFile", "rename", "makedirs", "rmtree"} <= fake.used
+  local = tmp_path / "run" / "numpy_checkpoints" / "checkpoint_5"
+  np.testing.assert_array_equal(np.load(local / "encoder.prompt.prompt.prompt"), 2 * p)
+  np.testing.assert_array_equal(pio.load_prompt("gs://bucket/run"), 2 * p)
+  pio.save_npy(p, "gs://bucket/x/p.npy")
+  np.testing.assert_array_equal(np.load(tmp_path / "x" / "p.npy"), p)

@@ -1,0 +1,151 @@
+"""`library add|list|similarity|retrieve|init` run in-process on a temporary library."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from spot_jax import prompt_io as pio
+from spot_jax.spot import cli
+from spot_jax.spot import similarity as sim
+
+
+@pytest.fixture
+def sources(tmp_path):
+  """Three source runs in three formats plus a target embedding close to source `rte`."""
+  rng = np.random.default_rng(0)
+  p = {t: rng.normal(size=(4, 16)).astype(np.float32) for t in ("rte", "boolq", "cb")}
+  emb = {t: rng.normal(size=(4, 16)).astype(np.float32) for t in p}
+  run = str(tmp_path / "rte_run")
+  pio.export_numpy_checkpoint(emb["rte"], run, 10, name="task_embedding")
+  pio.export_numpy_checkpoint(p["rte"], run, 100, name="best", metrics={"accuracy": 0.7})
+  pio.export_peft(p["boolq"], str(tmp_path / "boolq_peft"))
+  pio.save_npy(emb["boolq"], str(tmp_path / "boolq_emb.npy"))
+  pio.save_npy(p["cb"], str(tmp_path / "cb.npy"))
+  target = emb["rte"] + 0.05 * rng.normal(size=(4, 16)).astype(np.float32)
+  pio.save_npy(target, str(tmp_path / "target.npy"))
+  return tmp_path, p, emb
+
+
+def _build(tmp_path):
+  lib = str(tmp_path / "lib")
+  assert cli.main(["library", "add", "--library", lib, "--task", "rte", "--model-id", "tiny",
+                   str(tmp_path / "rte_run")]) == 0
+  assert cli.main(["add", "--library", lib, "--task", "boolq", "--task-embedding",
+                   str(tmp_path / "boolq_emb.npy"), "--metrics", '{"accuracy": 0.8}', "--steps", "50",
+                   str(tmp_path / "boolq_peft")]) == 0
+  assert cli.main(["add", "--library", lib, "--task", "cb", str(tmp_path / "cb.npy")]) == 0
+  return lib
+
+
+def test_add_and_list(sources, capsys):
+  tmp_path, _, _ = sources
+  lib = _build(tmp_path)
+  out = capsys.readouterr().out
+  assert "added rte: prompt [4, 16], task embedding [4, 16], steps 100" in out
+  assert cli.main(["list", "--library", lib]) == 0
+  out = capsys.readouterr().out
+  assert "3 task(s), model tiny, d_model 16" in out
+  rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+  assert set(rows) == {"boolq", "cb", "rte"}
+  assert "accuracy=0.7" in rows["rte"] and "100" in rows["rte"]
+  assert "accuracy=0.8" in rows["boolq"] and "50" in rows["boolq"]
+  assert rows["cb"].split()[2] == "-"  # no task embedding
+  assert cli.main(["list", "--library", lib, "--json"]) == 0
+  data = json.loads(capsys.readouterr().out)
+  assert [e["task"] for e in data["entries"]] == ["boolq", "cb", "rte"]
+
+
+def test_add_errors(sources, tmp_path, capsys):
+  tmp_path, _, _ = sources
+  lib = _build(tmp_path)
+  capsys.readouterr()
+  pio.save_npy(np.ones((4, 32)), str(tmp_path / "big.npy"))
+  assert cli.main(["add", "--library", lib, "--task", "wide", str(tmp_path / "big.npy")]) == 1
+  err = capsys.readouterr().err
+  assert "d_model 32" in err and "d_model 16" in err
+  assert cli.main(["add", "--library", lib, "--task", "cb", str(tmp_path / "cb.npy")]) == 1
+  assert "--overwrite" in capsys.readouterr().err
+  assert cli.main(["add", "--library", lib, "--task", "x", str(tmp_path / "nothing")]) == 1
+  assert "does not exist" in capsys.readouterr().err
+
+
+def test_similarity_writes_json_and_png(sources, capsys):
+  tmp_path, p, _ = sources
+  lib = _build(tmp_path)
+  capsys.readouterr()
+  out_dir = str(tmp_path / "sim")
+  assert cli.main(["similarity", "--library", lib, "--measure", "c_concat", "--measure", "e_average",
+                   "--out-dir", out_dir]) == 0
+  out = capsys.readouterr().out
+  assert "== c_concat (prompt): 3 pairs" in out
+  data = json.load(open(os.path.join(out_dir, "similarity_c_concat.json")))
+  assert data["names"] == ["boolq", "cb", "rte"]
+  m = np.array(data["matrix"])
+  np.testing.assert_allclose(m, m.T)
+  assert m[0, 2] == pytest.approx(sim.c_concat(p["boolq"], p["rte"]), rel=1e-5)
+  for name in ("similarity_c_concat.png", "similarity_e_average.png"):
+    with open(os.path.join(out_dir, name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  # the printed table is ranked
+  scores = [float(line.split()[-1]) for line in out.split("== e_average")[0].splitlines()
+            if line.strip()[:1].isdigit()]
+  assert scores == sorted(scores, reverse=True) and len(scores) == 3
+
+
+def test_similarity_on_needs_model_and_uses_activations(sources, capsys, monkeypatch):
+  tmp_path, _, _ = sources
+  lib = _build(tmp_path)
+  assert cli.main(["similarity", "--library", lib, "--measure", "on"]) == 1
+  assert "--model" in capsys.readouterr().err
+  seen = {}
+
+  def fake_fn(model_path, input_ids):
+    seen["args"] = (model_path, list(input_ids))
+    return lambda prompt: np.stack([prompt, prompt - 0.5, -prompt])  # [layers=3, P, d]
+
+  monkeypatch.setattr(cli, "model_activations_fn", fake_fn)
+  assert cli.main(["similarity", "--library", lib, "--measure", "on", "--model", "/ckpt",
+                   "--window", "all", "--out-dir", str(tmp_path / "on")]) == 0
+  assert seen["args"] == ("/ckpt", [32099, 1])
+  data = json.load(open(tmp_path / "on" / "similarity_on.json"))
+  assert data["window"] is None and np.allclose(np.diag(data["matrix"]), 1.0)
+
+
+def test_retrieve_ranks_related_source_first(sources, capsys):
+  tmp_path, _, _ = sources
+  lib = _build(tmp_path)
+  capsys.readouterr()
+  with pytest.warns(UserWarning, match="cb"):  # cb has no task embedding: final prompt used
+    assert cli.main(["retrieve", "--library", lib, "--target", str(tmp_path / "target.npy"),
+                     "--json"]) == 0
+  ranked = json.loads(capsys.readouterr().out)
+  assert [r["task"] for r in ranked][0] == "rte" and len(ranked) == 3
+  assert cli.main(["retrieve", "--library", lib, "--target", str(tmp_path / "target.npy"),
+                   "--exclude", "rte", "--top-k", "1", "--measure", "cos_per_token"]) == 0
+  out = capsys.readouterr().out
+  assert "rte" not in out.split("\n", 1)[1] and len(out.strip().splitlines()) == 3
+
+
+def test_init_writes_weighted_average(sources, capsys):
+  tmp_path, p, emb = sources
+  lib = _build(tmp_path)
+  capsys.readouterr()
+  out_npy = str(tmp_path / "init.npy")
+  assert cli.main(["init", "--library", lib, "--target", str(tmp_path / "target.npy"), "--out",
+                   out_npy, "--top-k", "2", "--measure", "c_concat", "--json"]) == 0
+  summary = json.loads(capsys.readouterr().out)
+  srcs = summary["sources"]
+  assert srcs[0]["task"] == "rte" and len(srcs) == 2
+  target = np.load(tmp_path / "target.npy")
+  cands = {"rte": emb["rte"], "boolq": emb["boolq"], "cb": p["cb"]}
+  scores = {t: sim.c_concat(target, v) for t, v in cands.items()}
+  top2 = sorted(scores, key=scores.get, reverse=True)[:2]
+  w = np.array([max(scores[t], 0) for t in top2])
+  w = w / w.sum()
+  manual = sum(wi * p[t] for wi, t in zip(w, top2))  # the FINAL prompts are averaged
+  np.testing.assert_allclose(np.load(out_npy), manual, rtol=1e-5, atol=1e-6)
+  assert [s["task"] for s in srcs] == top2
+  assert cli.main(["init", "--library", lib, "--target", str(tmp_path / "target.npy"), "--out",
+                   str(tmp_path / "top1.npy"), "--strategy", "top1"]) == 0
+  np.testing.assert_array_equal(np.load(tmp_path / "top1.npy"), p["rte"])
