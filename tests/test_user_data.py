@@ -1,0 +1,172 @@
+"""Tests for tasks.user_data: registration from TSV/CSV/JSONL, errors, gin."""
+
+import importlib.util  # noqa: F401  (before gin: gin 0.5 bug)
+import json
+import os
+
+import gin
+import pytest
+import seqio
+
+from tasks import user_data as ud
+
+VOCAB = seqio.ByteVocabulary()
+SPM = os.path.join(os.path.dirname(__file__), "..", "tasks", "data",
+                   "bundled_spm.model")
+
+
+def _examples(name, split="train"):
+  ds = seqio.get_mixture_or_task(name).get_dataset(
+      None, split=split, shuffle=False, try_in_mem_cache=False)
+  return [{k: (v.decode() if isinstance(v, bytes) else v)
+           for k, v in ex.items() if not k.endswith("s") or
+           k.endswith("pretokenized")}
+          for ex in ds.as_numpy_iterator()]
+
+
+def _texts(name, split="train"):
+  return [(e["inputs_pretokenized"], e["targets_pretokenized"])
+          for e in _examples(name, split)]
+
+
+def _write(path, text):
+  path.write_text(text)
+  return str(path)
+
+
+def test_tsv_int_and_string_labels(tmp_path):
+  train = _write(tmp_path / "train.tsv",
+                 'premise\thypothesis\tlabel\nA man sleeps.\tA person rests.\t0\n'
+                 'It rains.\tThe "sun" shines.\tcontradiction\n')
+  ud.register_task_from_files("ud_test_tsv", train=train, validation=train,
+                              label_names=["entailment", "contradiction"],
+                              vocabulary=VOCAB, overwrite=True)
+  assert _texts("ud_test_tsv") == [
+      ("premise: A man sleeps. hypothesis: A person rests.", "entailment"),
+      ('premise: It rains. hypothesis: The "sun" shines.', "contradiction")]
+  task = seqio.get_mixture_or_task("ud_test_tsv")
+  assert task.num_input_examples("validation") == 2
+
+
+def test_csv_quoted_fields_and_custom_template(tmp_path):
+  train = _write(tmp_path / "d.csv",
+                 'text,extra,label\n"hello, world",x,good\nbye,y,bad\n')
+  ud.register_task_from_files("ud_test_csv", train=train,
+                              input_template="say: {text} [{extra}]",
+                              vocabulary=VOCAB, overwrite=True)
+  assert _texts("ud_test_csv") == [("say: hello, world [x]", "good"),
+                                   ("say: bye [y]", "bad")]
+
+
+def test_jsonl_and_rank_classification(tmp_path):
+  lines = [{"q": "two plus two", "label": 1}, {"q": "sky color", "label": "no"}]
+  train = _write(tmp_path / "d.jsonl",
+                 "\n".join(json.dumps(l) for l in lines) + "\n\n")
+  ud.register_task_from_files("ud_test_jsonl", train=train,
+                              input_template="question: {q}",
+                              label_names=["no", "yes"], vocabulary=VOCAB,
+                              rank_classification=True, overwrite=True)
+  assert _texts("ud_test_jsonl") == [("question: two plus two", "yes"),
+                                     ("question: sky color", "no")]
+  rank = _examples("ud_test_jsonl_rank")
+  assert [(e["targets_pretokenized"], int(e["idx"]), bool(e["is_correct"]))
+          for e in rank] == [("no", 0, False), ("yes", 0, True),
+                             ("no", 1, True), ("yes", 1, False)]
+  task = seqio.get_mixture_or_task("ud_test_jsonl_rank")
+  assert task.score_metric_fns == [ud.rank_accuracy]
+  targets = [task.postprocess_fn(None, example=e, is_target=True) for e in rank]
+  # Example 0 scores the right option best, example 1 the wrong one.
+  assert ud.rank_accuracy(targets, [-3.0, -1.0, -2.0, -0.5]) == {"accuracy": 50.0}
+
+
+def test_batches_through_feature_converter(tmp_path):
+  train = _write(tmp_path / "t.tsv", "premise\thypothesis\tlabel\na\tb\tyes\n" * 1
+                 + "c\td\tno\n")
+  ud.register_task_from_files("ud_test_conv", train=train, vocabulary=VOCAB,
+                              overwrite=True)
+  lengths = {"inputs": 32, "targets": 4}
+  ds = seqio.get_mixture_or_task("ud_test_conv").get_dataset(
+      lengths, split="train", shuffle=False, try_in_mem_cache=False)
+  batch = next(seqio.EncDecFeatureConverter(pack=False)(ds, lengths)
+               .batch(2).as_numpy_iterator())
+  assert batch["encoder_input_tokens"].shape == (2, 32)
+  assert batch["decoder_target_tokens"].shape == (2, 4)
+  assert VOCAB.decode(batch["decoder_target_tokens"][0].tolist()) == "yes"
+
+
+def test_metrics():
+  assert ud.accuracy(["a", "b", "c", "d"], ["a", "b", "x", "d"]) == {"accuracy": 75.0}
+  # labels a (tp 1, fn 1 -> f1 2/3) and b (tp 1, fp 1 -> f1 2/3).
+  assert ud.macro_f1(["a", "a", "b"], ["a", "b", "b"])["macro_f1"] == pytest.approx(200 / 3)
+
+
+@pytest.mark.parametrize("name,text,kwargs,expected", [
+    ("bad.tsv", "premise\thypothesis\tlabel\na\tb\tyes\na\tb\tc\tyes\n", {},
+     ["bad.tsv:3:", "expected 3 tab-separated fields", "found 4"]),
+    ("bad.csv", "premise,hypothesis,label\na,b\n", {},
+     ["bad.csv:2:", "expected 3 comma-separated", "quotes"]),
+    ("bad.jsonl", '{"premise": "a", "hypothesis": "b", "label": "x"}\n{"premise": \n', {},
+     ["bad.jsonl:2:", "not valid JSON"]),
+    ("lab.tsv", "premise\thypothesis\tlabel\na\tb\tyes\na\tb\tmaybe\n",
+     {"label_names": ["no", "yes"]},
+     ["lab.tsv:3:", "unknown label 'maybe'", "label_names"]),
+    ("lab.jsonl", '{"premise": "a", "hypothesis": "b", "label": 5}\n',
+     {"label_names": ["no", "yes"]}, ["lab.jsonl:1:", "unknown label '5'"]),
+    ("miss.tsv", "premise\thyp\tlabel\na\tb\tyes\n", {},
+     ["miss.tsv:1:", "no column 'hypothesis'", "input_template"]),
+    ("miss.jsonl", '{"premise": "a", "hypothesis": "b", "label": "x"}\n'
+     '{"premise": "a", "label": "x"}\n', {},
+     ["miss.jsonl:2:", "no field 'hypothesis'"]),
+    ("tgt.tsv", "premise\thypothesis\tgold\na\tb\tyes\n", {},
+     ["tgt.tsv:1:", "no column 'label'", "target_field"]),
+])
+def test_errors_name_file_and_line(tmp_path, name, text, kwargs, expected):
+  path = _write(tmp_path / name, text)
+  with pytest.raises(ud.UserDataError) as e:
+    ud.register_task_from_files("ud_test_err", train=path, vocabulary=VOCAB,
+                                overwrite=True, **kwargs)
+  for part in expected:
+    assert part in str(e.value)
+  assert "ud_test_err" not in seqio.TaskRegistry.names()
+
+
+def test_argument_errors(tmp_path):
+  path = _write(tmp_path / "d.txt", "premise\thypothesis\tlabel\na\tb\tc\n")
+  with pytest.raises(ud.UserDataError, match="suffix"):
+    ud.register_task_from_files("ud_test_arg", train=path, vocabulary=VOCAB)
+  with pytest.raises(ud.UserDataError, match="does not exist"):
+    ud.register_task_from_files("ud_test_arg", train=str(tmp_path / "no.tsv"))
+  with pytest.raises(ud.UserDataError, match="needs label_names"):
+    ud.register_task_from_files("ud_test_arg", train=path, format="tsv",
+                                rank_classification=True, vocabulary=VOCAB)
+  with pytest.raises(ud.UserDataError, match="unknown metric"):
+    ud.register_task_from_files("ud_test_arg", train=path, format="tsv",
+                                metrics=("bleu",), vocabulary=VOCAB)
+  ud.register_task_from_files("ud_test_dup", train=path, format="tsv",
+                              vocabulary=VOCAB, overwrite=True)
+  with pytest.raises(ud.UserDataError, match="overwrite=True"):
+    ud.register_task_from_files("ud_test_dup", train=path, format="tsv",
+                                vocabulary=VOCAB)
+
+
+def test_register_from_gin(tmp_path):
+  train = _write(tmp_path / "train.tsv", "sentence\tlabel\nnice one\t1\nawful\t0\n")
+  gin.clear_config()
+  try:
+    gin.parse_config(f"""
+import tasks.user_data
+my_sst/tasks.user_data.register_task_from_files.name = "ud_test_gin"
+my_sst/tasks.user_data.register_task_from_files.train = "{train}"
+my_sst/tasks.user_data.register_task_from_files.input_template = "sentence: {{sentence}}"
+my_sst/tasks.user_data.register_task_from_files.label_names = ["negative", "positive"]
+my_sst/tasks.user_data.register_task_from_files.overwrite = True
+my_sst/tasks.user_data.register_task_from_files.vocabulary = "{SPM}"
+tasks.user_data.register_from_gin.tasks = [@my_sst/tasks.user_data.register_task_from_files()]
+""")
+    assert ud.register_from_gin() == ["ud_test_gin"]
+    vocab = seqio.get_mixture_or_task("ud_test_gin").output_features["inputs"].vocabulary
+    assert vocab.vocab_size == 1100
+  finally:
+    gin.clear_config()
+  assert _texts("ud_test_gin") == [("sentence: nice one", "positive"),
+                                   ("sentence: awful", "negative")]
