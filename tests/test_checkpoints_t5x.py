@@ -201,3 +201,17 @@ def test_real_t5x_checkpoint_loads_and_runs():
   from spot_jax.model import T5
   logits = T5(config).apply({"params": params}, jnp.asarray([[5, 6, 7, 1, 0]]), jnp.asarray([[0, 5, 6]]))
   assert logits.shape == (1, 3, 32128) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_version_2_bfloat16_stored_as_uint16(tmp_path):
+  params = _params()
+  flat = flatten(params)
+  flat["token_embedder/embedding"] = flat["token_embedder/embedding"].view(np.uint16)
+  ckpt = write_t5x(unflatten(flat), str(tmp_path), step=1)
+  from spot_jax.checkpoints.t5x import encode_msgpack
+  path = os.path.join(ckpt, "checkpoint")
+  state = decode_msgpack(open(path, "rb").read())
+  state["version"] = 2
+  open(path, "wb").write(encode_msgpack(state))
+  _, back = read_t5x(ckpt)
+  _assert_same(params, back)
