@@ -133,3 +133,26 @@ def test_ranked_pairs():
   names = ["a", "b", "c"]
   m = np.array([[1, .2, .9], [.2, 1, .5], [.9, .5, 1]])
   assert sim.ranked_pairs(names, m) == [("a", "c", .9), ("b", "c", .5), ("a", "b", .2)]
+
+
+def test_on_with_the_tiny_frozen_model():
+  """ON through spot_jax.model.ffn_preactivations (random weights: only the plumbing matters)."""
+  import jax
+  from spot_jax import config as config_lib
+  from spot_jax import model as model_lib
+  from spot_jax.spot import cli
+  cfg = config_lib.size_config("tiny", vocab_size=128)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: (0.3 * rng.normal(size=s)).astype(np.float32),
+                        model_lib.param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+  fn = cli.activations_fn_from_params(cfg, params, input_ids=(5, 1))
+  a, b = rng.uniform(-0.5, 0.5, size=(2, 3, cfg.d_model))
+  act_a, act_b = fn(a), fn(b)
+  assert act_a.shape == (cfg.num_encoder_layers, 1, 3 + 2, cfg.d_ff)
+  assert 0 < (act_a > 0).mean() < 1
+  np.testing.assert_array_equal(fn(a), act_a)  # deterministic: no dropout
+  s_ab = sim.on_similarity(act_a, act_b, window=1)
+  assert 0.0 < s_ab < 1.0
+  assert sim.on_similarity(act_a, act_a, window=1) == pytest.approx(1.0)
+  _, m = sim.similarity_matrix({"a": a, "b": b}, "on", activations_fn=fn, window=1)
+  assert m[0, 1] == pytest.approx(s_ab)

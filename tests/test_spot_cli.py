@@ -121,12 +121,14 @@ def test_retrieve_ranks_related_source_first(sources, capsys):
                      "--json"]) == 0
   ranked = json.loads(capsys.readouterr().out)
   assert [r["task"] for r in ranked][0] == "rte" and len(ranked) == 3
-  assert cli.main(["retrieve", "--library", lib, "--target", str(tmp_path / "target.npy"),
-                   "--exclude", "rte", "--top-k", "1", "--measure", "cos_per_token"]) == 0
+  with pytest.warns(UserWarning, match="no task embedding"):
+    assert cli.main(["retrieve", "--library", lib, "--target", str(tmp_path / "target.npy"),
+                       "--exclude", "rte", "--top-k", "1", "--measure", "cos_per_token"]) == 0
   out = capsys.readouterr().out
   assert "rte" not in out.split("\n", 1)[1] and len(out.strip().splitlines()) == 3
 
 
+@pytest.mark.filterwarnings("ignore:.*no task embedding")
 def test_init_writes_weighted_average(sources, capsys):
   tmp_path, p, emb = sources
   lib = _build(tmp_path)
@@ -149,3 +151,17 @@ def test_init_writes_weighted_average(sources, capsys):
   assert cli.main(["init", "--library", lib, "--target", str(tmp_path / "target.npy"), "--out",
                    str(tmp_path / "top1.npy"), "--strategy", "top1"]) == 0
   np.testing.assert_array_equal(np.load(tmp_path / "top1.npy"), p["rte"])
+
+
+@pytest.mark.filterwarnings("ignore:.*no task embedding")
+def test_target_can_be_a_model_dir(sources, capsys):
+  tmp_path, _, emb = sources
+  lib = _build(tmp_path)
+  short = str(tmp_path / "target_run")
+  pio.export_numpy_checkpoint(emb["boolq"] + 0.01, short, 5)  # no task_embedding export: newest used
+  capsys.readouterr()
+  assert cli.main(["retrieve", "--library", lib, "--target", short, "--json"]) == 0
+  assert json.loads(capsys.readouterr().out)[0]["task"] == "boolq"
+  pio.export_numpy_checkpoint(emb["rte"], short, 2, name="task_embedding")  # preferred when present
+  assert cli.main(["retrieve", "--library", lib, "--target", short, "--json"]) == 0
+  assert json.loads(capsys.readouterr().out)[0]["task"] == "rte"

@@ -83,7 +83,8 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
                          ("init", "write a transfer init .npy for a target task")):
     p = verbs.add_parser(verb, parents=[common, on], help=helptext)
     p.add_argument("--target", required=True,
-                   help="the target's task embedding: a prompt from a short target run (any format)")
+                   help="the target's task embedding: a short target run's MODEL_DIR (its "
+                   "task_embedding export, else its newest) or a prompt file in any format")
     p.add_argument("--measure", default=sim.DEFAULT_MEASURE, help=measure_help)
     p.add_argument("--kind", choices=KINDS, default="task_embedding",
                    help="what the target is compared with (default task_embedding; entries without "
@@ -131,17 +132,22 @@ def _load_metrics(value: Optional[str]) -> Optional[dict]:
   return out
 
 
-def model_activations_fn(model_path: str, input_ids: Sequence[int]):
-  """activations_fn(prompt) for ON: FFN first-layer pre-activations of the frozen model at `model_path`
-  driven by `prompt` with encoder input `input_ids` (spot_jax.model.ffn_preactivations)."""
-  import spot_jax  # pylint: disable=g-import-not-at-top
+def activations_fn_from_params(config, params, input_ids: Sequence[int] = (EXTRA_ID_0, EOS_ID)):
+  """activations_fn(prompt) for ON: the frozen model's encoder FFN first-layer pre-activations
+  [layers, 1, P+L, d_ff] when driven by `prompt` with encoder input `input_ids`."""
   from spot_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  model = spot_jax.load_t5(model_path)
   ids = np.asarray([list(input_ids)], dtype=np.int32)
 
   def fn(prompt):
-    return np.asarray(model_lib.ffn_preactivations(model.config, model.params, ids, prompt))
+    return np.asarray(model_lib.ffn_preactivations(config, params, ids, np.asarray(prompt, np.float32)))
   return fn
+
+
+def model_activations_fn(model_path: str, input_ids: Sequence[int] = (EXTRA_ID_0, EOS_ID)):
+  """`activations_fn_from_params` for the checkpoint at `model_path` (loaded with spot_jax.load_t5)."""
+  import spot_jax  # pylint: disable=g-import-not-at-top
+  model = spot_jax.load_t5(model_path)
+  return activations_fn_from_params(model.config, model.params, input_ids)
 
 
 def _activations(args, measures) -> Optional[object]:
@@ -228,7 +234,12 @@ def _cmd_similarity(args) -> int:
 def _rank(args):
   lib = PromptLibrary(args.library)
   act = _activations(args, [args.measure])
-  target = prompt_io.load_prompt(args.target, "task_embedding")
+  try:  # a target MODEL_DIR: its task-embedding export, else its best/newest export
+    target = prompt_io.load_prompt(args.target, "task_embedding")
+  except FileNotFoundError:
+    if not os.path.isdir(args.target):
+      raise
+    target = prompt_io.load_prompt(args.target)
   return lib, rank_sources(target, lib, args.measure, exclude=args.exclude, kind=args.kind,
                            activations_fn=act, window=args.window)
 
