@@ -143,6 +143,9 @@ TEMPLATES = {
     "number": "numbers: {first} and {second}",
 }
 TASKS = tuple(LABELS)
+# Words of the PPT pre-training formats (tasks/ppt.py) for the vocabulary.
+PPT_WORDS = ("question: what comes next? options: A. B. C. D. E. F. G. H. I. "
+             "J. K. L. M. N. O. P. answer: yes maybe no")
 
 # ------------------------------------------------------------- generators
 
@@ -335,6 +338,7 @@ def generate(out_dir: str = DEFAULT_OUT_DIR, seed: int = 0) -> List[str]:
   _write(path, corpus.encode("utf-8"))
   written.append(path)
   spm_text += [s for d in docs for s in d]
+  spm_text += [PPT_WORDS] * 200  # so PPT's label words are single pieces.
   path = os.path.join(out_dir, SPM_NAME)
   _write(path, train_spm(spm_text))
   written.append(path)
