@@ -1,0 +1,278 @@
+"""Where metrics go: TensorBoard event files, a JSONL log, console lines and a progress bar.
+
+One `MetricsLogger` per run directory serves training and evaluation alike:
+  * TensorBoard: event files in `log_dir` (tags such as `train/loss`, `eval/<task>/accuracy`), written
+    with TensorFlow's summary ops (the `tensorboard` package is needed only to view them);
+  * `log_dir/metrics.jsonl`: one JSON object per write, `{"step": s, "time": t, "<prefix>/<name>": v}`,
+    appended one whole line at a time and flushed, so a crash loses at most the line being written
+    (`read_jsonl` skips a torn last line; after a resume the later line for a step wins);
+  * console: one `logging` line per write (through tqdm when a bar is shown, so lines do not tear it);
+  * a tqdm progress bar with step, loss, steps/s and ETA when stderr is a terminal.
+Only process 0 writes in a multi-process run (`enabled` defaults to `jax.process_index() == 0`).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import numbers
+import os
+import sys
+import time
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+log = logging.getLogger("spot_jax")
+
+JSONL_NAME = "metrics.jsonl"
+
+
+def _to_scalar(value: Any) -> Optional[float]:
+  """A float for scalar-like values (numpy/jax scalars, seqio Scalar), else None."""
+  if hasattr(value, "value") and not isinstance(value, np.ndarray):  # seqio.metrics.Scalar
+    value = value.value
+  if isinstance(value, bool):
+    return float(value)
+  if isinstance(value, numbers.Number):
+    return float(value)
+  try:
+    arr = np.asarray(value)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if arr.shape == () and np.issubdtype(arr.dtype, np.number):
+    return float(arr)
+  return None
+
+
+def flatten_metrics(values: Mapping[str, Any], prefix: str = "") -> Dict[str, float]:
+  """`{"a": {"b": 1}}` → `{"prefix/a/b": 1.0}`; non-scalar leaves are dropped."""
+  out: Dict[str, float] = {}
+
+  def visit(key, value):
+    if isinstance(value, Mapping):
+      for k, v in value.items():
+        visit(f"{key}/{k}" if key else str(k), v)
+      return
+    scalar = _to_scalar(value)
+    if scalar is not None:
+      out[key] = scalar
+
+  visit(prefix.strip("/"), values)
+  return out
+
+
+def _default_enabled() -> bool:
+  try:
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.process_index() == 0
+  except Exception:  # pylint: disable=broad-except
+    return True
+
+
+def _format_value(v: float) -> str:
+  if math.isfinite(v) and v == int(v) and abs(v) < 1e12:
+    return str(int(v))
+  return f"{v:.4g}"
+
+
+class ProgressBar:
+  """A tqdm bar over training steps showing step, loss, steps/s and ETA.
+
+  `disable=None` shows it only when stderr is a terminal (batch logs get the console lines instead).
+  """
+
+  def __init__(self, total: Optional[int], initial: int = 0, desc: str = "train",
+               disable: Optional[bool] = None):
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    if disable is None:
+      disable = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                     disable=disable, smoothing=0.1)
+    self._step = initial
+    self.disabled = bool(disable)
+
+  def update(self, step: int, loss: Optional[float] = None, **postfix: Any) -> None:
+    if step > self._step:
+      self._bar.update(step - self._step)
+      self._step = step
+    shown = {}
+    if loss is not None:
+      shown["loss"] = f"{float(loss):.4g}"
+    shown.update({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()})
+    if shown:
+      self._bar.set_postfix(shown, refresh=False)
+    self._bar.refresh()
+
+  def write(self, line: str) -> None:
+    self._bar.write(line, file=sys.stderr)
+
+  @property
+  def rate(self) -> Optional[float]:
+    """Recent steps per second, as tqdm estimates it (None before two updates)."""
+    return self._bar.format_dict.get("rate")
+
+  def close(self) -> None:
+    self._bar.close()
+
+
+class _TensorBoard:
+  """Scalar summaries in TensorFlow event files, readable by TensorBoard.
+
+  Written with the core `tf.summary.write` op plus the scalar plugin's metadata, so the separate
+  `tensorboard` package (which `tf.summary.scalar` and clu's SummaryWriter need) is not required.
+  """
+
+  def __init__(self, log_dir: str):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
+    self._tf = tf
+    self._writer = tf.summary.create_file_writer(log_dir)
+    self._metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+        data_class=summary_pb2.DATA_CLASS_SCALAR).SerializeToString()
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    tf = self._tf
+    with self._writer.as_default():
+      for k, v in scalars.items():
+        tf.summary.write(k, tf.constant(v, tf.float32), step=step, metadata=self._metadata)
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+class MetricsLogger:
+  """Writes metric dicts to TensorBoard, `metrics.jsonl` and the console; drives the progress bar.
+
+  Args:
+    log_dir: the run directory (local or `gs://` for TensorBoard; the JSONL needs a local path or
+      tf.io.gfile). None logs to the console only.
+    total_steps / start_step: for the progress bar (None: no bar).
+    enabled: False makes every method a no-op (non-zero processes); default: process 0 only.
+    tensorboard / jsonl / console: turn each sink on or off.
+    progress: show a bar (None: when `total_steps` is given and stderr is a terminal).
+  """
+
+  def __init__(self, log_dir: Optional[str], total_steps: Optional[int] = None, start_step: int = 0,
+               enabled: Optional[bool] = None, tensorboard: bool = True, jsonl: bool = True,
+               console: bool = True, progress: Optional[bool] = None, desc: str = "train"):
+    self.enabled = _default_enabled() if enabled is None else bool(enabled)
+    self.log_dir = log_dir
+    self.console = console
+    self._tb = None
+    self._jsonl = None
+    self._bar = None
+    if not self.enabled:
+      return
+    if log_dir:
+      if not log_dir.startswith("gs://"):
+        os.makedirs(log_dir, exist_ok=True)
+      if tensorboard:
+        self._tb = _TensorBoard(log_dir)
+      if jsonl:
+        self._jsonl = _open_append(os.path.join(log_dir, JSONL_NAME))
+    if total_steps is not None and progress is not False:
+      self._bar = ProgressBar(total_steps, initial=start_step, desc=desc,
+                              disable=None if progress is None else not progress)
+
+  @property
+  def jsonl_path(self) -> Optional[str]:
+    return os.path.join(self.log_dir, JSONL_NAME) if self.log_dir else None
+
+  def write(self, step: int, values: Mapping[str, Any], prefix: str = "") -> Dict[str, float]:
+    """Logs scalars (nested dicts are flattened with '/'); returns the flat dict written."""
+    flat = flatten_metrics(values, prefix)
+    if not self.enabled:
+      return flat
+    step = int(step)
+    if self._tb is not None and flat:
+      self._tb.write(step, flat)
+      self._tb.flush()
+    if self._jsonl is not None:
+      record = {"step": step, "time": round(time.time(), 3)}
+      record.update({k: (v if math.isfinite(v) else str(v)) for k, v in flat.items()})
+      self._jsonl.write(json.dumps(record, sort_keys=False) + "\n")
+      self._jsonl.flush()
+    if self._bar is not None:
+      loss = flat.get(f"{prefix}/loss" if prefix else "loss")
+      self._bar.update(step, loss=loss)
+    if self.console:
+      line = f"step {step}: " + ", ".join(f"{k}={_format_value(v)}" for k, v in flat.items())
+      if self._bar is not None and not self._bar.disabled:
+        self._bar.write(line)
+      else:
+        log.info("%s", line)
+    return flat
+
+  def progress(self, step: int, loss: Optional[float] = None) -> None:
+    """Moves the bar without logging (call every step if you like; it is cheap)."""
+    if self.enabled and self._bar is not None:
+      self._bar.update(int(step), loss=loss)
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+    if self._jsonl is not None:
+      self._jsonl.flush()
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _open_append(path: str):
+  if path.startswith("gs://"):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.io.gfile.GFile(path, "a")
+  return open(path, "a", encoding="utf-8")
+
+
+def read_jsonl(path: str) -> List[Dict[str, Any]]:
+  """Records of a metrics JSONL file; a torn (unterminated, unparsable) last line is skipped."""
+  records = []
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().split("\n")
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i == len(lines) - 1:  # the line being written when the process died
+        continue
+      raise ValueError(f"{path}:{i + 1} is not valid JSON: {line[:200]!r}") from None
+  return records
+
+
+def read_tensorboard_scalars(log_dir: str) -> Dict[str, List[Tuple[int, float]]]:
+  """`{tag: [(step, value), ...]}` from every event file under `log_dir` (for tests and tools)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out: Dict[str, List[Tuple[int, float]]] = {}
+  files = sorted(glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"), recursive=True))
+  for path in files:
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        if v.HasField("tensor"):
+          value = float(tf.make_ndarray(v.tensor))
+        else:
+          value = float(v.simple_value)
+        out.setdefault(v.tag, []).append((int(event.step), value))
+  return out

@@ -1,0 +1,66 @@
+"""Metric sinks: JSONL and TensorBoard files are written and read back; the progress bar moves."""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from spot_jax import metrics_log as ML
+
+
+def test_flatten_metrics_nested_and_scalar_types():
+  flat = ML.flatten_metrics({"task_a": {"accuracy": np.float32(50.0), "hist": [1, 2]},
+                             "loss": np.array(1.5), "n": 3}, prefix="eval")
+  assert flat == {"eval/task_a/accuracy": 50.0, "eval/loss": 1.5, "eval/n": 3.0}
+
+
+def test_jsonl_tensorboard_and_console(tmp_path, caplog):
+  caplog.set_level("INFO", logger="spot_jax")
+  with ML.MetricsLogger(str(tmp_path), enabled=True) as logger:
+    logger.write(10, {"loss": 2.0, "steps_per_sec": 3.5}, prefix="train")
+    logger.write(20, {"loss": 1.0, "steps_per_sec": 4.0}, prefix="train")
+    logger.write(20, {"task": {"accuracy": 75.0}}, prefix="eval")
+  records = ML.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  assert [r["step"] for r in records] == [10, 20, 20]
+  assert records[1]["train/loss"] == 1.0 and records[2]["eval/task/accuracy"] == 75.0
+  scalars = ML.read_tensorboard_scalars(str(tmp_path))
+  assert scalars["train/loss"] == [(10, 2.0), (20, 1.0)]
+  assert scalars["eval/task/accuracy"] == [(20, 75.0)]
+  assert "step 20: eval/task/accuracy=75" in caplog.text
+
+
+def test_torn_last_line_is_skipped_but_corruption_elsewhere_is_an_error(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text(json.dumps({"step": 1, "train/loss": 1.0}) + "\n" + '{"step": 2, "tra')
+  assert ML.read_jsonl(str(path)) == [{"step": 1, "train/loss": 1.0}]
+  path.write_text('{"step": 1\n' + json.dumps({"step": 2}) + "\n")
+  with pytest.raises(ValueError, match="metrics.jsonl:1"):
+    ML.read_jsonl(str(path))
+
+
+def test_resume_appends_and_disabled_writes_nothing(tmp_path):
+  with ML.MetricsLogger(str(tmp_path / "a"), enabled=True, tensorboard=False) as logger:
+    logger.write(1, {"loss": 1.0})
+  with ML.MetricsLogger(str(tmp_path / "a"), enabled=True, tensorboard=False) as logger:
+    logger.write(2, {"loss": float("nan")})
+  records = ML.read_jsonl(str(tmp_path / "a" / "metrics.jsonl"))
+  assert [r["step"] for r in records] == [1, 2] and records[1]["loss"] == "nan"
+  with ML.MetricsLogger(str(tmp_path / "b"), enabled=False) as logger:
+    logger.write(1, {"loss": 1.0})
+  assert not os.path.exists(tmp_path / "b")
+
+
+def test_progress_bar_shows_step_loss_rate_and_eta(monkeypatch):
+  buf = io.StringIO()
+  monkeypatch.setattr(ML.sys, "stderr", buf)
+  bar = ML.ProgressBar(total=100, initial=0, desc="train", disable=False)
+  bar._bar.fp = buf  # pylint: disable=protected-access
+  bar._bar.mininterval = 0  # pylint: disable=protected-access
+  for step in (10, 20, 30):
+    bar.update(step, loss=0.5)
+  text = buf.getvalue()
+  assert "30/100" in text and "loss=0.5" in text and "step/s" in text
+  assert "<" in text  # elapsed<remaining (ETA)
+  assert bar.rate is None or bar.rate > 0
+  bar.close()
