@@ -60,7 +60,7 @@ def register(overwrite: bool = True) -> Tuple[str, ...]:
   if not os.path.exists(VOCAB_PATH):
     raise FileNotFoundError(
         f"{VOCAB_PATH} is missing; regenerate the bundled data with "
-        "`python -m tasks.make_bundled_data`.")
+        "`python tasks/make_bundled_data.py`.")
   for short, name in zip(SHORT_NAMES, TASK_NAMES):
     user_data.register_task_from_files(
         name, **task_files(short), format="tsv",

@@ -1,6 +1,9 @@
 """Generates the bundled offline data in tasks/data/ (deterministically).
 
-    python -m tasks.make_bundled_data [--out_dir tasks/data] [--seed 0]
+    python tasks/make_bundled_data.py [--out_dir tasks/data] [--seed 0]
+
+(Run it as a script: it needs only the standard library and sentencepiece,
+not TensorFlow, which importing the `tasks` package would load.)
 
 Writes one directory per task with train/validation/test TSV files, a plain
 text corpus (documents separated by blank lines) built from the same
