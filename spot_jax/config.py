@@ -80,3 +80,17 @@ def size_config(name: str, **overrides: Any) -> T5Config:
   if name not in SIZES:
     raise ValueError(f"unknown T5 size {name!r}; known sizes: {sorted(SIZES)}")
   return SIZES[name].replace(**overrides) if overrides else SIZES[name]
+
+
+def model_config(size: str = "tiny", **overrides: Any) -> T5Config:
+  """Gin entry point (`models/*.gin`, `models/sizes/*.gin`): a size plus any field overrides."""
+  return size_config(size, **overrides)
+
+
+def _register_gin():
+  import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
+  import gin
+  gin.external_configurable(model_config, "model_config", module="spot_jax")
+
+
+_register_gin()

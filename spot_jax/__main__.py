@@ -1,0 +1,70 @@
+"""`spot-jax` (= `python -m spot_jax`): one entry point for every job.
+
+  spot-jax demo                      the embedded SPoT demo (offline, tiny model, bundled tasks)
+  spot-jax train|eval|infer ...      gin-configured jobs with T5X-style flags
+  spot-jax export SRC --format F OUT prompt export (.npy, T5X-prompt-tuning numpy layout, PEFT)
+  spot-jax library ...               the SPoT prompt library (add, list, similarity, retrieve, init)
+  spot-jax spot ...                  retrieval + transfer for a target task
+  spot-jax bench ...                 throughput benchmarks (bench/)
+  spot-jax tasks --list              registered tasks and mixtures
+"""
+from __future__ import annotations
+
+import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
+import argparse
+import sys
+
+USAGE = __doc__
+
+
+def _export(argv):
+  from spot_jax import prompt_io
+  p = argparse.ArgumentParser(prog="spot-jax export",
+                              description="Write a prompt from any checkpoint or export in another format.")
+  p.add_argument("source", help="a MODEL_DIR, numpy export, .npy file or PEFT adapter directory")
+  p.add_argument("out", help="output path (.npy file, T5X export directory, or PEFT directory)")
+  p.add_argument("--format", choices=prompt_io.EXPORT_FORMATS, required=True)
+  p.add_argument("--which", default="auto", choices=("auto", "best", "latest", "task_embedding"),
+                 help="which export of a MODEL_DIR to take")
+  p.add_argument("--base_model", default=None, help="PEFT base_model_name_or_path")
+  args = p.parse_args(argv)
+  prompt = prompt_io.load_prompt(args.source, which=args.which)
+  kwargs = {"base_model_name_or_path": args.base_model} if args.format == "peft" else {}
+  out = prompt_io.export_prompt(prompt, args.out, args.format, **kwargs)
+  print(f"wrote {args.format} prompt {prompt.shape} to {out}")
+  return 0
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(USAGE)
+    return 0
+  command, rest = argv[0], argv[1:]
+  if command in ("train", "eval", "infer"):
+    module = __import__(f"spot_jax.{command}", fromlist=["main"])
+    module.main(rest)
+    return 0
+  if command == "export":
+    return _export(rest)
+  if command == "library":
+    from spot_jax.spot import cli
+    return cli.main(rest)
+  if command == "spot":
+    from spot_jax.spot import pipeline
+    return pipeline.main(rest)
+  if command == "demo":
+    from spot_jax import demo
+    return demo.main(rest)
+  if command == "bench":
+    import bench.__main__ as bench_main
+    return bench_main.main(rest)
+  if command == "tasks":
+    import tasks.__main__ as tasks_main
+    return tasks_main.main(rest)
+  print(f"spot-jax: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+  return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

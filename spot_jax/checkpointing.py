@@ -1,0 +1,60 @@
+"""Where training state is saved and resumed: orbax checkpoints of prompt + optimizer + step.
+
+The frozen model is never saved here (it is the INITIAL_CHECKPOINT_PATH). Saves are asynchronous and
+atomic (orbax writes a temporary directory and renames it), so a run killed at any moment resumes
+from its last complete checkpoint. `meta` holds the data position and the run's identity.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import jax
+import orbax.checkpoint as ocp
+
+from spot_jax.train_step import TrainState
+
+CHECKPOINTS_SUBDIR = "checkpoints"
+
+
+class PromptCheckpoints:
+  """Save every `save_period` steps, keep `keep` of them, restore the latest."""
+
+  def __init__(self, model_dir: str, keep: Optional[int] = 3, async_save: bool = True):
+    directory = os.path.join(model_dir, CHECKPOINTS_SUBDIR) if "://" not in model_dir else \
+        model_dir.rstrip("/") + "/" + CHECKPOINTS_SUBDIR
+    self.directory = directory
+    self._manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, state: TrainState, meta: dict, force: bool = False) -> bool:
+    step = int(jax.device_get(state.step))
+    if step in (self._manager.all_steps() or []):
+      return False
+    return self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state._asdict()), meta=ocp.args.JsonSave(meta)), force=force)
+
+  def restore(self, abstract_state: TrainState, step: Optional[int] = None) -> Tuple[TrainState, dict]:
+    """Restore onto the shardings of `abstract_state` (a TrainState of arrays or ShapeDtypeStructs)."""
+    step = self.latest_step() if step is None else step
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state._asdict())
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise RuntimeError(
+          f"cannot restore the training checkpoint at step {step} in {self.directory}: {e}. If the "
+          f"prompt length or optimizer changed, start a new MODEL_DIR; if the checkpoint is corrupt, "
+          f"delete {self.directory}/{step} to resume from the one before.") from e
+    return TrainState(**restored.state), dict(restored.meta)
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()

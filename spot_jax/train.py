@@ -1,0 +1,238 @@
+"""`python -m spot_jax.train`: gin-configured prompt tuning of a frozen T5 (the T5X `train` analogue).
+
+The data path is straight: task → host batches (input_pipeline) → jitted sharded step (train_step)
+→ orbax checkpoint (checkpointing) and numpy exports (prompt_io). This module only orchestrates.
+
+  python -m spot_jax.train --gin_file=models/t5_1_1.gin --gin_file=prompts/random_uniform.gin \
+    --gin_file=models/sizes/tiny.gin --gin_file=runs/prompt_train.gin \
+    --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'spot_bundled_movie_sentiment'"
+"""
+from __future__ import annotations
+
+import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
+import logging
+import signal
+import time
+from typing import Mapping, Optional
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spot_jax import checkpointing, input_pipeline, optim, partitioning, prompt_io, prompts
+from spot_jax import train_step as ts
+from spot_jax.config import T5Config
+from spot_jax.model import init_params, param_logical_axes, param_shapes
+
+log = logging.getLogger("spot_jax.train")
+
+
+def load_frozen(initial_checkpoint_path: Optional[str], model_config: Optional[T5Config], seed: int):
+  """(config, params) from a T5X/HF checkpoint, or a fresh initialization of `model_config`."""
+  if initial_checkpoint_path:
+    from spot_jax import checkpoints
+    # With a gin model config, read_params checks every structural field against the checkpoint
+    # and keeps the config's run-time fields (dropout, dtype, max distance).
+    return checkpoints.read_params(initial_checkpoint_path, config=model_config)
+  if model_config is None:
+    raise ValueError("set INITIAL_CHECKPOINT_PATH to a T5X or Hugging Face checkpoint, or give a model "
+                     "config (models/sizes/*.gin) to train from a fresh initialization")
+  log.warning("INITIAL_CHECKPOINT_PATH is unset: the frozen model is a fresh random initialization")
+  return model_config, init_params(model_config, jax.random.PRNGKey(seed))
+
+
+def place_frozen(params, config: T5Config, mesh, frozen_dtype: str = "float32"):
+  """Put frozen weights on the mesh by logical-axis rules (optionally as bfloat16)."""
+  axes = param_logical_axes(config)
+  partitioning.check_divisible(param_shapes(config), axes, mesh)
+  shardings = partitioning.tree_shardings(axes, mesh)
+  dtype = {"float32": np.float32, "bfloat16": jnp.bfloat16}[frozen_dtype]
+
+  def put(x, sharding):
+    x = np.asarray(x).astype(dtype)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+  return jax.tree.map(put, params, shardings), shardings
+
+
+class _Stop:
+  """SIGTERM → checkpoint at the next step, then exit cleanly (preemptible VMs)."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handler)
+    except ValueError:  # not the main thread
+      self._old = None
+    return self
+
+  def _handler(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+@gin.configurable(denylist=["hooks"])
+def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED, initial_checkpoint_path: Optional[str] = None,
+          model_config: Optional[T5Config] = None, prompt_length: int = 100, prompt_init=None,
+          optimizer=None, seed: int = 0, num_partitions: int = 1, save_period: int = 1000,
+          keep_checkpoints: Optional[int] = 3, log_period: int = 100, eval_period: Optional[int] = None,
+          eval_split: str = "validation", eval_batch_size: Optional[int] = None,
+          eval_num_examples: Optional[int] = None, best_metric: Optional[str] = None,
+          task_embedding_step: Optional[int] = None, num_microbatches: int = 1,
+          enable_dropout: bool = True, frozen_dtype: str = "float32", async_checkpoints: bool = True,
+          frozen=None, hooks=None) -> np.ndarray:
+  """Train a prompt; returns the final prompt `[P, d]`. Resumes from MODEL_DIR when it has checkpoints.
+
+  `frozen=(config, params)` bypasses checkpoint loading (used by the SPoT pipeline and the demo, which
+  keep one frozen model in memory across many short runs).
+  """
+  t_start = time.time()
+  is_main = jax.process_index() == 0
+  # --- everything that can be wrong is checked before any compute ---
+  task = input_pipeline.get_task(mixture_or_task_name)
+  input_pipeline.check_split(task, "train")
+  missing = {"inputs", "targets"} - set(task_feature_lengths)
+  if missing:
+    raise ValueError(f"TASK_FEATURE_LENGTHS lacks {sorted(missing)}; e.g. {{'inputs': 128, 'targets': 8}}")
+  if batch_size % num_microbatches:
+    raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by num_microbatches={num_microbatches}")
+  config, params = frozen if frozen is not None else load_frozen(initial_checkpoint_path, model_config,
+                                                                  seed)
+  prompt_init = prompt_init or prompts.random_uniform()
+  ckpts = checkpointing.PromptCheckpoints(model_dir, keep_checkpoints, async_checkpoints)
+  resume_step = ckpts.latest_step()
+  initial_prompt = None
+  if resume_step is None:
+    embedding = np.asarray(params["token_embedder"]["embedding"], np.float32)
+    initial_prompt = prompts.make_prompt(prompt_init, seed, prompt_length, config.d_model, embedding)
+
+  mesh = partitioning.make_mesh(num_partitions)
+  frozen_params, frozen_shardings = place_frozen(params, config, mesh, frozen_dtype)
+  tx = optimizer or optim.adafactor()
+  rep = partitioning.replicated(mesh)
+  if resume_step is None:
+    state = jax.device_put(ts.init_state(initial_prompt, tx), rep)
+    start_step = 0
+  else:
+    abstract = jax.device_put(ts.init_state(np.zeros((prompt_length, config.d_model), np.float32), tx), rep)
+    state, meta = ckpts.restore(abstract)
+    start_step = int(jax.device_get(state.step))
+    log.info("resuming from step %d (%s)", start_step, meta)
+  if state.prompt.shape != (prompt_length, config.d_model):
+    raise ValueError(f"checkpoint prompt shape {state.prompt.shape} != [PROMPT_LENGTH={prompt_length}, "
+                     f"d_model={config.d_model}]")
+
+  step_fn = ts.jit_train_step(
+      ts.make_train_step(config, tx, enable_dropout=enable_dropout, num_microbatches=num_microbatches),
+      mesh, frozen_shardings)
+  batches = input_pipeline.get_batches(mixture_or_task_name, task_feature_lengths, "train", batch_size,
+                                       seed=seed, skip_batches=start_step)
+  rng = jax.random.PRNGKey(seed)
+  from spot_jax import metrics_log
+  logger = metrics_log.MetricsLogger(model_dir, total_steps=train_steps, start_step=start_step,
+                                     enabled=is_main)
+  best_value, last_saved = None, resume_step
+
+  def save(state, step):
+    nonlocal last_saved
+    ckpts.save(state, {"step": step, "data_batches_consumed": step, "task": mixture_or_task_name})
+    if is_main:
+      prompt_io.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step)
+    last_saved = step
+
+  def check_finite(state):
+    bad = int(jax.device_get(state.nonfinite_step))
+    if bad >= 0:
+      ckpts.wait()
+      where = (f"the last good checkpoint is step {last_saved} in {ckpts.directory}"
+               if last_saved is not None else "no checkpoint was written yet")
+      raise FloatingPointError(
+          f"the loss became NaN or inf at step {bad} (that update and later ones were skipped); {where}. "
+          f"Lower the learning rate or check the data of {mixture_or_task_name}.")
+
+  step = start_step
+  window_start, window_steps = time.time(), 0
+  with _Stop() as stop:
+    for batch in batches:
+      if step >= train_steps:
+        break
+      state, metrics = step_fn(state, frozen_params, partitioning.global_batch(batch, mesh), rng)
+      step += 1
+      window_steps += 1
+      if task_embedding_step and step == task_embedding_step and is_main:
+        prompt_io.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
+                                          name=prompt_io.TASK_EMBEDDING_EXPORT)
+      if step % log_period == 0 or step == train_steps:
+        check_finite(state)
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        elapsed = time.time() - window_start
+        values["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
+        logger.write(step, values, prefix="train")
+        window_start, window_steps = time.time(), 0
+      if eval_period and (step % eval_period == 0 or step == train_steps):
+        results = _evaluate(mixture_or_task_name, config, frozen_params, state.prompt, task_feature_lengths,
+                            eval_split, eval_batch_size or batch_size, eval_num_examples)
+        logger.write(step, results, prefix="eval")
+        value = _pick_metric(results, best_metric)
+        if value is not None and (best_value is None or value > best_value):
+          best_value = value
+          if is_main:
+            prompt_io.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
+                                              name=prompt_io.BEST_EXPORT, metrics=results)
+      if step % save_period == 0 or step == train_steps:
+        save(state, step)
+      if hooks:
+        for hook in hooks:
+          hook(step, state)
+      if stop.requested:
+        save(state, step)
+        log.warning("SIGTERM: saved step %d to %s; exiting", step, ckpts.directory)
+        break
+  check_finite(state)
+  if step < train_steps and not stop.requested:
+    raise RuntimeError(f"the training data of {mixture_or_task_name} ended after {step} of "
+                       f"{train_steps} steps")
+  ckpts.close()
+  logger.close()
+  log.info("trained %d steps in %.1fs", step - start_step, time.time() - t_start)
+  return np.asarray(jax.device_get(state.prompt))
+
+
+def _evaluate(name, config, params, prompt, feature_lengths, split, batch_size, num_examples):
+  from spot_jax import evaluation
+  results = evaluation.evaluate(name, config, params, np.asarray(jax.device_get(prompt)), feature_lengths,
+                                split=split, batch_size=batch_size, num_examples=num_examples)
+  flat = {}
+  for task_name, metrics in results.items():
+    for k, v in metrics.items():
+      flat[f"{task_name}/{k}"] = float(v)
+  return flat
+
+
+def _pick_metric(flat: Mapping[str, float], name: Optional[str]):
+  if not flat:
+    return None
+  if name:
+    hits = [v for k, v in flat.items() if k == name or k.endswith("/" + name)]
+    if not hits:
+      raise ValueError(f"best_metric {name!r} is not among the evaluation metrics {sorted(flat)}")
+    return float(np.mean(hits))
+  return float(np.mean(list(flat.values())))
+
+
+def main(argv=None):
+  from spot_jax import gin_utils
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  gin_utils.run(gin.get_configurable(train), argv, prog="spot_jax.train")
+
+
+if __name__ == "__main__":
+  main()
