@@ -1,0 +1,255 @@
+"""seqio evaluation and inference of a frozen T5 driven by a soft prompt.
+
+`seqio.Evaluator` owns the data (the task's eval split through `EncDecFeatureConverter(pack=False)`,
+enumerated so order survives batching), postprocessing and metrics; we supply its model functions:
+  * predict_fn: greedy decoding with a KV cache (`spot_jax.decode`), for metrics of
+    `(targets, predictions)`;
+  * score_fn: the summed target log-likelihood (`spot_jax.scoring`), for metrics of
+    `(targets, scores)` such as rank classification.
+seqio calls only the function a task's metrics need. Batches are padded to a fixed `batch_size` so
+each task compiles one decode program and one score program.
+
+`predict_task` runs inference without metrics (for `spot_jax.infer`): it keeps each example's text.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from spot_jax import decode as decode_lib
+from spot_jax import scoring as scoring_lib
+from spot_jax.config import T5Config
+
+log = logging.getLogger("spot_jax")
+
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+
+
+def get_task(name: str):
+  """The registered task/mixture (importing spot_jax's `tasks` registry), with a helpful error."""
+  from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline.get_task(name)
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+  if array.shape[0] == rows:
+    return array
+  pad = np.zeros((rows - array.shape[0],) + array.shape[1:], array.dtype)
+  return np.concatenate([array, pad], axis=0)
+
+
+def _put(array: np.ndarray, mesh):
+  """Shards a batch over the mesh's `data` axis when it divides; else leaves it to jit."""
+  if mesh is None or array.shape[0] % mesh.shape["data"]:
+    return array
+  from spot_jax import partitioning  # pylint: disable=g-import-not-at-top
+  return jax.device_put(array, partitioning.batch_sharding(mesh))
+
+
+def _batches(dataset, batch_size: int) -> Iterator[Tuple[np.ndarray, Dict[str, np.ndarray], int]]:
+  """(indices, features padded to `batch_size` rows, real row count) from an enumerated dataset."""
+  for indices, features in dataset.batch(batch_size).as_numpy_iterator():
+    n = int(indices.shape[0])
+    feats = {k: _pad_rows(np.asarray(features[k], np.int32), batch_size)
+             for k in MODEL_FEATURES if k in features}
+    yield np.asarray(indices), feats, n
+
+
+def make_predict_fn(config: T5Config, params, prompt, batch_size: int, eos_id: int = 1, mesh=None,
+                    max_decode_length: Optional[int] = None):
+  """seqio `predict_fn(ds, model_feature_shapes=None) -> [(index, token ids)]` by greedy decoding.
+
+  The decode length is the targets' feature length unless `max_decode_length` is given.
+  """
+  def predict_fn(dataset, model_feature_shapes=None):
+    del model_feature_shapes
+    out = []
+    for indices, feats, n in _batches(dataset, batch_size):
+      length = max_decode_length or feats["decoder_target_tokens"].shape[1]
+      tokens = decode_lib.greedy_decode(config, params, prompt, _put(feats["encoder_input_tokens"], mesh),
+                                        length, eos_id=eos_id)
+      # Full fixed-length rows (zeros after EOS): seqio stacks them into one array, then its
+      # vocabulary decode cuts each at EOS.
+      out.extend((int(i), [int(x) for x in t]) for i, t in zip(indices[:n], tokens[:n]))
+    return out
+  return predict_fn
+
+
+def make_score_fn(config: T5Config, params, prompt, batch_size: int, mesh=None):
+  """seqio `score_fn(ds, model_feature_shapes=None) -> [(index, log-likelihood of the targets)]`."""
+  def score_fn(dataset, model_feature_shapes=None):
+    del model_feature_shapes
+    out = []
+    for indices, feats, n in _batches(dataset, batch_size):
+      scores = scoring_lib.score(config, params, prompt, _put(feats["encoder_input_tokens"], mesh),
+                                 _put(feats["decoder_target_tokens"], mesh),
+                                 _put(feats["decoder_input_tokens"], mesh))
+      out.extend((int(i), float(s)) for i, s in zip(indices[:n], scores[:n]))
+    return out
+  return score_fn
+
+
+def _plain(value: Any) -> Any:
+  """seqio metric values as plain floats where scalar (JSON- and TensorBoard-friendly)."""
+  if hasattr(value, "value") and not isinstance(value, np.ndarray):
+    value = value.value
+  arr = np.asarray(value) if isinstance(value, (np.generic, np.ndarray)) else None
+  if arr is not None and arr.shape == ():
+    return float(arr)
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return float(value)
+  return value
+
+
+class PromptEvaluator:
+  """A `seqio.Evaluator` built once per (task, lengths, split), evaluated for any prompt.
+
+  Building it reads the split and measures lengths; training evaluates the same evaluator at every
+  eval period with the current prompt.
+  """
+
+  def __init__(self, mixture_or_task_name: str, feature_lengths: Optional[Mapping[str, int]] = None,
+               split: str = "validation", batch_size: int = 32, num_examples: Optional[int] = None,
+               log_dir: Optional[str] = None, logger_cls: Sequence[Any] = (),
+               use_memory_cache: bool = False, seed: Optional[int] = 42):
+    import seqio  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")  # TF must never take accelerator memory from JAX
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    task = get_task(mixture_or_task_name)
+    subtasks = seqio.get_subtasks(task)
+    if not any(split in getattr(t, "splits", (split,)) for t in subtasks):
+      raise ValueError(f"{mixture_or_task_name} has no split {split!r} in any of its tasks")
+    self.name = mixture_or_task_name
+    self.batch_size = int(batch_size)
+    self.evaluator = seqio.Evaluator(
+        mixture_or_task_name=mixture_or_task_name,
+        feature_converter=seqio.EncDecFeatureConverter(pack=False),
+        eval_split=split,
+        sequence_length=dict(feature_lengths) if feature_lengths else None,
+        num_examples=num_examples,
+        use_memory_cache=use_memory_cache,
+        async_compute_metrics=False,
+        logger_cls=tuple(logger_cls),
+        log_dir=log_dir,
+        seed=seed)
+    self.last_outputs: Dict[str, Any] = {}
+    if not self.evaluator.eval_tasks:
+      log.warning("%s: no task has a %r split and metric functions; nothing to evaluate",
+                  mixture_or_task_name, split)
+
+  @property
+  def task_names(self) -> List[str]:
+    return [t.name for t in self.evaluator.eval_tasks]
+
+  def evaluate(self, config: T5Config, params, prompt, step: Optional[int] = None, eos_id: int = 1,
+               mesh=None) -> Dict[str, Dict[str, Any]]:
+    """`{task name: {metric: value}}` for this prompt (`[P, d]`, or None for no prompt)."""
+    if not self.evaluator.eval_tasks:
+      return {}
+    if prompt is not None:
+      prompt = np.asarray(jax.device_get(prompt), np.float32)
+      if prompt.ndim != 2 or prompt.shape[1] != config.d_model:
+        raise ValueError(f"prompt has shape {prompt.shape}; expected [P, d_model={config.d_model}]")
+    predict_fn = make_predict_fn(config, params, prompt, self.batch_size, eos_id, mesh)
+    score_fn = make_score_fn(config, params, prompt, self.batch_size, mesh)
+    future, outputs = self.evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn,
+                                              score_fn=score_fn)
+    self.last_outputs = outputs
+    results = future.result() or {}
+    return {task: {k: _plain(v) for k, v in metrics.items()} for task, metrics in results.items()}
+
+
+_EVALUATORS: Dict[Any, PromptEvaluator] = {}
+
+
+def evaluate(mixture_or_task_name: str, config: T5Config, params, prompt,
+             feature_lengths: Optional[Mapping[str, int]] = None, split: str = "validation",
+             batch_size: int = 32, num_examples: Optional[int] = None, step: Optional[int] = None,
+             log_dir: Optional[str] = None, mesh=None, reuse: bool = True) -> Dict[str, Dict[str, Any]]:
+  """Evaluate a prompt on a seqio task or mixture: `{task: {metric: value}}`.
+
+  Predict metrics use greedy decoding up to the targets length; score metrics (rank classification)
+  use target log-likelihoods. With `reuse`, the seqio Evaluator for the same (task, lengths, split,
+  batch size, examples) is built once per process and reused (periodic evaluation in training).
+  `log_dir` additionally writes seqio's JSON logs (metrics and inferences per task) there.
+  """
+  key = (mixture_or_task_name, tuple(sorted((feature_lengths or {}).items())), split, batch_size,
+         num_examples, log_dir)
+  evaluator = _EVALUATORS.get(key) if reuse else None
+  if evaluator is None:
+    logger_cls = ()
+    if log_dir:
+      import seqio  # pylint: disable=g-import-not-at-top
+      logger_cls = (seqio.JSONLogger,)
+    evaluator = PromptEvaluator(mixture_or_task_name, feature_lengths, split, batch_size, num_examples,
+                                log_dir=log_dir, logger_cls=logger_cls)
+    if reuse:
+      _EVALUATORS[key] = evaluator
+  return evaluator.evaluate(config, params, prompt, step=step, mesh=mesh)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inference without metrics.
+
+def _text(value) -> str:
+  return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def load_examples(task, split: str, feature_lengths: Optional[Mapping[str, int]] = None,
+                  num_examples: Optional[int] = None) -> List[Dict[str, Any]]:
+  """The task's examples in order (tokenized `inputs`, optional `targets`, their text)."""
+  ds = task.get_dataset(dict(feature_lengths) if feature_lengths else None, split=split, shuffle=False,
+                        num_epochs=1, use_cached=False, try_in_mem_cache=False)
+  if num_examples:
+    ds = ds.take(num_examples)
+  return list(ds.as_numpy_iterator())
+
+
+def predict_task(task_name: str, config: T5Config, params, prompt,
+                 feature_lengths: Optional[Mapping[str, int]] = None, split: str = "validation",
+                 batch_size: int = 32, num_examples: Optional[int] = None, eos_id: int = 1,
+                 mesh=None) -> List[Dict[str, Any]]:
+  """Greedy predictions of one task's split: `[{"inputs", "prediction", "targets"}]` in order.
+
+  Texts are the task's `*_pretokenized` features when present, else the decoded ids. Without
+  `feature_lengths`, the longest example sets the input length and the longest target the decode
+  length.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  task = get_task(task_name)
+  if not isinstance(task, seqio.Task):
+    raise ValueError(f"{task_name} is a mixture; run inference on one of its tasks: "
+                     f"{[t.name for t in seqio.get_subtasks(task)]}")
+  examples = load_examples(task, split, feature_lengths, num_examples)
+  if not examples:
+    return []
+  in_vocab = task.output_features["inputs"].vocabulary
+  out_vocab = task.output_features["targets"].vocabulary
+  lengths = dict(feature_lengths or {})
+  in_len = lengths.get("inputs") or max(len(e["inputs"]) for e in examples)
+  dec_len = lengths.get("targets") or max([len(e.get("targets", ())) for e in examples] + [1])
+  if prompt is not None:
+    prompt = np.asarray(jax.device_get(prompt), np.float32)
+  rows = []
+  for start in range(0, len(examples), batch_size):
+    chunk = examples[start:start + batch_size]
+    enc = np.zeros((batch_size, in_len), np.int32)
+    for r, e in enumerate(chunk):
+      ids = np.asarray(e["inputs"], np.int32)[:in_len]
+      enc[r, :len(ids)] = ids
+    tokens = decode_lib.greedy_decode(config, params, prompt, _put(enc, mesh), dec_len, eos_id)
+    for e, t in zip(chunk, tokens):
+      row = {"inputs": _text(e["inputs_pretokenized"]) if "inputs_pretokenized" in e
+             else in_vocab.decode(list(map(int, e["inputs"]))),
+             "prediction": out_vocab.decode(decode_lib.trim_after_eos(t, eos_id))}
+      if "targets_pretokenized" in e:
+        row["targets"] = _text(e["targets_pretokenized"])
+      elif "targets" in e:
+        row["targets"] = out_vocab.decode(list(map(int, e["targets"])))
+      rows.append(row)
+  return rows
