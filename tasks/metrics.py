@@ -1,0 +1,164 @@
+"""Evaluation metrics (seqio legacy metric functions), values in percent as T5.
+
+Predict metrics take `(targets, predictions)`; score metrics (rank
+classification) take `(targets, scores)`; seqio tells them apart by the
+argument names, so keep those names.
+"""
+import collections
+import re
+import string
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+
+def accuracy(targets, predictions) -> Dict[str, float]:
+  t, p = list(targets), list(predictions)
+  return {"accuracy": 100.0 * float(np.mean([a == b for a, b in zip(t, p)]))}
+
+
+def _binary_counts(targets, predictions):
+  t = np.asarray(targets)
+  p = np.asarray(predictions)
+  # An invalid prediction (not 0/1) counts as wrong, whatever the target.
+  p = np.where(np.isin(p, (0, 1)), p, 1 - t)
+  tp = int(np.sum((p == 1) & (t == 1)))
+  fp = int(np.sum((p == 1) & (t == 0)))
+  fn = int(np.sum((p == 0) & (t == 1)))
+  tn = int(np.sum((p == 0) & (t == 0)))
+  return tp, fp, fn, tn
+
+
+def _f1(tp, fp, fn):
+  return 0.0 if tp == 0 else 2.0 * tp / (2.0 * tp + fp + fn)
+
+
+def f1(targets, predictions) -> Dict[str, float]:
+  """Binary F1 of class 1; invalid predictions (-1) count as errors."""
+  tp, fp, fn, _ = _binary_counts(targets, predictions)
+  return {"f1": 100.0 * _f1(tp, fp, fn)}
+
+
+def matthews_corrcoef(targets, predictions) -> Dict[str, float]:
+  """Binary MCC (CoLA); invalid predictions count as errors."""
+  tp, fp, fn, tn = _binary_counts(targets, predictions)
+  denom = np.sqrt(float(tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+  mcc = 0.0 if denom == 0 else (tp * tn - fp * fn) / denom
+  return {"matthews_corrcoef": 100.0 * mcc}
+
+
+def mean_multiclass_f1(num_classes: int):
+  """Macro F1 over num_classes (CB); returns a metric fn."""
+  def metric(targets, predictions):
+    t, p = np.asarray(targets), np.asarray(predictions)
+    scores = []
+    for c in range(num_classes):
+      tp = int(np.sum((p == c) & (t == c)))
+      fp = int(np.sum((p == c) & (t != c)))
+      fn = int(np.sum((p != c) & (t == c)))
+      scores.append(_f1(tp, fp, fn))
+    return {f"mean_{num_classes}class_f1": 100.0 * float(np.mean(scores))}
+  metric.__name__ = f"mean_{num_classes}class_f1"
+  return metric
+
+
+def _pearson(x, y):
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  x, y = x - x.mean(), y - y.mean()
+  denom = np.sqrt((x * x).sum() * (y * y).sum())
+  return 0.0 if denom == 0 else float((x * y).sum() / denom)
+
+
+def _ranks(x):
+  """Average ranks (ties share the mean rank), as scipy.stats.rankdata."""
+  x = np.asarray(x, np.float64)
+  order = np.argsort(x, kind="mergesort")
+  ranks = np.empty(len(x))
+  ranks[order] = np.arange(1, len(x) + 1)
+  for v in np.unique(x):
+    sel = x == v
+    ranks[sel] = ranks[sel].mean()
+  return ranks
+
+
+def pearson_corrcoef(targets, predictions) -> Dict[str, float]:
+  return {"pearson_corrcoef": 100.0 * _pearson(targets, predictions)}
+
+
+def spearman_corrcoef(targets, predictions) -> Dict[str, float]:
+  return {"spearman_corrcoef": 100.0 * _pearson(_ranks(targets), _ranks(predictions))}
+
+
+# --- SQuAD-style EM / F1 (max over gold answers) ---------------------------
+
+def normalize_answer(s: str) -> str:
+  """Lower case, no punctuation, no articles, single spaces (SQuAD script)."""
+  s = s.lower()
+  s = "".join(ch for ch in s if ch not in set(string.punctuation))
+  s = re.sub(r"\b(a|an|the)\b", " ", s)
+  return " ".join(s.split())
+
+
+def _token_f1(gold: str, pred: str) -> float:
+  g, p = normalize_answer(gold).split(), normalize_answer(pred).split()
+  common = collections.Counter(g) & collections.Counter(p)
+  same = sum(common.values())
+  if same == 0:
+    return float(g == p)  # both empty counts as a match
+  precision, recall = same / len(p), same / len(g)
+  return 2 * precision * recall / (precision + recall)
+
+
+def _em_f1(answers: Sequence[str], prediction: str):
+  answers = list(answers) or [""]
+  em = max(float(normalize_answer(a) == normalize_answer(prediction)) for a in answers)
+  f = max(_token_f1(a, prediction) for a in answers)
+  return em, f
+
+
+def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]):
+  """EM and token F1, each the max over the gold answers of an example."""
+  scores = np.array([_em_f1(t, p) for t, p in zip(targets, predictions)])
+  if not len(scores):
+    return {"em": 0.0, "f1": 0.0}
+  return {"em": 100.0 * scores[:, 0].mean(), "f1": 100.0 * scores[:, 1].mean()}
+
+
+def record(targets, predictions):
+  """ReCoRD EM/F1: one score per question (the preprocessor repeats a
+  question once per gold answer), max over that question's answers."""
+  seen = {}
+  for t, p in zip(targets, predictions):
+    seen.setdefault(t["group"], (t["answers"], p))
+  answers, preds = zip(*seen.values()) if seen else ((), ())
+  return squad(answers, preds)
+
+
+def multirc(targets, predictions):
+  """MultiRC F1a (binary F1 over all answer options) and EM (share of
+  questions whose every answer option is labelled correctly)."""
+  t = [x["value"] for x in targets]
+  p = [x["value"] for x in predictions]
+  tp, fp, fn, _ = _binary_counts(t, p)
+  groups = collections.defaultdict(list)
+  for tt, pp in zip(targets, predictions):
+    groups[tt["group"]].append(tt["value"] == pp["value"])
+  em = float(np.mean([all(v) for v in groups.values()])) if groups else 0.0
+  return {"f1a": 100.0 * _f1(tp, fp, fn), "exact_match": 100.0 * em}
+
+
+def rank_classification_accuracy(targets, scores):
+  """Accuracy of the best-scored option of each example.
+
+  targets: (example id, option id, is_correct) per scored row (see
+  postprocessors.rank_classification); scores: the model's log-likelihood of
+  each row's target. Ties go to the lowest option id.
+  """
+  best: Dict[int, tuple] = {}
+  for (ex, opt, correct), score in zip(targets, scores):
+    key = (-float(score), opt)
+    if ex not in best or key < best[ex][0]:
+      best[ex] = (key, bool(correct))
+  if not best:
+    return {"accuracy": 0.0}
+  return {"accuracy": 100.0 * float(np.mean([c for _, c in best.values()]))}

@@ -1,0 +1,359 @@
+"""Text-to-text preprocessors in the T5 formats, written for seqio 0.0.20.
+
+Each public function takes and returns a `tf.data.Dataset` (the seqio
+preprocessor contract). Classification-style outputs carry, besides
+"inputs"/"targets", the integer "label" (-1 when unknown, e.g. test splits)
+and the string vector "options" (every possible target), which the
+rank-classification variants and the postprocessors read.
+"""
+import functools
+from typing import Mapping, Optional, Sequence
+
+import seqio
+import tensorflow as tf
+
+UNK = "<unk>"
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _join(parts: Sequence) -> tf.Tensor:
+  return tf.strings.join(list(parts), separator=" ")
+
+
+def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
+  """Spaces around punctuation, whitespace collapsed (T5's SQuAD format)."""
+  text = tf.strings.regex_replace(text, r"([^_\s\p{N}\p{L}\p{M}])", r" \1 ")
+  return tf.strings.strip(tf.strings.regex_replace(text, r"\s+", " "))
+
+
+def label_text(label: tf.Tensor, options: tf.Tensor) -> tf.Tensor:
+  """options[label], or "<unk>" for -1 (unlabelled) or out-of-range labels."""
+  label = tf.cast(label, tf.int32)
+  n = tf.shape(options)[0]
+  ok = tf.logical_and(label >= 0, label < n)
+  return tf.cond(ok, lambda: tf.gather(options, tf.clip_by_value(label, 0, n - 1)),
+                 lambda: tf.constant(UNK))
+
+
+def _classification(inputs, label, options):
+  options = tf.convert_to_tensor(options, tf.string)
+  label = tf.cast(label, tf.int32)
+  n = tf.shape(options)[0]
+  label = tf.where(tf.logical_and(label >= 0, label < n), label, -1)
+  return {"inputs": inputs, "targets": label_text(label, options),
+          "label": label, "options": options}
+
+
+@seqio.map_over_dataset
+def glue(x, benchmark_name: str, label_names: Sequence[str],
+         feature_names: Optional[Sequence[str]] = None, id_key: str = "idx"):
+  """T5's GLUE/SuperGLUE format: "<benchmark> key1: v1 key2: v2" -> label word.
+
+  Keys default to the sorted text features (T5's order), e.g.
+  "rte sentence1: ... sentence2: ...", "mnli hypothesis: ... premise: ...".
+  MultiRC drops <br>/<b> markup and keeps its three-part index.
+  """
+  keys = feature_names or sorted(
+      k for k in x if k not in ("label", "idx") and x[k].dtype == tf.string)
+  x = dict(x)
+  out = {}
+  if benchmark_name == "multirc":
+    x["paragraph"] = tf.strings.regex_replace(x["paragraph"], "<br>", " ")
+    x["paragraph"] = tf.strings.regex_replace(x["paragraph"], "<(/)?b>", "")
+    for k in ("paragraph", "question", "answer"):
+      out[f"idx/{k}"] = x["idx"][k]
+  elif id_key and id_key in x:
+    out["idx"] = x[id_key]
+  parts = [benchmark_name]
+  for k in keys:
+    parts += [f"{k}:", x[k]]
+  out.update(_classification(_join(parts), x["label"], label_names))
+  return out
+
+
+@seqio.map_over_dataset
+def stsb(x):
+  """STS-B: the 0-5 score rounded to the nearest 0.2, as text ("3.8")."""
+  inputs = _join(["stsb sentence1:", x["sentence1"], "sentence2:", x["sentence2"]])
+  score = tf.round(tf.cast(x["label"], tf.float32) * 5.0) / 5.0
+  return {"inputs": inputs, "targets": tf.strings.as_string(score, precision=1),
+          "idx": x["idx"], "label_float": tf.cast(x["label"], tf.float32)}
+
+
+def _mark_span(text, span_text, span_index, mark):
+  """Surrounds the word(s) span_text at word position span_index by `mark`."""
+  span = tf.strings.regex_replace(span_text, r"([\\.^$|?*+()\[\]{}])", r"\\\1")
+  pattern = tf.strings.join(
+      ["^((?:\\S+\\s){", tf.strings.as_string(span_index), "})(", span, ")"])
+  return tf.strings.regex_replace(text, pattern, r"\1" + mark + r" \2 " + mark)
+
+
+@seqio.map_over_dataset
+def wsc(x):
+  """T5's WSC format: "wsc text: ... *noun* ... #pronoun# ..." -> True/False."""
+  text = _mark_span(x["text"], x["span1_text"], x["span1_index"], "*")
+  # The first mark added two words before span 2 if span 1 came first.
+  span2_index = x["span2_index"] + 2 * tf.cast(
+      x["span1_index"] < x["span2_index"], x["span2_index"].dtype)
+  text = _mark_span(text, x["span2_text"], span2_index, "#")
+  out = _classification(_join(["wsc text:", text]), x["label"], ["False", "True"])
+  out["idx"] = x["idx"]
+  return out
+
+
+def record(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """T5's ReCoRD format; one example per gold answer ("<unk>" when none).
+
+  "record query: ... entities: A, B passage: ..." -> answer; "answers" keeps
+  every gold answer and idx/passage + idx/query identify the question, so the
+  metric can de-duplicate and take the max over answers.
+  """
+  def per_answer(x):
+    answers = x["answers"]
+    n = tf.maximum(tf.size(answers), 1)
+    targets = tf.cond(tf.size(answers) > 0, lambda: answers,
+                      lambda: tf.constant([UNK]))
+    passage = x["passage"]
+    passage = tf.strings.regex_replace(
+        passage, r"(\.|\?|\!|\"|\')\n@highlight\n", r"\1 ")
+    passage = tf.strings.regex_replace(passage, r"\n@highlight\n", ". ")
+    inputs = _join(["record query:", x["query"], "entities:",
+                    tf.strings.reduce_join(x["entities"], separator=", "),
+                    "passage:", passage])
+    tile = lambda t: tf.fill([n], t)
+    return tf.data.Dataset.from_tensor_slices({
+        "inputs": tile(inputs), "targets": targets,
+        "answers": tf.tile(tf.expand_dims(answers, 0), [n, 1]),
+        "idx/passage": tile(x["idx"]["passage"]),
+        "idx/query": tile(x["idx"]["query"]),
+    })
+  return dataset.flat_map(per_answer)
+
+
+@seqio.map_over_dataset
+def squad(x, include_context: bool = True):
+  """T5's SQuAD format: "question: ... context: ..." -> first answer."""
+  answers = pad_punctuation(x["answers"]["text"])
+  q, c = pad_punctuation(x["question"]), pad_punctuation(x["context"])
+  inputs = (_join(["question:", q, "context:", c]) if include_context
+            else _join(["squad trivia question:", q]))
+  first = tf.cond(tf.size(answers) > 0, lambda: answers[0], lambda: tf.constant(UNK))
+  return {"inputs": inputs, "targets": first, "answers": answers, "id": x["id"]}
+
+
+@seqio.map_over_dataset
+def drop(x):
+  """DROP: "drop question: ... context: ..." -> answer; all answers kept."""
+  answers = tf.concat([[x["answer"]], x["validated_answers"]], axis=0)
+  return {"inputs": _join(["drop question:", x["question"], "context:", x["passage"]]),
+          "targets": x["answer"], "answers": answers}
+
+
+def _letters(n):
+  return tf.strings.join(["(", tf.gather(tf.constant(list("ABCDEFGHIJKLMNOP")),
+                                         tf.range(n)), ")"])
+
+
+def multiple_choice_example(prefix: str, fields: Mapping[str, tf.Tensor],
+                            options: tf.Tensor, label: tf.Tensor) -> dict:
+  """"<prefix> k1: v1 ... options: (A) o1 (B) o2 ..." -> text of the answer."""
+  options = tf.convert_to_tensor(options, tf.string)[:16]
+  parts = [prefix]
+  for k, v in fields.items():
+    parts += [f"{k}:", v]
+  listed = tf.strings.reduce_join(
+      tf.strings.join([_letters(tf.shape(options)[0]), options], separator=" "),
+      separator=" ")
+  parts += ["options:", listed]
+  return _classification(_join(parts), label, options)
+
+
+@seqio.map_over_dataset
+def copa(x):
+  """COPA as T5 formats it (glue format, targets "choice1"/"choice2")."""
+  keys = ["choice1", "choice2", "premise", "question"]
+  parts = ["copa"]
+  for k in keys:
+    parts += [f"{k}:", x[k]]
+  out = _classification(_join(parts), x["label"], ["choice1", "choice2"])
+  out["idx"] = x["idx"]
+  return out
+
+
+@seqio.map_over_dataset
+def winogrande(x):
+  return multiple_choice_example(
+      "winogrande", {"sentence": x["sentence"]},
+      tf.stack([x["option1"], x["option2"]]), x["label"])
+
+
+@seqio.map_over_dataset
+def hellaswag(x):
+  return multiple_choice_example(
+      "hellaswag", {"context": x["context"]}, x["endings"], x["label"])
+
+
+@seqio.map_over_dataset
+def cosmos_qa(x):
+  return multiple_choice_example(
+      "cosmos_qa", {"question": x["question"], "context": x["context"]},
+      tf.stack([x[f"answer{i}"] for i in range(4)]), x["label"])
+
+
+def race(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """RACE: one example per question; answers are letters A-D."""
+  def per_question(x):
+    options = x["options"]
+    if isinstance(options, tf.RaggedTensor):
+      options = options.to_tensor(default_value="")
+    n = tf.reduce_min(tf.stack([tf.size(x["questions"]), tf.size(x["answers"]),
+                                tf.shape(options)[0]]))
+    letters = tf.strings.substr(x["answers"][:n], 0, 1)
+    labels = tf.strings.unicode_decode(letters, "UTF-8").to_tensor(
+        default_value=-1, shape=[n, 1])[:, 0] - ord("A")
+    ds = tf.data.Dataset.from_tensor_slices(
+        {"q": x["questions"][:n], "o": options[:n], "label": labels})
+    def make(e):
+      opts = tf.boolean_mask(e["o"], tf.strings.length(e["o"]) > 0)
+      return multiple_choice_example(
+          "race", {"question": e["q"], "article": x["article"]}, opts, e["label"])
+    return ds.map(make)
+  return dataset.flat_map(per_question)
+
+
+@seqio.map_over_dataset
+def nli(x, benchmark_name: str, label_names: Sequence[str],
+        premise_key: str = "premise", hypothesis_key: str = "hypothesis"):
+  """NLI in the MNLI format: "<name> hypothesis: ... premise: ..." -> label."""
+  inputs = _join([benchmark_name, "hypothesis:", x[hypothesis_key],
+                  "premise:", x[premise_key]])
+  return _classification(inputs, x["label"], label_names)
+
+
+@seqio.map_over_dataset
+def single_text_classification(x, benchmark_name: str, text_key: str,
+                               field_name: str, label_names: Sequence[str]):
+  """"<name> <field>: text" -> label word (e.g. Yelp polarity)."""
+  inputs = _join([benchmark_name, f"{field_name}:", x[text_key]])
+  return _classification(inputs, x["label"], label_names)
+
+
+# ---------------------------------------------------------------------------
+# C4 objectives (operate on token ids; run after seqio.preprocessors.tokenize).
+
+
+def random_spans_tokens_length(inputs_length: int, noise_density: float = 0.15,
+                               mean_noise_span_length: float = 3.0):
+  """Raw tokens per segment so span-corrupted inputs fill `inputs_length`.
+
+  Returns (tokens_length, targets_length), as T5's random_spans_helper.
+  """
+  def lengths(tokens_length):
+    noise = int(round(tokens_length * noise_density))
+    spans = int(round(noise / mean_noise_span_length))
+    return tokens_length - noise + spans + 1, noise + spans + 1
+  tokens_length = inputs_length - 1
+  while lengths(tokens_length + 1)[0] <= inputs_length:
+    tokens_length += 1
+  return tokens_length, lengths(tokens_length)[1]
+
+
+def _random_segmentation(num_items, num_segments):
+  """Random partition of num_items into num_segments positive lengths."""
+  first = tf.cast(tf.range(num_items - 1) < num_segments - 1, tf.int32)
+  first = tf.pad(tf.random.shuffle(first), [[1, 0]])
+  segment_id = tf.cumsum(first)
+  return tf.math.segment_sum(tf.ones_like(segment_id), segment_id)
+
+
+def random_spans_noise_mask(length, noise_density: float = 0.15,
+                            mean_noise_span_length: float = 3.0):
+  """Boolean mask, True on ~noise_density of the tokens in random spans."""
+  orig_length = length
+  length = tf.maximum(length, 2)
+  num_noise = tf.cast(tf.round(tf.cast(length, tf.float32) * noise_density), tf.int32)
+  num_noise = tf.clip_by_value(num_noise, 1, length - 1)
+  num_spans = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length),
+                      tf.int32)
+  num_spans = tf.maximum(num_spans, 1)
+  noise_lengths = _random_segmentation(num_noise, num_spans)
+  keep_lengths = _random_segmentation(length - num_noise, num_spans)
+  interleaved = tf.reshape(tf.stack([keep_lengths, noise_lengths], axis=1),
+                           [num_spans * 2])
+  starts = tf.cumsum(interleaved)[:-1]
+  indicator = tf.math.unsorted_segment_sum(tf.ones_like(starts), starts, length)
+  is_noise = tf.equal(tf.cumsum(indicator) % 2, 1)
+  return is_noise[:orig_length]
+
+
+def sentinel_replace(tokens, mask, vocab_size):
+  """Each span of True replaced by one sentinel (<extra_id_0> = vocab_size-1)."""
+  prev = tf.pad(mask[:-1], [[1, 0]])
+  first = tf.logical_and(mask, tf.logical_not(prev))
+  rest = tf.logical_and(mask, prev)
+  sentinel = vocab_size - tf.cumsum(tf.cast(first, tokens.dtype))
+  tokens = tf.where(first, sentinel, tokens)
+  return tf.boolean_mask(tokens, tf.logical_not(rest))
+
+
+def split_tokens(dataset: tf.data.Dataset, max_tokens: int,
+                 min_tokens: int = 1) -> tf.data.Dataset:
+  """Splits each "targets" token vector into segments of <= max_tokens."""
+  def split(x):
+    tokens = x["targets"]
+    n = tf.size(tokens, out_type=tf.int64)
+    starts = tf.range(0, n, max_tokens, dtype=tf.int64)
+    return tf.data.Dataset.from_tensor_slices(starts).map(
+        lambda s: {"targets": tokens[s:s + max_tokens]})
+  ds = dataset.flat_map(split)
+  return ds.filter(lambda x: tf.size(x["targets"]) >= min_tokens)
+
+
+DEFAULT_INPUTS_LENGTH = 512
+
+
+def _inputs_length(sequence_length):
+  return (sequence_length or {}).get("inputs") or DEFAULT_INPUTS_LENGTH
+
+
+def span_corruption(dataset: tf.data.Dataset, sequence_length=None,
+                    output_features=None, noise_density: float = 0.15,
+                    mean_noise_span_length: float = 3.0) -> tf.data.Dataset:
+  """T5's span corruption on tokenized "targets" (no packing of documents)."""
+  tokens_length, _ = random_spans_tokens_length(
+      _inputs_length(sequence_length), noise_density, mean_noise_span_length)
+  vocab = output_features["targets"].vocabulary
+  ds = split_tokens(dataset, tokens_length)
+
+  def corrupt(x):
+    tokens = x["targets"]
+    mask = random_spans_noise_mask(tf.size(tokens), noise_density,
+                                   mean_noise_span_length)
+    vocab_size = tf.cast(vocab.vocab_size, tokens.dtype)
+    return {"inputs": sentinel_replace(tokens, mask, vocab_size),
+            "targets": sentinel_replace(tokens, tf.logical_not(mask), vocab_size)}
+  return ds.map(corrupt, num_parallel_calls=AUTOTUNE)
+
+
+def prefix_lm(dataset: tf.data.Dataset, sequence_length=None,
+              output_features=None) -> tf.data.Dataset:
+  """Prefix LM: a segment split at a uniform random point, prefix -> suffix."""
+  del output_features
+  ds = split_tokens(dataset, _inputs_length(sequence_length) - 1, min_tokens=2)
+
+  def cut(x):
+    tokens = x["targets"]
+    k = tf.random.uniform([], 1, tf.size(tokens), dtype=tf.int32)
+    return {"inputs": tokens[:k], "targets": tokens[k:]}
+  return ds.map(cut, num_parallel_calls=AUTOTUNE)
+
+
+def c4_preprocessors(objective: str):
+  """The seqio preprocessor list for a C4 objective ("span_corruption"/"prefix_lm")."""
+  fn = {"span_corruption": span_corruption, "prefix_lm": prefix_lm}[objective]
+  return [
+      functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+      seqio.preprocessors.tokenize,
+      fn,
+      seqio.preprocessors.append_eos_after_trim,
+  ]

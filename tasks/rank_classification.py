@@ -1,0 +1,67 @@
+"""Rank-classification variants: score every option instead of decoding.
+
+For each classification / multiple-choice task `X` this registers `X_rank`,
+whose examples are one row per (example, option): inputs unchanged, targets =
+the option's text, `idx` = [example id, option id], `is_correct`. A model
+scores each row (log-likelihood of the targets); the metric
+(`metrics.rank_classification_accuracy`) picks the best-scored option per
+example. seqio 0.0.20 has no rank_classification preprocessor, hence ours.
+Train on the base task; use the variant for evaluation ("eval" mode keeps
+every option; "train" mode keeps only the correct one).
+"""
+import functools
+
+import tensorflow as tf
+
+from tasks import glue, sources, super_glue  # noqa: F401  (registers specs)
+from tasks import metrics as M
+from tasks import postprocessors as post
+from tasks import registry_list as reg
+
+RANK_KINDS = ("classification", "multiple_choice")
+
+
+def rank_classification(dataset: tf.data.Dataset, mode: str = "eval") -> tf.data.Dataset:
+  """Expands examples with "options"/"label" into one row per option."""
+  if mode not in ("eval", "train"):
+    raise ValueError(f"rank_classification mode must be 'eval' or 'train', got {mode!r}")
+
+  def expand(index, x):
+    options = x["options"]
+    n = tf.shape(options)[0]
+    option_ids = tf.range(n)
+    is_correct = tf.equal(option_ids, tf.cast(x["label"], tf.int32))
+    rows = {
+        "inputs": tf.fill([n], x["inputs"]),
+        "targets": options,
+        "idx": tf.stack([tf.fill([n], tf.cast(index, tf.int32)), option_ids], axis=1),
+        "is_correct": is_correct,
+    }
+    ds = tf.data.Dataset.from_tensor_slices(rows)
+    if mode == "train":
+      ds = ds.filter(lambda r: r["is_correct"])
+    return ds
+
+  return dataset.enumerate().flat_map(expand)
+
+
+def rank_name(task_name: str) -> str:
+  return task_name + "_rank"
+
+
+def register(vocabulary=None, name_suffix: str = "", mode: str = "eval"):
+  """Registers `<task>_rank` for every rank-able spec; returns the names."""
+  names = []
+  for spec in list(reg.SPECS.values()):
+    if spec.kind not in RANK_KINDS:
+      continue
+    task = reg.build_task(
+        spec, vocabulary, name=rank_name(spec.name) + name_suffix,
+        extra_preprocessors=[functools.partial(rank_classification, mode=mode)],
+        postprocess_fn=post.rank_classification,
+        metric_fns=[M.rank_classification_accuracy])
+    names.append(task.name)
+  return names
+
+
+TASK_NAMES = register()

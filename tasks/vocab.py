@@ -1,0 +1,168 @@
+"""The vocabulary every spot_jax task tokenizes with, resolved lazily.
+
+Tasks are registered at import time, but importing `tasks` must never touch
+GCS or the network. The registered output features therefore hold one
+`LazyVocabulary` proxy; the real `seqio.SentencePieceVocabulary` is built the
+first time a dataset is tokenized or decoded. Which model it loads, first
+match wins:
+  1. `set_vocabulary(...)` / `use_vocabulary(...)` (Python, gin or tests),
+  2. the environment variable `SPOT_JAX_VOCAB` (a path; `gs://` works),
+  3. `DEFAULT_VOCAB_PATH`, the public T5 vocabulary.
+"""
+import contextlib
+import os
+import threading
+from typing import Optional, Union
+
+import seqio
+
+DEFAULT_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+DEFAULT_EXTRA_IDS = 100
+ENV_VAR = "SPOT_JAX_VOCAB"
+
+VocabLike = Union[str, os.PathLike, seqio.Vocabulary]
+
+_lock = threading.Lock()
+_override: Optional[seqio.Vocabulary] = None
+_cache: dict = {}
+
+
+def get_vocabulary(path: Optional[str] = None,
+                   extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.Vocabulary:
+  """Returns a SentencePiece vocabulary (the model file is read on first use).
+
+  Args:
+    path: SentencePiece model file; default `$SPOT_JAX_VOCAB`, else the T5 one.
+    extra_ids: sentinel ids appended (`<extra_id_0>` = vocab_size - 1); T5
+      uses 100.
+  """
+  path = str(path or os.environ.get(ENV_VAR) or DEFAULT_VOCAB_PATH)
+  key = (path, extra_ids)
+  with _lock:
+    if key not in _cache:
+      _cache[key] = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+    return _cache[key]
+
+
+def _as_vocabulary(vocab: VocabLike, extra_ids: int) -> seqio.Vocabulary:
+  if isinstance(vocab, seqio.Vocabulary):
+    return vocab
+  return get_vocabulary(os.fspath(vocab), extra_ids)
+
+
+def set_vocabulary(vocab: Optional[VocabLike] = None,
+                   extra_ids: int = DEFAULT_EXTRA_IDS) -> None:
+  """Makes every spot_jax task use `vocab` (a path or a seqio.Vocabulary).
+
+  `None` restores the default (env var, then the T5 vocabulary). Usable from
+  gin: `tasks.vocab.set_vocabulary.vocab = "/path/spm.model"` with a call
+  site, or simply export SPOT_JAX_VOCAB.
+  """
+  global _override
+  with _lock:
+    _override = None if vocab is None else _as_vocabulary(vocab, extra_ids)
+
+
+@contextlib.contextmanager
+def use_vocabulary(vocab: VocabLike, extra_ids: int = DEFAULT_EXTRA_IDS):
+  """Context manager: the tasks tokenize with `vocab` inside the block."""
+  global _override
+  previous = _override
+  set_vocabulary(vocab, extra_ids)
+  try:
+    yield resolve()
+  finally:
+    with _lock:
+      _override = previous
+
+
+def resolve() -> seqio.Vocabulary:
+  """The concrete vocabulary the proxy currently stands for."""
+  return _override if _override is not None else get_vocabulary()
+
+
+class LazyVocabulary(seqio.Vocabulary):
+  """A seqio.Vocabulary that forwards everything to `resolve()` at use time."""
+
+  def __init__(self):
+    super().__init__(extra_ids=0)
+
+  @property
+  def target(self) -> seqio.Vocabulary:
+    return resolve()
+
+  # Public API: forward whole calls so the target's own extra-id logic applies.
+  @property
+  def vocab_size(self) -> int:
+    return self.target.vocab_size
+
+  @property
+  def extra_ids(self) -> int:
+    return self.target.extra_ids
+
+  @property
+  def pad_id(self) -> int:
+    return self.target.pad_id
+
+  @property
+  def eos_id(self):
+    return self.target.eos_id
+
+  @property
+  def unk_id(self):
+    return self.target.unk_id
+
+  @property
+  def bos_id(self):
+    return self.target.bos_id
+
+  def encode(self, s):
+    return self.target.encode(s)
+
+  def decode(self, ids):
+    return self.target.decode(ids)
+
+  def encode_tf(self, s):
+    return self.target.encode_tf(s)
+
+  def decode_tf(self, ids):
+    return self.target.decode_tf(ids)
+
+  # Abstract hooks (unused because the public methods are forwarded).
+  @property
+  def _base_vocab_size(self):
+    return self.target.vocab_size - self.target.extra_ids
+
+  def _encode(self, s):
+    return self.target.encode(s)
+
+  def _decode(self, ids):
+    return self.target.decode(ids)
+
+  def _encode_tf(self, s):
+    return self.target.encode_tf(s)
+
+  def _decode_tf(self, ids):
+    return self.target.decode_tf(ids)
+
+  def __eq__(self, other):
+    return isinstance(other, LazyVocabulary) or other == self.target
+
+  def __hash__(self):
+    return hash("spot_jax.LazyVocabulary")
+
+  def __str__(self):
+    return "LazyVocabulary()"  # never resolves (no GCS access)
+
+
+DEFAULT_VOCABULARY = LazyVocabulary()
+
+
+def output_features(vocabulary: Optional[seqio.Vocabulary] = None,
+                    add_eos: bool = True) -> dict:
+  """EncDec output features ("inputs", "targets") over `vocabulary`."""
+  vocabulary = vocabulary or DEFAULT_VOCABULARY
+  return {
+      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=add_eos),
+      "targets": seqio.Feature(vocabulary=vocabulary, add_eos=add_eos),
+  }

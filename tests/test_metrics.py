@@ -1,0 +1,66 @@
+"""Metrics give known values on hand-made predictions."""
+import importlib.util  # noqa: F401
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from tasks import metrics as M
+
+
+def test_accuracy_f1_mcc():
+  t, p = [1, 1, 0, 0], [1, 0, 0, 0]
+  assert M.accuracy(t, p) == {"accuracy": 75.0}
+  assert M.f1(t, p)["f1"] == pytest.approx(100 * 2 / 3)
+  assert M.matthews_corrcoef(t, p)["matthews_corrcoef"] == pytest.approx(100 * 2 / np.sqrt(12))
+  # An invalid prediction (-1) is an error for F1 and MCC.
+  assert M.f1([1, 0], [-1, 0])["f1"] == 0.0
+  assert M.matthews_corrcoef([1, 0], [1, 0])["matthews_corrcoef"] == pytest.approx(100.0)
+
+
+def test_mean_multiclass_f1():
+  metric = M.mean_multiclass_f1(3)
+  out = metric([0, 1, 2, 2], [0, 1, 2, 1])
+  # class0 f1 1, class1 f1 2/3, class2 f1 2/3
+  assert out == {"mean_3class_f1": pytest.approx(100 * (1 + 2 / 3 + 2 / 3) / 3)}
+
+
+def test_correlations_match_scipy():
+  t = [0.0, 1.2, 3.4, 3.4, 5.0, 2.2]
+  p = [0.2, 1.0, 3.8, 2.0, 4.6, 2.2]
+  assert M.pearson_corrcoef(t, p)["pearson_corrcoef"] == pytest.approx(
+      100 * scipy.stats.pearsonr(t, p)[0])
+  assert M.spearman_corrcoef(t, p)["spearman_corrcoef"] == pytest.approx(
+      100 * scipy.stats.spearmanr(t, p)[0])
+  assert M.pearson_corrcoef([1, 2, 3], [2, 4, 6])["pearson_corrcoef"] == pytest.approx(100)
+
+
+def test_squad_em_f1_max_over_answers():
+  out = M.squad([["The cat", "a dog"], ["Paris"]], ["cat", "in Paris France"])
+  # ex1: EM 1 (articles dropped); ex2: EM 0, F1 = 2*(1/3*1)/(1/3+1) = 0.5
+  assert out["em"] == pytest.approx(50.0)
+  assert out["f1"] == pytest.approx(100 * (1 + 0.5) / 2)
+
+
+def test_record_deduplicates_questions():
+  targets = [{"group": (0, 0), "answers": ["Obama", "Barack Obama"]}] * 2 + [
+      {"group": (0, 1), "answers": ["Merkel"]}]
+  out = M.record(targets, ["Barack Obama", "Barack Obama", "Putin"])
+  assert out == {"em": pytest.approx(50.0), "f1": pytest.approx(50.0)}
+
+
+def test_multirc_f1a_and_em():
+  targets = [{"group": (0, 0), "value": 1}, {"group": (0, 0), "value": 0},
+             {"group": (0, 1), "value": 1}, {"group": (0, 1), "value": 1}]
+  preds = [{"value": 1}, {"value": 0}, {"value": 1}, {"value": 0}]
+  out = M.multirc(targets, preds)
+  assert out["exact_match"] == pytest.approx(50.0)
+  assert out["f1a"] == pytest.approx(100 * 2 * 2 / (2 * 2 + 0 + 1))
+
+
+def test_rank_classification_accuracy_ties_to_first_option():
+  targets = [(0, 0, True), (0, 1, False), (1, 0, False), (1, 1, True)]
+  assert M.rank_classification_accuracy(targets, [-1.0, -1.0, -2.0, -1.0]) == {
+      "accuracy": 100.0}
+  assert M.rank_classification_accuracy(targets, [-2.0, -1.0, -1.0, -1.0]) == {
+      "accuracy": 0.0}

@@ -1,0 +1,59 @@
+"""Mixtures: members exist, rates are capped, every mixture yields batches."""
+import importlib.util  # noqa: F401
+import os
+import sys
+
+import pytest
+import seqio
+
+sys.path.insert(0, os.path.dirname(__file__))
+import conftest_tasks as ct  # noqa: E402
+from tasks import glue, mixtures, super_glue, vocab  # noqa: E402
+from tasks import registry_list as reg  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def env():
+  with ct.mock_tfds(3), vocab.use_vocabulary(ct.tiny_vocabulary()) as v, \
+      ct.memoized_task_datasets():
+    yield v
+
+
+def test_definitions():
+  defs = mixtures.definitions()
+  assert set(defs) == set(mixtures.MIXTURE_NAMES)
+  assert len(defs["spot_glue_mix"]) == 8 and "spot_glue_wnli_v200" not in defs["spot_glue_mix"]
+  assert len(defs["spot_super_glue_mix"]) == 8
+  assert defs["spot_glue_super_glue_mix"] == defs["spot_glue_mix"] + defs["spot_super_glue_mix"]
+  assert "spot_glue_mnli_v200" in defs["spot_nli_mix"]
+  assert "spot_yelp_polarity_v020" in defs["spot_sentiment_mix"]
+  assert "spot_squad_v300" in defs["spot_qa_mix"]
+  assert "spot_winogrande_v120" in defs["spot_commonsense_mix"]
+  for name, members in defs.items():
+    assert members and len(set(members)) == len(members), name
+    for m in members:
+      assert reg.SPECS[m].kind != "lm" and "train" in reg.SPECS[m].split_names
+  every = set(defs["spot_everything_mix"])
+  for name, members in defs.items():
+    assert set(members) <= every, name
+
+
+class _FakeTask:
+  def __init__(self, n):
+    self.n, self.cache_dir, self.name = n, None, "fake"
+
+  def num_input_examples(self, split):
+    return self.n
+
+
+def test_rate_is_examples_proportional_with_cap():
+  rate = mixtures.rate(cap=1000)
+  assert rate(_FakeTask(10)) == 10
+  assert rate(_FakeTask(10 ** 6)) == 1000
+
+
+@pytest.mark.parametrize("name", sorted(mixtures.MIXTURE_NAMES))
+def test_mixture_yields_batches(env, name):
+  assert name in seqio.MixtureRegistry.names()
+  batch = ct.converted_batch(name, split="validation")
+  ct.check_batch(batch, env.vocab_size)
