@@ -124,6 +124,8 @@ class PromptEvaluator:
     subtasks = seqio.get_subtasks(task)
     if not any(split in getattr(t, "splits", (split,)) for t in subtasks):
       raise ValueError(f"{mixture_or_task_name} has no split {split!r} in any of its tasks")
+    if log_dir:
+      tf.io.gfile.makedirs(log_dir)  # seqio's loggers expect it to exist
     self.name = mixture_or_task_name
     self.batch_size = int(batch_size)
     self.evaluator = seqio.Evaluator(
