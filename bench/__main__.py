@@ -1,0 +1,246 @@
+"""`spot-jax bench` / `python -m bench`: throughput, FLOPs and ceiling, optionally beside HF PEFT.
+
+  python -m bench train --size small --batch 8 --input-length 128 --prompt-length 100 \
+      --target-length 8 --peer-python /work/benchenv/bin/python --json results.json
+  python -m bench decode --size small --decode-length 32 --peer
+  python -m bench ceiling
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+
+PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_peft.py")
+SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="spot-jax bench", description=__doc__.split("\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("what", nargs="?", default="train", choices=("train", "decode", "all", "ceiling"),
+                 help="which benchmark; 'all' runs train then decode")
+  p.add_argument("--size", default="small", choices=SIZES, help="T5 1.1 size (random weights)")
+  p.add_argument("--vocab-size", type=int, default=0,
+                 help="override the vocabulary (0: 32128; e.g. 250112 for mT5)")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--input-length", type=int, default=128)
+  p.add_argument("--target-length", type=int, default=8)
+  p.add_argument("--prompt-length", type=int, default=100)
+  p.add_argument("--decode-length", type=int, default=32, help="tokens generated (decode)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="activation dtype")
+  p.add_argument("--weight-dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="dtype of the frozen weights (bfloat16 halves their memory)")
+  p.add_argument("--num-partitions", type=int, default=1, help="model-parallel devices per replica")
+  p.add_argument("--devices", type=int, default=0, help="use the first N devices (0: all)")
+  p.add_argument("--microbatches", type=int, default=1)
+  p.add_argument("--dropout", type=float, default=0.1, help="dropout rate (both frameworks)")
+  p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+  p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
+  p.add_argument("--no-donate", action="store_true", help="do not donate the train state")
+  p.add_argument("--ceiling-size", type=int, default=4096, help="n of the n×n×n ceiling matmul")
+  p.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
+  p.add_argument("--peer", action="store_true",
+                 help="also run HF PEFT prompt tuning (needs torch, transformers, peft)")
+  p.add_argument("--peer-python", default="",
+                 help="a Python with requirements-bench.txt installed (implies --peer); default: "
+                      "$SPOT_JAX_PEER_PYTHON, else this Python if it has torch/transformers/peft")
+  p.add_argument("--peer-threads", type=int, default=0, help="torch threads (0: all cores)")
+  p.add_argument("--json", default="", help="write all results to this JSON file")
+  return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  for name in ("batch", "input_length", "target_length", "decode_length", "steps", "microbatches",
+               "num_partitions", "ceiling_size"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+  for name in ("prompt_length", "warmup", "devices", "peer_threads", "vocab_size"):
+    if getattr(args, name) < 0:
+      parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+  if not 0.0 <= args.dropout < 1.0:
+    parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+  if args.batch % args.microbatches:
+    parser.error(f"--batch {args.batch} is not divisible by --microbatches {args.microbatches}")
+  if args.peer_python:
+    args.peer = True
+  return args
+
+
+def peer_python(args) -> str:
+  """The interpreter for the PEFT peer, or a SystemExit that says how to get one."""
+  candidate = args.peer_python or os.environ.get("SPOT_JAX_PEER_PYTHON", "")
+  if candidate:
+    if not os.path.exists(candidate):
+      raise SystemExit(f"--peer-python {candidate} does not exist; create the peer venv with "
+                       "`python3.11 -m venv ENV && ENV/bin/pip install -r requirements-bench.txt`")
+    return candidate
+  if all(importlib.util.find_spec(m) for m in ("torch", "transformers", "peft")):
+    return sys.executable
+  raise SystemExit("--peer needs torch, transformers and peft: install requirements-bench.txt into a "
+                   "separate venv and pass its interpreter with --peer-python ENV/bin/python")
+
+
+def run_peer(args, mode: str) -> dict:
+  cmd = [peer_python(args), PEER_SCRIPT, "--mode", mode, "--size", args.size,
+         "--batch", str(args.batch), "--input-length", str(args.input_length),
+         "--target-length", str(args.target_length), "--prompt-length", str(args.prompt_length),
+         "--decode-length", str(args.decode_length), "--dtype", args.dtype,
+         "--dropout", str(args.dropout if mode == "train" else 0.0),
+         "--steps", str(args.steps), "--warmup", str(args.warmup),
+         "--threads", str(args.peer_threads)]
+  if args.vocab_size:
+    cmd += ["--vocab-size", str(args.vocab_size)]
+  print(f"[bench] peer: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  for line in proc.stdout.splitlines():
+    if line.startswith("PEER_RESULT "):
+      result = json.loads(line[len("PEER_RESULT "):])
+      result["command"] = shlex.join(cmd)
+      return result
+  raise SystemExit(f"the PEFT peer failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def machine_info() -> dict:
+  model = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+          "python": platform.python_version()}
+
+
+def _fmt(value, spec=".2f"):
+  if value is None:
+    return "-"
+  return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def table(rows) -> str:
+  widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+  lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                     for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)
+
+
+def report(results: dict) -> str:
+  out = []
+  ceiling = results.get("ceiling") or {}
+  jax_ceiling = ceiling.get("jax_gflops_per_s")
+  if ceiling:
+    out.append(f"ceiling: {ceiling['n']}^3 float32 matmul: JAX {_fmt(jax_ceiling, '.1f')} GFLOP/s, "
+               f"numpy {_fmt(ceiling.get('numpy_gflops_per_s'), '.1f')} GFLOP/s")
+  for kind in ("train", "decode"):
+    if kind not in results:
+      continue
+    ours, peer = results[kind], results[kind].get("peer")
+    time_key = "step_s_median" if kind == "train" else "decode_s_median"
+    rows = [["", "spot_jax"] + (["hf_peft", "ratio"] if peer else [])]
+
+    def row(name, key, spec=".2f", higher_better=True):
+      r = [name, _fmt(ours.get(key), spec)]
+      if peer:
+        a, b = ours.get(key), peer.get(key)
+        ratio = (a / b if higher_better else b / a) if a and b else None
+        r += [_fmt(b, spec), _fmt(ratio, ".2f") + "x" if ratio else "-"]
+      rows.append(r)
+
+    row("examples/s", "examples_per_s")
+    row("tokens/s", "tokens_per_s", ".0f")
+    row(f"{'step' if kind == 'train' else 'decode'} s (median)", time_key, ".3f", False)
+    row("peak host RSS MiB", "host_peak_rss_mib", ".0f", False)
+    if ours.get("device_peak_mib") is not None:
+      row("peak device MiB", "device_peak_mib", ".0f", False)
+    row("compile s", "compile_s", ".1f")
+    row("GFLOP/s (analytic)", "gflops_per_s", ".1f")
+    if peer and ours.get("gflops_per_s"):
+      flops = ours.get("flops_per_step", ours.get("flops_per_run"))
+      peer["gflops_per_s"] = flops / peer[time_key] / 1e9
+      rows[-1][2] = _fmt(peer["gflops_per_s"], ".1f")
+    if jax_ceiling:
+      ours["share_of_jax_ceiling"] = ours["gflops_per_s"] / jax_ceiling
+      rows.append(["share of JAX ceiling", _fmt(100 * ours["share_of_jax_ceiling"], ".0f") + "%"]
+                  + ([_fmt(100 * peer["gflops_per_s"] / jax_ceiling, ".0f") + "%", ""]
+                     if peer else []))
+    if peer:
+      ours["peer_examples_per_s_ratio"] = ours["examples_per_s"] / peer["examples_per_s"]
+    shape = (f"{ours['size']} batch {ours['batch']}, inputs {ours['input_length']} + prompt "
+             f"{ours['prompt_length']}, " + (f"targets {ours['target_length']}" if kind == "train"
+                                            else f"decode {ours['decode_length']}")
+             + f", {ours['dtype']} (weights {ours['weight_dtype']})")
+    out.append(f"\n{kind}: {shape}")
+    if kind == "train":
+      f = ours["flops"]
+      xla = ours.get("xla_flops_per_step")
+      out.append(f"FLOPs/step: analytic {f['total'] / 1e9:.1f} G (fwd {f['forward'] / 1e9:.1f} + "
+                 f"activation bwd {f['backward_activations'] / 1e9:.1f}; with weight grads would be "
+                 f"{f['total_if_weight_gradients'] / 1e9:.1f}), XLA cost analysis "
+                 f"{_fmt(xla / 1e9 if xla else None, '.1f')} G")
+    out.append(table(rows))
+  return "\n".join(out)
+
+
+def write_json(path: str, results: dict):
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bench-", suffix=".json")
+  with os.fdopen(fd, "w") as f:
+    json.dump(results, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.peer:
+    peer_python(args)  # fail before the long JAX run, not after it
+  results = {"command": "spot-jax bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+             "machine": machine_info(), "loadavg_at_start": os.getloadavg()}
+  common = dict(size=args.size, batch=args.batch, input_length=args.input_length,
+                prompt_length=args.prompt_length, dtype=args.dtype, weight_dtype=args.weight_dtype,
+                num_partitions=args.num_partitions, num_devices=args.devices or None,
+                steps=args.steps, warmup=args.warmup,
+                config_overrides={"vocab_size": args.vocab_size} if args.vocab_size else None)
+  if not args.no_ceiling:
+    from bench import ceiling
+    print("[bench] measuring the matmul ceiling", file=sys.stderr, flush=True)
+    results["ceiling"] = {"n": args.ceiling_size,
+                          "jax_gflops_per_s": ceiling.jax_matmul_gflops(args.ceiling_size),
+                          "numpy_gflops_per_s": ceiling.numpy_matmul_gflops(args.ceiling_size)}
+  if args.what in ("train", "all"):
+    from bench import train_throughput
+    print("[bench] spot_jax training step", file=sys.stderr, flush=True)
+    results["train"] = train_throughput.run(
+        target_length=args.target_length, microbatches=args.microbatches, dropout=args.dropout,
+        donate=not args.no_donate, **common)
+    if args.peer:
+      results["train"]["peer"] = run_peer(args, "train")
+  if args.what in ("decode", "all"):
+    from bench import decode_throughput
+    print("[bench] spot_jax greedy decode", file=sys.stderr, flush=True)
+    results["decode"] = decode_throughput.run(decode_length=args.decode_length, **common)
+    if args.peer:
+      results["decode"]["peer"] = run_peer(args, "decode")
+  print(report(results), flush=True)
+  if args.json:
+    write_json(args.json, results)
+    print(f"[bench] wrote {args.json}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,107 @@
+"""bench/: the FLOP formula against XLA's cost analysis, the CLI, and the JSON it writes.
+
+Tiny shapes only, and no timing assertions (timings depend on the machine and its load).
+"""
+import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
+import json
+
+import pytest
+
+from bench import __main__ as cli
+from bench import flops as flops_lib
+from bench import peer_peft
+from spot_jax.config import size_config
+
+TINY = ["--size", "tiny", "--vocab-size", "512", "--dropout", "0", "--batch", "2", "--input-length", "12",
+        "--target-length", "4", "--prompt-length", "4", "--decode-length", "3", "--steps", "1",
+        "--warmup", "0", "--devices", "1", "--ceiling-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def all_results(tmp_path_factory):
+  path = tmp_path_factory.mktemp("bench") / "out" / "results.json"
+  assert cli.main(["all", *TINY, "--json", str(path)]) == 0
+  return json.loads(path.read_text())
+
+
+def test_analytic_flops_match_xla_cost_analysis(all_results):
+  train = all_results["train"]
+  xla, analytic = train["xla_flops_per_step"], train["flops"]
+  # XLA also counts elementwise work (norms, softmax, GELU, loss): a little above the matmul count.
+  assert 0.98 <= xla / analytic["total"] <= 1.3, (xla, analytic)
+  # No weight gradients: far below what forward + 2x backward (full fine-tuning) would cost.
+  assert xla < 0.8 * analytic["total_if_weight_gradients"], (xla, analytic)
+
+
+def test_flops_formula_scales_with_shapes():
+  config = size_config("small")
+  base = flops_lib.train_step_flops(config, 8, 128, 8, 100)
+  assert flops_lib.train_step_flops(config, 16, 128, 8, 100).total == 2 * base.total
+  assert flops_lib.train_step_flops(config, 8, 128, 8, 0).total < base.total
+  # The T5 1.1 small step of the issue is about 175-190 GFLOP, half forward.
+  assert 170e9 < base.total < 195e9
+  assert 0.45 < base.forward / base.total < 0.55
+  assert base.with_weight_gradients == 3 * base.forward
+  assert flops_lib.decode_flops(config, 8, 128, 100, 32) > flops_lib.decode_flops(config, 8, 128,
+                                                                                 100, 16)
+
+
+def test_json_has_the_fields(all_results):
+  assert set(all_results) >= {"command", "machine", "ceiling", "train", "decode"}
+  assert all_results["ceiling"]["jax_gflops_per_s"] > 0
+  train = all_results["train"]
+  for key in ("examples_per_s", "tokens_per_s", "step_s_median", "compile_s", "host_peak_rss_mib",
+              "device_peak_mib", "flops_per_step", "xla_flops_per_step", "gflops_per_s",
+              "share_of_jax_ceiling", "mesh", "final_loss"):
+    assert key in train, key
+  assert train["batch"] == 2 and train["prompt_length"] == 4 and train["mesh"] == {"data": 1, "model": 1}
+  assert train["examples_per_s"] > 0 and train["host_peak_rss_mib"] > 0
+  decode = all_results["decode"]
+  assert decode["generated_length"] == 3 and decode["tokens_per_s"] > 0
+
+
+def test_cli_arguments():
+  args = cli.parse_args([])
+  assert (args.what, args.size, args.batch, args.input_length, args.prompt_length,
+          args.target_length, args.dtype, args.peer) == ("train", "small", 8, 128, 100, 8,
+                                                         "float32", False)
+  assert cli.parse_args(["--peer-python", "/x/python"]).peer
+  args = cli.parse_args(["decode", "--dtype", "bfloat16", "--weight-dtype", "bfloat16",
+                         "--num-partitions", "2", "--microbatches", "2"])
+  assert (args.what, args.dtype, args.weight_dtype, args.num_partitions, args.microbatches) == (
+      "decode", "bfloat16", "bfloat16", 2, 2)
+  for bad in (["--batch", "6", "--microbatches", "4"], ["--batch", "0"], ["--dropout", "1.5"],
+              ["--size", "huge"], ["--dtype", "float16"], ["nonsense"]):
+    with pytest.raises(SystemExit):
+      cli.parse_args(bad)
+
+
+def test_peer_python_errors_name_the_fix(monkeypatch):
+  monkeypatch.delenv("SPOT_JAX_PEER_PYTHON", raising=False)
+  with pytest.raises(SystemExit, match="requirements-bench.txt"):
+    cli.peer_python(cli.parse_args(["--peer-python", "/nonexistent/python"]))
+
+
+def test_report_prints_ratio_beside_the_peer():
+  ours = {"size": "tiny", "batch": 2, "input_length": 12, "prompt_length": 4, "target_length": 4,
+          "dtype": "float32", "weight_dtype": "float32", "examples_per_s": 3.0, "tokens_per_s": 30.0,
+          "step_s_median": 2 / 3, "host_peak_rss_mib": 100.0, "device_peak_mib": None,
+          "compile_s": 1.0, "gflops_per_s": 6.0, "flops_per_step": 4e9, "xla_flops_per_step": 4.2e9,
+          "flops": flops_lib.StepFlops(2_000_000_000, 2_000_000_000).as_dict(),
+          "peer": {"examples_per_s": 2.0, "tokens_per_s": 20.0, "step_s_median": 1.0,
+                   "host_peak_rss_mib": 200.0}}
+  text = cli.report({"ceiling": {"n": 64, "jax_gflops_per_s": 10.0, "numpy_gflops_per_s": 12.0},
+                     "train": ours})
+  assert "1.50x" in text and "hf_peft" in text and "60%" in text
+  assert ours["peer_examples_per_s_ratio"] == pytest.approx(1.5)
+  assert ours["share_of_jax_ceiling"] == pytest.approx(0.6)
+
+
+def test_peer_script_arguments_need_no_torch():
+  args = peer_peft.parse_args(["--size", "tiny", "--mode", "decode", "--decode-length", "5"])
+  assert (args.size, args.mode, args.decode_length, args.prompt_length) == ("tiny", "decode", 5, 100)
+  assert set(peer_peft.SIZES) == {"tiny", "small", "base", "large", "xl", "xxl"}
+  for name, sizes in peer_peft.SIZES.items():
+    config = size_config(name)
+    assert (sizes["d_model"], sizes["num_heads"], sizes["d_kv"], sizes["d_ff"], sizes["num_layers"]) == (
+        config.d_model, config.num_heads, config.head_dim, config.d_ff, config.num_encoder_layers)
