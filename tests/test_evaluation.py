@@ -20,7 +20,8 @@ from spot_jax import scoring as S
 from spot_jax.config import size_config
 
 VOCAB = seqio.ByteVocabulary()
-CFG = size_config("tiny", vocab_size=VOCAB.vocab_size, dropout_rate=0.0,
+CFG = size_config("tiny", vocab_size=VOCAB.vocab_size, dropout_rate=0.0, num_encoder_layers=1,
+                  num_decoder_layers=1,
                   relative_attention_num_buckets=8, relative_attention_max_distance=16)
 LENGTHS = {"inputs": 16, "targets": 6}
 BATCH = 5

@@ -7,6 +7,7 @@ from spot_jax import scoring as S
 from spot_jax.config import size_config
 
 CFG = size_config("tiny", vocab_size=64, dropout_rate=0.1, relative_attention_num_buckets=8,
+                  num_encoder_layers=1, num_decoder_layers=1,
                   relative_attention_max_distance=16)
 ENC = np.array([[5, 6, 7, 8, 0], [9, 10, 0, 0, 0]], np.int32)
 TGT = np.array([[3, 4, 1, 0], [6, 1, 0, 0]], np.int32)
