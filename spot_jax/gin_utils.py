@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import argparse
+import logging
 import os
 import pathlib
 import re
@@ -21,6 +22,16 @@ GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
 
 def default_search_paths() -> List[str]:
   return [str(GIN_DIR), str(GIN_DIR.parent), os.getcwd()]
+
+
+class _QuietIncludeProbe(logging.Filter):
+  """gin logs an ERROR for every search-path probe of an `include` before it finds the file."""
+
+  def filter(self, record):
+    return not str(record.msg).startswith("Path not found:")
+
+
+logging.getLogger().addFilter(_QuietIncludeProbe())
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -73,8 +84,24 @@ def _resolve(path: str, search_paths: Sequence[str]) -> str:
                    f"{list(search_paths)}; pass --gin_search_paths=DIR")
 
 
+# Modules that define gin configurables: imported before parsing (so bindings resolve) and before
+# `gin.finalize()` locks the registry (a configurable defined after that is an error).
+CONFIGURABLE_MODULES = ("spot_jax.config", "spot_jax.prompts", "spot_jax.optim", "spot_jax.partitioning",
+                        "spot_jax.input_pipeline", "spot_jax.train", "spot_jax.evaluation",
+                        "spot_jax.eval", "spot_jax.infer", "spot_jax.metrics_log", "spot_jax.decode",
+                        "spot_jax.scoring", "tasks")
+
+
+def import_configurables():
+  import importlib
+  for name in CONFIGURABLE_MODULES:
+    if importlib.util.find_spec(name) is not None:
+      importlib.import_module(name)
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()):
   """Loads gin files and bindings; `finalize()` then reports every missing `%gin.REQUIRED`."""
+  import_configurables()
   gin.clear_config()
   paths = list(search_paths) + default_search_paths()
   for path in paths:
@@ -125,4 +152,6 @@ def run(fn: Callable, argv: Optional[Sequence[str]] = None, prog: str = "spot_ja
   init_distributed(args)
   parse_gin(args.gin_file, bindings, search)
   finalize_or_explain()
+  from tasks import user_data  # users' tasks declared in gin files register now, before any lookup
+  user_data.register_from_gin()
   return fn()

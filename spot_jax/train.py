@@ -10,6 +10,7 @@ The data path is straight: task → host batches (input_pipeline) → jitted sha
 from __future__ import annotations
 
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
+import hashlib
 import logging
 import signal
 import time
@@ -202,8 +203,10 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
                        f"{train_steps} steps")
   ckpts.close()
   logger.close()
-  log.info("trained %d steps in %.1fs", step - start_step, time.time() - t_start)
-  return np.asarray(jax.device_get(state.prompt))
+  final = np.asarray(jax.device_get(state.prompt))
+  log.info("process %d: trained %d steps in %.1fs; final prompt sha256 %s", jax.process_index(),
+           step - start_step, time.time() - t_start, hashlib.sha256(final.tobytes()).hexdigest()[:16])
+  return final
 
 
 def _evaluate(name, config, params, prompt, feature_lengths, split, batch_size, num_examples):
@@ -231,8 +234,11 @@ def _pick_metric(flat: Mapping[str, float], name: Optional[str]):
 def main(argv=None):
   from spot_jax import gin_utils
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.getLogger("spot_jax").setLevel(logging.INFO)
   gin_utils.run(gin.get_configurable(train), argv, prog="spot_jax.train")
 
 
 if __name__ == "__main__":
-  main()
+  # Run through the importable module so gin sees `spot_jax.train.train`, not `__main__.train`.
+  from spot_jax import train as _train_module
+  _train_module.main()

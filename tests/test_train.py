@@ -1,0 +1,170 @@
+"""The trainer: prompt-only updates on a (4, 2) mesh, resume after kill -9, two processes, failures."""
+import hashlib
+import json
+import os
+import re
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from spot_jax import gin_utils, optim, prompt_io
+from spot_jax import train as train_lib
+from spot_jax.config import size_config
+from spot_jax.model import init_params
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TASK = "spot_bundled_movie"
+LENGTHS = {"inputs": 32, "targets": 4}
+CFG = size_config("tiny", vocab_size=1152, d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                  dropout_rate=0.1)
+STEPS, PROMPT_LEN = 24, 4
+
+
+def _gin_args(model_dir, steps=STEPS, extra=()):
+  return ["--gin_file=models/t5_1_1.gin", "--gin_file=prompts/random_uniform.gin",
+          "--gin_file=models/sizes/tiny.gin", "--gin_file=runs/prompt_train.gin",
+          "--gin_file=partitioning/model_parallel_2.gin",
+          f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
+          f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=8",
+          f"--gin.PROMPT_LENGTH={PROMPT_LEN}", "--gin.SAVE_PERIOD=8", "--gin.EVAL_PERIOD=None",
+          "--gin.spot_jax.model_config.vocab_size=1152", "--gin.spot_jax.model_config.d_model=32",
+          "--gin.spot_jax.model_config.num_heads=2", "--gin.spot_jax.model_config.head_dim=16",
+          "--gin.spot_jax.model_config.d_ff=64", "--gin.spot_jax.train.train.log_period=4",
+          *extra]
+
+
+def _env(devices=8):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["PYTHONPATH"] = str(REPO)
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  return env
+
+
+def _train_cli(model_dir, **kw):
+  return subprocess.Popen([sys.executable, "-m", "spot_jax.train", *_gin_args(model_dir, **kw)],
+                          cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _final_prompt(model_dir, step=STEPS):
+  return np.load(os.path.join(prompt_io.checkpoint_export_dir(str(model_dir), step), "prompt.npy"))
+
+
+def test_trains_only_the_prompt_on_a_4x2_mesh_and_the_loss_falls(tmp_path):
+  assert len(jax.devices()) == 8
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  before = jax.tree.map(np.array, params)
+  losses = []
+  prompt = train_lib.train(
+      model_dir=str(tmp_path), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS, train_steps=60,
+      batch_size=8, frozen=(CFG, params), prompt_length=PROMPT_LEN, num_partitions=2, save_period=60,
+      log_period=10, enable_dropout=False,
+      hooks=[lambda step, state: None])
+  records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  losses = [r["train/loss"] for r in records if "train/loss" in r]
+  assert len(losses) == 6 and losses[-1] < losses[0] - 0.5, losses
+  initial = np.random.default_rng(0).uniform(-0.5, 0.5, (PROMPT_LEN, 32)).astype(np.float32)
+  assert prompt.shape == (PROMPT_LEN, 32) and np.abs(prompt - initial).max() > 1e-2
+  jax.tree.map(np.testing.assert_array_equal, params, before)  # frozen weights untouched
+  np.testing.assert_array_equal(np.load(tmp_path / "numpy_checkpoints/checkpoint_60/prompt.npy"), prompt)
+  with open(tmp_path / "numpy_checkpoints/checkpoint_60/encoder.prompt.prompt.prompt", "rb") as f:
+    np.testing.assert_array_equal(np.load(f), prompt)
+
+
+def test_kill_9_then_restart_ends_with_the_uninterrupted_prompt(tmp_path):
+  straight = _train_cli(tmp_path / "straight")
+  out = straight.communicate(timeout=400)[0]
+  assert straight.returncode == 0, out[-3000:]
+  killed = _train_cli(tmp_path / "killed")
+  committed_8 = tmp_path / "killed" / "checkpoints" / "8" / "commit_success.txt"
+  deadline = time.time() + 300
+  while not committed_8.exists() and killed.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert not (tmp_path / "killed/numpy_checkpoints/checkpoint_24").exists(), "killed too late"
+  resumed = _train_cli(tmp_path / "killed")
+  out = resumed.communicate(timeout=400)[0]
+  assert resumed.returncode == 0, out[-3000:]
+  assert "resuming from step 8" in out or "resuming from step 16" in out, out[-3000:]
+  np.testing.assert_array_equal(_final_prompt(tmp_path / "killed"), _final_prompt(tmp_path / "straight"))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_one_prompt_together(tmp_path):
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    args = _gin_args(tmp_path / "shared", steps=8) + [
+        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"]
+    procs.append(subprocess.Popen([sys.executable, "-m", "spot_jax.train", *args], cwd=REPO, env=_env(4),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outs = [p.communicate(timeout=400)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  prompt = _final_prompt(tmp_path / "shared", 8)
+  initial = np.random.default_rng(0).uniform(-0.5, 0.5, (PROMPT_LEN, 32)).astype(np.float32)
+  assert np.isfinite(prompt).all() and np.abs(prompt - initial).max() > 1e-3
+  # Both processes hold the same replicated prompt, equal to the exported one.
+  digests = [re.search(r"process (\d): trained 8 steps .* final prompt sha256 (\w+)", out) for out in outs]
+  assert all(digests), [out[-2000:] for out in outs]
+  assert {d.group(1) for d in digests} == {"0", "1"}
+  assert digests[0].group(2) == digests[1].group(2) == hashlib.sha256(prompt.tobytes()).hexdigest()[:16]
+
+
+def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
+  proc = _train_cli(tmp_path, steps=100000)
+  jsonl = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (jsonl.exists() and jsonl.read_text().strip()) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, out[-3000:]
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps and steps[-1] >= 4
+  assert (pathlib.Path(prompt_io.checkpoint_export_dir(str(tmp_path), steps[-1])) / "prompt.npy").exists()
+
+
+def test_nan_loss_stops_naming_the_step(tmp_path):
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  with pytest.raises(FloatingPointError, match=r"NaN or inf at step 0 .*no checkpoint was written yet"):
+    train_lib.train(model_dir=str(tmp_path), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
+                    train_steps=4, batch_size=8, frozen=(CFG, params), prompt_length=PROMPT_LEN,
+                    optimizer=optim.adafactor(learning_rate=float("nan")), log_period=2)
+
+
+def test_bad_inputs_fail_before_compute(tmp_path):
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  common = dict(model_dir=str(tmp_path), task_feature_lengths=LENGTHS, train_steps=2, batch_size=8,
+                prompt_length=PROMPT_LEN)
+  with pytest.raises(ValueError, match=r"unknown task or mixture 'spot_bundled_movi'.*spot_bundled_movie"):
+    train_lib.train(mixture_or_task_name="spot_bundled_movi", frozen=(CFG, params), **common)
+  bad = tmp_path / "bad.npy"
+  np.save(bad, np.zeros((7, 32), np.float32))
+  from spot_jax import prompts
+  with pytest.raises(ValueError, match=r"shape \(7, 32\) but this run expects \[PROMPT_LENGTH=4, d_model=32\]"):
+    train_lib.train(mixture_or_task_name=TASK, frozen=(CFG, params), prompt_init=prompts.from_file(str(bad)),
+                    **{**common, "model_dir": str(tmp_path / "m2")})
+  (tmp_path / "ckpt").mkdir()
+  (tmp_path / "ckpt" / "checkpoint").write_bytes(b"\x00garbage")
+  with pytest.raises(ValueError, match="checkpoint"):
+    train_lib.train(mixture_or_task_name=TASK, initial_checkpoint_path=str(tmp_path / "ckpt"), **common)
+
+
+def test_missing_required_macro_names_it(tmp_path, capsys):
+  args = [a for a in _gin_args(tmp_path) if not a.startswith("--gin.MODEL_DIR")]
+  with pytest.raises(SystemExit, match=r"MODEL_DIR"):
+    gin_utils.run(lambda: None, args)
