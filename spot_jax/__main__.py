@@ -7,6 +7,7 @@
   spot-jax spot ...                  retrieval + transfer for a target task
   spot-jax bench ...                 throughput benchmarks (bench/)
   spot-jax tasks --list              registered tasks and mixtures
+  spot-jax launch --tpu NAME ...     install and run a job on every worker of a Cloud TPU VM/pod
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def main(argv=None) -> int:
     module = __import__(f"spot_jax.{command}", fromlist=["main"])
     module.main(rest)
     return 0
+  if command == "launch":
+    from spot_jax import launch
+    return launch.main(rest)
   if command == "export":
     return _export(rest)
   if command == "library":

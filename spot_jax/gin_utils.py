@@ -47,8 +47,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                  help="multi-process: host:port of process 0 (jax.distributed); auto on Cloud TPU")
   p.add_argument("--num_processes", type=int, default=None)
   p.add_argument("--process_id", type=int, default=None)
-  p.add_argument("--multiprocess_gpu", action="store_true",
-                 help="initialize jax.distributed from the cluster environment (SLURM, Open MPI)")
+  p.add_argument("--jax_distributed", "--multiprocess_gpu", dest="jax_distributed", action="store_true",
+                 help="call jax.distributed.initialize() with no arguments: it reads Cloud TPU metadata, "
+                      "SLURM or Open MPI environments (multi-host TPU slices, multi-node GPU)")
   return p
 
 
@@ -132,10 +133,8 @@ def init_distributed(args) -> None:
   import jax
   if args.coordinator_address or args.num_processes:
     jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-  elif args.multiprocess_gpu or os.environ.get("SPOT_JAX_DISTRIBUTED") == "1":
+  elif args.jax_distributed or os.environ.get("SPOT_JAX_DISTRIBUTED") == "1":
     jax.distributed.initialize()
-  elif os.environ.get("TPU_WORKER_HOSTNAMES") and "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-    jax.distributed.initialize()  # a multi-host Cloud TPU slice: everything comes from the metadata
 
 
 def run(fn: Callable, argv: Optional[Sequence[str]] = None, prog: str = "spot_jax"):
