@@ -1,0 +1,42 @@
+"""The `spot-jax` entry point: dispatch, help, and `export` into each prompt format."""
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from spot_jax import __main__ as cli
+from spot_jax import prompt_io
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+  prompt = np.arange(12, dtype=np.float32).reshape(3, 4)
+  prompt_io.export_numpy_checkpoint(prompt, str(tmp_path / "run"), 10)
+  prompt_io.export_numpy_checkpoint(prompt + 1, str(tmp_path / "run"), 20)
+  return tmp_path / "run", prompt + 1
+
+
+def test_export_to_each_format(model_dir, tmp_path, capsys):
+  run, latest = model_dir
+  assert cli.main(["export", str(run), str(tmp_path / "p.npy"), "--format", "npy"]) == 0
+  np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), latest)
+  assert cli.main(["export", str(run), str(tmp_path / "t5x"), "--format", "t5x"]) == 0
+  with open(tmp_path / "t5x" / "encoder.prompt.prompt.prompt", "rb") as f:
+    np.testing.assert_array_equal(np.load(f), latest)
+  assert cli.main(["export", str(run), str(tmp_path / "peft"), "--format", "peft", "--base_model", "t5-base"]) == 0
+  tensors = load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))
+  assert list(tensors) == ["prompt_embeddings"]
+  np.testing.assert_array_equal(tensors["prompt_embeddings"], latest)
+  config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+  assert config["peft_type"] == "PROMPT_TUNING" and config["task_type"] == "SEQ_2_SEQ_LM"
+  assert config["num_virtual_tokens"] == 3 and config["token_dim"] == 4
+  assert config["num_transformer_submodules"] == 1 and config["base_model_name_or_path"] == "t5-base"
+  assert "wrote peft prompt (3, 4)" in capsys.readouterr().out
+
+
+def test_help_and_unknown_command(capsys):
+  assert cli.main([]) == 0
+  assert "spot-jax demo" in capsys.readouterr().out
+  assert cli.main(["frobnicate"]) == 2
+  assert "unknown command 'frobnicate'" in capsys.readouterr().err
