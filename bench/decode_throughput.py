@@ -14,7 +14,7 @@ import numpy as np
 
 from bench import flops as flops_lib
 from bench.train_throughput import (device_peak_mib, host_peak_rss_mib, random_batch,
-                                    random_frozen_params)
+                                    random_frozen_params, reset_host_peak_rss)
 
 
 def run(size: str = "small", batch: int = 8, input_length: int = 128, prompt_length: int = 100,
@@ -30,6 +30,7 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, prompt_len
   devices = jax.devices()[:num_devices] if num_devices else jax.devices()
   mesh = partitioning.make_mesh(num_partitions, devices=devices)
   frozen_shardings = partitioning.tree_shardings(model.param_logical_axes(config), mesh)
+  peak_reset = reset_host_peak_rss()  # a training bench may have run in this process first
   frozen = random_frozen_params(config, frozen_shardings, weight_dtype, seed)
   prompt = jnp.asarray(np.random.default_rng(seed).uniform(
       -0.5, 0.5, (prompt_length, config.d_model)).astype(np.float32))
@@ -62,5 +63,6 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, prompt_len
       "examples_per_s": batch / run_s, "tokens_per_s": batch * decode_length / run_s,
       "flops_per_run": count,
       "gflops_per_s": count / run_s / 1e9, "host_peak_rss_mib": host_peak_rss_mib(),
+      "host_peak_reset_before_init": peak_reset,
       "device_peak_mib": device_peak_mib(devices), "loadavg_1min": os.getloadavg()[0],
   }

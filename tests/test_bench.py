@@ -66,12 +66,14 @@ def test_cli_arguments():
           args.target_length, args.dtype, args.peer) == ("train", "small", 8, 128, 100, 8,
                                                          "float32", False)
   assert cli.parse_args(["--peer-python", "/x/python"]).peer
+  assert cli.parse_args(["--prng-impl", "rbg"]).prng_impl == "rbg"
   args = cli.parse_args(["decode", "--dtype", "bfloat16", "--weight-dtype", "bfloat16",
                          "--num-partitions", "2", "--microbatches", "2"])
   assert (args.what, args.dtype, args.weight_dtype, args.num_partitions, args.microbatches) == (
       "decode", "bfloat16", "bfloat16", 2, 2)
   for bad in (["--batch", "6", "--microbatches", "4"], ["--batch", "0"], ["--dropout", "1.5"],
-              ["--size", "huge"], ["--dtype", "float16"], ["nonsense"]):
+              ["--size", "huge"], ["--dtype", "float16"], ["nonsense"],
+              ["--prng-impl", "philox"]):
     with pytest.raises(SystemExit):
       cli.parse_args(bad)
 
