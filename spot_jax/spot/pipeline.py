@@ -1,0 +1,606 @@
+"""SPoT's targeted pipeline: source prompts → target task embedding → retrieval → transfer (DESIGN.md §7).
+
+  spot-jax spot --target TASK --library DIR --strategy S --top-k K [--baseline] --gin_file=... --gin.X=Y
+  spot-jax spot source --gin_file=... --gin.MIXTURE_OR_TASK_NAME=... --gin.LIBRARY_DIR=...
+
+Library functions (the demo calls them; the CLI is a thin gin layer over them):
+  train_source_prompts  train each source task, add prompt + task embedding + metrics to the library
+  task_embedding        a short target run; its early prompt is the target's task embedding
+  rank                  order library sources by prompt similarity or by zero-shot metric
+  best_of_top_k, weighted_average, multitask_mixture   the three SPoT transfer strategies
+  run_target            all of the above for one target, plus an optional random-init baseline
+
+The frozen model is passed as `frozen=(config, params)` and stays in memory across the many short
+runs. Every run writes an ordinary training MODEL_DIR under `out_dir` (exports, metrics.jsonl), so a
+pipeline can be inspected, and an interrupted one resumes run by run.
+"""
+from __future__ import annotations
+
+import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import warnings
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import gin
+import numpy as np
+
+from spot_jax import prompt_io
+from spot_jax.spot import similarity as sim
+from spot_jax.spot.library import PromptLibrary, rank_sources, weighted_average_init
+
+log = logging.getLogger("spot_jax.spot")
+
+STRATEGIES = ("best_of_top_k", "weighted_average", "multitask_mixture")
+RANK_BY = ("similarity", "zero_shot")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settings shared by every run of a pipeline.
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """What every training/evaluation run of the pipeline shares (the budget is passed per call).
+
+  `prompt_init` is the initializer of source runs, task-embedding runs and the baseline (None: the
+  trainer's default, random uniform 0.5). `metric` picks the validation metric that decides
+  (best-of-top-k, zero-shot ranking); None averages all metrics of the task.
+  """
+  task_feature_lengths: Mapping[str, int] = dataclasses.field(
+      default_factory=lambda: {"inputs": 512, "targets": 16})
+  batch_size: int = 32
+  prompt_length: int = 100
+  prompt_init: Any = None
+  seed: int = 0
+  num_partitions: int = 1
+  enable_dropout: bool = True
+  log_period: int = 100
+  eval_split: str = "validation"
+  eval_batch_size: Optional[int] = None
+  eval_num_examples: Optional[int] = None
+  metric: Optional[str] = None
+  optimizer: Any = None
+
+
+def _train(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt_init=None,
+           prompt_length: Optional[int] = None, task_embedding_step: Optional[int] = None) -> np.ndarray:
+  from spot_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  kwargs = dict(model_dir=model_dir, mixture_or_task_name=task,
+                task_feature_lengths=dict(run.task_feature_lengths), train_steps=int(steps),
+                batch_size=run.batch_size, frozen=frozen,
+                prompt_length=prompt_length or run.prompt_length,
+                prompt_init=prompt_init or run.prompt_init, seed=run.seed,
+                num_partitions=run.num_partitions, save_period=max(int(steps), 1),
+                log_period=max(1, min(run.log_period, int(steps))), eval_period=None,
+                task_embedding_step=task_embedding_step, enable_dropout=run.enable_dropout)
+  if run.optimizer is not None:
+    kwargs["optimizer"] = run.optimizer
+  log.info("training %s for %d steps -> %s", task, steps, model_dir)
+  return train_lib.train(**kwargs)
+
+
+def evaluate_prompt(frozen, task: str, prompt, run: RunConfig) -> Dict[str, float]:
+  """Validation metrics `{metric: value}` of `prompt` on `task` (`{task/metric: value}` for a mixture)."""
+  from spot_jax import evaluation  # pylint: disable=g-import-not-at-top
+  config, params = frozen
+  results = evaluation.evaluate(task, config, params, None if prompt is None else np.asarray(prompt),
+                                dict(run.task_feature_lengths), split=run.eval_split,
+                                batch_size=run.eval_batch_size or run.batch_size,
+                                num_examples=run.eval_num_examples)
+  if set(results) == {task}:
+    return {k: float(v) for k, v in results[task].items() if _is_number(v)}
+  return {f"{t}/{k}": float(v) for t, m in results.items() for k, v in m.items() if _is_number(v)}
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+
+
+def score_of(metrics: Mapping[str, float], metric: Optional[str] = None) -> float:
+  """The number that decides: `metric` (a name, or a `task/name` suffix), else the mean of all."""
+  if not metrics:
+    raise ValueError("no validation metrics to compare: the task has no metric functions or no "
+                     "validation split")
+  if metric:
+    hits = [v for k, v in metrics.items() if k == metric or k.endswith("/" + metric)]
+    if not hits:
+      raise ValueError(f"metric {metric!r} is not among the validation metrics {sorted(metrics)}; set "
+                       "BEST_METRIC (--gin.BEST_METRIC) to one of them")
+    return float(np.mean(hits))
+  return float(np.mean(list(metrics.values())))
+
+
+def from_array(prompt, source: str = "array"):
+  """A prompt initializer that returns a fixed array (an in-memory transfer init)."""
+  arr = prompt_io.validate_prompt(prompt, source)
+
+  def init(rng, prompt_length, d_model, embedding=None):
+    if arr.shape != (prompt_length, d_model):
+      raise ValueError(f"transfer init from {source} has shape {tuple(arr.shape)} but the run expects "
+                       f"[PROMPT_LENGTH={prompt_length}, d_model={d_model}]; set PROMPT_LENGTH to "
+                       f"{arr.shape[0]} or use prompts trained for this frozen model")
+    return arr.copy()
+  return init
+
+
+def default_model_id(initial_checkpoint_path: Optional[str], config, seed: int = 0) -> str:
+  """A frozen model's identity for the library: the checkpoint's last two path parts, or a
+  description of a fresh initialization (tests, offline demos)."""
+  if initial_checkpoint_path:
+    parts = [p for p in str(initial_checkpoint_path).rstrip("/").split("/") if p]
+    return "/".join(parts[-2:])
+  return (f"fresh-init:{config.feed_forward}-d{config.d_model}-e{config.num_encoder_layers}"
+          f"-dec{config.num_decoder_layers}-v{config.vocab_size}-seed{seed}")
+
+
+def _safe(name: str) -> str:
+  return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sources.
+
+def train_source_prompts(frozen, tasks: Sequence[str], library_dir: str, out_dir: str, steps: int,
+                         run: RunConfig = RunConfig(), model_id: Optional[str] = None,
+                         task_embedding_step: Optional[int] = None,
+                         overwrite: bool = False) -> Dict[str, dict]:
+  """Trains a prompt on each source task and adds it to the library; returns {task: record}.
+
+  Each entry gets the final prompt, the task-embedding export (step `task_embedding_step`, default
+  steps // 10, SPoT's early-checkpoint prompt) and its validation metrics. A task already in the
+  library is skipped unless `overwrite`. Runs go to `out_dir/<task>` and resume if interrupted.
+  """
+  lib = PromptLibrary(library_dir)
+  if model_id is None and lib.model_id is None:
+    model_id = default_model_id(None, frozen[0], run.seed)
+  te_step = task_embedding_step or max(1, int(steps) // 10)
+  if te_step > steps:
+    raise ValueError(f"task_embedding_step {te_step} is beyond the {steps} training steps")
+  records = {}
+  for task in tasks:
+    if task in lib and not overwrite:
+      log.info("%s is already in library %s; skipped (pass overwrite=True to retrain)", task, library_dir)
+      records[task] = lib.record(task)
+      continue
+    model_dir = os.path.join(out_dir, _safe(task))
+    prompt = _train(frozen, run, model_dir, task, steps, task_embedding_step=te_step)
+    metrics = evaluate_prompt(frozen, task, prompt, run)
+    emb_dir = prompt_io.task_embedding_export_dir(model_dir)
+    records[task] = lib.add(task, model_dir, model_id, task_embedding=emb_dir, steps=steps,
+                            metrics=metrics, overwrite=overwrite, which="latest")
+    log.info("library %s: added %s (%s)", library_dir, task, metrics)
+  return records
+
+
+def task_embedding(frozen, target: str, out_dir: str, steps: int, run: RunConfig = RunConfig()) -> np.ndarray:
+  """A short run on the target from the base init; its prompt after `steps` is the task embedding."""
+  prompt = _train(frozen, run, out_dir, target, steps, task_embedding_step=steps)
+  exports = prompt_io.find_exports(out_dir)
+  if exports.task_embedding is not None:
+    return prompt_io.load_prompt(exports.task_embedding)
+  return prompt
+
+
+# ---------------------------------------------------------------------------------------------------
+# Retrieval.
+
+def rank(library, target_embedding=None, measure: str = sim.DEFAULT_MEASURE, rank_by: str = "similarity",
+         *, frozen=None, target: Optional[str] = None, run: RunConfig = RunConfig(),
+         kind: str = "task_embedding", exclude: Sequence[str] = (), activations_fn=None,
+         window: Optional[int] = 3) -> List[Tuple[str, float]]:
+  """[(source task, score)] best first.
+
+  rank_by="similarity": `measure` between the target's task embedding and each source's `kind`
+  array ("on" drives the frozen model: pass `frozen`, or `activations_fn`). rank_by="zero_shot": each
+  source's final prompt evaluated on `target` without training (needs `frozen` and `target`).
+  """
+  if rank_by not in RANK_BY:
+    raise ValueError(f"rank_by={rank_by!r}: use one of {RANK_BY}")
+  lib = library if isinstance(library, PromptLibrary) else PromptLibrary(library)
+  if rank_by == "zero_shot":
+    if frozen is None or target is None:
+      raise ValueError("rank_by='zero_shot' evaluates each source prompt on the target: pass frozen= "
+                       "and target=")
+    from spot_jax.spot import zero_shot  # pylint: disable=g-import-not-at-top
+    return zero_shot.rank_zero_shot(frozen, lib, target, run, exclude=exclude)
+  if target_embedding is None:
+    raise ValueError("rank_by='similarity' needs the target's task embedding (task_embedding())")
+  if measure == "on" and activations_fn is None:
+    if frozen is None:
+      raise ValueError("measure 'on' drives the frozen model with each prompt: pass frozen=")
+    activations_fn = _activations_fn(frozen, target)
+  return rank_sources(target_embedding, lib, measure, exclude=exclude, kind=kind,
+                      activations_fn=activations_fn, window=window)
+
+
+def _activations_fn(frozen, target: Optional[str]):
+  """ON's probe: `<extra_id_0>` + EOS of the target task's vocabulary (the last id with extra ids)."""
+  from spot_jax.spot import cli  # pylint: disable=g-import-not-at-top
+  extra_id_0 = cli.EXTRA_ID_0
+  if target:
+    from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    vocab = input_pipeline.get_task(target).output_features["inputs"].vocabulary
+    if getattr(vocab, "extra_ids", 0):
+      extra_id_0 = vocab.vocab_size - 1
+  return cli.activations_fn_from_params(frozen[0], frozen[1], (extra_id_0, cli.EOS_ID))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Transfer strategies: each returns a TransferInit.
+
+@dataclasses.dataclass
+class TransferInit:
+  """A target's initial prompt, with where it came from."""
+  strategy: str
+  prompt: np.ndarray
+  description: str
+  sources: List[dict]  # [{"task", "score", and "weight" or "metrics"/"selection_score"}]
+  extra: dict = dataclasses.field(default_factory=dict)
+
+
+def _top(ranked: Sequence[Tuple[str, float]], top_k: int) -> List[Tuple[str, float]]:
+  if top_k < 1:
+    raise ValueError(f"top_k must be >= 1, got {top_k}")
+  if not ranked:
+    raise ValueError("no ranked sources: the library is empty or every source was excluded")
+  if len(ranked) < top_k:
+    warnings.warn(f"top_k={top_k} but only {len(ranked)} source(s) are ranked; using all")
+  return list(ranked[:top_k])
+
+
+def weighted_average(library, ranked: Sequence[Tuple[str, float]], top_k: int) -> TransferInit:
+  """SPoT's top-k weighted average: init = Σ_k w_k p_k, w ∝ score, normalized over the top k."""
+  lib = library if isinstance(library, PromptLibrary) else PromptLibrary(library)
+  chosen = _top(ranked, top_k)
+  finals = {t: lib.get(t).prompt for t, _ in chosen}
+  init, weights = weighted_average_init(finals, dict(chosen), top_k=len(chosen))
+  desc = "weighted average of " + ", ".join(f"{weights.get(t, 0.0):.3f}·{t}" for t, _ in chosen)
+  return TransferInit("weighted_average", init, desc,
+                      [{"task": t, "score": float(s), "weight": float(weights.get(t, 0.0))}
+                       for t, s in chosen])
+
+
+def best_of_top_k(frozen, library, ranked: Sequence[Tuple[str, float]], target: str, out_dir: str,
+                  steps: int, top_k: int, run: RunConfig = RunConfig()) -> TransferInit:
+  """SPoT's best of top-k: a short target run from each of the k source prompts; the source whose run
+  scores best on validation (`run.metric`) is the init. Runs go to `out_dir/from_<source>`."""
+  lib = library if isinstance(library, PromptLibrary) else PromptLibrary(library)
+  chosen = _top(ranked, top_k)
+  sources, best = [], None
+  for task, score in chosen:
+    src = lib.get(task).prompt
+    prompt = _train(frozen, run, os.path.join(out_dir, f"from_{_safe(task)}"), target, steps,
+                    prompt_init=from_array(src, f"library source {task}"), prompt_length=src.shape[0])
+    metrics = evaluate_prompt(frozen, target, prompt, run)
+    value = score_of(metrics, run.metric)
+    sources.append({"task": task, "score": float(score), "metrics": metrics, "selection_score": value})
+    log.info("best-of-top-k: %s -> %s after %d steps on %s", task, value, steps, target)
+    if best is None or value > best[1]:  # ties keep the better-ranked source
+      best = (task, value, src)
+  desc = (f"best of top-{len(chosen)}: {best[0]} (validation {best[1]:.4g} after {steps} target steps; "
+          + ", ".join(f"{s['task']}={s['selection_score']:.4g}" for s in sources) + ")")
+  return TransferInit("best_of_top_k", best[2], desc, sources, {"chosen": best[0], "selection_steps": steps})
+
+
+def register_mixture(name: str, tasks: Sequence[str], rate: Any = 1.0) -> str:
+  """(Re)registers a seqio mixture of `tasks` (equal rates by default); returns its name."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  for t in tasks:
+    input_pipeline.get_task(t)  # a clear error for a library task that is not a registered seqio task
+  if name in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, [(t, rate) for t in tasks])
+  return name
+
+
+def multitask_mixture(frozen, library, ranked: Sequence[Tuple[str, float]], target: str, out_dir: str,
+                      steps: int, top_k: int, run: RunConfig = RunConfig(), mixture_name: Optional[str] = None,
+                      rate: Any = 1.0) -> TransferInit:
+  """SPoT's top-k multi-task mixture: one prompt trained on the seqio mixture of the k source tasks
+  (from the base init) is the target's init. The mixture is `spot_transfer_<target>_top<k>`."""
+  lib = library if isinstance(library, PromptLibrary) else PromptLibrary(library)
+  chosen = _top(ranked, top_k)
+  names = [t for t, _ in chosen]
+  lengths = {lib.record(t)["prompt_length"] for t in names}
+  prompt_length = lengths.pop() if len(lengths) == 1 else run.prompt_length
+  name = register_mixture(mixture_name or f"spot_transfer_{_safe(target)}_top{len(names)}", names, rate)
+  prompt = _train(frozen, run, os.path.join(out_dir, _safe(name)), name, steps, prompt_length=prompt_length)
+  desc = f"prompt trained {steps} steps on mixture {name} of " + ", ".join(names)
+  return TransferInit("multitask_mixture", prompt, desc,
+                      [{"task": t, "score": float(s)} for t, s in chosen],
+                      {"mixture": name, "mixture_steps": steps})
+
+
+# ---------------------------------------------------------------------------------------------------
+# The whole targeted pipeline.
+
+@dataclasses.dataclass
+class TargetResult:
+  """What `run_target` found: ranking, chosen sources, init, and final validation metrics."""
+  target: str
+  strategy: str
+  rank_by: str
+  measure: Optional[str]
+  top_k: int
+  steps: int
+  ranked: List[Tuple[str, float]]
+  chosen: List[dict]
+  init_description: str
+  transfer_metrics: Dict[str, float]
+  baseline_metrics: Optional[Dict[str, float]] = None
+  transfer_score: Optional[float] = None
+  baseline_score: Optional[float] = None
+  out_dir: Optional[str] = None
+  extra: dict = dataclasses.field(default_factory=dict)
+  transfer_prompt: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
+  baseline_prompt: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d.pop("transfer_prompt")
+    d.pop("baseline_prompt")
+    d["ranked"] = [{"task": t, "score": float(s)} for t, s in self.ranked]
+    return d
+
+  def format(self) -> str:
+    lines = [f"target {self.target}: strategy {self.strategy}, top-{self.top_k}, ranked by "
+             f"{self.rank_by if self.rank_by == 'zero_shot' else self.measure}"]
+    lines.append("sources (best first):")
+    chosen = {c["task"] for c in self.chosen}
+    for i, (t, s) in enumerate(self.ranked, 1):
+      lines.append(f"  {i:>2}. {t}  {s:.4f}{'  *' if t in chosen else ''}")
+    lines.append(f"init: {self.init_description}")
+    lines.append(f"transfer ({self.steps} steps): {_fmt(self.transfer_metrics)}")
+    if self.baseline_metrics is not None:
+      lines.append(f"baseline ({self.steps} steps, base init): {_fmt(self.baseline_metrics)}")
+      lines.append(f"transfer - baseline: {self.transfer_score - self.baseline_score:+.4g}")
+    return "\n".join(lines)
+
+
+def _fmt(metrics: Mapping[str, float]) -> str:
+  return " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())) or "-"
+
+
+def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weighted_average",
+               top_k: int = 3, steps: int = 1000, *, run: RunConfig = RunConfig(),
+               rank_by: str = "similarity", measure: str = sim.DEFAULT_MEASURE,
+               kind: str = "task_embedding", task_embedding_steps: Optional[int] = None,
+               selection_steps: Optional[int] = None, mixture_steps: Optional[int] = None,
+               baseline: bool = False, exclude: Optional[Sequence[str]] = None,
+               target_embedding=None) -> TargetResult:
+  """Retrieval + transfer for one target, trained `steps` steps from the chosen init.
+
+  The target itself is left out of the sources unless `exclude` says otherwise. Budgets of the
+  auxiliary runs default to: task embedding steps // 10, best-of-top-k short runs steps // 10,
+  mixture training `steps`. With `baseline`, a run from the base init gets the same `steps`.
+  Layout of out_dir: task_embedding/, selection/from_<src>/, mixture/<name>/, transfer/, baseline/,
+  result.json.
+  """
+  if strategy not in STRATEGIES:
+    raise ValueError(f"strategy={strategy!r}: use one of {STRATEGIES}")
+  lib = library if isinstance(library, PromptLibrary) else PromptLibrary(library)
+  if not len(lib):
+    raise ValueError(f"library {lib.path} has no prompts; train sources first (spot-jax spot source, "
+                     "or train_source_prompts)")
+  exclude = [target] if exclude is None else list(exclude)
+  d = lib.d_model
+  if d is not None and d != frozen[0].d_model:
+    raise ValueError(f"library {lib.path} holds d_model {d} prompts of {lib.model_id!r}, but the frozen "
+                     f"model has d_model {frozen[0].d_model}; use the library of this frozen model")
+  os.makedirs(out_dir, exist_ok=True)
+  if rank_by == "similarity" and target_embedding is None:
+    target_embedding = task_embedding(frozen, target, os.path.join(out_dir, "task_embedding"),
+                                      task_embedding_steps or max(1, steps // 10), run)
+  ranked = rank(lib, target_embedding, measure, rank_by, frozen=frozen, target=target, run=run, kind=kind,
+                exclude=exclude)
+
+  if strategy == "weighted_average":
+    init = weighted_average(lib, ranked, top_k)
+  elif strategy == "best_of_top_k":
+    init = best_of_top_k(frozen, lib, ranked, target, os.path.join(out_dir, "selection"),
+                         selection_steps or max(1, steps // 10), top_k, run)
+  else:
+    init = multitask_mixture(frozen, lib, ranked, target, os.path.join(out_dir, "mixture"),
+                             mixture_steps or steps, top_k, run)
+  prompt_io.save_npy(init.prompt, os.path.join(out_dir, "init.npy"))
+
+  plen = init.prompt.shape[0]
+  transfer = _train(frozen, run, os.path.join(out_dir, "transfer"), target, steps,
+                    prompt_init=from_array(init.prompt, f"{strategy} init"), prompt_length=plen)
+  transfer_metrics = evaluate_prompt(frozen, target, transfer, run)
+  result = TargetResult(target=target, strategy=strategy, rank_by=rank_by,
+                        measure=measure if rank_by == "similarity" else None, top_k=top_k, steps=steps,
+                        ranked=ranked, chosen=init.sources, init_description=init.description,
+                        transfer_metrics=transfer_metrics,
+                        transfer_score=score_of(transfer_metrics, run.metric), out_dir=out_dir,
+                        extra=init.extra, transfer_prompt=transfer)
+  if baseline:
+    base = _train(frozen, run, os.path.join(out_dir, "baseline"), target, steps, prompt_length=plen)
+    result.baseline_metrics = evaluate_prompt(frozen, target, base, run)
+    result.baseline_score = score_of(result.baseline_metrics, run.metric)
+    result.baseline_prompt = base
+  prompt_io._atomic_write_bytes(  # pylint: disable=protected-access
+      os.path.join(out_dir, "result.json"), json.dumps(result.to_dict(), indent=2, default=float).encode())
+  return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gin entry points (gin/runs/spot_target.gin, gin/runs/spot_source.gin).
+
+@gin.configurable
+def spot_settings(model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+                  batch_size: int = gin.REQUIRED, train_steps: int = gin.REQUIRED,
+                  initial_checkpoint_path: Optional[str] = None, model_config=None,
+                  model_id: Optional[str] = None, prompt_length: int = 100, prompt_init=None, seed: int = 0,
+                  num_partitions: int = 1, task_embedding_steps: Optional[int] = None,
+                  selection_steps: Optional[int] = None, mixture_steps: Optional[int] = None,
+                  eval_batch_size: Optional[int] = None, eval_num_examples: Optional[int] = None,
+                  best_metric: Optional[str] = None, library_dir: Optional[str] = None,
+                  mixture_or_task_name: Optional[str] = None) -> dict:
+  """Collects the gin macros of a SPoT run (see gin/runs/spot_target.gin)."""
+  return dict(locals())
+
+
+def _run_config(s: dict) -> RunConfig:
+  return RunConfig(task_feature_lengths=dict(s["task_feature_lengths"]), batch_size=s["batch_size"],
+                   prompt_length=s["prompt_length"], prompt_init=s["prompt_init"], seed=s["seed"],
+                   num_partitions=s["num_partitions"], eval_batch_size=s["eval_batch_size"],
+                   eval_num_examples=s["eval_num_examples"], metric=s["best_metric"])
+
+
+def _load_gin(gin_argv: Sequence[str], prog: str) -> dict:
+  from spot_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  bindings, rest = gin_utils.split_gin_flags(gin_argv)
+  p = argparse.ArgumentParser(prog=prog, add_help=False)
+  p.add_argument("--gin_file", action="append", default=[])
+  p.add_argument("--gin_search_paths", action="append", default=[])
+  p.add_argument("--gin_bindings", action="append", default=[])
+  p.add_argument("--tfds_data_dir", default=None)
+  args, unknown = p.parse_known_args(rest)
+  if unknown:
+    raise SystemExit(f"{prog}: unrecognized arguments {unknown}")
+  if not args.gin_file:
+    raise SystemExit(f"{prog}: pass --gin_file=... (models/*.gin, prompts/*.gin, models/sizes/*.gin, "
+                     "runs/spot_target.gin or runs/spot_source.gin)")
+  if args.tfds_data_dir:
+    os.environ["TFDS_DATA_DIR"] = args.tfds_data_dir
+  search = [x for a in args.gin_search_paths for x in a.split(",") if x]
+  gin_utils.parse_gin(args.gin_file, list(args.gin_bindings) + bindings, search)
+  gin_utils.finalize_or_explain()
+  from tasks import user_data  # pylint: disable=g-import-not-at-top
+  user_data.register_from_gin()
+  return gin.get_configurable(spot_settings)()
+
+
+def _frozen_from_settings(s: dict):
+  from spot_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  config, params = train_lib.load_frozen(s["initial_checkpoint_path"], s["model_config"], s["seed"])
+  model_id = s["model_id"] or default_model_id(s["initial_checkpoint_path"], config, s["seed"])
+  return (config, params), model_id
+
+
+def _split_argv(argv: Sequence[str]):
+  gin_flags, own = [], []
+  argv = list(argv)
+  i = 0
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith("--gin"):
+      gin_flags.append(a)
+      if "=" not in a and i + 1 < len(argv):
+        gin_flags.append(argv[i + 1])
+        i += 1
+    elif a.startswith("--tfds_data_dir"):
+      gin_flags.append(a)
+      if "=" not in a and i + 1 < len(argv):
+        gin_flags.append(argv[i + 1])
+        i += 1
+    else:
+      own.append(a)
+    i += 1
+  return own, gin_flags
+
+
+def _target_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="spot-jax spot", description="SPoT targeted transfer: rank the library's sources for a "
+      "target task, build the init with a strategy, train the target (and a baseline). Gin flags "
+      "(--gin_file, --gin.X=Y, --gin_search_paths) configure the model and the budget "
+      "(runs/spot_target.gin). `spot-jax spot source ...` trains one source prompt instead.")
+  p.add_argument("--target", required=True, help="target seqio task")
+  p.add_argument("--library", default=None, help="prompt library directory (default: LIBRARY_DIR)")
+  p.add_argument("--strategy", choices=STRATEGIES, default="weighted_average")
+  p.add_argument("--top-k", type=int, default=3)
+  p.add_argument("--measure", default=sim.DEFAULT_MEASURE,
+                 help=f"similarity measure for --rank-by similarity: one of {sorted(sim.SIMILARITIES)}")
+  p.add_argument("--rank-by", choices=RANK_BY, default="similarity")
+  p.add_argument("--kind", choices=("task_embedding", "prompt"), default="task_embedding",
+                 help="what of each source the target embedding is compared with")
+  p.add_argument("--exclude", action="append", default=None,
+                 help="source to leave out (repeatable; default: the target itself)")
+  p.add_argument("--baseline", action="store_true", help="also train from the base init, same budget")
+  p.add_argument("--json", action="store_true", help="print the result as JSON")
+  return p
+
+
+def target_main(argv: Sequence[str]) -> int:
+  own, gin_flags = _split_argv(argv)
+  args = _target_parser().parse_args(own)
+  if args.measure not in sim.SIMILARITIES:
+    raise SystemExit(f"--measure {args.measure!r}: use one of {sorted(sim.SIMILARITIES)}")
+  s = _load_gin(gin_flags, "spot-jax spot")
+  library = args.library or s["library_dir"]
+  if not library:
+    raise SystemExit("spot-jax spot: pass --library DIR (or --gin.LIBRARY_DIR)")
+  frozen, model_id = _frozen_from_settings(s)
+  lib = PromptLibrary(library)
+  if lib.model_id is not None and lib.model_id != model_id:
+    warnings.warn(f"library {library} holds prompts of {lib.model_id!r} but the frozen model is "
+                  f"{model_id!r}; prompts transfer only within one frozen model")
+  result = run_target(frozen, lib, args.target, s["model_dir"], args.strategy, args.top_k, s["train_steps"],
+                      run=_run_config(s), rank_by=args.rank_by, measure=args.measure, kind=args.kind,
+                      task_embedding_steps=s["task_embedding_steps"], selection_steps=s["selection_steps"],
+                      mixture_steps=s["mixture_steps"], baseline=args.baseline, exclude=args.exclude)
+  print(json.dumps(result.to_dict(), indent=2, default=float) if args.json else result.format())
+  return 0
+
+
+def source_main(argv: Sequence[str]) -> int:
+  """`spot-jax spot source`: train MIXTURE_OR_TASK_NAME's prompt; add it to LIBRARY_DIR when set."""
+  own, gin_flags = _split_argv(argv)
+  p = argparse.ArgumentParser(prog="spot-jax spot source",
+                              description="Train one source prompt (runs/spot_source.gin) and add it "
+                              "to the library LIBRARY_DIR.")
+  p.add_argument("--overwrite", action="store_true", help="retrain a task already in the library")
+  args = p.parse_args(own)
+  s = _load_gin(gin_flags, "spot-jax spot source")
+  task = s["mixture_or_task_name"]
+  if not task:
+    raise SystemExit("spot-jax spot source: set --gin.MIXTURE_OR_TASK_NAME='task'")
+  frozen, model_id = _frozen_from_settings(s)
+  run = _run_config(s)
+  steps = s["train_steps"]
+  te_step = s["task_embedding_steps"] or max(1, steps // 10)
+  if s["library_dir"]:
+    # The run goes to MODEL_DIR itself (not a per-task subfolder), as with `spot_jax.train`.
+    lib = PromptLibrary(s["library_dir"])
+    if task in lib and not args.overwrite:
+      raise SystemExit(f"{task} is already in library {s['library_dir']}; pass --overwrite to retrain it")
+    prompt = _train(frozen, run, s["model_dir"], task, steps, task_embedding_step=te_step)
+    metrics = evaluate_prompt(frozen, task, prompt, run)
+    rec = lib.add(task, s["model_dir"], model_id, task_embedding=prompt_io.task_embedding_export_dir(
+        s["model_dir"]), steps=steps, metrics=metrics, overwrite=args.overwrite, which="latest")
+    print(f"added {task} to {s['library_dir']}: prompt [{rec['prompt_length']}, {rec['d_model']}], "
+          f"steps {steps}, model {model_id}, validation {_fmt(metrics)}")
+  else:
+    prompt = _train(frozen, run, s["model_dir"], task, steps, task_embedding_step=te_step)
+    metrics = evaluate_prompt(frozen, task, prompt, run)
+    print(f"trained {task} in {s['model_dir']}: validation {_fmt(metrics)} (set LIBRARY_DIR to add it "
+          "to a library)")
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`spot-jax spot ...` (target pipeline) and `spot-jax spot source ...` (one source prompt)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not logging.getLogger().handlers:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.getLogger("spot_jax").setLevel(logging.INFO)
+  try:
+    if argv and argv[0] == "source":
+      return source_main(argv[1:])
+    return target_main(argv)
+  except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"error: {msg}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  from spot_jax.spot import pipeline as _pipeline  # gin sees spot_jax.spot.pipeline, not __main__
+  sys.exit(_pipeline.main())

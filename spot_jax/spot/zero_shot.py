@@ -1,0 +1,82 @@
+"""Zero-shot transfer: each library prompt evaluated on a target task as is, without training.
+
+A source prompt that already does well on the target is a good init — a ranking signal that needs no
+target training run at all (Vu et al. 2022 and Su et al. 2022 report it beside embedding similarity).
+`zero_shot_matrix` fills sources × targets; `rank_zero_shot` orders the sources for one target
+(`spot-jax spot --rank-by zero_shot`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from spot_jax import prompt_io
+from spot_jax.spot.library import PromptLibrary
+
+
+@dataclasses.dataclass
+class ZeroShotMatrix:
+  """scores[i, j]: source `sources[i]`'s prompt on target `targets[j]` (the deciding metric)."""
+  sources: List[str]
+  targets: List[str]
+  scores: np.ndarray
+  metrics: Dict[str, Dict[str, Dict[str, float]]]  # {target: {source: {metric: value}}}
+  metric: Optional[str] = None
+
+  def to_dict(self) -> dict:
+    return {"sources": self.sources, "targets": self.targets, "scores": self.scores.tolist(),
+            "metrics": self.metrics, "metric": self.metric}
+
+  def save(self, path: str) -> str:
+    prompt_io._atomic_write_bytes(path, json.dumps(self.to_dict(), indent=2).encode())  # pylint: disable=protected-access
+    return path
+
+  def ranking(self, target: str) -> List[Tuple[str, float]]:
+    j = self.targets.index(target)
+    return _sorted({s: float(self.scores[i, j]) for i, s in enumerate(self.sources)})
+
+
+def _sorted(scores: Mapping[str, float]) -> List[Tuple[str, float]]:
+  return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _prompts(library_or_prompts, exclude: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+  if isinstance(library_or_prompts, (str, PromptLibrary)):
+    lib = library_or_prompts if isinstance(library_or_prompts, PromptLibrary) else PromptLibrary(
+        library_or_prompts)
+    prompts = lib.prompts("prompt")
+  else:
+    prompts = dict(library_or_prompts)
+  prompts = {k: v for k, v in prompts.items() if k not in set(exclude)}
+  if not prompts:
+    raise ValueError("no source prompts to evaluate zero-shot (empty library, or all excluded)")
+  return prompts
+
+
+def zero_shot_matrix(frozen, library_or_prompts, targets: Sequence[str], run=None,
+                     exclude: Sequence[str] = ()) -> ZeroShotMatrix:
+  """Evaluates every source prompt on every target's validation split (`run`: a pipeline.RunConfig,
+  which sets lengths, batch size, number of examples and the deciding metric)."""
+  from spot_jax.spot import pipeline  # pylint: disable=g-import-not-at-top
+  run = run or pipeline.RunConfig()
+  prompts = _prompts(library_or_prompts, exclude)
+  sources = sorted(prompts)
+  targets = list(targets)
+  scores = np.zeros((len(sources), len(targets)))
+  metrics: Dict[str, Dict[str, Dict[str, float]]] = {}
+  for j, target in enumerate(targets):
+    metrics[target] = {}
+    for i, source in enumerate(sources):
+      m = pipeline.evaluate_prompt(frozen, target, prompts[source], run)
+      metrics[target][source] = m
+      scores[i, j] = pipeline.score_of(m, run.metric)
+  return ZeroShotMatrix(sources, targets, scores, metrics, run.metric)
+
+
+def rank_zero_shot(frozen, library_or_prompts, target: str, run=None,
+                   exclude: Sequence[str] = ()) -> List[Tuple[str, float]]:
+  """[(source, zero-shot score on `target`)] best first (ties by name)."""
+  return zero_shot_matrix(frozen, library_or_prompts, [target], run, exclude).ranking(target)

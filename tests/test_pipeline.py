@@ -1,0 +1,192 @@
+"""The SPoT targeted pipeline on a tiny frozen model and the bundled tasks: sources, retrieval, the
+three transfer strategies, and `spot-jax spot` end to end."""
+import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
+import json
+import os
+
+import gin
+import jax
+import numpy as np
+import pytest
+import seqio
+
+from spot_jax import prompt_io
+from spot_jax.config import size_config
+from spot_jax.model import init_params
+from spot_jax.spot import pipeline
+from spot_jax.spot import similarity as sim
+from spot_jax.spot.library import PromptLibrary
+
+SOURCES = ("spot_bundled_movie_rank", "spot_bundled_topic_rank", "spot_bundled_number_rank")
+TARGET = "spot_bundled_product_rank"
+LENGTHS = {"inputs": 64, "targets": 4}
+CFG = size_config("tiny", vocab_size=1152, d_model=32, num_heads=2, head_dim=16, d_ff=64)
+P = 4
+RUN = pipeline.RunConfig(task_feature_lengths=LENGTHS, batch_size=8, prompt_length=P, log_period=5,
+                         eval_batch_size=16, eval_num_examples=32, enable_dropout=False)
+SOURCE_STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def frozen():
+  return CFG, init_params(CFG, jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="module")
+def library(frozen, tmp_path_factory):
+  root = tmp_path_factory.mktemp("spot")
+  records = pipeline.train_source_prompts(frozen, SOURCES, str(root / "lib"), str(root / "sources"),
+                                          SOURCE_STEPS, RUN)
+  return PromptLibrary(str(root / "lib")), records, root
+
+
+@pytest.fixture
+def clean_gin():
+  yield
+  gin.clear_config()
+
+
+def test_sources_enter_the_library_with_embedding_export_and_metrics(library):
+  lib, records, root = library
+  assert lib.tasks() == sorted(SOURCES)
+  assert lib.model_id == pipeline.default_model_id(None, CFG, 0)
+  for task in SOURCES:
+    rec, entry = records[task], lib.get(task)
+    assert rec["steps"] == SOURCE_STEPS and 0 <= rec["metrics"]["accuracy"] <= 100
+    run_dir = str(root / "sources" / task)
+    np.testing.assert_array_equal(entry.prompt, prompt_io.load_prompt(
+        prompt_io.checkpoint_export_dir(run_dir, SOURCE_STEPS)))
+    emb = prompt_io.load_prompt(prompt_io.task_embedding_export_dir(run_dir))
+    assert prompt_io.read_export_info(prompt_io.task_embedding_export_dir(run_dir))["step"] == 1
+    np.testing.assert_array_equal(entry.task_embedding, emb)
+    assert np.abs(entry.prompt - emb).max() > 1e-4  # the early prompt is not the final one
+
+
+def test_weighted_average_init_is_the_normalized_sum_of_the_top_k(library):
+  lib = library[0]
+  ranked = [("spot_bundled_number_rank", 0.9), ("spot_bundled_movie_rank", 0.6),
+            ("spot_bundled_topic_rank", 0.2)]
+  init = pipeline.weighted_average(lib, ranked, top_k=2)
+  manual = (0.9 / 1.5) * lib.get("spot_bundled_number_rank").prompt \
+      + (0.6 / 1.5) * lib.get("spot_bundled_movie_rank").prompt
+  np.testing.assert_allclose(init.prompt, manual, rtol=1e-6, atol=1e-7)
+  assert [s["task"] for s in init.sources] == ["spot_bundled_number_rank", "spot_bundled_movie_rank"]
+  np.testing.assert_allclose([s["weight"] for s in init.sources], [0.6, 0.4])
+
+
+def test_retrieval_ranks_a_planted_related_prompt_first(tmp_path):
+  rng = np.random.default_rng(3)
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  target = rng.uniform(-0.5, 0.5, (P, 32)).astype(np.float32) + 0.3
+  for i in range(5):
+    lib.add(f"unrelated_{i}", rng.uniform(-0.5, 0.5, (P, 32)).astype(np.float32), "m",
+            task_embedding=rng.uniform(-0.5, 0.5, (P, 32)).astype(np.float32))
+  lib.add("related", rng.uniform(-0.5, 0.5, (P, 32)).astype(np.float32), "m",
+          task_embedding=target + rng.normal(0, 0.05, target.shape).astype(np.float32))
+  for measure in ("cos_avg_tokens", "c_concat", "e_concat"):
+    ranked = pipeline.rank(lib, target, measure)
+    assert ranked[0][0] == "related", (measure, ranked)
+    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+  # The target itself never ranks as its own source.
+  lib.add("the_target", target, "m", task_embedding=target)
+  assert pipeline.rank(lib, target, exclude=["the_target"])[0][0] == "related"
+
+
+def test_multitask_mixture_trains_on_a_mixture_of_exactly_the_top_k(frozen, library, tmp_path):
+  lib = library[0]
+  ranked = [("spot_bundled_topic_rank", 0.8), ("spot_bundled_movie_rank", 0.7),
+            ("spot_bundled_number_rank", 0.1)]
+  init = pipeline.multitask_mixture(frozen, lib, ranked, TARGET, str(tmp_path), steps=6, top_k=2, run=RUN)
+  name = init.extra["mixture"]
+  mixture = seqio.get_mixture_or_task(name)
+  assert isinstance(mixture, seqio.Mixture)
+  assert sorted(t.name for t in mixture.tasks) == ["spot_bundled_movie_rank", "spot_bundled_topic_rank"]
+  run_dir = tmp_path / name
+  np.testing.assert_array_equal(init.prompt, prompt_io.load_prompt(
+      prompt_io.checkpoint_export_dir(str(run_dir), 6)))
+  records = [json.loads(l) for l in open(run_dir / "metrics.jsonl")]
+  assert any("train/loss" in r for r in records)
+  assert init.prompt.shape == (P, 32)
+
+
+def test_best_of_top_k_keeps_the_source_with_the_best_short_run(frozen, library, tmp_path):
+  lib = library[0]
+  ranked = [("spot_bundled_movie_rank", 0.9), ("spot_bundled_number_rank", 0.5),
+            ("spot_bundled_topic_rank", 0.1)]
+  init = pipeline.best_of_top_k(frozen, lib, ranked, TARGET, str(tmp_path), steps=4, top_k=2, run=RUN)
+  assert [s["task"] for s in init.sources] == ["spot_bundled_movie_rank", "spot_bundled_number_rank"]
+  best = max(init.sources, key=lambda s: s["selection_score"])  # first of equals = better ranked
+  assert init.extra["chosen"] == best["task"]
+  np.testing.assert_array_equal(init.prompt, lib.get(best["task"]).prompt)
+  for s in init.sources:  # each recorded score is the validation metric of that short run's prompt
+    run_dir = str(tmp_path / f"from_{s['task']}")
+    short = prompt_io.load_prompt(prompt_io.checkpoint_export_dir(run_dir, 4))
+    assert pipeline.evaluate_prompt(frozen, TARGET, short, RUN) == s["metrics"]
+    assert s["selection_score"] == s["metrics"]["accuracy"]
+
+
+def test_run_target_zero_shot_ranking_without_task_embedding(frozen, library, tmp_path):
+  lib = library[0]
+  result = pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "weighted_average", top_k=1, steps=4,
+                               run=RUN, rank_by="zero_shot")
+  assert not (tmp_path / "task_embedding").exists()
+  assert [t for t, _ in result.ranked] and result.chosen[0]["task"] == result.ranked[0][0]
+  np.testing.assert_allclose(np.load(tmp_path / "init.npy"), lib.get(result.ranked[0][0]).prompt)
+  assert result.baseline_metrics is None and "accuracy" in result.transfer_metrics
+
+
+def _gin_flags(model_dir, extra=()):
+  return ["--gin_file=models/t5_1_1.gin", "--gin_file=prompts/random_uniform.gin",
+          "--gin_file=models/sizes/tiny.gin", *extra,
+          "--gin.spot_jax.model_config.vocab_size=1152", "--gin.spot_jax.model_config.d_model=32",
+          "--gin.spot_jax.model_config.num_heads=2", "--gin.spot_jax.model_config.head_dim=16",
+          "--gin.spot_jax.model_config.d_ff=64", f"--gin.MODEL_DIR='{model_dir}'",
+          f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=8", f"--gin.PROMPT_LENGTH={P}",
+          "--gin.EVAL_NUM_EXAMPLES=32", "--gin.spot_jax.train.train.log_period=2"]
+
+
+def test_spot_cli_runs_the_whole_pipeline_with_a_baseline(library, tmp_path, capsys, clean_gin):
+  lib = library[0]
+  out = tmp_path / "target"
+  rc = pipeline.main(["--target", TARGET, "--library", lib.path, "--strategy", "weighted_average",
+                      "--top-k", "2", "--baseline",
+                      *_gin_flags(out, ["--gin_file=runs/spot_target.gin"]), "--gin.TRAIN_STEPS=6",
+                      "--gin.TASK_EMBEDDING_STEP=3"])
+  text = capsys.readouterr().out
+  assert rc == 0, text
+  assert "init: weighted average of" in text and "baseline (6 steps" in text, text
+  result = json.loads((out / "result.json").read_text())
+  assert result["strategy"] == "weighted_average" and len(result["chosen"]) == 2
+  assert sorted(t["task"] for t in result["ranked"]) == sorted(SOURCES)
+  assert "accuracy" in result["transfer_metrics"] and "accuracy" in result["baseline_metrics"]
+  # The ranking is the similarity of the 3-step target run's prompt to each source embedding.
+  emb = prompt_io.load_prompt(prompt_io.task_embedding_export_dir(str(out / "task_embedding")))
+  assert prompt_io.read_export_info(prompt_io.task_embedding_export_dir(str(out / "task_embedding")))[
+      "step"] == 3
+  expected = sorted(sim.similarities_to(emb, lib.prompts("task_embedding")).items(),
+                    key=lambda kv: (-kv[1], kv[0]))
+  assert [(r["task"], pytest.approx(r["score"])) for r in result["ranked"]] == expected
+  weights = {c["task"]: c["weight"] for c in result["chosen"]}
+  manual = sum(w * lib.get(t).prompt for t, w in weights.items())
+  np.testing.assert_allclose(np.load(out / "init.npy"), manual, rtol=1e-5, atol=1e-6)
+  for run in ("transfer", "baseline"):
+    assert os.path.exists(prompt_io.checkpoint_export_dir(str(out / run), 6))
+
+
+def test_spot_source_cli_adds_one_prompt_to_a_library(tmp_path, capsys, clean_gin):
+  rc = pipeline.main(["source", *_gin_flags(tmp_path / "run", ["--gin_file=runs/spot_source.gin"]),
+                      "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_nli_rank'", "--gin.TRAIN_STEPS=4",
+                      f"--gin.LIBRARY_DIR='{tmp_path / 'lib'}'"])
+  text = capsys.readouterr().out
+  assert rc == 0, text
+  rec = PromptLibrary(str(tmp_path / "lib")).record("spot_bundled_nli_rank")
+  assert rec["steps"] == 4 and rec["has_task_embedding"] and "accuracy" in rec["metrics"]
+  assert rec["model_id"] == pipeline.default_model_id(None, CFG.replace(dropout_rate=0.1), 0)
+  assert "added spot_bundled_nli_rank" in text
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys, clean_gin):
+  rc = pipeline.main(["--target", TARGET, "--library", str(tmp_path / "empty"),
+                      *_gin_flags(tmp_path / "t", ["--gin_file=runs/spot_target.gin"])])
+  assert rc == 1
+  assert "has no prompts" in capsys.readouterr().err
