@@ -60,10 +60,15 @@ def mock_tfds(num_examples: int = 3):
   mock_data's code policy cannot answer split sizes, which examples-
   proportional mixing rates ask for; report `num_examples` instead.
   """
-  with tfds.testing.mock_data(num_examples=num_examples, max_value=2), \
-      mock.patch.object(seqio.TfdsDataSource, "num_input_examples",
-                        lambda self, split: num_examples):
-    yield
+  # Datasets memoized under another mock read lazily from that mock's context: never reuse them.
+  _DATASETS.clear()
+  try:
+    with tfds.testing.mock_data(num_examples=num_examples, max_value=2), \
+        mock.patch.object(seqio.TfdsDataSource, "num_input_examples",
+                          lambda self, split: num_examples):
+      yield
+  finally:
+    _DATASETS.clear()
 
 
 def raw_examples(provider_name: str, split: str = "validation", n: int = 4,
