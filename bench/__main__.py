@@ -166,6 +166,8 @@ def report(results: dict) -> str:
     row("examples/s", "examples_per_s")
     row("tokens/s", "tokens_per_s", ".0f")
     row(f"{'step' if kind == 'train' else 'decode'} s (median)", time_key, ".3f", False)
+    if kind == "train":
+      row("step CPU s (median)", "step_cpu_s_median", ".3f", False)
     row("peak host RSS MiB", "host_peak_rss_mib", ".0f", False)
     if ours.get("device_peak_mib") is not None:
       row("peak device MiB", "device_peak_mib", ".0f", False)

@@ -115,16 +115,18 @@ def run_train(args) -> dict:
 
   for i in range(args.warmup):
     step(batches[i % 2])
-  times = []
+  times, cpu_times = [], []
   for i in range(args.steps):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     loss = step(batches[i % 2])
     times.append(time.perf_counter() - start)
+    cpu_times.append(time.process_time() - cpu_start)
   step_s = statistics.median(times)
   return {"framework": "hf_peft", "torch_version": torch.__version__,
           "transformers_version": transformers.__version__, "peft_version": peft.__version__,
           "threads": torch.get_num_threads(), "step_s_median": step_s, "step_s_min": min(times),
-          "step_times_s": times, "examples_per_s": args.batch / step_s,
+          "step_times_s": times,
+          "step_cpu_s_median": statistics.median(cpu_times), "examples_per_s": args.batch / step_s,
           "tokens_per_s": args.batch * (args.prompt_length + args.input_length + args.target_length)
                           / step_s,
           "trainable_params": sum(p.numel() for p in trainable), "final_loss": float(loss.detach()),

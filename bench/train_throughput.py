@@ -190,12 +190,13 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
   for i in range(warmup):
     state, metrics = compiled(state, frozen, batches[i % 2], rng)
   jax.block_until_ready(state)
-  times = []
+  times, cpu_times = [], []
   for i in range(steps):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     state, metrics = compiled(state, frozen, batches[i % 2], rng)
     jax.block_until_ready(state.step)
     times.append(time.perf_counter() - start)
+    cpu_times.append(time.process_time() - cpu_start)
   loss = float(metrics["loss"])
 
   step_s = statistics.median(times)
@@ -210,6 +211,9 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
       "donate": donate, "steps": steps, "warmup": warmup,
       "init_s": init_s, "compile_s": compile_s,
       "step_s_median": step_s, "step_s_min": min(times), "step_times_s": times,
+      # CPU seconds of all threads per step: less sensitive than wall time to other processes'
+      # load (wall ≈ cpu / cores on an idle machine).
+      "step_cpu_s_median": statistics.median(cpu_times),
       "examples_per_s": batch / step_s,
       "tokens_per_s": batch * (prompt_length + input_length + target_length) / step_s,
       "flops_per_step": count.total, "flops": count.as_dict(), "xla_flops_per_step": xla,
