@@ -374,8 +374,9 @@ class TargetResult:
              f"{self.rank_by if self.rank_by == 'zero_shot' else self.measure}"]
     lines.append("sources (best first):")
     chosen = {c["task"] for c in self.chosen}
+    w = max([4] + [len(t) for t, _ in self.ranked])
     for i, (t, s) in enumerate(self.ranked, 1):
-      lines.append(f"  {i:>2}. {t}  {s:.4f}{'  *' if t in chosen else ''}")
+      lines.append(f"  {i:>2}. {t:<{w}}  {s:.4f}{'  (chosen)' if t in chosen else ''}")
     lines.append(f"init: {self.init_description}")
     lines.append(f"transfer ({self.steps} steps): {_fmt(self.transfer_metrics)}")
     if self.baseline_metrics is not None:
@@ -585,6 +586,7 @@ def source_main(argv: Sequence[str]) -> int:
   task = s["mixture_or_task_name"]
   if not task:
     raise SystemExit("spot-jax spot source: set --gin.MIXTURE_OR_TASK_NAME='task'")
+  enable_compilation_cache()
   frozen, model_id = _frozen_from_settings(s)
   run = _run_config(s)
   steps = s["train_steps"]
