@@ -4,12 +4,17 @@ Only the prompt is handed to the optimizer, so frozen parameters never get optim
 """
 from __future__ import annotations
 
+import functools
+
 import gin
 import jax.numpy as jnp
 import optax
 
 
+# Cached: equal settings give the identical transformation object, so the trainer's compiled step
+# (keyed by it) is reused across the many short runs of the SPoT pipeline.
 @gin.configurable
+@functools.lru_cache(maxsize=None)
 def constant_schedule(learning_rate: float = 0.3):
   return optax.constant_schedule(learning_rate)
 
@@ -24,6 +29,7 @@ def linear_warmup_rsqrt_decay(learning_rate: float = 0.3, warmup_steps: int = 10
 
 
 @gin.configurable
+@functools.lru_cache(maxsize=None)
 def adafactor(learning_rate=None, decay_rate: float = 0.8, clipping_threshold: float = 1.0,
               weight_decay: float = 1e-5, factored: bool = False, epsilon: float = 1e-30,
               multiply_by_parameter_scale: bool = False) -> optax.GradientTransformation:

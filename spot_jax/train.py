@@ -56,6 +56,19 @@ def place_frozen(params, config: T5Config, mesh, frozen_dtype: str = "float32"):
   return jax.tree.map(put, params, shardings), shardings
 
 
+_STEP_CACHE = {}
+
+
+def _compiled_step(config, tx, mesh, enable_dropout, num_microbatches, frozen_shardings):
+  """One jitted step per (config, optimizer, mesh, options): repeated short runs compile once."""
+  key = (config, tx, mesh, enable_dropout, num_microbatches)
+  if key not in _STEP_CACHE:
+    _STEP_CACHE[key] = ts.jit_train_step(
+        ts.make_train_step(config, tx, enable_dropout=enable_dropout, num_microbatches=num_microbatches),
+        mesh, frozen_shardings)
+  return _STEP_CACHE[key]
+
+
 class _Stop:
   """SIGTERM → checkpoint at the next step, then exit cleanly (preemptible VMs)."""
 
@@ -131,9 +144,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     raise ValueError(f"checkpoint prompt shape {state.prompt.shape} != [PROMPT_LENGTH={prompt_length}, "
                      f"d_model={config.d_model}]")
 
-  step_fn = ts.jit_train_step(
-      ts.make_train_step(config, tx, enable_dropout=enable_dropout, num_microbatches=num_microbatches),
-      mesh, frozen_shardings)
+  step_fn = _compiled_step(config, tx, mesh, enable_dropout, num_microbatches, frozen_shardings)
   batches = input_pipeline.get_batches(mixture_or_task_name, task_feature_lengths, "train", batch_size,
                                        seed=seed, skip_batches=start_step)
   # rbg keys: same determinism for a seed, and dropout masks compile ~3x faster than threefry
