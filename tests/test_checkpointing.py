@@ -1,0 +1,43 @@
+"""Orbax checkpoints of the prompt's train state: round trip, retention, clear restore errors."""
+import jax
+import numpy as np
+import pytest
+
+from spot_jax import checkpointing, optim
+from spot_jax import train_step as ts
+
+
+def _state(step, value):
+  tx = optim.adafactor()
+  s = ts.init_state(np.full((3, 4), value, np.float32), tx)
+  return s._replace(step=jax.numpy.asarray(step, jax.numpy.int32))
+
+
+def test_round_trip_and_retention(tmp_path):
+  ckpts = checkpointing.PromptCheckpoints(str(tmp_path), keep=2)
+  for step in (5, 10, 15):
+    ckpts.save(_state(step, step / 10), {"step": step, "data_batches_consumed": step})
+  ckpts.wait()
+  assert ckpts.latest_step() == 15
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [10, 15]
+  restored, meta = ckpts.restore(_state(0, 0.0))
+  assert int(restored.step) == 15 and meta["data_batches_consumed"] == 15
+  np.testing.assert_array_equal(np.asarray(restored.prompt), np.full((3, 4), 1.5, np.float32))
+  assert jax.tree.structure(restored.opt_state) == jax.tree.structure(_state(0, 0.0).opt_state)
+  ckpts.close()
+
+
+def test_saving_a_step_twice_is_a_no_op(tmp_path):
+  ckpts = checkpointing.PromptCheckpoints(str(tmp_path), keep=3, async_save=False)
+  ckpts.save(_state(3, 1.0), {"step": 3})
+  assert ckpts.save(_state(3, 2.0), {"step": 3}) is False
+  restored, _ = ckpts.restore(_state(0, 0.0))
+  assert float(restored.prompt[0, 0]) == 1.0
+
+
+def test_restoring_into_another_prompt_shape_explains_the_fix(tmp_path):
+  ckpts = checkpointing.PromptCheckpoints(str(tmp_path), keep=3, async_save=False)
+  ckpts.save(_state(3, 1.0), {"step": 3})
+  wrong = ts.init_state(np.zeros((7, 4), np.float32), optim.adafactor())
+  with pytest.raises(RuntimeError, match="start a new MODEL_DIR"):
+    ckpts.restore(wrong)

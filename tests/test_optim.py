@@ -1,0 +1,42 @@
+"""Adafactor with prompt-tuning's settings, checked against the update rule written out by hand."""
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from spot_jax import optim
+
+
+def test_first_steps_follow_the_prompt_tuning_update_rule():
+  tx = optim.adafactor()
+  p = jnp.asarray(np.random.RandomState(0).normal(size=(4, 3)), jnp.float32)
+  g1 = jnp.asarray(np.random.RandomState(1).normal(size=(4, 3)), jnp.float32)
+  state = tx.init(p)
+  u, state = tx.update(g1, state, p)
+  # Step 1: beta2 = 1 - 1**-0.8 = 0, so v = g^2 and the scaled update is sign(g) (RMS 1: no clipping);
+  # lr 0.3; weight decay 1e-5 * p applied directly, not scaled by the learning rate.
+  np.testing.assert_allclose(u, -0.3 * np.sign(g1) - 1e-5 * p, rtol=1e-5, atol=1e-7)
+  p2 = optax.apply_updates(p, u)
+  g2 = 2.0 * g1
+  u2, _ = tx.update(g2, state, p2)
+  beta2 = 1 - 2.0 ** -0.8
+  v = beta2 * np.square(g1) + (1 - beta2) * np.square(g2)
+  scaled = g2 / np.sqrt(v + 1e-30)
+  scaled = scaled / max(1.0, np.sqrt(np.mean(np.square(scaled))) / 1.0)
+  np.testing.assert_allclose(u2, -0.3 * scaled - 1e-5 * p2, rtol=1e-4, atol=1e-6)
+
+
+def test_second_moment_is_not_factored_for_the_prompt():
+  state = optim.adafactor().init(jnp.zeros((100, 64)))
+  shapes = [x.shape for x in __import__("jax").tree.leaves(state)]
+  assert (100, 64) in shapes  # full second moment, no row/column factors
+
+
+def test_same_settings_give_the_same_transformation():
+  assert optim.adafactor() is optim.adafactor()
+  assert optim.adafactor(weight_decay=0.0) is not optim.adafactor()
+
+
+def test_rsqrt_schedule_warms_up_then_decays():
+  s = optim.linear_warmup_rsqrt_decay(learning_rate=1.0, warmup_steps=10)
+  np.testing.assert_allclose([float(s(0)), float(s(9))], [0.1, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(float(s(39)), np.sqrt(10 / 40), rtol=1e-6)

@@ -1,0 +1,40 @@
+"""Mesh construction, logical-axis rules and the readable divisibility error."""
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from spot_jax import partitioning
+from spot_jax.config import size_config
+from spot_jax.model import param_logical_axes, param_shapes
+
+
+def test_mesh_shape_and_axes():
+  mesh = partitioning.make_mesh(2)
+  assert mesh.axis_names == ("data", "model") and mesh.devices.shape == (4, 2)
+  with pytest.raises(ValueError, match="num_partitions=3 must divide the 8 devices"):
+    partitioning.make_mesh(3)
+
+
+def test_frozen_weights_follow_the_t5x_rules():
+  cfg = size_config("tiny", vocab_size=96)
+  shardings = partitioning.tree_shardings(param_logical_axes(cfg), partitioning.make_mesh(2))
+  assert shardings["token_embedder"]["embedding"].spec == P("model", None)
+  assert shardings["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].spec == P(None, "model")
+  assert shardings["encoder"]["layers_0"]["attention"]["out"]["kernel"].spec == P("model", None)
+  assert shardings["encoder"]["encoder_norm"]["scale"].spec == P(None)
+  assert shardings["decoder"]["relpos_bias"]["rel_embedding"].spec == P("model", None)
+
+
+def test_indivisible_dimension_is_named():
+  cfg = size_config("tiny", vocab_size=97)
+  with pytest.raises(ValueError, match=r"\['decoder'\]\['logits_dense'\].*'vocab'=97 does not divide over mesh axis 'model'"):
+    partitioning.check_divisible(param_shapes(cfg), param_logical_axes(cfg), partitioning.make_mesh(2))
+
+
+def test_global_batch_is_split_over_data():
+  mesh = partitioning.make_mesh(2)
+  batch = partitioning.global_batch({"x": np.arange(16).reshape(8, 2)}, mesh)
+  assert batch["x"].shape == (8, 2)
+  assert batch["x"].sharding.spec == P("data")
+  assert len({str(s.index) for s in batch["x"].addressable_shards}) == 4  # 4 data shards, replicated over model

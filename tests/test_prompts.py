@@ -1,0 +1,64 @@
+"""Prompt initializers (DESIGN.md §5)."""
+import numpy as np
+import pytest
+
+from spot_jax import prompt_io, prompts
+
+EMB = np.random.RandomState(0).normal(size=(50, 8)).astype(np.float32)
+
+
+class WordVocab:
+  """A stand-in vocabulary: whitespace words to fixed ids."""
+  ids = {"yes": [3], "no": [4], "maybe": [5, 6], "classify": [7], "this": [8]}
+
+  def encode(self, text):
+    return [i for w in text.split() for i in self.ids[w]]
+
+
+def test_random_uniform_range_and_seed():
+  p = prompts.make_prompt(prompts.random_uniform(0.5), 0, 10, 8)
+  assert p.shape == (10, 8) and p.dtype == np.float32 and np.abs(p).max() <= 0.5
+  np.testing.assert_array_equal(p, prompts.make_prompt(prompts.random_uniform(0.5), 0, 10, 8))
+  assert not np.array_equal(p, prompts.make_prompt(prompts.random_uniform(0.5), 1, 10, 8))
+
+
+def test_sampled_vocab_rows_come_from_the_first_ids():
+  p = prompts.make_prompt(prompts.sampled_vocab(population_size=20), 0, 6, 8, EMB)
+  for row in p:
+    hits = np.where((EMB[:20] == row).all(axis=1))[0]
+    assert len(hits) == 1
+
+
+def test_class_labels_average_sub_tokens_then_fill():
+  init = prompts.class_labels(vocabulary=WordVocab(), labels=["yes", "maybe"])
+  p = prompts.make_prompt(init, 0, 5, 8, EMB)
+  np.testing.assert_allclose(p[0], EMB[3])
+  np.testing.assert_allclose(p[1], (EMB[5] + EMB[6]) / 2)
+  with pytest.raises(ValueError, match="3 class labels do not fit a prompt of length 2"):
+    prompts.make_prompt(prompts.class_labels(vocabulary=WordVocab(), labels=["yes", "no", "maybe"]), 0, 2, 8, EMB)
+
+
+def test_from_string_puts_the_tokens_first():
+  p = prompts.make_prompt(prompts.from_string(vocabulary=WordVocab(), text="classify this"), 0, 4, 8, EMB)
+  np.testing.assert_array_equal(p[:2], EMB[[7, 8]])
+  with pytest.raises(ValueError, match="more than the prompt length 1"):
+    prompts.make_prompt(prompts.from_string(vocabulary=WordVocab(), text="classify this"), 0, 1, 8, EMB)
+
+
+def test_from_file_and_weighted_average(tmp_path):
+  a, b = np.ones((3, 8), np.float32), np.full((3, 8), 4.0, np.float32)
+  prompt_io.save_npy(a, str(tmp_path / "a.npy"))
+  prompt_io.save_npy(b, str(tmp_path / "b.npy"))
+  np.testing.assert_array_equal(prompts.make_prompt(prompts.from_file(str(tmp_path / "a.npy")), 0, 3, 8), a)
+  mixed = prompts.make_prompt(prompts.from_files_weighted([str(tmp_path / "a.npy"), str(tmp_path / "b.npy")],
+                                                          [3.0, 1.0]), 0, 3, 8)
+  np.testing.assert_allclose(mixed, 0.75 * a + 0.25 * b)
+  with pytest.raises(ValueError, match=r"has shape \(3, 8\) but this run expects \[PROMPT_LENGTH=5, d_model=8\]"):
+    prompts.make_prompt(prompts.from_file(str(tmp_path / "a.npy")), 0, 5, 8)
+  with pytest.raises(ValueError, match="2 prompt files but 1 weights"):
+    prompts.from_files_weighted(["x", "y"], [1.0])
+
+
+def test_non_finite_init_is_rejected():
+  with pytest.raises(ValueError, match="NaN or inf"):
+    prompts.make_prompt(lambda rng, p, d, e: np.full((p, d), np.nan), 0, 2, 8)
