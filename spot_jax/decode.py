@@ -28,10 +28,12 @@ def _greedy(model: T5, max_decode_length: int, params, prompt, encoder_input_tok
   prompt_length = 0 if prompt is None else prompt.shape[-2]
   encoded = model.apply({"params": params}, encoder_input_tokens, prompt=prompt, method=T5.encode)
   valid = encoder_mask(encoder_input_tokens, prompt_length)
-  # The cache-creating pass: self-attention KV of max length, projected cross K/V, position 0.
-  _, state = model.apply({"params": params}, encoded, valid,
-                         jnp.zeros((batch, max_decode_length), jnp.int32), decode=True,
-                         method=T5.decode, mutable=["cache"])
+  # The first step creates the cache (self-attention KV of max length, projected cross K/V) and
+  # predicts token 0 in the same pass: no full-length dummy decoder pass.
+  logits, state = model.apply({"params": params}, encoded, valid, jnp.zeros((batch, 1), jnp.int32),
+                              decode=True, cache_length=max_decode_length, method=T5.decode,
+                              mutable=["cache"])
+  first = jnp.argmax(logits[:, 0, :], axis=-1).astype(jnp.int32)
 
   def cond(carry):
     t, _, _, _, done = carry
@@ -46,8 +48,8 @@ def _greedy(model: T5, max_decode_length: int, params, prompt, encoder_input_tok
     out = jax.lax.dynamic_update_slice(out, token[:, None], (0, t))
     return t + 1, new_state["cache"], token, out, done | (token == eos_id)
 
-  init = (jnp.array(0, jnp.int32), state["cache"], jnp.zeros((batch,), jnp.int32),
-          jnp.zeros((batch, max_decode_length), jnp.int32), jnp.zeros((batch,), bool))
+  out = jnp.zeros((batch, max_decode_length), jnp.int32).at[:, 0].set(first)
+  init = (jnp.array(1, jnp.int32), state["cache"], first, out, first == eos_id)
   return jax.lax.while_loop(cond, body, init)[3]
 
 

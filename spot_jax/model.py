@@ -114,7 +114,8 @@ class Attention(nn.Module):
   cached_kv: str = ""  # "self": append to a KV cache; "cross": project the memory once and keep it
 
   @nn.compact
-  def __call__(self, x, memory, bias, enable_dropout: bool, decode: bool = False):
+  def __call__(self, x, memory, bias, enable_dropout: bool, decode: bool = False,
+               cache_length: Optional[int] = None):
     cfg = self.config
     dtype = activation_dtype(cfg)
     inner = cfg.num_heads * cfg.head_dim
@@ -125,7 +126,9 @@ class Attention(nn.Module):
 
     proj = functools.partial(Dense, features=inner, axes=("embed", "joined_kv"), dtype=dtype,
                              kernel_init=_fan_in_normal())
-    split = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.head_dim))
+    # Heads-major [B, H, L, Dh]: the layout XLA's batched dot wants, kept in the KV caches too so
+    # an incremental step never transposes the cached keys/values.
+    split = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.head_dim)).transpose(0, 2, 1, 3)
     q = split(proj(name="query", kernel_init=query_init)(x))
 
     if decode and self.cached_kv == "cross" and self.has_variable("cache", "cross_key"):
@@ -139,21 +142,24 @@ class Attention(nn.Module):
         self.put_variable("cache", "cross_value", v)
 
     if decode and self.cached_kv == "self":
+      # The cache is created either by a pass over a full-length dummy input, or (cache_length set)
+      # by the first real step, which then also writes its own key/value at position 0.
       initialized = self.has_variable("cache", "cached_key")
-      cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-      cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      shape = k.shape[:2] + (cache_length or k.shape[2], k.shape[3])
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
       index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-      if initialized:
+      if initialized or cache_length:
         i = index.value
-        k = jax.lax.dynamic_update_slice(cached_key.value, k, (0, i, 0, 0))
-        v = jax.lax.dynamic_update_slice(cached_value.value, v, (0, i, 0, 0))
+        k = jax.lax.dynamic_update_slice(cached_key.value, k, (0, 0, i, 0))
+        v = jax.lax.dynamic_update_slice(cached_value.value, v, (0, 0, i, 0))
         cached_key.value, cached_value.value = k, v
         index.value = i + x.shape[1]
 
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) + bias
     weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
     weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=not enable_dropout)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape[:2] + (inner,))
+    out = jnp.einsum("bhqk,bhkd->bqhd", weights, v).reshape(x.shape[:2] + (inner,))
     return Dense(cfg.d_model, ("joined_kv", "embed"), dtype, _fan_in_normal(), name="out")(out)
 
 
@@ -196,12 +202,14 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, y, encoded, self_bias, cross_bias, enable_dropout: bool, decode: bool):
+  def __call__(self, y, encoded, self_bias, cross_bias, enable_dropout: bool, decode: bool,
+               cache_length: Optional[int] = None):
     cfg = self.config
     dtype = activation_dtype(cfg)
     drop = lambda t: nn.Dropout(cfg.dropout_rate)(t, deterministic=not enable_dropout)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(y)
-    y = y + drop(Attention(cfg, "self", name="self_attention")(h, h, self_bias, enable_dropout, decode))
+    y = y + drop(Attention(cfg, "self", name="self_attention")(h, h, self_bias, enable_dropout, decode,
+                                                               cache_length))
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(y)
     y = y + drop(Attention(cfg, "cross", name="encoder_decoder_attention")(
         h, encoded, cross_bias, enable_dropout, decode))
@@ -242,10 +250,15 @@ class Decoder(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, embedded, encoded, encoder_valid, enable_dropout: bool, decode: bool):
+  def __call__(self, embedded, encoded, encoder_valid, enable_dropout: bool, decode: bool,
+               cache_length: Optional[int] = None):
     cfg = self.config
     y = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=not enable_dropout)
     relpos = RelativePositionBias(cfg, False, name="relpos_bias")
+    if decode and cache_length and not self.has_variable("cache", "position"):
+      # First step creates a cache of `cache_length` positions (no full-length dummy pass).
+      self.put_variable("cache", "position", jnp.array(0, jnp.int32))
+      self.put_variable("cache", "max_length_marker", jnp.zeros((cache_length,), jnp.int8))
     if decode and self.has_variable("cache", "position"):
       # One step of incremental decoding against a cache of `max_length` positions.
       position = self.get_variable("cache", "position")
@@ -264,7 +277,7 @@ class Decoder(nn.Module):
     cross_bias = _key_bias(encoder_valid)
     for i in range(cfg.num_decoder_layers):
       y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, enable_dropout,
-                                                decode)
+                                                decode, cache_length)
     y = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="decoder_norm")(y)
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=not enable_dropout)
     if cfg.tie_word_embeddings:
@@ -303,10 +316,15 @@ class T5(nn.Module):
     return self.encoder(embedded, encoder_mask(encoder_input_tokens, prompt_length), enable_dropout)
 
   def decode(self, encoded, encoder_valid, decoder_input_tokens, enable_dropout: bool = False,
-             decode: bool = False):
-    """Logits `[B, T, V]` in float32 given the encoder output and its `[B, P+L]` validity."""
+             decode: bool = False, cache_length: Optional[int] = None):
+    """Logits `[B, T, V]` in float32 given the encoder output and its `[B, P+L]` validity.
+
+    Incremental decoding (`decode=True`, `mutable=["cache"]`): either create the cache with a
+    full-length dummy input and then feed one token per call, or feed the first token with
+    `cache_length=max_length`, which creates the cache and computes that step in one pass.
+    """
     y = self.decoder(self.token_embedder(decoder_input_tokens), encoded, encoder_valid,
-                     enable_dropout, decode)
+                     enable_dropout, decode, cache_length)
     if self.config.tie_word_embeddings:
       y = y * (self.config.d_model ** -0.5)
       logits = self.token_embedder.attend(y)

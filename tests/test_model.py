@@ -134,3 +134,18 @@ def test_ffn_preactivations_shape():
   acts = M.ffn_preactivations(CFG, p, ENC[:1, :1], np.ones((3, 64), np.float32))
   assert acts.shape == (2, 1, 4, 128)
   assert (acts > 0).any() and (acts < 0).any()
+
+
+def test_cache_created_by_the_first_step_matches_full_forward(model_and_params):
+  cfg, m, p = model_and_params
+  full = m.apply({"params": p}, ENC, DEC)
+  encoded = m.apply({"params": p}, ENC, method=M.T5.encode)
+  valid = M.encoder_mask(jnp.asarray(ENC), 0)
+  logits, state = m.apply({"params": p}, encoded, valid, DEC[:, :1], decode=True,
+                          cache_length=DEC.shape[1], method=M.T5.decode, mutable=["cache"])
+  steps = [logits]
+  for t in range(1, DEC.shape[1]):
+    logits, state = m.apply({"params": p, "cache": state["cache"]}, encoded, valid, DEC[:, t:t + 1],
+                            decode=True, method=M.T5.decode, mutable=["cache"])
+    steps.append(logits)
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
