@@ -86,4 +86,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  # Run through the importable module so gin sees `spot_jax.eval.*`, not `__main__.*`.
+  from spot_jax import eval as _module
+  _module.main()

@@ -139,6 +139,13 @@ def init_distributed(args) -> None:
 
 def run(fn: Callable, argv: Optional[Sequence[str]] = None, prog: str = "spot_jax"):
   """Parse T5X-style flags, configure gin, and call the configurable `fn()`."""
+  configure(argv, prog)
+  return fn()
+
+
+def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> argparse.Namespace:
+  """Parse T5X-style flags, start jax.distributed if asked, load and finalize gin, register the
+  users' gin-declared tasks. Returns the parsed flags."""
   argv = sys.argv[1:] if argv is None else list(argv)
   bindings, rest = split_gin_flags(argv)
   args = _parser(prog).parse_args(rest)
@@ -153,4 +160,4 @@ def run(fn: Callable, argv: Optional[Sequence[str]] = None, prog: str = "spot_ja
   finalize_or_explain()
   from tasks import user_data  # users' tasks declared in gin files register now, before any lookup
   user_data.register_from_gin()
-  return fn()
+  return args

@@ -78,4 +78,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  # Run through the importable module so gin sees `spot_jax.infer.*`, not `__main__.*`.
+  from spot_jax import infer as _module
+  _module.main()

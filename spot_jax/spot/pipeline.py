@@ -478,25 +478,7 @@ def _run_config(s: dict) -> RunConfig:
 
 def _load_gin(gin_argv: Sequence[str], prog: str) -> dict:
   from spot_jax import gin_utils  # pylint: disable=g-import-not-at-top
-  bindings, rest = gin_utils.split_gin_flags(gin_argv)
-  p = argparse.ArgumentParser(prog=prog, add_help=False)
-  p.add_argument("--gin_file", action="append", default=[])
-  p.add_argument("--gin_search_paths", action="append", default=[])
-  p.add_argument("--gin_bindings", action="append", default=[])
-  p.add_argument("--tfds_data_dir", default=None)
-  args, unknown = p.parse_known_args(rest)
-  if unknown:
-    raise SystemExit(f"{prog}: unrecognized arguments {unknown}")
-  if not args.gin_file:
-    raise SystemExit(f"{prog}: pass --gin_file=... (models/*.gin, prompts/*.gin, models/sizes/*.gin, "
-                     "runs/spot_target.gin or runs/spot_source.gin)")
-  if args.tfds_data_dir:
-    os.environ["TFDS_DATA_DIR"] = args.tfds_data_dir
-  search = [x for a in args.gin_search_paths for x in a.split(",") if x]
-  gin_utils.parse_gin(args.gin_file, list(args.gin_bindings) + bindings, search)
-  gin_utils.finalize_or_explain()
-  from tasks import user_data  # pylint: disable=g-import-not-at-top
-  user_data.register_from_gin()
+  gin_utils.configure(gin_argv, prog)
   return gin.get_configurable(spot_settings)()
 
 
