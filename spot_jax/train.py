@@ -181,6 +181,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
       state, metrics = step_fn(state, frozen_params, partitioning.global_batch(batch, mesh), rng)
       step += 1
       window_steps += 1
+      logger.progress(step)  # moves the bar (terminals only); no device sync
       if task_embedding_step and step == task_embedding_step and is_main:
         prompt_io.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
                                           name=prompt_io.TASK_EMBEDDING_EXPORT)
@@ -189,6 +190,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         elapsed = time.time() - window_start
         values["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
+        values["eta_sec"] = (train_steps - step) / max(values["steps_per_sec"], 1e-9)
         logger.write(step, values, prefix="train")
         window_start, window_steps = time.time(), 0
       if eval_period and (step % eval_period == 0 or step == train_steps):
