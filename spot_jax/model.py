@@ -44,6 +44,29 @@ class Dense(nn.Module):
     return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
+class Dropout(nn.Module):
+  """Inverted dropout whose mask uses 16 random bits per element, two per generated 32-bit word.
+
+  Same distribution as Bernoulli dropout (keep probability exact to 1/65536 and rescaled by its
+  exact value), but random-bit generation dominated the CPU training step: this halves the bits and
+  measured ~3x faster mask generation than `flax.linen.Dropout` (see bench/).
+  """
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate >= 1.0:
+      return jnp.zeros_like(x)
+    threshold = int(round(self.rate * 65536))
+    keep_prob = 1.0 - threshold / 65536
+    n = int(np.prod(x.shape))
+    words = jax.random.bits(self.make_rng("dropout"), ((n + 1) // 2,), jnp.uint32)
+    bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n].reshape(x.shape)
+    return jnp.where(bits >= threshold, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
+
+
 class RMSNorm(nn.Module):
   """T5 layer norm: scale only, no mean subtraction, statistics in float32."""
   epsilon: float
@@ -158,7 +181,7 @@ class Attention(nn.Module):
 
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) + bias
     weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=not enable_dropout)
+    weights = Dropout(cfg.dropout_rate)(weights, deterministic=not enable_dropout)
     out = jnp.einsum("bhqk,bhkd->bqhd", weights, v).reshape(x.shape[:2] + (inner,))
     return Dense(cfg.d_model, ("joined_kv", "embed"), dtype, _fan_in_normal(), name="out")(out)
 
@@ -180,7 +203,7 @@ class MLP(nn.Module):
       h = jax.nn.relu(pre)
     # Stored only when the caller makes "intermediates" mutable (SPoT's ON similarity).
     self.sow("intermediates", "ffn_preact", pre)
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not enable_dropout)
+    h = Dropout(cfg.dropout_rate)(h, deterministic=not enable_dropout)
     return Dense(cfg.d_model, ("mlp", "embed"), dtype, name="wo")(h)
 
 
@@ -191,7 +214,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, bias, enable_dropout: bool):
     cfg = self.config
     dtype = activation_dtype(cfg)
-    drop = lambda t: nn.Dropout(cfg.dropout_rate)(t, deterministic=not enable_dropout)
+    drop = lambda t: Dropout(cfg.dropout_rate)(t, deterministic=not enable_dropout)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
     x = x + drop(Attention(cfg, name="attention")(h, h, bias, enable_dropout))
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
@@ -206,7 +229,7 @@ class DecoderLayer(nn.Module):
                cache_length: Optional[int] = None):
     cfg = self.config
     dtype = activation_dtype(cfg)
-    drop = lambda t: nn.Dropout(cfg.dropout_rate)(t, deterministic=not enable_dropout)
+    drop = lambda t: Dropout(cfg.dropout_rate)(t, deterministic=not enable_dropout)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(y)
     y = y + drop(Attention(cfg, "self", name="self_attention")(h, h, self_bias, enable_dropout, decode,
                                                                cache_length))
@@ -237,13 +260,13 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, embedded, valid, enable_dropout: bool):
     cfg = self.config
-    x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=not enable_dropout)
+    x = Dropout(cfg.dropout_rate)(embedded, deterministic=not enable_dropout)
     length = x.shape[1]
     bias = RelativePositionBias(cfg, True, name="relpos_bias")(length, length) + _key_bias(valid)
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, enable_dropout)
     x = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="encoder_norm")(x)
-    return nn.Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
+    return Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
 
 
 class Decoder(nn.Module):
@@ -253,7 +276,7 @@ class Decoder(nn.Module):
   def __call__(self, embedded, encoded, encoder_valid, enable_dropout: bool, decode: bool,
                cache_length: Optional[int] = None):
     cfg = self.config
-    y = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=not enable_dropout)
+    y = Dropout(cfg.dropout_rate)(embedded, deterministic=not enable_dropout)
     relpos = RelativePositionBias(cfg, False, name="relpos_bias")
     if decode and cache_length and not self.has_variable("cache", "position"):
       # First step creates a cache of `cache_length` positions (no full-length dummy pass).
@@ -279,7 +302,7 @@ class Decoder(nn.Module):
       y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, enable_dropout,
                                                 decode, cache_length)
     y = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="decoder_norm")(y)
-    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=not enable_dropout)
+    y = Dropout(cfg.dropout_rate)(y, deterministic=not enable_dropout)
     if cfg.tie_word_embeddings:
       return y  # the caller projects with the shared embedding
     return Dense(cfg.vocab_size, ("embed", "vocab"), activation_dtype(cfg), name="logits_dense")(y)
