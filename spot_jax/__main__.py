@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     from spot_jax.spot import cli
     return cli.main(rest)
   if command == "spot":
-    from spot_jax.spot import pipeline
-    return pipeline.main(rest)
+    from spot_jax.spot import pipeline_cli
+    return pipeline_cli.main(rest)
   if command == "demo":
     from spot_jax import demo
     return demo.main(rest)

@@ -12,7 +12,6 @@ The same gin-configured command runs on every worker; `--jax_distributed` makes 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys

@@ -1,15 +1,14 @@
 """`spot_jax.load_t5(path)`: a frozen T5 from any checkpoint, with numpy-in/numpy-out helpers."""
 from __future__ import annotations
 
-import functools
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from spot_jax.config import T5Config
-from spot_jax.model import T5, encoder_mask
+from spot_jax.model import T5
 
 
 class LoadedT5:

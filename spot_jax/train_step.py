@@ -8,7 +8,6 @@ at log and save points instead of syncing every step).
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, NamedTuple
 
 import jax

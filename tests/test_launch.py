@@ -27,9 +27,9 @@ def test_local_source_is_shipped_installed_and_run_on_every_worker():
 
 
 def test_pip_source_and_skip_install():
-  cmds = _commands("--tpu", "t", "--zone", "z", "--source", "git+https://example.org/spot_jax", "eval",
+  cmds = _commands("--tpu", "t", "--zone", "z", "--source", "git+ssh://git@example.invalid/spot_jax", "eval",
                    "--gin_file=runs/prompt_eval.gin")
-  assert len(cmds) == 2 and "pip install -q git+https://example.org/spot_jax" in cmds[0][-1]
+  assert len(cmds) == 2 and "pip install -q git+ssh://git@example.invalid/spot_jax" in cmds[0][-1]
   assert _commands("--tpu", "t", "--zone", "z", "--skip_install", "infer")[0][-1].endswith(
       "python3 -m spot_jax infer --jax_distributed")
 

@@ -13,7 +13,7 @@ import seqio
 from spot_jax import prompt_io
 from spot_jax.config import size_config
 from spot_jax.model import init_params
-from spot_jax.spot import pipeline
+from spot_jax.spot import pipeline, pipeline_cli
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import PromptLibrary
 
@@ -160,7 +160,7 @@ def _gin_flags(model_dir, extra=()):
 def test_spot_cli_runs_the_whole_pipeline_with_a_baseline(library, tmp_path, capsys, clean_gin):
   lib = library[0]
   out = tmp_path / "target"
-  rc = pipeline.main(["--target", TARGET, "--library", lib.path, "--strategy", "weighted_average",
+  rc = pipeline_cli.main(["--target", TARGET, "--library", lib.path, "--strategy", "weighted_average",
                       "--top-k", "2", "--baseline",
                       *_gin_flags(out, ["--gin_file=runs/spot_target.gin"]), "--gin.TRAIN_STEPS=6",
                       "--gin.TASK_EMBEDDING_STEP=3"])
@@ -186,7 +186,7 @@ def test_spot_cli_runs_the_whole_pipeline_with_a_baseline(library, tmp_path, cap
 
 
 def test_spot_source_cli_adds_one_prompt_to_a_library(tmp_path, capsys, clean_gin):
-  rc = pipeline.main(["source", *_gin_flags(tmp_path / "run", ["--gin_file=runs/spot_source.gin"]),
+  rc = pipeline_cli.main(["source", *_gin_flags(tmp_path / "run", ["--gin_file=runs/spot_source.gin"]),
                       "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_nli_rank'", "--gin.TRAIN_STEPS=4",
                       f"--gin.LIBRARY_DIR='{tmp_path / 'lib'}'"])
   text = capsys.readouterr().out
@@ -198,7 +198,7 @@ def test_spot_source_cli_adds_one_prompt_to_a_library(tmp_path, capsys, clean_gi
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys, clean_gin):
-  rc = pipeline.main(["--target", TARGET, "--library", str(tmp_path / "empty"),
+  rc = pipeline_cli.main(["--target", TARGET, "--library", str(tmp_path / "empty"),
                       *_gin_flags(tmp_path / "t", ["--gin_file=runs/spot_target.gin"])])
   assert rc == 1
   assert "has no prompts" in capsys.readouterr().err

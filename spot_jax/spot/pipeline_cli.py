@@ -1,0 +1,180 @@
+"""`spot-jax spot` and `spot-jax spot source`: the SPoT pipeline of `spot_jax.spot.pipeline` run from
+gin (runs/spot_target.gin, runs/spot_source.gin) with T5X-style flags.
+"""
+from __future__ import annotations
+
+import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
+import argparse
+import json
+import logging
+import sys
+import warnings
+from typing import Mapping, Optional, Sequence
+
+import gin
+
+from spot_jax import prompt_io
+from spot_jax.spot import similarity as sim
+from spot_jax.spot.library import PromptLibrary
+from spot_jax.spot.pipeline import (RANK_BY, STRATEGIES, RunConfig, _fmt, _train, default_model_id,
+                                    enable_compilation_cache, evaluate_prompt, run_target)
+
+log = logging.getLogger("spot_jax.spot")
+
+
+@gin.configurable
+def spot_settings(model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+                  batch_size: int = gin.REQUIRED, train_steps: int = gin.REQUIRED,
+                  initial_checkpoint_path: Optional[str] = None, model_config=None,
+                  model_id: Optional[str] = None, prompt_length: int = 100, prompt_init=None, seed: int = 0,
+                  num_partitions: int = 1, task_embedding_steps: Optional[int] = None,
+                  selection_steps: Optional[int] = None, mixture_steps: Optional[int] = None,
+                  eval_batch_size: Optional[int] = None, eval_num_examples: Optional[int] = None,
+                  best_metric: Optional[str] = None, library_dir: Optional[str] = None,
+                  mixture_or_task_name: Optional[str] = None) -> dict:
+  """Collects the gin macros of a SPoT run (see gin/runs/spot_target.gin)."""
+  return dict(locals())
+
+
+def _run_config(s: dict) -> RunConfig:
+  return RunConfig(task_feature_lengths=dict(s["task_feature_lengths"]), batch_size=s["batch_size"],
+                   prompt_length=s["prompt_length"], prompt_init=s["prompt_init"], seed=s["seed"],
+                   num_partitions=s["num_partitions"], eval_batch_size=s["eval_batch_size"],
+                   eval_num_examples=s["eval_num_examples"], metric=s["best_metric"])
+
+
+def _load_gin(gin_argv: Sequence[str], prog: str) -> dict:
+  from spot_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.configure(gin_argv, prog)
+  return gin.get_configurable(spot_settings)()
+
+
+def _frozen_from_settings(s: dict):
+  from spot_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  config, params = train_lib.load_frozen(s["initial_checkpoint_path"], s["model_config"], s["seed"])
+  model_id = s["model_id"] or default_model_id(s["initial_checkpoint_path"], config, s["seed"])
+  return (config, params), model_id
+
+
+def _split_argv(argv: Sequence[str]):
+  gin_flags, own = [], []
+  argv = list(argv)
+  i = 0
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith("--gin"):
+      gin_flags.append(a)
+      if "=" not in a and i + 1 < len(argv):
+        gin_flags.append(argv[i + 1])
+        i += 1
+    elif a.startswith("--tfds_data_dir"):
+      gin_flags.append(a)
+      if "=" not in a and i + 1 < len(argv):
+        gin_flags.append(argv[i + 1])
+        i += 1
+    else:
+      own.append(a)
+    i += 1
+  return own, gin_flags
+
+
+def _target_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="spot-jax spot", description="SPoT targeted transfer: rank the library's sources for a "
+      "target task, build the init with a strategy, train the target (and a baseline). Gin flags "
+      "(--gin_file, --gin.X=Y, --gin_search_paths) configure the model and the budget "
+      "(runs/spot_target.gin). `spot-jax spot source ...` trains one source prompt instead.")
+  p.add_argument("--target", required=True, help="target seqio task")
+  p.add_argument("--library", default=None, help="prompt library directory (default: LIBRARY_DIR)")
+  p.add_argument("--strategy", choices=STRATEGIES, default="weighted_average")
+  p.add_argument("--top-k", type=int, default=3)
+  p.add_argument("--measure", default=sim.DEFAULT_MEASURE,
+                 help=f"similarity measure for --rank-by similarity: one of {sorted(sim.SIMILARITIES)}")
+  p.add_argument("--rank-by", choices=RANK_BY, default="similarity")
+  p.add_argument("--kind", choices=("task_embedding", "prompt"), default="task_embedding",
+                 help="what of each source the target embedding is compared with")
+  p.add_argument("--exclude", action="append", default=None,
+                 help="source to leave out (repeatable; default: the target itself)")
+  p.add_argument("--baseline", action="store_true", help="also train from the base init, same budget")
+  p.add_argument("--json", action="store_true", help="print the result as JSON")
+  return p
+
+
+def target_main(argv: Sequence[str]) -> int:
+  own, gin_flags = _split_argv(argv)
+  args = _target_parser().parse_args(own)
+  if args.measure not in sim.SIMILARITIES:
+    raise SystemExit(f"--measure {args.measure!r}: use one of {sorted(sim.SIMILARITIES)}")
+  s = _load_gin(gin_flags, "spot-jax spot")
+  library = args.library or s["library_dir"]
+  if not library:
+    raise SystemExit("spot-jax spot: pass --library DIR (or --gin.LIBRARY_DIR)")
+  enable_compilation_cache()
+  frozen, model_id = _frozen_from_settings(s)
+  lib = PromptLibrary(library)
+  if lib.model_id is not None and lib.model_id != model_id:
+    warnings.warn(f"library {library} holds prompts of {lib.model_id!r} but the frozen model is "
+                  f"{model_id!r}; prompts transfer only within one frozen model")
+  result = run_target(frozen, lib, args.target, s["model_dir"], args.strategy, args.top_k, s["train_steps"],
+                      run=_run_config(s), rank_by=args.rank_by, measure=args.measure, kind=args.kind,
+                      task_embedding_steps=s["task_embedding_steps"], selection_steps=s["selection_steps"],
+                      mixture_steps=s["mixture_steps"], baseline=args.baseline, exclude=args.exclude)
+  print(json.dumps(result.to_dict(), indent=2, default=float) if args.json else result.format())
+  return 0
+
+
+def source_main(argv: Sequence[str]) -> int:
+  """`spot-jax spot source`: train MIXTURE_OR_TASK_NAME's prompt; add it to LIBRARY_DIR when set."""
+  own, gin_flags = _split_argv(argv)
+  p = argparse.ArgumentParser(prog="spot-jax spot source",
+                              description="Train one source prompt (runs/spot_source.gin) and add it "
+                              "to the library LIBRARY_DIR.")
+  p.add_argument("--overwrite", action="store_true", help="retrain a task already in the library")
+  args = p.parse_args(own)
+  s = _load_gin(gin_flags, "spot-jax spot source")
+  task = s["mixture_or_task_name"]
+  if not task:
+    raise SystemExit("spot-jax spot source: set --gin.MIXTURE_OR_TASK_NAME='task'")
+  enable_compilation_cache()
+  frozen, model_id = _frozen_from_settings(s)
+  run = _run_config(s)
+  steps = s["train_steps"]
+  te_step = s["task_embedding_steps"] or max(1, steps // 10)
+  if s["library_dir"]:
+    # The run goes to MODEL_DIR itself (not a per-task subfolder), as with `spot_jax.train`.
+    lib = PromptLibrary(s["library_dir"])
+    if task in lib and not args.overwrite:
+      raise SystemExit(f"{task} is already in library {s['library_dir']}; pass --overwrite to retrain it")
+    prompt = _train(frozen, run, s["model_dir"], task, steps, task_embedding_step=te_step)
+    metrics = evaluate_prompt(frozen, task, prompt, run)
+    rec = lib.add(task, s["model_dir"], model_id, task_embedding=prompt_io.task_embedding_export_dir(
+        s["model_dir"]), steps=steps, metrics=metrics, overwrite=args.overwrite, which="latest")
+    print(f"added {task} to {s['library_dir']}: prompt [{rec['prompt_length']}, {rec['d_model']}], "
+          f"steps {steps}, model {model_id}, validation {_fmt(metrics)}")
+  else:
+    prompt = _train(frozen, run, s["model_dir"], task, steps, task_embedding_step=te_step)
+    metrics = evaluate_prompt(frozen, task, prompt, run)
+    print(f"trained {task} in {s['model_dir']}: validation {_fmt(metrics)} (set LIBRARY_DIR to add it "
+          "to a library)")
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`spot-jax spot ...` (target pipeline) and `spot-jax spot source ...` (one source prompt)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not logging.getLogger().handlers:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.getLogger("spot_jax").setLevel(logging.INFO)
+  try:
+    if argv and argv[0] == "source":
+      return source_main(argv[1:])
+    return target_main(argv)
+  except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"error: {msg}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  from spot_jax.spot import pipeline_cli as _pipeline  # gin sees spot_jax.spot.pipeline_cli, not __main__
+  sys.exit(_pipeline.main())
