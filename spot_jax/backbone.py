@@ -21,11 +21,11 @@ import json
 import os
 import random
 import time
-import uuid
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from spot_jax import fileio
 from spot_jax.config import T5Config
 
 FORMAT_VERSION = 1
@@ -310,17 +310,6 @@ class Backbone:
   reused: bool
 
 
-def _write_json_atomic(path: str, obj) -> None:
-  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-  try:
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def _read_cached(entry: str, config: BackboneConfig) -> Optional[Backbone]:
   meta_path = os.path.join(entry, BACKBONE_JSON)
   if not os.path.exists(meta_path):
@@ -373,7 +362,7 @@ def load_or_pretrain(config: BackboneConfig = BackboneConfig(), cache_dir: Optio
           "initial_loss": float(np.mean(losses[:window])), "final_loss": float(np.mean(losses[-window:])),
           "losses_every_10": [float(x) for x in losses[::10]], "task_prefixes": TASK_PREFIXES,
           "created": time.time()}
-  _write_json_atomic(meta_path, info)
+  fileio.write_json_atomic(meta_path, info, sort_keys=True)
   log(f"backbone: pretrained in {seconds:.0f}s (loss {info['initial_loss']:.3f} → "
       f"{info['final_loss']:.3f}); cached at {ckpt}")
   return Backbone(t5_config, params, ckpt, info, reused=False)

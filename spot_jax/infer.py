@@ -14,11 +14,11 @@ import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import json
 import logging
 import os
-import uuid
 from typing import Dict, List, Mapping, Optional
 
 import gin
 
+from spot_jax import fileio
 from spot_jax.config import T5Config
 
 log = logging.getLogger("spot_jax.infer")
@@ -27,18 +27,7 @@ log = logging.getLogger("spot_jax.infer")
 def write_jsonl(path: str, rows: List[dict]) -> None:
   """Atomically writes rows as JSON lines (temporary file, then rename)."""
   data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-  if path.startswith("gs://"):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-      f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-    return
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  fileio.atomic_write_bytes(path, data.encode("utf-8"))
 
 
 @gin.configurable

@@ -25,13 +25,13 @@ import io
 import json
 import os
 import re
-import shutil
 import time
-import uuid
 import warnings
 from typing import Any, Optional
 
 import numpy as np
+
+from spot_jax import fileio
 
 NUMPY_CHECKPOINTS_DIR = "numpy_checkpoints"
 T5X_PROMPT_FILENAME = "encoder.prompt.prompt.prompt"
@@ -57,19 +57,19 @@ ACCEPTED_FORMATS = (
 # Layout of MODEL_DIR exports (shared with the trainer).
 
 def numpy_checkpoints_dir(model_dir: str) -> str:
-  return _join(model_dir, NUMPY_CHECKPOINTS_DIR)
+  return fileio.join(model_dir, NUMPY_CHECKPOINTS_DIR)
 
 
 def checkpoint_export_dir(model_dir: str, step: int) -> str:
-  return _join(model_dir, NUMPY_CHECKPOINTS_DIR, f"checkpoint_{int(step)}")
+  return fileio.join(model_dir, NUMPY_CHECKPOINTS_DIR, f"checkpoint_{int(step)}")
 
 
 def best_export_dir(model_dir: str) -> str:
-  return _join(model_dir, NUMPY_CHECKPOINTS_DIR, BEST_EXPORT)
+  return fileio.join(model_dir, NUMPY_CHECKPOINTS_DIR, BEST_EXPORT)
 
 
 def task_embedding_export_dir(model_dir: str) -> str:
-  return _join(model_dir, NUMPY_CHECKPOINTS_DIR, TASK_EMBEDDING_EXPORT)
+  return fileio.join(model_dir, NUMPY_CHECKPOINTS_DIR, TASK_EMBEDDING_EXPORT)
 
 
 @dataclasses.dataclass
@@ -89,36 +89,36 @@ def list_numpy_checkpoints(numpy_dir: str) -> list:
 
   Temporary (`.tmp-*`) and backup directories left by an interrupted write are ignored.
   """
-  if not _isdir(numpy_dir):
+  if not fileio.isdir(numpy_dir):
     return []
   out = []
-  for name in _listdir(numpy_dir):
+  for name in fileio.listdir(numpy_dir):
     m = _CHECKPOINT_RE.match(name.rstrip("/"))
-    if m and _export_file(_join(numpy_dir, name.rstrip("/"))):
-      out.append((int(m.group(1)), _join(numpy_dir, name.rstrip("/"))))
+    if m and _export_file(fileio.join(numpy_dir, name.rstrip("/"))):
+      out.append((int(m.group(1)), fileio.join(numpy_dir, name.rstrip("/"))))
   return sorted(out)
 
 
 def find_exports(model_dir: str) -> ModelDirExports:
   """The numpy exports of a training MODEL_DIR (or of its numpy_checkpoints directory)."""
-  numpy_dir = model_dir if _basename(model_dir) == NUMPY_CHECKPOINTS_DIR else numpy_checkpoints_dir(
+  numpy_dir = model_dir if fileio.basename(model_dir) == NUMPY_CHECKPOINTS_DIR else numpy_checkpoints_dir(
       model_dir)
-  best = _join(numpy_dir, BEST_EXPORT)
-  emb = _join(numpy_dir, TASK_EMBEDDING_EXPORT)
+  best = fileio.join(numpy_dir, BEST_EXPORT)
+  emb = fileio.join(numpy_dir, TASK_EMBEDDING_EXPORT)
   return ModelDirExports(
       checkpoints=list_numpy_checkpoints(numpy_dir),
-      best=best if _isdir(best) and _export_file(best) else None,
-      task_embedding=emb if _isdir(emb) and _export_file(emb) else None)
+      best=best if fileio.isdir(best) and _export_file(best) else None,
+      task_embedding=emb if fileio.isdir(emb) and _export_file(emb) else None)
 
 
 def read_export_info(export_dir: str) -> dict:
   """The `export.json` beside an export (step, metrics), or {} when absent or unreadable."""
-  path = _join(export_dir, EXPORT_INFO)
-  if not _exists(path):
-    m = _CHECKPOINT_RE.match(_basename(export_dir))
+  path = fileio.join(export_dir, EXPORT_INFO)
+  if not fileio.exists(path):
+    m = _CHECKPOINT_RE.match(fileio.basename(export_dir))
     return {"step": int(m.group(1))} if m else {}
   try:
-    with _open(path, "r") as f:
+    with fileio.open_file(path, "r") as f:
       return json.load(f)
   except (OSError, ValueError) as e:
     warnings.warn(f"ignoring unreadable {path}: {e}")
@@ -192,28 +192,28 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
   if which not in ("auto", "best", "latest", "task_embedding"):
     raise ValueError(f"which={which!r}: use 'auto', 'best', 'latest' or 'task_embedding'")
   path = str(path)
-  if not _exists(path):
+  if not fileio.exists(path):
     raise FileNotFoundError(f"no prompt at {path}: the path does not exist. Accepted: {ACCEPTED_FORMATS}")
-  if not _isdir(path):
+  if not fileio.isdir(path):
     if path.endswith(".safetensors"):
       return PromptSource(path, "peft")
-    fmt = "t5x" if _basename(path) == T5X_PROMPT_FILENAME else "npy"
+    fmt = "t5x" if fileio.basename(path) == T5X_PROMPT_FILENAME else "npy"
     parent = os.path.dirname(path.rstrip("/"))
-    step = _step_of(parent) if fmt == "t5x" or _basename(path) == PROMPT_NPY else None
+    step = _step_of(parent) if fmt == "t5x" or fileio.basename(path) == PROMPT_NPY else None
     return PromptSource(path, fmt, export_dir=parent if step is not None else None, step=step)
-  if _exists(_join(path, PEFT_CONFIG)):
-    weights = _join(path, PEFT_WEIGHTS)
-    if not _exists(weights):
+  if fileio.exists(fileio.join(path, PEFT_CONFIG)):
+    weights = fileio.join(path, PEFT_WEIGHTS)
+    if not fileio.exists(weights):
       extra = " (adapter_model.bin is a PyTorch pickle: re-save the adapter with safe_serialization=True)" \
-          if _exists(_join(path, "adapter_model.bin")) else ""
+          if fileio.exists(fileio.join(path, "adapter_model.bin")) else ""
       raise FileNotFoundError(f"PEFT adapter directory {path} has no {PEFT_WEIGHTS}{extra}")
     return PromptSource(weights, "peft", export_dir=path)
   f = _export_file(path)
   if f is not None:  # an export directory (checkpoint_<step>, best, task_embedding)
     info = read_export_info(path)
     step = info.get("step", _step_of(path))
-    return PromptSource(f, "t5x" if _basename(f) == T5X_PROMPT_FILENAME else "npy", path, step)
-  if _basename(path) == NUMPY_CHECKPOINTS_DIR or _isdir(numpy_checkpoints_dir(path)) or \
+    return PromptSource(f, "t5x" if fileio.basename(f) == T5X_PROMPT_FILENAME else "npy", path, step)
+  if fileio.basename(path) == NUMPY_CHECKPOINTS_DIR or fileio.isdir(numpy_checkpoints_dir(path)) or \
       list_numpy_checkpoints(path):
     ex = find_exports(path)
     if which == "task_embedding":
@@ -224,7 +224,7 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
       chosen = ex.latest
     else:
       chosen = ex.best or ex.latest
-      if _basename(path) == NUMPY_CHECKPOINTS_DIR and ex.latest:
+      if fileio.basename(path) == NUMPY_CHECKPOINTS_DIR and ex.latest:
         chosen = ex.latest  # a numpy_checkpoints directory means "the newest step"
     if chosen is None:
       raise FileNotFoundError(
@@ -247,7 +247,7 @@ def load_prompt_with_source(path: str, which: str = "auto"):
   if src.format == "peft":
     arr = _load_peft(src)
   else:
-    with _open(src.file, "rb") as f:
+    with fileio.open_file(src.file, "rb") as f:
       head = f.read(len(_NPY_MAGIC))
       if head != _NPY_MAGIC:
         raise ValueError(f"unknown prompt format at {src.file}: not a numpy .npy file (no numpy header)."
@@ -260,7 +260,7 @@ def load_prompt_with_source(path: str, which: str = "auto"):
 
 def _load_peft(src: PromptSource) -> np.ndarray:
   from safetensors.numpy import load as st_load  # pylint: disable=g-import-not-at-top
-  with _open(src.file, "rb") as f:
+  with fileio.open_file(src.file, "rb") as f:
     tensors = st_load(f.read())
   keys = [k for k in tensors if k == PEFT_TENSOR or k.endswith("." + PEFT_TENSOR)]
   if len(keys) != 1:
@@ -269,7 +269,7 @@ def _load_peft(src: PromptSource) -> np.ndarray:
   arr = np.asarray(tensors[keys[0]])
   config = {}
   if src.export_dir is not None:
-    with _open(_join(src.export_dir, PEFT_CONFIG), "r") as f:
+    with fileio.open_file(fileio.join(src.export_dir, PEFT_CONFIG), "r") as f:
       config = json.load(f)
     if config.get("peft_type") not in (None, "PROMPT_TUNING"):
       raise ValueError(f"{src.export_dir}: peft_type is {config.get('peft_type')!r}; only PROMPT_TUNING "
@@ -292,7 +292,7 @@ def _load_peft(src: PromptSource) -> np.ndarray:
 def save_npy(prompt: Any, path: str) -> str:
   """Writes `prompt` as a float32 `.npy` file atomically; returns the path."""
   arr = validate_prompt(prompt, str(path))
-  _atomic_write_bytes(str(path), _npy_bytes(arr))
+  fileio.atomic_write_bytes(str(path), npy_bytes(arr))
   return str(path)
 
 
@@ -300,10 +300,10 @@ def write_t5x_prompt_dir(prompt: Any, directory: str, info: Optional[dict] = Non
   """Writes a T5X-layout export directory atomically: `encoder.prompt.prompt.prompt`, `prompt.npy`
   (identical bytes) and `export.json` (shape, creation time, plus `info`). Replaces an existing one."""
   arr = validate_prompt(prompt, str(directory))
-  data = _npy_bytes(arr)
+  data = npy_bytes(arr)
   meta = {"shape": list(arr.shape), "created": time.time(), **(info or {})}
-  meta_bytes = json.dumps(meta, indent=2, sort_keys=True, default=_json_default).encode()
-  _atomic_write_dir(str(directory), {T5X_PROMPT_FILENAME: data, PROMPT_NPY: data, EXPORT_INFO: meta_bytes})
+  meta_bytes = json.dumps(meta, indent=2, sort_keys=True, default=fileio.json_default).encode()
+  fileio.atomic_write_dir(str(directory), {T5X_PROMPT_FILENAME: data, PROMPT_NPY: data, EXPORT_INFO: meta_bytes})
   return str(directory)
 
 
@@ -319,7 +319,7 @@ def export_numpy_checkpoint(prompt: Any, model_dir: str, step: int, name: Option
   else:
     if "/" in name or name.startswith(".") or _CHECKPOINT_RE.match(name) and name != f"checkpoint_{step}":
       raise ValueError(f"export name {name!r} is not a plain directory name consistent with step {step}")
-    directory = _join(model_dir, NUMPY_CHECKPOINTS_DIR, name)
+    directory = fileio.join(model_dir, NUMPY_CHECKPOINTS_DIR, name)
   info = {"step": int(step)}
   if metrics:
     info["metrics"] = metrics
@@ -364,7 +364,7 @@ def export_peft(prompt: Any, directory: str, base_model_name_or_path: Optional[s
       PEFT_CONFIG: json.dumps(config, indent=2, sort_keys=True).encode(),
       PEFT_WEIGHTS: st_save({PEFT_TENSOR: np.ascontiguousarray(arr)}, metadata={"format": "pt"}),
   }
-  _atomic_write_dir(str(directory), files)
+  fileio.atomic_write_dir(str(directory), files)
   return str(directory)
 
 
@@ -384,132 +384,22 @@ def export_prompt(prompt: Any, out: str, fmt: str, **peft_kwargs) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Helpers: local files through os, gs:// through tf.io.gfile.
-
-def _is_remote(path: str) -> bool:
-  return str(path).startswith("gs://")
-
-
-def _gfile():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.io.gfile
-
-
-def _join(*parts: str) -> str:
-  return os.path.join(*[str(p) for p in parts])
-
-
-def _basename(path: str) -> str:
-  return os.path.basename(str(path).rstrip("/"))
-
-
-def _exists(path: str) -> bool:
-  return _gfile().exists(path) if _is_remote(path) else os.path.exists(path)
-
-
-def _isdir(path: str) -> bool:
-  return _gfile().isdir(path) if _is_remote(path) else os.path.isdir(path)
-
-
-def _listdir(path: str) -> list:
-  return _gfile().listdir(path) if _is_remote(path) else os.listdir(path)
-
-
-def _open(path: str, mode: str):
-  return _gfile().GFile(path, mode) if _is_remote(path) else open(path, mode)
-
-
-def _makedirs(path: str) -> None:
-  _gfile().makedirs(path) if _is_remote(path) else os.makedirs(path, exist_ok=True)
-
-
-def _rmtree(path: str) -> None:
-  if _is_remote(path):
-    if _gfile().exists(path):
-      _gfile().rmtree(path)
-  else:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _rename(src: str, dst: str) -> None:
-  if _is_remote(src):
-    _gfile().rename(src, dst, overwrite=True)
-  else:
-    os.replace(src, dst)
-
+# Helpers.
 
 def _step_of(directory: str) -> Optional[int]:
-  m = _CHECKPOINT_RE.match(_basename(directory))
+  m = _CHECKPOINT_RE.match(fileio.basename(directory))
   return int(m.group(1)) if m else None
 
 
 def _export_file(directory: str) -> Optional[str]:
   for name in (T5X_PROMPT_FILENAME, PROMPT_NPY):
-    if _exists(_join(directory, name)):
-      return _join(directory, name)
+    if fileio.exists(fileio.join(directory, name)):
+      return fileio.join(directory, name)
   return None
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
+def npy_bytes(arr: np.ndarray) -> bytes:
+  """`np.save` to a file handle: exactly the bytes prompt-tuning writes."""
   buf = io.BytesIO()
-  np.save(buf, arr, allow_pickle=False)  # to a file handle: exactly what prompt-tuning writes
+  np.save(buf, arr, allow_pickle=False)
   return buf.getvalue()
-
-
-def _json_default(obj):
-  if isinstance(obj, (np.generic,)):
-    return obj.item()
-  if isinstance(obj, np.ndarray):
-    return obj.tolist()
-  raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-  parent = os.path.dirname(path)
-  if parent:
-    _makedirs(parent)
-  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-  try:
-    with _open(tmp, "wb") as f:
-      f.write(data)
-    _rename(tmp, path)
-  except BaseException:
-    if _exists(tmp):
-      _gfile().remove(tmp) if _is_remote(tmp) else os.remove(tmp)
-    raise
-
-
-def _atomic_write_dir(directory: str, files: dict) -> None:
-  """Writes `files` {name: bytes} into a temporary sibling directory, then renames it to `directory`.
-
-  An existing `directory` is moved aside first and deleted after the rename. Locally the window
-  between the two renames is the only moment without a complete directory; on GCS a directory
-  rename copies objects, so readers should ignore `*.tmp-*` names (list_numpy_checkpoints does).
-  """
-  directory = directory.rstrip("/")
-  parent = os.path.dirname(directory)
-  if parent:
-    _makedirs(parent)
-  token = uuid.uuid4().hex[:8]
-  tmp = f"{directory}.tmp-{token}"
-  try:
-    _makedirs(tmp)
-    for name, data in files.items():
-      with _open(_join(tmp, name), "wb") as f:
-        f.write(data)
-  except BaseException:
-    _rmtree(tmp)
-    raise
-  old = None
-  if _exists(directory):
-    old = f"{directory}.old-{token}"
-    _rename(directory, old)
-  try:
-    _rename(tmp, directory)
-  except BaseException:
-    if old is not None:
-      _rename(old, directory)
-    _rmtree(tmp)
-    raise
-  if old is not None:
-    _rmtree(old)

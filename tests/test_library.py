@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from spot_jax import fileio
 from spot_jax import prompt_io as pio
 from spot_jax.spot import library as lib_mod
 from spot_jax.spot import similarity as sim
@@ -91,7 +92,7 @@ def test_prompts_kinds(tmp_path):
 
 def test_failed_add_leaves_no_partial_entry(tmp_path, monkeypatch):
   lib = PromptLibrary(str(tmp_path / "lib"))
-  real_open = pio._open
+  real_open = fileio.open_file
   calls = []
 
   def failing_open(path, mode):
@@ -100,18 +101,18 @@ def test_failed_add_leaves_no_partial_entry(tmp_path, monkeypatch):
       raise OSError("disk full")
     return real_open(path, mode)
 
-  monkeypatch.setattr(pio, "_open", failing_open)
+  monkeypatch.setattr(fileio, "open_file", failing_open)
   with pytest.raises(OSError, match="disk full"):
     lib.add("rte", _prompt(d=8), "t5_tiny", task_embedding=_prompt(seed=3))
   assert os.listdir(tmp_path / "lib") == []  # no entry, no temporary, library not claimed
-  monkeypatch.setattr(pio, "_open", real_open)
+  monkeypatch.setattr(fileio, "open_file", real_open)
   lib.add("rte", _prompt(d=16), "other")  # the failed add did not fix d_model
   old = lib.get("rte").prompt
   calls.clear()
-  monkeypatch.setattr(pio, "_open", failing_open)
+  monkeypatch.setattr(fileio, "open_file", failing_open)
   with pytest.raises(OSError):
     lib.add("rte", _prompt(d=16, seed=9), "other", overwrite=True)
-  monkeypatch.setattr(pio, "_open", real_open)
+  monkeypatch.setattr(fileio, "open_file", real_open)
   np.testing.assert_array_equal(lib.get("rte").prompt, old)
   assert sorted(os.listdir(tmp_path / "lib")) == ["library.json", "rte"]
 

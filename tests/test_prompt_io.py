@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
+from spot_jax import fileio
 from spot_jax import prompt_io as pio
 
 
@@ -174,7 +175,7 @@ def test_failed_export_leaves_no_partial_directory(tmp_path, monkeypatch):
   model_dir = str(tmp_path / "m")
   old = _prompt(seed=1)
   pio.export_numpy_checkpoint(old, model_dir, 3)
-  real_open = pio._open
+  real_open = fileio.open_file
   calls = []
 
   def failing_open(path, mode):
@@ -183,13 +184,13 @@ def test_failed_export_leaves_no_partial_directory(tmp_path, monkeypatch):
       raise OSError("disk full")
     return real_open(path, mode)
 
-  monkeypatch.setattr(pio, "_open", failing_open)
+  monkeypatch.setattr(fileio, "open_file", failing_open)
   with pytest.raises(OSError, match="disk full"):
     pio.export_numpy_checkpoint(_prompt(seed=2), model_dir, 3)
   calls.clear()
   with pytest.raises(OSError, match="disk full"):
     pio.export_numpy_checkpoint(_prompt(seed=2), model_dir, 4)
-  monkeypatch.setattr(pio, "_open", real_open)
+  monkeypatch.setattr(fileio, "open_file", real_open)
   assert sorted(os.listdir(os.path.join(model_dir, "numpy_checkpoints"))) == ["checkpoint_3"]
   np.testing.assert_array_equal(pio.load_prompt(model_dir), old)  # the old export is intact
 
@@ -238,7 +239,7 @@ class _FakeGfile:
 
 def test_gcs_paths_go_through_gfile(tmp_path, monkeypatch):
   fake = _FakeGfile(tmp_path)
-  monkeypatch.setattr(pio, "_gfile", lambda: fake)
+  monkeypatch.setattr(fileio, "gfile", lambda: fake)
   p = _prompt()
   pio.export_numpy_checkpoint(p, "gs://bucket/run", 5)
   pio.export_numpy_checkpoint(2 * p, "gs://bucket/run", 5)  # replace an existing export

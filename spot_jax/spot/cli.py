@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from spot_jax import prompt_io
+from spot_jax import fileio, prompt_io
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import KINDS, PromptLibrary, rank_sources, weighted_average_init
 
@@ -217,7 +217,7 @@ def _cmd_similarity(args) -> int:
   for m in measures:
     names, matrix = sim.similarity_matrix(prompts, m, activations_fn=act, window=args.window)
     base = os.path.join(out_dir, f"similarity_{m}{'' if args.kind == 'prompt' else '_' + args.kind}")
-    prompt_io._atomic_write_bytes(base + ".json", json.dumps(  # pylint: disable=protected-access
+    fileio.atomic_write_bytes(base + ".json", json.dumps(
         {"measure": m, "kind": args.kind, "window": args.window if m == "on" else None,
          "names": names, "matrix": matrix.tolist()}, indent=2).encode())
     save_heatmap(names, matrix, base + ".png", title=f"{m} ({args.kind})")

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from spot_jax import prompt_io
+from spot_jax import fileio, prompt_io
 from spot_jax.spot import similarity as sim
 
 LIBRARY_JSON = "library.json"
@@ -47,17 +47,6 @@ def _check_task_name(task: str) -> None:
       or task == LIBRARY_JSON:
     raise ValueError(f"invalid task name {task!r}: use a seqio task name without '/' that does not "
                      "start with '.'")
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-  try:
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True, default=prompt_io._json_default)  # pylint: disable=protected-access
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 class PromptLibrary:
@@ -181,17 +170,17 @@ class PromptLibrary:
         "created": time.time(),
         "format_version": FORMAT_VERSION,
     }
-    files = {PROMPT_FILE: prompt_io._npy_bytes(prompt),  # pylint: disable=protected-access
+    files = {PROMPT_FILE: prompt_io.npy_bytes(prompt),
              RECORD_JSON: json.dumps(record, indent=2, sort_keys=True,
-                                     default=prompt_io._json_default).encode()}  # pylint: disable=protected-access
+                                     default=fileio.json_default).encode()}
     if task_embedding is not None:
-      files[TASK_EMBEDDING_FILE] = prompt_io._npy_bytes(task_embedding)  # pylint: disable=protected-access
+      files[TASK_EMBEDDING_FILE] = prompt_io.npy_bytes(task_embedding)
     os.makedirs(self.path, exist_ok=True)
-    prompt_io._atomic_write_dir(entry_dir, files)  # pylint: disable=protected-access
+    fileio.atomic_write_dir(entry_dir, files)
     if not meta:  # after the entry, so a failed first add leaves the library unclaimed
-      _write_json(os.path.join(self.path, LIBRARY_JSON),
-                  {"format_version": FORMAT_VERSION, "d_model": d_model, "model_id": model_id,
-                   "created": time.time()})
+      fileio.write_json_atomic(os.path.join(self.path, LIBRARY_JSON),
+                               {"format_version": FORMAT_VERSION, "d_model": d_model, "model_id": model_id,
+                                "created": time.time()}, sort_keys=True)
     return record
 
   def remove(self, task: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import dataclasses
-import json
 import logging
 import os
 import tempfile
@@ -27,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from spot_jax import prompt_io
+from spot_jax import fileio, prompt_io
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import PromptLibrary, rank_sources, weighted_average_init
 
@@ -444,8 +443,7 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
     result.baseline_metrics = evaluate_prompt(frozen, target, base, run)
     result.baseline_score = score_of(result.baseline_metrics, run.metric)
     result.baseline_prompt = base
-  prompt_io._atomic_write_bytes(  # pylint: disable=protected-access
-      os.path.join(out_dir, "result.json"), json.dumps(result.to_dict(), indent=2, default=float).encode())
+  fileio.write_json_atomic(os.path.join(out_dir, "result.json"), result.to_dict(), default=float)
   return result
 
 

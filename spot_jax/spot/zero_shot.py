@@ -8,12 +8,11 @@ target training run at all (Vu et al. 2022 and Su et al. 2022 report it beside e
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from spot_jax import prompt_io
+from spot_jax import fileio
 from spot_jax.spot.library import PromptLibrary
 
 
@@ -31,7 +30,7 @@ class ZeroShotMatrix:
             "metrics": self.metrics, "metric": self.metric}
 
   def save(self, path: str) -> str:
-    prompt_io._atomic_write_bytes(path, json.dumps(self.to_dict(), indent=2).encode())  # pylint: disable=protected-access
+    fileio.write_json_atomic(path, self.to_dict())
     return path
 
   def ranking(self, target: str) -> List[Tuple[str, float]]:

@@ -1,0 +1,135 @@
+"""Files on local disk or `gs://` (through tf.io.gfile), and atomic writes.
+
+One place for what every writer of this project needs: a reader never sees a half-written file or
+export directory, whether it is a prompt export, a library entry, a result JSON or predictions.
+TensorFlow is imported only for `gs://` paths.
+"""
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import shutil
+import uuid
+from typing import Any
+
+import numpy as np
+
+
+def is_remote(path: str) -> bool:
+  return str(path).startswith("gs://")
+
+
+def gfile():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile
+
+
+def join(*parts: str) -> str:
+  return os.path.join(*[str(p) for p in parts])
+
+
+def basename(path: str) -> str:
+  return os.path.basename(str(path).rstrip("/"))
+
+
+def exists(path: str) -> bool:
+  return gfile().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+  return gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def listdir(path: str) -> list:
+  return gfile().listdir(path) if is_remote(path) else os.listdir(path)
+
+
+def open_file(path: str, mode: str):
+  return gfile().GFile(path, mode) if is_remote(path) else builtins.open(path, mode)
+
+
+def makedirs(path: str) -> None:
+  gfile().makedirs(path) if is_remote(path) else os.makedirs(path, exist_ok=True)
+
+
+def rmtree(path: str) -> None:
+  if is_remote(path):
+    if gfile().exists(path):
+      gfile().rmtree(path)
+  else:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def rename(src: str, dst: str) -> None:
+  if is_remote(src):
+    gfile().rename(src, dst, overwrite=True)
+  else:
+    os.replace(src, dst)
+
+
+def json_default(obj):
+  """`json.dump(default=...)` for numpy scalars and arrays."""
+  if isinstance(obj, np.generic):
+    return obj.item()
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  """Write to `<path>.tmp-<id>`, then rename over `path`; the temporary file is removed on failure."""
+  parent = os.path.dirname(path)
+  if parent:
+    makedirs(parent)
+  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    with open_file(tmp, "wb") as f:
+      f.write(data)
+    rename(tmp, path)
+  except BaseException:
+    if exists(tmp):
+      gfile().remove(tmp) if is_remote(tmp) else os.remove(tmp)
+    raise
+
+
+def write_json_atomic(path: str, obj: Any, **dump_kwargs) -> None:
+  dump_kwargs.setdefault("indent", 2)
+  dump_kwargs.setdefault("default", json_default)
+  atomic_write_bytes(path, json.dumps(obj, **dump_kwargs).encode())
+
+
+def atomic_write_dir(directory: str, files: dict) -> None:
+  """Writes `files` {name: bytes} into a temporary sibling directory, then renames it to `directory`.
+
+  An existing `directory` is moved aside first and deleted after the rename. Locally the window
+  between the two renames is the only moment without a complete directory; on GCS a directory
+  rename copies objects, so readers should ignore `*.tmp-*` names (prompt_io's readers do).
+  """
+  directory = directory.rstrip("/")
+  parent = os.path.dirname(directory)
+  if parent:
+    makedirs(parent)
+  token = uuid.uuid4().hex[:8]
+  tmp = f"{directory}.tmp-{token}"
+  try:
+    makedirs(tmp)
+    for name, data in files.items():
+      with open_file(join(tmp, name), "wb") as f:
+        f.write(data)
+  except BaseException:
+    rmtree(tmp)
+    raise
+  old = None
+  if exists(directory):
+    old = f"{directory}.old-{token}"
+    rename(directory, old)
+  try:
+    rename(tmp, directory)
+  except BaseException:
+    if old is not None:
+      rename(old, directory)
+    rmtree(tmp)
+    raise
+  if old is not None:
+    rmtree(old)

@@ -1,0 +1,35 @@
+"""Atomic writes: a failed write leaves the old file or directory and no temporary behind."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from spot_jax import fileio
+
+
+def test_atomic_write_bytes_replaces_or_leaves_the_old_file(tmp_path, monkeypatch):
+  path = str(tmp_path / "a" / "f.bin")
+  fileio.atomic_write_bytes(path, b"old")
+  real_rename = fileio.rename
+  monkeypatch.setattr(fileio, "rename", lambda s, d: (_ for _ in ()).throw(OSError("no space")))
+  with pytest.raises(OSError, match="no space"):
+    fileio.atomic_write_bytes(path, b"new")
+  monkeypatch.setattr(fileio, "rename", real_rename)
+  assert open(path, "rb").read() == b"old" and os.listdir(tmp_path / "a") == ["f.bin"]
+  fileio.atomic_write_bytes(path, b"new")
+  assert open(path, "rb").read() == b"new"
+
+
+def test_write_json_atomic_handles_numpy(tmp_path):
+  path = str(tmp_path / "r.json")
+  fileio.write_json_atomic(path, {"b": np.float32(0.5), "a": np.arange(3)}, sort_keys=True)
+  assert json.load(open(path)) == {"a": [0, 1, 2], "b": 0.5}
+  assert open(path).read().index('"a"') < open(path).read().index('"b"')
+
+
+def test_atomic_write_dir_swaps_whole_directories(tmp_path):
+  d = str(tmp_path / "export")
+  fileio.atomic_write_dir(d, {"x": b"1", "y": b"2"})
+  fileio.atomic_write_dir(d, {"z": b"3"})
+  assert os.listdir(d) == ["z"] and sorted(os.listdir(tmp_path)) == ["export"]
