@@ -74,6 +74,32 @@ def split_gin_flags(argv: Sequence[str]):
   return bindings, rest
 
 
+def split_run_flags(argv: Sequence[str]):
+  """Separates this module's flags (gin, TFDS, distributed) from a command's own; returns (own, ours).
+
+  For commands such as `spot-jax spot` that add flags of their own beside the T5X-style ones.
+  """
+  takes_value = {}
+  for action in _parser("x")._actions:  # pylint: disable=protected-access
+    for option in action.option_strings:
+      takes_value[option] = action.nargs != 0
+  own, ours = [], []
+  argv = list(argv)
+  i = 0
+  while i < len(argv):
+    a = argv[i]
+    name = a.split("=", 1)[0]
+    if a.startswith("--gin.") or (name in takes_value and name not in ("-h", "--help")):
+      ours.append(a)
+      if "=" not in a and (a.startswith("--gin.") or takes_value[name]) and i + 1 < len(argv):
+        ours.append(argv[i + 1])
+        i += 1
+    else:
+      own.append(a)
+    i += 1
+  return own, ours
+
+
 def _resolve(path: str, search_paths: Sequence[str]) -> str:
   if os.path.isabs(path) or os.path.exists(path) or path.startswith("gs://"):
     return path

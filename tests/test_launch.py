@@ -52,3 +52,4 @@ def test_the_job_flag_initializes_jax_distributed(monkeypatch):
   args = gin_utils._parser("x").parse_args(["--jax_distributed"])
   gin_utils.init_distributed(args)
   assert calls == [((), {})]
+

@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Sequence
 
 import gin
 
-from spot_jax import prompt_io
+from spot_jax import gin_utils, prompt_io
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import PromptLibrary
 from spot_jax.spot.pipeline import (RANK_BY, STRATEGIES, RunConfig, _fmt, _train, default_model_id,
@@ -44,7 +44,6 @@ def _run_config(s: dict) -> RunConfig:
 
 
 def _load_gin(gin_argv: Sequence[str], prog: str) -> dict:
-  from spot_jax import gin_utils  # pylint: disable=g-import-not-at-top
   gin_utils.configure(gin_argv, prog)
   return gin.get_configurable(spot_settings)()
 
@@ -54,28 +53,6 @@ def _frozen_from_settings(s: dict):
   config, params = train_lib.load_frozen(s["initial_checkpoint_path"], s["model_config"], s["seed"])
   model_id = s["model_id"] or default_model_id(s["initial_checkpoint_path"], config, s["seed"])
   return (config, params), model_id
-
-
-def _split_argv(argv: Sequence[str]):
-  gin_flags, own = [], []
-  argv = list(argv)
-  i = 0
-  while i < len(argv):
-    a = argv[i]
-    if a.startswith("--gin"):
-      gin_flags.append(a)
-      if "=" not in a and i + 1 < len(argv):
-        gin_flags.append(argv[i + 1])
-        i += 1
-    elif a.startswith("--tfds_data_dir"):
-      gin_flags.append(a)
-      if "=" not in a and i + 1 < len(argv):
-        gin_flags.append(argv[i + 1])
-        i += 1
-    else:
-      own.append(a)
-    i += 1
-  return own, gin_flags
 
 
 def _target_parser() -> argparse.ArgumentParser:
@@ -101,7 +78,7 @@ def _target_parser() -> argparse.ArgumentParser:
 
 
 def target_main(argv: Sequence[str]) -> int:
-  own, gin_flags = _split_argv(argv)
+  own, gin_flags = gin_utils.split_run_flags(argv)
   args = _target_parser().parse_args(own)
   if args.measure not in sim.SIMILARITIES:
     raise SystemExit(f"--measure {args.measure!r}: use one of {sorted(sim.SIMILARITIES)}")
@@ -125,7 +102,7 @@ def target_main(argv: Sequence[str]) -> int:
 
 def source_main(argv: Sequence[str]) -> int:
   """`spot-jax spot source`: train MIXTURE_OR_TASK_NAME's prompt; add it to LIBRARY_DIR when set."""
-  own, gin_flags = _split_argv(argv)
+  own, gin_flags = gin_utils.split_run_flags(argv)
   p = argparse.ArgumentParser(prog="spot-jax spot source",
                               description="Train one source prompt (runs/spot_source.gin) and add it "
                               "to the library LIBRARY_DIR.")
