@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="activation dtype")
   p.add_argument("--weight-dtype", default="float32", choices=("float32", "bfloat16"),
                  help="dtype of the frozen weights (bfloat16 halves their memory)")
+  p.add_argument("--attention", default="einsum", choices=("einsum", "fused"),
+                 help="encoder self-attention: T5X's einsum form (dropout on the probabilities) or "
+                      "jax.nn.dot_product_attention (cuDNN flash attention on GPU; see "
+                      "T5Config.attention_impl)")
   p.add_argument("--num-partitions", type=int, default=1, help="model-parallel devices per replica")
   p.add_argument("--devices", type=int, default=0, help="use the first N devices (0: all)")
   p.add_argument("--microbatches", type=int, default=1)
@@ -49,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help="JAX PRNG for dropout; rbg compiles ~3x faster than threefry on CPU")
   p.add_argument("--no-donate", action="store_true", help="do not donate the train state")
   p.add_argument("--ceiling-size", type=int, default=4096, help="n of the n×n×n ceiling matmul")
+  p.add_argument("--ceiling-dtype", default="", choices=("", "float32", "bfloat16"),
+                 help="dtype of the ceiling matmul (default: --dtype)")
+  p.add_argument("--peak-tflops", type=float, default=0.0,
+                 help="the accelerator's datasheet peak for --dtype, for MFU (0: look up the device "
+                      "kind in bench/ceiling.py's table; CPUs have none)")
   p.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
   p.add_argument("--peer", action="store_true",
                  help="also run HF PEFT prompt tuning (needs torch, transformers, peft)")
@@ -56,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="a Python with requirements-bench.txt installed (implies --peer); default: "
                       "$SPOT_JAX_PEER_PYTHON, else this Python if it has torch/transformers/peft")
   p.add_argument("--peer-threads", type=int, default=0, help="torch threads (0: all cores)")
+  p.add_argument("--peer-device", default="auto", choices=("auto", "cpu", "cuda"),
+                 help="torch device of the peer (auto: cuda when torch sees a GPU)")
   p.add_argument("--json", default="", help="write all results to this JSON file")
   return p
 
@@ -100,7 +111,7 @@ def run_peer(args, mode: str) -> dict:
          "--decode-length", str(args.decode_length), "--dtype", args.dtype,
          "--dropout", str(args.dropout if mode == "train" else 0.0),
          "--steps", str(args.steps), "--warmup", str(args.warmup),
-         "--threads", str(args.peer_threads)]
+         "--threads", str(args.peer_threads), "--device", args.peer_device]
   if args.vocab_size:
     cmd += ["--vocab-size", str(args.vocab_size)]
   print(f"[bench] peer: {shlex.join(cmd)}", file=sys.stderr, flush=True)
@@ -110,7 +121,11 @@ def run_peer(args, mode: str) -> dict:
       result = json.loads(line[len("PEER_RESULT "):])
       result["command"] = shlex.join(cmd)
       return result
-  raise SystemExit(f"the PEFT peer failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+  # Keep going: our own figures are still worth reporting; the JSON records why there is no ratio.
+  print(f"[bench] the PEFT peer failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}",
+        file=sys.stderr, flush=True)
+  return {"error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}",
+          "command": shlex.join(cmd)}
 
 
 def machine_info() -> dict:
@@ -146,12 +161,22 @@ def report(results: dict) -> str:
   ceiling = results.get("ceiling") or {}
   jax_ceiling = ceiling.get("jax_gflops_per_s")
   if ceiling:
-    out.append(f"ceiling: {ceiling['n']}^3 float32 matmul: JAX {_fmt(jax_ceiling, '.1f')} GFLOP/s, "
-               f"numpy {_fmt(ceiling.get('numpy_gflops_per_s'), '.1f')} GFLOP/s")
+    line = (f"ceiling: {ceiling['n']}^3 {ceiling.get('dtype', 'float32')} matmul: JAX "
+            f"{_fmt(jax_ceiling, '.1f')} GFLOP/s")
+    if ceiling.get("numpy_gflops_per_s"):
+      line += f", numpy {_fmt(ceiling['numpy_gflops_per_s'], '.1f')} GFLOP/s"
+    out.append(line)
+  peak = (results.get("peak_tflops") or {}).get("tflops")
+  if peak:
+    out.append(f"MFU against {results['peak_tflops']['device_kind']} datasheet peak: {peak:.1f} "
+               f"TFLOP/s {results['peak_tflops']['dtype']} ({results['peak_tflops']['from']})")
   for kind in ("train", "decode"):
     if kind not in results:
       continue
     ours, peer = results[kind], results[kind].get("peer")
+    if peer and "error" in peer:
+      out.append(f"\n{kind}: the PEFT peer failed ({peer['error']}); no ratio")
+      peer = None
     time_key = "step_s_median" if kind == "train" else "decode_s_median"
     rows = [["", "spot_jax"] + (["hf_peft", "ratio"] if peer else [])]
 
@@ -169,7 +194,7 @@ def report(results: dict) -> str:
     if kind == "train":
       row("step CPU s (median)", "step_cpu_s_median", ".3f", False)
     row("peak host RSS MiB", "host_peak_rss_mib", ".0f", False)
-    if ours.get("device_peak_mib") is not None:
+    if ours.get("device_peak_mib") is not None or (peer or {}).get("device_peak_mib") is not None:
       row("peak device MiB", "device_peak_mib", ".0f", False)
     row("compile s", "compile_s", ".1f")
     row("GFLOP/s (analytic)", "gflops_per_s", ".1f")
@@ -182,12 +207,18 @@ def report(results: dict) -> str:
       rows.append(["share of JAX ceiling", _fmt(100 * ours["share_of_jax_ceiling"], ".0f") + "%"]
                   + ([_fmt(100 * peer["gflops_per_s"] / jax_ceiling, ".0f") + "%", ""]
                      if peer else []))
+    if peak:
+      ours["mfu"] = ours["gflops_per_s"] / (peak * 1e3)
+      rows.append(["MFU (datasheet peak)", _fmt(100 * ours["mfu"], ".1f") + "%"]
+                  + ([_fmt(100 * peer["gflops_per_s"] / (peak * 1e3), ".1f") + "%", ""]
+                     if peer else []))
     if peer:
       ours["peer_examples_per_s_ratio"] = ours["examples_per_s"] / peer["examples_per_s"]
     shape = (f"{ours['size']} batch {ours['batch']}, inputs {ours['input_length']} + prompt "
              f"{ours['prompt_length']}, " + (f"targets {ours['target_length']}" if kind == "train"
                                             else f"decode {ours['decode_length']}")
-             + f", {ours['dtype']} (weights {ours['weight_dtype']})")
+             + f", {ours['dtype']} (weights {ours['weight_dtype']}), "
+             f"{ours.get('attention_impl', 'einsum')} attention")
     out.append(f"\n{kind}: {shape}")
     if kind == "train":
       f = ours["flops"]
@@ -223,27 +254,41 @@ def main(argv=None) -> int:
                 prompt_length=args.prompt_length, dtype=args.dtype, weight_dtype=args.weight_dtype,
                 num_partitions=args.num_partitions, num_devices=args.devices or None,
                 steps=args.steps, warmup=args.warmup,
-                config_overrides={"vocab_size": args.vocab_size} if args.vocab_size else None)
+                config_overrides=dict({"vocab_size": args.vocab_size} if args.vocab_size else {},
+                                      attention_impl=args.attention))
   if not args.no_ceiling:
     from bench import ceiling
     print("[bench] measuring the matmul ceiling", file=sys.stderr, flush=True)
-    results["ceiling"] = {"n": args.ceiling_size,
-                          "jax_gflops_per_s": ceiling.jax_matmul_gflops(args.ceiling_size),
-                          "numpy_gflops_per_s": ceiling.numpy_matmul_gflops(args.ceiling_size)}
+    ceiling_dtype = args.ceiling_dtype or args.dtype
+    results["ceiling"] = {"n": args.ceiling_size, "dtype": ceiling_dtype,
+                          "jax_gflops_per_s": ceiling.jax_matmul_gflops(args.ceiling_size,
+                                                                        dtype=ceiling_dtype)}
+    if ceiling.backend() == "cpu":  # BLAS beside XLA is a CPU question only
+      results["ceiling"]["numpy_gflops_per_s"] = ceiling.numpy_matmul_gflops(args.ceiling_size)
+  if args.what != "ceiling":
+    from bench import ceiling
+    peak = args.peak_tflops or ceiling.datasheet_peak_tflops(ceiling.device_kind(), args.dtype)
+    if peak:
+      results["peak_tflops"] = {"tflops": peak, "dtype": args.dtype, "device_kind":
+                                ceiling.device_kind(), "from": "--peak-tflops" if args.peak_tflops
+                                else "bench/ceiling.py datasheet table"}
+  # The peer runs first: on a GPU, JAX's allocator keeps what it grew to until the process ends.
   if args.what in ("train", "all"):
     from bench import train_throughput
+    peer = run_peer(args, "train") if args.peer else None
     print("[bench] spot_jax training step", file=sys.stderr, flush=True)
     results["train"] = train_throughput.run(
         target_length=args.target_length, microbatches=args.microbatches, dropout=args.dropout,
         donate=not args.no_donate, **common)
-    if args.peer:
-      results["train"]["peer"] = run_peer(args, "train")
+    if peer:
+      results["train"]["peer"] = peer
   if args.what in ("decode", "all"):
     from bench import decode_throughput
+    peer = run_peer(args, "decode") if args.peer else None
     print("[bench] spot_jax greedy decode", file=sys.stderr, flush=True)
     results["decode"] = decode_throughput.run(decode_length=args.decode_length, **common)
-    if args.peer:
-      results["decode"]["peer"] = run_peer(args, "decode")
+    if peer:
+      results["decode"]["peer"] = peer
   print(report(results), flush=True)
   if args.json:
     write_json(args.json, results)

@@ -58,6 +58,8 @@ def parse_args(argv=None):
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--warmup", type=int, default=1)
   p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+  p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                 help="auto: cuda when torch sees a GPU")
   p.add_argument("--vocab-size", type=int, default=32128)
   p.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
@@ -70,11 +72,14 @@ def build(args):
 
   torch.manual_seed(args.seed)
   torch.set_num_threads(args.threads or os.cpu_count())
+  if args.device == "auto":
+    args.device = "cuda" if torch.cuda.is_available() else "cpu"
   config = transformers.T5Config(vocab_size=args.vocab_size, feed_forward_proj="gated-gelu",
                                  tie_word_embeddings=False, dropout_rate=args.dropout,
                                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
                                  **SIZES[args.size])
-  model = transformers.T5ForConditionalGeneration(config)
+  with torch.device(args.device):  # initialize on the device: a CPU init of T5-large takes long
+    model = transformers.T5ForConditionalGeneration(config)
   dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
   model = model.to(dtype)
   peft_config = peft.PromptTuningConfig(
@@ -82,7 +87,7 @@ def build(args):
       token_dim=config.d_model, num_transformer_submodules=1,
       num_attention_heads=config.num_heads, num_layers=config.num_layers,
       prompt_tuning_init=peft.PromptTuningInit.RANDOM)
-  model = peft.get_peft_model(model, peft_config)
+  model = peft.get_peft_model(model, peft_config).to(args.device)
   trainable = [p for p in model.parameters() if p.requires_grad]
   return torch, transformers, peft, model, trainable
 
@@ -93,7 +98,17 @@ def batch(torch, args, seed):
   inputs = torch.randint(2, vocab, (args.batch, args.input_length), generator=g)
   labels = torch.randint(2, vocab, (args.batch, args.target_length), generator=g)
   labels[:, -1] = 1
-  return inputs, torch.ones_like(inputs), labels
+  return tuple(t.to(args.device) for t in (inputs, torch.ones_like(inputs), labels))
+
+
+def sync(torch, args):
+  """Wait for queued GPU work, so a step's wall time is its compute (a no-op on CPU)."""
+  if args.device == "cuda":
+    torch.cuda.synchronize()
+
+
+def device_peak_mib(torch, args):
+  return torch.cuda.max_memory_allocated() / 2 ** 20 if args.device == "cuda" else None
 
 
 def run_train(args) -> dict:
@@ -115,10 +130,12 @@ def run_train(args) -> dict:
 
   for i in range(args.warmup):
     step(batches[i % 2])
+  sync(torch, args)
   times, cpu_times = [], []
   for i in range(args.steps):
     start, cpu_start = time.perf_counter(), time.process_time()
     loss = step(batches[i % 2])
+    sync(torch, args)
     times.append(time.perf_counter() - start)
     cpu_times.append(time.process_time() - cpu_start)
   step_s = statistics.median(times)
@@ -130,8 +147,8 @@ def run_train(args) -> dict:
           "tokens_per_s": args.batch * (args.prompt_length + args.input_length + args.target_length)
                           / step_s,
           "trainable_params": sum(p.numel() for p in trainable), "final_loss": float(loss.detach()),
-          "host_peak_rss_mib": host_peak_rss_mib(),
-          "loadavg_1min": os.getloadavg()[0]}
+          "host_peak_rss_mib": host_peak_rss_mib(), "device": args.device,
+          "device_peak_mib": device_peak_mib(torch, args), "loadavg_1min": os.getloadavg()[0]}
 
 
 def run_decode(args) -> dict:
@@ -143,10 +160,12 @@ def run_decode(args) -> dict:
   with torch.inference_mode():
     for _ in range(args.warmup):
       model.generate(**kwargs)
+    sync(torch, args)
     times = []
     for _ in range(args.steps):
       start = time.perf_counter()
       out = model.generate(**kwargs)
+      sync(torch, args)
       times.append(time.perf_counter() - start)
   run_s = statistics.median(times)
   return {"framework": "hf_peft_generate", "torch_version": torch.__version__,
@@ -154,8 +173,8 @@ def run_decode(args) -> dict:
           "threads": torch.get_num_threads(), "decode_s_median": run_s, "decode_s_min": min(times),
           "decode_times_s": times, "generated_length": int(out.shape[1]),
           "examples_per_s": args.batch / run_s, "tokens_per_s": args.batch * args.decode_length / run_s,
-          "host_peak_rss_mib": host_peak_rss_mib(),
-          "loadavg_1min": os.getloadavg()[0]}
+          "host_peak_rss_mib": host_peak_rss_mib(), "device": args.device,
+          "device_peak_mib": device_peak_mib(torch, args), "loadavg_1min": os.getloadavg()[0]}
 
 
 def main(argv=None):

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 FEED_FORWARDS = ("relu", "gated-gelu")
+ATTENTION_IMPLS = ("einsum", "fused")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +32,16 @@ class T5Config:
   layer_norm_epsilon: float = 1e-6
   dropout_rate: float = 0.1
   dtype: str = "float32"  # activation dtype; parameters stay in their stored dtype
+  # Encoder self-attention: "einsum" materializes the [B, H, L, L] probabilities (T5X's form, with
+  # dropout on them); "fused" calls `jax.nn.dot_product_attention` (cuDNN flash attention on GPU),
+  # which never writes them to memory but drops no attention probabilities and needs right-padded
+  # inputs (seqio's unpacked EncDecFeatureConverter layout). The weights are the same for both.
+  attention_impl: str = "einsum"
 
   def __post_init__(self):
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={self.attention_impl!r} is not supported; use one of "
+                       f"{ATTENTION_IMPLS}")
     if self.feed_forward not in FEED_FORWARDS:
       raise ValueError(f"feed_forward={self.feed_forward!r} is not supported; use one of {FEED_FORWARDS}")
     if self.dtype not in ("float32", "bfloat16"):

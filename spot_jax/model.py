@@ -138,7 +138,9 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, memory, bias, enable_dropout: bool, decode: bool = False,
-               cache_length: Optional[int] = None):
+               cache_length: Optional[int] = None, lengths=None):
+    """`bias` is additive `[B|1, H, Q, K]`; with `lengths` (`[B]` valid positions of right-padded
+    rows, fused self-attention only) it carries the relative positions alone."""
     cfg = self.config
     dtype = activation_dtype(cfg)
     inner = cfg.num_heads * cfg.head_dim
@@ -149,6 +151,17 @@ class Attention(nn.Module):
 
     proj = functools.partial(Dense, features=inner, axes=("embed", "joined_kv"), dtype=dtype,
                              kernel_init=_fan_in_normal())
+    out_proj = lambda t: Dense(cfg.d_model, ("joined_kv", "embed"), dtype, _fan_in_normal(),
+                               name="out")(t.reshape(x.shape[:2] + (inner,)))
+    if lengths is not None:
+      # [B, L, H, Dh] is the layout `dot_product_attention` takes: no transposes at all.
+      heads = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.head_dim))
+      q, k, v = (heads(proj(name=n, **({"kernel_init": query_init} if n == "query" else {}))(t))
+                 for n, t in (("query", x), ("key", memory), ("value", memory)))
+      on_gpu = jax.devices()[0].platform == "gpu"
+      return out_proj(jax.nn.dot_product_attention(
+          q, k, v, bias=bias.astype(dtype), scale=1.0, query_seq_lengths=lengths,
+          key_value_seq_lengths=lengths, implementation="cudnn" if on_gpu else "xla"))
     # Heads-major [B, H, L, Dh]: the layout XLA's batched dot wants, kept in the KV caches too so
     # an incremental step never transposes the cached keys/values.
     split = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.head_dim)).transpose(0, 2, 1, 3)
@@ -182,8 +195,7 @@ class Attention(nn.Module):
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) + bias
     weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
     weights = Dropout(cfg.dropout_rate)(weights, deterministic=not enable_dropout)
-    out = jnp.einsum("bhqk,bhkd->bqhd", weights, v).reshape(x.shape[:2] + (inner,))
-    return Dense(cfg.d_model, ("joined_kv", "embed"), dtype, _fan_in_normal(), name="out")(out)
+    return out_proj(jnp.einsum("bhqk,bhkd->bqhd", weights, v))
 
 
 class MLP(nn.Module):
@@ -211,12 +223,12 @@ class EncoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x, bias, enable_dropout: bool):
+  def __call__(self, x, bias, enable_dropout: bool, lengths=None):
     cfg = self.config
     dtype = activation_dtype(cfg)
     drop = lambda t: Dropout(cfg.dropout_rate)(t, deterministic=not enable_dropout)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
-    x = x + drop(Attention(cfg, name="attention")(h, h, bias, enable_dropout))
+    x = x + drop(Attention(cfg, name="attention")(h, h, bias, enable_dropout, lengths=lengths))
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
     return x + drop(MLP(cfg, name="mlp")(h, enable_dropout))
 
@@ -262,9 +274,14 @@ class Encoder(nn.Module):
     cfg = self.config
     x = Dropout(cfg.dropout_rate)(embedded, deterministic=not enable_dropout)
     length = x.shape[1]
-    bias = RelativePositionBias(cfg, True, name="relpos_bias")(length, length) + _key_bias(valid)
+    bias = RelativePositionBias(cfg, True, name="relpos_bias")(length, length)
+    lengths = None
+    if cfg.attention_impl == "fused":
+      lengths = valid.sum(axis=-1, dtype=jnp.int32)  # right padding: valid = the first `lengths`
+    else:
+      bias = bias + _key_bias(valid)
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, enable_dropout)
+      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, enable_dropout, lengths)
     x = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="encoder_norm")(x)
     return Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from bench import __main__ as cli
+from bench import ceiling
 from bench import flops as flops_lib
 from bench import peer_peft
 from spot_jax.config import size_config
@@ -107,3 +108,42 @@ def test_peer_script_arguments_need_no_torch():
     config = size_config(name)
     assert (sizes["d_model"], sizes["num_heads"], sizes["d_kv"], sizes["d_ff"], sizes["num_layers"]) == (
         config.d_model, config.num_heads, config.head_dim, config.d_ff, config.num_encoder_layers)
+
+
+def test_report_gives_mfu_against_the_datasheet_peak_and_survives_a_failed_peer():
+  ours = {"size": "base", "batch": 64, "input_length": 512, "prompt_length": 100, "target_length": 32,
+          "dtype": "bfloat16", "weight_dtype": "bfloat16", "examples_per_s": 500.0,
+          "tokens_per_s": 1.0, "step_s_median": 0.128, "host_peak_rss_mib": 1.0,
+          "device_peak_mib": 10.0, "compile_s": 1.0, "gflops_per_s": 197_880.0,
+          "flops_per_step": 2.5e13, "flops": flops_lib.StepFlops(10, 10).as_dict(),
+          "peer": {"error": "exit 1: ['torch.OutOfMemoryError']"}}
+  text = cli.report({"peak_tflops": {"tflops": 989.4, "dtype": "bfloat16",
+                                     "device_kind": "NVIDIA H200", "from": "table"},
+                     "train": ours})
+  assert ours["mfu"] == pytest.approx(0.2)
+  assert "MFU (datasheet peak)     20.0%" in text
+  assert "the PEFT peer failed" in text and "hf_peft" not in text
+
+
+def test_datasheet_peaks_match_device_kinds_and_skip_cpus():
+  assert ceiling.datasheet_peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == pytest.approx(989.4)
+  assert ceiling.datasheet_peak_tflops("NVIDIA H200", "float32") == pytest.approx(66.9)
+  assert ceiling.datasheet_peak_tflops("TPU v4", "bfloat16") == pytest.approx(275.0)
+  assert ceiling.datasheet_peak_tflops("cpu", "float32") is None
+
+
+def test_gpu_suite_script_parses_and_lists_its_runs():
+  """The GPU script's run list names real bench arguments (a typo would only show on a GPU)."""
+  import os
+  import re
+  import subprocess
+  path = os.path.join(os.path.dirname(cli.PEER_SCRIPT), "gpu_suite.sh")
+  assert subprocess.run(["bash", "-n", path], check=False).returncode == 0
+  text = open(path).read()
+  shape = re.search(r'shape="([^"]+)"', text).group(1).replace("\\\n", " ")
+  runs = re.search(r'default_runs="([^"]+)"', text).group(1).strip().splitlines()
+  assert len(runs) >= 2
+  for line in runs:
+    name, args = line.split("|", 1)
+    parsed = cli.parse_args(args.replace("$shape", shape).split())
+    assert parsed.dtype == "bfloat16" and parsed.size in ("base", "large"), name
