@@ -240,6 +240,27 @@ def write_json(path: str, results: dict):
   os.replace(tmp, path)
 
 
+def decode_in_child(argv) -> dict:
+  """`bench all`'s decode part, run first in a fresh process of its own.
+
+  A process's peak RSS cannot be lowered after the training step has grown it (nor can JAX's GPU
+  allocator shrink), so a decode measured after training in the same process reports training's
+  memory; the peer gets a fresh process too.
+  """
+  child = list(argv)
+  child[child.index("all")] = "decode"
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "decode.json")
+    cmd = [sys.executable, "-m", "bench"] + child + ["--no-ceiling", "--json", path]
+    print(f"[bench] decode in its own process: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          stdout=subprocess.DEVNULL, check=False)
+    if proc.returncode or not os.path.exists(path):
+      raise SystemExit(f"the decode benchmark failed (exit {proc.returncode}); its stderr is above")
+    with open(path) as f:
+      return json.load(f)["decode"]
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   if args.peer:
@@ -272,6 +293,8 @@ def main(argv=None) -> int:
       results["peak_tflops"] = {"tflops": peak, "dtype": args.dtype, "device_kind":
                                 ceiling.device_kind(), "from": "--peak-tflops" if args.peak_tflops
                                 else "bench/ceiling.py datasheet table"}
+  if args.what == "all":
+    results["decode"] = decode_in_child(argv if argv is not None else sys.argv[1:])
   # The peer runs first: on a GPU, JAX's allocator keeps what it grew to until the process ends.
   if args.what in ("train", "all"):
     from bench import train_throughput
@@ -282,7 +305,7 @@ def main(argv=None) -> int:
         donate=not args.no_donate, **common)
     if peer:
       results["train"]["peer"] = peer
-  if args.what in ("decode", "all"):
+  if args.what == "decode":
     from bench import decode_throughput
     peer = run_peer(args, "decode") if args.peer else None
     print("[bench] spot_jax greedy decode", file=sys.stderr, flush=True)

@@ -56,6 +56,9 @@ def test_json_has_the_fields(all_results):
               "share_of_jax_ceiling", "mesh", "final_loss"):
     assert key in train, key
   assert train["batch"] == 2 and train["prompt_length"] == 4 and train["mesh"] == {"data": 1, "model": 1}
+  # decode ran in a process of its own, so its peak memory is not the training step's
+  assert all_results["decode"]["pid"] != train["pid"]
+  assert all_results["decode"]["host_peak_rss_mib"] > 0
   assert train["examples_per_s"] > 0 and train["host_peak_rss_mib"] > 0
   decode = all_results["decode"]
   assert decode["generated_length"] == 3 and decode["tokens_per_s"] > 0

@@ -168,3 +168,25 @@ def test_fused_attention_matches_the_einsum_form_on_right_padded_inputs():
   np.testing.assert_allclose(np.asarray(gb), np.asarray(ga), atol=1e-5)
   with pytest.raises(ValueError, match="attention_impl"):
     CFG.replace(attention_impl="flash")
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_masks_are_bernoulli_independent_and_keyed(rate):
+  """The hashed random bits give Bernoulli(1-rate) masks: the right keep rate, no correlation
+  between neighbours or between calls with different keys, same mask for the same key."""
+  x = jnp.ones((1000, 1000), jnp.float32)
+  drop = lambda key: M.Dropout(rate).apply({}, x, False, rngs={"dropout": key})
+  a = np.asarray(drop(jax.random.key(0))) > 0
+  b = np.asarray(drop(jax.random.key(1))) > 0
+  n, keep = a.size, 1 - rate
+  tol = 5 * np.sqrt(keep * rate / n)  # 5 sigma
+  assert abs(a.mean() - keep) < tol and abs(b.mean() - keep) < tol
+  np.testing.assert_array_equal(a, np.asarray(drop(jax.random.key(0))) > 0)
+  assert abs((a & b).mean() - keep ** 2) < 5 * np.sqrt(keep ** 2 * (1 - keep ** 2) / n)
+  flat = a.reshape(-1).astype(np.float64) - keep
+  for lag in (1, 2, 1000):  # the two halves of one word, the next word, the next row
+    assert abs(np.mean(flat[:-lag] * flat[lag:])) / (keep * rate) < 0.01, lag
+  kept = np.asarray(drop(jax.random.key(0)))[a]
+  np.testing.assert_allclose(kept, 1 / (1 - round(rate * 65536) / 65536), rtol=1e-6)
+  # a raw uint32[2] key (the pre-typed-key API) works the same way
+  assert abs((np.asarray(drop(jax.random.PRNGKey(7))) > 0).mean() - keep) < tol
