@@ -21,8 +21,9 @@ class PromptCheckpoints:
   """Save every `save_period` steps, keep `keep` of them, restore the latest."""
 
   def __init__(self, model_dir: str, keep: Optional[int] = 3, async_save: bool = True):
-    directory = os.path.join(model_dir, CHECKPOINTS_SUBDIR) if "://" not in model_dir else \
-        model_dir.rstrip("/") + "/" + CHECKPOINTS_SUBDIR
+    # orbax refuses relative paths (`--model_dir runs/x`), so local ones are made absolute here.
+    directory = os.path.abspath(os.path.join(model_dir, CHECKPOINTS_SUBDIR)) \
+        if "://" not in model_dir else model_dir.rstrip("/") + "/" + CHECKPOINTS_SUBDIR
     self.directory = directory
     self._manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(

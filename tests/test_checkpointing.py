@@ -41,3 +41,15 @@ def test_restoring_into_another_prompt_shape_explains_the_fix(tmp_path):
   wrong = ts.init_state(np.zeros((7, 4), np.float32), optim.adafactor())
   with pytest.raises(RuntimeError, match="start a new MODEL_DIR"):
     ckpts.restore(wrong)
+
+
+def test_a_relative_model_dir_works(tmp_path, monkeypatch):
+  """`--model_dir runs/x` (what `spot-jax demo` passes by default): orbax itself wants absolute."""
+  monkeypatch.chdir(tmp_path)
+  ckpts = checkpointing.PromptCheckpoints("runs/x", keep=3)
+  ckpts.save(_state(4, 0.5), {"step": 4})
+  ckpts.wait()
+  assert (tmp_path / "runs" / "x" / "checkpoints" / "4").is_dir()
+  restored, _ = ckpts.restore(_state(0, 0.0))
+  assert int(restored.step) == 4 and float(restored.prompt[0, 0]) == 0.5
+  ckpts.close()
