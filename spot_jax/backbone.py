@@ -28,8 +28,7 @@ import numpy as np
 from spot_jax import fileio
 from spot_jax.config import T5Config
 
-# 2: dropout draws its bits from model._hashed_bits, so pretraining gives other weights than 1 did.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 1
 BACKBONE_JSON = "backbone.json"
 CACHE_ENV = "SPOT_JAX_CACHE"
 PAD, EOS = 0, 1
