@@ -147,8 +147,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   step_fn = _compiled_step(config, tx, mesh, enable_dropout, num_microbatches, frozen_shardings)
   batches = input_pipeline.get_batches(mixture_or_task_name, task_feature_lengths, "train", batch_size,
                                        seed=seed, skip_batches=start_step)
-  # Threefry keys with the model's packed 16-bit dropout masks: on the 2-core CPU bench the T5-small
-  # step took 1.91 s (compile 8.3 s) against 2.12 s (9.3 s) with rbg keys.
+  # A threefry key: flax derives one per dropout call from it, and the model stretches each into
+  # mask bits with a cheap counter hash (model._hashed_bits; docs/bench.md has the timings).
   rng = jax.random.key(seed)
   from spot_jax import metrics_log
   logger = metrics_log.MetricsLogger(model_dir, total_steps=train_steps, start_step=start_step,
