@@ -4,25 +4,26 @@
 #
 #   bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S]
 #
-# Runs in priority order, each its own process under `timeout`, so one failure or out-of-memory
-# keeps the others' JSON (OUT_DIR/NAME.json) and the log (OUT_DIR/suite.log); a run that would
-# start after DEADLINE_S (default 450) seconds is skipped and says so. Override any run list with
+# Runs in priority order (what earlier GPU runs left unmeasured comes first: the fused attention
+# beside the einsum form on the same machine, then T5-large), each its own process under `timeout`,
+# so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json) and the log
+# (OUT_DIR/suite.log); a run that would start after DEADLINE_S (default 450) seconds is skipped. Override any run list with
 # RUNS (one "NAME|bench arguments" per line) for a dry run on CPU, e.g. with --size tiny.
 set -u
 out=${1:?usage: bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S]}
 deadline=${2:-450}
 py=${PYTHON:-python3}
 mkdir -p "$out"
-# JAX's allocator grows on demand instead of taking 75% of the GPU up front: the PEFT peer runs on
-# the same GPU after each JAX run, in its own process.
+# JAX's allocator grows on demand instead of taking 75% of the GPU up front: the PEFT peer and
+# `bench all`'s decode child are processes of their own on the same GPU.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 shape="--dtype bfloat16 --weight-dtype bfloat16 --input-length 512 --prompt-length 100 \
 --target-length 32 --steps 10 --warmup 2 --ceiling-size 16384"
-default_runs="base_b64|all --size base --batch 64 --decode-length 32 --peer $shape
-large_b32|train --size large --batch 32 --peer $shape
-base_b64_fused|train --size base --batch 64 --attention fused --no-ceiling $shape
+default_runs="base_b64_fused|train --size base --batch 64 --attention fused $shape
+base_b64|train --size base --batch 64 --no-ceiling $shape
+large_b32|train --size large --batch 32 --peer --no-ceiling $shape
 large_b32_fused|train --size large --batch 32 --attention fused --no-ceiling $shape
-base_b128_fused|train --size base --batch 128 --attention fused --no-ceiling $shape
+base_b64_all|all --size base --batch 64 --decode-length 32 --peer --no-ceiling $shape
 base_b64_nodropout|train --size base --batch 64 --dropout 0 --no-ceiling $shape"
 runs=${RUNS:-$default_runs}
 
