@@ -190,3 +190,13 @@ def test_dropout_masks_are_bernoulli_independent_and_keyed(rate):
   np.testing.assert_allclose(kept, 1 / (1 - round(rate * 65536) / 65536), rtol=1e-6)
   # a raw uint32[2] key (the pre-typed-key API) works the same way
   assert abs((np.asarray(drop(jax.random.PRNGKey(7))) > 0).mean() - keep) < tol
+
+
+def test_dropout_bits_beyond_the_hash_counter_fall_back_to_jax_random():
+  """A mask of 2^32 words or more would wrap the uint32 counter: such calls use jax.random.bits
+  (checked on the traced program, nothing is allocated)."""
+  small = str(jax.make_jaxpr(lambda k: M._hashed_bits(k, 1000))(jax.random.key(0)))
+  huge = str(jax.make_jaxpr(lambda k: M._hashed_bits(k, 2 ** 32))(jax.random.key(0)))
+  assert "random_bits" not in small and "random_bits" in huge
+  assert "random_bits" in str(jax.make_jaxpr(lambda k: M._hashed_bits(k, 2 ** 32))(
+      jax.random.PRNGKey(0)))
