@@ -24,8 +24,10 @@ SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="spot-jax bench", description=__doc__.split("\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("what", nargs="?", default="train", choices=("train", "decode", "all", "ceiling"),
-                 help="which benchmark; 'all' runs train then decode")
+  p.add_argument("what", nargs="?", default="train",
+                 choices=("train", "decode", "all", "ceiling", "trainer"),
+                 help="which benchmark; 'all' runs train and decode; 'trainer' times the whole "
+                      "training loop (spot_jax.train on a bundled task) at the same shapes")
   p.add_argument("--size", default="small", choices=SIZES, help="T5 1.1 size (random weights)")
   p.add_argument("--vocab-size", type=int, default=0,
                  help="override the vocabulary (0: 32128; e.g. 250112 for mT5)")
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dropout", type=float, default=0.1, help="dropout rate (both frameworks)")
   p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
   p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
+  p.add_argument("--log-period", type=int, default=10,
+                 help="trainer: steps per timed window (the loop syncs only at log steps); it runs "
+                      "(--steps + 1) windows and leaves the first, with compilation, out")
   p.add_argument("--prng-impl", default="default",
                  choices=("default", "threefry2x32", "rbg", "unsafe_rbg"),
                  help="JAX PRNG for dropout; rbg compiles ~3x faster than threefry on CPU")
@@ -75,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser = build_parser()
   args = parser.parse_args(argv)
   for name in ("batch", "input_length", "target_length", "decode_length", "steps", "microbatches",
-               "num_partitions", "ceiling_size"):
+               "num_partitions", "ceiling_size", "log_period"):
     if getattr(args, name) < 1:
       parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
   for name in ("prompt_length", "warmup", "devices", "peer_threads", "vocab_size"):
@@ -173,6 +178,16 @@ def report(results: dict) -> str:
   if peak:
     out.append(f"MFU against {results['peak_tflops']['device_kind']} datasheet peak: {peak:.1f} "
                f"TFLOP/s {results['peak_tflops']['dtype']} ({results['peak_tflops']['from']})")
+  if "trainer" in results:
+    t = results["trainer"]
+    out.append(f"\ntrainer: spot_jax.train on {t['task']}, {t['size']} batch {t['batch']}, inputs "
+               f"{t['input_length']} + prompt {t['prompt_length']}, targets {t['target_length']}, "
+               f"{t['dtype']}, dropout {t['dropout']}")
+    out.append(table([["", "spot_jax.train"],
+                      ["step s (median of windows)", _fmt(t["step_s_median"], ".3f")],
+                      ["examples/s", _fmt(t["examples_per_s"])],
+                      ["windows of steps, s/step", " ".join(f"{w:.3f}" for w in t["window_step_s"])],
+                      ["first window s (compile)", _fmt(t["first_window_s"], ".1f")]]))
   for kind in ("train", "decode"):
     if kind not in results:
       continue
@@ -308,6 +323,14 @@ def main(argv=None) -> int:
         donate=not args.no_donate, **common)
     if peer:
       results["train"]["peer"] = peer
+  if args.what == "trainer":
+    from bench import trainer_throughput
+    print("[bench] the whole training loop", file=sys.stderr, flush=True)
+    results["trainer"] = trainer_throughput.run(
+        size=args.size, batch=args.batch, input_length=args.input_length,
+        target_length=args.target_length, prompt_length=args.prompt_length, dropout=args.dropout,
+        steps=(args.steps + 1) * args.log_period, log_period=args.log_period, dtype=args.dtype,
+        weight_dtype=args.weight_dtype, config_overrides=common["config_overrides"])
   if args.what == "decode":
     from bench import decode_throughput
     peer = run_peer(args, "decode") if args.peer else None

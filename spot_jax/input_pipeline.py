@@ -35,6 +35,20 @@ def check_split(task, split: str):
     raise ValueError(f"{task.name} has no split {split!r}; it has {sorted(splits)}")
 
 
+def check_vocabulary_fits(task, model_vocab_size: int):
+  """Token ids the model has no embedding row for would gather NaN and poison the loss: refuse a
+  task whose vocabulary is larger than the model's before any compute."""
+  for feature in ("inputs", "targets"):
+    spec = task.output_features.get(feature)
+    size = getattr(getattr(spec, "vocabulary", None), "vocab_size", None)
+    if size is not None and size > model_vocab_size:
+      raise ValueError(
+          f"{task.name}'s {feature} vocabulary has {size} ids but the model's vocab_size is "
+          f"{model_vocab_size}: ids from {model_vocab_size} on have no embedding. Use a checkpoint "
+          f"(or model config) with vocab_size >= {size}, or register the task with the model's "
+          "vocabulary.")
+
+
 @gin.configurable
 def get_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
                 batch_size: int, shuffle: bool = True, seed: Optional[int] = 0,

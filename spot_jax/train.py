@@ -120,6 +120,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by num_microbatches={num_microbatches}")
   config, params = frozen if frozen is not None else load_frozen(initial_checkpoint_path, model_config,
                                                                   seed)
+  input_pipeline.check_vocabulary_fits(task, config.vocab_size)
   prompt_init = prompt_init or prompts.random_uniform()
   ckpts = checkpointing.PromptCheckpoints(model_dir, keep_checkpoints, async_checkpoints)
   resume_step = ckpts.latest_step()

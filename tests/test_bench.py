@@ -150,3 +150,19 @@ def test_gpu_suite_script_parses_and_lists_its_runs():
     name, args = line.split("|", 1)
     parsed = cli.parse_args(args.replace("$shape", shape).split())
     assert parsed.dtype == "bfloat16" and parsed.size in ("base", "large"), name
+
+
+def test_trainer_mode_times_the_whole_loop_in_windows(tmp_path):
+  path = tmp_path / "trainer.json"
+  args = ["trainer", "--size", "tiny", "--vocab-size", "1152", "--batch", "8", "--input-length", "12",
+          "--prompt-length", "4", "--target-length", "4", "--steps", "2", "--log-period", "3",
+          "--no-ceiling", "--json", str(path)]
+  assert cli.main(args) == 0
+  t = json.loads(path.read_text())["trainer"]
+  assert len(t["window_step_s"]) == 2 and all(w > 0 for w in t["window_step_s"])
+  assert t["step_s_median"] == pytest.approx(sum(t["window_step_s"]) / 2)  # median of two
+  assert t["first_window_s"] > t["window_step_s"][0]  # compilation is in the first window only
+  assert t["examples_per_s"] == pytest.approx(8 / t["step_s_median"])
+  assert (t["steps"], t["log_period"], t["batch"]) == (9, 3, 8)
+  with pytest.raises(SystemExit):
+    cli.parse_args(["trainer", "--log-period", "0"])

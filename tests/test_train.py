@@ -158,6 +158,10 @@ def test_bad_inputs_fail_before_compute(tmp_path):
   with pytest.raises(ValueError, match=r"shape \(7, 32\) but this run expects \[PROMPT_LENGTH=4, d_model=32\]"):
     train_lib.train(mixture_or_task_name=TASK, frozen=(CFG, params), prompt_init=prompts.from_file(str(bad)),
                     **{**common, "model_dir": str(tmp_path / "m2")})
+  small = CFG.replace(vocab_size=512)  # the bundled vocabulary has more ids: NaN without the check
+  with pytest.raises(ValueError, match=r"inputs vocabulary has \d+ ids but the model's vocab_size is 512"):
+    train_lib.train(mixture_or_task_name=TASK, frozen=(small, init_params(small, jax.random.PRNGKey(0))),
+                    **{**common, "model_dir": str(tmp_path / "m3")})
   (tmp_path / "ckpt").mkdir()
   (tmp_path / "ckpt" / "checkpoint").write_bytes(b"\x00garbage")
   with pytest.raises(ValueError, match="checkpoint"):
