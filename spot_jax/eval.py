@@ -65,10 +65,11 @@ def evaluate_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: Option
   tests) and returns `{task: {metric: value}}`. `step` labels the metrics (default: the prompt
   export's step, else 0)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from spot_jax import evaluation, metrics_log  # pylint: disable=g-import-not-at-top
-  evaluation.get_task(mixture_or_task_name)  # an unknown name fails before the model is loaded
+  from spot_jax import evaluation, input_pipeline, metrics_log  # pylint: disable=g-import-not-at-top
+  task = evaluation.get_task(mixture_or_task_name)  # an unknown name fails before the model loads
   config, params, prompt, prompt_step, mesh = load_model_and_prompt(
       checkpoint_path, model_config, prompt_file, seed, num_partitions, frozen_dtype)
+  input_pipeline.check_vocabulary_fits(task, config.vocab_size)
   step = step if step is not None else (prompt_step or 0)
   is_main = jax.process_index() == 0
   results = evaluation.evaluate(mixture_or_task_name, config, params, prompt, task_feature_lengths,

@@ -40,7 +40,7 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
   """Predicts every example of `split` for each task; returns `{task: path of its JSONL}`."""
   import jax  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
-  from spot_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from spot_jax import evaluation, input_pipeline  # pylint: disable=g-import-not-at-top
   from spot_jax.eval import load_model_and_prompt  # pylint: disable=g-import-not-at-top
   task_or_mixture = evaluation.get_task(mixture_or_task_name)
   tasks = [t for t in seqio.get_subtasks(task_or_mixture) if split in getattr(t, "splits", (split,))]
@@ -48,6 +48,7 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
     raise ValueError(f"no task of {mixture_or_task_name} has a split {split!r}")
   config, params, prompt, _, mesh = load_model_and_prompt(checkpoint_path, model_config, prompt_file, seed,
                                                           num_partitions, frozen_dtype)
+  input_pipeline.check_vocabulary_fits(task_or_mixture, config.vocab_size)
   written = {}
   for task in tasks:
     rows = evaluation.predict_task(task.name, config, params, prompt, task_feature_lengths, split=split,

@@ -67,3 +67,13 @@ def test_wrong_prompt_width_fails_before_compute(tmp_path, prompt_file):
   with pytest.raises(SystemExit, match="PROMPT_FILE"):
     eval_cli.main([a for a in _args("prompt_eval.gin", "EVAL_OUTPUT_DIR", tmp_path / "e", prompt_file)
                    if "PROMPT_FILE" not in a])
+
+
+def test_a_model_smaller_than_the_task_vocabulary_is_refused(tmp_path, prompt_file):
+  for run_gin, macro, out in (("prompt_eval.gin", "EVAL_OUTPUT_DIR", "e"),
+                              ("prompt_infer.gin", "INFER_OUTPUT_DIR", "i")):
+    gin.clear_config()
+    args = [a for a in _args(run_gin, macro, tmp_path / out, prompt_file) if "vocab_size" not in a]
+    with pytest.raises(ValueError, match=r"vocabulary has \d+ ids but the model's vocab_size is 512"):
+      (eval_cli if run_gin == "prompt_eval.gin" else infer_cli).main(
+          args + ["--gin.spot_jax.model_config.vocab_size=512"])
