@@ -295,8 +295,8 @@ def main(argv=None) -> int:
                 steps=args.steps, warmup=args.warmup,
                 config_overrides=dict({"vocab_size": args.vocab_size} if args.vocab_size else {},
                                       attention_impl=args.attention))
+  from bench import ceiling  # numpy only at import; JAX starts inside its functions
   if not args.no_ceiling:
-    from bench import ceiling
     print("[bench] measuring the matmul ceiling", file=sys.stderr, flush=True)
     ceiling_dtype = args.ceiling_dtype or args.dtype
     results["ceiling"] = {"n": args.ceiling_size, "dtype": ceiling_dtype,
@@ -305,11 +305,11 @@ def main(argv=None) -> int:
     if ceiling.backend() == "cpu":  # BLAS beside XLA is a CPU question only
       results["ceiling"]["numpy_gflops_per_s"] = ceiling.numpy_matmul_gflops(args.ceiling_size)
   if args.what != "ceiling":
-    from bench import ceiling
-    peak = args.peak_tflops or ceiling.datasheet_peak_tflops(ceiling.device_kind(), args.dtype)
+    kind = ceiling.device_kind()
+    peak = args.peak_tflops or ceiling.datasheet_peak_tflops(kind, args.dtype)
     if peak:
-      results["peak_tflops"] = {"tflops": peak, "dtype": args.dtype, "device_kind":
-                                ceiling.device_kind(), "from": "--peak-tflops" if args.peak_tflops
+      results["peak_tflops"] = {"tflops": peak, "dtype": args.dtype, "device_kind": kind,
+                                "from": "--peak-tflops" if args.peak_tflops
                                 else "bench/ceiling.py datasheet table"}
   if args.what == "all":
     results["decode"] = decode_in_child(argv if argv is not None else sys.argv[1:])

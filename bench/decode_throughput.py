@@ -55,10 +55,12 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, prompt_len
   run_s = statistics.median(times)
   count = flops_lib.decode_flops(config, batch, input_length, prompt_length, decode_length)
   return {
-      "framework": "spot_jax", "pid": os.getpid(), "jax_version": jax.__version__, "backend": jax.default_backend(),
+      "framework": "spot_jax", "pid": os.getpid(), "jax_version": jax.__version__,
+      "backend": jax.default_backend(),
       "devices": len(devices), "size": size, "batch": batch, "input_length": input_length,
       "prompt_length": prompt_length, "decode_length": decode_length, "dtype": dtype,
-      "weight_dtype": weight_dtype, "attention_impl": config.attention_impl, "compile_s": compile_s, "decode_s_median": run_s,
+      "weight_dtype": weight_dtype, "attention_impl": config.attention_impl,
+      "compile_s": compile_s, "decode_s_median": run_s,
       "decode_s_min": min(times), "decode_times_s": times, "generated_length": int(out.shape[1]),
       "examples_per_s": batch / run_s, "tokens_per_s": batch * decode_length / run_s,
       "flops_per_run": count,

@@ -1,8 +1,9 @@
 """The Hugging Face PEFT peer: the same prompt-tuning step in PyTorch, for `spot-jax bench --peer`.
 
 Runs as its own process under a Python that has torch, transformers and peft (see
-requirements-bench.txt: 4.57.x; 5.17 also ran, on GPU), so neither framework shares memory or threads with the other. It imports
-nothing from spot_jax or JAX; results go to stdout as one JSON line prefixed with `PEER_RESULT `.
+requirements-bench.txt: 4.57.x; 5.17 also ran, on GPU), so neither framework shares memory or
+threads with the other. It imports nothing from spot_jax or JAX (so it repeats a few small helpers,
+such as the peak-RSS reader); results go to stdout as one JSON line prefixed with `PEER_RESULT `.
 
 Setup, matched to spot_jax's: T5ForConditionalGeneration built from a T5 1.1 config with random
 weights, PEFT prompt tuning with the prompt on the encoder only (`num_transformer_submodules=1`),

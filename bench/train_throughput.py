@@ -193,11 +193,13 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
   count = flops_lib.train_step_flops(config, batch, input_length, target_length, prompt_length)
   xla = xla_flops(compiled)
   return {
-      "framework": "spot_jax", "pid": os.getpid(), "jax_version": jax.__version__, "backend": jax.default_backend(),
+      "framework": "spot_jax", "pid": os.getpid(), "jax_version": jax.__version__,
+      "backend": jax.default_backend(),
       "devices": len(devices), "device_kind": devices[0].device_kind,
       "mesh": dict(mesh.shape), "size": size, "batch": batch, "input_length": input_length,
       "target_length": target_length, "prompt_length": prompt_length, "dtype": dtype,
-      "weight_dtype": weight_dtype, "attention_impl": config.attention_impl, "microbatches": microbatches, "dropout": dropout,
+      "weight_dtype": weight_dtype, "attention_impl": config.attention_impl,
+      "microbatches": microbatches, "dropout": dropout,
       "donate": donate, "steps": steps, "warmup": warmup,
       "init_s": init_s, "compile_s": compile_s,
       "step_s_median": step_s, "step_s_min": min(times), "step_times_s": times,

@@ -53,12 +53,11 @@ def _hashed_bits(key, n: int):
   `make_rng`. Measured 9x faster than `jax.random.bits` on CPU (25M words: 0.035 s vs 0.32 s),
   which made dropout a quarter of the CPU training step.
   """
+  if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)  # a raw uint32[2] key (the pre-typed-key API)
   if n >= 2 ** 32:  # the uint32 counter would wrap and repeat words: use JAX's generator instead
-    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-      key = jax.random.wrap_key_data(key)
     return jax.random.bits(key, (n,), jnp.uint32)
-  data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-  data = data.reshape(-1).astype(jnp.uint32)
+  data = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
   x = jax.lax.iota(jnp.uint32, n) * jnp.uint32(0x9E3779B9) + data[0]
   x = x ^ data[1]
   x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
