@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help="encoder self-attention: T5X's einsum form (dropout on the probabilities) or "
                       "jax.nn.dot_product_attention (cuDNN flash attention on GPU; see "
                       "T5Config.attention_impl)")
+  p.add_argument("--attention-logits", default="float32", choices=("float32", "bfloat16"),
+                 help="einsum attention: dtype of scores, softmax and stored probabilities "
+                      "(bfloat16 is T5X's float32_attention_logits=False; see T5Config)")
+  p.add_argument("--profile", default="",
+                 help="train: trace 3 more steps into this directory and print device time by op")
   p.add_argument("--num-partitions", type=int, default=1, help="model-parallel devices per replica")
   p.add_argument("--devices", type=int, default=0, help="use the first N devices (0: all)")
   p.add_argument("--microbatches", type=int, default=1)
@@ -195,7 +200,7 @@ def report(results: dict) -> str:
     if peer and "error" in peer:
       out.append(f"\n{kind}: the PEFT peer failed ({peer['error']}); no ratio")
       peer = None
-    time_key = "step_s_median" if kind == "train" else "decode_s_median"
+    time_key = "step_s_pipelined" if kind == "train" else "decode_s_median"
     rows = [["", "spot_jax"] + (["hf_peft", "ratio"] if peer else [])]
 
     def row(name, key, spec=".2f", higher_better=True):
@@ -208,9 +213,12 @@ def report(results: dict) -> str:
 
     row("examples/s", "examples_per_s")
     row("tokens/s", "tokens_per_s", ".0f")
-    row(f"{'step' if kind == 'train' else 'decode'} s (median)", time_key, ".3f", False)
     if kind == "train":
+      row("step s (back to back)", time_key, ".4f", False)
+      row("step s (median, synced)", "step_s_median", ".4f", False)
       row("step CPU s (median)", "step_cpu_s_median", ".3f", False)
+    else:
+      row("decode s (median)", time_key, ".3f", False)
     row("peak host RSS MiB", "host_peak_rss_mib", ".0f", False)
     if ours.get("device_peak_mib") is not None or (peer or {}).get("device_peak_mib") is not None:
       row("peak device MiB", "device_peak_mib", ".0f", False)
@@ -246,6 +254,11 @@ def report(results: dict) -> str:
                  f"{f['total_if_weight_gradients'] / 1e9:.1f}), XLA cost analysis "
                  f"{_fmt(xla / 1e9 if xla else None, '.1f')} G")
     out.append(table(rows))
+    if (ours.get("profile") or {}).get("error"):
+      out.append(f"profile failed: {ours['profile']['error']}")
+    elif ours.get("profile"):
+      from bench import profile as profile_lib
+      out.append(profile_lib.report(ours["profile"]))
   return "\n".join(out)
 
 
@@ -294,7 +307,8 @@ def main(argv=None) -> int:
                 num_partitions=args.num_partitions, num_devices=args.devices or None,
                 steps=args.steps, warmup=args.warmup,
                 config_overrides=dict({"vocab_size": args.vocab_size} if args.vocab_size else {},
-                                      attention_impl=args.attention))
+                                      attention_impl=args.attention,
+                                      float32_attention_logits=args.attention_logits == "float32"))
   from bench import ceiling  # numpy only at import; JAX starts inside its functions
   if not args.no_ceiling:
     print("[bench] measuring the matmul ceiling", file=sys.stderr, flush=True)
@@ -320,7 +334,7 @@ def main(argv=None) -> int:
     print("[bench] spot_jax training step", file=sys.stderr, flush=True)
     results["train"] = train_throughput.run(
         target_length=args.target_length, microbatches=args.microbatches, dropout=args.dropout,
-        donate=not args.no_donate, **common)
+        donate=not args.no_donate, profile_dir=args.profile, **common)
     if peer:
       results["train"]["peer"] = peer
   if args.what == "trainer":

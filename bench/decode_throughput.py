@@ -60,6 +60,7 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, prompt_len
       "devices": len(devices), "size": size, "batch": batch, "input_length": input_length,
       "prompt_length": prompt_length, "decode_length": decode_length, "dtype": dtype,
       "weight_dtype": weight_dtype, "attention_impl": config.attention_impl,
+      "float32_attention_logits": config.float32_attention_logits,
       "compile_s": compile_s, "decode_s_median": run_s,
       "decode_s_min": min(times), "decode_times_s": times, "generated_length": int(out.shape[1]),
       "examples_per_s": batch / run_s, "tokens_per_s": batch * decode_length / run_s,

@@ -1,30 +1,33 @@
 #!/usr/bin/env bash
 # The GPU runs behind the README's GPU table: T5 1.1 base and large in bfloat16 (activations and
-# frozen weights), inputs 512 + prompt 100, targets 32, dropout 0.1, beside HF PEFT on the same GPU.
+# frozen weights), inputs 512 + prompt 100, targets 32, dropout 0.1.
 #
-#   bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S]
+#   bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S] [PACK.tgz]
 #
-# Runs in priority order (what earlier GPU runs left unmeasured comes first: the fused attention
-# beside the einsum form on the same machine, then T5-large), each its own process under `timeout`,
-# so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json) and the log
-# (OUT_DIR/suite.log); a run that would start after DEADLINE_S (default 450) seconds is skipped. Override any run list with
-# RUNS (one "NAME|bench arguments" per line) for a dry run on CPU, e.g. with --size tiny.
+# First `bench.attention_check` (do the fused and bfloat16-logits forms compute the einsum form's
+# loss and prompt gradient on this GPU?), then the runs in priority order, each its own process under
+# `timeout`, so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a
+# device-time profile by op) and the log (OUT_DIR/suite.log). A run that would start after
+# DEADLINE_S (default 450) seconds is skipped. With PACK.tgz, OUT_DIR is re-packed into it after
+# every run (a device call brings back few files). Override the run list with RUNS (one
+# "NAME|bench arguments" per line) and the check's size with CHECK_SIZE for a dry run on CPU.
 set -u
-out=${1:?usage: bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S]}
+out=${1:?usage: bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S] [PACK.tgz]}
 deadline=${2:-450}
+pack=${3:-}
 py=${PYTHON:-python3}
 mkdir -p "$out"
 # JAX's allocator grows on demand instead of taking 75% of the GPU up front: the PEFT peer and
 # `bench all`'s decode child are processes of their own on the same GPU.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 shape="--dtype bfloat16 --weight-dtype bfloat16 --input-length 512 --prompt-length 100 \
---target-length 32 --steps 10 --warmup 2 --ceiling-size 16384"
-default_runs="base_b64_fused|train --size base --batch 64 --attention fused $shape
-base_b64|train --size base --batch 64 --no-ceiling $shape
-large_b32|train --size large --batch 32 --peer --no-ceiling $shape
-large_b32_fused|train --size large --batch 32 --attention fused --no-ceiling $shape
-base_b64_all|all --size base --batch 64 --decode-length 32 --peer --no-ceiling $shape
-base_b64_nodropout|train --size base --batch 64 --dropout 0 --no-ceiling $shape"
+--target-length 32 --steps 10 --warmup 2 --no-ceiling"
+default_runs="base_b64|train --size base --batch 64 --profile $out/prof_base_b64 $shape
+base_b64_fused|train --size base --batch 64 --attention fused --profile $out/prof_base_b64_fused $shape
+base_b64_bf16logits|train --size base --batch 64 --attention-logits bfloat16 --profile $out/prof_base_b64_bf16logits $shape
+large_b32_fused|train --size large --batch 32 --attention fused --profile $out/prof_large_b32_fused $shape
+large_b32|train --size large --batch 32 $shape
+base_b64_fused_nodropout|train --size base --batch 64 --attention fused --dropout 0 $shape"
 runs=${RUNS:-$default_runs}
 
 log="$out/suite.log"
@@ -44,6 +47,17 @@ print("jax devices:", jax.devices())
 EOF
 } >>"$log"
 
+pack_now() {
+  [ -n "$pack" ] && tar -czf "$pack.tmp" -C "$out" . 2>/dev/null && mv "$pack.tmp" "$pack"
+  return 0
+}
+
+echo "== attention check ($((SECONDS - start))s)" | tee -a "$log"
+# Autotuning off: a correctness check needs no fast kernels, and it saves compile time.
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" timeout 120 $py -m bench.attention_check --size "${CHECK_SIZE:-small}" \
+  --json "$out/attention_check.json" 2>&1 | tee -a "$log" | grep -v "^\[bench\]"
+pack_now
+
 while IFS='|' read -r name args; do
   [ -z "$name" ] && continue
   left=$((deadline - (SECONDS - start)))
@@ -55,4 +69,9 @@ while IFS='|' read -r name args; do
   # shellcheck disable=SC2086  (the argument list is meant to split)
   timeout "$left" $py -m bench $args --json "$out/$name.json" >>"$log" 2>&1
   echo "== $name: exit $? after $((SECONDS - start))s" | tee -a "$log"
+  pack_now
 done <<<"$runs"
+
+# One line per run, last, where the device call's output tail shows it.
+$py -m bench.suite_summary "$out" 2>&1 | tee -a "$log"
+pack_now

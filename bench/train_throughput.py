@@ -131,8 +131,12 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
         prompt_length: int = 100, dtype: str = "float32", weight_dtype: str = "float32",
         num_partitions: int = 1, num_devices: int | None = None, microbatches: int = 1,
         dropout: float = 0.1, steps: int = 5, warmup: int = 1, donate: bool = True,
-        config_overrides: dict | None = None, seed: int = 0) -> dict:
-  """Compile and time the prompt-tuning step; returns a flat dict of results (see `bench.md`)."""
+        config_overrides: dict | None = None, seed: int = 0, profile_dir: str = "") -> dict:
+  """Compile and time the prompt-tuning step; returns a flat dict of results (see `bench.md`).
+
+  With `profile_dir`, three more steps run under the profiler after the timed ones (so the trace
+  costs the timing nothing) and `profile` holds their device time by op (bench/profile.py).
+  """
   import jax
   from spot_jax import model, optim, partitioning, train_step
   from spot_jax.config import size_config
@@ -187,7 +191,34 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
     jax.block_until_ready(state.step)
     times.append(time.perf_counter() - start)
     cpu_times.append(time.process_time() - cpu_start)
+  # The rate reported: `steps` more steps back to back and one sync at the end, as the trainer runs
+  # (no host sync per step), so dispatching step i+1 overlaps step i on an accelerator.
+  start = time.perf_counter()
+  for i in range(steps):
+    state, metrics = compiled(state, frozen, batches[i % 2], rng)
+  jax.block_until_ready(state)
+  pipelined = (time.perf_counter() - start) / steps
   loss = float(metrics["loss"])
+
+  profile = None
+  if profile_dir:
+    from bench import profile as profile_lib
+    traced = 3
+
+    def run_traced():
+      nonlocal state
+      for i in range(traced):
+        state, _ = compiled(state, frozen, batches[i % 2], rng)
+      jax.block_until_ready(state)
+
+    try:
+      xplane = profile_lib.trace(run_traced, profile_dir)
+      hlo = compiled.as_text()
+      with open(os.path.join(profile_dir, "step.hlo.txt"), "w") as f:
+        f.write(hlo)
+      profile = profile_lib.summarize(xplane, traced, hlo)
+    except Exception as e:  # a profiler that fails (no CUPTI, say) must not lose the timings
+      profile = {"error": f"{type(e).__name__}: {e}"}
 
   step_s = statistics.median(times)
   count = flops_lib.train_step_flops(config, batch, input_length, target_length, prompt_length)
@@ -199,20 +230,22 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
       "mesh": dict(mesh.shape), "size": size, "batch": batch, "input_length": input_length,
       "target_length": target_length, "prompt_length": prompt_length, "dtype": dtype,
       "weight_dtype": weight_dtype, "attention_impl": config.attention_impl,
+      "float32_attention_logits": config.float32_attention_logits,
       "microbatches": microbatches, "dropout": dropout,
       "donate": donate, "steps": steps, "warmup": warmup,
       "init_s": init_s, "compile_s": compile_s,
       "step_s_median": step_s, "step_s_min": min(times), "step_times_s": times,
+      "step_s_pipelined": pipelined,
       # CPU seconds of all threads per step: less sensitive than wall time to other processes'
       # load (wall ≈ cpu / cores on an idle machine).
       "step_cpu_s_median": statistics.median(cpu_times),
-      "examples_per_s": batch / step_s,
-      "tokens_per_s": batch * (prompt_length + input_length + target_length) / step_s,
+      "examples_per_s": batch / pipelined,
+      "tokens_per_s": batch * (prompt_length + input_length + target_length) / pipelined,
       "flops_per_step": count.total, "flops": count.as_dict(), "xla_flops_per_step": xla,
       "xla_to_analytic": (xla / count.total) if xla else None,
-      "gflops_per_s": count.total / step_s / 1e9,
+      "gflops_per_s": count.total / pipelined / 1e9,
       "host_peak_rss_mib": host_peak_rss_mib(), "host_peak_reset_before_init": peak_reset,
       "host_rss_before_init_mib": rss_before_mib, "host_rss_after_init_mib": rss_params_mib,
       "host_peak_after_compile_mib": peak_compile_mib, "device_peak_mib": device_peak_mib(devices),
-      "final_loss": loss, "loadavg_1min": os.getloadavg()[0],
+      "final_loss": loss, "loadavg_1min": os.getloadavg()[0], "profile": profile,
   }

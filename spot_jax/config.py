@@ -32,11 +32,16 @@ class T5Config:
   layer_norm_epsilon: float = 1e-6
   dropout_rate: float = 0.1
   dtype: str = "float32"  # activation dtype; parameters stay in their stored dtype
-  # Encoder self-attention: "einsum" materializes the [B, H, L, L] probabilities (T5X's form, with
-  # dropout on them); "fused" calls `jax.nn.dot_product_attention` (cuDNN flash attention on GPU),
-  # which never writes them to memory but drops no attention probabilities and needs right-padded
-  # inputs (seqio's unpacked EncDecFeatureConverter layout). The weights are the same for both.
+  # Encoder self-attention and (outside incremental decoding) cross-attention: "einsum"
+  # materializes the [B, H, Q, K] probabilities (T5X's form, with dropout on them); "fused" calls
+  # cuDNN flash attention on GPU (`jax.nn.dot_product_attention`'s XLA form elsewhere), which never
+  # writes them to memory but drops no attention probabilities and needs right-padded inputs
+  # (seqio's unpacked EncDecFeatureConverter layout). The weights are the same for both.
   attention_impl: str = "einsum"
+  # Einsum attention only: scores, softmax and the stored probabilities in float32 (HF's choice,
+  # and ours by default) or in the activation dtype (T5X's `float32_attention_logits=False`), which
+  # halves the bytes of the [B, H, L, L] tensors that bound a bfloat16 step on a GPU.
+  float32_attention_logits: bool = True
 
   def __post_init__(self):
     if self.attention_impl not in ATTENTION_IMPLS:

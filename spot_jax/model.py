@@ -44,8 +44,24 @@ class Dense(nn.Module):
     return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
+def _key_words(key):
+  """The two uint32 words of a JAX PRNG key (typed, or a raw uint32[2] of the older API)."""
+  if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)
+  return key, jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
+
+
+def _fmix32(counter, data):
+  """murmur3's `fmix32` avalanche over `counter` (uint32), keyed by the two key words `data`."""
+  x = counter * jnp.uint32(0x9E3779B9) + data[0]
+  x = x ^ data[1]
+  x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
+  x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
 def _hashed_bits(key, n: int):
-  """`n` uint32 words: murmur3's `fmix32` finalizer over a counter, keyed by a JAX PRNG key.
+  """`n` uint32 words: `fmix32` over a counter, keyed by a JAX PRNG key.
 
   A counter-based generator (like threefry, but 4 multiply/xor-shift rounds instead of 20): each
   word is a bijective avalanche hash of its own index, so words never repeat within a call, and
@@ -53,26 +69,43 @@ def _hashed_bits(key, n: int):
   `make_rng`. Measured 9x faster than `jax.random.bits` on CPU (25M words: 0.035 s vs 0.32 s),
   which made dropout a quarter of the CPU training step.
   """
-  if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.wrap_key_data(key)  # a raw uint32[2] key (the pre-typed-key API)
+  key, data = _key_words(key)
   if n >= 2 ** 32:  # the uint32 counter would wrap and repeat words: use JAX's generator instead
     return jax.random.bits(key, (n,), jnp.uint32)
-  data = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
-  x = jax.lax.iota(jnp.uint32, n) * jnp.uint32(0x9E3779B9) + data[0]
-  x = x ^ data[1]
-  x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
-  x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
-  return x ^ (x >> 16)
+  return _fmix32(jax.lax.iota(jnp.uint32, n), data)
+
+
+def _keep_mask(key, shape, rate: float, per_element: bool):
+  """Bernoulli(1 - rate) mask of `shape` and its exact keep probability.
+
+  `per_element=False` (CPUs) splits each hashed word into two 16-bit draws: half the hashing, which
+  is what a CPU pays for. `per_element=True` (accelerators) hashes every element's own index, so
+  the mask is a pure elementwise function that XLA fuses into the dropout's consumers and recomputes
+  in the backward pass: on a GPU the hash is nearly free and the bytes of a stored mask are not.
+  """
+  n = int(np.prod(shape))
+  if per_element and n < 2 ** 32:
+    threshold = min(int(round(rate * 2 ** 32)), 2 ** 32 - 1)
+    _, data = _key_words(key)
+    counter = jax.lax.iota(jnp.uint32, n).reshape(shape)
+    return _fmix32(counter, data) >= jnp.uint32(threshold), 1.0 - threshold / 2 ** 32
+  threshold = int(round(rate * 65536))
+  words = _hashed_bits(key, (n + 1) // 2)
+  bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n].reshape(shape)
+  return bits >= threshold, 1.0 - threshold / 65536
 
 
 class Dropout(nn.Module):
-  """Inverted dropout whose mask uses 16 random bits per element, two per hashed 32-bit word.
+  """Inverted dropout whose mask comes from a hash of the element index (`_keep_mask`).
 
-  Same distribution as Bernoulli dropout (keep probability exact to 1/65536 and rescaled by its
-  exact value); the bits come from `_hashed_bits` rather than `jax.random.bits`, because random-bit
-  generation dominated the CPU training step (see docs/bench.md for the before/after).
+  Same distribution as Bernoulli dropout, rescaled by the exact keep probability; the bits come
+  from a counter hash rather than `jax.random.bits`, because random-bit generation dominated the
+  CPU training step and a stored mask costs memory traffic on a GPU (docs/bench.md has the
+  before/after of both). `per_element_bits=None` picks by backend: 16-bit draws on CPU, one
+  fused 32-bit hash per element elsewhere.
   """
   rate: float
+  per_element_bits: Optional[bool] = None
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
@@ -80,12 +113,10 @@ class Dropout(nn.Module):
       return x
     if self.rate >= 1.0:
       return jnp.zeros_like(x)
-    threshold = int(round(self.rate * 65536))
-    keep_prob = 1.0 - threshold / 65536
-    n = int(np.prod(x.shape))
-    words = _hashed_bits(self.make_rng("dropout"), (n + 1) // 2)
-    bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n].reshape(x.shape)
-    return jnp.where(bits >= threshold, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
+    per_element = (jax.default_backend() != "cpu" if self.per_element_bits is None
+                   else self.per_element_bits)
+    keep, keep_prob = _keep_mask(self.make_rng("dropout"), x.shape, self.rate, per_element)
+    return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
 
 
 class RMSNorm(nn.Module):
@@ -152,6 +183,41 @@ class RelativePositionBias(nn.Module):
     return jnp.take(table, row, axis=1)[None]  # [1, H, 1, k]
 
 
+def _cudnn_attention_without_bias_grad(q, k, v, bias, q_lengths, kv_lengths):
+  """cuDNN flash attention told that the bias needs no gradient.
+
+  The public `jax.nn.dot_product_attention` asks cuDNN for the bias gradient whenever a bias is
+  passed, and its backward kernel then writes a `[H, L, L]` sum over the batch that the frozen
+  relative-position table never uses. JAX exposes the switch only in its private cuDNN module, so
+  this returns None (and the caller takes the public path) when that module's interface differs.
+  """
+  try:
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa
+    version = cudnn_fa.check_cudnn_version()
+    layout = cudnn_fa._normalize_layout("BTNH")
+    cudnn_fa.check_layout(q, k, v, bias, q_lengths, kv_lengths, None, None, None, None, layout)
+    unused = jnp.zeros(0, q.dtype)
+    return cudnn_fa._dot_product_attention(
+        q, k, v, bias, q_lengths, kv_lengths, unused, unused, unused, unused, 1.0, 42, 0.0,
+        (True, False), cudnn_fa.MaskType.PADDING, layout.value, None, version, False)
+  except (ImportError, AttributeError, TypeError):
+    return None
+
+
+def fused_attention(q, k, v, bias, q_lengths, kv_lengths):
+  """Attention over right-padded `[B, L, H, Dh]` rows (`q_lengths`/`kv_lengths` valid positions
+  each) that never writes the `[B, H, Q, K]` probabilities: cuDNN on GPU, XLA's reference
+  elsewhere. `bias` (`[1, H, Q, K]`, frozen) may be None, as in cross-attention."""
+  on_gpu = jax.devices()[0].platform == "gpu"
+  if on_gpu and bias is not None:
+    out = _cudnn_attention_without_bias_grad(q, k, v, bias, q_lengths, kv_lengths)
+    if out is not None:
+      return out
+  return jax.nn.dot_product_attention(
+      q, k, v, bias=bias, scale=1.0, query_seq_lengths=q_lengths,
+      key_value_seq_lengths=kv_lengths, implementation="cudnn" if on_gpu else "xla")
+
+
 class Attention(nn.Module):
   """Multi-head dot-product attention without the 1/sqrt(head_dim) factor (folded into `query`)."""
   config: T5Config
@@ -160,8 +226,9 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, memory, bias, enable_dropout: bool, decode: bool = False,
                cache_length: Optional[int] = None, lengths=None):
-    """`bias` is additive `[B|1, H, Q, K]`; with `lengths` (`[B]` valid positions of right-padded
-    rows, fused self-attention only) it carries the relative positions alone."""
+    """`bias` is additive `[B|1, H, Q, K]`. `lengths` (`[B]` valid positions of the right-padded
+    memory rows) selects the fused form: then `bias` carries the relative positions alone (or is
+    None), every query row is computed, and no attention probability is dropped."""
     cfg = self.config
     dtype = activation_dtype(cfg)
     inner = cfg.num_heads * cfg.head_dim
@@ -179,10 +246,10 @@ class Attention(nn.Module):
       heads = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.head_dim))
       q, k, v = (heads(proj(name=n, **({"kernel_init": query_init} if n == "query" else {}))(t))
                  for n, t in (("query", x), ("key", memory), ("value", memory)))
-      on_gpu = jax.devices()[0].platform == "gpu"
-      return out_proj(jax.nn.dot_product_attention(
-          q, k, v, bias=bias.astype(dtype), scale=1.0, query_seq_lengths=lengths,
-          key_value_seq_lengths=lengths, implementation="cudnn" if on_gpu else "xla"))
+      q_lengths = (jnp.full(lengths.shape, x.shape[1], jnp.int32) if self.cached_kv == "cross"
+                   else lengths)  # decoder rows are all computed; the loss weights mask them
+      return out_proj(fused_attention(q, k, v, None if bias is None else bias.astype(dtype),
+                                      q_lengths, lengths))
     # Heads-major [B, H, L, Dh]: the layout XLA's batched dot wants, kept in the KV caches too so
     # an incremental step never transposes the cached keys/values.
     split = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.head_dim)).transpose(0, 2, 1, 3)
@@ -213,7 +280,8 @@ class Attention(nn.Module):
         cached_key.value, cached_value.value = k, v
         index.value = i + x.shape[1]
 
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) + bias
+    logits_dtype = jnp.float32 if cfg.float32_attention_logits else dtype
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(logits_dtype) + bias.astype(logits_dtype)
     weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
     weights = Dropout(cfg.dropout_rate)(weights, deterministic=not enable_dropout)
     return out_proj(jnp.einsum("bhqk,bhkd->bqhd", weights, v))
@@ -259,7 +327,7 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, y, encoded, self_bias, cross_bias, enable_dropout: bool, decode: bool,
-               cache_length: Optional[int] = None):
+               cache_length: Optional[int] = None, encoder_lengths=None):
     cfg = self.config
     dtype = activation_dtype(cfg)
     drop = lambda t: Dropout(cfg.dropout_rate)(t, deterministic=not enable_dropout)
@@ -268,7 +336,7 @@ class DecoderLayer(nn.Module):
                                                                cache_length))
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(y)
     y = y + drop(Attention(cfg, "cross", name="encoder_decoder_attention")(
-        h, encoded, cross_bias, enable_dropout, decode))
+        h, encoded, cross_bias, enable_dropout, decode, lengths=encoder_lengths))
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(y)
     return y + drop(MLP(cfg, name="mlp")(h, enable_dropout))
 
@@ -335,10 +403,12 @@ class Decoder(nn.Module):
       if decode:  # cache-creating pass: remember the maximum length and start at position 0
         self.put_variable("cache", "position", jnp.array(0, jnp.int32))
         self.put_variable("cache", "max_length_marker", jnp.zeros((length,), jnp.int8))
-    cross_bias = _key_bias(encoder_valid)
+    cross_bias, encoder_lengths = _key_bias(encoder_valid), None
+    if cfg.attention_impl == "fused" and not decode:  # incremental decoding keeps its KV caches
+      cross_bias, encoder_lengths = None, encoder_valid.sum(axis=-1, dtype=jnp.int32)
     for i in range(cfg.num_decoder_layers):
       y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, enable_dropout,
-                                                decode, cache_length)
+                                                decode, cache_length, encoder_lengths)
     y = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="decoder_norm")(y)
     y = Dropout(cfg.dropout_rate)(y, deterministic=not enable_dropout)
     if cfg.tie_word_embeddings:

@@ -170,12 +170,14 @@ def test_fused_attention_matches_the_einsum_form_on_right_padded_inputs():
     CFG.replace(attention_impl="flash")
 
 
+@pytest.mark.parametrize("per_element", [False, True], ids=["16bit_cpu", "32bit_per_element"])
 @pytest.mark.parametrize("rate", [0.1, 0.5])
-def test_dropout_masks_are_bernoulli_independent_and_keyed(rate):
+def test_dropout_masks_are_bernoulli_independent_and_keyed(rate, per_element):
   """The hashed random bits give Bernoulli(1-rate) masks: the right keep rate, no correlation
-  between neighbours or between calls with different keys, same mask for the same key."""
+  between neighbours or between calls with different keys, same mask for the same key. Both bit
+  layouts: two 16-bit draws per hashed word (CPU) and one hash per element (accelerators)."""
   x = jnp.ones((1000, 1000), jnp.float32)
-  drop = lambda key: M.Dropout(rate).apply({}, x, False, rngs={"dropout": key})
+  drop = lambda key: M.Dropout(rate, per_element).apply({}, x, False, rngs={"dropout": key})
   a = np.asarray(drop(jax.random.key(0))) > 0
   b = np.asarray(drop(jax.random.key(1))) > 0
   n, keep = a.size, 1 - rate
@@ -187,7 +189,8 @@ def test_dropout_masks_are_bernoulli_independent_and_keyed(rate):
   for lag in (1, 2, 1000):  # the two halves of one word, the next word, the next row
     assert abs(np.mean(flat[:-lag] * flat[lag:])) / (keep * rate) < 0.01, lag
   kept = np.asarray(drop(jax.random.key(0)))[a]
-  np.testing.assert_allclose(kept, 1 / (1 - round(rate * 65536) / 65536), rtol=1e-6)
+  levels = 2 ** 32 if per_element else 65536
+  np.testing.assert_allclose(kept, 1 / (1 - round(rate * levels) / levels), rtol=1e-6)
   # a raw uint32[2] key (the pre-typed-key API) works the same way
   assert abs((np.asarray(drop(jax.random.PRNGKey(7))) > 0).mean() - keep) < tol
 
