@@ -257,7 +257,7 @@ def report(results: dict) -> str:
     if (ours.get("profile") or {}).get("error"):
       out.append(f"profile failed: {ours['profile']['error']}")
     elif ours.get("profile"):
-      from bench import profile as profile_lib
+      from bench import device_profile as profile_lib
       out.append(profile_lib.report(ours["profile"]))
   return "\n".join(out)
 

@@ -16,7 +16,8 @@ import sys
 
 
 def relative_errors(size: str = "small", batch: int = 4, input_length: int = 200,
-                    prompt_length: int = 100, target_length: int = 16, seed: int = 0) -> dict:
+                    prompt_length: int = 100, target_length: int = 16, seed: int = 0,
+                    only=("fused", "einsum_bf16_logits")) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -27,6 +28,7 @@ def relative_errors(size: str = "small", batch: int = 4, input_length: int = 200
   base = size_config(size, dtype="bfloat16", dropout_rate=0.0)
   variants = {"einsum_f32_logits": base, "fused": base.replace(attention_impl="fused"),
               "einsum_bf16_logits": base.replace(float32_attention_logits=False)}
+  variants = {k: v for k, v in variants.items() if k == "einsum_f32_logits" or k in only}
   params = model_lib.T5(base).init(jax.random.PRNGKey(seed), jnp.ones((1, 8), jnp.int32),
                                    jnp.ones((1, 4), jnp.int32),
                                    prompt=jnp.zeros((prompt_length, base.d_model)))["params"]
@@ -56,8 +58,10 @@ def main(argv=None) -> int:
   p.add_argument("--size", default="small")
   p.add_argument("--tolerance", type=float, default=5e-2)
   p.add_argument("--json", default="")
+  p.add_argument("--variants", default="fused,einsum_bf16_logits",
+                 help="comma-separated forms to check against einsum_f32_logits")
   args = p.parse_args(argv)
-  result = relative_errors(args.size)
+  result = relative_errors(args.size, only=tuple(args.variants.split(",")))
   bad = []
   for name, r in result.items():
     if isinstance(r, dict):

@@ -22,12 +22,11 @@ mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 shape="--dtype bfloat16 --weight-dtype bfloat16 --input-length 512 --prompt-length 100 \
 --target-length 32 --steps 10 --warmup 2 --no-ceiling"
-default_runs="base_b64|train --size base --batch 64 --profile $out/prof_base_b64 $shape
-base_b64_fused|train --size base --batch 64 --attention fused --profile $out/prof_base_b64_fused $shape
-base_b64_bf16logits|train --size base --batch 64 --attention-logits bfloat16 --profile $out/prof_base_b64_bf16logits $shape
+default_runs="base_b64_fused|train --size base --batch 64 --attention fused --peer --profile $out/prof_base_b64_fused $shape
 large_b32_fused|train --size large --batch 32 --attention fused --profile $out/prof_large_b32_fused $shape
-large_b32|train --size large --batch 32 $shape
-base_b64_fused_nodropout|train --size base --batch 64 --attention fused --dropout 0 $shape"
+large_b64_fused|train --size large --batch 64 --attention fused $shape
+base_b64|train --size base --batch 64 --profile $out/prof_base_b64 $shape
+large_b32|train --size large --batch 32 --peer $shape"
 runs=${RUNS:-$default_runs}
 
 log="$out/suite.log"
@@ -54,7 +53,7 @@ pack_now() {
 
 echo "== attention check ($((SECONDS - start))s)" | tee -a "$log"
 # Autotuning off: a correctness check needs no fast kernels, and it saves compile time.
-XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" timeout 120 $py -m bench.attention_check --size "${CHECK_SIZE:-small}" \
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" timeout 120 $py -m bench.attention_check --size "${CHECK_SIZE:-small}" --variants "${CHECK_VARIANTS:-fused}" \
   --json "$out/attention_check.json" 2>&1 | tee -a "$log" | grep -v "^\[bench\]"
 pack_now
 

@@ -135,7 +135,7 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
   """Compile and time the prompt-tuning step; returns a flat dict of results (see `bench.md`).
 
   With `profile_dir`, three more steps run under the profiler after the timed ones (so the trace
-  costs the timing nothing) and `profile` holds their device time by op (bench/profile.py).
+  costs the timing nothing) and `profile` holds their device time by op (bench/device_profile.py).
   """
   import jax
   from spot_jax import model, optim, partitioning, train_step
@@ -202,7 +202,7 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
 
   profile = None
   if profile_dir:
-    from bench import profile as profile_lib
+    from bench import device_profile as profile_lib
     traced = 3
 
     def run_traced():

@@ -1,9 +1,9 @@
-"""bench/profile.py: device time of a traced step, summed by op and sorted into categories."""
+"""bench/device_profile.py: device time of a traced step, summed by op and sorted into categories."""
 import json
 import os
 
 from bench import __main__ as cli
-from bench import profile
+from bench import device_profile as profile
 
 TINY = ["--size", "tiny", "--batch", "2", "--input-length", "12", "--prompt-length", "4",
         "--target-length", "4", "--steps", "2", "--no-ceiling", "--devices", "1", "--vocab-size", "512"]
