@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--attention-logits", default="float32", choices=("float32", "bfloat16"),
                  help="einsum attention: dtype of scores, softmax and stored probabilities "
                       "(bfloat16 is T5X's float32_attention_logits=False; see T5Config)")
+  p.add_argument("--dropout-bits", default="auto", choices=("auto", "16bit", "per_element"),
+                 help="how dropout masks get their bits (T5Config.dropout_bits)")
   p.add_argument("--profile", default="",
                  help="train: trace 3 more steps into this directory and print device time by op")
   p.add_argument("--num-partitions", type=int, default=1, help="model-parallel devices per replica")
@@ -308,7 +310,8 @@ def main(argv=None) -> int:
                 steps=args.steps, warmup=args.warmup,
                 config_overrides=dict({"vocab_size": args.vocab_size} if args.vocab_size else {},
                                       attention_impl=args.attention,
-                                      float32_attention_logits=args.attention_logits == "float32"))
+                                      float32_attention_logits=args.attention_logits == "float32",
+                                      dropout_bits=args.dropout_bits))
   from bench import ceiling  # numpy only at import; JAX starts inside its functions
   if not args.no_ceiling:
     print("[bench] measuring the matmul ceiling", file=sys.stderr, flush=True)

@@ -4,8 +4,9 @@
 #
 #   bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S] [PACK.tgz]
 #
-# First `bench.attention_check` (do the fused and bfloat16-logits forms compute the einsum form's
-# loss and prompt gradient on this GPU?), then the runs in priority order, each its own process under
+# First `bench.attention_check` (does the fused form compute the einsum form's loss and prompt
+# gradient on this GPU?), then the runs in priority order (what the last GPU session left open first:
+# the dropout-bits A/B of docs/bench.md, the PEFT ratio for T5-large), each its own process under
 # `timeout`, so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a
 # device-time profile by op) and the log (OUT_DIR/suite.log). A run that would start after
 # DEADLINE_S (default 450) seconds is skipped. With PACK.tgz, OUT_DIR is re-packed into it after
@@ -22,11 +23,12 @@ mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 shape="--dtype bfloat16 --weight-dtype bfloat16 --input-length 512 --prompt-length 100 \
 --target-length 32 --steps 10 --warmup 2 --no-ceiling"
-default_runs="base_b64_fused|train --size base --batch 64 --attention fused --peer --profile $out/prof_base_b64_fused $shape
-large_b32_fused|train --size large --batch 32 --attention fused --profile $out/prof_large_b32_fused $shape
+default_runs="base_b64_fused_16bit|train --size base --batch 64 --attention fused --dropout-bits 16bit --profile $out/prof_base_b64_fused_16bit $shape
+base_b64_fused|train --size base --batch 64 --attention fused --peer --profile $out/prof_base_b64_fused $shape
+large_b64_fused_16bit|train --size large --batch 64 --attention fused --dropout-bits 16bit --profile $out/prof_large_b64_fused_16bit $shape
 large_b64_fused|train --size large --batch 64 --attention fused $shape
-base_b64|train --size base --batch 64 --profile $out/prof_base_b64 $shape
-large_b32|train --size large --batch 32 --peer $shape"
+large_b32|train --size large --batch 32 --peer $shape
+base_b64|train --size base --batch 64 --profile $out/prof_base_b64 $shape"
 runs=${RUNS:-$default_runs}
 
 log="$out/suite.log"

@@ -231,6 +231,7 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
       "target_length": target_length, "prompt_length": prompt_length, "dtype": dtype,
       "weight_dtype": weight_dtype, "attention_impl": config.attention_impl,
       "float32_attention_logits": config.float32_attention_logits,
+      "dropout_bits": config.dropout_bits,
       "microbatches": microbatches, "dropout": dropout,
       "donate": donate, "steps": steps, "warmup": warmup,
       "init_s": init_s, "compile_s": compile_s,

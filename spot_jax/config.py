@@ -9,6 +9,7 @@ from typing import Any
 
 FEED_FORWARDS = ("relu", "gated-gelu")
 ATTENTION_IMPLS = ("einsum", "fused")
+DROPOUT_BITS = ("auto", "16bit", "per_element")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +43,18 @@ class T5Config:
   # and ours by default) or in the activation dtype (T5X's `float32_attention_logits=False`), which
   # halves the bytes of the [B, H, L, L] tensors that bound a bfloat16 step on a GPU.
   float32_attention_logits: bool = True
+  # How dropout masks get their random bits (model._keep_mask): "16bit" draws two per hashed word
+  # (least hashing: CPUs), "per_element" hashes each element's index (an elementwise function XLA
+  # can fuse: accelerators); "auto" picks by backend. Same distribution either way.
+  dropout_bits: str = "auto"
 
   def __post_init__(self):
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={self.attention_impl!r} is not supported; use one of "
                        f"{ATTENTION_IMPLS}")
+    if self.dropout_bits not in DROPOUT_BITS:
+      raise ValueError(f"dropout_bits={self.dropout_bits!r} is not supported; use one of "
+                       f"{DROPOUT_BITS}")
     if self.feed_forward not in FEED_FORWARDS:
       raise ValueError(f"feed_forward={self.feed_forward!r} is not supported; use one of {FEED_FORWARDS}")
     if self.dtype not in ("float32", "bfloat16"):

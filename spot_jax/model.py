@@ -119,6 +119,11 @@ class Dropout(nn.Module):
     return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
 
 
+def per_element_bits(config: T5Config) -> Optional[bool]:
+  """`T5Config.dropout_bits` as `Dropout.per_element_bits` (None: by backend)."""
+  return {"auto": None, "16bit": False, "per_element": True}[config.dropout_bits]
+
+
 class RMSNorm(nn.Module):
   """T5 layer norm: scale only, no mean subtraction, statistics in float32."""
   epsilon: float
@@ -283,7 +288,7 @@ class Attention(nn.Module):
     logits_dtype = jnp.float32 if cfg.float32_attention_logits else dtype
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(logits_dtype) + bias.astype(logits_dtype)
     weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    weights = Dropout(cfg.dropout_rate)(weights, deterministic=not enable_dropout)
+    weights = Dropout(cfg.dropout_rate, per_element_bits(cfg))(weights, deterministic=not enable_dropout)
     return out_proj(jnp.einsum("bhqk,bhkd->bqhd", weights, v))
 
 
@@ -304,7 +309,7 @@ class MLP(nn.Module):
       h = jax.nn.relu(pre)
     # Stored only when the caller makes "intermediates" mutable (SPoT's ON similarity).
     self.sow("intermediates", "ffn_preact", pre)
-    h = Dropout(cfg.dropout_rate)(h, deterministic=not enable_dropout)
+    h = Dropout(cfg.dropout_rate, per_element_bits(cfg))(h, deterministic=not enable_dropout)
     return Dense(cfg.d_model, ("mlp", "embed"), dtype, name="wo")(h)
 
 
@@ -315,7 +320,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, bias, enable_dropout: bool, lengths=None):
     cfg = self.config
     dtype = activation_dtype(cfg)
-    drop = lambda t: Dropout(cfg.dropout_rate)(t, deterministic=not enable_dropout)
+    drop = lambda t: Dropout(cfg.dropout_rate, per_element_bits(cfg))(t, deterministic=not enable_dropout)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
     x = x + drop(Attention(cfg, name="attention")(h, h, bias, enable_dropout, lengths=lengths))
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
@@ -330,7 +335,7 @@ class DecoderLayer(nn.Module):
                cache_length: Optional[int] = None, encoder_lengths=None):
     cfg = self.config
     dtype = activation_dtype(cfg)
-    drop = lambda t: Dropout(cfg.dropout_rate)(t, deterministic=not enable_dropout)
+    drop = lambda t: Dropout(cfg.dropout_rate, per_element_bits(cfg))(t, deterministic=not enable_dropout)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(y)
     y = y + drop(Attention(cfg, "self", name="self_attention")(h, h, self_bias, enable_dropout, decode,
                                                                cache_length))
@@ -361,7 +366,7 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, embedded, valid, enable_dropout: bool):
     cfg = self.config
-    x = Dropout(cfg.dropout_rate)(embedded, deterministic=not enable_dropout)
+    x = Dropout(cfg.dropout_rate, per_element_bits(cfg))(embedded, deterministic=not enable_dropout)
     length = x.shape[1]
     bias = RelativePositionBias(cfg, True, name="relpos_bias")(length, length)
     lengths = None
@@ -372,7 +377,7 @@ class Encoder(nn.Module):
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, enable_dropout, lengths)
     x = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="encoder_norm")(x)
-    return Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
+    return Dropout(cfg.dropout_rate, per_element_bits(cfg))(x, deterministic=not enable_dropout)
 
 
 class Decoder(nn.Module):
@@ -382,7 +387,7 @@ class Decoder(nn.Module):
   def __call__(self, embedded, encoded, encoder_valid, enable_dropout: bool, decode: bool,
                cache_length: Optional[int] = None):
     cfg = self.config
-    y = Dropout(cfg.dropout_rate)(embedded, deterministic=not enable_dropout)
+    y = Dropout(cfg.dropout_rate, per_element_bits(cfg))(embedded, deterministic=not enable_dropout)
     relpos = RelativePositionBias(cfg, False, name="relpos_bias")
     if decode and cache_length and not self.has_variable("cache", "position"):
       # First step creates a cache of `cache_length` positions (no full-length dummy pass).
@@ -410,7 +415,7 @@ class Decoder(nn.Module):
       y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, enable_dropout,
                                                 decode, cache_length, encoder_lengths)
     y = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="decoder_norm")(y)
-    y = Dropout(cfg.dropout_rate)(y, deterministic=not enable_dropout)
+    y = Dropout(cfg.dropout_rate, per_element_bits(cfg))(y, deterministic=not enable_dropout)
     if cfg.tie_word_embeddings:
       return y  # the caller projects with the shared embedding
     return Dense(cfg.vocab_size, ("embed", "vocab"), activation_dtype(cfg), name="logits_dense")(y)

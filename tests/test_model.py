@@ -195,6 +195,20 @@ def test_dropout_masks_are_bernoulli_independent_and_keyed(rate, per_element):
   assert abs((np.asarray(drop(jax.random.PRNGKey(7))) > 0).mean() - keep) < tol
 
 
+def test_dropout_bits_config_selects_the_mask_layout():
+  """`T5Config.dropout_bits="per_element"` makes each mask a pure elementwise function of the index
+  (no 16-bit split, which needs a bitcast and a slice that XLA cannot fuse); "16bit" keeps the split;
+  an unknown value is refused."""
+  x = jnp.ones((4, 6), jnp.float32)
+  jaxpr = lambda bits: str(jax.make_jaxpr(lambda k: M.Dropout(0.1, M.per_element_bits(
+      CFG.replace(dropout_bits=bits))).apply({}, x, False, rngs={"dropout": k}))(jax.random.key(0)))
+  assert "bitcast_convert_type" not in jaxpr("per_element")
+  assert "bitcast_convert_type" in jaxpr("16bit")
+  assert M.per_element_bits(CFG) is None  # "auto": by backend at trace time
+  with pytest.raises(ValueError, match="dropout_bits"):
+    CFG.replace(dropout_bits="8bit")
+
+
 def test_dropout_bits_beyond_the_hash_counter_fall_back_to_jax_random():
   """A mask of 2^32 words or more would wrap the uint32 counter: such calls use jax.random.bits
   (checked on the traced program, nothing is allocated)."""
