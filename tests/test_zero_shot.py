@@ -10,6 +10,7 @@ from spot_jax import evaluation
 from spot_jax.config import size_config
 from spot_jax.model import init_params
 from spot_jax.spot import pipeline, zero_shot
+from spot_jax.spot import run as spot_run
 from spot_jax.spot.library import PromptLibrary
 
 LENGTHS = {"inputs": 64, "targets": 4}
@@ -58,7 +59,7 @@ def test_ranking_orders_prompts_by_their_zero_shot_metric(library, monkeypatch):
   planted = {"source_0": {"accuracy": 40.0, "f1": 90.0}, "source_1": {"accuracy": 70.0, "f1": 10.0},
              "source_2": {"accuracy": 55.0, "f1": 50.0}}
   by_bytes = {library.get(t).prompt.tobytes(): m for t, m in planted.items()}
-  monkeypatch.setattr(pipeline, "evaluate_prompt",
+  monkeypatch.setattr(spot_run, "evaluate_prompt",
                       lambda frozen, task, prompt, run: by_bytes[np.asarray(prompt).tobytes()])
   acc = zero_shot.rank_zero_shot(None, library, "any_target",
                                  pipeline.RunConfig(metric="accuracy"))

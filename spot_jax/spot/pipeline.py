@@ -28,39 +28,15 @@ import numpy as np
 
 from spot_jax import fileio, prompt_io
 from spot_jax.spot import similarity as sim
+from spot_jax.spot import zero_shot
 from spot_jax.spot.library import PromptLibrary, rank_sources, weighted_average_init
+# Re-exported: the pipeline's public settings and scoring live in `run` (zero_shot uses them too).
+from spot_jax.spot.run import RunConfig, evaluate_prompt, score_of  # noqa: F401
 
 log = logging.getLogger("spot_jax.spot")
 
 STRATEGIES = ("best_of_top_k", "weighted_average", "multitask_mixture")
 RANK_BY = ("similarity", "zero_shot")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Settings shared by every run of a pipeline.
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-  """What every training/evaluation run of the pipeline shares (the budget is passed per call).
-
-  `prompt_init` is the initializer of source runs, task-embedding runs and the baseline (None: the
-  trainer's default, random uniform 0.5). `metric` picks the validation metric that decides
-  (best-of-top-k, zero-shot ranking); None averages all metrics of the task.
-  """
-  task_feature_lengths: Mapping[str, int] = dataclasses.field(
-      default_factory=lambda: {"inputs": 512, "targets": 16})
-  batch_size: int = 32
-  prompt_length: int = 100
-  prompt_init: Any = None
-  seed: int = 0
-  num_partitions: int = 1
-  enable_dropout: bool = True
-  log_period: int = 100
-  eval_split: str = "validation"
-  eval_batch_size: Optional[int] = None
-  eval_num_examples: Optional[int] = None
-  metric: Optional[str] = None
-  optimizer: Any = None
 
 
 def enable_compilation_cache(path: Optional[str] = None, min_compile_time_secs: float = 0.5) -> str:
@@ -99,37 +75,6 @@ def _train(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt
     kwargs["optimizer"] = run.optimizer
   log.info("training %s for %d steps -> %s", task, steps, model_dir)
   return train_lib.train(**kwargs)
-
-
-def evaluate_prompt(frozen, task: str, prompt, run: RunConfig) -> Dict[str, float]:
-  """Validation metrics `{metric: value}` of `prompt` on `task` (`{task/metric: value}` for a mixture)."""
-  from spot_jax import evaluation  # pylint: disable=g-import-not-at-top
-  config, params = frozen
-  results = evaluation.evaluate(task, config, params, None if prompt is None else np.asarray(prompt),
-                                dict(run.task_feature_lengths), split=run.eval_split,
-                                batch_size=run.eval_batch_size or run.batch_size,
-                                num_examples=run.eval_num_examples)
-  if set(results) == {task}:
-    return {k: float(v) for k, v in results[task].items() if _is_number(v)}
-  return {f"{t}/{k}": float(v) for t, m in results.items() for k, v in m.items() if _is_number(v)}
-
-
-def _is_number(v) -> bool:
-  return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
-
-
-def score_of(metrics: Mapping[str, float], metric: Optional[str] = None) -> float:
-  """The number that decides: `metric` (a name, or a `task/name` suffix), else the mean of all."""
-  if not metrics:
-    raise ValueError("no validation metrics to compare: the task has no metric functions or no "
-                     "validation split")
-  if metric:
-    hits = [v for k, v in metrics.items() if k == metric or k.endswith("/" + metric)]
-    if not hits:
-      raise ValueError(f"metric {metric!r} is not among the validation metrics {sorted(metrics)}; set "
-                       "BEST_METRIC (--gin.BEST_METRIC) to one of them")
-    return float(np.mean(hits))
-  return float(np.mean(list(metrics.values())))
 
 
 def from_array(prompt, source: str = "array"):
@@ -223,7 +168,6 @@ def rank(library, target_embedding=None, measure: str = sim.DEFAULT_MEASURE, ran
     if frozen is None or target is None:
       raise ValueError("rank_by='zero_shot' evaluates each source prompt on the target: pass frozen= "
                        "and target=")
-    from spot_jax.spot import zero_shot  # pylint: disable=g-import-not-at-top
     return zero_shot.rank_zero_shot(frozen, lib, target, run, exclude=exclude)
   if target_embedding is None:
     raise ValueError("rank_by='similarity' needs the target's task embedding (task_embedding())")

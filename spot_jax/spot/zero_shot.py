@@ -13,6 +13,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from spot_jax import fileio
+from spot_jax.spot import run as run_lib
 from spot_jax.spot.library import PromptLibrary
 
 
@@ -57,10 +58,9 @@ def _prompts(library_or_prompts, exclude: Sequence[str] = ()) -> Dict[str, np.nd
 
 def zero_shot_matrix(frozen, library_or_prompts, targets: Sequence[str], run=None,
                      exclude: Sequence[str] = ()) -> ZeroShotMatrix:
-  """Evaluates every source prompt on every target's validation split (`run`: a pipeline.RunConfig,
-  which sets lengths, batch size, number of examples and the deciding metric)."""
-  from spot_jax.spot import pipeline  # pylint: disable=g-import-not-at-top
-  run = run or pipeline.RunConfig()
+  """Evaluates every source prompt on every target's validation split (`run`: a RunConfig, which
+  sets lengths, batch size, number of examples and the deciding metric)."""
+  run = run or run_lib.RunConfig()
   prompts = _prompts(library_or_prompts, exclude)
   sources = sorted(prompts)
   targets = list(targets)
@@ -69,9 +69,9 @@ def zero_shot_matrix(frozen, library_or_prompts, targets: Sequence[str], run=Non
   for j, target in enumerate(targets):
     metrics[target] = {}
     for i, source in enumerate(sources):
-      m = pipeline.evaluate_prompt(frozen, target, prompts[source], run)
+      m = run_lib.evaluate_prompt(frozen, target, prompts[source], run)
       metrics[target][source] = m
-      scores[i, j] = pipeline.score_of(m, run.metric)
+      scores[i, j] = run_lib.score_of(m, run.metric)
   return ZeroShotMatrix(sources, targets, scores, metrics, run.metric)
 
 
