@@ -11,7 +11,8 @@
 # device-time profile by op) and the log (OUT_DIR/suite.log). A run that would start after
 # DEADLINE_S (default 450) seconds is skipped. With PACK.tgz, OUT_DIR is re-packed into it after
 # every run (a device call brings back few files). Override the run list with RUNS (one
-# "NAME|bench arguments" per line) and the check's size with CHECK_SIZE for a dry run on CPU.
+# "NAME|bench arguments" per line) and the check's size with CHECK_SIZE (default tiny) for a dry run
+# on CPU.
 set -u
 out=${1:?usage: bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S] [PACK.tgz]}
 deadline=${2:-450}
