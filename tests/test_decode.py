@@ -22,8 +22,10 @@ def _teacher_forced_argmax(cfg, params, prompt, enc, length):
   return tokens, np.asarray(jnp.argmax(logits, axis=-1))
 
 
-@pytest.mark.parametrize("cfg", [CFG, V10], ids=["t5_1_1", "t5_1_0"])
+@pytest.mark.parametrize("cfg", [CFG, V10, CFG.replace(attention_impl="fused")],
+                         ids=["t5_1_1", "t5_1_0", "fused"])
 def test_greedy_matches_full_forward_argmax(cfg):
+  """(fused: the cached decoder's einsum cross-attention agrees with the training pass's fused one)"""
   params = M.init_params(cfg, jax.random.PRNGKey(0))
   prompt = np.random.RandomState(0).normal(size=(3, cfg.d_model)).astype(np.float32)
   tokens, argmax = _teacher_forced_argmax(cfg, params, prompt, ENC, 6)
