@@ -43,7 +43,7 @@ class T5Config:
   # and ours by default) or in the activation dtype (T5X's `float32_attention_logits=False`), which
   # halves the bytes of the [B, H, L, L] tensors that bound a bfloat16 step on a GPU.
   float32_attention_logits: bool = True
-  # How dropout masks get their random bits (model._keep_mask): "16bit" draws two per hashed word
+  # How dropout masks get their random bits (dropout._keep_mask): "16bit" draws two per hashed word
   # (least hashing: CPUs), "per_element" hashes each element's index (an elementwise function XLA
   # can fuse: accelerators); "auto" picks by backend. Same distribution either way.
   dropout_bits: str = "auto"

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from spot_jax.config import T5Config
+from spot_jax.dropout import Dropout, per_element_bits
+from spot_jax.fused_attention import fused_attention
 
 NEG_INF = -1e10  # additive mask value used by T5X (finite, so a fully masked row stays finite)
 
@@ -44,84 +46,11 @@ class Dense(nn.Module):
     return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
-def _key_words(key):
-  """The two uint32 words of a JAX PRNG key (typed, or a raw uint32[2] of the older API)."""
-  if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.wrap_key_data(key)
-  return key, jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
-
-
-def _fmix32(counter, data):
-  """murmur3's `fmix32` avalanche over `counter` (uint32), keyed by the two key words `data`."""
-  x = counter * jnp.uint32(0x9E3779B9) + data[0]
-  x = x ^ data[1]
-  x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
-  x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
-  return x ^ (x >> 16)
-
-
-def _hashed_bits(key, n: int):
-  """`n` uint32 words: `fmix32` over a counter, keyed by a JAX PRNG key.
-
-  A counter-based generator (like threefry, but 4 multiply/xor-shift rounds instead of 20): each
-  word is a bijective avalanche hash of its own index, so words never repeat within a call, and
-  calls are independent because every call gets its own threefry-derived key from flax's
-  `make_rng`. Measured 9x faster than `jax.random.bits` on CPU (25M words: 0.035 s vs 0.32 s),
-  which made dropout a quarter of the CPU training step.
-  """
-  key, data = _key_words(key)
-  if n >= 2 ** 32:  # the uint32 counter would wrap and repeat words: use JAX's generator instead
-    return jax.random.bits(key, (n,), jnp.uint32)
-  return _fmix32(jax.lax.iota(jnp.uint32, n), data)
-
-
-def _keep_mask(key, shape, rate: float, per_element: bool):
-  """Bernoulli(1 - rate) mask of `shape` and its exact keep probability.
-
-  `per_element=False` (CPUs) splits each hashed word into two 16-bit draws: half the hashing, which
-  is what a CPU pays for. `per_element=True` (accelerators) hashes every element's own index, so
-  the mask is a pure elementwise function that XLA fuses into the dropout's consumers and recomputes
-  in the backward pass: on a GPU the hash is nearly free and the bytes of a stored mask are not.
-  """
-  n = int(np.prod(shape))
-  if per_element and n < 2 ** 32:
-    threshold = min(int(round(rate * 2 ** 32)), 2 ** 32 - 1)
-    _, data = _key_words(key)
-    counter = jax.lax.iota(jnp.uint32, n).reshape(shape)
-    return _fmix32(counter, data) >= jnp.uint32(threshold), 1.0 - threshold / 2 ** 32
-  threshold = int(round(rate * 65536))
-  words = _hashed_bits(key, (n + 1) // 2)
-  bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n].reshape(shape)
-  return bits >= threshold, 1.0 - threshold / 65536
-
-
-class Dropout(nn.Module):
-  """Inverted dropout whose mask comes from a hash of the element index (`_keep_mask`).
-
-  Same distribution as Bernoulli dropout, rescaled by the exact keep probability; the bits come
-  from a counter hash rather than `jax.random.bits`, because random-bit generation dominated the
-  CPU training step and a stored mask costs memory traffic on a GPU (docs/bench.md has the
-  before/after of both). `per_element_bits=None` picks by backend: 16-bit draws on CPU, one
-  fused 32-bit hash per element elsewhere.
-  """
-  rate: float
-  per_element_bits: Optional[bool] = None
-
-  @nn.compact
-  def __call__(self, x, deterministic: bool):
-    if deterministic or self.rate == 0.0:
-      return x
-    if self.rate >= 1.0:
-      return jnp.zeros_like(x)
-    per_element = (jax.default_backend() != "cpu" if self.per_element_bits is None
-                   else self.per_element_bits)
-    keep, keep_prob = _keep_mask(self.make_rng("dropout"), x.shape, self.rate, per_element)
-    return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
-
-
-def per_element_bits(config: T5Config) -> Optional[bool]:
-  """`T5Config.dropout_bits` as `Dropout.per_element_bits` (None: by backend)."""
-  return {"auto": None, "16bit": False, "per_element": True}[config.dropout_bits]
+def dropout(config: T5Config, enable_dropout: bool):
+  """T5's dropout (rate and mask bits from `config`) as a function of one tensor; each call makes a
+  new `Dropout` submodule, so every site draws its own mask."""
+  return lambda t: Dropout(config.dropout_rate, per_element_bits(config))(
+      t, deterministic=not enable_dropout)
 
 
 class RMSNorm(nn.Module):
@@ -186,41 +115,6 @@ class RelativePositionBias(nn.Module):
                                      cfg.relative_attention_max_distance)
     row = jax.lax.dynamic_slice_in_dim(jnp.asarray(full), q_position, 1, axis=0)
     return jnp.take(table, row, axis=1)[None]  # [1, H, 1, k]
-
-
-def _cudnn_attention_without_bias_grad(q, k, v, bias, q_lengths, kv_lengths):
-  """cuDNN flash attention told that the bias needs no gradient.
-
-  The public `jax.nn.dot_product_attention` asks cuDNN for the bias gradient whenever a bias is
-  passed, and its backward kernel then writes a `[H, L, L]` sum over the batch that the frozen
-  relative-position table never uses. JAX exposes the switch only in its private cuDNN module, so
-  this returns None (and the caller takes the public path) when that module's interface differs.
-  """
-  try:
-    from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa
-    version = cudnn_fa.check_cudnn_version()
-    layout = cudnn_fa._normalize_layout("BTNH")
-    cudnn_fa.check_layout(q, k, v, bias, q_lengths, kv_lengths, None, None, None, None, layout)
-    unused = jnp.zeros(0, q.dtype)
-    return cudnn_fa._dot_product_attention(
-        q, k, v, bias, q_lengths, kv_lengths, unused, unused, unused, unused, 1.0, 42, 0.0,
-        (True, False), cudnn_fa.MaskType.PADDING, layout.value, None, version, False)
-  except (ImportError, AttributeError, TypeError):
-    return None
-
-
-def fused_attention(q, k, v, bias, q_lengths, kv_lengths):
-  """Attention over right-padded `[B, L, H, Dh]` rows (`q_lengths`/`kv_lengths` valid positions
-  each) that never writes the `[B, H, Q, K]` probabilities: cuDNN on GPU, XLA's reference
-  elsewhere. `bias` (`[1, H, Q, K]`, frozen) may be None, as in cross-attention."""
-  on_gpu = jax.devices()[0].platform == "gpu"
-  if on_gpu and bias is not None:
-    out = _cudnn_attention_without_bias_grad(q, k, v, bias, q_lengths, kv_lengths)
-    if out is not None:
-      return out
-  return jax.nn.dot_product_attention(
-      q, k, v, bias=bias, scale=1.0, query_seq_lengths=q_lengths,
-      key_value_seq_lengths=kv_lengths, implementation="cudnn" if on_gpu else "xla")
 
 
 class Attention(nn.Module):
@@ -288,7 +182,7 @@ class Attention(nn.Module):
     logits_dtype = jnp.float32 if cfg.float32_attention_logits else dtype
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(logits_dtype) + bias.astype(logits_dtype)
     weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    weights = Dropout(cfg.dropout_rate, per_element_bits(cfg))(weights, deterministic=not enable_dropout)
+    weights = dropout(cfg, enable_dropout)(weights)
     return out_proj(jnp.einsum("bhqk,bhkd->bqhd", weights, v))
 
 
@@ -309,7 +203,7 @@ class MLP(nn.Module):
       h = jax.nn.relu(pre)
     # Stored only when the caller makes "intermediates" mutable (SPoT's ON similarity).
     self.sow("intermediates", "ffn_preact", pre)
-    h = Dropout(cfg.dropout_rate, per_element_bits(cfg))(h, deterministic=not enable_dropout)
+    h = dropout(cfg, enable_dropout)(h)
     return Dense(cfg.d_model, ("mlp", "embed"), dtype, name="wo")(h)
 
 
@@ -320,7 +214,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, bias, enable_dropout: bool, lengths=None):
     cfg = self.config
     dtype = activation_dtype(cfg)
-    drop = lambda t: Dropout(cfg.dropout_rate, per_element_bits(cfg))(t, deterministic=not enable_dropout)
+    drop = dropout(cfg, enable_dropout)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
     x = x + drop(Attention(cfg, name="attention")(h, h, bias, enable_dropout, lengths=lengths))
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
@@ -335,7 +229,7 @@ class DecoderLayer(nn.Module):
                cache_length: Optional[int] = None, encoder_lengths=None):
     cfg = self.config
     dtype = activation_dtype(cfg)
-    drop = lambda t: Dropout(cfg.dropout_rate, per_element_bits(cfg))(t, deterministic=not enable_dropout)
+    drop = dropout(cfg, enable_dropout)
     h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(y)
     y = y + drop(Attention(cfg, "self", name="self_attention")(h, h, self_bias, enable_dropout, decode,
                                                                cache_length))
@@ -366,7 +260,7 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, embedded, valid, enable_dropout: bool):
     cfg = self.config
-    x = Dropout(cfg.dropout_rate, per_element_bits(cfg))(embedded, deterministic=not enable_dropout)
+    x = dropout(cfg, enable_dropout)(embedded)
     length = x.shape[1]
     bias = RelativePositionBias(cfg, True, name="relpos_bias")(length, length)
     lengths = None
@@ -377,7 +271,7 @@ class Encoder(nn.Module):
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, enable_dropout, lengths)
     x = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="encoder_norm")(x)
-    return Dropout(cfg.dropout_rate, per_element_bits(cfg))(x, deterministic=not enable_dropout)
+    return dropout(cfg, enable_dropout)(x)
 
 
 class Decoder(nn.Module):
@@ -387,7 +281,7 @@ class Decoder(nn.Module):
   def __call__(self, embedded, encoded, encoder_valid, enable_dropout: bool, decode: bool,
                cache_length: Optional[int] = None):
     cfg = self.config
-    y = Dropout(cfg.dropout_rate, per_element_bits(cfg))(embedded, deterministic=not enable_dropout)
+    y = dropout(cfg, enable_dropout)(embedded)
     relpos = RelativePositionBias(cfg, False, name="relpos_bias")
     if decode and cache_length and not self.has_variable("cache", "position"):
       # First step creates a cache of `cache_length` positions (no full-length dummy pass).
@@ -415,7 +309,7 @@ class Decoder(nn.Module):
       y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, enable_dropout,
                                                 decode, cache_length, encoder_lengths)
     y = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="decoder_norm")(y)
-    y = Dropout(cfg.dropout_rate, per_element_bits(cfg))(y, deterministic=not enable_dropout)
+    y = dropout(cfg, enable_dropout)(y)
     if cfg.tie_word_embeddings:
       return y  # the caller projects with the shared embedding
     return Dense(cfg.vocab_size, ("embed", "vocab"), activation_dtype(cfg), name="logits_dense")(y)

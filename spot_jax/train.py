@@ -149,7 +149,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   batches = input_pipeline.get_batches(mixture_or_task_name, task_feature_lengths, "train", batch_size,
                                        seed=seed, skip_batches=start_step)
   # A threefry key: flax derives one per dropout call from it, and the model stretches each into
-  # mask bits with a cheap counter hash (model._hashed_bits; docs/bench.md has the timings).
+  # mask bits with a cheap counter hash (dropout._hashed_bits; docs/bench.md has the timings).
   rng = jax.random.key(seed)
   from spot_jax import metrics_log
   logger = metrics_log.MetricsLogger(model_dir, total_steps=train_steps, start_step=start_step,

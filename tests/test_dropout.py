@@ -1,0 +1,59 @@
+"""spot_jax/dropout.py: hashed dropout masks are Bernoulli, keyed, and laid out as configured."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spot_jax import dropout as D
+from spot_jax.config import size_config
+
+CFG = size_config("tiny", dropout_rate=0.1)
+
+
+@pytest.mark.parametrize("per_element", [False, True], ids=["16bit_cpu", "32bit_per_element"])
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_masks_are_bernoulli_independent_and_keyed(rate, per_element):
+  """The hashed random bits give Bernoulli(1-rate) masks: the right keep rate, no correlation
+  between neighbours or between calls with different keys, same mask for the same key. Both bit
+  layouts: two 16-bit draws per hashed word (CPU) and one hash per element (accelerators)."""
+  x = jnp.ones((1000, 1000), jnp.float32)
+  drop = lambda key: D.Dropout(rate, per_element).apply({}, x, False, rngs={"dropout": key})
+  a = np.asarray(drop(jax.random.key(0))) > 0
+  b = np.asarray(drop(jax.random.key(1))) > 0
+  n, keep = a.size, 1 - rate
+  tol = 5 * np.sqrt(keep * rate / n)  # 5 sigma
+  assert abs(a.mean() - keep) < tol and abs(b.mean() - keep) < tol
+  np.testing.assert_array_equal(a, np.asarray(drop(jax.random.key(0))) > 0)
+  assert abs((a & b).mean() - keep ** 2) < 5 * np.sqrt(keep ** 2 * (1 - keep ** 2) / n)
+  flat = a.reshape(-1).astype(np.float64) - keep
+  for lag in (1, 2, 1000):  # the two halves of one word, the next word, the next row
+    assert abs(np.mean(flat[:-lag] * flat[lag:])) / (keep * rate) < 0.01, lag
+  kept = np.asarray(drop(jax.random.key(0)))[a]
+  levels = 2 ** 32 if per_element else 65536
+  np.testing.assert_allclose(kept, 1 / (1 - round(rate * levels) / levels), rtol=1e-6)
+  # a raw uint32[2] key (the pre-typed-key API) works the same way
+  assert abs((np.asarray(drop(jax.random.PRNGKey(7))) > 0).mean() - keep) < tol
+
+
+def test_dropout_bits_config_selects_the_mask_layout():
+  """`T5Config.dropout_bits="per_element"` makes each mask a pure elementwise function of the index
+  (no 16-bit split, which needs a bitcast and a slice that XLA cannot fuse); "16bit" keeps the split;
+  an unknown value is refused."""
+  x = jnp.ones((4, 6), jnp.float32)
+  jaxpr = lambda bits: str(jax.make_jaxpr(lambda k: D.Dropout(0.1, D.per_element_bits(
+      CFG.replace(dropout_bits=bits))).apply({}, x, False, rngs={"dropout": k}))(jax.random.key(0)))
+  assert "bitcast_convert_type" not in jaxpr("per_element")
+  assert "bitcast_convert_type" in jaxpr("16bit")
+  assert D.per_element_bits(CFG) is None  # "auto": by backend at trace time
+  with pytest.raises(ValueError, match="dropout_bits"):
+    CFG.replace(dropout_bits="8bit")
+
+
+def test_dropout_bits_beyond_the_hash_counter_fall_back_to_jax_random():
+  """A mask of 2^32 words or more would wrap the uint32 counter: such calls use jax.random.bits
+  (checked on the traced program, nothing is allocated)."""
+  small = str(jax.make_jaxpr(lambda k: D._hashed_bits(k, 1000))(jax.random.key(0)))
+  huge = str(jax.make_jaxpr(lambda k: D._hashed_bits(k, 2 ** 32))(jax.random.key(0)))
+  assert "random_bits" not in small and "random_bits" in huge
+  assert "random_bits" in str(jax.make_jaxpr(lambda k: D._hashed_bits(k, 2 ** 32))(
+      jax.random.PRNGKey(0)))
