@@ -108,18 +108,18 @@ def summarize(xplane_path: str, steps: int, hlo_text: str = "", top: int = 30) -
     lines_used = streams or [line for line in lines_used
                              if not line.name.startswith(("XLA Modules", "XLA Ops", "Steps"))]
   for line in lines_used:
-      for event in line.events:
-        if on_device:
-          # By kernel: a step replayed as a CUDA graph names one `hlo_op` for all its kernels.
-          op = event.name
-        else:
-          op = dict(event.stats).get("hlo_op")
-          if op is None:
-            continue  # host-side Python and runtime events, not program work
-        entry = per_op[op]
-        entry[0] += event.duration_ns
-        entry[1] += 1
-        entry[2] = entry[2] or event.name
+    for event in line.events:
+      if on_device:
+        # By kernel: a step replayed as a CUDA graph names one `hlo_op` for all its kernels.
+        op = event.name
+      else:
+        op = dict(event.stats).get("hlo_op")
+        if op is None:
+          continue  # host-side Python and runtime events, not program work
+      entry = per_op[op]
+      entry[0] += event.duration_ns
+      entry[1] += 1
+      entry[2] = entry[2] or event.name
   lines, bodies = hlo_index(hlo_text) if hlo_text else ({}, {})
   ops, by_category, by_source = [], collections.defaultdict(float), collections.defaultdict(float)
   total = sum(v[0] for v in per_op.values())

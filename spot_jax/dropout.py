@@ -52,8 +52,8 @@ def _keep_mask(key, shape, rate: float, per_element: bool):
 
   `per_element=False` (CPUs) splits each hashed word into two 16-bit draws: half the hashing, which
   is what a CPU pays for. `per_element=True` (accelerators) hashes every element's own index, so
-  the mask is a pure elementwise function that XLA fuses into the dropout's consumers and recomputes
-  in the backward pass: on a GPU the hash is nearly free and the bytes of a stored mask are not.
+  the mask is a pure elementwise function that XLA can fuse into the dropout's consumers (on the
+  H200 it did: no bits are stored), where the hash is cheap and stored bytes are not.
   """
   n = int(np.prod(shape))
   if per_element and n < 2 ** 32:
@@ -68,13 +68,10 @@ def _keep_mask(key, shape, rate: float, per_element: bool):
 
 
 class Dropout(nn.Module):
-  """Inverted dropout whose mask comes from a hash of the element index (`_keep_mask`).
+  """Inverted dropout with a hashed mask (`_keep_mask`), rescaled by the exact keep probability.
 
-  Same distribution as Bernoulli dropout, rescaled by the exact keep probability; the bits come
-  from a counter hash rather than `jax.random.bits`, because random-bit generation dominated the
-  CPU training step and a stored mask costs memory traffic on a GPU (docs/bench.md has the
-  before/after of both). `per_element_bits=None` picks by backend: 16-bit draws on CPU, one
-  fused 32-bit hash per element elsewhere.
+  `per_element_bits=None` picks by backend: 16-bit draws on CPU, one 32-bit hash per element
+  elsewhere.
   """
   rate: float
   per_element_bits: Optional[bool] = None
