@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spot_jax import target_platform
 from spot_jax.config import T5Config
 
 
@@ -82,7 +83,7 @@ class Dropout(nn.Module):
       return x
     if self.rate >= 1.0:
       return jnp.zeros_like(x)
-    per_element = (jax.default_backend() != "cpu" if self.per_element_bits is None
+    per_element = (target_platform.platform() != "cpu" if self.per_element_bits is None
                    else self.per_element_bits)
     keep, keep_prob = _keep_mask(self.make_rng("dropout"), x.shape, self.rate, per_element)
     return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))

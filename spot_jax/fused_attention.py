@@ -8,6 +8,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from spot_jax import target_platform
+
 
 def _cudnn_attention_without_bias_grad(q, k, v, bias, q_lengths, kv_lengths):
   """cuDNN flash attention told that the bias needs no gradient.
@@ -34,7 +36,7 @@ def fused_attention(q, k, v, bias, q_lengths, kv_lengths):
   """Attention over right-padded `[B, L, H, Dh]` rows (`q_lengths`/`kv_lengths` valid positions
   each) that never writes the `[B, H, Q, K]` probabilities: cuDNN on GPU, XLA's reference
   elsewhere. `bias` (`[1, H, Q, K]`, frozen) may be None, as in cross-attention."""
-  on_gpu = jax.devices()[0].platform == "gpu"
+  on_gpu = target_platform.platform() == "gpu"
   if on_gpu and bias is not None:
     out = _cudnn_attention_without_bias_grad(q, k, v, bias, q_lengths, kv_lengths)
     if out is not None:

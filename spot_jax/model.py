@@ -315,6 +315,32 @@ class Decoder(nn.Module):
     return Dense(cfg.vocab_size, ("embed", "vocab"), activation_dtype(cfg), name="logits_dense")(y)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def broadcast_prompt(prompt, batch: int):
+  """`[P, d]` -> `[batch, P, d]`, with a gradient that sums over the batch on the matrix unit.
+
+  The plain broadcast's gradient is a reduce over the batch axis. XLA's GPU layout assignment makes
+  a reduced axis minor, and from the prompt's gradient that choice spread over the encoder's whole
+  residual stream: the compiled H200 step stored it batch-minor and transposed it around every
+  layer (`bench/gpu_layout.py` shows it). A `[2, batch] x [batch, P*d]` product computes the same
+  sum, in float32, and leaves layouts alone; a `[batch]` vector would be rewritten into the reduce.
+  """
+  return jnp.broadcast_to(prompt[None], (batch,) + prompt.shape)
+
+
+def _broadcast_prompt_fwd(prompt, batch):
+  return broadcast_prompt(prompt, batch), None
+
+
+def _broadcast_prompt_bwd(batch, _, grad):
+  ones = jnp.ones((2, batch), grad.dtype)
+  total = jnp.einsum("kb,bpd->kpd", ones, grad, preferred_element_type=jnp.float32)[0]
+  return (total.astype(grad.dtype),)
+
+
+broadcast_prompt.defvjp(_broadcast_prompt_fwd, _broadcast_prompt_bwd)
+
+
 class T5(nn.Module):
   """T5 encoder-decoder; `prompt` (`[P, d]` or `[B, P, d]`) is prepended to the encoder input."""
   config: T5Config
@@ -333,7 +359,7 @@ class T5(nn.Module):
       return x
     prompt = jnp.asarray(prompt).astype(x.dtype)
     if prompt.ndim == 2:
-      prompt = jnp.broadcast_to(prompt[None], (x.shape[0],) + prompt.shape)
+      prompt = broadcast_prompt(prompt, x.shape[0])
     if prompt.ndim != 3 or prompt.shape[0] != x.shape[0] or prompt.shape[2] != x.shape[2]:
       raise ValueError(f"prompt has shape {prompt.shape}; expected [P, {x.shape[2]}] or "
                        f"[{x.shape[0]}, P, {x.shape[2]}] (d_model={x.shape[2]}, batch={x.shape[0]})")

@@ -168,3 +168,23 @@ def test_fused_attention_matches_the_einsum_form_on_right_padded_inputs():
   np.testing.assert_allclose(np.asarray(gb), np.asarray(ga), atol=1e-5)
   with pytest.raises(ValueError, match="attention_impl"):
     CFG.replace(attention_impl="flash")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_broadcast_prompt_gradient_is_the_batch_sum_computed_as_a_matmul(dtype):
+  """Same values and gradient as `jnp.broadcast_to`, but the batch sum is a dot (so XLA's GPU
+  layout assignment sees no reduce over the batch) accumulated in float32."""
+  rng = np.random.default_rng(0)
+  prompt = jnp.asarray(rng.normal(size=(5, 6)), dtype)
+  weights = jnp.asarray(rng.normal(size=(7, 5, 6)), dtype)
+  plain = lambda p: jnp.broadcast_to(p[None], (7,) + p.shape)
+  loss = lambda f: lambda p: jnp.sum((jnp.sin(f(p).astype(jnp.float32)) * weights).astype(dtype))
+  np.testing.assert_array_equal(M.broadcast_prompt(prompt, 7), plain(prompt))
+  grad = jax.grad(loss(lambda p: M.broadcast_prompt(p, 7)))(prompt)
+  reference = jnp.sum(jnp.cos(plain(prompt).astype(jnp.float32)) * weights.astype(jnp.float32), 0)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.asarray(grad, np.float32), reference, rtol=tol, atol=tol)
+  backward = str(jax.make_jaxpr(jax.grad(loss(lambda p: M.broadcast_prompt(p, 7))))(prompt))
+  assert "dot_general" in backward and "preferred_element_type=float32" in backward
+  plain_backward = str(jax.make_jaxpr(jax.grad(loss(plain)))(prompt))
+  assert "reduce_sum[axes=(0,)" in plain_backward and "reduce_sum[axes=(0,)" not in backward
