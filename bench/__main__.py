@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "(bfloat16 is T5X's float32_attention_logits=False; see T5Config)")
   p.add_argument("--dropout-bits", default="auto", choices=("auto", "16bit", "per_element"),
                  help="how dropout masks get their bits (T5Config.dropout_bits)")
+  p.add_argument("--mlp-backward", default="auto", choices=("auto", "store", "recompute"),
+                 help="gated-GELU backward: stored or recomputed tanh and mask (T5Config.mlp_backward)")
+  p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
+                 help="train: an XLA compiler option for the step (repeatable), e.g. "
+                      "xla_gpu_dot_merger_threshold_mb=0")
   p.add_argument("--profile", default="",
                  help="train: trace 3 more steps into this directory and print device time by op")
   p.add_argument("--num-partitions", type=int, default=1, help="model-parallel devices per replica")
@@ -100,6 +105,25 @@ def parse_args(argv=None) -> argparse.Namespace:
   if args.peer_python:
     args.peer = True
   return args
+
+
+def xla_options(items) -> dict:
+  """`["name=value", ...]` as the `compiler_options` dict of `Lowered.compile`."""
+  options = {}
+  for item in items:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+      raise SystemExit(f"--xla-option {item!r} is not NAME=VALUE (e.g. "
+                       "xla_gpu_dot_merger_threshold_mb=0)")
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+      options[name] = lowered == "true"  # XLA rejects the strings for boolean options
+    else:
+      try:
+        options[name] = int(value)
+      except ValueError:
+        options[name] = value
+  return options
 
 
 def peer_python(args) -> str:
@@ -311,7 +335,8 @@ def main(argv=None) -> int:
                 config_overrides=dict({"vocab_size": args.vocab_size} if args.vocab_size else {},
                                       attention_impl=args.attention,
                                       float32_attention_logits=args.attention_logits == "float32",
-                                      dropout_bits=args.dropout_bits))
+                                      dropout_bits=args.dropout_bits,
+                                      mlp_backward=args.mlp_backward))
   from bench import ceiling  # numpy only at import; JAX starts inside its functions
   if not args.no_ceiling:
     print("[bench] measuring the matmul ceiling", file=sys.stderr, flush=True)
@@ -337,7 +362,8 @@ def main(argv=None) -> int:
     print("[bench] spot_jax training step", file=sys.stderr, flush=True)
     results["train"] = train_throughput.run(
         target_length=args.target_length, microbatches=args.microbatches, dropout=args.dropout,
-        donate=not args.no_donate, profile_dir=args.profile, **common)
+        donate=not args.no_donate, profile_dir=args.profile,
+        compiler_options=xla_options(args.xla_option), **common)
     if peer:
       results["train"]["peer"] = peer
   if args.what == "trainer":

@@ -39,25 +39,37 @@ def _array_bytes(shape: str) -> int:
   return n * _DTYPE_BYTES[m.group(1)]
 
 
+def _result_bytes(result_type: str) -> int:
+  """Bytes of an instruction's result: an array type, or the arrays of a tuple type."""
+  return sum(_array_bytes(t) for t in re.findall(r"\w+\[[\d,]*\]", result_type))
+
+
 def analyze(hlo_text: str) -> dict:
-  """Transposes, cuDNN calls and matmuls of the entry computation of optimized HLO text.
+  """Transposes, memory traffic of the elementwise/reduction kernels, cuDNN calls and matmuls of
+  the entry computation of optimized HLO text.
 
   A transpose is a fusion whose name says it transposes (`input_transpose_fusion`,
   `loop_transpose_fusion`, `input_add_transpose_fusion`, ...) or a bare `transpose`/`copy`; its
-  traffic is counted as one read and one write of its output. Sources fold layer numbers together.
+  traffic is counted as one read and one write of its output. `fusion_gib` sums operands and
+  results of every loop/input fusion (not matmuls, not cuDNN): those kernels are bound by memory,
+  so it divided by the bandwidth is a floor on their time. Sources fold layer numbers together.
   """
   from bench.device_profile import op_name
   start = hlo_text.find("\nENTRY")
   entry = hlo_text[start:] if start >= 0 else hlo_text
   transposes = collections.defaultdict(lambda: {"count": 0, "bytes": 0})
+  traffic = collections.defaultdict(lambda: {"count": 0, "bytes": 0})
   custom_calls = collections.Counter()
+  result_bytes = {}
   matmuls = 0
   for line in entry.splitlines():
     # The result type may be a tuple with spaces in it: the opcode is the first `word(` after it.
-    m = re.match(r"\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s([a-z][\w\-]*)\(", line)
+    m = re.match(r"\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s([a-z][\w\-]*)\((.*)$", line)
     if not m:
       continue
-    name, shape, opcode = m.groups()
+    name, shape, opcode, rest = m.groups()
+    result_bytes[name] = _result_bytes(shape)
+    source = op_name(line).split("/", 1)[-1]
     call = re.search(r'custom_call_target="([^"]+)"', line)
     if call:
       custom_calls[call.group(1)] += 1
@@ -65,23 +77,44 @@ def analyze(hlo_text: str) -> dict:
         matmuls += 1
     elif opcode == "fusion" and re.match(r"(gemm_fusion|triton_gemm|cublas)", name):
       matmuls += 1
+    elif opcode == "fusion" and re.search(r"kind=k(Loop|Input)\b", rest):
+      operands = re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
+      key = (re.sub(r"\.\d+$", "", name), source)
+      traffic[key]["count"] += 1
+      traffic[key]["bytes"] += result_bytes[name] + sum(result_bytes.get(o, 0) for o in operands)
     if (opcode == "fusion" and "transpose" in name) or opcode in ("transpose", "copy"):
-      key = (shape.split("{")[0], op_name(line).split("/", 1)[-1])
+      key = (shape.split("{")[0], source)
       transposes[key]["count"] += 1
       transposes[key]["bytes"] += 2 * _array_bytes(shape)
   rows = [{"shape": shape, "source": source, **v} for (shape, source), v in transposes.items()]
   rows.sort(key=lambda r: -r["bytes"])
+  kernels = [{"fusion": kind, "source": source, **v} for (kind, source), v in traffic.items()]
+  kernels.sort(key=lambda r: -r["bytes"])
   return {"transposes": rows, "transpose_count": sum(r["count"] for r in rows),
           "transpose_gib": sum(r["bytes"] for r in rows) / 2 ** 30,
+          "fusion_gib": sum(r["bytes"] for r in kernels) / 2 ** 30, "fusions": kernels,
           "custom_calls": dict(custom_calls), "matmuls": matmuls}
 
 
-def report(summary: dict, top: int = 12) -> str:
+def memory_bandwidth(target_config: str) -> float | None:
+  """Bytes/s of the target's memory (`gpu_device_info.memory_bandwidth`), if the config has it."""
+  m = re.search(r"memory_bandwidth:\s*(\d+)", target_config)
+  return float(m.group(1)) if m else None
+
+
+def report(summary: dict, top: int = 12, bandwidth: float | None = None) -> str:
   out = [f"transposes: {summary['transpose_count']} moving {summary['transpose_gib']:.2f} GiB "
          "(read + write) per step"]
   for row in summary["transposes"][:top]:
     out.append(f"  {row['count']:4d} x {row['shape']:<22} {row['bytes'] / 2 ** 30:6.2f} GiB  "
                f"{row['source'][-80:]}")
+  floor = (f", at least {summary['fusion_gib'] * 2 ** 30 / bandwidth * 1e3:.1f} ms at "
+           f"{bandwidth / 1e12:.1f} TB/s" if bandwidth else "")
+  out.append(f"loop/input fusions (elementwise, reductions) read + write {summary['fusion_gib']:.1f} "
+             f"GiB per step{floor}; the largest:")
+  for row in summary["fusions"][:top]:
+    out.append(f"  {row['count']:4d} x {row['fusion'][:34]:<34} {row['bytes'] / 2 ** 30:6.2f} GiB  "
+               f"{row['source'][-70:]}")
   cudnn = {k: v for k, v in summary["custom_calls"].items() if "cudnn" in k}
   out.append(f"matmuls: {summary['matmuls']}   cuDNN calls: {cudnn or 'none'}")
   return "\n".join(out)
@@ -145,6 +178,7 @@ def main(argv=None) -> int:
   p.add_argument("--weight-dtype", default="bfloat16", choices=("float32", "bfloat16"))
   p.add_argument("--attention", default="fused", choices=("einsum", "fused"))
   p.add_argument("--dropout-bits", default="auto", choices=("auto", "16bit", "per_element"))
+  p.add_argument("--mlp-backward", default="auto", choices=("auto", "store", "recompute"))
   p.add_argument("--dropout", type=float, default=0.1)
   p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
                  help="an XLA compiler option for this compile (repeatable), e.g. "
@@ -155,19 +189,16 @@ def main(argv=None) -> int:
     p.error(f"--target-config {args.target_config} is not a file")
   with open(args.target_config) as f:
     target = f.read()
-  options = {}
-  for item in args.xla_option:
-    name, sep, value = item.partition("=")
-    if not sep:
-      p.error(f"--xla-option {item!r} is not NAME=VALUE")
-    options[name] = value
+  from bench.__main__ import xla_options
+  options = xla_options(args.xla_option)
   compiled = compile_step_for_gpu(
       target, args.size, args.batch, args.input_length, args.target_length, args.prompt_length,
       args.dtype, args.weight_dtype, args.dropout,
-      {"attention_impl": args.attention, "dropout_bits": args.dropout_bits}, options)
+      {"attention_impl": args.attention, "dropout_bits": args.dropout_bits,
+       "mlp_backward": args.mlp_backward}, options)
   hlo = compiled.as_text()
   summary = analyze(hlo)
-  print(report(summary))
+  print(report(summary, bandwidth=memory_bandwidth(target)))
   if args.out:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "step.hlo.txt"), "w") as f:

@@ -5,8 +5,9 @@
 #   bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S] [PACK.tgz]
 #
 # First `bench.attention_check` (does the fused form compute the einsum form's loss and prompt
-# gradient on this GPU?), then the runs in priority order (what the last GPU session left open first:
-# the dropout-bits A/B of docs/bench.md, the PEFT ratio for T5-large), each its own process under
+# gradient on this GPU?), then the runs in priority order (what is open first: the defaults after
+# the layout and MLP-backward changes of docs/bench.md, their A/Bs against the stored MLP backward
+# and XLA's dot merger, larger batches, the PEFT ratio for T5-large), each its own process under
 # `timeout`, so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a
 # device-time profile by op) and the log (OUT_DIR/suite.log). A run that would start after
 # DEADLINE_S (default 450) seconds is skipped. With PACK.tgz, OUT_DIR is re-packed into it after
@@ -24,11 +25,14 @@ mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 shape="--dtype bfloat16 --weight-dtype bfloat16 --input-length 512 --prompt-length 100 \
 --target-length 32 --steps 10 --warmup 2 --no-ceiling"
-default_runs="base_b64_fused_16bit|train --size base --batch 64 --attention fused --dropout-bits 16bit --profile $out/prof_base_b64_fused_16bit $shape
+nomerge="--xla-option xla_gpu_dot_merger_threshold_mb=0"
+default_runs="large_b64_fused|train --size large --batch 64 --attention fused --profile $out/prof_large_b64_fused $shape
 base_b64_fused|train --size base --batch 64 --attention fused --peer --profile $out/prof_base_b64_fused $shape
-large_b64_fused_16bit|train --size large --batch 64 --attention fused --dropout-bits 16bit --profile $out/prof_large_b64_fused_16bit $shape
-large_b64_fused|train --size large --batch 64 --attention fused $shape
-large_b32|train --size large --batch 32 --peer $shape
+base_b64_fused_store|train --size base --batch 64 --attention fused --mlp-backward store $shape
+base_b64_fused_nomerge|train --size base --batch 64 --attention fused $nomerge $shape
+large_b128_fused|train --size large --batch 128 --attention fused $shape
+large_b32_fused|train --size large --batch 32 --attention fused --peer $shape
+large_b32_fused_nomerge|train --size large --batch 32 --attention fused $nomerge $shape
 base_b64|train --size base --batch 64 --profile $out/prof_base_b64 $shape"
 runs=${RUNS:-$default_runs}
 

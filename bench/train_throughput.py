@@ -131,7 +131,8 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
         prompt_length: int = 100, dtype: str = "float32", weight_dtype: str = "float32",
         num_partitions: int = 1, num_devices: int | None = None, microbatches: int = 1,
         dropout: float = 0.1, steps: int = 5, warmup: int = 1, donate: bool = True,
-        config_overrides: dict | None = None, seed: int = 0, profile_dir: str = "") -> dict:
+        config_overrides: dict | None = None, seed: int = 0, profile_dir: str = "",
+        compiler_options: dict | None = None) -> dict:
   """Compile and time the prompt-tuning step; returns a flat dict of results (see `bench.md`).
 
   With `profile_dir`, three more steps run under the profiler after the timed ones (so the trace
@@ -177,7 +178,7 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
 
   t0 = time.perf_counter()
   lowered = jitted.lower(state, frozen, batches[0], rng)
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options=compiler_options or None)
   compile_s = time.perf_counter() - t0
   peak_compile_mib = host_peak_rss_mib()
 
@@ -231,7 +232,8 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
       "target_length": target_length, "prompt_length": prompt_length, "dtype": dtype,
       "weight_dtype": weight_dtype, "attention_impl": config.attention_impl,
       "float32_attention_logits": config.float32_attention_logits,
-      "dropout_bits": config.dropout_bits,
+      "dropout_bits": config.dropout_bits, "mlp_backward": config.mlp_backward,
+      "compiler_options": compiler_options or {},
       "microbatches": microbatches, "dropout": dropout,
       "donate": donate, "steps": steps, "warmup": warmup,
       "init_s": init_s, "compile_s": compile_s,

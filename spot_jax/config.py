@@ -10,6 +10,7 @@ from typing import Any
 FEED_FORWARDS = ("relu", "gated-gelu")
 ATTENTION_IMPLS = ("einsum", "fused")
 DROPOUT_BITS = ("auto", "16bit", "per_element")
+MLP_BACKWARDS = ("auto", "store", "recompute")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,10 @@ class T5Config:
   # (least hashing: CPUs), "per_element" hashes each element's index (an elementwise function XLA
   # can fuse: accelerators); "auto" picks by backend. Same distribution either way.
   dropout_bits: str = "auto"
+  # Gated-GELU block, training: "store" keeps GELU's tanh and the dropout mask for the backward
+  # pass; "recompute" recomputes both from the two projections, which are kept anyway (less memory
+  # traffic: accelerators); "auto" picks by target platform. Same values either way.
+  mlp_backward: str = "auto"
 
   def __post_init__(self):
     if self.attention_impl not in ATTENTION_IMPLS:
@@ -55,6 +60,9 @@ class T5Config:
     if self.dropout_bits not in DROPOUT_BITS:
       raise ValueError(f"dropout_bits={self.dropout_bits!r} is not supported; use one of "
                        f"{DROPOUT_BITS}")
+    if self.mlp_backward not in MLP_BACKWARDS:
+      raise ValueError(f"mlp_backward={self.mlp_backward!r} is not supported; use one of "
+                       f"{MLP_BACKWARDS}")
     if self.feed_forward not in FEED_FORWARDS:
       raise ValueError(f"feed_forward={self.feed_forward!r} is not supported; use one of {FEED_FORWARDS}")
     if self.dtype not in ("float32", "bfloat16"):

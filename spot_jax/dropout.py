@@ -68,14 +68,23 @@ def _keep_mask(key, shape, rate: float, per_element: bool):
   return bits >= threshold, 1.0 - threshold / 65536
 
 
+def _drop(x, key, rate: float, per_element: bool):
+  keep, keep_prob = _keep_mask(key, x.shape, rate, per_element)
+  return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
+
+
 class Dropout(nn.Module):
   """Inverted dropout with a hashed mask (`_keep_mask`), rescaled by the exact keep probability.
 
-  `per_element_bits=None` picks by backend: 16-bit draws on CPU, one 32-bit hash per element
-  elsewhere.
+  `per_element_bits=None` picks by target platform: 16-bit draws on CPU, one 32-bit hash per
+  element elsewhere.
   """
   rate: float
   per_element_bits: Optional[bool] = None
+
+  def _per_element(self) -> bool:
+    return (target_platform.platform() != "cpu" if self.per_element_bits is None
+            else self.per_element_bits)
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
@@ -83,10 +92,21 @@ class Dropout(nn.Module):
       return x
     if self.rate >= 1.0:
       return jnp.zeros_like(x)
-    per_element = (target_platform.platform() != "cpu" if self.per_element_bits is None
-                   else self.per_element_bits)
-    keep, keep_prob = _keep_mask(self.make_rng("dropout"), x.shape, self.rate, per_element)
-    return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
+    return _drop(x, self.make_rng("dropout"), self.rate, self._per_element())
+
+  def recomputed(self, fn, *args, deterministic: bool):
+    """`self(fn(*args))`, but the backward pass recomputes `fn` and the mask from `args` instead of
+    reading stored copies (`jax.checkpoint`). Same key, so the same mask as `self(fn(*args))`.
+
+    For the gated-GELU block on accelerators, where memory traffic rather than arithmetic sets the
+    time of elementwise work: the compiled step otherwise stored the mask and GELU's `tanh` for the
+    backward besides `args`, which it keeps anyway.
+    """
+    if deterministic or self.rate == 0.0 or self.rate >= 1.0:
+      return self(fn(*args), deterministic)
+    rate, per_element = self.rate, self._per_element()
+    return jax.checkpoint(lambda key, *a: _drop(fn(*a), key, rate, per_element))(
+        self.make_rng("dropout"), *args)
 
 
 def per_element_bits(config: T5Config) -> Optional[bool]:

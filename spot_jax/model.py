@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spot_jax import target_platform
 from spot_jax.config import T5Config
 from spot_jax.dropout import Dropout, per_element_bits
 from spot_jax.fused_attention import fused_attention
@@ -195,16 +196,25 @@ class MLP(nn.Module):
     cfg = self.config
     dtype = activation_dtype(cfg)
     dense = functools.partial(Dense, axes=("embed", "mlp"), dtype=dtype)
+    drop = Dropout(cfg.dropout_rate, per_element_bits(cfg))
     if cfg.gated:
-      pre = dense(cfg.d_ff, name="wi_0")(x)
-      h = jax.nn.gelu(pre, approximate=True) * dense(cfg.d_ff, name="wi_1")(x)
+      pre, linear = dense(cfg.d_ff, name="wi_0")(x), dense(cfg.d_ff, name="wi_1")(x)
+      recompute = (target_platform.platform() != "cpu" if cfg.mlp_backward == "auto"
+                   else cfg.mlp_backward == "recompute")
+      if recompute:
+        h = drop.recomputed(_gated_gelu, pre, linear, deterministic=not enable_dropout)
+      else:
+        h = drop(_gated_gelu(pre, linear), deterministic=not enable_dropout)
     else:
       pre = dense(cfg.d_ff, name="wi")(x)
-      h = jax.nn.relu(pre)
+      h = drop(jax.nn.relu(pre), deterministic=not enable_dropout)
     # Stored only when the caller makes "intermediates" mutable (SPoT's ON similarity).
     self.sow("intermediates", "ffn_preact", pre)
-    h = dropout(cfg, enable_dropout)(h)
     return Dense(cfg.d_model, ("mlp", "embed"), dtype, name="wo")(h)
+
+
+def _gated_gelu(pre, linear):
+  return jax.nn.gelu(pre, approximate=True) * linear
 
 
 class EncoderLayer(nn.Module):

@@ -83,6 +83,19 @@ def test_cli_arguments():
       cli.parse_args(bad)
 
 
+def test_xla_options_are_typed_for_the_compiler():
+  """XLA rejects "false" for a boolean option: values become bool, int or stay strings."""
+  args = cli.parse_args(["--xla-option", "xla_gpu_dot_merger_threshold_mb=0", "--xla-option",
+                         "xla_gpu_enable_triton_gemm=False", "--xla-option", "xla_dump_to=/tmp/d",
+                         "--mlp-backward", "recompute"])
+  assert cli.xla_options(args.xla_option) == {"xla_gpu_dot_merger_threshold_mb": 0,
+                                              "xla_gpu_enable_triton_gemm": False,
+                                              "xla_dump_to": "/tmp/d"}
+  assert args.mlp_backward == "recompute"
+  with pytest.raises(SystemExit, match="NAME=VALUE"):
+    cli.xla_options(["xla_gpu_dot_merger_threshold_mb"])
+
+
 def test_peer_python_errors_name_the_fix(monkeypatch):
   monkeypatch.delenv("SPOT_JAX_PEER_PYTHON", raising=False)
   with pytest.raises(SystemExit, match="requirements-bench.txt"):
@@ -148,12 +161,17 @@ def test_gpu_suite_script_parses_and_lists_its_runs():
   path = os.path.join(os.path.dirname(cli.PEER_SCRIPT), "gpu_suite.sh")
   assert subprocess.run(["bash", "-n", path], check=False).returncode == 0
   text = open(path).read()
-  shape = re.search(r'shape="([^"]+)"', text).group(1).replace("\\\n", " ")
+  variables = {name: value.replace("\\\n", " ") for name, value in
+               re.findall(r'^(shape|nomerge)="([^"]+)"', text, re.M)}
+  assert "shape" in variables
   runs = re.search(r'default_runs="([^"]+)"', text).group(1).strip().splitlines()
   assert len(runs) >= 2
   for line in runs:
     name, args = line.split("|", 1)
-    parsed = cli.parse_args(args.replace("$shape", shape).split())
+    for variable, value in variables.items():
+      args = args.replace("$" + variable, value)
+    assert "$" not in args.replace("$out", ""), (name, args)  # every variable was substituted
+    parsed = cli.parse_args(args.split())
     assert parsed.dtype == "bfloat16" and parsed.size in ("base", "large"), name
 
 

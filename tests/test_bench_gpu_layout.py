@@ -36,8 +36,17 @@ def test_counts_transposes_with_their_traffic_and_folded_source():
   assert not any("transpose(jvp" in r["source"] for r in summary["transposes"])
   assert summary["custom_calls"] == {"__cublas$lt$matmul": 1, "__cudnn$fmhaScaleBiasSoftmax": 1}
   assert summary["matmuls"] == 2  # the Triton gemm fusion and the cuBLAS call
-  text = gpu_layout.report(summary)
+  # loop/input fusions: results plus operands (the parameter is bf16[8,4,2], 128 bytes); matmul
+  # and cuDNN kernels are not counted
+  fusions = {r["fusion"]: r for r in summary["fusions"]}
+  assert fusions["loop_add_fusion"]["bytes"] == 4 * 64 + 128
+  assert fusions["input_transpose_fusion"]["bytes"] == 128 + 128
+  assert set(fusions) == {"loop_add_fusion", "input_transpose_fusion", "input_add_transpose_fusion"}
+  assert summary["fusion_gib"] * 2 ** 30 == 4 * 64 + 128 + 2 * (128 + 128)
+  text = gpu_layout.report(summary, bandwidth=gpu_layout.memory_bandwidth(
+      "gpu_device_info {\n  memory_bandwidth: 4800000000000\n}"))
   assert text.startswith("transposes: 3 moving") and "fmhaScaleBiasSoftmax" in text
+  assert "at 4.8 TB/s" in text
 
 
 def test_array_bytes():

@@ -57,3 +57,28 @@ def test_dropout_bits_beyond_the_hash_counter_fall_back_to_jax_random():
   assert "random_bits" not in small and "random_bits" in huge
   assert "random_bits" in str(jax.make_jaxpr(lambda k: D._hashed_bits(k, 2 ** 32))(
       jax.random.PRNGKey(0)))
+
+
+@pytest.mark.parametrize("per_element", [False, True])
+def test_recomputed_dropout_equals_dropout_of_the_function_and_its_gradient(per_element):
+  """Same key, same mask: `recomputed(fn, *args)` is `Dropout(fn(*args))` in value and gradient;
+  only what the backward pass stores differs (a remat primitive in the jaxpr)."""
+  fn = lambda a, b: jnp.tanh(a) * b
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.normal(size=(3, 40)), jnp.float32) for _ in range(2))
+  drop = D.Dropout(0.3, per_element)
+
+  def loss(method):
+    def f(a, b):
+      out = drop.apply({}, a, b, rngs={"dropout": jax.random.key(7)}, method=method)
+      return jnp.sum(out * jnp.arange(out.size, dtype=out.dtype).reshape(out.shape))
+    return f
+  stored = loss(lambda m, a, b: m(fn(a, b), deterministic=False))
+  recomputed = loss(lambda m, a, b: m.recomputed(fn, a, b, deterministic=False))
+  np.testing.assert_allclose(recomputed(a, b), stored(a, b), rtol=1e-6)
+  for g1, g2 in zip(jax.grad(recomputed, (0, 1))(a, b), jax.grad(stored, (0, 1))(a, b)):
+    np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-6)
+  assert "prevent_cse" in str(jax.make_jaxpr(jax.grad(recomputed))(a, b))  # a remat primitive
+  assert "prevent_cse" not in str(jax.make_jaxpr(jax.grad(stored))(a, b))
+  # some entries are dropped, so the test would notice a mask that differs
+  assert np.any(np.asarray(drop.apply({}, a, deterministic=False, rngs={"dropout": jax.random.key(7)})) == 0)

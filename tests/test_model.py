@@ -188,3 +188,23 @@ def test_broadcast_prompt_gradient_is_the_batch_sum_computed_as_a_matmul(dtype):
   assert "dot_general" in backward and "preferred_element_type=float32" in backward
   plain_backward = str(jax.make_jaxpr(jax.grad(loss(plain)))(prompt))
   assert "reduce_sum[axes=(0,)" in plain_backward and "reduce_sum[axes=(0,)" not in backward
+
+
+def test_mlp_backward_recompute_gives_the_stored_forms_loss_and_prompt_gradient():
+  from spot_jax import train_step
+  cfg = size_config("tiny", vocab_size=96, dropout_rate=0.3, dropout_bits="per_element")
+  params = M.init_params(cfg, jax.random.PRNGKey(0))
+  batch = {"encoder_input_tokens": ENC, "decoder_input_tokens": DEC,
+           "decoder_target_tokens": np.roll(DEC, -1, axis=1),
+           "decoder_loss_weights": (DEC > 0).astype(np.float32)}
+  prompt = jnp.asarray(np.random.default_rng(0).normal(size=(3, cfg.d_model)), jnp.float32)
+  results = {}
+  for mode in ("store", "recompute"):
+    loss_fn = train_step.make_loss_fn(cfg.replace(mlp_backward=mode), enable_dropout=True)
+    value_and_grad = jax.value_and_grad(lambda p: loss_fn(p, params, batch, jax.random.PRNGKey(1))[0])
+    results[mode] = jax.jit(value_and_grad)(prompt)
+    assert ("prevent_cse" in str(jax.make_jaxpr(value_and_grad)(prompt))) == (mode == "recompute")
+  np.testing.assert_allclose(results["recompute"][0], results["store"][0], rtol=1e-6)
+  np.testing.assert_allclose(results["recompute"][1], results["store"][1], rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="mlp_backward"):
+    cfg.replace(mlp_backward="sometimes")
