@@ -102,7 +102,9 @@ class Dropout(nn.Module):
     time of elementwise work: the compiled step otherwise stored the mask and GELU's `tanh` for the
     backward besides `args`, which it keeps anyway.
     """
-    if deterministic or self.rate == 0.0 or self.rate >= 1.0:
+    if deterministic or self.rate == 0.0:
+      return jax.checkpoint(fn)(*args)  # no mask; `fn`'s intermediates are still not stored
+    if self.rate >= 1.0:
       return self(fn(*args), deterministic)
     rate, per_element = self.rate, self._per_element()
     return jax.checkpoint(lambda key, *a: _drop(fn(*a), key, rate, per_element))(

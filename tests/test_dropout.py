@@ -80,5 +80,11 @@ def test_recomputed_dropout_equals_dropout_of_the_function_and_its_gradient(per_
     np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-6)
   assert "prevent_cse" in str(jax.make_jaxpr(jax.grad(recomputed))(a, b))  # a remat primitive
   assert "prevent_cse" not in str(jax.make_jaxpr(jax.grad(stored))(a, b))
+  # without dropout (rate 0, or deterministic) `fn` is still recomputed, and nothing is dropped
+  for rate, deterministic in ((0.0, False), (0.3, True)):
+    plain = lambda a, b: jnp.sum(D.Dropout(rate, per_element).apply(
+        {}, a, b, method=lambda m, a, b: m.recomputed(fn, a, b, deterministic=deterministic)))
+    np.testing.assert_allclose(plain(a, b), jnp.sum(fn(a, b)), rtol=1e-6)
+    assert "prevent_cse" in str(jax.make_jaxpr(jax.grad(plain))(a, b))
   # some entries are dropped, so the test would notice a mask that differs
   assert np.any(np.asarray(drop.apply({}, a, deterministic=False, rngs={"dropout": jax.random.key(7)})) == 0)
