@@ -5,11 +5,12 @@
 
 Device time is scarce; XLA's decisions (fusions, layouts, which kernels run) are not: the CUDA PJRT
 plugin compiles for a target described by a `GpuTargetConfigProto` text file with no GPU present.
-This prints the transposes XLA added (each a full read and write of its array), the cuDNN calls and
-the matmul count, and writes the optimized HLO to `--out`. It times nothing: a change that removes
-transposes here still needs a device run to show its speed. Autotuning needs a device, so matmuls
-show as Triton fusions where a GPU would often pick cuBLAS; fusion and layout choices matched the
-H200's own program in everything else we compared (docs/bench.md).
+This prints the transposes XLA added (each a full read and write of its array), the bytes that the
+memory-bound loop/input fusions move, the cuDNN calls and the matmul count, and writes the optimized
+HLO to `--out`. It times nothing: a change that saves bytes here still needs a device run to show
+its speed. Autotuning needs a device, so every matmul stays a Triton fusion where a GPU picks cuBLAS
+for some; transposes, fusion traffic and matmul count otherwise matched the H200's own program of
+the one step compared (docs/bench.md).
 
 Needs the CUDA plugin of the installed jax (`pip install jax-cuda13-plugin==$JAX jax-cuda13-pjrt==$JAX`,
 no GPU needed) and a target config: XLA's `xla/backends/gpu/target_config/specs/*.txtpb`, or the
@@ -169,7 +170,8 @@ def main(argv=None) -> int:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the plugin only compiles here; nothing runs
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--target-config", required=True, help="GpuTargetConfigProto text file")
-  p.add_argument("--size", default="base")
+  from bench.__main__ import SIZES, xla_options
+  p.add_argument("--size", default="base", choices=SIZES)
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--input-length", type=int, default=512)
   p.add_argument("--target-length", type=int, default=32)
@@ -189,7 +191,6 @@ def main(argv=None) -> int:
     p.error(f"--target-config {args.target_config} is not a file")
   with open(args.target_config) as f:
     target = f.read()
-  from bench.__main__ import xla_options
   options = xla_options(args.xla_option)
   compiled = compile_step_for_gpu(
       target, args.size, args.batch, args.input_length, args.target_length, args.prompt_length,
