@@ -141,7 +141,9 @@ def compile_step_for_gpu(target_config: str, size: str = "base", batch: int = 64
     raise SystemExit(
         f"cannot make a CUDA compile target ({type(e).__name__}: {str(e)[:300]}). Install the CUDA "
         f"plugin of this jax ({jax.__version__}): pip install jax-cuda13-plugin=={jax.__version__} "
-        f"jax-cuda13-pjrt=={jax.__version__}, and pass a GpuTargetConfigProto text file") from e
+        f"jax-cuda13-pjrt=={jax.__version__}, and pass a GpuTargetConfigProto text file. Run it in "
+        "a process of its own (`python -m bench.gpu_layout`), or set JAX_PLATFORMS=cpu before jax "
+        "starts: a CUDA backend that failed to start without a GPU makes no compile target") from e
   config = size_config(size, dtype=dtype, dropout_rate=dropout, **(config_overrides or {}))
   mesh = partitioning.make_mesh(1, devices=topology.devices[:1])
   frozen_shardings = partitioning.tree_shardings(model.param_logical_axes(config), mesh)
