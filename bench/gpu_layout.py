@@ -169,7 +169,6 @@ def compile_step_for_gpu(target_config: str, size: str = "base", batch: int = 64
 
 
 def main(argv=None) -> int:
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the plugin only compiles here; nothing runs
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--target-config", required=True, help="GpuTargetConfigProto text file")
   from bench.__main__ import SIZES, xla_options
@@ -212,4 +211,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  # Set before jax starts, and only for this process (not for a caller that imports `main`): the
+  # plugin only compiles here, and a CUDA backend started without a GPU would make no target.
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
   sys.exit(main())
