@@ -6,8 +6,8 @@
 #
 # First `bench.attention_check` (does the fused form compute the einsum form's loss and prompt
 # gradient on this GPU?), then the runs in priority order (what is open first: the defaults after
-# the layout and MLP-backward changes of docs/bench.md, their A/Bs against the stored MLP backward
-# and XLA's dot merger, larger batches, the PEFT ratio for T5-large), each its own process under
+# the layout and MLP-backward changes of docs/bench.md, XLA's dot merger off, a larger batch, the
+# PEFT ratio for T5-large, the stored MLP backward against the recomputed one), each its own process under
 # `timeout`, so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a
 # device-time profile by op) and the log (OUT_DIR/suite.log). A run that would start after
 # DEADLINE_S (default 450) seconds is skipped. With PACK.tgz, OUT_DIR is re-packed into it after
@@ -27,13 +27,13 @@ shape="--dtype bfloat16 --weight-dtype bfloat16 --input-length 512 --prompt-leng
 --target-length 32 --steps 10 --warmup 2 --no-ceiling"
 nomerge="--xla-option xla_gpu_dot_merger_threshold_mb=0"
 default_runs="large_b64_fused|train --size large --batch 64 --attention fused --profile $out/prof_large_b64_fused $shape
-base_b64_fused|train --size base --batch 64 --attention fused --peer --profile $out/prof_base_b64_fused $shape
-base_b64_fused_store|train --size base --batch 64 --attention fused --mlp-backward store $shape
+base_b64_fused|train --size base --batch 64 --attention fused --profile $out/prof_base_b64_fused $shape
 base_b64_fused_nomerge|train --size base --batch 64 --attention fused $nomerge $shape
 large_b128_fused|train --size large --batch 128 --attention fused $shape
 large_b32_fused|train --size large --batch 32 --attention fused --peer $shape
-large_b32_fused_nomerge|train --size large --batch 32 --attention fused $nomerge $shape
-base_b64|train --size base --batch 64 --profile $out/prof_base_b64 $shape"
+base_b64_fused_store|train --size base --batch 64 --attention fused --mlp-backward store $shape
+large_b64_fused_store|train --size large --batch 64 --attention fused --mlp-backward store $shape
+base_b64_fused_peer|train --size base --batch 64 --attention fused --peer $shape"
 runs=${RUNS:-$default_runs}
 
 log="$out/suite.log"
