@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--mlp-backward", default="auto", choices=("auto", "store", "recompute"),
                  help="gated-GELU backward: stored or recomputed tanh and mask (T5Config.mlp_backward)")
   p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
-                 help="train: an XLA compiler option for the step (repeatable), e.g. "
-                      "xla_gpu_dot_merger_threshold_mb=0")
+                 help="train: an XLA compiler option for the step (repeatable), added to the "
+                      "trainer's defaults (train_step.default_compiler_options), e.g. "
+                      "xla_gpu_dot_merger_threshold_mb=32 (XLA's own default) on a GPU")
   p.add_argument("--profile", default="",
                  help="train: trace 3 more steps into this directory and print device time by op")
   p.add_argument("--num-partitions", type=int, default=1, help="model-parallel devices per replica")
@@ -108,7 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def xla_options(items) -> dict:
-  """`["name=value", ...]` as the `compiler_options` dict of `Lowered.compile`."""
+  """`["name=value", ...]` as a `compiler_options` dict for `jax.jit`."""
   options = {}
   for item in items:
     name, sep, value = item.partition("=")

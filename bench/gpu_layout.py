@@ -162,10 +162,11 @@ def compile_step_for_gpu(target_config: str, size: str = "base", batch: int = 64
                 "decoder_loss_weights": tokens(target_length, jnp.float32)}
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)
   step = train_step.make_train_step(config, tx, enable_dropout=dropout > 0)
-  jitted = train_step.jit_train_step(step, mesh, frozen_shardings)
+  jitted = train_step.jit_train_step(step, mesh, frozen_shardings,
+                                     compiler_options=compiler_options)
   with target_platform.compiling_for("gpu"):
     lowered = jitted.lower(state, frozen, batch_spec, rng)
-  return lowered.compile(compiler_options=compiler_options or None)
+  return lowered.compile()
 
 
 def main(argv=None) -> int:

@@ -5,7 +5,8 @@
 #   bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S] [PACK.tgz]
 #
 # First `bench.attention_check` (does the fused form compute the einsum form's loss and prompt
-# gradient on this GPU?), then the runs in priority order (what is open first: the defaults after
+# gradient on this GPU?) and `bench.attention_kernels` (T5-large's attention calls timed alone, in
+# variants; KERNELS_SIZE/KERNELS_BATCH, or SKIP_ATTENTION_KERNELS=1), then the runs in priority order (what is open first: the defaults after
 # the layout and MLP-backward changes of docs/bench.md, XLA's dot merger off, a larger batch, the
 # PEFT ratio for T5-large, the stored MLP backward against the recomputed one), each its own process under
 # `timeout`, so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a
@@ -63,6 +64,14 @@ echo "== attention check ($((SECONDS - start))s)" | tee -a "$log"
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" timeout 120 $py -m bench.attention_check --size "${CHECK_SIZE:-tiny}" --variants "${CHECK_VARIANTS:-fused}" \
   --json "$out/attention_check.json" 2>&1 | tee -a "$log" | grep -v "^\[bench\]"
 pack_now
+
+# The attention calls of T5-large's step alone, in variants (bias, mask, padding; bench.md).
+if [ -z "${SKIP_ATTENTION_KERNELS:-}" ]; then
+  echo "== attention kernels ($((SECONDS - start))s)" | tee -a "$log"
+  timeout 150 $py -m bench.attention_kernels --size "${KERNELS_SIZE:-large}" \
+    --batch "${KERNELS_BATCH:-64}" --json "$out/attention_kernels.json" 2>&1 | tee -a "$log"
+  pack_now
+fi
 
 while IFS='|' read -r name args; do
   [ -z "$name" ] && continue

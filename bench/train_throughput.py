@@ -171,14 +171,16 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
                          partitioning.replicated(mesh))
   step_fn = train_step.make_train_step(config, tx, enable_dropout=dropout > 0,
                                        num_microbatches=microbatches)
-  jitted = train_step.jit_train_step(step_fn, mesh, frozen_shardings, donate=donate)
+  jitted = train_step.jit_train_step(step_fn, mesh, frozen_shardings, donate=donate,
+                                     compiler_options=compiler_options)
+  compiler_options = {**train_step.default_compiler_options(mesh), **(compiler_options or {})}
   batches = [partitioning.global_batch(random_batch(config, batch, input_length, target_length,
                                                     seed + i), mesh) for i in range(2)]
   rng = jax.random.PRNGKey(seed)
 
   t0 = time.perf_counter()
   lowered = jitted.lower(state, frozen, batches[0], rng)
-  compiled = lowered.compile(compiler_options=compiler_options or None)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   peak_compile_mib = host_peak_rss_mib()
 

@@ -25,9 +25,12 @@ def _cudnn_attention_without_bias_grad(q, k, v, bias, q_lengths, kv_lengths):
     layout = cudnn_fa._normalize_layout("BTNH")
     cudnn_fa.check_layout(q, k, v, bias, q_lengths, kv_lengths, None, None, None, None, layout)
     unused = jnp.zeros(0, q.dtype)
+    padded = q_lengths is not None
+    mask = cudnn_fa.MaskType.PADDING if padded else cudnn_fa.MaskType.NO_MASK
     return cudnn_fa._dot_product_attention(
-        q, k, v, bias, q_lengths, kv_lengths, unused, unused, unused, unused, 1.0, 42, 0.0,
-        (True, False), cudnn_fa.MaskType.PADDING, layout.value, None, version, False)
+        q, k, v, bias, q_lengths if padded else unused, kv_lengths if padded else unused,
+        unused, unused, unused, unused, 1.0, 42, 0.0, (True, False), mask, layout.value, None,
+        version, False)
   except (ImportError, AttributeError, TypeError):
     return None
 
@@ -35,7 +38,8 @@ def _cudnn_attention_without_bias_grad(q, k, v, bias, q_lengths, kv_lengths):
 def fused_attention(q, k, v, bias, q_lengths, kv_lengths):
   """Attention over right-padded `[B, L, H, Dh]` rows (`q_lengths`/`kv_lengths` valid positions
   each) that never writes the `[B, H, Q, K]` probabilities: cuDNN on GPU, XLA's reference
-  elsewhere. `bias` (`[1, H, Q, K]`, frozen) may be None, as in cross-attention."""
+  elsewhere. `bias` (`[1, H, Q, K]`, frozen) may be None, as in cross-attention; the lengths may
+  be None together (no padding mask)."""
   on_gpu = target_platform.platform() == "gpu"
   if on_gpu and bias is not None:
     out = _cudnn_attention_without_bias_grad(q, k, v, bias, q_lengths, kv_lengths)

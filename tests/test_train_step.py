@@ -83,3 +83,26 @@ def test_jitted_step_on_a_mesh_keeps_the_prompt_replicated():
   state, metrics = step(state, params, partitioning.global_batch(_batch(), mesh), jax.random.key(0, impl="rbg"))
   assert state.prompt.sharding.spec == jax.sharding.PartitionSpec()
   assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+
+
+def test_compiler_options_default_by_platform_and_reach_the_compile():
+  import types
+  cpu_mesh = partitioning.make_mesh(1)
+  assert ts.default_compiler_options(cpu_mesh) == {}
+  gpu_mesh = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="gpu")]))
+  assert ts.default_compiler_options(gpu_mesh) == {"xla_gpu_dot_merger_threshold_mb": 0}
+  # An option XLA does not know fails the compile, so the options do reach it.
+  shardings = partitioning.tree_shardings(param_logical_axes(CFG), cpu_mesh)
+  params = jax.device_put(init_params(CFG, jax.random.PRNGKey(0)), shardings)
+  tx = optim.adafactor()
+  step = ts.jit_train_step(ts.make_train_step(CFG, tx, enable_dropout=False), cpu_mesh, shardings,
+                           compiler_options={"xla_no_such_option_spot_jax": 1})
+  state = ts.init_state(np.zeros((3, 32), np.float32), tx)
+  batch = partitioning.global_batch(_batch(), cpu_mesh)
+  lowered = step.lower(state, params, batch, jax.random.key(0, impl="rbg"))
+  try:
+    lowered.compile()
+  except Exception as e:  # XLA's error type differs between jax versions
+    assert "xla_no_such_option_spot_jax" in str(e)
+  else:
+    raise AssertionError("an unknown XLA option compiled: compiler_options did not reach XLA")

@@ -1,0 +1,173 @@
+"""Where the fused attention's time goes: the step's attention calls timed alone, in variants.
+
+  python -m bench.attention_kernels --size large --batch 64 [--input-length 512 --prompt-length 100
+      --target-length 32] [--repeats 20] [--json out.json]
+
+On the H200 a third of T5-large's step is cuDNN attention running at about 130 TFLOP/s of model
+FLOPs while its matmuls run near the chip's ceiling (docs/bench.md). This times the encoder
+self-attention exactly as the model calls it (`fused_attention` with the relative-position bias and
+the padding mask) against the same call without the bias, without the mask, without both, with the
+sequence padded to a multiple of 128, and the einsum form; and the decoder's cross-attention. Each
+row gives the forward and forward+backward time (the gradient of q, k and v, as in training), model
+TFLOP/s (forward 4·B·H·Q·K·Dh, backward twice that, as bench/flops.py counts) and the time a whole
+step spends on it (× layers). `max |Δ|` compares each output with the model's call on the same
+inputs (all rows full length, so only the bias-free rows differ by design). On CPU the fused
+rows run XLA's reference form instead of cuDNN and the times mean little; the values still compare.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+
+def _variants(length: int):
+  """name → (function of q, k, v, bias, lengths, what it is)."""
+  import jax
+  import jax.numpy as jnp
+  from spot_jax.fused_attention import fused_attention
+
+  def padded(q, k, v, bias, lengths, multiple=128):
+    pad = -length % multiple
+    grow = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    bias = jnp.pad(bias, ((0, 0), (0, 0), (0, pad), (0, pad)))
+    return fused_attention(grow(q), grow(k), grow(v), bias, lengths, lengths)[:, :length]
+
+  def einsum(q, k, v, bias, lengths):
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias.astype(jnp.float32)
+    valid = jnp.arange(k.shape[1])[None, :] < lengths[:, None]
+    scores = jnp.where(valid[:, None, None, :], scores, -1e10)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+  return {
+      "model": (lambda q, k, v, b, n: fused_attention(q, k, v, b, n, n),
+                "fused, relative-position bias + padding mask (the model's call)"),
+      "no_mask": (lambda q, k, v, b, n: fused_attention(q, k, v, b, None, None),
+                  "fused, bias, no padding mask"),
+      "no_bias": (lambda q, k, v, b, n: fused_attention(q, k, v, None, n, n),
+                  "fused, padding mask, no bias"),
+      "no_bias_no_mask": (lambda q, k, v, b, n: fused_attention(q, k, v, None, None, None),
+                          "fused, neither"),
+      "pad128": (padded, f"fused, bias + mask, length {length} padded to {length + (-length % 128)}"),
+      "einsum": (einsum, "einsum form, float32 scores and softmax"),
+  }
+
+
+def _time(fn, args, repeats: int) -> float:
+  """Median seconds of one call, from `repeats` calls back to back, three times over."""
+  import jax
+  jax.block_until_ready(fn(*args))
+  runs = []
+  for _ in range(3):
+    start = time.perf_counter()
+    for _ in range(repeats):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    runs.append((time.perf_counter() - start) / repeats)
+  return statistics.median(runs)
+
+
+def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_length: int = 100,
+        target_length: int = 32, dtype: str = "bfloat16", repeats: int = 20, seed: int = 0,
+        only: tuple = ()) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from spot_jax.config import size_config
+
+  cfg = size_config(size)
+  B, L, T, H, Dh = batch, input_length + prompt_length, target_length, cfg.num_heads, cfg.head_dim
+  dt = jnp.dtype(dtype)
+  keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+  q, k, v = (jax.random.normal(key, (B, L, H, Dh), jnp.float32).astype(dt) for key in keys[:3])
+  bias = jax.random.normal(keys[3], (1, H, L, L), jnp.float32).astype(dt)
+  dec_q = jax.random.normal(keys[4], (B, T, H, Dh), jnp.float32).astype(dt)
+  full, dec_full = jnp.full((B,), L, jnp.int32), jnp.full((B,), T, jnp.int32)
+
+  def timed(fn, args, flops_fwd, layers):
+    fwd = jax.jit(fn)
+    ct = jnp.ones(fwd.eval_shape(*args).shape, dt)
+
+    def forward_backward(*a):
+      out, vjp = jax.vjp(lambda *x: fn(*x, *a[3:]), *a[:3])
+      return out, vjp(ct)
+
+    train = jax.jit(forward_backward)
+    fwd_s, train_s = _time(fwd, args, repeats), _time(train, args, repeats)
+    return {"forward_ms": 1e3 * fwd_s, "forward_backward_ms": 1e3 * train_s,
+            "forward_tflops": flops_fwd / fwd_s / 1e12,
+            "forward_backward_tflops": 3 * flops_fwd / train_s / 1e12,
+            "layers": layers, "step_ms": 1e3 * train_s * layers}, fwd(*args)
+
+  rows = {}
+  enc_flops = 4 * B * H * L * L * Dh
+  reference = None
+  for name, (fn, what) in _variants(L).items():
+    if only and name not in only:
+      continue
+    try:
+      row, out = timed(fn, (q, k, v, bias, full), enc_flops, cfg.num_encoder_layers)
+    except Exception as e:  # a variant cuDNN rejects on this GPU must not lose the others
+      rows[name] = {"what": what, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+      continue
+    if name == "model":
+      reference = out
+    if reference is not None:
+      row["max_abs_diff"] = float(jnp.max(jnp.abs(out.astype(jnp.float32) -
+                                                  reference.astype(jnp.float32))))
+    rows[name] = {"what": what, **row}
+  if not only or "cross" in only:
+    from spot_jax.fused_attention import fused_attention
+    row, _ = timed(lambda dq, k_, v_, n_dec, n_enc: fused_attention(dq, k_, v_, None, n_dec, n_enc),
+                   (dec_q, k, v, dec_full, full), 4 * B * H * T * L * Dh, cfg.num_decoder_layers)
+    rows["cross"] = {"what": f"decoder cross-attention, fused, {T} queries over {L} keys", **row}
+  return {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+          "jax_version": jax.__version__, "size": size, "batch": B, "length": L,
+          "target_length": T, "heads": H, "head_dim": Dh, "dtype": dtype, "repeats": repeats,
+          "rows": rows}
+
+
+def format_table(result: dict) -> str:
+  head = (f"attention alone: {result['size']} ({result['heads']} heads × {result['head_dim']}), "
+          f"batch {result['batch']}, length {result['length']}, {result['dtype']}, "
+          f"{result['device']} ({result['backend']})")
+  out = [head, f"{'variant':<16}{'fwd ms':>9}{'fwd+bwd ms':>12}{'TFLOP/s':>9}{'fwd+bwd':>9}"
+               f"{'×layers ms':>12}{'max |Δ|':>10}  what"]
+  for name, row in result["rows"].items():
+    if "error" in row:
+      out.append(f"{name:<16}  failed: {row['error']}  ({row['what']})")
+      continue
+    diff = f"{row['max_abs_diff']:.2e}" if "max_abs_diff" in row else "-"
+    out.append(f"{name:<16}{row['forward_ms']:9.3f}{row['forward_backward_ms']:12.3f}"
+               f"{row['forward_tflops']:9.1f}{row['forward_backward_tflops']:9.1f}"
+               f"{row['step_ms']:12.2f}{diff:>10}  {row['what']}")
+  return "\n".join(out)
+
+
+def main(argv=None) -> int:
+  from bench.__main__ import SIZES
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--size", default="large", choices=SIZES)
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--input-length", type=int, default=512)
+  p.add_argument("--prompt-length", type=int, default=100)
+  p.add_argument("--target-length", type=int, default=32)
+  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  p.add_argument("--repeats", type=int, default=20, help="calls back to back per timing")
+  p.add_argument("--only", default="", help="comma-separated variants (default: all)")
+  p.add_argument("--json", default="")
+  args = p.parse_args(argv)
+  result = run(args.size, args.batch, args.input_length, args.prompt_length, args.target_length,
+               args.dtype, args.repeats, only=tuple(x for x in args.only.split(",") if x))
+  print(format_table(result))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=1)
+  return 1 if any("error" in row for row in result["rows"].values()) else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
