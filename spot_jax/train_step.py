@@ -96,8 +96,8 @@ def make_train_step(config: T5Config, tx: optax.GradientTransformation, enable_d
 
 # XLA options the step compiles with, by the mesh's platform. On a GPU, XLA's dot merger joins the
 # projections that share an input into one matmul and then copies each output slice out again; the
-# T5 1.1 base step ran 2.4% faster on an H200 without it (docs/bench.md), and larger models are not
-# merged in the first place.
+# T5 1.1 base step ran 2.3% faster on an H200 without it (docs/bench.md). Only an XLA option: on
+# CPU and TPU the step compiles with XLA's defaults.
 GPU_COMPILER_OPTIONS = {"xla_gpu_dot_merger_threshold_mb": 0}
 
 
