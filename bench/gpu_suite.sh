@@ -6,10 +6,9 @@
 #
 # First `bench.attention_check` (does the fused form compute the einsum form's loss and prompt
 # gradient on this GPU?) and `bench.attention_kernels` (T5-large's attention calls timed alone, in
-# variants; KERNELS_SIZE/KERNELS_BATCH, or SKIP_ATTENTION_KERNELS=1), then the runs in priority order (what is open first: the defaults after
-# the layout and MLP-backward changes of docs/bench.md, XLA's dot merger off, a larger batch, the
-# PEFT ratio for T5-large, the stored MLP backward against the recomputed one), each its own process under
-# `timeout`, so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a
+# variants; KERNELS_SIZE/KERNELS_BATCH, or SKIP_ATTENTION_KERNELS=1), then the runs in priority
+# order (the defaults, each against XLA's dot merger back on, a larger batch, the PEFT ratios),
+# each its own process under `timeout`, so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a
 # device-time profile by op) and the log (OUT_DIR/suite.log). A run that would start after
 # DEADLINE_S (default 450) seconds is skipped. With PACK.tgz, OUT_DIR is re-packed into it after
 # every run (a device call brings back few files). Override the run list with RUNS (one
@@ -26,15 +25,14 @@ mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 shape="--dtype bfloat16 --weight-dtype bfloat16 --input-length 512 --prompt-length 100 \
 --target-length 32 --steps 10 --warmup 2 --no-ceiling"
-nomerge="--xla-option xla_gpu_dot_merger_threshold_mb=0"
+merge="--xla-option xla_gpu_dot_merger_threshold_mb=32"  # XLA's own default; the trainer's is 0
 default_runs="large_b64_fused|train --size large --batch 64 --attention fused --profile $out/prof_large_b64_fused $shape
+large_b64_fused_merge|train --size large --batch 64 --attention fused $merge $shape
 base_b64_fused|train --size base --batch 64 --attention fused --profile $out/prof_base_b64_fused $shape
-base_b64_fused_nomerge|train --size base --batch 64 --attention fused $nomerge $shape
+base_b64_fused_merge|train --size base --batch 64 --attention fused $merge $shape
 large_b128_fused|train --size large --batch 128 --attention fused $shape
-large_b32_fused|train --size large --batch 32 --attention fused --peer $shape
-base_b64_fused_store|train --size base --batch 64 --attention fused --mlp-backward store $shape
-large_b64_fused_store|train --size large --batch 64 --attention fused --mlp-backward store $shape
-base_b64_fused_peer|train --size base --batch 64 --attention fused --peer $shape"
+base_b64_fused_peer|train --size base --batch 64 --attention fused --peer $shape
+large_b32_fused|train --size large --batch 32 --attention fused --peer $shape"
 runs=${RUNS:-$default_runs}
 
 log="$out/suite.log"
