@@ -7,12 +7,13 @@ On the H200 a third of T5-large's step is cuDNN attention running at about 130 T
 FLOPs while its matmuls run near the chip's ceiling (docs/bench.md). This times the encoder
 self-attention exactly as the model calls it (`fused_attention` with the relative-position bias and
 the padding mask) against the same call without the bias, without the mask, without both, with the
-sequence padded to a multiple of 128, and the einsum form; and the decoder's cross-attention. Each
-row gives the forward and forward+backward time (the gradient of q, k and v, as in training), model
-TFLOP/s (forward 4·B·H·Q·K·Dh, backward twice that, as bench/flops.py counts) and the time a whole
-step spends on it (× layers). `max |Δ|` compares each output with the model's call on the same
-inputs (all rows full length, so only the bias-free rows differ by design). On CPU the fused
-rows run XLA's reference form instead of cuDNN and the times mean little; the values still compare.
+sequence padded to a multiple of 128, and the einsum form; and the decoder's cross-attention, fused
+and in the einsum form. Each row gives the forward and forward+backward time (the gradient of q, k
+and v, as in training), model TFLOP/s (forward 4·B·H·Q·K·Dh, backward twice that, as bench/flops.py
+counts) and the time a whole step spends on it (× layers). `max |Δ|` compares each output with the
+model's call on the same inputs (all rows full length, so only the bias-free rows differ by design;
+the cross-attention rows compare with the fused cross-attention). On CPU the fused rows run XLA's
+reference form instead of cuDNN and the times mean little; the values still compare.
 """
 from __future__ import annotations
 
@@ -23,9 +24,21 @@ import sys
 import time
 
 
+def _einsum_attention(q, k, v, bias, kv_lengths):
+  """T5X's form: `[B, H, Q, K]` scores and probabilities written out (float32), keys masked."""
+  import jax
+  import jax.numpy as jnp
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+  if bias is not None:
+    scores = scores + bias.astype(jnp.float32)
+  valid = jnp.arange(k.shape[1])[None, :] < kv_lengths[:, None]
+  scores = jnp.where(valid[:, None, None, :], scores, -1e10)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
 def _variants(length: int):
   """name → (function of q, k, v, bias, lengths, what it is)."""
-  import jax
   import jax.numpy as jnp
   from spot_jax.fused_attention import fused_attention
 
@@ -34,13 +47,6 @@ def _variants(length: int):
     grow = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
     bias = jnp.pad(bias, ((0, 0), (0, 0), (0, pad), (0, pad)))
     return fused_attention(grow(q), grow(k), grow(v), bias, lengths, lengths)[:, :length]
-
-  def einsum(q, k, v, bias, lengths):
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias.astype(jnp.float32)
-    valid = jnp.arange(k.shape[1])[None, :] < lengths[:, None]
-    scores = jnp.where(valid[:, None, None, :], scores, -1e10)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
   return {
       "model": (lambda q, k, v, b, n: fused_attention(q, k, v, b, n, n),
@@ -52,7 +58,7 @@ def _variants(length: int):
       "no_bias_no_mask": (lambda q, k, v, b, n: fused_attention(q, k, v, None, None, None),
                           "fused, neither"),
       "pad128": (padded, f"fused, bias + mask, length {length} padded to {length + (-length % 128)}"),
-      "einsum": (einsum, "einsum form, float32 scores and softmax"),
+      "einsum": (_einsum_attention, "einsum form, float32 scores and softmax"),
   }
 
 
@@ -119,11 +125,20 @@ def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_le
       row["max_abs_diff"] = float(jnp.max(jnp.abs(out.astype(jnp.float32) -
                                                   reference.astype(jnp.float32))))
     rows[name] = {"what": what, **row}
-  if not only or "cross" in only:
-    from spot_jax.fused_attention import fused_attention
-    row, _ = timed(lambda dq, k_, v_, n_dec, n_enc: fused_attention(dq, k_, v_, None, n_dec, n_enc),
-                   (dec_q, k, v, dec_full, full), 4 * B * H * T * L * Dh, cfg.num_decoder_layers)
-    rows["cross"] = {"what": f"decoder cross-attention, fused, {T} queries over {L} keys", **row}
+  from spot_jax.fused_attention import fused_attention
+  cross_flops, cross_ref = 4 * B * H * T * L * Dh, None
+  cross = {"cross": (lambda dq, k_, v_, n_dec, n_enc: fused_attention(dq, k_, v_, None, n_dec, n_enc),
+                     f"decoder cross-attention, fused, {T} queries over {L} keys"),
+           "cross_einsum": (lambda dq, k_, v_, n_dec, n_enc: _einsum_attention(dq, k_, v_, None, n_enc),
+                            "decoder cross-attention, einsum form")}
+  for name, (fn, what) in cross.items():
+    if only and name not in only:
+      continue
+    row, out = timed(fn, (dec_q, k, v, dec_full, full), cross_flops, cfg.num_decoder_layers)
+    cross_ref = out if cross_ref is None else cross_ref
+    row["max_abs_diff"] = float(jnp.max(jnp.abs(out.astype(jnp.float32) -
+                                                cross_ref.astype(jnp.float32))))
+    rows[name] = {"what": what, **row}
   return {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
           "jax_version": jax.__version__, "size": size, "batch": B, "length": L,
           "target_length": T, "heads": H, "head_dim": Dh, "dtype": dtype, "repeats": repeats,

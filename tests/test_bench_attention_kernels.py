@@ -8,10 +8,11 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
   result = attention_kernels.run("tiny", batch=2, input_length=20, prompt_length=5,
                                  target_length=4, dtype="float32", repeats=1)
   rows = result["rows"]
-  assert set(rows) == {"model", "no_mask", "no_bias", "no_bias_no_mask", "pad128", "einsum", "cross"}
+  assert set(rows) == {"model", "no_mask", "no_bias", "no_bias_no_mask", "pad128", "einsum", "cross",
+                       "cross_einsum"}
   assert result["length"] == 25
   # All rows are full length: dropping the mask, padding to 128 or the einsum form change nothing.
-  for name in ("no_mask", "pad128", "einsum"):
+  for name in ("no_mask", "pad128", "einsum", "cross_einsum"):
     assert rows[name]["max_abs_diff"] < 1e-4, (name, rows[name]["max_abs_diff"])
   # Without the bias the output is another function (a check that could not pass by accident).
   assert rows["no_bias"]["max_abs_diff"] > 1e-2
