@@ -7,13 +7,14 @@ On the H200 a third of T5-large's step is cuDNN attention running at about 130 T
 FLOPs while its matmuls run near the chip's ceiling (docs/bench.md). This times the encoder
 self-attention exactly as the model calls it (`fused_attention` with the relative-position bias and
 the padding mask) against the same call without the bias, without the mask, without both, with the
-sequence padded to a multiple of 128, and the einsum form; and the decoder's cross-attention, fused
-and in the einsum form. Each row gives the forward and forward+backward time (the gradient of q, k
-and v, as in training), model TFLOP/s (forward 4·B·H·Q·K·Dh, backward twice that, as bench/flops.py
-counts) and the time a whole step spends on it (× layers). `max |Δ|` compares each output with the
-model's call on the same inputs (all rows full length, so only the bias-free rows differ by design;
-the cross-attention rows compare with the fused cross-attention). On CPU the fused rows run XLA's
-reference form instead of cuDNN and the times mean little; the values still compare.
+sequence padded to a multiple of 128, the einsum form, and JAX's Pallas (Triton) flash kernel
+without a bias; and the decoder's cross-attention, fused and in the einsum form. Each row gives the
+forward and forward+backward time (the gradient of q, k and v, as in training), model TFLOP/s
+(forward 4·B·H·Q·K·Dh, backward twice that, as bench/flops.py counts) and the time a whole step
+spends on it (× layers). `max |Δ|` compares each output with the row named under `vs` on the same
+inputs (all rows full length; `no_bias` against the model differs by design). On CPU the fused rows
+run XLA's reference form instead of cuDNN and the Pallas kernel is interpreted: the times mean
+little, the values still compare.
 """
 from __future__ import annotations
 
@@ -37,28 +38,38 @@ def _einsum_attention(q, k, v, bias, kv_lengths):
   return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
-def _variants(length: int):
-  """name → (function of q, k, v, bias, lengths, what it is)."""
+def _variants(length: int, pallas_interpret: bool):
+  """name → (function of q, k, v, bias, lengths; what it is; the row whose output it must equal)."""
   import jax.numpy as jnp
   from spot_jax.fused_attention import fused_attention
 
-  def padded(q, k, v, bias, lengths, multiple=128):
-    pad = -length % multiple
-    grow = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  pad = -length % 128
+  grow = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+
+  def padded(q, k, v, bias, lengths):
     bias = jnp.pad(bias, ((0, 0), (0, 0), (0, pad), (0, pad)))
     return fused_attention(grow(q), grow(k), grow(v), bias, lengths, lengths)[:, :length]
 
+  def pallas(q, k, v, bias, lengths):
+    # JAX's Pallas (Triton) flash kernel takes no bias and whole 128-blocks: padding gets segment 0.
+    from jax.experimental.pallas.ops.gpu import attention as pallas_attention
+    segments = (jnp.arange(length + pad)[None, :] < lengths[:, None]).astype(jnp.int32)
+    return pallas_attention.mha(grow(q), grow(k), grow(v), segments, sm_scale=1.0,
+                                interpret=pallas_interpret)[:, :length]
+
   return {
       "model": (lambda q, k, v, b, n: fused_attention(q, k, v, b, n, n),
-                "fused, relative-position bias + padding mask (the model's call)"),
+                "fused, relative-position bias + padding mask (the model's call)", None),
       "no_mask": (lambda q, k, v, b, n: fused_attention(q, k, v, b, None, None),
-                  "fused, bias, no padding mask"),
+                  "fused, bias, no padding mask", "model"),
       "no_bias": (lambda q, k, v, b, n: fused_attention(q, k, v, None, n, n),
-                  "fused, padding mask, no bias"),
+                  "fused, padding mask, no bias (differs from the model by design)", "model"),
       "no_bias_no_mask": (lambda q, k, v, b, n: fused_attention(q, k, v, None, None, None),
-                          "fused, neither"),
-      "pad128": (padded, f"fused, bias + mask, length {length} padded to {length + (-length % 128)}"),
-      "einsum": (_einsum_attention, "einsum form, float32 scores and softmax"),
+                          "fused, neither", "no_bias"),
+      "pad128": (padded, f"fused, bias + mask, length {length} padded to {length + pad}", "model"),
+      "einsum": (_einsum_attention, "einsum form, float32 scores and softmax", "model"),
+      "pallas_no_bias": (pallas, f"JAX's Pallas flash kernel (Triton), no bias, padded to "
+                                 f"{length + pad}", "no_bias"),
   }
 
 
@@ -108,36 +119,30 @@ def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_le
             "forward_backward_tflops": 3 * flops_fwd / train_s / 1e12,
             "layers": layers, "step_ms": 1e3 * train_s * layers}, fwd(*args)
 
-  rows = {}
-  enc_flops = 4 * B * H * L * L * Dh
-  reference = None
-  for name, (fn, what) in _variants(L).items():
+  from spot_jax.fused_attention import fused_attention
+  rows, outputs = {}, {}
+  encoder = {name: (fn, what, ref, (q, k, v, bias, full), 4 * B * H * L * L * Dh,
+                    cfg.num_encoder_layers)
+             for name, (fn, what, ref) in _variants(L, jax.default_backend() != "gpu").items()}
+  cross_args = (dec_q, k, v, dec_full, full)
+  cross = {"cross": (lambda dq, k_, v_, n_dec, n_enc: fused_attention(dq, k_, v_, None, n_dec, n_enc),
+                     f"decoder cross-attention, fused, {T} queries over {L} keys", None),
+           "cross_einsum": (lambda dq, k_, v_, n_dec, n_enc: _einsum_attention(dq, k_, v_, None, n_enc),
+                            "decoder cross-attention, einsum form", "cross")}
+  cross = {name: (*entry, cross_args, 4 * B * H * T * L * Dh, cfg.num_decoder_layers)
+           for name, entry in cross.items()}
+  for name, (fn, what, ref, args, flops, layers) in {**encoder, **cross}.items():
     if only and name not in only:
       continue
     try:
-      row, out = timed(fn, (q, k, v, bias, full), enc_flops, cfg.num_encoder_layers)
-    except Exception as e:  # a variant cuDNN rejects on this GPU must not lose the others
+      row, outputs[name] = timed(fn, args, flops, layers)
+    except Exception as e:  # a variant this GPU rejects must not lose the others
       rows[name] = {"what": what, "error": f"{type(e).__name__}: {str(e)[:300]}"}
       continue
-    if name == "model":
-      reference = out
-    if reference is not None:
-      row["max_abs_diff"] = float(jnp.max(jnp.abs(out.astype(jnp.float32) -
-                                                  reference.astype(jnp.float32))))
-    rows[name] = {"what": what, **row}
-  from spot_jax.fused_attention import fused_attention
-  cross_flops, cross_ref = 4 * B * H * T * L * Dh, None
-  cross = {"cross": (lambda dq, k_, v_, n_dec, n_enc: fused_attention(dq, k_, v_, None, n_dec, n_enc),
-                     f"decoder cross-attention, fused, {T} queries over {L} keys"),
-           "cross_einsum": (lambda dq, k_, v_, n_dec, n_enc: _einsum_attention(dq, k_, v_, None, n_enc),
-                            "decoder cross-attention, einsum form")}
-  for name, (fn, what) in cross.items():
-    if only and name not in only:
-      continue
-    row, out = timed(fn, (dec_q, k, v, dec_full, full), cross_flops, cfg.num_decoder_layers)
-    cross_ref = out if cross_ref is None else cross_ref
-    row["max_abs_diff"] = float(jnp.max(jnp.abs(out.astype(jnp.float32) -
-                                                cross_ref.astype(jnp.float32))))
+    if ref in outputs:
+      row["compared_with"] = ref
+      row["max_abs_diff"] = float(jnp.max(jnp.abs(outputs[name].astype(jnp.float32) -
+                                                  outputs[ref].astype(jnp.float32))))
     rows[name] = {"what": what, **row}
   return {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
           "jax_version": jax.__version__, "size": size, "batch": B, "length": L,
@@ -150,7 +155,7 @@ def format_table(result: dict) -> str:
           f"batch {result['batch']}, length {result['length']}, {result['dtype']}, "
           f"{result['device']} ({result['backend']})")
   out = [head, f"{'variant':<16}{'fwd ms':>9}{'fwd+bwd ms':>12}{'TFLOP/s':>9}{'fwd+bwd':>9}"
-               f"{'×layers ms':>12}{'max |Δ|':>10}  what"]
+               f"{'×layers ms':>12}{'max |Δ|':>10} {'vs':<8} what"]
   for name, row in result["rows"].items():
     if "error" in row:
       out.append(f"{name:<16}  failed: {row['error']}  ({row['what']})")
@@ -158,7 +163,7 @@ def format_table(result: dict) -> str:
     diff = f"{row['max_abs_diff']:.2e}" if "max_abs_diff" in row else "-"
     out.append(f"{name:<16}{row['forward_ms']:9.3f}{row['forward_backward_ms']:12.3f}"
                f"{row['forward_tflops']:9.1f}{row['forward_backward_tflops']:9.1f}"
-               f"{row['step_ms']:12.2f}{diff:>10}  {row['what']}")
+               f"{row['step_ms']:12.2f}{diff:>10} {row.get('compared_with', '-'):<8} {row['what']}")
   return "\n".join(out)
 
 

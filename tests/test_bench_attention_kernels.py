@@ -8,11 +8,15 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
   result = attention_kernels.run("tiny", batch=2, input_length=20, prompt_length=5,
                                  target_length=4, dtype="float32", repeats=1)
   rows = result["rows"]
-  assert set(rows) == {"model", "no_mask", "no_bias", "no_bias_no_mask", "pad128", "einsum", "cross",
-                       "cross_einsum"}
+  assert set(rows) == {"model", "no_mask", "no_bias", "no_bias_no_mask", "pad128", "einsum",
+                       "pallas_no_bias", "cross", "cross_einsum"}
   assert result["length"] == 25
-  # All rows are full length: dropping the mask, padding to 128 or the einsum form change nothing.
-  for name in ("no_mask", "pad128", "einsum", "cross_einsum"):
+  # All rows are full length: dropping the mask, padding to 128, the einsum form or the Pallas
+  # kernel (interpreted on CPU) change nothing against the row each is compared with.
+  compared = {"no_mask": "model", "pad128": "model", "einsum": "model", "cross_einsum": "cross",
+              "no_bias_no_mask": "no_bias", "pallas_no_bias": "no_bias"}
+  for name, reference in compared.items():
+    assert rows[name]["compared_with"] == reference
     assert rows[name]["max_abs_diff"] < 1e-4, (name, rows[name]["max_abs_diff"])
   # Without the bias the output is another function (a check that could not pass by accident).
   assert rows["no_bias"]["max_abs_diff"] > 1e-2
