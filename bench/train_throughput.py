@@ -173,7 +173,7 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
                                        num_microbatches=microbatches)
   jitted = train_step.jit_train_step(step_fn, mesh, frozen_shardings, donate=donate,
                                      compiler_options=compiler_options)
-  compiler_options = {**train_step.default_compiler_options(mesh), **(compiler_options or {})}
+  compiler_options = train_step.step_compiler_options(mesh, compiler_options)  # as reported
   batches = [partitioning.global_batch(random_batch(config, batch, input_length, target_length,
                                                     seed + i), mesh) for i in range(2)]
   rng = jax.random.PRNGKey(seed)
@@ -235,7 +235,7 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
       "weight_dtype": weight_dtype, "attention_impl": config.attention_impl,
       "float32_attention_logits": config.float32_attention_logits,
       "dropout_bits": config.dropout_bits, "mlp_backward": config.mlp_backward,
-      "compiler_options": compiler_options or {},
+      "compiler_options": compiler_options,
       "microbatches": microbatches, "dropout": dropout,
       "donate": donate, "steps": steps, "warmup": warmup,
       "init_s": init_s, "compile_s": compile_s,

@@ -106,17 +106,22 @@ def default_compiler_options(mesh) -> dict:
   return dict(GPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform in ("gpu", "cuda") else {}
 
 
+def step_compiler_options(mesh, overrides: dict | None = None) -> dict:
+  """What the step compiles with: `default_compiler_options(mesh)`, `overrides` added on top."""
+  return {**default_compiler_options(mesh), **(overrides or {})}
+
+
 def jit_train_step(step_fn, mesh, frozen_shardings, donate: bool = True,
                    compiler_options: dict | None = None):
   """`jax.jit` over the mesh: prompt/opt state replicated, frozen by logical rules, batch over data.
 
-  `compiler_options` (XLA option name → value) are added to, and override,
-  `default_compiler_options(mesh)`.
+  `compiler_options` (XLA option name → value) are added to, and override, the platform's defaults
+  (`step_compiler_options`).
   """
   from spot_jax import partitioning
   rep = partitioning.replicated(mesh)
   batch = partitioning.batch_sharding(mesh)
-  options = {**default_compiler_options(mesh), **(compiler_options or {})}
+  options = step_compiler_options(mesh, compiler_options)
   return jax.jit(step_fn,
                  in_shardings=(rep, frozen_shardings, batch, rep),
                  out_shardings=(rep, rep),
