@@ -14,7 +14,8 @@ forward and forward+backward time (the gradient of q, k and v, as in training), 
 spends on it (× layers). `max |Δ|` compares each output with the row named under `vs` on the same
 inputs (all rows full length; `no_bias` against the model differs by design). On CPU the fused rows
 run XLA's reference form instead of cuDNN and the Pallas kernel is interpreted: the times mean
-little, the values still compare.
+little, the values still compare. The Mosaic GPU row runs on Hopper GPUs only and is skipped
+elsewhere, saying so.
 """
 from __future__ import annotations
 
@@ -38,8 +39,36 @@ def _einsum_attention(q, k, v, bias, kv_lengths):
   return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
+def _mosaic_flash_attention(q, k, v):
+  """JAX's FlashAttention-3 (Pallas on Mosaic GPU) forward and backward, on float16 copies.
+
+  Its kernel needs lengths in whole blocks and has no bias or mask; in this jax it rejects
+  bfloat16, hence the casts (counted in its time, a few percent of it)."""
+  import jax.numpy as jnp
+  from jax.experimental.pallas.ops.gpu import attention_mgpu
+  config = attention_mgpu.TuningConfig(block_q=64, block_kv=128, max_concurrent_steps=2,
+                                       block_q_dkv=64, block_kv_dkv=64, block_q_dq=64,
+                                       block_kv_dq=64)
+  f16 = lambda x: x.astype(jnp.float16)
+  return attention_mgpu.attention(f16(q), f16(k), f16(v), config).astype(q.dtype)
+
+
+def _needs_hopper() -> str | None:
+  """Why the Mosaic GPU row cannot run on this backend, or None when it can."""
+  import jax
+  device = jax.devices()[0]
+  if jax.default_backend() != "gpu":
+    return f"Mosaic GPU kernels need an NVIDIA Hopper GPU; this backend is {jax.default_backend()}"
+  capability = getattr(device, "compute_capability", "")
+  if not str(capability).startswith("9"):
+    return f"Mosaic GPU's FlashAttention-3 needs compute capability 9.x; this GPU has {capability}"
+  return None
+
+
 def _variants(length: int, pallas_interpret: bool):
-  """name → (function of q, k, v, bias, lengths; what it is; the row whose output it must equal)."""
+  """name → (function of q, k, v, bias, lengths; what it is; the row whose output it must equal).
+
+  A row with no such row (None) is either the model's call or a function of its own by design."""
   import jax.numpy as jnp
   from spot_jax.fused_attention import fused_attention
 
@@ -49,6 +78,12 @@ def _variants(length: int, pallas_interpret: bool):
   def padded(q, k, v, bias, lengths):
     bias = jnp.pad(bias, ((0, 0), (0, 0), (0, pad), (0, pad)))
     return fused_attention(grow(q), grow(k), grow(v), bias, lengths, lengths)[:, :length]
+
+  def padded_plain(q, k, v, bias, lengths):
+    return fused_attention(grow(q), grow(k), grow(v), None, None, None)[:, :length]
+
+  def mosaic(q, k, v, bias, lengths):
+    return _mosaic_flash_attention(grow(q), grow(k), grow(v))[:, :length]
 
   def pallas(q, k, v, bias, lengths):
     # JAX's Pallas (Triton) flash kernel takes no bias and whole 128-blocks: padding gets segment 0.
@@ -70,7 +105,15 @@ def _variants(length: int, pallas_interpret: bool):
       "einsum": (_einsum_attention, "einsum form, float32 scores and softmax", "model"),
       "pallas_no_bias": (pallas, f"JAX's Pallas flash kernel (Triton), no bias, padded to "
                                  f"{length + pad}", "no_bias"),
+      "pad128_plain": (padded_plain, f"fused, no bias, no mask, padded to {length + pad} (the "
+                                     "zero keys take part: a kernel bound, not the model)", None),
+      "mosaic_fa3_f16": (mosaic, f"JAX's FlashAttention-3 (Mosaic GPU, Hopper), float16, no bias, "
+                                 f"no mask, padded to {length + pad}", "pad128_plain"),
   }
+
+
+# Rows that run only where `_needs_hopper` finds no reason not to.
+HOPPER_ONLY = ("mosaic_fa3_f16",)
 
 
 def _time(fn, args, repeats: int) -> float:
@@ -134,6 +177,9 @@ def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_le
   for name, (fn, what, ref, args, flops, layers) in {**encoder, **cross}.items():
     if only and name not in only:
       continue
+    if name in HOPPER_ONLY and (reason := _needs_hopper()):
+      rows[name] = {"what": what, "skipped": reason}
+      continue
     try:
       row, outputs[name] = timed(fn, args, flops, layers)
     except Exception as e:  # a variant this GPU rejects must not lose the others
@@ -157,8 +203,9 @@ def format_table(result: dict) -> str:
   out = [head, f"{'variant':<16}{'fwd ms':>9}{'fwd+bwd ms':>12}{'TFLOP/s':>9}{'fwd+bwd':>9}"
                f"{'×layers ms':>12}{'max |Δ|':>10} {'vs':<8} what"]
   for name, row in result["rows"].items():
-    if "error" in row:
-      out.append(f"{name:<16}  failed: {row['error']}  ({row['what']})")
+    if "error" in row or "skipped" in row:
+      said = f"failed: {row['error']}" if "error" in row else f"skipped: {row['skipped']}"
+      out.append(f"{name:<16}  {said}  ({row['what']})")
       continue
     diff = f"{row['max_abs_diff']:.2e}" if "max_abs_diff" in row else "-"
     out.append(f"{name:<16}{row['forward_ms']:9.3f}{row['forward_backward_ms']:12.3f}"

@@ -1,6 +1,10 @@
 """bench/attention_kernels.py: its variants compute what they claim, and its figures add up."""
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from bench import attention_kernels
 
 
@@ -9,7 +13,7 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
                                  target_length=4, dtype="float32", repeats=1)
   rows = result["rows"]
   assert set(rows) == {"model", "no_mask", "no_bias", "no_bias_no_mask", "pad128", "einsum",
-                       "pallas_no_bias", "cross", "cross_einsum"}
+                       "pallas_no_bias", "pad128_plain", "mosaic_fa3_f16", "cross", "cross_einsum"}
   assert result["length"] == 25
   # All rows are full length: dropping the mask, padding to 128, the einsum form or the Pallas
   # kernel (interpreted on CPU) change nothing against the row each is compared with.
@@ -20,7 +24,9 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
     assert rows[name]["max_abs_diff"] < 1e-4, (name, rows[name]["max_abs_diff"])
   # Without the bias the output is another function (a check that could not pass by accident).
   assert rows["no_bias"]["max_abs_diff"] > 1e-2
-  for row in rows.values():
+  # FlashAttention-3 on Mosaic GPU runs on Hopper only: here it is skipped, and says why.
+  assert "Hopper" in rows["mosaic_fa3_f16"]["skipped"] and "forward_ms" not in rows["mosaic_fa3_f16"]
+  for row in (r for r in rows.values() if "skipped" not in r):
     assert row["forward_ms"] > 0 and row["forward_backward_ms"] > 0
     assert abs(row["step_ms"] - row["forward_backward_ms"] * row["layers"]) < 1e-9
   flops = 4 * 2 * 4 * 25 * 25 * 16  # 4·B·H·L·L·Dh of tiny (4 heads of 16)
@@ -32,4 +38,27 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
                                  "--only", "model,pad128", "--json", str(tmp_path / "a.json")]) == 0
   printed = capsys.readouterr().out
   assert "pad128" in printed and "no_bias" not in printed
+  assert attention_kernels.main(["--size", "tiny", "--batch", "2", "--input-length", "20",
+                                 "--prompt-length", "5", "--target-length", "4", "--repeats", "1",
+                                 "--only", "mosaic_fa3_f16"]) == 0
+  assert "skipped: Mosaic GPU kernels need an NVIDIA Hopper GPU" in capsys.readouterr().out
   assert set(json.loads((tmp_path / "a.json").read_text())["rows"]) == {"model", "pad128"}
+
+
+def test_padded_plain_row_lets_the_zero_keys_take_part():
+  """`pad128_plain` (the bound the FlashAttention-3 row is compared with) is softmax attention over
+  the length padded with zero keys and values, unmasked: a function of its own, checked here
+  against that formula written out."""
+  fn = attention_kernels._variants(25, pallas_interpret=True)["pad128_plain"][0]
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  q, k, v = (jax.random.normal(key, (2, 25, 4, 16), jnp.float32) for key in keys)
+  got = np.asarray(fn(q, k, v, None, None))
+  scores = np.einsum("bqhd,bkhd->bhqk", q, k)                       # T5: no 1/sqrt(d) scaling
+  scores = np.concatenate([scores, np.zeros(scores.shape[:3] + (128 - 25,))], axis=-1)
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  want = np.einsum("bhqk,bkhd->bqhd", probs[..., :25], v)           # the padded values are zeros
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  unpadded = np.asarray(attention_kernels._variants(25, True)["no_bias_no_mask"][0](
+      q, k, v, None, None))
+  assert np.abs(got - unpadded).max() > 1e-3
