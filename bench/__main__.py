@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="how dropout masks get their bits (T5Config.dropout_bits)")
   p.add_argument("--mlp-backward", default="auto", choices=("auto", "store", "recompute"),
                  help="gated-GELU backward: stored or recomputed tanh and mask (T5Config.mlp_backward)")
+  p.add_argument("--norm-impl", default="xla", choices=("xla", "pallas"),
+                 help="encoder residual add + dropout + RMSNorm: XLA's fusions or one Triton kernel "
+                      "each way (T5Config.norm_impl; GPU)")
   p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
                  help="train: an XLA compiler option for the step (repeatable), added to the "
                       "trainer's defaults (train_step.default_compiler_options), e.g. "
@@ -337,7 +340,8 @@ def main(argv=None) -> int:
                                       attention_impl=args.attention,
                                       float32_attention_logits=args.attention_logits == "float32",
                                       dropout_bits=args.dropout_bits,
-                                      mlp_backward=args.mlp_backward))
+                                      mlp_backward=args.mlp_backward,
+                                      norm_impl=args.norm_impl))
   from bench import ceiling  # numpy only at import; JAX starts inside its functions
   if not args.no_ceiling:
     print("[bench] measuring the matmul ceiling", file=sys.stderr, flush=True)

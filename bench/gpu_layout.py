@@ -52,7 +52,9 @@ def analyze(hlo_text: str) -> dict:
   A transpose is a fusion whose name says it transposes (`input_transpose_fusion`,
   `loop_transpose_fusion`, `input_add_transpose_fusion`, ...) or a bare `transpose`/`copy`; its
   traffic is counted as one read and one write of its output. `fusion_gib` sums operands and
-  results of every loop/input fusion (not matmuls, not cuDNN): those kernels are bound by memory,
+  results of every loop/input fusion and of every Triton fusion that is not a matmul (XLA's
+  block-level fusions: normalizations, or loop fusions it emits with Triton) and of every Pallas
+  Triton kernel (`norm_impl="pallas"`), not matmuls, not cuDNN: those kernels are bound by memory,
   so it divided by the bandwidth is a floor on their time. Sources fold layer numbers together.
   """
   from bench.device_profile import op_name
@@ -76,9 +78,15 @@ def analyze(hlo_text: str) -> dict:
       custom_calls[call.group(1)] += 1
       if "gemm" in call.group(1) or "matmul" in call.group(1).lower():
         matmuls += 1
+      elif call.group(1).endswith("xla.gpu.triton"):  # a Pallas kernel (spot_jax.fused_norm)
+        operands = re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
+        key = ("pallas_triton_kernel", source)
+        traffic[key]["count"] += 1
+        traffic[key]["bytes"] += result_bytes[name] + sum(result_bytes.get(o, 0) for o in operands)
     elif opcode == "fusion" and re.match(r"(gemm_fusion|triton_gemm|cublas)", name):
       matmuls += 1
-    elif opcode == "fusion" and re.search(r"kind=k(Loop|Input)\b", rest):
+    elif opcode == "fusion" and (re.search(r"kind=k(Loop|Input)\b", rest)
+                                 or '"kind":"__triton"' in rest):
       operands = re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
       key = (re.sub(r"\.\d+$", "", name), source)
       traffic[key]["count"] += 1
@@ -164,7 +172,8 @@ def compile_step_for_gpu(target_config: str, size: str = "base", batch: int = 64
   step = train_step.make_train_step(config, tx, enable_dropout=dropout > 0)
   jitted = train_step.jit_train_step(step, mesh, frozen_shardings,
                                      compiler_options=compiler_options)
-  with target_platform.compiling_for("gpu"):
+  # Pallas' Triton kernels read the GPU's kind from the mesh in context when no GPU is attached.
+  with target_platform.compiling_for("gpu"), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
     lowered = jitted.lower(state, frozen, batch_spec, rng)
   return lowered.compile()
 
@@ -183,6 +192,7 @@ def main(argv=None) -> int:
   p.add_argument("--attention", default="fused", choices=("einsum", "fused"))
   p.add_argument("--dropout-bits", default="auto", choices=("auto", "16bit", "per_element"))
   p.add_argument("--mlp-backward", default="auto", choices=("auto", "store", "recompute"))
+  p.add_argument("--norm-impl", default="xla", choices=("xla", "pallas"))
   p.add_argument("--dropout", type=float, default=0.1)
   p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
                  help="an XLA compiler option for this compile (repeatable), e.g. "
@@ -198,7 +208,7 @@ def main(argv=None) -> int:
       target, args.size, args.batch, args.input_length, args.target_length, args.prompt_length,
       args.dtype, args.weight_dtype, args.dropout,
       {"attention_impl": args.attention, "dropout_bits": args.dropout_bits,
-       "mlp_backward": args.mlp_backward}, options)
+       "mlp_backward": args.mlp_backward, "norm_impl": args.norm_impl}, options)
   hlo = compiled.as_text()
   summary = analyze(hlo)
   print(report(summary, bandwidth=memory_bandwidth(target)))

@@ -235,6 +235,7 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
       "weight_dtype": weight_dtype, "attention_impl": config.attention_impl,
       "float32_attention_logits": config.float32_attention_logits,
       "dropout_bits": config.dropout_bits, "mlp_backward": config.mlp_backward,
+      "norm_impl": config.norm_impl,
       "compiler_options": compiler_options,
       "microbatches": microbatches, "dropout": dropout,
       "donate": donate, "steps": steps, "warmup": warmup,

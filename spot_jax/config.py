@@ -11,6 +11,7 @@ FEED_FORWARDS = ("relu", "gated-gelu")
 ATTENTION_IMPLS = ("einsum", "fused")
 DROPOUT_BITS = ("auto", "16bit", "per_element")
 MLP_BACKWARDS = ("auto", "store", "recompute")
+NORM_IMPLS = ("xla", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,11 @@ class T5Config:
   # pass; "recompute" recomputes both from the two projections, which are kept anyway (less memory
   # traffic: accelerators); "auto" picks by target platform. Same values either way.
   mlp_backward: str = "auto"
+  # Encoder residual adds, their dropout and the RMSNorm after each: "xla" lets XLA fuse them
+  # (two kernels each way); "pallas" runs one Triton kernel each way (spot_jax/fused_norm.py: fewer
+  # bytes moved on GPUs; interpreted, slowly, on CPU; no TPU). Its dropout masks are the
+  # "per_element" ones. Same values either way.
+  norm_impl: str = "xla"
 
   def __post_init__(self):
     if self.attention_impl not in ATTENTION_IMPLS:
@@ -63,6 +69,8 @@ class T5Config:
     if self.mlp_backward not in MLP_BACKWARDS:
       raise ValueError(f"mlp_backward={self.mlp_backward!r} is not supported; use one of "
                        f"{MLP_BACKWARDS}")
+    if self.norm_impl not in NORM_IMPLS:
+      raise ValueError(f"norm_impl={self.norm_impl!r} is not supported; use one of {NORM_IMPLS}")
     if self.feed_forward not in FEED_FORWARDS:
       raise ValueError(f"feed_forward={self.feed_forward!r} is not supported; use one of {FEED_FORWARDS}")
     if self.dtype not in ("float32", "bfloat16"):

@@ -94,6 +94,14 @@ class Dropout(nn.Module):
       return jnp.zeros_like(x)
     return _drop(x, self.make_rng("dropout"), self.rate, self._per_element())
 
+  def key_words(self, deterministic: bool):
+    """The `uint32[2]` words of the key `self(x, deterministic)` would draw its mask with (None
+    when it would draw none), for a kernel that applies this dropout itself
+    (`spot_jax.fused_norm`, which hashes per element)."""
+    if deterministic or self.rate == 0.0:
+      return None
+    return _key_words(self.make_rng("dropout"))[1]
+
   def recomputed(self, fn, *args, deterministic: bool):
     """`self(fn(*args))`, but the backward pass recomputes `fn` and the mask from `args` instead of
     reading stored copies (`jax.checkpoint`). Same key, so the same mask as `self(fn(*args))`.

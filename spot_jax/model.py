@@ -16,6 +16,7 @@ import numpy as np
 
 from spot_jax import target_platform
 from spot_jax.config import T5Config
+from spot_jax import fused_norm
 from spot_jax.dropout import Dropout, per_element_bits
 from spot_jax.fused_attention import fused_attention
 
@@ -60,8 +61,15 @@ class RMSNorm(nn.Module):
   dtype: jnp.dtype
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, added=None, key_words=None, rate: float = 0.0):
+    """The norm of `x`; with `added`, `(x + dropout(added), its norm)` in one kernel
+    (`fused_norm`: `key_words` from `Dropout.key_words`, None for no dropout)."""
     scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+    if added is not None:
+      if key_words is None:
+        key_words, rate = jnp.zeros((2,), jnp.uint32), 0.0
+      return fused_norm.add_dropout_rmsnorm(x, added, scale, key_words, rate, self.epsilon,
+                                            self.dtype)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
     return (y * scale.astype(jnp.float32)).astype(self.dtype)
@@ -221,13 +229,26 @@ class EncoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x, bias, enable_dropout: bool, lengths=None):
+  def __call__(self, x, bias, enable_dropout: bool, lengths=None, pending=None):
+    """The layer's output; with `norm_impl="pallas"`, `(x, pending)` instead: the MLP's output and
+    its dropout key, added to `x` by the next norm's kernel (`pending` here: this layer's)."""
     cfg = self.config
     dtype = activation_dtype(cfg)
+    norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, dtype, name=name)
+    if cfg.norm_impl == "pallas":
+      # The same submodules and dropout keys as below, with each add moved into the next norm.
+      key = lambda: Dropout(cfg.dropout_rate, True).key_words(deterministic=not enable_dropout)
+      if pending is None:
+        h = norm("pre_attention_layer_norm")(x)
+      else:
+        x, h = norm("pre_attention_layer_norm")(x, *pending, cfg.dropout_rate)
+      attended = Attention(cfg, name="attention")(h, h, bias, enable_dropout, lengths=lengths)
+      x, h = norm("pre_mlp_layer_norm")(x, attended, key(), cfg.dropout_rate)
+      return x, (MLP(cfg, name="mlp")(h, enable_dropout), key())
     drop = dropout(cfg, enable_dropout)
-    h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
+    h = norm("pre_attention_layer_norm")(x)
     x = x + drop(Attention(cfg, name="attention")(h, h, bias, enable_dropout, lengths=lengths))
-    h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
+    h = norm("pre_mlp_layer_norm")(x)
     return x + drop(MLP(cfg, name="mlp")(h, enable_dropout))
 
 
@@ -278,9 +299,16 @@ class Encoder(nn.Module):
       lengths = valid.sum(axis=-1, dtype=jnp.int32)  # right padding: valid = the first `lengths`
     else:
       bias = bias + _key_bias(valid)
+    final_norm = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="encoder_norm")
+    if cfg.norm_impl == "pallas":
+      pending = None
+      for i in range(cfg.num_encoder_layers):
+        x, pending = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, enable_dropout, lengths, pending)
+      x = final_norm(x) if pending is None else final_norm(x, *pending, cfg.dropout_rate)[1]
+      return dropout(cfg, enable_dropout)(x)
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, enable_dropout, lengths)
-    x = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="encoder_norm")(x)
+    x = final_norm(x)
     return dropout(cfg, enable_dropout)(x)
 
 

@@ -20,6 +20,8 @@ ENTRY %main.7 (a: bf16[8,4,2]) -> bf16[4,2,8] {
   %gemm_fusion_dot.5 = bf16[16,16]{1,0} fusion(%a), kind=kCustom, calls=%gemm, metadata={op_name="jit(step)/dot_general"}
   %custom-call.1 = (bf16[16,16]{1,0}, s8[1024]{0}) custom-call(%a, %a), custom_call_target="__cublas$lt$matmul"
   %fmha.2 = (bf16[8,4,2]{2,1,0}, f32[8,4]{1,0}, u8[0]{0}) custom-call(%a, %a, %a), custom_call_target="__cudnn$fmhaScaleBiasSoftmax"
+  %fusion.9 = bf16[8,4,2]{2,1,0} fusion(%a), kind=kCustom, calls=%norm, backend_config={"fusion_backend_config":{"kind":"__triton","block_level_fusion_config":{}}}
+  %pallas.1 = (bf16[8,4,2]{2,1,0}, bf16[8,4,2]{2,1,0}) custom-call(%a, %a), custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(step)/jvp(T5)/encoder/layers_2/pre_mlp_layer_norm/add_dropout_rmsnorm/pallas_call"}
   ROOT %copy.1 = f32[3,5]{0,1} copy(%a)
 }
 """
@@ -34,15 +36,21 @@ def test_counts_transposes_with_their_traffic_and_folded_source():
   assert summary["transpose_count"] == 3
   # the loop fusion (whose op name says "transpose(jvp" as a backward pass) is not a transpose
   assert not any("transpose(jvp" in r["source"] for r in summary["transposes"])
-  assert summary["custom_calls"] == {"__cublas$lt$matmul": 1, "__cudnn$fmhaScaleBiasSoftmax": 1}
+  assert summary["custom_calls"] == {"__cublas$lt$matmul": 1, "__cudnn$fmhaScaleBiasSoftmax": 1,
+                                     "__gpu$xla.gpu.triton": 1}
   assert summary["matmuls"] == 2  # the Triton gemm fusion and the cuBLAS call
-  # loop/input fusions: results plus operands (the parameter is bf16[8,4,2], 128 bytes); matmul
-  # and cuDNN kernels are not counted
+  # loop/input fusions, XLA's Triton (non-matmul) fusions and Pallas kernels: results plus operands
+  # (the parameter is bf16[8,4,2], 128 bytes); matmul and cuDNN kernels are not counted
   fusions = {r["fusion"]: r for r in summary["fusions"]}
   assert fusions["loop_add_fusion"]["bytes"] == 4 * 64 + 128
   assert fusions["input_transpose_fusion"]["bytes"] == 128 + 128
-  assert set(fusions) == {"loop_add_fusion", "input_transpose_fusion", "input_add_transpose_fusion"}
-  assert summary["fusion_gib"] * 2 ** 30 == 4 * 64 + 128 + 2 * (128 + 128)
+  assert fusions["fusion"]["bytes"] == 128 + 128
+  pallas = fusions["pallas_triton_kernel"]
+  assert pallas["bytes"] == 2 * 128 + 2 * 128 and pallas["source"].endswith("pallas_call")
+  assert "layers_*" in pallas["source"]
+  assert set(fusions) == {"loop_add_fusion", "input_transpose_fusion", "input_add_transpose_fusion",
+                          "fusion", "pallas_triton_kernel"}
+  assert summary["fusion_gib"] * 2 ** 30 == 4 * 64 + 128 + 2 * (128 + 128) + 256 + 512
   text = gpu_layout.report(summary, bandwidth=gpu_layout.memory_bandwidth(
       "gpu_device_info {\n  memory_bandwidth: 4800000000000\n}"))
   assert text.startswith("transposes: 3 moving") and "fmhaScaleBiasSoftmax" in text

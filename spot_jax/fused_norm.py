@@ -1,0 +1,165 @@
+"""The residual add, its dropout and the next RMSNorm as one Triton kernel (Pallas), each way.
+
+Between two matmuls a T5 layer does `x = x + dropout(o); h = rmsnorm(x)`. XLA fuses these into a
+reduction kernel and an elementwise one, and in the backward a reduction over the norm's incoming
+gradient and then an elementwise pass that reads the same tensors again: on the H200 the encoder's
+norms, residual adds and dropouts moved about half of the step's elementwise bytes (docs/bench.md).
+XLA's own single-kernel normalization fusion takes one input only, so it never applies here. These
+kernels do each direction in one pass over rows: forward reads `x` and `o` and writes the new `x`
+and `h`; backward reads the two incoming gradients and the new `x` (the norm's statistics are
+recomputed) and writes the gradients of `x` and `o`.
+
+The dropout mask is `spot_jax.dropout`'s per-element hash of the element's index under the same
+key, so the kernel drops exactly the elements the XLA form drops (`dropout_bits="per_element"`).
+On CPU the kernels run in Pallas' interpreter (for tests; slow); TPUs have no Triton.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spot_jax import target_platform
+
+ROWS = 4  # rows per program: a power of two; 4 rows of 1024 bf16 are 8 KiB per operand
+
+
+def _fmix32(counter, k0, k1):
+  """`spot_jax.dropout._fmix32`, spelled for scalars `k0`, `k1` inside a kernel."""
+  x = counter * jnp.uint32(0x9E3779B9) + k0
+  x = x ^ k1
+  x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
+  x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def _threshold(rate: float) -> tuple[int, float]:
+  """The uint32 threshold of `dropout._keep_mask(per_element=True)` and its keep probability."""
+  threshold = min(int(round(rate * 2 ** 32)), 2 ** 32 - 1)
+  return threshold, 1.0 - threshold / 2 ** 32
+
+
+def _tile(n_rows: int, n_cols: int):
+  """Row and column indices of this program's `[ROWS, next_pow2(n_cols)]` tile and its mask."""
+  from jax.experimental import pallas as pl
+  rows = pl.program_id(0) * ROWS + jnp.arange(ROWS)
+  cols = jnp.arange(pl.next_power_of_2(n_cols))
+  mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+  return rows, cols, mask
+
+
+def _keep(rows, cols, n_cols: int, key_ref, threshold: int):
+  k0, k1 = key_ref[0], key_ref[1]
+  counter = (rows[:, None] * n_cols + cols[None, :]).astype(jnp.uint32)
+  return _fmix32(counter, k0, k1) >= jnp.uint32(threshold)
+
+
+def _forward_kernel(x_ref, o_ref, scale_ref, key_ref, x_out_ref, h_ref, *, eps, rate):
+  from jax.experimental.pallas import triton as plgpu
+  n_rows, n_cols = x_ref.shape
+  rows, cols, mask = _tile(n_rows, n_cols)
+  at = lambda ref: ref.at[rows[:, None], cols[None, :]]
+  # Arithmetic in float32, rounded where the XLA form rounds (Triton divides no bfloat16).
+  rounded = lambda t: t.astype(x_ref.dtype).astype(jnp.float32)
+  x32 = plgpu.load(at(x_ref), mask=mask, other=0.0).astype(jnp.float32)
+  o32 = plgpu.load(at(o_ref), mask=mask, other=0.0).astype(jnp.float32)
+  if rate > 0.0:
+    threshold, keep_prob = _threshold(rate)
+    keep = _keep(rows, cols, n_cols, key_ref, threshold)
+    o32 = jnp.where(keep, rounded(o32 / rounded(jnp.float32(keep_prob))), 0.0)
+  x32 = rounded(x32 + o32)
+  plgpu.store(at(x_out_ref), x32.astype(x_out_ref.dtype), mask=mask)
+  inv = jax.lax.rsqrt(jnp.sum(x32 * x32, axis=1) / n_cols + eps)
+  scale = plgpu.load(scale_ref.at[cols], mask=cols < n_cols, other=0.0).astype(jnp.float32)
+  plgpu.store(at(h_ref), (x32 * inv[:, None] * scale[None, :]).astype(h_ref.dtype), mask=mask)
+
+
+def _backward_kernel(x_ref, scale_ref, key_ref, dx_in_ref, dh_ref, dx_ref, do_ref, *, eps, rate):
+  from jax.experimental.pallas import triton as plgpu
+  n_rows, n_cols = x_ref.shape
+  rows, cols, mask = _tile(n_rows, n_cols)
+  at = lambda ref: ref.at[rows[:, None], cols[None, :]]
+  x32 = plgpu.load(at(x_ref), mask=mask, other=0.0).astype(jnp.float32)
+  inv = jax.lax.rsqrt(jnp.sum(x32 * x32, axis=1) / n_cols + eps)[:, None]
+  scale = plgpu.load(scale_ref.at[cols], mask=cols < n_cols, other=0.0).astype(jnp.float32)
+  dhs = plgpu.load(at(dh_ref), mask=mask, other=0.0).astype(jnp.float32) * scale[None, :]
+  mean = (jnp.sum(dhs * x32, axis=1) / n_cols)[:, None]
+  d_norm = inv * dhs - x32 * (inv * inv * inv) * mean
+  rounded = lambda t: t.astype(x_ref.dtype).astype(jnp.float32)
+  dx = rounded(plgpu.load(at(dx_in_ref), mask=mask, other=0.0).astype(jnp.float32)
+               + rounded(d_norm))
+  plgpu.store(at(dx_ref), dx.astype(dx_ref.dtype), mask=mask)
+  if rate > 0.0:
+    threshold, keep_prob = _threshold(rate)
+    keep = _keep(rows, cols, n_cols, key_ref, threshold)
+    dx = jnp.where(keep, dx, 0.0) / rounded(jnp.float32(keep_prob))
+  plgpu.store(at(do_ref), dx.astype(do_ref.dtype), mask=mask)
+
+
+def _call(kernel, out_shapes, *args, name: str):
+  from jax.experimental import pallas as pl
+  from jax.experimental.pallas import triton as plgpu
+  n_rows, n_cols = args[0].shape
+  warps = int(min(max(ROWS * pl.next_power_of_2(n_cols) // 1024, 1), 8))
+  return pl.pallas_call(
+      kernel, out_shape=out_shapes, grid=(pl.cdiv(n_rows, ROWS),), name=name,
+      compiler_params=plgpu.CompilerParams(num_warps=warps, num_stages=1),
+      interpret=target_platform.platform() == "cpu")(*args)
+
+
+def _rows(t):
+  return t.reshape(-1, t.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _add_dropout_rmsnorm(x, o, scale, key_words, rate, eps, h_dtype):
+  return _forward(x, o, scale, key_words, rate, eps, h_dtype)[0]
+
+
+def _forward(x, o, scale, key_words, rate, eps, h_dtype):
+  shape = x.shape
+  x_out, h = _call(functools.partial(_forward_kernel, eps=eps, rate=rate),
+                   (jax.ShapeDtypeStruct(_rows(x).shape, x.dtype),
+                    jax.ShapeDtypeStruct(_rows(x).shape, h_dtype)),
+                   _rows(x), _rows(o), scale, key_words, name="add_dropout_rmsnorm")
+  x_out, h = x_out.reshape(shape), h.reshape(shape)
+  return (x_out, h), (x_out, scale, key_words)
+
+
+def _backward(rate, eps, h_dtype, residuals, cotangents):
+  x_out, scale, key_words = residuals
+  dx_in, dh = cotangents
+  shape = x_out.shape
+  dx, do = _call(functools.partial(_backward_kernel, eps=eps, rate=rate),
+                 (jax.ShapeDtypeStruct(_rows(x_out).shape, x_out.dtype),
+                  jax.ShapeDtypeStruct(_rows(x_out).shape, x_out.dtype)),
+                 _rows(x_out), scale, key_words, _rows(dx_in).astype(x_out.dtype),
+                 _rows(dh).astype(h_dtype), name="add_dropout_rmsnorm_bwd")
+  # The scale's gradient, in XLA: a column sum no prompt-tuning step asks for (the norm is frozen,
+  # and XLA drops this when nothing reads it).
+  x32 = x_out.astype(jnp.float32)
+  normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  dscale = jnp.sum((dh.astype(jnp.float32) * normed).reshape(-1, shape[-1]), axis=0)
+  return (dx.reshape(shape), do.reshape(shape), dscale.astype(scale.dtype),
+          np.zeros(key_words.shape, jax.dtypes.float0))
+
+
+_add_dropout_rmsnorm.defvjp(_forward, _backward)
+
+
+def add_dropout_rmsnorm(x, o, scale, key_words, rate: float, eps: float, h_dtype):
+  """`x + dropout(o)` and T5's RMSNorm of it with `scale`, as `(new_x, normed)`, in one kernel.
+
+  `key_words` is the dropout key's `uint32[2]` data (`dropout._key_words`); `rate` 0 drops nothing
+  (the key is then unused). `new_x` has `x`'s dtype, `normed` has `h_dtype`. Same values as the XLA
+  form `new_x = x + Dropout(rate, per_element_bits=True)(o); RMSNorm(eps)(new_x)` (tests)."""
+  if target_platform.platform() not in ("gpu", "cpu"):
+    raise ValueError(f"norm_impl='pallas' runs Triton kernels, for GPUs; this backend is "
+                     f"{target_platform.platform()}: use norm_impl='xla'")
+  if x.shape != o.shape or scale.shape != x.shape[-1:]:
+    raise ValueError(f"add_dropout_rmsnorm: x {x.shape}, o {o.shape} and scale {scale.shape} "
+                     "must be [..., d], [..., d] and [d]")
+  return _add_dropout_rmsnorm(x, o.astype(x.dtype), scale, key_words.astype(jnp.uint32),
+                              float(rate), float(eps), jnp.dtype(h_dtype))
