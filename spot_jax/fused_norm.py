@@ -76,15 +76,18 @@ def _forward_kernel(x_ref, o_ref, scale_ref, key_ref, x_out_ref, h_ref, *, eps, 
   plgpu.store(at(h_ref), (x32 * inv[:, None] * scale[None, :]).astype(h_ref.dtype), mask=mask)
 
 
-def _backward_kernel(x_ref, scale_ref, key_ref, dx_in_ref, dh_ref, dx_ref, do_ref, *, eps, rate):
+def _backward_kernel(x_ref, scale_ref, key_ref, dx_in_ref, *refs, eps, rate):
+  """`refs`: the gradients of each copy of the normed output, then the two outputs."""
   from jax.experimental.pallas import triton as plgpu
+  *dh_refs, dx_ref, do_ref = refs
   n_rows, n_cols = x_ref.shape
   rows, cols, mask = _tile(n_rows, n_cols)
   at = lambda ref: ref.at[rows[:, None], cols[None, :]]
   x32 = plgpu.load(at(x_ref), mask=mask, other=0.0).astype(jnp.float32)
   inv = jax.lax.rsqrt(jnp.sum(x32 * x32, axis=1) / n_cols + eps)[:, None]
   scale = plgpu.load(scale_ref.at[cols], mask=cols < n_cols, other=0.0).astype(jnp.float32)
-  dhs = plgpu.load(at(dh_ref), mask=mask, other=0.0).astype(jnp.float32) * scale[None, :]
+  dh = sum(plgpu.load(at(ref), mask=mask, other=0.0).astype(jnp.float32) for ref in dh_refs)
+  dhs = dh * scale[None, :]
   mean = (jnp.sum(dhs * x32, axis=1) / n_cols)[:, None]
   d_norm = inv * dhs - x32 * (inv * inv * inv) * mean
   rounded = lambda t: t.astype(x_ref.dtype).astype(jnp.float32)
@@ -113,35 +116,36 @@ def _rows(t):
   return t.reshape(-1, t.shape[-1])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _add_dropout_rmsnorm(x, o, scale, key_words, rate, eps, h_dtype):
-  return _forward(x, o, scale, key_words, rate, eps, h_dtype)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _add_dropout_rmsnorm(x, o, scale, key_words, rate, eps, h_dtype, copies):
+  return _forward(x, o, scale, key_words, rate, eps, h_dtype, copies)[0]
 
 
-def _forward(x, o, scale, key_words, rate, eps, h_dtype):
+def _forward(x, o, scale, key_words, rate, eps, h_dtype, copies):
   shape = x.shape
   x_out, h = _call(functools.partial(_forward_kernel, eps=eps, rate=rate),
                    (jax.ShapeDtypeStruct(_rows(x).shape, x.dtype),
                     jax.ShapeDtypeStruct(_rows(x).shape, h_dtype)),
                    _rows(x), _rows(o), scale, key_words, name="add_dropout_rmsnorm")
   x_out, h = x_out.reshape(shape), h.reshape(shape)
-  return (x_out, h), (x_out, scale, key_words)
+  return (x_out, *[h] * copies), (x_out, scale, key_words)
 
 
-def _backward(rate, eps, h_dtype, residuals, cotangents):
+def _backward(rate, eps, h_dtype, copies, residuals, cotangents):
   x_out, scale, key_words = residuals
-  dx_in, dh = cotangents
+  dx_in, *dhs = cotangents
   shape = x_out.shape
   dx, do = _call(functools.partial(_backward_kernel, eps=eps, rate=rate),
                  (jax.ShapeDtypeStruct(_rows(x_out).shape, x_out.dtype),
                   jax.ShapeDtypeStruct(_rows(x_out).shape, x_out.dtype)),
                  _rows(x_out), scale, key_words, _rows(dx_in).astype(x_out.dtype),
-                 _rows(dh).astype(h_dtype), name="add_dropout_rmsnorm_bwd")
+                 *[_rows(dh).astype(h_dtype) for dh in dhs], name="add_dropout_rmsnorm_bwd")
   # The scale's gradient, in XLA: a column sum no prompt-tuning step asks for (the norm is frozen,
   # and XLA drops this when nothing reads it).
   x32 = x_out.astype(jnp.float32)
   normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-  dscale = jnp.sum((dh.astype(jnp.float32) * normed).reshape(-1, shape[-1]), axis=0)
+  dh = sum(dh.astype(jnp.float32) for dh in dhs)
+  dscale = jnp.sum((dh * normed).reshape(-1, shape[-1]), axis=0)
   return (dx.reshape(shape), do.reshape(shape), dscale.astype(scale.dtype),
           np.zeros(key_words.shape, jax.dtypes.float0))
 
@@ -149,17 +153,24 @@ def _backward(rate, eps, h_dtype, residuals, cotangents):
 _add_dropout_rmsnorm.defvjp(_forward, _backward)
 
 
-def add_dropout_rmsnorm(x, o, scale, key_words, rate: float, eps: float, h_dtype):
+def add_dropout_rmsnorm(x, o, scale, key_words, rate: float, eps: float, h_dtype, copies: int = 1):
   """`x + dropout(o)` and T5's RMSNorm of it with `scale`, as `(new_x, normed)`, in one kernel.
 
   `key_words` is the dropout key's `uint32[2]` data (`dropout._key_words`); `rate` 0 drops nothing
   (the key is then unused). `new_x` has `x`'s dtype, `normed` has `h_dtype`. Same values as the XLA
-  form `new_x = x + Dropout(rate, per_element_bits=True)(o); RMSNorm(eps)(new_x)` (tests)."""
+  form `new_x = x + Dropout(rate, per_element_bits=True)(o); RMSNorm(eps)(new_x)` (tests).
+
+  `copies` > 1 returns `normed` as that many outputs (one array, written once), one per matmul
+  that reads it: each then gets its own gradient, which the backward kernel adds up as it reads
+  them, instead of XLA writing their sum first."""
   if target_platform.platform() not in ("gpu", "cpu"):
     raise ValueError(f"norm_impl='pallas' runs Triton kernels, for GPUs; this backend is "
                      f"{target_platform.platform()}: use norm_impl='xla'")
   if x.shape != o.shape or scale.shape != x.shape[-1:]:
     raise ValueError(f"add_dropout_rmsnorm: x {x.shape}, o {o.shape} and scale {scale.shape} "
                      "must be [..., d], [..., d] and [d]")
-  return _add_dropout_rmsnorm(x, o.astype(x.dtype), scale, key_words.astype(jnp.uint32),
-                              float(rate), float(eps), jnp.dtype(h_dtype))
+  if copies < 1:
+    raise ValueError(f"add_dropout_rmsnorm: copies must be >= 1, got {copies}")
+  new_x, *normed = _add_dropout_rmsnorm(x, o.astype(x.dtype), scale, key_words.astype(jnp.uint32),
+                                        float(rate), float(eps), jnp.dtype(h_dtype), int(copies))
+  return new_x, normed[0] if copies == 1 else tuple(normed)

@@ -61,15 +61,16 @@ class RMSNorm(nn.Module):
   dtype: jnp.dtype
 
   @nn.compact
-  def __call__(self, x, added=None, key_words=None, rate: float = 0.0):
+  def __call__(self, x, added=None, key_words=None, rate: float = 0.0, copies: int = 1):
     """The norm of `x`; with `added`, `(x + dropout(added), its norm)` in one kernel
-    (`fused_norm`: `key_words` from `Dropout.key_words`, None for no dropout)."""
+    (`fused_norm`: `key_words` from `Dropout.key_words`, None for no dropout; `copies` > 1: the
+    norm as a tuple of that many, one per matmul reading it)."""
     scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
     if added is not None:
       if key_words is None:
         key_words, rate = jnp.zeros((2,), jnp.uint32), 0.0
       return fused_norm.add_dropout_rmsnorm(x, added, scale, key_words, rate, self.epsilon,
-                                            self.dtype)
+                                            self.dtype, copies)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
     return (y * scale.astype(jnp.float32)).astype(self.dtype)
@@ -133,10 +134,13 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, memory, bias, enable_dropout: bool, decode: bool = False,
-               cache_length: Optional[int] = None, lengths=None):
+               cache_length: Optional[int] = None, lengths=None, value_input=None):
     """`bias` is additive `[B|1, H, Q, K]`. `lengths` (`[B]` valid positions of the right-padded
     memory rows) selects the fused form: then `bias` carries the relative positions alone (or is
-    None), every query row is computed, and no attention probability is dropped."""
+    None), every query row is computed, and no attention probability is dropped. `value_input`
+    (default `memory`) is what the values are projected from: the same array as `memory` given
+    separately so that its gradient comes back separately (`fused_norm`'s copies)."""
+    value_input = memory if value_input is None else value_input
     cfg = self.config
     dtype = activation_dtype(cfg)
     inner = cfg.num_heads * cfg.head_dim
@@ -153,7 +157,7 @@ class Attention(nn.Module):
       # [B, L, H, Dh] is the layout `dot_product_attention` takes: no transposes at all.
       heads = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.head_dim))
       q, k, v = (heads(proj(name=n, **({"kernel_init": query_init} if n == "query" else {}))(t))
-                 for n, t in (("query", x), ("key", memory), ("value", memory)))
+                 for n, t in (("query", x), ("key", memory), ("value", value_input)))
       q_lengths = (jnp.full(lengths.shape, x.shape[1], jnp.int32) if self.cached_kv == "cross"
                    else lengths)  # decoder rows are all computed; the loss weights mask them
       return out_proj(fused_attention(q, k, v, None if bias is None else bias.astype(dtype),
@@ -168,7 +172,7 @@ class Attention(nn.Module):
       v = self.get_variable("cache", "cross_value")
     else:
       k = split(proj(name="key")(memory))
-      v = split(proj(name="value")(memory))
+      v = split(proj(name="value")(value_input))
       if decode and self.cached_kv == "cross":
         self.put_variable("cache", "cross_key", k)
         self.put_variable("cache", "cross_value", v)
@@ -200,13 +204,16 @@ class MLP(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x, enable_dropout: bool):
+  def __call__(self, x, enable_dropout: bool, linear_input=None):
+    """`linear_input` (default `x`): the input of the gated form's `wi_1`, the same array as `x`
+    given separately so that its gradient comes back separately (`fused_norm`'s copies)."""
     cfg = self.config
     dtype = activation_dtype(cfg)
     dense = functools.partial(Dense, axes=("embed", "mlp"), dtype=dtype)
     drop = Dropout(cfg.dropout_rate, per_element_bits(cfg))
     if cfg.gated:
-      pre, linear = dense(cfg.d_ff, name="wi_0")(x), dense(cfg.d_ff, name="wi_1")(x)
+      linear_input = x if linear_input is None else linear_input
+      pre, linear = dense(cfg.d_ff, name="wi_0")(x), dense(cfg.d_ff, name="wi_1")(linear_input)
       recompute = (target_platform.platform() != "cpu" if cfg.mlp_backward == "auto"
                    else cfg.mlp_backward == "recompute")
       if recompute:
@@ -237,14 +244,18 @@ class EncoderLayer(nn.Module):
     norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, dtype, name=name)
     if cfg.norm_impl == "pallas":
       # The same submodules and dropout keys as below, with each add moved into the next norm.
+      # Each norm hands one copy of its output to each matmul that reads it (`copies`).
       key = lambda: Dropout(cfg.dropout_rate, True).key_words(deterministic=not enable_dropout)
       if pending is None:
         h = norm("pre_attention_layer_norm")(x)
+        q_in = k_in = v_in = h
       else:
-        x, h = norm("pre_attention_layer_norm")(x, *pending, cfg.dropout_rate)
-      attended = Attention(cfg, name="attention")(h, h, bias, enable_dropout, lengths=lengths)
-      x, h = norm("pre_mlp_layer_norm")(x, attended, key(), cfg.dropout_rate)
-      return x, (MLP(cfg, name="mlp")(h, enable_dropout), key())
+        x, (q_in, k_in, v_in) = norm("pre_attention_layer_norm")(x, *pending, cfg.dropout_rate, 3)
+      attended = Attention(cfg, name="attention")(q_in, k_in, bias, enable_dropout, lengths=lengths,
+                                                  value_input=v_in)
+      x, h = norm("pre_mlp_layer_norm")(x, attended, key(), cfg.dropout_rate, 2 if cfg.gated else 1)
+      gate_in, linear_in = h if cfg.gated else (h, None)
+      return x, (MLP(cfg, name="mlp")(gate_in, enable_dropout, linear_input=linear_in), key())
     drop = dropout(cfg, enable_dropout)
     h = norm("pre_attention_layer_norm")(x)
     x = x + drop(Attention(cfg, name="attention")(h, h, bias, enable_dropout, lengths=lengths))

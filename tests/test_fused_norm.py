@@ -47,6 +47,25 @@ def test_kernel_matches_the_xla_form_forward_and_backward(dtype, d, rate):
   assert (dropped.mean() > 0.05) == (rate > 0)  # the mask is there when asked for, not otherwise
 
 
+def test_copies_get_their_own_gradients_and_the_kernel_adds_them():
+  """`copies=3`: three outputs equal to the one norm; their three gradients give what the one
+  norm's gradient gives for their sum."""
+  ks = jax.random.split(jax.random.PRNGKey(1), 6)
+  x, o, g, *dhs = (jax.random.normal(k, (10, 24), jnp.float32) for k in ks[:6])
+  scale, words = jnp.linspace(0.5, 1.5, 24), jnp.array([7, 9], jnp.uint32)
+  one = lambda x, o: fused_norm.add_dropout_rmsnorm(x, o, scale, words, 0.2, 1e-6, jnp.float32)
+  three = lambda x, o: fused_norm.add_dropout_rmsnorm(x, o, scale, words, 0.2, 1e-6, jnp.float32,
+                                                      copies=3)
+  (new_x, normed), one_vjp = jax.vjp(one, x, o)
+  (new_x3, copies), three_vjp = jax.vjp(three, x, o)
+  assert len(copies) == 3 and all(np.array_equal(c, normed) for c in copies)
+  np.testing.assert_array_equal(new_x3, new_x)
+  summed = one_vjp((g, dhs[0] + dhs[1] + dhs[2]))
+  for a, b in zip(three_vjp((g, tuple(dhs))), summed):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(three_vjp((g, tuple(dhs)))[0] - one_vjp((g, dhs[0]))[0]).max()) > 1e-3
+
+
 def test_bad_shapes_are_refused_with_the_shapes_named():
   x = jnp.zeros((3, 8))
   with pytest.raises(ValueError, match=r"x \(3, 8\), o \(3, 4\)"):
@@ -54,7 +73,7 @@ def test_bad_shapes_are_refused_with_the_shapes_named():
                                    0.1, 1e-6, jnp.float32)
 
 
-def test_model_gives_the_same_loss_and_prompt_gradient_with_the_kernel(dtype="float32"):
+def test_model_gives_the_same_loss_and_prompt_gradient_with_the_kernel(monkeypatch, dtype="float32"):
   """Same parameters, same dropout keys (the kernel's masks are the per-element ones): training
   with `norm_impl="pallas"` computes what `norm_impl="xla"` computes. (bfloat16 rounding is the
   kernel test's; the interpreted kernels make this test slow, so one dtype.)"""
@@ -71,12 +90,18 @@ def test_model_gives_the_same_loss_and_prompt_gradient_with_the_kernel(dtype="fl
            "decoder_target_tokens": np.roll(dec, -1, axis=1),
            "decoder_loss_weights": np.ones(dec.shape, np.float32)}
   prompt = jnp.asarray(rng.normal(size=(3, cfg.d_model)), jnp.float32)
-  results = {}
+  results, copies, kernel = {}, [], fused_norm.add_dropout_rmsnorm
+  monkeypatch.setattr(fused_norm, "add_dropout_rmsnorm",
+                      lambda *a, **k: copies.append(a[7] if len(a) > 7 else k.get("copies", 1))
+                      or kernel(*a, **k))
   for impl in ("xla", "pallas"):
     loss_fn = train_step.make_loss_fn(cfg.replace(norm_impl=impl), enable_dropout=True)
+    copies.clear()
     jaxpr = str(jax.make_jaxpr(lambda p: loss_fn(p, params, batch, jax.random.PRNGKey(1))[0])(prompt))
     # Every encoder norm but the first runs in the kernel: 2 per layer - 1, + the final norm.
     assert jaxpr.count("pallas_call") == (2 * cfg.num_encoder_layers if impl == "pallas" else 0)
+    if impl == "pallas":  # the attention norms hand out three copies, the MLP norms two
+      assert sorted(copies) == [1] + [2] * cfg.num_encoder_layers + [3] * (cfg.num_encoder_layers - 1)
     results[impl] = jax.jit(jax.value_and_grad(
         lambda p: loss_fn(p, params, batch, jax.random.PRNGKey(1))[0]))(prompt)
   tol = 1e-5 if dtype == "float32" else 3e-2
