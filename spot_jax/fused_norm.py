@@ -23,7 +23,9 @@ import numpy as np
 
 from spot_jax import target_platform
 
-ROWS = 4  # rows per program: a power of two; 4 rows of 1024 bf16 are 8 KiB per operand
+# Rows per program (a power of two) and, below, warps for about 8 elements of each operand per
+# thread (Triton's layer-norm heuristic): the backward kernel holds five operands in registers.
+ROWS = 2
 
 
 def _fmix32(counter, k0, k1):
@@ -105,7 +107,7 @@ def _call(kernel, out_shapes, *args, name: str):
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plgpu
   n_rows, n_cols = args[0].shape
-  warps = int(min(max(ROWS * pl.next_power_of_2(n_cols) // 1024, 1), 8))
+  warps = int(min(max(ROWS * pl.next_power_of_2(n_cols) // 256, 1), 8))
   return pl.pallas_call(
       kernel, out_shape=out_shapes, grid=(pl.cdiv(n_rows, ROWS),), name=name,
       compiler_params=plgpu.CompilerParams(num_warps=warps, num_stages=1),
