@@ -4,7 +4,7 @@
 #
 #   bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S] [PACK.tgz]
 #
-# First `bench.attention_check` (does the fused form compute the einsum form's loss and prompt
+# First `bench.attention_check` (do the fused form and the one-kernel norms compute their references' loss and prompt
 # gradient on this GPU?) and `bench.attention_kernels` (T5-large's attention calls timed alone, in
 # variants; KERNELS_SIZE/KERNELS_BATCH, or SKIP_ATTENTION_KERNELS=1), then the runs in priority
 # order (the defaults, each against the one-kernel norms, large against XLA's dot merger back on, a
@@ -62,7 +62,7 @@ pack_now() {
 
 echo "== attention check ($((SECONDS - start))s)" | tee -a "$log"
 # Autotuning off: a correctness check needs no fast kernels, and it saves compile time.
-XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" timeout 120 $py -m bench.attention_check --size "${CHECK_SIZE:-tiny}" --variants "${CHECK_VARIANTS:-fused}" \
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" timeout 120 $py -m bench.attention_check --size "${CHECK_SIZE:-tiny}" --variants "${CHECK_VARIANTS:-fused,pallas_norm}" \
   --json "$out/attention_check.json" 2>&1 | tee -a "$log" | grep -v "^\[bench\]"
 pack_now
 

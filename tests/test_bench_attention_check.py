@@ -1,0 +1,24 @@
+"""bench/attention_check.py: each checked form is compared with the form it must equal, and the
+check fails loudly when they differ."""
+import json
+
+from bench import attention_check
+
+
+def test_checks_each_form_against_its_reference(tmp_path, capsys):
+  result = attention_check.relative_errors("tiny", batch=2, input_length=12, prompt_length=4,
+                                           target_length=4, only=("fused", "pallas_norm"))
+  assert result["fused"]["reference"] == "einsum_f32_logits"
+  assert result["pallas_norm"]["reference"] == "fused_dropout"
+  for name in ("fused", "pallas_norm"):  # bfloat16 everywhere: rounding-sized differences only
+    assert result[name]["loss_rel_err"] < 1e-2 and result[name]["grad_rel_err"] < 5e-2, result
+  # dropout on for the norm check: its reference's loss is not the dropout-free one
+  assert abs(result["pallas_norm"]["reference_loss"] - result["fused"]["loss"]) > 1e-4
+  # The command line: a tolerance nothing meets makes it exit 1 and say so; the JSON is written.
+  path = tmp_path / "check.json"
+  assert attention_check.main(["--size", "tiny", "--batch", "2", "--input-length", "12",
+                               "--prompt-length", "4", "--target-length", "4", "--variants",
+                               "pallas_norm", "--tolerance", "-1", "--json", str(path)]) == 1
+  printed = capsys.readouterr().out
+  assert "pallas_norm: loss" in printed and "ABOVE TOLERANCE -1.0: ['pallas_norm']" in printed
+  assert set(json.loads(path.read_text())) == {"pallas_norm", "device", "size"}
