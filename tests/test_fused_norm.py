@@ -68,8 +68,12 @@ def test_copies_get_their_own_gradients_and_the_kernel_adds_them():
   assert float(jnp.abs(three_vjp((g, tuple(dhs)))[0] - one_vjp((g, dhs[0]))[0]).max()) > 1e-3
 
 
-def test_bad_shapes_are_refused_with_the_shapes_named():
+def test_bad_shapes_and_tpus_are_refused_saying_what_to_do():
+  from spot_jax import target_platform
   x = jnp.zeros((3, 8))
+  with target_platform.compiling_for("tpu"), pytest.raises(ValueError, match="norm_impl='xla'"):
+    fused_norm.add_dropout_rmsnorm(x, x, jnp.ones(8), jnp.zeros(2, jnp.uint32), 0.1, 1e-6,
+                                   jnp.float32)
   with pytest.raises(ValueError, match=r"x \(3, 8\), o \(3, 4\)"):
     fused_norm.add_dropout_rmsnorm(x, jnp.zeros((3, 4)), jnp.ones(8), jnp.zeros(2, jnp.uint32),
                                    0.1, 1e-6, jnp.float32)
