@@ -14,9 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spot_jax import target_platform
+from spot_jax import fused_norm, target_platform
 from spot_jax.config import T5Config
-from spot_jax import fused_norm
 from spot_jax.dropout import Dropout, per_element_bits
 from spot_jax.fused_attention import fused_attention
 
