@@ -16,6 +16,9 @@ import re
 # names left out: they name other ops) and the body of the computation it calls; first match wins.
 CATEGORIES = (
     ("attention (cuDNN)", re.compile(r"fmha|sdpa|flash|cudnn", re.I)),
+    # Pallas' Triton kernels (`norm_impl="pallas"`: the residual norms), before the patterns below
+    # that their attributes might match.
+    ("Pallas (Triton) kernel", re.compile(r"xla\.gpu\.triton|rmsnorm", re.I)),
     ("matmul", re.compile(r"gemm|cublas|nvjet|xmma|cutlass|\bdot\(|convolution\(", re.I)),
     ("reduce / softmax", re.compile(r"softmax|kind=kInput|\breduce\(|reduce-window\(", re.I)),
     ("copy / transpose", re.compile(r"^(copy|transpose)\(|transpose|memcpy|memset", re.I)),

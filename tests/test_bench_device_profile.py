@@ -39,3 +39,7 @@ def test_categories_come_from_the_op_not_its_operands():
   assert profile.categorize("nvjet_sm90_tst_128x128", "", bodies) == "matmul"
   assert profile.categorize("cudnn_generated_fort_native_sdpa_sm90_flash_bprop", "", {}) == \
       "attention (cuDNN)"
+  pallas = ('%pallas.4 = (bf16[8,4]{1,0}, bf16[8,4]{1,0}) custom-call(%loop_add_fusion.2, %a), '
+            'custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(step)/'
+            'layers_2/pre_mlp_layer_norm/add_dropout_rmsnorm/pallas_call"}')
+  assert profile.categorize("add_dropout_rmsnorm", pallas, bodies) == "Pallas (Triton) kernel"
