@@ -6,7 +6,8 @@
 #
 # First `bench.attention_check` (do the fused form and the one-kernel norms compute their references' loss and prompt
 # gradient on this GPU?) and `bench.attention_kernels` (T5-large's attention calls timed alone, in
-# variants; KERNELS_SIZE/KERNELS_BATCH, or SKIP_ATTENTION_KERNELS=1), then the runs in priority
+# variants) and `bench.norm_kernels` (its residual norm alone, XLA against the Pallas kernel's
+# tilings; both KERNELS_SIZE/KERNELS_BATCH, or SKIP_ATTENTION_KERNELS=1), then the runs in priority
 # order (the defaults, each against the one-kernel norms, large against XLA's dot merger back on, a
 # larger batch, the PEFT ratios),
 # each its own process under `timeout`, so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a
@@ -71,6 +72,11 @@ if [ -z "${SKIP_ATTENTION_KERNELS:-}" ]; then
   echo "== attention kernels ($((SECONDS - start))s)" | tee -a "$log"
   timeout 150 $py -m bench.attention_kernels --size "${KERNELS_SIZE:-large}" \
     --batch "${KERNELS_BATCH:-64}" --json "$out/attention_kernels.json" 2>&1 | tee -a "$log"
+  pack_now
+  # The residual norm alone, XLA's kernels against the Pallas kernel in several tilings.
+  echo "== norm kernels ($((SECONDS - start))s)" | tee -a "$log"
+  timeout 90 $py -m bench.norm_kernels --size "${KERNELS_SIZE:-large}" \
+    --batch "${KERNELS_BATCH:-64}" --json "$out/norm_kernels.json" 2>&1 | tee -a "$log"
   pack_now
 fi
 

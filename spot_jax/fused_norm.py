@@ -23,9 +23,16 @@ import numpy as np
 
 from spot_jax import target_platform
 
-# Rows per program (a power of two) and, below, warps for about 8 elements of each operand per
-# thread (Triton's layer-norm heuristic): the backward kernel holds five operands in registers.
+# Rows per program (a power of two) and, in `default_tiling`, warps for about 8 elements of each
+# operand per thread (Triton's layer-norm heuristic): the backward kernel holds five operands in
+# registers. `python -m bench.norm_kernels` times other tilings on a GPU.
 ROWS = 2
+
+
+def default_tiling(n_cols: int) -> tuple[int, int]:
+  """`(rows per program, warps)` for rows of `n_cols` elements."""
+  width = 1 << max(int(n_cols) - 1, 0).bit_length()  # the next power of two
+  return ROWS, int(min(max(ROWS * width // 256, 1), 8))
 
 
 def _fmix32(counter, k0, k1):
@@ -43,10 +50,10 @@ def _threshold(rate: float) -> tuple[int, float]:
   return threshold, 1.0 - threshold / 2 ** 32
 
 
-def _tile(n_rows: int, n_cols: int):
-  """Row and column indices of this program's `[ROWS, next_pow2(n_cols)]` tile and its mask."""
+def _tile(n_rows: int, n_cols: int, block_rows: int):
+  """Row and column indices of this program's `[block_rows, next_pow2(n_cols)]` tile and its mask."""
   from jax.experimental import pallas as pl
-  rows = pl.program_id(0) * ROWS + jnp.arange(ROWS)
+  rows = pl.program_id(0) * block_rows + jnp.arange(block_rows)
   cols = jnp.arange(pl.next_power_of_2(n_cols))
   mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
   return rows, cols, mask
@@ -58,10 +65,10 @@ def _keep(rows, cols, n_cols: int, key_ref, threshold: int):
   return _fmix32(counter, k0, k1) >= jnp.uint32(threshold)
 
 
-def _forward_kernel(x_ref, o_ref, scale_ref, key_ref, x_out_ref, h_ref, *, eps, rate):
+def _forward_kernel(x_ref, o_ref, scale_ref, key_ref, x_out_ref, h_ref, *, eps, rate, block_rows):
   from jax.experimental.pallas import triton as plgpu
   n_rows, n_cols = x_ref.shape
-  rows, cols, mask = _tile(n_rows, n_cols)
+  rows, cols, mask = _tile(n_rows, n_cols, block_rows)
   at = lambda ref: ref.at[rows[:, None], cols[None, :]]
   # Arithmetic in float32, rounded where the XLA form rounds (Triton divides no bfloat16).
   rounded = lambda t: t.astype(x_ref.dtype).astype(jnp.float32)
@@ -78,12 +85,12 @@ def _forward_kernel(x_ref, o_ref, scale_ref, key_ref, x_out_ref, h_ref, *, eps, 
   plgpu.store(at(h_ref), (x32 * inv[:, None] * scale[None, :]).astype(h_ref.dtype), mask=mask)
 
 
-def _backward_kernel(x_ref, scale_ref, key_ref, dx_in_ref, *refs, eps, rate):
+def _backward_kernel(x_ref, scale_ref, key_ref, dx_in_ref, *refs, eps, rate, block_rows):
   """`refs`: the gradients of each copy of the normed output, then the two outputs."""
   from jax.experimental.pallas import triton as plgpu
   *dh_refs, dx_ref, do_ref = refs
   n_rows, n_cols = x_ref.shape
-  rows, cols, mask = _tile(n_rows, n_cols)
+  rows, cols, mask = _tile(n_rows, n_cols, block_rows)
   at = lambda ref: ref.at[rows[:, None], cols[None, :]]
   x32 = plgpu.load(at(x_ref), mask=mask, other=0.0).astype(jnp.float32)
   inv = jax.lax.rsqrt(jnp.sum(x32 * x32, axis=1) / n_cols + eps)[:, None]
@@ -103,13 +110,14 @@ def _backward_kernel(x_ref, scale_ref, key_ref, dx_in_ref, *refs, eps, rate):
   plgpu.store(at(do_ref), dx.astype(do_ref.dtype), mask=mask)
 
 
-def _call(kernel, out_shapes, *args, name: str):
+def _call(kernel, tiling, out_shapes, *args, name: str):
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plgpu
-  n_rows, n_cols = args[0].shape
-  warps = int(min(max(ROWS * pl.next_power_of_2(n_cols) // 256, 1), 8))
+  n_rows, _ = args[0].shape
+  block_rows, warps = tiling
   return pl.pallas_call(
-      kernel, out_shape=out_shapes, grid=(pl.cdiv(n_rows, ROWS),), name=name,
+      functools.partial(kernel, block_rows=block_rows), out_shape=out_shapes,
+      grid=(pl.cdiv(n_rows, block_rows),), name=name,
       compiler_params=plgpu.CompilerParams(num_warps=warps, num_stages=1),
       interpret=target_platform.platform() == "cpu")(*args)
 
@@ -118,14 +126,14 @@ def _rows(t):
   return t.reshape(-1, t.shape[-1])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _add_dropout_rmsnorm(x, o, scale, key_words, rate, eps, h_dtype, copies):
-  return _forward(x, o, scale, key_words, rate, eps, h_dtype, copies)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _add_dropout_rmsnorm(x, o, scale, key_words, rate, eps, h_dtype, copies, tiling):
+  return _forward(x, o, scale, key_words, rate, eps, h_dtype, copies, tiling)[0]
 
 
-def _forward(x, o, scale, key_words, rate, eps, h_dtype, copies):
+def _forward(x, o, scale, key_words, rate, eps, h_dtype, copies, tiling):
   shape = x.shape
-  x_out, h = _call(functools.partial(_forward_kernel, eps=eps, rate=rate),
+  x_out, h = _call(functools.partial(_forward_kernel, eps=eps, rate=rate), tiling,
                    (jax.ShapeDtypeStruct(_rows(x).shape, x.dtype),
                     jax.ShapeDtypeStruct(_rows(x).shape, h_dtype)),
                    _rows(x), _rows(o), scale, key_words, name="add_dropout_rmsnorm")
@@ -133,11 +141,11 @@ def _forward(x, o, scale, key_words, rate, eps, h_dtype, copies):
   return (x_out, *[h] * copies), (x_out, scale, key_words)
 
 
-def _backward(rate, eps, h_dtype, copies, residuals, cotangents):
+def _backward(rate, eps, h_dtype, copies, tiling, residuals, cotangents):
   x_out, scale, key_words = residuals
   dx_in, *dhs = cotangents
   shape = x_out.shape
-  dx, do = _call(functools.partial(_backward_kernel, eps=eps, rate=rate),
+  dx, do = _call(functools.partial(_backward_kernel, eps=eps, rate=rate), tiling,
                  (jax.ShapeDtypeStruct(_rows(x_out).shape, x_out.dtype),
                   jax.ShapeDtypeStruct(_rows(x_out).shape, x_out.dtype)),
                  _rows(x_out), scale, key_words, _rows(dx_in).astype(x_out.dtype),
@@ -155,7 +163,8 @@ def _backward(rate, eps, h_dtype, copies, residuals, cotangents):
 _add_dropout_rmsnorm.defvjp(_forward, _backward)
 
 
-def add_dropout_rmsnorm(x, o, scale, key_words, rate: float, eps: float, h_dtype, copies: int = 1):
+def add_dropout_rmsnorm(x, o, scale, key_words, rate: float, eps: float, h_dtype, copies: int = 1,
+                        tiling: tuple[int, int] | None = None):
   """`x + dropout(o)` and T5's RMSNorm of it with `scale`, as `(new_x, normed)`, in one kernel.
 
   `key_words` is the dropout key's `uint32[2]` data (`dropout._key_words`); `rate` 0 drops nothing
@@ -164,7 +173,8 @@ def add_dropout_rmsnorm(x, o, scale, key_words, rate: float, eps: float, h_dtype
 
   `copies` > 1 returns `normed` as that many outputs (one array, written once), one per matmul
   that reads it: each then gets its own gradient, which the backward kernel adds up as it reads
-  them, instead of XLA writing their sum first."""
+  them, instead of XLA writing their sum first. `tiling`: `(rows per program, warps)`, rows a
+  power of two (default `default_tiling`)."""
   if target_platform.platform() not in ("gpu", "cpu"):
     raise ValueError(f"norm_impl='pallas' runs Triton kernels, for GPUs; this backend is "
                      f"{target_platform.platform()}: use norm_impl='xla'")
@@ -173,6 +183,10 @@ def add_dropout_rmsnorm(x, o, scale, key_words, rate: float, eps: float, h_dtype
                      "must be [..., d], [..., d] and [d]")
   if copies < 1:
     raise ValueError(f"add_dropout_rmsnorm: copies must be >= 1, got {copies}")
+  tiling = default_tiling(x.shape[-1]) if tiling is None else tuple(int(t) for t in tiling)
+  if tiling[0] < 1 or tiling[0] & (tiling[0] - 1) or tiling[1] < 1:
+    raise ValueError(f"add_dropout_rmsnorm: tiling {tiling} must be (a power of two, warps >= 1)")
   new_x, *normed = _add_dropout_rmsnorm(x, o.astype(x.dtype), scale, key_words.astype(jnp.uint32),
-                                        float(rate), float(eps), jnp.dtype(h_dtype), int(copies))
+                                        float(rate), float(eps), jnp.dtype(h_dtype), int(copies),
+                                        tiling)
   return new_x, normed[0] if copies == 1 else tuple(normed)
