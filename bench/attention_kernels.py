@@ -20,6 +20,7 @@ elsewhere, saying so.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -51,6 +52,12 @@ def _mosaic_flash_attention(q, k, v):
                                        block_kv_dq=64)
   f16 = lambda x: x.astype(jnp.float16)
   return attention_mgpu.attention(f16(q), f16(k), f16(v), config).astype(q.dtype)
+
+
+def _ours(q, k, v, bias, lengths, blocks):
+  """`spot_jax.pallas_attention`: the model's function (bias, key lengths), our own kernels."""
+  from spot_jax.pallas_attention import t5_flash_attention
+  return t5_flash_attention(q, k, v, bias, lengths, *blocks)
 
 
 def _needs_hopper() -> str | None:
@@ -105,6 +112,11 @@ def _variants(length: int, pallas_interpret: bool):
       "einsum": (_einsum_attention, "einsum form, float32 scores and softmax", "model"),
       "pallas_no_bias": (pallas, f"JAX's Pallas flash kernel (Triton), no bias, padded to "
                                  f"{length + pad}", "no_bias"),
+      **{name: (functools.partial(_ours, blocks=blocks),
+                f"our Pallas (Triton) flash kernel with T5's bias and the padding mask, blocks "
+                f"{blocks[0]}x{blocks[1]}", "model")
+         for name, blocks in (("pallas_t5", (64, 64)), ("pallas_t5_128x64", (128, 64)),
+                              ("pallas_t5_64x128", (64, 128)))},
       "pad128_plain": (padded_plain, f"fused, no bias, no mask, padded to {length + pad} (the "
                                      "zero keys take part: a kernel bound, not the model)", None),
       "mosaic_fa3_f16": (mosaic, f"JAX's FlashAttention-3 (Mosaic GPU, Hopper), float16, no bias, "

@@ -13,12 +13,14 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
                                  target_length=4, dtype="float32", repeats=1)
   rows = result["rows"]
   assert set(rows) == {"model", "no_mask", "no_bias", "no_bias_no_mask", "pad128", "einsum",
-                       "pallas_no_bias", "pad128_plain", "mosaic_fa3_f16", "cross", "cross_einsum"}
+                       "pallas_no_bias", "pallas_t5", "pallas_t5_128x64", "pallas_t5_64x128",
+                       "pad128_plain", "mosaic_fa3_f16", "cross", "cross_einsum"}
   assert result["length"] == 25
   # All rows are full length: dropping the mask, padding to 128, the einsum form or the Pallas
   # kernel (interpreted on CPU) change nothing against the row each is compared with.
   compared = {"no_mask": "model", "pad128": "model", "einsum": "model", "cross_einsum": "cross",
-              "no_bias_no_mask": "no_bias", "pallas_no_bias": "no_bias"}
+              "no_bias_no_mask": "no_bias", "pallas_no_bias": "no_bias", "pallas_t5": "model",
+              "pallas_t5_128x64": "model", "pallas_t5_64x128": "model"}
   for name, reference in compared.items():
     assert rows[name]["compared_with"] == reference
     assert rows[name]["max_abs_diff"] < 1e-4, (name, rows[name]["max_abs_diff"])

@@ -1,0 +1,52 @@
+"""spot_jax/pallas_attention.py: our flash kernels (interpreted on CPU) compute T5's biased, key-
+masked softmax attention and its q, k, v gradients."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spot_jax.pallas_attention import t5_flash_attention
+
+
+def _reference(q, k, v, bias, lengths):
+  """The model's einsum form: float32 scores + bias, keys at or past the length masked."""
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias.astype(jnp.float32)
+  valid = jnp.arange(k.shape[1])[None, :] < lengths[:, None]
+  scores = jnp.where(valid[:, None, None, :], scores, -1e10)
+  probs = jax.nn.softmax(scores, axis=-1)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(jnp.float32)).astype(q.dtype)
+
+
+@pytest.mark.parametrize("blocks,dtype", [((16, 16), jnp.float32), ((32, 16), jnp.float32),
+                                          ((16, 32), jnp.bfloat16)])
+def test_matches_the_einsum_form_and_its_gradients(blocks, dtype):
+  """37 positions (not a multiple of any block), one row padded to 20 keys."""
+  b, n, h, d = 2, 37, 2, 16
+  ks = jax.random.split(jax.random.PRNGKey(0), 5)
+  q, k, v, d_out = (jax.random.normal(key, (b, n, h, d)).astype(dtype) for key in ks[:4])
+  bias = jax.random.normal(ks[4], (1, h, n, n)).astype(dtype)
+  lengths = jnp.array([37, 20])
+  ours = lambda q, k, v: t5_flash_attention(q, k, v, bias, lengths, *blocks)
+  (out, vjp), (want, want_vjp) = jax.vjp(ours, q, k, v), jax.vjp(
+      lambda q, k, v: _reference(q, k, v, bias, lengths), q, k, v)
+  tol = 2e-5 if dtype == jnp.float32 else 5e-2
+  assert out.dtype == dtype
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(want, np.float32), atol=tol,
+                             rtol=tol)
+  for got, ref in zip(vjp(d_out), want_vjp(d_out)):
+    scale = float(jnp.abs(ref.astype(jnp.float32)).max())
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref, np.float32),
+                               atol=tol * scale, rtol=tol)
+  # the padded keys take no part: changing them changes nothing for the second row
+  k2 = k.at[1, 20:].set(100.0)
+  np.testing.assert_array_equal(np.asarray(ours(q, k2, v)[1]), np.asarray(out[1]))
+
+
+def test_bad_shapes_and_blocks_are_refused_naming_them():
+  x = jnp.zeros((1, 8, 2, 16))
+  with pytest.raises(ValueError, match=r"bias \(2, 8, 9\)"):
+    t5_flash_attention(x, x, x, jnp.zeros((2, 8, 9)), jnp.array([8]))
+  with pytest.raises(ValueError, match="powers of two"):
+    t5_flash_attention(x, x, x, jnp.zeros((2, 8, 8)), jnp.array([8]), block_q=48)
+  with pytest.raises(ValueError, match="self-attention"):
+    t5_flash_attention(x, jnp.zeros((1, 4, 2, 16)), x, jnp.zeros((2, 8, 8)), jnp.array([8]))
