@@ -40,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="activation dtype")
   p.add_argument("--weight-dtype", default="float32", choices=("float32", "bfloat16"),
                  help="dtype of the frozen weights (bfloat16 halves their memory)")
-  p.add_argument("--attention", default="einsum", choices=("einsum", "fused"),
-                 help="encoder self-attention: T5X's einsum form (dropout on the probabilities) or "
-                      "jax.nn.dot_product_attention (cuDNN flash attention on GPU; see "
-                      "T5Config.attention_impl)")
+  p.add_argument("--attention", default="einsum", choices=("einsum", "fused", "pallas"),
+                 help="encoder self-attention: T5X's einsum form (dropout on the probabilities), "
+                      "jax.nn.dot_product_attention (cuDNN flash attention on GPU) or our Pallas "
+                      "flash kernel with T5's bias (see T5Config.attention_impl)")
   p.add_argument("--attention-logits", default="float32", choices=("float32", "bfloat16"),
                  help="einsum attention: dtype of scores, softmax and stored probabilities "
                       "(bfloat16 is T5X's float32_attention_logits=False; see T5Config)")

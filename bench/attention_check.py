@@ -4,8 +4,9 @@
 
 The fused form runs cuDNN on a GPU, which the CPU test suite cannot reach, so the GPU suite checks
 it here first: the loss and the prompt gradient of T5 1.1 (random weights, bfloat16, dropout off,
-right-padded rows of different lengths) under `attention_impl="fused"` and under bfloat16
-attention logits, each against the float32-logits einsum form; and `norm_impl="pallas"` (Triton
+right-padded rows of different lengths) under `attention_impl="fused"`, under `"pallas"` (our
+Triton flash kernel) and under bfloat16 attention logits, each against the float32-logits einsum
+form; and `norm_impl="pallas"` (Triton
 kernels, their dropout masks hashed in the kernel) against XLA's norms, dropout on, same key.
 Prints relative errors; exits 1 when one is above `--tolerance` (bfloat16 rounding alone gives
 about 1e-2).
@@ -33,6 +34,7 @@ def relative_errors(size: str = "small", batch: int = 4, input_length: int = 200
   dropped = base.replace(attention_impl="fused", dropout_rate=0.1, dropout_bits="per_element")
   variants = {"einsum_f32_logits": (base, None, False),
               "fused": (base.replace(attention_impl="fused"), "einsum_f32_logits", False),
+              "pallas": (base.replace(attention_impl="pallas"), "einsum_f32_logits", False),
               "einsum_bf16_logits": (base.replace(float32_attention_logits=False),
                                      "einsum_f32_logits", False),
               "fused_dropout": (dropped, None, True),
@@ -75,9 +77,9 @@ def main(argv=None) -> int:
   p.add_argument("--tolerance", type=float, default=5e-2)
   p.add_argument("--json", default="")
   p.add_argument("--variants", default="fused,einsum_bf16_logits",
-                 help="comma-separated forms to check (fused, einsum_bf16_logits: against the "
-                      "float32-logits einsum form; pallas_norm: the one-kernel norms, dropout on, "
-                      "against XLA's)")
+                 help="comma-separated forms to check (fused, pallas, einsum_bf16_logits: "
+                      "against the float32-logits einsum form; pallas_norm: the one-kernel norms, "
+                      "dropout on, against XLA's)")
   args = p.parse_args(argv)
   result = relative_errors(args.size, args.batch, args.input_length, args.prompt_length,
                            args.target_length, only=tuple(args.variants.split(",")))

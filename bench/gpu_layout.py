@@ -54,7 +54,8 @@ def analyze(hlo_text: str) -> dict:
   traffic is counted as one read and one write of its output. `fusion_gib` sums operands and
   results of every loop/input fusion and of every Triton fusion that is not a matmul (XLA's
   block-level fusions: normalizations, or loop fusions it emits with Triton) and of every Pallas
-  Triton kernel (`norm_impl="pallas"`), not matmuls, not cuDNN: those kernels are bound by memory,
+  Triton kernel but attention ones (`norm_impl="pallas"`), not matmuls, not cuDNN or Pallas
+  attention: those kernels are bound by memory,
   so it divided by the bandwidth is a floor on their time. Sources fold layer numbers together.
   """
   from bench.device_profile import op_name
@@ -78,7 +79,8 @@ def analyze(hlo_text: str) -> dict:
       custom_calls[call.group(1)] += 1
       if "gemm" in call.group(1) or "matmul" in call.group(1).lower():
         matmuls += 1
-      elif call.group(1).endswith("xla.gpu.triton"):  # a Pallas kernel (spot_jax.fused_norm)
+      elif call.group(1).endswith("xla.gpu.triton") and "attention" not in source:
+        # a memory-bound Pallas kernel (spot_jax.fused_norm); attention kernels are not counted
         operands = re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
         key = ("pallas_triton_kernel", source)
         traffic[key]["count"] += 1
@@ -189,7 +191,7 @@ def main(argv=None) -> int:
   p.add_argument("--prompt-length", type=int, default=100)
   p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
   p.add_argument("--weight-dtype", default="bfloat16", choices=("float32", "bfloat16"))
-  p.add_argument("--attention", default="fused", choices=("einsum", "fused"))
+  p.add_argument("--attention", default="fused", choices=("einsum", "fused", "pallas"))
   p.add_argument("--dropout-bits", default="auto", choices=("auto", "16bit", "per_element"))
   p.add_argument("--mlp-backward", default="auto", choices=("auto", "store", "recompute"))
   p.add_argument("--norm-impl", default="xla", choices=("xla", "pallas"))

@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any
 
 FEED_FORWARDS = ("relu", "gated-gelu")
-ATTENTION_IMPLS = ("einsum", "fused")
+ATTENTION_IMPLS = ("einsum", "fused", "pallas")
 DROPOUT_BITS = ("auto", "16bit", "per_element")
 MLP_BACKWARDS = ("auto", "store", "recompute")
 NORM_IMPLS = ("xla", "pallas")
@@ -39,7 +39,9 @@ class T5Config:
   # materializes the [B, H, Q, K] probabilities (T5X's form, with dropout on them); "fused" calls
   # cuDNN flash attention on GPU (`jax.nn.dot_product_attention`'s XLA form elsewhere), which never
   # writes them to memory but drops no attention probabilities and needs right-padded inputs
-  # (seqio's unpacked EncDecFeatureConverter layout). The weights are the same for both.
+  # (seqio's unpacked EncDecFeatureConverter layout). The weights are the same for both. "pallas"
+  # is "fused" with the encoder self-attention through our own Triton flash kernel
+  # (`spot_jax/pallas_attention.py`, GPUs; interpreted on CPU), which reads T5's bias itself.
   attention_impl: str = "einsum"
   # Einsum attention only: scores, softmax and the stored probabilities in float32 (HF's choice,
   # and ours by default) or in the activation dtype (T5X's `float32_attention_logits=False`), which

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spot_jax import fused_norm, target_platform
+from spot_jax import fused_norm, pallas_attention, target_platform
 from spot_jax.config import T5Config
 from spot_jax.dropout import Dropout, per_element_bits
 from spot_jax.fused_attention import fused_attention
@@ -157,6 +157,8 @@ class Attention(nn.Module):
       heads = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.head_dim))
       q, k, v = (heads(proj(name=n, **({"kernel_init": query_init} if n == "query" else {}))(t))
                  for n, t in (("query", x), ("key", memory), ("value", value_input)))
+      if cfg.attention_impl == "pallas" and not self.cached_kv:  # the encoder's self-attention
+        return out_proj(pallas_attention.t5_flash_attention(q, k, v, bias.astype(dtype), lengths))
       q_lengths = (jnp.full(lengths.shape, x.shape[1], jnp.int32) if self.cached_kv == "cross"
                    else lengths)  # decoder rows are all computed; the loss weights mask them
       return out_proj(fused_attention(q, k, v, None if bias is None else bias.astype(dtype),
@@ -305,7 +307,7 @@ class Encoder(nn.Module):
     length = x.shape[1]
     bias = RelativePositionBias(cfg, True, name="relpos_bias")(length, length)
     lengths = None
-    if cfg.attention_impl == "fused":
+    if cfg.attention_impl in ("fused", "pallas"):
       lengths = valid.sum(axis=-1, dtype=jnp.int32)  # right padding: valid = the first `lengths`
     else:
       bias = bias + _key_bias(valid)
@@ -351,7 +353,7 @@ class Decoder(nn.Module):
         self.put_variable("cache", "position", jnp.array(0, jnp.int32))
         self.put_variable("cache", "max_length_marker", jnp.zeros((length,), jnp.int8))
     cross_bias, encoder_lengths = _key_bias(encoder_valid), None
-    if cfg.attention_impl == "fused" and not decode:  # incremental decoding keeps its KV caches
+    if cfg.attention_impl in ("fused", "pallas") and not decode:  # decoding keeps its KV caches
       cross_bias, encoder_lengths = None, encoder_valid.sum(axis=-1, dtype=jnp.int32)
     for i in range(cfg.num_decoder_layers):
       y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, enable_dropout,

@@ -22,6 +22,7 @@ ENTRY %main.7 (a: bf16[8,4,2]) -> bf16[4,2,8] {
   %fmha.2 = (bf16[8,4,2]{2,1,0}, f32[8,4]{1,0}, u8[0]{0}) custom-call(%a, %a, %a), custom_call_target="__cudnn$fmhaScaleBiasSoftmax"
   %fusion.9 = bf16[8,4,2]{2,1,0} fusion(%a), kind=kCustom, calls=%norm, backend_config={"fusion_backend_config":{"kind":"__triton","block_level_fusion_config":{}}}
   %pallas.1 = (bf16[8,4,2]{2,1,0}, bf16[8,4,2]{2,1,0}) custom-call(%a, %a), custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(step)/jvp(T5)/encoder/layers_2/pre_mlp_layer_norm/add_dropout_rmsnorm/pallas_call"}
+  %pallas.2 = bf16[8,4,2]{2,1,0} custom-call(%a, %a, %a), custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(step)/jvp(T5)/encoder/layers_2/attention/t5_flash_attention/pallas_call"}
   ROOT %copy.1 = f32[3,5]{0,1} copy(%a)
 }
 """
@@ -37,10 +38,10 @@ def test_counts_transposes_with_their_traffic_and_folded_source():
   # the loop fusion (whose op name says "transpose(jvp" as a backward pass) is not a transpose
   assert not any("transpose(jvp" in r["source"] for r in summary["transposes"])
   assert summary["custom_calls"] == {"__cublas$lt$matmul": 1, "__cudnn$fmhaScaleBiasSoftmax": 1,
-                                     "__gpu$xla.gpu.triton": 1}
+                                     "__gpu$xla.gpu.triton": 2}
   assert summary["matmuls"] == 2  # the Triton gemm fusion and the cuBLAS call
   # loop/input fusions, XLA's Triton (non-matmul) fusions and Pallas kernels: results plus operands
-  # (the parameter is bf16[8,4,2], 128 bytes); matmul and cuDNN kernels are not counted
+  # (the parameter is bf16[8,4,2], 128 bytes); matmul, cuDNN and Pallas attention kernels are not
   fusions = {r["fusion"]: r for r in summary["fusions"]}
   assert fusions["loop_add_fusion"]["bytes"] == 4 * 64 + 128
   assert fusions["input_transpose_fusion"]["bytes"] == 128 + 128
