@@ -144,7 +144,8 @@ def _time(fn, args, repeats: int) -> float:
 
 def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_length: int = 100,
         target_length: int = 32, dtype: str = "bfloat16", repeats: int = 20, seed: int = 0,
-        only: tuple = ()) -> dict:
+        only: tuple = (), on_row=None) -> dict:
+  """The table's rows; `on_row(name, row)` is called as each is done (a killed run keeps those)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -191,17 +192,18 @@ def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_le
       continue
     if name in HOPPER_ONLY and (reason := _needs_hopper()):
       rows[name] = {"what": what, "skipped": reason}
-      continue
-    try:
-      row, outputs[name] = timed(fn, args, flops, layers)
-    except Exception as e:  # a variant this GPU rejects must not lose the others
-      rows[name] = {"what": what, "error": f"{type(e).__name__}: {str(e)[:300]}"}
-      continue
-    if ref in outputs:
-      row["compared_with"] = ref
-      row["max_abs_diff"] = float(jnp.max(jnp.abs(outputs[name].astype(jnp.float32) -
-                                                  outputs[ref].astype(jnp.float32))))
-    rows[name] = {"what": what, **row}
+    else:
+      try:
+        row, outputs[name] = timed(fn, args, flops, layers)
+        if ref in outputs:
+          row["compared_with"] = ref
+          row["max_abs_diff"] = float(jnp.max(jnp.abs(outputs[name].astype(jnp.float32) -
+                                                      outputs[ref].astype(jnp.float32))))
+        rows[name] = {"what": what, **row}
+      except Exception as e:  # a variant this GPU rejects must not lose the others
+        rows[name] = {"what": what, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+    if on_row:
+      on_row(name, rows[name])
   return {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
           "jax_version": jax.__version__, "size": size, "batch": B, "length": L,
           "target_length": T, "heads": H, "head_dim": Dh, "dtype": dtype, "repeats": repeats,
@@ -214,16 +216,18 @@ def format_table(result: dict) -> str:
           f"{result['device']} ({result['backend']})")
   out = [head, f"{'variant':<16}{'fwd ms':>9}{'fwd+bwd ms':>12}{'TFLOP/s':>9}{'fwd+bwd':>9}"
                f"{'×layers ms':>12}{'max |Δ|':>10} {'vs':<8} what"]
-  for name, row in result["rows"].items():
-    if "error" in row or "skipped" in row:
-      said = f"failed: {row['error']}" if "error" in row else f"skipped: {row['skipped']}"
-      out.append(f"{name:<16}  {said}  ({row['what']})")
-      continue
-    diff = f"{row['max_abs_diff']:.2e}" if "max_abs_diff" in row else "-"
-    out.append(f"{name:<16}{row['forward_ms']:9.3f}{row['forward_backward_ms']:12.3f}"
-               f"{row['forward_tflops']:9.1f}{row['forward_backward_tflops']:9.1f}"
-               f"{row['step_ms']:12.2f}{diff:>10} {row.get('compared_with', '-'):<8} {row['what']}")
+  out.extend(format_row(name, row) for name, row in result["rows"].items())
   return "\n".join(out)
+
+
+def format_row(name: str, row: dict) -> str:
+  if "error" in row or "skipped" in row:
+    said = f"failed: {row['error']}" if "error" in row else f"skipped: {row['skipped']}"
+    return f"{name:<16}  {said}  ({row['what']})"
+  diff = f"{row['max_abs_diff']:.2e}" if "max_abs_diff" in row else "-"
+  return (f"{name:<16}{row['forward_ms']:9.3f}{row['forward_backward_ms']:12.3f}"
+          f"{row['forward_tflops']:9.1f}{row['forward_backward_tflops']:9.1f}"
+          f"{row['step_ms']:12.2f}{diff:>10} {row.get('compared_with', '-'):<8} {row['what']}")
 
 
 def main(argv=None) -> int:
@@ -239,8 +243,11 @@ def main(argv=None) -> int:
   p.add_argument("--only", default="", help="comma-separated variants (default: all)")
   p.add_argument("--json", default="")
   args = p.parse_args(argv)
+  # Each row on stderr as it is done, so a run cut short by a timeout still shows what it timed.
+  progress = lambda name, row: print("[row] " + format_row(name, row), file=sys.stderr, flush=True)
   result = run(args.size, args.batch, args.input_length, args.prompt_length, args.target_length,
-               args.dtype, args.repeats, only=tuple(x for x in args.only.split(",") if x))
+               args.dtype, args.repeats, only=tuple(x for x in args.only.split(",") if x),
+               on_row=progress)
   print(format_table(result))
   if args.json:
     with open(args.json, "w") as f:

@@ -71,7 +71,7 @@ pack_now
 # The attention calls of T5-large's step alone, in variants (bias, mask, padding; bench.md).
 if [ -z "${SKIP_ATTENTION_KERNELS:-}" ]; then
   echo "== attention kernels ($((SECONDS - start))s)" | tee -a "$log"
-  timeout 150 $py -m bench.attention_kernels --size "${KERNELS_SIZE:-large}" \
+  timeout 240 $py -m bench.attention_kernels --size "${KERNELS_SIZE:-large}" \
     --batch "${KERNELS_BATCH:-64}" --json "$out/attention_kernels.json" 2>&1 | tee -a "$log"
   pack_now
   # The residual norm alone, XLA's kernels against the Pallas kernel in several tilings.

@@ -38,8 +38,12 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
   assert attention_kernels.main(["--size", "tiny", "--batch", "2", "--input-length", "20",
                                  "--prompt-length", "5", "--target-length", "4", "--repeats", "1",
                                  "--only", "model,pad128", "--json", str(tmp_path / "a.json")]) == 0
-  printed = capsys.readouterr().out
+  captured = capsys.readouterr()
+  printed = captured.out
   assert "pad128" in printed and "no_bias" not in printed
+  # each row also on stderr as soon as it is timed
+  assert [line.split()[1] for line in captured.err.splitlines() if line.startswith("[row]")] == \
+      ["model", "pad128"]
   assert attention_kernels.main(["--size", "tiny", "--batch", "2", "--input-length", "20",
                                  "--prompt-length", "5", "--target-length", "4", "--repeats", "1",
                                  "--only", "mosaic_fa3_f16"]) == 0
