@@ -48,6 +48,13 @@ def _hashed_bits(key, n: int):
   return _fmix32(jax.lax.iota(jnp.uint32, n), data)
 
 
+def per_element_threshold(rate: float) -> tuple[int, float]:
+  """The uint32 hash threshold under which a per-element draw drops, and the exact keep
+  probability it gives (shared with `spot_jax.fused_norm`'s kernels)."""
+  threshold = min(int(round(rate * 2 ** 32)), 2 ** 32 - 1)
+  return threshold, 1.0 - threshold / 2 ** 32
+
+
 def _keep_mask(key, shape, rate: float, per_element: bool):
   """Bernoulli(1 - rate) mask of `shape` and its exact keep probability.
 
@@ -58,10 +65,10 @@ def _keep_mask(key, shape, rate: float, per_element: bool):
   """
   n = int(np.prod(shape))
   if per_element and n < 2 ** 32:
-    threshold = min(int(round(rate * 2 ** 32)), 2 ** 32 - 1)
+    threshold, keep_prob = per_element_threshold(rate)
     _, data = _key_words(key)
     counter = jax.lax.iota(jnp.uint32, n).reshape(shape)
-    return _fmix32(counter, data) >= jnp.uint32(threshold), 1.0 - threshold / 2 ** 32
+    return _fmix32(counter, data) >= jnp.uint32(threshold), keep_prob
   threshold = int(round(rate * 65536))
   words = _hashed_bits(key, (n + 1) // 2)
   bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n].reshape(shape)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spot_jax import target_platform
+from spot_jax import dropout, target_platform
 
 # Rows per program (a power of two) and, in `default_tiling`, warps for about 8 elements of each
 # operand per thread (Triton's layer-norm heuristic): the backward kernel holds five operands in
@@ -35,21 +35,6 @@ def default_tiling(n_cols: int) -> tuple[int, int]:
   return ROWS, int(min(max(ROWS * width // 256, 1), 8))
 
 
-def _fmix32(counter, k0, k1):
-  """`spot_jax.dropout._fmix32`, spelled for scalars `k0`, `k1` inside a kernel."""
-  x = counter * jnp.uint32(0x9E3779B9) + k0
-  x = x ^ k1
-  x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
-  x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
-  return x ^ (x >> 16)
-
-
-def _threshold(rate: float) -> tuple[int, float]:
-  """The uint32 threshold of `dropout._keep_mask(per_element=True)` and its keep probability."""
-  threshold = min(int(round(rate * 2 ** 32)), 2 ** 32 - 1)
-  return threshold, 1.0 - threshold / 2 ** 32
-
-
 def _tile(n_rows: int, n_cols: int, block_rows: int):
   """Row and column indices of this program's `[block_rows, next_pow2(n_cols)]` tile and its mask."""
   from jax.experimental import pallas as pl
@@ -60,9 +45,10 @@ def _tile(n_rows: int, n_cols: int, block_rows: int):
 
 
 def _keep(rows, cols, n_cols: int, key_ref, threshold: int):
-  k0, k1 = key_ref[0], key_ref[1]
+  """`dropout._keep_mask(per_element=True)`'s mask for this tile: its hash of each element's
+  row-major index, keyed by the two key words."""
   counter = (rows[:, None] * n_cols + cols[None, :]).astype(jnp.uint32)
-  return _fmix32(counter, k0, k1) >= jnp.uint32(threshold)
+  return dropout._fmix32(counter, (key_ref[0], key_ref[1])) >= jnp.uint32(threshold)
 
 
 def _forward_kernel(x_ref, o_ref, scale_ref, key_ref, x_out_ref, h_ref, *, eps, rate, block_rows):
@@ -75,7 +61,7 @@ def _forward_kernel(x_ref, o_ref, scale_ref, key_ref, x_out_ref, h_ref, *, eps, 
   x32 = plgpu.load(at(x_ref), mask=mask, other=0.0).astype(jnp.float32)
   o32 = plgpu.load(at(o_ref), mask=mask, other=0.0).astype(jnp.float32)
   if rate > 0.0:
-    threshold, keep_prob = _threshold(rate)
+    threshold, keep_prob = dropout.per_element_threshold(rate)
     keep = _keep(rows, cols, n_cols, key_ref, threshold)
     o32 = jnp.where(keep, rounded(o32 / rounded(jnp.float32(keep_prob))), 0.0)
   x32 = rounded(x32 + o32)
@@ -104,7 +90,7 @@ def _backward_kernel(x_ref, scale_ref, key_ref, dx_in_ref, *refs, eps, rate, blo
                + rounded(d_norm))
   plgpu.store(at(dx_ref), dx.astype(dx_ref.dtype), mask=mask)
   if rate > 0.0:
-    threshold, keep_prob = _threshold(rate)
+    threshold, keep_prob = dropout.per_element_threshold(rate)
     keep = _keep(rows, cols, n_cols, key_ref, threshold)
     dx = jnp.where(keep, dx, 0.0) / rounded(jnp.float32(keep_prob))
   plgpu.store(at(do_ref), dx.astype(do_ref.dtype), mask=mask)
