@@ -8,8 +8,8 @@
 # gradient on this GPU?) and `bench.attention_kernels` (T5-large's attention calls timed alone, in
 # variants) and `bench.norm_kernels` (its residual norm alone, XLA against the Pallas kernel's
 # tilings; both KERNELS_SIZE/KERNELS_BATCH, or SKIP_ATTENTION_KERNELS=1), then the runs in priority
-# order (the defaults, each against the one-kernel norms, large with our Pallas attention, large
-# against XLA's dot merger back on, a larger batch, the PEFT ratios),
+# order (large: the default, the one-kernel norms, our Pallas attention, both; base: the default
+# and the norms; large against XLA's dot merger back on, a larger batch, the PEFT ratios),
 # each its own process under `timeout`, so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a
 # device-time profile by op) and the log (OUT_DIR/suite.log). A run that would start after
 # DEADLINE_S (default 450) seconds is skipped. With PACK.tgz, OUT_DIR is re-packed into it after
@@ -31,9 +31,10 @@ merge="--xla-option xla_gpu_dot_merger_threshold_mb=32"  # XLA's own default; th
 norm="--norm-impl pallas"  # the residual add, dropout and RMSNorm as one Triton kernel each way
 default_runs="large_b64_fused|train --size large --batch 64 --attention fused --profile $out/prof_large_b64_fused $shape
 large_b64_fused_norm|train --size large --batch 64 --attention fused $norm --profile $out/prof_large_b64_fused_norm $shape
+large_b64_pallas|train --size large --batch 64 --attention pallas --profile $out/prof_large_b64_pallas $shape
+large_b64_pallas_norm|train --size large --batch 64 --attention pallas $norm $shape
 base_b64_fused|train --size base --batch 64 --attention fused --profile $out/prof_base_b64_fused $shape
 base_b64_fused_norm|train --size base --batch 64 --attention fused $norm --profile $out/prof_base_b64_fused_norm $shape
-large_b64_pallas|train --size large --batch 64 --attention pallas --profile $out/prof_large_b64_pallas $shape
 large_b64_fused_merge|train --size large --batch 64 --attention fused $merge $shape
 large_b128_fused|train --size large --batch 128 --attention fused $shape
 base_b64_fused_peer|train --size base --batch 64 --attention fused --peer $shape
