@@ -148,7 +148,6 @@ def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_le
   """The table's rows; `on_row(name, row)` is called as each is done (a killed run keeps those)."""
   import jax
   import jax.numpy as jnp
-  import numpy as np
   from spot_jax.config import size_config
 
   cfg = size_config(size)
@@ -248,9 +247,15 @@ def main(argv=None) -> int:
   result = run(args.size, args.batch, args.input_length, args.prompt_length, args.target_length,
                args.dtype, args.repeats, only=tuple(x for x in args.only.split(",") if x),
                on_row=progress)
-  print(format_table(result))
-  if args.json:
-    with open(args.json, "w") as f:
+  return finish(result, format_table(result), args.json)
+
+
+def finish(result: dict, table: str, json_path: str) -> int:
+  """Print the table, write the JSON if asked; exit status 1 when a row failed (the kernel
+  benchmarks' shared ending)."""
+  print(table)
+  if json_path:
+    with open(json_path, "w") as f:
       json.dump(result, f, indent=1)
   return 1 if any("error" in row for row in result["rows"].values()) else 0
 

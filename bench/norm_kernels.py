@@ -16,7 +16,6 @@ gradient, each relative to that output's largest value (bfloat16: about 1e-2, on
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -128,11 +127,8 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   result = run(args.size, args.batch, args.input_length, args.prompt_length, args.dtype,
                args.dropout, tuple(args.tilings.split(",")), args.repeats)
-  print(format_table(result))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=1)
-  return 1 if any("error" in row for row in result["rows"].values()) else 0
+  from bench.attention_kernels import finish
+  return finish(result, format_table(result), args.json)
 
 
 if __name__ == "__main__":
