@@ -21,6 +21,18 @@ PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_pef
 SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
 
 
+def add_shape_arguments(p, size: str, target_length: bool = True):
+  """The GPU tools' shared shape flags (`gpu_layout`, `attention_kernels`, `norm_kernels`): T5 1.1
+  size, batch, inputs 512 + prompt 100, targets 32, bfloat16 — the GPU table's shapes."""
+  p.add_argument("--size", default=size, choices=SIZES)
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--input-length", type=int, default=512)
+  p.add_argument("--prompt-length", type=int, default=100)
+  if target_length:
+    p.add_argument("--target-length", type=int, default=32)
+  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="spot-jax bench", description=__doc__.split("\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -230,14 +230,9 @@ def format_row(name: str, row: dict) -> str:
 
 
 def main(argv=None) -> int:
-  from bench.__main__ import SIZES
+  from bench.__main__ import add_shape_arguments
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--size", default="large", choices=SIZES)
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--input-length", type=int, default=512)
-  p.add_argument("--prompt-length", type=int, default=100)
-  p.add_argument("--target-length", type=int, default=32)
-  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  add_shape_arguments(p, size="large")
   p.add_argument("--repeats", type=int, default=20, help="calls back to back per timing")
   p.add_argument("--only", default="", help="comma-separated variants (default: all)")
   p.add_argument("--json", default="")

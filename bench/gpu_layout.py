@@ -183,13 +183,8 @@ def compile_step_for_gpu(target_config: str, size: str = "base", batch: int = 64
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--target-config", required=True, help="GpuTargetConfigProto text file")
-  from bench.__main__ import SIZES, xla_options
-  p.add_argument("--size", default="base", choices=SIZES)
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--input-length", type=int, default=512)
-  p.add_argument("--target-length", type=int, default=32)
-  p.add_argument("--prompt-length", type=int, default=100)
-  p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+  from bench.__main__ import add_shape_arguments, xla_options
+  add_shape_arguments(p, size="base")
   p.add_argument("--weight-dtype", default="bfloat16", choices=("float32", "bfloat16"))
   p.add_argument("--attention", default="fused", choices=("einsum", "fused", "pallas"))
   p.add_argument("--dropout-bits", default="auto", choices=("auto", "16bit", "per_element"))

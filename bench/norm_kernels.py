@@ -112,13 +112,9 @@ def format_table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-  from bench.__main__ import SIZES
+  from bench.__main__ import add_shape_arguments
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--size", default="large", choices=SIZES)
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--input-length", type=int, default=512)
-  p.add_argument("--prompt-length", type=int, default=100)
-  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  add_shape_arguments(p, size="large", target_length=False)
   p.add_argument("--dropout", type=float, default=0.1)
   p.add_argument("--tilings", default="default,1x4,2x4,2x8,4x8",
                  help="comma-separated ROWSxWARPS of the Pallas kernels, or 'default'")
