@@ -7,12 +7,15 @@ On the H200 a third of T5-large's step is cuDNN attention running at about 130 T
 FLOPs while its matmuls run near the chip's ceiling (docs/bench.md). This times the encoder
 self-attention exactly as the model calls it (`fused_attention` with the relative-position bias and
 the padding mask) against the same call without the bias, without the mask, without both, with the
-sequence padded to a multiple of 128, the einsum form, and JAX's Pallas (Triton) flash kernel
-without a bias; and the decoder's cross-attention, fused and in the einsum form. Each row gives the
+sequence padded to a multiple of 128, the einsum form, JAX's Pallas (Triton) flash kernel
+without a bias, and our own Pallas kernel with the bias (`spot_jax.pallas_attention`) in several
+block shapes and launch settings; the model's call and ours again with every row valid for a third
+of the length only (fine-tuning batches are mostly padding); and the decoder's cross-attention,
+fused and in the einsum form. Each row gives the
 forward and forward+backward time (the gradient of q, k and v, as in training), model TFLOP/s
 (forward 4·B·H·Q·K·Dh, backward twice that, as bench/flops.py counts) and the time a whole step
 spends on it (× layers). `max |Δ|` compares each output with the row named under `vs` on the same
-inputs (all rows full length; `no_bias` against the model differs by design). On CPU the fused rows
+inputs (`no_bias` against the model differs by design). On CPU the fused rows
 run XLA's reference form instead of cuDNN and the Pallas kernel is interpreted: the times mean
 little, the values still compare. The Mosaic GPU row runs on Hopper GPUs only and is skipped
 elsewhere, saying so.
@@ -55,7 +58,8 @@ def _mosaic_flash_attention(q, k, v):
 
 
 def _ours(q, k, v, bias, lengths, blocks):
-  """`spot_jax.pallas_attention`: the model's function (bias, key lengths), our own kernels."""
+  """`spot_jax.pallas_attention`: the model's function (bias, key lengths), our own kernels;
+  `blocks`: its block shape and launch settings."""
   from spot_jax.pallas_attention import t5_flash_attention
   return t5_flash_attention(q, k, v, bias, lengths, *blocks)
 
@@ -99,9 +103,34 @@ def _variants(length: int, pallas_interpret: bool):
     return pallas_attention.mha(grow(q), grow(k), grow(v), segments, sm_scale=1.0,
                                 interpret=pallas_interpret)[:, :length]
 
+  short = length // 3
+
+  def zero_padding(out, lengths):
+    return jnp.where((jnp.arange(length)[None, :] < lengths[:, None])[:, :, None, None], out, 0)
+
+  def model_short(q, k, v, bias, lengths):
+    lengths = jnp.minimum(lengths, short)
+    return zero_padding(fused_attention(q, k, v, bias, lengths, lengths), lengths)
+
+  def ours_short(q, k, v, bias, lengths):
+    return _ours(q, k, v, bias, jnp.minimum(lengths, short), blocks=(64, 64))
+
+  ours = {name: (functools.partial(_ours, blocks=settings),
+                 f"our Pallas (Triton) flash kernel with T5's bias and the padding mask, blocks "
+                 f"{settings[0]}x{settings[1]}, {settings[2]} warps, {settings[3]} stages", "model")
+          for name, settings in (("pallas_t5", (64, 64, 4, 2)), ("pallas_t5_128x64", (128, 64, 4, 2)),
+                                 ("pallas_t5_64x128", (64, 128, 4, 2)),
+                                 ("pallas_t5_s3", (64, 64, 4, 3)),
+                                 ("pallas_t5_128x64_w8s3", (128, 64, 8, 3)))}
   return {
       "model": (lambda q, k, v, b, n: fused_attention(q, k, v, b, n, n),
                 "fused, relative-position bias + padding mask (the model's call)", None),
+      **ours,
+      # Fine-tuning batches are mostly padding: every row valid for its first third only.
+      "model_short": (model_short, f"the model's call, rows valid for {short} of {length} "
+                                   f"positions (TFLOP/s of those)", None),
+      "pallas_t5_short": (ours_short, f"pallas_t5, rows valid for {short} of {length} positions "
+                                      "(its padding tiles skipped)", "model_short"),
       "no_mask": (lambda q, k, v, b, n: fused_attention(q, k, v, b, None, None),
                   "fused, bias, no padding mask", "model"),
       "no_bias": (lambda q, k, v, b, n: fused_attention(q, k, v, None, n, n),
@@ -112,11 +141,6 @@ def _variants(length: int, pallas_interpret: bool):
       "einsum": (_einsum_attention, "einsum form, float32 scores and softmax", "model"),
       "pallas_no_bias": (pallas, f"JAX's Pallas flash kernel (Triton), no bias, padded to "
                                  f"{length + pad}", "no_bias"),
-      **{name: (functools.partial(_ours, blocks=blocks),
-                f"our Pallas (Triton) flash kernel with T5's bias and the padding mask, blocks "
-                f"{blocks[0]}x{blocks[1]}", "model")
-         for name, blocks in (("pallas_t5", (64, 64)), ("pallas_t5_128x64", (128, 64)),
-                              ("pallas_t5_64x128", (64, 128)))},
       "pad128_plain": (padded_plain, f"fused, no bias, no mask, padded to {length + pad} (the "
                                      "zero keys take part: a kernel bound, not the model)", None),
       "mosaic_fa3_f16": (mosaic, f"JAX's FlashAttention-3 (Mosaic GPU, Hopper), float16, no bias, "
@@ -124,6 +148,8 @@ def _variants(length: int, pallas_interpret: bool):
   }
 
 
+# Rows whose rows are valid for a third of the length only: their FLOPs are counted over that.
+SHORT = ("model_short", "pallas_t5_short")
 # Rows that run only where `_needs_hopper` finds no reason not to.
 HOPPER_ONLY = ("mosaic_fa3_f16",)
 
@@ -176,8 +202,8 @@ def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_le
 
   from spot_jax.fused_attention import fused_attention
   rows, outputs = {}, {}
-  encoder = {name: (fn, what, ref, (q, k, v, bias, full), 4 * B * H * L * L * Dh,
-                    cfg.num_encoder_layers)
+  encoder = {name: (fn, what, ref, (q, k, v, bias, full),
+                    4 * B * H * (L // 3 if name in SHORT else L) ** 2 * Dh, cfg.num_encoder_layers)
              for name, (fn, what, ref) in _variants(L, jax.default_backend() != "gpu").items()}
   cross_args = (dec_q, k, v, dec_full, full)
   cross = {"cross": (lambda dq, k_, v_, n_dec, n_enc: fused_attention(dq, k_, v_, None, n_dec, n_enc),

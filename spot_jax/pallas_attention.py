@@ -5,11 +5,13 @@ matmul rate (docs/bench.md), and JAX's own flash kernels take no bias. This is t
 our own takes: for each `[block_q, block_k]` tile, `q kᵀ` plus the bias tile (the frozen
 `[H, L, L]` table, shared by the batch), keys at or past the row's length masked, an online softmax,
 and `p v`; the backward pass recomputes the probabilities from the saved log-sum-exp, one kernel for
-`dk, dv` (a program per key block) and one for `dq` (a program per query block). No gradient for the
-bias (the table is frozen), no dropout on the probabilities (as with cuDNN), no 1/sqrt(d) scaling
-(T5 folds it into the query projection). Lengths need not be multiples of the blocks: loads and
-stores are masked. On CPU it runs in Pallas' interpreter (tests); `bench.attention_kernels` times it
-on a GPU as the `pallas_t5` row. Not a model option until it is measured faster there.
+`dk, dv` (a program per key block) and one for `dq` (a program per query block). Tiles wholly in a
+row's padding are skipped, so the work follows the valid length (fine-tuning batches padded to 512
+are mostly padding). No gradient for the bias (the table is frozen), no dropout on the
+probabilities (as with cuDNN), no 1/sqrt(d) scaling (T5 folds it into the query projection).
+Lengths need not be multiples of the blocks: loads and stores are masked. On CPU it runs in Pallas'
+interpreter (tests); on a GPU it is the model's `attention_impl="pallas"` and
+`bench.attention_kernels`' `pallas_t5*` rows.
 """
 from __future__ import annotations
 
@@ -48,6 +50,14 @@ def _store_rows(ref, b, h, index, n, value):
               value.astype(ref.dtype), mask=(index < n)[:, None])
 
 
+def _blocks_to_visit(own, own_block, length, other_block):
+  """How many blocks of the other axis program `own` loops over: those holding valid positions,
+  none when its own block lies wholly in the padding. The work then scales with the valid
+  length squared, as cuDNN's with sequence lengths, not with the padded length."""
+  from jax.experimental import pallas as pl
+  return jnp.where(own * own_block < length, pl.cdiv(length, other_block), 0)
+
+
 def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, o_ref, lse_ref, *, block_q, block_k):
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plgpu
@@ -70,9 +80,12 @@ def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, o_ref, lse_ref, *, b
 
   init = (jnp.zeros((block_q, depth), jnp.float32), jnp.full((block_q,), _MASKED, jnp.float32),
           jnp.zeros((block_q,), jnp.float32))
-  acc, m, l = jax.lax.fori_loop(0, pl.cdiv(n, block_k), body, init)
-  _store_rows(o_ref, b, h, rows, n, acc / l[:, None])
-  plgpu.store(lse_ref.at[b, h, rows], m + jnp.log2(l), mask=rows < n)  # log2-sum-exp2
+  acc, m, l = jax.lax.fori_loop(0, _blocks_to_visit(i, block_q, kv_length, block_k), body, init)
+  valid = rows < kv_length  # padding rows: zeros, as cuDNN's rows past `q_lengths`
+  _store_rows(o_ref, b, h, rows, n, jnp.where(valid[:, None], acc / jnp.where(l > 0, l, 1.0)[:, None],
+                                              0.0))
+  plgpu.store(lse_ref.at[b, h, rows], m + jnp.log2(jnp.where(l > 0, l, 1.0)),
+              mask=rows < n)  # log2-sum-exp2
 
 
 def _dkdv_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
@@ -93,13 +106,14 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_
     lse = plgpu.load(lse_ref.at[b, h, rows], mask=rows < n, other=0.0)
     delta = plgpu.load(delta_ref.at[b, h, rows], mask=rows < n, other=0.0)
     p = jnp.exp2(_scores(q, k, bias_ref, h, rows, cols, n, kv_length) - lse[:, None])
-    p = jnp.where((rows < n)[:, None], p, 0.0)
+    p = jnp.where((rows < kv_length)[:, None], p, 0.0)  # padding rows pass no gradient
     dv = dv + plgpu.dot(p.astype(do.dtype).T, do)
     ds = p * (plgpu.dot(do, v.T) - delta[:, None])
     return dk + plgpu.dot(ds.astype(q.dtype).T, q), dv
 
   zeros = jnp.zeros((block_k, depth), jnp.float32)
-  dk, dv = jax.lax.fori_loop(0, pl.cdiv(n, block_q), body, (zeros, zeros))
+  dk, dv = jax.lax.fori_loop(0, _blocks_to_visit(j, block_k, kv_length, block_q), body,
+                             (zeros, zeros))
   _store_rows(dk_ref, b, h, cols, n, dk)
   _store_rows(dv_ref, b, h, cols, n, dv)
 
@@ -123,19 +137,20 @@ def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_re
     ds = p * (plgpu.dot(do, v.T) - delta[:, None])
     return dq + plgpu.dot(ds.astype(k.dtype), k)
 
-  dq = jax.lax.fori_loop(0, pl.cdiv(n, block_k), body, jnp.zeros((block_q, depth), jnp.float32))
-  _store_rows(dq_ref, b, h, rows, n, dq)
+  dq = jax.lax.fori_loop(0, _blocks_to_visit(i, block_q, kv_length, block_k), body,
+                         jnp.zeros((block_q, depth), jnp.float32))
+  _store_rows(dq_ref, b, h, rows, n, jnp.where((rows < kv_length)[:, None], dq, 0.0))
 
 
 def _call(kernel, grid_blocks, blocks, out_shape, *args, name):
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plgpu
   batch, n, heads, _ = args[0].shape
-  block_q, block_k = blocks
+  block_q, block_k, num_warps, num_stages = blocks
   return pl.pallas_call(
       functools.partial(kernel, block_q=block_q, block_k=block_k), out_shape=out_shape,
       grid=(batch, heads, pl.cdiv(n, grid_blocks)), name=name,
-      compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
       interpret=target_platform.platform() == "cpu")(*args)
 
 
@@ -170,10 +185,13 @@ def _backward(blocks, residuals, d_out):
 _attention.defvjp(_forward, _backward)
 
 
-def t5_flash_attention(q, k, v, bias, kv_lengths, block_q: int = 64, block_k: int = 64):
-  """Softmax attention of `[B, L, H, D]` `q, k, v` (self-attention: one length) with an additive
-  `[H, L, L]` or `[1, H, L, L]` bias and keys at or past `kv_lengths[b]` masked; every query row is
-  computed. Gradients for `q, k, v` only (the bias is taken as frozen)."""
+def t5_flash_attention(q, k, v, bias, kv_lengths, block_q: int = 64, block_k: int = 64,
+                       num_warps: int = 4, num_stages: int = 2):
+  """Softmax attention of right-padded `[B, L, H, D]` `q, k, v` (self-attention: one length) with
+  an additive `[H, L, L]` or `[1, H, L, L]` bias. Positions at or past `kv_lengths[b]` are padding:
+  as keys they take no part, as query rows they give zeros and pass no gradient (cuDNN's
+  `q_lengths`); tiles wholly in the padding are skipped. Gradients for `q, k, v` only (the bias is
+  taken as frozen). `num_warps`, `num_stages`: Triton's launch settings for all three kernels."""
   if q.shape != k.shape or q.shape != v.shape:
     raise ValueError(f"t5_flash_attention: q {q.shape}, k {k.shape}, v {v.shape} must be one "
                      "[B, L, H, D] shape (self-attention)")
@@ -184,4 +202,8 @@ def t5_flash_attention(q, k, v, bias, kv_lengths, block_q: int = 64, block_k: in
   for block in (block_q, block_k):
     if block < 16 or block & (block - 1):
       raise ValueError(f"t5_flash_attention: blocks must be powers of two >= 16, got {block}")
-  return _attention(q, k, v, bias, kv_lengths.astype(jnp.int32), (int(block_q), int(block_k)))
+  if num_warps not in (1, 2, 4, 8, 16) or num_stages < 1:
+    raise ValueError(f"t5_flash_attention: num_warps must be a power of two <= 16 and num_stages "
+                     f">= 1, got {num_warps} and {num_stages}")
+  settings = (int(block_q), int(block_k), int(num_warps), int(num_stages))
+  return _attention(q, k, v, bias, kv_lengths.astype(jnp.int32), settings)

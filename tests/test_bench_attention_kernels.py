@@ -14,13 +14,15 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
   rows = result["rows"]
   assert set(rows) == {"model", "no_mask", "no_bias", "no_bias_no_mask", "pad128", "einsum",
                        "pallas_no_bias", "pallas_t5", "pallas_t5_128x64", "pallas_t5_64x128",
+                       "pallas_t5_s3", "pallas_t5_128x64_w8s3", "model_short", "pallas_t5_short",
                        "pad128_plain", "mosaic_fa3_f16", "cross", "cross_einsum"}
   assert result["length"] == 25
   # All rows are full length: dropping the mask, padding to 128, the einsum form or the Pallas
   # kernel (interpreted on CPU) change nothing against the row each is compared with.
   compared = {"no_mask": "model", "pad128": "model", "einsum": "model", "cross_einsum": "cross",
               "no_bias_no_mask": "no_bias", "pallas_no_bias": "no_bias", "pallas_t5": "model",
-              "pallas_t5_128x64": "model", "pallas_t5_64x128": "model"}
+              "pallas_t5_128x64": "model", "pallas_t5_64x128": "model", "pallas_t5_s3": "model",
+              "pallas_t5_128x64_w8s3": "model", "pallas_t5_short": "model_short"}
   for name, reference in compared.items():
     assert rows[name]["compared_with"] == reference
     assert rows[name]["max_abs_diff"] < 1e-4, (name, rows[name]["max_abs_diff"])
@@ -34,6 +36,9 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
   flops = 4 * 2 * 4 * 25 * 25 * 16  # 4·B·H·L·L·Dh of tiny (4 heads of 16)
   model = rows["model"]
   assert abs(model["forward_tflops"] * 1e12 * model["forward_ms"] / 1e3 - flops) / flops < 1e-6
+  # the short rows count the FLOPs of their valid third (8 of 25 positions)
+  short = rows["model_short"]
+  assert abs(short["forward_tflops"] * 1e12 * short["forward_ms"] / 1e3 - flops * 64 / 625) < 1e-3
 
   assert attention_kernels.main(["--size", "tiny", "--batch", "2", "--input-length", "20",
                                  "--prompt-length", "5", "--target-length", "4", "--repeats", "1",
@@ -68,3 +73,23 @@ def test_padded_plain_row_lets_the_zero_keys_take_part():
   unpadded = np.asarray(attention_kernels._variants(25, True)["no_bias_no_mask"][0](
       q, k, v, None, None))
   assert np.abs(got - unpadded).max() > 1e-3
+
+
+def test_short_rows_are_the_model_on_a_third_of_the_positions():
+  """`model_short` is the model's call with every row's length cut to a third: its valid rows are
+  attention over those keys alone, its padding rows zero; `pallas_t5_short` gives the same."""
+  variants = attention_kernels._variants(25, pallas_interpret=True)
+  keys = jax.random.split(jax.random.PRNGKey(2), 4)
+  q, k, v = (jax.random.normal(key, (2, 25, 4, 16), jnp.float32) for key in keys[:3])
+  bias = jax.random.normal(keys[3], (1, 4, 25, 25), jnp.float32)
+  lengths = jnp.array([25, 5])
+  got = np.asarray(variants["model_short"][0](q, k, v, bias, lengths))
+  for row, n in ((0, 8), (1, 5)):
+    scores = np.einsum("qhd,khd->hqk", q[row, :n], k[row, :n]) + np.asarray(bias[0, :, :n, :n])
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose(got[row, :n], np.einsum("hqk,khd->qhd", probs, v[row, :n]),
+                               rtol=1e-5, atol=1e-5)
+    assert not np.any(got[row, n:])
+  ours = np.asarray(variants["pallas_t5_short"][0](q, k, v, bias, lengths))
+  np.testing.assert_allclose(ours, got, rtol=1e-5, atol=1e-5)

@@ -9,23 +9,26 @@ from spot_jax.pallas_attention import t5_flash_attention
 
 
 def _reference(q, k, v, bias, lengths):
-  """The model's einsum form: float32 scores + bias, keys at or past the length masked."""
+  """The model's einsum form: float32 scores + bias, keys at or past the length masked; then the
+  padding rows zeroed (what cuDNN's `q_lengths` and our kernels give them)."""
   scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias.astype(jnp.float32)
   valid = jnp.arange(k.shape[1])[None, :] < lengths[:, None]
   scores = jnp.where(valid[:, None, None, :], scores, -1e10)
   probs = jax.nn.softmax(scores, axis=-1)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(jnp.float32)).astype(q.dtype)
+  out = jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(jnp.float32))
+  return jnp.where(valid[:, :, None, None], out, 0.0).astype(q.dtype)
 
 
 @pytest.mark.parametrize("blocks,dtype", [((16, 16), jnp.float32), ((32, 16), jnp.float32),
                                           ((16, 32), jnp.bfloat16)])
 def test_matches_the_einsum_form_and_its_gradients(blocks, dtype):
-  """37 positions (not a multiple of any block), one row padded to 20 keys."""
-  b, n, h, d = 2, 37, 2, 16
+  """37 positions (not a multiple of any block); rows padded after 20 keys (whole 16-blocks of
+  padding, skipped), after 5 (less than one block) and after 0 (all padding: zeros, no NaN)."""
+  b, n, h, d = 4, 37, 2, 16
   ks = jax.random.split(jax.random.PRNGKey(0), 5)
   q, k, v, d_out = (jax.random.normal(key, (b, n, h, d)).astype(dtype) for key in ks[:4])
   bias = jax.random.normal(ks[4], (1, h, n, n)).astype(dtype)
-  lengths = jnp.array([37, 20])
+  lengths = jnp.array([37, 20, 5, 0])
   ours = lambda q, k, v: t5_flash_attention(q, k, v, bias, lengths, *blocks)
   (out, vjp), (want, want_vjp) = jax.vjp(ours, q, k, v), jax.vjp(
       lambda q, k, v: _reference(q, k, v, bias, lengths), q, k, v)
@@ -37,9 +40,23 @@ def test_matches_the_einsum_form_and_its_gradients(blocks, dtype):
     scale = float(jnp.abs(ref.astype(jnp.float32)).max())
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref, np.float32),
                                atol=tol * scale, rtol=tol)
-  # the padded keys take no part: changing them changes nothing for the second row
-  k2 = k.at[1, 20:].set(100.0)
-  np.testing.assert_array_equal(np.asarray(ours(q, k2, v)[1]), np.asarray(out[1]))
+  assert not np.any(np.asarray(out[1, 20:], np.float32)) and not np.any(np.asarray(out[3],
+                                                                                  np.float32))
+  # the padding takes no part: changing its keys, values and queries changes nothing
+  pad = lambda x: x.at[1, 20:].set(100.0)
+  np.testing.assert_array_equal(np.asarray(ours(pad(q), pad(k), pad(v))), np.asarray(out))
+
+
+def test_launch_settings_change_nothing_but_speed():
+  b, n, h, d = 1, 40, 1, 16
+  ks = jax.random.split(jax.random.PRNGKey(1), 4)
+  q, k, v = (jax.random.normal(key, (b, n, h, d)) for key in ks[:3])
+  bias, lengths = jax.random.normal(ks[3], (h, n, n)), jnp.array([33])
+  base = t5_flash_attention(q, k, v, bias, lengths, 16, 16)
+  other = t5_flash_attention(q, k, v, bias, lengths, 16, 16, num_warps=8, num_stages=3)
+  np.testing.assert_array_equal(np.asarray(other), np.asarray(base))
+  with pytest.raises(ValueError, match="num_warps"):
+    t5_flash_attention(q, k, v, bias, lengths, num_warps=3)
 
 
 def test_bad_shapes_and_blocks_are_refused_naming_them():
