@@ -9,7 +9,8 @@
 # variants) and `bench.norm_kernels` (its residual norm alone, XLA against the Pallas kernel's
 # tilings; both KERNELS_SIZE/KERNELS_BATCH, or SKIP_ATTENTION_KERNELS=1), then the runs in priority
 # order (large: the default, the one-kernel norms, our Pallas attention, both; base: the default
-# and the norms; large against XLA's dot merger back on, a larger batch, the PEFT ratios),
+# and the norms, then base at twice the batch; large against XLA's dot merger back on, a larger
+# batch, the PEFT ratios),
 # each its own process under `timeout`, so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a
 # device-time profile by op) and the log (OUT_DIR/suite.log). A run that would start after
 # DEADLINE_S (default 450) seconds is skipped. With PACK.tgz, OUT_DIR is re-packed into it after
@@ -35,6 +36,7 @@ large_b64_pallas|train --size large --batch 64 --attention pallas --profile $out
 large_b64_pallas_norm|train --size large --batch 64 --attention pallas $norm $shape
 base_b64_fused|train --size base --batch 64 --attention fused --profile $out/prof_base_b64_fused $shape
 base_b64_fused_norm|train --size base --batch 64 --attention fused $norm --profile $out/prof_base_b64_fused_norm $shape
+base_b128_fused|train --size base --batch 128 --attention fused $shape
 large_b64_fused_merge|train --size large --batch 64 --attention fused $merge $shape
 large_b128_fused|train --size large --batch 128 --attention fused $shape
 base_b64_fused_peer|train --size base --batch 64 --attention fused --peer $shape
