@@ -9,7 +9,8 @@ self-attention exactly as the model calls it (`fused_attention` with the relativ
 the padding mask) against the same call without the bias, without the mask, without both, with the
 sequence padded to a multiple of 128, the einsum form, JAX's Pallas (Triton) flash kernel
 without a bias, and our own Pallas kernel with the bias (`spot_jax.pallas_attention`) in several
-block shapes and launch settings; the model's call and ours again with every row valid for a third
+block shapes and launch settings, reading the bias by offset as the model passes it (and once
+written out as cuDNN reads it); the model's call and ours again with every row valid for a third
 of the length only (fine-tuning batches are mostly padding); and the decoder's cross-attention,
 fused and in the einsum form. Each row gives the
 forward and forward+backward time (the gradient of q, k and v, as in training), model TFLOP/s
@@ -57,11 +58,27 @@ def _mosaic_flash_attention(q, k, v):
   return attention_mgpu.attention(f16(q), f16(k), f16(v), config).astype(q.dtype)
 
 
-def _ours(q, k, v, bias, lengths, blocks):
-  """`spot_jax.pallas_attention`: the model's function (bias, key lengths), our own kernels;
-  `blocks`: its block shape and launch settings."""
+def toeplitz_bias(key, heads: int, length: int, dtype):
+  """A random `[1, H, L, L]` bias that, like T5's, depends on the offset `j - i` alone."""
+  import jax
+  import jax.numpy as jnp
+  offsets = jax.random.normal(key, (heads, 2 * length - 1), jnp.float32).astype(dtype)
+  rows, cols = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
+  return offsets[:, cols - rows + length - 1][None]
+
+
+def band_of(bias):
+  """The `[H, 2L-1]` by-offset form of a `toeplitz_bias`: its last row, then its first row's rest."""
+  import jax.numpy as jnp
+  return jnp.concatenate([bias[0, :, -1, :], bias[0, :, 0, 1:]], axis=-1)
+
+
+def _ours(q, k, v, bias, lengths, blocks, full_bias: bool = False):
+  """`spot_jax.pallas_attention`: the model's function (bias, key lengths), our own kernels, with
+  the bias by offset as the model passes it (or written out, `full_bias`); `blocks`: its block
+  shape and launch settings."""
   from spot_jax.pallas_attention import t5_flash_attention
-  return t5_flash_attention(q, k, v, bias, lengths, *blocks)
+  return t5_flash_attention(q, k, v, bias if full_bias else band_of(bias), lengths, *blocks)
 
 
 def _needs_hopper() -> str | None:
@@ -122,6 +139,9 @@ def _variants(length: int, pallas_interpret: bool):
                                  ("pallas_t5_64x128", (64, 128, 4, 2)),
                                  ("pallas_t5_s3", (64, 64, 4, 3)),
                                  ("pallas_t5_128x64_w8s3", (128, 64, 8, 3)))}
+  ours["pallas_t5_full_bias"] = (
+      functools.partial(_ours, blocks=(64, 64, 4, 2), full_bias=True),
+      "pallas_t5 reading the bias as an [H, L, L] tensor (as cuDNN does), not by offset", "model")
   return {
       "model": (lambda q, k, v, b, n: fused_attention(q, k, v, b, n, n),
                 "fused, relative-position bias + padding mask (the model's call)", None),
@@ -181,7 +201,7 @@ def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_le
   dt = jnp.dtype(dtype)
   keys = jax.random.split(jax.random.PRNGKey(seed), 6)
   q, k, v = (jax.random.normal(key, (B, L, H, Dh), jnp.float32).astype(dt) for key in keys[:3])
-  bias = jax.random.normal(keys[3], (1, H, L, L), jnp.float32).astype(dt)
+  bias = toeplitz_bias(keys[3], H, L, dt)  # a function of j - i, as T5's relative-position bias
   dec_q = jax.random.normal(keys[4], (B, T, H, Dh), jnp.float32).astype(dt)
   full, dec_full = jnp.full((B,), L, jnp.int32), jnp.full((B,), T, jnp.int32)
 

@@ -109,10 +109,17 @@ class RelativePositionBias(nn.Module):
   bidirectional: bool
 
   @nn.compact
-  def __call__(self, q_len: int, k_len: int, q_position=None):
+  def __call__(self, q_len: int, k_len: int, q_position=None, offsets: bool = False):
+    """`[1, H, q, k]`; with `offsets` (self-attention, `q_len == k_len`), `[H, 2L-1]` by offset
+    instead: entry `j - i + L - 1` is the bias of query `i`, key `j` (`pallas_attention`)."""
     cfg = self.config
     table = _param(self, "rel_embedding", nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
                    (cfg.num_heads, cfg.relative_attention_num_buckets), ("heads", "relpos_buckets"))
+    if offsets:
+      buckets = relative_position_buckets(1, 2 * k_len - 1, self.bidirectional,
+                                          cfg.relative_attention_num_buckets,
+                                          cfg.relative_attention_max_distance, q_offset=k_len - 1)
+      return jnp.take(table, jnp.asarray(buckets[0]), axis=1)  # [H, 2L-1]
     if q_position is None:
       buckets = relative_position_buckets(q_len, k_len, self.bidirectional,
                                           cfg.relative_attention_num_buckets,
@@ -305,7 +312,8 @@ class Encoder(nn.Module):
     cfg = self.config
     x = dropout(cfg, enable_dropout)(embedded)
     length = x.shape[1]
-    bias = RelativePositionBias(cfg, True, name="relpos_bias")(length, length)
+    bias = RelativePositionBias(cfg, True, name="relpos_bias")(
+        length, length, offsets=cfg.attention_impl == "pallas")
     lengths = None
     if cfg.attention_impl in ("fused", "pallas"):
       lengths = valid.sum(axis=-1, dtype=jnp.int32)  # right padding: valid = the first `lengths`

@@ -2,14 +2,15 @@
 
 cuDNN's flash kernels run T5-large's attention at about 130 TFLOP/s on the H200, a fifth of its
 matmul rate (docs/bench.md), and JAX's own flash kernels take no bias. This is the form a kernel of
-our own takes: for each `[block_q, block_k]` tile, `q kᵀ` plus the bias tile (the frozen
-`[H, L, L]` table, shared by the batch), keys at or past the row's length masked, an online softmax,
-and `p v`; the backward pass recomputes the probabilities from the saved log-sum-exp, one kernel for
-`dk, dv` (a program per key block) and one for `dq` (a program per query block). Tiles wholly in a
-row's padding are skipped, so the work follows the valid length (fine-tuning batches padded to 512
-are mostly padding). No gradient for the bias (the table is frozen), no dropout on the
-probabilities (as with cuDNN), no 1/sqrt(d) scaling (T5 folds it into the query projection).
-Lengths need not be multiples of the blocks: loads and stores are masked. On CPU it runs in Pallas'
+our own takes: for each `[block_q, block_k]` tile, `q kᵀ` plus the bias tile (frozen, shared by the
+batch; T5's depends on the offset `j - i` alone, so it is read as a band of an `[H, 2L-1]` vector
+rather than a slice of an `[H, L, L]` tensor), keys at or past the row's length masked, an online
+softmax, and `p v`; the backward pass recomputes the probabilities from the saved log-sum-exp, one
+kernel for `dk, dv` (a program per key block) and one for `dq` (a program per query block). Tiles
+wholly in a row's padding are skipped, so the work follows the valid length (fine-tuning batches
+padded to 512 are mostly padding). No gradient for the bias (the table is frozen), no dropout on the
+probabilities (as with cuDNN), no 1/sqrt(d) scaling (T5 folds it into the query projection). Lengths
+need not be multiples of the blocks: loads and stores are masked. On CPU it runs in Pallas'
 interpreter (tests); on a GPU it is the model's `attention_impl="pallas"` and
 `bench.attention_kernels`' `pallas_t5*` rows.
 """
@@ -29,10 +30,15 @@ _MASKED = -1e30  # finite: a fully masked tile must not make exp2(-inf - -inf) =
 
 
 def _scores(q, k, bias_ref, h, rows, cols, n, kv_length):
-  """`(q kᵀ + bias) · log2(e)` for one tile in float32, with keys past `kv_length` masked."""
+  """`(q kᵀ + bias) · log2(e)` for one tile in float32, with keys past `kv_length` masked. The
+  bias is `[H, L, L]`, or `[H, 2L-1]` by offset: entry `j - i + L - 1` for query `i`, key `j`."""
   from jax.experimental.pallas import triton as plgpu
   inside = (rows < n)[:, None] & (cols < n)[None, :]
-  bias = plgpu.load(bias_ref.at[h, rows[:, None], cols[None, :]], mask=inside, other=0.0)
+  if len(bias_ref.shape) == 2:
+    index = (h, cols[None, :] - rows[:, None] + (n - 1))
+  else:
+    index = (h, rows[:, None], cols[None, :])
+  bias = plgpu.load(bias_ref.at[index], mask=inside, other=0.0)
   s = (plgpu.dot(q, k.T) + bias.astype(jnp.float32)) * _LOG2E
   return jnp.where((cols < kv_length)[None, :], s, _MASKED)
 
@@ -188,17 +194,22 @@ _attention.defvjp(_forward, _backward)
 def t5_flash_attention(q, k, v, bias, kv_lengths, block_q: int = 64, block_k: int = 64,
                        num_warps: int = 4, num_stages: int = 2):
   """Softmax attention of right-padded `[B, L, H, D]` `q, k, v` (self-attention: one length) with
-  an additive `[H, L, L]` or `[1, H, L, L]` bias. Positions at or past `kv_lengths[b]` are padding:
+  an additive bias: `[H, L, L]` or `[1, H, L, L]`, or, where it depends on the offset `j - i`
+  alone as T5's relative-position bias does, `[H, 2L-1]` indexed by `j - i + L - 1`
+  (`RelativePositionBias(offsets=True)`; each tile then reads a few KiB instead of its own
+  `[block_q, block_k]` slice of an `[H, L, L]` tensor). Positions at or past `kv_lengths[b]` are padding:
   as keys they take no part, as query rows they give zeros and pass no gradient (cuDNN's
   `q_lengths`); tiles wholly in the padding are skipped. Gradients for `q, k, v` only (the bias is
   taken as frozen). `num_warps`, `num_stages`: Triton's launch settings for all three kernels."""
   if q.shape != k.shape or q.shape != v.shape:
     raise ValueError(f"t5_flash_attention: q {q.shape}, k {k.shape}, v {v.shape} must be one "
                      "[B, L, H, D] shape (self-attention)")
-  bias = bias.reshape(bias.shape[-3:])
-  if bias.shape != (q.shape[2], q.shape[1], q.shape[1]):
-    raise ValueError(f"t5_flash_attention: bias {bias.shape} must be [H, L, L] = "
-                     f"{(q.shape[2], q.shape[1], q.shape[1])}")
+  heads, n = q.shape[2], q.shape[1]
+  if bias.ndim != 2:
+    bias = bias.reshape(bias.shape[-3:])
+  if bias.shape not in ((heads, n, n), (heads, 2 * n - 1)):
+    raise ValueError(f"t5_flash_attention: bias {bias.shape} must be [H, L, L] = {(heads, n, n)} "
+                     f"or, by offset, [H, 2L-1] = {(heads, 2 * n - 1)}")
   for block in (block_q, block_k):
     if block < 16 or block & (block - 1):
       raise ValueError(f"t5_flash_attention: blocks must be powers of two >= 16, got {block}")

@@ -14,7 +14,8 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
   rows = result["rows"]
   assert set(rows) == {"model", "no_mask", "no_bias", "no_bias_no_mask", "pad128", "einsum",
                        "pallas_no_bias", "pallas_t5", "pallas_t5_128x64", "pallas_t5_64x128",
-                       "pallas_t5_s3", "pallas_t5_128x64_w8s3", "model_short", "pallas_t5_short",
+                       "pallas_t5_s3", "pallas_t5_128x64_w8s3", "pallas_t5_full_bias",
+                       "model_short", "pallas_t5_short",
                        "pad128_plain", "mosaic_fa3_f16", "cross", "cross_einsum"}
   assert result["length"] == 25
   # All rows are full length: dropping the mask, padding to 128, the einsum form or the Pallas
@@ -22,7 +23,8 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
   compared = {"no_mask": "model", "pad128": "model", "einsum": "model", "cross_einsum": "cross",
               "no_bias_no_mask": "no_bias", "pallas_no_bias": "no_bias", "pallas_t5": "model",
               "pallas_t5_128x64": "model", "pallas_t5_64x128": "model", "pallas_t5_s3": "model",
-              "pallas_t5_128x64_w8s3": "model", "pallas_t5_short": "model_short"}
+              "pallas_t5_128x64_w8s3": "model", "pallas_t5_full_bias": "model",
+              "pallas_t5_short": "model_short"}
   for name, reference in compared.items():
     assert rows[name]["compared_with"] == reference
     assert rows[name]["max_abs_diff"] < 1e-4, (name, rows[name]["max_abs_diff"])
@@ -81,7 +83,7 @@ def test_short_rows_are_the_model_on_a_third_of_the_positions():
   variants = attention_kernels._variants(25, pallas_interpret=True)
   keys = jax.random.split(jax.random.PRNGKey(2), 4)
   q, k, v = (jax.random.normal(key, (2, 25, 4, 16), jnp.float32) for key in keys[:3])
-  bias = jax.random.normal(keys[3], (1, 4, 25, 25), jnp.float32)
+  bias = attention_kernels.toeplitz_bias(keys[3], 4, 25, jnp.float32)
   lengths = jnp.array([25, 5])
   got = np.asarray(variants["model_short"][0](q, k, v, bias, lengths))
   for row, n in ((0, 8), (1, 5)):
@@ -93,3 +95,12 @@ def test_short_rows_are_the_model_on_a_third_of_the_positions():
     assert not np.any(got[row, n:])
   ours = np.asarray(variants["pallas_t5_short"][0](q, k, v, bias, lengths))
   np.testing.assert_allclose(ours, got, rtol=1e-5, atol=1e-5)
+
+
+def test_the_bench_bias_is_a_function_of_the_offset_and_its_band_holds_it():
+  bias = np.asarray(attention_kernels.toeplitz_bias(jax.random.PRNGKey(4), 3, 7, jnp.float32))
+  assert bias.shape == (1, 3, 7, 7)
+  i, j = np.meshgrid(np.arange(7), np.arange(7), indexing="ij")
+  band = np.asarray(attention_kernels.band_of(jnp.asarray(bias)))
+  assert band.shape == (3, 13) and np.unique(band).size == 39           # 13 distinct per head
+  np.testing.assert_array_equal(band[:, j - i + 6], bias[0])

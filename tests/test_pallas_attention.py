@@ -47,6 +47,42 @@ def test_matches_the_einsum_form_and_its_gradients(blocks, dtype):
   np.testing.assert_array_equal(np.asarray(ours(pad(q), pad(k), pad(v))), np.asarray(out))
 
 
+def test_a_bias_by_offset_gives_what_its_full_tensor_gives():
+  """T5's bias depends on `j - i` alone: passed as `[H, 2L-1]`, the kernels give the output and
+  gradients of the same bias written out as `[H, L, L]`, and of the einsum form."""
+  b, n, h, d = 2, 37, 2, 16
+  ks = jax.random.split(jax.random.PRNGKey(3), 5)
+  q, k, v, d_out = (jax.random.normal(key, (b, n, h, d)) for key in ks[:4])
+  offsets = jax.random.normal(ks[4], (h, 2 * n - 1))
+  i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+  full = offsets[:, j - i + n - 1]                                   # [H, L, L]
+  lengths = jnp.array([37, 22])
+  by_offset, vjp = jax.vjp(lambda *x: t5_flash_attention(*x, offsets, lengths, 16, 32), q, k, v)
+  written_out, full_vjp = jax.vjp(lambda *x: t5_flash_attention(*x, full, lengths, 16, 32), q, k, v)
+  np.testing.assert_array_equal(np.asarray(by_offset), np.asarray(written_out))
+  for got, want in zip(vjp(d_out), full_vjp(d_out)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  np.testing.assert_allclose(np.asarray(by_offset), np.asarray(_reference(q, k, v, full[None], lengths)),
+                             atol=2e-5, rtol=2e-5)
+  with pytest.raises(ValueError, match=r"\[H, 2L-1\] = \(2, 73\)"):
+    t5_flash_attention(q, k, v, offsets[:, 1:], lengths)
+
+
+def test_relative_position_bias_by_offset_is_the_full_bias():
+  """The model's `RelativePositionBias(offsets=True)` band holds the full `[1, H, L, L]` bias."""
+  from spot_jax import model as M
+  from spot_jax.config import size_config
+  cfg = size_config("tiny")
+  for bidirectional in (True, False):
+    module = M.RelativePositionBias(cfg, bidirectional)
+    params = module.init(jax.random.PRNGKey(0), 9, 9)
+    full = np.asarray(module.apply(params, 9, 9))[0]
+    band = np.asarray(module.apply(params, 9, 9, offsets=True))
+    i, j = np.meshgrid(np.arange(9), np.arange(9), indexing="ij")
+    assert band.shape == (cfg.num_heads, 17)
+    np.testing.assert_array_equal(band[:, j - i + 8], full)
+
+
 def test_launch_settings_change_nothing_but_speed():
   b, n, h, d = 1, 40, 1, 16
   ks = jax.random.split(jax.random.PRNGKey(1), 4)
