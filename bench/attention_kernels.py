@@ -259,8 +259,8 @@ def format_table(result: dict) -> str:
   head = (f"attention alone: {result['size']} ({result['heads']} heads × {result['head_dim']}), "
           f"batch {result['batch']}, length {result['length']}, {result['dtype']}, "
           f"{result['device']} ({result['backend']})")
-  out = [head, f"{'variant':<16}{'fwd ms':>9}{'fwd+bwd ms':>12}{'TFLOP/s':>9}{'fwd+bwd':>9}"
-               f"{'×layers ms':>12}{'max |Δ|':>10} {'vs':<8} what"]
+  out = [head, f"{'variant':<22}{'fwd ms':>9}{'fwd+bwd ms':>12}{'TFLOP/s':>9}{'fwd+bwd':>9}"
+               f"{'×layers ms':>12}{'max |Δ|':>10} {'vs':<12} what"]
   out.extend(format_row(name, row) for name, row in result["rows"].items())
   return "\n".join(out)
 
@@ -268,11 +268,11 @@ def format_table(result: dict) -> str:
 def format_row(name: str, row: dict) -> str:
   if "error" in row or "skipped" in row:
     said = f"failed: {row['error']}" if "error" in row else f"skipped: {row['skipped']}"
-    return f"{name:<16}  {said}  ({row['what']})"
+    return f"{name:<22}  {said}  ({row['what']})"
   diff = f"{row['max_abs_diff']:.2e}" if "max_abs_diff" in row else "-"
-  return (f"{name:<16}{row['forward_ms']:9.3f}{row['forward_backward_ms']:12.3f}"
+  return (f"{name:<22}{row['forward_ms']:9.3f}{row['forward_backward_ms']:12.3f}"
           f"{row['forward_tflops']:9.1f}{row['forward_backward_tflops']:9.1f}"
-          f"{row['step_ms']:12.2f}{diff:>10} {row.get('compared_with', '-'):<8} {row['what']}")
+          f"{row['step_ms']:12.2f}{diff:>10} {row.get('compared_with', '-'):<12} {row['what']}")
 
 
 def main(argv=None) -> int:
