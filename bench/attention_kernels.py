@@ -168,6 +168,11 @@ def _variants(length: int, pallas_interpret: bool):
   }
 
 
+def row_names() -> list:
+  """Every row `run` can time, in its order."""
+  return [*_variants(640, pallas_interpret=True), "cross", "cross_einsum"]
+
+
 # Rows whose rows are valid for a third of the length only: their FLOPs are counted over that.
 SHORT = ("model_short", "pallas_t5_short")
 # Rows that run only where `_needs_hopper` finds no reason not to.
@@ -283,6 +288,9 @@ def main(argv=None) -> int:
   p.add_argument("--only", default="", help="comma-separated variants (default: all)")
   p.add_argument("--json", default="")
   args = p.parse_args(argv)
+  unknown = sorted(set(x for x in args.only.split(",") if x) - set(row_names()))
+  if unknown:
+    p.error(f"--only: no variant named {', '.join(unknown)}; the variants: {', '.join(row_names())}")
   # Each row on stderr as it is done, so a run cut short by a timeout still shows what it timed.
   progress = lambda name, row: print("[row] " + format_row(name, row), file=sys.stderr, flush=True)
   result = run(args.size, args.batch, args.input_length, args.prompt_length, args.target_length,

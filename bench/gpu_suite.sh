@@ -6,7 +6,7 @@
 #
 # First `bench.attention_check` (do the fused form and the one-kernel norms compute their references' loss and prompt
 # gradient on this GPU?) and `bench.attention_kernels` (T5-large's attention calls timed alone, in
-# variants) and `bench.norm_kernels` (its residual norm alone, XLA against the Pallas kernel's
+# the variants that decide between cuDNN and our kernel: ATTENTION_ROWS, or "all") and `bench.norm_kernels` (its residual norm alone, XLA against the Pallas kernel's
 # tilings; both KERNELS_SIZE/KERNELS_BATCH, or SKIP_ATTENTION_KERNELS=1), then the runs in priority
 # order (large: the default, the one-kernel norms, our Pallas attention, both; base: the default
 # and the norms, then base at twice the batch; large against XLA's dot merger back on, a larger
@@ -74,8 +74,11 @@ pack_now
 # The attention calls of T5-large's step alone, in variants (bias, mask, padding; bench.md).
 if [ -z "${SKIP_ATTENTION_KERNELS:-}" ]; then
   echo "== attention kernels ($((SECONDS - start))s)" | tee -a "$log"
+  # The rows that decide between cuDNN and our kernel; ATTENTION_ROWS=all for every variant.
+  rows=${ATTENTION_ROWS:-model,pallas_t5,pallas_t5_128x64,pallas_t5_64x128,pallas_t5_s3,pallas_t5_128x64_w8s3,pallas_t5_full_bias,model_short,pallas_t5_short,pad128_plain,mosaic_fa3_f16,cross}
+  [ "$rows" = all ] && rows=
   timeout 240 $py -m bench.attention_kernels --size "${KERNELS_SIZE:-large}" \
-    --batch "${KERNELS_BATCH:-64}" --json "$out/attention_kernels.json" 2>&1 | tee -a "$log"
+    --batch "${KERNELS_BATCH:-64}" --only "$rows" --json "$out/attention_kernels.json" 2>&1 | tee -a "$log"
   pack_now
   # The residual norm alone, XLA's kernels against the Pallas kernel in several tilings.
   echo "== norm kernels ($((SECONDS - start))s)" | tee -a "$log"

@@ -104,3 +104,17 @@ def test_the_bench_bias_is_a_function_of_the_offset_and_its_band_holds_it():
   band = np.asarray(attention_kernels.band_of(jnp.asarray(bias)))
   assert band.shape == (3, 13) and np.unique(band).size == 39           # 13 distinct per head
   np.testing.assert_array_equal(band[:, j - i + 6], bias[0])
+
+
+def test_only_names_real_rows_and_the_gpu_suite_asks_for_real_rows(capsys):
+  """A misspelt `--only` row would silently time nothing on the GPU: it is refused, naming it."""
+  import os
+  import re
+  import pytest
+  with pytest.raises(SystemExit):
+    attention_kernels.main(["--size", "tiny", "--only", "model,pallas_t5_64x64"])
+  assert "no variant named pallas_t5_64x64" in capsys.readouterr().err
+  suite = open(os.path.join(os.path.dirname(attention_kernels.__file__), "gpu_suite.sh")).read()
+  rows = re.search(r"ATTENTION_ROWS:-([\w,]+)\}", suite).group(1).split(",")
+  assert "model" in rows and "pallas_t5" in rows
+  assert set(rows) <= set(attention_kernels.row_names())
