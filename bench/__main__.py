@@ -33,6 +33,16 @@ def add_shape_arguments(p, size: str, target_length: bool = True):
   p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
 
 
+def _launch(count: int):
+  """argparse type: `count` positive integers joined by "x" (`128x64x8x3`), as a tuple."""
+  def parse(text: str) -> tuple:
+    parts = text.lower().split("x")
+    if len(parts) != count or not all(p.isdigit() and int(p) > 0 for p in parts):
+      raise argparse.ArgumentTypeError(f"{text!r}: give {count} positive integers joined by 'x'")
+    return tuple(int(p) for p in parts)
+  return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="spot-jax bench", description=__doc__.split("\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -66,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--norm-impl", default="xla", choices=("xla", "pallas"),
                  help="encoder residual add + dropout + RMSNorm: XLA's fusions or one Triton kernel "
                       "each way (T5Config.norm_impl; GPU)")
+  p.add_argument("--attention-launch", type=_launch(4), default=None, metavar="BQxBKxWARPSxSTAGES",
+                 help="--attention pallas: the kernels' blocks, warps and pipeline stages, e.g. "
+                      "128x64x8x3 (T5Config.pallas_attention_launch; default 64x64x4x2)")
+  p.add_argument("--norm-tiling", type=_launch(2), default=None, metavar="ROWSxWARPS",
+                 help="--norm-impl pallas: rows per program and warps, e.g. 2x8 "
+                      "(T5Config.norm_tiling; default fused_norm.default_tiling)")
   p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
                  help="train: an XLA compiler option for the step (repeatable), added to the "
                       "trainer's defaults (train_step.default_compiler_options), e.g. "
@@ -353,7 +369,11 @@ def main(argv=None) -> int:
                                       float32_attention_logits=args.attention_logits == "float32",
                                       dropout_bits=args.dropout_bits,
                                       mlp_backward=args.mlp_backward,
-                                      norm_impl=args.norm_impl))
+                                      norm_impl=args.norm_impl,
+                                      **({"pallas_attention_launch": args.attention_launch}
+                                         if args.attention_launch else {}),
+                                      **({"norm_tiling": args.norm_tiling}
+                                         if args.norm_tiling else {})))
   from bench import ceiling  # numpy only at import; JAX starts inside its functions
   if not args.no_ceiling:
     print("[bench] measuring the matmul ceiling", file=sys.stderr, flush=True)

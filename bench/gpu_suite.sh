@@ -4,19 +4,21 @@
 #
 #   bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S] [PACK.tgz]
 #
-# First `bench.attention_check` (do the fused form and the one-kernel norms compute their references' loss and prompt
-# gradient on this GPU?) and `bench.attention_kernels` (T5-large's attention calls timed alone, in
-# the variants that decide between cuDNN and our kernel: ATTENTION_ROWS, or "all") and `bench.norm_kernels` (its residual norm alone, XLA against the Pallas kernel's
-# tilings; both KERNELS_SIZE/KERNELS_BATCH, or SKIP_ATTENTION_KERNELS=1), then the runs in priority
-# order (large: the default, the one-kernel norms, our Pallas attention, both; base: the default
-# and the norms, then base at twice the batch; large against XLA's dot merger back on, a larger
-# batch, the PEFT ratios),
-# each its own process under `timeout`, so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a
-# device-time profile by op) and the log (OUT_DIR/suite.log). A run that would start after
-# DEADLINE_S (default 450) seconds is skipped. With PACK.tgz, OUT_DIR is re-packed into it after
-# every run (a device call brings back few files). Override the run list with RUNS (one
-# "NAME|bench arguments" per line) and the check's size with CHECK_SIZE (default tiny) for a dry run
-# on CPU.
+# First `bench.attention_check` (do the fused form, our Pallas attention and the one-kernel norms
+# compute their references' loss and prompt gradient on this GPU?), `bench.attention_kernels`
+# (T5-large's attention calls timed alone, in the variants that decide between cuDNN and our kernel:
+# ATTENTION_ROWS, or "all") and `bench.norm_kernels` (its residual norm alone, XLA against the
+# Pallas kernel's tilings); both at KERNELS_SIZE/KERNELS_BATCH, or skipped with
+# SKIP_ATTENTION_KERNELS=1. Then `bench.suite_choice` reads their JSON and picks the whole-step
+# flags they favour, and the runs follow in priority order: large b64 by default (the baseline on
+# this machine), with the chosen flags (large and base, at b64 and b128), base by default, each
+# kernel alone, XLA's dot merger back on, the PEFT ratios. A run with the same arguments as an
+# earlier one (a profile aside) is not run twice. Each run is its own process under `timeout`, so
+# one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a device-time
+# profile by op) and the log (OUT_DIR/suite.log). A run that would start after DEADLINE_S (default
+# 450) seconds is skipped. With PACK.tgz, OUT_DIR is re-packed into it after every run (a device
+# call brings back few files). Override the run list with RUNS (one "NAME|bench arguments" per
+# line) and the check's size with CHECK_SIZE (default tiny) for a dry run on CPU.
 set -u
 out=${1:?usage: bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S] [PACK.tgz]}
 deadline=${2:-450}
@@ -30,18 +32,6 @@ shape="--dtype bfloat16 --weight-dtype bfloat16 --input-length 512 --prompt-leng
 --target-length 32 --steps 10 --warmup 2 --no-ceiling"
 merge="--xla-option xla_gpu_dot_merger_threshold_mb=32"  # XLA's own default; the trainer's is 0
 norm="--norm-impl pallas"  # the residual add, dropout and RMSNorm as one Triton kernel each way
-default_runs="large_b64_fused|train --size large --batch 64 --attention fused --profile $out/prof_large_b64_fused $shape
-large_b64_fused_norm|train --size large --batch 64 --attention fused $norm --profile $out/prof_large_b64_fused_norm $shape
-large_b64_pallas|train --size large --batch 64 --attention pallas --profile $out/prof_large_b64_pallas $shape
-large_b64_pallas_norm|train --size large --batch 64 --attention pallas $norm $shape
-base_b64_fused|train --size base --batch 64 --attention fused --profile $out/prof_base_b64_fused $shape
-base_b64_fused_norm|train --size base --batch 64 --attention fused $norm --profile $out/prof_base_b64_fused_norm $shape
-base_b128_fused|train --size base --batch 128 --attention fused $shape
-large_b64_fused_merge|train --size large --batch 64 --attention fused $merge $shape
-large_b128_fused|train --size large --batch 128 --attention fused $shape
-base_b64_fused_peer|train --size base --batch 64 --attention fused --peer $shape
-large_b32_fused|train --size large --batch 32 --attention fused --peer $shape"
-runs=${RUNS:-$default_runs}
 
 log="$out/suite.log"
 start=$SECONDS
@@ -87,8 +77,35 @@ if [ -z "${SKIP_ATTENTION_KERNELS:-}" ]; then
   pack_now
 fi
 
+# The whole-step flags the kernels above favour on this GPU (defaults when they were skipped).
+best=$($py -m bench.suite_choice "$out" 2> >(tee -a "$log" >&2))
+[ -n "$best" ] || best="--attention fused"
+echo "== chosen: $best" | tee -a "$log"
+# Priority order: the default (the baseline on this machine), what the kernels chose (large and
+# base, then at twice the batch), base's default, each kernel on its own, then the rest.
+default_runs="large_b64_fused|train --size large --batch 64 --attention fused --profile $out/prof_large_b64_fused $shape
+large_b64_best|train --size large --batch 64 $best --profile $out/prof_large_b64_best $shape
+base_b64_best|train --size base --batch 64 $best --profile $out/prof_base_b64_best $shape
+large_b128_best|train --size large --batch 128 $best $shape
+base_b128_best|train --size base --batch 128 $best $shape
+base_b64_fused|train --size base --batch 64 --attention fused --profile $out/prof_base_b64_fused $shape
+large_b64_fused_norm|train --size large --batch 64 --attention fused $norm $shape
+large_b64_pallas|train --size large --batch 64 --attention pallas $shape
+large_b64_pallas_norm|train --size large --batch 64 --attention pallas $norm $shape
+large_b64_fused_merge|train --size large --batch 64 --attention fused $merge $shape
+base_b64_fused_peer|train --size base --batch 64 --attention fused --peer $shape
+large_b32_fused|train --size large --batch 32 --attention fused --peer $shape"
+runs=${RUNS:-$default_runs}
+
+declare -A seen  # a run whose arguments (profile aside) an earlier run had is not run again
 while IFS='|' read -r name args; do
   [ -z "$name" ] && continue
+  key=$(sed -E 's/--profile [^ ]+//; s/ +/ /g; s/^ //; s/ $//' <<<"$args")
+  if [ -n "${seen[$key]:-}" ]; then
+    echo "== $name: SKIPPED, the same run as ${seen[$key]}" | tee -a "$log"
+    continue
+  fi
+  seen[$key]=$name
   left=$((deadline - (SECONDS - start)))
   if [ "$left" -lt 60 ]; then
     echo "== $name: SKIPPED, ${left}s left before the ${deadline}s deadline" | tee -a "$log"

@@ -59,10 +59,11 @@ def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_le
       return (new_x, *copies)
     return fn
 
-  variants = {"xla": xla}
+  variants, tiling_of = {"xla": xla}, {}
   for text in tilings:
     tiling = _tiling(text) or fused_norm.default_tiling(d)
     variants[f"pallas {tiling[0]}x{tiling[1]}"] = pallas(tiling)
+    tiling_of[f"pallas {tiling[0]}x{tiling[1]}"] = list(tiling)
 
   tensor_bytes = n * d * dt.itemsize
   rows, reference = {}, None
@@ -78,7 +79,8 @@ def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_le
     row = {"forward_ms": 1e3 * fwd_s, "forward_backward_ms": 1e3 * train_s,
            "forward_gbps": 4 * tensor_bytes / fwd_s / 1e9,
            "forward_backward_gbps": 11 * tensor_bytes / train_s / 1e9,
-           "step_ms": 1e3 * train_s * 2 * cfg.num_encoder_layers}
+           "step_ms": 1e3 * train_s * 2 * cfg.num_encoder_layers,
+           **({"tiling": tiling_of[name]} if name in tiling_of else {})}
     values = (new_x, h, dx)
     if reference is None:
       reference = values

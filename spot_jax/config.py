@@ -60,8 +60,25 @@ class T5Config:
   # bytes moved on GPUs; interpreted, slowly, on CPU; no TPU). Its dropout masks are the
   # "per_element" ones. Same values either way.
   norm_impl: str = "xla"
+  # Launch settings of those Triton kernels, for the GPU at hand (`python -m bench.attention_kernels`
+  # and `bench.norm_kernels` time the candidates): `attention_impl="pallas"`'s (block_q, block_k,
+  # num_warps, num_stages), and `norm_impl="pallas"`'s (rows per program, warps), where () is
+  # `fused_norm.default_tiling`. They change speed only, never values.
+  pallas_attention_launch: tuple = (64, 64, 4, 2)
+  norm_tiling: tuple = ()
 
   def __post_init__(self):
+    # Lists (gin, JSON) become tuples: a config is a jit static argument and must hash.
+    for name, sizes in (("pallas_attention_launch", (4,)), ("norm_tiling", (0, 2))):
+      value = getattr(self, name)
+      try:
+        value = tuple(int(x) for x in value)
+      except (TypeError, ValueError):
+        value = None
+      if value is None or len(value) not in sizes or any(x < 1 for x in value):
+        raise ValueError(f"{name}={getattr(self, name)!r} must be {' or '.join(map(str, sizes))} "
+                         "positive integers")
+      object.__setattr__(self, name, value)
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={self.attention_impl!r} is not supported; use one of "
                        f"{ATTENTION_IMPLS}")

@@ -58,6 +58,7 @@ class RMSNorm(nn.Module):
   """T5 layer norm: scale only, no mean subtraction, statistics in float32."""
   epsilon: float
   dtype: jnp.dtype
+  tiling: tuple = ()  # the one-kernel form's (rows per program, warps); () = its default
 
   @nn.compact
   def __call__(self, x, added=None, key_words=None, rate: float = 0.0, copies: int = 1):
@@ -69,7 +70,7 @@ class RMSNorm(nn.Module):
       if key_words is None:
         key_words, rate = jnp.zeros((2,), jnp.uint32), 0.0
       return fused_norm.add_dropout_rmsnorm(x, added, scale, key_words, rate, self.epsilon,
-                                            self.dtype, copies)
+                                            self.dtype, copies, self.tiling or None)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
     return (y * scale.astype(jnp.float32)).astype(self.dtype)
@@ -165,7 +166,8 @@ class Attention(nn.Module):
       q, k, v = (heads(proj(name=n, **({"kernel_init": query_init} if n == "query" else {}))(t))
                  for n, t in (("query", x), ("key", memory), ("value", value_input)))
       if cfg.attention_impl == "pallas" and not self.cached_kv:  # the encoder's self-attention
-        return out_proj(pallas_attention.t5_flash_attention(q, k, v, bias.astype(dtype), lengths))
+        return out_proj(pallas_attention.t5_flash_attention(q, k, v, bias.astype(dtype), lengths,
+                                                            *cfg.pallas_attention_launch))
       q_lengths = (jnp.full(lengths.shape, x.shape[1], jnp.int32) if self.cached_kv == "cross"
                    else lengths)  # decoder rows are all computed; the loss weights mask them
       return out_proj(fused_attention(q, k, v, None if bias is None else bias.astype(dtype),
@@ -249,7 +251,7 @@ class EncoderLayer(nn.Module):
     its dropout key, added to `x` by the next norm's kernel (`pending` here: this layer's)."""
     cfg = self.config
     dtype = activation_dtype(cfg)
-    norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, dtype, name=name)
+    norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, dtype, cfg.norm_tiling, name=name)
     if cfg.norm_impl == "pallas":
       # The same submodules and dropout keys as below, with each add moved into the next norm.
       # Each norm hands one copy of its output to each matmul that reads it (`copies`).
@@ -319,7 +321,8 @@ class Encoder(nn.Module):
       lengths = valid.sum(axis=-1, dtype=jnp.int32)  # right padding: valid = the first `lengths`
     else:
       bias = bias + _key_bias(valid)
-    final_norm = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), name="encoder_norm")
+    final_norm = RMSNorm(cfg.layer_norm_epsilon, activation_dtype(cfg), cfg.norm_tiling,
+                         name="encoder_norm")
     if cfg.norm_impl == "pallas":
       pending = None
       for i in range(cfg.num_encoder_layers):

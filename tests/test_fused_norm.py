@@ -98,16 +98,19 @@ def test_model_gives_the_same_loss_and_prompt_gradient_with_the_kernel(monkeypat
   prompt = jnp.asarray(rng.normal(size=(3, cfg.d_model)), jnp.float32)
   results, copies, kernel = {}, [], fused_norm.add_dropout_rmsnorm
   monkeypatch.setattr(fused_norm, "add_dropout_rmsnorm",
-                      lambda *a, **k: copies.append(a[7] if len(a) > 7 else k.get("copies", 1))
-                      or kernel(*a, **k))
+                      lambda *a, **k: copies.append(a[7:9]) or kernel(*a, **k))
   for impl in ("xla", "pallas"):
-    loss_fn = train_step.make_loss_fn(cfg.replace(norm_impl=impl), enable_dropout=True)
+    # the kernel's launch tiling is configuration (a list, as gin or JSON give it, works)
+    loss_fn = train_step.make_loss_fn(cfg.replace(norm_impl=impl, norm_tiling=[1, 2]),
+                                      enable_dropout=True)
     copies.clear()
     jaxpr = str(jax.make_jaxpr(lambda p: loss_fn(p, params, batch, jax.random.PRNGKey(1))[0])(prompt))
     # Every encoder norm but the first runs in the kernel: 2 per layer - 1, + the final norm.
     assert jaxpr.count("pallas_call") == (2 * cfg.num_encoder_layers if impl == "pallas" else 0)
     if impl == "pallas":  # the attention norms hand out three copies, the MLP norms two
-      assert sorted(copies) == [1] + [2] * cfg.num_encoder_layers + [3] * (cfg.num_encoder_layers - 1)
+      assert sorted(c for c, _ in copies) == \
+          [1] + [2] * cfg.num_encoder_layers + [3] * (cfg.num_encoder_layers - 1)
+      assert {tiling for _, tiling in copies} == {(1, 2)}
     results[impl] = jax.jit(jax.value_and_grad(
         lambda p: loss_fn(p, params, batch, jax.random.PRNGKey(1))[0]))(prompt)
   tol = 1e-5 if dtype == "float32" else 3e-2
@@ -125,6 +128,14 @@ def test_model_gives_the_same_loss_and_prompt_gradient_with_the_kernel(monkeypat
   assert abs(float(other) - float(results["pallas"][0])) > 1e-4
 
 
-def test_unknown_norm_impl_is_refused():
+def test_unknown_norm_impl_and_bad_launch_settings_are_refused():
   with pytest.raises(ValueError, match="norm_impl"):
     size_config("tiny", norm_impl="triton")
+  with pytest.raises(ValueError, match=r"norm_tiling=\(2,\) must be 0 or 2 positive integers"):
+    size_config("tiny", norm_tiling=(2,))
+  with pytest.raises(ValueError, match="pallas_attention_launch=.* must be 4 positive integers"):
+    size_config("tiny", pallas_attention_launch=(64, 64, 0, 2))
+  config = size_config("tiny", pallas_attention_launch=[128, 64, 8, 3], norm_tiling=["2", 8])
+  assert config.pallas_attention_launch == (128, 64, 8, 3) and config.norm_tiling == (2, 8)
+  assert hash(config) == hash(size_config("tiny", pallas_attention_launch=(128, 64, 8, 3),
+                                          norm_tiling=(2, 8)))

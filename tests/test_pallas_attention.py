@@ -105,13 +105,19 @@ def test_bad_shapes_and_blocks_are_refused_naming_them():
     t5_flash_attention(x, jnp.zeros((1, 4, 2, 16)), x, jnp.zeros((2, 8, 8)), jnp.array([8]))
 
 
-def test_the_model_with_attention_impl_pallas_gives_the_einsum_forms_logits_and_gradient():
+def test_the_model_with_attention_impl_pallas_gives_the_einsum_forms_logits_and_gradient(
+    monkeypatch):
   """Right-padded rows of different lengths: same logits and prompt gradient as T5X's einsum form
-  (the encoder self-attention through our kernels, cross-attention as with "fused")."""
+  (the encoder self-attention through our kernels, with the configured launch settings;
+  cross-attention as with "fused")."""
   from spot_jax import model as M
+  from spot_jax import pallas_attention
   from spot_jax.config import size_config
   cfg = size_config("tiny", vocab_size=96, dropout_rate=0.0)
-  ours = cfg.replace(attention_impl="pallas")
+  ours = cfg.replace(attention_impl="pallas", pallas_attention_launch=(16, 32, 8, 3))
+  launches, kernel = [], pallas_attention.t5_flash_attention
+  monkeypatch.setattr(pallas_attention, "t5_flash_attention",
+                      lambda *a: launches.append(a[5:]) or kernel(*a))
   params = M.init_params(cfg, jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   enc = rng.integers(2, 96, size=(2, 11)).astype(np.int32)
@@ -120,6 +126,7 @@ def test_the_model_with_attention_impl_pallas_gives_the_einsum_forms_logits_and_
   prompt = jnp.asarray(rng.normal(size=(3, cfg.d_model)), jnp.float32)
   run = lambda c, p: M.T5(c).apply({"params": params}, enc, dec, p)
   assert "pallas_call" in str(jax.make_jaxpr(lambda p: run(ours, p))(prompt))
+  assert set(launches) == {(16, 32, 8, 3)} and len(launches) == cfg.num_encoder_layers
   np.testing.assert_allclose(np.asarray(run(ours, prompt)), np.asarray(run(cfg, prompt)),
                              atol=1e-5)
   loss = lambda c: lambda p: jnp.sum(run(c, p) ** 2) * 1e-3
