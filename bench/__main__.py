@@ -33,7 +33,7 @@ def add_shape_arguments(p, size: str, target_length: bool = True):
   p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
 
 
-def _launch(count: int):
+def launch_type(count: int):
   """argparse type: `count` positive integers joined by "x" (`128x64x8x3`), as a tuple."""
   def parse(text: str) -> tuple:
     parts = text.lower().split("x")
@@ -76,10 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--norm-impl", default="xla", choices=("xla", "pallas"),
                  help="encoder residual add + dropout + RMSNorm: XLA's fusions or one Triton kernel "
                       "each way (T5Config.norm_impl; GPU)")
-  p.add_argument("--attention-launch", type=_launch(4), default=None, metavar="BQxBKxWARPSxSTAGES",
+  p.add_argument("--attention-launch", type=launch_type(4), default=None,
+                 metavar="BQxBKxWARPSxSTAGES",
                  help="--attention pallas: the kernels' blocks, warps and pipeline stages, e.g. "
                       "128x64x8x3 (T5Config.pallas_attention_launch; default 64x64x4x2)")
-  p.add_argument("--norm-tiling", type=_launch(2), default=None, metavar="ROWSxWARPS",
+  p.add_argument("--norm-tiling", type=launch_type(2), default=None, metavar="ROWSxWARPS",
                  help="--norm-impl pallas: rows per program and warps, e.g. 2x8 "
                       "(T5Config.norm_tiling; default fused_norm.default_tiling)")
   p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",

@@ -79,8 +79,9 @@ def analyze(hlo_text: str) -> dict:
       custom_calls[call.group(1)] += 1
       if "gemm" in call.group(1) or "matmul" in call.group(1).lower():
         matmuls += 1
-      elif call.group(1).endswith("xla.gpu.triton") and "attention" not in source:
-        # a memory-bound Pallas kernel (spot_jax.fused_norm); attention kernels are not counted
+      elif call.group(1).endswith("xla.gpu.triton") and "flash_attention" not in source:
+        # a memory-bound Pallas kernel (spot_jax.fused_norm: the `pre_attention_layer_norm` ones
+        # too); flash attention kernels are not counted
         operands = re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
         key = ("pallas_triton_kernel", source)
         traffic[key]["count"] += 1
@@ -183,13 +184,16 @@ def compile_step_for_gpu(target_config: str, size: str = "base", batch: int = 64
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--target-config", required=True, help="GpuTargetConfigProto text file")
-  from bench.__main__ import add_shape_arguments, xla_options
+  from bench.__main__ import add_shape_arguments, launch_type, xla_options
   add_shape_arguments(p, size="base")
   p.add_argument("--weight-dtype", default="bfloat16", choices=("float32", "bfloat16"))
   p.add_argument("--attention", default="fused", choices=("einsum", "fused", "pallas"))
   p.add_argument("--dropout-bits", default="auto", choices=("auto", "16bit", "per_element"))
   p.add_argument("--mlp-backward", default="auto", choices=("auto", "store", "recompute"))
   p.add_argument("--norm-impl", default="xla", choices=("xla", "pallas"))
+  p.add_argument("--attention-launch", type=launch_type(4), default=None,
+                 metavar="BQxBKxWARPSxSTAGES")
+  p.add_argument("--norm-tiling", type=launch_type(2), default=None, metavar="ROWSxWARPS")
   p.add_argument("--dropout", type=float, default=0.1)
   p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
                  help="an XLA compiler option for this compile (repeatable), e.g. "
@@ -205,7 +209,9 @@ def main(argv=None) -> int:
       target, args.size, args.batch, args.input_length, args.target_length, args.prompt_length,
       args.dtype, args.weight_dtype, args.dropout,
       {"attention_impl": args.attention, "dropout_bits": args.dropout_bits,
-       "mlp_backward": args.mlp_backward, "norm_impl": args.norm_impl}, options)
+       "mlp_backward": args.mlp_backward, "norm_impl": args.norm_impl,
+       **({"pallas_attention_launch": args.attention_launch} if args.attention_launch else {}),
+       **({"norm_tiling": args.norm_tiling} if args.norm_tiling else {})}, options)
   hlo = compiled.as_text()
   summary = analyze(hlo)
   print(report(summary, bandwidth=memory_bandwidth(target)))

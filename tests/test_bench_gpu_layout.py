@@ -23,6 +23,7 @@ ENTRY %main.7 (a: bf16[8,4,2]) -> bf16[4,2,8] {
   %fusion.9 = bf16[8,4,2]{2,1,0} fusion(%a), kind=kCustom, calls=%norm, backend_config={"fusion_backend_config":{"kind":"__triton","block_level_fusion_config":{}}}
   %pallas.1 = (bf16[8,4,2]{2,1,0}, bf16[8,4,2]{2,1,0}) custom-call(%a, %a), custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(step)/jvp(T5)/encoder/layers_2/pre_mlp_layer_norm/add_dropout_rmsnorm/pallas_call"}
   %pallas.2 = bf16[8,4,2]{2,1,0} custom-call(%a, %a, %a), custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(step)/jvp(T5)/encoder/layers_2/attention/t5_flash_attention/pallas_call"}
+  %pallas.3 = bf16[8,4,2]{2,1,0} custom-call(%a), custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(step)/jvp(T5)/encoder/layers_3/pre_attention_layer_norm/add_dropout_rmsnorm/pallas_call"}
   ROOT %copy.1 = f32[3,5]{0,1} copy(%a)
 }
 """
@@ -38,7 +39,7 @@ def test_counts_transposes_with_their_traffic_and_folded_source():
   # the loop fusion (whose op name says "transpose(jvp" as a backward pass) is not a transpose
   assert not any("transpose(jvp" in r["source"] for r in summary["transposes"])
   assert summary["custom_calls"] == {"__cublas$lt$matmul": 1, "__cudnn$fmhaScaleBiasSoftmax": 1,
-                                     "__gpu$xla.gpu.triton": 2}
+                                     "__gpu$xla.gpu.triton": 3}
   assert summary["matmuls"] == 2  # the Triton gemm fusion and the cuBLAS call
   # loop/input fusions, XLA's Triton (non-matmul) fusions and Pallas kernels: results plus operands
   # (the parameter is bf16[8,4,2], 128 bytes); matmul, cuDNN and Pallas attention kernels are not
@@ -46,12 +47,17 @@ def test_counts_transposes_with_their_traffic_and_folded_source():
   assert fusions["loop_add_fusion"]["bytes"] == 4 * 64 + 128
   assert fusions["input_transpose_fusion"]["bytes"] == 128 + 128
   assert fusions["fusion"]["bytes"] == 128 + 128
-  pallas = fusions["pallas_triton_kernel"]
-  assert pallas["bytes"] == 2 * 128 + 2 * 128 and pallas["source"].endswith("pallas_call")
-  assert "layers_*" in pallas["source"]
+  # both norm kernels count, the attention norm's too (its name says "attention"); the flash
+  # attention kernel does not
+  pallas = {r["source"].split("/")[-3]: r for r in summary["fusions"]
+            if r["fusion"] == "pallas_triton_kernel"}
+  assert set(pallas) == {"pre_mlp_layer_norm", "pre_attention_layer_norm"}
+  assert pallas["pre_mlp_layer_norm"]["bytes"] == 2 * 128 + 2 * 128
+  assert pallas["pre_attention_layer_norm"]["bytes"] == 128 + 128
+  assert all("layers_*" in r["source"] for r in pallas.values())
   assert set(fusions) == {"loop_add_fusion", "input_transpose_fusion", "input_add_transpose_fusion",
                           "fusion", "pallas_triton_kernel"}
-  assert summary["fusion_gib"] * 2 ** 30 == 4 * 64 + 128 + 2 * (128 + 128) + 256 + 512
+  assert summary["fusion_gib"] * 2 ** 30 == 4 * 64 + 128 + 2 * (128 + 128) + 256 + 512 + 256
   text = gpu_layout.report(summary, bandwidth=gpu_layout.memory_bandwidth(
       "gpu_device_info {\n  memory_bandwidth: 4800000000000\n}"))
   assert text.startswith("transposes: 3 moving") and "fmhaScaleBiasSoftmax" in text
