@@ -10,9 +10,9 @@
 # ATTENTION_ROWS, or "all") and `bench.norm_kernels` (its residual norm alone, XLA against the
 # Pallas kernel's tilings); both at KERNELS_SIZE/KERNELS_BATCH, or skipped with
 # SKIP_ATTENTION_KERNELS=1. Then `bench.suite_choice` reads their JSON and picks the whole-step
-# flags they favour, and the runs follow in priority order: large b64 by default (the baseline on
-# this machine), with the chosen flags (large and base, at b64 and b128), base by default, each
-# kernel alone, XLA's dot merger back on, the PEFT ratios. A run with the same arguments as an
+# flags they favour, and the runs follow in priority order: large b64 with the chosen flags, large
+# b64 by default (the baseline on this machine), base b64 with the chosen flags, both at b128, base
+# by default, each kernel alone, XLA's dot merger back on, the PEFT ratios. A run with the same arguments as an
 # earlier one (a profile aside) is not run twice. Each run is its own process under `timeout`, so
 # one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a device-time
 # profile by op) and the log (OUT_DIR/suite.log). A run that would start after DEADLINE_S (default
@@ -81,10 +81,11 @@ fi
 best=$($py -m bench.suite_choice "$out" 2> >(tee -a "$log" >&2))
 [ -n "$best" ] || best="--attention fused"
 echo "== chosen: $best" | tee -a "$log"
-# Priority order: the default (the baseline on this machine), what the kernels chose (large and
-# base, then at twice the batch), base's default, each kernel on its own, then the rest.
-default_runs="large_b64_fused|train --size large --batch 64 --attention fused --profile $out/prof_large_b64_fused $shape
-large_b64_best|train --size large --batch 64 $best --profile $out/prof_large_b64_best $shape
+# Priority order: large with what the kernels chose, large by default (the baseline on this
+# machine; skipped when the choice is the default), base with the choice, both at twice the batch,
+# base by default, each kernel on its own, then the rest.
+default_runs="large_b64_best|train --size large --batch 64 $best --profile $out/prof_large_b64_best $shape
+large_b64_fused|train --size large --batch 64 --attention fused --profile $out/prof_large_b64_fused $shape
 base_b64_best|train --size base --batch 64 $best --profile $out/prof_base_b64_best $shape
 large_b128_best|train --size large --batch 128 $best $shape
 base_b128_best|train --size base --batch 128 $best $shape
