@@ -1,4 +1,4 @@
-"""The whole-step flags that the kernel benchmarks of this GPU favour: `python -m bench.suite_choice OUT_DIR`.
+"""The whole-step flags this GPU's kernel benchmarks favour: `python -m bench.suite_choice OUT_DIR`.
 
 A device call is short, and a whole T5-large step takes a minute or two to compile, so
 `bench/gpu_suite.sh` times the attention calls and the residual norm alone first, then asks this

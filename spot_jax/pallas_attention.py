@@ -88,10 +88,9 @@ def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, o_ref, lse_ref, *, b
           jnp.zeros((block_q,), jnp.float32))
   acc, m, l = jax.lax.fori_loop(0, _blocks_to_visit(i, block_q, kv_length, block_k), body, init)
   valid = rows < kv_length  # padding rows: zeros, as cuDNN's rows past `q_lengths`
-  _store_rows(o_ref, b, h, rows, n, jnp.where(valid[:, None], acc / jnp.where(l > 0, l, 1.0)[:, None],
-                                              0.0))
-  plgpu.store(lse_ref.at[b, h, rows], m + jnp.log2(jnp.where(l > 0, l, 1.0)),
-              mask=rows < n)  # log2-sum-exp2
+  l = jnp.where(l > 0, l, 1.0)  # a block wholly in the padding visited no key
+  _store_rows(o_ref, b, h, rows, n, jnp.where(valid[:, None], acc / l[:, None], 0.0))
+  plgpu.store(lse_ref.at[b, h, rows], m + jnp.log2(l), mask=rows < n)  # log2-sum-exp2
 
 
 def _dkdv_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
@@ -197,8 +196,8 @@ def t5_flash_attention(q, k, v, bias, kv_lengths, block_q: int = 64, block_k: in
   an additive bias: `[H, L, L]` or `[1, H, L, L]`, or, where it depends on the offset `j - i`
   alone as T5's relative-position bias does, `[H, 2L-1]` indexed by `j - i + L - 1`
   (`RelativePositionBias(offsets=True)`; each tile then reads a few KiB instead of its own
-  `[block_q, block_k]` slice of an `[H, L, L]` tensor). Positions at or past `kv_lengths[b]` are padding:
-  as keys they take no part, as query rows they give zeros and pass no gradient (cuDNN's
+  `[block_q, block_k]` slice of an `[H, L, L]` tensor). Positions at or past `kv_lengths[b]` are
+  padding: as keys they take no part, as query rows they give zeros and pass no gradient (cuDNN's
   `q_lengths`); tiles wholly in the padding are skipped. Gradients for `q, k, v` only (the bias is
   taken as frozen). `num_warps`, `num_stages`: Triton's launch settings for all three kernels."""
   if q.shape != k.shape or q.shape != v.shape:
