@@ -25,63 +25,52 @@ ATTENTION_DIFF = 0.1  # max |Δ| of an output of unit-normal inputs in bfloat16
 NORM_DIFF = 0.02  # relative max |Δ| of the norm's outputs in bfloat16
 
 
-def _load(directory: str, name: str):
-  path = os.path.join(directory, name)
-  if not os.path.exists(path):
-    return None, f"{name}: not there"
+def _winner(directory: str, file: str, reference: str, candidates, diff_key: str, limit: float,
+            what: str, default: str):
+  """The fastest candidate row of `file` whose output equals the reference row's (its max |Δ|
+  under `limit`) and that beats that row's forward+backward by more than MARGIN, or None; and the
+  reason, in words."""
+  path = os.path.join(directory, file)
   try:
     with open(path) as f:
-      return json.load(f).get("rows") or {}, ""
+      rows = json.load(f).get("rows") or {}
+  except FileNotFoundError:
+    return None, f"{what}: {default} ({file}: not there)"
   except (OSError, ValueError) as e:
-    return None, f"{name}: unreadable ({type(e).__name__}: {e})"
-
-
-def _fastest(rows: dict, names, diff_key: str, limit: float):
-  timed = [(rows[n]["forward_backward_ms"], n) for n in names
+    return None, f"{what}: {default} ({file}: unreadable, {type(e).__name__}: {e})"
+  if "forward_backward_ms" not in rows.get(reference, {}):
+    return None, f"{what}: {default} (its row was not timed)"
+  base = rows[reference]["forward_backward_ms"]
+  timed = [(rows[n]["forward_backward_ms"], n) for n in candidates(rows)
            if n in rows and "forward_backward_ms" in rows[n] and rows[n].get(diff_key, 0.0) <= limit]
-  return min(timed) if timed else None
+  best = min(timed) if timed else None
+  if best and best[0] < (1 - MARGIN) * base:
+    return best[1], (f"{what}: {best[1]}, {best[0]:.3f} ms forward+backward against {default}'s "
+                     f"{base:.3f} ms")
+  return None, (f"{what}: {default}, {base:.3f} ms forward+backward; the best other "
+                + (f"{best[0]:.3f} ms ({best[1]})" if best else "not timed or not equal"))
 
 
 def choose(directory: str) -> tuple[list, list]:
   """(flags, reasons) from the kernel benchmarks' JSON files in `directory`."""
   from bench.attention_kernels import PALLAS_LAUNCHES
   from spot_jax.config import T5Config
-  flags, reasons = ["--attention", "fused"], []
-  rows, why = _load(directory, "attention_kernels.json")
-  if rows is None:
-    reasons.append(f"attention: cuDNN ({why})")
-  elif "forward_backward_ms" not in rows.get("model", {}):
-    reasons.append("attention: cuDNN (the model's row was not timed)")
-  else:
-    model = rows["model"]["forward_backward_ms"]
-    best = _fastest(rows, PALLAS_LAUNCHES, "max_abs_diff", ATTENTION_DIFF)
-    if best and best[0] < (1 - MARGIN) * model:
-      launch = "x".join(map(str, PALLAS_LAUNCHES[best[1]]))
-      flags = ["--attention", "pallas"]
-      if PALLAS_LAUNCHES[best[1]] != T5Config().pallas_attention_launch:
-        flags += ["--attention-launch", launch]  # the default is left out: one spelling per run
-      reasons.append(f"attention: ours, {best[1]} ({launch}), {best[0]:.3f} ms forward+backward "
-                     f"against cuDNN's {model:.3f} ms")
-    else:
-      reasons.append(f"attention: cuDNN, {model:.3f} ms forward+backward; ours at best "
-                     + (f"{best[0]:.3f} ms ({best[1]})" if best else "not timed or not equal"))
-  rows, why = _load(directory, "norm_kernels.json")
-  if rows is None:
-    reasons.append(f"norms: XLA ({why})")
-  elif "forward_backward_ms" not in rows.get("xla", {}):
-    reasons.append("norms: XLA (its row was not timed)")
-  else:
-    xla = rows["xla"]["forward_backward_ms"]
-    best = _fastest(rows, [n for n in rows if "tiling" in rows[n]], "max_rel_diff", NORM_DIFF)
-    if best and best[0] < (1 - MARGIN) * xla:
-      tiling = "x".join(map(str, rows[best[1]]["tiling"]))
-      flags += ["--norm-impl", "pallas", "--norm-tiling", tiling]
-      reasons.append(f"norms: the Pallas kernel, {tiling}, {best[0]:.3f} ms forward+backward "
-                     f"against XLA's {xla:.3f} ms")
-    else:
-      reasons.append(f"norms: XLA, {xla:.3f} ms forward+backward; the kernel at best "
-                     + (f"{best[0]:.3f} ms ({best[1]})" if best else "not timed or not equal"))
-  return flags, reasons
+  flags = ["--attention", "fused"]
+  ours, attention_reason = _winner(directory, "attention_kernels.json", "model",
+                                   lambda rows: PALLAS_LAUNCHES, "max_abs_diff", ATTENTION_DIFF,
+                                   "attention", "cuDNN")
+  if ours:
+    flags = ["--attention", "pallas"]
+    if PALLAS_LAUNCHES[ours] != T5Config().pallas_attention_launch:  # one spelling per run
+      flags += ["--attention-launch", "x".join(map(str, PALLAS_LAUNCHES[ours]))]
+  tiled = lambda rows: [n for n in rows if "tiling" in rows[n]]
+  norm, norm_reason = _winner(directory, "norm_kernels.json", "xla", tiled, "max_rel_diff",
+                              NORM_DIFF, "norms", "XLA")
+  if norm:
+    with open(os.path.join(directory, "norm_kernels.json")) as f:
+      tiling = json.load(f)["rows"][norm]["tiling"]
+    flags += ["--norm-impl", "pallas", "--norm-tiling", "x".join(map(str, tiling))]
+  return flags, [attention_reason, norm_reason]
 
 
 def main(argv=None) -> int:
