@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--norm-impl", default="xla", choices=("xla", "pallas"),
                  help="encoder residual add + dropout + RMSNorm: XLA's fusions or one Triton kernel "
                       "each way (T5Config.norm_impl; GPU)")
+  p.add_argument("--cross-attention", default="auto", choices=("auto", "pallas"),
+                 help="the decoder's cross-attention: as --attention has it (cuDNN for fused and "
+                      "pallas) or through our Pallas kernel (T5Config.cross_attention_impl)")
   p.add_argument("--attention-launch", type=launch_type(4), default=None,
                  metavar="BQxBKxWARPSxSTAGES",
                  help="--attention pallas: the kernels' blocks, warps and pipeline stages, e.g. "
@@ -367,6 +370,7 @@ def main(argv=None) -> int:
                 steps=args.steps, warmup=args.warmup,
                 config_overrides=dict({"vocab_size": args.vocab_size} if args.vocab_size else {},
                                       attention_impl=args.attention,
+                                      cross_attention_impl=args.cross_attention,
                                       float32_attention_logits=args.attention_logits == "float32",
                                       dropout_bits=args.dropout_bits,
                                       mlp_backward=args.mlp_backward,

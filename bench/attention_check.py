@@ -5,7 +5,8 @@
 The fused form runs cuDNN on a GPU, which the CPU test suite cannot reach, so the GPU suite checks
 it here first: the loss and the prompt gradient of T5 1.1 (random weights, bfloat16, dropout off,
 right-padded rows of different lengths) under `attention_impl="fused"`, under `"pallas"` (our
-Triton flash kernel) and under bfloat16 attention logits, each against the float32-logits einsum
+Triton flash kernel; `pallas_cross`: the cross-attention through it too) and under bfloat16
+attention logits, each against the float32-logits einsum
 form; and `norm_impl="pallas"` (Triton
 kernels, their dropout masks hashed in the kernel) against XLA's norms, dropout on, same key.
 Prints relative errors; exits 1 when one is above `--tolerance` (bfloat16 rounding alone gives
@@ -35,6 +36,8 @@ def relative_errors(size: str = "small", batch: int = 4, input_length: int = 200
   variants = {"einsum_f32_logits": (base, None, False),
               "fused": (base.replace(attention_impl="fused"), "einsum_f32_logits", False),
               "pallas": (base.replace(attention_impl="pallas"), "einsum_f32_logits", False),
+              "pallas_cross": (base.replace(attention_impl="pallas", cross_attention_impl="pallas"),
+                               "einsum_f32_logits", False),
               "einsum_bf16_logits": (base.replace(float32_attention_logits=False),
                                      "einsum_f32_logits", False),
               "fused_dropout": (dropped, None, True),
@@ -77,7 +80,8 @@ def main(argv=None) -> int:
   p.add_argument("--tolerance", type=float, default=5e-2)
   p.add_argument("--json", default="")
   p.add_argument("--variants", default="fused,einsum_bf16_logits",
-                 help="comma-separated forms to check (fused, pallas, einsum_bf16_logits: "
+                 help="comma-separated forms to check (fused, pallas, pallas_cross, "
+                      "einsum_bf16_logits: "
                       "against the float32-logits einsum form; pallas_norm: the one-kernel norms, "
                       "dropout on, against XLA's)")
   args = p.parse_args(argv)

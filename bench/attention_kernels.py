@@ -12,7 +12,7 @@ without a bias, and our own Pallas kernel with the bias (`spot_jax.pallas_attent
 block shapes and launch settings, reading the bias by offset as the model passes it (and once
 written out as cuDNN reads it); the model's call and ours again with every row valid for a third
 of the length only (fine-tuning batches are mostly padding); and the decoder's cross-attention,
-fused and in the einsum form. Each row gives the
+fused, in the einsum form and through our kernel. Each row gives the
 forward and forward+backward time (the gradient of q, k and v, as in training), model TFLOP/s
 (forward 4·B·H·Q·K·Dh, backward twice that, as bench/flops.py counts) and the time a whole step
 spends on it (× layers). `max |Δ|` compares each output with the row named under `vs` on the same
@@ -172,9 +172,12 @@ def _variants(length: int, pallas_interpret: bool):
   }
 
 
+CROSS_ROWS = ("cross", "cross_einsum", "cross_pallas")
+
+
 def row_names() -> list:
   """Every row `run` can time, in its order."""
-  return [*_variants(640, pallas_interpret=True), "cross", "cross_einsum"]
+  return [*_variants(640, pallas_interpret=True), *CROSS_ROWS]
 
 
 # Rows whose rows are valid for a third of the length only: their FLOPs are counted over that.
@@ -230,6 +233,7 @@ def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_le
             "layers": layers, "step_ms": 1e3 * train_s * layers}, fwd(*args)
 
   from spot_jax.fused_attention import fused_attention
+  from spot_jax.pallas_attention import flash_attention
   rows, outputs = {}, {}
   encoder = {name: (fn, what, ref, (q, k, v, bias, full),
                     4 * B * H * (L // 3 if name in SHORT else L) ** 2 * Dh, cfg.num_encoder_layers)
@@ -238,7 +242,11 @@ def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_le
   cross = {"cross": (lambda dq, k_, v_, n_dec, n_enc: fused_attention(dq, k_, v_, None, n_dec, n_enc),
                      f"decoder cross-attention, fused, {T} queries over {L} keys", None),
            "cross_einsum": (lambda dq, k_, v_, n_dec, n_enc: _einsum_attention(dq, k_, v_, None, n_enc),
-                            "decoder cross-attention, einsum form", "cross")}
+                            "decoder cross-attention, einsum form", "cross"),
+           "cross_pallas": (lambda dq, k_, v_, n_dec, n_enc: flash_attention(dq, k_, v_, None, None,
+                                                                             n_enc),
+                            "decoder cross-attention, our Pallas kernel (default launch; queries "
+                            "in one block)", "cross")}
   cross = {name: (*entry, cross_args, 4 * B * H * T * L * Dh, cfg.num_decoder_layers)
            for name, entry in cross.items()}
   for name, (fn, what, ref, args, flops, layers) in {**encoder, **cross}.items():

@@ -191,6 +191,7 @@ def main(argv=None) -> int:
   p.add_argument("--dropout-bits", default="auto", choices=("auto", "16bit", "per_element"))
   p.add_argument("--mlp-backward", default="auto", choices=("auto", "store", "recompute"))
   p.add_argument("--norm-impl", default="xla", choices=("xla", "pallas"))
+  p.add_argument("--cross-attention", default="auto", choices=("auto", "pallas"))
   p.add_argument("--attention-launch", type=launch_type(4), default=None,
                  metavar="BQxBKxWARPSxSTAGES")
   p.add_argument("--norm-tiling", type=launch_type(2), default=None, metavar="ROWSxWARPS")
@@ -208,7 +209,8 @@ def main(argv=None) -> int:
   compiled = compile_step_for_gpu(
       target, args.size, args.batch, args.input_length, args.target_length, args.prompt_length,
       args.dtype, args.weight_dtype, args.dropout,
-      {"attention_impl": args.attention, "dropout_bits": args.dropout_bits,
+      {"attention_impl": args.attention, "cross_attention_impl": args.cross_attention,
+       "dropout_bits": args.dropout_bits,
        "mlp_backward": args.mlp_backward, "norm_impl": args.norm_impl,
        **({"pallas_attention_launch": args.attention_launch} if args.attention_launch else {}),
        **({"norm_tiling": args.norm_tiling} if args.norm_tiling else {})}, options)

@@ -8,6 +8,8 @@ flags on stdout and the reasons on stderr:
 - `--attention pallas --attention-launch BQxBKxWxS` when our kernel's fastest launch setting
   (`attention_kernels.json`, forward + backward) beats the model's cuDNN call by more than `MARGIN`,
   else `--attention fused`;
+- `--cross-attention pallas` when our kernel runs the decoder's cross-attention faster than cuDNN
+  by more than `MARGIN` (`cross_pallas` against `cross`);
 - `--norm-impl pallas --norm-tiling RxW` when the norm kernel's fastest tiling
   (`norm_kernels.json`) beats XLA's kernels by more than `MARGIN`.
 
@@ -63,6 +65,11 @@ def choose(directory: str) -> tuple[list, list]:
     flags = ["--attention", "pallas"]
     if PALLAS_LAUNCHES[ours] != T5Config().pallas_attention_launch:  # one spelling per run
       flags += ["--attention-launch", "x".join(map(str, PALLAS_LAUNCHES[ours]))]
+  cross, cross_reason = _winner(directory, "attention_kernels.json", "cross",
+                                lambda rows: ["cross_pallas"], "max_abs_diff", ATTENTION_DIFF,
+                                "cross-attention", "cuDNN")
+  if cross:
+    flags += ["--cross-attention", "pallas"]
   tiled = lambda rows: [n for n in rows if "tiling" in rows[n]]
   norm, norm_reason = _winner(directory, "norm_kernels.json", "xla", tiled, "max_rel_diff",
                               NORM_DIFF, "norms", "XLA")
@@ -70,7 +77,7 @@ def choose(directory: str) -> tuple[list, list]:
     with open(os.path.join(directory, "norm_kernels.json")) as f:
       tiling = json.load(f)["rows"][norm]["tiling"]
     flags += ["--norm-impl", "pallas", "--norm-tiling", "x".join(map(str, tiling))]
-  return flags, [attention_reason, norm_reason]
+  return flags, [attention_reason, cross_reason, norm_reason]
 
 
 def main(argv=None) -> int:

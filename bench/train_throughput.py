@@ -233,6 +233,7 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
       "mesh": dict(mesh.shape), "size": size, "batch": batch, "input_length": input_length,
       "target_length": target_length, "prompt_length": prompt_length, "dtype": dtype,
       "weight_dtype": weight_dtype, "attention_impl": config.attention_impl,
+      "cross_attention_impl": config.cross_attention_impl,
       "float32_attention_logits": config.float32_attention_logits,
       "dropout_bits": config.dropout_bits, "mlp_backward": config.mlp_backward,
       "norm_impl": config.norm_impl, "norm_tiling": list(config.norm_tiling),

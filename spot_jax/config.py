@@ -12,6 +12,7 @@ ATTENTION_IMPLS = ("einsum", "fused", "pallas")
 DROPOUT_BITS = ("auto", "16bit", "per_element")
 MLP_BACKWARDS = ("auto", "store", "recompute")
 NORM_IMPLS = ("xla", "pallas")
+CROSS_ATTENTION_IMPLS = ("auto", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,10 @@ class T5Config:
   # is "fused" with the encoder self-attention through our own Triton flash kernel
   # (`spot_jax/pallas_attention.py`, GPUs; interpreted on CPU), which reads T5's bias itself.
   attention_impl: str = "einsum"
+  # The decoder's cross-attention in training: "auto" follows `attention_impl` (einsum, or cuDNN
+  # for "fused" and "pallas"); "pallas" runs it through our flash kernel too (32 queries over the
+  # encoder's keys, no bias; needs `attention_impl` "fused" or "pallas").
+  cross_attention_impl: str = "auto"
   # Einsum attention only: scores, softmax and the stored probabilities in float32 (HF's choice,
   # and ours by default) or in the activation dtype (T5X's `float32_attention_logits=False`), which
   # halves the bytes of the [B, H, L, L] tensors that bound a bfloat16 step on a GPU.
@@ -82,6 +87,12 @@ class T5Config:
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={self.attention_impl!r} is not supported; use one of "
                        f"{ATTENTION_IMPLS}")
+    if self.cross_attention_impl not in CROSS_ATTENTION_IMPLS:
+      raise ValueError(f"cross_attention_impl={self.cross_attention_impl!r} is not supported; use "
+                       f"one of {CROSS_ATTENTION_IMPLS}")
+    if self.cross_attention_impl == "pallas" and self.attention_impl == "einsum":
+      raise ValueError("cross_attention_impl='pallas' needs attention_impl 'fused' or 'pallas' "
+                       "(right-padded lengths instead of an additive mask); got 'einsum'")
     if self.dropout_bits not in DROPOUT_BITS:
       raise ValueError(f"dropout_bits={self.dropout_bits!r} is not supported; use one of "
                        f"{DROPOUT_BITS}")

@@ -168,6 +168,9 @@ class Attention(nn.Module):
       if cfg.attention_impl == "pallas" and not self.cached_kv:  # the encoder's self-attention
         return out_proj(pallas_attention.t5_flash_attention(q, k, v, bias.astype(dtype), lengths,
                                                             *cfg.pallas_attention_launch))
+      if cfg.cross_attention_impl == "pallas" and self.cached_kv == "cross":  # every row valid
+        return out_proj(pallas_attention.flash_attention(q, k, v, None, None, lengths,
+                                                         *cfg.pallas_attention_launch))
       q_lengths = (jnp.full(lengths.shape, x.shape[1], jnp.int32) if self.cached_kv == "cross"
                    else lengths)  # decoder rows are all computed; the loss weights mask them
       return out_proj(fused_attention(q, k, v, None if bias is None else bias.astype(dtype),

@@ -166,8 +166,8 @@ def test_gpu_suite_script_parses_and_lists_its_runs():
   assert "shape" in variables
   # `best` is what bench.suite_choice prints on the GPU: the most it can print
   assert "best=$($py -m bench.suite_choice" in text
-  variables["best"] = ("--attention pallas --attention-launch 128x64x8x3 --norm-impl pallas "
-                       "--norm-tiling 2x8")
+  variables["best"] = ("--attention pallas --attention-launch 128x64x8x3 --cross-attention pallas "
+                       "--norm-impl pallas --norm-tiling 2x8")
   runs = re.search(r'default_runs="([^"]+)"', text).group(1).strip().splitlines()
   assert len(runs) >= 2
   for line in runs:

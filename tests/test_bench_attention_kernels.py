@@ -16,7 +16,7 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
                        "pallas_no_bias", "pallas_t5", "pallas_t5_128x64", "pallas_t5_64x128",
                        "pallas_t5_s3", "pallas_t5_128x64_w8s3", "pallas_t5_full_bias",
                        "model_short", "pallas_t5_short",
-                       "pad128_plain", "mosaic_fa3_f16", "cross", "cross_einsum"}
+                       "pad128_plain", "mosaic_fa3_f16", "cross", "cross_einsum", "cross_pallas"}
   assert result["length"] == 25
   # All rows are full length: dropping the mask, padding to 128, the einsum form or the Pallas
   # kernel (interpreted on CPU) change nothing against the row each is compared with.
@@ -24,7 +24,7 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
               "no_bias_no_mask": "no_bias", "pallas_no_bias": "no_bias", "pallas_t5": "model",
               "pallas_t5_128x64": "model", "pallas_t5_64x128": "model", "pallas_t5_s3": "model",
               "pallas_t5_128x64_w8s3": "model", "pallas_t5_full_bias": "model",
-              "pallas_t5_short": "model_short"}
+              "pallas_t5_short": "model_short", "cross_pallas": "cross"}
   for name, reference in compared.items():
     assert rows[name]["compared_with"] == reference
     assert rows[name]["max_abs_diff"] < 1e-4, (name, rows[name]["max_abs_diff"])

@@ -18,7 +18,7 @@ def _attention(model, **ours):
 def test_without_kernel_timings_the_defaults_are_kept(tmp_path):
   flags, reasons = suite_choice.choose(str(tmp_path))
   assert flags == ["--attention", "fused"]
-  assert "attention_kernels.json: not there" in reasons[0] and "norm_kernels.json" in reasons[1]
+  assert "attention_kernels.json: not there" in reasons[0] and "norm_kernels.json" in reasons[2]
   (tmp_path / "attention_kernels.json").write_text("{not json")
   assert "unreadable" in suite_choice.choose(str(tmp_path))[1][0]
 
@@ -67,6 +67,19 @@ def test_the_chosen_flags_parse_as_bench_arguments(tmp_path):
       "xla": {"forward_backward_ms": 2.0},
       "pallas 2x8": {"forward_backward_ms": 1.0, "max_rel_diff": 0.0, "tiling": [2, 8]}})
   flags, _ = suite_choice.choose(str(tmp_path))
-  args = parse_args(["train", "--size", "large", *flags])
-  assert (args.attention, args.attention_launch, args.norm_impl, args.norm_tiling) == \
-      ("pallas", (128, 64, 4, 2), "pallas", (2, 8))
+  args = parse_args(["train", "--size", "large", *flags, "--cross-attention", "pallas"])
+  assert (args.attention, args.attention_launch, args.norm_impl, args.norm_tiling,
+          args.cross_attention) == ("pallas", (128, 64, 4, 2), "pallas", (2, 8), "pallas")
+
+
+def test_the_cross_attention_is_chosen_on_its_own_rows(tmp_path):
+  rows = _attention(10.0, pallas_t5=(11.0, 0.0))
+  rows["cross"] = {"forward_backward_ms": 2.0}
+  rows["cross_pallas"] = {"forward_backward_ms": 1.0, "compared_with": "cross", "max_abs_diff": 0.01}
+  _write(tmp_path, "attention_kernels.json", rows)
+  flags, reasons = suite_choice.choose(str(tmp_path))
+  assert flags == ["--attention", "fused", "--cross-attention", "pallas"]
+  assert reasons[1].startswith("cross-attention: cross_pallas, 1.000 ms")
+  rows["cross_pallas"]["max_abs_diff"] = 0.5  # not the same function: not chosen
+  _write(tmp_path, "attention_kernels.json", rows)
+  assert suite_choice.choose(str(tmp_path))[0] == ["--attention", "fused"]

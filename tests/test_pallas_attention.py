@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spot_jax.pallas_attention import t5_flash_attention
+from spot_jax.pallas_attention import flash_attention, t5_flash_attention
 
 
 def _reference(q, k, v, bias, lengths):
@@ -83,6 +83,44 @@ def test_relative_position_bias_by_offset_is_the_full_bias():
     np.testing.assert_array_equal(band[:, j - i + 8], full)
 
 
+def _cross_reference(q, k, v, bias, q_lengths, kv_lengths):
+  """Einsum attention of `[B, Lq, H, D]` over `[B, Lk, H, D]`: keys past `kv_lengths` masked,
+  rows past `q_lengths` zeroed."""
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+  if bias is not None:
+    scores = scores + bias
+  keys = jnp.arange(k.shape[1])[None, :] < kv_lengths[:, None]
+  probs = jax.nn.softmax(jnp.where(keys[:, None, None, :], scores, -1e10), axis=-1)
+  out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+  rows = jnp.arange(q.shape[1])[None, :] < q_lengths[:, None]
+  return jnp.where(rows[:, :, None, None], out, 0.0)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_cross_attention_other_lengths_for_queries_and_keys(with_bias):
+  """The decoder's cross-attention: 5 queries (all rows valid, as the model computes them) over 23
+  keys padded after 23 and 9; and, with a written-out `[H, Lq, Lk]` bias, rows padded too."""
+  b, n_q, n_k, h, d = 2, 5, 23, 2, 16
+  ks = jax.random.split(jax.random.PRNGKey(5), 6)
+  q, d_out = (jax.random.normal(key, (b, n_q, h, d)) for key in ks[:2])
+  k, v = (jax.random.normal(key, (b, n_k, h, d)) for key in ks[2:4])
+  kv_lengths = jnp.array([23, 9])
+  bias = jax.random.normal(ks[4], (h, n_q, n_k)) if with_bias else None
+  q_lengths = jnp.array([5, 3]) if with_bias else None
+  ours = lambda q, k, v: flash_attention(q, k, v, bias, q_lengths, kv_lengths, 16, 16)
+  want_fn = lambda q, k, v: _cross_reference(
+      q, k, v, bias, jnp.array([n_q, n_q]) if q_lengths is None else q_lengths, kv_lengths)
+  (out, vjp), (want, want_vjp) = jax.vjp(ours, q, k, v), jax.vjp(want_fn, q, k, v)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=2e-5, rtol=2e-5)
+  for got, ref in zip(vjp(d_out), want_vjp(d_out)):
+    scale = float(jnp.abs(ref).max())
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-5 * scale, rtol=2e-5)
+  with pytest.raises(ValueError, match="self-attention"):
+    flash_attention(q, k, v, jnp.zeros((h, 2 * n_k - 1)), None, kv_lengths)
+  with pytest.raises(ValueError, match=r"\[B, Lq, H, D\]"):
+    flash_attention(q, k[..., :8], v[..., :8], None, None, kv_lengths)
+
+
 def test_launch_settings_change_nothing_but_speed():
   b, n, h, d = 1, 40, 1, 16
   ks = jax.random.split(jax.random.PRNGKey(1), 4)
@@ -105,19 +143,21 @@ def test_bad_shapes_and_blocks_are_refused_naming_them():
     t5_flash_attention(x, jnp.zeros((1, 4, 2, 16)), x, jnp.zeros((2, 8, 8)), jnp.array([8]))
 
 
+@pytest.mark.parametrize("cross", ["auto", "pallas"])
 def test_the_model_with_attention_impl_pallas_gives_the_einsum_forms_logits_and_gradient(
-    monkeypatch):
+    monkeypatch, cross):
   """Right-padded rows of different lengths: same logits and prompt gradient as T5X's einsum form
-  (the encoder self-attention through our kernels, with the configured launch settings;
-  cross-attention as with "fused")."""
+  (the encoder self-attention through our kernels, with the configured launch settings; the
+  cross-attention as with "fused", or, `cross_attention_impl="pallas"`, through ours too)."""
   from spot_jax import model as M
   from spot_jax import pallas_attention
   from spot_jax.config import size_config
   cfg = size_config("tiny", vocab_size=96, dropout_rate=0.0)
-  ours = cfg.replace(attention_impl="pallas", pallas_attention_launch=(16, 32, 8, 3))
-  launches, kernel = [], pallas_attention.t5_flash_attention
-  monkeypatch.setattr(pallas_attention, "t5_flash_attention",
-                      lambda *a: launches.append(a[5:]) or kernel(*a))
+  ours = cfg.replace(attention_impl="pallas", pallas_attention_launch=(16, 32, 8, 3),
+                     cross_attention_impl=cross)
+  launches, kernel = [], pallas_attention.flash_attention
+  monkeypatch.setattr(pallas_attention, "flash_attention",
+                      lambda *a: launches.append((a[1].shape[1], a[6:])) or kernel(*a))
   params = M.init_params(cfg, jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   enc = rng.integers(2, 96, size=(2, 11)).astype(np.int32)
@@ -126,10 +166,20 @@ def test_the_model_with_attention_impl_pallas_gives_the_einsum_forms_logits_and_
   prompt = jnp.asarray(rng.normal(size=(3, cfg.d_model)), jnp.float32)
   run = lambda c, p: M.T5(c).apply({"params": params}, enc, dec, p)
   assert "pallas_call" in str(jax.make_jaxpr(lambda p: run(ours, p))(prompt))
-  assert set(launches) == {(16, 32, 8, 3)} and len(launches) == cfg.num_encoder_layers
+  # the encoder's 14 keys per layer (3 prompt + 11), and the decoder's over the same keys
+  assert launches == [(14, (16, 32, 8, 3))] * (
+      cfg.num_encoder_layers + (cfg.num_decoder_layers if cross == "pallas" else 0))
   np.testing.assert_allclose(np.asarray(run(ours, prompt)), np.asarray(run(cfg, prompt)),
                              atol=1e-5)
   loss = lambda c: lambda p: jnp.sum(run(c, p) ** 2) * 1e-3
   want = jax.grad(loss(cfg))(prompt)
   assert float(jnp.abs(want).max()) > 1e-3
   np.testing.assert_allclose(np.asarray(jax.grad(loss(ours))(prompt)), np.asarray(want), atol=1e-5)
+
+
+def test_cross_attention_impl_is_checked():
+  from spot_jax.config import size_config
+  with pytest.raises(ValueError, match="needs attention_impl 'fused' or 'pallas'"):
+    size_config("tiny", cross_attention_impl="pallas")
+  with pytest.raises(ValueError, match="cross_attention_impl='cudnn' is not supported"):
+    size_config("tiny", attention_impl="fused", cross_attention_impl="cudnn")
