@@ -233,7 +233,7 @@ def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_le
             "layers": layers, "step_ms": 1e3 * train_s * layers}, fwd(*args)
 
   from spot_jax.fused_attention import fused_attention
-  from spot_jax.pallas_attention import flash_attention
+  from spot_jax.pallas_attention import CROSS_LAUNCH, flash_attention
   rows, outputs = {}, {}
   encoder = {name: (fn, what, ref, (q, k, v, bias, full),
                     4 * B * H * (L // 3 if name in SHORT else L) ** 2 * Dh, cfg.num_encoder_layers)
@@ -243,10 +243,10 @@ def run(size: str = "large", batch: int = 64, input_length: int = 512, prompt_le
                      f"decoder cross-attention, fused, {T} queries over {L} keys", None),
            "cross_einsum": (lambda dq, k_, v_, n_dec, n_enc: _einsum_attention(dq, k_, v_, None, n_enc),
                             "decoder cross-attention, einsum form", "cross"),
-           "cross_pallas": (lambda dq, k_, v_, n_dec, n_enc: flash_attention(dq, k_, v_, None, None,
-                                                                             n_enc),
-                            "decoder cross-attention, our Pallas kernel (default launch; queries "
-                            "in one block)", "cross")}
+           "cross_pallas": (lambda dq, k_, v_, n_dec, n_enc: flash_attention(
+                                dq, k_, v_, None, None, n_enc, *CROSS_LAUNCH),
+                            "decoder cross-attention, our Pallas kernel (launch "
+                            f"{'x'.join(map(str, CROSS_LAUNCH))}, as the model runs it)", "cross")}
   cross = {name: (*entry, cross_args, 4 * B * H * T * L * Dh, cfg.num_decoder_layers)
            for name, entry in cross.items()}
   for name, (fn, what, ref, args, flops, layers) in {**encoder, **cross}.items():

@@ -170,7 +170,7 @@ class Attention(nn.Module):
                                                             *cfg.pallas_attention_launch))
       if cfg.cross_attention_impl == "pallas" and self.cached_kv == "cross":  # every row valid
         return out_proj(pallas_attention.flash_attention(q, k, v, None, None, lengths,
-                                                         *cfg.pallas_attention_launch))
+                                                         *pallas_attention.CROSS_LAUNCH))
       q_lengths = (jnp.full(lengths.shape, x.shape[1], jnp.int32) if self.cached_kv == "cross"
                    else lengths)  # decoder rows are all computed; the loss weights mask them
       return out_proj(fused_attention(q, k, v, None if bias is None else bias.astype(dtype),

@@ -26,6 +26,10 @@ import numpy as np
 from spot_jax import target_platform
 
 _LOG2E = math.log2(math.e)
+# The decoder's cross-attention (tens of queries over the encoder's keys): one block of 32 query
+# rows per program, the keys in blocks of 64, 4 warps, 2 stages; `bench.attention_kernels`'
+# `cross_pallas` row times exactly this.
+CROSS_LAUNCH = (32, 64, 4, 2)
 _MASKED = -1e30  # finite: a fully masked tile must not make exp2(-inf - -inf) = NaN
 
 

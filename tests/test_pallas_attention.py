@@ -166,9 +166,10 @@ def test_the_model_with_attention_impl_pallas_gives_the_einsum_forms_logits_and_
   prompt = jnp.asarray(rng.normal(size=(3, cfg.d_model)), jnp.float32)
   run = lambda c, p: M.T5(c).apply({"params": params}, enc, dec, p)
   assert "pallas_call" in str(jax.make_jaxpr(lambda p: run(ours, p))(prompt))
-  # the encoder's 14 keys per layer (3 prompt + 11), and the decoder's over the same keys
-  assert launches == [(14, (16, 32, 8, 3))] * (
-      cfg.num_encoder_layers + (cfg.num_decoder_layers if cross == "pallas" else 0))
+  # the encoder's 14 keys per layer (3 prompt + 11) with the configured launch, and the decoder's
+  # cross-attention over the same keys with its own
+  assert launches == [(14, (16, 32, 8, 3))] * cfg.num_encoder_layers + (
+      [(14, pallas_attention.CROSS_LAUNCH)] * cfg.num_decoder_layers if cross == "pallas" else [])
   np.testing.assert_allclose(np.asarray(run(ours, prompt)), np.asarray(run(cfg, prompt)),
                              atol=1e-5)
   loss = lambda c: lambda p: jnp.sum(run(c, p) ** 2) * 1e-3
