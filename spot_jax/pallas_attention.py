@@ -210,6 +210,10 @@ def flash_attention(q, k, v, bias, q_lengths, kv_lengths, block_q: int = 64, blo
   in the padding are skipped. Gradients for `q, k, v` only (the bias is taken as frozen).
   `num_warps`, `num_stages`: Triton's launch settings for all three kernels; a block longer than
   its axis is cut to the axis (rounded up to a power of two, at least 16)."""
+  if target_platform.platform() not in ("gpu", "cpu"):
+    raise ValueError(f"attention_impl='pallas' and cross_attention_impl='pallas' run Triton "
+                     f"kernels, for GPUs; this backend is {target_platform.platform()}: use "
+                     "attention_impl='fused' and cross_attention_impl='auto'")
   if (q.ndim != 4 or k.ndim != 4 or k.shape != v.shape or k.shape[0] != q.shape[0]
       or k.shape[2:] != q.shape[2:]):
     raise ValueError(f"flash_attention: q {q.shape}, k {k.shape}, v {v.shape} must be "

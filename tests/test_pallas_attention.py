@@ -62,8 +62,9 @@ def test_a_bias_by_offset_gives_what_its_full_tensor_gives():
   np.testing.assert_array_equal(np.asarray(by_offset), np.asarray(written_out))
   for got, want in zip(vjp(d_out), full_vjp(d_out)):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-  np.testing.assert_allclose(np.asarray(by_offset), np.asarray(_reference(q, k, v, full[None], lengths)),
-                             atol=2e-5, rtol=2e-5)
+  np.testing.assert_allclose(np.asarray(by_offset),
+                             np.asarray(_reference(q, k, v, full[None], lengths)), atol=2e-5,
+                             rtol=2e-5)
   with pytest.raises(ValueError, match=r"\[H, 2L-1\] = \(2, 73\)"):
     t5_flash_attention(q, k, v, offsets[:, 1:], lengths)
 
@@ -134,7 +135,11 @@ def test_launch_settings_change_nothing_but_speed():
 
 
 def test_bad_shapes_and_blocks_are_refused_naming_them():
+  from spot_jax import target_platform
   x = jnp.zeros((1, 8, 2, 16))
+  with target_platform.compiling_for("tpu"), \
+      pytest.raises(ValueError, match="attention_impl='fused'"):
+    t5_flash_attention(x, x, x, jnp.zeros((2, 8, 8)), jnp.array([8]))
   with pytest.raises(ValueError, match=r"bias \(2, 8, 9\)"):
     t5_flash_attention(x, x, x, jnp.zeros((2, 8, 9)), jnp.array([8]))
   with pytest.raises(ValueError, match="powers of two"):
