@@ -76,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--norm-impl", default="xla", choices=("xla", "pallas"),
                  help="encoder residual add + dropout + RMSNorm: XLA's fusions or one Triton kernel "
                       "each way (T5Config.norm_impl; GPU)")
-  p.add_argument("--cross-attention", default="auto", choices=("auto", "pallas"),
+  p.add_argument("--cross-attention", default="auto", choices=("auto", "einsum", "pallas"),
                  help="the decoder's cross-attention: as --attention has it (cuDNN for fused and "
-                      "pallas) or through our Pallas kernel (T5Config.cross_attention_impl)")
+                      "pallas), T5X's einsum form, or our Pallas kernel "
+                      "(T5Config.cross_attention_impl)")
   p.add_argument("--attention-launch", type=launch_type(4), default=None,
                  metavar="BQxBKxWARPSxSTAGES",
                  help="--attention pallas: the kernels' blocks, warps and pipeline stages, e.g. "

@@ -191,7 +191,7 @@ def main(argv=None) -> int:
   p.add_argument("--dropout-bits", default="auto", choices=("auto", "16bit", "per_element"))
   p.add_argument("--mlp-backward", default="auto", choices=("auto", "store", "recompute"))
   p.add_argument("--norm-impl", default="xla", choices=("xla", "pallas"))
-  p.add_argument("--cross-attention", default="auto", choices=("auto", "pallas"))
+  p.add_argument("--cross-attention", default="auto", choices=("auto", "einsum", "pallas"))
   p.add_argument("--attention-launch", type=launch_type(4), default=None,
                  metavar="BQxBKxWARPSxSTAGES")
   p.add_argument("--norm-tiling", type=launch_type(2), default=None, metavar="ROWSxWARPS")

@@ -8,8 +8,9 @@ flags on stdout and the reasons on stderr:
 - `--attention pallas --attention-launch BQxBKxWxS` when our kernel's fastest launch setting
   (`attention_kernels.json`, forward + backward) beats the model's cuDNN call by more than `MARGIN`,
   else `--attention fused`;
-- `--cross-attention pallas` when our kernel runs the decoder's cross-attention faster than cuDNN
-  by more than `MARGIN` (`cross_pallas` against `cross`);
+- `--cross-attention pallas` or `einsum` when our kernel or T5X's einsum form runs the decoder's
+  cross-attention faster than cuDNN by more than `MARGIN` (`cross_pallas`, `cross_einsum` against
+  `cross`);
 - `--norm-impl pallas --norm-tiling RxW` when the norm kernel's fastest tiling
   (`norm_kernels.json`) beats XLA's kernels by more than `MARGIN`.
 
@@ -66,10 +67,10 @@ def choose(directory: str) -> tuple[list, list]:
     if PALLAS_LAUNCHES[ours] != T5Config().pallas_attention_launch:  # one spelling per run
       flags += ["--attention-launch", "x".join(map(str, PALLAS_LAUNCHES[ours]))]
   cross, cross_reason = _winner(directory, "attention_kernels.json", "cross",
-                                lambda rows: ["cross_pallas"], "max_abs_diff", ATTENTION_DIFF,
-                                "cross-attention", "cuDNN")
+                                lambda rows: ["cross_pallas", "cross_einsum"], "max_abs_diff",
+                                ATTENTION_DIFF, "cross-attention", "cuDNN")
   if cross:
-    flags += ["--cross-attention", "pallas"]
+    flags += ["--cross-attention", cross.split("_")[1]]
   tiled = lambda rows: [n for n in rows if "tiling" in rows[n]]
   norm, norm_reason = _winner(directory, "norm_kernels.json", "xla", tiled, "max_rel_diff",
                               NORM_DIFF, "norms", "XLA")

@@ -12,7 +12,7 @@ ATTENTION_IMPLS = ("einsum", "fused", "pallas")
 DROPOUT_BITS = ("auto", "16bit", "per_element")
 MLP_BACKWARDS = ("auto", "store", "recompute")
 NORM_IMPLS = ("xla", "pallas")
-CROSS_ATTENTION_IMPLS = ("auto", "pallas")
+CROSS_ATTENTION_IMPLS = ("auto", "einsum", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +45,9 @@ class T5Config:
   # (`spot_jax/pallas_attention.py`, GPUs; interpreted on CPU), which reads T5's bias itself.
   attention_impl: str = "einsum"
   # The decoder's cross-attention in training: "auto" follows `attention_impl` (einsum, or cuDNN
-  # for "fused" and "pallas"); "pallas" runs it through our flash kernel too (no bias, launch
-  # `pallas_attention.CROSS_LAUNCH`; needs `attention_impl` "fused" or "pallas").
+  # for "fused" and "pallas"); "einsum" keeps T5X's form whatever the encoder uses (its
+  # probabilities are small: 32 queries); "pallas" runs it through our flash kernel (no bias,
+  # launch `pallas_attention.CROSS_LAUNCH`; needs `attention_impl` "fused" or "pallas").
   cross_attention_impl: str = "auto"
   # Einsum attention only: scores, softmax and the stored probabilities in float32 (HF's choice,
   # and ours by default) or in the activation dtype (T5X's `float32_attention_logits=False`), which

@@ -367,7 +367,8 @@ class Decoder(nn.Module):
         self.put_variable("cache", "position", jnp.array(0, jnp.int32))
         self.put_variable("cache", "max_length_marker", jnp.zeros((length,), jnp.int8))
     cross_bias, encoder_lengths = _key_bias(encoder_valid), None
-    if cfg.attention_impl in ("fused", "pallas") and not decode:  # decoding keeps its KV caches
+    if (cfg.attention_impl in ("fused", "pallas") and cfg.cross_attention_impl != "einsum"
+        and not decode):  # decoding keeps its KV caches
       cross_bias, encoder_lengths = None, encoder_valid.sum(axis=-1, dtype=jnp.int32)
     for i in range(cfg.num_decoder_layers):
       y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, enable_dropout,

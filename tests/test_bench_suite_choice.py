@@ -83,3 +83,7 @@ def test_the_cross_attention_is_chosen_on_its_own_rows(tmp_path):
   rows["cross_pallas"]["max_abs_diff"] = 0.5  # not the same function: not chosen
   _write(tmp_path, "attention_kernels.json", rows)
   assert suite_choice.choose(str(tmp_path))[0] == ["--attention", "fused"]
+  rows["cross_einsum"] = {"forward_backward_ms": 1.5, "compared_with": "cross", "max_abs_diff": 0.01}
+  _write(tmp_path, "attention_kernels.json", rows)
+  assert suite_choice.choose(str(tmp_path))[0] == ["--attention", "fused", "--cross-attention",
+                                                   "einsum"]

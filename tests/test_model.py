@@ -170,6 +170,23 @@ def test_fused_attention_matches_the_einsum_form_on_right_padded_inputs():
     CFG.replace(attention_impl="flash")
 
 
+def test_cross_attention_einsum_beside_a_fused_encoder(monkeypatch):
+  """`cross_attention_impl="einsum"` keeps T5X's form for the decoder's cross-attention while the
+  encoder uses the fused one: only the encoder's layers call `fused_attention`, same logits."""
+  calls, fused_call = [], M.fused_attention
+  monkeypatch.setattr(M, "fused_attention", lambda *a: calls.append(a[0].shape) or fused_call(*a))
+  params = M.init_params(CFG, jax.random.PRNGKey(0))
+  prompt = jnp.asarray(np.random.default_rng(0).normal(size=(3, CFG.d_model)), jnp.float32)
+  dec = DEC * (DEC < CFG.vocab_size)
+  run = lambda cfg: M.T5(cfg).apply({"params": params}, ENC, dec, prompt)
+  for cross, layers in (("auto", CFG.num_encoder_layers + CFG.num_decoder_layers),
+                        ("einsum", CFG.num_encoder_layers)):
+    calls.clear()
+    got = run(CFG.replace(attention_impl="fused", cross_attention_impl=cross))
+    assert len(calls) == layers, cross
+    np.testing.assert_allclose(np.asarray(got), np.asarray(run(CFG)), atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_broadcast_prompt_gradient_is_the_batch_sum_computed_as_a_matmul(dtype):
   """Same values and gradient as `jnp.broadcast_to`, but the batch sum is a dot (so XLA's GPU
