@@ -12,13 +12,13 @@
 # SKIP_ATTENTION_KERNELS=1. Then `bench.suite_choice` reads their JSON and picks the whole-step
 # flags they favour, and the runs follow in priority order: large b64 with the chosen flags, large
 # b64 by default (the baseline on this machine), base b64 with the chosen flags, both at b128, base
-# by default, each kernel alone, XLA's dot merger back on, the PEFT ratios. A run with the same arguments as an
-# earlier one (a profile aside) is not run twice. Each run is its own process under `timeout`, so
-# one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a device-time
-# profile by op) and the log (OUT_DIR/suite.log). A run that would start after DEADLINE_S (default
-# 450) seconds is skipped. With PACK.tgz, OUT_DIR is re-packed into it after every run (a device
-# call brings back few files). Override the run list with RUNS (one "NAME|bench arguments" per
-# line) and the check's size with CHECK_SIZE (default tiny) for a dry run on CPU.
+# by default, each kernel alone, XLA's dot merger back on, the PEFT ratios. A run with the same
+# arguments as an earlier one (a profile aside) is not run twice. Each run is its own process under
+# `timeout`, so one failure or out-of-memory keeps the others' JSON (OUT_DIR/NAME.json, with a
+# device-time profile by op) and the log (OUT_DIR/suite.log). A run that would start after
+# DEADLINE_S (default 450) seconds is skipped. With PACK.tgz, OUT_DIR is re-packed into it after
+# every run (a device call brings back few files). Override the run list with RUNS (one "NAME|bench
+# arguments" per line) and the check's size with CHECK_SIZE (default tiny) for a dry run on CPU.
 set -u
 out=${1:?usage: bash bench/gpu_suite.sh OUT_DIR [DEADLINE_S] [PACK.tgz]}
 deadline=${2:-450}
