@@ -30,27 +30,27 @@ NORM_DIFF = 0.02  # relative max |Δ| of the norm's outputs in bfloat16
 
 def _winner(directory: str, file: str, reference: str, candidates, diff_key: str, limit: float,
             what: str, default: str):
-  """The fastest candidate row of `file` whose output equals the reference row's (its max |Δ|
-  under `limit`) and that beats that row's forward+backward by more than MARGIN, or None; and the
-  reason, in words."""
+  """The name and row of the fastest candidate of `file` whose output equals the reference row's
+  (its max |Δ| under `limit`) and that beats that row's forward+backward by more than MARGIN, or
+  None; and the reason, in words."""
   path = os.path.join(directory, file)
   try:
     with open(path) as f:
       rows = json.load(f).get("rows") or {}
   except FileNotFoundError:
-    return None, f"{what}: {default} ({file}: not there)"
+    return None, None, f"{what}: {default} ({file}: not there)"
   except (OSError, ValueError) as e:
-    return None, f"{what}: {default} ({file}: unreadable, {type(e).__name__}: {e})"
+    return None, None, f"{what}: {default} ({file}: unreadable, {type(e).__name__}: {e})"
   if "forward_backward_ms" not in rows.get(reference, {}):
-    return None, f"{what}: {default} (its row was not timed)"
+    return None, None, f"{what}: {default} (its row was not timed)"
   base = rows[reference]["forward_backward_ms"]
   timed = [(rows[n]["forward_backward_ms"], n) for n in candidates(rows)
            if n in rows and "forward_backward_ms" in rows[n] and rows[n].get(diff_key, 0.0) <= limit]
   best = min(timed) if timed else None
   if best and best[0] < (1 - MARGIN) * base:
-    return best[1], (f"{what}: {best[1]}, {best[0]:.3f} ms forward+backward against {default}'s "
+    return best[1], rows[best[1]], (f"{what}: {best[1]}, {best[0]:.3f} ms forward+backward against {default}'s "
                      f"{base:.3f} ms")
-  return None, (f"{what}: {default}, {base:.3f} ms forward+backward; the best other "
+  return None, None, (f"{what}: {default}, {base:.3f} ms forward+backward; the best other "
                 + (f"{best[0]:.3f} ms ({best[1]})" if best else "not timed or not equal"))
 
 
@@ -59,25 +59,23 @@ def choose(directory: str) -> tuple[list, list]:
   from bench.attention_kernels import PALLAS_LAUNCHES
   from spot_jax.config import T5Config
   flags = ["--attention", "fused"]
-  ours, attention_reason = _winner(directory, "attention_kernels.json", "model",
+  ours, _, attention_reason = _winner(directory, "attention_kernels.json", "model",
                                    lambda rows: PALLAS_LAUNCHES, "max_abs_diff", ATTENTION_DIFF,
                                    "attention", "cuDNN")
   if ours:
     flags = ["--attention", "pallas"]
     if PALLAS_LAUNCHES[ours] != T5Config().pallas_attention_launch:  # one spelling per run
       flags += ["--attention-launch", "x".join(map(str, PALLAS_LAUNCHES[ours]))]
-  cross, cross_reason = _winner(directory, "attention_kernels.json", "cross",
+  cross, _, cross_reason = _winner(directory, "attention_kernels.json", "cross",
                                 lambda rows: ["cross_pallas", "cross_einsum"], "max_abs_diff",
                                 ATTENTION_DIFF, "cross-attention", "cuDNN")
   if cross:
     flags += ["--cross-attention", cross.split("_")[1]]
   tiled = lambda rows: [n for n in rows if "tiling" in rows[n]]
-  norm, norm_reason = _winner(directory, "norm_kernels.json", "xla", tiled, "max_rel_diff",
-                              NORM_DIFF, "norms", "XLA")
+  norm, row, norm_reason = _winner(directory, "norm_kernels.json", "xla", tiled, "max_rel_diff",
+                                   NORM_DIFF, "norms", "XLA")
   if norm:
-    with open(os.path.join(directory, "norm_kernels.json")) as f:
-      tiling = json.load(f)["rows"][norm]["tiling"]
-    flags += ["--norm-impl", "pallas", "--norm-tiling", "x".join(map(str, tiling))]
+    flags += ["--norm-impl", "pallas", "--norm-tiling", "x".join(map(str, row["tiling"]))]
   return flags, [attention_reason, cross_reason, norm_reason]
 
 
