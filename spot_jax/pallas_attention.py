@@ -6,7 +6,8 @@ our own takes: for each `[block_q, block_k]` tile, `q kᵀ` plus the bias tile (
 batch; T5's depends on the offset `j - i` alone, so it is read as a band of an `[H, 2L-1]` vector
 rather than a slice of an `[H, L, L]` tensor), keys at or past the row's length masked, an online
 softmax, and `p v`; the backward pass recomputes the probabilities from the saved log-sum-exp, one
-kernel for `dk, dv` (a program per key block) and one for `dq` (a program per query block). Tiles
+kernel for `dq` (a program per query block, which also writes the rows' `Σ out·d_out`) and then one
+for `dk, dv` (a program per key block). Tiles
 wholly in a row's padding are skipped, so the work follows the valid length (fine-tuning batches
 padded to 512 are mostly padding). No gradient for the bias (the table is frozen), no dropout on the
 probabilities (as with cuDNN), no 1/sqrt(d) scaling (T5 folds it into the query projection). Lengths
@@ -132,16 +133,22 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_
   _store_rows(dv_ref, b, h, cols, n_k, dv)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref, dq_ref,
+def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, o_ref, dq_ref, delta_ref,
                *, block_q, block_k, bias_kind):
+  """Runs before `_dkdv_kernel`: besides `dq` it writes the softmax backward's row term
+  `delta_i = Σ_d out·d_out` for its rows, which it needs first and which the `dk, dv` kernel
+  reads. Its program holds those rows of `d_out` already, so the term costs one read of `out`
+  here rather than a separate pass over `out` and `d_out`."""
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plgpu
   b, h, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   n_q, n_k, depth = q_ref.shape[1], k_ref.shape[1], q_ref.shape[3]
   rows = i * block_q + jnp.arange(block_q)
   q, do = _rows_of(q_ref, b, h, rows, n_q, depth), _rows_of(do_ref, b, h, rows, n_q, depth)
+  out = _rows_of(o_ref, b, h, rows, n_q, depth)
+  delta = jnp.sum(out.astype(jnp.float32) * do.astype(jnp.float32), axis=1)
+  plgpu.store(delta_ref.at[b, h, rows], delta, mask=rows < n_q)
   lse = plgpu.load(lse_ref.at[b, h, rows], mask=rows < n_q, other=0.0)
-  delta = plgpu.load(delta_ref.at[b, h, rows], mask=rows < n_q, other=0.0)
   q_length, kv_length = len_ref[0, b], len_ref[1, b]
 
   def body(j, dq):
@@ -184,14 +191,15 @@ def _forward(q, k, v, bias, lengths, settings):
 
 def _backward(settings, residuals, d_out):
   q, k, v, bias, lengths, out, lse = residuals
-  # delta_i = Σ_d out·d_out: the softmax backward's row term, in XLA (one read of each).
-  delta = jnp.einsum("blhd,blhd->bhl", out.astype(jnp.float32), d_out.astype(jnp.float32))
-  args = (q, k, v, bias, lengths, d_out.astype(q.dtype), lse, delta)
+  d_out = d_out.astype(q.dtype)
+  batch, n_q, heads, _ = q.shape
+  dq, delta = _call(_dq_kernel, n_q, settings[0], settings,
+                    (jax.ShapeDtypeStruct(q.shape, q.dtype),
+                     jax.ShapeDtypeStruct((batch, heads, n_q), jnp.float32)),
+                    q, k, v, bias, lengths, d_out, lse, out, name="t5_flash_attention_dq")
   dk, dv = _call(_dkdv_kernel, k.shape[1], settings[1], settings,
                  (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-                 *args, name="t5_flash_attention_dkdv")
-  dq = _call(_dq_kernel, q.shape[1], settings[0], settings, jax.ShapeDtypeStruct(q.shape, q.dtype),
-             *args, name="t5_flash_attention_dq")
+                 q, k, v, bias, lengths, d_out, lse, delta, name="t5_flash_attention_dkdv")
   return (dq, dk, dv, jnp.zeros_like(bias), np.zeros(lengths.shape, jax.dtypes.float0))
 
 
