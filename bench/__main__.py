@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                  metavar="BQxBKxWARPSxSTAGES",
                  help="--attention pallas: the kernels' blocks, warps and pipeline stages, e.g. "
                       "128x64x8x3 (T5Config.pallas_attention_launch; default 64x64x4x2)")
+  p.add_argument("--attention-backward", default="two_kernels",
+                 choices=("two_kernels", "atomic_dq"),
+                 help="--attention pallas: its backward pass, two kernels or one adding dq with "
+                      "atomics (T5Config.pallas_attention_backward)")
   p.add_argument("--norm-tiling", type=launch_type(2), default=None, metavar="ROWSxWARPS",
                  help="--norm-impl pallas: rows per program and warps, e.g. 2x8 "
                       "(T5Config.norm_tiling; default fused_norm.default_tiling)")
@@ -376,6 +380,7 @@ def main(argv=None) -> int:
                                       dropout_bits=args.dropout_bits,
                                       mlp_backward=args.mlp_backward,
                                       norm_impl=args.norm_impl,
+                                      pallas_attention_backward=args.attention_backward,
                                       **({"pallas_attention_launch": args.attention_launch}
                                          if args.attention_launch else {}),
                                       **({"norm_tiling": args.norm_tiling}

@@ -94,10 +94,13 @@ def _needs_hopper() -> str | None:
 
 
 # Our kernel's rows: name → its launch settings (block_q, block_k, num_warps, num_stages), the
-# values of `T5Config.pallas_attention_launch` (`bench.suite_choice` picks the fastest).
+# values of `T5Config.pallas_attention_launch`, and for some its backward
+# (`T5Config.pallas_attention_backward`; else "two_kernels"). `bench.suite_choice` picks the fastest.
 PALLAS_LAUNCHES = {"pallas_t5": (64, 64, 4, 2), "pallas_t5_128x64": (128, 64, 4, 2),
                    "pallas_t5_64x128": (64, 128, 4, 2), "pallas_t5_s3": (64, 64, 4, 3),
-                   "pallas_t5_128x64_w8s3": (128, 64, 8, 3)}
+                   "pallas_t5_128x64_w8s3": (128, 64, 8, 3),
+                   "pallas_t5_atomic": (64, 64, 4, 2, "atomic_dq"),
+                   "pallas_t5_64x128_atomic": (64, 128, 4, 2, "atomic_dq")}
 
 
 def _variants(length: int, pallas_interpret: bool):
@@ -141,7 +144,8 @@ def _variants(length: int, pallas_interpret: bool):
 
   ours = {name: (functools.partial(_ours, blocks=settings),
                  f"our Pallas (Triton) flash kernel with T5's bias and the padding mask, blocks "
-                 f"{settings[0]}x{settings[1]}, {settings[2]} warps, {settings[3]} stages", "model")
+                 f"{settings[0]}x{settings[1]}, {settings[2]} warps, {settings[3]} stages"
+                 + (", backward in one kernel (dq by atomic adds)" if settings[4:] else ""), "model")
           for name, settings in PALLAS_LAUNCHES.items()}
   ours["pallas_t5_full_bias"] = (
       functools.partial(_ours, blocks=(64, 64, 4, 2), full_bias=True),

@@ -194,6 +194,8 @@ def main(argv=None) -> int:
   p.add_argument("--cross-attention", default="auto", choices=("auto", "einsum", "pallas"))
   p.add_argument("--attention-launch", type=launch_type(4), default=None,
                  metavar="BQxBKxWARPSxSTAGES")
+  p.add_argument("--attention-backward", default="two_kernels",
+                 choices=("two_kernels", "atomic_dq"))
   p.add_argument("--norm-tiling", type=launch_type(2), default=None, metavar="ROWSxWARPS")
   p.add_argument("--dropout", type=float, default=0.1)
   p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
@@ -212,6 +214,7 @@ def main(argv=None) -> int:
       {"attention_impl": args.attention, "cross_attention_impl": args.cross_attention,
        "dropout_bits": args.dropout_bits,
        "mlp_backward": args.mlp_backward, "norm_impl": args.norm_impl,
+       "pallas_attention_backward": args.attention_backward,
        **({"pallas_attention_launch": args.attention_launch} if args.attention_launch else {}),
        **({"norm_tiling": args.norm_tiling} if args.norm_tiling else {})}, options)
   hlo = compiled.as_text()

@@ -65,7 +65,7 @@ pack_now
 if [ -z "${SKIP_ATTENTION_KERNELS:-}" ]; then
   echo "== attention kernels ($((SECONDS - start))s)" | tee -a "$log"
   # The rows that decide between cuDNN and our kernel; ATTENTION_ROWS=all for every variant.
-  rows=${ATTENTION_ROWS:-model,pallas_t5,pallas_t5_128x64,pallas_t5_64x128,pallas_t5_s3,pallas_t5_128x64_w8s3,pallas_t5_full_bias,model_short,pallas_t5_short,cross,cross_pallas,pad128_plain,mosaic_fa3_f16}
+  rows=${ATTENTION_ROWS:-model,pallas_t5,pallas_t5_atomic,pallas_t5_128x64,pallas_t5_64x128,pallas_t5_64x128_atomic,pallas_t5_s3,pallas_t5_128x64_w8s3,pallas_t5_full_bias,model_short,pallas_t5_short,cross,cross_pallas,pad128_plain,mosaic_fa3_f16}
   [ "$rows" = all ] && rows=
   timeout 240 $py -m bench.attention_kernels --size "${KERNELS_SIZE:-large}" \
     --batch "${KERNELS_BATCH:-64}" --only "$rows" --json "$out/attention_kernels.json" 2>&1 | tee -a "$log"

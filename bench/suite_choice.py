@@ -5,9 +5,9 @@ A device call is short, and a whole T5-large step takes a minute or two to compi
 which whole-step variants to spend the rest of the call on. Prints one line of `spot-jax bench`
 flags on stdout and the reasons on stderr:
 
-- `--attention pallas --attention-launch BQxBKxWxS` when our kernel's fastest launch setting
-  (`attention_kernels.json`, forward + backward) beats the model's cuDNN call by more than `MARGIN`,
-  else `--attention fused`;
+- `--attention pallas --attention-launch BQxBKxWxS [--attention-backward atomic_dq]` when our
+  kernel's fastest launch setting (`attention_kernels.json`, forward + backward) beats the model's
+  cuDNN call by more than `MARGIN`, else `--attention fused`;
 - `--cross-attention pallas` or `einsum` when our kernel or T5X's einsum form runs the decoder's
   cross-attention faster than cuDNN by more than `MARGIN` (`cross_pallas`, `cross_einsum` against
   `cross`);
@@ -64,8 +64,11 @@ def choose(directory: str) -> tuple[list, list]:
                                    "attention", "cuDNN")
   if ours:
     flags = ["--attention", "pallas"]
-    if PALLAS_LAUNCHES[ours] != T5Config().pallas_attention_launch:  # one spelling per run
-      flags += ["--attention-launch", "x".join(map(str, PALLAS_LAUNCHES[ours]))]
+    launch, backward = PALLAS_LAUNCHES[ours][:4], PALLAS_LAUNCHES[ours][4:]
+    if launch != T5Config().pallas_attention_launch:  # one spelling per run
+      flags += ["--attention-launch", "x".join(map(str, launch))]
+    if backward and backward[0] != T5Config().pallas_attention_backward:
+      flags += ["--attention-backward", backward[0]]
   cross, _, cross_reason = _winner(directory, "attention_kernels.json", "cross",
                                 lambda rows: ["cross_pallas", "cross_einsum"], "max_abs_diff",
                                 ATTENTION_DIFF, "cross-attention", "cuDNN")

@@ -238,6 +238,7 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
       "dropout_bits": config.dropout_bits, "mlp_backward": config.mlp_backward,
       "norm_impl": config.norm_impl, "norm_tiling": list(config.norm_tiling),
       "pallas_attention_launch": list(config.pallas_attention_launch),
+      "pallas_attention_backward": config.pallas_attention_backward,
       "compiler_options": compiler_options,
       "microbatches": microbatches, "dropout": dropout,
       "donate": donate, "steps": steps, "warmup": warmup,

@@ -13,6 +13,7 @@ DROPOUT_BITS = ("auto", "16bit", "per_element")
 MLP_BACKWARDS = ("auto", "store", "recompute")
 NORM_IMPLS = ("xla", "pallas")
 CROSS_ATTENTION_IMPLS = ("auto", "einsum", "pallas")
+PALLAS_ATTENTION_BACKWARDS = ("two_kernels", "atomic_dq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,10 @@ class T5Config:
   # `fused_norm.default_tiling`. They change speed only, never values.
   pallas_attention_launch: tuple = (64, 64, 4, 2)
   norm_tiling: tuple = ()
+  # `attention_impl="pallas"`'s backward pass: "two_kernels" (`dq`, then `dk, dv`; seven tile
+  # products, deterministic) or "atomic_dq" (one kernel adding `dq` up with float32 atomics: five
+  # products, rounding that varies from run to run). Speed only; the values agree to rounding.
+  pallas_attention_backward: str = "two_kernels"
 
   def __post_init__(self):
     # Lists (gin, JSON) become tuples: a config is a jit static argument and must hash.
@@ -94,6 +99,9 @@ class T5Config:
     if self.cross_attention_impl == "pallas" and self.attention_impl == "einsum":
       raise ValueError("cross_attention_impl='pallas' needs attention_impl 'fused' or 'pallas' "
                        "(right-padded lengths instead of an additive mask); got 'einsum'")
+    if self.pallas_attention_backward not in PALLAS_ATTENTION_BACKWARDS:
+      raise ValueError(f"pallas_attention_backward={self.pallas_attention_backward!r} is not "
+                       f"supported; use one of {PALLAS_ATTENTION_BACKWARDS}")
     if self.dropout_bits not in DROPOUT_BITS:
       raise ValueError(f"dropout_bits={self.dropout_bits!r} is not supported; use one of "
                        f"{DROPOUT_BITS}")

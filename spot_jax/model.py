@@ -166,8 +166,9 @@ class Attention(nn.Module):
       q, k, v = (heads(proj(name=n, **({"kernel_init": query_init} if n == "query" else {}))(t))
                  for n, t in (("query", x), ("key", memory), ("value", value_input)))
       if cfg.attention_impl == "pallas" and not self.cached_kv:  # the encoder's self-attention
-        return out_proj(pallas_attention.t5_flash_attention(q, k, v, bias.astype(dtype), lengths,
-                                                            *cfg.pallas_attention_launch))
+        return out_proj(pallas_attention.t5_flash_attention(
+            q, k, v, bias.astype(dtype), lengths, *cfg.pallas_attention_launch,
+            backward=cfg.pallas_attention_backward))
       if cfg.cross_attention_impl == "pallas" and self.cached_kv == "cross":  # every row valid
         return out_proj(pallas_attention.flash_attention(q, k, v, None, None, lengths,
                                                          *pallas_attention.CROSS_LAUNCH))

@@ -7,7 +7,9 @@ batch; T5's depends on the offset `j - i` alone, so it is read as a band of an `
 rather than a slice of an `[H, L, L]` tensor), keys at or past the row's length masked, an online
 softmax, and `p v`; the backward pass recomputes the probabilities from the saved log-sum-exp, one
 kernel for `dq` (a program per query block, which also writes the rows' `Σ out·d_out`) and then one
-for `dk, dv` (a program per key block). Tiles
+for `dk, dv` (a program per key block); or (`backward="atomic_dq"`) one kernel per key block that
+also adds each tile's share of `dq` into a float32 sum with atomic adds, as FlashAttention-2 does,
+which recomputes two tile products fewer and costs a zeroed float32 `dq` and its cast. Tiles
 wholly in a row's padding are skipped, so the work follows the valid length (fine-tuning batches
 padded to 512 are mostly padding). No gradient for the bias (the table is frozen), no dropout on the
 probabilities (as with cuDNN), no 1/sqrt(d) scaling (T5 folds it into the query projection). Lengths
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spot_jax import target_platform
+from spot_jax.config import PALLAS_ATTENTION_BACKWARDS as BACKWARDS
 
 _LOG2E = math.log2(math.e)
 # The decoder's cross-attention (tens of queries over the encoder's keys): one block of 32 query
@@ -163,14 +166,53 @@ def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, o_ref, d
   _store_rows(dq_ref, b, h, rows, n_q, jnp.where((rows < q_length)[:, None], dq, 0.0))
 
 
-def _call(kernel, grid_length, grid_block, settings, out_shape, *args, name):
+def _atomic_backward_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref,
+                            dq_in_ref, dk_ref, dv_ref, dq_ref, *, block_q, block_k, bias_kind):
+  """`backward="atomic_dq"`: one pass, a program per key block, as `_dkdv_kernel`, which also adds
+  each tile's `ds k` into a float32 `dq` (aliased to `dq_in_ref`, zeros) with atomic adds. Five
+  tile products per tile instead of the two kernels' seven (`q kᵀ` and `d_out vᵀ` are not
+  recomputed for `dq`), for atomic traffic on the `dq` sum; the order of its float32 additions
+  varies from run to run."""
+  del dq_in_ref  # the same buffer as dq_ref
+  from jax.experimental import pallas as pl
+  from jax.experimental.pallas import triton as plgpu
+  b, h, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  n_q, n_k, depth = q_ref.shape[1], k_ref.shape[1], q_ref.shape[3]
+  cols = j * block_k + jnp.arange(block_k)
+  k, v = _rows_of(k_ref, b, h, cols, n_k, depth), _rows_of(v_ref, b, h, cols, n_k, depth)
+  q_length, kv_length = len_ref[0, b], len_ref[1, b]
+
+  def body(i, carry):
+    dk, dv = carry
+    rows = i * block_q + jnp.arange(block_q)
+    q = _rows_of(q_ref, b, h, rows, n_q, depth)
+    do = _rows_of(do_ref, b, h, rows, n_q, depth)
+    lse = plgpu.load(lse_ref.at[b, h, rows], mask=rows < n_q, other=0.0)
+    delta = plgpu.load(delta_ref.at[b, h, rows], mask=rows < n_q, other=0.0)
+    s = _scores(q, k, bias_ref, bias_kind, h, rows, cols, n_q, n_k, kv_length)
+    p = jnp.where((rows < q_length)[:, None], jnp.exp2(s - lse[:, None]), 0.0)
+    dv = dv + plgpu.dot(p.astype(do.dtype).T, do)
+    ds = (p * (plgpu.dot(do, v.T) - delta[:, None])).astype(q.dtype)
+    # No mask: `dq_ref` has whole blocks of rows, and rows past `n_q` add zeros (p is 0 there).
+    plgpu.atomic_add(dq_ref, (b, rows[:, None], h, jnp.arange(depth)[None, :]), plgpu.dot(ds, k))
+    return dk + plgpu.dot(ds.T, q), dv
+
+  zeros = jnp.zeros((block_k, depth), jnp.float32)
+  dk, dv = jax.lax.fori_loop(
+      0, _blocks_to_visit(j, block_k, kv_length, q_length, block_q), body, (zeros, zeros))
+  _store_rows(dk_ref, b, h, cols, n_k, dk)
+  _store_rows(dv_ref, b, h, cols, n_k, dv)
+
+
+def _call(kernel, grid_length, grid_block, settings, out_shape, *args, name, aliases=None):
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plgpu
   batch, _, heads, _ = args[0].shape
-  block_q, block_k, num_warps, num_stages, bias_kind = settings
+  block_q, block_k, num_warps, num_stages, bias_kind, _ = settings
   return pl.pallas_call(
       functools.partial(kernel, block_q=block_q, block_k=block_k, bias_kind=bias_kind),
       out_shape=out_shape, grid=(batch, heads, pl.cdiv(grid_length, grid_block)), name=name,
+      input_output_aliases=aliases or {},
       compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
       interpret=target_platform.platform() == "cpu")(*args)
 
@@ -193,13 +235,25 @@ def _backward(settings, residuals, d_out):
   q, k, v, bias, lengths, out, lse = residuals
   d_out = d_out.astype(q.dtype)
   batch, n_q, heads, _ = q.shape
-  dq, delta = _call(_dq_kernel, n_q, settings[0], settings,
-                    (jax.ShapeDtypeStruct(q.shape, q.dtype),
-                     jax.ShapeDtypeStruct((batch, heads, n_q), jnp.float32)),
-                    q, k, v, bias, lengths, d_out, lse, out, name="t5_flash_attention_dq")
-  dk, dv = _call(_dkdv_kernel, k.shape[1], settings[1], settings,
-                 (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-                 q, k, v, bias, lengths, d_out, lse, delta, name="t5_flash_attention_dkdv")
+  kv_shapes = (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype))
+  if settings[5] == "atomic_dq":
+    # delta_i = Σ_d out·d_out, the softmax backward's row term, in XLA: no kernel here holds
+    # whole rows of `d_out` before it needs the term.
+    delta = jnp.einsum("blhd,blhd->bhl", out.astype(jnp.float32), d_out.astype(jnp.float32))
+    rows = -(-n_q // settings[0]) * settings[0]  # whole query blocks: the adds need no mask
+    dq_sum = jnp.zeros((batch, rows) + q.shape[2:], jnp.float32)
+    dk, dv, dq = _call(_atomic_backward_kernel, k.shape[1], settings[1], settings,
+                       kv_shapes + (jax.ShapeDtypeStruct(dq_sum.shape, jnp.float32),),
+                       q, k, v, bias, lengths, d_out, lse, delta, dq_sum,
+                       name="t5_flash_attention_backward", aliases={8: 2})
+    dq = dq[:, :n_q].astype(q.dtype)
+  else:
+    dq, delta = _call(_dq_kernel, n_q, settings[0], settings,
+                      (jax.ShapeDtypeStruct(q.shape, q.dtype),
+                       jax.ShapeDtypeStruct((batch, heads, n_q), jnp.float32)),
+                      q, k, v, bias, lengths, d_out, lse, out, name="t5_flash_attention_dq")
+    dk, dv = _call(_dkdv_kernel, k.shape[1], settings[1], settings, kv_shapes,
+                   q, k, v, bias, lengths, d_out, lse, delta, name="t5_flash_attention_dkdv")
   return (dq, dk, dv, jnp.zeros_like(bias), np.zeros(lengths.shape, jax.dtypes.float0))
 
 
@@ -207,7 +261,7 @@ _attention.defvjp(_forward, _backward)
 
 
 def flash_attention(q, k, v, bias, q_lengths, kv_lengths, block_q: int = 64, block_k: int = 64,
-                    num_warps: int = 4, num_stages: int = 2):
+                    num_warps: int = 4, num_stages: int = 2, backward: str = "two_kernels"):
   """Softmax attention of right-padded `[B, Lq, H, D]` queries over `[B, Lk, H, D]` keys and
   values, with an additive bias or none. The bias is `[H, Lq, Lk]` or `[1, H, Lq, Lk]`, or, where
   it depends on the offset `j - i` alone as T5's relative-position bias does (self-attention,
@@ -217,7 +271,9 @@ def flash_attention(q, k, v, bias, q_lengths, kv_lengths, block_q: int = 64, blo
   (None: every row is valid) give zeros and pass no gradient (cuDNN's `q_lengths`); tiles wholly
   in the padding are skipped. Gradients for `q, k, v` only (the bias is taken as frozen).
   `num_warps`, `num_stages`: Triton's launch settings for all three kernels; a block longer than
-  its axis is cut to the axis (rounded up to a power of two, at least 16)."""
+  its axis is cut to the axis (rounded up to a power of two, at least 16). `backward`:
+  "two_kernels" (a `dq` kernel, then a `dk, dv` kernel; deterministic) or "atomic_dq" (one kernel
+  that adds `dq` up with float32 atomics: fewer products, run-to-run rounding differences)."""
   if target_platform.platform() not in ("gpu", "cpu"):
     raise ValueError(f"attention_impl='pallas' and cross_attention_impl='pallas' run Triton "
                      f"kernels, for GPUs; this backend is {target_platform.platform()}: use "
@@ -244,18 +300,21 @@ def flash_attention(q, k, v, bias, q_lengths, kv_lengths, block_q: int = 64, blo
   for block in (block_q, block_k):
     if block < 16 or block & (block - 1):
       raise ValueError(f"flash_attention: blocks must be powers of two >= 16, got {block}")
+  if backward not in BACKWARDS:
+    raise ValueError(f"flash_attention: backward={backward!r} is not one of {BACKWARDS}")
   if num_warps not in (1, 2, 4, 8, 16) or num_stages < 1:
     raise ValueError(f"flash_attention: num_warps must be a power of two <= 16 and num_stages "
                      f">= 1, got {num_warps} and {num_stages}")
   fit = lambda block, n: int(min(block, max(16, 1 << (n - 1).bit_length())))
   q_lengths = jnp.full((batch,), n_q, jnp.int32) if q_lengths is None else q_lengths
   lengths = jnp.stack([jnp.asarray(q_lengths, jnp.int32), jnp.asarray(kv_lengths, jnp.int32)])
-  settings = (fit(block_q, n_q), fit(block_k, n_k), int(num_warps), int(num_stages), kind)
+  settings = (fit(block_q, n_q), fit(block_k, n_k), int(num_warps), int(num_stages), kind,
+              backward)
   return _attention(q, k, v, bias, lengths, settings)
 
 
 def t5_flash_attention(q, k, v, bias, kv_lengths, block_q: int = 64, block_k: int = 64,
-                       num_warps: int = 4, num_stages: int = 2):
+                       num_warps: int = 4, num_stages: int = 2, backward: str = "two_kernels"):
   """T5's encoder self-attention: `flash_attention` with one length for rows and keys (positions
   at or past `kv_lengths[b]` are padding in both roles) and the relative-position bias, written
   out or by offset."""
@@ -263,4 +322,4 @@ def t5_flash_attention(q, k, v, bias, kv_lengths, block_q: int = 64, block_k: in
     raise ValueError(f"t5_flash_attention: q {q.shape}, k {k.shape}, v {v.shape} must be one "
                      "[B, L, H, D] shape (self-attention)")
   return flash_attention(q, k, v, bias, kv_lengths, kv_lengths, block_q, block_k, num_warps,
-                         num_stages)
+                         num_stages, backward)

@@ -14,8 +14,8 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
   rows = result["rows"]
   assert set(rows) == {"model", "no_mask", "no_bias", "no_bias_no_mask", "pad128", "einsum",
                        "pallas_no_bias", "pallas_t5", "pallas_t5_128x64", "pallas_t5_64x128",
-                       "pallas_t5_s3", "pallas_t5_128x64_w8s3", "pallas_t5_full_bias",
-                       "model_short", "pallas_t5_short",
+                       "pallas_t5_s3", "pallas_t5_128x64_w8s3", "pallas_t5_atomic",
+                       "pallas_t5_64x128_atomic", "pallas_t5_full_bias", "model_short", "pallas_t5_short",
                        "pad128_plain", "mosaic_fa3_f16", "cross", "cross_einsum", "cross_pallas"}
   assert result["length"] == 25
   # All rows are full length: dropping the mask, padding to 128, the einsum form or the Pallas
@@ -23,7 +23,8 @@ def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
   compared = {"no_mask": "model", "pad128": "model", "einsum": "model", "cross_einsum": "cross",
               "no_bias_no_mask": "no_bias", "pallas_no_bias": "no_bias", "pallas_t5": "model",
               "pallas_t5_128x64": "model", "pallas_t5_64x128": "model", "pallas_t5_s3": "model",
-              "pallas_t5_128x64_w8s3": "model", "pallas_t5_full_bias": "model",
+              "pallas_t5_128x64_w8s3": "model", "pallas_t5_atomic": "model",
+              "pallas_t5_64x128_atomic": "model", "pallas_t5_full_bias": "model",
               "pallas_t5_short": "model_short", "cross_pallas": "cross"}
   for name, reference in compared.items():
     assert rows[name]["compared_with"] == reference

@@ -87,3 +87,18 @@ def test_the_cross_attention_is_chosen_on_its_own_rows(tmp_path):
   _write(tmp_path, "attention_kernels.json", rows)
   assert suite_choice.choose(str(tmp_path))[0] == ["--attention", "fused", "--cross-attention",
                                                    "einsum"]
+
+
+def test_an_atomic_backward_row_adds_its_backward_flag(tmp_path):
+  from bench.__main__ import parse_args
+  _write(tmp_path, "attention_kernels.json", _attention(
+      10.0, pallas_t5=(9.0, 0.0), pallas_t5_64x128_atomic=(7.0, 0.01)))
+  flags, reasons = suite_choice.choose(str(tmp_path))
+  assert flags == ["--attention", "pallas", "--attention-launch", "64x128x4x2",
+                   "--attention-backward", "atomic_dq"]
+  assert "pallas_t5_64x128_atomic, 7.000 ms" in reasons[0]
+  args = parse_args(["train", "--size", "large", *flags])
+  assert (args.attention_launch, args.attention_backward) == ((64, 128, 4, 2), "atomic_dq")
+  _write(tmp_path, "attention_kernels.json", _attention(10.0, pallas_t5_atomic=(7.0, 0.0)))
+  assert suite_choice.choose(str(tmp_path))[0] == ["--attention", "pallas", "--attention-backward",
+                                                   "atomic_dq"]

@@ -135,6 +135,8 @@ def test_unknown_norm_impl_and_bad_launch_settings_are_refused():
     size_config("tiny", norm_tiling=(2,))
   with pytest.raises(ValueError, match="pallas_attention_launch=.* must be 4 positive integers"):
     size_config("tiny", pallas_attention_launch=(64, 64, 0, 2))
+  with pytest.raises(ValueError, match="pallas_attention_backward='atomic' is not supported"):
+    size_config("tiny", pallas_attention_backward="atomic")
   config = size_config("tiny", pallas_attention_launch=[128, 64, 8, 3], norm_tiling=["2", 8])
   assert config.pallas_attention_launch == (128, 64, 8, 3) and config.norm_tiling == (2, 8)
   assert hash(config) == hash(size_config("tiny", pallas_attention_launch=(128, 64, 8, 3),

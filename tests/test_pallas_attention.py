@@ -19,17 +19,20 @@ def _reference(q, k, v, bias, lengths):
   return jnp.where(valid[:, :, None, None], out, 0.0).astype(q.dtype)
 
 
-@pytest.mark.parametrize("blocks,dtype", [((16, 16), jnp.float32), ((32, 16), jnp.float32),
-                                          ((16, 32), jnp.bfloat16)])
-def test_matches_the_einsum_form_and_its_gradients(blocks, dtype):
+@pytest.mark.parametrize("blocks,dtype,backward", [
+    ((16, 16), jnp.float32, "two_kernels"), ((32, 16), jnp.float32, "two_kernels"),
+    ((16, 32), jnp.bfloat16, "two_kernels"), ((32, 16), jnp.float32, "atomic_dq"),
+    ((16, 32), jnp.bfloat16, "atomic_dq")])
+def test_matches_the_einsum_form_and_its_gradients(blocks, dtype, backward):
   """37 positions (not a multiple of any block); rows padded after 20 keys (whole 16-blocks of
-  padding, skipped), after 5 (less than one block) and after 0 (all padding: zeros, no NaN)."""
+  padding, skipped), after 5 (less than one block) and after 0 (all padding: zeros, no NaN).
+  Either backward pass: two kernels, or one that adds `dq` up with atomics."""
   b, n, h, d = 4, 37, 2, 16
   ks = jax.random.split(jax.random.PRNGKey(0), 5)
   q, k, v, d_out = (jax.random.normal(key, (b, n, h, d)).astype(dtype) for key in ks[:4])
   bias = jax.random.normal(ks[4], (1, h, n, n)).astype(dtype)
   lengths = jnp.array([37, 20, 5, 0])
-  ours = lambda q, k, v: t5_flash_attention(q, k, v, bias, lengths, *blocks)
+  ours = lambda q, k, v: t5_flash_attention(q, k, v, bias, lengths, *blocks, backward=backward)
   (out, vjp), (want, want_vjp) = jax.vjp(ours, q, k, v), jax.vjp(
       lambda q, k, v: _reference(q, k, v, bias, lengths), q, k, v)
   tol = 2e-5 if dtype == jnp.float32 else 5e-2
@@ -132,6 +135,9 @@ def test_launch_settings_change_nothing_but_speed():
   np.testing.assert_array_equal(np.asarray(other), np.asarray(base))
   with pytest.raises(ValueError, match="num_warps"):
     t5_flash_attention(q, k, v, bias, lengths, num_warps=3)
+  with pytest.raises(ValueError, match=r"backward='atomic' is not one of \('two_kernels', "
+                                       r"'atomic_dq'\)"):
+    t5_flash_attention(q, k, v, bias, lengths, backward="atomic")
 
 
 def test_bad_shapes_and_blocks_are_refused_naming_them():
@@ -148,21 +154,23 @@ def test_bad_shapes_and_blocks_are_refused_naming_them():
     t5_flash_attention(x, jnp.zeros((1, 4, 2, 16)), x, jnp.zeros((2, 8, 8)), jnp.array([8]))
 
 
+@pytest.mark.parametrize("backward", ["two_kernels", "atomic_dq"])
 def test_the_model_with_attention_impl_pallas_gives_the_einsum_forms_logits_and_gradient(
-    monkeypatch, cross="pallas"):
+    monkeypatch, backward, cross="pallas"):
   """Right-padded rows of different lengths: same logits and prompt gradient as T5X's einsum form
-  (the encoder self-attention through our kernels, with the configured launch settings, and the
-  cross-attention too, `cross_attention_impl="pallas"`; with "auto" it is cuDNN's as with "fused":
-  bench/attention_check's test covers that form)."""
+  (the encoder self-attention through our kernels, with the configured launch settings and
+  backward, and the cross-attention too, `cross_attention_impl="pallas"`, with its own launch and
+  two backward kernels; with "auto" it is cuDNN's as with "fused": bench/attention_check's test
+  covers that form)."""
   from spot_jax import model as M
   from spot_jax import pallas_attention
   from spot_jax.config import size_config
   cfg = size_config("tiny", vocab_size=96, dropout_rate=0.0)
   ours = cfg.replace(attention_impl="pallas", pallas_attention_launch=(16, 32, 8, 3),
-                     cross_attention_impl=cross)
+                     pallas_attention_backward=backward, cross_attention_impl=cross)
   launches, kernel = [], pallas_attention.flash_attention
   monkeypatch.setattr(pallas_attention, "flash_attention",
-                      lambda *a: launches.append((a[1].shape[1], a[6:])) or kernel(*a))
+                      lambda *a, **kw: launches.append((a[1].shape[1], a[6:], kw)) or kernel(*a, **kw))
   params = M.init_params(cfg, jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   enc = rng.integers(2, 96, size=(2, 11)).astype(np.int32)
@@ -173,8 +181,9 @@ def test_the_model_with_attention_impl_pallas_gives_the_einsum_forms_logits_and_
   assert "pallas_call" in str(jax.make_jaxpr(lambda p: run(ours, p))(prompt))
   # the encoder's 14 keys per layer (3 prompt + 11) with the configured launch, and the decoder's
   # cross-attention over the same keys with its own
-  assert launches == [(14, (16, 32, 8, 3))] * cfg.num_encoder_layers + (
-      [(14, pallas_attention.CROSS_LAUNCH)] * cfg.num_decoder_layers if cross == "pallas" else [])
+  assert launches == [(14, (16, 32, 8, 3, backward), {})] * cfg.num_encoder_layers + (
+      [(14, pallas_attention.CROSS_LAUNCH, {})] * cfg.num_decoder_layers if cross == "pallas"
+      else [])
   np.testing.assert_allclose(np.asarray(run(ours, prompt)), np.asarray(run(cfg, prompt)),
                              atol=1e-5)
   loss = lambda c: lambda p: jnp.sum(run(c, p) ** 2) * 1e-3
