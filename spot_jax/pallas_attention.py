@@ -106,10 +106,19 @@ def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, o_ref, lse_ref, *, b
   plgpu.store(lse_ref.at[b, h, rows], m + jnp.log2(l), mask=rows < n_q)  # log2-sum-exp2
 
 
-def _dkdv_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
-                 *, block_q, block_k, bias_kind):
+def _dkdv_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref, *out_refs,
+                 block_q, block_k, bias_kind):
+  """`dk, dv` for one key block, over the query blocks. Its outputs are `dk_ref, dv_ref`, or, for
+  `backward="atomic_dq"`, `(dq_zeros_ref, dk_ref, dv_ref, dq_ref)`: then each tile's `ds k` is
+  also added into the float32 `dq` (aliased to the zeros) with atomic adds, five tile products per
+  tile instead of the two kernels' seven (`q kᵀ` and `d_out vᵀ` are not recomputed for `dq`),
+  for atomic traffic on the `dq` sum; the order of its float32 additions varies from run to run."""
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plgpu
+  if len(out_refs) == 4:
+    _, dk_ref, dv_ref, dq_ref = out_refs  # the zeros are dq_ref's own buffer
+  else:
+    (dk_ref, dv_ref), dq_ref = out_refs, None
   b, h, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   n_q, n_k, depth = q_ref.shape[1], k_ref.shape[1], q_ref.shape[3]
   cols = j * block_k + jnp.arange(block_k)
@@ -126,8 +135,12 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_
     s = _scores(q, k, bias_ref, bias_kind, h, rows, cols, n_q, n_k, kv_length)
     p = jnp.where((rows < q_length)[:, None], jnp.exp2(s - lse[:, None]), 0.0)  # padding rows:
     dv = dv + plgpu.dot(p.astype(do.dtype).T, do)                             # no gradient
-    ds = p * (plgpu.dot(do, v.T) - delta[:, None])
-    return dk + plgpu.dot(ds.astype(q.dtype).T, q), dv
+    ds = (p * (plgpu.dot(do, v.T) - delta[:, None])).astype(q.dtype)
+    if dq_ref is not None:
+      # No mask: `dq_ref` has whole blocks of rows, and rows past `n_q` add zeros (p is 0 there).
+      plgpu.atomic_add(dq_ref, (b, rows[:, None], h, jnp.arange(depth)[None, :]),
+                       plgpu.dot(ds, k))
+    return dk + plgpu.dot(ds.T, q), dv
 
   zeros = jnp.zeros((block_k, depth), jnp.float32)
   dk, dv = jax.lax.fori_loop(
@@ -164,44 +177,6 @@ def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, o_ref, d
   dq = jax.lax.fori_loop(0, _blocks_to_visit(i, block_q, q_length, kv_length, block_k), body,
                          jnp.zeros((block_q, depth), jnp.float32))
   _store_rows(dq_ref, b, h, rows, n_q, jnp.where((rows < q_length)[:, None], dq, 0.0))
-
-
-def _atomic_backward_kernel(q_ref, k_ref, v_ref, bias_ref, len_ref, do_ref, lse_ref, delta_ref,
-                            dq_in_ref, dk_ref, dv_ref, dq_ref, *, block_q, block_k, bias_kind):
-  """`backward="atomic_dq"`: one pass, a program per key block, as `_dkdv_kernel`, which also adds
-  each tile's `ds k` into a float32 `dq` (aliased to `dq_in_ref`, zeros) with atomic adds. Five
-  tile products per tile instead of the two kernels' seven (`q kᵀ` and `d_out vᵀ` are not
-  recomputed for `dq`), for atomic traffic on the `dq` sum; the order of its float32 additions
-  varies from run to run."""
-  del dq_in_ref  # the same buffer as dq_ref
-  from jax.experimental import pallas as pl
-  from jax.experimental.pallas import triton as plgpu
-  b, h, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-  n_q, n_k, depth = q_ref.shape[1], k_ref.shape[1], q_ref.shape[3]
-  cols = j * block_k + jnp.arange(block_k)
-  k, v = _rows_of(k_ref, b, h, cols, n_k, depth), _rows_of(v_ref, b, h, cols, n_k, depth)
-  q_length, kv_length = len_ref[0, b], len_ref[1, b]
-
-  def body(i, carry):
-    dk, dv = carry
-    rows = i * block_q + jnp.arange(block_q)
-    q = _rows_of(q_ref, b, h, rows, n_q, depth)
-    do = _rows_of(do_ref, b, h, rows, n_q, depth)
-    lse = plgpu.load(lse_ref.at[b, h, rows], mask=rows < n_q, other=0.0)
-    delta = plgpu.load(delta_ref.at[b, h, rows], mask=rows < n_q, other=0.0)
-    s = _scores(q, k, bias_ref, bias_kind, h, rows, cols, n_q, n_k, kv_length)
-    p = jnp.where((rows < q_length)[:, None], jnp.exp2(s - lse[:, None]), 0.0)
-    dv = dv + plgpu.dot(p.astype(do.dtype).T, do)
-    ds = (p * (plgpu.dot(do, v.T) - delta[:, None])).astype(q.dtype)
-    # No mask: `dq_ref` has whole blocks of rows, and rows past `n_q` add zeros (p is 0 there).
-    plgpu.atomic_add(dq_ref, (b, rows[:, None], h, jnp.arange(depth)[None, :]), plgpu.dot(ds, k))
-    return dk + plgpu.dot(ds.T, q), dv
-
-  zeros = jnp.zeros((block_k, depth), jnp.float32)
-  dk, dv = jax.lax.fori_loop(
-      0, _blocks_to_visit(j, block_k, kv_length, q_length, block_q), body, (zeros, zeros))
-  _store_rows(dk_ref, b, h, cols, n_k, dk)
-  _store_rows(dv_ref, b, h, cols, n_k, dv)
 
 
 def _call(kernel, grid_length, grid_block, settings, out_shape, *args, name, aliases=None):
@@ -242,7 +217,7 @@ def _backward(settings, residuals, d_out):
     delta = jnp.einsum("blhd,blhd->bhl", out.astype(jnp.float32), d_out.astype(jnp.float32))
     rows = -(-n_q // settings[0]) * settings[0]  # whole query blocks: the adds need no mask
     dq_sum = jnp.zeros((batch, rows) + q.shape[2:], jnp.float32)
-    dk, dv, dq = _call(_atomic_backward_kernel, k.shape[1], settings[1], settings,
+    dk, dv, dq = _call(_dkdv_kernel, k.shape[1], settings[1], settings,
                        kv_shapes + (jax.ShapeDtypeStruct(dq_sum.shape, jnp.float32),),
                        q, k, v, bias, lengths, d_out, lse, delta, dq_sum,
                        name="t5_flash_attention_backward", aliases={8: 2})
