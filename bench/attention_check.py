@@ -5,7 +5,8 @@
 The fused form runs cuDNN on a GPU, which the CPU test suite cannot reach, so the GPU suite checks
 it here first: the loss and the prompt gradient of T5 1.1 (random weights, bfloat16, dropout off,
 right-padded rows of different lengths) under `attention_impl="fused"`, under `"pallas"` (our
-Triton flash kernel; `pallas_cross`: the cross-attention through it too) and under bfloat16
+Triton flash kernel; `pallas_cross`: the cross-attention through it too; `pallas_atomic`: its
+one-kernel backward, `dq` added with atomics) and under bfloat16
 attention logits, each against the float32-logits einsum
 form; and `norm_impl="pallas"` (Triton
 kernels, their dropout masks hashed in the kernel) against XLA's norms, dropout on, same key.
@@ -38,6 +39,9 @@ def relative_errors(size: str = "small", batch: int = 4, input_length: int = 200
               "pallas": (base.replace(attention_impl="pallas"), "einsum_f32_logits", False),
               "pallas_cross": (base.replace(attention_impl="pallas", cross_attention_impl="pallas"),
                                "einsum_f32_logits", False),
+              "pallas_atomic": (base.replace(attention_impl="pallas",
+                                             pallas_attention_backward="atomic_dq"),
+                                "einsum_f32_logits", False),
               "einsum_bf16_logits": (base.replace(float32_attention_logits=False),
                                      "einsum_f32_logits", False),
               "fused_dropout": (dropped, None, True),
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
   p.add_argument("--tolerance", type=float, default=5e-2)
   p.add_argument("--json", default="")
   p.add_argument("--variants", default="fused,einsum_bf16_logits",
-                 help="comma-separated forms to check (fused, pallas, pallas_cross, "
+                 help="comma-separated forms to check (fused, pallas, pallas_cross, pallas_atomic, "
                       "einsum_bf16_logits: "
                       "against the float32-logits einsum form; pallas_norm: the one-kernel norms, "
                       "dropout on, against XLA's)")

@@ -57,7 +57,7 @@ pack_now() {
 
 echo "== attention check ($((SECONDS - start))s)" | tee -a "$log"
 # Autotuning off: a correctness check needs no fast kernels, and it saves compile time.
-XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" timeout 120 $py -m bench.attention_check --size "${CHECK_SIZE:-tiny}" --variants "${CHECK_VARIANTS:-fused,pallas,pallas_cross,pallas_norm}" \
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" timeout 120 $py -m bench.attention_check --size "${CHECK_SIZE:-tiny}" --variants "${CHECK_VARIANTS:-fused,pallas,pallas_atomic,pallas_cross,pallas_norm}" \
   --json "$out/attention_check.json" 2>&1 | tee -a "$log" | grep -v "^\[bench\]"
 pack_now
 

@@ -8,12 +8,14 @@ from bench import attention_check
 def test_checks_each_form_against_its_reference(tmp_path, capsys):
   result = attention_check.relative_errors("tiny", batch=2, input_length=12, prompt_length=4,
                                            target_length=4,
-                                           only=("fused", "pallas_cross", "pallas_norm"))
+                                           only=("fused", "pallas_cross", "pallas_atomic",
+                                                 "pallas_norm"))
   # (pallas_cross runs both attentions through our kernel: it covers "pallas"'s self-attention)
   assert result["fused"]["reference"] == result["pallas_cross"]["reference"] == "einsum_f32_logits"
+  assert result["pallas_atomic"]["reference"] == "einsum_f32_logits"
   assert result["pallas_norm"]["reference"] == "fused_dropout"
   # bfloat16: rounding-sized differences only
-  for name in ("fused", "pallas_cross", "pallas_norm"):
+  for name in ("fused", "pallas_cross", "pallas_atomic", "pallas_norm"):
     assert result[name]["loss_rel_err"] < 1e-2 and result[name]["grad_rel_err"] < 5e-2, result
   # dropout on for the norm check: its reference's loss is not the dropout-free one
   assert abs(result["pallas_norm"]["reference_loss"] - result["fused"]["loss"]) > 1e-4
