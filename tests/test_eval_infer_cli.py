@@ -77,3 +77,22 @@ def test_a_model_smaller_than_the_task_vocabulary_is_refused(tmp_path, prompt_fi
     with pytest.raises(ValueError, match=r"vocabulary has \d+ ids but the model's vocab_size is 512"):
       (eval_cli if run_gin == "prompt_eval.gin" else infer_cli).main(
           args + ["--gin.spot_jax.model_config.vocab_size=512"])
+
+
+def test_gpu_bf16_gin_gives_the_benchmarked_setting_and_runs(tmp_path, prompt_file, monkeypatch):
+  """models/gpu_bf16.gin (after the size): bfloat16 activations and frozen weights, the fused
+  attention; infer runs with it (the fused form's XLA lowering here). Without it: float32, einsum."""
+  from spot_jax import train as train_lib
+  placed, place = [], train_lib.place_frozen
+  monkeypatch.setattr(train_lib, "place_frozen", lambda params, config, mesh, dtype: placed.append(
+      (config.dtype, config.attention_impl, dtype)) or place(params, config, mesh, dtype))
+  for extra, want in (((), ("float32", "einsum", "float32")),
+                      (("models/gpu_bf16.gin",), ("bfloat16", "fused", "bfloat16"))):
+    gin.clear_config()
+    args = _args("prompt_infer.gin", "INFER_OUTPUT_DIR", tmp_path / "i", prompt_file,
+                 ["--gin.spot_jax.infer.infer_prompt.num_examples=3"])
+    args[2:2] = [f"--gin_file={f}" for f in extra]  # after the size, before the run file
+    written = infer_cli.main(args)
+    assert placed[-1] == want
+    rows = [json.loads(line) for line in open(written[TASK])]
+    assert len(rows) == 3 and all(set(r) == {"inputs", "prediction", "targets"} for r in rows)
