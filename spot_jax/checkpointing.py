@@ -43,6 +43,13 @@ class PromptCheckpoints:
     """Restore onto the shardings of `abstract_state` (a TrainState of arrays or ShapeDtypeStructs)."""
     step = self.latest_step() if step is None else step
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state._asdict())
+    saved = self._saved_prompt_shape(step)
+    if saved is not None and saved != tuple(target["prompt"].shape):
+      # Checked before orbax starts reading: its failed reads would otherwise linger.
+      raise RuntimeError(
+          f"the training checkpoint at step {step} in {self.directory} holds a prompt of shape "
+          f"{saved}, but this run's prompt is {tuple(target['prompt'].shape)} (PROMPT_LENGTH or "
+          f"the model's d_model changed): start a new MODEL_DIR, or set them back to resume")
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
@@ -52,6 +59,15 @@ class PromptCheckpoints:
           f"prompt length or optimizer changed, start a new MODEL_DIR; if the checkpoint is corrupt, "
           f"delete {self.directory}/{step} to resume from the one before.") from e
     return TrainState(**restored.state), dict(restored.meta)
+
+  def _saved_prompt_shape(self, step: int) -> Optional[tuple]:
+    """The prompt's shape from the checkpoint's metadata (no array is read), or None when the
+    metadata cannot say."""
+    try:
+      shape = self._manager.item_metadata(step)["state"].tree["prompt"].shape
+    except Exception:  # pylint: disable=broad-except  (older or partial metadata: orbax decides)
+      return None
+    return tuple(shape) if shape is not None else None
 
   def wait(self):
     self._manager.wait_until_finished()

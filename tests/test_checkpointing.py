@@ -39,8 +39,10 @@ def test_restoring_into_another_prompt_shape_explains_the_fix(tmp_path):
   ckpts = checkpointing.PromptCheckpoints(str(tmp_path), keep=3, async_save=False)
   ckpts.save(_state(3, 1.0), {"step": 3})
   wrong = ts.init_state(np.zeros((7, 4), np.float32), optim.adafactor())
-  with pytest.raises(RuntimeError, match="start a new MODEL_DIR"):
+  with pytest.raises(RuntimeError, match=r"holds a prompt of shape \(3, 4\), but this run's prompt "
+                                         r"is \(7, 4\).*start a new MODEL_DIR"):
     ckpts.restore(wrong)
+  ckpts.close()
 
 
 def test_a_relative_model_dir_works(tmp_path, monkeypatch):
