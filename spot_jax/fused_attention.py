@@ -5,6 +5,8 @@ XLA form, which computes the same function (tests/test_model.py holds them equal
 """
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 
@@ -27,10 +29,17 @@ def _cudnn_attention_without_bias_grad(q, k, v, bias, q_lengths, kv_lengths):
     unused = jnp.zeros(0, q.dtype)
     padded = q_lengths is not None
     mask = cudnn_fa.MaskType.PADDING if padded else cudnn_fa.MaskType.NO_MASK
-    return cudnn_fa._dot_product_attention(
-        q, k, v, bias, q_lengths if padded else unused, kv_lengths if padded else unused,
-        unused, unused, unused, unused, 1.0, 42, 0.0, (True, False), mask, layout.value, None,
-        version, False)
+    # Its arguments by name: jax 0.12 added `score_mod_args` and `score_mod` to jax 0.10/0.11's.
+    values = dict(
+        query=q, key=k, value=v, bias=bias, q_seqlen=q_lengths if padded else unused,
+        kv_seqlen=kv_lengths if padded else unused, q_offsets=unused, kv_offsets=unused,
+        page_table_k=unused, page_table_v=unused, score_mod_args=(), scale=1.0, seed=42,
+        dropout_rate=0.0, variadic_args=(True, False), mask_type=mask, layout=layout.value,
+        sliding_window_length=None, score_mod=None, cudnn_version=version, return_residual=False)
+    names = list(inspect.signature(cudnn_fa._dot_product_attention).parameters)
+    if not set(names) <= set(values):
+      return None  # an interface this code does not know
+    return cudnn_fa._dot_product_attention(*(values[name] for name in names))
   except (ImportError, AttributeError, TypeError):
     return None
 
