@@ -58,25 +58,26 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--target-length", type=int, default=8)
   p.add_argument("--prompt-length", type=int, default=100)
   p.add_argument("--decode-length", type=int, default=32, help="tokens generated (decode)")
+  from spot_jax import config as C  # the flags' choices are T5Config's own
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="activation dtype")
   p.add_argument("--weight-dtype", default="float32", choices=("float32", "bfloat16"),
                  help="dtype of the frozen weights (bfloat16 halves their memory)")
-  p.add_argument("--attention", default="einsum", choices=("einsum", "fused", "pallas"),
+  p.add_argument("--attention", default="einsum", choices=C.ATTENTION_IMPLS,
                  help="encoder self-attention: T5X's einsum form (dropout on the probabilities), "
                       "jax.nn.dot_product_attention (cuDNN flash attention on GPU) or our Pallas "
                       "flash kernel with T5's bias (see T5Config.attention_impl)")
   p.add_argument("--attention-logits", default="float32", choices=("float32", "bfloat16"),
                  help="einsum attention: dtype of scores, softmax and stored probabilities "
                       "(bfloat16 is T5X's float32_attention_logits=False; see T5Config)")
-  p.add_argument("--dropout-bits", default="auto", choices=("auto", "16bit", "per_element"),
+  p.add_argument("--dropout-bits", default="auto", choices=C.DROPOUT_BITS,
                  help="how dropout masks get their bits (T5Config.dropout_bits)")
-  p.add_argument("--mlp-backward", default="auto", choices=("auto", "store", "recompute"),
+  p.add_argument("--mlp-backward", default="auto", choices=C.MLP_BACKWARDS,
                  help="gated-GELU backward: stored or recomputed tanh and mask (T5Config.mlp_backward)")
-  p.add_argument("--norm-impl", default="xla", choices=("xla", "pallas"),
+  p.add_argument("--norm-impl", default="xla", choices=C.NORM_IMPLS,
                  help="encoder residual add + dropout + RMSNorm: XLA's fusions or one Triton kernel "
                       "each way (T5Config.norm_impl; GPU)")
-  p.add_argument("--cross-attention", default="auto", choices=("auto", "einsum", "pallas"),
+  p.add_argument("--cross-attention", default="auto", choices=C.CROSS_ATTENTION_IMPLS,
                  help="the decoder's cross-attention: as --attention has it (cuDNN for fused and "
                       "pallas), T5X's einsum form, or our Pallas kernel "
                       "(T5Config.cross_attention_impl)")
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="--attention pallas: the kernels' blocks, warps and pipeline stages, e.g. "
                       "128x64x8x3 (T5Config.pallas_attention_launch; default 64x64x4x2)")
   p.add_argument("--attention-backward", default="two_kernels",
-                 choices=("two_kernels", "atomic_dq"),
+                 choices=C.PALLAS_ATTENTION_BACKWARDS,
                  help="--attention pallas: its backward pass, two kernels or one adding dq with "
                       "atomics (T5Config.pallas_attention_backward)")
   p.add_argument("--norm-tiling", type=launch_type(2), default=None, metavar="ROWSxWARPS",

@@ -185,17 +185,18 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--target-config", required=True, help="GpuTargetConfigProto text file")
   from bench.__main__ import add_shape_arguments, launch_type, xla_options
+  from spot_jax import config as C  # the flags' choices are T5Config's own
   add_shape_arguments(p, size="base")
   p.add_argument("--weight-dtype", default="bfloat16", choices=("float32", "bfloat16"))
-  p.add_argument("--attention", default="fused", choices=("einsum", "fused", "pallas"))
-  p.add_argument("--dropout-bits", default="auto", choices=("auto", "16bit", "per_element"))
-  p.add_argument("--mlp-backward", default="auto", choices=("auto", "store", "recompute"))
-  p.add_argument("--norm-impl", default="xla", choices=("xla", "pallas"))
-  p.add_argument("--cross-attention", default="auto", choices=("auto", "einsum", "pallas"))
+  p.add_argument("--attention", default="fused", choices=C.ATTENTION_IMPLS)
+  p.add_argument("--dropout-bits", default="auto", choices=C.DROPOUT_BITS)
+  p.add_argument("--mlp-backward", default="auto", choices=C.MLP_BACKWARDS)
+  p.add_argument("--norm-impl", default="xla", choices=C.NORM_IMPLS)
+  p.add_argument("--cross-attention", default="auto", choices=C.CROSS_ATTENTION_IMPLS)
   p.add_argument("--attention-launch", type=launch_type(4), default=None,
                  metavar="BQxBKxWARPSxSTAGES")
   p.add_argument("--attention-backward", default="two_kernels",
-                 choices=("two_kernels", "atomic_dq"))
+                 choices=C.PALLAS_ATTENTION_BACKWARDS)
   p.add_argument("--norm-tiling", type=launch_type(2), default=None, metavar="ROWSxWARPS")
   p.add_argument("--dropout", type=float, default=0.1)
   p.add_argument("--xla-option", action="append", default=[], metavar="NAME=VALUE",
