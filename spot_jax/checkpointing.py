@@ -25,9 +25,12 @@ class PromptCheckpoints:
     directory = os.path.abspath(os.path.join(model_dir, CHECKPOINTS_SUBDIR)) \
         if "://" not in model_dir else model_dir.rstrip("/") + "/" + CHECKPOINTS_SUBDIR
     self.directory = directory
+    # Handlers named up front: without them a manager opened on an existing directory (a resumed
+    # run) knows no item's metadata until its first save, and cannot check the prompt's shape.
     self._manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()

@@ -38,11 +38,16 @@ def test_saving_a_step_twice_is_a_no_op(tmp_path):
 def test_restoring_into_another_prompt_shape_explains_the_fix(tmp_path):
   ckpts = checkpointing.PromptCheckpoints(str(tmp_path), keep=3, async_save=False)
   ckpts.save(_state(3, 1.0), {"step": 3})
+  ckpts.close()
+  # A resumed run opens a new manager on the directory: the check must work from disk alone.
+  reopened = checkpointing.PromptCheckpoints(str(tmp_path), keep=3, async_save=False)
+  assert reopened._saved_prompt_shape(3) == (3, 4)
   wrong = ts.init_state(np.zeros((7, 4), np.float32), optim.adafactor())
   with pytest.raises(RuntimeError, match=r"holds a prompt of shape \(3, 4\), but this run's prompt "
-                                         r"is \(7, 4\).*start a new MODEL_DIR"):
-    ckpts.restore(wrong)
-  ckpts.close()
+                                         r"is \(7, 4\).*start a new MODEL_DIR") as err:
+    reopened.restore(wrong)
+  assert "corrupt" not in str(err.value)  # a good checkpoint must not be called corrupt
+  reopened.close()
 
 
 def test_a_relative_model_dir_works(tmp_path, monkeypatch):

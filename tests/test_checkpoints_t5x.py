@@ -1,6 +1,7 @@
 """T5X native checkpoints: write/read round trip, the real T5X-written fixture, spec rewriting, errors."""
 import json
 import os
+import shutil
 
 import ml_dtypes
 import msgpack
@@ -144,6 +145,34 @@ def test_corrupt_msgpack_and_missing_zarr(tmp_path):
   (bad / "checkpoint").write_bytes(msgpack.packb({"params": {}}))
   with pytest.raises(CheckpointError, match="no optimizer/target"):
     read_params(str(bad))
+
+
+def test_missing_chunk_file_is_an_error_not_zeros(tmp_path):
+  """T5X stores every chunk (no fill value): a deleted chunk file must not read back as zeros."""
+  ckpt = write_t5x(_params(), str(tmp_path), step=1)
+  array_dir = os.path.join(ckpt, "target.encoder.layers_0.mlp.wo.kernel")
+  chunks = [f for f in os.listdir(array_dir) if not f.startswith(".")]
+  os.remove(os.path.join(array_dir, chunks[0]))
+  with pytest.raises(CheckpointError, match=r"encoder/layers_0/mlp/wo/kernel.*missing or damaged"):
+    read_params(str(tmp_path))
+
+
+def test_chunks_omitted_for_a_declared_fill_value_read_as_fills(tmp_path):
+  """Zarr lets a writer with a fill value skip chunks equal to it: those are not damage."""
+  import tensorstore as ts
+  ckpt = write_t5x(_params(), str(tmp_path), step=1)
+  name = "target.encoder.layers_0.mlp.wo.kernel"
+  want = read_t5x(ckpt)[1]["encoder"]["layers_0"]["mlp"]["wo"]["kernel"]
+  array_dir = os.path.join(ckpt, name)
+  shutil.rmtree(array_dir)
+  store = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": array_dir},
+                   "metadata": {"shape": list(want.shape), "chunks": list(want.shape),
+                                "dtype": "<f4", "fill_value": 0,
+                                "compressor": {"id": "gzip", "level": 1}}}, create=True).result()
+  store.write(np.zeros_like(want)).result()  # equal to the fill value: the chunk is not written
+  assert [f for f in os.listdir(array_dir) if not f.startswith(".")] == []
+  got = read_t5x(ckpt)[1]["encoder"]["layers_0"]["mlp"]["wo"]["kernel"]
+  np.testing.assert_array_equal(got, np.zeros_like(want))
 
 
 def test_path_of_neither_format(tmp_path):

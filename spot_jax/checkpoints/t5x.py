@@ -201,20 +201,31 @@ def _read_specs(specs: Mapping[str, Dict[str, Any]], version: int) -> Dict[str, 
   import tensorstore as ts
   if not specs:
     return {}
-  opened = {name: ts.open(spec, open=True, read=True) for name, spec in specs.items()}
-  reads = {}
+  # T5X writes arrays without a fill value, so every chunk is on disk: a missing chunk file is damage,
+  # not zeros. (An array that declares a fill value may omit chunks equal to it; read those as fills.)
+  opened = {name: ts.open({**spec, "fill_missing_data_reads": False}, open=True, read=True)
+            for name, spec in specs.items()}
+  stores, reads = {}, {}
   for name, future in opened.items():
     try:
-      reads[name] = future.result().read()
+      stores[name] = future.result()
+      reads[name] = stores[name].read()
     except Exception as e:
       raise CheckpointError(f"cannot open the TensorStore array for {name!r} at "
                             f"{specs[name]['kvstore']}: {e}") from e
   out = {}
   for name, future in reads.items():
     try:
-      arr = np.asarray(future.result())
+      try:
+        arr = np.asarray(future.result())
+      except ValueError as e:
+        if "NOT_FOUND" not in str(e) or stores[name].fill_value is None:
+          raise
+        arr = np.asarray(ts.open({**specs[name], "fill_missing_data_reads": True}, open=True,
+                                 read=True).result().read().result())
     except Exception as e:
-      raise CheckpointError(f"cannot read the TensorStore array for {name!r}: {e}") from e
+      raise CheckpointError(f"cannot read the TensorStore array for {name!r} (a chunk file missing or "
+                            f"damaged: copy the checkpoint again): {e}") from e
     if version < 3 and arr.dtype == np.uint16:  # version 2 stored bfloat16 as raw uint16
       import ml_dtypes
       arr = arr.view(ml_dtypes.bfloat16)
