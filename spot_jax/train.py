@@ -113,6 +113,12 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   # --- everything that can be wrong is checked before any compute ---
   task = input_pipeline.get_task(mixture_or_task_name)
   input_pipeline.check_split(task, "train")
+  if eval_period:
+    try:
+      input_pipeline.check_split(task, eval_split)
+    except ValueError as e:
+      raise ValueError(f"{e}: EVAL_PERIOD={eval_period} evaluates on it. Set EVAL_SPLIT to one of its "
+                       f"splits, or EVAL_PERIOD=None to train without evaluation") from None
   missing = {"inputs", "targets"} - set(task_feature_lengths)
   if missing:
     raise ValueError(f"TASK_FEATURE_LENGTHS lacks {sorted(missing)}; e.g. {{'inputs': 128, 'targets': 8}}")
@@ -158,6 +164,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
   def save(state, step):
     nonlocal last_saved
+    check_finite(state)  # never label a skipped update's unchanged prompt as a later step
     ckpts.save(state, {"step": step, "data_batches_consumed": step, "task": mixture_or_task_name})
     if is_main:
       prompt_io.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step)
@@ -170,8 +177,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
       where = (f"the last good checkpoint is step {last_saved} in {ckpts.directory}"
                if last_saved is not None else "no checkpoint was written yet")
       raise FloatingPointError(
-          f"the loss became NaN or inf at step {bad} (that update and later ones were skipped); {where}. "
-          f"Lower the learning rate or check the data of {mixture_or_task_name}.")
+          f"the loss, gradient or prompt became NaN or inf at step {bad} (that update and later ones "
+          f"were skipped); {where}. Lower the learning rate or check the data of {mixture_or_task_name}.")
 
   step = start_step
   window_start, window_steps = time.time(), 0

@@ -2,8 +2,8 @@
 
 The frozen parameters are an argument of the step that is never differentiated, updated or copied
 into optimizer state, so XLA computes gradients through activations only (no weight gradients).
-The train state is a small pytree: step, prompt, optimizer state, and the first step whose loss was
-not finite (such an update is skipped, so a saved prompt is never poisoned; the host checks the flag
+The train state is a small pytree: step, prompt, optimizer state, and the first step whose loss,
+gradient or prompt was not finite (such an update is skipped, so a saved prompt is never poisoned; the host checks the flag
 at log and save points instead of syncing every step).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ class TrainState(NamedTuple):
   step: jax.Array
   prompt: jax.Array  # [P, d] float32
   opt_state: Any
-  nonfinite_step: jax.Array  # -1 while every loss so far was finite
+  nonfinite_step: jax.Array  # -1 while every update so far was finite; else the first bad step (1-based)
 
 
 def init_state(prompt, tx: optax.GradientTransformation) -> TrainState:
@@ -82,13 +82,17 @@ def make_train_step(config: T5Config, tx: optax.GradientTransformation, enable_d
     loss, grads = loss_sum / count, grad_sum / count
     updates, opt_state = tx.update(grads, state.opt_state, state.prompt)
     new_prompt = optax.apply_updates(state.prompt, updates)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(new_prompt))
+    grad_norm, new_norm = optax.global_norm(grads), optax.global_norm(new_prompt)
+    # A prompt whose norm overflows float32 (entries past ~1e18) has diverged even while the loss
+    # stays finite (the first RMSNorm scales it back): treat it as a non-finite update too.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(new_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    nonfinite = jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step)
+    # Numbered as the log numbers steps: the update that produces step N is step N.
+    nonfinite = jnp.where((state.nonfinite_step < 0) & ~finite, state.step + 1, state.nonfinite_step)
     new_state = TrainState(state.step + 1, keep(new_prompt, state.prompt),
                            keep(opt_state, state.opt_state), nonfinite)
-    metrics = {"loss": loss, "target_tokens": count, "grad_norm": optax.global_norm(grads),
-               "prompt_norm": optax.global_norm(new_state.prompt)}
+    metrics = {"loss": loss, "target_tokens": count, "grad_norm": grad_norm,
+               "prompt_norm": jnp.where(finite, new_norm, optax.global_norm(state.prompt))}
     return new_state, metrics
 
   return step

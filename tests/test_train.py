@@ -140,7 +140,7 @@ def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
 
 def test_nan_loss_stops_naming_the_step(tmp_path):
   params = init_params(CFG, jax.random.PRNGKey(0))
-  with pytest.raises(FloatingPointError, match=r"NaN or inf at step 0 .*no checkpoint was written yet"):
+  with pytest.raises(FloatingPointError, match=r"NaN or inf at step 1 .*no checkpoint was written yet"):
     train_lib.train(model_dir=str(tmp_path), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
                     train_steps=4, batch_size=8, frozen=(CFG, params), prompt_length=PROMPT_LEN,
                     optimizer=optim.adafactor(learning_rate=float("nan")), log_period=2)
@@ -152,6 +152,10 @@ def test_bad_inputs_fail_before_compute(tmp_path):
                 prompt_length=PROMPT_LEN)
   with pytest.raises(ValueError, match=r"unknown task or mixture 'spot_bundled_movi'.*spot_bundled_movie"):
     train_lib.train(mixture_or_task_name="spot_bundled_movi", frozen=(CFG, params), **common)
+  with pytest.raises(ValueError, match=r"no split 'dev'.*EVAL_PERIOD=2 evaluates on it.*EVAL_SPLIT"):
+    train_lib.train(mixture_or_task_name=TASK, frozen=(CFG, params), eval_period=2, eval_split="dev",
+                    **{**common, "model_dir": str(tmp_path / "m1")})
+  assert not (tmp_path / "m1").exists()
   bad = tmp_path / "bad.npy"
   np.save(bad, np.zeros((7, 32), np.float32))
   from spot_jax import prompts

@@ -69,8 +69,21 @@ def test_non_finite_update_is_skipped_and_flagged():
   prompt = np.ones((3, 32), np.float32)
   step = jax.jit(ts.make_train_step(CFG, tx, enable_dropout=False))
   state, _ = step(ts.init_state(prompt, tx), params, _batch(), jax.random.key(0, impl="rbg"))
-  assert int(state.nonfinite_step) == 0 and int(state.step) == 1
+  assert int(state.nonfinite_step) == 1 and int(state.step) == 1
   np.testing.assert_array_equal(np.asarray(state.prompt), prompt)
+
+
+def test_a_prompt_diverging_to_huge_finite_values_is_flagged():
+  """lr 1e30: the loss stays finite (the first RMSNorm rescales the prompt) but its norm overflows."""
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  tx = optim.adafactor(learning_rate=1e30)
+  prompt = np.ones((3, 32), np.float32)
+  step = jax.jit(ts.make_train_step(CFG, tx, enable_dropout=False))
+  state, metrics = step(ts.init_state(prompt, tx), params, _batch(), jax.random.key(0, impl="rbg"))
+  assert np.isfinite(float(metrics["loss"]))
+  assert int(state.nonfinite_step) == 1
+  np.testing.assert_array_equal(np.asarray(state.prompt), prompt)
+  assert float(metrics["prompt_norm"]) == float(np.linalg.norm(prompt))
 
 
 def test_jitted_step_on_a_mesh_keeps_the_prompt_replicated():
