@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import argparse
+import difflib
 import logging
 import os
 import pathlib
@@ -140,6 +141,21 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
     raise SystemExit(f"gin configuration error: {e}") from None
 
 
+def check_macros_are_read(bindings: Sequence[str]) -> None:
+  """A command-line macro that no gin file reads (`--gin.TRAIN_STEP=5` for TRAIN_STEPS) would be
+  ignored silently: refuse it, naming the macros that are read. Call after `parse_gin`."""
+  config = gin.config_str()
+  read = set(re.findall(r"%([A-Za-z_][A-Za-z0-9_]*)", config))
+  defined = set(re.findall(r"^([A-Z][A-Z0-9_]*) = ", config, re.M))
+  for binding in bindings:
+    name = binding.split("=", 1)[0].strip()
+    if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and name not in read:
+      close = difflib.get_close_matches(name, sorted((read | defined) - {name}), n=3)
+      hint = f" Did you mean {', '.join(close)}?" if close else ""
+      raise SystemExit(f"gin macro {name} is set on the command line but no gin file of this run reads "
+                       f"it (as %{name}), so it would have no effect.{hint}")
+
+
 def finalize_or_explain():
   try:
     gin.finalize()
@@ -148,10 +164,18 @@ def finalize_or_explain():
 
 
 def explain_missing(error: Exception) -> str:
-  text = str(error)
-  macros = sorted(set(re.findall(r"%?([A-Z][A-Z0-9_]+)", text)))
-  hint = " ".join(f"--gin.{m}=..." for m in macros) or "--gin.NAME=VALUE"
-  return f"missing required gin binding: {text.strip()}\nSet it with {hint} or in a --gin_file."
+  """The missing macro, the flag that sets it, and the gin files of gin/ that define it."""
+  text = str(error).strip()
+  found = (re.search(r"'([A-Za-z_][A-Za-z0-9_]*)/gin\.macro'", text) or
+           re.match(r"([A-Za-z_][A-Za-z0-9_]*)/macro\.value set to `%gin\.REQUIRED`", text))
+  if found is None:
+    return f"missing required gin binding: {text}\nSet it with --gin.NAME=VALUE or in a --gin_file."
+  name = found.group(1)
+  pattern = re.compile(rf"^{re.escape(name)}\s*=(?!\s*%gin\.REQUIRED)", re.M)
+  setters = sorted(str(f.relative_to(GIN_DIR)) for f in GIN_DIR.rglob("*.gin")
+                   if pattern.search(f.read_text()))
+  files = f", or add a --gin_file that sets it ({', '.join(setters)})" if setters else " or in a --gin_file"
+  return f"missing required gin binding: the macro {name} is not set.\nSet it with --gin.{name}=...{files}."
 
 
 def init_distributed(args) -> None:
@@ -183,6 +207,7 @@ def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> a
     os.environ["TFDS_DATA_DIR"] = args.tfds_data_dir
   init_distributed(args)
   parse_gin(args.gin_file, bindings, search)
+  check_macros_are_read(bindings)
   finalize_or_explain()
   from tasks import user_data  # users' tasks declared in gin files register now, before any lookup
   user_data.register_from_gin()

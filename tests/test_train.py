@@ -174,5 +174,20 @@ def test_bad_inputs_fail_before_compute(tmp_path):
 
 def test_missing_required_macro_names_it(tmp_path, capsys):
   args = [a for a in _gin_args(tmp_path) if not a.startswith("--gin.MODEL_DIR")]
-  with pytest.raises(SystemExit, match=r"MODEL_DIR"):
+  with pytest.raises(SystemExit, match=r"the macro MODEL_DIR is not set.\nSet it with --gin.MODEL_DIR=\.\.\.") as e:
     gin_utils.run(lambda: None, args)
+  assert "REQUIRED" not in str(e.value)
+
+
+def test_missing_prompt_file_names_the_gin_files_that_set_it(tmp_path):
+  args = [a for a in _gin_args(tmp_path) if "prompts/" not in a]
+  with pytest.raises(SystemExit, match=r"(?s)the macro PROMPT_INIT is not set.*--gin.PROMPT_INIT=.*"
+                                       r"prompts/random_uniform.gin") as e:
+    gin_utils.run(lambda: None, args)
+  assert "TRAIN_STEPS" not in str(e.value)  # no dump of the whole config
+
+
+def test_a_misspelled_macro_is_refused_with_the_close_name(tmp_path):
+  with pytest.raises(SystemExit, match=r"gin macro TRAIN_STEP is set on the command line but no gin "
+                                       r"file of this run reads it.*Did you mean TRAIN_STEPS"):
+    gin_utils.run(lambda: None, _gin_args(tmp_path, extra=["--gin.TRAIN_STEP=5"]))
