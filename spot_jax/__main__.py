@@ -28,10 +28,18 @@ def _export(argv):
   p.add_argument("--which", default="auto", choices=("auto", "best", "latest", "task_embedding"),
                  help="which export of a MODEL_DIR to take")
   p.add_argument("--base_model", default=None, help="PEFT base_model_name_or_path")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an existing export of the same format at OUT (never other files)")
   args = p.parse_args(argv)
-  prompt = prompt_io.load_prompt(args.source, which=args.which)
   kwargs = {"base_model_name_or_path": args.base_model} if args.format == "peft" else {}
-  out = prompt_io.export_prompt(prompt, args.out, args.format, **kwargs)
+  try:
+    prompt_io.check_export_target(args.out, args.format, args.overwrite)  # before reading SRC
+    prompt = prompt_io.load_prompt(args.source, which=args.which)
+    out = prompt_io.export_prompt(prompt, args.out, args.format, overwrite=args.overwrite, **kwargs)
+  except (ValueError, OSError) as e:  # user errors: one line naming the path and the fix
+    detail = f"cannot write {args.out}: {e.strerror}" if isinstance(e, PermissionError) else e
+    print(f"spot-jax export: error: {detail}", file=sys.stderr)
+    return 1
   print(f"wrote {args.format} prompt {prompt.shape} to {out}")
   return 0
 

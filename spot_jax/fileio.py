@@ -77,6 +77,16 @@ def json_default(obj):
   raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
+def _write_durably(path: str, data: bytes) -> None:
+  """Write, and on local disks fsync before the caller renames: otherwise a power loss (unlike a
+  killed process) can leave the renamed name pointing at an empty file."""
+  with open_file(path, "wb") as f:
+    f.write(data)
+    if not is_remote(path):
+      f.flush()
+      os.fsync(f.fileno())
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
   """Write to `<path>.tmp-<id>`, then rename over `path`; the temporary file is removed on failure."""
   parent = os.path.dirname(path)
@@ -84,8 +94,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     makedirs(parent)
   tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
   try:
-    with open_file(tmp, "wb") as f:
-      f.write(data)
+    _write_durably(tmp, data)
     rename(tmp, path)
   except BaseException:
     if exists(tmp):
@@ -115,8 +124,7 @@ def atomic_write_dir(directory: str, files: dict) -> None:
   try:
     makedirs(tmp)
     for name, data in files.items():
-      with open_file(join(tmp, name), "wb") as f:
-        f.write(data)
+      _write_durably(join(tmp, name), data)
   except BaseException:
     rmtree(tmp)
     raise

@@ -371,9 +371,39 @@ def export_peft(prompt: Any, directory: str, base_model_name_or_path: Optional[s
 EXPORT_FORMATS = ("npy", "t5x", "peft")
 
 
-def export_prompt(prompt: Any, out: str, fmt: str, **peft_kwargs) -> str:
+# What each export format writes: an existing output may be replaced (with overwrite) only when it
+# holds nothing else, so that a mistyped OUT never deletes a user's files.
+_EXPORT_FILES = {"t5x": {T5X_PROMPT_FILENAME, PROMPT_NPY, EXPORT_INFO}, "peft": {PEFT_CONFIG, PEFT_WEIGHTS}}
+
+
+def check_export_target(out: str, fmt: str, overwrite: bool = False) -> None:
+  """Refuses an `out` that exists, unless `overwrite` and it is an export of the same format."""
+  if fmt not in EXPORT_FORMATS:
+    raise ValueError(f"unknown export format {fmt!r}; use one of {EXPORT_FORMATS}")
+  if not fileio.exists(out):
+    return
+  if fmt == "npy":
+    if fileio.isdir(out):
+      raise IsADirectoryError(f"{out} is a directory, but an npy export is one file: name a .npy path")
+  elif not fileio.isdir(out):
+    raise NotADirectoryError(f"{out} is a file, but a {fmt} export is a directory: name a new directory")
+  else:
+    entries = fileio.listdir(out)
+    others = sorted(e.rstrip("/") for e in entries if e.rstrip("/") not in _EXPORT_FILES[fmt])
+    if others:
+      raise FileExistsError(f"{out} exists and holds files that are not a {fmt} export "
+                            f"({', '.join(others[:5])}): choose another output path")
+    if not entries:
+      return
+  if not overwrite:
+    raise FileExistsError(f"{out} exists: pass --overwrite to replace it, or choose another path")
+
+
+def export_prompt(prompt: Any, out: str, fmt: str, overwrite: bool = False, **peft_kwargs) -> str:
   """One entry point for `spot-jax export`: fmt "npy" (a file), "t5x" (a directory holding
-  encoder.prompt.prompt.prompt) or "peft" (an adapter directory)."""
+  encoder.prompt.prompt.prompt) or "peft" (an adapter directory). An existing `out` is replaced only
+  with `overwrite`, and only when it is an export of that format (`check_export_target`)."""
+  check_export_target(out, fmt, overwrite)
   if fmt == "npy":
     return save_npy(prompt, out)
   if fmt == "t5x":

@@ -33,3 +33,17 @@ def test_atomic_write_dir_swaps_whole_directories(tmp_path):
   fileio.atomic_write_dir(d, {"x": b"1", "y": b"2"})
   fileio.atomic_write_dir(d, {"z": b"3"})
   assert os.listdir(d) == ["z"] and sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def test_local_atomic_writes_are_synced_before_the_rename(tmp_path, monkeypatch):
+  """A power loss after the rename must not leave an empty file: data reaches the disk first."""
+  events = []
+  real_fsync, real_rename = os.fsync, fileio.rename
+  monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+  monkeypatch.setattr(fileio, "rename", lambda a, b: (events.append("rename"), real_rename(a, b))[1])
+  fileio.atomic_write_bytes(str(tmp_path / "a.bin"), b"abc")
+  assert events == ["fsync", "rename"]
+  events.clear()
+  fileio.atomic_write_dir(str(tmp_path / "d"), {"x": b"1", "y": b"2"})
+  assert events == ["fsync", "fsync", "rename"]
+  assert (tmp_path / "d" / "y").read_bytes() == b"2"
