@@ -230,10 +230,17 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
       raise FileNotFoundError(
           f"{path} has no {which if which != 'auto' else 'prompt'} numpy export under "
           f"{NUMPY_CHECKPOINTS_DIR}/ (found steps {[s for s, _ in ex.checkpoints]}, best="
-          f"{ex.best is not None}, task_embedding={ex.task_embedding is not None}); write one with "
-          "`spot-jax export` from an orbax checkpoint")
+          f"{ex.best is not None}, task_embedding={ex.task_embedding is not None}). {_WHEN_EXPORTED}")
     return resolve_prompt(chosen)
+  if fileio.isdir(fileio.join(path, "checkpoints")):
+    raise FileNotFoundError(f"{path} is a MODEL_DIR with training checkpoints but no numpy export yet. "
+                            f"{_WHEN_EXPORTED}")
   raise ValueError(f"unknown prompt format at {path}. Accepted: {ACCEPTED_FORMATS}")
+
+
+_WHEN_EXPORTED = ("Training writes them: numpy_checkpoints/checkpoint_<step>/ with every SAVE_PERIOD "
+                  "checkpoint, best/ when EVAL_PERIOD is set, task_embedding/ at TASK_EMBEDDING_STEP; "
+                  "run the same train command again to resume the run until it writes one")
 
 
 def load_prompt(path: str, which: str = "auto") -> np.ndarray:

@@ -119,9 +119,13 @@ def from_files_weighted(paths: Sequence[str] = gin.REQUIRED,
 
 def _check_shape(prompt, prompt_length, d_model, source):
   if prompt.shape != (prompt_length, d_model):
+    if prompt.ndim == 2 and prompt.shape[1] != d_model:
+      fix = (f"its d_model {prompt.shape[1]} is another model size's: use a prompt trained for this "
+             f"model (d_model {d_model})")
+    else:
+      fix = f"set PROMPT_LENGTH to {prompt.shape[0]} or use a prompt trained for this model"
     raise ValueError(f"prompt from {source} has shape {tuple(prompt.shape)} but this run expects "
-                     f"[PROMPT_LENGTH={prompt_length}, d_model={d_model}]; set PROMPT_LENGTH to "
-                     f"{prompt.shape[0]} or use a prompt trained for this model")
+                     f"[PROMPT_LENGTH={prompt_length}, d_model={d_model}]; {fix}")
 
 
 def make_prompt(init: PromptInit, seed, prompt_length: int, d_model: int,

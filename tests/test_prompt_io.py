@@ -157,8 +157,12 @@ def test_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     pio.load_prompt(str(tmp_path / "missing"))
   (tmp_path / "m" / "numpy_checkpoints").mkdir(parents=True)
-  with pytest.raises(FileNotFoundError, match="spot-jax export"):
+  with pytest.raises(FileNotFoundError, match="Training writes them: numpy_checkpoints/checkpoint_<step>"):
     pio.load_prompt(str(tmp_path / "m"))
+  (tmp_path / "run" / "checkpoints" / "10").mkdir(parents=True)  # orbax only: killed before its first export
+  with pytest.raises(FileNotFoundError, match=r"run is a MODEL_DIR with training checkpoints but no numpy "
+                                              r"export yet.*SAVE_PERIOD"):
+    pio.load_prompt(str(tmp_path / "run"))
 
 
 def test_check_prompt_shape_states_both_shapes():

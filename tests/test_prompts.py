@@ -55,6 +55,9 @@ def test_from_file_and_weighted_average(tmp_path):
   np.testing.assert_allclose(mixed, 0.75 * a + 0.25 * b)
   with pytest.raises(ValueError, match=r"has shape \(3, 8\) but this run expects \[PROMPT_LENGTH=5, d_model=8\]"):
     prompts.make_prompt(prompts.from_file(str(tmp_path / "a.npy")), 0, 5, 8)
+  with pytest.raises(ValueError, match=r"its d_model 8 is another model size's.*\(d_model 16\)") as e:
+    prompts.make_prompt(prompts.from_file(str(tmp_path / "a.npy")), 0, 3, 16)
+  assert "set PROMPT_LENGTH" not in str(e.value)  # the length already matches
   with pytest.raises(ValueError, match="2 prompt files but 1 weights"):
     prompts.from_files_weighted(["x", "y"], [1.0])
 
