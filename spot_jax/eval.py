@@ -44,7 +44,7 @@ def load_model_and_prompt(checkpoint_path: Optional[str], model_config: Optional
 
   if not checkpoint_path and model_config is not None:
     check_width(model_config)  # before a fresh initialization
-  config, params = train_lib.load_frozen(checkpoint_path, model_config, seed)
+  config, params = train_lib.load_frozen(checkpoint_path, model_config, seed, macro="CHECKPOINT_PATH")
   config = config.replace(dropout_rate=0.0)
   check_width(config)
   mesh = partitioning.make_mesh(num_partitions)

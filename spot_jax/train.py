@@ -29,17 +29,19 @@ from spot_jax.model import init_params, param_logical_axes, param_shapes
 log = logging.getLogger("spot_jax.train")
 
 
-def load_frozen(initial_checkpoint_path: Optional[str], model_config: Optional[T5Config], seed: int):
-  """(config, params) from a T5X/HF checkpoint, or a fresh initialization of `model_config`."""
+def load_frozen(initial_checkpoint_path: Optional[str], model_config: Optional[T5Config], seed: int,
+                macro: str = "INITIAL_CHECKPOINT_PATH"):
+  """(config, params) from a T5X/HF checkpoint, or a fresh initialization of `model_config`.
+  `macro` is the gin macro that holds the path in the caller's run file (for messages)."""
   if initial_checkpoint_path:
     from spot_jax import checkpoints
     # With a gin model config, read_params checks every structural field against the checkpoint
     # and keeps the config's run-time fields (dropout, dtype, max distance).
     return checkpoints.read_params(initial_checkpoint_path, config=model_config)
   if model_config is None:
-    raise ValueError("set INITIAL_CHECKPOINT_PATH to a T5X or Hugging Face checkpoint, or give a model "
-                     "config (models/sizes/*.gin) to train from a fresh initialization")
-  log.warning("INITIAL_CHECKPOINT_PATH is unset: the frozen model is a fresh random initialization")
+    raise ValueError(f"set {macro} to a T5X or Hugging Face checkpoint, or give a model config "
+                     "(models/sizes/*.gin) to use a fresh initialization")
+  log.warning("%s is unset: the frozen model is a fresh random initialization", macro)
   return model_config, init_params(model_config, jax.random.PRNGKey(seed))
 
 

@@ -191,3 +191,13 @@ def test_a_misspelled_macro_is_refused_with_the_close_name(tmp_path):
   with pytest.raises(SystemExit, match=r"gin macro TRAIN_STEP is set on the command line but no gin "
                                        r"file of this run reads it.*Did you mean TRAIN_STEPS"):
     gin_utils.run(lambda: None, _gin_args(tmp_path, extra=["--gin.TRAIN_STEP=5"]))
+
+
+def test_fresh_initialization_warning_names_the_callers_macro(caplog):
+  import logging
+  with caplog.at_level(logging.WARNING, logger="spot_jax"):
+    config, _ = train_lib.load_frozen(None, CFG, 0, macro="CHECKPOINT_PATH")
+  assert config == CFG
+  assert "CHECKPOINT_PATH is unset" in caplog.text and "INITIAL_CHECKPOINT_PATH" not in caplog.text
+  with pytest.raises(ValueError, match="set CHECKPOINT_PATH to a T5X"):
+    train_lib.load_frozen(None, None, 0, macro="CHECKPOINT_PATH")
