@@ -18,7 +18,10 @@ from typing import Callable, List, Optional, Sequence
 
 import gin
 
-GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
+# gin/ beside the package in a checkout (editable installs too); spot_jax/gin/ in an installed wheel.
+_HERE = pathlib.Path(__file__).resolve().parent
+GIN_DIR = next((d for d in (_HERE.parent / "gin", _HERE / "gin") if (d / "runs").is_dir()),
+               _HERE.parent / "gin")
 
 
 def default_search_paths() -> List[str]:
@@ -35,8 +38,24 @@ class _QuietIncludeProbe(logging.Filter):
 logging.getLogger().addFilter(_QuietIncludeProbe())
 
 
+def _required_macros() -> str:
+  """`run file: MACRO, ...` for the run files' `%gin.REQUIRED` macros, for --help."""
+  lines = []
+  for path in sorted((GIN_DIR / "runs").glob("*.gin")):
+    names = re.findall(r"^([A-Z][A-Z0-9_]*)\s*=\s*%gin\.REQUIRED", path.read_text(), re.M)
+    if names:
+      lines.append(f"  runs/{path.name}: {', '.join(names)}")
+  return "\n".join(lines)
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog=prog, description="Gin-configured spot_jax run (T5X-style flags).")
+  p = argparse.ArgumentParser(
+      prog=prog, description="Gin-configured spot_jax run (T5X-style flags).",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="Bind any gin value with --gin.NAME=VALUE (T5X's spelling), e.g. "
+             "--gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=100.\nMacros each run file requires:\n"
+             f"{_required_macros()}\nThe other macros and their defaults: the run file's header and "
+             "body (gin/runs/), and the README's macro table.")
   p.add_argument("--gin_file", action="append", default=[],
                  help="gin file (repeatable; later files win). Relative paths resolve against the search "
                       "paths, which include spot_jax's gin/ folder.")
@@ -206,6 +225,8 @@ def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> a
   if args.tfds_data_dir:
     os.environ["TFDS_DATA_DIR"] = args.tfds_data_dir
   init_distributed(args)
+  # orbax and TFDS log every save and read at INFO through absl: keep a run's console to its own lines.
+  logging.getLogger("absl").setLevel(max(logging.getLogger("absl").getEffectiveLevel(), logging.WARNING))
   parse_gin(args.gin_file, bindings, search)
   check_macros_are_read(bindings)
   finalize_or_explain()

@@ -18,3 +18,33 @@ def test_gin_dot_flags_become_bindings():
   assert bindings == ["MODEL_DIR = '/tmp/x'", "STEPS = 3"] and rest == ["--other"]
   with pytest.raises(SystemExit, match="has no value"):
     gin_utils.split_gin_flags(["--gin.STEPS"])
+
+
+def test_the_wheel_ships_every_gin_file_and_bundled_data_folder():
+  """An installed wheel (`spot-jax launch --source git+...` installs one) must hold gin/ as
+  spot_jax/gin/ and every bundled data folder: pyproject lists data folders one by one."""
+  import pathlib
+  import tomllib
+  root = pathlib.Path(gin_utils.__file__).resolve().parents[1]
+  config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+  assert config["package-dir"] == {"spot_jax.gin": "gin"}
+  packages = set(config["packages"])
+  gin_folders = {d for d in (root / "gin").rglob("*") if d.is_dir()} | {root / "gin"}
+  want = {"spot_jax." + ".".join(d.relative_to(root).parts) for d in gin_folders}
+  want |= {".".join(d.relative_to(root).parts) for d in [root / "tasks" / "data", *(root / "tasks" / "data").rglob("*")] if d.is_dir()}
+  assert want - packages == set()
+  assert "**/*.gin" in config["package-data"]["spot_jax.gin"]
+  for package in want:
+    if package.startswith("tasks.data"):
+      assert config["package-data"].get(package) == ["*"], package
+
+
+def test_gin_dir_holds_the_run_files():
+  assert (gin_utils.GIN_DIR / "runs" / "prompt_train.gin").is_file()
+
+
+def test_help_shows_the_gin_dot_form_and_each_run_files_required_macros():
+  text = gin_utils._parser("spot_jax.train").format_help()
+  assert "--gin.NAME=VALUE" in text
+  assert "runs/prompt_train.gin: MODEL_DIR, MIXTURE_OR_TASK_NAME" in text
+  assert "runs/prompt_eval.gin: MIXTURE_OR_TASK_NAME, CHECKPOINT_PATH, PROMPT_FILE, EVAL_OUTPUT_DIR" in text
