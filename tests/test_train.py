@@ -212,3 +212,20 @@ def test_fresh_initialization_warning_names_the_callers_macro(caplog):
   assert "CHECKPOINT_PATH is unset" in caplog.text and "INITIAL_CHECKPOINT_PATH" not in caplog.text
   with pytest.raises(ValueError, match="set CHECKPOINT_PATH to a T5X"):
     train_lib.load_frozen(None, None, 0, macro="CHECKPOINT_PATH")
+
+
+def test_sizes_from_checkpoint_takes_the_models_dimensions_from_it(tmp_path):
+  """A checkpoint whose size has no gin file: models/sizes/from_checkpoint.gin infers them all."""
+  import gin
+  from spot_jax import checkpoints
+  odd = CFG.replace(num_encoder_layers=3, d_ff=48)  # a size no gin file describes
+  ckpt = checkpoints.write_t5x(init_params(odd, jax.random.PRNGKey(0)), str(tmp_path / "ckpt"), step=1)
+  args = ["--gin_file=models/t5_1_1.gin", "--gin_file=prompts/random_uniform.gin",
+          "--gin_file=models/sizes/from_checkpoint.gin", "--gin_file=runs/prompt_train.gin",
+          f"--gin.MODEL_DIR='{tmp_path / 'run'}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
+          f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8",
+          f"--gin.PROMPT_LENGTH={PROMPT_LEN}", "--gin.SAVE_PERIOD=2", "--gin.EVAL_PERIOD=None",
+          f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'"]
+  prompt = gin_utils.run(gin.get_configurable(train_lib.train), args)
+  assert prompt.shape == (PROMPT_LEN, odd.d_model)
+  assert gin.query_parameter("MODEL_CONFIG/macro.value") is None
