@@ -206,10 +206,24 @@ def init_distributed(args) -> None:
     jax.distributed.initialize()
 
 
+# What the jobs raise for bad input (they name the problem and the fix): shown as one message, not
+# under gin's 20-30 lines of traceback. SPOT_JAX_TRACEBACK=1 keeps the traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError, FloatingPointError)
+
+
 def run(fn: Callable, argv: Optional[Sequence[str]] = None, prog: str = "spot_jax"):
-  """Parse T5X-style flags, configure gin, and call the configurable `fn()`."""
+  """Parse T5X-style flags, configure gin, and call the configurable `fn()`; bad input exits with
+  `PROG: error: MESSAGE` (SystemExit)."""
   configure(argv, prog)
-  return fn()
+  try:
+    return fn()
+  except USER_ERRORS as e:
+    if os.environ.get("SPOT_JAX_TRACEBACK", "") not in ("", "0"):
+      raise
+    # gin appends "In call to configurable ..." lines to the message; the job's own text is enough.
+    text = "\n".join(l for l in str(e).splitlines() if not l.strip().startswith("In call to configurable"))
+    raise SystemExit(f"{prog}: error: {text.strip()}\n(SPOT_JAX_TRACEBACK=1 shows the traceback)") from e
 
 
 def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> argparse.Namespace:

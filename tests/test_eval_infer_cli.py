@@ -59,9 +59,10 @@ def test_infer_cli_writes_jsonl(tmp_path, prompt_file):
 def test_wrong_prompt_width_fails_before_compute(tmp_path, prompt_file):
   bad = str(tmp_path / "bad.npy")
   np.save(bad, np.zeros((4, 32), np.float32))
-  with pytest.raises(ValueError, match=r"shape \(4, 32\).*d_model is 64"):
+  with pytest.raises(SystemExit, match=r"spot_jax.eval: error: the prompt in .* has shape \(4, 32\).*d_model is 64") as e:
     eval_cli.main(_args("prompt_eval.gin", "EVAL_OUTPUT_DIR", tmp_path / "e", bad))
-  with pytest.raises(ValueError, match="unknown task"):
+  assert "In call to configurable" not in str(e.value)
+  with pytest.raises(SystemExit, match="unknown task"):
     eval_cli.main(_args("prompt_eval.gin", "EVAL_OUTPUT_DIR", tmp_path / "e", prompt_file,
                         ["--gin.MIXTURE_OR_TASK_NAME='spot_no_such_task'"]))
   with pytest.raises(SystemExit, match="PROMPT_FILE"):
@@ -74,7 +75,7 @@ def test_a_model_smaller_than_the_task_vocabulary_is_refused(tmp_path, prompt_fi
                               ("prompt_infer.gin", "INFER_OUTPUT_DIR", "i")):
     gin.clear_config()
     args = [a for a in _args(run_gin, macro, tmp_path / out, prompt_file) if "vocab_size" not in a]
-    with pytest.raises(ValueError, match=r"vocabulary has \d+ ids but the model's vocab_size is 512"):
+    with pytest.raises(SystemExit, match=r"vocabulary has \d+ ids but the model's vocab_size is 512"):
       (eval_cli if run_gin == "prompt_eval.gin" else infer_cli).main(
           args + ["--gin.spot_jax.model_config.vocab_size=512"])
 

@@ -48,3 +48,20 @@ def test_help_shows_the_gin_dot_form_and_each_run_files_required_macros():
   assert "--gin.NAME=VALUE" in text
   assert "runs/prompt_train.gin: MODEL_DIR, MIXTURE_OR_TASK_NAME" in text
   assert "runs/prompt_eval.gin: MIXTURE_OR_TASK_NAME, CHECKPOINT_PATH, PROMPT_FILE, EVAL_OUTPUT_DIR" in text
+
+
+def test_bad_input_from_a_job_exits_with_its_message_or_the_traceback_on_request(monkeypatch):
+  def job():
+    raise FileNotFoundError("no prompt at /x: the path does not exist")
+  argv = ["--gin_file=models/t5_1_1.gin"]
+  monkeypatch.delenv("SPOT_JAX_TRACEBACK", raising=False)
+  with pytest.raises(SystemExit, match=r"^spot_jax.eval: error: no prompt at /x: the path does not exist\n"):
+    gin_utils.run(job, argv, prog="spot_jax.eval")
+  monkeypatch.setenv("SPOT_JAX_TRACEBACK", "1")
+  with pytest.raises(FileNotFoundError, match="no prompt at /x"):
+    gin_utils.run(job, argv, prog="spot_jax.eval")
+  def bug():
+    raise TypeError("a bug keeps its traceback")
+  monkeypatch.delenv("SPOT_JAX_TRACEBACK")
+  with pytest.raises(TypeError):
+    gin_utils.run(bug, argv)
