@@ -49,7 +49,7 @@ class PromptCheckpoints:
     saved = self._saved_prompt_shape(step)
     if saved is not None and saved != tuple(target["prompt"].shape):
       # Checked before orbax starts reading: its failed reads would otherwise linger.
-      raise RuntimeError(
+      raise ValueError(
           f"the training checkpoint at step {step} in {self.directory} holds a prompt of shape "
           f"{saved}, but this run's prompt is {tuple(target['prompt'].shape)} (PROMPT_LENGTH or "
           f"the model's d_model changed): start a new MODEL_DIR, or set them back to resume")

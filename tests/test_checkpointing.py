@@ -43,7 +43,7 @@ def test_restoring_into_another_prompt_shape_explains_the_fix(tmp_path):
   reopened = checkpointing.PromptCheckpoints(str(tmp_path), keep=3, async_save=False)
   assert reopened._saved_prompt_shape(3) == (3, 4)
   wrong = ts.init_state(np.zeros((7, 4), np.float32), optim.adafactor())
-  with pytest.raises(RuntimeError, match=r"holds a prompt of shape \(3, 4\), but this run's prompt "
+  with pytest.raises(ValueError, match=r"holds a prompt of shape \(3, 4\), but this run's prompt "
                                          r"is \(7, 4\).*start a new MODEL_DIR") as err:
     reopened.restore(wrong)
   assert "corrupt" not in str(err.value)  # a good checkpoint must not be called corrupt
