@@ -168,3 +168,62 @@ def test_meta_survives_lost_library_json(tmp_path):
   with pytest.raises(ValueError, match="d_model"):
     lib.add("cb", _prompt(d=16), "t5_tiny")
   assert json.load(open(tmp_path / "lib" / "rte" / "record.json"))["task"] == "rte"
+
+
+def _crash_copy(lib_dir, task, name):
+  """Simulates a partial write of fileio.atomic_write_dir: a copy of `task`'s entry under `name`."""
+  import shutil
+  shutil.copytree(os.path.join(lib_dir, task), os.path.join(lib_dir, name))
+
+
+def test_crash_leftovers_are_not_entries_and_orphaned_backup_is_the_entry(tmp_path):
+  import shutil
+  d = str(tmp_path / "lib")
+  lib = PromptLibrary(d)
+  movie, nli, nli_new = _prompt(seed=1), _prompt(seed=2), _prompt(seed=3)
+  lib.add("spot_bundled_movie", movie, "t5_tiny", task_embedding=_prompt(seed=4))
+  lib.add("spot_bundled_nli", nli, "t5_tiny")
+  # killed while writing a new entry: only its temporary directory exists
+  _crash_copy(d, "spot_bundled_nli", "spot_bundled_nli.tmp-ed0e9335")
+  # killed between the two renames of an overwrite: the old entry is aside, the new one still a .tmp
+  os.rename(os.path.join(d, "spot_bundled_movie"), os.path.join(d, "spot_bundled_movie.old-1a2b3c4d"))
+  _crash_copy(d, "spot_bundled_movie.old-1a2b3c4d", "spot_bundled_movie.tmp-1a2b3c4d")
+  assert lib.tasks() == ["spot_bundled_movie", "spot_bundled_nli"]
+  assert len(lib) == 2 and "spot_bundled_movie" in lib
+  assert [r["task"] for r in lib.list()] == ["spot_bundled_movie", "spot_bundled_nli"]
+  e = lib.get("spot_bundled_movie")
+  np.testing.assert_array_equal(e.prompt, movie)
+  assert e.task_embedding is not None
+  with pytest.warns(UserWarning, match="spot_bundled_nli"):
+    assert sorted(lib.prompts("task_embedding", missing="skip")) == ["spot_bundled_movie"]
+  assert sorted(lib.prompts()) == ["spot_bundled_movie", "spot_bundled_nli"]
+  with pytest.raises(KeyError):
+    lib.get("spot_bundled_nli.tmp-ed0e9335")
+  # reading renames nothing (a concurrent overwrite may be between its renames)
+  assert not os.path.exists(os.path.join(d, "spot_bundled_movie"))
+  # an add restores the backup first: without overwrite it is refused, with it the new prompt wins
+  with pytest.warns(UserWarning, match="restored"), pytest.raises(FileExistsError):
+    lib.add("spot_bundled_movie", nli_new, "t5_tiny")
+  assert os.path.isdir(os.path.join(d, "spot_bundled_movie"))
+  assert not os.path.exists(os.path.join(d, "spot_bundled_movie.old-1a2b3c4d"))
+  lib.add("spot_bundled_movie", nli_new, "t5_tiny", overwrite=True)
+  np.testing.assert_array_equal(lib.get("spot_bundled_movie").prompt, nli_new)
+  assert lib.tasks() == ["spot_bundled_movie", "spot_bundled_nli"]
+  # remove works on an orphaned backup too
+  shutil.move(os.path.join(d, "spot_bundled_nli"), os.path.join(d, "spot_bundled_nli.old-99999999"))
+  lib.remove("spot_bundled_nli")
+  assert lib.tasks() == ["spot_bundled_movie"]
+  # such names cannot be added as tasks
+  with pytest.raises(ValueError, match="invalid task name"):
+    lib.add("x.tmp-ed0e9335", _prompt(), "t5_tiny")
+
+
+def test_orphaned_backup_ignored_when_entry_exists(tmp_path):
+  d = str(tmp_path / "lib")
+  lib = PromptLibrary(d)
+  new = _prompt(seed=7)
+  lib.add("rte", _prompt(seed=6), "t5_tiny")
+  _crash_copy(d, "rte", "rte.old-deadbeef")  # a stale backup next to a complete entry
+  lib.add("rte", new, "t5_tiny", overwrite=True)
+  assert lib.tasks() == ["rte"]
+  np.testing.assert_array_equal(lib.get("rte").prompt, new)

@@ -156,3 +156,21 @@ def test_on_with_the_tiny_frozen_model():
   assert sim.on_similarity(act_a, act_a, window=1) == pytest.approx(1.0)
   _, m = sim.similarity_matrix({"a": a, "b": b}, "on", activations_fn=fn, window=1)
   assert m[0, 1] == pytest.approx(s_ab)
+
+
+def test_on_refuses_input_ids_outside_the_vocabulary():
+  """A default probe id 32099 on a small-vocabulary model used to give all-zero ON scores silently."""
+  import jax
+  from spot_jax import config as config_lib
+  from spot_jax import model as model_lib
+  from spot_jax.spot import cli
+  cfg = config_lib.size_config("tiny", vocab_size=128)
+  params = jax.tree.map(lambda s: np.zeros(s, np.float32), model_lib.param_shapes(cfg),
+                        is_leaf=lambda x: isinstance(x, tuple))
+  with pytest.raises(ValueError, match=r"\[32099\].*vocab_size 128.*--input-ids"):
+    cli.activations_fn_from_params(cfg, params)
+  with pytest.raises(ValueError, match=r"\[128, -1\].*vocab_size 128"):
+    cli.activations_fn_from_params(cfg, params, input_ids=(128, -1, 1))
+  with pytest.raises(ValueError, match="at least one"):
+    cli.activations_fn_from_params(cfg, params, input_ids=())
+  cli.activations_fn_from_params(cfg, params, input_ids=(127, 1))  # in range: accepted

@@ -8,6 +8,7 @@ import pytest
 from spot_jax import prompt_io as pio
 from spot_jax.spot import cli
 from spot_jax.spot import similarity as sim
+from spot_jax.spot.library import PromptLibrary
 
 
 @pytest.fixture
@@ -165,3 +166,44 @@ def test_target_can_be_a_model_dir(sources, capsys):
   pio.export_numpy_checkpoint(emb["rte"], short, 2, name="task_embedding")  # preferred when present
   assert cli.main(["retrieve", "--library", lib, "--target", short, "--json"]) == 0
   assert json.loads(capsys.readouterr().out)[0]["task"] == "rte"
+
+
+def test_library_list_skips_crash_leftovers(tmp_path, capsys):
+  import shutil
+  d = str(tmp_path / "lib")
+  lib = PromptLibrary(d)
+  lib.add("spot_bundled_movie", np.ones((2, 4), np.float32), "t5_tiny")
+  lib.add("spot_bundled_nli", np.ones((2, 4), np.float32), "t5_tiny")
+  shutil.copytree(os.path.join(d, "spot_bundled_nli"), os.path.join(d, "spot_bundled_nli.tmp-ed0e9335"))
+  os.rename(os.path.join(d, "spot_bundled_movie"), os.path.join(d, "spot_bundled_movie.old-1a2b3c4d"))
+  shutil.copytree(os.path.join(d, "spot_bundled_movie.old-1a2b3c4d"),
+                  os.path.join(d, "spot_bundled_movie.tmp-1a2b3c4d"))
+  assert cli.main(["library", "list", "--library", d, "--json"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert [r["task"] for r in out["entries"]] == ["spot_bundled_movie", "spot_bundled_nli"]
+
+
+def test_similarity_on_refuses_ids_beyond_a_small_vocabulary(sources, capsys, monkeypatch):
+  import types
+
+  import jax
+  import spot_jax
+  from spot_jax import config as config_lib
+  from spot_jax import model as model_lib
+  tmp_path, _, _ = sources
+  lib = _build(tmp_path)
+  cfg = config_lib.size_config("tiny", vocab_size=1152).replace(d_model=16)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: (0.3 * rng.normal(size=s)).astype(np.float32),
+                        model_lib.param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+  monkeypatch.setattr(spot_jax, "load_t5", lambda path: types.SimpleNamespace(config=cfg, params=params))
+  out = str(tmp_path / "on")
+  assert cli.main(["similarity", "--library", lib, "--measure", "on", "--model", "/ckpt",
+                   "--out-dir", out]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "32099" in err and "1152" in err and "--input-ids" in err
+  assert not os.path.exists(os.path.join(out, "similarity_on.json"))
+  assert cli.main(["similarity", "--library", lib, "--measure", "on", "--model", "/ckpt",
+                   "--input-ids", "1000,1", "--window", "all", "--out-dir", out]) == 0
+  m = np.array(json.load(open(os.path.join(out, "similarity_on.json")))["matrix"])
+  assert np.allclose(np.diag(m), 1.0) and 0 < m[0, 1] < 1  # real scores, not zeros

@@ -132,10 +132,26 @@ def _load_metrics(value: Optional[str]) -> Optional[dict]:
   return out
 
 
+def check_input_ids(input_ids: Sequence[int], vocab_size: int) -> None:
+  """Refuses ON probe ids outside [0, vocab_size): an embedding lookup out of range is not an error in
+  JAX (it yields a zero/filled row), so ON would silently compare garbage (e.g. all-zero scores)."""
+  ids = [int(i) for i in input_ids]
+  if not ids:
+    raise ValueError("ON needs at least one encoder input id: pass --input-ids (input_ids= in Python)")
+  bad = [i for i in ids if not 0 <= i < int(vocab_size)]
+  if bad:
+    raise ValueError(
+        f"ON input ids {bad} (of {ids}) are outside the frozen model's vocabulary (vocab_size "
+        f"{vocab_size}): the default {EXTRA_ID_0},{EOS_ID} is '<extra_id_0>' + EOS of the 32k T5 "
+        f"vocabulary. Pass --input-ids with ids below {vocab_size} (input_ids= in Python), e.g. the "
+        "'<extra_id_0>' id of the model's own vocabulary and 1 for EOS")
+
+
 def activations_fn_from_params(config, params, input_ids: Sequence[int] = (EXTRA_ID_0, EOS_ID)):
   """activations_fn(prompt) for ON: the frozen model's encoder FFN first-layer pre-activations
   [layers, 1, P+L, d_ff] when driven by `prompt` with encoder input `input_ids`."""
   from spot_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  check_input_ids(input_ids, config.vocab_size)
   ids = np.asarray([list(input_ids)], dtype=np.int32)
 
   def fn(prompt):

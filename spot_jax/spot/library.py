@@ -8,13 +8,15 @@ Layout (DESIGN.md §7):
 
 All prompts of a library belong to one frozen model: an entry whose d_model or model id differs is
 refused. Entries are written into a temporary directory and renamed into place, so a failed `add`
-leaves no partial entry. The library is a local directory.
+leaves no partial entry; `*.tmp-*` / `*.old-*` directories left by a killed process are not entries
+(an orphaned `<task>.old-*` stands for its missing `<task>`). The library is a local directory.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -32,6 +34,9 @@ PROMPT_FILE = "prompt.npy"
 TASK_EMBEDDING_FILE = "task_embedding.npy"
 FORMAT_VERSION = 1
 KINDS = ("prompt", "task_embedding")
+# `fileio.atomic_write_dir` writes `<task>.tmp-<id>`, and for an overwrite first moves the old entry to
+# `<task>.old-<id>`. A crash can leave either behind; they are never entries of their own.
+_PARTIAL_RE = re.compile(r"^(?P<task>.+)\.(?P<kind>tmp|old)-(?P<id>[0-9A-Za-z]+)$")
 
 
 @dataclasses.dataclass
@@ -44,9 +49,9 @@ class LibraryEntry:
 
 def _check_task_name(task: str) -> None:
   if not task or not isinstance(task, str) or "/" in task or "\\" in task or task.startswith(".") \
-      or task == LIBRARY_JSON:
+      or task == LIBRARY_JSON or _PARTIAL_RE.match(task):
     raise ValueError(f"invalid task name {task!r}: use a seqio task name without '/' that does not "
-                     "start with '.'")
+                     "start with '.' nor end with '.tmp-<id>' or '.old-<id>' (names of partial writes)")
 
 
 class PromptLibrary:
@@ -79,11 +84,69 @@ class PromptLibrary:
   def model_id(self) -> Optional[str]:
     return self.meta.get("model_id")
 
+  def _orphaned_backups(self) -> dict:
+    """{task: `<task>.old-<id>` dir} for tasks whose entry directory is missing.
+
+    A process killed between the two renames of an overwrite (entry -> `.old-<id>`, `.tmp-<id>` ->
+    entry) leaves only the complete old entry, under its backup name: that is the entry. With several
+    backups of one task (crashes of older versions), the newest record wins.
+    """
+    if not os.path.isdir(self.path):
+      return {}
+    found: dict = {}
+    for n in os.listdir(self.path):
+      m = _PARTIAL_RE.match(n)
+      if not m or m.group("kind") != "old" or n.startswith("."):
+        continue
+      task = m.group("task")
+      rec_path = os.path.join(self.path, n, RECORD_JSON)
+      if os.path.exists(os.path.join(self.path, task, RECORD_JSON)) or not os.path.exists(rec_path):
+        continue
+      try:
+        with open(rec_path) as f:
+          created = float(json.load(f).get("created") or 0.0)
+      except (OSError, ValueError, AttributeError):
+        continue
+      if task not in found or created > found[task][0]:
+        found[task] = (created, os.path.join(self.path, n))
+    return {t: d for t, (_, d) in found.items()}
+
+  def _entry_dir(self, task: str) -> Optional[str]:
+    """The directory holding `task`'s entry: `<task>`, else its orphaned `.old-<id>` backup; or None.
+
+    Readers only resolve the backup and never rename it: a concurrent `add(overwrite=True)` of the
+    same task may be between its two renames right now, and moving its backup back under it would
+    make its final rename fail. Writers (`add`, `remove`) restore it first (`_restore_backup`).
+    """
+    d = os.path.join(self.path, task)
+    if os.path.exists(os.path.join(d, RECORD_JSON)):
+      return d
+    return self._orphaned_backups().get(task)
+
+  def _restore_backup(self, task: str) -> None:
+    """Renames an orphaned `<task>.old-<id>` back to `<task>` (before a write to that task)."""
+    backup = self._orphaned_backups().get(task)
+    if backup is None:
+      return
+    d = os.path.join(self.path, task)
+    if os.path.isdir(d):  # an incomplete `<task>` (no record.json): not an entry, move it aside
+      trash = os.path.join(self.path, f".removed-{task}-{uuid.uuid4().hex[:8]}")
+      os.replace(d, trash)
+      shutil.rmtree(trash, ignore_errors=True)
+    os.replace(backup, d)
+    warnings.warn(f"library {self.path}: restored entry {task!r} from {os.path.basename(backup)} "
+                  "(left by an interrupted overwrite)")
+
   def tasks(self) -> list:
+    """Task names of the complete entries. `<task>.tmp-<id>` / `<task>.old-<id>` directories left by
+    an interrupted write are skipped; an orphaned `.old-<id>` backup stands for its missing entry."""
     if not os.path.isdir(self.path):
       return []
-    return sorted(n for n in os.listdir(self.path)
-                  if not n.startswith(".") and os.path.exists(os.path.join(self.path, n, RECORD_JSON)))
+    names = {n for n in os.listdir(self.path)
+             if not n.startswith(".") and not _PARTIAL_RE.match(n)
+             and os.path.exists(os.path.join(self.path, n, RECORD_JSON))}
+    names.update(self._orphaned_backups())
+    return sorted(names)
 
   def __contains__(self, task: str) -> bool:
     return task in self.tasks()
@@ -111,6 +174,7 @@ class PromptLibrary:
                          "first prompt")
     model_id = str(model_id)
     entry_dir = os.path.join(self.path, task)
+    self._restore_backup(task)
     if os.path.exists(entry_dir) and not overwrite:
       raise FileExistsError(f"task {task!r} is already in library {self.path}; pass overwrite=True "
                             "(--overwrite) to replace it")
@@ -186,8 +250,8 @@ class PromptLibrary:
   def remove(self, task: str) -> None:
     """Deletes the entry of `task` (renamed aside first, so it vanishes at once)."""
     _check_task_name(task)
-    entry_dir = os.path.join(self.path, task)
-    if not os.path.isdir(entry_dir):
+    entry_dir = self._entry_dir(task)
+    if entry_dir is None:
       raise KeyError(f"task {task!r} is not in library {self.path}; tasks: {self.tasks()}")
     trash = os.path.join(self.path, f".removed-{task}-{uuid.uuid4().hex[:8]}")
     os.replace(entry_dir, trash)
@@ -195,10 +259,10 @@ class PromptLibrary:
 
   # -- reading -------------------------------------------------------------------------------------
   def record(self, task: str) -> dict:
-    path = os.path.join(self.path, task, RECORD_JSON)
-    if not os.path.exists(path):
+    d = self._entry_dir(task) if task and not _PARTIAL_RE.match(task) else None
+    if d is None:
       raise KeyError(f"task {task!r} is not in library {self.path}; tasks: {self.tasks()}")
-    with open(path) as f:
+    with open(os.path.join(d, RECORD_JSON)) as f:
       return json.load(f)
 
   def list(self) -> list:  # pylint: disable=redefined-builtin
@@ -207,7 +271,7 @@ class PromptLibrary:
 
   def get(self, task: str) -> LibraryEntry:
     rec = self.record(task)
-    d = os.path.join(self.path, task)
+    d = self._entry_dir(task)
     emb_path = os.path.join(d, TASK_EMBEDDING_FILE)
     emb = prompt_io.load_prompt(emb_path) if os.path.exists(emb_path) else None
     return LibraryEntry(task, prompt_io.load_prompt(os.path.join(d, PROMPT_FILE)), emb, rec)
@@ -224,7 +288,7 @@ class PromptLibrary:
       raise ValueError(f"missing={missing!r}: use 'prompt', 'skip' or 'error'")
     out, lacking = {}, []
     for t in self.tasks():
-      d = os.path.join(self.path, t)
+      d = self._entry_dir(t)
       if kind == "task_embedding":
         p = os.path.join(d, TASK_EMBEDDING_FILE)
         if os.path.exists(p):

@@ -55,6 +55,24 @@ def _frozen_from_settings(s: dict):
   return (config, params), model_id
 
 
+def check_library_model(lib: PromptLibrary, model_id: str, allow_other_model: bool = False) -> None:
+  """Refuses to transfer a library's prompts to another frozen model (as `library add` refuses to mix
+  models in one library); with `allow_other_model` it only warns."""
+  if lib.model_id is None or lib.model_id == model_id:
+    return
+  msg = (f"library {lib.path} holds prompts of frozen model {lib.model_id!r}, but this run's frozen model "
+         f"is {model_id!r}: prompts transfer only within one frozen model")
+  if allow_other_model:
+    msg += "; transferring anyway (--allow-other-model)"
+    log.warning(msg)
+    warnings.warn(msg)
+    return
+  raise ValueError(
+      f"{msg}. Use a library built for {model_id!r} (spot-jax spot source); if both ids name the same "
+      f"checkpoint, set --gin.MODEL_ID=\"'{lib.model_id}'\"; or pass --allow-other-model to transfer "
+      "anyway")
+
+
 def _target_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="spot-jax spot", description="SPoT targeted transfer: rank the library's sources for a "
@@ -74,6 +92,9 @@ def _target_parser() -> argparse.ArgumentParser:
                  help="source to leave out (repeatable; default: the target itself)")
   p.add_argument("--baseline", action="store_true", help="also train from the base init, same budget")
   p.add_argument("--json", action="store_true", help="print the result as JSON")
+  p.add_argument("--allow-other-model", action="store_true",
+                 help="transfer even if the library's prompts were trained on another frozen model "
+                 "(its model id differs from this run's); by default that is an error")
   return p
 
 
@@ -89,9 +110,7 @@ def target_main(argv: Sequence[str]) -> int:
   enable_compilation_cache()
   frozen, model_id = _frozen_from_settings(s)
   lib = PromptLibrary(library)
-  if lib.model_id is not None and lib.model_id != model_id:
-    warnings.warn(f"library {library} holds prompts of {lib.model_id!r} but the frozen model is "
-                  f"{model_id!r}; prompts transfer only within one frozen model")
+  check_library_model(lib, model_id, args.allow_other_model)
   result = run_target(frozen, lib, args.target, s["model_dir"], args.strategy, args.top_k, s["train_steps"],
                       run=_run_config(s), rank_by=args.rank_by, measure=args.measure, kind=args.kind,
                       task_embedding_steps=s["task_embedding_steps"], selection_steps=s["selection_steps"],
