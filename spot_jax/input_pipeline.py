@@ -2,11 +2,16 @@
 
 Each process reads its own shard (seqio ShardInfo) and yields numpy batches of `global / processes`
 rows. The pipeline is deterministic for a seed, so resuming at step `s` skips `s` batches.
+
+Everything a user can get wrong fails when `get_batches` is called, before any batch, with the fix:
+a split the task lacks, TFDS data that is not prepared (`DataNotPreparedError`), a vocabulary that
+cannot be read (`tasks.vocab.VocabularyError`), and training on a `_rank` evaluation task.
 """
 from __future__ import annotations
 
 import difflib
-from typing import Iterator, Mapping, Optional
+import os
+from typing import Iterator, List, Mapping, Optional
 
 import gin
 import numpy as np
@@ -29,15 +34,120 @@ def get_task(name: str):
                      f"register your own with tasks.user_data.register_task_from_files.") from None
 
 
+class DataNotPreparedError(ValueError):
+  """A TFDS-backed task whose dataset is not prepared (downloaded and generated) in the data dir."""
+
+
+def _leaf_tasks(task) -> List:
+  import seqio
+  return list(task.tasks) if isinstance(task, seqio.Mixture) else [task]
+
+
+def _tfds_data_dir(loader) -> str:
+  try:
+    return loader.builder.data_dir
+  except Exception:  # pylint: disable=broad-except  (only for the message)
+    return os.environ.get("TFDS_DATA_DIR") or "the default TFDS data directory (~/tensorflow_datasets)"
+
+
+def _not_prepared(task, leaf, split: str, error: BaseException) -> DataNotPreparedError:
+  loader = leaf.source.tfds_dataset
+  name = loader.name or loader.resolved_tfds_name(split)
+  who = (f"task {leaf.name!r} (of mixture {task.name!r})" if leaf is not task
+         else f"task {leaf.name!r}")
+  detail = error.args[0] if isinstance(error, KeyError) and error.args else error
+  return DataNotPreparedError(
+      f"{who} reads the TFDS dataset {name} (split {split!r}), which is not prepared in "
+      f"{_tfds_data_dir(loader)} (TFDS: {detail}). Point TFDS at a directory that holds the prepared "
+      f"data with --tfds_data_dir=DIR or the environment variable TFDS_DATA_DIR=DIR, or prepare it "
+      f"on a machine with network access (`tfds build {name} --data_dir=DIR`, or "
+      f"tfds.builder({name!r}, data_dir=DIR).download_and_prepare()) and copy DIR here. "
+      f"Offline, the bundled tasks (spot_bundled_*) and your own files "
+      f"(tasks.user_data.register_task_from_files) need no TFDS data.")
+
+
+def check_data_prepared(task, split: str):
+  """Raises `DataNotPreparedError` if a TFDS dataset `task` (or its mixture's tasks) reads for
+  `split` is not generated; TFDS itself would end in a bare KeyError deep inside seqio."""
+  import seqio
+  for leaf in _leaf_tasks(task):
+    source = getattr(leaf, "source", None)
+    if not isinstance(source, seqio.TfdsDataSource):
+      continue
+    try:
+      splits = leaf.splits  # splits=None tasks ask TFDS, whose info is empty when not generated
+    except KeyError:
+      splits = ()
+    if splits and split not in splits:
+      continue  # a mixture's task without this split (check_split names a single task's)
+    try:
+      source.num_input_examples(split)
+    except KeyError as e:
+      raise _not_prepared(task, leaf, split, e) from e
+
+
 def check_split(task, split: str):
   splits = getattr(task, "splits", None)
   if splits and split not in splits:
     raise ValueError(f"{task.name} has no split {split!r}; it has {sorted(splits)}")
+  check_data_prepared(task, split)
+
+
+def _base_name(name: str) -> str:
+  return name[:-len("_rank")] if name.endswith("_rank") else f"the task {name} was derived from"
+
+
+def _rank_training_error(task, leaf) -> ValueError:
+  within = f" (in mixture {task.name})" if leaf is not task else ""
+  return ValueError(
+      f"{leaf.name}{within} is a rank-classification evaluation task: its train split holds every "
+      f"label option as a target (only the rows with is_correct are right), so training on it ends "
+      f"at chance accuracy. Train on {_base_name(leaf.name)} (the task without `_rank`) and "
+      f"evaluate or score on {leaf.name}.")
+
+
+def check_trainable(task):
+  """Refuses training on rank-classification evaluation tasks (`X_rank`; tasks.rank_classification
+  and tasks.user_data mark their option-expanding preprocessor, see `rank_mode`)."""
+  from tasks import rank_classification as rank_lib
+  for leaf in _leaf_tasks(task):
+    if rank_lib.rank_mode(leaf) == "eval":
+      raise _rank_training_error(task, leaf)
+
+
+def _looks_like_rank_eval(task, element_spec) -> bool:
+  """An unmarked task built like one (an `is_correct` feature, only score metrics)."""
+  from tasks import rank_classification as rank_lib
+  if "is_correct" not in element_spec or rank_lib.rank_mode(task) == "train":
+    return False
+  return bool(getattr(task, "score_metric_fns", None)) and not getattr(task, "predict_metric_fns", None)
+
+
+def load_vocabularies(task):
+  """Reads the SentencePiece models of a task's features now, with an error that names the path."""
+  import seqio
+  from tasks import vocab as vocab_lib
+  for leaf in _leaf_tasks(task):
+    for feature in leaf.output_features.values():
+      vocabulary = getattr(feature, "vocabulary", None)
+      if isinstance(vocabulary, vocab_lib.LazyVocabulary):
+        vocab_lib.ensure_loaded(vocabulary)  # the project's vocabulary: its error names SPOT_JAX_VOCAB
+      elif isinstance(vocabulary, seqio.SentencePieceVocabulary) and vocabulary._model is None:  # pylint: disable=protected-access
+        try:  # a vocabulary the task was registered with: SPOT_JAX_VOCAB would not change it
+          vocabulary.load_model()
+        except Exception as e:  # pylint: disable=broad-except
+          raise vocab_lib.VocabularyError(
+              f"cannot load the SentencePiece vocabulary {vocabulary.sentencepiece_model_file} that "
+              f"task {leaf.name} was registered with: {type(e).__name__}: "
+              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}. Register the task with "
+              f"a model file this machine can read (a local path), or with vocabulary=None for the "
+              f"project's vocabulary (tasks.vocab: set_vocabulary, else ${vocab_lib.ENV_VAR}).") from e
 
 
 def check_vocabulary_fits(task, model_vocab_size: int):
   """Token ids the model has no embedding row for would gather NaN and poison the loss: refuse a
   task whose vocabulary is larger than the model's before any compute."""
+  load_vocabularies(task)
   for feature in ("inputs", "targets"):
     spec = task.output_features.get(feature)
     size = getattr(getattr(spec, "vocabulary", None), "vocab_size", None)
@@ -55,7 +165,11 @@ def get_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
                 num_epochs: Optional[int] = None, skip_batches: int = 0,
                 shard_index: Optional[int] = None, num_shards: Optional[int] = None,
                 drop_remainder: bool = True) -> Iterator[dict]:
-  """Numpy batches of `batch_size // num_shards` rows for this process (EncDec features)."""
+  """Numpy batches of `batch_size // num_shards` rows for this process (EncDec features).
+
+  The checks and the dataset are done on the call (errors surface here, not at the first batch);
+  split "train" of a rank-classification evaluation task (`X_rank`) is refused.
+  """
   import jax
   import seqio
   import tensorflow as tf
@@ -65,16 +179,32 @@ def get_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   if batch_size % num_shards:
     raise ValueError(f"BATCH_SIZE={batch_size} must divide over {num_shards} processes")
   task = get_task(mixture_or_task_name)
+  if split == "train":
+    check_trainable(task)
   check_split(task, split)
-  ds = task.get_dataset(dict(task_feature_lengths), split=split, use_cached=False, shuffle=shuffle,
-                        seed=seed, shard_info=seqio.ShardInfo(shard_index, num_shards),
-                        num_epochs=num_epochs, try_in_mem_cache=False)
+  load_vocabularies(task)
+  try:
+    ds = task.get_dataset(dict(task_feature_lengths), split=split, use_cached=False, shuffle=shuffle,
+                          seed=seed, shard_info=seqio.ShardInfo(shard_index, num_shards),
+                          num_epochs=num_epochs, try_in_mem_cache=False)
+  except KeyError as e:
+    if "generated" not in str(e):
+      raise
+    check_data_prepared(task, split)  # names the dataset; else say what TFDS said
+    raise DataNotPreparedError(f"{task.name}: TFDS data for split {split!r} is not prepared ({e}); "
+                               "set --tfds_data_dir=DIR or TFDS_DATA_DIR to prepared data") from e
+  if split == "train" and _looks_like_rank_eval(task, ds.element_spec):
+    raise _rank_training_error(task, task)
   ds = seqio.EncDecFeatureConverter(pack=False)(ds, dict(task_feature_lengths))
   ds = ds.map(lambda ex: {k: ex[k] for k in FEATURES}, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size // num_shards, drop_remainder=drop_remainder)
   if skip_batches:
     ds = ds.skip(skip_batches)
   ds = ds.prefetch(tf.data.AUTOTUNE)
+  return _numpy_batches(ds)
+
+
+def _numpy_batches(ds) -> Iterator[dict]:
   for batch in ds.as_numpy_iterator():
     yield {k: np.asarray(v, np.int32) for k, v in batch.items()}
 

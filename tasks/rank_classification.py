@@ -7,9 +7,13 @@ scores each row (log-likelihood of the targets); the metric
 (`metrics.rank_classification_accuracy`) picks the best-scored option per
 example. seqio 0.0.20 has no rank_classification preprocessor, hence ours.
 Train on the base task; use the variant for evaluation ("eval" mode keeps
-every option; "train" mode keeps only the correct one).
+every option; "train" mode keeps only the correct one). The expanding
+preprocessor carries its mode (`mark_rank_preprocessor`), so `rank_mode(task)`
+tells an evaluation-only rank task (its train split holds every option as a
+target) from a trainable one; spot_jax's training input refuses the former.
 """
 import functools
+from typing import Callable, Optional
 
 import tensorflow as tf
 
@@ -45,6 +49,36 @@ def rank_classification(dataset: tf.data.Dataset, mode: str = "eval") -> tf.data
   return dataset.enumerate().flat_map(expand)
 
 
+RANK_MODE_ATTR = "spot_rank_classification_mode"
+
+
+def mark_rank_preprocessor(fn: Callable, mode: str) -> Callable:
+  """Tags a rank-classification preprocessor with its mode ("eval"/"train")."""
+  setattr(fn, RANK_MODE_ATTR, mode)
+  return fn
+
+
+def _preprocessor_mode(fn) -> Optional[str]:
+  mode = getattr(fn, RANK_MODE_ATTR, None)
+  if mode is not None:
+    return mode
+  if fn is rank_classification:
+    return "eval"
+  if isinstance(fn, functools.partial) and fn.func is rank_classification:
+    return fn.keywords.get("mode", "eval")
+  return None
+
+
+def rank_mode(task) -> Optional[str]:
+  """"eval" for a rank-classification task that keeps every option (targets
+  of wrong options included: evaluate/score only), "train" for one that keeps
+  only the correct option, None for any other task. Looks at the preprocessors
+  (ours and the users'-data ones are marked), not at the name."""
+  modes = [_preprocessor_mode(p) for p in getattr(task, "preprocessors", ())]
+  modes = [m for m in modes if m is not None]
+  return modes[-1] if modes else None
+
+
 def rank_name(task_name: str) -> str:
   return task_name + "_rank"
 
@@ -57,7 +91,8 @@ def register(vocabulary=None, name_suffix: str = "", mode: str = "eval"):
       continue
     task = reg.build_task(
         spec, vocabulary, name=rank_name(spec.name) + name_suffix,
-        extra_preprocessors=[functools.partial(rank_classification, mode=mode)],
+        extra_preprocessors=[mark_rank_preprocessor(
+            functools.partial(rank_classification, mode=mode), mode)],
         postprocess_fn=post.rank_classification,
         metric_fns=[M.rank_classification_accuracy])
     names.append(task.name)

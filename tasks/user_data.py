@@ -15,6 +15,7 @@ hold one JSON object per line and are read through `seqio.FunctionDataSource`.
 import csv
 import importlib.util  # noqa: F401  (gin 0.5 needs it imported first)
 import json
+import os
 import string
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -22,10 +23,17 @@ import gin
 import seqio
 import tensorflow as tf
 
-# T5's public vocabulary (cc_all.32000 + 100 sentinels); loaded lazily, so it is
-# only fetched if a task using the default is actually tokenized.
-DEFAULT_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
-DEFAULT_EXTRA_IDS = 100
+from tasks import metrics as metrics_lib
+from tasks import postprocessors as post_lib
+from tasks import rank_classification as rank_lib
+from tasks import vocab as vocab_lib
+
+# The default vocabulary is the project's (`tasks.vocab.DEFAULT_VOCABULARY`):
+# `tasks.vocab.set_vocabulary`/`use_vocabulary`, else $SPOT_JAX_VOCAB, else T5's
+# public cc_all.32000.100extra model + 100 sentinels (32100 ids), resolved and
+# loaded lazily, so nothing is fetched until a task is tokenized.
+DEFAULT_VOCAB_PATH = vocab_lib.DEFAULT_VOCAB_PATH
+DEFAULT_EXTRA_IDS = vocab_lib.DEFAULT_EXTRA_IDS
 SPLITS = ("train", "validation", "test")
 _SUFFIXES = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 
@@ -69,16 +77,21 @@ def macro_f1(targets, predictions) -> Dict[str, float]:
 def rank_accuracy(targets, scores) -> Dict[str, float]:
   """Accuracy of the best-scored option per example (rank classification).
 
-  `targets` are `(example_index, is_correct)` pairs produced by
-  `rank_postprocessor`; `scores` the model's log-likelihood of each option.
+  Kept for callers of the old `(example_index, is_correct)` targets (from
+  `rank_postprocessor`); `<name>_rank` tasks now use the project-wide
+  `tasks.metrics.rank_classification_accuracy` with `(example, option,
+  is_correct)` targets. Same result: ties go to the first option.
   """
-  best = {}
-  for (idx, correct), score in zip(targets, scores):
-    if idx not in best or score > best[idx][0]:
-      best[idx] = (score, correct)
-  if not best:
-    return {"accuracy": 0.0}
-  return {"accuracy": 100.0 * sum(c for _, c in best.values()) / len(best)}
+  seen: Dict[int, int] = {}
+  triples = []
+  for target in targets:
+    if len(target) == 3:
+      triples.append(tuple(target))
+      continue
+    idx, correct = target
+    option = seen[idx] = seen.get(idx, -1) + 1
+    triples.append((idx, option, correct))
+  return metrics_lib.rank_classification_accuracy(triples, scores)
 
 
 METRICS: Dict[str, Callable] = {"accuracy": accuracy, "macro_f1": macro_f1}
@@ -91,9 +104,15 @@ def text_postprocessor(output, example=None, is_target=False):
 
 
 def rank_postprocessor(output, example=None, is_target=False):
-  """For targets returns `(example_index, is_correct)`; scores pass through."""
+  """Old form: targets `(example_index, is_correct)`; scores pass through.
+
+  `<name>_rank` tasks use `tasks.postprocessors.rank_classification` (targets
+  `(example, option, is_correct)`), as the GLUE/SuperGLUE `_rank` tasks.
+  """
   if is_target:
-    return int(example["idx"]), bool(example["is_correct"])
+    idx = example["idx"]
+    idx = idx[0] if getattr(idx, "shape", ()) else idx
+    return int(idx), bool(example["is_correct"])
   return output
 
 
@@ -302,6 +321,8 @@ def _format_fn(template: str, target_field: str,
 
 
 def _rank_expand(label_names: Sequence[str]):
+  """One row per label option, as `tasks.rank_classification` (eval mode):
+  `idx` = [example id, option id], `is_correct`."""
   options = tf.constant([str(n) for n in label_names])
   n = len(label_names)
 
@@ -310,12 +331,12 @@ def _rank_expand(label_names: Sequence[str]):
       return tf.data.Dataset.from_tensor_slices({
           "inputs": tf.fill([n], ex["inputs"]),
           "targets": options,
-          "idx": tf.fill([n], tf.cast(i, tf.int32)),
+          "idx": tf.stack([tf.fill([n], tf.cast(i, tf.int32)), tf.range(n)], axis=1),
           "is_correct": tf.equal(options, ex["targets"]),
       })
     return ds.enumerate().flat_map(one)
 
-  return expand
+  return rank_lib.mark_rank_preprocessor(expand, "eval")
 
 
 def _jsonl_source(split_files: Mapping[str, List[str]], columns: Sequence[str],
@@ -337,14 +358,15 @@ def _jsonl_source(split_files: Mapping[str, List[str]], columns: Sequence[str],
 
 
 def default_vocabulary() -> seqio.Vocabulary:
-  return seqio.SentencePieceVocabulary(DEFAULT_VOCAB_PATH, DEFAULT_EXTRA_IDS)
+  """The project's lazy vocabulary (see `tasks.vocab`); nothing is read here."""
+  return vocab_lib.DEFAULT_VOCABULARY
 
 
 def _vocabulary(vocabulary) -> seqio.Vocabulary:
   if vocabulary is None:
     return default_vocabulary()
-  if isinstance(vocabulary, str):
-    return seqio.SentencePieceVocabulary(vocabulary, DEFAULT_EXTRA_IDS)
+  if isinstance(vocabulary, (str, os.PathLike)):
+    return vocab_lib.get_vocabulary(os.fspath(vocabulary), DEFAULT_EXTRA_IDS)
   return vocabulary
 
 
@@ -404,11 +426,14 @@ def register_task_from_files(
     label_names: if given, labels must be one of these names or an integer
       index into them (`0` -> `label_names[0]`); targets are the names.
     metrics: names from `METRICS` or functions `f(targets, predictions)`.
-    vocabulary: a seqio Vocabulary, a SentencePiece model path, or None for
-      T5's default vocabulary (cc_all.32000 + 100 extra ids).
+    vocabulary: a seqio Vocabulary, a SentencePiece model path (100 extra ids
+      are appended), or None for the project's vocabulary, resolved when the
+      task is tokenized: `tasks.vocab.set_vocabulary`/`use_vocabulary`, else
+      $SPOT_JAX_VOCAB, else T5's cc_all.32000.100extra + 100 extra ids.
     rank_classification: also register `name + "_rank"`: one scored example
-      per label option, metric = accuracy of the best-scored option (needs
-      label_names).
+      per label option, metric `rank_classification_accuracy` (accuracy of the
+      best-scored option, reported as "accuracy"; needs label_names). Train on
+      `name`, evaluate on `name + "_rank"`.
     overwrite: replace an already registered task of the same name.
 
   Returns:
@@ -466,7 +491,8 @@ def register_task_from_files(
     _add(seqio.Task(
         name + "_rank", source=source, output_features=output_features,
         preprocessors=base + [_rank_expand(label_names)] + tail,
-        postprocess_fn=rank_postprocessor, metric_fns=[rank_accuracy]),
+        postprocess_fn=post_lib.rank_classification,
+        metric_fns=[metrics_lib.rank_classification_accuracy]),
          overwrite)
   return task
 

@@ -8,6 +8,8 @@ match wins:
   1. `set_vocabulary(...)` / `use_vocabulary(...)` (Python, gin or tests),
   2. the environment variable `SPOT_JAX_VOCAB` (a path; `gs://` works),
   3. `DEFAULT_VOCAB_PATH`, the public T5 vocabulary.
+A model that cannot be read (no network for the `gs://` default, a wrong path)
+raises `VocabularyError`, naming the path and the ways to point at a local copy.
 """
 import contextlib
 import os
@@ -21,6 +23,11 @@ DEFAULT_EXTRA_IDS = 100
 ENV_VAR = "SPOT_JAX_VOCAB"
 
 VocabLike = Union[str, os.PathLike, seqio.Vocabulary]
+
+
+class VocabularyError(ValueError):
+  """The SentencePiece model of the tasks' vocabulary cannot be loaded."""
+
 
 _lock = threading.Lock()
 _override: Optional[seqio.Vocabulary] = None
@@ -59,8 +66,10 @@ def set_vocabulary(vocab: Optional[VocabLike] = None,
   site, or simply export SPOT_JAX_VOCAB.
   """
   global _override
+  # Built outside the lock: a path goes through get_vocabulary, which takes it too.
+  resolved = None if vocab is None else _as_vocabulary(vocab, extra_ids)
   with _lock:
-    _override = None if vocab is None else _as_vocabulary(vocab, extra_ids)
+    _override = resolved
 
 
 @contextlib.contextmanager
@@ -81,6 +90,39 @@ def resolve() -> seqio.Vocabulary:
   return _override if _override is not None else get_vocabulary()
 
 
+def _origin(vocab: seqio.Vocabulary) -> str:
+  if vocab is _override:
+    return "set by tasks.vocab.set_vocabulary/use_vocabulary"
+  if os.environ.get(ENV_VAR):
+    return f"from the environment variable {ENV_VAR}"
+  return f"the default, tasks.vocab.DEFAULT_VOCAB_PATH; {ENV_VAR} is not set"
+
+
+def load_error(path: str, error: BaseException, origin: str = "") -> VocabularyError:
+  """A `VocabularyError` for a model file that could not be read (chain `error` to it)."""
+  cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  origin = f" ({origin})" if origin else ""
+  return VocabularyError(
+      f"cannot load the SentencePiece vocabulary {path}{origin}: {type(error).__name__}: {cause}. "
+      f"Point the tasks at a model file this machine can read (without network, a local copy of "
+      f"the T5 vocabulary {DEFAULT_VOCAB_PATH}): export {ENV_VAR}=/path/to/sentencepiece.model, "
+      f"or call tasks.vocab.set_vocabulary('/path/to/sentencepiece.model') in Python (it wins "
+      f"over {ENV_VAR}); "
+      f"{DEFAULT_EXTRA_IDS} extra ids are appended to the model's pieces.")
+
+
+def ensure_loaded(vocab: seqio.Vocabulary, origin: str = "") -> seqio.Vocabulary:
+  """Reads a SentencePiece vocabulary's model now, raising `VocabularyError` if it can't."""
+  if isinstance(vocab, LazyVocabulary):
+    return vocab.target  # loads (or raises VocabularyError) itself
+  if isinstance(vocab, seqio.SentencePieceVocabulary) and getattr(vocab, "_model", None) is None:
+    try:
+      vocab.load_model()
+    except Exception as e:  # pylint: disable=broad-except  (TF, OS and protobuf errors alike)
+      raise load_error(vocab.sentencepiece_model_file, e, origin) from e
+  return vocab
+
+
 class LazyVocabulary(seqio.Vocabulary):
   """A seqio.Vocabulary that forwards everything to `resolve()` at use time."""
 
@@ -89,7 +131,10 @@ class LazyVocabulary(seqio.Vocabulary):
 
   @property
   def target(self) -> seqio.Vocabulary:
-    return resolve()
+    vocab = resolve()
+    if isinstance(vocab, seqio.SentencePieceVocabulary) and getattr(vocab, "_model", None) is None:
+      ensure_loaded(vocab, _origin(vocab))
+    return vocab
 
   # Public API: forward whole calls so the target's own extra-id logic applies.
   @property
@@ -146,7 +191,7 @@ class LazyVocabulary(seqio.Vocabulary):
     return self.target.decode_tf(ids)
 
   def __eq__(self, other):
-    return isinstance(other, LazyVocabulary) or other == self.target
+    return isinstance(other, LazyVocabulary) or other == resolve()  # no forced model load
 
   def __hash__(self):
     return hash("spot_jax.LazyVocabulary")

@@ -1,4 +1,5 @@
-"""Task → host batches: shapes, per-process shards, deterministic resume by skipping."""
+"""Task → host batches: shapes, per-process shards, deterministic resume by skipping; clear errors
+for TFDS data that is not prepared and for training on a rank-classification (`_rank`) task."""
 import numpy as np
 import pytest
 
@@ -42,3 +43,108 @@ def test_unknown_split_and_task_are_named():
     next(input_pipeline.get_batches(TASK, LENGTHS, "dev", 8))
   with pytest.raises(ValueError, match="Did you mean spot_bundled_topic"):
     input_pipeline.get_task("spot_bundled_topik")
+
+
+# ------------------------------------------------------ TFDS data that is not prepared
+
+
+@pytest.fixture
+def empty_tfds_data_dir(tmp_path, monkeypatch):
+  """TFDS pointed at an empty data dir (as a user without prepared data); builders not reused."""
+  import seqio
+  from tensorflow_datasets.core import constants
+  data_dir = str(tmp_path / "tfds")
+  monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
+  monkeypatch.setattr(constants, "DATA_DIR", data_dir)  # TFDS reads the env var at import
+  monkeypatch.setattr(seqio.utils.LazyTfdsLoader, "_MEMOIZED_BUILDERS", {})
+  return data_dir
+
+
+def _assert_names_the_fixes(msg, task, tfds_name):
+  assert f"task {task!r}" in msg and f"TFDS dataset {tfds_name}" in msg, msg
+  assert "--tfds_data_dir=DIR" in msg and "TFDS_DATA_DIR" in msg, msg
+  assert f"tfds build {tfds_name}" in msg, msg
+
+
+def test_tfds_task_without_prepared_data_names_task_dataset_and_fixes(empty_tfds_data_dir):
+  with pytest.raises(input_pipeline.DataNotPreparedError) as info:
+    input_pipeline.get_batches("spot_glue_rte_v200", LENGTHS, "train", 8)
+  _assert_names_the_fixes(str(info.value), "spot_glue_rte_v200", "glue/rte:2.0.0")
+  assert empty_tfds_data_dir in str(info.value)
+  assert isinstance(info.value, ValueError)  # CLIs print ValueErrors as one line
+  # train.py checks the splits (train and eval) before any compute: the same error, with the cause.
+  task = input_pipeline.get_task("spot_glue_rte_v200")
+  with pytest.raises(input_pipeline.DataNotPreparedError) as info:
+    input_pipeline.check_split(task, "validation")
+  assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_a_mixture_names_its_task_without_data(empty_tfds_data_dir):
+  task = input_pipeline.get_task("spot_super_glue_mix")
+  with pytest.raises(input_pipeline.DataNotPreparedError) as info:
+    input_pipeline.check_split(task, "train")
+  msg = str(info.value)
+  assert "of mixture 'spot_super_glue_mix'" in msg
+  _assert_names_the_fixes(msg, "spot_super_glue_boolq_v102", "super_glue/boolq:1.0.2")
+
+
+def test_tasks_without_tfds_need_no_data_dir(empty_tfds_data_dir):
+  input_pipeline.check_split(input_pipeline.get_task(TASK), "train")
+  assert next(input_pipeline.get_batches(TASK, LENGTHS, "train", 8))["encoder_input_tokens"].shape \
+      == (8, 32)
+
+
+# ------------------------------------------- rank-classification tasks are for evaluation
+
+
+def test_training_on_a_rank_task_is_refused():
+  for task, base in (("spot_bundled_topic_rank", "spot_bundled_topic"),
+                     ("spot_glue_rte_v200_rank", "spot_glue_rte_v200")):  # no TFDS data needed
+    with pytest.raises(ValueError, match=rf"{task} is a rank-classification evaluation task.*"
+                       rf"Train on {base} \(the task without `_rank`\)"):
+      input_pipeline.get_batches(task, LENGTHS, "train", 8)
+
+
+def test_rank_tasks_are_found_by_their_rows_not_their_name():
+  import seqio
+  from tasks import rank_classification
+  rank = seqio.get_mixture_or_task("spot_bundled_topic_rank")
+  common = dict(source=rank.source, output_features=rank.output_features,
+                metric_fns=rank.metric_fns)
+  # The same rows under a name without `_rank`: marked preprocessor.
+  seqio.TaskRegistry.add("spot_test_scored_options", preprocessors=rank.preprocessors, **common)
+  # An unmarked copy of the expanding step: the `is_correct` rows and score-only metrics tell.
+  unmarked = [(lambda ds, p=p: p(ds)) if hasattr(p, rank_classification.RANK_MODE_ATTR) else p
+              for p in rank.preprocessors]
+  seqio.TaskRegistry.add("spot_test_scored_unmarked", preprocessors=unmarked, **common)
+  seqio.MixtureRegistry.add("spot_test_mix_with_rank", ["spot_bundled_topic", "spot_test_scored_options"],
+                            default_rate=1.0)
+  try:
+    assert rank_classification.rank_mode(seqio.get_mixture_or_task("spot_test_scored_unmarked")) is None
+    for name in ("spot_test_scored_options", "spot_test_scored_unmarked", "spot_test_mix_with_rank"):
+      with pytest.raises(ValueError, match="spot_test_scored_.* is a rank-classification evaluation"):
+        input_pipeline.get_batches(name, LENGTHS, "train", 8)
+  finally:
+    seqio.MixtureRegistry.remove("spot_test_mix_with_rank")
+    seqio.TaskRegistry.remove("spot_test_scored_options")
+    seqio.TaskRegistry.remove("spot_test_scored_unmarked")
+
+
+def test_train_mode_rank_variants_and_rank_evaluation_splits_are_allowed():
+  import seqio
+  from tasks import rank_classification
+  names = rank_classification.register(name_suffix="_trainmode_test", mode="train")
+  try:
+    task = seqio.get_mixture_or_task("spot_glue_rte_v200_rank_trainmode_test")
+    assert rank_classification.rank_mode(task) == "train"
+    input_pipeline.check_trainable(task)  # only the correct option's rows: trainable
+  finally:
+    for name in names:
+      seqio.TaskRegistry.remove(name)
+  assert rank_classification.rank_mode(seqio.get_mixture_or_task("spot_glue_rte_v200_rank")) == "eval"
+  assert rank_classification.rank_mode(seqio.get_mixture_or_task("spot_glue_rte_v200")) is None
+  # Scoring a rank task reads its validation/test rows: every option of each example.
+  b = next(input_pipeline.get_batches("spot_bundled_topic_rank", LENGTHS, "validation", 8,
+                                      shuffle=False))
+  assert b["decoder_target_tokens"].shape == (8, 4)
+  assert len({r.tobytes() for r in b["encoder_input_tokens"][:4]}) == 1  # 4 options, one input

@@ -17,8 +17,8 @@ from spot_jax.spot import pipeline, pipeline_cli
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import PromptLibrary
 
-SOURCES = ("spot_bundled_movie_rank", "spot_bundled_topic_rank", "spot_bundled_number_rank")
-TARGET = "spot_bundled_product_rank"
+SOURCES = ("spot_bundled_movie", "spot_bundled_topic", "spot_bundled_number")
+TARGET = "spot_bundled_product"
 LENGTHS = {"inputs": 64, "targets": 4}
 CFG = size_config("tiny", vocab_size=1152, d_model=32, num_heads=2, head_dim=16, d_ff=64)
 P = 4
@@ -76,13 +76,13 @@ def test_sources_enter_the_library_with_embedding_export_and_metrics(library):
 
 def test_weighted_average_init_is_the_normalized_sum_of_the_top_k(library):
   lib = library[0]
-  ranked = [("spot_bundled_number_rank", 0.9), ("spot_bundled_movie_rank", 0.6),
-            ("spot_bundled_topic_rank", 0.2)]
+  ranked = [("spot_bundled_number", 0.9), ("spot_bundled_movie", 0.6),
+            ("spot_bundled_topic", 0.2)]
   init = pipeline.weighted_average(lib, ranked, top_k=2)
-  manual = (0.9 / 1.5) * lib.get("spot_bundled_number_rank").prompt \
-      + (0.6 / 1.5) * lib.get("spot_bundled_movie_rank").prompt
+  manual = (0.9 / 1.5) * lib.get("spot_bundled_number").prompt \
+      + (0.6 / 1.5) * lib.get("spot_bundled_movie").prompt
   np.testing.assert_allclose(init.prompt, manual, rtol=1e-6, atol=1e-7)
-  assert [s["task"] for s in init.sources] == ["spot_bundled_number_rank", "spot_bundled_movie_rank"]
+  assert [s["task"] for s in init.sources] == ["spot_bundled_number", "spot_bundled_movie"]
   np.testing.assert_allclose([s["weight"] for s in init.sources], [0.6, 0.4])
 
 
@@ -106,13 +106,13 @@ def test_retrieval_ranks_a_planted_related_prompt_first(tmp_path):
 
 def test_multitask_mixture_trains_on_a_mixture_of_exactly_the_top_k(frozen, library, tmp_path):
   lib = library[0]
-  ranked = [("spot_bundled_topic_rank", 0.8), ("spot_bundled_movie_rank", 0.7),
-            ("spot_bundled_number_rank", 0.1)]
+  ranked = [("spot_bundled_topic", 0.8), ("spot_bundled_movie", 0.7),
+            ("spot_bundled_number", 0.1)]
   init = pipeline.multitask_mixture(frozen, lib, ranked, TARGET, str(tmp_path), steps=6, top_k=2, run=RUN)
   name = init.extra["mixture"]
   mixture = seqio.get_mixture_or_task(name)
   assert isinstance(mixture, seqio.Mixture)
-  assert sorted(t.name for t in mixture.tasks) == ["spot_bundled_movie_rank", "spot_bundled_topic_rank"]
+  assert sorted(t.name for t in mixture.tasks) == ["spot_bundled_movie", "spot_bundled_topic"]
   run_dir = tmp_path / name
   np.testing.assert_array_equal(init.prompt, prompt_io.load_prompt(
       prompt_io.checkpoint_export_dir(str(run_dir), 6)))
@@ -123,10 +123,10 @@ def test_multitask_mixture_trains_on_a_mixture_of_exactly_the_top_k(frozen, libr
 
 def test_best_of_top_k_keeps_the_source_with_the_best_short_run(frozen, library, tmp_path):
   lib = library[0]
-  ranked = [("spot_bundled_movie_rank", 0.9), ("spot_bundled_number_rank", 0.5),
-            ("spot_bundled_topic_rank", 0.1)]
+  ranked = [("spot_bundled_movie", 0.9), ("spot_bundled_number", 0.5),
+            ("spot_bundled_topic", 0.1)]
   init = pipeline.best_of_top_k(frozen, lib, ranked, TARGET, str(tmp_path), steps=4, top_k=2, run=RUN)
-  assert [s["task"] for s in init.sources] == ["spot_bundled_movie_rank", "spot_bundled_number_rank"]
+  assert [s["task"] for s in init.sources] == ["spot_bundled_movie", "spot_bundled_number"]
   best = max(init.sources, key=lambda s: s["selection_score"])  # first of equals = better ranked
   assert init.extra["chosen"] == best["task"]
   np.testing.assert_array_equal(init.prompt, lib.get(best["task"]).prompt)
@@ -139,7 +139,9 @@ def test_best_of_top_k_keeps_the_source_with_the_best_short_run(frozen, library,
 
 def test_run_target_zero_shot_ranking_without_task_embedding(frozen, library, tmp_path):
   lib = library[0]
-  result = pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "weighted_average", top_k=1, steps=4,
+  # best_of_top_k: a random tiny model decodes no label, so every zero-shot score is 0, which
+  # weighted_average (weights ∝ similarity) refuses.
+  result = pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "best_of_top_k", top_k=1, steps=4,
                                run=RUN, rank_by="zero_shot")
   assert not (tmp_path / "task_embedding").exists()
   assert [t for t, _ in result.ranked] and result.chosen[0]["task"] == result.ranked[0][0]
@@ -187,14 +189,14 @@ def test_spot_cli_runs_the_whole_pipeline_with_a_baseline(library, tmp_path, cap
 
 def test_spot_source_cli_adds_one_prompt_to_a_library(tmp_path, capsys, clean_gin):
   rc = pipeline_cli.main(["source", *_gin_flags(tmp_path / "run", ["--gin_file=runs/spot_source.gin"]),
-                      "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_nli_rank'", "--gin.TRAIN_STEPS=4",
+                      "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_nli'", "--gin.TRAIN_STEPS=4",
                       f"--gin.LIBRARY_DIR='{tmp_path / 'lib'}'"])
   text = capsys.readouterr().out
   assert rc == 0, text
-  rec = PromptLibrary(str(tmp_path / "lib")).record("spot_bundled_nli_rank")
+  rec = PromptLibrary(str(tmp_path / "lib")).record("spot_bundled_nli")
   assert rec["steps"] == 4 and rec["has_task_embedding"] and "accuracy" in rec["metrics"]
   assert rec["model_id"] == pipeline.default_model_id(None, CFG.replace(dropout_rate=0.1), 0)
-  assert "added spot_bundled_nli_rank" in text
+  assert "added spot_bundled_nli" in text
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys, clean_gin):
@@ -202,3 +204,29 @@ def test_cli_errors_name_the_problem(tmp_path, capsys, clean_gin):
                       *_gin_flags(tmp_path / "t", ["--gin_file=runs/spot_target.gin"])])
   assert rc == 1
   assert "has no prompts" in capsys.readouterr().err
+
+
+def test_spot_cli_refuses_a_library_of_another_frozen_model(library, tmp_path, capsys, clean_gin,
+                                                             monkeypatch):
+  lib = library[0]
+  assert lib.model_id == pipeline.default_model_id(None, CFG, 0)
+  out = tmp_path / "target"
+  argv = ["--target", TARGET, "--library", lib.path,
+          *_gin_flags(out, ["--gin_file=runs/spot_target.gin"]), "--gin.MODEL_ID='t5_other_model'"]
+  rc = pipeline_cli.main(argv)
+  err = capsys.readouterr().err
+  assert rc == 1
+  assert err.startswith("error: ") and "'t5_other_model'" in err and repr(lib.model_id) in err
+  assert "--allow-other-model" in err and "MODEL_ID" in err
+  assert not os.path.exists(out / "task_embedding")  # refused before any training
+  gin.clear_config()
+  calls = []
+
+  class _Result:
+    def format(self):
+      return "stub result"
+
+  monkeypatch.setattr(pipeline_cli, "run_target", lambda *a, **k: calls.append((a, k)) or _Result())
+  with pytest.warns(UserWarning, match="t5_other_model.*--allow-other-model"):
+    rc = pipeline_cli.main(argv + ["--allow-other-model"])
+  assert rc == 0 and len(calls) == 1 and "stub result" in capsys.readouterr().out

@@ -8,6 +8,7 @@ import gin
 import pytest
 import seqio
 
+from tasks import metrics
 from tasks import user_data as ud
 
 VOCAB = seqio.ByteVocabulary()
@@ -69,14 +70,23 @@ def test_jsonl_and_rank_classification(tmp_path):
   assert _texts("ud_test_jsonl") == [("question: two plus two", "yes"),
                                      ("question: sky color", "no")]
   rank = _examples("ud_test_jsonl_rank")
-  assert [(e["targets_pretokenized"], int(e["idx"]), bool(e["is_correct"]))
-          for e in rank] == [("no", 0, False), ("yes", 0, True),
-                             ("no", 1, True), ("yes", 1, False)]
+  # The same rows as the GLUE/SuperGLUE `_rank` tasks: idx = [example, option].
+  assert [(e["targets_pretokenized"], e["idx"].tolist(), bool(e["is_correct"]))
+          for e in rank] == [("no", [0, 0], False), ("yes", [0, 1], True),
+                             ("no", [1, 0], True), ("yes", [1, 1], False)]
   task = seqio.get_mixture_or_task("ud_test_jsonl_rank")
-  assert task.score_metric_fns == [ud.rank_accuracy]
+  # One rank metric for every task: tasks.metrics.rank_classification_accuracy.
+  assert task.score_metric_fns == [metrics.rank_classification_accuracy]
   targets = [task.postprocess_fn(None, example=e, is_target=True) for e in rank]
+  assert targets == [(0, 0, False), (0, 1, True), (1, 0, True), (1, 1, False)]
   # Example 0 scores the right option best, example 1 the wrong one.
-  assert ud.rank_accuracy(targets, [-3.0, -1.0, -2.0, -0.5]) == {"accuracy": 50.0}
+  scores = [-3.0, -1.0, -2.0, -0.5]
+  assert metrics.rank_classification_accuracy(targets, scores) == {"accuracy": 50.0}
+  # The old metric and postprocessor (pair targets) still give the same result.
+  pairs = [ud.rank_postprocessor(None, example=e, is_target=True) for e in rank]
+  assert pairs == [(0, False), (0, True), (1, True), (1, False)]
+  assert ud.rank_accuracy(pairs, scores) == {"accuracy": 50.0}
+  assert ud.rank_accuracy(pairs, [-1.0, -1.0, -1.0, -1.0]) == {"accuracy": 50.0}  # ties: first
 
 
 def test_batches_through_feature_converter(tmp_path):
@@ -170,3 +180,75 @@ tasks.user_data.register_from_gin.tasks = [@my_sst/tasks.user_data.register_task
     gin.clear_config()
   assert _texts("ud_test_gin") == [("sentence: nice one", "positive"),
                                    ("sentence: awful", "negative")]
+
+
+# ------------------------------------------- default vocabulary = tasks.vocab's
+
+
+@pytest.fixture
+def no_vocab_override(monkeypatch):
+  """No set_vocabulary() override, so the env var / default decide (restored after)."""
+  from tasks import vocab
+  monkeypatch.setattr(vocab, "_override", None)
+  return vocab
+
+
+def _register_default_vocab(tmp_path, name="ud_test_default_vocab", **kw):
+  train = _write(tmp_path / "t.tsv", "premise\thypothesis\tlabel\na\tb\tyes\nc\td\tno\n")
+  return ud.register_task_from_files(name, train=train, overwrite=True, **kw)
+
+
+def _first_target(name, lengths={"inputs": 16, "targets": 4}):
+  ds = seqio.get_mixture_or_task(name).get_dataset(
+      lengths, split="train", shuffle=False, try_in_mem_cache=False)
+  return next(ds.as_numpy_iterator())["targets"].tolist()
+
+
+def test_default_vocabulary_follows_spot_jax_vocab(tmp_path, monkeypatch, no_vocab_override):
+  """SPOT_JAX_VOCAB (no network: a local model) is what a task without vocabulary= uses."""
+  vocab = no_vocab_override
+  monkeypatch.setenv(vocab.ENV_VAR, SPM)
+  task = _register_default_vocab(tmp_path)
+  assert task.output_features["targets"].vocabulary is vocab.DEFAULT_VOCABULARY
+  assert ud.default_vocabulary() is vocab.DEFAULT_VOCABULARY
+  # Resolved from the env var when used: the bundled 1000 pieces + 100 extra ids, nothing fetched.
+  assert task.output_features["inputs"].vocabulary.vocab_size == 1100
+  bundled_spm = seqio.SentencePieceVocabulary(SPM, extra_ids=100)
+  assert _first_target("ud_test_default_vocab") == bundled_spm.encode("yes") + [1]
+
+
+def test_default_vocabulary_follows_set_and_use_vocabulary(tmp_path, monkeypatch,
+                                                           no_vocab_override):
+  vocab = no_vocab_override
+  monkeypatch.setenv(vocab.ENV_VAR, str(tmp_path / "not_read.model"))  # the override wins
+  _register_default_vocab(tmp_path)
+  byte_vocab = seqio.ByteVocabulary()
+  with vocab.use_vocabulary(byte_vocab):
+    assert _first_target("ud_test_default_vocab") == byte_vocab.encode("yes") + [1]
+  vocab.set_vocabulary(SPM)
+  assert seqio.get_mixture_or_task(
+      "ud_test_default_vocab").output_features["targets"].vocabulary.vocab_size == 1100
+
+
+def test_explicit_vocabulary_still_wins(tmp_path, monkeypatch, no_vocab_override):
+  monkeypatch.setenv(no_vocab_override.ENV_VAR, str(tmp_path / "not_read.model"))
+  task = _register_default_vocab(tmp_path, vocabulary=VOCAB)
+  assert task.output_features["targets"].vocabulary is VOCAB
+  assert _first_target("ud_test_default_vocab") == VOCAB.encode("yes") + [1]
+  task = _register_default_vocab(tmp_path, vocabulary=SPM)  # a path: + 100 extra ids
+  assert task.output_features["targets"].vocabulary.vocab_size == 1100
+  bundled_spm = seqio.SentencePieceVocabulary(SPM, extra_ids=100)
+  assert _first_target("ud_test_default_vocab") == bundled_spm.encode("yes") + [1]
+
+
+def test_default_is_the_t5_vocabulary_with_100_extra_ids(tmp_path, monkeypatch, no_vocab_override,
+                                                         shared_fixtures):
+  """The T5 model (cc_all.32000.100extra) has 32000 pieces: + 100 extra ids = 32100 ids and
+  <extra_id_0> = 32099, the same ids the old users'-data default (cc_all.32000 + 100) gave."""
+  vocab = no_vocab_override
+  assert ud.DEFAULT_VOCAB_PATH == vocab.DEFAULT_VOCAB_PATH
+  assert ud.DEFAULT_EXTRA_IDS == vocab.DEFAULT_EXTRA_IDS == 100
+  monkeypatch.setenv(vocab.ENV_VAR, str(shared_fixtures / "t5_vocab.model"))
+  task = _register_default_vocab(tmp_path)
+  v = task.output_features["targets"].vocabulary
+  assert v.vocab_size == 32100 and v.encode("<extra_id_0>") == [32099]

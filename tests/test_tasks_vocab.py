@@ -1,0 +1,85 @@
+"""A vocabulary that cannot be read (no network for the gs:// default, a wrong path) fails with an
+error naming the path and the fixes, not a raw TensorFlow traceback; set_vocabulary with a path."""
+import os
+import threading
+
+import pytest
+import seqio
+import tensorflow as tf
+
+from spot_jax import input_pipeline
+from tasks import user_data, vocab
+
+LENGTHS = {"inputs": 16, "targets": 4}
+BUNDLED_SPM = os.path.join(os.path.dirname(__file__), "..", "tasks", "data", "bundled_spm.model")
+
+
+@pytest.fixture(autouse=True)
+def no_override(monkeypatch):
+  monkeypatch.setattr(vocab, "_override", None)
+
+
+def _assert_names_path_and_fixes(error, path):
+  msg = str(error)
+  assert f"cannot load the SentencePiece vocabulary {path}" in msg, msg
+  assert "export SPOT_JAX_VOCAB=/path/to/sentencepiece.model" in msg, msg
+  assert "tasks.vocab.set_vocabulary('/path/to/sentencepiece.model')" in msg, msg
+
+
+def test_missing_spot_jax_vocab_names_the_path_and_the_fixes(tmp_path, monkeypatch):
+  missing = str(tmp_path / "no_such_dir" / "sentencepiece.model")
+  monkeypatch.setenv(vocab.ENV_VAR, missing)
+  task = input_pipeline.get_task("spot_glue_rte_v200")  # the lazy project vocabulary
+  with pytest.raises(vocab.VocabularyError) as info:
+    input_pipeline.check_vocabulary_fits(task, 32128)  # the path of the user's traceback
+  _assert_names_path_and_fixes(info.value, missing)
+  assert "from the environment variable SPOT_JAX_VOCAB" in str(info.value)
+  assert isinstance(info.value.__cause__, tf.errors.NotFoundError)  # the original error, chained
+  assert isinstance(info.value, ValueError)  # CLIs print ValueErrors as one line
+  with pytest.raises(vocab.VocabularyError):  # every use of the lazy vocabulary, not one path
+    vocab.DEFAULT_VOCABULARY.encode("hello")
+
+
+def test_unreadable_default_says_spot_jax_vocab_is_unset(tmp_path, monkeypatch):
+  # Stands in for gs://t5-data/... without network (a test must not depend on the network).
+  missing = str(tmp_path / "t5" / "sentencepiece.model")
+  monkeypatch.delenv(vocab.ENV_VAR, raising=False)
+  monkeypatch.setattr(vocab, "DEFAULT_VOCAB_PATH", missing)
+  with pytest.raises(vocab.VocabularyError) as info:
+    vocab.DEFAULT_VOCABULARY.vocab_size  # pylint: disable=pointless-statement
+  _assert_names_path_and_fixes(info.value, missing)
+  assert "SPOT_JAX_VOCAB is not set" in str(info.value)
+  assert info.value.__cause__ is not None
+
+
+def _user_task(tmp_path, name, **kw):
+  train = tmp_path / "train.tsv"
+  train.write_text("premise\thypothesis\tlabel\na\tb\tyes\nc\td\tno\n")
+  return user_data.register_task_from_files(name, train=str(train), overwrite=True, **kw)
+
+
+def test_batches_of_a_user_task_fail_with_the_clear_error(tmp_path, monkeypatch):
+  missing = str(tmp_path / "missing.model")
+  monkeypatch.setenv(vocab.ENV_VAR, missing)
+  _user_task(tmp_path, "spot_test_vocab_missing")  # no vocabulary=: the project's default
+  with pytest.raises(vocab.VocabularyError, match="missing.model.*SPOT_JAX_VOCAB=/path/to"):
+    input_pipeline.get_batches("spot_test_vocab_missing", LENGTHS, "train", 2)
+  # An explicit path that cannot be read names the task and the path.
+  _user_task(tmp_path, "spot_test_vocab_explicit", vocabulary=str(tmp_path / "explicit.model"))
+  with pytest.raises(vocab.VocabularyError, match=r"explicit\.model that task spot_test_vocab_explicit"):
+    input_pipeline.get_batches("spot_test_vocab_explicit", LENGTHS, "train", 2)
+  for name in ("spot_test_vocab_missing", "spot_test_vocab_explicit"):
+    seqio.TaskRegistry.remove(name)
+
+
+def test_set_vocabulary_with_a_path_returns():
+  """set_vocabulary('/path') took the (non-reentrant) lock twice and hung forever."""
+  done = threading.Event()
+
+  def call():
+    vocab.set_vocabulary(BUNDLED_SPM)
+    done.set()
+
+  threading.Thread(target=call, daemon=True).start()
+  assert done.wait(30), "set_vocabulary(path) deadlocked"
+  assert vocab.resolve().vocab_size == 1100
