@@ -48,14 +48,19 @@ def _required_macros() -> str:
   return "\n".join(lines)
 
 
+def gin_flags_help() -> str:
+  """The --help epilog of every gin-configured command: the --gin.NAME=VALUE form and what is required."""
+  return ("Gin flags: --gin_file=FILE (repeatable; gin/ is searched), --gin_search_paths=DIRS, and any "
+          "gin value as --gin.NAME=VALUE (T5X's spelling), e.g. --gin.MODEL_DIR=\"'/tmp/run'\" "
+          f"--gin.TRAIN_STEPS=100.\nMacros each run file requires:\n{_required_macros()}\nThe other "
+          "macros and their defaults: the run file's header and body (gin/runs/), and the README's "
+          "macro table.")
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog=prog, description="Gin-configured spot_jax run (T5X-style flags).",
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="Bind any gin value with --gin.NAME=VALUE (T5X's spelling), e.g. "
-             "--gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=100.\nMacros each run file requires:\n"
-             f"{_required_macros()}\nThe other macros and their defaults: the run file's header and "
-             "body (gin/runs/), and the README's macro table.")
+      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=gin_flags_help())
   p.add_argument("--gin_file", action="append", default=[],
                  help="gin file (repeatable; later files win). Relative paths resolve against the search "
                       "paths, which include spot_jax's gin/ folder.")

@@ -230,3 +230,12 @@ def test_spot_cli_refuses_a_library_of_another_frozen_model(library, tmp_path, c
   with pytest.warns(UserWarning, match="t5_other_model.*--allow-other-model"):
     rc = pipeline_cli.main(argv + ["--allow-other-model"])
   assert rc == 0 and len(calls) == 1 and "stub result" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["source", "--help"], ["--help"]])
+def test_spot_help_shows_the_gin_flags(argv, capsys):
+  with pytest.raises(SystemExit) as e:
+    pipeline_cli.main(argv)
+  assert e.value.code == 0
+  text = capsys.readouterr().out
+  assert "--gin.NAME=VALUE" in text and "runs/prompt_train.gin: MODEL_DIR, MIXTURE_OR_TASK_NAME" in text

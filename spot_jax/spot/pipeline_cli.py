@@ -78,7 +78,8 @@ def _target_parser() -> argparse.ArgumentParser:
       prog="spot-jax spot", description="SPoT targeted transfer: rank the library's sources for a "
       "target task, build the init with a strategy, train the target (and a baseline). Gin flags "
       "(--gin_file, --gin.X=Y, --gin_search_paths) configure the model and the budget "
-      "(runs/spot_target.gin). `spot-jax spot source ...` trains one source prompt instead.")
+      "(runs/spot_target.gin). `spot-jax spot source ...` trains one source prompt instead.",
+      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=gin_utils.gin_flags_help())
   p.add_argument("--target", required=True, help="target seqio task")
   p.add_argument("--library", default=None, help="prompt library directory (default: LIBRARY_DIR)")
   p.add_argument("--strategy", choices=STRATEGIES, default="weighted_average")
@@ -124,7 +125,9 @@ def source_main(argv: Sequence[str]) -> int:
   own, gin_flags = gin_utils.split_run_flags(argv)
   p = argparse.ArgumentParser(prog="spot-jax spot source",
                               description="Train one source prompt (runs/spot_source.gin) and add it "
-                              "to the library LIBRARY_DIR.")
+                              "to the library LIBRARY_DIR (set MODEL_DIR and MIXTURE_OR_TASK_NAME).",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=gin_utils.gin_flags_help())
   p.add_argument("--overwrite", action="store_true", help="retrain a task already in the library")
   args = p.parse_args(own)
   s = _load_gin(gin_flags, "spot-jax spot source")
