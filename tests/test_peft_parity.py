@@ -47,3 +47,8 @@ def test_export_still_writes_what_peft_loaded(tmp_path):
       os.path.join(ADAPTER, "adapter_model.safetensors"))
   assert list(got) == list(want) == ["prompt_embeddings"]
   np.testing.assert_array_equal(got["prompt_embeddings"], want["prompt_embeddings"])
+
+
+def test_an_adapter_saved_by_peft_loads_as_its_prompt():
+  prompt = prompt_io.load_prompt(os.path.join(FIXTURES, "peft_parity", "saved_by_peft"))
+  np.testing.assert_array_equal(prompt, _ref()["prompt"])
