@@ -159,8 +159,24 @@ def size_config(name: str, **overrides: Any) -> T5Config:
   return SIZES[name].replace(**overrides) if overrides else SIZES[name]
 
 
-def model_config(size: str = "tiny", **overrides: Any) -> T5Config:
-  """Gin entry point (`models/*.gin`, `models/sizes/*.gin`): a size plus any field overrides."""
+FROM_CHECKPOINT = "from_checkpoint"
+
+
+@dataclasses.dataclass(frozen=True)
+class FromCheckpoint:
+  """A model config whose dimensions come from the checkpoint it is loaded with
+  (`models/sizes/from_checkpoint.gin`). `overrides` are the gin's other fields: the shape ones
+  (vocab_size, feed_forward, ...) are checked against the checkpoint, the rest (dtype, dropout, max
+  distance, attention_impl, ...) are applied, so `models/gpu_bf16.gin` still works beside it."""
+  overrides: tuple  # ((field, value), ...): hashable, as gin values are compared
+
+
+def model_config(size: str = "tiny", **overrides: Any):
+  """Gin entry point (`models/*.gin`, `models/sizes/*.gin`): a size plus any field overrides, or
+  `size='from_checkpoint'` (a `FromCheckpoint`, resolved when the checkpoint is read)."""
+  if size == FROM_CHECKPOINT:
+    T5Config().replace(**overrides)  # unknown field names fail here, before anything is read
+    return FromCheckpoint(tuple(sorted(overrides.items())))
   return size_config(size, **overrides)
 
 

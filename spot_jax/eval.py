@@ -42,7 +42,7 @@ def load_model_and_prompt(checkpoint_path: Optional[str], model_config: Optional
       raise ValueError(f"the prompt in {prompt_file} has shape {tuple(prompt.shape)} but the model's "
                        f"d_model is {config.d_model}; use a prompt trained for this model size")
 
-  if not checkpoint_path and model_config is not None:
+  if not checkpoint_path and isinstance(model_config, T5Config):
     check_width(model_config)  # before a fresh initialization
   config, params = train_lib.load_frozen(checkpoint_path, model_config, seed, macro="CHECKPOINT_PATH")
   config = config.replace(dropout_rate=0.0)

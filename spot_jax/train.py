@@ -33,11 +33,18 @@ def load_frozen(initial_checkpoint_path: Optional[str], model_config: Optional[T
                 macro: str = "INITIAL_CHECKPOINT_PATH"):
   """(config, params) from a T5X/HF checkpoint, or a fresh initialization of `model_config`.
   `macro` is the gin macro that holds the path in the caller's run file (for messages)."""
+  from spot_jax.config import FromCheckpoint
   if initial_checkpoint_path:
     from spot_jax import checkpoints
+    if isinstance(model_config, FromCheckpoint):  # dimensions from the checkpoint, the rest from gin
+      return checkpoints.read_params(initial_checkpoint_path, overrides=dict(model_config.overrides),
+                                     check_shape_overrides=True)
     # With a gin model config, read_params checks every structural field against the checkpoint
     # and keeps the config's run-time fields (dropout, dtype, max distance).
     return checkpoints.read_params(initial_checkpoint_path, config=model_config)
+  if isinstance(model_config, FromCheckpoint):
+    raise ValueError(f"models/sizes/from_checkpoint.gin takes the model's dimensions from the checkpoint: "
+                     f"set {macro}, or use a size file (models/sizes/*.gin) for a fresh initialization")
   if model_config is None:
     raise ValueError(f"set {macro} to a T5X or Hugging Face checkpoint, or give a model config "
                      "(models/sizes/*.gin) to use a fresh initialization")

@@ -217,6 +217,7 @@ def test_fresh_initialization_warning_names_the_callers_macro(caplog):
 def test_sizes_from_checkpoint_takes_the_models_dimensions_from_it(tmp_path):
   """A checkpoint whose size has no gin file: models/sizes/from_checkpoint.gin infers them all."""
   import gin
+  from spot_jax.config import model_config
   from spot_jax import checkpoints
   odd = CFG.replace(num_encoder_layers=3, d_ff=48)  # a size no gin file describes
   ckpt = checkpoints.write_t5x(init_params(odd, jax.random.PRNGKey(0)), str(tmp_path / "ckpt"), step=1)
@@ -228,4 +229,15 @@ def test_sizes_from_checkpoint_takes_the_models_dimensions_from_it(tmp_path):
           f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'"]
   prompt = gin_utils.run(gin.get_configurable(train_lib.train), args)
   assert prompt.shape == (PROMPT_LEN, odd.d_model)
-  assert gin.query_parameter("MODEL_CONFIG/macro.value") is None
+  # The other model_config bindings still apply (here models/gpu_bf16.gin's), shape ones are checked.
+  gpu = [a for a in args if "runs/" not in a] + ["--gin_file=models/gpu_bf16.gin", "--gin_file=runs/prompt_train.gin"]
+  gin_utils.configure(gpu)
+  config, _ = train_lib.load_frozen(ckpt, gin.get_configurable(model_config)(), 0)
+  assert (config.d_ff, config.num_encoder_layers) == (48, 3)
+  assert (config.dtype, config.attention_impl, config.dropout_rate) == ("bfloat16", "fused", 0.1)
+  gin_utils.configure([a.replace("t5_1_1.gin", "t5_1_0.gin") for a in args])  # a ReLU variant file
+  with pytest.raises(ValueError, match=r"(?s)feed_forward: config says 'relu', checkpoint has 'gated-gelu'"
+                                       r".*from_checkpoint.gin"):
+    train_lib.load_frozen(ckpt, gin.get_configurable(model_config)(), 0)
+  with pytest.raises(ValueError, match="from_checkpoint.gin takes the model's dimensions from the checkpoint"):
+    train_lib.load_frozen(None, gin.get_configurable(model_config)(), 0)

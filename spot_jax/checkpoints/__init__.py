@@ -10,8 +10,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from spot_jax.checkpoints import hf, t5x
 from spot_jax.checkpoints.hf import read_hf, write_hf
-from spot_jax.checkpoints.infer_config import (CheckpointError, cast_params, check_agreement,
-                                               check_params, expected_shapes, infer_config)
+from spot_jax.checkpoints.infer_config import (SHAPE_FIELDS, VARIANT_FIELDS, CheckpointError, cast_params,
+                                               check_agreement, check_params, expected_shapes,
+                                               infer_config)
 from spot_jax.checkpoints.t5x import absolute_spec, read_t5x, write_t5x
 from spot_jax.config import T5Config
 
@@ -35,14 +36,17 @@ def detect_format(path: str) -> str:
 
 
 def read_params(path: str, config: Optional[T5Config] = None, dtype: Any = None,
-                overrides: Optional[Mapping[str, Any]] = None) -> Tuple[T5Config, Dict[str, Any]]:
+                overrides: Optional[Mapping[str, Any]] = None,
+                check_shape_overrides: bool = False) -> Tuple[T5Config, Dict[str, Any]]:
   """Read a T5X or HF T5 checkpoint (local or gs://) into `(config, params)`.
 
   - config: when given, its shape fields must agree with the checkpoint (else an error naming each
     mismatching field) and it is returned (its max distance, eps, dropout and dtype are kept).
     When None, a T5X config is inferred from the shapes (max distance 128) and a HF config is read
     from config.json.
-  - overrides: T5Config fields applied last (e.g. `relative_attention_max_distance`, `dtype`).
+  - overrides: T5Config fields applied last (e.g. `relative_attention_max_distance`, `dtype`). With
+    `check_shape_overrides` (`models/sizes/from_checkpoint.gin`), its shape fields are not applied:
+    `feed_forward` and `tie_word_embeddings` must agree with the checkpoint, dimensions are its own.
   - dtype: cast every parameter ("float32", "bfloat16"); None keeps the stored dtypes.
   """
   fmt = detect_format(path)
@@ -56,6 +60,12 @@ def read_params(path: str, config: Optional[T5Config] = None, dtype: Any = None,
   if config is not None:
     check_agreement(config, found, source)
     found = config
+  if overrides and check_shape_overrides:
+    # The variant's kind (MLP, tied output) must match; its dimensions (vocab_size, ...) are the
+    # checkpoint's own.
+    kind = {k: v for k, v in overrides.items() if k in VARIANT_FIELDS}
+    check_agreement(found.replace(**kind), found, source)
+    overrides = {k: v for k, v in overrides.items() if k not in SHAPE_FIELDS}
   if overrides:
     found = found.replace(**dict(overrides))
   params = check_params(found, params, source)

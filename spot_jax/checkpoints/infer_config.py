@@ -22,6 +22,8 @@ class CheckpointError(ValueError):
 SHAPE_FIELDS = ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff", "num_encoder_layers",
                 "num_decoder_layers", "feed_forward", "tie_word_embeddings",
                 "relative_attention_num_buckets")
+# The shape fields that say which T5 variant a checkpoint is, not how large.
+VARIANT_FIELDS = ("feed_forward", "tie_word_embeddings")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -132,8 +134,10 @@ def check_agreement(given: T5Config, found: T5Config, source: str) -> None:
          for name in SHAPE_FIELDS if getattr(given, name) != getattr(found, name)]
   if bad:
     raise CheckpointError(f"{source} does not match the given config:\n  " + "\n  ".join(bad) +
-                          "\nPass the config (gin size) that the checkpoint was trained with, or none "
-                          "to infer it from the checkpoint.")
+                          "\nPass the config (gin size) that the checkpoint was trained with, or take "
+                          "its dimensions from the checkpoint: models/sizes/from_checkpoint.gin in "
+                          "place of the size file, with the variant file (models/*.gin) that matches "
+                          "it.")
 
 
 def check_params(config: T5Config, params: Mapping[str, Any], source: str = "checkpoint") -> Dict[str, Any]:
