@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spot_jax import checkpointing, input_pipeline, optim, partitioning, prompt_io, prompts
+from spot_jax import checkpointing, fileio, input_pipeline, optim, partitioning, prompt_io, prompts
 from spot_jax import train_step as ts
 from spot_jax.config import T5Config
 from spot_jax.model import init_params, param_logical_axes, param_shapes
@@ -133,6 +133,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     raise ValueError(f"TASK_FEATURE_LENGTHS lacks {sorted(missing)}; e.g. {{'inputs': 128, 'targets': 8}}")
   if batch_size % num_microbatches:
     raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by num_microbatches={num_microbatches}")
+  if task_embedding_step is not None and not 0 < task_embedding_step <= train_steps:
+    raise ValueError(f"TASK_EMBEDDING_STEP={task_embedding_step} is outside the run's steps 1..{train_steps} "
+                     f"(TRAIN_STEPS): no task-embedding export would be written. Set it within them, or None")
   config, params = frozen if frozen is not None else load_frozen(initial_checkpoint_path, model_config,
                                                                   seed)
   input_pipeline.check_vocabulary_fits(task, config.vocab_size)
@@ -145,6 +148,12 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     initial_prompt = prompts.make_prompt(prompt_init, seed, prompt_length, config.d_model, embedding)
 
   mesh = partitioning.make_mesh(num_partitions)
+  data_size = mesh.shape["data"]
+  if (batch_size // num_microbatches) % data_size:
+    raise ValueError(
+        f"BATCH_SIZE={batch_size} (over {num_microbatches} microbatch(es)) does not split evenly over the "
+        f"mesh's {data_size} data-parallel replicas ({len(mesh.devices.flat)} devices / NUM_PARTITIONS="
+        f"{num_partitions}): use a batch size whose microbatches are a multiple of {data_size}")
   frozen_params, frozen_shardings = place_frozen(params, config, mesh, frozen_dtype)
   tx = optimizer or optim.adafactor()
   rep = partitioning.replicated(mesh)
@@ -156,6 +165,10 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     state, meta = ckpts.restore(abstract)
     start_step = int(jax.device_get(state.step))
     log.info("resuming from step %d (%s)", start_step, meta)
+    if start_step > train_steps:
+      log.warning("%s's latest checkpoint is step %d, past TRAIN_STEPS=%d: nothing is trained and the "
+                  "step-%d prompt is returned (raise TRAIN_STEPS to continue, or use a new MODEL_DIR)",
+                  model_dir, start_step, train_steps, start_step)
   if state.prompt.shape != (prompt_length, config.d_model):
     raise ValueError(f"checkpoint prompt shape {state.prompt.shape} != [PROMPT_LENGTH={prompt_length}, "
                      f"d_model={config.d_model}]")
@@ -170,6 +183,11 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   logger = metrics_log.MetricsLogger(model_dir, total_steps=train_steps, start_step=start_step,
                                      enabled=is_main)
   best_value, last_saved = None, resume_step
+  if resume_step is not None and eval_period:
+    # The best export survives the restart: a resumed run must beat it, not the first eval after.
+    best_dir = prompt_io.best_export_dir(model_dir)
+    if fileio.exists(best_dir):
+      best_value = _pick_metric(prompt_io.read_export_info(best_dir).get("metrics") or {}, best_metric)
 
   def save(state, step):
     nonlocal last_saved

@@ -156,6 +156,15 @@ def test_bad_inputs_fail_before_compute(tmp_path):
     train_lib.train(mixture_or_task_name=TASK, frozen=(CFG, params), eval_period=2, eval_split="dev",
                     **{**common, "model_dir": str(tmp_path / "m1")})
   assert not (tmp_path / "m1").exists()
+  with pytest.raises(ValueError, match=r"TASK_EMBEDDING_STEP=5 is outside the run's steps 1..2"):
+    train_lib.train(mixture_or_task_name=TASK, frozen=(CFG, params), task_embedding_step=5,
+                    **{**common, "model_dir": str(tmp_path / "m4")})
+  assert len(jax.devices()) == 8  # tests/conftest.py: 8 forced CPU devices, so the data axis is 8
+  with pytest.raises(ValueError, match=r"BATCH_SIZE=6 .* does not split evenly over the mesh's 8 "
+                                       r"data-parallel replicas"):
+    train_lib.train(mixture_or_task_name=TASK, frozen=(CFG, params), **{**common, "batch_size": 6,
+                                                                        "model_dir": str(tmp_path / "m5")})
+  assert not (tmp_path / "m5" / "checkpoints").exists() or not list((tmp_path / "m5" / "checkpoints").iterdir())
   bad = tmp_path / "bad.npy"
   np.save(bad, np.zeros((7, 32), np.float32))
   from spot_jax import prompts
@@ -241,3 +250,25 @@ def test_sizes_from_checkpoint_takes_the_models_dimensions_from_it(tmp_path):
     train_lib.load_frozen(ckpt, gin.get_configurable(model_config)(), 0)
   with pytest.raises(ValueError, match="from_checkpoint.gin takes the model's dimensions from the checkpoint"):
     train_lib.load_frozen(None, gin.get_configurable(model_config)(), 0)
+
+
+def test_the_best_export_survives_a_resume(tmp_path, caplog):
+  """A resumed run compares its evaluations with the best export on disk, not with nothing."""
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  common = dict(model_dir=str(tmp_path), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
+                batch_size=8, prompt_length=PROMPT_LEN, frozen=(CFG, params), eval_period=2,
+                eval_num_examples=8, save_period=2, enable_dropout=False)
+  train_lib.train(train_steps=2, **common)
+  best = pathlib.Path(prompt_io.best_export_dir(str(tmp_path)))
+  info = json.loads((best / "export.json").read_text())
+  assert info["step"] == 2
+  # Plant a best no later evaluation can reach (accuracies are at most 100).
+  info["metrics"] = {k: 1000.0 for k in info["metrics"]}
+  (best / "export.json").write_text(json.dumps(info))
+  train_lib.train(train_steps=4, **common)
+  assert json.loads((best / "export.json").read_text())["step"] == 2
+  import logging
+  with caplog.at_level(logging.WARNING, logger="spot_jax"):
+    final = train_lib.train(train_steps=3, **common)  # fewer steps than the run already has
+  assert "latest checkpoint is step 4, past TRAIN_STEPS=3" in caplog.text
+  np.testing.assert_array_equal(final, prompt_io.load_prompt(prompt_io.checkpoint_export_dir(str(tmp_path), 4)))
