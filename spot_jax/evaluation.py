@@ -14,6 +14,7 @@ each task compiles one decode program and one score program.
 from __future__ import annotations
 
 import logging
+from unittest import mock
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -32,6 +33,41 @@ def get_task(name: str):
   """The registered task/mixture (importing spot_jax's `tasks` registry), with a helpful error."""
   from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   return input_pipeline.get_task(name)
+
+
+def is_rank_dataset(ds) -> bool:
+  """Whether a task dataset holds rank-classification rows (one per option of an example):
+  an `idx` feature `[example id, option id]` and an `is_correct` feature."""
+  spec = ds.element_spec
+  if not isinstance(spec, Mapping) or "idx" not in spec or "is_correct" not in spec:
+    return False
+  shape = spec["idx"].shape
+  return shape.rank == 1 and shape[0] == 2
+
+
+def take_examples(ds, num_examples: Optional[int]):
+  """The first `num_examples` examples of a task dataset (all of it when None/0).
+
+  A rank-classification dataset (`is_rank_dataset`) has one row per option of an example; there
+  the first N examples are the rows of the first N distinct example ids (`idx[0]`; an example's
+  rows are consecutive), so every kept example keeps all its options. Other datasets: N rows.
+  """
+  if not num_examples:
+    return ds
+  if not is_rank_dataset(ds):
+    return ds.take(num_examples)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def count(state, row):
+    prev, seen = state
+    ex = tf.cast(row["idx"][0], tf.int64)
+    seen = tf.where(tf.equal(ex, prev), seen, seen + 1)
+    return (ex, seen), (seen, row)
+
+  start = (tf.constant(-1, tf.int64), tf.constant(0, tf.int64))
+  ds = ds.scan(start, count)
+  ds = ds.take_while(lambda seen, row: seen <= num_examples)
+  return ds.map(lambda seen, row: row)
 
 
 def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
@@ -128,17 +164,27 @@ class PromptEvaluator:
       tf.io.gfile.makedirs(log_dir)  # seqio's loggers expect it to exist
     self.name = mixture_or_task_name
     self.batch_size = int(batch_size)
-    self.evaluator = seqio.Evaluator(
-        mixture_or_task_name=mixture_or_task_name,
-        feature_converter=seqio.EncDecFeatureConverter(pack=False),
-        eval_split=split,
-        sequence_length=dict(feature_lengths) if feature_lengths else None,
-        num_examples=num_examples,
-        use_memory_cache=use_memory_cache,
-        async_compute_metrics=False,
-        logger_cls=tuple(logger_cls),
-        log_dir=log_dir,
-        seed=seed)
+    # seqio takes the first `num_examples` *rows* of each task; for rank-classification tasks (one
+    # row per option) that would cut the last example's options. Take examples instead
+    # (`take_examples`) by wrapping the dataset_fn seqio uses to read and cache the split.
+    real_cache = seqio.evaluation._cache_and_measure_examples  # pylint: disable=protected-access
+
+    def cache_examples(tasks, dataset_fn, *args, num_examples=None, **kwargs):
+      return real_cache(tasks, lambda t: take_examples(dataset_fn(t), num_examples), *args,
+                        num_examples=None, **kwargs)
+
+    with mock.patch.object(seqio.evaluation, "_cache_and_measure_examples", cache_examples):
+      self.evaluator = seqio.Evaluator(
+          mixture_or_task_name=mixture_or_task_name,
+          feature_converter=seqio.EncDecFeatureConverter(pack=False),
+          eval_split=split,
+          sequence_length=dict(feature_lengths) if feature_lengths else None,
+          num_examples=num_examples,
+          use_memory_cache=use_memory_cache,
+          async_compute_metrics=False,
+          logger_cls=tuple(logger_cls),
+          log_dir=log_dir,
+          seed=seed)
     self.last_outputs: Dict[str, Any] = {}
     if not self.evaluator.eval_tasks:
       log.warning("%s: no task has a %r split and metric functions; nothing to evaluate",
@@ -204,12 +250,11 @@ def _text(value) -> str:
 
 def load_examples(task, split: str, feature_lengths: Optional[Mapping[str, int]] = None,
                   num_examples: Optional[int] = None) -> List[Dict[str, Any]]:
-  """The task's examples in order (tokenized `inputs`, optional `targets`, their text)."""
+  """The task's examples in order (tokenized `inputs`, optional `targets`, their text); with
+  `num_examples`, the first N examples (`take_examples`: all option rows of N rank examples)."""
   ds = task.get_dataset(dict(feature_lengths) if feature_lengths else None, split=split, shuffle=False,
                         num_epochs=1, use_cached=False, try_in_mem_cache=False)
-  if num_examples:
-    ds = ds.take(num_examples)
-  return list(ds.as_numpy_iterator())
+  return list(take_examples(ds, num_examples).as_numpy_iterator())
 
 
 def predict_task(task_name: str, config: T5Config, params, prompt,

@@ -153,12 +153,31 @@ def rank_classification_accuracy(targets, scores):
   targets: (example id, option id, is_correct) per scored row (see
   postprocessors.rank_classification); scores: the model's log-likelihood of
   each row's target. Ties go to the lowest option id.
+
+  Every example must come with all its options. In a labelled split, an
+  example without a correct option has been cut (e.g. the first N *rows*
+  taken instead of the first N examples): it raises ValueError rather than
+  silently counting as a miss. A split without any correct option
+  (unlabelled, label -1) still scores 0. A cut that keeps the correct option
+  cannot be told from the rows, so callers must keep whole examples
+  (`spot_jax.evaluation.take_examples`).
   """
   best: Dict[int, tuple] = {}
+  options = collections.defaultdict(list)
+  has_correct = collections.defaultdict(bool)
   for (ex, opt, correct), score in zip(targets, scores):
+    options[ex].append(int(opt))
+    has_correct[ex] |= bool(correct)
     key = (-float(score), opt)
     if ex not in best or key < best[ex][0]:
       best[ex] = (key, bool(correct))
   if not best:
     return {"accuracy": 0.0}
+  labelled = any(has_correct.values())
+  for ex, opts in options.items():
+    if labelled and not has_correct[ex]:
+      raise ValueError(
+          f"rank classification: example {ex} has no correct option among its scored option "
+          f"ids {sorted(opts)}: its options are incomplete (or its label is missing); score every option of each example "
+          "(take the first N examples, not N rows)")
   return {"accuracy": 100.0 * float(np.mean([c for _, c in best.values()]))}

@@ -148,3 +148,45 @@ def test_predict_task_rows_and_errors(setup):
     E.evaluate("spot_test_no_such_task", CFG, params, prompt, LENGTHS)
   with pytest.raises(ValueError, match="prompt has shape"):
     E.evaluate(PREDICT, CFG, params, prompt[:, :3], LENGTHS, batch_size=BATCH)
+
+
+def _rank_rows(num_examples, num_options):
+  return tf.data.Dataset.from_tensor_slices({
+      "idx": np.array([[e, k] for e in range(num_examples) for k in range(num_options)], np.int32),
+      "is_correct": np.array([k == e % num_options for e in range(num_examples)
+                              for k in range(num_options)])})
+
+
+def test_take_examples_keeps_whole_rank_examples():
+  ds = _rank_rows(30, 2)  # 2 options per example: 60 rows
+  assert E.is_rank_dataset(ds)
+  for n, want in ((5, 5), (50, 30), (1, 1)):
+    ids = [tuple(r["idx"]) for r in E.take_examples(ds, n).as_numpy_iterator()]
+    assert ids == [(e, k) for e in range(want) for k in range(2)], n
+  assert len(list(E.take_examples(ds, None).as_numpy_iterator())) == 60
+  # Not a rank dataset: N rows.
+  plain = tf.data.Dataset.from_tensor_slices({"inputs": np.arange(10)})
+  assert not E.is_rank_dataset(plain)
+  assert len(list(E.take_examples(plain, 4).as_numpy_iterator())) == 4
+
+
+def test_num_examples_counts_rank_examples_not_rows(setup):
+  """num_examples=N scores the first N examples with every option, not the first N rows."""
+  from tasks import metrics as TM  # pylint: disable=g-import-not-at-top
+  from tasks import postprocessors as TP  # pylint: disable=g-import-not-at-top
+  params, prompt, _ = setup
+  name = "spot_test_eval_rank_project_metric"
+  rows = list(seqio.get_mixture_or_task(RANK).source.get_dataset(split="validation")
+              .as_numpy_iterator())
+  _register(name, [{k: r[k] for k in ("inputs", "targets", "idx", "is_correct")} for r in rows],
+            [TM.rank_classification_accuracy], TP.rank_classification)
+  for task, n, metric, want in ((RANK, 2, "rank_accuracy", 50.0),
+                                (name, 3, "accuracy", 100.0 * 2 / 3)):
+    ev = E.PromptEvaluator(task, LENGTHS, batch_size=BATCH, num_examples=n)
+    cached = ev.evaluator.cached_task_datasets[task].as_numpy_iterator()
+    assert [tuple(r["idx"]) for r in cached] == [(e, k) for e in range(n)
+                                                for k in range(len(OPTIONS))]
+    # Even examples label the best-scored option, odd ones the worst.
+    assert ev.evaluate(CFG, params, prompt)[task][metric] == pytest.approx(want)
+  rank_rows = E.load_examples(seqio.get_mixture_or_task(name), "validation", LENGTHS, 3)
+  assert len(rank_rows) == 3 * len(OPTIONS)

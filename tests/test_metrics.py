@@ -64,3 +64,13 @@ def test_rank_classification_accuracy_ties_to_first_option():
       "accuracy": 100.0}
   assert M.rank_classification_accuracy(targets, [-2.0, -1.0, -1.0, -1.0]) == {
       "accuracy": 0.0}
+
+
+def test_rank_classification_accuracy_refuses_cut_examples():
+  # Example 1 lost its correct option (only option 0 was scored): an error, not a miss.
+  targets = [(0, 0, True), (0, 1, False), (1, 0, False)]
+  with pytest.raises(ValueError, match="example 1 .*incomplete"):
+    M.rank_classification_accuracy(targets, [-1.0, -2.0, -1.0])
+  # Unlabelled split (no correct option anywhere) still scores 0 as before.
+  assert M.rank_classification_accuracy([(0, 0, False), (0, 1, False)], [-1.0, -2.0]) == {
+      "accuracy": 0.0}
