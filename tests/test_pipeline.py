@@ -239,3 +239,58 @@ def test_spot_help_shows_the_gin_flags(argv, capsys):
   assert e.value.code == 0
   text = capsys.readouterr().out
   assert "--gin.NAME=VALUE" in text and "runs/prompt_train.gin: MODEL_DIR, MIXTURE_OR_TASK_NAME" in text
+
+
+def test_run_target_refuses_to_resume_a_run_started_from_another_init(frozen, library, tmp_path):
+  lib = library[0]
+  emb = lib.get(SOURCES[0]).task_embedding
+  kw = dict(run=RUN, target_embedding=emb, baseline=True)
+  first = pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "weighted_average", top_k=1, steps=4, **kw)
+  init = np.load(tmp_path / "init.npy")
+  # The identical command reuses the finished runs; with more steps it continues them.
+  again = pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "weighted_average", top_k=1, steps=4, **kw)
+  np.testing.assert_array_equal(again.transfer_prompt, first.transfer_prompt)
+  pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "weighted_average", top_k=1, steps=6, **kw)
+  assert os.path.exists(prompt_io.checkpoint_export_dir(str(tmp_path / "transfer"), 6))
+  # Another top-k is another init: the finished transfer run must not be reported under it.
+  with pytest.raises(ValueError, match="new MODEL_DIR") as e:
+    pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "weighted_average", top_k=2, steps=6, **kw)
+  assert str(tmp_path / "transfer") in str(e.value)
+  np.testing.assert_array_equal(np.load(tmp_path / "init.npy"), init)  # nothing was overwritten
+  # Another base init (seed) changes only the baseline run: refused as well.
+  with pytest.raises(ValueError, match="baseline"):
+    pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "weighted_average", top_k=1, steps=6,
+                        run=pipeline.RunConfig(**{**vars(RUN), "seed": 1}), target_embedding=emb,
+                        baseline=True)
+
+
+def test_spot_source_cli_checkpoints_every_save_period(tmp_path, capsys, clean_gin):
+  run_dir = tmp_path / "run"
+  rc = pipeline_cli.main(["source", *_gin_flags(run_dir, ["--gin_file=runs/spot_source.gin"]),
+                          "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_nli'", "--gin.TRAIN_STEPS=4",
+                          "--gin.SAVE_PERIOD=2"])
+  assert rc == 0, capsys.readouterr()
+  # A run killed after step 2 resumes from that checkpoint instead of restarting from step 0.
+  assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]
+  assert os.path.exists(prompt_io.checkpoint_export_dir(str(run_dir), 2))
+  assert pipeline.RunConfig().save_period == 1000
+
+
+def test_spot_source_cli_rerun_is_a_no_op_and_overwrite_refuses_a_finished_run(tmp_path, capsys,
+                                                                                 clean_gin):
+  argv = ["source", *_gin_flags(tmp_path / "run", ["--gin_file=runs/spot_source.gin"]),
+          "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_nli'", "--gin.TRAIN_STEPS=4",
+          f"--gin.LIBRARY_DIR='{tmp_path / 'lib'}'"]
+  assert pipeline_cli.main(argv) == 0
+  created = PromptLibrary(str(tmp_path / "lib")).record("spot_bundled_nli")["created"]
+  capsys.readouterr()
+  gin.clear_config()
+  rc = pipeline_cli.main(argv)  # the same finished command: nothing to do, success
+  out = capsys.readouterr().out
+  assert rc == 0 and "already in" in out, out
+  assert PromptLibrary(str(tmp_path / "lib")).record("spot_bundled_nli")["created"] == created
+  gin.clear_config()
+  rc = pipeline_cli.main(argv + ["--gin.EVAL_NUM_EXAMPLES=16", "--overwrite"])
+  err = capsys.readouterr().err
+  assert rc == 1 and "new MODEL_DIR" in err and str(tmp_path / "run") in err, err
+  assert PromptLibrary(str(tmp_path / "lib")).record("spot_bundled_nli")["created"] == created

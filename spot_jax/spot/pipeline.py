@@ -12,12 +12,14 @@ Library functions (the demo calls them; the CLI is a thin gin layer over them):
 
 The frozen model is passed as `frozen=(config, params)` and stays in memory across the many short
 runs. Every run writes an ordinary training MODEL_DIR under `out_dir` (exports, metrics.jsonl), so a
-pipeline can be inspected, and an interrupted one resumes run by run.
+pipeline can be inspected, and an interrupted one resumes run by run (each run checkpoints every
+`RunConfig.save_period` steps; a run started from another init than the current one is refused).
 """
 from __future__ import annotations
 
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import dataclasses
+import hashlib
 import logging
 import os
 import tempfile
@@ -30,13 +32,15 @@ from spot_jax import fileio, prompt_io
 from spot_jax.spot import similarity as sim
 from spot_jax.spot import zero_shot
 from spot_jax.spot.library import PromptLibrary, rank_sources, weighted_average_init
-# Re-exported: the pipeline's public settings and scoring live in `run` (zero_shot uses them too).
+# Re-exported: the pipeline's public scoring lives in `run` (zero_shot uses it too).
 from spot_jax.spot.run import RunConfig, evaluate_prompt, score_of  # noqa: F401
 
 log = logging.getLogger("spot_jax.spot")
 
 STRATEGIES = ("best_of_top_k", "weighted_average", "multitask_mixture")
 RANK_BY = ("similarity", "zero_shot")
+INIT_SHA256_FILE = "init_prompt.sha256"  # beside a run's checkpoints: the init it was started from
+
 
 
 def enable_compilation_cache(path: Optional[str] = None, min_compile_time_secs: float = 0.5) -> str:
@@ -68,13 +72,67 @@ def _train(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt
                 batch_size=run.batch_size, frozen=frozen,
                 prompt_length=prompt_length or run.prompt_length,
                 prompt_init=prompt_init or run.prompt_init, seed=run.seed,
-                num_partitions=run.num_partitions, save_period=max(int(steps), 1),
+                num_partitions=run.num_partitions,
+                save_period=max(1, int(run.save_period)),
                 log_period=max(1, min(run.log_period, int(steps))), eval_period=None,
                 task_embedding_step=task_embedding_step, enable_dropout=run.enable_dropout)
   if run.optimizer is not None:
     kwargs["optimizer"] = run.optimizer
   log.info("training %s for %d steps -> %s", task, steps, model_dir)
   return train_lib.train(**kwargs)
+
+
+def _has_checkpoints(model_dir: str) -> bool:
+  """Whether a training MODEL_DIR holds a checkpoint (the trainer would resume it)."""
+  ckpt_dir = fileio.join(model_dir, "checkpoints")
+  return fileio.isdir(ckpt_dir) and any(n.rstrip("/").isdigit() for n in fileio.listdir(ckpt_dir))
+
+
+def _init_sha256(prompt) -> str:
+  arr = np.ascontiguousarray(np.asarray(prompt, np.float32))
+  return hashlib.sha256(repr(arr.shape).encode() + arr.tobytes()).hexdigest()
+
+
+def check_run_init(model_dir: str, prompt, what: str) -> None:
+  """Refuses to resume a run in `model_dir` that was started from another init than `prompt`.
+
+  A run records the sha256 of its init in INIT_SHA256_FILE; the trainer resumes any checkpoint it
+  finds, so rerunning a pipeline with another strategy/library/top-k into the same out_dir would
+  otherwise "continue" (or just return) the old run under the new name.
+  """
+  path = fileio.join(model_dir, INIT_SHA256_FILE)
+  if not _has_checkpoints(model_dir):
+    return
+  if not fileio.exists(path):
+    log.warning("%s has checkpoints but no %s: cannot check that it was started from %s; resuming it",
+                model_dir, INIT_SHA256_FILE, what)
+    return
+  with fileio.open_file(path, "r") as f:
+    recorded = f.read().strip()
+  if recorded != _init_sha256(prompt):
+    raise ValueError(
+        f"{model_dir} holds a run started from another init than {what} (a previous pipeline run with "
+        f"other settings: strategy, library, top-k or prompt settings). It would be resumed, not "
+        f"retrained: use a new MODEL_DIR, or delete {model_dir} to retrain it")
+
+
+def _train_from(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt, what: str,
+                **kwargs) -> np.ndarray:
+  """`_train` from a fixed init array, recording its sha256 so a later resume can be checked."""
+  check_run_init(model_dir, prompt, what)
+  if not _has_checkpoints(model_dir):
+    fileio.atomic_write_bytes(fileio.join(model_dir, INIT_SHA256_FILE), _init_sha256(prompt).encode())
+  return _train(frozen, run, model_dir, task, steps, prompt_init=from_array(prompt, what),
+                prompt_length=prompt.shape[0], **kwargs)
+
+
+def base_init(frozen, run: RunConfig, prompt_length: int) -> np.ndarray:
+  """The prompt a run from the base init (`run.prompt_init`, `run.seed`) starts from."""
+  from spot_jax import prompts  # pylint: disable=g-import-not-at-top
+  config, params = frozen
+  embedding = np.asarray(params["token_embedder"]["embedding"], np.float32)
+  return prompts.make_prompt(run.prompt_init or prompts.random_uniform(), run.seed, prompt_length,
+                             config.d_model, embedding)
 
 
 def from_array(prompt, source: str = "array"):
@@ -235,8 +293,8 @@ def best_of_top_k(frozen, library, ranked: Sequence[Tuple[str, float]], target: 
   sources, best = [], None
   for task, score in chosen:
     src = lib.get(task).prompt
-    prompt = _train(frozen, run, os.path.join(out_dir, f"from_{_safe(task)}"), target, steps,
-                    prompt_init=from_array(src, f"library source {task}"), prompt_length=src.shape[0])
+    prompt = _train_from(frozen, run, os.path.join(out_dir, f"from_{_safe(task)}"), target, steps, src,
+                         f"library source {task}")
     metrics = evaluate_prompt(frozen, target, prompt, run)
     value = score_of(metrics, run.metric)
     sources.append({"task": task, "score": float(score), "metrics": metrics, "selection_score": value})
@@ -370,11 +428,16 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
   else:
     init = multitask_mixture(frozen, lib, ranked, target, os.path.join(out_dir, "mixture"),
                              mixture_steps or steps, top_k, run)
+  plen = init.prompt.shape[0]
+  # Checked before anything is written: a finished run of other settings would be "resumed" (0 steps).
+  check_run_init(os.path.join(out_dir, "transfer"), init.prompt, f"the {strategy} init")
+  base = base_init(frozen, run, plen) if baseline else None
+  if baseline:
+    check_run_init(os.path.join(out_dir, "baseline"), base, "the base init")
   prompt_io.save_npy(init.prompt, os.path.join(out_dir, "init.npy"))
 
-  plen = init.prompt.shape[0]
-  transfer = _train(frozen, run, os.path.join(out_dir, "transfer"), target, steps,
-                    prompt_init=from_array(init.prompt, f"{strategy} init"), prompt_length=plen)
+  transfer = _train_from(frozen, run, os.path.join(out_dir, "transfer"), target, steps, init.prompt,
+                         f"the {strategy} init")
   transfer_metrics = evaluate_prompt(frozen, target, transfer, run)
   result = TargetResult(target=target, strategy=strategy, rank_by=rank_by,
                         measure=measure if rank_by == "similarity" else None, top_k=top_k, steps=steps,
@@ -383,7 +446,7 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
                         transfer_score=score_of(transfer_metrics, run.metric), out_dir=out_dir,
                         extra=init.extra, transfer_prompt=transfer)
   if baseline:
-    base = _train(frozen, run, os.path.join(out_dir, "baseline"), target, steps, prompt_length=plen)
+    base = _train_from(frozen, run, os.path.join(out_dir, "baseline"), target, steps, base, "the base init")
     result.baseline_metrics = evaluate_prompt(frozen, target, base, run)
     result.baseline_score = score_of(result.baseline_metrics, run.metric)
     result.baseline_prompt = base

@@ -31,7 +31,7 @@ def spot_settings(model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[s
                   selection_steps: Optional[int] = None, mixture_steps: Optional[int] = None,
                   eval_batch_size: Optional[int] = None, eval_num_examples: Optional[int] = None,
                   best_metric: Optional[str] = None, library_dir: Optional[str] = None,
-                  mixture_or_task_name: Optional[str] = None) -> dict:
+                  mixture_or_task_name: Optional[str] = None, save_period: int = 1000) -> dict:
   """Collects the gin macros of a SPoT run (see gin/runs/spot_target.gin)."""
   return dict(locals())
 
@@ -40,7 +40,8 @@ def _run_config(s: dict) -> RunConfig:
   return RunConfig(task_feature_lengths=dict(s["task_feature_lengths"]), batch_size=s["batch_size"],
                    prompt_length=s["prompt_length"], prompt_init=s["prompt_init"], seed=s["seed"],
                    num_partitions=s["num_partitions"], eval_batch_size=s["eval_batch_size"],
-                   eval_num_examples=s["eval_num_examples"], metric=s["best_metric"])
+                   eval_num_examples=s["eval_num_examples"], metric=s["best_metric"],
+                   save_period=s["save_period"])
 
 
 def _load_gin(gin_argv: Sequence[str], prog: str) -> dict:
@@ -143,7 +144,18 @@ def source_main(argv: Sequence[str]) -> int:
     # The run goes to MODEL_DIR itself (not a per-task subfolder), as with `spot_jax.train`.
     lib = PromptLibrary(s["library_dir"])
     if task in lib and not args.overwrite:
-      raise SystemExit(f"{task} is already in library {s['library_dir']}; pass --overwrite to retrain it")
+      rec = lib.record(task)
+      if rec.get("source") == str(s["model_dir"]) and rec.get("steps") == steps:
+        print(f"{task} is already in {s['library_dir']} from {s['model_dir']} ({steps} steps): nothing to "
+              "do (pass --overwrite with a new MODEL_DIR to retrain it)")
+        return 0
+      raise SystemExit(f"{task} is already in library {s['library_dir']} (from {rec.get('source')}, "
+                       f"{rec.get('steps')} steps); pass --overwrite with a new MODEL_DIR to retrain it")
+    done = [st for st, _ in prompt_io.find_exports(s["model_dir"]).checkpoints if st >= steps]
+    if task in lib and done:
+      raise ValueError(f"--overwrite: MODEL_DIR {s['model_dir']} already holds a finished run (step "
+                       f"{done[-1]}) that would be re-added, not retrained; use a new MODEL_DIR (or "
+                       f"delete {s['model_dir']}) to retrain {task}")
     prompt = _train(frozen, run, s["model_dir"], task, steps, task_embedding_step=te_step)
     metrics = evaluate_prompt(frozen, task, prompt, run)
     rec = lib.add(task, s["model_dir"], model_id, task_embedding=prompt_io.task_embedding_export_dir(

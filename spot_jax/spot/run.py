@@ -28,6 +28,7 @@ class RunConfig:
   num_partitions: int = 1
   enable_dropout: bool = True
   log_period: int = 100
+  save_period: int = 1000  # checkpoints every N steps (SAVE_PERIOD), so a killed run resumes
   eval_split: str = "validation"
   eval_batch_size: Optional[int] = None
   eval_num_examples: Optional[int] = None
