@@ -74,26 +74,6 @@ def macro_f1(targets, predictions) -> Dict[str, float]:
   return {"macro_f1": 100.0 * sum(f1s) / max(len(f1s), 1)}
 
 
-def rank_accuracy(targets, scores) -> Dict[str, float]:
-  """Accuracy of the best-scored option per example (rank classification).
-
-  Kept for callers of the old `(example_index, is_correct)` targets (from
-  `rank_postprocessor`); `<name>_rank` tasks now use the project-wide
-  `tasks.metrics.rank_classification_accuracy` with `(example, option,
-  is_correct)` targets. Same result: ties go to the first option.
-  """
-  seen: Dict[int, int] = {}
-  triples = []
-  for target in targets:
-    if len(target) == 3:
-      triples.append(tuple(target))
-      continue
-    idx, correct = target
-    option = seen[idx] = seen.get(idx, -1) + 1
-    triples.append((idx, option, correct))
-  return metrics_lib.rank_classification_accuracy(triples, scores)
-
-
 METRICS: Dict[str, Callable] = {"accuracy": accuracy, "macro_f1": macro_f1}
 
 
@@ -101,19 +81,6 @@ def text_postprocessor(output, example=None, is_target=False):
   """Decodes bytes and strips whitespace so metrics compare plain strings."""
   del example, is_target
   return _to_str(output)
-
-
-def rank_postprocessor(output, example=None, is_target=False):
-  """Old form: targets `(example_index, is_correct)`; scores pass through.
-
-  `<name>_rank` tasks use `tasks.postprocessors.rank_classification` (targets
-  `(example, option, is_correct)`), as the GLUE/SuperGLUE `_rank` tasks.
-  """
-  if is_target:
-    idx = example["idx"]
-    idx = idx[0] if getattr(idx, "shape", ()) else idx
-    return int(idx), bool(example["is_correct"])
-  return output
 
 
 # ------------------------------------------------------- template and labels

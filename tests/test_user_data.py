@@ -82,11 +82,7 @@ def test_jsonl_and_rank_classification(tmp_path):
   # Example 0 scores the right option best, example 1 the wrong one.
   scores = [-3.0, -1.0, -2.0, -0.5]
   assert metrics.rank_classification_accuracy(targets, scores) == {"accuracy": 50.0}
-  # The old metric and postprocessor (pair targets) still give the same result.
-  pairs = [ud.rank_postprocessor(None, example=e, is_target=True) for e in rank]
-  assert pairs == [(0, False), (0, True), (1, True), (1, False)]
-  assert ud.rank_accuracy(pairs, scores) == {"accuracy": 50.0}
-  assert ud.rank_accuracy(pairs, [-1.0, -1.0, -1.0, -1.0]) == {"accuracy": 50.0}  # ties: first
+  assert metrics.rank_classification_accuracy(targets, [-1.0] * 4) == {"accuracy": 50.0}  # ties: first
 
 
 def test_batches_through_feature_converter(tmp_path):
