@@ -125,23 +125,12 @@ def _looks_like_rank_eval(task, element_spec) -> bool:
 
 def load_vocabularies(task):
   """Reads the SentencePiece models of a task's features now, with an error that names the path."""
-  import seqio
   from tasks import vocab as vocab_lib
   for leaf in _leaf_tasks(task):
     for feature in leaf.output_features.values():
       vocabulary = getattr(feature, "vocabulary", None)
-      if isinstance(vocabulary, vocab_lib.LazyVocabulary):
-        vocab_lib.ensure_loaded(vocabulary)  # the project's vocabulary: its error names SPOT_JAX_VOCAB
-      elif isinstance(vocabulary, seqio.SentencePieceVocabulary) and vocabulary._model is None:  # pylint: disable=protected-access
-        try:  # a vocabulary the task was registered with: SPOT_JAX_VOCAB would not change it
-          vocabulary.load_model()
-        except Exception as e:  # pylint: disable=broad-except
-          raise vocab_lib.VocabularyError(
-              f"cannot load the SentencePiece vocabulary {vocabulary.sentencepiece_model_file} that "
-              f"task {leaf.name} was registered with: {type(e).__name__}: "
-              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}. Register the task with "
-              f"a model file this machine can read (a local path), or with vocabulary=None for the "
-              f"project's vocabulary (tasks.vocab: set_vocabulary, else ${vocab_lib.ENV_VAR}).") from e
+      if vocabulary is not None:
+        vocab_lib.ensure_loaded(vocabulary, task=leaf.name)
 
 
 def check_vocabulary_fits(task, model_vocab_size: int):
@@ -190,7 +179,6 @@ def get_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   except KeyError as e:
     if "generated" not in str(e):
       raise
-    check_data_prepared(task, split)  # names the dataset; else say what TFDS said
     raise DataNotPreparedError(f"{task.name}: TFDS data for split {split!r} is not prepared ({e}); "
                                "set --tfds_data_dir=DIR or TFDS_DATA_DIR to prepared data") from e
   if split == "train" and _looks_like_rank_eval(task, ds.element_spec):

@@ -98,9 +98,17 @@ def _origin(vocab: seqio.Vocabulary) -> str:
   return f"the default, tasks.vocab.DEFAULT_VOCAB_PATH; {ENV_VAR} is not set"
 
 
-def load_error(path: str, error: BaseException, origin: str = "") -> VocabularyError:
-  """A `VocabularyError` for a model file that could not be read (chain `error` to it)."""
+def load_error(path: str, error: BaseException, origin: str = "",
+               task: Optional[str] = None) -> VocabularyError:
+  """A `VocabularyError` for a model file that could not be read (chain `error` to it). `task`: the
+  vocabulary is the one that task was registered with, which SPOT_JAX_VOCAB does not change."""
   cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  if task is not None:
+    return VocabularyError(
+        f"cannot load the SentencePiece vocabulary {path} that task {task} was registered with: "
+        f"{type(error).__name__}: {cause}. Register the task with a model file this machine can "
+        f"read (a local path), or with vocabulary=None for the project's vocabulary (tasks.vocab: "
+        f"set_vocabulary, else ${ENV_VAR}).")
   origin = f" ({origin})" if origin else ""
   return VocabularyError(
       f"cannot load the SentencePiece vocabulary {path}{origin}: {type(error).__name__}: {cause}. "
@@ -111,15 +119,17 @@ def load_error(path: str, error: BaseException, origin: str = "") -> VocabularyE
       f"{DEFAULT_EXTRA_IDS} extra ids are appended to the model's pieces.")
 
 
-def ensure_loaded(vocab: seqio.Vocabulary, origin: str = "") -> seqio.Vocabulary:
-  """Reads a SentencePiece vocabulary's model now, raising `VocabularyError` if it can't."""
+def ensure_loaded(vocab: seqio.Vocabulary, origin: str = "",
+                  task: Optional[str] = None) -> seqio.Vocabulary:
+  """Reads a SentencePiece vocabulary's model now, raising `VocabularyError` if it can't. `task`
+  names the task a (non-lazy) vocabulary was registered with, for the error's advice."""
   if isinstance(vocab, LazyVocabulary):
     return vocab.target  # loads (or raises VocabularyError) itself
   if isinstance(vocab, seqio.SentencePieceVocabulary) and getattr(vocab, "_model", None) is None:
     try:
       vocab.load_model()
     except Exception as e:  # pylint: disable=broad-except  (TF, OS and protobuf errors alike)
-      raise load_error(vocab.sentencepiece_model_file, e, origin) from e
+      raise load_error(vocab.sentencepiece_model_file, e, origin, task) from e
   return vocab
 
 
