@@ -141,6 +141,47 @@ def test_retrieval_ranks_planted_prompt_first(tmp_path):
   assert ranked[0][0] == "x" and ranked[0][1] > 0.95 and ranked[1][1] == 0.0
 
 
+def test_ranking_ties_name_the_sources_that_name_order_decided(caplog):
+  ranked = lib_mod.sort_ranking({"d": 0.1, "c": 0.5 + 1e-9, "b": 0.5, "a": 0.9})
+  assert [t for t, _ in ranked] == ["a", "c", "b", "d"]  # 1e-9 apart: still sorted by score
+  # The top-2 cut falls inside the tie b ~ c: which one is chosen follows the names.
+  ties = lib_mod.ranking_ties(ranked, top_k=2)
+  assert ties.tied and not ties.all_tied
+  assert ties.sources == ["c", "b"] and ties.chosen == ["c"] and ties.score == pytest.approx(0.5)
+  assert ties.groups == [["c", "b"]] and ties.is_tied("b") and not ties.is_tied("a")
+  with caplog.at_level("WARNING", logger="spot_jax.spot"):
+    lib_mod.warn_ties(ranked, top_k=2)
+  assert "top-2 selection is decided by a tie" in caplog.text and "c, b" in caplog.text
+  assert "0.5" in caplog.text
+  # A tie inside the top k (or below it) decides nothing: no warning, but still recorded.
+  caplog.clear()
+  for k in (1, 3, None):
+    with caplog.at_level("WARNING", logger="spot_jax.spot"):
+      ties = lib_mod.warn_ties(ranked, top_k=k)
+    assert not ties.tied and not ties.all_tied and ties.message() is None and ties.groups == [["c", "b"]]
+  assert caplog.text == ""
+  assert lib_mod.ranking_ties([("a", 0.5), ("b", 0.5 + 1e-3)], 1).tied is False  # beyond the tolerance
+  assert lib_mod.ranking_ties([("a", 0.9)], 1).message() is None
+
+
+def test_all_tied_ranking_says_it_carries_no_information(tmp_path, caplog):
+  """Identical source embeddings score alike under every measure, through the one ranking code."""
+  target = _prompt(seed=1)
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  for name in ("zeta", "alpha", "mid"):
+    lib.add(name, _prompt(seed=2), "m")
+  for measure in sim.PROMPT_SIMILARITIES:
+    ranked = rank_sources(target, lib, measure, kind="prompt")
+    assert [t for t, _ in ranked] == ["alpha", "mid", "zeta"], measure
+    ties = lib_mod.ranking_ties(ranked, top_k=1)
+    assert ties.all_tied and ties.tied and ties.sources == ["alpha", "mid", "zeta"], measure
+    assert ties.chosen == ["alpha"] and ties.to_dict()["all_tied"] is True
+  with caplog.at_level("WARNING", logger="spot_jax.spot"):
+    lib_mod.warn_ties(ranked, top_k=5)  # all chosen, but the order still means nothing
+  assert "all 3 sources score" in caplog.text and "carries no information" in caplog.text
+  assert "alpha, mid, zeta" in caplog.text
+
+
 def test_weighted_average_init_equals_manual_sum():
   ps = [_prompt(seed=s) for s in range(3)]
   init, w = weighted_average_init(ps, [0.9, 0.1, 0.5], top_k=2)

@@ -137,16 +137,27 @@ def test_best_of_top_k_keeps_the_source_with_the_best_short_run(frozen, library,
     assert s["selection_score"] == s["metrics"]["accuracy"]
 
 
-def test_run_target_zero_shot_ranking_without_task_embedding(frozen, library, tmp_path):
+def test_run_target_zero_shot_ranking_without_task_embedding(frozen, library, tmp_path, caplog):
   lib = library[0]
   # best_of_top_k: a random tiny model decodes no label, so every zero-shot score is 0, which
   # weighted_average (weights ∝ similarity) refuses.
-  result = pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "best_of_top_k", top_k=1, steps=4,
-                               run=RUN, rank_by="zero_shot")
+  with caplog.at_level("WARNING", logger="spot_jax.spot"):
+    result = pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "best_of_top_k", top_k=1, steps=4,
+                                 run=RUN, rank_by="zero_shot")
   assert not (tmp_path / "task_embedding").exists()
   assert [t for t, _ in result.ranked] and result.chosen[0]["task"] == result.ranked[0][0]
   np.testing.assert_allclose(np.load(tmp_path / "init.npy"), lib.get(result.ranked[0][0]).prompt)
   assert result.baseline_metrics is None and "accuracy" in result.transfer_metrics
+  # ... and so the "ranking" is name order: the log, the table and result.json all say so.
+  assert {s for _, s in result.ranked} == {0.0}
+  assert "all 3 sources score 0" in caplog.text and "carries no information" in caplog.text
+  assert ", ".join(sorted(SOURCES)) in caplog.text
+  saved = json.loads((tmp_path / "result.json").read_text())
+  assert saved["ties"]["all_tied"] and saved["ties"]["tied"] and saved["ties"]["score"] == 0.0
+  assert saved["ties"]["sources"] == sorted(SOURCES) and saved["ties"]["chosen"] == [sorted(SOURCES)[0]]
+  assert all(r["tied"] for r in saved["ranked"])
+  text = result.format()
+  assert text.count("(tied)") == 3 and "tie: all 3 sources score 0" in text
 
 
 def _gin_flags(model_dir, extra=()):
@@ -294,3 +305,48 @@ def test_spot_source_cli_rerun_is_a_no_op_and_overwrite_refuses_a_finished_run(t
   err = capsys.readouterr().err
   assert rc == 1 and "new MODEL_DIR" in err and str(tmp_path / "run") in err, err
   assert PromptLibrary(str(tmp_path / "lib")).record("spot_bundled_nli")["created"] == created
+
+
+def _train_records(run_dir):
+  return [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl")) if "train/loss" in l]
+
+
+def test_task_embedding_run_refuses_another_base_init_or_target(frozen, tmp_path):
+  out = str(tmp_path / "task_embedding")
+  first = pipeline.task_embedding(frozen, TARGET, out, steps=2, run=RUN)
+  assert (tmp_path / "task_embedding" / pipeline.INIT_SHA256_FILE).exists()
+  trained = _train_records(out)
+  # The identical call reuses the finished run: same embedding, no step trained again.
+  np.testing.assert_array_equal(pipeline.task_embedding(frozen, TARGET, out, steps=2, run=RUN), first)
+  assert _train_records(out) == trained
+  # Another base init (seed, so another random prompt) or another target: refused, naming the run.
+  with pytest.raises(ValueError, match="new MODEL_DIR") as e:
+    pipeline.task_embedding(frozen, TARGET, out, steps=2, run=pipeline.RunConfig(**{**vars(RUN), "seed": 1}))
+  assert out in str(e.value) and "the base init" in str(e.value)
+  with pytest.raises(ValueError, match="new MODEL_DIR"):
+    pipeline.task_embedding(frozen, SOURCES[0], out, steps=2, run=RUN)
+  assert _train_records(out) == trained
+
+
+def test_mixture_run_refuses_another_mixture_or_init(frozen, library, tmp_path):
+  lib = library[0]
+  ranked = [("spot_bundled_topic", 0.8), ("spot_bundled_movie", 0.7), ("spot_bundled_number", 0.1)]
+  first = pipeline.multitask_mixture(frozen, lib, ranked, TARGET, str(tmp_path), steps=2, top_k=2, run=RUN)
+  run_dir = str(tmp_path / first.extra["mixture"])
+  assert os.path.exists(os.path.join(run_dir, pipeline.INIT_SHA256_FILE))
+  trained = _train_records(run_dir)
+  again = pipeline.multitask_mixture(frozen, lib, ranked, TARGET, str(tmp_path), steps=2, top_k=2, run=RUN)
+  np.testing.assert_array_equal(again.prompt, first.prompt)  # the identical call reuses it
+  assert _train_records(run_dir) == trained
+  # Another top-2 (another library or ranking) has the same mixture name but other tasks: refused.
+  other = [("spot_bundled_number", 0.9)] + ranked[:2]
+  with pytest.raises(ValueError, match="new MODEL_DIR") as e:
+    pipeline.multitask_mixture(frozen, lib, other, TARGET, str(tmp_path), steps=2, top_k=2, run=RUN)
+  assert run_dir in str(e.value) and "spot_bundled_number" in str(e.value)
+  with pytest.raises(ValueError, match="new MODEL_DIR"):  # another rate
+    pipeline.multitask_mixture(frozen, lib, ranked, TARGET, str(tmp_path), steps=2, top_k=2, run=RUN,
+                               rate=2.0)
+  with pytest.raises(ValueError, match="new MODEL_DIR"):  # another base init
+    pipeline.multitask_mixture(frozen, lib, ranked, TARGET, str(tmp_path), steps=2, top_k=2,
+                               run=pipeline.RunConfig(**{**vars(RUN), "seed": 1}))
+  assert _train_records(run_dir) == trained

@@ -207,3 +207,32 @@ def test_similarity_on_refuses_ids_beyond_a_small_vocabulary(sources, capsys, mo
                    "--input-ids", "1000,1", "--window", "all", "--out-dir", out]) == 0
   m = np.array(json.load(open(os.path.join(out, "similarity_on.json")))["matrix"])
   assert np.allclose(np.diag(m), 1.0) and 0 < m[0, 1] < 1  # real scores, not zeros
+
+
+def test_retrieve_and_init_show_a_tie_that_decided_the_top_k(tmp_path, capsys, caplog):
+  """Two sources with one embedding score alike: which is 'best' is name order, and the output says so."""
+  rng = np.random.default_rng(3)
+  lib = str(tmp_path / "lib")
+  same, other = rng.normal(size=(4, 16)).astype(np.float32), rng.normal(size=(4, 16)).astype(np.float32)
+  for task, p in (("twin_b", same), ("twin_a", same), ("other", other)):
+    pio.save_npy(p, str(tmp_path / f"{task}.npy"))
+    assert cli.main(["add", "--library", lib, "--task", task, "--model-id", "m", "--task-embedding",
+                     str(tmp_path / f"{task}.npy"), str(tmp_path / f"{task}.npy")]) == 0
+  pio.save_npy(same + 0.01 * rng.normal(size=(4, 16)).astype(np.float32), str(tmp_path / "target.npy"))
+  capsys.readouterr()
+  argv = ["--library", lib, "--target", str(tmp_path / "target.npy"), "--top-k", "1"]
+  with caplog.at_level("WARNING", logger="spot_jax.spot"):
+    assert cli.main(["retrieve", *argv, "--json"]) == 0
+  ranked = json.loads(capsys.readouterr().out)
+  assert ranked == [{"task": "twin_a", "score": pytest.approx(ranked[0]["score"]), "tied": True}]
+  assert "top-1 selection is decided by a tie: twin_a, twin_b" in caplog.text
+  assert cli.main(["retrieve", *argv[:-2]]) == 0  # the table marks both twins, not the other source
+  out = capsys.readouterr().out
+  assert [l.endswith("(tied)") for l in out.splitlines()[2:5]] == [True, True, False]
+  assert "tie: the top-3" not in out and "all 3" not in out
+  assert cli.main(["init", *argv, "--strategy", "top1", "--out", str(tmp_path / "i.npy"), "--json"]) == 0
+  summary = json.loads(capsys.readouterr().out)
+  assert summary["sources"][0]["tied"] and summary["ties"]["tied"]
+  assert summary["ties"]["sources"] == ["twin_a", "twin_b"] and summary["ties"]["chosen"] == ["twin_a"]
+  assert cli.main(["init", *argv, "--out", str(tmp_path / "i.npy")]) == 0
+  assert "tie: the top-1 selection is decided by a tie" in capsys.readouterr().out

@@ -73,3 +73,18 @@ def test_ranking_orders_prompts_by_their_zero_shot_metric(library, monkeypatch):
     zero_shot.rank_zero_shot(None, library, "any_target", pipeline.RunConfig(metric="bleu"))
   with pytest.raises(ValueError, match="all excluded"):
     zero_shot.rank_zero_shot(None, library, "t", exclude=["source_0", "source_1", "source_2"])
+
+
+def test_equal_zero_shot_scores_are_reported_as_a_tie_not_a_ranking(library, monkeypatch, caplog):
+  """A frozen model that scores every prompt alike (a random one decodes no label: 0 for all) gives no
+  ranking: the name order that sorts them is flagged, and choosing the top k from it warns."""
+  monkeypatch.setattr(spot_run, "evaluate_prompt", lambda frozen, task, prompt, run: {"accuracy": 50.0})
+  ranked = zero_shot.rank_zero_shot(None, library, "any_target", RUN)
+  assert ranked == [("source_0", 50.0), ("source_1", 50.0), ("source_2", 50.0)]
+  ties = pipeline.ranking_ties(ranked, 2)
+  assert ties.all_tied and ties.tied and ties.chosen == ["source_0", "source_1"] and ties.score == 50.0
+  with caplog.at_level("WARNING", logger="spot_jax.spot"):
+    init = pipeline.weighted_average(library, ranked, top_k=2)
+  assert "all 3 sources score 50" in caplog.text and "carries no information" in caplog.text
+  assert "source_0, source_1, source_2" in caplog.text
+  assert [s["task"] for s in init.sources] == ["source_0", "source_1"]

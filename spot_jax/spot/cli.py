@@ -18,7 +18,7 @@ import numpy as np
 
 from spot_jax import fileio, prompt_io
 from spot_jax.spot import similarity as sim
-from spot_jax.spot.library import KINDS, PromptLibrary, rank_sources, weighted_average_init
+from spot_jax.spot.library import KINDS, PromptLibrary, rank_sources, warn_ties, weighted_average_init
 
 EXTRA_ID_0 = 32099  # `<extra_id_0>` in the T5 SentencePiece vocabulary with 100 extra ids
 EOS_ID = 1
@@ -262,22 +262,26 @@ def _rank(args):
 
 def _cmd_retrieve(args) -> int:
   _, ranked = _rank(args)
+  ties = warn_ties(ranked, args.top_k)  # of the whole ranking: a tie across the cut shows too
   if args.top_k is not None:
     ranked = ranked[:args.top_k]
   if args.json:
-    print(json.dumps([{"task": t, "score": s} for t, s in ranked], indent=2))
+    print(json.dumps([{"task": t, "score": s, "tied": ties.is_tied(t)} for t, s in ranked], indent=2))
     return 0
   w = max(4, *(len(t) for t, _ in ranked))
   print(f"sources ranked by {args.measure} ({args.kind}) for {args.target}")
   print(f"{'rank':>4}  {'task':<{w}}  score")
   for i, (t, s) in enumerate(ranked, 1):
-    print(f"{i:>4}  {t:<{w}}  {s:.4f}")
+    print(f"{i:>4}  {t:<{w}}  {s:.4f}{'  (tied)' if ties.is_tied(t) else ''}")
+  if ties.message():
+    print(f"tie: {ties.message()}")
   return 0
 
 
 def _cmd_init(args) -> int:
   lib, ranked = _rank(args)
   k = 1 if args.strategy == "top1" else args.top_k
+  ties = warn_ties(ranked, k)
   chosen = ranked[:k]
   finals = {t: lib.get(t).prompt for t, _ in chosen}
   if args.strategy == "top1":  # the best source as is, whatever the sign of its score
@@ -287,13 +291,17 @@ def _cmd_init(args) -> int:
   prompt_io.save_npy(init, args.out)
   summary = {"out": args.out, "strategy": args.strategy, "measure": args.measure, "kind": args.kind,
              "shape": list(init.shape),
-             "sources": [{"task": t, "score": s, "weight": weights.get(t, 0.0)} for t, s in chosen]}
+             "sources": [{"task": t, "score": s, "weight": weights.get(t, 0.0), "tied": ties.is_tied(t)}
+                         for t, s in chosen], "ties": ties.to_dict()}
   if args.json:
     print(json.dumps(summary, indent=2))
   else:
     print(f"wrote {args.out} {tuple(init.shape)} ({args.strategy}, {args.measure} on {args.kind}):")
     for src in summary["sources"]:
-      print(f"  {src['task']}: score {src['score']:.4f}, weight {src['weight']:.4f}")
+      print(f"  {src['task']}: score {src['score']:.4f}, weight {src['weight']:.4f}"
+            f"{' (tied)' if src['tied'] else ''}")
+    if ties.message():
+      print(f"tie: {ties.message()}")
   return 0
 
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 import os
 import re
 import shutil
 import time
 import uuid
 import warnings
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,6 +36,12 @@ PROMPT_FILE = "prompt.npy"
 TASK_EMBEDDING_FILE = "task_embedding.npy"
 FORMAT_VERSION = 1
 KINDS = ("prompt", "task_embedding")
+# Two ranking scores within this tolerance are a tie (math.isclose): float noise of a cosine, or a
+# metric that every source reaches alike (a random frozen model scores every zero-shot prompt 0).
+TIE_REL_TOL = 1e-6
+TIE_ABS_TOL = 1e-9
+
+log = logging.getLogger("spot_jax.spot")
 # `fileio.atomic_write_dir` writes `<task>.tmp-<id>`, and for an overwrite first moves the old entry to
 # `<task>.old-<id>`. A crash can leave either behind; they are never entries of their own.
 _PARTIAL_RE = re.compile(r"^(?P<task>.+)\.(?P<kind>tmp|old)-(?P<id>[0-9A-Za-z]+)$")
@@ -333,7 +341,96 @@ def rank_sources(target_embedding, library, measure: str = sim.DEFAULT_MEASURE,
   if not candidates:
     raise ValueError("no source prompts to rank (empty library, or all excluded)")
   scores = sim.similarities_to(target, candidates, measure, activations_fn, window)
-  return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+  return sort_ranking(scores)
+
+
+def sort_ranking(scores: Mapping[str, float]) -> List[Tuple[str, float]]:
+  """[(source, score)] best first; equal scores in name order. Every source ranking (similarity
+  measures, zero-shot metrics) is ordered here, and `ranking_ties` says where that name order, not
+  the score, decided."""
+  return sorted(((k, float(v)) for k, v in scores.items()), key=lambda kv: (-kv[1], kv[0]))
+
+
+def scores_tie(a: float, b: float) -> bool:
+  """Whether two ranking scores are equal within TIE_REL_TOL / TIE_ABS_TOL."""
+  return math.isclose(float(a), float(b), rel_tol=TIE_REL_TOL, abs_tol=TIE_ABS_TOL)
+
+
+@dataclasses.dataclass
+class RankingTies:
+  """Where a ranking (best first) holds equal scores, which `sort_ranking` orders by name.
+
+  `tied`: the top-k selection is decided by a tie (the k-th and the (k+1)-th source score alike), so
+  which of `sources` (all tied at `score`) are chosen follows their names. `all_tied`: every source
+  (at least two) has the same score, so the ranking carries no information. `groups`: each run of at
+  least two tied sources, best first.
+  """
+  top_k: Optional[int]
+  tied: bool
+  all_tied: bool
+  score: Optional[float]
+  sources: List[str]
+  chosen: List[str]
+  groups: List[List[str]]
+  rel_tol: float = TIE_REL_TOL
+  abs_tol: float = TIE_ABS_TOL
+
+  def is_tied(self, task: str) -> bool:
+    """Whether `task` scores the same as another ranked source."""
+    return any(task in g for g in self.groups)
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def message(self) -> Optional[str]:
+    """One line for the log, or None when no tie matters."""
+    tol = f"within rel {self.rel_tol:g} / abs {self.abs_tol:g}"
+    if self.all_tied:
+      return (f"all {len(self.sources)} sources score {self.score:.6g} ({tol}): the ranking carries no "
+              f"information, its order ({', '.join(self.sources)}) is by name"
+              + (f", and so is the top-{self.top_k}" if self.top_k is not None and self.tied else ""))
+    if self.tied:
+      return (f"the top-{self.top_k} selection is decided by a tie: {', '.join(self.sources)} all score "
+              f"{self.score:.6g} ({tol}); {', '.join(self.chosen)} chosen by name order, not by score")
+    return None
+
+
+def ranking_ties(ranked: Sequence[Tuple[str, float]], top_k: Optional[int] = None) -> RankingTies:
+  """The ties of a ranking, best first (`rank_sources`, `rank_zero_shot`, `pipeline.rank`), for a
+  selection of its `top_k` best (None: no selection, only `all_tied` and `groups` matter)."""
+  ranked = [(t, float(s)) for t, s in ranked]
+  groups, i = [], 0
+  while i < len(ranked):
+    j = i + 1
+    while j < len(ranked) and scores_tie(ranked[j][1], ranked[i][1]):
+      j += 1
+    if j - i > 1:
+      groups.append((i, j))
+    i = j
+  all_tied = len(ranked) > 1 and groups == [(0, len(ranked))]
+  k = None if top_k is None else int(top_k)
+  boundary = None
+  if k is not None and 0 < k < len(ranked):
+    boundary = next(((a, b) for a, b in groups if a < k < b), None)
+  if boundary is None and all_tied:
+    boundary = groups[0]
+  a, b = boundary if boundary is not None else (0, 0)
+  return RankingTies(
+      top_k=k, tied=boundary is not None and k is not None and a < k < b, all_tied=all_tied,
+      score=ranked[a][1] if boundary is not None else None,
+      sources=[t for t, _ in ranked[a:b]],
+      chosen=[t for t, _ in ranked[a:min(b, k)]] if k is not None else [],
+      groups=[[t for t, _ in ranked[a:b]] for a, b in groups])
+
+
+def warn_ties(ranked: Sequence[Tuple[str, float]], top_k: Optional[int] = None) -> RankingTies:
+  """`ranking_ties`, with a log warning naming the tied sources and their score when the top-k
+  selection is decided by a tie or the whole ranking is one tie."""
+  ties = ranking_ties(ranked, top_k)
+  msg = ties.message()
+  if msg:
+    log.warning(msg)
+  return ties
 
 
 def weighted_average_init(prompts, scores, top_k: Optional[int] = None):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -31,7 +32,8 @@ import numpy as np
 from spot_jax import fileio, prompt_io
 from spot_jax.spot import similarity as sim
 from spot_jax.spot import zero_shot
-from spot_jax.spot.library import PromptLibrary, rank_sources, weighted_average_init
+from spot_jax.spot.library import (PromptLibrary, RankingTies, rank_sources, ranking_ties, warn_ties,
+                                  weighted_average_init)
 # Re-exported: the pipeline's public scoring lives in `run` (zero_shot uses it too).
 from spot_jax.spot.run import RunConfig, evaluate_prompt, score_of  # noqa: F401
 
@@ -39,7 +41,9 @@ log = logging.getLogger("spot_jax.spot")
 
 STRATEGIES = ("best_of_top_k", "weighted_average", "multitask_mixture")
 RANK_BY = ("similarity", "zero_shot")
-INIT_SHA256_FILE = "init_prompt.sha256"  # beside a run's checkpoints: the init it was started from
+# Beside a run's checkpoints: the sha256 of the init it was started from (and, for the task-embedding
+# and mixture runs, of the task or mixture it trains on).
+INIT_SHA256_FILE = "init_prompt.sha256"
 
 
 
@@ -88,17 +92,23 @@ def _has_checkpoints(model_dir: str) -> bool:
   return fileio.isdir(ckpt_dir) and any(n.rstrip("/").isdigit() for n in fileio.listdir(ckpt_dir))
 
 
-def _init_sha256(prompt) -> str:
+def _init_sha256(prompt, identity: Optional[Mapping[str, Any]] = None) -> str:
+  """sha256 of an init array, and of `identity` (what else defines the run, e.g. a mixture's tasks and
+  rate) when given; without it the hash is that of the array alone, as runs recorded it before."""
   arr = np.ascontiguousarray(np.asarray(prompt, np.float32))
-  return hashlib.sha256(repr(arr.shape).encode() + arr.tobytes()).hexdigest()
+  h = hashlib.sha256(repr(arr.shape).encode() + arr.tobytes())
+  if identity:
+    h.update(json.dumps(identity, sort_keys=True, default=str).encode())
+  return h.hexdigest()
 
 
-def check_run_init(model_dir: str, prompt, what: str) -> None:
-  """Refuses to resume a run in `model_dir` that was started from another init than `prompt`.
+def check_run_init(model_dir: str, prompt, what: str, identity: Optional[Mapping[str, Any]] = None) -> None:
+  """Refuses to resume a run in `model_dir` that was started from another init than `prompt` (or
+  with another `identity`: the task or mixture it trains on).
 
   A run records the sha256 of its init in INIT_SHA256_FILE; the trainer resumes any checkpoint it
-  finds, so rerunning a pipeline with another strategy/library/top-k into the same out_dir would
-  otherwise "continue" (or just return) the old run under the new name.
+  finds, so rerunning a pipeline with another strategy/library/top-k/mixture into the same out_dir
+  would otherwise "continue" (or just return) the old run under the new name.
   """
   path = fileio.join(model_dir, INIT_SHA256_FILE)
   if not _has_checkpoints(model_dir):
@@ -109,19 +119,21 @@ def check_run_init(model_dir: str, prompt, what: str) -> None:
     return
   with fileio.open_file(path, "r") as f:
     recorded = f.read().strip()
-  if recorded != _init_sha256(prompt):
+  if recorded != _init_sha256(prompt, identity):
     raise ValueError(
         f"{model_dir} holds a run started from another init than {what} (a previous pipeline run with "
-        f"other settings: strategy, library, top-k or prompt settings). It would be resumed, not "
-        f"retrained: use a new MODEL_DIR, or delete {model_dir} to retrain it")
+        f"other settings: strategy, library, top-k, mixture, target or prompt settings). It would be "
+        f"resumed, not retrained: use a new MODEL_DIR, or delete {model_dir} to retrain it")
 
 
 def _train_from(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt, what: str,
-                **kwargs) -> np.ndarray:
-  """`_train` from a fixed init array, recording its sha256 so a later resume can be checked."""
-  check_run_init(model_dir, prompt, what)
+                identity: Optional[Mapping[str, Any]] = None, **kwargs) -> np.ndarray:
+  """`_train` from a fixed init array, recording its sha256 (with `identity`) so a later resume can be
+  checked."""
+  check_run_init(model_dir, prompt, what, identity)
   if not _has_checkpoints(model_dir):
-    fileio.atomic_write_bytes(fileio.join(model_dir, INIT_SHA256_FILE), _init_sha256(prompt).encode())
+    fileio.atomic_write_bytes(fileio.join(model_dir, INIT_SHA256_FILE),
+                              _init_sha256(prompt, identity).encode())
   return _train(frozen, run, model_dir, task, steps, prompt_init=from_array(prompt, what),
                 prompt_length=prompt.shape[0], **kwargs)
 
@@ -198,8 +210,13 @@ def train_source_prompts(frozen, tasks: Sequence[str], library_dir: str, out_dir
 
 
 def task_embedding(frozen, target: str, out_dir: str, steps: int, run: RunConfig = RunConfig()) -> np.ndarray:
-  """A short run on the target from the base init; its prompt after `steps` is the task embedding."""
-  prompt = _train(frozen, run, out_dir, target, steps, task_embedding_step=steps)
+  """A short run on the target from the base init; its prompt after `steps` is the task embedding.
+
+  Like every pipeline run it records its init (and target) in INIT_SHA256_FILE: rerunning into the
+  same `out_dir` with another base init or target is an error, not a silent reuse."""
+  prompt = _train_from(frozen, run, out_dir, target, steps, base_init(frozen, run, run.prompt_length),
+                       "the base init", identity={"run": "task_embedding", "task": target},
+                       task_embedding_step=steps)
   exports = prompt_io.find_exports(out_dir)
   if exports.task_embedding is not None:
     return prompt_io.load_prompt(exports.task_embedding)
@@ -269,6 +286,7 @@ def _top(ranked: Sequence[Tuple[str, float]], top_k: int) -> List[Tuple[str, flo
     raise ValueError("no ranked sources: the library is empty or every source was excluded")
   if len(ranked) < top_k:
     warnings.warn(f"top_k={top_k} but only {len(ranked)} source(s) are ranked; using all")
+  warn_ties(ranked, top_k)  # equal scores: the selection (or the whole order) is by name
   return list(ranked[:top_k])
 
 
@@ -329,11 +347,25 @@ def multitask_mixture(frozen, library, ranked: Sequence[Tuple[str, float]], targ
   lengths = {lib.record(t)["prompt_length"] for t in names}
   prompt_length = lengths.pop() if len(lengths) == 1 else run.prompt_length
   name = register_mixture(mixture_name or f"spot_transfer_{_safe(target)}_top{len(names)}", names, rate)
-  prompt = _train(frozen, run, os.path.join(out_dir, _safe(name)), name, steps, prompt_length=prompt_length)
+  # The run is defined by its init and its mixture (a set of tasks, each at `rate`): another top-k set
+  # or rate in the same out_dir is refused (the name spot_transfer_<target>_top<k> says neither).
+  identity = {"run": "multitask_mixture", "mixture": name, "tasks": sorted(names), "rate": _rate_id(rate)}
+  prompt = _train_from(frozen, run, os.path.join(out_dir, _safe(name)), name, steps,
+                       base_init(frozen, run, prompt_length),
+                       f"the base init on mixture {name} of {', '.join(names)}", identity=identity)
   desc = f"prompt trained {steps} steps on mixture {name} of " + ", ".join(names)
   return TransferInit("multitask_mixture", prompt, desc,
                       [{"task": t, "score": float(s)} for t, s in chosen],
                       {"mixture": name, "mixture_steps": steps})
+
+
+def _rate_id(rate: Any) -> Any:
+  """A mixture rate as it enters a run's identity: a number, or a rate function's qualified name."""
+  if isinstance(rate, (int, float, np.integer, np.floating)) and not isinstance(rate, bool):
+    return float(rate)
+  if callable(rate):
+    return f"{getattr(rate, '__module__', '?')}.{getattr(rate, '__qualname__', repr(rate))}"
+  return repr(rate)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -359,12 +391,18 @@ class TargetResult:
   extra: dict = dataclasses.field(default_factory=dict)
   transfer_prompt: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
   baseline_prompt: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
+  ties: Optional[RankingTies] = None  # equal scores in `ranked` (library.ranking_ties for top_k)
+
+  def _ties(self) -> RankingTies:
+    return self.ties if self.ties is not None else ranking_ties(self.ranked, self.top_k)
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d.pop("transfer_prompt")
     d.pop("baseline_prompt")
-    d["ranked"] = [{"task": t, "score": float(s)} for t, s in self.ranked]
+    ties = self._ties()
+    d["ranked"] = [{"task": t, "score": float(s), "tied": ties.is_tied(t)} for t, s in self.ranked]
+    d["ties"] = ties.to_dict()
     return d
 
   def format(self) -> str:
@@ -372,9 +410,13 @@ class TargetResult:
              f"{self.rank_by if self.rank_by == 'zero_shot' else self.measure}"]
     lines.append("sources (best first):")
     chosen = {c["task"] for c in self.chosen}
+    ties = self._ties()
     w = max([4] + [len(t) for t, _ in self.ranked])
     for i, (t, s) in enumerate(self.ranked, 1):
-      lines.append(f"  {i:>2}. {t:<{w}}  {s:.4f}{'  (chosen)' if t in chosen else ''}")
+      lines.append(f"  {i:>2}. {t:<{w}}  {s:.4f}{'  (chosen)' if t in chosen else ''}"
+                   f"{'  (tied)' if ties.is_tied(t) else ''}")
+    if ties.message():
+      lines.append(f"tie: {ties.message()}")
     lines.append(f"init: {self.init_description}")
     lines.append(f"transfer ({self.steps} steps): {_fmt(self.transfer_metrics)}")
     if self.baseline_metrics is not None:
@@ -444,7 +486,7 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
                         ranked=ranked, chosen=init.sources, init_description=init.description,
                         transfer_metrics=transfer_metrics,
                         transfer_score=score_of(transfer_metrics, run.metric), out_dir=out_dir,
-                        extra=init.extra, transfer_prompt=transfer)
+                        extra=init.extra, transfer_prompt=transfer, ties=ranking_ties(ranked, top_k))
   if baseline:
     base = _train_from(frozen, run, os.path.join(out_dir, "baseline"), target, steps, base, "the base init")
     result.baseline_metrics = evaluate_prompt(frozen, target, base, run)

@@ -8,13 +8,13 @@ target training run at all (Vu et al. 2022 and Su et al. 2022 report it beside e
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from spot_jax import fileio
 from spot_jax.spot import run as run_lib
-from spot_jax.spot.library import PromptLibrary
+from spot_jax.spot.library import PromptLibrary, sort_ranking
 
 
 @dataclasses.dataclass
@@ -36,11 +36,7 @@ class ZeroShotMatrix:
 
   def ranking(self, target: str) -> List[Tuple[str, float]]:
     j = self.targets.index(target)
-    return _sorted({s: float(self.scores[i, j]) for i, s in enumerate(self.sources)})
-
-
-def _sorted(scores: Mapping[str, float]) -> List[Tuple[str, float]]:
-  return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    return sort_ranking({s: float(self.scores[i, j]) for i, s in enumerate(self.sources)})
 
 
 def _prompts(library_or_prompts, exclude: Sequence[str] = ()) -> Dict[str, np.ndarray]:
@@ -77,5 +73,6 @@ def zero_shot_matrix(frozen, library_or_prompts, targets: Sequence[str], run=Non
 
 def rank_zero_shot(frozen, library_or_prompts, target: str, run=None,
                    exclude: Sequence[str] = ()) -> List[Tuple[str, float]]:
-  """[(source, zero-shot score on `target`)] best first (ties by name)."""
+  """[(source, zero-shot score on `target`)] best first; ties in name order (`library.ranking_ties`
+  finds them: a random frozen model scores every prompt alike)."""
   return zero_shot_matrix(frozen, library_or_prompts, [target], run, exclude).ranking(target)
