@@ -350,3 +350,73 @@ def test_mixture_run_refuses_another_mixture_or_init(frozen, library, tmp_path):
     pipeline.multitask_mixture(frozen, lib, ranked, TARGET, str(tmp_path), steps=2, top_k=2,
                                run=pipeline.RunConfig(**{**vars(RUN), "seed": 1}))
   assert _train_records(run_dir) == trained
+
+
+def _one_source_library(path):
+  """A library of one random source whose task embedding is itself: a top-1 weighted average and a
+  top-1 best-of-top-k both start the transfer run from exactly that prompt, whatever the target."""
+  lib = PromptLibrary(str(path))
+  src = np.random.default_rng(5).uniform(-0.5, 0.5, (P, 32)).astype(np.float32)
+  lib.add("src", src, "m", task_embedding=src)
+  return lib, src
+
+
+def test_transfer_baseline_and_selection_runs_refuse_another_target_with_the_same_init(frozen, tmp_path):
+  lib, src = _one_source_library(tmp_path / "lib")
+  out = tmp_path / "out"
+  kw = dict(top_k=1, steps=2, selection_steps=2, run=RUN, target_embedding=src, baseline=True)
+  first = pipeline.run_target(frozen, lib, TARGET, str(out), "best_of_top_k", **kw)
+  runs = [str(out / "selection" / "from_src"), str(out / "transfer"), str(out / "baseline")]
+  trained = [_train_records(d) for d in runs]
+  # The identical command reuses all three finished runs: same prompts, no step trained again.
+  again = pipeline.run_target(frozen, lib, TARGET, str(out), "best_of_top_k", **kw)
+  np.testing.assert_array_equal(again.transfer_prompt, first.transfer_prompt)
+  np.testing.assert_array_equal(again.baseline_prompt, first.baseline_prompt)
+  assert [_train_records(d) for d in runs] == trained
+  # Another target: every init is the same (the source prompt, the base init), the runs are not theirs.
+  other = SOURCES[0]
+  with pytest.raises(ValueError, match="new MODEL_DIR") as e:
+    pipeline.run_target(frozen, lib, other, str(out), "best_of_top_k", **kw)
+  assert runs[0] in str(e.value) and other in str(e.value)
+  with pytest.raises(ValueError, match="new MODEL_DIR") as e:  # the same init, without selection runs
+    pipeline.run_target(frozen, lib, other, str(out), "weighted_average", **kw)
+  assert runs[1] in str(e.value) and other in str(e.value)
+  os.rename(runs[1], runs[1] + "_kept")  # the baseline run alone is refused as well
+  with pytest.raises(ValueError, match="new MODEL_DIR") as e:
+    pipeline.run_target(frozen, lib, other, str(out), "weighted_average", **kw)
+  assert runs[2] in str(e.value) and other in str(e.value)
+  assert not os.path.exists(runs[1])  # refused before anything was trained
+  os.rename(runs[1] + "_kept", runs[1])
+  assert [_train_records(d) for d in runs] == trained
+  np.testing.assert_array_equal(np.load(out / "init.npy"), src)
+
+
+def test_runs_recorded_before_target_checks_are_resumed_with_a_warning(frozen, tmp_path, caplog):
+  lib, src = _one_source_library(tmp_path / "lib")
+  out = tmp_path / "out"
+  kw = dict(top_k=1, steps=2, selection_steps=2, run=RUN, target_embedding=src, baseline=True)
+  first = pipeline.run_target(frozen, lib, TARGET, str(out), "best_of_top_k", **kw)
+  runs = {str(out / "selection" / "from_src"): src, str(out / "transfer"): src,
+          str(out / "baseline"): pipeline.base_init(frozen, RUN, P)}
+  trained = [_train_records(d) for d in runs]
+  for run_dir, init in runs.items():  # what these runs recorded before: the sha256 of the init alone
+    with open(os.path.join(run_dir, pipeline.INIT_SHA256_FILE), "w") as f:
+      f.write(pipeline._init_sha256(init))
+  for target in (TARGET, SOURCES[0]):  # which target a legacy run trained on cannot be known
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spot_jax.spot"):
+      result = pipeline.run_target(frozen, lib, target, str(out), "best_of_top_k", **kw)
+    np.testing.assert_array_equal(result.transfer_prompt, first.transfer_prompt)
+    np.testing.assert_array_equal(result.baseline_prompt, first.baseline_prompt)
+    warned = [r.getMessage() for r in caplog.records if "predates target checking" in r.getMessage()]
+    assert len(warned) == len(runs), warned  # once per run
+    for run_dir in runs:
+      assert sum(run_dir + " " in m and f"trained on {target} cannot be verified" in m
+                 for m in warned) == 1, (run_dir, warned)
+  assert [_train_records(d) for d in runs] == trained
+  # Any other recorded hash is still an error that names the run.
+  with open(os.path.join(str(out / "baseline"), pipeline.INIT_SHA256_FILE), "w") as f:
+    f.write("0" * 64)
+  with pytest.raises(ValueError, match="new MODEL_DIR") as e:
+    pipeline.run_target(frozen, lib, TARGET, str(out), "best_of_top_k", **kw)
+  assert str(out / "baseline") in str(e.value)

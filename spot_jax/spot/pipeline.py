@@ -41,8 +41,9 @@ log = logging.getLogger("spot_jax.spot")
 
 STRATEGIES = ("best_of_top_k", "weighted_average", "multitask_mixture")
 RANK_BY = ("similarity", "zero_shot")
-# Beside a run's checkpoints: the sha256 of the init it was started from (and, for the task-embedding
-# and mixture runs, of the task or mixture it trains on).
+# Beside a run's checkpoints: the sha256 of the init it was started from and of the task (or mixture)
+# it trains on. Transfer, baseline and selection runs written before their target was recorded hold
+# the sha256 of the init alone: accepted with a warning (`check_run_init(legacy_init_only=True)`).
 INIT_SHA256_FILE = "init_prompt.sha256"
 
 
@@ -102,13 +103,16 @@ def _init_sha256(prompt, identity: Optional[Mapping[str, Any]] = None) -> str:
   return h.hexdigest()
 
 
-def check_run_init(model_dir: str, prompt, what: str, identity: Optional[Mapping[str, Any]] = None) -> None:
+def check_run_init(model_dir: str, prompt, what: str, identity: Optional[Mapping[str, Any]] = None,
+                   legacy_init_only: bool = False) -> None:
   """Refuses to resume a run in `model_dir` that was started from another init than `prompt` (or
   with another `identity`: the task or mixture it trains on).
 
   A run records the sha256 of its init in INIT_SHA256_FILE; the trainer resumes any checkpoint it
-  finds, so rerunning a pipeline with another strategy/library/top-k/mixture into the same out_dir
-  would otherwise "continue" (or just return) the old run under the new name.
+  finds, so rerunning a pipeline with another strategy/library/top-k/mixture/target into the same
+  out_dir would otherwise "continue" (or just return) the old run under the new name.
+  `legacy_init_only`: a recorded sha256 of `prompt` alone (as transfer, baseline and selection runs
+  recorded it before their target was) is accepted with a warning that the target cannot be checked.
   """
   path = fileio.join(model_dir, INIT_SHA256_FILE)
   if not _has_checkpoints(model_dir):
@@ -119,18 +123,27 @@ def check_run_init(model_dir: str, prompt, what: str, identity: Optional[Mapping
     return
   with fileio.open_file(path, "r") as f:
     recorded = f.read().strip()
-  if recorded != _init_sha256(prompt, identity):
-    raise ValueError(
-        f"{model_dir} holds a run started from another init than {what} (a previous pipeline run with "
-        f"other settings: strategy, library, top-k, mixture, target or prompt settings). It would be "
-        f"resumed, not retrained: use a new MODEL_DIR, or delete {model_dir} to retrain it")
+  if recorded == _init_sha256(prompt, identity):
+    return
+  if legacy_init_only and identity and recorded == _init_sha256(prompt):
+    log.warning("%s predates target checking (its %s records the init only): it was started from %s, "
+                "but that it trained on %s cannot be verified; resuming it. If it may be a run of "
+                "another target, delete %s to retrain it", model_dir, INIT_SHA256_FILE, what,
+                identity.get("task", "this task"), model_dir)
+    return
+  raise ValueError(
+      f"{model_dir} holds a run started from another init than {what} (a previous pipeline run with "
+      f"other settings: strategy, library, top-k, mixture, target or prompt settings). It would be "
+      f"resumed, not retrained: use a new MODEL_DIR, or delete {model_dir} to retrain it")
 
 
 def _train_from(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt, what: str,
-                identity: Optional[Mapping[str, Any]] = None, **kwargs) -> np.ndarray:
+                identity: Optional[Mapping[str, Any]] = None, legacy_init_only: bool = False,
+                checked: bool = False, **kwargs) -> np.ndarray:
   """`_train` from a fixed init array, recording its sha256 (with `identity`) so a later resume can be
-  checked."""
-  check_run_init(model_dir, prompt, what, identity)
+  checked (`checked`: the caller already ran check_run_init with these arguments)."""
+  if not checked:
+    check_run_init(model_dir, prompt, what, identity, legacy_init_only)
   if not _has_checkpoints(model_dir):
     fileio.atomic_write_bytes(fileio.join(model_dir, INIT_SHA256_FILE),
                               _init_sha256(prompt, identity).encode())
@@ -312,7 +325,7 @@ def best_of_top_k(frozen, library, ranked: Sequence[Tuple[str, float]], target: 
   for task, score in chosen:
     src = lib.get(task).prompt
     prompt = _train_from(frozen, run, os.path.join(out_dir, f"from_{_safe(task)}"), target, steps, src,
-                         f"library source {task}")
+                         f"library source {task} on {target}", **_target_identity("selection", target))
     metrics = evaluate_prompt(frozen, target, prompt, run)
     value = score_of(metrics, run.metric)
     sources.append({"task": task, "score": float(score), "metrics": metrics, "selection_score": value})
@@ -357,6 +370,14 @@ def multitask_mixture(frozen, library, ranked: Sequence[Tuple[str, float]], targ
   return TransferInit("multitask_mixture", prompt, desc,
                       [{"task": t, "score": float(s)} for t, s in chosen],
                       {"mixture": name, "mixture_steps": steps})
+
+
+def _target_identity(run_name: str, target: str) -> dict:
+  """`_train_from`/`check_run_init` arguments of a run from a fixed init on `target` (transfer,
+  baseline, best-of-top-k selection): the target enters its identity, so a rerun with another target
+  and the same init is refused; a hash of the init alone (recorded before that) is accepted with a
+  warning."""
+  return {"identity": {"run": run_name, "task": target}, "legacy_init_only": True}
 
 
 def _rate_id(rate: Any) -> Any:
@@ -472,14 +493,16 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
                              mixture_steps or steps, top_k, run)
   plen = init.prompt.shape[0]
   # Checked before anything is written: a finished run of other settings would be "resumed" (0 steps).
-  check_run_init(os.path.join(out_dir, "transfer"), init.prompt, f"the {strategy} init")
+  transfer_what, transfer_id = f"the {strategy} init on {target}", _target_identity("transfer", target)
+  check_run_init(os.path.join(out_dir, "transfer"), init.prompt, transfer_what, **transfer_id)
   base = base_init(frozen, run, plen) if baseline else None
+  baseline_what, baseline_id = f"the base init on {target}", _target_identity("baseline", target)
   if baseline:
-    check_run_init(os.path.join(out_dir, "baseline"), base, "the base init")
+    check_run_init(os.path.join(out_dir, "baseline"), base, baseline_what, **baseline_id)
   prompt_io.save_npy(init.prompt, os.path.join(out_dir, "init.npy"))
 
   transfer = _train_from(frozen, run, os.path.join(out_dir, "transfer"), target, steps, init.prompt,
-                         f"the {strategy} init")
+                         transfer_what, checked=True, **transfer_id)
   transfer_metrics = evaluate_prompt(frozen, target, transfer, run)
   result = TargetResult(target=target, strategy=strategy, rank_by=rank_by,
                         measure=measure if rank_by == "similarity" else None, top_k=top_k, steps=steps,
@@ -488,7 +511,8 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
                         transfer_score=score_of(transfer_metrics, run.metric), out_dir=out_dir,
                         extra=init.extra, transfer_prompt=transfer, ties=ranking_ties(ranked, top_k))
   if baseline:
-    base = _train_from(frozen, run, os.path.join(out_dir, "baseline"), target, steps, base, "the base init")
+    base = _train_from(frozen, run, os.path.join(out_dir, "baseline"), target, steps, base, baseline_what,
+                       checked=True, **baseline_id)
     result.baseline_metrics = evaluate_prompt(frozen, target, base, run)
     result.baseline_score = score_of(result.baseline_metrics, run.metric)
     result.baseline_prompt = base
