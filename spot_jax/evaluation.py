@@ -140,11 +140,25 @@ def _plain(value: Any) -> Any:
   return value
 
 
+EMPTY_LOGGER_WARNING = "'logger_cls' is empty"
+
+
+class _DropEmptyLoggerWarning(logging.Filter):
+  """Drops seqio's "'logger_cls' is empty" warning: an evaluator built without seqio loggers is
+  one whose caller logs the results itself (training's metrics, the SPoT pipeline, the demo)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return EMPTY_LOGGER_WARNING not in record.getMessage()
+
+
 class PromptEvaluator:
   """A `seqio.Evaluator` built once per (task, lengths, split), evaluated for any prompt.
 
   Building it reads the split and measures lengths; training evaluates the same evaluator at every
   eval period with the current prompt.
+
+  `logger_cls` (seqio loggers such as `seqio.JSONLogger`) write into `log_dir`; with none, the
+  results are only returned (seqio's "'logger_cls' is empty" warning is not printed).
   """
 
   def __init__(self, mixture_or_task_name: str, feature_lengths: Optional[Mapping[str, int]] = None,
@@ -173,18 +187,28 @@ class PromptEvaluator:
       return real_cache(tasks, lambda t: take_examples(dataset_fn(t), num_examples), *args,
                         num_examples=None, **kwargs)
 
-    with mock.patch.object(seqio.evaluation, "_cache_and_measure_examples", cache_examples):
-      self.evaluator = seqio.Evaluator(
-          mixture_or_task_name=mixture_or_task_name,
-          feature_converter=seqio.EncDecFeatureConverter(pack=False),
-          eval_split=split,
-          sequence_length=dict(feature_lengths) if feature_lengths else None,
-          num_examples=num_examples,
-          use_memory_cache=use_memory_cache,
-          async_compute_metrics=False,
-          logger_cls=tuple(logger_cls),
-          log_dir=log_dir,
-          seed=seed)
+    logger_cls = tuple(logger_cls)
+    if logger_cls and not log_dir:
+      raise ValueError(f"logger_cls {logger_cls} needs a log_dir to write into")
+    absl_logger = logging.getLogger("absl")  # seqio warns through absl.logging
+    quiet = _DropEmptyLoggerWarning()
+    if not logger_cls:
+      absl_logger.addFilter(quiet)
+    try:
+      with mock.patch.object(seqio.evaluation, "_cache_and_measure_examples", cache_examples):
+        self.evaluator = seqio.Evaluator(
+            mixture_or_task_name=mixture_or_task_name,
+            feature_converter=seqio.EncDecFeatureConverter(pack=False),
+            eval_split=split,
+            sequence_length=dict(feature_lengths) if feature_lengths else None,
+            num_examples=num_examples,
+            use_memory_cache=use_memory_cache,
+            async_compute_metrics=False,
+            logger_cls=logger_cls,
+            log_dir=log_dir,
+            seed=seed)
+    finally:
+      absl_logger.removeFilter(quiet)
     self.last_outputs: Dict[str, Any] = {}
     if not self.evaluator.eval_tasks:
       log.warning("%s: no task has a %r split and metric functions; nothing to evaluate",
@@ -223,8 +247,10 @@ def evaluate(mixture_or_task_name: str, config: T5Config, params, prompt,
 
   Predict metrics use greedy decoding up to the targets length; score metrics (rank classification)
   use target log-likelihoods. With `reuse`, the seqio Evaluator for the same (task, lengths, split,
-  batch size, examples) is built once per process and reused (periodic evaluation in training).
-  `log_dir` additionally writes seqio's JSON logs (metrics and inferences per task) there.
+  batch size, examples, log_dir) is built once per process and reused (periodic evaluation in
+  training). `log_dir` additionally writes seqio's JSON logs there (`seqio.JSONLogger`: per task
+  `<task>-metrics.jsonl` and `<task>-<step:06d>.jsonl` with every example's prediction or score);
+  without it no seqio logger is used and the caller logs the returned metrics.
   """
   key = (mixture_or_task_name, tuple(sorted((feature_lengths or {}).items())), split, batch_size,
          num_examples, log_dir)
@@ -299,4 +325,92 @@ def predict_task(task_name: str, config: T5Config, params, prompt,
       elif "targets" in e:
         row["targets"] = out_vocab.decode(list(map(int, e["targets"])))
       rows.append(row)
+  return rows
+
+
+def is_rank_task(task, split: Optional[str] = None) -> bool:
+  """Whether `task` is a rank-classification evaluation task (`X_rank`): one row per option of an
+  example, scored rather than decoded. Its option-expanding preprocessor carries the "eval" mark
+  (`tasks.rank_classification.rank_mode`, as training's refusal reads it). An unmarked task counts
+  when its metrics take scores only and (with `split`) its rows have `idx` [example, option] and
+  `is_correct` (`is_rank_dataset`)."""
+  from tasks import rank_classification as rank_lib  # pylint: disable=g-import-not-at-top
+  mode = rank_lib.rank_mode(task)
+  if mode is not None:
+    return mode == "eval"
+  if not getattr(task, "score_metric_fns", None) or getattr(task, "predict_metric_fns", None):
+    return False
+  if split is None:
+    return False
+  return is_rank_dataset(task.get_dataset(None, split=split, shuffle=False, num_epochs=1, use_cached=False,
+                                          try_in_mem_cache=False))
+
+
+def _option_rows(task, examples) -> List[Dict[str, Any]]:
+  """Rank rows grouped per example (first-seen order): `{"inputs", "options", "correct", "rows"}`."""
+  in_vocab = task.output_features["inputs"].vocabulary
+  out_vocab = task.output_features["targets"].vocabulary
+  grouped: Dict[int, Dict[str, Any]] = {}
+  for e in examples:
+    ex, opt = (int(x) for x in e["idx"])
+    group = grouped.get(ex)
+    if group is None:
+      group = grouped[ex] = {
+          "inputs": _text(e["inputs_pretokenized"]) if "inputs_pretokenized" in e
+                    else in_vocab.decode(list(map(int, e["inputs"]))),
+          "options": [], "correct": [], "rows": []}
+    group["options"].append((opt, _text(e["targets_pretokenized"]) if "targets_pretokenized" in e
+                             else out_vocab.decode(list(map(int, e["targets"])))))
+    group["correct"].append(bool(e.get("is_correct", False)))
+    group["rows"].append(e)
+  return list(grouped.values())
+
+
+def score_options_task(task_name: str, config: T5Config, params, prompt,
+                       feature_lengths: Optional[Mapping[str, int]] = None, split: str = "validation",
+                       batch_size: int = 32, num_examples: Optional[int] = None,
+                       mesh=None) -> List[Dict[str, Any]]:
+  """Rank-classification inference: every option of each example scored by its target
+  log-likelihood (`spot_jax.scoring`, as evaluation scores it), the best one chosen (ties: the
+  lowest option id, as the metric breaks them). One row per example, in order:
+  `{"inputs", "prediction": chosen option, "targets": the correct option (labelled splits only),
+  "options": [option texts by option id], "scores": [their log-likelihoods]}`.
+
+  Without `feature_lengths`, the longest input and the longest option set the lengths.
+  """
+  task = get_task(task_name)
+  examples = load_examples(task, split, feature_lengths, num_examples)
+  if not examples:
+    return []
+  lengths = dict(feature_lengths or {})
+  in_len = lengths.get("inputs") or max(len(e["inputs"]) for e in examples)
+  tgt_len = lengths.get("targets") or max(len(e["targets"]) for e in examples)
+  if prompt is not None:
+    prompt = np.asarray(jax.device_get(prompt), np.float32)
+  scores = np.zeros(len(examples), np.float32)
+  for start in range(0, len(examples), batch_size):
+    chunk = examples[start:start + batch_size]
+    enc = np.zeros((batch_size, in_len), np.int32)
+    tgt = np.zeros((batch_size, tgt_len), np.int32)
+    for r, e in enumerate(chunk):
+      ids = np.asarray(e["inputs"], np.int32)[:in_len]
+      enc[r, :len(ids)] = ids
+      ids = np.asarray(e["targets"], np.int32)[:tgt_len]
+      tgt[r, :len(ids)] = ids
+    out = scoring_lib.score(config, params, prompt, _put(enc, mesh), _put(tgt, mesh))
+    scores[start:start + len(chunk)] = out[:len(chunk)]
+  by_row = {id(e): float(s) for e, s in zip(examples, scores)}
+  rows = []
+  for group in _option_rows(task, examples):
+    order = sorted(range(len(group["options"])), key=lambda i: group["options"][i][0])
+    options = [group["options"][i][1] for i in order]
+    option_scores = [by_row[id(group["rows"][i])] for i in order]
+    correct = [group["correct"][i] for i in order]
+    best = min(range(len(order)), key=lambda i: (-option_scores[i], group["options"][order[i]][0]))
+    row = {"inputs": group["inputs"], "prediction": options[best]}
+    if any(correct):
+      row["targets"] = options[correct.index(True)]
+    row["options"] = options
+    row["scores"] = option_scores
+    rows.append(row)
   return rows

@@ -6,7 +6,9 @@
     --gin.PROMPT_FILE="'/tmp/rte_prompt'" --gin.INFER_OUTPUT_DIR="'/tmp/rte_infer'"
 
 Writes INFER_OUTPUT_DIR/<task>-<split>.jsonl with one `{"inputs", "prediction", "targets"}` object per
-example, in the task's order (a mixture writes one file per sub-task).
+example, in the task's order (a mixture writes one file per sub-task). A rank-classification task
+(`X_rank`) is not decoded: every option is scored by its log-likelihood and the best one is the
+prediction; its objects add `"options"` and their `"scores"`.
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
                  task_feature_lengths: Optional[Mapping[str, int]] = None, split: str = "validation",
                  batch_size: int = 32, num_examples: Optional[int] = None, seed: int = 0,
                  num_partitions: int = 1, frozen_dtype: str = "float32") -> Dict[str, str]:
-  """Predicts every example of `split` for each task; returns `{task: path of its JSONL}`."""
+  """Predicts every example of `split` for each task (rank-classification tasks: the best-scored
+  option, `evaluation.score_options_task`); returns `{task: path of its JSONL}`."""
   import jax  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
   from spot_jax import evaluation, input_pipeline  # pylint: disable=g-import-not-at-top
@@ -51,12 +54,19 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
   input_pipeline.check_vocabulary_fits(task_or_mixture, config.vocab_size)
   written = {}
   for task in tasks:
-    rows = evaluation.predict_task(task.name, config, params, prompt, task_feature_lengths, split=split,
-                                   batch_size=batch_size, num_examples=num_examples, mesh=mesh)
+    if evaluation.is_rank_task(task, split):
+      rows = evaluation.score_options_task(task.name, config, params, prompt, task_feature_lengths,
+                                           split=split, batch_size=batch_size, num_examples=num_examples,
+                                           mesh=mesh)
+      what = "rank-classification predictions (best-scored option)"
+    else:
+      rows = evaluation.predict_task(task.name, config, params, prompt, task_feature_lengths, split=split,
+                                     batch_size=batch_size, num_examples=num_examples, mesh=mesh)
+      what = "predictions"
     path = os.path.join(output_dir, f"{task.name}-{split}.jsonl")
     if jax.process_index() == 0:
       write_jsonl(path, rows)
-      log.info("wrote %d predictions of %s to %s", len(rows), task.name, path)
+      log.info("wrote %d %s of %s to %s", len(rows), what, task.name, path)
     written[task.name] = path
   return written
 

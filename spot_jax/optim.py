@@ -5,10 +5,22 @@ Only the prompt is handed to the optimizer, so frozen parameters never get optim
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import gin
 import jax.numpy as jnp
 import optax
+
+# id(transformation) -> (transformation, schedule) for every optimizer `adafactor` built, so the
+# trainer logs the learning rate from the very schedule the optimizer applies.
+_SCHEDULES: Dict[int, Tuple[Any, Callable]] = {}
+
+
+def learning_rate_schedule(tx) -> Optional[Callable]:
+  """The schedule `count -> learning rate` that `tx` applies (optax counts updates from 0: the
+  update that makes step s uses `schedule(s - 1)`); None for an optimizer not built by `adafactor`."""
+  entry = _SCHEDULES.get(id(tx))
+  return entry[1] if entry is not None and entry[0] is tx else None
 
 
 # Cached: equal settings give the identical transformation object, so the trainer's compiled step
@@ -51,4 +63,6 @@ def adafactor(learning_rate=None, decay_rate: float = 0.8, clipping_threshold: f
   parts.append(optax.scale_by_learning_rate(schedule))
   if weight_decay:
     parts.append(optax.add_decayed_weights(-weight_decay))
-  return optax.chain(*parts)
+  tx = optax.chain(*parts)
+  _SCHEDULES[id(tx)] = (tx, schedule)
+  return tx

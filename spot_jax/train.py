@@ -156,6 +156,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         f"{num_partitions}): use a batch size whose microbatches are a multiple of {data_size}")
   frozen_params, frozen_shardings = place_frozen(params, config, mesh, frozen_dtype)
   tx = optimizer or optim.adafactor()
+  lr_schedule = optim.learning_rate_schedule(tx)  # None for an optimizer built elsewhere
   rep = partitioning.replicated(mesh)
   if resume_step is None:
     state = jax.device_put(ts.init_state(initial_prompt, tx), rep)
@@ -226,11 +227,14 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         elapsed = time.time() - window_start
         values["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
         values["eta_sec"] = (train_steps - step) / max(values["steps_per_sec"], 1e-9)
+        if lr_schedule is not None:  # the rate of the update that made this step (optax counts from 0)
+          values["learning_rate"] = float(jax.device_get(lr_schedule(step - 1)))
         logger.write(step, values, prefix="train")
         window_start, window_steps = time.time(), 0
       if eval_period and (step % eval_period == 0 or step == train_steps):
         results = _evaluate(mixture_or_task_name, config, frozen_params, state.prompt, task_feature_lengths,
-                            eval_split, eval_batch_size or batch_size, eval_num_examples)
+                            eval_split, eval_batch_size or batch_size, eval_num_examples, step,
+                            inference_eval_dir(model_dir) if is_main else None)
         logger.write(step, results, prefix="eval")
         value = _pick_metric(results, best_metric)
         if value is not None and (best_value is None or value > best_value):
@@ -259,10 +263,20 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   return final
 
 
-def _evaluate(name, config, params, prompt, feature_lengths, split, batch_size, num_examples):
+INFERENCE_EVAL_DIR = "inference_eval"
+
+
+def inference_eval_dir(model_dir: str) -> str:
+  """Where periodic evaluation writes seqio's JSON logs (T5X's `MODEL_DIR/inference_eval`)."""
+  return model_dir.rstrip("/") + "/" + INFERENCE_EVAL_DIR
+
+
+def _evaluate(name, config, params, prompt, feature_lengths, split, batch_size, num_examples, step=None,
+              log_dir=None):
   from spot_jax import evaluation
   results = evaluation.evaluate(name, config, params, np.asarray(jax.device_get(prompt)), feature_lengths,
-                                split=split, batch_size=batch_size, num_examples=num_examples)
+                                split=split, batch_size=batch_size, num_examples=num_examples, step=step,
+                                log_dir=log_dir)
   flat = {}
   for task_name, metrics in results.items():
     for k, v in metrics.items():

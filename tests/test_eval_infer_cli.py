@@ -97,3 +97,29 @@ def test_gpu_bf16_gin_gives_the_benchmarked_setting_and_runs(tmp_path, prompt_fi
     assert placed[-1] == want
     rows = [json.loads(line) for line in open(written[TASK])]
     assert len(rows) == 3 and all(set(r) == {"inputs", "prediction", "targets"} for r in rows)
+
+
+def test_infer_on_a_rank_task_scores_the_options(tmp_path, prompt_file):
+  """`infer` on `<task>_rank` writes the best-scored option per example (not decoded text), with every
+  option's score; the scores are the ones `eval` gives the same rows, and the accuracy of the
+  predictions is eval's rank-classification accuracy."""
+  rank = TASK + "_rank"
+  pick = [f"--gin.MIXTURE_OR_TASK_NAME='{rank}'"]
+  written = infer_cli.main(_args("prompt_infer.gin", "INFER_OUTPUT_DIR", tmp_path / "i", prompt_file,
+                                 pick + ["--gin.spot_jax.infer.infer_prompt.num_examples=6"]))
+  rows = [json.loads(line) for line in open(written[rank])]
+  assert len(rows) == 6
+  assert all(set(r) == {"inputs", "prediction", "targets", "options", "scores"} for r in rows)
+  assert all(r["options"] == ["negative", "positive"] and r["targets"] in r["options"] for r in rows)
+  assert all(r["prediction"] == r["options"][int(np.argmax(r["scores"]))] for r in rows)
+  gin.clear_config()
+  results = eval_cli.main(_args("prompt_eval.gin", "EVAL_OUTPUT_DIR", tmp_path / "e", prompt_file,
+                                pick + ["--gin.spot_jax.eval.evaluate_prompt.num_examples=6"]))
+  with open(tmp_path / "e" / f"{rank}-000000.jsonl") as f:  # seqio's log: one scored row per option
+    scored = [json.loads(line) for line in f]
+  by_row = {tuple(s["target"][:2]): s["score"] for s in scored}
+  assert len(by_row) == 12
+  np.testing.assert_allclose([r["scores"] for r in rows],
+                             [[by_row[(e, k)] for k in range(2)] for e in range(6)], rtol=1e-5, atol=1e-5)
+  accuracy = 100.0 * np.mean([r["prediction"] == r["targets"] for r in rows])
+  assert results[rank]["accuracy"] == pytest.approx(accuracy)

@@ -190,3 +190,40 @@ def test_num_examples_counts_rank_examples_not_rows(setup):
     assert ev.evaluate(CFG, params, prompt)[task][metric] == pytest.approx(want)
   rank_rows = E.load_examples(seqio.get_mixture_or_task(name), "validation", LENGTHS, 3)
   assert len(rank_rows) == 3 * len(OPTIONS)
+
+
+def test_no_seqio_logger_warning_without_a_log_dir(setup, caplog):
+  """Without a log_dir the evaluator is built with an explicit empty logger list and seqio's
+  "'logger_cls' is empty" warning is not printed (the caller logs the metrics)."""
+  import logging
+  params, prompt, said = setup
+  with caplog.at_level(logging.WARNING):
+    seqio.Evaluator(mixture_or_task_name=PREDICT, feature_converter=seqio.EncDecFeatureConverter(pack=False),
+                    eval_split="validation", sequence_length=LENGTHS)
+  assert E.EMPTY_LOGGER_WARNING in caplog.text  # seqio's own behaviour: the warning reaches caplog
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    results = E.evaluate(PREDICT, CFG, params, prompt, LENGTHS, batch_size=BATCH, reuse=False)
+  assert results[PREDICT]["accuracy"] == pytest.approx(100.0 * 4 / 7)
+  assert E.EMPTY_LOGGER_WARNING not in caplog.text, caplog.text
+  assert not [f for f in logging.getLogger("absl").filters if isinstance(f, E._DropEmptyLoggerWarning)]  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="needs a log_dir"):
+    E.PromptEvaluator(PREDICT, LENGTHS, logger_cls=(seqio.JSONLogger,))
+
+
+def test_score_options_picks_the_best_scored_option_per_example(setup):
+  """Rank-classification inference: one row per example with every option's log-likelihood and the
+  best-scored option. The fixture labels the best option of even examples and the worst of odd ones."""
+  params, prompt, _ = setup
+  rank_task, predict_task = seqio.get_mixture_or_task(RANK), seqio.get_mixture_or_task(PREDICT)
+  assert E.is_rank_task(rank_task, "validation") and not E.is_rank_task(predict_task, "validation")
+  rows = E.score_options_task(RANK, CFG, params, prompt, LENGTHS, batch_size=BATCH)
+  want = S.score(CFG, params, prompt, _enc([i for i in RANK_INPUTS for _ in OPTIONS]),
+                 _tgt(OPTIONS * len(RANK_INPUTS))).reshape(len(RANK_INPUTS), -1)
+  assert [r["inputs"] for r in rows] == RANK_INPUTS
+  assert all(r["options"] == OPTIONS for r in rows)
+  np.testing.assert_allclose([r["scores"] for r in rows], want, rtol=1e-5, atol=1e-5)
+  assert [r["prediction"] for r in rows] == [OPTIONS[int(np.argmax(s))] for s in want]
+  assert [r["prediction"] == r["targets"] for r in rows] == [True, False, True, False]
+  two = E.score_options_task(RANK, CFG, params, prompt, LENGTHS, batch_size=BATCH, num_examples=2)
+  assert two == rows[:2]

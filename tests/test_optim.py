@@ -40,3 +40,18 @@ def test_rsqrt_schedule_warms_up_then_decays():
   s = optim.linear_warmup_rsqrt_decay(learning_rate=1.0, warmup_steps=10)
   np.testing.assert_allclose([float(s(0)), float(s(9))], [0.1, 1.0], rtol=1e-6)
   np.testing.assert_allclose(float(s(39)), np.sqrt(10 / 40), rtol=1e-6)
+
+
+def test_learning_rate_schedule_is_the_one_the_optimizer_applies():
+  s = optim.linear_warmup_rsqrt_decay(learning_rate=0.5, warmup_steps=4)
+  assert optim.learning_rate_schedule(optim.adafactor(learning_rate=s)) is s
+  constant = optim.learning_rate_schedule(optim.adafactor(learning_rate=0.2))
+  assert float(constant(0)) == float(constant(1000)) == np.float32(0.2)
+  assert float(optim.learning_rate_schedule(optim.adafactor())(7)) == np.float32(0.3)  # constant_schedule()
+  assert optim.learning_rate_schedule(optax.sgd(0.1)) is None  # not ours: nothing to log
+  # The applied rate: Adafactor's first update is -lr * sign(grad) (then weight decay), lr = s(0).
+  tx = optim.adafactor(learning_rate=s, weight_decay=0.0)
+  p = jnp.ones((3, 2))
+  g = jnp.array([[1.0, -2.0], [3.0, -4.0], [0.5, 0.25]])
+  u, _ = tx.update(g, tx.init(p), p)
+  np.testing.assert_allclose(np.asarray(u), -float(s(0)) * np.sign(np.asarray(g)), rtol=1e-5)

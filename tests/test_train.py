@@ -272,3 +272,37 @@ def test_the_best_export_survives_a_resume(tmp_path, caplog):
     final = train_lib.train(train_steps=3, **common)  # fewer steps than the run already has
   assert "latest checkpoint is step 4, past TRAIN_STEPS=3" in caplog.text
   np.testing.assert_array_equal(final, prompt_io.load_prompt(prompt_io.checkpoint_export_dir(str(tmp_path), 4)))
+
+
+def test_logs_the_learning_rate_of_each_step_and_t5x_inference_eval_files(tmp_path):
+  """`train/learning_rate` (metrics.jsonl and TensorBoard) is the optimizer's own schedule at each
+  logged step; periodic evaluation writes seqio's JSON logs into MODEL_DIR/inference_eval (T5X's
+  layout) with the metrics that metrics.jsonl has."""
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  schedule = optim.linear_warmup_rsqrt_decay(learning_rate=0.3, warmup_steps=8)
+  tx = optim.adafactor(learning_rate=schedule)
+  assert optim.learning_rate_schedule(tx) is schedule
+  train_lib.train(model_dir=str(tmp_path), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
+                  train_steps=12, batch_size=8, frozen=(CFG, params), prompt_length=PROMPT_LEN,
+                  optimizer=tx, log_period=4, eval_period=6, eval_num_examples=4, save_period=12,
+                  enable_dropout=False)
+  records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  logged = {r["step"]: r["train/learning_rate"] for r in records if "train/loss" in r}
+  # The update that makes step s is optax's update number s - 1: rsqrt warm-up to 0.3 at step 8.
+  want = {4: 0.3 * 4 / 8, 8: 0.3, 12: 0.3 * np.sqrt(8 / 12)}
+  assert sorted(logged) == [4, 8, 12]
+  np.testing.assert_allclose([logged[s] for s in want], list(want.values()), rtol=1e-6)
+  np.testing.assert_allclose([logged[s] for s in want], [float(schedule(s - 1)) for s in want], rtol=1e-7)
+  from spot_jax import metrics_log
+  tb = metrics_log.read_tensorboard_scalars(str(tmp_path))
+  assert [s for s, _ in tb["train/learning_rate"]] == [4, 8, 12]
+  np.testing.assert_allclose([v for _, v in tb["train/learning_rate"]], list(want.values()), rtol=1e-6)
+  # seqio's JSONLogger in MODEL_DIR/inference_eval, at the evaluated steps.
+  inference_eval = tmp_path / "inference_eval"
+  eval_acc = {r["step"]: r[f"eval/{TASK}/accuracy"] for r in records if f"eval/{TASK}/accuracy" in r}
+  assert sorted(eval_acc) == [6, 12]
+  seqio_metrics = [json.loads(l) for l in open(inference_eval / f"{TASK}-metrics.jsonl")]
+  assert [(m["step"], m["accuracy"]) for m in seqio_metrics] == [(6, eval_acc[6]), (12, eval_acc[12])]
+  for step in (6, 12):
+    rows = [json.loads(l) for l in open(inference_eval / f"{TASK}-{step:06d}.jsonl")]
+    assert len(rows) == 4 and all("prediction" in r and "target" in r for r in rows)
