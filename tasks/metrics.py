@@ -40,10 +40,25 @@ def f1(targets, predictions) -> Dict[str, float]:
 
 
 def matthews_corrcoef(targets, predictions) -> Dict[str, float]:
-  """Binary MCC (CoLA); invalid predictions count as errors."""
-  tp, fp, fn, tn = _binary_counts(targets, predictions)
-  denom = np.sqrt(float(tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-  mcc = 0.0 if denom == 0 else (tp * tn - fp * fn) / denom
+  """MCC (CoLA, AX-b) as T5 computes it (sklearn's matthews_corrcoef on the
+  raw class ids): the multiclass form over every value seen, so an invalid
+  prediction (-1) is an error that forms a class of its own rather than
+  being turned into the other label. Equals the binary MCC when all
+  predictions are valid; 0 when either side holds a single class."""
+  t = np.asarray(list(targets))
+  p = np.asarray(list(predictions))
+  n = float(len(t))
+  if not n:
+    return {"matthews_corrcoef": 0.0}
+  classes = np.union1d(t, p)
+  t_sum = np.array([np.sum(t == c) for c in classes], np.float64)
+  p_sum = np.array([np.sum(p == c) for c in classes], np.float64)
+  correct = float(np.sum(t == p))
+  cov_tp = correct * n - t_sum @ p_sum
+  cov_pp = n * n - p_sum @ p_sum
+  cov_tt = n * n - t_sum @ t_sum
+  denom = np.sqrt(cov_tt * cov_pp)
+  mcc = 0.0 if denom == 0 else float(cov_tp / denom)
   return {"matthews_corrcoef": 100.0 * mcc}
 
 
@@ -104,7 +119,7 @@ def _token_f1(gold: str, pred: str) -> float:
   common = collections.Counter(g) & collections.Counter(p)
   same = sum(common.values())
   if same == 0:
-    return float(g == p)  # both empty counts as a match
+    return 0.0  # as T5 and the SQuAD v1.1 script, even when both are empty
   precision, recall = same / len(p), same / len(g)
   return 2 * precision * recall / (precision + recall)
 

@@ -21,9 +21,13 @@ def _join(parts: Sequence) -> tf.Tensor:
 
 
 def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
-  """Spaces around punctuation, whitespace collapsed (T5's SQuAD format)."""
-  text = tf.strings.regex_replace(text, r"([^_\s\p{N}\p{L}\p{M}])", r" \1 ")
-  return tf.strings.strip(tf.strings.regex_replace(text, r"\s+", " "))
+  """T5's SQuAD padding: a space either side of each ASCII punctuation mark
+  (RE2's [[:punct:]], "_" included; letters such as "é" and non-ASCII marks
+  such as "’" stay as they are), then runs of whitespace collapsed to one
+  space. Nothing is stripped, as in T5 (a trailing mark leaves a trailing
+  space, which SentencePiece drops)."""
+  text = tf.strings.regex_replace(text, r"([[:punct:]])", r" \1 ")
+  return tf.strings.regex_replace(text, r"\s+", " ")
 
 
 def label_text(label: tf.Tensor, options: tf.Tensor) -> tf.Tensor:
@@ -51,23 +55,25 @@ def glue(x, benchmark_name: str, label_names: Sequence[str],
 
   Keys default to the sorted text features (T5's order), e.g.
   "rte sentence1: ... sentence2: ...", "mnli hypothesis: ... premise: ...".
-  MultiRC drops <br>/<b> markup and keeps its three-part index.
+  MultiRC drops <br>/<b> markup from the joined text and keeps its
+  three-part index.
   """
   keys = feature_names or sorted(
       k for k in x if k not in ("label", "idx") and x[k].dtype == tf.string)
-  x = dict(x)
   out = {}
+  parts = [benchmark_name]
+  for k in keys:
+    parts += [f"{k}:", x[k]]
+  inputs = _join(parts)
   if benchmark_name == "multirc":
-    x["paragraph"] = tf.strings.regex_replace(x["paragraph"], "<br>", " ")
-    x["paragraph"] = tf.strings.regex_replace(x["paragraph"], "<(/)?b>", "")
+    # As T5: the markup goes from the whole joined text, not the paragraph only.
+    inputs = tf.strings.regex_replace(inputs, "<br>", " ")
+    inputs = tf.strings.regex_replace(inputs, "<(/)?b>", "")
     for k in ("paragraph", "question", "answer"):
       out[f"idx/{k}"] = x["idx"][k]
   elif id_key and id_key in x:
     out["idx"] = x[id_key]
-  parts = [benchmark_name]
-  for k in keys:
-    parts += [f"{k}:", x[k]]
-  out.update(_classification(_join(parts), x["label"], label_names))
+  out.update(_classification(inputs, x["label"], label_names))
   return out
 
 
@@ -137,6 +143,7 @@ def squad(x, include_context: bool = True):
   q, c = pad_punctuation(x["question"]), pad_punctuation(x["context"])
   inputs = (_join(["question:", q, "context:", c]) if include_context
             else _join(["squad trivia question:", q]))
+  inputs = tf.strings.regex_replace(inputs, r"\s+", " ")  # T5 collapses the joins too
   first = tf.cond(tf.size(answers) > 0, lambda: answers[0], lambda: tf.constant(UNK))
   return {"inputs": inputs, "targets": first, "answers": answers, "id": x["id"]}
 

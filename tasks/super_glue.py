@@ -1,9 +1,12 @@
 """SuperGLUE tasks from TFDS in T5's text-to-text formats (super_glue/*:1.0.2).
 
 Names: spot_super_glue_<task>_v102. WSC uses TFDS's corrected "wsc.fixed"
-config; AX-b and AX-g are cast as RTE (test split only, as published).
+config; AX-b and AX-g are cast as SuperGLUE RTE (test split only, as published;
+AX-b's sentence1/sentence2 become premise/hypothesis, as in T5).
 """
 import functools
+
+import seqio
 
 from tasks import metrics as M
 from tasks import postprocessors as post
@@ -13,6 +16,8 @@ from tasks import registry_list as reg
 VERSION = "1.0.2"
 _BOOL = ("False", "True")
 _SPLITS = ("train", "validation", "test")
+_AXB_AS_RTE = {"premise": "sentence1", "hypothesis": "sentence2", "label": "label",
+               "idx": "idx"}
 
 # name: (tfds config, label names, metrics, extra groups)
 SUPER_GLUE_TASKS = {
@@ -56,6 +61,10 @@ def spec(task: str) -> reg.TaskSpec:
   else:
     benchmark = "rte" if task in ("axb", "axg") else task
     text = [functools.partial(pre.glue, benchmark_name=benchmark, label_names=labels)]
+    if task == "axb":
+      # AX-b has sentence1/sentence2; T5 renames them to SuperGLUE RTE's
+      # premise/hypothesis, so the text is "rte hypothesis: ... premise: ...".
+      text.insert(0, functools.partial(seqio.preprocessors.rekey, key_map=_AXB_AS_RTE))
   return reg.TaskSpec(
       name=name(task), tfds_name=f"super_glue/{config}:{VERSION}",
       splits=("test",) if task in ("axb", "axg") else _SPLITS,

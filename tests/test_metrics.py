@@ -18,6 +18,27 @@ def test_accuracy_f1_mcc():
   assert M.matthews_corrcoef([1, 0], [1, 0])["matthews_corrcoef"] == pytest.approx(100.0)
 
 
+def _mcc_from_indicators(t, p):
+  """MCC as the correlation of one-hot class indicators (Gorodkin's R_K)."""
+  classes = sorted(set(t) | set(p))
+  x = np.array([[c == v for c in classes] for v in t], np.float64)
+  y = np.array([[c == v for c in classes] for v in p], np.float64)
+  x, y = x - x.mean(0), y - y.mean(0)
+  return (x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum())
+
+
+def test_mcc_keeps_invalid_predictions_as_their_own_class_as_t5():
+  # T5 scores CoLA with sklearn's matthews_corrcoef on the raw ids, -1 included.
+  t, p = [1, 0, 1, 0], [1, 0, -1, 0]
+  out = M.matthews_corrcoef(t, p)["matthews_corrcoef"]
+  assert out == pytest.approx(100 * 6 / np.sqrt(80))  # not 100 * 2 / sqrt(12) (-1 -> 0)
+  assert out == pytest.approx(100 * _mcc_from_indicators(t, p))
+  t, p = [1, 1, 0, 0, 1, 0, 1], [1, -1, 0, 1, -1, 0, 0]
+  assert M.matthews_corrcoef(t, p)["matthews_corrcoef"] == pytest.approx(
+      100 * _mcc_from_indicators(t, p))
+  assert M.matthews_corrcoef([1, 0, 1], [1, 1, 1])["matthews_corrcoef"] == 0.0
+
+
 def test_mean_multiclass_f1():
   metric = M.mean_multiclass_f1(3)
   out = metric([0, 1, 2, 2], [0, 1, 2, 1])
@@ -40,6 +61,14 @@ def test_squad_em_f1_max_over_answers():
   # ex1: EM 1 (articles dropped); ex2: EM 0, F1 = 2*(1/3*1)/(1/3+1) = 0.5
   assert out["em"] == pytest.approx(50.0)
   assert out["f1"] == pytest.approx(100 * (1 + 0.5) / 2)
+
+
+def test_squad_f1_is_zero_without_common_tokens_even_when_both_empty():
+  # T5 (qa_utils) and the SQuAD v1.1 script: no shared token -> F1 0, while
+  # EM compares the normalized strings ("the" and "a" both normalize to "").
+  assert M.squad([["The"]], ["a"]) == {"em": pytest.approx(100.0), "f1": 0.0}
+  out = M.record([{"group": (0, 0), "answers": ["The"]}], ["an"])
+  assert out == {"em": pytest.approx(100.0), "f1": 0.0}
 
 
 def test_record_deduplicates_questions():

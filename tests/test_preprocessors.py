@@ -48,6 +48,17 @@ def test_multirc_strips_markup():
   assert (out["idx/paragraph"], out["idx/question"], out["idx/answer"]) == (1, 2, 3)
 
 
+def test_multirc_strips_markup_from_every_field_as_t5():
+  (out,) = run(functools.partial(pre.glue, benchmark_name="multirc",
+                                 label_names=("False", "True"),
+                                 feature_names=("question", "answer", "paragraph")),
+               {"paragraph": "P.", "question": "<b>Who</b> left?", "answer": "Bob<br>Smith",
+                "label": np.int64(0),
+                "idx": {"paragraph": np.int32(0), "question": np.int32(0),
+                        "answer": np.int32(0)}})
+  assert out["inputs"] == b"multirc question: Who left? answer: Bob Smith paragraph: P."
+
+
 @pytest.mark.parametrize("score,text", [(3.71, b"3.8"), (0.0, b"0.0"), (4.95, b"5.0"), (4.9, b"4.8"),
                                         (2.5, b"2.4")])
 def test_stsb(score, text):
@@ -103,9 +114,22 @@ def test_squad_pads_punctuation():
   (out,) = run(pre.squad, {"id": "x", "title": "t", "question": "Who's there?",
                            "context": "It's me, Mario.",
                            "answers": {"text": ["me", "Mario"], "answer_start": [5, 9]}})
-  assert out["inputs"] == b"question: Who ' s there ? context: It ' s me , Mario ."
+  assert out["inputs"] == b"question: Who ' s there ? context: It ' s me , Mario . "
   assert out["targets"] == b"me"
   assert list(out["answers"]) == [b"me", b"Mario"]
+
+
+def test_squad_pads_ascii_punctuation_only_as_t5():
+  # T5's _pad_punctuation pads RE2 [[:punct:]] (ASCII, "_" included): "é" and
+  # non-ASCII marks such as ’ “ — are left inside their words.
+  (out,) = run(pre.squad, {
+      "id": "x", "title": "t", "question": "Beyoncé’s “Halo”?",
+      "context": "It won $5_000 — in 2009.",
+      "answers": {"text": ["$5_000", "Beyoncé."], "answer_start": [7, 0]}})
+  assert out["inputs"].decode() == (
+      "question: Beyoncé’s “Halo” ? context: It won $ 5 _ 000 "
+      "— in 2009 . ")
+  assert [a.decode() for a in out["answers"]] == [" $ 5 _ 000", "Beyoncé . "]
 
 
 def test_multiple_choice_winogrande():
