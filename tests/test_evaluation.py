@@ -197,12 +197,13 @@ def test_no_seqio_logger_warning_without_a_log_dir(setup, caplog):
   "'logger_cls' is empty" warning is not printed (the caller logs the metrics)."""
   import logging
   params, prompt, said = setup
-  with caplog.at_level(logging.WARNING):
+  # seqio warns through absl's logger, which another test (the demo) may have set to ERROR.
+  with caplog.at_level(logging.WARNING, logger="absl"):
     seqio.Evaluator(mixture_or_task_name=PREDICT, feature_converter=seqio.EncDecFeatureConverter(pack=False),
                     eval_split="validation", sequence_length=LENGTHS)
   assert E.EMPTY_LOGGER_WARNING in caplog.text  # seqio's own behaviour: the warning reaches caplog
   caplog.clear()
-  with caplog.at_level(logging.WARNING):
+  with caplog.at_level(logging.WARNING, logger="absl"):
     results = E.evaluate(PREDICT, CFG, params, prompt, LENGTHS, batch_size=BATCH, reuse=False)
   assert results[PREDICT]["accuracy"] == pytest.approx(100.0 * 4 / 7)
   assert E.EMPTY_LOGGER_WARNING not in caplog.text, caplog.text
