@@ -192,6 +192,9 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
   if which not in ("auto", "best", "latest", "task_embedding"):
     raise ValueError(f"which={which!r}: use 'auto', 'best', 'latest' or 'task_embedding'")
   path = str(path)
+  if fileio.is_remote(path):  # fail fast, naming the fix, where GCS does not answer (no network)
+    from spot_jax.checkpoints.t5x import probe_gcs  # pylint: disable=g-import-not-at-top
+    probe_gcs(path, fileio.gfile())
   if not fileio.exists(path):
     raise FileNotFoundError(f"no prompt at {path}: the path does not exist. Accepted: {ACCEPTED_FORMATS}")
   if not fileio.isdir(path):
@@ -266,9 +269,10 @@ def load_prompt_with_source(path: str, which: str = "auto"):
 
 
 def _load_peft(src: PromptSource) -> np.ndarray:
-  from safetensors.numpy import load as st_load  # pylint: disable=g-import-not-at-top
+  # Not safetensors.numpy.load: it cannot decode bfloat16, the dtype of an adapter trained on a bf16 model.
+  from spot_jax.checkpoints.hf import load_safetensors_bytes  # pylint: disable=g-import-not-at-top
   with fileio.open_file(src.file, "rb") as f:
-    tensors = st_load(f.read())
+    tensors = load_safetensors_bytes(f.read(), src.file)
   keys = [k for k in tensors if k == PEFT_TENSOR or k.endswith("." + PEFT_TENSOR)]
   if len(keys) != 1:
     raise ValueError(f"{src.file}: expected one tensor named {PEFT_TENSOR!r}, found keys "

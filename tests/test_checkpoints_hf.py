@@ -165,3 +165,127 @@ def test_name_map_covers_every_parameter():
     m = name_map(config)
     assert set(m) == set(expected_shapes(config))
     assert len({hf for hf, _ in m.values()}) == len(m)
+
+
+# ----------------------------------------------------------------------------- what users bring
+
+FORMATS = os.path.join(os.path.dirname(__file__), "fixtures", "hf_formats")  # make_hf_formats.py
+
+
+def test_transformers_written_mt5_bf16_shards_match_transformers():
+  """mT5 as `save_pretrained(max_shard_size=...)` writes it in bfloat16: shards + index, BF16 tensors."""
+  import spot_jax
+  path = os.path.join(FORMATS, "mt5_bf16_sharded")
+  ref = np.load(os.path.join(path, "outputs.npz"))
+  model = spot_jax.load_t5(path)
+  assert model.config.vocab_size == 64 and model.config.num_decoder_layers == 3
+  assert (model.config.relative_attention_num_buckets, model.config.relative_attention_max_distance) == (8, 20)
+  assert {str(v.dtype) for v in flatten(model.params).values()} == {"bfloat16"}
+  ids, dec = ref["input_ids"], ref["decoder_input_ids"]
+  assert np.abs(model.logits(ids, dec) - ref["logits"]).max() <= 1e-4
+  assert np.abs(model.logits(ids, dec, prompt=ref["prompt"]) - ref["logits_prompt"]).max() <= 1e-4
+
+
+class _LocalGfile:
+  """tf.io.gfile stand-in serving gs://bkt/... from a local directory."""
+
+  def __init__(self, root):
+    self.root = str(root)
+
+  def _local(self, path):
+    assert path.startswith("gs://bkt"), path
+    return os.path.join(self.root, path[len("gs://bkt"):].lstrip("/"))
+
+  def exists(self, path):
+    return os.path.exists(self._local(path))
+
+  def isdir(self, path):
+    return os.path.isdir(self._local(path))
+
+  def listdir(self, path):
+    return os.listdir(self._local(path))
+
+  def GFile(self, path, mode):  # noqa: N802 (tf's name)
+    return open(self._local(path), mode)
+
+
+def test_bfloat16_checkpoint_on_gcs(monkeypatch):
+  """A gs:// HF folder is read as bytes: BF16 tensors must decode there too (not a KeyError 'BF16')."""
+  from spot_jax.checkpoints import t5x
+  monkeypatch.setattr(t5x, "_gfile", lambda: _LocalGfile(FORMATS))
+  config, params = read_params("gs://bkt/mt5_bf16_sharded")
+  _, local = read_params(os.path.join(FORMATS, "mt5_bf16_sharded"))
+  assert config.vocab_size == 64
+  _assert_same(local, params)
+
+
+def test_truncated_safetensors_names_the_fix(tmp_path):
+  write_hf(_params(V11), V11, str(tmp_path))
+  data = (tmp_path / "model.safetensors").read_bytes()
+  (tmp_path / "model.safetensors").write_bytes(data[:len(data) // 2])
+  with pytest.raises(CheckpointError, match=r"model\.safetensors is not a readable safetensors file .*"
+                                            r"truncated or damaged: download or copy it again"):
+    read_params(str(tmp_path))
+
+
+def test_pytorch_pickle_weights_name_the_conversion(tmp_path):
+  write_hf(_params(V11), V11, str(tmp_path / "src"))
+  for name, files in (("single", ["pytorch_model.bin"]),
+                      ("sharded", ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
+                                   "pytorch_model.bin.index.json"])):
+    d = tmp_path / name
+    d.mkdir()
+    shutil.copy(tmp_path / "src" / "config.json", d / "config.json")
+    for f in files:
+      (d / f).write_bytes(b"not read")  # never unpickled: the name is enough
+    with pytest.raises(CheckpointError) as e:
+      read_params(str(d))
+    msg = str(e.value)
+    assert "PyTorch pickle weights (pytorch_model" in msg and "safetensors only" in msg
+    assert f"M.from_pretrained('{d}').save_pretrained('{d}_safetensors', safe_serialization=True)" in msg
+
+
+def test_weights_without_config_json(tmp_path):
+  write_hf(_params(V11), V11, str(tmp_path))
+  os.remove(tmp_path / "config.json")
+  with pytest.raises(CheckpointError, match=r"holds weights \(model\.safetensors\) but no config\.json.*"
+                                            r"Copy it from where the weights came from"):
+    read_params(str(tmp_path))
+
+
+def test_shards_without_their_index(tmp_path):
+  shutil.copytree(os.path.join(FORMATS, "mt5_bf16_sharded"), tmp_path / "m")
+  os.remove(tmp_path / "m" / "model.safetensors.index.json")
+  with pytest.raises(CheckpointError, match=r"has config\.json and model-00001-of-00002\.safetensors.* but "
+                                            r"neither model\.safetensors nor model\.safetensors\.index\.json"):
+    read_params(str(tmp_path / "m"))
+
+
+def test_a_file_of_the_folder_reads_the_folder(tmp_path):
+  params = _params(V11)
+  write_hf(params, V11, str(tmp_path))
+  for name in ("config.json", "model.safetensors"):
+    config, got = read_params(str(tmp_path / name))
+    assert config == V11
+    _assert_same(params, got)
+
+
+def test_hub_model_id_and_hub_cache(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  cache = tmp_path / "hub"
+  monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+  with pytest.raises(CheckpointError, match=r"If 'google/t5-v1_1-small' is a Hugging Face Hub model id: "
+                                            r"spot_jax reads local folders and downloads nothing.*"
+                                            r"huggingface-cli download google/t5-v1_1-small --local-dir DIR"):
+    read_params("google/t5-v1_1-small")
+  repo = cache / "models--google--t5-v1_1-small"
+  snapshot = repo / "snapshots" / "0123abc"
+  write_hf(_params(V11), V11, str(snapshot))
+  (repo / "refs").mkdir()
+  (repo / "refs" / "main").write_text("0123abc")
+  with pytest.raises(CheckpointError, match=f"transformers' cache already holds it: {snapshot}"):
+    read_params("google/t5-v1_1-small")
+  with pytest.raises(CheckpointError, match=r"is a Hugging Face hub cache entry, not a model folder: pass its "
+                                            f"snapshot folder {snapshot}"):
+    read_params(str(repo))
+  assert read_params(str(snapshot))[0] == V11

@@ -246,3 +246,80 @@ def test_version_2_bfloat16_stored_as_uint16(tmp_path):
   open(path, "wb").write(encode_msgpack(state))
   _, back = read_t5x(ckpt)
   _assert_same(params, back)
+
+
+# ----------------------------------------------------------------------------- the paths users pass
+
+def test_the_checkpoint_file_itself_reads_its_directory(tmp_path):
+  params = _params()
+  ckpt = write_t5x(params, str(tmp_path), step=7)
+  config, got = read_params(os.path.join(ckpt, "checkpoint"))  # the msgpack file, not its directory
+  assert config.vocab_size == TINY.vocab_size
+  _assert_same(params, got)
+
+
+def test_a_missing_step_lists_the_steps_there(tmp_path):
+  write_t5x(_params(), str(tmp_path), step=7)
+  write_t5x(_params(), str(tmp_path), step=30)
+  with pytest.raises(CheckpointError, match=r"checkpoint_9 does not exist; .* exists and its checkpoints are "
+                                            r"steps \[7, 30\]"):
+    read_params(str(tmp_path / "checkpoint_9"))
+
+
+def test_step_directories_without_a_checkpoint_file(tmp_path):
+  (tmp_path / "checkpoint_100" / "target.token_embedder.embedding").mkdir(parents=True)
+  with pytest.raises(CheckpointError, match=r"has checkpoint_100 but no `checkpoint` msgpack file in any of "
+                                            r"them: an incomplete copy"):
+    read_params(str(tmp_path))
+  (tmp_path / "checkpoint_100" / "_CHECKPOINT_METADATA").write_text("{}")
+  with pytest.raises(CheckpointError, match=r"looks like an Orbax checkpoint"):
+    read_params(str(tmp_path / "checkpoint_100"))
+
+
+class _SilentGcs:
+  """tf.io.gfile stand-in for a machine without network: every call waits (as TF's retries do)."""
+
+  def __init__(self, error=None):
+    import threading
+    self.release = threading.Event()
+    self.error = error
+
+  def exists(self, path):
+    if self.error is not None:
+      raise self.error
+    self.release.wait(60)
+    return True
+
+  isdir = listdir = exists
+
+
+class FailedPreconditionError(Exception):
+  """Named as tf.errors' class is."""
+
+
+def test_gcs_without_network_fails_fast_naming_the_fix(monkeypatch):
+  import time
+  from spot_jax.checkpoints import t5x
+  gcs = _SilentGcs()
+  monkeypatch.setattr(t5x, "_gfile", lambda: gcs)
+  monkeypatch.setenv("SPOT_JAX_GCS_TIMEOUT", "0.5")
+  start = time.monotonic()
+  try:
+    with pytest.raises(CheckpointError, match=r"no answer from Google Cloud Storage for "
+                                              r"gs://silent-bucket/t5x/checkpoint_1 within 0.5 s.*gcloud auth "
+                                              r"application-default login.*gsutil -m cp -r "
+                                              r"gs://silent-bucket/t5x/checkpoint_1 DIR.*SPOT_JAX_GCS_TIMEOUT"):
+      read_params("gs://silent-bucket/t5x/checkpoint_1")
+  finally:
+    gcs.release.set()
+  assert time.monotonic() - start < 10
+
+
+def test_gcs_error_is_a_checkpoint_error_naming_the_fix(monkeypatch):
+  from spot_jax.checkpoints import t5x
+  error = FailedPreconditionError("Error executing an HTTP request: libcurl code 6 meaning 'Could not resolve "
+                                  "hostname'")
+  monkeypatch.setattr(t5x, "_gfile", lambda: _SilentGcs(error))
+  with pytest.raises(CheckpointError, match=r"cannot read gs://failing-bucket/ckpt: FailedPreconditionError: "
+                                            r"Error executing an HTTP request.*copy the files to local disk"):
+    read_params("gs://failing-bucket/ckpt")

@@ -46,3 +46,26 @@ def test_load_t5_rejects_a_path_of_neither_format(tmp_path):
   (tmp_path / "notes.txt").write_text("hello")
   with pytest.raises(ValueError, match="neither a T5X checkpoint"):
     spot_jax.load_t5(str(tmp_path))
+
+
+def test_peft_bfloat16_adapter_gives_the_logits_peft_gives():
+  """A prompt PEFT saved in bfloat16 (tests/fixtures/make_hf_formats.py) on the model it was made for."""
+  import warnings
+  from spot_jax import prompt_io
+  adapter = os.path.join(os.path.dirname(__file__), "fixtures", "hf_formats", "peft_bf16")
+  ref = np.load(os.path.join(adapter, "outputs.npz"))
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # PEFT's decoder rows are dropped, with a warning
+    prompt = prompt_io.load_prompt(adapter)
+  model = spot_jax.load_t5(FIXTURE)
+  logits = model.logits(ref["input_ids"], ref["decoder_input_ids"], prompt=prompt)
+  assert np.abs(logits - ref["logits"]).max() <= 1e-4
+
+
+def test_load_t5_names_a_pytorch_only_folder(tmp_path):
+  import shutil
+  shutil.copy(os.path.join(FIXTURE, "config.json"), tmp_path / "config.json")
+  (tmp_path / "pytorch_model.bin").write_bytes(b"never unpickled")
+  with pytest.raises(ValueError, match=r"(?s)holds PyTorch pickle weights \(pytorch_model\.bin\).*"
+                                       r"save_pretrained\(.*safe_serialization=True\)"):
+    spot_jax.load_t5(str(tmp_path))

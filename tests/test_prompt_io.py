@@ -253,3 +253,51 @@ def test_gcs_paths_go_through_gfile(tmp_path, monkeypatch):
   np.testing.assert_array_equal(pio.load_prompt("gs://bucket/run"), 2 * p)
   pio.save_npy(p, "gs://bucket/x/p.npy")
   np.testing.assert_array_equal(np.load(tmp_path / "x" / "p.npy"), p)
+
+
+PEFT_BF16 = os.path.join(os.path.dirname(__file__), "fixtures", "hf_formats", "peft_bf16")  # make_hf_formats.py
+
+
+def test_peft_adapter_of_a_bfloat16_prompt():
+  """PEFT's own save_pretrained of a bfloat16 prompt (BF16 safetensors, PEFT's default 2 submodules)."""
+  ref = np.load(os.path.join(PEFT_BF16, "outputs.npz"))
+  with pytest.warns(UserWarning, match="PEFT stored 8 prompt rows .*using the first 4"):
+    out = pio.load_prompt(PEFT_BF16)
+  assert out.dtype == np.float32
+  np.testing.assert_array_equal(out, ref["prompt"])
+  rows = pio.load_prompt(os.path.join(PEFT_BF16, "adapter_model.safetensors"))  # no config: every row
+  assert rows.shape == (8, 32)
+  np.testing.assert_array_equal(rows[:4], ref["prompt"])
+
+
+def test_truncated_peft_adapter_names_the_fix(tmp_path):
+  d = pio.export_peft(_prompt(), str(tmp_path / "adapter"))
+  weights = os.path.join(d, "adapter_model.safetensors")
+  data = open(weights, "rb").read()
+  with open(weights, "wb") as f:
+    f.write(data[:-7])
+  with pytest.raises(ValueError, match=r"adapter_model\.safetensors is not a readable safetensors file .*"
+                                       r"truncated or damaged"):
+    pio.load_prompt(d)
+
+
+def test_gcs_prompt_without_network_fails_fast(monkeypatch):
+  import threading
+  import time
+  release = threading.Event()
+
+  class Silent:
+    def exists(self, path):
+      release.wait(60)
+      return True
+
+  monkeypatch.setattr(fileio, "gfile", lambda: Silent())
+  monkeypatch.setenv("SPOT_JAX_GCS_TIMEOUT", "0.5")
+  start = time.monotonic()
+  try:
+    with pytest.raises(ValueError, match=r"no answer from Google Cloud Storage for gs://quiet-bucket/run "
+                                         r"within 0.5 s.*gsutil"):
+      pio.load_prompt("gs://quiet-bucket/run")
+  finally:
+    release.set()
+  assert time.monotonic() - start < 10

@@ -6,6 +6,8 @@ dict of numpy arrays named as in T5X, without a `params`/`target` wrapper.
 """
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from spot_jax.checkpoints import hf, t5x
@@ -16,23 +18,124 @@ from spot_jax.checkpoints.infer_config import (SHAPE_FIELDS, VARIANT_FIELDS, Che
 from spot_jax.checkpoints.t5x import absolute_spec, read_t5x, write_t5x
 from spot_jax.config import T5Config
 
-__all__ = ["CheckpointError", "read_params", "detect_format", "read_t5x", "read_hf", "write_t5x",
-           "write_hf", "infer_config", "check_params", "expected_shapes", "absolute_spec"]
+__all__ = ["CheckpointError", "read_params", "detect_format", "resolve_checkpoint_path", "read_t5x", "read_hf",
+           "write_t5x", "write_hf", "infer_config", "check_params", "expected_shapes", "absolute_spec"]
+
+
+# Files that name a checkpoint by its directory: a T5X `checkpoint` msgpack file, or a HF folder's files.
+_FILES_OF_A_CHECKPOINT_DIR = ("checkpoint", "config.json", hf.WEIGHTS_FILE, hf.INDEX_FILE)
+
+
+def resolve_checkpoint_path(path: str) -> str:
+  """The checkpoint directory behind `path`: `path` itself, or the directory of a file that belongs
+  to one (T5X's `checkpoint_<step>/checkpoint`, a HF folder's config.json or model.safetensors)."""
+  path = str(path)
+  base = path.rstrip("/").rsplit("/", 1)[-1]
+  if base in _FILES_OF_A_CHECKPOINT_DIR and t5x.exists(path) and not t5x.isdir(path):
+    parent = path.rstrip("/").rsplit("/", 1)[0] if t5x.is_gcs(path) else os.path.dirname(os.path.abspath(path))
+    if base != "checkpoint" or t5x.find_checkpoint_dir(parent) == parent:
+      return parent
+  return path
 
 
 def detect_format(path: str) -> str:
-  """'t5x' or 'hf' for a checkpoint path; raises CheckpointError naming what was looked for."""
-  path = str(path)
+  """'t5x' or 'hf' for a checkpoint path; raises CheckpointError saying what was found and the fix."""
+  path = resolve_checkpoint_path(path)
   if not t5x.exists(path):
-    raise CheckpointError(f"checkpoint path {path} does not exist")
+    raise CheckpointError(_missing_path(path))
   if hf.is_hf_dir(path):
     return "hf"
   if t5x.find_checkpoint_dir(path) is not None:
     return "t5x"
-  raise CheckpointError(
-      f"{path} is neither a T5X checkpoint (a `checkpoint` msgpack file, or `checkpoint_<step>/` "
-      "directories holding one) nor a Hugging Face T5 directory (config.json + model.safetensors, or "
-      "sharded *.safetensors + model.safetensors.index.json)")
+  raise CheckpointError(_not_a_checkpoint(path))
+
+
+_T5X_DIR = "a T5X checkpoint (a `checkpoint` msgpack file, or `checkpoint_<step>/` directories holding one)"
+_HF_DIR = ("a Hugging Face T5 directory (config.json + model.safetensors, or sharded *.safetensors + "
+           "model.safetensors.index.json)")
+_CONVERT = ("python -c \"from transformers import AutoModelForSeq2SeqLM as M; "
+            "M.from_pretrained('{src}'{kw}).save_pretrained('{dst}', safe_serialization=True)\"")
+_ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "_sharding")
+
+
+def _hf_cache_root() -> str:
+  cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+  if cache:
+    return cache
+  home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+  return os.path.join(home, "hub")
+
+
+def _snapshots(repo_cache: str):
+  snap = os.path.join(repo_cache, "snapshots")
+  return sorted(os.path.join(snap, d) for d in os.listdir(snap)) if os.path.isdir(snap) else []
+
+
+def _missing_path(path: str) -> str:
+  """Why `path` (which does not exist) was probably given, and what to pass instead."""
+  msg = f"checkpoint path {path} does not exist"
+  stripped = path.rstrip("/")
+  parent, _, base = stripped.rpartition("/")
+  if re.fullmatch(r"checkpoint_\d+", base) and parent and t5x.isdir(parent):
+    steps = t5x.checkpoint_steps(parent)
+    found = f"its checkpoints are steps {steps}" if steps else "it holds no checkpoint_<step>/ directory"
+    return f"{msg}; {parent} exists and {found}"
+  if not t5x.is_gcs(path) and not os.path.isabs(path) and not path.startswith(".") and \
+      re.fullmatch(r"[\w.-]+(/[\w.-]+)?", stripped):
+    msg += (f". If {path!r} is a Hugging Face Hub model id: spot_jax reads local folders and downloads "
+            f"nothing; download it once (`huggingface-cli download {stripped} --local-dir DIR`, or "
+            "huggingface_hub.snapshot_download) and pass DIR")
+    cached = _snapshots(os.path.join(_hf_cache_root(), "models--" + stripped.replace("/", "--")))
+    if cached:
+      msg += f"; transformers' cache already holds it: {cached[-1]}"
+  return msg
+
+
+def _not_a_checkpoint(path: str) -> str:
+  """What `path` (which exists) holds instead of a checkpoint, and the fix."""
+  if not t5x.isdir(path):
+    return f"{path} is a file, not a checkpoint: pass the directory of {_T5X_DIR} or of {_HF_DIR}"
+  names = set(t5x.listdir(path))
+  found = ", ".join(sorted(names)[:8]) + (", ..." if len(names) > 8 else "")
+  safetensors = sorted(n for n in names if n.endswith(".safetensors") or n == hf.INDEX_FILE)
+  pickles = sorted(n for n in names if n.startswith("pytorch_model") and n.endswith((".bin", ".bin.index.json")))
+  other = sorted(n for n in names if n in ("tf_model.h5", "flax_model.msgpack"))
+  if not names:
+    return f"{path} is an empty directory: neither {_T5X_DIR} nor {_HF_DIR}"
+  if (safetensors or pickles or other) and "config.json" not in names:
+    return (f"{path} holds weights ({', '.join((safetensors + pickles + other)[:4])}) but no config.json: a "
+            "Hugging Face checkpoint needs the config.json that save_pretrained writes beside them (it gives "
+            "the layer counts, feed_forward_proj and tie_word_embeddings). Copy it from where the weights "
+            "came from (the model's Hub repository)")
+  if safetensors and "config.json" in names:
+    return (f"{path} has config.json and {', '.join(safetensors[:3])} but neither {hf.WEIGHTS_FILE} nor "
+            f"{hf.INDEX_FILE} (sharded weights need the index save_pretrained writes): copy the missing file")
+  if pickles or other:
+    kind = "PyTorch pickle" if pickles else "TensorFlow/Flax"
+    kw = "" if pickles else (", from_tf=True" if "tf_model.h5" in names else ", from_flax=True")
+    dst = path.rstrip("/") + "_safetensors"
+    return (f"{path} holds {kind} weights ({', '.join((pickles + other)[:3])}), which spot_jax does not read "
+            f"(it reads safetensors only{'; unpickling can run code' if pickles else ''}). Convert them once, "
+            f"in a Python with torch and transformers:\n  {_CONVERT.format(src=path, kw=kw, dst=dst)}\n"
+            f"and pass {dst}")
+  if "snapshots" in names and "refs" in names:
+    snaps = t5x.listdir(t5x.join(path, "snapshots"))
+    which = t5x.join(path, "snapshots", snaps[0]) if len(snaps) == 1 else t5x.join(path, "snapshots", "<revision>")
+    return (f"{path} is a Hugging Face hub cache entry, not a model folder: pass its snapshot folder {which}"
+            + (f" (revisions: {', '.join(sorted(snaps))})" if len(snaps) > 1 else ""))
+  if any(m in names for m in _ORBAX_MARKERS) or (t5x.isdir(t5x.join(path, "checkpoint"))):
+    return (f"{path} looks like an Orbax checkpoint ({found}), which spot_jax does not read: it reads T5X's "
+            "msgpack + TensorStore checkpoints (a `checkpoint` file in each checkpoint_<step>/) and Hugging Face "
+            "folders. Convert it to one of those first")
+  steps = sorted(n for n in names if re.fullmatch(r"checkpoint_\d+", n))
+  if steps:
+    return (f"{path} has {', '.join(steps[:5])} but no `checkpoint` msgpack file in any of them: an incomplete "
+            "copy (copy it again, e.g. `gsutil -m cp -r`), or not a T5X msgpack + TensorStore checkpoint (an "
+            "Orbax one is not read)")
+  if "config.json" in names:
+    return (f"{path} has a config.json but no weights: neither {_T5X_DIR} nor {_HF_DIR}; it holds: {found}. "
+            "Copy the weights beside config.json")
+  return f"{path} is neither {_T5X_DIR} nor {_HF_DIR}; it holds: {found}"
 
 
 def read_params(path: str, config: Optional[T5Config] = None, dtype: Any = None,
@@ -49,6 +152,7 @@ def read_params(path: str, config: Optional[T5Config] = None, dtype: Any = None,
     `feed_forward` and `tie_word_embeddings` must agree with the checkpoint, dimensions are its own.
   - dtype: cast every parameter ("float32", "bfloat16"); None keeps the stored dtypes.
   """
+  path = resolve_checkpoint_path(path)
   fmt = detect_format(path)
   if fmt == "t5x":
     ckpt_dir, params = read_t5x(path)

@@ -15,7 +15,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from spot_jax.checkpoints import t5x as _io
-from spot_jax.checkpoints.infer_config import CheckpointError, expected_shapes, flatten, unflatten
+from spot_jax.checkpoints.infer_config import (CheckpointError, expected_shapes, flatten, np_dtype,
+                                               unflatten)
 from spot_jax.config import T5Config
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5")
@@ -122,6 +123,33 @@ _EMBEDDING_ALIASES = ("shared.weight", "encoder.embed_tokens.weight", "decoder.e
 
 # ----------------------------------------------------------------------------- reading
 
+DAMAGED = "the file is truncated or damaged: download or copy it again"
+
+# safetensors dtype names -> numpy. `safetensors.numpy.load(bytes)` knows no BF16 (numpy has no
+# bfloat16), so bytes are decoded here, with ml_dtypes' bfloat16.
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                       "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64",
+                       "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
+
+
+def load_safetensors_bytes(data: bytes, source: str = "safetensors file") -> Dict[str, np.ndarray]:
+  """`{name: array}` from the bytes of a safetensors file, bfloat16 included."""
+  from safetensors import deserialize
+  try:
+    items = deserialize(data)
+  except Exception as e:  # safetensors raises its own SafetensorError
+    raise CheckpointError(f"{source} is not a readable safetensors file ({e}): {DAMAGED}") from e
+  out = {}
+  for name, info in items:
+    dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+    if dtype is None:
+      raise CheckpointError(f"{source}: tensor {name!r} has safetensors dtype {info['dtype']}, which spot_jax "
+                            f"does not read (it reads {sorted(_SAFETENSORS_DTYPES)}); re-save it as float32 "
+                            "or bfloat16")
+    out[name] = np.frombuffer(info["data"], dtype=np_dtype(dtype).newbyteorder("<")).reshape(info["shape"])
+  return out
+
+
 class _Tensors:
   """Lazy access to the tensors of one or several safetensors files."""
 
@@ -144,15 +172,14 @@ class _Tensors:
       if not _io.exists(path):
         raise CheckpointError(f"{path} does not exist (a HF checkpoint needs {WEIGHTS_FILE} or the shards its "
                               f"{INDEX_FILE} lists)")
-      try:
-        if _io.is_gcs(path):
-          from safetensors.numpy import load
-          self._open[filename] = load(_io.read_bytes(path))
-        else:
+      if _io.is_gcs(path):
+        self._open[filename] = load_safetensors_bytes(_io.read_bytes(path), path)
+      else:
+        try:
           from safetensors import safe_open
           self._open[filename] = safe_open(path, framework="np")
-      except Exception as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+        except Exception as e:
+          raise CheckpointError(f"{path} is not a readable safetensors file ({e}): {DAMAGED}") from e
     return self._open[filename]
 
   def _keys(self, filename: str):

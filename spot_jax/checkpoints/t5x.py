@@ -16,6 +16,7 @@ import copy
 import os
 import re
 import shutil
+import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -45,24 +46,109 @@ def _gfile():
   return tf.io.gfile
 
 
+# How long the first request to a bucket may take before spot_jax gives up: without network, tf.io.gfile
+# retries a request 10 times with growing delays (minutes, with no output), and a firewall that drops
+# packets makes each try wait for its connection timeout.
+GCS_TIMEOUT_ENV = "SPOT_JAX_GCS_TIMEOUT"
+GCS_TIMEOUT_DEFAULT_S = 60.0
+_GCS_REACHED = set()  # buckets that answered in this process
+
+
+def gcs_help(path: str) -> str:
+  """The fix for a gs:// path that cannot be read."""
+  return ("Check network access to Google Cloud Storage and the credentials tensorflow and tensorstore "
+          "see (`gcloud auth application-default login` on a workstation, the VM's service account on "
+          f"GCP), or copy the files to local disk (`gsutil -m cp -r {path} DIR`) and pass DIR.")
+
+
+def _gcs_timeout() -> float:
+  raw = os.environ.get(GCS_TIMEOUT_ENV)
+  if raw is None:
+    return GCS_TIMEOUT_DEFAULT_S
+  try:
+    return float(raw)
+  except ValueError:
+    raise CheckpointError(f"{GCS_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+
+
+def probe_gcs(path: str, gfile: Any = None, timeout: Optional[float] = None) -> None:
+  """Fail fast, naming the fix, when the bucket of a gs:// `path` does not answer.
+
+  The first request to each bucket runs in a daemon thread and is given `timeout` seconds
+  (default `$SPOT_JAX_GCS_TIMEOUT` or 60); an error or no answer raises a CheckpointError instead
+  of a bare TensorFlow error or minutes of silent retries. Later requests to a bucket that
+  answered are not timed. `gfile` defaults to tf.io.gfile.
+  """
+  m = re.match(r"gs://([^/]+)", str(path))
+  if m is None:
+    raise CheckpointError(f"malformed gs:// path {path!r}; expected gs://bucket/dir")
+  bucket = m.group(1)
+  if bucket in _GCS_REACHED:
+    return
+  gfile = gfile if gfile is not None else _gfile()  # import TF here, not inside the timed thread
+  timeout = _gcs_timeout() if timeout is None else timeout
+  outcome: Dict[str, Any] = {}
+
+  def _ask():
+    try:
+      outcome["exists"] = gfile.exists(path)
+    except BaseException as e:  # pylint: disable=broad-except
+      outcome["error"] = e
+
+  worker = threading.Thread(target=_ask, name=f"spot_jax-gcs-probe-{bucket}", daemon=True)
+  worker.start()
+  worker.join(timeout)
+  if worker.is_alive():
+    raise CheckpointError(
+        f"no answer from Google Cloud Storage for {path} within {timeout:g} s: this machine seems to have "
+        f"no network access to GCS. {gcs_help(path)} (Set {GCS_TIMEOUT_ENV}=SECONDS to wait longer.)")
+  if "error" in outcome:
+    e = outcome["error"]
+    raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {_one_line(e)}. {gcs_help(path)}") from e
+  _GCS_REACHED.add(bucket)
+
+
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).split())[:500]
+
+
+def _gcs(op: str, path: str, fn: Callable[[], Any]) -> Any:
+  """Run a tf.io.gfile call on a gs:// path: the bucket is probed first, errors name the fix."""
+  probe_gcs(path)
+  try:
+    return fn()
+  except CheckpointError:
+    raise
+  except Exception as e:  # tf.errors.* and friends
+    if type(e).__name__ == "NotFoundError":
+      raise CheckpointError(f"{path} does not exist ({_one_line(e)})") from e
+    raise CheckpointError(f"cannot {op} {path}: {type(e).__name__}: {_one_line(e)}. {gcs_help(path)}") from e
+
+
 def exists(path: str) -> bool:
-  return _gfile().exists(path) if is_gcs(path) else os.path.exists(path)
+  if is_gcs(path):
+    return _gcs("look up", path, lambda: _gfile().exists(path))
+  return os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
-  return _gfile().isdir(path) if is_gcs(path) else os.path.isdir(path)
+  if is_gcs(path):
+    return _gcs("look up", path, lambda: _gfile().isdir(path))
+  return os.path.isdir(path)
 
 
 def listdir(path: str) -> List[str]:
   if is_gcs(path):
-    return [p.rstrip("/") for p in _gfile().listdir(path)]
+    return [p.rstrip("/") for p in _gcs("list", path, lambda: _gfile().listdir(path))]
   return os.listdir(path)
 
 
 def read_bytes(path: str) -> bytes:
   if is_gcs(path):
-    with _gfile().GFile(path, "rb") as f:
-      return f.read()
+    def _read():
+      with _gfile().GFile(path, "rb") as f:
+        return f.read()
+    return _gcs("read", path, _read)
   with open(path, "rb") as f:
     return f.read()
 
