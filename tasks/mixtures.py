@@ -3,6 +3,10 @@
 A task's rate is min(#train examples, cap) as in T5's multi-task training;
 the cap keeps the large datasets (QQP, MNLI, Yelp, DocNLI, SNLI) from
 swamping the small ones. C4 is left out of every mixture here.
+
+T5's WSC-simple tasks and DPR (tasks.super_glue) are in none of those (our
+WSC already is); spot_wsc_dpr_simple_mix mixes them as T5's
+wsc_dpr_simple_proportional does.
 """
 import functools
 
@@ -18,15 +22,18 @@ def rate(cap: int = DEFAULT_CAP):
   return functools.partial(seqio.mixing_rate_num_examples, maximum=cap)
 
 
+def _mixable(spec) -> bool:
+  return (spec.kind != "lm" and "train" in spec.split_names
+          and super_glue.WSC_SIMPLE_GROUP not in spec.groups)
+
+
 def _by_group(group: str):
-  return [n for n, s in reg.SPECS.items()
-          if group in s.groups and s.kind != "lm" and "train" in s.split_names]
+  return [n for n, s in reg.SPECS.items() if group in s.groups and _mixable(s)]
 
 
 def definitions():
   """Mixture name -> task names (computed from the registered specs)."""
-  everything = [n for n, s in reg.SPECS.items()
-                if s.kind != "lm" and "train" in s.split_names]
+  everything = [n for n, s in reg.SPECS.items() if _mixable(s)]
   glue_tasks = [glue.name(t) for t in glue.GLUE_MIXTURE_TASKS]
   sg_tasks = [super_glue.name(t) for t in super_glue.SUPER_GLUE_MIXTURE_TASKS]
   return {
@@ -45,7 +52,8 @@ def definitions():
 
 
 def register(cap: int = DEFAULT_CAP, name_suffix: str = ""):
-  """Registers the mixtures (over tasks named `<task><name_suffix>`)."""
+  """Registers the mixtures (over tasks named `<task><name_suffix>`); T5's
+  WSC/DPR mixture is `register_wsc_dpr(name_suffix)`."""
   names = []
   for name, members in definitions().items():
     reg.add_mixture(name.replace("_mix", name_suffix + "_mix") if name_suffix else name,
@@ -54,4 +62,25 @@ def register(cap: int = DEFAULT_CAP, name_suffix: str = ""):
   return names
 
 
+WSC_DPR_MIXTURE = "spot_wsc_dpr_simple_mix"
+
+
+def wsc_dpr_rates():
+  """T5's wsc_dpr_simple_proportional: DPR and WSC-simple train in proportion
+  to their training examples (fixed counts: the WSC task keeps only its True
+  examples, which the TFDS split size does not tell), and WSC-simple eval at
+  rate 0, so that evaluating the mixture evaluates WSC the T5 way."""
+  return [(super_glue.DPR_SIMPLE, float(super_glue.DPR_TRAIN_EXAMPLES)),
+          (super_glue.WSC_SIMPLE_TRAIN, float(super_glue.WSC_SIMPLE_TRAIN_EXAMPLES)),
+          (super_glue.WSC_SIMPLE_EVAL, 0.0)]
+
+
+def register_wsc_dpr(name_suffix: str = "") -> str:
+  """Registers spot_wsc_dpr_simple_mix (over tasks named `<task><name_suffix>`)."""
+  name = WSC_DPR_MIXTURE.replace("_mix", name_suffix + "_mix")
+  reg.add_mixture(name, [(t + name_suffix, r) for t, r in wsc_dpr_rates()], None)
+  return name
+
+
 MIXTURE_NAMES = register()
+register_wsc_dpr()

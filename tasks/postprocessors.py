@@ -73,3 +73,41 @@ def rank_classification(score, example=None, is_target: bool = False):
     idx = example["idx"]
     return (int(idx[0]), int(idx[1]), bool(example["is_correct"]))
   return score
+
+
+# Words T5's `wsc_simple` postprocessor ignores when it compares a predicted
+# referent with the candidate (besides case and surrounding whitespace).
+WSC_DETERMINERS = frozenset((
+    "a", "an", "each", "every", "few", "her", "his", "many", "much", "my", "our",
+    "some", "that", "the", "their", "these", "this", "those", "which", "whose",
+    "your"))
+
+
+def _wsc_referent_words(text) -> str:
+  words = _text(text).strip().lower().split(" ")
+  return " ".join(w for w in words if w not in WSC_DETERMINERS)
+
+
+def wsc_simple(text, example=None, is_target: bool = False) -> int:
+  """T5's WSC-simple check: did the model write the candidate referent?
+
+  A target is the example's label (1: the candidate, span1_text, is the
+  pronoun's referent; 0: it is not; -1 unlabelled). A prediction becomes 1
+  when it names the candidate, 0 when not, and -1 when nothing is left of
+  it, so `metrics.accuracy` scores "named the candidate" against the label.
+  As in T5, both texts are lower-cased, stripped and split on single spaces,
+  determiners (`WSC_DETERMINERS`) are dropped, and the prediction names the
+  candidate when one word set contains the other ("fuzzy bunny" vs "bunny"),
+  unless just one of the two has an apostrophe ("Bob" vs "Bob's hat"). The
+  candidate is read from the example's `targets_pretokenized`.
+  """
+  if is_target:
+    return int(example["label"])
+  predicted = _wsc_referent_words(text)
+  if not predicted:
+    return -1  # an empty answer must not pass for a 0 that matches a False label
+  candidate = _wsc_referent_words(example["targets_pretokenized"])
+  if ("'" in predicted) != ("'" in candidate):
+    return 0
+  p, c = set(predicted.split(" ")), set(candidate.split(" "))
+  return int(p <= c or c <= p)

@@ -86,9 +86,14 @@ def stsb(x):
           "idx": x["idx"], "label_float": tf.cast(x["label"], tf.float32)}
 
 
+def _regex_escape(text: tf.Tensor) -> tf.Tensor:
+  """text with RE2's special characters backslash-escaped (a literal pattern)."""
+  return tf.strings.regex_replace(text, r"([\\.^$|?*+()\[\]{}])", r"\\\1")
+
+
 def _mark_span(text, span_text, span_index, mark):
   """Surrounds the word(s) span_text at word position span_index by `mark`."""
-  span = tf.strings.regex_replace(span_text, r"([\\.^$|?*+()\[\]{}])", r"\\\1")
+  span = _regex_escape(span_text)
   pattern = tf.strings.join(
       ["^((?:\\S+\\s){", tf.strings.as_string(span_index), "})(", span, ")"])
   return tf.strings.regex_replace(text, pattern, r"\1" + mark + r" \2 " + mark)
@@ -105,6 +110,94 @@ def wsc(x):
   out = _classification(_join(["wsc text:", text]), x["label"], ["False", "True"])
   out["idx"] = x["idx"]
   return out
+
+
+def _pronoun_position(words: tf.Tensor, index: tf.Tensor, pronoun: tf.Tensor):
+  """Where T5's `wsc_simple` puts the pronoun: (word position, trailing marks).
+
+  The word at `index` normally is the pronoun (T5 asserts it). Where it is
+  not, T5 special-cases two texts of the data; we cover both with two rules:
+  the word is the pronoun with punctuation attached (`him,"` -> the mark
+  `X ,"`), or the pronoun is the next (else the previous) word. Anything
+  else keeps `index` (what T5's code gives without its check).
+  """
+  n = tf.size(words)
+  i = tf.clip_by_value(tf.cast(index, tf.int32), 0, n - 1)
+
+  def word(j):
+    inside = tf.logical_and(j >= 0, j < n)
+    return tf.where(inside, tf.gather(words, tf.clip_by_value(j, 0, n - 1)), "")
+
+  here = word(i)
+  plen = tf.strings.length(pronoun)
+  rest = tf.strings.substr(here, tf.minimum(plen, tf.strings.length(here)), -1)
+  attached = tf.logical_and(
+      tf.logical_and(plen > 0, tf.equal(tf.strings.substr(here, 0, plen), pronoun)),
+      tf.strings.regex_full_match(rest, r"[[:punct:]]+"))
+  position = tf.case([(tf.equal(here, pronoun), lambda: i),
+                      (attached, lambda: i),
+                      (tf.equal(word(i + 1), pronoun), lambda: i + 1),
+                      (tf.equal(word(i - 1), pronoun), lambda: i - 1)],
+                     default=lambda: i)
+  tail = tf.where(tf.logical_and(tf.not_equal(here, pronoun), attached), rest, "")
+  return position, tail
+
+
+def _wsc_simple_text(x) -> tf.Tensor:
+  """"wsc: <text with the pronoun starred>" as T5's `wsc_simple` writes it.
+
+  T5 blanks the pronoun to the word "X" (the words before and after it
+  joined around it by single spaces, so a pronoun ending the text leaves a
+  trailing space), then replaces every " X " by " *<span2_text>* " (another
+  stand-alone word X in the text would be starred too). We do the same.
+  """
+  words = tf.strings.split(x["text"], sep=" ")  # empty words kept, as T5
+  position, tail = _pronoun_position(words, x["span2_index"], x["span2_text"])
+  blank = tf.where(tf.equal(tail, ""), tf.constant("X"), tf.strings.join(["X ", tail]))
+  blanked = tf.strings.join([
+      tf.strings.reduce_join(words[:position], separator=" "), blank,
+      tf.strings.reduce_join(words[position + 1:], separator=" ")], separator=" ")
+  rewrite = tf.strings.regex_replace(x["span2_text"], r"\\", r"\\\\")
+  starred = tf.strings.regex_replace(blanked, " X ",
+                                     tf.strings.join([" *", rewrite, "* "]))
+  # A pronoun opening the text (T5 refuses those) leaves no leading space.
+  starred = tf.cond(tf.equal(position, 0),
+                    lambda: tf.strings.regex_replace(starred, "^ ", ""), lambda: starred)
+  return _join(["wsc:", starred])
+
+
+def wsc_simple(dataset: tf.data.Dataset, correct_referent_only: bool = False) -> tf.data.Dataset:
+  """T5's "simple" WSC (`super_glue_wsc_v102_simple_*`): generate the referent.
+
+  "wsc: Mark told Pete many lies about himself, which Pete included in
+  *his* book." -> span1_text ("Mark"), the candidate referent, whether or not
+  it is the right one; `label` (1 when it is) and `idx` come along for the
+  `postprocessors.wsc_simple` check. `correct_referent_only` (training) keeps
+  only the examples whose label is set (nonzero, as T5), so the model learns
+  to write the right referent.
+  """
+  if correct_referent_only:
+    dataset = dataset.filter(lambda x: tf.not_equal(x["label"], 0))
+
+  def convert(x):
+    return {"inputs": _wsc_simple_text(x), "targets": x["span1_text"],
+            "label": tf.cast(x["label"], tf.int32), "idx": x["idx"]}
+  return dataset.map(convert, num_parallel_calls=AUTOTUNE)
+
+
+@seqio.map_over_dataset
+def dpr_simple(x):
+  """T5's DPR format (`dpr_v001_simple`), WSC-simple style, for training.
+
+  "wsc: <sentence with the first ' <pronoun>' that a space, '.' or ','
+  follows starred>" -> the correct candidate's text. Case-sensitive, as T5;
+  a pronoun opening the sentence or followed by other marks stays unstarred.
+  `options` (the two candidates) and `label` serve the rank variant.
+  """
+  pattern = tf.strings.join([" (", _regex_escape(x["pronoun"]), ")([ .,])"])
+  sentence = tf.strings.regex_replace(x["sentence"], pattern, r" *\1*\2",
+                                      replace_global=False)
+  return _classification(_join(["wsc:", sentence]), x["label"], x["candidates"])
 
 
 def record(dataset: tf.data.Dataset) -> tf.data.Dataset:
