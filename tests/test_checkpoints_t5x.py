@@ -272,7 +272,8 @@ def test_step_directories_without_a_checkpoint_file(tmp_path):
                                             r"them: an incomplete copy"):
     read_params(str(tmp_path))
   (tmp_path / "checkpoint_100" / "_CHECKPOINT_METADATA").write_text("{}")
-  with pytest.raises(CheckpointError, match=r"looks like an Orbax checkpoint"):
+  # Orbax's step metadata without T5X's `state` item (read in tests/test_checkpoints_t5x_orbax.py).
+  with pytest.raises(CheckpointError, match=r"checkpoint_100 is an Orbax checkpoint step without its `state` item"):
     read_params(str(tmp_path / "checkpoint_100"))
 
 

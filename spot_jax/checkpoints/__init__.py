@@ -10,16 +10,17 @@ import os
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from spot_jax.checkpoints import hf, t5x
+from spot_jax.checkpoints import hf, t5x, t5x_orbax
 from spot_jax.checkpoints.hf import read_hf, write_hf
 from spot_jax.checkpoints.infer_config import (SHAPE_FIELDS, VARIANT_FIELDS, CheckpointError, cast_params,
                                                check_agreement, check_params, expected_shapes,
                                                infer_config)
 from spot_jax.checkpoints.t5x import absolute_spec, read_t5x, write_t5x
+from spot_jax.checkpoints.t5x_orbax import read_t5x_orbax
 from spot_jax.config import T5Config
 
-__all__ = ["CheckpointError", "read_params", "detect_format", "resolve_checkpoint_path", "read_t5x", "read_hf",
-           "write_t5x", "write_hf", "infer_config", "check_params", "expected_shapes", "absolute_spec"]
+__all__ = ["CheckpointError", "read_params", "detect_format", "resolve_checkpoint_path", "read_t5x", "read_t5x_orbax",
+           "read_hf", "write_t5x", "write_hf", "infer_config", "check_params", "expected_shapes", "absolute_spec"]
 
 
 # Files that name a checkpoint by its directory: a T5X `checkpoint` msgpack file, or a HF folder's files.
@@ -28,8 +29,12 @@ _FILES_OF_A_CHECKPOINT_DIR = ("checkpoint", "config.json", hf.WEIGHTS_FILE, hf.I
 
 def resolve_checkpoint_path(path: str) -> str:
   """The checkpoint directory behind `path`: `path` itself, or the directory of a file that belongs
-  to one (T5X's `checkpoint_<step>/checkpoint`, a HF folder's config.json or model.safetensors)."""
+  to one (T5X's `checkpoint_<step>/checkpoint`, a HF folder's config.json or model.safetensors), or
+  the `checkpoint_<step>` of an Orbax-written T5X checkpoint's `state` item directory."""
   path = str(path)
+  step_dir = t5x_orbax.step_dir_of_item(path)
+  if step_dir is not None:
+    return step_dir
   base = path.rstrip("/").rsplit("/", 1)[-1]
   if base in _FILES_OF_A_CHECKPOINT_DIR and t5x.exists(path) and not t5x.isdir(path):
     parent = path.rstrip("/").rsplit("/", 1)[0] if t5x.is_gcs(path) else os.path.dirname(os.path.abspath(path))
@@ -39,14 +44,23 @@ def resolve_checkpoint_path(path: str) -> str:
 
 
 def detect_format(path: str) -> str:
-  """'t5x' or 'hf' for a checkpoint path; raises CheckpointError saying what was found and the fix."""
+  """'t5x', 't5x_orbax' (T5X written with Orbax) or 'hf' for a checkpoint path; raises CheckpointError
+  saying what was found and the fix. In a model directory the newest step wins, whichever its format."""
   path = resolve_checkpoint_path(path)
   if not t5x.exists(path):
     raise CheckpointError(_missing_path(path))
   if hf.is_hf_dir(path):
     return "hf"
-  if t5x.find_checkpoint_dir(path) is not None:
+  native = t5x.find_checkpoint_dir(path)
+  if native == path:
     return "t5x"
+  if t5x_orbax.is_orbax_step_dir(path):
+    return "t5x_orbax"
+  orbax_steps = t5x_orbax.orbax_steps(path)
+  if native is not None and not (orbax_steps and orbax_steps[-1] > t5x.checkpoint_steps(path)[-1]):
+    return "t5x"
+  if orbax_steps:
+    return "t5x_orbax"
   raise CheckpointError(_not_a_checkpoint(path))
 
 
@@ -77,7 +91,7 @@ def _missing_path(path: str) -> str:
   stripped = path.rstrip("/")
   parent, _, base = stripped.rpartition("/")
   if re.fullmatch(r"checkpoint_\d+", base) and parent and t5x.isdir(parent):
-    steps = t5x.checkpoint_steps(parent)
+    steps = sorted(set(t5x.checkpoint_steps(parent)) | set(t5x_orbax.orbax_steps(parent)))
     found = f"its checkpoints are steps {steps}" if steps else "it holds no checkpoint_<step>/ directory"
     return f"{msg}; {parent} exists and {found}"
   if not t5x.is_gcs(path) and not os.path.isabs(path) and not path.startswith(".") and \
@@ -124,14 +138,16 @@ def _not_a_checkpoint(path: str) -> str:
     return (f"{path} is a Hugging Face hub cache entry, not a model folder: pass its snapshot folder {which}"
             + (f" (revisions: {', '.join(sorted(snaps))})" if len(snaps) > 1 else ""))
   if any(m in names for m in _ORBAX_MARKERS) or (t5x.isdir(t5x.join(path, "checkpoint"))):
-    return (f"{path} looks like an Orbax checkpoint ({found}), which spot_jax does not read: it reads T5X's "
-            "msgpack + TensorStore checkpoints (a `checkpoint` file in each checkpoint_<step>/) and Hugging Face "
-            "folders. Convert it to one of those first")
+    return (f"{path} looks like an Orbax checkpoint ({found}) but not one T5X wrote: spot_jax reads T5X's "
+            "msgpack + TensorStore checkpoints (a `checkpoint` file in each checkpoint_<step>/), T5X's Orbax "
+            f"checkpoints (checkpoint_<step>/{t5x_orbax.STATE_ITEM}/ holding the train state, parameters under "
+            "`target`) and Hugging Face folders. Pass the checkpoint_<step> directory of such a checkpoint, or "
+            "convert it to one of those first")
   steps = sorted(n for n in names if re.fullmatch(r"checkpoint_\d+", n))
   if steps:
     return (f"{path} has {', '.join(steps[:5])} but no `checkpoint` msgpack file in any of them: an incomplete "
-            "copy (copy it again, e.g. `gsutil -m cp -r`), or not a T5X msgpack + TensorStore checkpoint (an "
-            "Orbax one is not read)")
+            "copy (copy it again, e.g. `gsutil -m cp -r`): a T5X step holds a `checkpoint` msgpack file, or, "
+            f"written with Orbax, `_CHECKPOINT_METADATA` and a `{t5x_orbax.STATE_ITEM}/` item directory")
   if "config.json" in names:
     return (f"{path} has a config.json but no weights: neither {_T5X_DIR} nor {_HF_DIR}; it holds: {found}. "
             "Copy the weights beside config.json")
@@ -154,9 +170,9 @@ def read_params(path: str, config: Optional[T5Config] = None, dtype: Any = None,
   """
   path = resolve_checkpoint_path(path)
   fmt = detect_format(path)
-  if fmt == "t5x":
-    ckpt_dir, params = read_t5x(path)
-    source = f"T5X checkpoint {ckpt_dir}"
+  if fmt in ("t5x", "t5x_orbax"):
+    ckpt_dir, params = read_t5x(path) if fmt == "t5x" else read_t5x_orbax(path)
+    source = f"T5X checkpoint {ckpt_dir}" if fmt == "t5x" else f"T5X Orbax checkpoint {ckpt_dir}"
     found = infer_config(params, source, base=config)
   else:
     source = f"Hugging Face checkpoint {path}"

@@ -344,8 +344,9 @@ def read_t5x(path: str) -> Tuple[str, Dict[str, Any]]:
     elif isinstance(leaf, np.ndarray):
       inline[name] = leaf
     elif isinstance(leaf, str) and leaf.startswith("PLACEHOLDER://"):
-      raise CheckpointError(f"{source} is an Orbax-format T5X checkpoint (array {name!r} is a placeholder); "
-                            "only the TensorStore/msgpack T5X layout is supported")
+      raise CheckpointError(f"{source} belongs to an Orbax-format checkpoint (array {name!r} is a placeholder) "
+                            "that this reader of T5X's msgpack layout cannot follow; pass the checkpoint_<step> "
+                            "directory above its `state/` item (read with orbax), or re-save the checkpoint")
     # Other leaves (None, scalars) are not parameters.
   inline.update(_read_specs(specs, version))
   return ckpt_dir, unflatten(inline)
