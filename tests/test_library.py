@@ -268,3 +268,33 @@ def test_orphaned_backup_ignored_when_entry_exists(tmp_path):
   lib.add("rte", new, "t5_tiny", overwrite=True)
   assert lib.tasks() == ["rte"]
   np.testing.assert_array_equal(lib.get("rte").prompt, new)
+
+
+def test_rank_sources_takes_a_target_model_dirs_task_embedding_export(tmp_path):
+  # SPoT compares the target's early-checkpoint prompt (its task embedding) with the sources' task
+  # embeddings; a MODEL_DIR's best export is a different, fully trained prompt.
+  run = str(tmp_path / "cb_short")
+  early = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)  # mean (.5, .5)
+  pio.export_numpy_checkpoint(early, run, 10, name="task_embedding")
+  pio.export_numpy_checkpoint(-early, run, 100, name="best")
+  sources = {"same": early, "opposite": -early}
+  # cos((.5,.5), (.5,.5)) = 1; cos((.5,.5), (-.5,-.5)) = -1
+  assert rank_sources(run, sources) == [("same", pytest.approx(1.0)), ("opposite", pytest.approx(-1.0))]
+  # without a task_embedding export the best export stands in, with a warning
+  run2 = str(tmp_path / "no_emb")
+  pio.export_numpy_checkpoint(-early, run2, 100, name="best")
+  with pytest.warns(UserWarning, match="no task_embedding export"):
+    ranked = rank_sources(run2, sources)
+  assert [t for t, _ in ranked] == ["opposite", "same"]
+
+
+def test_nan_scores_sort_last_and_nan_source_prompts_are_refused():
+  # a NaN score compares false with everything: it used to land anywhere, depending on input order
+  for scores in ({"a": float("nan"), "b": 0.5, "c": 0.7}, {"c": 0.7, "a": float("nan"), "b": 0.5},
+                 {"b": 0.5, "c": 0.7, "a": float("nan")}):
+    ranked = lib_mod.sort_ranking(scores)
+    assert [t for t, _ in ranked] == ["c", "b", "a"]
+    assert np.isnan(ranked[-1][1])
+  bad = np.array([[1.0, np.nan], [0.0, 1.0]])
+  with pytest.raises(ValueError, match="source prompt 'bad'.*NaN"):
+    rank_sources(np.eye(2), {"ok": np.eye(2), "bad": bad})

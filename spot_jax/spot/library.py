@@ -324,10 +324,11 @@ def rank_sources(target_embedding, library, measure: str = sim.DEFAULT_MEASURE,
   """[(task, score)] of the library's sources, most similar to the target first.
 
   `library` is a PromptLibrary (its `kind` arrays are compared) or a {task: prompt} mapping.
-  `target_embedding` is an array or a path load_prompt reads. "on" needs `activations_fn`.
+  `target_embedding` is an array or a path load_prompt reads; a target MODEL_DIR gives its
+  task_embedding export (see `load_target_embedding`). "on" needs `activations_fn`.
   """
   if isinstance(target_embedding, (str, os.PathLike)):
-    target_embedding = prompt_io.load_prompt(str(target_embedding))
+    target_embedding = load_target_embedding(str(target_embedding))
   target = prompt_io.validate_prompt(target_embedding, "target embedding")
   if isinstance(library, PromptLibrary):
     d = library.d_model
@@ -335,8 +336,8 @@ def rank_sources(target_embedding, library, measure: str = sim.DEFAULT_MEASURE,
       raise ValueError(f"target embedding has d_model {target.shape[1]} (shape {target.shape}) but "
                        f"library {library.path} holds d_model {d} prompts of {library.model_id!r}")
     candidates = library.prompts(kind)
-  else:
-    candidates = dict(library)
+  else:  # a plain mapping is not checked on the way in: a NaN prompt would score NaN and sort anywhere
+    candidates = {k: prompt_io.validate_prompt(v, f"source prompt {k!r}") for k, v in library.items()}
   candidates = {k: v for k, v in candidates.items() if k not in set(exclude)}
   if not candidates:
     raise ValueError("no source prompts to rank (empty library, or all excluded)")
@@ -344,11 +345,27 @@ def rank_sources(target_embedding, library, measure: str = sim.DEFAULT_MEASURE,
   return sort_ranking(scores)
 
 
+def load_target_embedding(path: str) -> np.ndarray:
+  """The target's task embedding from a path: a MODEL_DIR's `task_embedding` export (SPoT's early
+  checkpoint, the same kind of prompt as the sources' task embeddings), else, with a warning, its
+  best/newest export; a prompt file or export directory is read as it is."""
+  try:
+    return prompt_io.load_prompt(path, "task_embedding")
+  except FileNotFoundError:
+    if not os.path.isdir(path):
+      raise
+    warnings.warn(f"{path} has no task_embedding export: its best/newest prompt stands for the target's "
+                  "task embedding, and prompts trained for different numbers of steps compare less well")
+    return prompt_io.load_prompt(path)
+
+
 def sort_ranking(scores: Mapping[str, float]) -> List[Tuple[str, float]]:
-  """[(source, score)] best first; equal scores in name order. Every source ranking (similarity
+  """[(source, score)] best first; equal scores in name order; NaN scores (a zero-shot metric such as a
+  correlation of constant predictions) last, in name order. Every source ranking (similarity
   measures, zero-shot metrics) is ordered here, and `ranking_ties` says where that name order, not
   the score, decided."""
-  return sorted(((k, float(v)) for k, v in scores.items()), key=lambda kv: (-kv[1], kv[0]))
+  items = [(k, float(v)) for k, v in scores.items()]
+  return sorted(items, key=lambda kv: (math.isnan(kv[1]), 0.0 if math.isnan(kv[1]) else -kv[1], kv[0]))
 
 
 def scores_tie(a: float, b: float) -> bool:
