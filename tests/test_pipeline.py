@@ -13,7 +13,7 @@ import seqio
 from spot_jax import prompt_io
 from spot_jax.config import size_config
 from spot_jax.model import init_params
-from spot_jax.spot import pipeline, pipeline_cli
+from spot_jax.spot import pipeline, pipeline_cli, run_record
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import PromptLibrary
 
@@ -314,7 +314,7 @@ def _train_records(run_dir):
 def test_task_embedding_run_refuses_another_base_init_or_target(frozen, tmp_path):
   out = str(tmp_path / "task_embedding")
   first = pipeline.task_embedding(frozen, TARGET, out, steps=2, run=RUN)
-  assert (tmp_path / "task_embedding" / pipeline.INIT_SHA256_FILE).exists()
+  assert (tmp_path / "task_embedding" / run_record.INIT_SHA256_FILE).exists()
   trained = _train_records(out)
   # The identical call reuses the finished run: same embedding, no step trained again.
   np.testing.assert_array_equal(pipeline.task_embedding(frozen, TARGET, out, steps=2, run=RUN), first)
@@ -333,7 +333,7 @@ def test_mixture_run_refuses_another_mixture_or_init(frozen, library, tmp_path):
   ranked = [("spot_bundled_topic", 0.8), ("spot_bundled_movie", 0.7), ("spot_bundled_number", 0.1)]
   first = pipeline.multitask_mixture(frozen, lib, ranked, TARGET, str(tmp_path), steps=2, top_k=2, run=RUN)
   run_dir = str(tmp_path / first.extra["mixture"])
-  assert os.path.exists(os.path.join(run_dir, pipeline.INIT_SHA256_FILE))
+  assert os.path.exists(os.path.join(run_dir, run_record.INIT_SHA256_FILE))
   trained = _train_records(run_dir)
   again = pipeline.multitask_mixture(frozen, lib, ranked, TARGET, str(tmp_path), steps=2, top_k=2, run=RUN)
   np.testing.assert_array_equal(again.prompt, first.prompt)  # the identical call reuses it
@@ -400,8 +400,8 @@ def test_runs_recorded_before_target_checks_are_resumed_with_a_warning(frozen, t
           str(out / "baseline"): pipeline.base_init(frozen, RUN, P)}
   trained = [_train_records(d) for d in runs]
   for run_dir, init in runs.items():  # what these runs recorded before: the sha256 of the init alone
-    with open(os.path.join(run_dir, pipeline.INIT_SHA256_FILE), "w") as f:
-      f.write(pipeline._init_sha256(init))
+    with open(os.path.join(run_dir, run_record.INIT_SHA256_FILE), "w") as f:
+      f.write(run_record.init_sha256(init))
   for target in (TARGET, SOURCES[0]):  # which target a legacy run trained on cannot be known
     caplog.clear()
     with caplog.at_level("WARNING", logger="spot_jax.spot"):
@@ -415,7 +415,7 @@ def test_runs_recorded_before_target_checks_are_resumed_with_a_warning(frozen, t
                  for m in warned) == 1, (run_dir, warned)
   assert [_train_records(d) for d in runs] == trained
   # Any other recorded hash is still an error that names the run.
-  with open(os.path.join(str(out / "baseline"), pipeline.INIT_SHA256_FILE), "w") as f:
+  with open(os.path.join(str(out / "baseline"), run_record.INIT_SHA256_FILE), "w") as f:
     f.write("0" * 64)
   with pytest.raises(ValueError, match="new MODEL_DIR") as e:
     pipeline.run_target(frozen, lib, TARGET, str(out), "best_of_top_k", **kw)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -30,6 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from spot_jax import fileio, prompt_io
+from spot_jax.spot import run_record
 from spot_jax.spot import similarity as sim
 from spot_jax.spot import zero_shot
 from spot_jax.spot.library import (PromptLibrary, RankingTies, rank_sources, ranking_ties, warn_ties,
@@ -41,10 +40,6 @@ log = logging.getLogger("spot_jax.spot")
 
 STRATEGIES = ("best_of_top_k", "weighted_average", "multitask_mixture")
 RANK_BY = ("similarity", "zero_shot")
-# Beside a run's checkpoints: the sha256 of the init it was started from and of the task (or mixture)
-# it trains on. Transfer, baseline and selection runs written before their target was recorded hold
-# the sha256 of the init alone: accepted with a warning (`check_run_init(legacy_init_only=True)`).
-INIT_SHA256_FILE = "init_prompt.sha256"
 
 
 
@@ -87,66 +82,16 @@ def _train(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt
   return train_lib.train(**kwargs)
 
 
-def _has_checkpoints(model_dir: str) -> bool:
-  """Whether a training MODEL_DIR holds a checkpoint (the trainer would resume it)."""
-  ckpt_dir = fileio.join(model_dir, "checkpoints")
-  return fileio.isdir(ckpt_dir) and any(n.rstrip("/").isdigit() for n in fileio.listdir(ckpt_dir))
-
-
-def _init_sha256(prompt, identity: Optional[Mapping[str, Any]] = None) -> str:
-  """sha256 of an init array, and of `identity` (what else defines the run, e.g. a mixture's tasks and
-  rate) when given; without it the hash is that of the array alone, as runs recorded it before."""
-  arr = np.ascontiguousarray(np.asarray(prompt, np.float32))
-  h = hashlib.sha256(repr(arr.shape).encode() + arr.tobytes())
-  if identity:
-    h.update(json.dumps(identity, sort_keys=True, default=str).encode())
-  return h.hexdigest()
-
-
-def check_run_init(model_dir: str, prompt, what: str, identity: Optional[Mapping[str, Any]] = None,
-                   legacy_init_only: bool = False) -> None:
-  """Refuses to resume a run in `model_dir` that was started from another init than `prompt` (or
-  with another `identity`: the task or mixture it trains on).
-
-  A run records the sha256 of its init in INIT_SHA256_FILE; the trainer resumes any checkpoint it
-  finds, so rerunning a pipeline with another strategy/library/top-k/mixture/target into the same
-  out_dir would otherwise "continue" (or just return) the old run under the new name.
-  `legacy_init_only`: a recorded sha256 of `prompt` alone (as transfer, baseline and selection runs
-  recorded it before their target was) is accepted with a warning that the target cannot be checked.
-  """
-  path = fileio.join(model_dir, INIT_SHA256_FILE)
-  if not _has_checkpoints(model_dir):
-    return
-  if not fileio.exists(path):
-    log.warning("%s has checkpoints but no %s: cannot check that it was started from %s; resuming it",
-                model_dir, INIT_SHA256_FILE, what)
-    return
-  with fileio.open_file(path, "r") as f:
-    recorded = f.read().strip()
-  if recorded == _init_sha256(prompt, identity):
-    return
-  if legacy_init_only and identity and recorded == _init_sha256(prompt):
-    log.warning("%s predates target checking (its %s records the init only): it was started from %s, "
-                "but that it trained on %s cannot be verified; resuming it. If it may be a run of "
-                "another target, delete %s to retrain it", model_dir, INIT_SHA256_FILE, what,
-                identity.get("task", "this task"), model_dir)
-    return
-  raise ValueError(
-      f"{model_dir} holds a run started from another init than {what} (a previous pipeline run with "
-      f"other settings: strategy, library, top-k, mixture, target or prompt settings). It would be "
-      f"resumed, not retrained: use a new MODEL_DIR, or delete {model_dir} to retrain it")
-
-
 def _train_from(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt, what: str,
                 identity: Optional[Mapping[str, Any]] = None, legacy_init_only: bool = False,
                 checked: bool = False, **kwargs) -> np.ndarray:
   """`_train` from a fixed init array, recording its sha256 (with `identity`) so a later resume can be
   checked (`checked`: the caller already ran check_run_init with these arguments)."""
   if not checked:
-    check_run_init(model_dir, prompt, what, identity, legacy_init_only)
-  if not _has_checkpoints(model_dir):
-    fileio.atomic_write_bytes(fileio.join(model_dir, INIT_SHA256_FILE),
-                              _init_sha256(prompt, identity).encode())
+    run_record.check_run_init(model_dir, prompt, what, identity, legacy_init_only)
+  if not run_record.has_checkpoints(model_dir):
+    fileio.atomic_write_bytes(fileio.join(model_dir, run_record.INIT_SHA256_FILE),
+                              run_record.init_sha256(prompt, identity).encode())
   return _train(frozen, run, model_dir, task, steps, prompt_init=from_array(prompt, what),
                 prompt_length=prompt.shape[0], **kwargs)
 
@@ -225,7 +170,7 @@ def train_source_prompts(frozen, tasks: Sequence[str], library_dir: str, out_dir
 def task_embedding(frozen, target: str, out_dir: str, steps: int, run: RunConfig = RunConfig()) -> np.ndarray:
   """A short run on the target from the base init; its prompt after `steps` is the task embedding.
 
-  Like every pipeline run it records its init (and target) in INIT_SHA256_FILE: rerunning into the
+  Like every pipeline run it records its init and target (`run_record`): rerunning into the
   same `out_dir` with another base init or target is an error, not a silent reuse."""
   prompt = _train_from(frozen, run, out_dir, target, steps, base_init(frozen, run, run.prompt_length),
                        "the base init", identity={"run": "task_embedding", "task": target},
@@ -325,7 +270,8 @@ def best_of_top_k(frozen, library, ranked: Sequence[Tuple[str, float]], target: 
   for task, score in chosen:
     src = lib.get(task).prompt
     prompt = _train_from(frozen, run, os.path.join(out_dir, f"from_{_safe(task)}"), target, steps, src,
-                         f"library source {task} on {target}", **_target_identity("selection", target))
+                         f"library source {task} on {target}",
+                         **run_record.target_identity("selection", target))
     metrics = evaluate_prompt(frozen, target, prompt, run)
     value = score_of(metrics, run.metric)
     sources.append({"task": task, "score": float(score), "metrics": metrics, "selection_score": value})
@@ -362,7 +308,8 @@ def multitask_mixture(frozen, library, ranked: Sequence[Tuple[str, float]], targ
   name = register_mixture(mixture_name or f"spot_transfer_{_safe(target)}_top{len(names)}", names, rate)
   # The run is defined by its init and its mixture (a set of tasks, each at `rate`): another top-k set
   # or rate in the same out_dir is refused (the name spot_transfer_<target>_top<k> says neither).
-  identity = {"run": "multitask_mixture", "mixture": name, "tasks": sorted(names), "rate": _rate_id(rate)}
+  identity = {"run": "multitask_mixture", "mixture": name, "tasks": sorted(names),
+              "rate": run_record.rate_id(rate)}
   prompt = _train_from(frozen, run, os.path.join(out_dir, _safe(name)), name, steps,
                        base_init(frozen, run, prompt_length),
                        f"the base init on mixture {name} of {', '.join(names)}", identity=identity)
@@ -370,23 +317,6 @@ def multitask_mixture(frozen, library, ranked: Sequence[Tuple[str, float]], targ
   return TransferInit("multitask_mixture", prompt, desc,
                       [{"task": t, "score": float(s)} for t, s in chosen],
                       {"mixture": name, "mixture_steps": steps})
-
-
-def _target_identity(run_name: str, target: str) -> dict:
-  """`_train_from`/`check_run_init` arguments of a run from a fixed init on `target` (transfer,
-  baseline, best-of-top-k selection): the target enters its identity, so a rerun with another target
-  and the same init is refused; a hash of the init alone (recorded before that) is accepted with a
-  warning."""
-  return {"identity": {"run": run_name, "task": target}, "legacy_init_only": True}
-
-
-def _rate_id(rate: Any) -> Any:
-  """A mixture rate as it enters a run's identity: a number, or a rate function's qualified name."""
-  if isinstance(rate, (int, float, np.integer, np.floating)) and not isinstance(rate, bool):
-    return float(rate)
-  if callable(rate):
-    return f"{getattr(rate, '__module__', '?')}.{getattr(rate, '__qualname__', repr(rate))}"
-  return repr(rate)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -493,12 +423,12 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
                              mixture_steps or steps, top_k, run)
   plen = init.prompt.shape[0]
   # Checked before anything is written: a finished run of other settings would be "resumed" (0 steps).
-  transfer_what, transfer_id = f"the {strategy} init on {target}", _target_identity("transfer", target)
-  check_run_init(os.path.join(out_dir, "transfer"), init.prompt, transfer_what, **transfer_id)
+  transfer_what, transfer_id = f"the {strategy} init on {target}", run_record.target_identity("transfer", target)
+  run_record.check_run_init(os.path.join(out_dir, "transfer"), init.prompt, transfer_what, **transfer_id)
   base = base_init(frozen, run, plen) if baseline else None
-  baseline_what, baseline_id = f"the base init on {target}", _target_identity("baseline", target)
+  baseline_what, baseline_id = f"the base init on {target}", run_record.target_identity("baseline", target)
   if baseline:
-    check_run_init(os.path.join(out_dir, "baseline"), base, baseline_what, **baseline_id)
+    run_record.check_run_init(os.path.join(out_dir, "baseline"), base, baseline_what, **baseline_id)
   prompt_io.save_npy(init.prompt, os.path.join(out_dir, "init.npy"))
 
   transfer = _train_from(frozen, run, os.path.join(out_dir, "transfer"), target, steps, init.prompt,

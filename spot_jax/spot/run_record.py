@@ -1,0 +1,91 @@
+"""What a pipeline run records beside its checkpoints, so that a rerun can tell it is the same run.
+
+The trainer resumes any checkpoint it finds in a MODEL_DIR. Rerunning `spot-jax spot` into the same
+out_dir with another strategy, library, top-k, mixture or target would then "continue" (or just
+return) an old run under the new name. Each run therefore records the sha256 of its init, and of what
+else defines it, in INIT_SHA256_FILE, and `check_run_init` refuses a mismatch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from spot_jax import fileio
+
+log = logging.getLogger("spot_jax.spot")
+
+# Beside a run's checkpoints: the sha256 of the init it was started from and of the task (or mixture)
+# it trains on. Transfer, baseline and selection runs written before their target was recorded hold
+# the sha256 of the init alone: accepted with a warning (`check_run_init(legacy_init_only=True)`).
+INIT_SHA256_FILE = "init_prompt.sha256"
+
+
+def has_checkpoints(model_dir: str) -> bool:
+  """Whether a training MODEL_DIR holds a checkpoint (the trainer would resume it)."""
+  ckpt_dir = fileio.join(model_dir, "checkpoints")
+  return fileio.isdir(ckpt_dir) and any(n.rstrip("/").isdigit() for n in fileio.listdir(ckpt_dir))
+
+
+def init_sha256(prompt, identity: Optional[Mapping[str, Any]] = None) -> str:
+  """sha256 of an init array, and of `identity` (what else defines the run, e.g. a mixture's tasks and
+  rate) when given; without it the hash is that of the array alone, as runs recorded it before."""
+  arr = np.ascontiguousarray(np.asarray(prompt, np.float32))
+  h = hashlib.sha256(repr(arr.shape).encode() + arr.tobytes())
+  if identity:
+    h.update(json.dumps(identity, sort_keys=True, default=str).encode())
+  return h.hexdigest()
+
+
+def check_run_init(model_dir: str, prompt, what: str, identity: Optional[Mapping[str, Any]] = None,
+                   legacy_init_only: bool = False) -> None:
+  """Refuses to resume a run in `model_dir` that was started from another init than `prompt` (or
+  with another `identity`: the task or mixture it trains on).
+
+  A run records the sha256 of its init in INIT_SHA256_FILE; the trainer resumes any checkpoint it
+  finds, so rerunning a pipeline with another strategy/library/top-k/mixture/target into the same
+  out_dir would otherwise "continue" (or just return) the old run under the new name.
+  `legacy_init_only`: a recorded sha256 of `prompt` alone (as transfer, baseline and selection runs
+  recorded it before their target was) is accepted with a warning that the target cannot be checked.
+  """
+  path = fileio.join(model_dir, INIT_SHA256_FILE)
+  if not has_checkpoints(model_dir):
+    return
+  if not fileio.exists(path):
+    log.warning("%s has checkpoints but no %s: cannot check that it was started from %s; resuming it",
+                model_dir, INIT_SHA256_FILE, what)
+    return
+  with fileio.open_file(path, "r") as f:
+    recorded = f.read().strip()
+  if recorded == init_sha256(prompt, identity):
+    return
+  if legacy_init_only and identity and recorded == init_sha256(prompt):
+    log.warning("%s predates target checking (its %s records the init only): it was started from %s, "
+                "but that it trained on %s cannot be verified; resuming it. If it may be a run of "
+                "another target, delete %s to retrain it", model_dir, INIT_SHA256_FILE, what,
+                identity.get("task", "this task"), model_dir)
+    return
+  raise ValueError(
+      f"{model_dir} holds a run started from another init than {what} (a previous pipeline run with "
+      f"other settings: strategy, library, top-k, mixture, target or prompt settings). It would be "
+      f"resumed, not retrained: use a new MODEL_DIR, or delete {model_dir} to retrain it")
+
+
+def target_identity(run_name: str, target: str) -> dict:
+  """`pipeline._train_from` / `check_run_init` arguments of a run from a fixed init on `target` (transfer,
+  baseline, best-of-top-k selection): the target enters its identity, so a rerun with another target
+  and the same init is refused; a hash of the init alone (recorded before that) is accepted with a
+  warning."""
+  return {"identity": {"run": run_name, "task": target}, "legacy_init_only": True}
+
+
+def rate_id(rate: Any) -> Any:
+  """A mixture rate as it enters a run's identity: a number, or a rate function's qualified name."""
+  if isinstance(rate, (int, float, np.integer, np.floating)) and not isinstance(rate, bool):
+    return float(rate)
+  if callable(rate):
+    return f"{getattr(rate, '__module__', '?')}.{getattr(rate, '__qualname__', repr(rate))}"
+  return repr(rate)
