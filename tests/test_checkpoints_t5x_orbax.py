@@ -18,6 +18,7 @@ ocp = pytest.importorskip("orbax.checkpoint")
 from spot_jax.checkpoints import CheckpointError, detect_format, read_params, read_t5x_orbax, write_t5x  # noqa: E402
 from spot_jax.checkpoints.infer_config import expected_shapes, flatten, unflatten  # noqa: E402
 from spot_jax.config import T5Config  # noqa: E402
+from test_checkpoints_t5x import _assert_same  # noqa: E402  (the same equality, stored dtype included)
 
 TINY = T5Config(vocab_size=16, d_model=8, num_heads=2, head_dim=4, d_ff=12, num_encoder_layers=2,
                 num_decoder_layers=1, relative_attention_num_buckets=4)
@@ -50,14 +51,6 @@ def write_t5x_orbax(params, model_dir, step, use_ocdbt=False):
     mgr.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state_dict)))
     mgr.wait_until_finished()
   return os.path.join(str(model_dir), f"checkpoint_{step}")
-
-
-def _assert_same(a, b):
-  fa, fb = flatten(a), flatten(b)
-  assert sorted(fa) == sorted(fb)
-  for k in fa:
-    assert fa[k].dtype == fb[k].dtype, k
-    np.testing.assert_array_equal(np.asarray(fa[k], np.float32), np.asarray(fb[k], np.float32), err_msg=k)
 
 
 @pytest.mark.parametrize("use_ocdbt", [False, True])
