@@ -330,20 +330,15 @@ def predict_task(task_name: str, config: T5Config, params, prompt,
 
 def is_rank_task(task, split: Optional[str] = None) -> bool:
   """Whether `task` is a rank-classification evaluation task (`X_rank`): one row per option of an
-  example, scored rather than decoded. Its option-expanding preprocessor carries the "eval" mark
-  (`tasks.rank_classification.rank_mode`, as training's refusal reads it). An unmarked task counts
-  when its metrics take scores only and (with `split`) its rows have `idx` [example, option] and
-  `is_correct` (`is_rank_dataset`)."""
+  example, scored rather than decoded (`tasks.rank_classification.is_rank_eval`). An unmarked
+  task is judged by its `split` rows (`idx` [example, option] and `is_correct`, `is_rank_dataset`);
+  without a split, only a marked one counts."""
   from tasks import rank_classification as rank_lib  # pylint: disable=g-import-not-at-top
-  mode = rank_lib.rank_mode(task)
-  if mode is not None:
-    return mode == "eval"
-  if not getattr(task, "score_metric_fns", None) or getattr(task, "predict_metric_fns", None):
-    return False
-  if split is None:
-    return False
-  return is_rank_dataset(task.get_dataset(None, split=split, shuffle=False, num_epochs=1, use_cached=False,
-                                          try_in_mem_cache=False))
+  if rank_lib.rank_mode(task) is not None or split is None or not rank_lib.scores_only(task):
+    return rank_lib.is_rank_eval(task)
+  ds = task.get_dataset(None, split=split, shuffle=False, num_epochs=1, use_cached=False,
+                        try_in_mem_cache=False)
+  return rank_lib.is_rank_eval(task, ds.element_spec) and is_rank_dataset(ds)
 
 
 def _option_rows(task, examples) -> List[Dict[str, Any]]:

@@ -115,14 +115,6 @@ def check_trainable(task):
       raise _rank_training_error(task, leaf)
 
 
-def _looks_like_rank_eval(task, element_spec) -> bool:
-  """An unmarked task built like one (an `is_correct` feature, only score metrics)."""
-  from tasks import rank_classification as rank_lib
-  if "is_correct" not in element_spec or rank_lib.rank_mode(task) == "train":
-    return False
-  return bool(getattr(task, "score_metric_fns", None)) and not getattr(task, "predict_metric_fns", None)
-
-
 def load_vocabularies(task):
   """Reads the SentencePiece models of a task's features now, with an error that names the path."""
   from tasks import vocab as vocab_lib
@@ -181,7 +173,8 @@ def get_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
       raise
     raise DataNotPreparedError(f"{task.name}: TFDS data for split {split!r} is not prepared ({e}); "
                                "set --tfds_data_dir=DIR or TFDS_DATA_DIR to prepared data") from e
-  if split == "train" and _looks_like_rank_eval(task, ds.element_spec):
+  from tasks import rank_classification as rank_lib
+  if split == "train" and rank_lib.is_rank_eval(task, ds.element_spec):
     raise _rank_training_error(task, task)
   ds = seqio.EncDecFeatureConverter(pack=False)(ds, dict(task_feature_lengths))
   ds = ds.map(lambda ex: {k: ex[k] for k in FEATURES}, num_parallel_calls=tf.data.AUTOTUNE)

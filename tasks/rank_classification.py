@@ -79,6 +79,22 @@ def rank_mode(task) -> Optional[str]:
   return modes[-1] if modes else None
 
 
+def scores_only(task) -> bool:
+  """Whether `task`'s metrics all take scores (it has some, and none takes decoded text)."""
+  return bool(getattr(task, "score_metric_fns", None)) and not getattr(task, "predict_metric_fns", None)
+
+
+def is_rank_eval(task, features=None) -> bool:
+  """Whether `task` is a rank-classification evaluation task: one row per option, scored rather
+  than decoded or trained on. Its option-expanding preprocessor's mark (`rank_mode`) decides; an
+  unmarked task counts when its metrics take scores only and `features` (its dataset's element
+  spec; unknown when None) carries `is_correct`. Training's refusal and `infer` both ask this."""
+  mode = rank_mode(task)
+  if mode is not None:
+    return mode == "eval"
+  return scores_only(task) and features is not None and "is_correct" in features
+
+
 def rank_name(task_name: str) -> str:
   return task_name + "_rank"
 

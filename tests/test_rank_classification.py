@@ -74,3 +74,23 @@ def test_registered_variant_end_to_end():
   assert sum(bool(r["is_correct"]) for r in rows) == 1  # mock labels are valid
   assert [tuple(r["idx"]) for r in rows] == [(0, 0), (0, 1), (0, 2)]
   np.testing.assert_array_equal(rows[0]["inputs"], rows[2]["inputs"])
+
+
+def test_is_rank_eval_reads_the_mark_then_the_metrics_and_rows():
+  import functools
+  from types import SimpleNamespace
+  score = [lambda targets, scores: {}]
+  eval_step = functools.partial(rank_classification.rank_classification, mode="eval")
+  train_step = functools.partial(rank_classification.rank_classification, mode="train")
+  rows = {"idx": None, "is_correct": None}
+  task = lambda steps, scored, predicted: SimpleNamespace(
+      preprocessors=steps, score_metric_fns=scored, predict_metric_fns=predicted)
+  # The mark decides, whatever the metrics and rows say.
+  assert rank_classification.is_rank_eval(task([eval_step], [], [len]))
+  assert not rank_classification.is_rank_eval(task([train_step], score, []), rows)
+  # Unmarked: score-only metrics and `is_correct` rows, both needed.
+  assert rank_classification.is_rank_eval(task([], score, []), rows)
+  assert not rank_classification.is_rank_eval(task([], score, []))  # rows unknown
+  assert not rank_classification.is_rank_eval(task([], score, []), {"idx": None})
+  assert not rank_classification.is_rank_eval(task([], score, [len]), rows)
+  assert not rank_classification.is_rank_eval(task([], [], []), rows)
