@@ -298,3 +298,31 @@ def test_nan_scores_sort_last_and_nan_source_prompts_are_refused():
   bad = np.array([[1.0, np.nan], [0.0, 1.0]])
   with pytest.raises(ValueError, match="source prompt 'bad'.*NaN"):
     rank_sources(np.eye(2), {"ok": np.eye(2), "bad": bad})
+
+
+def test_task_embedding_steps_are_recorded_and_a_target_at_another_step_is_warned(tmp_path):
+  import warnings
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  for task, step in (("rte", 50), ("mnli", 200)):
+    run = str(tmp_path / task)
+    pio.export_numpy_checkpoint(_prompt(seed=step), run, step, name="task_embedding")
+    pio.export_numpy_checkpoint(_prompt(seed=step + 1), run, 1000)
+    assert lib.add(task, run, "t5_tiny")["task_embedding_step"] == step  # read from the export
+  # An array gives no step unless told one; a prompt file without an export neither.
+  assert lib.add("boolq", _prompt(seed=7), None, task_embedding=_prompt(seed=8))["task_embedding_step"] is None
+  assert lib.add("cb", _prompt(seed=9), None, task_embedding=_prompt(seed=10),
+                 task_embedding_step=50)["task_embedding_step"] == 50
+  target = str(tmp_path / "target")
+  pio.export_numpy_checkpoint(_prompt(seed=11), target, 50, name="task_embedding")
+  assert lib_mod.target_embedding_step(target) == 50
+  with pytest.warns(UserWarning, match=r"from step 50.*mnli \(step 200\)") as caught:
+    ranked = rank_sources(target, lib)
+  assert len(ranked) == 4
+  assert not any(t in str(caught[0].message) for t in ("rte", "boolq", "cb"))  # same step, or unknown
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    rank_sources(target, lib, exclude=["mnli"])  # every known step matches: no warning
+    rank_sources(_prompt(seed=11), lib)  # an array target: its step is unknown
+    rank_sources(target, lib, kind="prompt")  # final prompts are not task embeddings
+  with pytest.warns(UserWarning, match="from step 200"):
+    assert lib_mod.warn_embedding_steps(lib, 200, lib.tasks()) == {"rte": 50, "cb": 50}

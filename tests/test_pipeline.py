@@ -70,6 +70,7 @@ def test_sources_enter_the_library_with_embedding_export_and_metrics(library):
         prompt_io.checkpoint_export_dir(run_dir, SOURCE_STEPS)))
     emb = prompt_io.load_prompt(prompt_io.task_embedding_export_dir(run_dir))
     assert prompt_io.read_export_info(prompt_io.task_embedding_export_dir(run_dir))["step"] == 1
+    assert rec["task_embedding_step"] == 1  # recorded, so retrieval can compare it with the target's
     np.testing.assert_array_equal(entry.task_embedding, emb)
     assert np.abs(entry.prompt - emb).max() > 1e-4  # the early prompt is not the final one
 

@@ -43,7 +43,7 @@ def test_add_and_list(sources, capsys):
   tmp_path, _, _ = sources
   lib = _build(tmp_path)
   out = capsys.readouterr().out
-  assert "added rte: prompt [4, 16], task embedding [4, 16], steps 100" in out
+  assert "added rte: prompt [4, 16], task embedding [4, 16] from step 10, steps 100" in out
   assert cli.main(["list", "--library", lib]) == 0
   out = capsys.readouterr().out
   assert "3 task(s), model tiny, d_model 16" in out
@@ -161,10 +161,14 @@ def test_target_can_be_a_model_dir(sources, capsys):
   short = str(tmp_path / "target_run")
   pio.export_numpy_checkpoint(emb["boolq"] + 0.01, short, 5)  # no task_embedding export: newest used
   capsys.readouterr()
-  assert cli.main(["retrieve", "--library", lib, "--target", short, "--json"]) == 0
+  with pytest.warns(UserWarning) as caught:
+    assert cli.main(["retrieve", "--library", lib, "--target", short, "--json"]) == 0
+  said = " | ".join(str(w.message) for w in caught)
+  assert "no task_embedding export" in said and "from step 5, " in said  # the newest export's step
   assert json.loads(capsys.readouterr().out)[0]["task"] == "boolq"
   pio.export_numpy_checkpoint(emb["rte"], short, 2, name="task_embedding")  # preferred when present
-  assert cli.main(["retrieve", "--library", lib, "--target", short, "--json"]) == 0
+  with pytest.warns(UserWarning, match=r"from step 2, .*rte \(step 10\)"):  # the library's is from 10
+    assert cli.main(["retrieve", "--library", lib, "--target", short, "--json"]) == 0
   assert json.loads(capsys.readouterr().out)[0]["task"] == "rte"
 
 

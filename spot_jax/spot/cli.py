@@ -55,6 +55,9 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--task-embedding", default=None,
                  help="early-checkpoint prompt used as the task embedding (default: the MODEL_DIR's "
                  "task_embedding export, if any)")
+  p.add_argument("--task-embedding-step", type=int, default=None,
+                 help="training step of the task embedding (default: from its export; retrieval warns "
+                 "when the target's differs)")
   p.add_argument("--which", default="auto", choices=["auto", "best", "latest"],
                  help="which MODEL_DIR export to add (auto: best if present, else newest)")
   p.add_argument("--steps", type=int, default=None, help="training steps (default: from the export)")
@@ -185,8 +188,9 @@ def _cmd_add(args) -> int:
   lib = PromptLibrary(args.library)
   rec = lib.add(args.task, args.source, args.model_id, task_embedding=args.task_embedding,
                 steps=args.steps, metrics=_load_metrics(args.metrics), overwrite=args.overwrite,
-                which=args.which)
-  emb = f", task embedding [{rec['task_embedding_length']}, {rec['d_model']}]" \
+                which=args.which, task_embedding_step=args.task_embedding_step)
+  at = f" from step {rec['task_embedding_step']}" if rec.get("task_embedding_step") is not None else ""
+  emb = f", task embedding [{rec['task_embedding_length']}, {rec['d_model']}]{at}" \
       if rec["has_task_embedding"] else ", no task embedding"
   print(f"added {rec['task']}: prompt [{rec['prompt_length']}, {rec['d_model']}]{emb}, "
         f"steps {rec['steps']}, model {rec['model_id']} -> {os.path.join(args.library, args.task)}")
@@ -250,13 +254,8 @@ def _cmd_similarity(args) -> int:
 def _rank(args):
   lib = PromptLibrary(args.library)
   act = _activations(args, [args.measure])
-  try:  # a target MODEL_DIR: its task-embedding export, else its best/newest export
-    target = prompt_io.load_prompt(args.target, "task_embedding")
-  except FileNotFoundError:
-    if not os.path.isdir(args.target):
-      raise
-    target = prompt_io.load_prompt(args.target)
-  return lib, rank_sources(target, lib, args.measure, exclude=args.exclude, kind=args.kind,
+  # A target MODEL_DIR gives its task-embedding export (else its best/newest), and that export's step.
+  return lib, rank_sources(args.target, lib, args.measure, exclude=args.exclude, kind=args.kind,
                            activations_fn=act, window=args.window)
 
 

@@ -165,12 +165,13 @@ class PromptLibrary:
   # -- writing -------------------------------------------------------------------------------------
   def add(self, task: str, prompt_or_path: Any, model_id: Optional[str], task_embedding: Any = None,
           steps: Optional[int] = None, metrics: Optional[dict] = None, overwrite: bool = False,
-          which: str = "auto") -> dict:
+          which: str = "auto", task_embedding_step: Optional[int] = None) -> dict:
     """Adds (or with `overwrite`, replaces) the entry of `task`; returns its record.
 
     `prompt_or_path` is an array or any path `prompt_io.load_prompt` reads. A training MODEL_DIR also
     brings its task-embedding export, its step and its validation metrics (from the best export) unless
-    given here. `model_id` names the frozen model (e.g. "t5_1_1_lm100k_base"); None means the
+    given here. The task embedding's training step (read from its export, or `task_embedding_step`)
+    is recorded, so that retrieval can tell when the target's was taken at another step. `model_id` names the frozen model (e.g. "t5_1_1_lm100k_base"); None means the
     library's. `which` picks a MODEL_DIR export ("auto" = best, else newest).
     """
     _check_task_name(task)
@@ -204,7 +205,9 @@ class PromptLibrary:
     if task_embedding is not None:
       if isinstance(task_embedding, (str, os.PathLike)):
         emb_source = str(task_embedding)
-        task_embedding = prompt_io.load_prompt(emb_source, "task_embedding")
+        task_embedding, emb_src = prompt_io.load_prompt_with_source(emb_source, "task_embedding")
+        if task_embedding_step is None:
+          task_embedding_step = emb_src.step
       else:
         task_embedding = prompt_io.validate_prompt(task_embedding, f"task embedding for {task!r}")
       if task_embedding.shape[1] != prompt.shape[1]:
@@ -239,6 +242,8 @@ class PromptLibrary:
         "task_embedding_source": emb_source,
         "has_task_embedding": task_embedding is not None,
         "task_embedding_length": None if task_embedding is None else int(task_embedding.shape[0]),
+        "task_embedding_step": (None if task_embedding is None or task_embedding_step is None
+                                else int(task_embedding_step)),
         "created": time.time(),
         "format_version": FORMAT_VERSION,
     }
@@ -320,14 +325,19 @@ class PromptLibrary:
 
 def rank_sources(target_embedding, library, measure: str = sim.DEFAULT_MEASURE,
                  exclude: Sequence[str] = (), kind: str = "task_embedding",
-                 activations_fn=None, window: Optional[int] = 3) -> list:
+                 activations_fn=None, window: Optional[int] = 3,
+                 target_step: Optional[int] = None) -> list:
   """[(task, score)] of the library's sources, most similar to the target first.
 
   `library` is a PromptLibrary (its `kind` arrays are compared) or a {task: prompt} mapping.
   `target_embedding` is an array or a path load_prompt reads; a target MODEL_DIR gives its
   task_embedding export (see `load_target_embedding`). "on" needs `activations_fn`.
+  `target_step` (read from the export when `target_embedding` is a path) is the target's
+  task-embedding step; sources recorded at another step are named in a warning.
   """
   if isinstance(target_embedding, (str, os.PathLike)):
+    if target_step is None:
+      target_step = target_embedding_step(str(target_embedding))
     target_embedding = load_target_embedding(str(target_embedding))
   target = prompt_io.validate_prompt(target_embedding, "target embedding")
   if isinstance(library, PromptLibrary):
@@ -341,6 +351,8 @@ def rank_sources(target_embedding, library, measure: str = sim.DEFAULT_MEASURE,
   candidates = {k: v for k, v in candidates.items() if k not in set(exclude)}
   if not candidates:
     raise ValueError("no source prompts to rank (empty library, or all excluded)")
+  if isinstance(library, PromptLibrary) and kind == "task_embedding":
+    warn_embedding_steps(library, target_step, candidates)
   scores = sim.similarities_to(target, candidates, measure, activations_fn, window)
   return sort_ranking(scores)
 
@@ -357,6 +369,37 @@ def load_target_embedding(path: str) -> np.ndarray:
     warnings.warn(f"{path} has no task_embedding export: its best/newest prompt stands for the target's "
                   "task embedding, and prompts trained for different numbers of steps compare less well")
     return prompt_io.load_prompt(path)
+
+
+def target_embedding_step(path: str) -> Optional[int]:
+  """The training step of the prompt `load_target_embedding(path)` reads, when its export says."""
+  for which in ("task_embedding", "auto"):
+    try:
+      return prompt_io.resolve_prompt(path, which).step
+    except (FileNotFoundError, ValueError):
+      continue
+  return None
+
+
+def warn_embedding_steps(library: PromptLibrary, target_step: Optional[int],
+                         tasks: Sequence[str]) -> Dict[str, int]:
+  """Warns about `tasks` whose recorded task-embedding step differs from `target_step`, and returns
+  them {task: step}. SPoT compares prompts at the same early step: a prompt trained longer sits
+  further from its init, which moves cosine and distance scores apart from task similarity."""
+  if target_step is None:
+    return {}
+  other = {}
+  for task in tasks:
+    step = library.record(task).get("task_embedding_step")
+    if step is not None and int(step) != int(target_step):
+      other[task] = int(step)
+  if other:
+    listed = ", ".join(f"{t} (step {s})" for t, s in sorted(other.items()))
+    warnings.warn(f"the target's task embedding is from step {target_step}, but library {library.path} "
+                  f"has task embeddings from other steps: {listed}. Scores of prompts at different "
+                  "stages of training compare less well: use one TASK_EMBEDDING_STEP for the sources "
+                  "and the target (docs/spot_pipeline.md).")
+  return other
 
 
 def sort_ranking(scores: Mapping[str, float]) -> List[Tuple[str, float]]:

@@ -187,7 +187,7 @@ def task_embedding(frozen, target: str, out_dir: str, steps: int, run: RunConfig
 def rank(library, target_embedding=None, measure: str = sim.DEFAULT_MEASURE, rank_by: str = "similarity",
          *, frozen=None, target: Optional[str] = None, run: RunConfig = RunConfig(),
          kind: str = "task_embedding", exclude: Sequence[str] = (), activations_fn=None,
-         window: Optional[int] = 3) -> List[Tuple[str, float]]:
+         window: Optional[int] = 3, target_step: Optional[int] = None) -> List[Tuple[str, float]]:
   """[(source task, score)] best first.
 
   rank_by="similarity": `measure` between the target's task embedding and each source's `kind`
@@ -209,7 +209,7 @@ def rank(library, target_embedding=None, measure: str = sim.DEFAULT_MEASURE, ran
       raise ValueError("measure 'on' drives the frozen model with each prompt: pass frozen=")
     activations_fn = _activations_fn(frozen, target)
   return rank_sources(target_embedding, lib, measure, exclude=exclude, kind=kind,
-                      activations_fn=activations_fn, window=window)
+                      activations_fn=activations_fn, window=window, target_step=target_step)
 
 
 def _activations_fn(frozen, target: Optional[str]):
@@ -407,11 +407,13 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
     raise ValueError(f"library {lib.path} holds d_model {d} prompts of {lib.model_id!r}, but the frozen "
                      f"model has d_model {frozen[0].d_model}; use the library of this frozen model")
   os.makedirs(out_dir, exist_ok=True)
+  target_step = None
   if rank_by == "similarity" and target_embedding is None:
+    target_step = task_embedding_steps or max(1, steps // 10)
     target_embedding = task_embedding(frozen, target, os.path.join(out_dir, "task_embedding"),
-                                      task_embedding_steps or max(1, steps // 10), run)
+                                      target_step, run)
   ranked = rank(lib, target_embedding, measure, rank_by, frozen=frozen, target=target, run=run, kind=kind,
-                exclude=exclude)
+                exclude=exclude, target_step=target_step)
 
   if strategy == "weighted_average":
     init = weighted_average(lib, ranked, top_k)
