@@ -174,10 +174,12 @@ def _gin_flags(model_dir, extra=()):
 def test_spot_cli_runs_the_whole_pipeline_with_a_baseline(library, tmp_path, capsys, clean_gin):
   lib = library[0]
   out = tmp_path / "target"
-  rc = pipeline_cli.main(["--target", TARGET, "--library", lib.path, "--strategy", "weighted_average",
-                      "--top-k", "2", "--baseline",
-                      *_gin_flags(out, ["--gin_file=runs/spot_target.gin"]), "--gin.TRAIN_STEPS=6",
-                      "--gin.TASK_EMBEDDING_STEP=3"])
+  # The sources' task embeddings are from step 1, the target's from step 3: retrieval says so.
+  with pytest.warns(UserWarning, match=r"from step 3, .*spot_bundled_movie \(step 1\)"):
+    rc = pipeline_cli.main(["--target", TARGET, "--library", lib.path, "--strategy", "weighted_average",
+                            "--top-k", "2", "--baseline",
+                            *_gin_flags(out, ["--gin_file=runs/spot_target.gin"]), "--gin.TRAIN_STEPS=6",
+                            "--gin.TASK_EMBEDDING_STEP=3"])
   text = capsys.readouterr().out
   assert rc == 0, text
   assert "init: weighted average of" in text and "baseline (6 steps" in text, text
