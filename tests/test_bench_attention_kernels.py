@@ -8,23 +8,30 @@ import numpy as np
 from bench import attention_kernels
 
 
+# Rows that differ from `pallas_t5` / `pallas_t5_atomic` by their GPU launch only (blocks, warps,
+# stages): at these lengths every block size covers the whole sequence, and the CPU interpreter
+# ignores warps and stages, so they would repeat those rows' check at the cost of their compiles.
+LAUNCH_ONLY = {"pallas_t5_128x64", "pallas_t5_64x128", "pallas_t5_s3", "pallas_t5_128x64_w8s3",
+               "pallas_t5_64x128_atomic"}
+
+
 def test_variants_match_the_models_call_and_the_table_adds_up(tmp_path, capsys):
+  names = set(attention_kernels.row_names())
+  assert names == {"model", "no_mask", "no_bias", "no_bias_no_mask", "pad128", "einsum",
+                   "pallas_no_bias", "pallas_t5", "pallas_t5_atomic", "pallas_t5_full_bias",
+                   "model_short", "pallas_t5_short", "pad128_plain", "mosaic_fa3_f16", "cross",
+                   "cross_einsum", "cross_pallas"} | LAUNCH_ONLY
   result = attention_kernels.run("tiny", batch=2, input_length=20, prompt_length=5,
-                                 target_length=4, dtype="float32", repeats=1)
+                                 target_length=4, dtype="float32", repeats=1,
+                                 only=tuple(sorted(names - LAUNCH_ONLY)))
   rows = result["rows"]
-  assert set(rows) == {"model", "no_mask", "no_bias", "no_bias_no_mask", "pad128", "einsum",
-                       "pallas_no_bias", "pallas_t5", "pallas_t5_128x64", "pallas_t5_64x128",
-                       "pallas_t5_s3", "pallas_t5_128x64_w8s3", "pallas_t5_atomic",
-                       "pallas_t5_64x128_atomic", "pallas_t5_full_bias", "model_short", "pallas_t5_short",
-                       "pad128_plain", "mosaic_fa3_f16", "cross", "cross_einsum", "cross_pallas"}
+  assert set(rows) == names - LAUNCH_ONLY
   assert result["length"] == 25
   # All rows are full length: dropping the mask, padding to 128, the einsum form or the Pallas
   # kernel (interpreted on CPU) change nothing against the row each is compared with.
   compared = {"no_mask": "model", "pad128": "model", "einsum": "model", "cross_einsum": "cross",
               "no_bias_no_mask": "no_bias", "pallas_no_bias": "no_bias", "pallas_t5": "model",
-              "pallas_t5_128x64": "model", "pallas_t5_64x128": "model", "pallas_t5_s3": "model",
-              "pallas_t5_128x64_w8s3": "model", "pallas_t5_atomic": "model",
-              "pallas_t5_64x128_atomic": "model", "pallas_t5_full_bias": "model",
+              "pallas_t5_atomic": "model", "pallas_t5_full_bias": "model",
               "pallas_t5_short": "model_short", "cross_pallas": "cross"}
   for name, reference in compared.items():
     assert rows[name]["compared_with"] == reference
