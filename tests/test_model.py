@@ -159,11 +159,11 @@ def test_fused_attention_matches_the_einsum_form_on_right_padded_inputs():
   prompt = jnp.asarray(np.random.default_rng(0).normal(size=(3, CFG.d_model)), jnp.float32)
   dec = DEC * (DEC < CFG.vocab_size)
   run = lambda cfg, p: M.T5(cfg).apply({"params": params}, ENC, dec, p)
-  a, b = run(CFG, prompt), run(fused, prompt)
+  a, b = jax.jit(lambda p: run(CFG, p))(prompt), jax.jit(lambda p: run(fused, p))(prompt)
   assert not np.isnan(np.asarray(b)).any()
   np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
   loss = lambda cfg: lambda p: jnp.sum(run(cfg, p) ** 2) * 1e-3
-  ga, gb = jax.grad(loss(CFG))(prompt), jax.grad(loss(fused))(prompt)
+  ga, gb = jax.jit(jax.grad(loss(CFG)))(prompt), jax.jit(jax.grad(loss(fused)))(prompt)
   assert float(jnp.abs(ga).max()) > 1e-3
   np.testing.assert_allclose(np.asarray(gb), np.asarray(ga), atol=1e-5)
   with pytest.raises(ValueError, match="attention_impl"):
