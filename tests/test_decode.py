@@ -18,7 +18,7 @@ def _teacher_forced_argmax(cfg, params, prompt, enc, length):
   """Re-run the full (cache-free) forward on the decoder's own outputs; argmax at each position."""
   tokens = D.greedy_decode(cfg, params, prompt, enc, length, eos_id=-1)  # never stops early
   dec_in = np.concatenate([np.zeros((enc.shape[0], 1), np.int32), tokens[:, :-1]], axis=1)
-  logits = M.T5(cfg).apply({"params": params}, enc, dec_in, prompt=prompt)
+  logits = jax.jit(lambda p: M.T5(cfg).apply({"params": p}, enc, dec_in, prompt=prompt))(params)
   return tokens, np.asarray(jnp.argmax(logits, axis=-1))
 
 
