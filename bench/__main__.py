@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--peer-threads", type=int, default=0, help="torch threads (0: all cores)")
   p.add_argument("--peer-device", default="auto", choices=("auto", "cpu", "cuda"),
                  help="torch device of the peer (auto: cuda when torch sees a GPU)")
+  p.add_argument("--rounds", type=int, default=1,
+                 help="with the peer: run it and ours this many times, alternating, and report each "
+                      "round's ratio and their median (a shared machine's speed drifts within minutes)")
   p.add_argument("--json", default="", help="write all results to this JSON file")
   return p
 
@@ -134,7 +137,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser = build_parser()
   args = parser.parse_args(argv)
   for name in ("batch", "input_length", "target_length", "decode_length", "steps", "microbatches",
-               "num_partitions", "ceiling_size", "log_period"):
+               "num_partitions", "ceiling_size", "log_period", "rounds"):
     if getattr(args, name) < 1:
       parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
   for name in ("prompt_length", "warmup", "devices", "peer_threads", "vocab_size"):
@@ -146,7 +149,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.error(f"--batch {args.batch} is not divisible by --microbatches {args.microbatches}")
   if args.peer_python:
     args.peer = True
+  if args.rounds > 1 and not args.peer:
+    parser.error("--rounds alternates our runs with the peer's: add --peer or --peer-python")
   return args
+
+
+TIME_KEYS = {"train": "step_s_pipelined", "decode": "decode_s_median"}
+
+
+def interleaved_rounds(kind: str, run_ours, run_peer, rounds: int) -> dict:
+  """Our result (round 1's) with the peer's under "peer", after `rounds` alternating runs of the
+  peer and ours; with more than one, "rounds" holds each round's times and speed ratio (peer time /
+  ours) and "ratio_median" their median: pairs run minutes apart on a shared machine otherwise
+  compare its drift as much as the two programs."""
+  import statistics
+  key, first, table = TIME_KEYS[kind], None, []
+  for i in range(rounds):
+    peer = run_peer()
+    ours = run_ours()
+    if first is None:
+      first, ours["peer"] = ours, peer
+    ok = "error" not in peer and peer.get(key) and ours.get(key)
+    table.append({"round": i + 1, "ours_s": ours.get(key), "peer_s": peer.get(key),
+                  "ratio": peer[key] / ours[key] if ok else None,
+                  **({"peer_error": peer["error"]} if "error" in peer else {})})
+  if rounds > 1:
+    first["rounds"] = table
+    ratios = [r["ratio"] for r in table if r["ratio"] is not None]
+    first["ratio_median"] = statistics.median(ratios) if ratios else None
+  return first
 
 
 def xla_options(items) -> dict:
@@ -268,7 +299,7 @@ def report(results: dict) -> str:
     if peer and "error" in peer:
       out.append(f"\n{kind}: the PEFT peer failed ({peer['error']}); no ratio")
       peer = None
-    time_key = "step_s_pipelined" if kind == "train" else "decode_s_median"
+    time_key = TIME_KEYS[kind]
     rows = [["", "spot_jax"] + (["hf_peft", "ratio"] if peer else [])]
 
     def row(name, key, spec=".2f", higher_better=True):
@@ -322,6 +353,10 @@ def report(results: dict) -> str:
                  f"{f['total_if_weight_gradients'] / 1e9:.1f}), XLA cost analysis "
                  f"{_fmt(xla / 1e9 if xla else None, '.1f')} G")
     out.append(table(rows))
+    if ours.get("rounds"):
+      ratios = " ".join(_fmt(r["ratio"], ".2f") + "x" if r["ratio"] else "-" for r in ours["rounds"])
+      out.append(f"{len(ours['rounds'])} alternating rounds ({time_key}, peer / ours): {ratios}; "
+                 f"median {_fmt(ours['ratio_median'], '.2f')}x (the table is round 1)")
     if (ours.get("profile") or {}).get("error"):
       out.append(f"profile failed: {ours['profile']['error']}")
     elif ours.get("profile"):
@@ -407,14 +442,15 @@ def main(argv=None) -> int:
   # The peer runs first: on a GPU, JAX's allocator keeps what it grew to until the process ends.
   if args.what in ("train", "all"):
     from bench import train_throughput
-    peer = run_peer(args, "train") if args.peer else None
-    print("[bench] spot_jax training step", file=sys.stderr, flush=True)
-    results["train"] = train_throughput.run(
-        target_length=args.target_length, microbatches=args.microbatches, dropout=args.dropout,
-        donate=not args.no_donate, profile_dir=args.profile,
-        compiler_options=xla_options(args.xla_option), **common)
-    if peer:
-      results["train"]["peer"] = peer
+
+    def train_ours():
+      print("[bench] spot_jax training step", file=sys.stderr, flush=True)
+      return train_throughput.run(
+          target_length=args.target_length, microbatches=args.microbatches, dropout=args.dropout,
+          donate=not args.no_donate, profile_dir=args.profile,
+          compiler_options=xla_options(args.xla_option), **common)
+    results["train"] = (interleaved_rounds("train", train_ours, lambda: run_peer(args, "train"),
+                                           args.rounds) if args.peer else train_ours())
   if args.what == "trainer":
     from bench import trainer_throughput
     print("[bench] the whole training loop", file=sys.stderr, flush=True)
@@ -425,11 +461,12 @@ def main(argv=None) -> int:
         weight_dtype=args.weight_dtype, config_overrides=common["config_overrides"])
   if args.what == "decode":
     from bench import decode_throughput
-    peer = run_peer(args, "decode") if args.peer else None
-    print("[bench] spot_jax greedy decode", file=sys.stderr, flush=True)
-    results["decode"] = decode_throughput.run(decode_length=args.decode_length, **common)
-    if peer:
-      results["decode"]["peer"] = peer
+
+    def decode_ours():
+      print("[bench] spot_jax greedy decode", file=sys.stderr, flush=True)
+      return decode_throughput.run(decode_length=args.decode_length, **common)
+    results["decode"] = (interleaved_rounds("decode", decode_ours, lambda: run_peer(args, "decode"),
+                                            args.rounds) if args.peer else decode_ours())
   print(report(results), flush=True)
   if args.json:
     write_json(args.json, results)

@@ -119,6 +119,46 @@ def test_report_prints_ratio_beside_the_peer():
   assert ours["share_of_jax_ceiling"] == pytest.approx(0.6)
 
 
+def test_rounds_alternate_with_the_peer_and_report_each_ratio_and_their_median():
+  calls, times = [], iter([2.0, 1.0, 3.0, 1.0, 1.0, 2.0])  # peer, ours, peer, ours, ...
+
+  def fake(who):
+    def run():
+      calls.append(who)
+      return {"decode_s_median": next(times), "who": who}
+    return run
+  ours = cli.interleaved_rounds("decode", fake("ours"), fake("peer"), 3)
+  assert calls == ["peer", "ours"] * 3
+  assert ours["who"] == "ours" and ours["peer"]["who"] == "peer"  # round 1's pair
+  assert [r["ratio"] for r in ours["rounds"]] == [2.0, 3.0, 0.5]
+  assert ours["ratio_median"] == 2.0
+  # One round: no table; a failed peer round has no ratio, and the median skips it.
+  times = iter([2.0, 1.0])
+  assert "rounds" not in cli.interleaved_rounds("decode", fake("ours"), fake("peer"), 1)
+  times = iter([1.0, 2.0])
+  peers = iter([{"error": "exit 1"}, {"decode_s_median": 3.0}])
+  ours = cli.interleaved_rounds("decode", lambda: {"decode_s_median": next(times)},
+                                lambda: next(peers), 2)
+  assert ours["rounds"][0]["ratio"] is None and ours["rounds"][0]["peer_error"] == "exit 1"
+  assert ours["ratio_median"] == 1.5  # round 2 alone: 3.0 / 2.0
+  with pytest.raises(SystemExit):
+    cli.parse_args(["decode", "--rounds", "3"])  # without a peer there is nothing to alternate with
+  assert cli.parse_args(["decode", "--rounds", "3", "--peer"]).rounds == 3
+
+
+def test_report_prints_the_rounds_under_the_table():
+  ours = {"size": "tiny", "batch": 2, "input_length": 12, "prompt_length": 4, "decode_length": 3,
+          "dtype": "float32", "weight_dtype": "float32", "examples_per_s": 2.0, "tokens_per_s": 6.0,
+          "decode_s_median": 1.0, "host_peak_rss_mib": 100.0, "compile_s": 1.0, "gflops_per_s": 1.0,
+          "flops_per_run": 1e9,
+          "peer": {"examples_per_s": 1.0, "tokens_per_s": 3.0, "decode_s_median": 2.0,
+                   "host_peak_rss_mib": 90.0},
+          "rounds": [{"round": 1, "ratio": 2.0}, {"round": 2, "ratio": None}, {"round": 3, "ratio": 1.2}],
+          "ratio_median": 1.6}
+  text = cli.report({"decode": ours})
+  assert "3 alternating rounds (decode_s_median, peer / ours): 2.00x - 1.20x; median 1.60x" in text
+
+
 def test_peer_script_arguments_need_no_torch():
   args = peer_peft.parse_args(["--size", "tiny", "--mode", "decode", "--decode-length", "5"])
   assert (args.size, args.mode, args.decode_length, args.prompt_length) == ("tiny", "decode", 5, 100)
