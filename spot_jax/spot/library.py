@@ -171,8 +171,9 @@ class PromptLibrary:
     `prompt_or_path` is an array or any path `prompt_io.load_prompt` reads. A training MODEL_DIR also
     brings its task-embedding export, its step and its validation metrics (from the best export) unless
     given here. The task embedding's training step (read from its export, or `task_embedding_step`)
-    is recorded, so that retrieval can tell when the target's was taken at another step. `model_id` names the frozen model (e.g. "t5_1_1_lm100k_base"); None means the
-    library's. `which` picks a MODEL_DIR export ("auto" = best, else newest).
+    is recorded, so that retrieval can tell when the target's was taken at another step. `model_id`
+    names the frozen model (e.g. "t5_1_1_lm100k_base"); None means the library's. `which` picks a
+    MODEL_DIR export ("auto" = best, else newest).
     """
     _check_task_name(task)
     meta = self.meta
@@ -384,8 +385,8 @@ def target_embedding_step(path: str) -> Optional[int]:
 def warn_embedding_steps(library: PromptLibrary, target_step: Optional[int],
                          tasks: Sequence[str]) -> Dict[str, int]:
   """Warns about `tasks` whose recorded task-embedding step differs from `target_step`, and returns
-  them {task: step}. SPoT compares prompts at the same early step: a prompt trained longer sits
-  further from its init, which moves cosine and distance scores apart from task similarity."""
+  them {task: step}. SPoT takes every task embedding at one early step: prompts at different
+  stages of training compare less well."""
   if target_step is None:
     return {}
   other = {}
