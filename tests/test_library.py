@@ -1,4 +1,4 @@
-"""The prompt library: entries, refusals, atomicity, retrieval and the weighted-average init."""
+"""The prompt library: entries, refusals, atomicity, task-embedding steps on record."""
 import json
 import os
 
@@ -8,8 +8,7 @@ import pytest
 from spot_jax import fileio
 from spot_jax import prompt_io as pio
 from spot_jax.spot import library as lib_mod
-from spot_jax.spot import similarity as sim
-from spot_jax.spot.library import PromptLibrary, rank_sources, weighted_average_init
+from spot_jax.spot.library import PromptLibrary
 
 
 def _prompt(p=4, d=8, seed=0):
@@ -117,91 +116,6 @@ def test_failed_add_leaves_no_partial_entry(tmp_path, monkeypatch):
   assert sorted(os.listdir(tmp_path / "lib")) == ["library.json", "rte"]
 
 
-def test_retrieval_ranks_planted_prompt_first(tmp_path):
-  rng = np.random.default_rng(0)
-  target = rng.normal(size=(4, 64)).astype(np.float32)
-  lib = PromptLibrary(str(tmp_path / "lib"))
-  for i in range(5):
-    lib.add(f"random_{i}", rng.normal(size=(4, 64)), "m",
-            task_embedding=rng.normal(size=(4, 64)))
-  lib.add("related", rng.normal(size=(4, 64)), "m",
-          task_embedding=target + 0.05 * rng.normal(size=(4, 64)))
-  for measure in sim.PROMPT_SIMILARITIES:
-    ranked = rank_sources(target, lib, measure)
-    assert ranked[0][0] == "related", measure
-    assert len(ranked) == 6
-    assert all(ranked[i][1] >= ranked[i + 1][1] for i in range(5))
-  ranked = rank_sources(target, lib, "cos_avg_tokens", exclude=("related",))
-  assert "related" not in dict(ranked)
-  with pytest.raises(ValueError, match="d_model 3"):
-    rank_sources(np.ones((2, 3)), lib)
-  # a plain mapping works too, and ON goes through activations_fn
-  cands = {"x": target + 0.01, "y": -target}
-  ranked = rank_sources(target, cands, "on", activations_fn=lambda p: p[None], window=None)
-  assert ranked[0][0] == "x" and ranked[0][1] > 0.95 and ranked[1][1] == 0.0
-
-
-def test_ranking_ties_name_the_sources_that_name_order_decided(caplog):
-  ranked = lib_mod.sort_ranking({"d": 0.1, "c": 0.5 + 1e-9, "b": 0.5, "a": 0.9})
-  assert [t for t, _ in ranked] == ["a", "c", "b", "d"]  # 1e-9 apart: still sorted by score
-  # The top-2 cut falls inside the tie b ~ c: which one is chosen follows the names.
-  ties = lib_mod.ranking_ties(ranked, top_k=2)
-  assert ties.tied and not ties.all_tied
-  assert ties.sources == ["c", "b"] and ties.chosen == ["c"] and ties.score == pytest.approx(0.5)
-  assert ties.groups == [["c", "b"]] and ties.is_tied("b") and not ties.is_tied("a")
-  with caplog.at_level("WARNING", logger="spot_jax.spot"):
-    lib_mod.warn_ties(ranked, top_k=2)
-  assert "top-2 selection is decided by a tie" in caplog.text and "c, b" in caplog.text
-  assert "0.5" in caplog.text
-  # A tie inside the top k (or below it) decides nothing: no warning, but still recorded.
-  caplog.clear()
-  for k in (1, 3, None):
-    with caplog.at_level("WARNING", logger="spot_jax.spot"):
-      ties = lib_mod.warn_ties(ranked, top_k=k)
-    assert not ties.tied and not ties.all_tied and ties.message() is None and ties.groups == [["c", "b"]]
-  assert caplog.text == ""
-  assert lib_mod.ranking_ties([("a", 0.5), ("b", 0.5 + 1e-3)], 1).tied is False  # beyond the tolerance
-  assert lib_mod.ranking_ties([("a", 0.9)], 1).message() is None
-
-
-def test_all_tied_ranking_says_it_carries_no_information(tmp_path, caplog):
-  """Identical source embeddings score alike under every measure, through the one ranking code."""
-  target = _prompt(seed=1)
-  lib = PromptLibrary(str(tmp_path / "lib"))
-  for name in ("zeta", "alpha", "mid"):
-    lib.add(name, _prompt(seed=2), "m")
-  for measure in sim.PROMPT_SIMILARITIES:
-    ranked = rank_sources(target, lib, measure, kind="prompt")
-    assert [t for t, _ in ranked] == ["alpha", "mid", "zeta"], measure
-    ties = lib_mod.ranking_ties(ranked, top_k=1)
-    assert ties.all_tied and ties.tied and ties.sources == ["alpha", "mid", "zeta"], measure
-    assert ties.chosen == ["alpha"] and ties.to_dict()["all_tied"] is True
-  with caplog.at_level("WARNING", logger="spot_jax.spot"):
-    lib_mod.warn_ties(ranked, top_k=5)  # all chosen, but the order still means nothing
-  assert "all 3 sources score" in caplog.text and "carries no information" in caplog.text
-  assert "alpha, mid, zeta" in caplog.text
-
-
-def test_weighted_average_init_equals_manual_sum():
-  ps = [_prompt(seed=s) for s in range(3)]
-  init, w = weighted_average_init(ps, [0.9, 0.1, 0.5], top_k=2)
-  manual = (0.9 * ps[0] + 0.5 * ps[2]) / 1.4
-  np.testing.assert_allclose(init, manual, rtol=1e-6)
-  np.testing.assert_allclose(w, [0.9 / 1.4, 0.0, 0.5 / 1.4])
-  init_all, w_all = weighted_average_init(ps, [1.0, 1.0, 2.0])
-  np.testing.assert_allclose(init_all, (ps[0] + ps[1] + 2 * ps[2]) / 4, rtol=1e-6)
-  init_m, w_m = weighted_average_init(dict(zip("abc", ps)), {"a": 0.9, "b": 0.1, "c": 0.5}, 2)
-  np.testing.assert_allclose(init_m, manual, rtol=1e-6)
-  assert w_m == pytest.approx({"a": 0.9 / 1.4, "c": 0.5 / 1.4})
-  with pytest.raises(ValueError, match="one shape"):
-    weighted_average_init([ps[0], _prompt(p=5)], [1, 1])
-  with pytest.raises(ValueError, match="all <= 0"):
-    weighted_average_init(ps, [-0.1, -0.2, -0.3], top_k=2)
-  with pytest.warns(UserWarning, match="weight 0"):
-    init, w = weighted_average_init(ps, [0.5, -0.2, 0.1], top_k=3)
-  np.testing.assert_allclose(w, [0.5 / 0.6, 0.0, 0.1 / 0.6])
-
-
 def test_meta_survives_lost_library_json(tmp_path):
   lib = PromptLibrary(str(tmp_path / "lib"))
   lib.add("rte", _prompt(d=8), "t5_tiny")
@@ -268,61 +182,3 @@ def test_orphaned_backup_ignored_when_entry_exists(tmp_path):
   lib.add("rte", new, "t5_tiny", overwrite=True)
   assert lib.tasks() == ["rte"]
   np.testing.assert_array_equal(lib.get("rte").prompt, new)
-
-
-def test_rank_sources_takes_a_target_model_dirs_task_embedding_export(tmp_path):
-  # SPoT compares the target's early-checkpoint prompt (its task embedding) with the sources' task
-  # embeddings; a MODEL_DIR's best export is a different, fully trained prompt.
-  run = str(tmp_path / "cb_short")
-  early = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)  # mean (.5, .5)
-  pio.export_numpy_checkpoint(early, run, 10, name="task_embedding")
-  pio.export_numpy_checkpoint(-early, run, 100, name="best")
-  sources = {"same": early, "opposite": -early}
-  # cos((.5,.5), (.5,.5)) = 1; cos((.5,.5), (-.5,-.5)) = -1
-  assert rank_sources(run, sources) == [("same", pytest.approx(1.0)), ("opposite", pytest.approx(-1.0))]
-  # without a task_embedding export the best export stands in, with a warning
-  run2 = str(tmp_path / "no_emb")
-  pio.export_numpy_checkpoint(-early, run2, 100, name="best")
-  with pytest.warns(UserWarning, match="no task_embedding export"):
-    ranked = rank_sources(run2, sources)
-  assert [t for t, _ in ranked] == ["opposite", "same"]
-
-
-def test_nan_scores_sort_last_and_nan_source_prompts_are_refused():
-  # a NaN score compares false with everything: it used to land anywhere, depending on input order
-  for scores in ({"a": float("nan"), "b": 0.5, "c": 0.7}, {"c": 0.7, "a": float("nan"), "b": 0.5},
-                 {"b": 0.5, "c": 0.7, "a": float("nan")}):
-    ranked = lib_mod.sort_ranking(scores)
-    assert [t for t, _ in ranked] == ["c", "b", "a"]
-    assert np.isnan(ranked[-1][1])
-  bad = np.array([[1.0, np.nan], [0.0, 1.0]])
-  with pytest.raises(ValueError, match="source prompt 'bad'.*NaN"):
-    rank_sources(np.eye(2), {"ok": np.eye(2), "bad": bad})
-
-
-def test_task_embedding_steps_are_recorded_and_a_target_at_another_step_is_warned(tmp_path):
-  import warnings
-  lib = PromptLibrary(str(tmp_path / "lib"))
-  for task, step in (("rte", 50), ("mnli", 200)):
-    run = str(tmp_path / task)
-    pio.export_numpy_checkpoint(_prompt(seed=step), run, step, name="task_embedding")
-    pio.export_numpy_checkpoint(_prompt(seed=step + 1), run, 1000)
-    assert lib.add(task, run, "t5_tiny")["task_embedding_step"] == step  # read from the export
-  # An array gives no step unless told one; a prompt file without an export neither.
-  assert lib.add("boolq", _prompt(seed=7), None, task_embedding=_prompt(seed=8))["task_embedding_step"] is None
-  assert lib.add("cb", _prompt(seed=9), None, task_embedding=_prompt(seed=10),
-                 task_embedding_step=50)["task_embedding_step"] == 50
-  target = str(tmp_path / "target")
-  pio.export_numpy_checkpoint(_prompt(seed=11), target, 50, name="task_embedding")
-  assert lib_mod.target_embedding_step(target) == 50
-  with pytest.warns(UserWarning, match=r"from step 50.*mnli \(step 200\)") as caught:
-    ranked = rank_sources(target, lib)
-  assert len(ranked) == 4
-  assert not any(t in str(caught[0].message) for t in ("rte", "boolq", "cb"))  # same step, or unknown
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")
-    rank_sources(target, lib, exclude=["mnli"])  # every known step matches: no warning
-    rank_sources(_prompt(seed=11), lib)  # an array target: its step is unknown
-    rank_sources(target, lib, kind="prompt")  # final prompts are not task embeddings
-  with pytest.warns(UserWarning, match="from step 200"):
-    assert lib_mod.warn_embedding_steps(lib, 200, lib.tasks()) == {"rte": 50, "cb": 50}

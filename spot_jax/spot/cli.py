@@ -18,7 +18,8 @@ import numpy as np
 
 from spot_jax import fileio, prompt_io
 from spot_jax.spot import similarity as sim
-from spot_jax.spot.library import KINDS, PromptLibrary, rank_sources, warn_ties, weighted_average_init
+from spot_jax.spot.library import KINDS, PromptLibrary
+from spot_jax.spot.retrieval import rank_sources, warn_ties, weighted_average_init
 
 EXTRA_ID_0 = 32099  # `<extra_id_0>` in the T5 SentencePiece vocabulary with 100 extra ids
 EOS_ID = 1

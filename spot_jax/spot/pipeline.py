@@ -31,8 +31,9 @@ from spot_jax import fileio, prompt_io
 from spot_jax.spot import run_record
 from spot_jax.spot import similarity as sim
 from spot_jax.spot import zero_shot
-from spot_jax.spot.library import (PromptLibrary, RankingTies, rank_sources, ranking_ties, warn_ties,
-                                  weighted_average_init)
+from spot_jax.spot.library import PromptLibrary
+from spot_jax.spot.retrieval import (RankingTies, rank_sources, ranking_ties, warn_ties,
+                                    weighted_average_init)
 # Re-exported: the pipeline's public scoring lives in `run` (zero_shot uses it too).
 from spot_jax.spot.run import RunConfig, evaluate_prompt, score_of  # noqa: F401
 
@@ -342,7 +343,7 @@ class TargetResult:
   extra: dict = dataclasses.field(default_factory=dict)
   transfer_prompt: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
   baseline_prompt: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
-  ties: Optional[RankingTies] = None  # equal scores in `ranked` (library.ranking_ties for top_k)
+  ties: Optional[RankingTies] = None  # equal scores in `ranked` (retrieval.ranking_ties for top_k)
 
   def _ties(self) -> RankingTies:
     return self.ties if self.ties is not None else ranking_ties(self.ranked, self.top_k)

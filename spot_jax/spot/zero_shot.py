@@ -14,7 +14,8 @@ import numpy as np
 
 from spot_jax import fileio
 from spot_jax.spot import run as run_lib
-from spot_jax.spot.library import PromptLibrary, sort_ranking
+from spot_jax.spot.library import PromptLibrary
+from spot_jax.spot.retrieval import sort_ranking
 
 
 @dataclasses.dataclass
@@ -73,6 +74,6 @@ def zero_shot_matrix(frozen, library_or_prompts, targets: Sequence[str], run=Non
 
 def rank_zero_shot(frozen, library_or_prompts, target: str, run=None,
                    exclude: Sequence[str] = ()) -> List[Tuple[str, float]]:
-  """[(source, zero-shot score on `target`)] best first; ties in name order (`library.ranking_ties`
+  """[(source, zero-shot score on `target`)] best first; ties in name order (`retrieval.ranking_ties`
   finds them: a random frozen model scores every prompt alike)."""
   return zero_shot_matrix(frozen, library_or_prompts, [target], run, exclude).ranking(target)
