@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="torch device of the peer (auto: cuda when torch sees a GPU)")
   p.add_argument("--rounds", type=int, default=1,
                  help="with the peer: run it and ours this many times, alternating, and report each "
-                      "round's ratio and their median (a shared machine's speed drifts within minutes)")
+                      "round's ratio and their median (a shared machine's speed drifts within minutes; "
+                      "on a GPU, later rounds' peer runs beside the memory our process keeps)")
   p.add_argument("--json", default="", help="write all results to this JSON file")
   return p
 
