@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="activation dtype")
   p.add_argument("--weight-dtype", default="float32", choices=("float32", "bfloat16"),
                  help="dtype of the frozen weights (bfloat16 halves their memory)")
+  p.add_argument("--matmul-dtype", default="activation", choices=C.MATMUL_DTYPES,
+                 help="inputs of every projection (T5Config.matmul_dtype): the activation dtype, or "
+                      "bfloat16 summed in float32 (fast on CPUs with AVX512-BF16/AMX; the peer "
+                      "then runs in bfloat16)")
   p.add_argument("--attention", default="einsum", choices=C.ATTENTION_IMPLS,
                  help="encoder self-attention: T5X's einsum form (dropout on the probabilities), "
                       "jax.nn.dot_product_attention (cuDNN flash attention on GPU) or our Pallas "
@@ -214,11 +218,18 @@ def peer_python(args) -> str:
                    "separate venv and pass its interpreter with --peer-python ENV/bin/python")
 
 
+def peer_dtype(args) -> str:
+  """The peer's torch dtype: bfloat16 when our activations or our products' inputs are. Torch has no
+  form with bfloat16 products and float32 activations, so `--matmul-dtype bfloat16` meets a wholly
+  bfloat16 model, which rounds more than ours does."""
+  return "bfloat16" if "bfloat16" in (args.dtype, args.matmul_dtype) else "float32"
+
+
 def run_peer(args, mode: str) -> dict:
   cmd = [peer_python(args), PEER_SCRIPT, "--mode", mode, "--size", args.size,
          "--batch", str(args.batch), "--input-length", str(args.input_length),
          "--target-length", str(args.target_length), "--prompt-length", str(args.prompt_length),
-         "--decode-length", str(args.decode_length), "--dtype", args.dtype,
+         "--decode-length", str(args.decode_length), "--dtype", peer_dtype(args),
          "--dropout", str(args.dropout if mode == "train" else 0.0),
          "--steps", str(args.steps), "--warmup", str(args.warmup),
          "--threads", str(args.peer_threads), "--device", args.peer_device]
@@ -343,8 +354,12 @@ def report(results: dict) -> str:
     shape = (f"{ours['size']} batch {ours['batch']}, inputs {ours['input_length']} + prompt "
              f"{ours['prompt_length']}, " + (f"targets {ours['target_length']}" if kind == "train"
                                             else f"decode {ours['decode_length']}")
-             + f", {ours['dtype']} (weights {ours['weight_dtype']}), "
+             + f", {ours['dtype']} (weights {ours['weight_dtype']}"
+             + (f", products {ours['matmul_dtype']}" if ours.get("matmul_dtype", "activation")
+                != "activation" else "") + "), "
              f"{ours.get('attention_impl', 'einsum')} attention")
+    if peer and peer.get("args", {}).get("dtype"):
+      shape += f"; peer: torch {peer['args']['dtype']}"
     out.append(f"\n{kind}: {shape}")
     if kind == "train":
       f = ours["flops"]
@@ -412,6 +427,7 @@ def main(argv=None) -> int:
                 steps=args.steps, warmup=args.warmup,
                 config_overrides=dict({"vocab_size": args.vocab_size} if args.vocab_size else {},
                                       attention_impl=args.attention,
+                                      matmul_dtype=args.matmul_dtype,
                                       cross_attention_impl=args.cross_attention,
                                       float32_attention_logits=args.attention_logits == "float32",
                                       dropout_bits=args.dropout_bits,
@@ -425,7 +441,7 @@ def main(argv=None) -> int:
   from bench import ceiling  # numpy only at import; JAX starts inside its functions
   if not args.no_ceiling:
     print("[bench] measuring the matmul ceiling", file=sys.stderr, flush=True)
-    ceiling_dtype = args.ceiling_dtype or args.dtype
+    ceiling_dtype = args.ceiling_dtype or ("bfloat16" if args.matmul_dtype == "bfloat16" else args.dtype)
     results["ceiling"] = {"n": args.ceiling_size, "dtype": ceiling_dtype,
                           "jax_gflops_per_s": ceiling.jax_matmul_gflops(args.ceiling_size,
                                                                         dtype=ceiling_dtype)}

@@ -14,6 +14,7 @@ MLP_BACKWARDS = ("auto", "store", "recompute")
 NORM_IMPLS = ("xla", "pallas")
 CROSS_ATTENTION_IMPLS = ("auto", "einsum", "pallas")
 PALLAS_ATTENTION_BACKWARDS = ("two_kernels", "atomic_dq")
+MATMUL_DTYPES = ("activation", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,13 @@ class T5Config:
   layer_norm_epsilon: float = 1e-6
   dropout_rate: float = 0.1
   dtype: str = "float32"  # activation dtype; parameters stay in their stored dtype
+  # The inputs of every projection (attention q/k/v/o, the MLP, the logits): "activation" casts the
+  # kernel to the activation dtype (T5X's form); "bfloat16" rounds the input and the kernel to
+  # bfloat16 and adds the products up in float32, the output in the activation dtype. On CPUs with
+  # AVX512-BF16/AMX, XLA runs such products about three times as fast as float32 ones, and with
+  # bfloat16 frozen weights a decoding step reads half the bytes (docs/bench.md). Values change by
+  # bfloat16 rounding of the products' inputs, as a TPU's default float32 matmul precision does.
+  matmul_dtype: str = "activation"
   # Encoder self-attention and (outside incremental decoding) cross-attention: "einsum"
   # materializes the [B, H, Q, K] probabilities (T5X's form, with dropout on them); "fused" calls
   # cuDNN flash attention on GPU (`jax.nn.dot_product_attention`'s XLA form elsewhere), which never
@@ -112,6 +120,9 @@ class T5Config:
       raise ValueError(f"norm_impl={self.norm_impl!r} is not supported; use one of {NORM_IMPLS}")
     if self.feed_forward not in FEED_FORWARDS:
       raise ValueError(f"feed_forward={self.feed_forward!r} is not supported; use one of {FEED_FORWARDS}")
+    if self.matmul_dtype not in MATMUL_DTYPES:
+      raise ValueError(f"matmul_dtype={self.matmul_dtype!r} is not supported; use one of "
+                       f"{MATMUL_DTYPES}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype={self.dtype!r} is not supported; use 'float32' or 'bfloat16'")
     for name in ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff", "num_encoder_layers",

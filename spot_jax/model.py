@@ -26,6 +26,53 @@ def activation_dtype(config: T5Config):
   return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
 
 
+def matmul_dtype(config: T5Config):
+  """The dtype a projection's inputs are rounded to (`T5Config.matmul_dtype`)."""
+  return jnp.bfloat16 if config.matmul_dtype == "bfloat16" else activation_dtype(config)
+
+
+def _accumulate_in_float32(in_dtype, out_dtype) -> bool:
+  """Whether a product of `in_dtype` inputs asks for float32 sums. Always when its output is wider
+  than its inputs. Also for bfloat16 in and out on CPUs: XLA's CPU dot runs bfloat16 products
+  summed in float32 on the fast bfloat16 instructions, but bfloat16-valued ones about four times
+  slower (docs/bench.md); elsewhere the plain form is left as it is (it sums in float32 too)."""
+  return in_dtype == jnp.bfloat16 and (out_dtype != in_dtype or target_platform.platform() == "cpu")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _float32_sums(spec, a, b):
+  """`einsum(spec, a, b)` summed in float32, whose backward products also take inputs in `a`'s
+  dtype: JAX's own backward would meet a float32 cotangent and run them in float32, at a third
+  of the speed on CPUs."""
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _float32_sums_fwd(spec, a, b):
+  return _float32_sums(spec, a, b), (a, b)
+
+
+def _float32_sums_bwd(spec, saved, g):
+  # Every index of `spec` is in two of its three terms, so each input's cotangent is the product
+  # of the other two terms.
+  a, b = saved
+  inputs, out = spec.split("->")
+  in_a, in_b = inputs.split(",")
+  g = g.astype(a.dtype)
+  return (jnp.einsum(f"{out},{in_b}->{in_a}", g, b, preferred_element_type=jnp.float32).astype(a.dtype),
+          jnp.einsum(f"{out},{in_a}->{in_b}", g, a, preferred_element_type=jnp.float32).astype(b.dtype))
+
+
+_float32_sums.defvjp(_float32_sums_fwd, _float32_sums_bwd)
+
+
+def project(x, kernel, out_dtype, in_dtype):
+  """`x @ kernel`, both rounded to `in_dtype`, the result in `out_dtype`."""
+  a, b = x.astype(in_dtype), kernel.astype(in_dtype)
+  if _accumulate_in_float32(in_dtype, out_dtype):
+    return _float32_sums("...i,io->...o", a, b).astype(out_dtype)
+  return jnp.dot(a, b).astype(out_dtype)
+
+
 def _fan_in_normal(scale=1.0, distribution="normal"):
   return nn.initializers.variance_scaling(scale, "fan_in", distribution)
 
@@ -35,16 +82,18 @@ def _param(module: nn.Module, name: str, init, shape, axes):
 
 
 class Dense(nn.Module):
-  """A bias-free projection with a 2-D kernel `[in, out]` as stored by T5X."""
+  """A bias-free projection with a 2-D kernel `[in, out]` as stored by T5X; its output is in
+  `dtype`, its inputs in `matmul_dtype` (default `dtype`)."""
   features: int
   axes: tuple
   dtype: jnp.dtype
   kernel_init: nn.initializers.Initializer = _fan_in_normal(1.0, "truncated_normal")
+  matmul_dtype: Optional[jnp.dtype] = None
 
   @nn.compact
   def __call__(self, x):
     kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features), self.axes)
-    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    return project(x, kernel, self.dtype, self.matmul_dtype or self.dtype)
 
 
 def dropout(config: T5Config, enable_dropout: bool):
@@ -149,7 +198,7 @@ class Attention(nn.Module):
     separately so that its gradient comes back separately (`fused_norm`'s copies)."""
     value_input = memory if value_input is None else value_input
     cfg = self.config
-    dtype = activation_dtype(cfg)
+    dtype, mm = activation_dtype(cfg), matmul_dtype(cfg)
     inner = cfg.num_heads * cfg.head_dim
     depth_scaling = float(np.sqrt(cfg.head_dim))
 
@@ -157,8 +206,8 @@ class Attention(nn.Module):
       return _fan_in_normal()(key, shape, dtype) / depth_scaling
 
     proj = functools.partial(Dense, features=inner, axes=("embed", "joined_kv"), dtype=dtype,
-                             kernel_init=_fan_in_normal())
-    out_proj = lambda t: Dense(cfg.d_model, ("joined_kv", "embed"), dtype, _fan_in_normal(),
+                             kernel_init=_fan_in_normal(), matmul_dtype=mm)
+    out_proj = lambda t: Dense(cfg.d_model, ("joined_kv", "embed"), dtype, _fan_in_normal(), mm,
                                name="out")(t.reshape(x.shape[:2] + (inner,)))
     if lengths is not None:
       # [B, L, H, Dh] is the layout `dot_product_attention` takes: no transposes at all.
@@ -207,6 +256,8 @@ class Attention(nn.Module):
         index.value = i + x.shape[1]
 
     logits_dtype = jnp.float32 if cfg.float32_attention_logits else dtype
+    # The attention products stay in the activation dtype: XLA's CPU dot has no batched bfloat16
+    # product summed in float32 outside its fused kernels ("Unsupported element type for DotThunk").
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(logits_dtype) + bias.astype(logits_dtype)
     weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
     weights = dropout(cfg, enable_dropout)(weights)
@@ -223,7 +274,7 @@ class MLP(nn.Module):
     given separately so that its gradient comes back separately (`fused_norm`'s copies)."""
     cfg = self.config
     dtype = activation_dtype(cfg)
-    dense = functools.partial(Dense, axes=("embed", "mlp"), dtype=dtype)
+    dense = functools.partial(Dense, axes=("embed", "mlp"), dtype=dtype, matmul_dtype=matmul_dtype(cfg))
     drop = Dropout(cfg.dropout_rate, per_element_bits(cfg))
     if cfg.gated:
       linear_input = x if linear_input is None else linear_input
@@ -239,7 +290,7 @@ class MLP(nn.Module):
       h = drop(jax.nn.relu(pre), deterministic=not enable_dropout)
     # Stored only when the caller makes "intermediates" mutable (SPoT's ON similarity).
     self.sow("intermediates", "ffn_preact", pre)
-    return Dense(cfg.d_model, ("mlp", "embed"), dtype, name="wo")(h)
+    return Dense(cfg.d_model, ("mlp", "embed"), dtype, matmul_dtype=matmul_dtype(cfg), name="wo")(h)
 
 
 def _gated_gelu(pre, linear):
@@ -378,7 +429,8 @@ class Decoder(nn.Module):
     y = dropout(cfg, enable_dropout)(y)
     if cfg.tie_word_embeddings:
       return y  # the caller projects with the shared embedding
-    return Dense(cfg.vocab_size, ("embed", "vocab"), activation_dtype(cfg), name="logits_dense")(y)
+    return Dense(cfg.vocab_size, ("embed", "vocab"), activation_dtype(cfg),
+                 matmul_dtype=matmul_dtype(cfg), name="logits_dense")(y)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -419,8 +471,18 @@ class T5(nn.Module):
     self.encoder = Encoder(cfg)
     self.decoder = Decoder(cfg)
 
+  def _embed(self, tokens):
+    """The tokens' rows of the embedding table, in the activation dtype. A bfloat16 table under
+    float32 activations is gathered as 16-bit integers: `nn.Embed`, and XLA's CPU gather given
+    bfloat16, would first make a float32 copy of the whole table (66 MB for T5 1.1) on every call."""
+    table, dtype = self.token_embedder.embedding, activation_dtype(self.config)
+    if table.dtype == jnp.bfloat16 and dtype != jnp.bfloat16:
+      rows = jnp.take(jax.lax.bitcast_convert_type(table, jnp.uint16), tokens, axis=0)
+      return jax.lax.bitcast_convert_type(rows, jnp.bfloat16).astype(dtype)
+    return jnp.take(table, tokens, axis=0).astype(dtype)
+
   def _embed_with_prompt(self, tokens, prompt):
-    x = self.token_embedder(tokens)
+    x = self._embed(tokens)
     if prompt is None:
       return x
     prompt = jnp.asarray(prompt).astype(x.dtype)
@@ -445,11 +507,11 @@ class T5(nn.Module):
     full-length dummy input and then feed one token per call, or feed the first token with
     `cache_length=max_length`, which creates the cache and computes that step in one pass.
     """
-    y = self.decoder(self.token_embedder(decoder_input_tokens), encoded, encoder_valid,
+    y = self.decoder(self._embed(decoder_input_tokens), encoded, encoder_valid,
                      enable_dropout, decode, cache_length)
     if self.config.tie_word_embeddings:
       y = y * (self.config.d_model ** -0.5)
-      logits = self.token_embedder.attend(y)
+      logits = project(y, self.token_embedder.embedding.T, y.dtype, matmul_dtype(self.config))
     else:
       logits = y
     return logits.astype(jnp.float32)

@@ -83,6 +83,25 @@ def test_cli_arguments():
       cli.parse_args(bad)
 
 
+def test_the_peer_runs_in_bfloat16_when_our_activations_or_products_do():
+  """Torch has no bfloat16-products, float32-activations form: `--matmul-dtype bfloat16` meets a
+  wholly bfloat16 peer; bfloat16 weights alone (float32 arithmetic) meet a float32 one."""
+  dtype = lambda *a: cli.peer_dtype(cli.parse_args(["decode", *a]))
+  assert dtype() == "float32" and dtype("--weight-dtype", "bfloat16") == "float32"
+  assert dtype("--dtype", "bfloat16") == "bfloat16"
+  assert dtype("--matmul-dtype", "bfloat16", "--weight-dtype", "bfloat16") == "bfloat16"
+  with pytest.raises(SystemExit):
+    cli.parse_args(["--matmul-dtype", "float16"])
+  ours = {"size": "tiny", "batch": 2, "input_length": 12, "prompt_length": 4, "decode_length": 3,
+          "dtype": "float32", "weight_dtype": "bfloat16", "matmul_dtype": "bfloat16",
+          "examples_per_s": 2.0, "tokens_per_s": 6.0, "decode_s_median": 1.0,
+          "host_peak_rss_mib": 100.0, "compile_s": 1.0, "gflops_per_s": 1.0, "flops_per_run": 1e9,
+          "peer": {"examples_per_s": 1.0, "tokens_per_s": 3.0, "decode_s_median": 2.0,
+                   "host_peak_rss_mib": 90.0, "args": {"dtype": "bfloat16"}}}
+  assert ("float32 (weights bfloat16, products bfloat16), einsum attention; peer: torch bfloat16"
+          in cli.report({"decode": ours}))
+
+
 def test_xla_options_are_typed_for_the_compiler():
   """XLA rejects "false" for a boolean option: values become bool, int or stay strings."""
   args = cli.parse_args(["--xla-option", "xla_gpu_dot_merger_threshold_mb=0", "--xla-option",

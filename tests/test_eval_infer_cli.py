@@ -80,15 +80,19 @@ def test_a_model_smaller_than_the_task_vocabulary_is_refused(tmp_path, prompt_fi
           args + ["--gin.spot_jax.model_config.vocab_size=512"])
 
 
-def test_gpu_bf16_gin_gives_the_benchmarked_setting_and_runs(tmp_path, prompt_file, monkeypatch):
+def test_gpu_and_cpu_bf16_gins_give_the_benchmarked_settings_and_run(tmp_path, prompt_file,
+                                                                   monkeypatch):
   """models/gpu_bf16.gin (after the size): bfloat16 activations and frozen weights, the fused
-  attention; infer runs with it (the fused form's XLA lowering here). Without it: float32, einsum."""
+  attention; models/cpu_bf16.gin: float32 activations, bfloat16 products and frozen weights. infer
+  runs with each (the fused form's XLA lowering here). Without them: float32, einsum."""
   from spot_jax import train as train_lib
   placed, place = [], train_lib.place_frozen
   monkeypatch.setattr(train_lib, "place_frozen", lambda params, config, mesh, dtype: placed.append(
-      (config.dtype, config.attention_impl, dtype)) or place(params, config, mesh, dtype))
-  for extra, want in (((), ("float32", "einsum", "float32")),
-                      (("models/gpu_bf16.gin",), ("bfloat16", "fused", "bfloat16"))):
+      (config.dtype, config.matmul_dtype, config.attention_impl, dtype))
+      or place(params, config, mesh, dtype))
+  for extra, want in (((), ("float32", "activation", "einsum", "float32")),
+                      (("models/gpu_bf16.gin",), ("bfloat16", "activation", "fused", "bfloat16")),
+                      (("models/cpu_bf16.gin",), ("float32", "bfloat16", "einsum", "bfloat16"))):
     gin.clear_config()
     args = _args("prompt_infer.gin", "INFER_OUTPUT_DIR", tmp_path / "i", prompt_file,
                  ["--gin.spot_jax.infer.infer_prompt.num_examples=3"])
