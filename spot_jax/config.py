@@ -41,7 +41,7 @@ class T5Config:
   # The inputs of every projection (attention q/k/v/o, the MLP, the logits): "activation" casts the
   # kernel to the activation dtype (T5X's form); "bfloat16" rounds the input and the kernel to
   # bfloat16 and adds the products up in float32, the output in the activation dtype. On CPUs with
-  # AVX512-BF16/AMX, XLA runs such products about three times as fast as float32 ones, and with
+  # AVX512-BF16/AMX, XLA runs such products up to three times as fast as float32 ones, and with
   # bfloat16 frozen weights a decoding step reads half the bytes (docs/bench.md). Values change by
   # bfloat16 rounding of the products' inputs, as a TPU's default float32 matmul precision does.
   matmul_dtype: str = "activation"
