@@ -111,7 +111,7 @@ def check_trainable(task):
   and tasks.user_data mark their option-expanding preprocessor, see `rank_mode`)."""
   from tasks import rank_classification as rank_lib
   for leaf in _leaf_tasks(task):
-    if rank_lib.rank_mode(leaf) == "eval":
+    if rank_lib.is_rank_eval(leaf):  # marked tasks here; unmarked ones once their features are read
       raise _rank_training_error(task, leaf)
 
 
