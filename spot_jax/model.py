@@ -18,59 +18,9 @@ from spot_jax import fused_norm, pallas_attention, target_platform
 from spot_jax.config import T5Config
 from spot_jax.dropout import Dropout, per_element_bits
 from spot_jax.fused_attention import fused_attention
+from spot_jax.matmul import activation_dtype, matmul_dtype, project
 
 NEG_INF = -1e10  # additive mask value used by T5X (finite, so a fully masked row stays finite)
-
-
-def activation_dtype(config: T5Config):
-  return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-
-
-def matmul_dtype(config: T5Config):
-  """The dtype a projection's inputs are rounded to (`T5Config.matmul_dtype`)."""
-  return jnp.bfloat16 if config.matmul_dtype == "bfloat16" else activation_dtype(config)
-
-
-def _accumulate_in_float32(in_dtype, out_dtype) -> bool:
-  """Whether a product of `in_dtype` inputs asks for float32 sums. Always when its output is wider
-  than its inputs. Also for bfloat16 in and out on CPUs: XLA's CPU dot runs bfloat16 products
-  summed in float32 on the fast bfloat16 instructions, but bfloat16-valued ones about four times
-  slower (docs/bench.md); elsewhere the plain form is left as it is (it sums in float32 too)."""
-  return in_dtype == jnp.bfloat16 and (out_dtype != in_dtype or target_platform.platform() == "cpu")
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _float32_sums(spec, a, b):
-  """`einsum(spec, a, b)` summed in float32, whose backward products also take inputs in `a`'s
-  dtype: JAX's own backward would meet a float32 cotangent and run them in float32, at a third
-  of the speed on CPUs."""
-  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
-
-
-def _float32_sums_fwd(spec, a, b):
-  return _float32_sums(spec, a, b), (a, b)
-
-
-def _float32_sums_bwd(spec, saved, g):
-  # Every index of `spec` is in two of its three terms, so each input's cotangent is the product
-  # of the other two terms.
-  a, b = saved
-  inputs, out = spec.split("->")
-  in_a, in_b = inputs.split(",")
-  g = g.astype(a.dtype)
-  return (jnp.einsum(f"{out},{in_b}->{in_a}", g, b, preferred_element_type=jnp.float32).astype(a.dtype),
-          jnp.einsum(f"{out},{in_a}->{in_b}", g, a, preferred_element_type=jnp.float32).astype(b.dtype))
-
-
-_float32_sums.defvjp(_float32_sums_fwd, _float32_sums_bwd)
-
-
-def project(x, kernel, out_dtype, in_dtype):
-  """`x @ kernel`, both rounded to `in_dtype`, the result in `out_dtype`."""
-  a, b = x.astype(in_dtype), kernel.astype(in_dtype)
-  if _accumulate_in_float32(in_dtype, out_dtype):
-    return _float32_sums("...i,io->...o", a, b).astype(out_dtype)
-  return jnp.dot(a, b).astype(out_dtype)
 
 
 def _fan_in_normal(scale=1.0, distribution="normal"):
