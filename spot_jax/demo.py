@@ -9,7 +9,8 @@
 3. The similarity table of the library and its heatmap PNG.
 4. The target (restaurant sentiment): a short run gives its task embedding; sources are ranked.
 5. The target trained from the transferred init (SPoT's top-k weighted average) and from a random
-   init for the same steps; test-split accuracy of both, and a conclusion computed from them.
+   init for the same steps, once per seed (data order and random init); test-split accuracy of both
+   (and of the two inits untrained), their means over seeds, and a conclusion computed from them.
 Everything after the backbone is the project's own pipeline (spot_jax.spot.pipeline, train, evaluation).
 """
 from __future__ import annotations
@@ -52,15 +53,19 @@ class DemoConfig:
   top_k: int = 2
   measure: str = "cos_avg_tokens"
   seed: int = 0
+  # Target runs per budget and init: seeds seed, seed+1, ... (data order, random init). One 200-example
+  # test set and one seed leave a gap of a few points to chance; the mean over seeds is what is judged.
+  num_seeds: int = 3
 
 
 def quick_configs():
-  """A seconds-long configuration for tests: tiny backbone, three sources, few steps."""
+  """A smoke configuration for tests (under a minute with the backbone cached, about two without):
+  tiny backbone, three sources, few steps. Its accuracies mean nothing."""
   from spot_jax import backbone as bb
   backbone = bb.BackboneConfig(d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_layers=1,
                                num_decoder_layers=1, steps=30, batch_size=16, warmup_steps=5)
   demo = DemoConfig(sources=("movie", "topic", "number"), source_steps=8, task_embedding_steps=4,
-                    target_steps=(4,), prompt_length=4, batch_size=16)
+                    target_steps=(4,), prompt_length=4, batch_size=16, num_seeds=2)
   return backbone, demo
 
 
@@ -91,34 +96,61 @@ def similarity_table(names: Sequence[str], matrix) -> str:
   return "\n".join(lines)
 
 
-def results_table(rows: Sequence[dict]) -> str:
-  head = f"{'target task':<24} {'init':<40} {'steps':>5} {'test accuracy':>14}"
-  lines = [head, "-" * len(head)]
+def summarize(rows: Sequence[dict]) -> List[dict]:
+  """One row per (steps, init): the mean test accuracy over the seeds' runs and each seed's value."""
+  groups = {}
   for r in rows:
-    lines.append(f"{r['target']:<24} {r['init']:<40} {r['steps']:>5} {r['test_accuracy']:>13.1f}%")
+    groups.setdefault((r["steps"], r["kind"]), []).append(r)
+  out = []
+  for (steps, kind), rs in groups.items():
+    out.append({"target": rs[0]["target"], "kind": kind, "init": rs[0]["init"], "steps": steps,
+                "test_accuracy": float(np.mean([r["test_accuracy"] for r in rs])),
+                "per_seed": [r["test_accuracy"] for r in rs], "seeds": [r["seed"] for r in rs]})
+  return out
+
+
+def results_table(summary: Sequence[dict]) -> str:
+  n = max((len(r["per_seed"]) for r in summary), default=1)
+  head = (f"{'target task':<14} {'init':<36} {'steps':>5} {'test accuracy':>14}  "
+          f"{'per seed' if n > 1 else ''}").rstrip()
+  lines = [head, "-" * len(head)]
+  for r in summary:
+    seeds = " / ".join(f"{v:.1f}" for v in r["per_seed"]) if n > 1 else ""
+    lines.append(f"{r['target']:<14} {r['init']:<36} {r['steps']:>5} {r['test_accuracy']:>13.1f}%  "
+                 f"{seeds}".rstrip())
   return "\n".join(lines)
 
 
-def conclusion(rows: Sequence[dict]) -> str:
-  """One honest line computed from the final table."""
+def conclusion(summary: Sequence[dict]) -> str:
+  """One honest line computed from the final table: mean transfer - random per trained budget (an
+  untrained init's row, steps 0, is shown but not judged), and how many seeds' pairs agree."""
   by_steps = {}
-  for r in rows:
-    by_steps.setdefault(r["steps"], {})[r["kind"]] = r["test_accuracy"]
-  diffs = [(s, v["transfer"] - v["random"]) for s, v in sorted(by_steps.items())
+  for r in summary:
+    if r["steps"] > 0:
+      by_steps.setdefault(r["steps"], {})[r["kind"]] = r
+  pairs = [(s, v["transfer"], v["random"]) for s, v in sorted(by_steps.items())
            if "transfer" in v and "random" in v]
-  if not diffs:
+  if not pairs:
     return "conclusion: no transfer/random pair to compare"
+  diffs = [(s, t["test_accuracy"] - r["test_accuracy"]) for s, t, r in pairs]
   wins = sum(d > 0 for _, d in diffs)
   mean = float(np.mean([d for _, d in diffs]))
   detail = ", ".join(f"{d:+.1f} at {s}" for s, d in diffs)
+  seeds = len(pairs[0][1].get("per_seed", [None]))
   if wins == len(diffs):
     verdict = "the transferred init beat random init at every budget"
   elif wins == 0:
     verdict = "the transferred init did NOT beat random init at any budget"
   else:
     verdict = f"the transferred init beat random init at {wins} of {len(diffs)} budgets"
-  return (f"conclusion: {verdict} on held-out test data (transfer - random, points: {detail}; "
+  judged = "mean of {} seeds".format(seeds) if seeds > 1 else "one seed"
+  line = (f"conclusion: {verdict} on held-out test data ({judged}; transfer - random, points: {detail}; "
           f"mean {mean:+.1f})")
+  if seeds > 1:
+    runs = [(a, b) for _, t, r in pairs for a, b in zip(t["per_seed"], r["per_seed"])]
+    ahead = sum(a > b for a, b in runs)
+    line += f"; transfer ahead in {ahead} of {len(runs)} single runs"
+  return line
 
 
 def _write_json(path: str, obj) -> None:
@@ -200,30 +232,45 @@ def run_demo(out_dir: str, backbone_config=None, demo: DemoConfig = DemoConfig()
     console.block(f"  {i}. {_short(task):<10} {score:+.3f}")
 
   # 5. transfer vs random at equal steps, test split
+  seeds = [demo.seed + i for i in range(max(1, demo.num_seeds))]
   console(f"step 5/5: target {_short(target)} from the transferred init ({demo.strategy}, top-{demo.top_k}) "
-          f"and from a random init, {', '.join(map(str, demo.target_steps))} steps each")
-  rows, pipeline_results = [], []
-  for steps in demo.target_steps:
-    t = time.time()
-    res = pipeline.run_target(frozen, lib, target, os.path.join(target_dir, f"steps_{steps}"),
-                              strategy=demo.strategy, top_k=demo.top_k, steps=steps, run=run,
-                              measure=demo.measure, baseline=True, target_embedding=embedding)
-    pipeline_results.append(res.to_dict())
-    mix = " + ".join(f"{c.get('weight', 1.0 / len(res.chosen)):.2f} {_short(c['task'])}" for c in res.chosen)
-    for kind, prompt, label in (("transfer", res.transfer_prompt, f"transfer: {mix}"),
-                                ("random", res.baseline_prompt, "random uniform")):
-      acc = evaluation.evaluate(target, backbone.config, backbone.params, prompt, FEATURE_LENGTHS,
-                                split="test", batch_size=100)[target]["accuracy"]
-      rows.append({"target": _short(target), "kind": kind, "init": label, "steps": steps,
-                   "test_accuracy": float(acc), "validation_accuracy":
-                       float((res.transfer_metrics if kind == "transfer" else res.baseline_metrics)
-                             ["accuracy"])})
-    console(f"  {steps} steps: transfer {rows[-2]['test_accuracy']:.1f}% vs random "
-            f"{rows[-1]['test_accuracy']:.1f}% test accuracy ({time.time() - t:.0f}s)")
+          f"and from a random init, {', '.join(map(str, demo.target_steps))} steps each, seed"
+          f"{'s ' + ', '.join(map(str, seeds)) if len(seeds) > 1 else ' ' + str(seeds[0])}")
 
+  def test_accuracy(prompt):
+    return float(evaluation.evaluate(target, backbone.config, backbone.params, prompt, FEATURE_LENGTHS,
+                                     split="test", batch_size=100)[target]["accuracy"])
+
+  rows, pipeline_results = [], []
+  for seed in seeds:
+    seed_run = dataclasses.replace(run, seed=seed)
+    seed_dir = target_dir if len(seeds) == 1 else os.path.join(target_dir, f"seed_{seed}")
+    for i, steps in enumerate(demo.target_steps):
+      t = time.time()
+      res = pipeline.run_target(frozen, lib, target, os.path.join(seed_dir, f"steps_{steps}"),
+                                strategy=demo.strategy, top_k=demo.top_k, steps=steps, run=seed_run,
+                                measure=demo.measure, baseline=True, target_embedding=embedding)
+      pipeline_results.append({**res.to_dict(), "seed": seed})
+      mix = " + ".join(f"{c.get('weight', 1.0 / len(res.chosen)):.2f} {_short(c['task'])}" for c in res.chosen)
+      labels = {"transfer": f"transfer: {mix}", "random": "random uniform"}
+      if i == 0:  # the inits themselves, untrained: where each run starts
+        inits = {"transfer": np.load(os.path.join(res.out_dir, "init.npy")),
+                 "random": pipeline.base_init(frozen, seed_run, demo.prompt_length)}
+        for kind, prompt in inits.items():
+          rows.append({"target": _short(target), "kind": kind, "init": labels[kind], "steps": 0,
+                       "seed": seed, "test_accuracy": test_accuracy(prompt)})
+      for kind, prompt, metrics in (("transfer", res.transfer_prompt, res.transfer_metrics),
+                                    ("random", res.baseline_prompt, res.baseline_metrics)):
+        rows.append({"target": _short(target), "kind": kind, "init": labels[kind], "steps": steps,
+                     "seed": seed, "test_accuracy": test_accuracy(prompt),
+                     "validation_accuracy": float(metrics["accuracy"])})
+      console(f"  seed {seed}, {steps} steps: transfer {rows[-2]['test_accuracy']:.1f}% vs random "
+              f"{rows[-1]['test_accuracy']:.1f}% test accuracy ({time.time() - t:.0f}s)")
+
+  summary = summarize(rows)
   console.block("")
-  console.block(results_table(rows))
-  line = conclusion(rows)
+  console.block(results_table(summary))
+  line = conclusion(summary)
   console.block(line)
   results = {
       "target": target, "sources": sources, "strategy": demo.strategy, "top_k": demo.top_k,
@@ -236,7 +283,8 @@ def run_demo(out_dir: str, backbone_config=None, demo: DemoConfig = DemoConfig()
       "similarity": {"names": names, "matrix": np.asarray(matrix).tolist()},
       "source_validation_accuracy": {t: records[t]["metrics"].get("accuracy") for t in sources},
       "ranking": [{"task": t, "score": float(s)} for t, s in ranked],
-      "results": rows, "pipeline": pipeline_results, "conclusion": line,
+      "seeds": seeds, "results": rows, "summary": summary, "pipeline": pipeline_results,
+      "conclusion": line,
       "wall_seconds": time.time() - console.t0,
   }
   _write_json(os.path.join(out_dir, RESULTS_JSON), results)
@@ -257,13 +305,16 @@ def _steps_list(text: str) -> List[int]:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="spot-jax demo", description=__doc__.split("\n\n")[0])
   p.add_argument("--out", default="demo_out", help="output directory (library, heatmap, results.json)")
-  p.add_argument("--quick", action="store_true", help="a seconds-long configuration (tests, smoke runs)")
+  p.add_argument("--quick", action="store_true",
+                 help="a smoke configuration for tests: tiny backbone and budgets, numbers mean nothing")
   p.add_argument("--rebuild-backbone", action="store_true", help="pretrain the backbone again")
   p.add_argument("--cache-dir", default=None,
                  help="backbone cache (default $SPOT_JAX_CACHE/demo_backbone or ~/.cache/spot_jax/demo_backbone)")
   p.add_argument("--steps", type=_steps_list, default=None,
                  help="target step budgets, comma-separated (default 10,25,50)")
-  p.add_argument("--seed", type=int, default=None)
+  p.add_argument("--seed", type=int, default=None, help="first seed of the target runs (default 0)")
+  p.add_argument("--seeds", type=int, default=None,
+                 help="target runs per budget and init, seeds --seed, --seed+1, ... (default 3)")
   args = p.parse_args(argv)
   # TensorFlow (seqio's data pipeline only) logs a failed CUDA probe as an error on machines
   # without a GPU; level 3 keeps the demo's output to its own lines. Set it to see TF's logs.
@@ -276,6 +327,10 @@ def main(argv=None) -> int:
     demo = dataclasses.replace(demo, target_steps=tuple(args.steps))
   if args.seed is not None:
     demo = dataclasses.replace(demo, seed=args.seed)
+  if args.seeds is not None:
+    if args.seeds < 1:
+      p.error(f"--seeds needs at least 1, got {args.seeds}")
+    demo = dataclasses.replace(demo, num_seeds=args.seeds)
   run_demo(args.out, backbone_config, demo, cache_dir=args.cache_dir,
            rebuild_backbone=args.rebuild_backbone)
   return 0

@@ -38,11 +38,23 @@ class _QuietIncludeProbe(logging.Filter):
 logging.getLogger().addFilter(_QuietIncludeProbe())
 
 
+def _macros_left_required(path: pathlib.Path) -> list:
+  """The `%gin.REQUIRED` macros of a run file, with those of the run files it includes that it
+  does not set itself, in the order gin reads them."""
+  text = path.read_text()
+  names = []
+  for inc in re.findall(r"^include\s+'(runs/[^']+\.gin)'", text, re.M):
+    names += _macros_left_required(GIN_DIR / inc)
+  names += re.findall(r"^([A-Z][A-Z0-9_]*)\s*=\s*%gin\.REQUIRED", text, re.M)
+  set_here = set(re.findall(r"^([A-Z][A-Z0-9_]*)\s*=(?!\s*%gin\.REQUIRED)", text, re.M))
+  return [n for i, n in enumerate(names) if n not in set_here and n not in names[:i]]
+
+
 def _required_macros() -> str:
-  """`run file: MACRO, ...` for the run files' `%gin.REQUIRED` macros, for --help."""
+  """`run file: MACRO, ...` for the run files' `%gin.REQUIRED` macros (included files' too), for --help."""
   lines = []
   for path in sorted((GIN_DIR / "runs").glob("*.gin")):
-    names = re.findall(r"^([A-Z][A-Z0-9_]*)\s*=\s*%gin\.REQUIRED", path.read_text(), re.M)
+    names = _macros_left_required(path)
     if names:
       lines.append(f"  runs/{path.name}: {', '.join(names)}")
   return "\n".join(lines)

@@ -125,9 +125,18 @@ def load_vocabularies(task):
         vocab_lib.ensure_loaded(vocabulary, task=leaf.name)
 
 
+# T5 checkpoints pad their embedding to a multiple of 128 rows (32100 ids -> 32128, mT5's 250100 ->
+# 250112): a model with 128 or more rows beyond the task's vocabulary was trained on another one.
+VOCAB_PADDING = 128
+
+
 def check_vocabulary_fits(task, model_vocab_size: int):
-  """Token ids the model has no embedding row for would gather NaN and poison the loss: refuse a
-  task whose vocabulary is larger than the model's before any compute."""
+  """Refuses, before any compute, a task whose vocabulary is not the model's.
+
+  Larger: ids the model has no embedding row for would gather NaN and poison the loss. Much smaller
+  (by `VOCAB_PADDING` ids or more): the task tokenizes with another SentencePiece model (e.g. a
+  bundled `spot_bundled_*` task on a real T5), so training would run on meaningless ids.
+  """
   load_vocabularies(task)
   for feature in ("inputs", "targets"):
     spec = task.output_features.get(feature)
@@ -138,6 +147,14 @@ def check_vocabulary_fits(task, model_vocab_size: int):
           f"{model_vocab_size}: ids from {model_vocab_size} on have no embedding. Use a checkpoint "
           f"(or model config) with vocab_size >= {size}, or register the task with the model's "
           "vocabulary.")
+    if size is not None and model_vocab_size - size >= VOCAB_PADDING:
+      raise ValueError(
+          f"{task.name}'s {feature} vocabulary has {size} ids but the model's vocab_size is "
+          f"{model_vocab_size}: the task does not use the model's vocabulary (checkpoints pad theirs "
+          f"by fewer than {VOCAB_PADDING} ids), so its token ids would mean other words to the model. "
+          "Register the task with the model's SentencePiece model (SPOT_JAX_VOCAB for the GLUE, "
+          "SuperGLUE, SPoT and PPT tasks and tasks.user_data; the bundled spot_bundled_* tasks have "
+          "their own 1100-id vocabulary, for the demo backbone), or load the model it was made for.")
 
 
 @gin.configurable

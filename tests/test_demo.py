@@ -1,6 +1,7 @@
 """`spot-jax demo --quick` end to end: library, heatmap and a results JSON consistent with the files."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -8,15 +9,33 @@ import pytest
 from spot_jax import demo
 
 
+def _row(steps, kind, acc, seed=0):
+  return {"target": "t", "init": kind, "steps": steps, "kind": kind, "test_accuracy": acc, "seed": seed}
+
+
 def test_conclusion_is_computed_from_the_numbers():
-  rows = [{"steps": 10, "kind": "transfer", "test_accuracy": 70.0},
-          {"steps": 10, "kind": "random", "test_accuracy": 60.0},
-          {"steps": 20, "kind": "transfer", "test_accuracy": 70.0},
-          {"steps": 20, "kind": "random", "test_accuracy": 75.0}]
-  line = demo.conclusion(rows)
-  assert "1 of 2 budgets" in line and "+10.0 at 10" in line and "-5.0 at 20" in line
-  assert "did NOT beat" in demo.conclusion(rows[2:])
-  assert "every budget" in demo.conclusion(rows[:2])
+  rows = [_row(10, "transfer", 70.0), _row(10, "random", 60.0),
+          _row(20, "transfer", 70.0), _row(20, "random", 75.0)]
+  line = demo.conclusion(demo.summarize(rows))
+  assert "1 of 2 budgets" in line and "+10.0 at 10" in line and "-5.0 at 20" in line and "one seed" in line
+  assert "did NOT beat" in demo.conclusion(demo.summarize(rows[2:]))
+  assert "every budget" in demo.conclusion(demo.summarize(rows[:2]))
+
+
+def test_conclusion_judges_means_over_seeds_and_not_the_untrained_inits():
+  rows = [_row(0, "transfer", 60.0), _row(0, "random", 90.0),  # untrained: shown, not judged
+          _row(10, "transfer", 70.0, 0), _row(10, "random", 72.0, 0),
+          _row(10, "transfer", 80.0, 1), _row(10, "random", 66.0, 1),
+          _row(10, "transfer", 75.0, 2), _row(10, "random", 75.0, 2)]
+  summary = demo.summarize(rows)
+  ten = {r["kind"]: r for r in summary if r["steps"] == 10}
+  assert ten["transfer"]["test_accuracy"] == 75.0 and ten["random"]["test_accuracy"] == 71.0
+  assert ten["transfer"]["per_seed"] == [70.0, 80.0, 75.0] and ten["random"]["seeds"] == [0, 1, 2]
+  line = demo.conclusion(summary)
+  assert "every budget" in line and "mean of 3 seeds" in line and "+4.0 at 10" in line
+  assert not re.search(r"at 0\b", line) and "ahead in 1 of 3 single runs" in line
+  table = demo.results_table(summary)
+  assert "70.0 / 80.0 / 75.0" in table and "75.0%" in table and "per seed" in table
 
 
 def test_steps_flag_rejects_bad_values():
@@ -54,26 +73,35 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
   assert sorted(ranked) == sorted(res["sources"]) and res["target"] not in ranked
   assert scores == sorted(scores, reverse=True)
 
-  # Final table: one transfer and one random row per budget, accuracies in range, also printed.
+  # Per seed: both inits untrained (steps 0), then one transfer and one random row per budget.
   rows = res["results"]
-  assert [(r["steps"], r["kind"]) for r in rows] == [
-      (s, k) for s in cfg.target_steps for k in ("transfer", "random")]
+  assert cfg.num_seeds == 2 and res["seeds"] == [0, 1]
+  assert [(r["seed"], r["steps"], r["kind"]) for r in rows] == [
+      (seed, s, k) for seed in (0, 1) for s in (0,) + tuple(cfg.target_steps) for k in ("transfer", "random")]
   for r in rows:
     assert 0.0 <= r["test_accuracy"] <= 100.0
+  # The printed table is the mean over seeds of those rows; the conclusion is computed from it.
+  assert res["summary"] == demo.summarize(rows)
+  for r in res["summary"]:
+    assert r["test_accuracy"] == pytest.approx(np.mean(r["per_seed"]))
     assert f"{r['test_accuracy']:.1f}%" in printed
-  assert res["conclusion"] == demo.conclusion(rows) and res["conclusion"] in printed
-  # Validation numbers come from the pipeline's own result.json of each budget.
+  assert res["conclusion"] == demo.conclusion(res["summary"]) and res["conclusion"] in printed
+  # The transfer init is the same for both seeds (one retrieval); the random init is not.
+  untrained = {(r["seed"], r["kind"]): r["test_accuracy"] for r in rows if r["steps"] == 0}
+  assert untrained[(0, "transfer")] == untrained[(1, "transfer")]
+  # Validation numbers come from the pipeline's own result.json of each budget and seed.
+  assert [(p["seed"], p["steps"]) for p in res["pipeline"]] == [(s, n) for s in (0, 1) for n in cfg.target_steps]
   for p in res["pipeline"]:
     with open(os.path.join(p["out_dir"], "result.json")) as f:
       on_disk = json.load(f)
-    row = [r for r in rows if r["steps"] == p["steps"] and r["kind"] == "transfer"][0]
+    row = [r for r in rows if (r["seed"], r["steps"], r["kind"]) == (p["seed"], p["steps"], "transfer")][0]
     assert on_disk["transfer_metrics"]["accuracy"] == pytest.approx(row["validation_accuracy"])
   assert not res["backbone"]["reused"] and res["backbone"]["final_loss"] < res["backbone"]["initial_loss"]
   assert "heatmap:" in printed and "step 5/5" in printed
 
   # A second run reuses the cached backbone.
-  assert demo.main(["--quick", "--out", str(out), "--cache-dir", str(cache), "--steps", "2"]) == 0
+  assert demo.main(["--quick", "--out", str(out), "--cache-dir", str(cache), "--steps", "2", "--seeds", "1"]) == 0
   with open(out / demo.RESULTS_JSON) as f:
     again = json.load(f)
   assert again["backbone"]["reused"] and again["backbone"]["checkpoint"] == res["backbone"]["checkpoint"]
-  assert [r["steps"] for r in again["results"]] == [2, 2]
+  assert [r["steps"] for r in again["results"]] == [0, 0, 2, 2] and "one seed" in again["conclusion"]

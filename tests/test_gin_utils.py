@@ -48,6 +48,9 @@ def test_help_shows_the_gin_dot_form_and_each_run_files_required_macros():
   assert "--gin.NAME=VALUE" in text
   assert "runs/prompt_train.gin: MODEL_DIR, MIXTURE_OR_TASK_NAME" in text
   assert "runs/prompt_eval.gin: MIXTURE_OR_TASK_NAME, CHECKPOINT_PATH, PROMPT_FILE, EVAL_OUTPUT_DIR" in text
+  # The SPoT run files include prompt_train.gin: its required macros count unless they set them.
+  assert "runs/spot_source.gin: MODEL_DIR, MIXTURE_OR_TASK_NAME" in text
+  assert "runs/spot_target.gin: MODEL_DIR\n" in text  # the pipeline names each run's task
 
 
 def test_bad_input_from_a_job_exits_with_its_message_or_the_traceback_on_request(monkeypatch):

@@ -72,6 +72,19 @@ def test_add_model_dir_brings_task_embedding_steps_metrics(tmp_path):
   np.testing.assert_array_equal(lib.get("rte").prompt, final)
 
 
+def test_add_model_dir_files_the_trainers_task_keyed_metrics_under_their_own_names(tmp_path):
+  """The trainer keys a best export's metrics `<task>/<metric>`; entries keep `spot source`'s names."""
+  model_dir = str(tmp_path / "run")
+  pio.export_numpy_checkpoint(_prompt(), model_dir, 80, name="best",
+                              metrics={"spot_bundled_movie/accuracy": 87.0, "other/accuracy": 50.0})
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  assert lib.add("spot_bundled_movie", model_dir, "m")["metrics"] == {"accuracy": 87.0}
+  with pytest.warns(UserWarning, match=r"are of other, spot_bundled_movie, not of 'spot_bundled_topic': "
+                                       r"check that this run trained 'spot_bundled_topic'"):
+    rec = lib.add("spot_bundled_topic", model_dir, "m")
+  assert rec["metrics"] == {"spot_bundled_movie/accuracy": 87.0, "other/accuracy": 50.0}
+
+
 def test_prompts_kinds(tmp_path):
   lib = PromptLibrary(str(tmp_path / "lib"))
   lib.add("a", _prompt(seed=1), "m", task_embedding=_prompt(seed=11))

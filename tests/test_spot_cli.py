@@ -240,3 +240,10 @@ def test_retrieve_and_init_show_a_tie_that_decided_the_top_k(tmp_path, capsys, c
   assert summary["ties"]["sources"] == ["twin_a", "twin_b"] and summary["ties"]["chosen"] == ["twin_a"]
   assert cli.main(["init", *argv, "--out", str(tmp_path / "i.npy")]) == 0
   assert "tie: the top-1 selection is decided by a tie" in capsys.readouterr().out
+
+
+def test_help_names_the_command_users_type(capsys):
+  """`spot-jax library VERB --help` shows `spot-jax library VERB`, not the module path."""
+  with pytest.raises(SystemExit):
+    cli.main(["library", "add", "--help"])
+  assert capsys.readouterr().out.startswith("usage: spot-jax library add ")

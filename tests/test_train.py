@@ -183,6 +183,12 @@ def test_bad_inputs_fail_before_compute(tmp_path):
   with pytest.raises(ValueError, match=r"inputs vocabulary has \d+ ids but the model's vocab_size is 512"):
     train_lib.train(mixture_or_task_name=TASK, frozen=(small, init_params(small, jax.random.PRNGKey(0))),
                     **{**common, "model_dir": str(tmp_path / "m3")})
+  big = CFG.replace(vocab_size=32128)  # a real T5's vocab_size: the bundled ids would mean other words
+  with pytest.raises(ValueError, match=r"inputs vocabulary has 1100 ids but the model's vocab_size is 32128: "
+                                       r"the task does not use the model's vocabulary"):
+    train_lib.train(mixture_or_task_name=TASK, frozen=(big, init_params(big, jax.random.PRNGKey(0))),
+                    **{**common, "model_dir": str(tmp_path / "m6")})
+  assert not (tmp_path / "m6").exists() or not list((tmp_path / "m6").rglob("checkpoint_*"))
   (tmp_path / "ckpt").mkdir()
   (tmp_path / "ckpt" / "checkpoint").write_bytes(b"\x00garbage")
   with pytest.raises(ValueError, match="checkpoint"):

@@ -306,7 +306,7 @@ def _cmd_init(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m spot_jax.spot.cli")
+  parser = argparse.ArgumentParser(prog="spot-jax")  # also `python -m spot_jax.spot.cli`
   add_library_parser(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
   return parser
 

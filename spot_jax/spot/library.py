@@ -55,6 +55,23 @@ def _check_task_name(task: str) -> None:
                      "start with '.' nor end with '.tmp-<id>' or '.old-<id>' (names of partial writes)")
 
 
+def _own_metrics(task: str, metrics: dict, source: Optional[str]) -> dict:
+  """A MODEL_DIR export's validation metrics under the names `spot source` records (`accuracy`).
+
+  The trainer keys them `<task>/<metric>`, one prefix per evaluated task; keys of `task` lose their
+  prefix. Metrics of other tasks only stay (as they are) when none are of `task`, with a warning: the
+  run may have trained another task than the one it is being filed under.
+  """
+  own = {k[len(task) + 1:]: v for k, v in metrics.items() if k.startswith(task + "/")}
+  if own:
+    return own
+  tasks = sorted({k.split("/", 1)[0] for k in metrics if "/" in k})
+  if tasks:
+    warnings.warn(f"library: the metrics of {source} are of {', '.join(tasks)}, not of {task!r}: check "
+                  f"that this run trained {task!r} (the entry is filed under that name)")
+  return dict(metrics)
+
+
 class PromptLibrary:
   """A directory of source-task prompts for one frozen model."""
 
@@ -224,7 +241,7 @@ class PromptLibrary:
     if steps is None:
       steps = info.get("step")
     if metrics is None:
-      metrics = info.get("metrics")
+      metrics = _own_metrics(task, info.get("metrics") or {}, source)
     record = {
         "task": task,
         "model_id": model_id,
