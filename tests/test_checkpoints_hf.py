@@ -118,6 +118,33 @@ def test_unsupported_architectures(changes, match):
     config_from_hf(_hf_json(**changes))
 
 
+@pytest.mark.parametrize("changes,match", [
+    (dict(d_kv=None), r"field 'd_kv' is null, not a positive integer"),
+    (dict(d_model="512"), r"field 'd_model' is \"512\", not a positive integer"),
+    (dict(num_heads=2.5), r"field 'num_heads' is 2.5, not a positive integer"),
+    (dict(num_layers=0), r"field 'num_layers' is 0, not a positive integer"),
+    (dict(relative_attention_num_buckets=None), r"field 'relative_attention_num_buckets' is null, not a positive integer"),
+    (dict(layer_norm_epsilon=None), r"field 'layer_norm_epsilon' is null, not a number >= 0"),
+])
+def test_config_json_field_of_the_wrong_type_is_named(changes, match):
+  """A hand-edited field (`"d_kv": null`) used to surface as `TypeError: int() argument ...`."""
+  with pytest.raises(CheckpointError, match=rf"config.json: {match}; set it to the model's value"):
+    config_from_hf(_hf_json(**changes))
+
+
+def test_config_json_null_num_decoder_layers_means_num_layers():
+  assert config_from_hf(_hf_json(num_decoder_layers=None)).num_decoder_layers == V11.num_encoder_layers
+
+
+def test_read_hf_names_the_config_file_and_field(tmp_path):
+  write_hf(_params(V11), V11, str(tmp_path))
+  d = json.loads((tmp_path / "config.json").read_text())
+  d["d_kv"] = None
+  (tmp_path / "config.json").write_text(json.dumps(d))
+  with pytest.raises(CheckpointError, match=r"config\.json: field 'd_kv' is null"):
+    read_params(str(tmp_path))
+
+
 def test_config_json_defaults_follow_transformers():
   d = _hf_json()
   for k in ("tie_word_embeddings", "num_decoder_layers", "relative_attention_max_distance"):

@@ -1,6 +1,7 @@
 """T5X native checkpoints: write/read round trip, the real T5X-written fixture, spec rewriting, errors."""
 import json
 import os
+import re
 import shutil
 
 import ml_dtypes
@@ -153,8 +154,36 @@ def test_missing_chunk_file_is_an_error_not_zeros(tmp_path):
   array_dir = os.path.join(ckpt, "target.encoder.layers_0.mlp.wo.kernel")
   chunks = [f for f in os.listdir(array_dir) if not f.startswith(".")]
   os.remove(os.path.join(array_dir, chunks[0]))
-  with pytest.raises(CheckpointError, match=r"encoder/layers_0/mlp/wo/kernel.*missing or damaged"):
+  with pytest.raises(CheckpointError, match=r"encoder/layers_0/mlp/wo/kernel.*missing or damaged") as e:
     read_params(str(tmp_path))
+  assert "copy the checkpoint again" in str(e.value) and "tensorstore_spec" not in str(e.value)
+
+
+@pytest.mark.parametrize("damage,reason", [
+    ("no_directory", r"\.zarray\" does not exist"),
+    ("no_zarray", r"\.zarray\" does not exist"),
+    ("invalid_json", r"Invalid JSON"),
+    ("no_shape", r"\"shape\""),
+])
+def test_damaged_array_metadata_names_the_parameter_and_the_fix(tmp_path, damage, reason):
+  """TensorStore's error ends with the whole spec as JSON (kilobytes); the message keeps its one line."""
+  ckpt = write_t5x(_params(), str(tmp_path), step=1)
+  array_dir = os.path.join(ckpt, "target.encoder.layers_0.mlp.wo.kernel")
+  zarray = os.path.join(array_dir, ".zarray")
+  if damage == "no_directory":
+    shutil.rmtree(array_dir)
+  elif damage == "no_zarray":
+    os.remove(zarray)
+  else:
+    with open(zarray, "w") as f:
+      f.write("{not json" if damage == "invalid_json" else json.dumps({"zarr_format": 2}))
+  with pytest.raises(CheckpointError) as e:
+    read_params(str(tmp_path))
+  msg = str(e.value)
+  assert re.search(rf"parameter 'encoder/layers_0/mlp/wo/kernel' at {re.escape(array_dir)} .*{reason}.*"
+                   r"Fix: copy the checkpoint again", msg), msg
+  assert "tensorstore_spec" not in msg and len(msg) < 800, msg
+  assert e.value.__cause__ is None and e.value.__suppress_context__  # no spec in the traceback either
 
 
 def test_chunks_omitted_for_a_declared_fill_value_read_as_fills(tmp_path):

@@ -69,3 +69,67 @@ def test_load_t5_names_a_pytorch_only_folder(tmp_path):
   with pytest.raises(ValueError, match=r"(?s)holds PyTorch pickle weights \(pytorch_model\.bin\).*"
                                        r"save_pretrained\(.*safe_serialization=True\)"):
     spot_jax.load_t5(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return spot_jax.load_t5(FIXTURE)  # vocab_size 128, d_model 32
+
+
+_CALLS = {"encode": lambda m, ids, dec: m.encode(ids), "logits": lambda m, ids, dec: m.logits(ids, dec)}
+
+
+@pytest.mark.parametrize("method", sorted(_CALLS))
+def test_token_ids_outside_the_vocabulary_are_refused_not_nan(tiny, method):
+  """`jnp.take` gathers an out-of-range id as a row of NaN: the outputs would be all-NaN, silently."""
+  ok = np.array([[4, 5, 1]])
+  with pytest.raises(ValueError, match=r"input_ids holds token id 128 \(min 1, max 128\), but this model's "
+                                       r"vocab_size is 128 .*tokenized with another model's vocabulary"):
+    _CALLS[method](tiny, np.array([[128, 5, 1]]), ok)
+  with pytest.raises(ValueError, match=r"input_ids holds negative token id -100 .*vocab_size=128.*Pad with 0"):
+    _CALLS[method](tiny, np.array([[-100, 5, 1]]), ok)
+  if method == "logits":
+    with pytest.raises(ValueError, match=r"decoder_input_ids holds token id 40000 .*vocab_size is 128"):
+      tiny.logits(ok, np.array([[0, 40000]]))
+    with pytest.raises(ValueError, match=r"decoder_input_ids holds negative token id -1 "):
+      tiny.logits(ok, np.array([[-1]]))
+  assert np.isfinite(_CALLS[method](tiny, np.array([[127, 5, 1]]), np.array([[0, 127]]))).all()
+
+
+def test_token_ids_must_be_a_2d_integer_batch(tiny):
+  with pytest.raises(ValueError, match=r"input_ids must be \[batch, length\] token ids, got shape \(3,\); "
+                                       r"wrap a single example as x\[None\]"):
+    tiny.encode(np.array([4, 5, 1]))
+  with pytest.raises(ValueError, match=r"decoder_input_ids must be \[batch, length\] .*got shape \(1,\)"):
+    tiny.logits(np.array([[4, 5, 1]]), np.array([0]))
+  with pytest.raises(ValueError, match=r"input_ids must hold integer token ids, got dtype float"):
+    tiny.encode(np.array([[4.5, 5, 1]]))
+  assert tiny.encode(np.array([[4.0, 5, 1]])).shape == (1, 3, 32)  # integral floats are ids
+
+
+def test_decoder_batch_must_match_the_input_batch(tiny):
+  with pytest.raises(ValueError, match=r"input_ids has batch size 2 but decoder_input_ids has 3"):
+    tiny.logits(np.ones((2, 3), np.int32), np.zeros((3, 1), np.int32))
+
+
+@pytest.mark.parametrize("shape", [(4, 32), (2, 4, 32)])
+def test_non_finite_prompt_is_refused_not_nan(tiny, shape):
+  prompt = np.zeros(shape, np.float32)
+  prompt[..., 1, 3] = np.nan
+  prompt[..., 2, 0] = np.inf
+  bad = 2 * (shape[0] if len(shape) == 3 else 1)
+  with pytest.raises(ValueError, match=rf"prompt holds {bad} NaN/inf value\(s\)"):
+    tiny.encode(np.ones((2, 3), np.int32), prompt=prompt)
+  with pytest.raises(ValueError, match=r"NaN/inf"):
+    tiny.logits(np.ones((2, 3), np.int32), np.zeros((2, 1), np.int32), prompt=prompt)
+
+
+REAL_T5X = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fixtures",
+                        "t5x_tiny_checkpoint")
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_T5X), reason="shared T5X fixture not present")
+def test_real_t5x_checkpoint_refuses_ids_of_another_vocabulary():
+  model = spot_jax.load_t5(REAL_T5X)
+  with pytest.raises(ValueError, match=rf"token id 40000 .*vocab_size is {model.config.vocab_size}"):
+    model.logits(np.array([[40000, 5, 1]]), np.zeros((1, 1), np.int32))

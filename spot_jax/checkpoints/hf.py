@@ -8,6 +8,7 @@ table per stack. Read through `safetensors.numpy`: no torch, no pickle.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import tempfile
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -47,18 +48,39 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> T5Conf
   if proj not in _FEED_FORWARD:
     raise CheckpointError(f"{source}: feed_forward_proj {proj!r} is not supported; spot_jax supports "
                           f"{sorted(_FEED_FORWARD)} (T5 1.0 and T5 1.1/mT5)")
-  try:
-    return T5Config(
-        vocab_size=int(hf["vocab_size"]), d_model=int(hf["d_model"]), num_heads=int(hf["num_heads"]),
-        head_dim=int(hf["d_kv"]), d_ff=int(hf["d_ff"]), num_encoder_layers=int(hf["num_layers"]),
-        num_decoder_layers=int(hf.get("num_decoder_layers") or hf["num_layers"]),
-        feed_forward=_FEED_FORWARD[proj], tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        relative_attention_num_buckets=int(hf.get("relative_attention_num_buckets", 32)),
-        relative_attention_max_distance=int(hf.get("relative_attention_max_distance", 128)),
-        layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
-        dropout_rate=float(hf.get("dropout_rate", 0.1)))
-  except KeyError as e:
-    raise CheckpointError(f"{source}: missing field {e.args[0]!r} required for a T5 config") from e
+  num = lambda key, default=None, kind=int: _number(hf, key, default, kind, source)
+  return T5Config(
+      vocab_size=num("vocab_size"), d_model=num("d_model"), num_heads=num("num_heads"),
+      head_dim=num("d_kv"), d_ff=num("d_ff"), num_encoder_layers=num("num_layers"),
+      # transformers reads a null or absent num_decoder_layers as num_layers
+      num_decoder_layers=num("num_decoder_layers") if hf.get("num_decoder_layers") is not None
+      else num("num_layers"),
+      feed_forward=_FEED_FORWARD[proj], tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
+      relative_attention_num_buckets=num("relative_attention_num_buckets", 32),
+      relative_attention_max_distance=num("relative_attention_max_distance", 128),
+      layer_norm_epsilon=num("layer_norm_epsilon", 1e-6, float),
+      dropout_rate=num("dropout_rate", 0.1, float))
+
+
+def _number(hf: Mapping[str, Any], key: str, default: Any, kind: type, source: str):
+  """`hf[key]` as a positive int (`kind=int`) or a finite float >= 0, else a CheckpointError naming
+  the field and its value: `int(None)` from a hand-edited `"d_kv": null` says neither."""
+  if key not in hf:
+    if default is None:
+      raise CheckpointError(f"{source}: missing field {key!r} required for a T5 config")
+    return default
+  value = hf[key]
+  ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+  if kind is int:
+    ok = ok and value == int(value) and value >= 1
+    want = "a positive integer"
+  else:
+    ok = ok and value >= 0
+    want = "a number >= 0"
+  if not ok:
+    raise CheckpointError(f"{source}: field {key!r} is {json.dumps(value, default=repr)}, not {want}; set it to the "
+                          "model's value (as in the config.json the model was released with)")
+  return kind(value)
 
 
 def config_to_hf(config: T5Config) -> Dict[str, Any]:

@@ -283,6 +283,20 @@ def absolute_spec(spec: Mapping[str, Any], checkpoint_dir: str) -> Dict[str, Any
   return spec
 
 
+def _ts_reason(e: Exception) -> str:
+  """TensorStore's message without the `[tensorstore_spec='...']` it appends: kilobytes of JSON that
+  bury the one line saying what is wrong."""
+  return re.sub(r"\s*\[tensorstore_spec='.*'\]", "", str(e), flags=re.DOTALL).strip()
+
+
+def _ts_location(spec: Mapping[str, Any]) -> str:
+  kv = spec.get("kvstore") or {}
+  return f"gs://{kv['bucket']}/{kv.get('path', '')}" if "bucket" in kv else str(kv.get("path"))
+
+
+_COPY_AGAIN = "copy the checkpoint again (the copy is incomplete or damaged)"
+
+
 def _read_specs(specs: Mapping[str, Dict[str, Any]], version: int) -> Dict[str, np.ndarray]:
   import tensorstore as ts
   if not specs:
@@ -296,9 +310,10 @@ def _read_specs(specs: Mapping[str, Dict[str, Any]], version: int) -> Dict[str, 
     try:
       stores[name] = future.result()
       reads[name] = stores[name].read()
-    except Exception as e:
-      raise CheckpointError(f"cannot open the TensorStore array for {name!r} at "
-                            f"{specs[name]['kvstore']}: {e}") from e
+    except Exception as e:  # `from None`: the chained TensorStore error repeats the whole spec
+      raise CheckpointError(f"cannot open the array of parameter {name!r} at {_ts_location(specs[name])} "
+                            f"(its directory or .zarray metadata is missing or invalid): {_ts_reason(e)}. "
+                            f"Fix: {_COPY_AGAIN}") from None
   out = {}
   for name, future in reads.items():
     try:
@@ -310,8 +325,9 @@ def _read_specs(specs: Mapping[str, Dict[str, Any]], version: int) -> Dict[str, 
         arr = np.asarray(ts.open({**specs[name], "fill_missing_data_reads": True}, open=True,
                                  read=True).result().read().result())
     except Exception as e:
-      raise CheckpointError(f"cannot read the TensorStore array for {name!r} (a chunk file missing or "
-                            f"damaged: copy the checkpoint again): {e}") from e
+      raise CheckpointError(f"cannot read the array of parameter {name!r} at {_ts_location(specs[name])} "
+                            f"(a chunk file missing or damaged): {_ts_reason(e)}. "
+                            f"Fix: {_COPY_AGAIN}") from None
     if version < 3 and arr.dtype == np.uint16:  # version 2 stored bfloat16 as raw uint16
       import ml_dtypes
       arr = arr.view(ml_dtypes.bfloat16)
