@@ -112,17 +112,33 @@ def find_exports(model_dir: str) -> ModelDirExports:
 
 
 def read_export_info(export_dir: str) -> dict:
-  """The `export.json` beside an export (step, metrics), or {} when absent or unreadable."""
+  """The `export.json` beside an export (step, metrics), or {} when absent or unreadable.
+
+  Only metadata: the prompt beside it is intact, so a damaged one is a warning, not an error.
+  """
   path = fileio.join(export_dir, EXPORT_INFO)
   if not fileio.exists(path):
     m = _CHECKPOINT_RE.match(fileio.basename(export_dir))
     return {"step": int(m.group(1))} if m else {}
   try:
-    with fileio.open_file(path, "r") as f:
-      return json.load(f)
+    return read_json_object(path)
   except (OSError, ValueError) as e:
-    warnings.warn(f"ignoring unreadable {path}: {e}")
+    warnings.warn(f"{e}; ignoring it: the export's step and metrics are unknown (export it again to "
+                  "restore them)")
     return {}
+
+
+def read_json_object(path: str) -> dict:
+  """The JSON object in `path`; a ValueError naming the file otherwise (not the decoder's bare
+  "line 1 column 2"). Callers add the fix, which depends on what wrote the file."""
+  with fileio.open_file(path, "r") as f:
+    try:
+      out = json.loads(f.read())
+    except ValueError as e:  # also UnicodeDecodeError: binary junk
+      raise ValueError(f"{path} is not valid JSON (truncated or edited by hand?): {e}") from e
+  if not isinstance(out, dict):
+    raise ValueError(f"{path} holds a JSON {type(out).__name__}, not the expected object")
+  return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -264,7 +280,11 @@ def load_prompt_with_source(path: str, which: str = "auto"):
                          f" Accepted: {ACCEPTED_FORMATS}")
       f.seek(0)
       data = f.read()
-    arr = np.load(io.BytesIO(data), allow_pickle=False)
+    try:
+      arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, EOFError) as e:  # numpy's own words name no file ("EOF: reading array header")
+      raise ValueError(f"{src.file} is not a readable numeric .npy (truncated, or written with pickle): "
+                       f"{e}. Export or copy it again") from e
   return validate_prompt(arr, src.file), src
 
 
@@ -280,8 +300,11 @@ def _load_peft(src: PromptSource) -> np.ndarray:
   arr = np.asarray(tensors[keys[0]])
   config = {}
   if src.export_dir is not None:
-    with fileio.open_file(fileio.join(src.export_dir, PEFT_CONFIG), "r") as f:
-      config = json.load(f)
+    try:
+      config = read_json_object(fileio.join(src.export_dir, PEFT_CONFIG))
+    except ValueError as e:
+      raise ValueError(f"{e}. Save the adapter again (PeftModel.save_pretrained or `spot-jax export "
+                       "--format peft`)") from e
     if config.get("peft_type") not in (None, "PROMPT_TUNING"):
       raise ValueError(f"{src.export_dir}: peft_type is {config.get('peft_type')!r}; only PROMPT_TUNING "
                        "adapters hold a soft prompt")

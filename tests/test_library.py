@@ -195,3 +195,43 @@ def test_orphaned_backup_ignored_when_entry_exists(tmp_path):
   lib.add("rte", new, "t5_tiny", overwrite=True)
   assert lib.tasks() == ["rte"]
   np.testing.assert_array_equal(lib.get("rte").prompt, new)
+
+
+def test_damaged_entry_is_an_error_naming_the_fix_everywhere(tmp_path):
+  d = str(tmp_path / "lib")
+  lib = PromptLibrary(d)
+  lib.add("rte", _prompt(seed=1), "t5_tiny", task_embedding=_prompt(seed=2))
+  lib.add("cb", _prompt(seed=3), "t5_tiny")
+  open(os.path.join(d, "cb", "record.json"), "w").write("{x")
+  fix = r"re-add the task with `spot-jax library add --library .* --task cb --overwrite SOURCE`"
+  for read in (lib.list, lambda: lib.get("cb"), lib.prompts, lambda: lib.prompts("task_embedding")):
+    with pytest.raises(ValueError, match=rf"entry 'cb': .*cb/record\.json is not valid JSON.*{fix}"):
+      read()
+  open(os.path.join(d, "cb", "record.json"), "w").write('{"task": "cb"}')
+  with pytest.raises(ValueError, match=rf"record\.json lacks \['model_id', 'd_model', 'prompt_length'\].*{fix}"):
+    lib.list()
+  lib.add("cb", _prompt(seed=3), "t5_tiny", overwrite=True)  # the fix the message names works
+  assert lib.tasks() == ["cb", "rte"]
+  open(os.path.join(d, "rte", "task_embedding.npy"), "wb").write(pio.npy_bytes(_prompt())[:40])
+  with pytest.raises(ValueError, match=r"entry 'rte': .*task_embedding\.npy is not a readable numeric "
+                                       r"\.npy .*--task rte --overwrite"):
+    lib.prompts("task_embedding")
+  assert sorted(lib.prompts()) == ["cb", "rte"]  # the final prompts are intact
+
+
+def test_damaged_library_json_loses_nothing(tmp_path):
+  d = str(tmp_path / "lib")
+  lib = PromptLibrary(d)
+  lib.add("rte", _prompt(d=8), "t5_tiny")
+  open(os.path.join(d, "library.json"), "w").write("{x")
+  with pytest.warns(UserWarning, match=r"library\.json is not valid JSON.*entries' records.*Delete"):
+    assert lib.meta["model_id"] == "t5_tiny" and lib.meta["d_model"] == 8
+  with pytest.warns(UserWarning), pytest.raises(ValueError, match="d_model 16"):
+    lib.add("cb", _prompt(d=16), "t5_tiny")
+
+
+def test_reading_a_missing_library_says_it_does_not_exist(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"library .*typo does not exist: check the --library path"):
+    PromptLibrary.existing(str(tmp_path / "typo"))
+  PromptLibrary(str(tmp_path / "lib")).add("rte", _prompt(), "t5_tiny")
+  assert PromptLibrary.existing(str(tmp_path / "lib")).tasks() == ["rte"]

@@ -301,3 +301,39 @@ def test_gcs_prompt_without_network_fails_fast(monkeypatch):
   finally:
     release.set()
   assert time.monotonic() - start < 10
+
+
+def test_damaged_npy_names_the_file_and_the_fix(tmp_path):
+  data = pio.npy_bytes(_prompt())
+  (tmp_path / "header.npy").write_bytes(data[:40])
+  (tmp_path / "data.npy").write_bytes(data[:-12])
+  np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+  for name, reason in (("header", "reading array header"), ("data", "reading array data"),
+                       ("pickled", "Object arrays")):
+    with pytest.raises(ValueError, match=rf"{name}\.npy is not a readable numeric \.npy .*{reason}.*"
+                                         "Export or copy it again"):
+      pio.load_prompt(str(tmp_path / f"{name}.npy"))
+  run = str(tmp_path / "run")  # a MODEL_DIR whose newest export was cut short
+  pio.export_numpy_checkpoint(_prompt(), run, 10)
+  f = os.path.join(pio.checkpoint_export_dir(run, 10), pio.T5X_PROMPT_FILENAME)
+  open(f, "wb").write(data[:40])
+  with pytest.raises(ValueError, match=r"encoder\.prompt\.prompt\.prompt is not a readable numeric"):
+    pio.load_prompt(run)
+
+
+def test_damaged_json_beside_a_prompt(tmp_path):
+  d = pio.export_peft(_prompt(), str(tmp_path / "adapter"))
+  (tmp_path / "adapter" / pio.PEFT_CONFIG).write_text("{x")
+  with pytest.raises(ValueError, match=r"adapter_config\.json is not valid JSON.*Save the adapter again"):
+    pio.load_prompt(d)
+  (tmp_path / "adapter" / pio.PEFT_CONFIG).write_text("[1]")
+  with pytest.raises(ValueError, match=r"adapter_config\.json holds a JSON list"):
+    pio.load_prompt(d)
+  # export.json is only metadata: the prompt still loads, its step and metrics are unknown
+  run = str(tmp_path / "run")
+  exp = pio.export_numpy_checkpoint(_prompt(), run, 10, name="best", metrics={"accuracy": 0.5})
+  open(os.path.join(exp, pio.EXPORT_INFO), "w").write("{x")
+  with pytest.warns(UserWarning, match=r"export\.json is not valid JSON.*ignoring it.*export it again"):
+    p, src = pio.load_prompt_with_source(run)
+  np.testing.assert_array_equal(p, _prompt())
+  assert src.step is None

@@ -247,3 +247,25 @@ def test_help_names_the_command_users_type(capsys):
   with pytest.raises(SystemExit):
     cli.main(["library", "add", "--help"])
   assert capsys.readouterr().out.startswith("usage: spot-jax library add ")
+
+
+def test_reading_commands_refuse_a_missing_library(sources, capsys):
+  tmp_path, _, _ = sources
+  typo = str(tmp_path / "lbi")
+  for verb in (["list"], ["similarity"], ["retrieve", "--target", str(tmp_path / "target.npy")],
+               ["init", "--target", str(tmp_path / "target.npy"), "--out", str(tmp_path / "i.npy")]):
+    assert cli.main([*verb, "--library", typo]) == 1
+    assert f"error: library {typo} does not exist: check the --library path" in capsys.readouterr().err
+  assert not os.path.exists(typo) and not os.path.exists(tmp_path / "i.npy")
+
+
+def test_damaged_record_fails_every_command_alike(sources, capsys):
+  tmp_path, _, _ = sources
+  lib = _build(tmp_path)
+  open(os.path.join(lib, "cb", "record.json"), "w").write("{x")
+  capsys.readouterr()
+  for verb in (["list"], ["similarity"], ["retrieve", "--target", str(tmp_path / "target.npy")]):
+    assert cli.main([*verb, "--library", lib]) == 1
+    err = capsys.readouterr().err
+    assert "error: library entry 'cb': " in err and "record.json is not valid JSON" in err
+    assert "--task cb --overwrite SOURCE" in err and len(err.splitlines()) == 1

@@ -199,7 +199,7 @@ def _cmd_add(args) -> int:
 
 
 def _cmd_list(args) -> int:
-  lib = PromptLibrary(args.library)
+  lib = PromptLibrary.existing(args.library)
   recs = lib.list()
   if args.json:
     print(json.dumps({"library": lib.meta, "entries": recs}, indent=2, sort_keys=True))
@@ -221,7 +221,7 @@ def _cmd_list(args) -> int:
 
 def _cmd_similarity(args) -> int:
   from spot_jax.spot.heatmap import save_heatmap  # pylint: disable=g-import-not-at-top
-  lib = PromptLibrary(args.library)
+  lib = PromptLibrary.existing(args.library)
   measures = args.measure or [sim.DEFAULT_MEASURE]
   if "all" in measures:
     measures = [m for m in measures if m != "all"] + [m for m in sim.PROMPT_SIMILARITIES
@@ -253,7 +253,7 @@ def _cmd_similarity(args) -> int:
 
 
 def _rank(args):
-  lib = PromptLibrary(args.library)
+  lib = PromptLibrary.existing(args.library)
   act = _activations(args, [args.measure])
   # A target MODEL_DIR gives its task-embedding export (else its best/newest), and that export's step.
   return lib, rank_sources(args.target, lib, args.measure, exclude=args.exclude, kind=args.kind,

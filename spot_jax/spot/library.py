@@ -11,6 +11,11 @@ All prompts of a library belong to one frozen model: an entry whose d_model or m
 refused. Entries are written into a temporary directory and renamed into place, so a failed `add`
 leaves no partial entry; `*.tmp-*` / `*.old-*` directories left by a killed process are not entries
 (an orphaned `<task>.old-*` stands for its missing `<task>`). The library is a local directory.
+
+Damaged files: an unreadable library.json only repeats what the entries' records say, so it is ignored
+with a warning. An entry whose record.json or prompt file is unreadable is an error naming it and the
+fix in every command (never skipped: a silently missing source would change rankings and similarity
+tables without a word).
 """
 from __future__ import annotations
 
@@ -72,6 +77,9 @@ def _own_metrics(task: str, metrics: dict, source: Optional[str]) -> dict:
   return dict(metrics)
 
 
+_RECORD_KEYS = ("task", "model_id", "d_model", "prompt_length")
+
+
 class PromptLibrary:
   """A directory of source-task prompts for one frozen model."""
 
@@ -80,19 +88,42 @@ class PromptLibrary:
     if os.path.exists(self.path) and not os.path.isdir(self.path):
       raise NotADirectoryError(f"prompt library {self.path} is a file, not a directory")
 
+  @classmethod
+  def existing(cls, path: str) -> "PromptLibrary":
+    """The library at `path` for reading; a FileNotFoundError when it does not exist, so that a
+    mistyped path is not read as an empty library (`add` creates a new one instead)."""
+    if not os.path.exists(str(path)):
+      raise FileNotFoundError(f"library {path} does not exist: check the --library path, or create it "
+                              f"with `spot-jax library add --library {path} --task TASK --model-id ID "
+                              "SOURCE`")
+    return cls(path)
+
+  def _fix(self, task: str) -> str:
+    return (f"re-add the task with `spot-jax library add --library {self.path} --task {task} --overwrite "
+            f"SOURCE`, or delete {os.path.join(self.path, task)} to drop the entry")
+
   # -- metadata ------------------------------------------------------------------------------------
   @property
   def meta(self) -> dict:
-    """library.json, or {} for a library with no entry yet."""
+    """library.json, or {} for a library with no entry yet.
+
+    A lost (e.g. a crash after the first entry) or unreadable library.json loses nothing: every
+    entry's record holds the same model id and d_model, so the first entry decides (with a warning
+    when the file is damaged, since deleting it is the fix).
+    """
     p = os.path.join(self.path, LIBRARY_JSON)
-    if not os.path.exists(p):
-      tasks = self.tasks()
-      if tasks:  # library.json lost (e.g. a crash after the first entry): the entries still decide
-        rec = self.record(tasks[0])
-        return {"format_version": FORMAT_VERSION, "d_model": rec["d_model"], "model_id": rec["model_id"]}
-      return {}
-    with open(p) as f:
-      return json.load(f)
+    if os.path.exists(p):
+      try:
+        return prompt_io.read_json_object(p)
+      except ValueError as e:
+        warnings.warn(f"library {self.path}: {e}; ignoring it, the entries' records give the model id "
+                      f"and d_model. Delete {p} to silence this (a library without entries rewrites it on "
+                      "its next add)")
+    tasks = self.tasks()
+    if tasks:
+      rec = self.record(tasks[0])
+      return {"format_version": FORMAT_VERSION, "d_model": rec["d_model"], "model_id": rec["model_id"]}
+    return {}
 
   @property
   def d_model(self) -> Optional[int]:
@@ -286,8 +317,21 @@ class PromptLibrary:
     d = self._entry_dir(task) if task and not _PARTIAL_RE.match(task) else None
     if d is None:
       raise KeyError(f"task {task!r} is not in library {self.path}; tasks: {self.tasks()}")
-    with open(os.path.join(d, RECORD_JSON)) as f:
-      return json.load(f)
+    try:
+      rec = prompt_io.read_json_object(os.path.join(d, RECORD_JSON))
+      missing = [k for k in _RECORD_KEYS if k not in rec]
+      if missing:
+        raise ValueError(f"{os.path.join(d, RECORD_JSON)} lacks {missing}")
+    except ValueError as e:
+      raise ValueError(f"library entry {task!r}: {e}. Fix: {self._fix(task)}") from e
+    return rec
+
+  def _load(self, task: str, path: str) -> np.ndarray:
+    """`prompt_io.load_prompt` of an entry's file, its error saying how to repair the entry."""
+    try:
+      return prompt_io.load_prompt(path)
+    except ValueError as e:
+      raise ValueError(f"library entry {task!r}: {e}; or {self._fix(task)}") from e
 
   def list(self) -> list:  # pylint: disable=redefined-builtin
     """Records of all entries, sorted by task name."""
@@ -297,14 +341,15 @@ class PromptLibrary:
     rec = self.record(task)
     d = self._entry_dir(task)
     emb_path = os.path.join(d, TASK_EMBEDDING_FILE)
-    emb = prompt_io.load_prompt(emb_path) if os.path.exists(emb_path) else None
-    return LibraryEntry(task, prompt_io.load_prompt(os.path.join(d, PROMPT_FILE)), emb, rec)
+    emb = self._load(task, emb_path) if os.path.exists(emb_path) else None
+    return LibraryEntry(task, self._load(task, os.path.join(d, PROMPT_FILE)), emb, rec)
 
   def prompts(self, kind: str = "prompt", missing: str = "prompt") -> dict:
     """{task: array} of the final prompts (kind="prompt") or the task embeddings.
 
     For kind="task_embedding", tasks without one use their final prompt (missing="prompt", with a
-    warning), are left out (missing="skip"), or raise (missing="error").
+    warning), are left out (missing="skip"), or raise (missing="error"). Each entry's record is read
+    too, so that a damaged entry fails here as it does in `list` (see the module docstring).
     """
     if kind not in KINDS:
       raise ValueError(f"kind={kind!r}: use one of {KINDS}")
@@ -313,10 +358,11 @@ class PromptLibrary:
     out, lacking = {}, []
     for t in self.tasks():
       d = self._entry_dir(t)
+      self.record(t)
       if kind == "task_embedding":
         p = os.path.join(d, TASK_EMBEDDING_FILE)
         if os.path.exists(p):
-          out[t] = prompt_io.load_prompt(p)
+          out[t] = self._load(t, p)
           continue
         lacking.append(t)
         if missing == "skip":
@@ -324,7 +370,7 @@ class PromptLibrary:
         if missing == "error":
           raise ValueError(f"library {self.path}: task(s) {lacking} have no task embedding; add them "
                            "from a MODEL_DIR with a task_embedding export or pass --task-embedding")
-      out[t] = prompt_io.load_prompt(os.path.join(d, PROMPT_FILE))
+      out[t] = self._load(t, os.path.join(d, PROMPT_FILE))
     if lacking:
       what = "their final prompt is used instead" if missing == "prompt" else "they are left out"
       warnings.warn(f"library {self.path}: {lacking} have no task embedding; {what}")
