@@ -6,15 +6,27 @@ from its last complete checkpoint. `meta` holds the data position and the run's 
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
 
+from spot_jax import fileio
 from spot_jax.train_step import TrainState
 
 CHECKPOINTS_SUBDIR = "checkpoints"
+
+
+class CheckpointRestoreError(ValueError):
+  """A training checkpoint that cannot be read back (corrupt, or written by another run's settings)."""
+
+
+def _short_reason(e: BaseException, limit: int = 300) -> str:
+  """orbax/tensorstore errors carry their whole spec (kilobytes of JSON): keep the reason."""
+  text = str(e).split(" [tensorstore_spec=")[0].splitlines()[0] if str(e) else type(e).__name__
+  return text if len(text) <= limit else text[:limit] + " ..."
 
 
 class PromptCheckpoints:
@@ -25,6 +37,7 @@ class PromptCheckpoints:
     directory = os.path.abspath(os.path.join(model_dir, CHECKPOINTS_SUBDIR)) \
         if "://" not in model_dir else model_dir.rstrip("/") + "/" + CHECKPOINTS_SUBDIR
     self.directory = directory
+    fileio.check_not_a_file(directory, "the training checkpoints go there")  # else async saves fail unseen
     # Handlers named up front: without them a manager opened on an existing directory (a resumed
     # run) knows no item's metadata until its first save, and cannot check the prompt's shape.
     self._manager = ocp.CheckpointManager(
@@ -57,10 +70,10 @@ class PromptCheckpoints:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
-      raise RuntimeError(
-          f"cannot restore the training checkpoint at step {step} in {self.directory}: {e}. If the "
-          f"prompt length or optimizer changed, start a new MODEL_DIR; if the checkpoint is corrupt, "
-          f"delete {self.directory}/{step} to resume from the one before.") from e
+      raise CheckpointRestoreError(
+          f"cannot restore the training checkpoint at step {step} in {self.directory}: "
+          f"{_short_reason(e)}. If the prompt length or optimizer changed, start a new MODEL_DIR; if the "
+          f"checkpoint is corrupt, delete {self.directory}/{step} to resume from the one before.") from e
     return TrainState(**restored.state), dict(restored.meta)
 
   def _saved_prompt_shape(self, step: int) -> Optional[tuple]:
@@ -78,3 +91,13 @@ class PromptCheckpoints:
   def close(self):
     self._manager.wait_until_finished()
     self._manager.close()
+
+  def close_after_error(self):
+    """On the way out of a failed run: let an in-flight save finish (its checkpoint is the one a rerun
+    resumes from) and stop orbax's threads, which would otherwise hold the exiting process for
+    minutes. A failure here is logged, never raised over the run's own error."""
+    try:
+      self.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.getLogger("spot_jax.train").warning("closing the checkpoints after an error: %s",
+                                                  _short_reason(e))

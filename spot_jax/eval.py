@@ -17,6 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import gin
 import numpy as np
 
+from spot_jax import fileio
 from spot_jax.config import T5Config
 
 log = logging.getLogger("spot_jax.eval")
@@ -67,6 +68,8 @@ def evaluate_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: Option
   import jax  # pylint: disable=g-import-not-at-top
   from spot_jax import evaluation, input_pipeline, metrics_log  # pylint: disable=g-import-not-at-top
   task = evaluation.get_task(mixture_or_task_name)  # an unknown name fails before the model loads
+  if output_dir:
+    fileio.check_not_a_file(output_dir, "EVAL_OUTPUT_DIR")
   config, params, prompt, prompt_step, mesh = load_model_and_prompt(
       checkpoint_path, model_config, prompt_file, seed, num_partitions, frozen_dtype)
   input_pipeline.check_vocabulary_fits(task, config.vocab_size)

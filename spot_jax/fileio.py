@@ -41,6 +41,14 @@ def isdir(path: str) -> bool:
   return gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
 
 
+def check_not_a_file(path: str, what: str) -> None:
+  """Refuses, before any compute, an output directory that exists as a file (it would fail only at the
+  first write, or in an asynchronous save's background thread)."""
+  if exists(path) and not isdir(path):
+    raise NotADirectoryError(f"{path} is a file, but it must be a directory ({what}): move the file away, "
+                             "or choose another directory")
+
+
 def listdir(path: str) -> list:
   return gfile().listdir(path) if is_remote(path) else os.listdir(path)
 

@@ -14,6 +14,7 @@ import os
 import pathlib
 import re
 import sys
+import tokenize
 from typing import Callable, List, Optional, Sequence
 
 import gin
@@ -173,8 +174,10 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
   files = [_resolve(f, paths) for f in gin_files]
   try:
     gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
-  except (ValueError, KeyError, SyntaxError) as e:
-    raise SystemExit(f"gin configuration error: {e}") from None
+  except (ValueError, KeyError, SyntaxError, tokenize.TokenError) as e:
+    raise SystemExit(f"gin configuration error: {e}" + (
+        " (an unclosed bracket or quote in a --gin.NAME=VALUE binding or a gin file?)"
+        if isinstance(e, tokenize.TokenError) else "")) from None
 
 
 def check_macros_are_read(bindings: Sequence[str]) -> None:

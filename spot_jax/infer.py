@@ -46,6 +46,8 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
   from spot_jax import evaluation, input_pipeline  # pylint: disable=g-import-not-at-top
   from spot_jax.eval import load_model_and_prompt  # pylint: disable=g-import-not-at-top
   task_or_mixture = evaluation.get_task(mixture_or_task_name)
+  if output_dir:
+    fileio.check_not_a_file(output_dir, "INFER_OUTPUT_DIR")
   tasks = [t for t in seqio.get_subtasks(task_or_mixture) if split in getattr(t, "splits", (split,))]
   if not tasks:
     raise ValueError(f"no task of {mixture_or_task_name} has a split {split!r}")

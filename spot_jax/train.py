@@ -120,6 +120,13 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   t_start = time.time()
   is_main = jax.process_index() == 0
   # --- everything that can be wrong is checked before any compute ---
+  _check_ints(TRAIN_STEPS=train_steps, BATCH_SIZE=batch_size, PROMPT_LENGTH=prompt_length,
+              SAVE_PERIOD=save_period, LOG_PERIOD=log_period, EVAL_PERIOD=eval_period,
+              NUM_PARTITIONS=num_partitions, num_microbatches=num_microbatches,
+              TASK_EMBEDDING_STEP=task_embedding_step, SEED=seed)
+  fileio.check_not_a_file(model_dir, "MODEL_DIR")
+  for sub in (checkpointing.CHECKPOINTS_SUBDIR, prompt_io.NUMPY_CHECKPOINTS_DIR, INFERENCE_EVAL_DIR):
+    fileio.check_not_a_file(fileio.join(model_dir, sub), f"the run writes {sub}/ there")
   task = input_pipeline.get_task(mixture_or_task_name)
   input_pipeline.check_split(task, "train")
   if eval_period:
@@ -210,51 +217,55 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
   step = start_step
   window_start, window_steps = time.time(), 0
-  with _Stop() as stop:
-    for batch in batches:
-      if step >= train_steps:
-        break
-      state, metrics = step_fn(state, frozen_params, partitioning.global_batch(batch, mesh), rng)
-      step += 1
-      window_steps += 1
-      logger.progress(step)  # moves the bar (terminals only); no device sync
-      if task_embedding_step and step == task_embedding_step and is_main:
-        prompt_io.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
-                                          name=prompt_io.TASK_EMBEDDING_EXPORT)
-      if step % log_period == 0 or step == train_steps:
-        check_finite(state)
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        elapsed = time.time() - window_start
-        values["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
-        values["eta_sec"] = (train_steps - step) / max(values["steps_per_sec"], 1e-9)
-        if lr_schedule is not None:  # the rate of the update that made this step (optax counts from 0)
-          values["learning_rate"] = float(jax.device_get(lr_schedule(step - 1)))
-        logger.write(step, values, prefix="train")
-        window_start, window_steps = time.time(), 0
-      if eval_period and (step % eval_period == 0 or step == train_steps):
-        results = _evaluate(mixture_or_task_name, config, frozen_params, state.prompt, task_feature_lengths,
-                            eval_split, eval_batch_size or batch_size, eval_num_examples, step,
-                            inference_eval_dir(model_dir) if is_main else None)
-        logger.write(step, results, prefix="eval")
-        value = _pick_metric(results, best_metric)
-        if value is not None and (best_value is None or value > best_value):
-          best_value = value
-          if is_main:
-            prompt_io.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
-                                              name=prompt_io.BEST_EXPORT, metrics=results)
-      if step % save_period == 0 or step == train_steps:
-        save(state, step)
-      if hooks:
-        for hook in hooks:
-          hook(step, state)
-      if stop.requested:
-        save(state, step)
-        log.warning("SIGTERM: saved step %d to %s; exiting", step, ckpts.directory)
-        break
-  check_finite(state)
-  if step < train_steps and not stop.requested:
-    raise RuntimeError(f"the training data of {mixture_or_task_name} ended after {step} of "
-                       f"{train_steps} steps")
+  try:
+    with _Stop() as stop:
+      for batch in batches:
+        if step >= train_steps:
+          break
+        state, metrics = step_fn(state, frozen_params, partitioning.global_batch(batch, mesh), rng)
+        step += 1
+        window_steps += 1
+        logger.progress(step)  # moves the bar (terminals only); no device sync
+        if task_embedding_step and step == task_embedding_step and is_main:
+          prompt_io.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
+                                            name=prompt_io.TASK_EMBEDDING_EXPORT)
+        if step % log_period == 0 or step == train_steps:
+          check_finite(state)
+          values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          elapsed = time.time() - window_start
+          values["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
+          values["eta_sec"] = (train_steps - step) / max(values["steps_per_sec"], 1e-9)
+          if lr_schedule is not None:  # the rate of the update that made this step (optax counts from 0)
+            values["learning_rate"] = float(jax.device_get(lr_schedule(step - 1)))
+          logger.write(step, values, prefix="train")
+          window_start, window_steps = time.time(), 0
+        if eval_period and (step % eval_period == 0 or step == train_steps):
+          results = _evaluate(mixture_or_task_name, config, frozen_params, state.prompt, task_feature_lengths,
+                              eval_split, eval_batch_size or batch_size, eval_num_examples, step,
+                              inference_eval_dir(model_dir) if is_main else None)
+          logger.write(step, results, prefix="eval")
+          value = _pick_metric(results, best_metric)
+          if value is not None and (best_value is None or value > best_value):
+            best_value = value
+            if is_main:
+              prompt_io.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
+                                                name=prompt_io.BEST_EXPORT, metrics=results)
+        if step % save_period == 0 or step == train_steps:
+          save(state, step)
+        if hooks:
+          for hook in hooks:
+            hook(step, state)
+        if stop.requested:
+          save(state, step)
+          log.warning("SIGTERM: saved step %d to %s; exiting", step, ckpts.directory)
+          break
+    check_finite(state)
+    if step < train_steps and not stop.requested:
+      raise ValueError(f"the training data of {mixture_or_task_name} ended after {step} of "
+                       f"{train_steps} steps: lower TRAIN_STEPS, or use a task whose train split repeats")
+  except BaseException:
+    ckpts.close_after_error()  # an in-flight save completes, so a rerun resumes from it
+    raise
   ckpts.close()
   logger.close()
   final = np.asarray(jax.device_get(state.prompt))
@@ -264,6 +275,14 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
 
 INFERENCE_EVAL_DIR = "inference_eval"
+
+
+def _check_ints(**values) -> None:
+  """A gin value of the wrong type (`--gin.TRAIN_STEPS="'100'"`) would fail deep in the loop."""
+  for name, value in values.items():
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+      raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__}): e.g. "
+                       f"--gin.{name}=100 (no quotes)")
 
 
 def inference_eval_dir(model_dir: str) -> str:

@@ -60,3 +60,26 @@ def test_a_relative_model_dir_works(tmp_path, monkeypatch):
   restored, _ = ckpts.restore(_state(0, 0.0))
   assert int(restored.step) == 4 and float(restored.prompt[0, 0]) == 0.5
   ckpts.close()
+
+
+def test_a_corrupt_checkpoint_is_a_short_user_error_naming_the_step_to_delete(tmp_path):
+  ckpts = checkpointing.PromptCheckpoints(str(tmp_path), keep=3, async_save=False)
+  ckpts.save(_state(3, 1.0), {"step": 3})
+  ckpts.close()
+  for f in (tmp_path / "checkpoints" / "3" / "state").rglob("*"):
+    if f.is_file() and f.parent.name == "d":  # the array data files
+      f.write_bytes(f.read_bytes()[:7])
+  reopened = checkpointing.PromptCheckpoints(str(tmp_path), keep=3, async_save=False)
+  with pytest.raises(checkpointing.CheckpointRestoreError,
+                     match=r"cannot restore the training checkpoint at step 3 .* delete .*checkpoints/3 to "
+                           r"resume from the one before") as err:
+    reopened.restore(_state(0, 0.0))
+  assert isinstance(err.value, ValueError)  # the CLIs print ValueErrors as one line
+  assert "tensorstore_spec" not in str(err.value) and len(str(err.value)) < 800
+
+
+def test_a_file_where_the_checkpoints_go_is_refused_before_any_save(tmp_path):
+  (tmp_path / "checkpoints").write_text("x")
+  with pytest.raises(NotADirectoryError, match=r"checkpoints is a file, but it must be a directory \(the "
+                                               r"training checkpoints go there\): move the file away"):
+    checkpointing.PromptCheckpoints(str(tmp_path))

@@ -70,6 +70,17 @@ def test_wrong_prompt_width_fails_before_compute(tmp_path, prompt_file):
                    if "PROMPT_FILE" not in a])
 
 
+def test_an_output_dir_that_is_a_file_is_refused_before_the_model_loads(tmp_path, prompt_file):
+  for run_gin, macro, cli in (("prompt_eval.gin", "EVAL_OUTPUT_DIR", eval_cli),
+                              ("prompt_infer.gin", "INFER_OUTPUT_DIR", infer_cli)):
+    gin.clear_config()
+    out = tmp_path / macro
+    out.write_text("x")
+    with pytest.raises(SystemExit, match=rf"error: {out} is a file, but it must be a directory \({macro}\): "
+                                         r"move the file away"):
+      cli.main(_args(run_gin, macro, out, prompt_file))
+
+
 def test_a_model_smaller_than_the_task_vocabulary_is_refused(tmp_path, prompt_file):
   for run_gin, macro, out in (("prompt_eval.gin", "EVAL_OUTPUT_DIR", "e"),
                               ("prompt_infer.gin", "INFER_OUTPUT_DIR", "i")):

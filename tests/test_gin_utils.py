@@ -68,3 +68,9 @@ def test_bad_input_from_a_job_exits_with_its_message_or_the_traceback_on_request
   monkeypatch.delenv("SPOT_JAX_TRACEBACK")
   with pytest.raises(TypeError):
     gin_utils.run(bug, argv)
+
+
+def test_an_unclosed_bracket_in_a_binding_is_a_gin_error_not_a_tokenizer_traceback():
+  with pytest.raises(SystemExit, match=r"gin configuration error: .*an unclosed bracket or quote in a "
+                                       r"--gin.NAME=VALUE binding"):
+    gin_utils.parse_gin(["models/t5_1_1.gin"], ["spot_jax.train.train.train_steps = (3"])

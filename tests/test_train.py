@@ -195,6 +195,42 @@ def test_bad_inputs_fail_before_compute(tmp_path):
     train_lib.train(mixture_or_task_name=TASK, initial_checkpoint_path=str(tmp_path / "ckpt"), **common)
 
 
+def test_files_in_place_of_output_dirs_and_mistyped_values_fail_before_compute(tmp_path):
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  common = dict(mixture_or_task_name=TASK, task_feature_lengths=LENGTHS, train_steps=2, batch_size=8,
+                prompt_length=PROMPT_LEN, frozen=(CFG, params))
+  for sub in ("checkpoints", "numpy_checkpoints", "inference_eval"):
+    model_dir = tmp_path / sub
+    model_dir.mkdir()
+    (model_dir / sub).write_text("x")
+    with pytest.raises(NotADirectoryError, match=rf"{sub} is a file, but it must be a directory \(the run writes {sub}/ there\)"):
+      train_lib.train(model_dir=str(model_dir), **common)
+    assert sorted(p.name for p in model_dir.iterdir()) == [sub]  # nothing written
+  with pytest.raises(ValueError, match=r"TRAIN_STEPS must be an integer, got 'abc' \(str\).*--gin.TRAIN_STEPS=100"):
+    train_lib.train(model_dir=str(tmp_path / "m"), **{**common, "train_steps": "abc"})
+  with pytest.raises(ValueError, match=r"BATCH_SIZE must be an integer, got 8.0"):
+    train_lib.train(model_dir=str(tmp_path / "m"), **{**common, "batch_size": 8.0})
+
+
+def test_an_error_while_a_save_is_in_flight_keeps_that_checkpoint(tmp_path):
+  """The run's error propagates at once, after the asynchronous save of that step is complete: a rerun
+  resumes from it (before, the save was left to orbax's threads, which held the exiting process for
+  minutes and left a temporary directory)."""
+  params = init_params(CFG, jax.random.PRNGKey(0))
+
+  def fail_after_the_save(step, state):
+    if step == 2:
+      raise OSError("disk full (simulated)")
+  with pytest.raises(OSError, match="simulated"):
+    train_lib.train(model_dir=str(tmp_path), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
+                    train_steps=6, batch_size=8, prompt_length=PROMPT_LEN, frozen=(CFG, params),
+                    save_period=2, hooks=[fail_after_the_save])
+  ckpt_dir = tmp_path / "checkpoints"
+  assert sorted(p.name for p in ckpt_dir.iterdir() if not p.name.startswith(".")) == ["2"]
+  from spot_jax import checkpointing
+  assert checkpointing.PromptCheckpoints(str(tmp_path)).latest_step() == 2
+
+
 def test_missing_required_macro_names_it(tmp_path, capsys):
   args = [a for a in _gin_args(tmp_path) if not a.startswith("--gin.MODEL_DIR")]
   with pytest.raises(SystemExit, match=r"the macro MODEL_DIR is not set.\nSet it with --gin.MODEL_DIR=\.\.\.") as e:
