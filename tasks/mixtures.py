@@ -6,7 +6,8 @@ swamping the small ones. C4 is left out of every mixture here.
 
 T5's WSC-simple tasks and DPR (tasks.super_glue) are in none of those (our
 WSC already is); spot_wsc_dpr_simple_mix mixes them as T5's
-wsc_dpr_simple_proportional does.
+wsc_dpr_simple_proportional does, and spot_super_glue_t5_mix is T5's
+super_glue_v102_proportional (its fixed weights, WSC the T5 way).
 """
 import functools
 
@@ -53,7 +54,8 @@ def definitions():
 
 def register(cap: int = DEFAULT_CAP, name_suffix: str = ""):
   """Registers the mixtures (over tasks named `<task><name_suffix>`); T5's
-  WSC/DPR mixture is `register_wsc_dpr(name_suffix)`."""
+  WSC/DPR and SuperGLUE mixtures are `register_wsc_dpr(name_suffix)` and
+  `register_super_glue_t5(name_suffix)`."""
   names = []
   for name, members in definitions().items():
     reg.add_mixture(name.replace("_mix", name_suffix + "_mix") if name_suffix else name,
@@ -82,5 +84,26 @@ def register_wsc_dpr(name_suffix: str = "") -> str:
   return name
 
 
+SUPER_GLUE_T5_MIXTURE = "spot_super_glue_t5_mix"
+# T5's SUPER_GLUE_WEIGHT_MAPPING (t5/data/glue_utils.py). Not the TFDS split sizes: ReCoRD counts one
+# row per answer (138854, against 100730 questions), WSC is DPR plus WSC-simple, AX-b/AX-g are
+# evaluated only. spot_super_glue_mix instead weighs our tasks by their TFDS train sizes.
+T5_SUPER_GLUE_WEIGHTS = {"boolq": 9427.0, "cb": 250.0, "copa": 400.0, "multirc": 27243.0,
+                         "record": 138854.0, "rte": 2490.0, "wic": 5428.0, "axb": 0.0, "axg": 0.0}
+
+
+def super_glue_t5_rates():
+  """T5's super_glue_v102_proportional: (task, rate) for its members as registered here."""
+  return ([(super_glue.name(t), r) for t, r in T5_SUPER_GLUE_WEIGHTS.items()] + wsc_dpr_rates())
+
+
+def register_super_glue_t5(name_suffix: str = "") -> str:
+  """Registers spot_super_glue_t5_mix (over tasks named `<task><name_suffix>`)."""
+  name = SUPER_GLUE_T5_MIXTURE.replace("_mix", name_suffix + "_mix")
+  reg.add_mixture(name, [(t + name_suffix, r) for t, r in super_glue_t5_rates()], None)
+  return name
+
+
 MIXTURE_NAMES = register()
 register_wsc_dpr()
+register_super_glue_t5()

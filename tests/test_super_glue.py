@@ -258,6 +258,26 @@ def test_wsc_dpr_mixture(wsc_env):
   assert not set(super_glue.WSC_SIMPLE_TASK_NAMES) & set(everything)
 
 
+def test_super_glue_t5_mixture_has_t5s_weights(env):
+  """T5's super_glue_v102_proportional (t5/data/glue_utils.py SUPER_GLUE_WEIGHT_MAPPING)."""
+  import seqio
+  from tasks import mixtures
+  mix = seqio.get_mixture_or_task(mixtures.SUPER_GLUE_T5_MIXTURE)
+  rates = {t.name: mix.get_rate(t) for t in mix.tasks}
+  assert rates == {
+      "spot_dpr_v110_simple": 1322.0, "spot_super_glue_wsc_v102_simple_train": 259.0,
+      "spot_super_glue_wsc_v102_simple_eval": 0.0, "spot_super_glue_boolq_v102": 9427.0,
+      "spot_super_glue_cb_v102": 250.0, "spot_super_glue_copa_v102": 400.0,
+      "spot_super_glue_multirc_v102": 27243.0, "spot_super_glue_record_v102": 138854.0,
+      "spot_super_glue_rte_v102": 2490.0, "spot_super_glue_wic_v102": 5428.0,
+      "spot_super_glue_axb_v102": 0.0, "spot_super_glue_axg_v102": 0.0}
+  assert super_glue.name("wsc") not in rates  # WSC the T5 way only
+  ds = mix.get_dataset(ct.FEATURE_LENGTHS, split="train", shuffle=False, seed=0,
+                       try_in_mem_cache=False)
+  ds = seqio.EncDecFeatureConverter(pack=False)(ds, ct.FEATURE_LENGTHS)
+  ct.check_batch(next(ds.batch(2).as_numpy_iterator()), env.vocab_size)
+
+
 def test_wsc_simple_tasks_run_on_random_mock_data(env):
   # Random TFDS mock rows (span2_index rarely points at span2_text) must not fail.
   for name, split in [(super_glue.WSC_SIMPLE_TRAIN, "train"),
