@@ -17,7 +17,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def _join(parts: Sequence) -> tf.Tensor:
-  return tf.strings.join(list(parts), separator=" ")
+  """Joined with spaces and every whitespace run collapsed to one space, as T5's `_string_join`."""
+  return tf.strings.regex_replace(tf.strings.join(list(parts), separator=" "), r"\s+", " ")
 
 
 def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
@@ -324,9 +325,10 @@ def race(dataset: tf.data.Dataset) -> tf.data.Dataset:
 @seqio.map_over_dataset
 def nli(x, benchmark_name: str, label_names: Sequence[str],
         premise_key: str = "premise", hypothesis_key: str = "hypothesis"):
-  """NLI in the MNLI format: "<name> hypothesis: ... premise: ..." -> label."""
-  inputs = _join([benchmark_name, "hypothesis:", x[hypothesis_key],
-                  "premise:", x[premise_key]])
+  """NLI as the SPoT code registers its sources: "<name> hypothesis: ... <premise_key>: ..." -> label
+  (the dataset's own field name: ANLI's premise is "context")."""
+  inputs = _join([benchmark_name, f"{hypothesis_key}:", x[hypothesis_key],
+                  f"{premise_key}:", x[premise_key]])
   return _classification(inputs, x["label"], label_names)
 
 

@@ -29,8 +29,9 @@ def _spec(benchmark, task, tfds_name, splits, text, postprocess, metric_fns,
 
 
 def _nli(benchmark, task, tfds_name, labels, splits=_TVT, premise_key="premise"):
+  # The input's name is SPoT's (prompt_tuning/spot/data/nli.py): "anli_r1", "doc_nli", "snli".
   return _spec(benchmark, task, tfds_name, splits,
-               [functools.partial(pre.nli, benchmark_name=benchmark,
+               [functools.partial(pre.nli, benchmark_name=f"{benchmark}_{task}" if task else benchmark,
                                   label_names=labels, premise_key=premise_key)],
                functools.partial(post.string_label, label_names=labels),
                [M.accuracy], "classification", ("nli",))
@@ -63,8 +64,8 @@ def specs():
       _spec("yelp_polarity", None, "yelp_polarity_reviews:0.2.0",
             {"train": "train", "validation": "test", "test": "test"},
             [functools.partial(pre.single_text_classification,
-                               benchmark_name="yelp_polarity", text_key="text",
-                               field_name="review",
+                               benchmark_name="yelp_polarity_reviews", text_key="text",
+                               field_name="text",
                                label_names=("negative", "positive"))],
             functools.partial(post.string_label, label_names=("negative", "positive")),
             [M.accuracy], "classification", ("sentiment",)),

@@ -154,17 +154,17 @@ def test_race_one_example_per_question():
 
 
 def test_nli_and_single_text():
-  (out,) = run(functools.partial(pre.nli, benchmark_name="anli",
+  (out,) = run(functools.partial(pre.nli, benchmark_name="anli_r1",
                                  label_names=("entailment", "neutral", "contradiction"),
                                  premise_key="context"),
                {"context": "C.", "hypothesis": "H.", "label": np.int64(2), "uid": "u"})
-  assert out["inputs"] == b"anli hypothesis: H. premise: C."
+  assert out["inputs"] == b"anli_r1 hypothesis: H. context: C."  # the SPoT code's form
   assert out["targets"] == b"contradiction"
-  (out,) = run(functools.partial(pre.single_text_classification, benchmark_name="yelp_polarity",
-                                 text_key="text", field_name="review",
+  (out,) = run(functools.partial(pre.single_text_classification, benchmark_name="yelp_polarity_reviews",
+                                 text_key="text", field_name="text",
                                  label_names=("negative", "positive")),
-               {"text": "Great food!", "label": np.int64(1)})
-  assert out["inputs"] == b"yelp_polarity review: Great food!"
+               {"text": "Great  food!\nReally.", "label": np.int64(1)})
+  assert out["inputs"] == b"yelp_polarity_reviews text: Great food! Really."  # runs collapsed, as T5
   assert out["targets"] == b"positive"
 
 
