@@ -177,7 +177,22 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
   except (ValueError, KeyError, SyntaxError, tokenize.TokenError) as e:
     raise SystemExit(f"gin configuration error: {e}" + (
         " (an unclosed bracket or quote in a --gin.NAME=VALUE binding or a gin file?)"
-        if isinstance(e, tokenize.TokenError) else "")) from None
+        if isinstance(e, tokenize.TokenError) else _close_parameters(str(e)))) from None
+
+
+def _close_parameters(message: str) -> str:
+  """' Did you mean ...?' for gin's "Configurable 'X' doesn't have a parameter named 'y'"."""
+  m = re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message)
+  if not m:
+    return ""
+  import inspect  # pylint: disable=g-import-not-at-top
+  try:
+    fn = gin.config._REGISTRY.get_match(m.group(1)).wrapped  # pylint: disable=protected-access
+    names = list(inspect.signature(fn).parameters)
+  except Exception:  # pylint: disable=broad-except  (a hint only)
+    return ""
+  close = difflib.get_close_matches(m.group(2), names, n=3)
+  return f"\nDid you mean {', '.join(close)}?" if close else ""
 
 
 def check_macros_are_read(bindings: Sequence[str]) -> None:

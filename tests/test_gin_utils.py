@@ -74,3 +74,9 @@ def test_an_unclosed_bracket_in_a_binding_is_a_gin_error_not_a_tokenizer_traceba
   with pytest.raises(SystemExit, match=r"gin configuration error: .*an unclosed bracket or quote in a "
                                        r"--gin.NAME=VALUE binding"):
     gin_utils.parse_gin(["models/t5_1_1.gin"], ["spot_jax.train.train.train_steps = (3"])
+
+
+def test_a_misspelled_parameter_gets_the_close_names():
+  with pytest.raises(SystemExit, match=r"doesn't have a parameter named 'batch_sise'(.|\n)*\nDid you mean "
+                                       r"batch_size, eval_batch_size\?$"):
+    gin_utils.parse_gin(["models/t5_1_1.gin"], ["spot_jax.train.train.batch_sise = 3"])
