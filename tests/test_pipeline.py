@@ -214,6 +214,11 @@ def test_spot_source_cli_adds_one_prompt_to_a_library(tmp_path, capsys, clean_gi
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys, clean_gin):
+  rc = pipeline_cli.main(["--target", TARGET, "--library", str(tmp_path / "mistyped"),
+                      *_gin_flags(tmp_path / "t", ["--gin_file=runs/spot_target.gin"])])
+  assert rc == 1
+  assert f"library {tmp_path / 'mistyped'} does not exist: check the --library path" in capsys.readouterr().err
+  (tmp_path / "empty").mkdir()
   rc = pipeline_cli.main(["--target", TARGET, "--library", str(tmp_path / "empty"),
                       *_gin_flags(tmp_path / "t", ["--gin_file=runs/spot_target.gin"])])
   assert rc == 1

@@ -109,9 +109,9 @@ def target_main(argv: Sequence[str]) -> int:
   library = args.library or s["library_dir"]
   if not library:
     raise SystemExit("spot-jax spot: pass --library DIR (or --gin.LIBRARY_DIR)")
+  lib = PromptLibrary.existing(library)  # a mistyped path fails before the frozen model loads
   enable_compilation_cache()
   frozen, model_id = _frozen_from_settings(s)
-  lib = PromptLibrary(library)
   check_library_model(lib, model_id, args.allow_other_model)
   result = run_target(frozen, lib, args.target, s["model_dir"], args.strategy, args.top_k, s["train_steps"],
                       run=_run_config(s), rank_by=args.rank_by, measure=args.measure, kind=args.kind,
