@@ -331,8 +331,14 @@ def main(argv=None) -> int:
     if args.seeds < 1:
       p.error(f"--seeds needs at least 1, got {args.seeds}")
     demo = dataclasses.replace(demo, num_seeds=args.seeds)
+  quick_note = ("--quick: a smoke configuration (a 1-layer backbone, a few steps each): its accuracies "
+                "and conclusion mean nothing; run without --quick for the demo")
+  if args.quick:
+    print(quick_note, flush=True)
   run_demo(args.out, backbone_config, demo, cache_dir=args.cache_dir,
            rebuild_backbone=args.rebuild_backbone)
+  if args.quick:
+    print(quick_note, flush=True)
   return 0
 
 

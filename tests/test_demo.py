@@ -98,6 +98,7 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     assert on_disk["transfer_metrics"]["accuracy"] == pytest.approx(row["validation_accuracy"])
   assert not res["backbone"]["reused"] and res["backbone"]["final_loss"] < res["backbone"]["initial_loss"]
   assert "heatmap:" in printed and "step 5/5" in printed
+  assert printed.rstrip().endswith("mean nothing; run without --quick for the demo")  # not a result
 
   # A second run reuses the cached backbone.
   assert demo.main(["--quick", "--out", str(out), "--cache-dir", str(cache), "--steps", "2", "--seeds", "1"]) == 0
