@@ -105,7 +105,9 @@ def test_retrieval_ranks_a_planted_related_prompt_first(tmp_path):
   assert pipeline.rank(lib, target, exclude=["the_target"])[0][0] == "related"
 
 
-def test_multitask_mixture_trains_on_a_mixture_of_exactly_the_top_k(frozen, library, tmp_path):
+def test_multitask_mixture_trains_on_the_top_k_and_the_target_examples_proportionally(frozen, library,
+                                                                                     tmp_path):
+  """SPoT's top-k multi-task mixture: the k sources and the target, T5's examples-proportional rates."""
   lib = library[0]
   ranked = [("spot_bundled_topic", 0.8), ("spot_bundled_movie", 0.7),
             ("spot_bundled_number", 0.1)]
@@ -113,7 +115,13 @@ def test_multitask_mixture_trains_on_a_mixture_of_exactly_the_top_k(frozen, libr
   name = init.extra["mixture"]
   mixture = seqio.get_mixture_or_task(name)
   assert isinstance(mixture, seqio.Mixture)
-  assert sorted(t.name for t in mixture.tasks) == ["spot_bundled_movie", "spot_bundled_topic"]
+  assert sorted(t.name for t in mixture.tasks) == sorted(["spot_bundled_movie", "spot_bundled_topic", TARGET])
+  assert {t.name: mixture.get_rate(t) for t in mixture.tasks} == {  # min(train examples, 2^19)
+      t.name: float(t.num_input_examples("train")) for t in mixture.tasks}
+  assert init.extra["mixture_tasks"] == ["spot_bundled_topic", "spot_bundled_movie", TARGET]
+  sources_only = pipeline.multitask_mixture(frozen, lib, ranked, TARGET, str(tmp_path / "no_target"), steps=1,
+                                            top_k=2, run=RUN, include_target=False, rate=1.0)
+  assert sources_only.extra["mixture_tasks"] == ["spot_bundled_topic", "spot_bundled_movie"]
   run_dir = tmp_path / name
   np.testing.assert_array_equal(init.prompt, prompt_io.load_prompt(
       prompt_io.checkpoint_export_dir(str(run_dir), 6)))
@@ -136,6 +144,23 @@ def test_best_of_top_k_keeps_the_source_with_the_best_short_run(frozen, library,
     short = prompt_io.load_prompt(prompt_io.checkpoint_export_dir(run_dir, 4))
     assert pipeline.evaluate_prompt(frozen, TARGET, short, RUN) == s["metrics"]
     assert s["selection_score"] == s["metrics"]["accuracy"]
+
+
+def test_best_of_top_k_at_the_full_budget_keeps_the_winning_run_as_the_transfer(frozen, library, tmp_path):
+  """SPoT's best of top-k: k target runs of the whole budget, the best kept, none trained twice."""
+  lib = library[0]
+  ranked = pipeline.rank(lib, lib.get("spot_bundled_movie").task_embedding)
+  result = pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "best_of_top_k", top_k=2, steps=3, run=RUN,
+                               target_embedding=lib.get("spot_bundled_movie").task_embedding)
+  assert [c["task"] for c in result.chosen] == [t for t, _ in ranked[:2]]
+  winner = result.extra["chosen"]
+  assert result.extra["selection_steps"] == 3 and not (tmp_path / "transfer").exists()
+  assert result.extra["transfer_run_dir"] == str(tmp_path / "selection" / f"from_{winner}")
+  np.testing.assert_array_equal(result.transfer_prompt, prompt_io.load_prompt(
+      prompt_io.checkpoint_export_dir(result.extra["transfer_run_dir"], 3)))
+  best = [c for c in result.chosen if c["task"] == winner][0]
+  assert result.transfer_metrics == best["metrics"]
+  assert best["selection_score"] == max(c["selection_score"] for c in result.chosen)
 
 
 def test_run_target_zero_shot_ranking_without_task_embedding(frozen, library, tmp_path, caplog):
@@ -372,7 +397,7 @@ def _one_source_library(path):
 def test_transfer_baseline_and_selection_runs_refuse_another_target_with_the_same_init(frozen, tmp_path):
   lib, src = _one_source_library(tmp_path / "lib")
   out = tmp_path / "out"
-  kw = dict(top_k=1, steps=2, selection_steps=2, run=RUN, target_embedding=src, baseline=True)
+  kw = dict(top_k=1, steps=2, selection_steps=1, run=RUN, target_embedding=src, baseline=True)
   first = pipeline.run_target(frozen, lib, TARGET, str(out), "best_of_top_k", **kw)
   runs = [str(out / "selection" / "from_src"), str(out / "transfer"), str(out / "baseline")]
   trained = [_train_records(d) for d in runs]
@@ -402,7 +427,7 @@ def test_transfer_baseline_and_selection_runs_refuse_another_target_with_the_sam
 def test_runs_recorded_before_target_checks_are_resumed_with_a_warning(frozen, tmp_path, caplog):
   lib, src = _one_source_library(tmp_path / "lib")
   out = tmp_path / "out"
-  kw = dict(top_k=1, steps=2, selection_steps=2, run=RUN, target_embedding=src, baseline=True)
+  kw = dict(top_k=1, steps=2, selection_steps=1, run=RUN, target_embedding=src, baseline=True)
   first = pipeline.run_target(frozen, lib, TARGET, str(out), "best_of_top_k", **kw)
   runs = {str(out / "selection" / "from_src"): src, str(out / "transfer"): src,
           str(out / "baseline"): pipeline.base_init(frozen, RUN, P)}

@@ -236,6 +236,7 @@ class TransferInit:
   description: str
   sources: List[dict]  # [{"task", "score", and "weight" or "metrics"/"selection_score"}]
   extra: dict = dataclasses.field(default_factory=dict)
+  trained: Optional[Tuple[np.ndarray, dict]] = None  # best_of_top_k: the winner's trained prompt, metrics
 
 
 def _top(ranked: Sequence[Tuple[str, float]], top_k: int) -> List[Tuple[str, float]]:
@@ -263,25 +264,38 @@ def weighted_average(library, ranked: Sequence[Tuple[str, float]], top_k: int) -
 
 def best_of_top_k(frozen, library, ranked: Sequence[Tuple[str, float]], target: str, out_dir: str,
                   steps: int, top_k: int, run: RunConfig = RunConfig()) -> TransferInit:
-  """SPoT's best of top-k: a short target run from each of the k source prompts; the source whose run
-  scores best on validation (`run.metric`) is the init. Runs go to `out_dir/from_<source>`."""
+  """SPoT's best of top-k: a target run of `steps` from each of the k source prompts; the source whose
+  run scores best on validation (`run.metric`) is the init. Runs go to `out_dir/from_<source>`; the
+  winner's is `extra["run_dir"]` (run_target keeps it as the transfer run when `steps` is its budget)."""
   lib = library if isinstance(library, PromptLibrary) else PromptLibrary(library)
   chosen = _top(ranked, top_k)
   sources, best = [], None
   for task, score in chosen:
     src = lib.get(task).prompt
-    prompt = _train_from(frozen, run, os.path.join(out_dir, f"from_{_safe(task)}"), target, steps, src,
-                         f"library source {task} on {target}",
+    run_dir = os.path.join(out_dir, f"from_{_safe(task)}")
+    prompt = _train_from(frozen, run, run_dir, target, steps, src, f"library source {task} on {target}",
                          **run_record.target_identity("selection", target))
     metrics = evaluate_prompt(frozen, target, prompt, run)
     value = score_of(metrics, run.metric)
     sources.append({"task": task, "score": float(score), "metrics": metrics, "selection_score": value})
     log.info("best-of-top-k: %s -> %s after %d steps on %s", task, value, steps, target)
     if best is None or value > best[1]:  # ties keep the better-ranked source
-      best = (task, value, src)
+      best = (task, value, src, run_dir, prompt, metrics)
   desc = (f"best of top-{len(chosen)}: {best[0]} (validation {best[1]:.4g} after {steps} target steps; "
           + ", ".join(f"{s['task']}={s['selection_score']:.4g}" for s in sources) + ")")
-  return TransferInit("best_of_top_k", best[2], desc, sources, {"chosen": best[0], "selection_steps": steps})
+  return TransferInit("best_of_top_k", best[2], desc, sources,
+                      {"chosen": best[0], "selection_steps": steps, "run_dir": best[3]},
+                      trained=(best[4], best[5]))
+
+
+MIXING_CAP = 2 ** 19  # T5's examples-proportional limit K
+
+
+def examples_proportional(task) -> float:
+  """T5's examples-proportional mixing rate, min(#train examples, 2^19): how SPoT mixes the top-k
+  sources with the target (a named function, so a run's recorded identity is stable)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  return seqio.mixing_rate_num_examples(task, maximum=MIXING_CAP)
 
 
 def register_mixture(name: str, tasks: Sequence[str], rate: Any = 1.0) -> str:
@@ -298,15 +312,18 @@ def register_mixture(name: str, tasks: Sequence[str], rate: Any = 1.0) -> str:
 
 def multitask_mixture(frozen, library, ranked: Sequence[Tuple[str, float]], target: str, out_dir: str,
                       steps: int, top_k: int, run: RunConfig = RunConfig(), mixture_name: Optional[str] = None,
-                      rate: Any = 1.0) -> TransferInit:
-  """SPoT's top-k multi-task mixture: one prompt trained on the seqio mixture of the k source tasks
-  (from the base init) is the target's init. The mixture is `spot_transfer_<target>_top<k>`."""
+                      rate: Any = examples_proportional, include_target: bool = True) -> TransferInit:
+  """SPoT's top-k multi-task mixture: one prompt, trained from the base init on the k source tasks
+  mixed with the target task examples-proportionally (T5's mixing, as the SPoT paper does), is the
+  target's init. The mixture is `spot_transfer_<target>_top<k>`; `include_target=False` leaves the
+  target's data out, `rate=1.0` mixes at equal rates."""
   lib = library if isinstance(library, PromptLibrary) else PromptLibrary(library)
   chosen = _top(ranked, top_k)
-  names = [t for t, _ in chosen]
-  lengths = {lib.record(t)["prompt_length"] for t in names}
+  sources = [t for t, _ in chosen]
+  lengths = {lib.record(t)["prompt_length"] for t in sources}
   prompt_length = lengths.pop() if len(lengths) == 1 else run.prompt_length
-  name = register_mixture(mixture_name or f"spot_transfer_{_safe(target)}_top{len(names)}", names, rate)
+  names = sources + ([target] if include_target and target not in sources else [])
+  name = register_mixture(mixture_name or f"spot_transfer_{_safe(target)}_top{len(sources)}", names, rate)
   # The run is defined by its init and its mixture (a set of tasks, each at `rate`): another top-k set
   # or rate in the same out_dir is refused (the name spot_transfer_<target>_top<k> says neither).
   identity = {"run": "multitask_mixture", "mixture": name, "tasks": sorted(names),
@@ -317,7 +334,7 @@ def multitask_mixture(frozen, library, ranked: Sequence[Tuple[str, float]], targ
   desc = f"prompt trained {steps} steps on mixture {name} of " + ", ".join(names)
   return TransferInit("multitask_mixture", prompt, desc,
                       [{"task": t, "score": float(s)} for t, s in chosen],
-                      {"mixture": name, "mixture_steps": steps})
+                      {"mixture": name, "mixture_steps": steps, "mixture_tasks": names})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -420,23 +437,31 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
     init = weighted_average(lib, ranked, top_k)
   elif strategy == "best_of_top_k":
     init = best_of_top_k(frozen, lib, ranked, target, os.path.join(out_dir, "selection"),
-                         selection_steps or max(1, steps // 10), top_k, run)
+                         selection_steps or steps, top_k, run)
   else:
     init = multitask_mixture(frozen, lib, ranked, target, os.path.join(out_dir, "mixture"),
                              mixture_steps or steps, top_k, run)
   plen = init.prompt.shape[0]
+  # Best of top-k at the full budget (SPoT's form: k target runs, the best kept): the winner's run is
+  # the transfer run, not trained a second time.
+  reuse = strategy == "best_of_top_k" and init.extra.get("selection_steps") == steps
   # Checked before anything is written: a finished run of other settings would be "resumed" (0 steps).
   transfer_what, transfer_id = f"the {strategy} init on {target}", run_record.target_identity("transfer", target)
-  run_record.check_run_init(os.path.join(out_dir, "transfer"), init.prompt, transfer_what, **transfer_id)
+  if not reuse:
+    run_record.check_run_init(os.path.join(out_dir, "transfer"), init.prompt, transfer_what, **transfer_id)
   base = base_init(frozen, run, plen) if baseline else None
   baseline_what, baseline_id = f"the base init on {target}", run_record.target_identity("baseline", target)
   if baseline:
     run_record.check_run_init(os.path.join(out_dir, "baseline"), base, baseline_what, **baseline_id)
   prompt_io.save_npy(init.prompt, os.path.join(out_dir, "init.npy"))
 
-  transfer = _train_from(frozen, run, os.path.join(out_dir, "transfer"), target, steps, init.prompt,
-                         transfer_what, checked=True, **transfer_id)
-  transfer_metrics = evaluate_prompt(frozen, target, transfer, run)
+  if reuse:
+    transfer, transfer_metrics = init.trained
+    init.extra["transfer_run_dir"] = init.extra["run_dir"]
+  else:
+    transfer = _train_from(frozen, run, os.path.join(out_dir, "transfer"), target, steps, init.prompt,
+                           transfer_what, checked=True, **transfer_id)
+    transfer_metrics = evaluate_prompt(frozen, target, transfer, run)
   result = TargetResult(target=target, strategy=strategy, rank_by=rank_by,
                         measure=measure if rank_by == "similarity" else None, top_k=top_k, steps=steps,
                         ranked=ranked, chosen=init.sources, init_description=init.description,
