@@ -20,7 +20,8 @@ def _rng(seed_or_rng) -> np.random.Generator:
 
 @gin.configurable
 def random_uniform(scale: float = 0.5) -> PromptInit:
-  """Uniform in [-scale, scale] (prompt-tuning's default)."""
+  """Uniform in [-scale, scale], Lester et al. (2021)'s range. (google-research/prompt-tuning's
+  configs use flax's `uniform(scale=0.5)`, which samples [0, 0.5).)"""
   def init(rng, prompt_length, d_model, embedding=None):
     return _rng(rng).uniform(-scale, scale, (prompt_length, d_model)).astype(np.float32)
   return init
