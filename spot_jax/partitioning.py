@@ -5,6 +5,9 @@ batches are split over `data`. The same code serves 1 CPU, forced CPU devices, G
 """
 from __future__ import annotations
 
+import functools
+from typing import Tuple
+
 import gin
 import jax
 import numpy as np
@@ -31,8 +34,8 @@ def make_mesh(num_partitions: int = 1, devices=None) -> Mesh:
   """A `(data, model)` mesh over all devices with `num_partitions` devices per model replica."""
   devices = list(devices if devices is not None else jax.devices())
   if num_partitions < 1 or len(devices) % num_partitions:
-    raise ValueError(f"num_partitions={num_partitions} must divide the {len(devices)} devices; "
-                     f"set partitioning.make_mesh.num_partitions (gin) to a divisor")
+    raise ValueError(f"NUM_PARTITIONS={num_partitions} must divide the {len(devices)} devices: set "
+                     f"--gin.NUM_PARTITIONS to a divisor of {len(devices)}")
   shape = (len(devices) // num_partitions, num_partitions)
   try:
     from jax.experimental import mesh_utils
@@ -74,8 +77,39 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
+def layout_of(process_grid: np.ndarray, process_index: int) -> Tuple[int, int]:
+  """`(shard index, number of shards)` of one process's input, from the process index of each device
+  of a `[data, model]` mesh.
+
+  A process feeds the batch rows its devices hold: the rows of its `data` indices. When a model
+  replica spans processes (more model partitions than devices per host), those processes hold the same
+  rows and must read the same shard (T5X's data layout); sharding by process index would feed the two
+  halves of one replica different examples.
+  """
+  rows = {}
+  for i, row in enumerate(np.asarray(process_grid)):
+    for p in row:
+      rows.setdefault(int(p), set()).add(i)
+  blocks = sorted({tuple(sorted(r)) for r in rows.values()})
+  size = len(blocks[0])
+  if any(b != tuple(range(k * size, (k + 1) * size)) for k, b in enumerate(blocks)):
+    raise ValueError(f"the mesh gives processes overlapping or uneven blocks of the data axis ({blocks}); "
+                     "use a NUM_PARTITIONS that divides the devices of one process, or a multiple of them")
+  return blocks.index(tuple(sorted(rows[process_index]))), len(blocks)
+
+
+@functools.lru_cache(maxsize=8)
+def data_layout(mesh: Mesh) -> Tuple[int, int]:
+  """This process's `(shard index, number of shards)` of the training input (see `layout_of`)."""
+  grid = np.vectorize(lambda d: d.process_index)(mesh.devices)
+  return layout_of(grid, jax.process_index())
+
+
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
-  """Assemble each process's numpy batch into global arrays sharded over `data`."""
+  """Assemble each process's numpy batch (its `data_layout` shard) into global arrays sharded over
+  `data`; processes of one shard pass the same rows."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+  num_shards = data_layout(mesh)[1]
+  return {k: jax.make_array_from_process_local_data(
+              sharding, np.asarray(v), (np.shape(v)[0] * num_shards,) + np.shape(v)[1:])
           for k, v in local_batch.items()}

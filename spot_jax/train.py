@@ -182,8 +182,10 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
                      f"d_model={config.d_model}]")
 
   step_fn = _compiled_step(config, tx, mesh, enable_dropout, num_microbatches, frozen_shardings)
+  shard_index, num_shards = partitioning.data_layout(mesh)
   batches = input_pipeline.get_batches(mixture_or_task_name, task_feature_lengths, "train", batch_size,
-                                       seed=seed, skip_batches=start_step)
+                                       seed=seed, skip_batches=start_step, shard_index=shard_index,
+                                       num_shards=num_shards)
   # A threefry key: flax derives one per dropout call from it, and the model stretches each into
   # mask bits with a cheap counter hash (dropout._hashed_bits; docs/bench.md has the timings).
   rng = jax.random.key(seed)

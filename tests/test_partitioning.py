@@ -12,7 +12,7 @@ from spot_jax.model import param_logical_axes, param_shapes
 def test_mesh_shape_and_axes():
   mesh = partitioning.make_mesh(2)
   assert mesh.axis_names == ("data", "model") and mesh.devices.shape == (4, 2)
-  with pytest.raises(ValueError, match="num_partitions=3 must divide the 8 devices"):
+  with pytest.raises(ValueError, match="NUM_PARTITIONS=3 must divide the 8 devices: set --gin.NUM_PARTITIONS"):
     partitioning.make_mesh(3)
 
 
@@ -38,3 +38,22 @@ def test_global_batch_is_split_over_data():
   assert batch["x"].shape == (8, 2)
   assert batch["x"].sharding.spec == P("data")
   assert len({str(s.index) for s in batch["x"].addressable_shards}) == 4  # 4 data shards, replicated over model
+
+
+def test_processes_of_one_model_replica_read_the_same_input_shard():
+  """The process index of each device of a [data, model] mesh decides who reads which rows."""
+  # 2 processes x 4 devices, data-parallel 8: each process holds 4 rows of its own.
+  dp = np.repeat([0, 1], 4)[:, None]
+  assert [partitioning.layout_of(dp, p) for p in (0, 1)] == [(0, 2), (1, 2)]
+  # NUM_PARTITIONS=8: one replica spans both processes, which hold the same (only) row: one shard.
+  mp8 = np.repeat([0, 1], 4)[None, :]
+  assert [partitioning.layout_of(mp8, p) for p in (0, 1)] == [(0, 1), (0, 1)]
+  # 4 processes x 2 devices, NUM_PARTITIONS=4: processes 0,1 share rows 0; 2,3 share row 1.
+  mp4 = np.arange(8).reshape(2, 4) // 2
+  assert [partitioning.layout_of(mp4, p) for p in range(4)] == [(0, 2), (0, 2), (1, 2), (1, 2)]
+  # 2 processes x 4 devices, NUM_PARTITIONS=2: rows 0-1 on process 0, rows 2-3 on process 1.
+  mp2 = np.repeat([0, 1], 4).reshape(4, 2)
+  assert [partitioning.layout_of(mp2, p) for p in (0, 1)] == [(0, 2), (1, 2)]
+  with pytest.raises(ValueError, match="overlapping or uneven blocks of the data axis"):
+    partitioning.layout_of(np.array([[0, 1], [0, 0]]), 0)
+  assert partitioning.data_layout(partitioning.make_mesh(2)) == (0, 1)  # one process

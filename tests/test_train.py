@@ -132,6 +132,30 @@ def test_two_processes_train_one_prompt_together(tmp_path):
   assert digests[0].group(2) == digests[1].group(2) == hashlib.sha256(prompt.tobytes()).hexdigest()[:16]
 
 
+def test_a_model_replica_across_two_processes_trains_on_the_whole_batch(tmp_path):
+  """NUM_PARTITIONS=8 over 2 processes x 4 devices: one replica spans both, so both must feed the same
+  rows (before, each fed half the batch to its half of the model). Same prompt as one process."""
+  extra = ["--gin.NUM_PARTITIONS=8", "--gin.spot_jax.model_config.num_heads=8",
+           "--gin.spot_jax.model_config.head_dim=4"]
+  port, procs = _free_port(), []
+  for pid in range(2):
+    args = _gin_args(tmp_path / "two", steps=4, extra=extra) + [
+        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"]
+    procs.append(subprocess.Popen([sys.executable, "-m", "spot_jax.train", *args], cwd=REPO, env=_env(4),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  procs.append(subprocess.Popen([sys.executable, "-m", "spot_jax.train",
+                                 *_gin_args(tmp_path / "one", steps=4, extra=extra)], cwd=REPO, env=_env(8),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outs = [p.communicate(timeout=400)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  tokens = [[r["train/target_tokens"] for r in map(json.loads, open(tmp_path / d / "metrics.jsonl"))]
+            for d in ("two", "one")]
+  assert tokens[0] == tokens[1]  # the whole batch's target tokens, not half of them
+  np.testing.assert_allclose(_final_prompt(tmp_path / "two", 4), _final_prompt(tmp_path / "one", 4),
+                             rtol=0, atol=1e-5)
+
+
 def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
   proc = _train_cli(tmp_path, steps=100000)
   jsonl = tmp_path / "metrics.jsonl"
