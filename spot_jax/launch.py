@@ -12,10 +12,14 @@ The same gin-configured command runs on every worker; `--jax_distributed` makes 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import shlex
 import subprocess
 import sys
 from typing import List, Sequence
+
+log = logging.getLogger("spot_jax.launch")
 
 JOBS = ("train", "eval", "infer")
 REMOTE_DIR = "spot_jax_src"
@@ -31,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--source", default="local",
                  help="'local' (ship this checkout with git archive) or a pip spec such as "
                       "'git+https://github.com/ORG/spot_jax@main'")
-  p.add_argument("--jax_tpu_spec", default="jax[tpu]",
-                 help="pip spec of JAX for TPU, installed after requirements.txt")
+  p.add_argument("--jax_tpu_spec", default=None,
+                 help="pip spec of JAX for TPU, installed after requirements.txt (default: jax[tpu] at "
+                      "the jax version requirements.txt installed on the worker)")
   p.add_argument("--skip_install", action="store_true", help="workers already have spot_jax installed")
   p.add_argument("--dry_run", action="store_true", help="print the gcloud commands instead of running them")
   p.add_argument("job", choices=JOBS, help="the spot-jax job every worker runs")
@@ -54,14 +59,39 @@ def _check_job_args(job_args: Sequence[str]):
                        f"the same checkpoints; got {a}")
 
 
+# The workers' Python must satisfy pyproject's requires-python (stock TPU VM images may have 3.10).
+_PYTHON_CHECK = ("python3 -c 'import sys; sys.exit(sys.version_info < (3, 11) and \"spot_jax needs Python "
+                 ">= 3.11 on the workers; this image has \" + sys.version.split()[0])'")
+# jax[tpu] at the version requirements.txt pinned for the worker's Python, not the newest one.
+_PINNED_TPU_JAX = ("python3 -m pip install -q \"jax[tpu]==$(python3 -c 'import jax; print(jax.__version__)')\" "
+                   "-f https://storage.googleapis.com/jax-releases/libtpu_releases.html")
+
+
+def checkout_root(here: str = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) -> str:
+  """The git work tree this spot_jax runs from (what `--source local` ships), or SystemExit."""
+  try:
+    root = subprocess.run(["git", "-C", here, "rev-parse", "--show-toplevel"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    raise SystemExit(f"launch: --source local ships this checkout with git archive, but {here} is not a git "
+                     "checkout: run from a clone, or pass --source git+https://...") from None
+  dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                         capture_output=True, text=True).stdout.strip()
+  if dirty:
+    log.warning("launch: %s has uncommitted changes; git archive ships HEAD without them", root)
+  return root
+
+
 def build_commands(args) -> List[List[str]]:
   """The gcloud commands, in order: ship the source (optional), install, run the job on all workers."""
   job_args = [a for a in args.job_args if a != "--"]
   _check_job_args(job_args)
   commands = []
   if args.source == "local" and not args.skip_install:
-    commands.append(["git", "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"])
-    commands.append(_gcloud(args, "scp", ARCHIVE, f"{args.tpu}:~/{ARCHIVE}"))
+    archive = os.path.abspath(ARCHIVE)
+    commands.append(["git", "-C", checkout_root(), "archive", "--format=tar.gz", f"--output={archive}",
+                     "HEAD"])
+    commands.append(_gcloud(args, "scp", archive, f"{args.tpu}:~/{ARCHIVE}"))
   if not args.skip_install:
     if args.source == "local":
       fetch = f"mkdir -p ~/{REMOTE_DIR} && tar -xzf ~/{ARCHIVE} -C ~/{REMOTE_DIR}"
@@ -70,8 +100,10 @@ def build_commands(args) -> List[List[str]]:
     else:
       fetch = "true"
       install = f"python3 -m pip install -q {shlex.quote(args.source)}"
-    tpu_jax = f"python3 -m pip install -q -U {shlex.quote(args.jax_tpu_spec)}"
-    commands.append(_gcloud(args, "ssh", args.tpu, f"--command={fetch} && {install} && {tpu_jax}"))
+    tpu_jax = (f"python3 -m pip install -q -U {shlex.quote(args.jax_tpu_spec)}" if args.jax_tpu_spec
+               else _PINNED_TPU_JAX)
+    commands.append(_gcloud(args, "ssh", args.tpu,
+                            f"--command={_PYTHON_CHECK} && {fetch} && {install} && {tpu_jax}"))
   run = ["python3", "-m", "spot_jax", args.job, *job_args, "--jax_distributed"]
   where = f"cd ~/{REMOTE_DIR} && " if args.source == "local" else ""
   commands.append(_gcloud(args, "ssh", args.tpu, f"--command={where}{shlex.join(run)}"))

@@ -1,5 +1,8 @@
 """`spot-jax launch`: the gcloud commands it would run on a Cloud TPU slice."""
+import pathlib
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -13,12 +16,18 @@ def _commands(*argv):
 def test_local_source_is_shipped_installed_and_run_on_every_worker():
   cmds = _commands("--tpu", "v4-32", "--zone", "us-central2-b", "--project", "p", "train",
                    "--gin_file=runs/prompt_train.gin", "--gin.MODEL_DIR='gs://b/run'")
-  assert cmds[0][:2] == ["git", "archive"]
+  # The archive is of this checkout's root (wherever the command runs), not of the current directory.
+  root = str(pathlib.Path(launch.__file__).resolve().parents[1])
+  assert cmds[0][:4] == ["git", "-C", root, "archive"] and cmds[0][-1] == "HEAD"
   assert cmds[1][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and cmds[1][-1] == "v4-32:~/spot_jax_src.tar.gz"
+  assert cmds[1][-2] == cmds[0][-2].split("=", 1)[1]  # scp ships the file git archive wrote
   for cmd in cmds[1:]:
     assert "--worker=all" in cmd and "--zone=us-central2-b" in cmd and "--project=p" in cmd
   install = cmds[2][-1]
-  assert "pip install -q -r requirements.txt" in install and "jax[tpu]" in install
+  assert "pip install -q -r requirements.txt" in install
+  # jax[tpu] at the version requirements.txt installed there, after a check of the workers' Python.
+  assert install.index("sys.version_info < (3, 11)") < install.index("requirements.txt") < install.index(
+      "jax[tpu]==$(python3 -c 'import jax; print(jax.__version__)')")
   run = cmds[3][-1]
   assert run.startswith("--command=cd ~/spot_jax_src && ")
   argv = shlex.split(run.split("&& ", 1)[1])
@@ -53,3 +62,23 @@ def test_the_job_flag_initializes_jax_distributed(monkeypatch):
   gin_utils.init_distributed(args)
   assert calls == [((), {})]
 
+
+
+def test_the_python_check_refuses_an_older_interpreter(tmp_path):
+  """The check the install command runs first, on this machine's Python (passes) and a 3.10 (refused)."""
+  check = launch._PYTHON_CHECK.replace("python3 -c ", "", 1)
+  code = shlex.split(check)[0]
+  assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+  old = subprocess.run([sys.executable, "-c", code.replace("(3, 11)", "(99, 0)")], capture_output=True, text=True)
+  assert old.returncode == 1 and "spot_jax needs Python >= 3.11 on the workers; this image has" in old.stderr
+
+
+def test_a_tpu_spec_given_replaces_the_pinned_one():
+  cmds = _commands("--tpu", "t", "--zone", "z", "--jax_tpu_spec", "jax[tpu]==9.9", "train",
+                   "--gin.MODEL_DIR='gs://b/r'")
+  assert "pip install -q -U 'jax[tpu]==9.9'" in cmds[2][-1] and "jax.__version__" not in cmds[2][-1]
+
+
+def test_local_source_outside_a_git_checkout_is_refused(tmp_path):
+  with pytest.raises(SystemExit, match=r"is not a git checkout: run from a clone, or pass --source git"):
+    launch.checkout_root(str(tmp_path))
