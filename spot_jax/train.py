@@ -173,6 +173,12 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     state, meta = ckpts.restore(abstract)
     start_step = int(jax.device_get(state.step))
     log.info("resuming from step %d (%s)", start_step, meta)
+    shards = partitioning.data_layout(mesh)[1]
+    if meta.get("data_shards", shards) != shards:
+      log.warning("%s was trained reading the data in %d shard(s); this run reads %d (another number of "
+                  "processes or model partitions): it resumes at the same step, but the examples of the "
+                  "remaining steps differ from those of an uninterrupted run", model_dir,
+                  meta["data_shards"], shards)
     if start_step > train_steps:
       log.warning("%s's latest checkpoint is step %d, past TRAIN_STEPS=%d: nothing is trained and the "
                   "step-%d prompt is returned (raise TRAIN_STEPS to continue, or use a new MODEL_DIR)",
@@ -202,7 +208,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   def save(state, step):
     nonlocal last_saved
     check_finite(state)  # never label a skipped update's unchanged prompt as a later step
-    ckpts.save(state, {"step": step, "data_batches_consumed": step, "task": mixture_or_task_name})
+    ckpts.save(state, {"step": step, "data_batches_consumed": step, "task": mixture_or_task_name,
+                       "data_shards": num_shards})
     if is_main:
       prompt_io.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step)
     last_saved = step

@@ -255,6 +255,21 @@ def test_an_error_while_a_save_is_in_flight_keeps_that_checkpoint(tmp_path):
   assert checkpointing.PromptCheckpoints(str(tmp_path)).latest_step() == 2
 
 
+def test_resuming_with_another_number_of_data_shards_warns(tmp_path, caplog):
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  common = dict(model_dir=str(tmp_path), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
+                batch_size=8, prompt_length=PROMPT_LEN, frozen=(CFG, params), save_period=2)
+  train_lib.train(train_steps=2, **common)
+  metas = [f for f in (tmp_path / "checkpoints" / "2").rglob("*")
+           if f.is_file() and b'"data_shards": 1' in f.read_bytes()]
+  assert len(metas) == 1  # the layout is recorded with the checkpoint
+  metas[0].write_bytes(metas[0].read_bytes().replace(b'"data_shards": 1', b'"data_shards": 2'))
+  import logging
+  with caplog.at_level(logging.WARNING, logger="spot_jax"):
+    train_lib.train(train_steps=3, **common)
+  assert "reading the data in 2 shard(s); this run reads 1" in caplog.text
+
+
 def test_missing_required_macro_names_it(tmp_path, capsys):
   args = [a for a in _gin_args(tmp_path) if not a.startswith("--gin.MODEL_DIR")]
   with pytest.raises(SystemExit, match=r"the macro MODEL_DIR is not set.\nSet it with --gin.MODEL_DIR=\.\.\.") as e:
