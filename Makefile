@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) -m spot_jax demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 bench: $(STAMP)
 	$(PY) -m spot_jax bench
