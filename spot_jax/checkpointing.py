@@ -23,12 +23,6 @@ class CheckpointRestoreError(ValueError):
   """A training checkpoint that cannot be read back (corrupt, or written by another run's settings)."""
 
 
-def _short_reason(e: BaseException, limit: int = 300) -> str:
-  """orbax/tensorstore errors carry their whole spec (kilobytes of JSON): keep the reason."""
-  text = str(e).split(" [tensorstore_spec=")[0].splitlines()[0] if str(e) else type(e).__name__
-  return text if len(text) <= limit else text[:limit] + " ..."
-
-
 class PromptCheckpoints:
   """Save every `save_period` steps, keep `keep` of them, restore the latest."""
 
@@ -72,7 +66,7 @@ class PromptCheckpoints:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointRestoreError(
           f"cannot restore the training checkpoint at step {step} in {self.directory}: "
-          f"{_short_reason(e)}. If the prompt length or optimizer changed, start a new MODEL_DIR; if the "
+          f"{fileio.short_error(e)}. If the prompt length or optimizer changed, start a new MODEL_DIR; if the "
           f"checkpoint is corrupt, delete {self.directory}/{step} to resume from the one before.") from e
     return TrainState(**restored.state), dict(restored.meta)
 
@@ -100,4 +94,4 @@ class PromptCheckpoints:
       self.close()
     except Exception as e:  # pylint: disable=broad-except
       logging.getLogger("spot_jax.train").warning("closing the checkpoints after an error: %s",
-                                                  _short_reason(e))
+                                                  fileio.short_error(e))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import re
 import shutil
 import uuid
 from typing import Any
@@ -39,6 +40,13 @@ def exists(path: str) -> bool:
 
 def isdir(path: str) -> bool:
   return gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def short_error(e: BaseException, limit: int = 300) -> str:
+  """An orbax/TensorStore error's message without the `[tensorstore_spec='...']` it appends: kilobytes
+  of JSON that bury the one line saying what is wrong."""
+  text = re.sub(r"\s*\[tensorstore_spec='.*'\]", "", str(e), flags=re.DOTALL).strip() or type(e).__name__
+  return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def check_not_a_file(path: str, what: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import msgpack
 import numpy as np
 
+from spot_jax import fileio
 from spot_jax.checkpoints.infer_config import CheckpointError, flatten, unflatten
 
 VERSION = 3
@@ -283,12 +284,6 @@ def absolute_spec(spec: Mapping[str, Any], checkpoint_dir: str) -> Dict[str, Any
   return spec
 
 
-def _ts_reason(e: Exception) -> str:
-  """TensorStore's message without the `[tensorstore_spec='...']` it appends: kilobytes of JSON that
-  bury the one line saying what is wrong."""
-  return re.sub(r"\s*\[tensorstore_spec='.*'\]", "", str(e), flags=re.DOTALL).strip()
-
-
 def _ts_location(spec: Mapping[str, Any]) -> str:
   kv = spec.get("kvstore") or {}
   return f"gs://{kv['bucket']}/{kv.get('path', '')}" if "bucket" in kv else str(kv.get("path"))
@@ -312,7 +307,7 @@ def _read_specs(specs: Mapping[str, Dict[str, Any]], version: int) -> Dict[str, 
       reads[name] = stores[name].read()
     except Exception as e:  # `from None`: the chained TensorStore error repeats the whole spec
       raise CheckpointError(f"cannot open the array of parameter {name!r} at {_ts_location(specs[name])} "
-                            f"(its directory or .zarray metadata is missing or invalid): {_ts_reason(e)}. "
+                            f"(its directory or .zarray metadata is missing or invalid): {fileio.short_error(e)}. "
                             f"Fix: {_COPY_AGAIN}") from None
   out = {}
   for name, future in reads.items():
@@ -326,7 +321,7 @@ def _read_specs(specs: Mapping[str, Dict[str, Any]], version: int) -> Dict[str, 
                                  read=True).result().read().result())
     except Exception as e:
       raise CheckpointError(f"cannot read the array of parameter {name!r} at {_ts_location(specs[name])} "
-                            f"(a chunk file missing or damaged): {_ts_reason(e)}. "
+                            f"(a chunk file missing or damaged): {fileio.short_error(e)}. "
                             f"Fix: {_COPY_AGAIN}") from None
     if version < 3 and arr.dtype == np.uint16:  # version 2 stored bfloat16 as raw uint16
       import ml_dtypes
