@@ -44,18 +44,25 @@ def linear_warmup_rsqrt_decay(learning_rate: float = 0.3, warmup_steps: int = 10
 @functools.lru_cache(maxsize=None)
 def adafactor(learning_rate=None, decay_rate: float = 0.8, clipping_threshold: float = 1.0,
               weight_decay: float = 1e-5, factored: bool = False, epsilon: float = 1e-30,
-              multiply_by_parameter_scale: bool = False) -> optax.GradientTransformation:
+              multiply_by_parameter_scale: bool = False,
+              min_dim_size_to_factor: int = 128) -> optax.GradientTransformation:
   """Adafactor as T5X's prompt tuning runs it.
 
   β2_t = 1 − t^−decay_rate, update clipping by block RMS, no parameter scaling, an unfactored second
   moment (the prompt is small), and weight decay applied to the parameter directly (not scaled by
   the learning rate, as T5X's Adafactor does).
+
+  `factored=True` is T5X's own rule for a 2-D parameter (current `t5x/adafactor.py` ignores the
+  logical factor rules at rank ≤ 2 and falls back to its size heuristic): a factored second moment
+  when both of the prompt's dimensions are at least `min_dim_size_to_factor`, so prompts of 128 rows
+  or more; shorter prompts, such as the papers' 100 rows, are unfactored either way.
   """
   schedule = learning_rate if learning_rate is not None else constant_schedule()
   if isinstance(schedule, (int, float)):
     schedule = optax.constant_schedule(float(schedule))
   parts = [
-      optax.scale_by_factored_rms(factored=factored, decay_rate=decay_rate, epsilon=epsilon),
+      optax.scale_by_factored_rms(factored=factored, decay_rate=decay_rate, epsilon=epsilon,
+                                  min_dim_size_to_factor=min_dim_size_to_factor),
       optax.clip_by_block_rms(clipping_threshold),
   ]
   if multiply_by_parameter_scale:

@@ -31,6 +31,39 @@ def test_second_moment_is_not_factored_for_the_prompt():
   assert (100, 64) in shapes  # full second moment, no row/column factors
 
 
+def _t5x_factored_update(g, v_row, v_col, step, param, lr=0.3, decay=0.8, wd=1e-5):
+  """T5X Adafactor's update for a [rows, cols] parameter with rows < cols, written out in NumPy."""
+  beta2 = 1.0 - (step + 1.0) ** -decay
+  g2 = np.square(g) + 1e-30
+  v_row = beta2 * v_row + (1 - beta2) * g2.mean(axis=1)
+  v_col = beta2 * v_col + (1 - beta2) * g2.mean(axis=0)
+  y = g * (v_row / v_row.mean())[:, None] ** -0.5 * v_col[None, :] ** -0.5
+  y = y / max(1.0, np.sqrt(np.mean(np.square(y))))
+  return -lr * y - wd * param, v_row, v_col
+
+
+def test_factored_follows_t5x_size_rule_and_update():
+  tx = optim.adafactor(factored=True)
+  # Under 128 rows T5X's heuristic keeps the full second moment: the same update as unfactored.
+  p = jnp.asarray(np.random.RandomState(2).normal(size=(100, 160)), jnp.float32)
+  g = jnp.asarray(np.random.RandomState(3).normal(size=(100, 160)), jnp.float32)
+  u_f, _ = tx.update(g, tx.init(p), p)
+  u_u, _ = optim.adafactor().update(g, optim.adafactor().init(p), p)
+  np.testing.assert_allclose(u_f, u_u, rtol=1e-6)
+  # 150 x 256: factored into row and column statistics, two steps against T5X's formula.
+  rng = np.random.RandomState(4)
+  p = rng.normal(size=(150, 256)).astype(np.float32)
+  state = tx.init(jnp.asarray(p))
+  assert (150, 256) not in [x.shape for x in __import__("jax").tree.leaves(state)]
+  v_row, v_col = np.zeros(150), np.zeros(256)
+  for step in range(2):
+    g = (rng.normal(size=(150, 256)) * rng.uniform(0.1, 3.0, size=(150, 1))).astype(np.float32)
+    u, state = tx.update(jnp.asarray(g), state, jnp.asarray(p))
+    want, v_row, v_col = _t5x_factored_update(g.astype(np.float64), v_row, v_col, step, p.astype(np.float64))
+    np.testing.assert_allclose(np.asarray(u), want, rtol=2e-4, atol=1e-6)
+    p = p + np.asarray(u)
+
+
 def test_same_settings_give_the_same_transformation():
   assert optim.adafactor() is optim.adafactor()
   assert optim.adafactor(weight_decay=0.0) is not optim.adafactor()
