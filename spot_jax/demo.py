@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -27,6 +26,8 @@ import time
 from typing import List, Optional, Sequence
 
 import numpy as np
+
+from spot_jax import fileio
 
 PREFIX = "spot_bundled_"
 TARGET = "restaurant"
@@ -151,13 +152,6 @@ def conclusion(summary: Sequence[dict]) -> str:
     ahead = sum(a > b for a, b in runs)
     line += f"; transfer ahead in {ahead} of {len(runs)} single runs"
   return line
-
-
-def _write_json(path: str, obj) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=float)
-  os.replace(tmp, path)
 
 
 def run_demo(out_dir: str, backbone_config=None, demo: DemoConfig = DemoConfig(),
@@ -287,7 +281,7 @@ def run_demo(out_dir: str, backbone_config=None, demo: DemoConfig = DemoConfig()
       "conclusion": line,
       "wall_seconds": time.time() - console.t0,
   }
-  _write_json(os.path.join(out_dir, RESULTS_JSON), results)
+  fileio.write_json_atomic(os.path.join(out_dir, RESULTS_JSON), results)
   console(f"done in {results['wall_seconds']:.0f}s; results: {os.path.join(out_dir, RESULTS_JSON)}")
   return results
 
