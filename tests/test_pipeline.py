@@ -163,6 +163,27 @@ def test_best_of_top_k_at_the_full_budget_keeps_the_winning_run_as_the_transfer(
   assert best["selection_score"] == max(c["selection_score"] for c in result.chosen)
 
 
+def test_best_of_every_source_gives_the_transfer_row_that_transferability_judges(frozen, library, tmp_path):
+  """best_of_top_k over every source measures the target's transfer row; spot.transferability reads it
+  from result.json and re-ranks it from the task embedding the run trained."""
+  from spot_jax.spot import transferability
+  lib = library[0]
+  result = pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "best_of_top_k", top_k=len(SOURCES),
+                               steps=3, run=RUN, task_embedding_steps=1, measure="cos_avg_tokens")
+  (judged,) = transferability.evaluate_runs([str(tmp_path)], ks=(1, 3))["as run"]
+  assert [s[0] for s in judged.sources] == [t for t, _ in result.ranked]
+  assert {t: x for t, _, x in judged.sources} == {c["task"]: c["selection_score"] for c in result.chosen}
+  assert judged.best_transfer == max(c["selection_score"] for c in result.chosen)
+  assert judged.best_rank <= 3 and judged.steps == 3
+  # Every source was measured, so the top 3 hold the best one (no regret; undefined for a best of 0,
+  # which a tiny random model may score on every source).
+  assert judged.regret[3] == 0.0 if judged.best_transfer > 0 else np.isnan(judged.regret[3])
+  # Re-ranked by the measure the run used, from its task_embedding/ run: the same ranking.
+  (again,) = transferability.evaluate_runs([str(tmp_path)], library=lib, measures=["cos_avg_tokens"])[
+      "cos_avg_tokens"]
+  assert [(t, pytest.approx(s)) for t, s, _ in again.sources] == [(t, s) for t, s in result.ranked]
+
+
 def test_run_target_zero_shot_ranking_without_task_embedding(frozen, library, tmp_path, caplog):
   lib = library[0]
   # best_of_top_k: a random tiny model decodes no label, so every zero-shot score is 0, which
