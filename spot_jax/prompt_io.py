@@ -5,9 +5,15 @@ Formats read by `load_prompt` (auto-detected):
   * the T5X prompt-tuning numpy export: a file named `encoder.prompt.prompt.prompt` written with
     `np.save` to a file handle (so no `.npy` suffix), its `checkpoint_<step>` directory, or a
     `numpy_checkpoints` directory (newest step);
+  * a T5X checkpoint of a prompt-tuning run (`checkpoint_<step>/`, its `checkpoint` file, or a
+    MODEL_DIR holding only those): the parameter `target/encoder/prompt/prompt/prompt`, read alone;
   * a PEFT prompt-tuning adapter directory (`adapter_config.json` + `adapter_model.safetensors` holding
     `prompt_embeddings`), or the `.safetensors` file itself;
-  * a training `MODEL_DIR` (its `numpy_checkpoints/best` export if present, else the newest step).
+  * a training `MODEL_DIR` (its `numpy_checkpoints/best` export if present, else the newest step),
+    ours or prompt-tuning's.
+
+prompt-tuning's other prompt modules (multi-task shared + per-task prompts, a decoder-only model's
+prompt) are refused with the files found and what to pass instead: they are not one encoder prompt.
 
 Layout of a training MODEL_DIR's exports (the trainer writes them through `export_numpy_checkpoint`):
   MODEL_DIR/numpy_checkpoints/checkpoint_<step>/{encoder.prompt.prompt.prompt, prompt.npy, export.json}
@@ -35,6 +41,11 @@ from spot_jax import fileio
 
 NUMPY_CHECKPOINTS_DIR = "numpy_checkpoints"
 T5X_PROMPT_FILENAME = "encoder.prompt.prompt.prompt"
+# The prompt in prompt-tuning's model: PromptEncoderDecoder.encoder -> PromptEncoder.prompt (train
+# Prompt) -> .prompt (prompts.Prompt) -> param "prompt"; its Checkpointer names the numpy file by this
+# path with dots, and T5X stores it under optimizer/target/.
+T5X_PROMPT_PARAM = "encoder/prompt/prompt/prompt"
+T5X_CHECKPOINT_FILE = "checkpoint"
 PROMPT_NPY = "prompt.npy"
 EXPORT_INFO = "export.json"  # {"step": int, "shape": [P, d], "metrics": {...}, "created": float}
 BEST_EXPORT = "best"
@@ -48,9 +59,10 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 ACCEPTED_FORMATS = (
     "a .npy file; a T5X prompt-tuning numpy export file (encoder.prompt.prompt.prompt), its "
-    "checkpoint_<step> directory or a numpy_checkpoints directory; a PEFT adapter directory "
+    "checkpoint_<step> directory or a numpy_checkpoints directory; a T5X checkpoint_<step> directory of a "
+    "prompt-tuning run (target/encoder/prompt/prompt/prompt); a PEFT adapter directory "
     "(adapter_config.json + adapter_model.safetensors) or its .safetensors file; a training MODEL_DIR "
-    "containing numpy_checkpoints/")
+    "containing numpy_checkpoints/ (or prompt-tuning's T5X checkpoint_<step>/ directories)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,7 +206,7 @@ def check_prompt_shape(prompt: np.ndarray, prompt_length: Optional[int], d_model
 class PromptSource:
   """Where `load_prompt` found a prompt: the file, its format, and the export directory/step if any."""
   file: str
-  format: str  # "npy" | "t5x" | "peft"
+  format: str  # "npy" | "t5x" (numpy export) | "t5x_checkpoint" (file = the checkpoint_<step> dir) | "peft"
   export_dir: Optional[str] = None
   step: Optional[int] = None
 
@@ -216,6 +228,8 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
   if not fileio.isdir(path):
     if path.endswith(".safetensors"):
       return PromptSource(path, "peft")
+    if fileio.basename(path) == T5X_CHECKPOINT_FILE and _is_t5x_checkpoint_dir(os.path.dirname(path.rstrip("/"))):
+      return resolve_prompt(os.path.dirname(path.rstrip("/")))
     fmt = "t5x" if fileio.basename(path) == T5X_PROMPT_FILENAME else "npy"
     parent = os.path.dirname(path.rstrip("/"))
     step = _step_of(parent) if fmt == "t5x" or fileio.basename(path) == PROMPT_NPY else None
@@ -232,6 +246,16 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
     info = read_export_info(path)
     step = info.get("step", _step_of(path))
     return PromptSource(f, "t5x" if fileio.basename(f) == T5X_PROMPT_FILENAME else "npy", path, step)
+  if _is_t5x_checkpoint_dir(path):
+    return PromptSource(path, "t5x_checkpoint", path, _step_of(path))
+  from spot_jax.checkpoints import t5x_orbax  # pylint: disable=g-import-not-at-top
+  if t5x_orbax.is_orbax_step_dir(path):
+    raise ValueError(f"{path} is a T5X checkpoint written with Orbax (state/): prompts are read from T5X's "
+                     "msgpack checkpoints only. Pass the run's numpy_checkpoints/ export instead (prompt-tuning "
+                     "writes one with every checkpoint), or extract the prompt to a .npy")
+  other = _other_prompt_files(path)
+  if other:
+    raise ValueError(_not_one_encoder_prompt(path, other))
   if fileio.basename(path) == NUMPY_CHECKPOINTS_DIR or fileio.isdir(numpy_checkpoints_dir(path)) or \
       list_numpy_checkpoints(path):
     ex = find_exports(path)
@@ -245,12 +269,25 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
       chosen = ex.best or ex.latest
       if fileio.basename(path) == NUMPY_CHECKPOINTS_DIR and ex.latest:
         chosen = ex.latest  # a numpy_checkpoints directory means "the newest step"
+    if chosen is None and which in ("auto", "latest") and _t5x_checkpoint_steps(path):
+      return resolve_prompt(fileio.join(path, f"checkpoint_{_t5x_checkpoint_steps(path)[-1]}"))
     if chosen is None:
+      newest = _newest_step_dir(
+          path if fileio.basename(path) == NUMPY_CHECKPOINTS_DIR else numpy_checkpoints_dir(path))
+      other = _other_prompt_files(newest)
+      if other:
+        raise ValueError(_not_one_encoder_prompt(newest, other))
       raise FileNotFoundError(
           f"{path} has no {which if which != 'auto' else 'prompt'} numpy export under "
           f"{NUMPY_CHECKPOINTS_DIR}/ (found steps {[s for s, _ in ex.checkpoints]}, best="
           f"{ex.best is not None}, task_embedding={ex.task_embedding is not None}). {_WHEN_EXPORTED}")
     return resolve_prompt(chosen)
+  t5x_steps = _t5x_checkpoint_steps(path)
+  if t5x_steps:  # a prompt-tuning MODEL_DIR without its numpy exports: the newest T5X checkpoint
+    if which not in ("auto", "latest"):
+      raise FileNotFoundError(f"{path} holds T5X checkpoints (steps {t5x_steps}) but no {which} export: "
+                              f"prompt-tuning writes none; pass which='latest' or a checkpoint_<step>/ directory")
+    return resolve_prompt(fileio.join(path, f"checkpoint_{t5x_steps[-1]}"))
   if fileio.isdir(fileio.join(path, "checkpoints")):
     raise FileNotFoundError(f"{path} is a MODEL_DIR with training checkpoints but no numpy export yet. "
                             f"{_WHEN_EXPORTED}")
@@ -272,6 +309,8 @@ def load_prompt_with_source(path: str, which: str = "auto"):
   src = resolve_prompt(path, which)
   if src.format == "peft":
     arr = _load_peft(src)
+  elif src.format == "t5x_checkpoint":
+    arr = _load_t5x_checkpoint(src.file)
   else:
     with fileio.open_file(src.file, "rb") as f:
       head = f.read(len(_NPY_MAGIC))
@@ -318,6 +357,73 @@ def _load_peft(src: PromptSource) -> np.ndarray:
     raise ValueError(f"{src.file}: {PEFT_TENSOR} has {arr.shape[0]} rows but adapter_config.json says "
                      f"num_virtual_tokens={p}, num_transformer_submodules={subs}")
   return arr
+
+
+def _is_t5x_checkpoint_dir(directory: str) -> bool:
+  """A T5X `checkpoint_<step>/` (msgpack `checkpoint` file; the zarr arrays beside it)."""
+  f = fileio.join(directory, T5X_CHECKPOINT_FILE)
+  return fileio.exists(f) and not fileio.isdir(f)
+
+
+def _t5x_checkpoint_steps(model_dir: str) -> list:
+  if not fileio.isdir(model_dir):
+    return []
+  steps = [int(m.group(1)) for m in (_CHECKPOINT_RE.match(n.rstrip("/")) for n in fileio.listdir(model_dir))
+           if m and _is_t5x_checkpoint_dir(fileio.join(model_dir, m.group(0)))]
+  return sorted(steps)
+
+
+def _newest_step_dir(numpy_dir: str) -> Optional[str]:
+  """The newest `checkpoint_<step>` directory in `numpy_dir`, whatever it holds."""
+  if not fileio.isdir(numpy_dir):
+    return None
+  steps = sorted((int(m.group(1)), m.group(0)) for m in
+                 (_CHECKPOINT_RE.match(n.rstrip("/")) for n in fileio.listdir(numpy_dir)) if m)
+  return fileio.join(numpy_dir, steps[-1][1]) if steps else None
+
+
+def _other_prompt_files(directory: str) -> list:
+  """Files of a prompt-tuning numpy export named after prompt parameters (`<path with dots>`) other
+  than the plain encoder prompt: multi-task, decoder-only or per-layer prompts."""
+  if not directory or not fileio.isdir(directory):
+    return []
+  names = [n.rstrip("/") for n in fileio.listdir(directory)]
+  return sorted(n for n in names if "prompt" in n.split(".")[:-1] and
+                n not in (T5X_PROMPT_FILENAME, PROMPT_NPY, EXPORT_INFO))
+
+
+def _not_one_encoder_prompt(where: str, names: list, sep: str = ".") -> str:
+  """Why a prompt-tuning export or checkpoint with other prompt parameters is not one prompt, and the fix."""
+  listed = ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
+  if any(n.endswith(f"{sep}shared_prompt") or f"{sep}task_prompts" in n for n in names):
+    kind = ("a multi-task prompt of prompt-tuning's extended configs: a shared prompt plus per-task prompts, "
+            "combined (added, concatenated or projected) in a way the files do not record")
+    fix = ("spot_jax trains one [P, d] prompt per task: combine the shared prompt with one task's prompt "
+           "yourself and save the result with numpy.save, then pass that .npy")
+  elif any(n.startswith(f"decoder{sep}") for n in names):
+    kind = "a decoder-side prompt (prompt-tuning's decoder-only or decoder-prompt models)"
+    fix = ("spot_jax's T5 prompts the encoder; if you mean to use this [P, d] array as an encoder prompt, "
+           "pass its numpy file itself")
+  else:
+    kind = "prompt parameters other than the plain encoder prompt (per-layer or custom prompt modules)"
+    fix = "pass the numpy file of one [P, d] encoder prompt itself"
+  plain = T5X_PROMPT_FILENAME if sep == "." else f"target/{T5X_PROMPT_PARAM}"
+  return f"{where} holds {listed}, not {plain}: {kind}. {fix}"
+
+
+def _load_t5x_checkpoint(ckpt_dir: str) -> np.ndarray:
+  """The prompt of a prompt-tuning run's T5X checkpoint; only prompt parameters are read from disk."""
+  from spot_jax.checkpoints import t5x  # pylint: disable=g-import-not-at-top
+  from spot_jax.checkpoints.infer_config import flatten  # pylint: disable=g-import-not-at-top
+  _, tree = t5x.read_t5x(ckpt_dir, select=lambda name: "prompt" in name.split("/"))
+  flat = flatten(tree)
+  if T5X_PROMPT_PARAM in flat:
+    return flat[T5X_PROMPT_PARAM]
+  if flat:
+    raise ValueError(_not_one_encoder_prompt(ckpt_dir, sorted(f"target/{n}" for n in flat), "/"))
+  raise ValueError(f"{ckpt_dir} is a T5X checkpoint without a prompt (no target/{T5X_PROMPT_PARAM}): a "
+                   "frozen model's checkpoint, not one written by a prompt-tuning run. Pass the run's "
+                   "MODEL_DIR, its numpy_checkpoints/ export or a checkpoint_<step>/ the run wrote")
 
 
 # ----------------------------------------------------------------------------------------------------

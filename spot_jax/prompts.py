@@ -19,20 +19,33 @@ def _rng(seed_or_rng) -> np.random.Generator:
 
 
 @gin.configurable
-def random_uniform(scale: float = 0.5) -> PromptInit:
-  """Uniform in [-scale, scale], Lester et al. (2021)'s range. (google-research/prompt-tuning's
-  configs use flax's `uniform(scale=0.5)`, which samples [0, 0.5).)"""
+def random_uniform(scale: float = 0.5, minval: Optional[float] = None) -> PromptInit:
+  """Uniform in [minval, scale); minval defaults to -scale, the [-0.5, 0.5] of Lester et al. (2021).
+
+  google-research/prompt-tuning's configs use flax's `uniform(scale=0.5)`, which samples [0, 0.5):
+  `minval=0.0` reproduces that range (the draws differ: numpy here, a JAX key there).
+  """
+  low = -scale if minval is None else minval
+  if not low < scale:
+    raise ValueError(f"random_uniform: minval {low} must be below scale {scale}")
+
   def init(rng, prompt_length, d_model, embedding=None):
-    return _rng(rng).uniform(-scale, scale, (prompt_length, d_model)).astype(np.float32)
+    return _rng(rng).uniform(low, scale, (prompt_length, d_model)).astype(np.float32)
   return init
 
 
 @gin.configurable
-def sampled_vocab(population_size: int = 5000) -> PromptInit:
-  """Rows of the embedding table drawn (without replacement when possible) from the first ids."""
+def sampled_vocab(population_size: Optional[int] = 5000) -> PromptInit:
+  """Rows of the embedding table drawn from the first `population_size` ids (None: all of them), as
+  prompt-tuning's `from_sample_of_embeddings`: without replacement, with replacement only when the
+  prompt is longer than the population."""
+  if population_size is not None and population_size <= 0:
+    raise ValueError(f"sampled_vocab: population_size must be a positive number of vocabulary ids (or "
+                     f"None for the whole table), got {population_size}")
+
   def init(rng, prompt_length, d_model, embedding):
     _require_embedding(embedding, d_model, "sampled_vocab")
-    population = min(population_size, embedding.shape[0])
+    population = embedding.shape[0] if population_size is None else min(population_size, embedding.shape[0])
     ids = _rng(rng).choice(population, prompt_length, replace=prompt_length > population)
     return np.asarray(embedding[ids], np.float32)
   return init
@@ -55,13 +68,18 @@ def _token_ids(vocabulary, text: str) -> list:
 @gin.configurable
 def class_labels(vocabulary=gin.REQUIRED, labels: Sequence[str] = gin.REQUIRED,
                  fallback: Optional[PromptInit] = None) -> PromptInit:
-  """Each label's sub-token embeddings averaged into one row; the remaining rows from `fallback`."""
+  """Label i's sub-token embeddings averaged into row i (the first rows, as prompt-tuning's
+  `from_embedded_list`); the remaining rows from `fallback` (default: sampled_vocab, 5000 ids).
+
+  More labels than rows is an error here; prompt-tuning warns and drops the labels that do not fit.
+  """
   fallback = fallback or sampled_vocab()
 
   def init(rng, prompt_length, d_model, embedding):
     _require_embedding(embedding, d_model, "class_labels")
     if len(labels) > prompt_length:
-      raise ValueError(f"{len(labels)} class labels do not fit a prompt of length {prompt_length}")
+      raise ValueError(f"{len(labels)} class labels do not fit a prompt of length {prompt_length}: raise "
+                       f"PROMPT_LENGTH to at least {len(labels)} or give fewer CLASS_LABELS")
     rows = [np.asarray(embedding[_token_ids(vocabulary, l)], np.float32).mean(0) for l in labels]
     rest = fallback(rng, prompt_length - len(rows), d_model, embedding)
     return np.concatenate([np.stack(rows), rest], axis=0).astype(np.float32)

@@ -337,3 +337,97 @@ def test_damaged_json_beside_a_prompt(tmp_path):
     p, src = pio.load_prompt_with_source(run)
   np.testing.assert_array_equal(p, _prompt())
   assert src.step is None
+
+
+# ----------------------------------------------------------------------------------------------------
+# What google-research/prompt-tuning writes besides encoder.prompt.prompt.prompt.
+
+def _prompt_tuning_t5x_checkpoint(model_dir, step, prompt, inline_prompt=False):
+  """A prompt-tuning run's T5X checkpoint: the frozen T5 plus target/encoder/prompt/prompt/prompt, and
+  Adafactor state for the prompt (an array of the same shape that must not be taken for it)."""
+  from spot_jax.checkpoints import t5x, write_t5x
+  from spot_jax.checkpoints.infer_config import expected_shapes, unflatten
+  from spot_jax.config import T5Config
+  config = T5Config(vocab_size=16, d_model=prompt.shape[1], num_heads=2, head_dim=3, d_ff=12,
+                    num_encoder_layers=1, num_decoder_layers=1, relative_attention_num_buckets=4)
+  rng = np.random.default_rng(step)
+  flat = {n: rng.normal(size=s).astype(np.float32) for n, s in expected_shapes(config).items()}
+  flat[pio.T5X_PROMPT_PARAM] = prompt
+  external = (lambda n, a: t5x.default_external(n, a) and "prompt" not in n) if inline_prompt else \
+      t5x.default_external
+  ckpt = write_t5x(unflatten(flat), str(model_dir), step=step, external=external)
+  path = os.path.join(ckpt, "checkpoint")
+  state = t5x.decode_msgpack(open(path, "rb").read())
+  state["optimizer"]["state"]["param_states"] = unflatten({pio.T5X_PROMPT_PARAM + "/v": np.ones_like(prompt)})
+  open(path, "wb").write(t5x.encode_msgpack(state))
+  return ckpt
+
+
+def test_prompt_out_of_a_prompt_tuning_t5x_checkpoint(tmp_path):
+  model_dir = tmp_path / "pt_run"
+  old, new = _prompt(5, 6, seed=1), _prompt(5, 6, seed=2)
+  _prompt_tuning_t5x_checkpoint(model_dir, 1_100_500, old, inline_prompt=True)
+  ckpt = _prompt_tuning_t5x_checkpoint(model_dir, 1_101_000, new)
+  assert os.path.isdir(os.path.join(ckpt, "target.encoder.prompt.prompt.prompt"))  # a zarr array, as T5X
+  # Only the prompt is read: the frozen weights' arrays may be absent (an 11B checkpoint is not loaded).
+  import shutil
+  shutil.rmtree(os.path.join(ckpt, "target.token_embedder.embedding"))
+  for path in (ckpt, os.path.join(ckpt, "checkpoint"), str(model_dir)):
+    p, src = pio.load_prompt_with_source(path)
+    np.testing.assert_array_equal(p, new)
+    assert (src.format, src.file, src.step) == ("t5x_checkpoint", ckpt, 1_101_000)
+  inline = os.path.join(str(model_dir), "checkpoint_1100500")
+  np.testing.assert_array_equal(pio.load_prompt(inline), old)
+  with pytest.raises(FileNotFoundError, match=r"T5X checkpoints \(steps \[1100500, 1101000\]\) but no best"):
+    pio.load_prompt(str(model_dir), which="best")
+  # Its numpy export wins where the run wrote one (the same prompt, and no checkpoint to parse).
+  exported = model_dir / "numpy_checkpoints" / "checkpoint_1101000"
+  exported.mkdir(parents=True)
+  with open(exported / pio.T5X_PROMPT_FILENAME, "wb") as f:
+    np.save(f, new)
+  assert pio.resolve_prompt(str(model_dir)).format == "t5x"
+  # A prompt file of prompt-tuning's from_file.gin and its checkpoint: the same prompt.
+  from spot_jax import prompts
+  np.testing.assert_array_equal(prompts.make_prompt(prompts.from_file(ckpt), 0, 5, 6), new)
+
+
+def test_a_frozen_models_t5x_checkpoint_is_not_a_prompt(tmp_path):
+  from spot_jax.checkpoints import write_t5x
+  from spot_jax.checkpoints.infer_config import unflatten
+  ckpt = write_t5x(unflatten({"token_embedder/embedding": np.ones((16, 6), np.float32)}), str(tmp_path), 3)
+  with pytest.raises(ValueError, match=r"checkpoint_3 is a T5X checkpoint without a prompt \(no "
+                                       r"target/encoder/prompt/prompt/prompt\).*Pass the run's MODEL_DIR"):
+    pio.load_prompt(ckpt)
+
+
+def test_prompt_tuning_multi_task_and_decoder_prompts_are_refused_naming_the_fix(tmp_path):
+  # extended/ multi-task configs: a shared prompt and a [tasks, P*d] table; no plain encoder prompt.
+  step_dir = tmp_path / "mt_run" / "numpy_checkpoints" / "checkpoint_1100100"
+  step_dir.mkdir(parents=True)
+  for name, arr in (("encoder.prompt.prompt.shared_prompt", _prompt(5, 6)),
+                    ("encoder.prompt.prompt.task_prompts.embedding", np.zeros((8, 30), np.float32))):
+    with open(step_dir / name, "wb") as f:
+      np.save(f, arr)
+  for path in (step_dir, step_dir.parent, tmp_path / "mt_run"):
+    with pytest.raises(ValueError, match=r"checkpoint_1100100 holds encoder\.prompt\.prompt\.shared_prompt, "
+                                         r"encoder\.prompt\.prompt\.task_prompts\.embedding, not encoder\.prompt\."
+                                         r"prompt\.prompt: a multi-task prompt.*save the result with numpy\.save"):
+      pio.load_prompt(str(path))
+  # The shared prompt itself is a plain numpy file: passing it is the user's explicit choice.
+  np.testing.assert_array_equal(pio.load_prompt(str(step_dir / "encoder.prompt.prompt.shared_prompt")),
+                                _prompt(5, 6))
+  dec = tmp_path / "decoder_only" / "checkpoint_7"
+  dec.mkdir(parents=True)
+  with open(dec / "decoder.prompt.prompt.prompt", "wb") as f:
+    np.save(f, _prompt())
+  with pytest.raises(ValueError, match=r"a decoder-side prompt.*spot_jax's T5 prompts the encoder"):
+    pio.load_prompt(str(dec))
+  # The same multi-task prompt in a T5X checkpoint.
+  from spot_jax.checkpoints import write_t5x
+  from spot_jax.checkpoints.infer_config import unflatten
+  ckpt = write_t5x(unflatten({"encoder/prompt/prompt/shared_prompt": _prompt(5, 6),
+                              "encoder/prompt/prompt/task_prompts/embedding": np.zeros((8, 30), np.float32)}),
+                   str(tmp_path / "mt_t5x"), 1)
+  with pytest.raises(ValueError, match=r"holds target/encoder/prompt/prompt/shared_prompt, .*not "
+                                       r"target/encoder/prompt/prompt/prompt: a multi-task prompt"):
+    pio.load_prompt(ckpt)

@@ -22,6 +22,15 @@ def test_random_uniform_range_and_seed():
   assert not np.array_equal(p, prompts.make_prompt(prompts.random_uniform(0.5), 1, 10, 8))
 
 
+def test_random_uniform_minval_gives_prompt_tuning_range():
+  """prompt-tuning's configs: flax uniform(scale=0.5), i.e. [0, 0.5); ours defaults to [-0.5, 0.5)."""
+  p = prompts.make_prompt(prompts.random_uniform(0.5, minval=0.0), 0, 200, 8)
+  assert p.min() >= 0.0 and p.max() < 0.5
+  assert prompts.make_prompt(prompts.random_uniform(0.5), 0, 200, 8).min() < -0.4
+  with pytest.raises(ValueError, match="minval 0.5 must be below scale 0.5"):
+    prompts.random_uniform(0.5, minval=0.5)
+
+
 def test_sampled_vocab_rows_come_from_the_first_ids():
   p = prompts.make_prompt(prompts.sampled_vocab(population_size=20), 0, 6, 8, EMB)
   for row in p:
@@ -29,12 +38,29 @@ def test_sampled_vocab_rows_come_from_the_first_ids():
     assert len(hits) == 1
 
 
+def test_sampled_vocab_draws_as_prompt_tuning_does():
+  """Distinct ids while the population allows (prompt-tuning's from_sample_of_embeddings), repeats only
+  beyond it; population_size=None is the whole table, as there."""
+  ids = lambda p: [int(np.where((EMB == row).all(axis=1))[0][0]) for row in p]
+  drawn = ids(prompts.make_prompt(prompts.sampled_vocab(population_size=10), 3, 10, 8, EMB))
+  assert sorted(drawn) == list(range(10))
+  drawn = ids(prompts.make_prompt(prompts.sampled_vocab(population_size=4), 3, 12, 8, EMB))
+  assert set(drawn) <= set(range(4)) and len(drawn) == 12
+  drawn = ids(prompts.make_prompt(prompts.sampled_vocab(population_size=None), 3, 50, 8, EMB))
+  assert sorted(drawn) == list(range(50))
+  with pytest.raises(ValueError, match="population_size must be a positive number .* got 0"):
+    prompts.sampled_vocab(population_size=0)
+
+
 def test_class_labels_average_sub_tokens_then_fill():
   init = prompts.class_labels(vocabulary=WordVocab(), labels=["yes", "maybe"])
   p = prompts.make_prompt(init, 0, 5, 8, EMB)
   np.testing.assert_allclose(p[0], EMB[3])
   np.testing.assert_allclose(p[1], (EMB[5] + EMB[6]) / 2)
-  with pytest.raises(ValueError, match="3 class labels do not fit a prompt of length 2"):
+  for row in p[2:]:  # the rest: vocabulary rows, as prompt-tuning's from_class_labels.gin
+    assert (EMB[:5000] == row).all(axis=1).any()
+  with pytest.raises(ValueError, match="3 class labels do not fit a prompt of length 2: raise PROMPT_LENGTH "
+                                       "to at least 3 or give fewer CLASS_LABELS"):
     prompts.make_prompt(prompts.class_labels(vocabulary=WordVocab(), labels=["yes", "no", "maybe"]), 0, 2, 8, EMB)
 
 

@@ -332,11 +332,13 @@ def _read_specs(specs: Mapping[str, Dict[str, Any]], version: int) -> Dict[str, 
 
 # ----------------------------------------------------------------------------- reading
 
-def read_t5x(path: str) -> Tuple[str, Dict[str, Any]]:
+def read_t5x(path: str, select: Optional[Callable[[str], bool]] = None) -> Tuple[str, Dict[str, Any]]:
   """Read `optimizer/target` of a T5X checkpoint as a nested dict of numpy arrays.
 
   `path` is a `checkpoint_<step>` directory or a model directory (newest step). Returns the
   checkpoint directory actually read and the parameter tree; optimizer state is never read.
+  `select(name)` (slash-joined name) keeps only some parameters, and only those are read from disk:
+  a prompt out of an XXL checkpoint without reading its 11B frozen weights.
   """
   ckpt_dir = find_checkpoint_dir(path)
   if ckpt_dir is None:
@@ -350,6 +352,8 @@ def read_t5x(path: str) -> Tuple[str, Dict[str, Any]]:
   version = int(state.get("version", 0) or 0)
   inline, specs = {}, {}
   for name, leaf in _flatten_target(target).items():
+    if select is not None and not select(name):
+      continue
     if is_ts_spec(leaf):
       specs[name] = absolute_spec(leaf, ckpt_dir)
     elif isinstance(leaf, np.ndarray):
