@@ -269,3 +269,45 @@ def test_damaged_record_fails_every_command_alike(sources, capsys):
     err = capsys.readouterr().err
     assert "error: library entry 'cb': " in err and "record.json is not valid JSON" in err
     assert "--task cb --overwrite SOURCE" in err and len(err.splitlines()) == 1
+
+
+def _spot_run(run_dir, target, ranked, transfer):
+  """The result.json `spot-jax spot --strategy best_of_top_k` writes, with every source measured."""
+  from spot_jax.spot.pipeline import TargetResult
+  from spot_jax import fileio
+  chosen = [{"task": t, "score": s, "metrics": {"accuracy": transfer[t]}, "selection_score": transfer[t]}
+            for t, s in ranked]
+  result = TargetResult(target=target, strategy="best_of_top_k", rank_by="similarity", measure="cos_avg_tokens",
+                        top_k=len(ranked), steps=20, ranked=ranked, chosen=chosen, init_description="",
+                        transfer_metrics={}, extra={"selection_steps": 20})
+  fileio.write_json_atomic(os.path.join(run_dir, "result.json"), result.to_dict(), default=float)
+
+
+def test_transferability_judges_rankings_of_spot_runs(sources, tmp_path, capsys):
+  tmp, _, emb = sources
+  lib = _build(tmp)
+  # Two targets: one whose ranking matches its transfer row, one where the best source came last.
+  _spot_run(tmp / "t1", "t1", [("rte", 0.9), ("boolq", 0.5), ("cb", 0.1)], {"rte": 80.0, "boolq": 70.0, "cb": 60.0})
+  _spot_run(tmp / "t2", "t2", [("rte", 0.9), ("boolq", 0.5), ("cb", 0.1)], {"rte": 60.0, "boolq": 70.0, "cb": 80.0})
+  out_json = tmp / "judged.json"
+  assert cli.main(["transferability", str(tmp / "t1"), str(tmp / "t2" / "result.json"), "--k", "1",
+                   "--out", str(out_json)]) == 0
+  text = capsys.readouterr().out
+  assert "rte (1)" in text and "cb (3)" in text and "summary" in text
+  judged = json.loads(out_json.read_text())["as run"]
+  t1, t2 = judged["targets"]
+  assert t1["kendall_tau"] == pytest.approx(1.0) and t2["kendall_tau"] == pytest.approx(-1.0)
+  assert t1["regret"]["@1"] == 0.0 and t2["regret"]["@1"] == pytest.approx(25.0)  # (80 - 60) / 80
+  assert judged["summary"]["best_in_top_1"] == 1 and judged["summary"]["regret@1"] == pytest.approx(12.5)
+  # Re-ranked by two measures: t1's run has the target's task embedding (the rte source's, so rte
+  # ranks first by cos_avg_tokens, which gives 1 for a prompt against itself).
+  pio.export_numpy_checkpoint(emb["rte"], str(tmp / "t1" / "task_embedding"), 10, name="task_embedding")
+  assert cli.main(["transferability", str(tmp / "t1"), "--library", lib, "--measure", "cos_avg_tokens",
+                   "--measure", "e_average", "--json"]) == 0
+  both = json.loads(capsys.readouterr().out)
+  assert set(both) == {"cos_avg_tokens", "e_average"}
+  assert both["cos_avg_tokens"]["targets"][0]["sources"][0]["task"] == "rte"
+  assert cli.main(["transferability", str(tmp / "t1"), "--measure", "cos_avg_tokens"]) == 1
+  assert "needs the library" in capsys.readouterr().err
+  assert cli.main(["transferability", str(tmp / "nowhere")]) == 1
+  assert "no result.json" in capsys.readouterr().err

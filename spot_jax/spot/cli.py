@@ -5,6 +5,8 @@
   similarity  pairwise similarities: ranked table, matrix JSON and heatmap PNG
   retrieve    rank the library's sources for a target task embedding
   init        write a transfer init .npy for a target (top-k weighted average or top-1)
+  transferability
+              judge rankings against measured transfer (Kendall's tau, regret@k) from `spot` runs
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
   Each verb sets `func`; run it with `args.func(args)`, which returns an exit code.
   """
   lib = subparsers.add_parser("library", help="SPoT prompt library: add, list, similarity, retrieve, "
-                              "init", description=__doc__,
+                              "init, transferability", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   verbs = lib.add_subparsers(dest="library_verb", metavar="VERB")
   verbs.required = True
@@ -105,6 +107,27 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
                      help="top-k weighted average of source prompts (w ∝ similarity) or the best one")
       p.add_argument("--top-k", type=int, default=3, help="sources averaged (default 3)")
       p.set_defaults(func=_cmd_init)
+
+  p = verbs.add_parser("transferability", parents=[on],
+                       help="judge source rankings against measured transfer (SPoT's analysis)",
+                       description="Reads the result.json of `spot-jax spot --strategy best_of_top_k` runs that "
+                       "trained the target from every source (--top-k = number of sources), one run per target, "
+                       "and judges how well the ranking predicts those transfer scores: Kendall's tau, "
+                       "regret@k, the mean score of the top k against the mean of all sources, and the rank "
+                       "of the best source. With --measure (and --library), the same rows are re-ranked "
+                       "by each measure from the task embedding each run trained.")
+  p.add_argument("runs", nargs="+", help="the MODEL_DIR (or result.json) of each target's spot run")
+  p.add_argument("--library", default=None, help="the library the runs ranked (needed with --measure)")
+  p.add_argument("--measure", action="append", default=None,
+                 help=measure_help + "; repeatable; 'all' for every prompt-only measure (default: each "
+                 "run's own ranking)")
+  p.add_argument("--kind", choices=KINDS, default="task_embedding",
+                 help="source prompts the re-ranking compares with (default task_embedding)")
+  p.add_argument("--k", type=int, action="append", default=None, help="k of regret@k (repeatable; "
+                 "default 1 and 3)")
+  p.add_argument("--json", action="store_true", help="print JSON (per target and summary)")
+  p.add_argument("--out", default=None, help="also write the JSON to this file")
+  p.set_defaults(func=_cmd_transferability)
   return lib
 
 
@@ -124,8 +147,8 @@ def _load_metrics(value: Optional[str]) -> Optional[dict]:
   if value is None:
     return None
   text = value
-  if os.path.exists(value):
-    with open(value) as f:
+  if fileio.exists(value):  # a JSON file, local or gs://
+    with fileio.open_file(value, "r") as f:
       text = f.read()
   try:
     out = json.loads(text)
@@ -234,7 +257,7 @@ def _cmd_similarity(args) -> int:
     raise ValueError(f"library {args.library} has {len(prompts)} task(s); similarity needs at least 2")
   act = _activations(args, measures)
   out_dir = args.out_dir or os.path.join(args.library, "similarity")
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)  # --out-dir may be gs://
   for m in measures:
     names, matrix = sim.similarity_matrix(prompts, m, activations_fn=act, window=args.window)
     base = os.path.join(out_dir, f"similarity_{m}{'' if args.kind == 'prompt' else '_' + args.kind}")
@@ -302,6 +325,27 @@ def _cmd_init(args) -> int:
             f"{' (tied)' if src['tied'] else ''}")
     if ties.message():
       print(f"tie: {ties.message()}")
+  return 0
+
+
+def _cmd_transferability(args) -> int:
+  from spot_jax.spot import transferability as tr  # pylint: disable=g-import-not-at-top
+  ks = sorted(set(args.k or tr.DEFAULT_KS))
+  measures = args.measure
+  if measures and "all" in measures:
+    measures = [m for m in measures if m != "all"] + [m for m in sim.PROMPT_SIMILARITIES if m not in measures]
+  for m in measures or []:
+    if m not in sim.SIMILARITIES:
+      raise ValueError(f"unknown measure {m!r}; choose from {sorted(sim.SIMILARITIES)} or 'all'")
+  lib = PromptLibrary.existing(args.library) if args.library else None
+  act = _activations(args, measures) if measures else None
+  evaluated = tr.evaluate_runs(args.runs, ks, library=lib, measures=measures, kind=args.kind,
+                               activations_fn=act, window=args.window)
+  out = tr.jsonable({name: {"targets": [r.to_dict() for r in results], "summary": tr.summarize(results)}
+                     for name, results in evaluated.items()})
+  if args.out:
+    fileio.write_json_atomic(args.out, out)
+  print(json.dumps(out, indent=2, default=fileio.json_default) if args.json else tr.format_report(evaluated, ks))
   return 0
 
 

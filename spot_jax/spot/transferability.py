@@ -224,5 +224,16 @@ def format_report(evaluated: Mapping[str, Sequence[TargetTransferability]], ks: 
   return "\n".join(lines)
 
 
+def jsonable(obj):
+  """`obj` with NaN (an undefined τ or regret) as None, so the JSON is standard (no bare NaN)."""
+  if isinstance(obj, dict):
+    return {k: jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [jsonable(v) for v in obj]
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
 def _f(x: Optional[float], spec: str) -> str:
   return "n/a" if x is None or not math.isfinite(x) else format(x, spec)
