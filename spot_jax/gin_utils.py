@@ -19,6 +19,8 @@ from typing import Callable, List, Optional, Sequence
 
 import gin
 
+from spot_jax import prompt_tuning_compat
+
 # gin/ beside the package in a checkout (editable installs too); spot_jax/gin/ in an installed wheel.
 _HERE = pathlib.Path(__file__).resolve().parent
 GIN_DIR = next((d for d in (_HERE.parent / "gin", _HERE / "gin") if (d / "runs").is_dir()),
@@ -146,7 +148,7 @@ def _resolve(path: str, search_paths: Sequence[str]) -> str:
     if os.path.exists(candidate):
       return candidate
   raise SystemExit(f"gin file {path!r} not found in the current directory or the search paths "
-                   f"{list(search_paths)}; pass --gin_search_paths=DIR")
+                   f"{list(search_paths)}; pass --gin_search_paths=DIR." + prompt_tuning_compat.gin_file_hint(path))
 
 
 # Modules that define gin configurables: imported before parsing (so bindings resolve) and before
@@ -177,7 +179,12 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
   except (ValueError, KeyError, SyntaxError, tokenize.TokenError) as e:
     raise SystemExit(f"gin configuration error: {e}" + (
         " (an unclosed bracket or quote in a --gin.NAME=VALUE binding or a gin file?)"
-        if isinstance(e, tokenize.TokenError) else _close_parameters(str(e)))) from None
+        if isinstance(e, tokenize.TokenError) else
+        _close_parameters(str(e)) or prompt_tuning_compat.configurable_hint(str(e)))) from None
+  except OSError as e:  # an `include` gin cannot find
+    m = re.search(r"Unable to open file: (\S+?)\.? Searched", str(e))
+    hint = prompt_tuning_compat.gin_file_hint(m.group(1)) if m else ""
+    raise SystemExit(f"gin configuration error: {str(e)[:300]}{hint}") from None
 
 
 def _close_parameters(message: str) -> str:
@@ -203,11 +210,19 @@ def check_macros_are_read(bindings: Sequence[str]) -> None:
   defined = set(re.findall(r"^([A-Z][A-Z0-9_]*) = ", config, re.M))
   for binding in bindings:
     name = binding.split("=", 1)[0].strip()
+    if name == TASK_MODULE_MACRO:  # imported by `configure`, as T5X does
+      continue
     if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and name not in read:
       close = difflib.get_close_matches(name, sorted((read | defined) - {name}), n=3)
       hint = f" Did you mean {', '.join(close)}?" if close else ""
+      if prompt_tuning_compat.macro_hint(name):
+        hint = f" (T5X/prompt-tuning macro: {prompt_tuning_compat.macro_hint(name)}.)"
       raise SystemExit(f"gin macro {name} is set on the command line but no gin file of this run reads "
                        f"it (as %{name}), so it would have no effect.{hint}")
+
+
+# T5X's module-of-tasks macro: spot_jax imports it too, so prompt-tuning command lines keep working.
+TASK_MODULE_MACRO = "MIXTURE_OR_TASK_MODULE"
 
 
 def finalize_or_explain():
@@ -277,8 +292,15 @@ def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> a
   # orbax and TFDS log every save and read at INFO through absl: keep a run's console to its own lines.
   logging.getLogger("absl").setLevel(max(logging.getLogger("absl").getEffectiveLevel(), logging.WARNING))
   parse_gin(args.gin_file, bindings, search)
+  prompt_tuning_compat.import_task_modules(prompt_tuning_compat.query_macros([TASK_MODULE_MACRO]).get(
+      TASK_MODULE_MACRO))
   check_macros_are_read(bindings)
   finalize_or_explain()
+  steps = prompt_tuning_compat.query_macros(["TRAIN_STEPS", "INITIAL_CHECKPOINT_PATH"])
+  try:
+    prompt_tuning_compat.check_train_steps(steps.get("TRAIN_STEPS"), steps.get("INITIAL_CHECKPOINT_PATH"))
+  except ValueError as e:
+    raise SystemExit(f"{prog}: error: {e}") from None
   from tasks import user_data  # users' tasks declared in gin files register now, before any lookup
   user_data.register_from_gin()
   return args

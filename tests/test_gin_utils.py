@@ -1,4 +1,7 @@
 """T5X-style flag handling shared by every gin-configured command."""
+import sys
+import types
+
 import pytest
 
 from spot_jax import gin_utils
@@ -80,3 +83,52 @@ def test_a_misspelled_parameter_gets_the_close_names():
   with pytest.raises(SystemExit, match=r"doesn't have a parameter named 'batch_sise'(.|\n)*\nDid you mean "
                                        r"batch_size, eval_batch_size\?$"):
     gin_utils.parse_gin(["models/t5_1_1.gin"], ["spot_jax.train.train.batch_sise = 3"])
+
+
+# A google-research/prompt-tuning command line: what works as there, what is refused naming the fix
+# (the translations themselves: tests/test_prompt_tuning_compat.py).
+TRAIN = ["--gin_file=models/t5_1_1_lm_adapted.gin", "--gin_file=prompts/random_uniform.gin",
+         "--gin_file=models/sizes/tiny.gin", "--gin_file=runs/prompt_train.gin", "--gin.MODEL_DIR='/tmp/x'",
+         "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_movie'"]
+
+
+def test_a_prompt_tuning_train_command_line(monkeypatch):
+  mod = types.ModuleType("my_pt_tasks")
+  monkeypatch.setitem(sys.modules, "my_pt_tasks", mod)
+  gin_utils.configure(TRAIN + ["--gin.MIXTURE_OR_TASK_MODULE='my_pt_tasks'", "--gin.DROPOUT_RATE=0.0",
+                               "--gin.TRAIN_STEPS=20000", "--gin.BATCH_SIZE=8", "--gin.EVAL_PERIOD=500",
+                               "--gin.INITIAL_CHECKPOINT_PATH='/ckpt/checkpoint_1100000'"])
+  import gin
+  from spot_jax import config
+  assert gin.get_configurable(config.model_config)().dropout_rate == 0.0
+  with pytest.raises(SystemExit, match=r"spot_jax: error: TRAIN_STEPS=1150000 counts past .*TRAIN_STEPS=50000"):
+    gin_utils.configure(TRAIN + ["--gin.TRAIN_STEPS=1_150_000",
+                                 "--gin.INITIAL_CHECKPOINT_PATH='/ckpt/checkpoint_1100000'"])
+  with pytest.raises(SystemExit, match=r"gin macro USE_CACHED_TASKS .*prompt-tuning macro: spot_jax "
+                                       r"preprocesses seqio tasks on the fly.*drop it"):
+    gin_utils.configure(TRAIN + ["--gin.USE_CACHED_TASKS=False"])
+  with pytest.raises(SystemExit, match=r"gin macro EMBEDDING_FILE .*from the frozen checkpoint"):
+    gin_utils.configure(TRAIN + ["--gin.EMBEDDING_FILE='/e.npy'"])
+  with pytest.raises(SystemExit, match=r"gin macro PROMPT_FILE .*add --gin_file=prompts/from_file.gin"):
+    gin_utils.configure(TRAIN + ["--gin.PROMPT_FILE='/p.npy'"])
+  with pytest.raises(SystemExit, match=r"gin file 'prompt_tuning/configs/models/t5_1_1_base_prompt.gin' not "
+                                       r"found.*spot_jax's equivalent: --gin_file=models/t5_1_1_lm_adapted.gin"):
+    gin_utils.configure(["--gin_file=prompt_tuning/configs/models/t5_1_1_base_prompt.gin"] + TRAIN[1:])
+  with pytest.raises(SystemExit, match=r"No configurable matching 'utils.SaveCheckpointConfig'(.|\n)*in "
+                                       r"spot_jax set SAVE_PERIOD"):
+    gin_utils.configure(TRAIN + ["--gin.utils.SaveCheckpointConfig.period=100"])
+
+
+def test_eval_refuses_prompt_length_and_an_include_of_a_prompt_tuning_file(tmp_path):
+  evals = ["--gin_file=models/t5_1_1.gin", "--gin_file=models/sizes/tiny.gin", "--gin_file=runs/prompt_eval.gin",
+           "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_movie'", "--gin.CHECKPOINT_PATH=None",
+           "--gin.PROMPT_FILE=None", "--gin.EVAL_OUTPUT_DIR='/tmp/e'"]
+  with pytest.raises(SystemExit, match=r"gin macro PROMPT_LENGTH .*take the prompt length from PROMPT_FILE"):
+    gin_utils.configure(evals + ["--gin.PROMPT_LENGTH=100"])
+  with pytest.raises(SystemExit, match=r"gin macro INITIAL_CHECKPOINT_PATH .*CHECKPOINT_PATH, as T5X's eval.gin"):
+    gin_utils.configure(evals + ["--gin.INITIAL_CHECKPOINT_PATH='/c'"])
+  mine = tmp_path / "mine.gin"
+  mine.write_text("include 'prompt_tuning/configs/runs/prompt_eval.gin'\n")
+  with pytest.raises(SystemExit, match=r"Unable to open file: prompt_tuning/configs/runs/prompt_eval.gin.*"
+                                       r"spot_jax's equivalent: --gin_file=runs/prompt_eval.gin"):
+    gin_utils.configure(evals + [f"--gin_file={mine}"])

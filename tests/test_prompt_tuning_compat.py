@@ -1,0 +1,66 @@
+"""A google-research/prompt-tuning command line, translated: config paths, macros, configurables,
+its task module and its TRAIN_STEPS count."""
+import re
+import sys
+import types
+
+import pytest
+
+from spot_jax import prompt_tuning_compat as compat
+
+
+@pytest.mark.parametrize("path, want", [
+    ("prompt_tuning/configs/models/t5_1_1_base_prompt.gin",
+     "--gin_file=models/t5_1_1_lm_adapted.gin, then the prompts/\\*.gin file, then --gin_file=models/sizes/base.gin"),
+    ("/venv/lib/prompt_tuning/configs/models/mt5_xxl_prompt.gin", "models/mt5.gin, .*models/sizes/xxl.gin"),
+    ("prompt_tuning/configs/prompts/from_class_labels.gin", "prompts/class_labels.gin \\(the same CLASS_LABELS"),
+    ("prompt_tuning/configs/prompts/from_sampled_vocab_numpy.gin", "prompts/sampled_vocab.gin \\(no EMBEDDING_FILE"),
+    ("prompt_tuning/configs/prompts/from_file.gin", "prompts/from_file.gin \\(the same PROMPT_FILE\\)"),
+    ("prompt_tuning/configs/runs/prompt_finetune.gin", "runs/prompt_train.gin, run with `python -m spot_jax.train`"),
+    ("prompt_tuning/configs/runs/prompt_eval.gin", "runs/prompt_eval.gin, run with `python -m spot_jax.eval`"),
+    ("prompt_tuning/configs/models/decoding/beam_search.gin", "decodes greedily"),
+    ("prompt_tuning/configs/extended/models/multi_task_t5_1_1_prompt.gin", "extended/ variants"),
+    ("t5x/configs/runs/finetune.gin", "runs/prompt_train.gin"),
+    ("flaxformer/t5x/configs/t5/architectures/t5_1_1_flaxformer.gin", "spot_jax ships its own gin files"),
+])
+def test_prompt_tuning_config_paths_name_their_spot_jax_files(path, want):
+  hint = compat.gin_file_hint(path)
+  assert hint.startswith(" It is a google-research/prompt-tuning")
+  assert re.search(want, hint), hint
+
+
+def test_other_paths_get_no_hint():
+  assert compat.gin_file_hint("my_configs/rte.gin") == ""
+
+
+def test_t5x_configurables_name_the_spot_jax_binding():
+  err = ("No configurable matching 'partitioning.PjitPartitioner'.\n  In bindings string line 1\n"
+         "    partitioning.PjitPartitioner.num_partitions = 2")
+  assert "set NUM_PARTITIONS" in compat.configurable_hint(err)
+  err = ("No configurable matching 'linen.initializers.uniform'.\n  In bindings string line 1\n"
+         "    prompt_init/linen.initializers.uniform.scale = 0.1")
+  assert "spot_jax.prompts.random_uniform.scale" in compat.configurable_hint(err)
+  err = "No configurable matching 'adafactor.Adafactor'.\n    adafactor.Adafactor.decay_rate = 0.8"
+  assert "spot_jax.optim.adafactor.<decay_rate" in compat.configurable_hint(err)
+  assert "spot_jax's are spot_jax.*" in compat.configurable_hint("No configurable matching 'utils.Foo'.")
+  assert compat.configurable_hint("No configurable matching 'spot_jax.trian.train'.") == ""
+
+
+def test_train_steps_counted_as_t5x_is_refused_with_the_spot_jax_count():
+  with pytest.raises(ValueError, match=r"TRAIN_STEPS=1150000 counts past the initial checkpoint's step 1100000 "
+                                       r".*means 50000 prompt steps.*set --gin.TRAIN_STEPS=50000"):
+    compat.check_train_steps(1_150_000, "gs://t5-data/pretrained_models/t5x/t5_1_1_lm100k_base/checkpoint_1100000")
+  compat.check_train_steps(30_000, "gs://t5-data/pretrained_models/t5x/t5_1_1_lm100k_base/checkpoint_1100000")
+  compat.check_train_steps(30_000, "/cache/demo_backbone/checkpoint_1000")  # a small checkpoint: a long run
+  compat.check_train_steps(1_150_000, "/hf/t5-base")  # no step in the path
+  compat.check_train_steps(1_150_000, None)
+
+
+def test_missing_task_module_names_the_fix(monkeypatch):
+  with pytest.raises(SystemExit, match=r"MIXTURE_OR_TASK_MODULE='prompt_tuning.data.glue' cannot be imported "
+                                       r".*Install the package that registers your seqio tasks"):
+    compat.import_task_modules("prompt_tuning.data.glue")
+  mod = types.ModuleType("my_pt_tasks")
+  monkeypatch.setitem(sys.modules, "my_pt_tasks", mod)
+  compat.import_task_modules(["my_pt_tasks"])
+  compat.import_task_modules(None)
