@@ -204,12 +204,13 @@ def format_report(evaluated: Mapping[str, Sequence[TargetTransferability]], ks: 
     if per_target:
       lines.append(f"ranking: {name}")
       w = max([6] + [len(r.target) for r in results])
-      head = f"  {'target':<{w}}  sources  tau     best source (rank)" + "".join(
+      best = [f"{r.best_sources[0]} ({r.best_rank})" for r in results]
+      bw = max([18] + [len(b) for b in best])
+      head = f"  {'target':<{w}}  sources  tau     {'best source (rank)':<{bw}}" + "".join(
           f"  regret@{k}" for k in ks) + "  " + "  ".join(f"top-{k} mean" for k in ks) + "  all mean"
       lines.append(head)
-      for r in results:
-        best = f"{r.best_sources[0]} ({r.best_rank})"
-        lines.append(f"  {r.target:<{w}}  {len(r.sources):>7}  {_f(r.kendall_tau, '+.3f'):<6}  {best:<18}"
+      for r, b in zip(results, best):
+        lines.append(f"  {r.target:<{w}}  {len(r.sources):>7}  {_f(r.kendall_tau, '+.3f'):<6}  {b:<{bw}}"
                      + "".join(f"  {_f(r.regret[k], '.2f'):>9}" for k in ks) + "  "
                      + "  ".join(f"{_f(r.top_k_mean[k], '.4g'):>10}" for k in ks) + f"  {r.mean_all:>8.4g}")
   lines.append("summary (mean over targets):")
