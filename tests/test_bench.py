@@ -240,7 +240,8 @@ def test_gpu_suite_script_parses_and_lists_its_runs():
 
 def test_trainer_mode_times_the_whole_loop_in_windows(tmp_path):
   path = tmp_path / "trainer.json"
-  args = ["trainer", "--size", "tiny", "--vocab-size", "1152", "--batch", "8", "--input-length", "12",
+  # The documented command's default vocabulary (32128): the loop trains on random ids over all of it.
+  args = ["trainer", "--size", "tiny", "--batch", "8", "--input-length", "12",
           "--prompt-length", "4", "--target-length", "4", "--steps", "2", "--log-period", "3",
           "--no-ceiling", "--json", str(path)]
   assert cli.main(args) == 0
@@ -250,5 +251,6 @@ def test_trainer_mode_times_the_whole_loop_in_windows(tmp_path):
   assert t["first_window_s"] > t["window_step_s"][0]  # compilation is in the first window only
   assert t["examples_per_s"] == pytest.approx(8 / t["step_s_median"])
   assert (t["steps"], t["log_period"], t["batch"]) == (9, 3, 8)
+  assert t["task"] == "bench_random_tokens_v32128_i12_t4"
   with pytest.raises(SystemExit):
     cli.parse_args(["trainer", "--log-period", "0"])
