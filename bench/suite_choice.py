@@ -84,6 +84,9 @@ def choose(directory: str) -> tuple[list, list]:
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  if list(argv) in (["-h"], ["--help"]):
+    print(__doc__)
+    return 0
   if len(argv) != 1:
     print("usage: python -m bench.suite_choice OUT_DIR", file=sys.stderr)
     return 2

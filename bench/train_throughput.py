@@ -147,6 +147,9 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
                      "pick a divisor of the batch")
   config = size_config(size, dtype=dtype, dropout_rate=dropout, **(config_overrides or {}))
   devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+  if num_partitions < 1 or len(devices) % num_partitions:  # the mesh's own error names the gin macro
+    raise ValueError(f"--num-partitions {num_partitions} must divide the {len(devices)} device(s) used: "
+                     f"pass a divisor of {len(devices)} (or change --devices)")
   mesh = partitioning.make_mesh(num_partitions, devices=devices)
   data_size = mesh.shape["data"]
   if (batch // microbatches) % data_size:

@@ -254,3 +254,12 @@ def test_trainer_mode_times_the_whole_loop_in_windows(tmp_path):
   assert t["task"] == "bench_random_tokens_v32128_i12_t4"
   with pytest.raises(SystemExit):
     cli.parse_args(["trainer", "--log-period", "0"])
+
+
+def test_a_mesh_that_does_not_divide_the_devices_names_the_bench_flag():
+  import jax
+  from bench import train_throughput
+  n = len(jax.devices())
+  with pytest.raises(ValueError, match=rf"--num-partitions {n + 1} must divide the {n} device"):
+    train_throughput.run(size="tiny", batch=2, input_length=8, target_length=2, prompt_length=2,
+                         num_partitions=n + 1)

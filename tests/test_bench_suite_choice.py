@@ -102,3 +102,10 @@ def test_an_atomic_backward_row_adds_its_backward_flag(tmp_path):
   _write(tmp_path, "attention_kernels.json", _attention(10.0, pallas_t5_atomic=(7.0, 0.0)))
   assert suite_choice.choose(str(tmp_path))[0] == ["--attention", "pallas", "--attention-backward",
                                                    "atomic_dq"]
+
+
+def test_help_prints_the_usage_not_a_choice(capsys):
+  assert suite_choice.main(["--help"]) == 0
+  out = capsys.readouterr().out
+  assert "python -m bench.suite_choice OUT_DIR" in out and "--attention" in out
+  assert suite_choice.main([]) == 2
