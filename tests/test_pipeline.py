@@ -174,10 +174,13 @@ def test_best_of_every_source_gives_the_transfer_row_that_transferability_judges
   assert [s[0] for s in judged.sources] == [t for t, _ in result.ranked]
   assert {t: x for t, _, x in judged.sources} == {c["task"]: c["selection_score"] for c in result.chosen}
   assert judged.best_transfer == max(c["selection_score"] for c in result.chosen)
-  assert judged.best_rank <= 3 and judged.steps == 3
-  # Every source was measured, so the top 3 hold the best one (no regret; undefined for a best of 0,
-  # which a tiny random model may score on every source).
-  assert judged.regret[3] == 0.0 if judged.best_transfer > 0 else np.isnan(judged.regret[3])
+  assert judged.steps == 3
+  # Every source was measured, so the top 3 hold the best one: no regret. A tiny random model may score
+  # every source alike (a flat row), and then there is no best source and regret is undefined.
+  if len({c["selection_score"] for c in result.chosen}) == 1:
+    assert judged.best_rank is None and np.isnan(judged.regret[3])
+  else:
+    assert judged.best_rank <= 3 and (judged.regret[3] == 0.0 or judged.best_transfer <= 0)
   # Re-ranked by the measure the run used, from its task_embedding/ run: the same ranking.
   (again,) = transferability.evaluate_runs([str(tmp_path)], library=lib, measures=["cos_avg_tokens"])[
       "cos_avg_tokens"]

@@ -49,11 +49,13 @@ def test_ties_and_undefined_values():
   assert r.best_sources == ["b", "c"] and r.best_rank == 2
   flat = tr.evaluate_target("t", [("a", 0.5), ("b", 0.4)], {"a": 1.0, "b": 1.0})
   assert math.isnan(flat.kendall_tau)  # a constant transfer row orders nothing
+  assert flat.best_rank is None and math.isnan(flat.regret[1])  # ... and has no best source to find
   negative = tr.evaluate_target("t", [("a", 0.5), ("b", 0.4)], {"a": -0.2, "b": -0.1})
   assert math.isnan(negative.regret[1])  # a percentage of a non-positive best means nothing
   s = tr.summarize([r, flat])
   assert s["kendall_tau_undefined"] == 1 and s["kendall_tau"] == pytest.approx(r.kendall_tau)
-  assert s["best_in_top_1"] == 1 and s["best_in_top_3"] == 2  # flat: every source is a best source
+  assert s["best_in_top_1"] == 0 and s["best_in_top_3"] == 1 and s["flat_rows"] == 1
+  assert "(all equal)" in tr.format_report({"x": [r, flat]}) and "1 flat row(s)" in tr.format_report({"x": [flat]})
 
 
 def test_a_source_without_a_transfer_score_is_refused():

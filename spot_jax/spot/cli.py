@@ -1,4 +1,5 @@
-"""`spot-jax library add|list|similarity|retrieve|init` (also `python -m spot_jax.spot.cli ...`).
+"""`spot-jax library add|list|similarity|retrieve|init|transferability` (also `python -m
+spot_jax.spot.cli ...`).
 
   add         put a trained prompt (MODEL_DIR, .npy, T5X numpy export, PEFT adapter) in the library
   list        tasks, shapes, steps and metrics

@@ -38,10 +38,12 @@ class TargetTransferability:
   ranked_by: str
   sources: List[Tuple[str, float, float]]  # (task, ranking score, transfer score), ranking order
   kendall_tau: float
-  best_sources: List[str]  # the measured best (several when tied)
+  best_sources: List[str]  # the measured best (several when tied; every source when the row is flat)
   best_transfer: float
-  best_rank: int  # 1-based rank of the first measured-best source in the ranking
-  regret: Dict[int, float]  # k -> percent; NaN when the best transfer score is not positive
+  # 1-based rank of the first measured-best source in the ranking; None when every source scored the
+  # same (a flat row: no source is better, so no ranking can miss or find it).
+  best_rank: Optional[int]
+  regret: Dict[int, float]  # k -> percent; NaN when the row is flat or its best is not positive
   top_k_mean: Dict[int, float]
   mean_all: float
   baseline: Optional[float] = None  # the target from the base init, when the run had --baseline
@@ -94,13 +96,14 @@ def evaluate_target(target: str, ranking: Sequence[Tuple[str, float]], transfer:
     raise ValueError(f"target {target}: transfer score of {bad} is not a finite number")
   best = max(scores)
   best_sources = [t for t, s in zip(names, scores) if s == best]
-  best_rank = 1 + min(names.index(t) for t in best_sources)
+  flat = len(set(scores)) == 1
+  best_rank = None if flat else 1 + min(names.index(t) for t in best_sources)
   regret, top_mean = {}, {}
   for k in ks:
     if k < 1:
       raise ValueError(f"k must be >= 1, got {k}")
     top = scores[:k]
-    regret[k] = 100.0 * (best - max(top)) / best if best > 0 else float("nan")
+    regret[k] = 100.0 * (best - max(top)) / best if best > 0 and not flat else float("nan")
     top_mean[k] = float(np.mean(top))
   return TargetTransferability(
       target=target, ranked_by=ranked_by, sources=[(t, s, x) for (t, s), x in zip(ranked, scores)],
@@ -110,16 +113,17 @@ def evaluate_target(target: str, ranking: Sequence[Tuple[str, float]], transfer:
 
 
 def summarize(results: Sequence[TargetTransferability]) -> dict:
-  """Means over targets (NaN values, e.g. τ of a constant row, are left out and counted)."""
+  """Means over targets (NaN values, e.g. τ of a constant row, are left out and counted); a flat
+  row (every source alike) counts in no `best_in_top_k` and is counted as `flat_rows`."""
   def mean(values):
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return (float(np.mean(finite)) if finite else float("nan")), len(values) - len(finite)
   ks = sorted({k for r in results for k in r.regret})
-  out = {"targets": len(results)}
+  out = {"targets": len(results), "flat_rows": sum(r.best_rank is None for r in results)}
   out["kendall_tau"], out["kendall_tau_undefined"] = mean([r.kendall_tau for r in results])
   for k in ks:
     out[f"regret@{k}"], _ = mean([r.regret.get(k) for r in results])
-    out[f"best_in_top_{k}"] = sum(r.best_rank <= k for r in results)
+    out[f"best_in_top_{k}"] = sum(r.best_rank is not None and r.best_rank <= k for r in results)
     out[f"top_{k}_mean"], _ = mean([r.top_k_mean.get(k) for r in results])
   out["mean_all"], _ = mean([r.mean_all for r in results])
   return out
@@ -204,7 +208,7 @@ def format_report(evaluated: Mapping[str, Sequence[TargetTransferability]], ks: 
     if per_target:
       lines.append(f"ranking: {name}")
       w = max([6] + [len(r.target) for r in results])
-      best = [f"{r.best_sources[0]} ({r.best_rank})" for r in results]
+      best = [f"{r.best_sources[0]} ({r.best_rank})" if r.best_rank else "(all equal)" for r in results]
       bw = max([18] + [len(b) for b in best])
       head = f"  {'target':<{w}}  sources  tau     {'best source (rank)':<{bw}}" + "".join(
           f"  regret@{k}" for k in ks) + "  " + "  ".join(f"top-{k} mean" for k in ks) + "  all mean"
@@ -218,7 +222,9 @@ def format_report(evaluated: Mapping[str, Sequence[TargetTransferability]], ks: 
   lines.append(f"  {'ranking':<{w}}  targets  tau     " + "".join(f"  regret@{k}  best in top-{k}" for k in ks))
   for name, results in evaluated.items():
     s = summarize(results)
-    undefined = f" ({s['kendall_tau_undefined']} undefined)" if s["kendall_tau_undefined"] else ""
+    notes = ([f"tau undefined for {s['kendall_tau_undefined']}"] if s["kendall_tau_undefined"] else []) + \
+        ([f"{s['flat_rows']} flat row(s): no best source"] if s["flat_rows"] else [])
+    undefined = f"  ({'; '.join(notes)})" if notes else ""
     lines.append(f"  {name:<{w}}  {s['targets']:>7}  {_f(s['kendall_tau'], '+.3f'):<6}"
                  + "".join(f"  {_f(s[f'regret@{k}'], '.2f'):>9}  {s[f'best_in_top_{k}']:>6} of {s['targets']:<4}"
                            for k in ks) + undefined)
