@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from typing import Optional, Tuple
 
 import jax
@@ -17,6 +19,32 @@ from spot_jax import fileio
 from spot_jax.train_step import TrainState
 
 CHECKPOINTS_SUBDIR = "checkpoints"
+
+
+def _closed_loop(exc) -> bool:
+  return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _drop_closed_loop_callbacks(previous_unraisable, previous_except):
+  """sys.unraisablehook and sys.excepthook that drop `RuntimeError: Event loop is closed` and pass on
+  the rest. When one read of a restore fails, orbax closes its asyncio loop while TensorStore reads
+  are still in flight; each of those then fails to call back into the closed loop and printed its
+  traceback around the one-line error (0 to 16 of them, at random)."""
+  def unraisable_hook(unraisable):
+    if not _closed_loop(unraisable.exc_value):
+      previous_unraisable(unraisable)
+
+  def except_hook(exc_type, exc, tb):
+    if not _closed_loop(exc):
+      previous_except(exc_type, exc, tb)
+  return unraisable_hook, except_hook
+
+
+def _drop_unretrieved_futures(record: logging.LogRecord) -> bool:
+  """A logging filter for the `asyncio` logger after a failed restore: the failed reads' futures that
+  nobody awaited any more are logged at garbage collection with the same error, spec and all."""
+  return not record.getMessage().startswith(("Task exception was never retrieved",
+                                             "Future exception was never retrieved"))
 
 
 class CheckpointRestoreError(ValueError):
@@ -53,6 +81,10 @@ class PromptCheckpoints:
     """Restore onto the shardings of `abstract_state` (a TrainState of arrays or ShapeDtypeStructs)."""
     step = self.latest_step() if step is None else step
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state._asdict())
+    # From the first read on (the metadata's too): reads that fail leave others in flight.
+    previous_hooks = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook, sys.excepthook = _drop_closed_loop_callbacks(*previous_hooks)
+    logging.getLogger("asyncio").addFilter(_drop_unretrieved_futures)
     saved = self._saved_prompt_shape(step)
     if saved is not None and saved != tuple(target["prompt"].shape):
       # Checked before orbax starts reading: its failed reads would otherwise linger.
@@ -63,11 +95,14 @@ class PromptCheckpoints:
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # pylint: disable=broad-except  (the filters stay: late reads still call back)
+      time.sleep(0.5)  # let the reads in flight finish now, under the filter, not at interpreter exit
       raise CheckpointRestoreError(
           f"cannot restore the training checkpoint at step {step} in {self.directory}: "
           f"{fileio.short_error(e)}. If the prompt length or optimizer changed, start a new MODEL_DIR; if the "
           f"checkpoint is corrupt, delete {self.directory}/{step} to resume from the one before.") from e
+    sys.unraisablehook, sys.excepthook = previous_hooks
+    logging.getLogger("asyncio").removeFilter(_drop_unretrieved_futures)
     return TrainState(**restored.state), dict(restored.meta)
 
   def _saved_prompt_shape(self, step: int) -> Optional[tuple]:
