@@ -154,11 +154,20 @@ def conclusion(summary: Sequence[dict]) -> str:
   return line
 
 
+def _check_local_dirs(out_dir: str, cache_dir: Optional[str]) -> None:
+  """The demo writes a prompt library and a T5X checkpoint with local renames: gs:// is refused (os
+  calls would make a local directory named `gs:`)."""
+  for path, what in ((out_dir, "the demo's output (--out)"), (cache_dir, "the backbone cache (--cache-dir)")):
+    if path:
+      fileio.check_local(path, what, "use a local directory, and copy the results with gsutil")
+
+
 def run_demo(out_dir: str, backbone_config=None, demo: DemoConfig = DemoConfig(),
              cache_dir: Optional[str] = None, rebuild_backbone: bool = False,
              console: Optional[_Console] = None) -> dict:
   """Runs the whole demo; returns (and writes to out_dir/results.json) everything it measured."""
   console = console or _Console()
+  _check_local_dirs(out_dir, cache_dir)
   os.makedirs(out_dir, exist_ok=True)
   console("loading JAX, seqio and the bundled tasks ...")
   from spot_jax import backbone as bb
@@ -310,6 +319,10 @@ def main(argv=None) -> int:
   p.add_argument("--seeds", type=int, default=None,
                  help="target runs per budget and init, seeds --seed, --seed+1, ... (default 3)")
   args = p.parse_args(argv)
+  try:
+    _check_local_dirs(args.out, args.cache_dir)
+  except ValueError as e:
+    p.error(str(e))
   # TensorFlow (seqio's data pipeline only) logs a failed CUDA probe as an error on machines
   # without a GPU; level 3 keeps the demo's output to its own lines. Set it to see TF's logs.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -49,6 +49,13 @@ def short_error(e: BaseException, limit: int = 300) -> str:
   return text if len(text) <= limit else text[:limit] + " ..."
 
 
+def check_local(path: str, what: str, fix: str) -> None:
+  """Refuses a `gs://` path where only a local directory works: `os` calls would otherwise create a
+  local directory named `gs:` and write there, silently."""
+  if is_remote(path):
+    raise ValueError(f"{path}: {what} must be a local directory, not gs:// ({fix})")
+
+
 def check_not_a_file(path: str, what: str) -> None:
   """Refuses, before any compute, an output directory that exists as a file (it would fail only at the
   first write, or in an asynchronous save's background thread)."""
@@ -67,6 +74,11 @@ def open_file(path: str, mode: str):
 
 def makedirs(path: str) -> None:
   gfile().makedirs(path) if is_remote(path) else os.makedirs(path, exist_ok=True)
+
+
+def walk(top: str):
+  """(dirpath, dirnames, filenames) under `top`, as `os.walk` yields them."""
+  return gfile().walk(top) if is_remote(top) else os.walk(top)
 
 
 def rmtree(path: str) -> None:

@@ -21,6 +21,8 @@ import gin
 
 from spot_jax import prompt_tuning_compat
 
+from spot_jax import fileio
+
 # gin/ beside the package in a checkout (editable installs too); spot_jax/gin/ in an installed wheel.
 _HERE = pathlib.Path(__file__).resolve().parent
 GIN_DIR = next((d for d in (_HERE.parent / "gin", _HERE / "gin") if (d / "runs").is_dir()),
@@ -166,9 +168,20 @@ def import_configurables():
       importlib.import_module(name)
 
 
+def _open_remote(path: str):
+  return fileio.open_file(path, "r")
+
+
+def _is_remote_file(path: str) -> bool:
+  return fileio.is_remote(path) and fileio.exists(path)
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()):
   """Loads gin files and bindings; `finalize()` then reports every missing `%gin.REQUIRED`."""
   import_configurables()
+  # gin opens files with `open` only (gin.tf registers tf.io.gfile, which we do not import): without
+  # this a `--gin_file=gs://...` (or an `include` of one) fails with "Unable to open file".
+  gin.config.register_file_reader(_open_remote, _is_remote_file)
   gin.clear_config()
   paths = list(search_paths) + default_search_paths()
   for path in paths:

@@ -12,7 +12,6 @@ Only process 0 writes in a multi-process run (`enabled` defaults to `jax.process
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import math
@@ -23,6 +22,8 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
+
+from spot_jax import fileio
 
 log = logging.getLogger("spot_jax")
 
@@ -239,16 +240,16 @@ class MetricsLogger:
 
 
 def _open_append(path: str):
-  if path.startswith("gs://"):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return tf.io.gfile.GFile(path, "a")
+  if fileio.is_remote(path):  # GCS objects cannot grow: tf.io.gfile emulates append
+    return fileio.open_file(path, "a")
   return open(path, "a", encoding="utf-8")
 
 
 def read_jsonl(path: str) -> List[Dict[str, Any]]:
-  """Records of a metrics JSONL file; a torn (unterminated, unparsable) last line is skipped."""
+  """Records of a metrics JSONL file (local or gs://); a torn (unterminated, unparsable) last line is
+  skipped."""
   records = []
-  with open(path, encoding="utf-8") as f:
+  with (fileio.open_file(path, "r") if fileio.is_remote(path) else open(path, encoding="utf-8")) as f:
     lines = f.read().split("\n")
   for i, line in enumerate(lines):
     if not line.strip():
@@ -263,10 +264,12 @@ def read_jsonl(path: str) -> List[Dict[str, Any]]:
 
 
 def read_tensorboard_scalars(log_dir: str) -> Dict[str, List[Tuple[int, float]]]:
-  """`{tag: [(step, value), ...]}` from every event file under `log_dir` (for tests and tools)."""
+  """`{tag: [(step, value), ...]}` from every event file under `log_dir`, local or gs:// (for tests and
+  tools)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   out: Dict[str, List[Tuple[int, float]]] = {}
-  files = sorted(glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"), recursive=True))
+  files = sorted(fileio.join(d, f) for d, _, names in fileio.walk(log_dir) for f in names
+                 if f.startswith("events.out.tfevents."))
   for path in files:
     for event in tf.compat.v1.train.summary_iterator(path):
       for v in event.summary.value:

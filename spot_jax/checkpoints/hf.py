@@ -265,6 +265,8 @@ def _atomic_write(path: str, write) -> None:
 def write_hf(params: Mapping[str, Any], config: T5Config, directory: str) -> str:
   """Write `config.json` + `model.safetensors` that transformers' T5ForConditionalGeneration loads."""
   from safetensors.numpy import save_file
+  if _io.is_gcs(directory):  # os calls would write a local directory named `gs:`
+    raise CheckpointError("write_hf writes local directories only; copy the result with gsutil")
   flat = flatten(params)
   tensors = {}
   for ours, (theirs, transpose) in name_map(config).items():

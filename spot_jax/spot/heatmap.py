@@ -1,11 +1,12 @@
 """Heatmap PNG of a prompt-similarity matrix (matplotlib, headless Agg backend)."""
 from __future__ import annotations
 
-import os
-import uuid
+import io
 from typing import Optional, Sequence
 
 import numpy as np
+
+from spot_jax import fileio
 
 
 def save_heatmap(names: Sequence[str], matrix, path: str, title: Optional[str] = None,
@@ -42,14 +43,7 @@ def save_heatmap(names: Sequence[str], matrix, path: str, title: Optional[str] =
   if title:
     ax.set_title(title)
   fig.tight_layout()
-  parent = os.path.dirname(str(path))
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}.png"
-  try:
-    fig.savefig(tmp, dpi=120, format="png")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  buf = io.BytesIO()
+  fig.savefig(buf, dpi=120, format="png")
+  fileio.atomic_write_bytes(str(path), buf.getvalue())  # `--out-dir` may be gs://
   return str(path)

@@ -10,7 +10,8 @@ Layout (DESIGN.md §7):
 All prompts of a library belong to one frozen model: an entry whose d_model or model id differs is
 refused. Entries are written into a temporary directory and renamed into place, so a failed `add`
 leaves no partial entry; `*.tmp-*` / `*.old-*` directories left by a killed process are not entries
-(an orphaned `<task>.old-*` stands for its missing `<task>`). The library is a local directory.
+(an orphaned `<task>.old-*` stands for its missing `<task>`). The library is a local directory (a
+gs:// path is refused); the prompts added to it may come from gs://.
 
 Damaged files: an unreadable library.json only repeats what the entries' records say, so it is ignored
 with a warning. An entry whose record.json or prompt file is unreadable is an error naming it and the
@@ -80,11 +81,19 @@ def _own_metrics(task: str, metrics: dict, source: Optional[str]) -> dict:
 _RECORD_KEYS = ("task", "model_id", "d_model", "prompt_length")
 
 
+def _check_local(path: str) -> None:
+  """The library is read and written with local renames and listings (its atomicity rests on them);
+  its sources and the pipeline's MODEL_DIRs may be on gs://, the library itself may not."""
+  fileio.check_local(path, "the prompt library", f"use a local directory, e.g. copy this one with `gsutil -m "
+                     f"cp -r {path} /data/spot_library`; the prompts added to it may come from gs://")
+
+
 class PromptLibrary:
   """A directory of source-task prompts for one frozen model."""
 
   def __init__(self, path: str):
     self.path = str(path)
+    _check_local(self.path)
     if os.path.exists(self.path) and not os.path.isdir(self.path):
       raise NotADirectoryError(f"prompt library {self.path} is a file, not a directory")
 
@@ -92,6 +101,7 @@ class PromptLibrary:
   def existing(cls, path: str) -> "PromptLibrary":
     """The library at `path` for reading; a FileNotFoundError when it does not exist, so that a
     mistyped path is not read as an empty library (`add` creates a new one instead)."""
+    _check_local(str(path))
     if not os.path.exists(str(path)):
       raise FileNotFoundError(f"library {path} does not exist: check the --library path, or create it "
                               f"with `spot-jax library add --library {path} --task TASK --model-id ID "
@@ -237,7 +247,7 @@ class PromptLibrary:
       prompt, src = prompt_io.load_prompt_with_source(source, which)
       if src.export_dir is not None and src.format != "peft":
         info = prompt_io.read_export_info(src.export_dir)
-      if task_embedding is None and os.path.isdir(source):
+      if task_embedding is None and fileio.isdir(source):  # a MODEL_DIR, also on gs://
         ex = prompt_io.find_exports(source)
         if ex.task_embedding is not None:
           task_embedding = ex.task_embedding

@@ -424,7 +424,7 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
   if d is not None and d != frozen[0].d_model:
     raise ValueError(f"library {lib.path} holds d_model {d} prompts of {lib.model_id!r}, but the frozen "
                      f"model has d_model {frozen[0].d_model}; use the library of this frozen model")
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)  # out_dir is MODEL_DIR: gs:// on TPU VMs (os.makedirs made a local "gs:")
   target_step = None
   if rank_by == "similarity" and target_embedding is None:
     target_step = task_embedding_steps or max(1, steps // 10)

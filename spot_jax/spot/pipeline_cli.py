@@ -135,6 +135,8 @@ def source_main(argv: Sequence[str]) -> int:
   task = s["mixture_or_task_name"]
   if not task:
     raise SystemExit("spot-jax spot source: set --gin.MIXTURE_OR_TASK_NAME='task'")
+  if s["library_dir"]:
+    PromptLibrary(s["library_dir"])  # a gs:// library fails here, not after the frozen model loads
   enable_compilation_cache()
   frozen, model_id = _frozen_from_settings(s)
   run = _run_config(s)

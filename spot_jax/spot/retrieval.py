@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from spot_jax import prompt_io
+from spot_jax import fileio, prompt_io
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import PromptLibrary
 
@@ -66,7 +66,7 @@ def load_target_embedding(path: str) -> np.ndarray:
   try:
     return prompt_io.load_prompt(path, "task_embedding")
   except FileNotFoundError:
-    if not os.path.isdir(path):
+    if not fileio.isdir(path):  # a target MODEL_DIR may be on gs://
       raise
     warnings.warn(f"{path} has no task_embedding export: its best/newest prompt stands for the target's "
                   "task embedding, and prompts trained for different numbers of steps compare less well")

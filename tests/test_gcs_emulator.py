@@ -1,0 +1,215 @@
+"""Training with MODEL_DIR=gs://bucket/run against a local GCS emulator, through the real clients.
+
+tensorstore (orbax's arrays) is pointed at the emulator with TENSORSTORE_GCS_HTTP_URL, and
+google-cloud-storage (orbax asks it whether the bucket has hierarchical namespace) with
+STORAGE_EMULATOR_HOST. TensorFlow's GCS filesystem (tf.io.gfile, and etils.epath, orbax's path layer,
+which uses tf.io.gfile when TensorFlow is installed) has its endpoints compiled in and no override,
+but its libcurl honours HTTPS_PROXY and CURL_CA_BUNDLE: a local CONNECT proxy terminates TLS with a
+certificate of a throwaway CA and passes the bytes to the emulator. Three deviations of the
+emulator from GCS are patched here (`_patch_emulator`); nothing of spot_jax is replaced.
+"""
+import json
+import os
+import pathlib
+import select
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _patch_emulator():
+  """Where gcp-storage-emulator differs from GCS in what TensorFlow's client sends or expects."""
+  from gcp_storage_emulator import server
+  from gcp_storage_emulator.handlers import objects
+  if getattr(server, "_spot_jax_patched", False):
+    return
+  read_raw, read_data, create_upload = server._read_raw_data, server._read_data, objects._create_resumable_upload
+
+  def raw(handler):  # RFC 9112 6.3: chunked wins over Content-Length (TF's uploads send both)
+    if (handler.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+      del handler.headers["Content-Length"]
+    return read_raw(handler)
+
+  def data(handler, query):  # an empty upload (TF's directory marker) is b"", not "no body"
+    out = read_data(handler, query)
+    return b"" if out is None and (query.get("uploadType") == ["media"] or "upload_id" in query) else out
+
+  def create(request, response, storage):  # the session URL keeps the https the client came by
+    out = create_upload(request, response, storage)
+    location = response._headers.get("Location", "")
+    if location.startswith("http://") and request.get_header("Host", "").endswith("googleapis.com"):
+      response._headers["Location"] = "https://" + location[len("http://"):]
+    return out
+
+  def storage_layout(request, response, storage):  # TF's directory rename asks for it first
+    response.json({"kind": "storage#storageLayout", "bucket": request.params["bucket_name"],
+                   "location": "US", "locationType": "multi-region", "hierarchicalNamespace": {"enabled": False}})
+  server._read_raw_data, server._read_data, objects._create_resumable_upload = raw, data, create
+  server.HANDLERS = ((r"^/storage/v1/b/(?P<bucket_name>[-.\w]+)/storageLayout$", {"GET": storage_layout}),
+                     *server.HANDLERS)
+  server._spot_jax_patched = True
+
+
+def _certificates(d):
+  """A throwaway CA and a certificate for TF's two GCS hosts, signed by it (openssl CLI)."""
+  def run(*args):
+    subprocess.run(args, check=True, capture_output=True, cwd=d)
+  run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+      "-subj", "/CN=spot_jax test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+      "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+  run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "host.key", "-out", "host.csr",
+      "-subj", "/CN=www.googleapis.com")
+  (d / "ext.cnf").write_text("subjectAltName=DNS:www.googleapis.com,DNS:storage.googleapis.com\n"
+                             "basicConstraints=CA:FALSE\n")
+  run("openssl", "x509", "-req", "-in", "host.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+      "-out", "host.pem", "-days", "1", "-extfile", "ext.cnf")
+  return d / "ca.pem", d / "host.pem", d / "host.key"
+
+
+class _TlsProxy:
+  """HTTPS_PROXY for libcurl: answers CONNECT, terminates TLS, and relays the bytes to `port`."""
+
+  def __init__(self, port, cert, key):
+    self.port_up = port
+    self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    self.ctx.load_cert_chain(cert, key)
+    self.sock = socket.create_server(("127.0.0.1", 0))
+    self.port = self.sock.getsockname()[1]
+    self.hosts = set()
+    threading.Thread(target=self._accept, daemon=True).start()
+
+  def _accept(self):
+    while True:
+      try:
+        conn, _ = self.sock.accept()
+      except OSError:
+        return
+      threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+  def _relay(self, conn):
+    head = b""
+    while b"\r\n\r\n" not in head:
+      chunk = conn.recv(4096)
+      if not chunk:
+        return conn.close()
+      head += chunk
+    self.hosts.add(head.split()[1].decode())
+    conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    tls, up = None, None
+    try:
+      tls = self.ctx.wrap_socket(conn, server_side=True)
+      up = socket.create_connection(("127.0.0.1", self.port_up))
+      while True:
+        ready = [tls] if tls.pending() else select.select([tls, up], [], [], 120)[0]
+        if not ready:
+          break
+        src, dst = (tls, up) if tls in ready else (up, tls)
+        data = src.recv(65536)
+        if not data:
+          break
+        dst.sendall(data)
+    except OSError:
+      pass
+    finally:
+      for s in (tls or conn, up):
+        if s is not None:
+          s.close()
+
+
+@pytest.fixture
+def gcs(tmp_path):
+  """(environment for a child process, emulator URL): a bucket named `bucket`."""
+  emulator = pytest.importorskip("gcp_storage_emulator.server", reason="pip install gcp-storage-emulator")
+  pytest.importorskip("google.cloud.storage", reason="orbax needs google-cloud-storage for gs://")
+  if shutil.which("openssl") is None:
+    pytest.skip("the openssl command makes the proxy's certificate")
+  _patch_emulator()
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="bucket")
+  server.start()
+  ca, cert, key = _certificates(tmp_path)
+  proxy = _TlsProxy(port, cert, key)
+  url = f"http://127.0.0.1:{port}"
+  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             TENSORSTORE_GCS_HTTP_URL=url, STORAGE_EMULATOR_HOST=url,
+             GOOGLE_AUTH_TOKEN_FOR_TESTING="test-token",  # tensorstore and TF, instead of credentials
+             HTTPS_PROXY=f"http://127.0.0.1:{proxy.port}", https_proxy=f"http://127.0.0.1:{proxy.port}",
+             NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", CURL_CA_BUNDLE=str(ca),
+             GCS_RETRY_CONFIG_MAX_RETRIES="1", SPOT_JAX_GCS_TIMEOUT="20")
+  yield env, url, proxy
+  server.stop()
+  proxy.sock.close()
+
+
+def _objects(url, prefix):
+  """Object names under `prefix`, listed by the emulator itself (not through spot_jax's clients)."""
+  names, token = [], None
+  while True:
+    query = {"prefix": prefix, **({"pageToken": token} if token else {})}
+    with urllib.request.urlopen(f"{url}/storage/v1/b/bucket/o?{urllib.parse.urlencode(query)}") as r:
+      page = json.load(r)
+    names += [o["name"] for o in page.get("items", [])]
+    token = page.get("nextPageToken")
+    if not token:
+      return names
+
+
+def _download(url, name):
+  with urllib.request.urlopen(f"{url}/storage/v1/b/bucket/o/{urllib.parse.quote(name, safe='')}?alt=media") as r:
+    return r.read()
+
+
+# One child process: TF's GCS filesystem reads its settings once per process, and pytest's own may
+# have met gs:// before. Two runs in it (the second resumes from the bucket), then load_prompt.
+_CHILD = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)
+import jax, numpy as np
+import tasks.bundled  # noqa: F401
+from spot_jax import prompt_io, train
+from spot_jax.config import size_config
+from spot_jax.model import init_params
+config = size_config("tiny", vocab_size=1152, d_model=32, num_heads=2, head_dim=16, d_ff=64)
+kw = dict(model_dir="gs://bucket/run", mixture_or_task_name="spot_bundled_movie", batch_size=8,
+          task_feature_lengths={"inputs": 32, "targets": 4}, prompt_length=4, save_period=4, log_period=4,
+          frozen=(config, init_params(config, jax.random.PRNGKey(0))), enable_dropout=False)
+train.train(train_steps=4, **kw)
+final = train.train(train_steps=8, **kw)
+np.save(sys.argv[1], final)
+np.save(sys.argv[2], prompt_io.load_prompt("gs://bucket/run"))
+"""
+
+
+def test_train_resume_and_load_prompt_on_gs(gcs, tmp_path):
+  env, url, proxy = gcs
+  final, loaded = tmp_path / "final.npy", tmp_path / "loaded.npy"
+  out = subprocess.run([sys.executable, "-c", _CHILD, str(final), str(loaded)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "resuming from step 4" in out.stderr
+  names = _objects(url, "run/")
+  for step in (4, 8):
+    assert any(n.startswith(f"run/checkpoints/{step}/") for n in names), names
+    assert f"run/numpy_checkpoints/checkpoint_{step}/encoder.prompt.prompt.prompt" in names
+  assert any("events.out.tfevents" in n for n in names)
+  assert not any(".tmp-" in n for n in names), names
+  steps = [json.loads(l)["step"] for l in _download(url, "run/metrics.jsonl").decode().splitlines()]
+  assert steps == [4, 8]  # the resumed run appended to the first run's file
+  import io
+  exported = np.load(io.BytesIO(_download(url, "run/numpy_checkpoints/checkpoint_8/prompt.npy")))
+  np.testing.assert_array_equal(np.load(final), exported)
+  np.testing.assert_array_equal(np.load(loaded), exported)  # load_prompt("gs://bucket/run"): the latest
+  assert {"www.googleapis.com:443", "storage.googleapis.com:443"} <= proxy.hosts  # TF's GCS client was used
