@@ -253,9 +253,12 @@ def explain_missing(error: Exception) -> str:
   if found is None:
     return f"missing required gin binding: {text}\nSet it with --gin.NAME=VALUE or in a --gin_file."
   name = found.group(1)
-  pattern = re.compile(rf"^{re.escape(name)}\s*=(?!\s*%gin\.REQUIRED)", re.M)
+  # Files that give it a value (not %gin.REQUIRED, and not a None placeholder such as spot_target.gin's
+  # MIXTURE_OR_TASK_NAME). Run files are left out: a run takes one of them, and adding another run's
+  # file (prompt_train.gin to an eval) would configure the wrong job.
+  pattern = re.compile(rf"^{re.escape(name)}\s*=(?!\s*(?:%gin\.REQUIRED|None)\s*(?:#.*)?$)", re.M)
   setters = sorted(str(f.relative_to(GIN_DIR)) for f in GIN_DIR.rglob("*.gin")
-                   if pattern.search(f.read_text()))
+                   if f.parent.name != "runs" and pattern.search(f.read_text()))
   files = f", or add a --gin_file that sets it ({', '.join(setters)})" if setters else " or in a --gin_file"
   return f"missing required gin binding: the macro {name} is not set.\nSet it with --gin.{name}=...{files}."
 

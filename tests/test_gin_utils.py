@@ -132,3 +132,13 @@ def test_eval_refuses_prompt_length_and_an_include_of_a_prompt_tuning_file(tmp_p
   with pytest.raises(SystemExit, match=r"Unable to open file: prompt_tuning/configs/runs/prompt_eval.gin.*"
                                        r"spot_jax's equivalent: --gin_file=runs/prompt_eval.gin"):
     gin_utils.configure(evals + [f"--gin_file={mine}"])
+
+
+def test_a_missing_macro_points_only_at_files_that_could_be_added():
+  """Not a run file (another job's, e.g. prompt_train.gin for an eval) nor a None placeholder
+  (spot_target.gin's MIXTURE_OR_TASK_NAME): infer without a task used to be sent there."""
+  def explain(name):
+    return gin_utils.explain_missing(ValueError(f"No values supplied for ['{name}/gin.macro']"))
+  for name in ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS"):
+    assert explain(name).endswith(f"Set it with --gin.{name}=... or in a --gin_file.")
+  assert "prompts/random_uniform.gin" in explain("PROMPT_INIT")
