@@ -13,6 +13,8 @@ from spot_jax.checkpoints.hf import config_from_hf, name_map
 from spot_jax.checkpoints.infer_config import expected_shapes, flatten, unflatten
 from spot_jax.config import T5Config
 
+from gfile_stub import LocalGfile
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf_parity")
 V11 = T5Config(vocab_size=16, d_model=8, num_heads=2, head_dim=4, d_ff=12, num_encoder_layers=2,
                num_decoder_layers=1, relative_attention_num_buckets=4, relative_attention_max_distance=20,
@@ -213,33 +215,10 @@ def test_transformers_written_mt5_bf16_shards_match_transformers():
   assert np.abs(model.logits(ids, dec, prompt=ref["prompt"]) - ref["logits_prompt"]).max() <= 1e-4
 
 
-class _LocalGfile:
-  """tf.io.gfile stand-in serving gs://bkt/... from a local directory."""
-
-  def __init__(self, root):
-    self.root = str(root)
-
-  def _local(self, path):
-    assert path.startswith("gs://bkt"), path
-    return os.path.join(self.root, path[len("gs://bkt"):].lstrip("/"))
-
-  def exists(self, path):
-    return os.path.exists(self._local(path))
-
-  def isdir(self, path):
-    return os.path.isdir(self._local(path))
-
-  def listdir(self, path):
-    return os.listdir(self._local(path))
-
-  def GFile(self, path, mode):  # noqa: N802 (tf's name)
-    return open(self._local(path), mode)
-
-
 def test_bfloat16_checkpoint_on_gcs(monkeypatch):
   """A gs:// HF folder is read as bytes: BF16 tensors must decode there too (not a KeyError 'BF16')."""
   from spot_jax.checkpoints import t5x
-  monkeypatch.setattr(t5x, "_gfile", lambda: _LocalGfile(FORMATS))
+  monkeypatch.setattr(t5x, "_gfile", lambda: LocalGfile(FORMATS, bucket="gs://bkt"))
   config, params = read_params("gs://bkt/mt5_bf16_sharded")
   _, local = read_params(os.path.join(FORMATS, "mt5_bf16_sharded"))
   assert config.vocab_size == 64

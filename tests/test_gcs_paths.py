@@ -14,48 +14,7 @@ from spot_jax import prompt_io as pio
 from spot_jax.spot import cli
 from spot_jax.spot.library import PromptLibrary
 
-
-class _FakeGfile:
-  """tf.io.gfile stand-in mapping gs://bucket/... to a local directory."""
-
-  def __init__(self, root):
-    self.root = str(root)
-
-  def _p(self, path):
-    assert path.startswith("gs://bucket/"), path
-    return os.path.join(self.root, path[len("gs://bucket/"):])
-
-  def exists(self, path):
-    return os.path.exists(self._p(path))
-
-  def isdir(self, path):
-    return os.path.isdir(self._p(path))
-
-  def listdir(self, path):
-    return os.listdir(self._p(path))
-
-  def makedirs(self, path):
-    os.makedirs(self._p(path), exist_ok=True)
-
-  def GFile(self, path, mode):  # noqa: N802 (tf's name)
-    if mode[0] in "wa":  # GCS has no directories to create first
-      os.makedirs(os.path.dirname(self._p(path)), exist_ok=True)
-    return open(self._p(path), mode)
-
-  def rename(self, src, dst, overwrite=False):
-    assert overwrite
-    os.replace(self._p(src), self._p(dst))
-
-  def rmtree(self, path):
-    import shutil
-    shutil.rmtree(self._p(path))
-
-  def remove(self, path):
-    os.remove(self._p(path))
-
-  def walk(self, top):
-    for d, dirs, files in os.walk(self._p(top)):
-      yield "gs://bucket/" + os.path.relpath(d, self.root).replace(os.sep, "/"), dirs, files
+from gfile_stub import LocalGfile
 
 
 @pytest.fixture
@@ -63,7 +22,7 @@ def bucket(tmp_path, monkeypatch):
   """The bucket's local directory; the working directory is an empty `cwd/`."""
   root = tmp_path / "bucket"
   root.mkdir()
-  monkeypatch.setattr(fileio, "gfile", lambda: _FakeGfile(root))
+  monkeypatch.setattr(fileio, "gfile", lambda: LocalGfile(root))
   cwd = tmp_path / "cwd"
   cwd.mkdir()
   monkeypatch.chdir(cwd)

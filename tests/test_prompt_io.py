@@ -9,6 +9,8 @@ import pytest
 from spot_jax import fileio
 from spot_jax import prompt_io as pio
 
+from gfile_stub import LocalGfile
+
 
 def _prompt(p=4, d=6, seed=0):
   return np.random.default_rng(seed).normal(size=(p, d)).astype(np.float32)
@@ -199,50 +201,8 @@ def test_failed_export_leaves_no_partial_directory(tmp_path, monkeypatch):
   np.testing.assert_array_equal(pio.load_prompt(model_dir), old)  # the old export is intact
 
 
-class _FakeGfile:
-  """tf.io.gfile stand-in mapping gs://bucket/... to a local directory."""
-
-  def __init__(self, root):
-    self.root = str(root)
-    self.used = set()
-
-  def _p(self, path):
-    assert path.startswith("gs://bucket/"), path
-    return os.path.join(self.root, path[len("gs://bucket/"):])
-
-  def _use(self, name, path):
-    self.used.add(name)
-    return self._p(path)
-
-  def exists(self, path):
-    return os.path.exists(self._use("exists", path))
-
-  def isdir(self, path):
-    return os.path.isdir(self._use("isdir", path))
-
-  def listdir(self, path):
-    return os.listdir(self._use("listdir", path))
-
-  def makedirs(self, path):
-    os.makedirs(self._use("makedirs", path), exist_ok=True)
-
-  def GFile(self, path, mode):  # pylint: disable=invalid-name
-    return open(self._use("GFile", path), mode)
-
-  def rename(self, src, dst, overwrite=False):
-    assert overwrite
-    os.replace(self._use("rename", src), self._p(dst))
-
-  def rmtree(self, path):
-    import shutil
-    shutil.rmtree(self._use("rmtree", path))
-
-  def remove(self, path):
-    os.remove(self._use("remove", path))
-
-
 def test_gcs_paths_go_through_gfile(tmp_path, monkeypatch):
-  fake = _FakeGfile(tmp_path)
+  fake = LocalGfile(tmp_path)
   monkeypatch.setattr(fileio, "gfile", lambda: fake)
   p = _prompt()
   pio.export_numpy_checkpoint(p, "gs://bucket/run", 5)
