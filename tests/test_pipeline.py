@@ -477,3 +477,18 @@ def test_runs_recorded_before_target_checks_are_resumed_with_a_warning(frozen, t
   with pytest.raises(ValueError, match="new MODEL_DIR") as e:
     pipeline.run_target(frozen, lib, TARGET, str(out), "best_of_top_k", **kw)
   assert str(out / "baseline") in str(e.value)
+
+
+def test_top_k_all_is_every_source_but_the_excluded(tmp_path):
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  for t in ("a", "b", "target"):
+    lib.add(t, np.ones((2, 4), np.float32), "m")
+  parser = pipeline_cli._target_parser()
+  assert parser.parse_args(["--target", "target", "--top-k", "all"]).top_k == "all"
+  assert parser.parse_args(["--target", "target", "--top-k", "2"]).top_k == 2
+  for bad in ("0", "some"):
+    with pytest.raises(SystemExit):
+      parser.parse_args(["--target", "target", "--top-k", bad])
+  assert pipeline_cli.resolve_top_k("all", lib, "target") == 2  # the target is left out by default
+  assert pipeline_cli.resolve_top_k("all", lib, "target", exclude=["a", "target"]) == 1
+  assert pipeline_cli.resolve_top_k("all", lib, "other") == 3 and pipeline_cli.resolve_top_k(5, lib, "x") == 5

@@ -59,7 +59,7 @@ def test_ties_and_undefined_values():
 
 
 def test_a_source_without_a_transfer_score_is_refused():
-  with pytest.raises(ValueError, match=r"no transfer score for ranked source\(s\) \['c'\].*--top-k 3"):
+  with pytest.raises(ValueError, match=r"no transfer score for ranked source\(s\) \['c'\].*--top-k all"):
     tr.evaluate_target("t", [("a", 0.5), ("b", 0.4), ("c", 0.3)], {"a": 1.0, "b": 2.0})
   with pytest.raises(ValueError, match=r"source\(s\) \['z'\] that the ranking does not hold"):
     tr.evaluate_target("t", [("a", 0.5)], {"a": 1.0, "z": 2.0})

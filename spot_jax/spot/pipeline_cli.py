@@ -74,6 +74,27 @@ def check_library_model(lib: PromptLibrary, model_id: str, allow_other_model: bo
       "anyway")
 
 
+def _top_k(value: str):
+  if value == "all":
+    return value
+  try:
+    k = int(value)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"--top-k must be a positive integer or 'all', got {value!r}") from e
+  if k < 1:
+    raise argparse.ArgumentTypeError(f"--top-k must be >= 1, got {k}")
+  return k
+
+
+def resolve_top_k(top_k, lib: PromptLibrary, target: str, exclude: Optional[Sequence[str]] = None) -> int:
+  """`--top-k all`: every source the ranking will hold, the library less the excluded tasks (by
+  default the target itself, as run_target excludes it)."""
+  if top_k != "all":
+    return int(top_k)
+  excluded = set(exclude if exclude is not None else [target])
+  return len([t for t in lib.tasks() if t not in excluded])
+
+
 def _target_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="spot-jax spot", description="SPoT targeted transfer: rank the library's sources for a "
@@ -84,7 +105,9 @@ def _target_parser() -> argparse.ArgumentParser:
   p.add_argument("--target", required=True, help="target seqio task")
   p.add_argument("--library", default=None, help="prompt library directory (default: LIBRARY_DIR)")
   p.add_argument("--strategy", choices=STRATEGIES, default="weighted_average")
-  p.add_argument("--top-k", type=int, default=3)
+  p.add_argument("--top-k", type=_top_k, default=3,
+                 help="sources the strategy uses (default 3); 'all' = every source the ranking holds, "
+                 "e.g. best_of_top_k measuring the target's whole transfer row (library transferability)")
   p.add_argument("--measure", default=sim.DEFAULT_MEASURE,
                  help=f"similarity measure for --rank-by similarity: one of {sorted(sim.SIMILARITIES)}")
   p.add_argument("--rank-by", choices=RANK_BY, default="similarity")
@@ -113,7 +136,8 @@ def target_main(argv: Sequence[str]) -> int:
   enable_compilation_cache()
   frozen, model_id = _frozen_from_settings(s)
   check_library_model(lib, model_id, args.allow_other_model)
-  result = run_target(frozen, lib, args.target, s["model_dir"], args.strategy, args.top_k, s["train_steps"],
+  top_k = resolve_top_k(args.top_k, lib, args.target, args.exclude)
+  result = run_target(frozen, lib, args.target, s["model_dir"], args.strategy, top_k, s["train_steps"],
                       run=_run_config(s), rank_by=args.rank_by, measure=args.measure, kind=args.kind,
                       task_embedding_steps=s["task_embedding_steps"], selection_steps=s["selection_steps"],
                       mixture_steps=s["mixture_steps"], baseline=args.baseline, exclude=args.exclude)

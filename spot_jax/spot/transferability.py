@@ -1,8 +1,8 @@
 """How well a ranking of sources predicts measured transfer: SPoT's task-transferability analysis.
 
 A target's *transfer row* is the validation score of one target run from each source prompt, all at
-the same number of steps; `spot --strategy best_of_top_k --top-k N` with N = every source measures it
-and keeps it in its `result.json`. A ranking of the same sources (by a similarity of task embeddings,
+the same number of steps; `spot --strategy best_of_top_k --top-k all` measures it and keeps it in its
+`result.json`. A ranking of the same sources (by a similarity of task embeddings,
 or zero-shot) is then judged as intermediate-task selection work judges it (SPoT §5; regret@k from
 Poth et al. 2021, "What to Pre-Train on?"):
 
@@ -86,8 +86,7 @@ def evaluate_target(target: str, ranking: Sequence[Tuple[str, float]], transfer:
     if extra:
       parts.append(f"transfer scores for source(s) {extra} that the ranking does not hold")
     raise ValueError(f"target {target}: {'; '.join(parts)}. Measure every source: spot-jax spot "
-                     f"--strategy best_of_top_k --top-k {max(len(names), len(transfer))} (top-k = all sources), "
-                     "and rank the same library")
+                     "--strategy best_of_top_k --top-k all, and rank the same library")
   if not ranked:
     raise ValueError(f"target {target}: no sources to judge")
   scores = [float(transfer[t]) for t in names]
@@ -149,7 +148,7 @@ def load_transfer_row(path: str) -> dict:
       raise ValueError(f"{p} is not a `spot-jax spot` result (no {key!r} field)")
   if r["strategy"] != "best_of_top_k":
     raise ValueError(f"{p}: a {r['strategy']} run trains one init, so it has no per-source transfer scores; "
-                     "measure them with spot-jax spot --strategy best_of_top_k --top-k <number of sources>")
+                     "measure them with spot-jax spot --strategy best_of_top_k --top-k all")
   transfer = {c["task"]: c["selection_score"] for c in r["chosen"]}
   if any(v is None for v in transfer.values()):
     raise ValueError(f"{p}: a source's selection score is missing (no validation metric {r.get('metric')!r}?)")
