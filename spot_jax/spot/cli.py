@@ -112,7 +112,7 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
   p = verbs.add_parser("transferability", parents=[on],
                        help="judge source rankings against measured transfer (SPoT's analysis)",
                        description="Reads the result.json of `spot-jax spot --strategy best_of_top_k` runs that "
-                       "trained the target from every source (--top-k = number of sources), one run per target, "
+                       "trained the target from every source (--top-k all), one run per target, "
                        "and judges how well the ranking predicts those transfer scores: Kendall's tau, "
                        "regret@k, the mean score of the top k against the mean of all sources, and the rank "
                        "of the best source. With --measure (and --library), the same rows are re-ranked "
