@@ -190,6 +190,14 @@ train.train(train_steps=4, **kw)
 final = train.train(train_steps=8, **kw)
 np.save(sys.argv[1], final)
 np.save(sys.argv[2], prompt_io.load_prompt("gs://bucket/run"))
+# Eval and infer of that prompt, their outputs on gs:// too.
+from spot_jax import eval as eval_lib, infer as infer_lib
+data = dict(model_config=config, task_feature_lengths={"inputs": 32, "targets": 4}, batch_size=16)
+metrics = eval_lib.evaluate_prompt("spot_bundled_movie", "gs://bucket/eval", "gs://bucket/run",
+                                   num_examples=32, **data)
+paths = infer_lib.infer_prompt("spot_bundled_movie", "gs://bucket/infer", "gs://bucket/run",
+                               num_examples=16, **data)
+print("EVAL_INFER " + json.dumps({"metrics": metrics, "paths": paths}, default=float))
 """
 
 
@@ -213,3 +221,11 @@ def test_train_resume_and_load_prompt_on_gs(gcs, tmp_path):
   np.testing.assert_array_equal(np.load(final), exported)
   np.testing.assert_array_equal(np.load(loaded), exported)  # load_prompt("gs://bucket/run"): the latest
   assert {"www.googleapis.com:443", "storage.googleapis.com:443"} <= proxy.hosts  # TF's GCS client was used
+  done = json.loads(out.stdout.split("EVAL_INFER ", 1)[1].splitlines()[0])
+  assert "accuracy" in done["metrics"]["spot_bundled_movie"]
+  assert done["paths"]["spot_bundled_movie"] == "gs://bucket/infer/spot_bundled_movie-validation.jsonl"
+  predictions = _download(url, "infer/spot_bundled_movie-validation.jsonl").decode().splitlines()
+  assert len(predictions) == 16 and {"inputs", "prediction", "targets"} <= set(json.loads(predictions[0]))
+  logged = [json.loads(l) for l in _download(url, "eval/metrics.jsonl").decode().splitlines()]
+  assert logged[-1]["step"] == 8 and "eval/spot_bundled_movie/accuracy" in logged[-1]  # the export's step
+  assert any(n.startswith("eval/spot_bundled_movie-") for n in _objects(url, "eval/"))  # seqio's JSON logs
