@@ -54,9 +54,26 @@ def _patch_emulator():
   def storage_layout(request, response, storage):  # TF's directory rename asks for it first
     response.json({"kind": "storage#storageLayout", "bucket": request.params["bucket_name"],
                    "location": "US", "locationType": "multi-region", "hierarchicalNamespace": {"enabled": False}})
+  download = objects.download
+
+  def download_with_generation(request, response, storage, *args, **kwargs):
+    # GCS stamps a media download with the object's generation; tensorstore reads it (OCDBT's
+    # conditional manifest writes compare it), and without it took generation 0, which it refused
+    # later as "Malformed StorageGeneration" (about one run in five).
+    try:
+      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+      response["x-goog-generation"] = str(obj["generation"])
+      response["x-goog-metageneration"] = str(obj.get("metageneration") or "1")
+    except Exception:  # pylint: disable=broad-except  (a missing object: download answers 404)
+      pass
+    return download(request, response, storage, *args, **kwargs)
+
   server._read_raw_data, server._read_data, objects._create_resumable_upload = raw, data, create
+  objects.download = download_with_generation  # objects.get (alt=media) calls it by this name
+  handlers = tuple((regex, {m: download_with_generation if f is download else f for m, f in methods.items()})
+                   for regex, methods in server.HANDLERS)
   server.HANDLERS = ((r"^/storage/v1/b/(?P<bucket_name>[-.\w]+)/storageLayout$", {"GET": storage_layout}),
-                     *server.HANDLERS)
+                     *handlers)
   server._spot_jax_patched = True
 
 
@@ -198,13 +215,26 @@ metrics = eval_lib.evaluate_prompt("spot_bundled_movie", "gs://bucket/eval", "gs
 paths = infer_lib.infer_prompt("spot_bundled_movie", "gs://bucket/infer", "gs://bucket/run",
                                num_examples=16, **data)
 print("EVAL_INFER " + json.dumps({"metrics": metrics, "paths": paths}, default=float))
+# The SPoT pipeline with its MODEL_DIR on gs:// (the library is local: a directory in sys.argv[3]).
+from spot_jax.spot import pipeline
+from spot_jax.spot.library import PromptLibrary
+lib = PromptLibrary(sys.argv[3])
+for i, task in enumerate(("spot_bundled_topic", "spot_bundled_product")):
+  lib.add(task, np.random.default_rng(i).normal(size=(4, 32)).astype(np.float32), "tiny",
+          task_embedding=np.random.default_rng(10 + i).normal(size=(4, 32)).astype(np.float32))
+run = pipeline.RunConfig(task_feature_lengths={"inputs": 32, "targets": 4}, batch_size=8, prompt_length=4,
+                         eval_batch_size=16, eval_num_examples=16, enable_dropout=False)
+result = pipeline.run_target(kw["frozen"], lib, "spot_bundled_movie", "gs://bucket/spot", "weighted_average",
+                             top_k=1, steps=2, run=run, task_embedding_steps=1)
+print("SPOT " + json.dumps(result.to_dict()["chosen"], default=float))
 """
 
 
 def test_train_resume_and_load_prompt_on_gs(gcs, tmp_path):
   env, url, proxy = gcs
   final, loaded = tmp_path / "final.npy", tmp_path / "loaded.npy"
-  out = subprocess.run([sys.executable, "-c", _CHILD, str(final), str(loaded)], cwd=REPO, env=env,
+  out = subprocess.run([sys.executable, "-c", _CHILD, str(final), str(loaded), str(tmp_path / "lib")],
+                       cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert "resuming from step 4" in out.stderr
@@ -229,3 +259,9 @@ def test_train_resume_and_load_prompt_on_gs(gcs, tmp_path):
   logged = [json.loads(l) for l in _download(url, "eval/metrics.jsonl").decode().splitlines()]
   assert logged[-1]["step"] == 8 and "eval/spot_bundled_movie/accuracy" in logged[-1]  # the export's step
   assert any(n.startswith("eval/spot_bundled_movie-") for n in _objects(url, "eval/"))  # seqio's JSON logs
+  spot = set(_objects(url, "spot/"))
+  assert {"spot/result.json", "spot/init.npy", "spot/transfer/numpy_checkpoints/checkpoint_2/prompt.npy",
+          "spot/task_embedding/numpy_checkpoints/task_embedding/prompt.npy"} <= spot, sorted(spot)
+  chosen = json.loads(_download(url, "spot/result.json"))["chosen"]
+  assert len(chosen) == 1 and chosen[0]["task"] in ("spot_bundled_topic", "spot_bundled_product")
+  assert not os.path.exists(os.path.join(REPO, "gs:"))  # no local directory named after the URL
