@@ -5,8 +5,12 @@ google-cloud-storage (orbax asks it whether the bucket has hierarchical namespac
 STORAGE_EMULATOR_HOST. TensorFlow's GCS filesystem (tf.io.gfile, and etils.epath, orbax's path layer,
 which uses tf.io.gfile when TensorFlow is installed) has its endpoints compiled in and no override,
 but its libcurl honours HTTPS_PROXY and CURL_CA_BUNDLE: a local CONNECT proxy terminates TLS with a
-certificate of a throwaway CA and passes the bytes to the emulator. Three deviations of the
+certificate of a throwaway CA and passes the bytes to the emulator. Four deviations of the
 emulator from GCS are patched here (`_patch_emulator`); nothing of spot_jax is replaced.
+
+No network is used: every client's endpoint is 127.0.0.1 (the proxy relays whatever host a CONNECT
+names to the emulator's local port, and auth is GOOGLE_AUTH_TOKEN_FOR_TESTING / the emulator's
+anonymous access), so the test runs where nothing but the package registries is reachable.
 """
 import json
 import os
