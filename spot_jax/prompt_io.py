@@ -7,6 +7,8 @@ Formats read by `load_prompt` (auto-detected):
     `numpy_checkpoints` directory (newest step);
   * a T5X checkpoint of a prompt-tuning run (`checkpoint_<step>/`, its `checkpoint` file, or a
     MODEL_DIR holding only those): the parameter `target/encoder/prompt/prompt/prompt`, read alone;
+    also when T5X wrote it with Orbax (`train.use_orbax=True`: `checkpoint_<step>/state/`, or that
+    `state/` item), restored alone with orbax's partial restore;
   * a PEFT prompt-tuning adapter directory (`adapter_config.json` + `adapter_model.safetensors` holding
     `prompt_embeddings`), or the `.safetensors` file itself;
   * a training `MODEL_DIR` (its `numpy_checkpoints/best` export if present, else the newest step),
@@ -46,6 +48,7 @@ T5X_PROMPT_FILENAME = "encoder.prompt.prompt.prompt"
 # path with dots, and T5X stores it under optimizer/target/.
 T5X_PROMPT_PARAM = "encoder/prompt/prompt/prompt"
 T5X_CHECKPOINT_FILE = "checkpoint"
+T5X_ORBAX_CHECKPOINT = "t5x_orbax_checkpoint"  # PromptSource.format of an Orbax-written T5X checkpoint_<step>/
 PROMPT_NPY = "prompt.npy"
 EXPORT_INFO = "export.json"  # {"step": int, "shape": [P, d], "metrics": {...}, "created": float}
 BEST_EXPORT = "best"
@@ -60,7 +63,7 @@ _NPY_MAGIC = b"\x93NUMPY"
 ACCEPTED_FORMATS = (
     "a .npy file; a T5X prompt-tuning numpy export file (encoder.prompt.prompt.prompt), its "
     "checkpoint_<step> directory or a numpy_checkpoints directory; a T5X checkpoint_<step> directory of a "
-    "prompt-tuning run (target/encoder/prompt/prompt/prompt); a PEFT adapter directory "
+    "prompt-tuning run (target/encoder/prompt/prompt/prompt; msgpack or Orbax-written); a PEFT adapter directory "
     "(adapter_config.json + adapter_model.safetensors) or its .safetensors file; a training MODEL_DIR "
     "containing numpy_checkpoints/ (or prompt-tuning's T5X checkpoint_<step>/ directories)")
 
@@ -206,7 +209,9 @@ def check_prompt_shape(prompt: np.ndarray, prompt_length: Optional[int], d_model
 class PromptSource:
   """Where `load_prompt` found a prompt: the file, its format, and the export directory/step if any."""
   file: str
-  format: str  # "npy" | "t5x" (numpy export) | "t5x_checkpoint" (file = the checkpoint_<step> dir) | "peft"
+  # "npy" | "t5x" (numpy export) | "t5x_checkpoint" (file = the checkpoint_<step> dir) |
+  # "t5x_orbax_checkpoint" (the same, written with Orbax) | "peft"
+  format: str
   export_dir: Optional[str] = None
   step: Optional[int] = None
 
@@ -246,13 +251,15 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
     info = read_export_info(path)
     step = info.get("step", _step_of(path))
     return PromptSource(f, "t5x" if fileio.basename(f) == T5X_PROMPT_FILENAME else "npy", path, step)
+  from spot_jax.checkpoints import t5x_orbax  # pylint: disable=g-import-not-at-top
+  step_dir = t5x_orbax.step_dir_of_item(path)  # its `state/` item stands for the step (before
+  # the msgpack test: an older orbax writes a `checkpoint` file into that item)
+  if step_dir is None and _step_of(path) is not None and t5x_orbax.is_orbax_step_dir(path):
+    step_dir = path.rstrip("/")  # T5X names its Orbax steps checkpoint_<step> (spot_jax's own are <step>)
+  if step_dir is not None:
+    return PromptSource(step_dir, T5X_ORBAX_CHECKPOINT, step_dir, _step_of(step_dir))
   if _is_t5x_checkpoint_dir(path):
     return PromptSource(path, "t5x_checkpoint", path, _step_of(path))
-  from spot_jax.checkpoints import t5x_orbax  # pylint: disable=g-import-not-at-top
-  if t5x_orbax.is_orbax_step_dir(path):
-    raise ValueError(f"{path} is a T5X checkpoint written with Orbax (state/): prompts are read from T5X's "
-                     "msgpack checkpoints only. Pass the run's numpy_checkpoints/ export instead (prompt-tuning "
-                     "writes one with every checkpoint), or extract the prompt to a .npy")
   other = _other_prompt_files(path)
   if other:
     raise ValueError(_not_one_encoder_prompt(path, other))
@@ -311,6 +318,8 @@ def load_prompt_with_source(path: str, which: str = "auto"):
     arr = _load_peft(src)
   elif src.format == "t5x_checkpoint":
     arr = _load_t5x_checkpoint(src.file)
+  elif src.format == T5X_ORBAX_CHECKPOINT:
+    arr = _load_t5x_orbax_checkpoint(src.file)
   else:
     with fileio.open_file(src.file, "rb") as f:
       head = f.read(len(_NPY_MAGIC))
@@ -366,11 +375,14 @@ def _is_t5x_checkpoint_dir(directory: str) -> bool:
 
 
 def _t5x_checkpoint_steps(model_dir: str) -> list:
+  """Steps of the T5X `checkpoint_<step>/` directories in `model_dir`, msgpack or Orbax-written."""
   if not fileio.isdir(model_dir):
     return []
+  from spot_jax.checkpoints import t5x_orbax  # pylint: disable=g-import-not-at-top
   steps = [int(m.group(1)) for m in (_CHECKPOINT_RE.match(n.rstrip("/")) for n in fileio.listdir(model_dir))
-           if m and _is_t5x_checkpoint_dir(fileio.join(model_dir, m.group(0)))]
-  return sorted(steps)
+           if m and (_is_t5x_checkpoint_dir(fileio.join(model_dir, m.group(0))) or
+                     t5x_orbax.is_orbax_step_dir(fileio.join(model_dir, m.group(0))))]
+  return sorted(set(steps))
 
 
 def _newest_step_dir(numpy_dir: str) -> Optional[str]:
@@ -400,13 +412,13 @@ def _not_one_encoder_prompt(where: str, names: list, sep: str = ".") -> str:
             "combined (added, concatenated or projected) in a way the files do not record")
     fix = ("spot_jax trains one [P, d] prompt per task: combine the shared prompt with one task's prompt "
            "yourself and save the result with numpy.save, then pass that .npy")
-  elif any(n.startswith(f"decoder{sep}") for n in names):
+  elif any(n.split(sep)[1 if n.startswith(f"target{sep}") else 0] == "decoder" for n in names):
     kind = "a decoder-side prompt (prompt-tuning's decoder-only or decoder-prompt models)"
     fix = ("spot_jax's T5 prompts the encoder; if you mean to use this [P, d] array as an encoder prompt, "
            "pass its numpy file itself")
   else:
     kind = "prompt parameters other than the plain encoder prompt (per-layer or custom prompt modules)"
-    fix = "pass the numpy file of one [P, d] encoder prompt itself"
+    fix = "Pass the numpy file of one [P, d] encoder prompt itself"
   plain = T5X_PROMPT_FILENAME if sep == "." else f"target/{T5X_PROMPT_PARAM}"
   return f"{where} holds {listed}, not {plain}: {kind}. {fix}"
 
@@ -415,15 +427,37 @@ def _load_t5x_checkpoint(ckpt_dir: str) -> np.ndarray:
   """The prompt of a prompt-tuning run's T5X checkpoint; only prompt parameters are read from disk."""
   from spot_jax.checkpoints import t5x  # pylint: disable=g-import-not-at-top
   from spot_jax.checkpoints.infer_config import flatten  # pylint: disable=g-import-not-at-top
-  _, tree = t5x.read_t5x(ckpt_dir, select=lambda name: "prompt" in name.split("/"))
+  _, tree = t5x.read_t5x(ckpt_dir, select=_is_prompt_param)
   flat = flatten(tree)
   if T5X_PROMPT_PARAM in flat:
     return flat[T5X_PROMPT_PARAM]
-  if flat:
-    raise ValueError(_not_one_encoder_prompt(ckpt_dir, sorted(f"target/{n}" for n in flat), "/"))
-  raise ValueError(f"{ckpt_dir} is a T5X checkpoint without a prompt (no target/{T5X_PROMPT_PARAM}): a "
-                   "frozen model's checkpoint, not one written by a prompt-tuning run. Pass the run's "
-                   "MODEL_DIR, its numpy_checkpoints/ export or a checkpoint_<step>/ the run wrote")
+  raise ValueError(_no_encoder_prompt(ckpt_dir, sorted(flat)))
+
+
+def _load_t5x_orbax_checkpoint(step_dir: str) -> np.ndarray:
+  """The prompt of a prompt-tuning run's T5X checkpoint written with Orbax: the parameter names come
+  from the tree metadata, and the prompt alone is restored (no frozen weight, no optimizer slot)."""
+  from spot_jax.checkpoints import t5x_orbax  # pylint: disable=g-import-not-at-top
+  from spot_jax.checkpoints.infer_config import flatten  # pylint: disable=g-import-not-at-top
+  step_dir, names = t5x_orbax.target_names(step_dir)
+  if T5X_PROMPT_PARAM not in names:
+    raise ValueError(_no_encoder_prompt(step_dir, [n for n in names if _is_prompt_param(n)], " (Orbax-written)"))
+  _, tree = t5x_orbax.read_t5x_orbax(step_dir, select=lambda name: name == T5X_PROMPT_PARAM)
+  return flatten(tree)[T5X_PROMPT_PARAM]
+
+
+def _is_prompt_param(name: str) -> bool:
+  """Whether a slash-joined parameter name belongs to a prompt module (any of prompt-tuning's)."""
+  return "prompt" in name.split("/")
+
+
+def _no_encoder_prompt(ckpt_dir: str, prompt_names: list, kind: str = "") -> str:
+  """Why a T5X checkpoint without target/encoder/prompt/prompt/prompt is not a prompt, and the fix."""
+  if prompt_names:
+    return _not_one_encoder_prompt(ckpt_dir, sorted(f"target/{n}" for n in prompt_names), "/")
+  return (f"{ckpt_dir} is a T5X checkpoint{kind} without a prompt (no target/{T5X_PROMPT_PARAM}): a "
+          "frozen model's checkpoint, not one written by a prompt-tuning run. Pass the run's "
+          "MODEL_DIR, its numpy_checkpoints/ export or a checkpoint_<step>/ the run wrote")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import pytest
 
 ocp = pytest.importorskip("orbax.checkpoint")
 
-from spot_jax.checkpoints import CheckpointError, detect_format, read_params, read_t5x_orbax, write_t5x  # noqa: E402
+from spot_jax.checkpoints import (CheckpointError, detect_format, read_params, read_t5x_orbax,  # noqa: E402
+                                  t5x_orbax, write_t5x)
 from spot_jax.checkpoints.infer_config import expected_shapes, flatten, unflatten  # noqa: E402
 from spot_jax.config import T5Config  # noqa: E402
 from test_checkpoints_t5x import _assert_same  # noqa: E402  (the same equality, stored dtype included)
@@ -166,3 +167,26 @@ def test_a_bare_orbax_pytree_is_not_taken_for_a_t5x_step(tmp_path):
   with pytest.raises(CheckpointError, match=r"looks like an Orbax checkpoint .* but not one T5X wrote: .*"
                                             r"checkpoint_<step>/state/"):
     read_params(str(tmp_path / "ckpt"))
+
+
+def test_selected_parameters_are_restored_alone(tmp_path, monkeypatch):
+  """`select` narrows the partial restore to some parameters (a prompt without its frozen T5); the
+  names come from the tree metadata without opening an array."""
+  from orbax.checkpoint import type_handlers
+  params = _params()
+  ckpt = write_t5x_orbax(params, tmp_path, step=6)
+  read = []
+  deserialize = type_handlers.NumpyHandler.deserialize
+
+  async def spy(self, infos, args=None):
+    read.extend(info.name for info in infos)
+    return await deserialize(self, infos, args)
+  monkeypatch.setattr(type_handlers.NumpyHandler, "deserialize", spy)
+  step_dir, names = t5x_orbax.target_names(str(tmp_path))
+  assert step_dir == ckpt and names == sorted(flatten(params)) and read == []
+  want = "encoder/layers_1/mlp/wo/kernel"
+  step_dir, got = read_t5x_orbax(os.path.join(ckpt, "state"), select=lambda name: name == want)
+  assert step_dir == ckpt and list(flatten(got)) == [want] and read == ["target.encoder.layers_1.mlp.wo.kernel"]
+  np.testing.assert_array_equal(flatten(got)[want], flatten(params)[want])
+  assert read_t5x_orbax(ckpt, select=lambda name: False) == (ckpt, {})
+  assert read == ["target.encoder.layers_1.mlp.wo.kernel"]

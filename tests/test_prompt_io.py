@@ -391,3 +391,80 @@ def test_prompt_tuning_multi_task_and_decoder_prompts_are_refused_naming_the_fix
   with pytest.raises(ValueError, match=r"holds target/encoder/prompt/prompt/shared_prompt, .*not "
                                        r"target/encoder/prompt/prompt/prompt: a multi-task prompt"):
     pio.load_prompt(ckpt)
+  dec_ckpt = write_t5x(unflatten({"decoder/prompt/prompt/prompt": _prompt(5, 6)}), str(tmp_path / "dec_t5x"), 2)
+  with pytest.raises(ValueError, match=r"holds target/decoder/prompt/prompt/prompt, .*a decoder-side prompt"):
+    pio.load_prompt(dec_ckpt)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The same prompt in a T5X checkpoint written with Orbax (`train.use_orbax=True`).
+
+def _prompt_tuning_orbax_checkpoint(model_dir, step, prompt_params, use_ocdbt=False):
+  """A prompt-tuning run's T5X checkpoint as T5X's Orbax manager writes it (checkpoint_<step>/state/,
+  written by test_checkpoints_t5x_orbax's writer): a few frozen weights plus `prompt_params`
+  ({name under target: array}), with Adafactor slots for every parameter."""
+  pytest.importorskip("orbax.checkpoint")
+  from spot_jax.checkpoints.infer_config import unflatten
+  from test_checkpoints_t5x_orbax import write_t5x_orbax
+  rng = np.random.default_rng(step)
+  d = next(iter(prompt_params.values())).shape[-1]
+  flat = {"token_embedder/embedding": rng.normal(size=(16, d)).astype(np.float32),
+          "encoder/layers_0/mlp/wo/kernel": rng.normal(size=(12, d)).astype(np.float32),
+          "encoder/encoder_norm/scale": np.ones(d, np.float32), **prompt_params}
+  return write_t5x_orbax(unflatten(flat), model_dir, step, use_ocdbt=use_ocdbt)
+
+
+def test_prompt_out_of_an_orbax_written_t5x_checkpoint_restores_the_prompt_alone(tmp_path, monkeypatch):
+  from orbax.checkpoint import type_handlers
+  model_dir = tmp_path / "pt_orbax_run"
+  old, new = _prompt(5, 6, seed=1), _prompt(5, 6, seed=2)
+  old_ckpt = _prompt_tuning_orbax_checkpoint(model_dir, 1_100_500, {pio.T5X_PROMPT_PARAM: old}, use_ocdbt=True)
+  ckpt = _prompt_tuning_orbax_checkpoint(model_dir, 1_103_000, {pio.T5X_PROMPT_PARAM: new})
+  assert os.path.isdir(os.path.join(ckpt, "state", "target.encoder.prompt.prompt.prompt"))  # T5X's layout
+  # Every array read from disk passes through orbax's numpy handler: record their names.
+  read = []
+  deserialize = type_handlers.NumpyHandler.deserialize
+
+  async def spy(self, infos, args=None):
+    read.extend(info.name for info in infos)
+    return await deserialize(self, infos, args)
+  monkeypatch.setattr(type_handlers.NumpyHandler, "deserialize", spy)
+  for path in (ckpt, ckpt + "/", os.path.join(ckpt, "state"), str(model_dir)):
+    read.clear()
+    p, src = pio.load_prompt_with_source(path)
+    np.testing.assert_array_equal(p, new)
+    assert (src.format, src.file, src.step) == ("t5x_orbax_checkpoint", ckpt, 1_103_000)
+    assert read == ["target.encoder.prompt.prompt.prompt"]  # no frozen weight, no optimizer slot
+  read.clear()
+  np.testing.assert_array_equal(pio.load_prompt(old_ckpt), old)  # an OCDBT store: the same partial restore
+  assert read == ["target.encoder.prompt.prompt.prompt"]
+  # The frozen weights and the optimizer state may even be absent (an 11B checkpoint is not loaded).
+  import shutil
+  for name in os.listdir(os.path.join(ckpt, "state")):
+    if name.startswith("state.") or name.startswith("target.") and "prompt" not in name:
+      shutil.rmtree(os.path.join(ckpt, "state", name))
+  np.testing.assert_array_equal(pio.load_prompt(ckpt), new)
+  with pytest.raises(FileNotFoundError, match=r"T5X checkpoints \(steps \[1100500, 1103000\]\) but no best"):
+    pio.load_prompt(str(model_dir), which="best")
+  # The newest step wins across msgpack and Orbax-written steps of one MODEL_DIR.
+  native = _prompt_tuning_t5x_checkpoint(model_dir, 1_104_000, _prompt(5, 6, seed=3))
+  assert pio.resolve_prompt(str(model_dir)).file == native
+
+
+def test_orbax_written_multi_task_decoder_and_frozen_checkpoints_are_refused(tmp_path):
+  mt = _prompt_tuning_orbax_checkpoint(tmp_path / "mt", 1, {
+      "encoder/prompt/prompt/shared_prompt": _prompt(5, 6),
+      "encoder/prompt/prompt/task_prompts/embedding": np.zeros((8, 30), np.float32)})
+  with pytest.raises(ValueError, match=r"checkpoint_1 holds target/encoder/prompt/prompt/shared_prompt, "
+                                       r"target/encoder/prompt/prompt/task_prompts/embedding, not "
+                                       r"target/encoder/prompt/prompt/prompt: a multi-task prompt.*numpy\.save"):
+    pio.load_prompt(mt)
+  dec = _prompt_tuning_orbax_checkpoint(tmp_path / "dec", 2, {"decoder/prompt/prompt/prompt": _prompt(5, 6)})
+  with pytest.raises(ValueError, match=r"holds target/decoder/prompt/prompt/prompt, .*a decoder-side prompt.*"
+                                       r"spot_jax's T5 prompts the encoder"):
+    pio.load_prompt(str(tmp_path / "dec"))  # the MODEL_DIR: its newest (only) step
+  frozen = _prompt_tuning_orbax_checkpoint(tmp_path / "frozen", 3, {"decoder/logits_dense/kernel": _prompt(6, 16)})
+  with pytest.raises(ValueError, match=r"checkpoint_3 is a T5X checkpoint \(Orbax-written\) without a prompt "
+                                       r"\(no target/encoder/prompt/prompt/prompt\).*Pass the run's MODEL_DIR"):
+    pio.load_prompt(os.path.join(frozen, "state"))
+  assert dec.endswith("checkpoint_2")

@@ -13,14 +13,16 @@ with `step_prefix='checkpoint'` and one `PyTreeCheckpointHandler` item named `st
 The saved tree is T5X's `train_state.state_dict()`: `{"target": params, "state": {"step", "param_states"},
 ["flax_mutables"]}` with T5X parameter names under `target` (no `optimizer` wrapper, unlike the
 native msgpack layout). Only `target` is restored, with orbax's partial restore, as numpy arrays in
-their stored dtype; the optimizer state is never read.
+their stored dtype; the optimizer state is never read. `read_t5x_orbax(path, select=...)` narrows that
+to chosen parameters (a prompt-tuning run's prompt without its frozen T5), and `target_names` lists
+the parameters from the tree metadata alone, opening no array.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -98,53 +100,90 @@ def _tree_structure(item: str) -> Optional[Dict[str, Any]]:
   return tree
 
 
-def _restore_target(item: str) -> Dict[str, Any]:
-  """Restore the `target` subtree of a PyTreeCheckpointHandler item as numpy arrays."""
-  import jax
+def _quiet_absl():
+  """Silences absl's warnings while orbax reads an item (it warns about step metadata an item
+  directory never has); returns the level to restore."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  return level
+
+
+def _local_abspath(item: str) -> str:
+  return item if t5x.is_gcs(item) else os.path.abspath(item)  # orbax refuses relative paths
+
+
+def _target_structure(item: str) -> Dict[str, Any]:
+  """The `target` subtree's structure (dicts down to placeholder leaves), from the item's metadata."""
   import orbax.checkpoint as ocp
   from etils import epath
 
-  if not t5x.is_gcs(item):
-    item = os.path.abspath(item)  # orbax refuses relative paths
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)  # orbax warns about step metadata an item directory never has
+  level = _quiet_absl()
   try:
     try:
       tree = _tree_structure(item)
       if tree is None:  # not the JSON layout: ask orbax (it opens every array's metadata, optimizer's too)
-        tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(item))
+        tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(_local_abspath(item)))
         tree = getattr(tree, "tree", tree)
     except Exception as e:  # missing or unparsable _METADATA: orbax raises several types
       raise CheckpointError(f"cannot read the Orbax tree metadata of {item} ({type(e).__name__}: "
                             f"{t5x._one_line(e)}): {_COPY_AGAIN}") from e
-    if not isinstance(tree, dict) or not isinstance(tree.get("target"), dict):
-      keys = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
-      raise CheckpointError(f"{item} holds no `target` parameters (top-level keys: {keys}): not a T5X train "
-                            "state written by T5X's Orbax checkpoint manager")
-    target = tree["target"]
-    restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-    try:
-      with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-        restored = checkpointer.restore(epath.Path(item), args=ocp.args.PyTreeRestore(
-            item={"target": target}, restore_args={"target": restore_args}, partial_restore=True))
-    except CheckpointError:
-      raise
-    except Exception as e:  # a missing/damaged array directory, chunk or OCDBT file
-      raise CheckpointError(f"cannot restore the parameters (`target`) of the Orbax checkpoint item {item} "
-                            f"({type(e).__name__}: {t5x._one_line(e)}): {_COPY_AGAIN}") from e
   finally:
-    absl_logger.setLevel(level)
+    logging.getLogger("absl").setLevel(level)
+  if not isinstance(tree, dict) or not isinstance(tree.get("target"), dict):
+    keys = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+    raise CheckpointError(f"{item} holds no `target` parameters (top-level keys: {keys}): not a T5X train "
+                          "state written by T5X's Orbax checkpoint manager")
+  return tree["target"]
+
+
+def _leaf_names(tree: Any, prefix: str = "") -> List[str]:
+  """Slash-joined names of a nested dict's leaves (orbax metadata leaves are not dicts)."""
+  if not isinstance(tree, dict):
+    return [prefix]
+  out = []
+  for key, value in tree.items():
+    out.extend(_leaf_names(value, f"{prefix}/{key}" if prefix else str(key)))
+  return out
+
+
+def _subtree(tree: Dict[str, Any], names: List[str]) -> Dict[str, Any]:
+  """The part of `tree` holding only the leaves `names` (slash-joined), structure kept."""
+  out: Dict[str, Any] = {}
+  for name in names:
+    src, dst = tree, out
+    keys = name.split("/")
+    for key in keys[:-1]:
+      src = src[key]
+      dst = dst.setdefault(key, {})
+    dst[keys[-1]] = src[keys[-1]]
+  return out
+
+
+def _restore_target(item: str, target: Dict[str, Any]) -> Dict[str, Any]:
+  """Restore the leaves of `target` (a part of the saved `target` subtree's structure) as numpy arrays;
+  orbax's partial restore opens no other array of the item."""
+  import jax
+  import orbax.checkpoint as ocp
+  from etils import epath
+
+  restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  level = _quiet_absl()
+  try:
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+      restored = checkpointer.restore(epath.Path(_local_abspath(item)), args=ocp.args.PyTreeRestore(
+          item={"target": target}, restore_args={"target": restore_args}, partial_restore=True))
+  except Exception as e:  # a missing/damaged array directory, chunk or OCDBT file
+    raise CheckpointError(f"cannot restore the parameters (`target`) of the Orbax checkpoint item {item} "
+                          f"({type(e).__name__}: {t5x._one_line(e)}): {_COPY_AGAIN}") from e
+  finally:
+    logging.getLogger("absl").setLevel(level)
   return restored["target"]
 
 
-def read_t5x_orbax(path: str) -> Tuple[str, Dict[str, Any]]:
-  """Read the parameters (`state` item, `target` subtree) of an Orbax-written T5X checkpoint.
-
-  `path` is a `checkpoint_<step>` directory, its `state` item directory, or a model directory (the
-  newest Orbax step is read). Returns the step directory read and the T5X-named parameter tree of
-  numpy arrays, dtypes as stored.
-  """
+def _step_item(path: str) -> Tuple[str, str]:
+  """(step directory, its `state` item) for a step directory, its item or a model directory (newest
+  Orbax step)."""
   step_dir = step_dir_of_item(path) or str(path).rstrip("/")
   if not is_orbax_step_dir(step_dir):
     steps = orbax_steps(step_dir)
@@ -156,7 +195,32 @@ def read_t5x_orbax(path: str) -> Tuple[str, Dict[str, Any]]:
     found = ", ".join(sorted(t5x.listdir(step_dir))[:8])
     raise CheckpointError(f"{step_dir} is an Orbax checkpoint step without its `{STATE_ITEM}` item directory "
                           f"(it holds: {found}); T5X writes the model parameters to {item}: {_COPY_AGAIN}")
-  params = _restore_target(item)
+  return step_dir, item
+
+
+def target_names(path: str) -> Tuple[str, List[str]]:
+  """(step directory, sorted slash-joined names of its `target` parameters), read from the tree
+  metadata only: no array is opened. `path` as for `read_t5x_orbax`."""
+  step_dir, item = _step_item(path)
+  return step_dir, sorted(_leaf_names(_target_structure(item)))
+
+
+def read_t5x_orbax(path: str, select: Optional[Callable[[str], bool]] = None) -> Tuple[str, Dict[str, Any]]:
+  """Read the parameters (`state` item, `target` subtree) of an Orbax-written T5X checkpoint.
+
+  `path` is a `checkpoint_<step>` directory, its `state` item directory, or a model directory (the
+  newest Orbax step is read). Returns the step directory read and the T5X-named parameter tree of
+  numpy arrays, dtypes as stored. `select(name)` (slash-joined name under `target`) keeps only some
+  parameters, and only those are restored from disk: a prompt out of an XXL run's checkpoint without
+  reading its frozen weights. Selecting nothing returns an empty tree and opens no array.
+  """
+  step_dir, item = _step_item(path)
+  target = _target_structure(item)
+  if select is not None:
+    target = _subtree(target, [name for name in _leaf_names(target) if select(name)])
+    if not target:
+      return step_dir, {}
+  params = _restore_target(item, target)
   flat = flatten(params)
   odd = sorted(name for name, value in flat.items() if not isinstance(value, np.ndarray))
   if odd:
