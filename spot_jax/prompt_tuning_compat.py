@@ -6,12 +6,16 @@ gin_utils refuses what spot_jax cannot honour; these tables make each refusal na
 equivalent instead of a bare "not found". Two things are acted on, not only explained:
 `MIXTURE_OR_TASK_MODULE` is imported (T5X imports it to register the tasks), and a `TRAIN_STEPS`
 counted T5X's way (including the initial checkpoint's steps) is refused before a run 20x too long.
+The same count in a finished run's checkpoints is undone for the prompt library: `t5x_run_steps`
+reads the initial checkpoint's step from the run's `MODEL_DIR/config.gin`.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import os
 import re
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 # prompt-tuning's configs and T5X's, by path under the library folder -> the spot_jax gin files.
 _SIZE = r"(small|base|large|xl|xxl)"
@@ -206,3 +210,136 @@ def query_macros(names: Sequence[str]) -> dict:
     except (ValueError, KeyError):
       pass
   return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Steps of a prompt-tuning run, counted as spot_jax counts them.
+
+T5X_CONFIG_GIN = "config.gin"  # the gin config T5X's train writes into MODEL_DIR (gin_utils.summarize_gin_config)
+_INITIAL_CHECKPOINT_MACRO = "INITIAL_CHECKPOINT_PATH"
+_RESTORE_CONFIG = "RestoreCheckpointConfig"  # utils.RestoreCheckpointConfig.path: what T5X restores from
+
+
+class _Macro:
+  def __init__(self, name):
+    self.name = name
+
+
+class _Reference:
+  def __init__(self, name):
+    self.name = name
+
+
+def _gin_statements(text: str, source: str):
+  """The binding statements of a gin file, parsed by gin's own parser without registering or importing
+  anything (a T5X config names T5X, Flaxformer and prompt-tuning configurables that are not installed)."""
+  from gin import config_parser  # pylint: disable=g-import-not-at-top
+
+  class _Delegate(config_parser.ParserDelegate):
+    def configurable_reference(self, scoped_name, evaluate):
+      return _Reference(scoped_name)
+
+    def macro(self, macro_name):
+      return _Macro(macro_name)
+
+  import io  # pylint: disable=g-import-not-at-top
+  stream = io.StringIO(text)
+  stream.name = source
+  return [s for s in config_parser.ConfigParser(stream, _Delegate())
+          if isinstance(s, config_parser.BindingStatement)]
+
+
+def initial_checkpoint_step_of_gin(text: str, source: str = T5X_CONFIG_GIN) -> Tuple[Optional[int], str]:
+  """(step, '') of the checkpoint a T5X run's gin config restores first, or (None, why not).
+
+  The path is `utils.RestoreCheckpointConfig.path` (macros resolved; usually `%INITIAL_CHECKPOINT_PATH`),
+  else the `INITIAL_CHECKPOINT_PATH` macro; its step is the `checkpoint_<N>` it ends with. A T5X run
+  continues that checkpoint's step count, so its own steps are its checkpoints' steps minus N.
+  """
+  try:
+    statements = _gin_statements(text, source)
+  except Exception as e:  # pylint: disable=broad-except  (gin raises SyntaxError and others)
+    return None, f"{source} could not be parsed as gin ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+  macros = {s.selector: s.value for s in statements if not s.arg_name and "." not in s.selector}
+
+  def resolve(value, depth=0):
+    if isinstance(value, _Macro) and depth < 10:
+      return resolve(macros.get(value.name), depth + 1)
+    if isinstance(value, (list, tuple)):
+      return [resolve(v, depth) for v in value]
+    return value
+
+  paths = [resolve(s.value) for s in statements
+           if s.arg_name == "path" and s.selector.split(".")[-1] == _RESTORE_CONFIG]
+  what = f"utils.{_RESTORE_CONFIG}.path"
+  if not paths:
+    paths, what = [resolve(macros.get(_INITIAL_CHECKPOINT_MACRO))], _INITIAL_CHECKPOINT_MACRO
+    if paths == [None]:
+      return None, f"{source} binds neither utils.{_RESTORE_CONFIG}.path nor {_INITIAL_CHECKPOINT_MACRO}"
+  flat = []
+  for p in paths:
+    flat.extend(p if isinstance(p, list) else [p])
+  steps = set()
+  for p in flat:
+    m = _STEP_OF_CHECKPOINT.search(p) if isinstance(p, str) else None
+    if m is None:
+      return None, f"{source}'s {what} ({p!r}) names no checkpoint_<step>"
+    steps.add(int(m.group(1)))
+  if len(steps) != 1:
+    return None, f"{source}'s {what} names several checkpoints (steps {sorted(steps)})"
+  return steps.pop(), ""
+
+
+@dataclasses.dataclass
+class T5XRunSteps:
+  """The step of a prompt read out of a prompt-tuning (T5X) run.
+
+  `global_step` is T5X's (it continues the initial checkpoint's count: checkpoint_1103000 after 3000
+  prompt steps from checkpoint_1100000); `initial_step` is the initial checkpoint's, from the run's
+  config.gin, or None with `why_unknown` saying why.
+  """
+  global_step: int
+  initial_step: Optional[int]
+  model_dir: Optional[str]
+  why_unknown: str = ""
+
+  @property
+  def prompt_steps(self) -> int:
+    """The prompt's own training steps when the initial step is known, else T5X's global step."""
+    return self.global_step - self.initial_step if self.initial_step is not None else self.global_step
+
+
+def t5x_run_steps(src) -> Optional[T5XRunSteps]:
+  """The T5X step accounting of a `prompt_io.PromptSource` read out of a prompt-tuning run: its T5X
+  `checkpoint_<step>/` (msgpack or Orbax-written) or its `numpy_checkpoints/checkpoint_<step>/` export
+  (no `export.json`: spot_jax writes one with every export, prompt-tuning never does). None for any
+  other source (spot_jax's exports already count prompt steps from 0) or when no step is known."""
+  from spot_jax import fileio, prompt_io  # pylint: disable=g-import-not-at-top
+  if src is None or src.step is None or src.export_dir is None:
+    return None
+  export_dir = src.export_dir.rstrip("/")
+  if src.format in ("t5x_checkpoint", prompt_io.T5X_ORBAX_CHECKPOINT):
+    model_dir = os.path.dirname(export_dir)
+  elif src.format == "t5x" and not fileio.exists(fileio.join(export_dir, prompt_io.EXPORT_INFO)) and \
+      _STEP_OF_CHECKPOINT.search(export_dir):
+    parent = os.path.dirname(export_dir)
+    model_dir = os.path.dirname(parent) if fileio.basename(parent) == prompt_io.NUMPY_CHECKPOINTS_DIR else None
+  else:
+    return None
+  global_step = int(src.step)
+  if model_dir is None:
+    return T5XRunSteps(global_step, None, None, f"{export_dir} is not inside a MODEL_DIR/"
+                       f"{prompt_io.NUMPY_CHECKPOINTS_DIR}/, so there is no {T5X_CONFIG_GIN} to read")
+  config = fileio.join(model_dir, T5X_CONFIG_GIN)
+  if not fileio.exists(config):
+    return T5XRunSteps(global_step, None, model_dir, f"{model_dir} has no {T5X_CONFIG_GIN}")
+  try:
+    with fileio.open_file(config, "r") as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    return T5XRunSteps(global_step, None, model_dir, f"{config} could not be read ({e})")
+  initial, why = initial_checkpoint_step_of_gin(text, config)
+  if initial is not None and initial > global_step:
+    initial, why = None, (f"{config} names an initial checkpoint at step {initial}, after this checkpoint's "
+                          f"step {global_step}")
+  return T5XRunSteps(global_step, initial, model_dir, why)

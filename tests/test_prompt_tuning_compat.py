@@ -64,3 +64,46 @@ def test_missing_task_module_names_the_fix(monkeypatch):
   monkeypatch.setitem(sys.modules, "my_pt_tasks", mod)
   compat.import_task_modules(["my_pt_tasks"])
   compat.import_task_modules(None)
+
+
+# A T5X run's MODEL_DIR/config.gin as gin's config_str writes it: imports, a macro section, long values
+# continued on the next line, `%MACRO` references in the bindings.
+T5X_CONFIG_GIN = """\
+from __gin__ import dynamic_registration
+import __main__ as train_script
+from t5x import utils
+
+# Macros:
+# ==============================================================================
+BATCH_SIZE = 32
+INITIAL_CHECKPOINT_PATH = \\
+    'gs://t5-data/pretrained_models/t5x/t5_1_1_lm100k_base/checkpoint_1100000'
+TASK_FEATURE_LENGTHS = {'inputs': 512, 'targets': 8}
+
+# Parameters for utils.RestoreCheckpointConfig:
+# ==============================================================================
+utils.RestoreCheckpointConfig.assignment_map = ((r'.*/prompt/.*', None),)
+utils.RestoreCheckpointConfig.mode = 'specific'
+utils.RestoreCheckpointConfig.path = %INITIAL_CHECKPOINT_PATH
+
+# Parameters for train_script.train:
+# ==============================================================================
+train_script.train.checkpoint_cfg = @utils.CheckpointConfig()
+"""
+
+
+def test_initial_checkpoint_step_of_a_t5x_config_gin():
+  assert compat.initial_checkpoint_step_of_gin(T5X_CONFIG_GIN) == (1_100_000, "")
+  # The path T5X restores from wins over the macro; a list of one path; the macro alone.
+  bound = T5X_CONFIG_GIN.replace("%INITIAL_CHECKPOINT_PATH", "['/ckpt/t5_base/checkpoint_1000000/']")
+  assert compat.initial_checkpoint_step_of_gin(bound) == (1_000_000, "")
+  macro_only = "INITIAL_CHECKPOINT_PATH = '/ckpt/checkpoint_500000'\n"
+  assert compat.initial_checkpoint_step_of_gin(macro_only) == (500_000, "")
+  for text, why in (
+      ("BATCH_SIZE = 8\n", r"binds neither utils.RestoreCheckpointConfig.path nor INITIAL_CHECKPOINT_PATH"),
+      ("INITIAL_CHECKPOINT_PATH = '/hf/t5-base'\n",
+       r"INITIAL_CHECKPOINT_PATH \('/hf/t5-base'\) names no checkpoint_<step>"),
+      ("utils.RestoreCheckpointConfig.path = ['/a/checkpoint_1', '/b/checkpoint_2']\n", r"several checkpoints"),
+      ("INITIAL_CHECKPOINT_PATH = 'unterminated\n", r"could not be parsed as gin")):
+    step, reason = compat.initial_checkpoint_step_of_gin(text)
+    assert step is None and re.search(why, reason), reason

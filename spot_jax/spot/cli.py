@@ -60,11 +60,13 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
                  help="early-checkpoint prompt used as the task embedding (default: the MODEL_DIR's "
                  "task_embedding export, if any)")
   p.add_argument("--task-embedding-step", type=int, default=None,
-                 help="training step of the task embedding (default: from its export; retrieval warns "
-                 "when the target's differs)")
+                 help="training step of the task embedding (default: from its export, counted as --steps "
+                 "is; retrieval warns when the target's differs)")
   p.add_argument("--which", default="auto", choices=["auto", "best", "latest"],
                  help="which MODEL_DIR export to add (auto: best if present, else newest)")
-  p.add_argument("--steps", type=int, default=None, help="training steps (default: from the export)")
+  p.add_argument("--steps", type=int, default=None,
+                 help="training steps (default: from the export; for a prompt-tuning run, its T5X step "
+                 "less the initial checkpoint's, read from MODEL_DIR/config.gin)")
   p.add_argument("--metrics", default=None,
                  help="validation metrics as a JSON object or a path to a JSON file")
   p.add_argument("--overwrite", action="store_true", help="replace an existing entry of this task")
@@ -217,8 +219,10 @@ def _cmd_add(args) -> int:
   at = f" from step {rec['task_embedding_step']}" if rec.get("task_embedding_step") is not None else ""
   emb = f", task embedding [{rec['task_embedding_length']}, {rec['d_model']}]{at}" \
       if rec["has_task_embedding"] else ", no task embedding"
+  t5x = f" (T5X global step {rec['t5x_global_step']})" \
+      if rec.get("t5x_global_step") not in (None, rec["steps"]) else ""
   print(f"added {rec['task']}: prompt [{rec['prompt_length']}, {rec['d_model']}]{emb}, "
-        f"steps {rec['steps']}, model {rec['model_id']} -> {os.path.join(args.library, args.task)}")
+        f"steps {rec['steps']}{t5x}, model {rec['model_id']} -> {os.path.join(args.library, args.task)}")
   return 0
 
 

@@ -5,7 +5,8 @@ Layout (DESIGN.md §7):
   <lib>/<task>/prompt.npy         the trained prompt [P, d]
   <lib>/<task>/task_embedding.npy an early-checkpoint prompt (optional), SPoT's task embedding
   <lib>/<task>/record.json        task, model_id, d_model, prompt_length, steps, metrics, source, created,
-                                  task_embedding_step
+                                  task_embedding_step; from a prompt-tuning (T5X) run also
+                                  t5x_global_step, t5x_initial_step (task_embedding_t5x_global_step)
 
 All prompts of a library belong to one frozen model: an entry whose d_model or model id differs is
 refused. Entries are written into a temporary directory and renamed into place, so a failed `add`
@@ -32,7 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from spot_jax import fileio, prompt_io
+from spot_jax import fileio, prompt_io, prompt_tuning_compat
 
 LIBRARY_JSON = "library.json"
 RECORD_JSON = "record.json"
@@ -79,6 +80,28 @@ def _own_metrics(task: str, metrics: dict, source: Optional[str]) -> dict:
 
 
 _RECORD_KEYS = ("task", "model_id", "d_model", "prompt_length")
+
+
+def _warn_t5x_global_steps(source, t5x_steps, emb_source, emb_t5x_steps, steps_given: bool,
+                           emb_step_given: bool) -> None:
+  """One warning when a step recorded from a prompt-tuning run is T5X's global step (its config.gin
+  did not give the initial checkpoint's step), naming the flags that record the prompt's own steps."""
+  unknown = []  # (flag, python argument, source, T5XRunSteps)
+  if t5x_steps is not None and t5x_steps.initial_step is None and not steps_given:
+    unknown.append(("--steps", "steps", source, t5x_steps))
+  if emb_t5x_steps is not None and emb_t5x_steps.initial_step is None and not emb_step_given:
+    unknown.append(("--task-embedding-step", "task_embedding_step", emb_source, emb_t5x_steps))
+  if not unknown:
+    return
+  said = "; ".join(f"{src}: step {r.global_step} ({r.why_unknown})" for _, _, src, r in unknown)
+  flags = " and ".join(f for f, _, _, _ in unknown)
+  args = ", ".join(f"{a}=" for _, a, _, _ in unknown)
+  warnings.warn(
+      f"library: the step recorded from a google-research/prompt-tuning run is T5X's global step, which "
+      f"counts the initial checkpoint's steps too (a run of 3000 steps from checkpoint_1100000 writes "
+      f"checkpoint_1103000), and the initial checkpoint's step is unknown: {said}. Pass the "
+      f"prompt's own training steps with {flags} ({args} in Python) so that retrieval compares "
+      f"task-embedding steps correctly")
 
 
 def _check_local(path: str) -> None:
@@ -225,9 +248,16 @@ class PromptLibrary:
     is recorded, so that retrieval can tell when the target's was taken at another step. `model_id`
     names the frozen model (e.g. "t5_1_1_lm100k_base"); None means the library's. `which` picks a
     MODEL_DIR export ("auto" = best, else newest).
+
+    A prompt (or task embedding) out of a google-research/prompt-tuning run carries T5X's global step,
+    which continues the initial checkpoint's count. Its steps are recorded as prompt steps (global
+    step minus the initial checkpoint's, from the run's MODEL_DIR/config.gin), the global step beside
+    them (`t5x_global_step`, `task_embedding_t5x_global_step`); without a config.gin that says, the
+    global step is recorded with one warning naming `steps` / `task_embedding_step`, which always win.
     """
     _check_task_name(task)
     meta = self.meta
+    steps_given, emb_step_given = steps is not None, task_embedding_step is not None
     if model_id is None:
       model_id = meta.get("model_id")
       if model_id is None:
@@ -242,11 +272,13 @@ class PromptLibrary:
 
     source = None
     info: dict = {}
+    t5x_steps = emb_t5x_steps = None  # prompt_tuning_compat.T5XRunSteps of a prompt-tuning source
     if isinstance(prompt_or_path, (str, os.PathLike)):
       source = str(prompt_or_path)
       prompt, src = prompt_io.load_prompt_with_source(source, which)
       if src.export_dir is not None and src.format != "peft":
         info = prompt_io.read_export_info(src.export_dir)
+      t5x_steps = prompt_tuning_compat.t5x_run_steps(src)
       if task_embedding is None and fileio.isdir(source):  # a MODEL_DIR, also on gs://
         ex = prompt_io.find_exports(source)
         if ex.task_embedding is not None:
@@ -258,8 +290,9 @@ class PromptLibrary:
       if isinstance(task_embedding, (str, os.PathLike)):
         emb_source = str(task_embedding)
         task_embedding, emb_src = prompt_io.load_prompt_with_source(emb_source, "task_embedding")
+        emb_t5x_steps = prompt_tuning_compat.t5x_run_steps(emb_src)
         if task_embedding_step is None:
-          task_embedding_step = emb_src.step
+          task_embedding_step = emb_t5x_steps.prompt_steps if emb_t5x_steps else emb_src.step
       else:
         task_embedding = prompt_io.validate_prompt(task_embedding, f"task embedding for {task!r}")
       if task_embedding.shape[1] != prompt.shape[1]:
@@ -280,7 +313,8 @@ class PromptLibrary:
             "frozen model: use a library per model (or the same model id).")
 
     if steps is None:
-      steps = info.get("step")
+      steps = t5x_steps.prompt_steps if t5x_steps else info.get("step")
+    _warn_t5x_global_steps(source, t5x_steps, emb_source, emb_t5x_steps, steps_given, emb_step_given)
     if metrics is None:
       metrics = _own_metrics(task, info.get("metrics") or {}, source)
     record = {
@@ -299,6 +333,10 @@ class PromptLibrary:
         "created": time.time(),
         "format_version": FORMAT_VERSION,
     }
+    if t5x_steps is not None:
+      record.update(t5x_global_step=t5x_steps.global_step, t5x_initial_step=t5x_steps.initial_step)
+    if emb_t5x_steps is not None and task_embedding is not None:
+      record["task_embedding_t5x_global_step"] = emb_t5x_steps.global_step
     files = {PROMPT_FILE: prompt_io.npy_bytes(prompt),
              RECORD_JSON: json.dumps(record, indent=2, sort_keys=True,
                                      default=fileio.json_default).encode()}
