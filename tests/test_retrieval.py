@@ -155,3 +155,23 @@ def test_task_embedding_steps_are_recorded_and_a_target_at_another_step_is_warne
     rank_sources(target, lib, kind="prompt")  # final prompts are not task embeddings
   with pytest.warns(UserWarning, match="from step 200"):
     assert retrieval.warn_embedding_steps(lib, 200, lib.tasks()) == {"rte": 50, "cb": 50}
+
+
+def test_a_prompt_tuning_target_is_compared_at_its_prompt_steps(tmp_path):
+  """A google-research/prompt-tuning target counts T5X's global steps; library entries record prompt
+  steps (global minus the initial checkpoint's, from config.gin), so the target's step must be counted
+  the same way, or every source is warned about."""
+  from test_library import _prompt_tuning_model_dir
+  run = tmp_path / "pt_run"
+  _prompt_tuning_model_dir(run)  # 3000 steps from checkpoint_1100000, an early export at 1100500
+  assert retrieval.target_embedding_step(str(run)) == 3000
+  assert retrieval.target_embedding_step(str(run / "numpy_checkpoints" / "checkpoint_1100500")) == 500
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  lib.add("rte", _prompt(5, 6), "t5_tiny", task_embedding=_prompt(5, 6, seed=1), task_embedding_step=500)
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # same step: no warning
+    rank_sources(str(run / "numpy_checkpoints" / "checkpoint_1100500"), lib)
+  bare = tmp_path / "pt_run_no_config"
+  _prompt_tuning_model_dir(bare, config_gin=False)  # no config.gin: T5X's global step, as the library
+  assert retrieval.target_embedding_step(str(bare)) == 1_103_000

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from spot_jax import fileio, prompt_io
+from spot_jax import fileio, prompt_io, prompt_tuning_compat
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import PromptLibrary
 
@@ -74,12 +74,18 @@ def load_target_embedding(path: str) -> np.ndarray:
 
 
 def target_embedding_step(path: str) -> Optional[int]:
-  """The training step of the prompt `load_target_embedding(path)` reads, when its export says."""
+  """The training step of the prompt `load_target_embedding(path)` reads, when its export says.
+
+  A prompt-tuning (T5X) target counts T5X's global step; its prompt steps (global minus the initial
+  checkpoint's step, from the run's config.gin) are what library entries record, so those are returned.
+  """
   for which in ("task_embedding", "auto"):
     try:
-      return prompt_io.resolve_prompt(path, which).step
+      src = prompt_io.resolve_prompt(path, which)
     except (FileNotFoundError, ValueError):
       continue
+    t5x_steps = prompt_tuning_compat.t5x_run_steps(src)
+    return t5x_steps.prompt_steps if t5x_steps is not None else src.step
   return None
 
 
