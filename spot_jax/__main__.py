@@ -20,12 +20,12 @@ USAGE = __doc__
 
 
 def _export(argv):
-  from spot_jax import prompt_io
+  from spot_jax import prompt_export, prompt_io
   p = argparse.ArgumentParser(prog="spot-jax export",
                               description="Write a prompt from any checkpoint or export in another format.")
   p.add_argument("source", help="a MODEL_DIR, numpy export, .npy file or PEFT adapter directory")
   p.add_argument("out", help="output path (.npy file, T5X export directory, or PEFT directory)")
-  p.add_argument("--format", choices=prompt_io.EXPORT_FORMATS, required=True)
+  p.add_argument("--format", choices=prompt_export.EXPORT_FORMATS, required=True)
   p.add_argument("--which", default="auto", choices=("auto", "best", "latest", "task_embedding"),
                  help="which export of a MODEL_DIR to take")
   p.add_argument("--base_model", default=None, help="PEFT base_model_name_or_path")
@@ -34,9 +34,9 @@ def _export(argv):
   args = p.parse_args(argv)
   kwargs = {"base_model_name_or_path": args.base_model} if args.format == "peft" else {}
   try:
-    prompt_io.check_export_target(args.out, args.format, args.overwrite)  # before reading SRC
+    prompt_export.check_export_target(args.out, args.format, args.overwrite)  # before reading SRC
     prompt = prompt_io.load_prompt(args.source, which=args.which)
-    out = prompt_io.export_prompt(prompt, args.out, args.format, overwrite=args.overwrite, **kwargs)
+    out = prompt_export.export_prompt(prompt, args.out, args.format, overwrite=args.overwrite, **kwargs)
   except (ValueError, OSError) as e:  # user errors: one line naming the path and the fix
     detail = f"cannot write {args.out}: {e.strerror}" if isinstance(e, PermissionError) else e
     print(f"spot-jax export: error: {detail}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Reading and writing soft prompts in every format users already have (DESIGN.md §6).
+"""Reading soft prompts in every format users already have (DESIGN.md §6); `prompt_export` writes them.
 
 Formats read by `load_prompt` (auto-detected):
   * a `.npy` file (any file in numpy's `.npy` format, whatever its suffix);
@@ -17,7 +17,7 @@ Formats read by `load_prompt` (auto-detected):
 prompt-tuning's other prompt modules (multi-task shared + per-task prompts, a decoder-only model's
 prompt) are refused with the files found and what to pass instead: they are not one encoder prompt.
 
-Layout of a training MODEL_DIR's exports (the trainer writes them through `export_numpy_checkpoint`):
+Layout of a training MODEL_DIR's exports (the trainer writes them through `prompt_export.export_numpy_checkpoint`):
   MODEL_DIR/numpy_checkpoints/checkpoint_<step>/{encoder.prompt.prompt.prompt, prompt.npy, export.json}
   MODEL_DIR/numpy_checkpoints/best/...            best-on-validation export
   MODEL_DIR/numpy_checkpoints/task_embedding/...  early export used as the SPoT task embedding
@@ -33,7 +33,6 @@ import io
 import json
 import os
 import re
-import time
 import warnings
 from typing import Any, Optional
 
@@ -461,133 +460,6 @@ def _no_encoder_prompt(ckpt_dir: str, prompt_names: list, kind: str = "") -> str
 
 
 # ----------------------------------------------------------------------------------------------------
-# Writing.
-
-def save_npy(prompt: Any, path: str) -> str:
-  """Writes `prompt` as a float32 `.npy` file atomically; returns the path."""
-  arr = validate_prompt(prompt, str(path))
-  fileio.atomic_write_bytes(str(path), npy_bytes(arr))
-  return str(path)
-
-
-def write_t5x_prompt_dir(prompt: Any, directory: str, info: Optional[dict] = None) -> str:
-  """Writes a T5X-layout export directory atomically: `encoder.prompt.prompt.prompt`, `prompt.npy`
-  (identical bytes) and `export.json` (shape, creation time, plus `info`). Replaces an existing one."""
-  arr = validate_prompt(prompt, str(directory))
-  data = npy_bytes(arr)
-  meta = {"shape": list(arr.shape), "created": time.time(), **(info or {})}
-  meta_bytes = json.dumps(meta, indent=2, sort_keys=True, default=fileio.json_default).encode()
-  fileio.atomic_write_dir(str(directory), {T5X_PROMPT_FILENAME: data, PROMPT_NPY: data, EXPORT_INFO: meta_bytes})
-  return str(directory)
-
-
-def export_numpy_checkpoint(prompt: Any, model_dir: str, step: int, name: Optional[str] = None,
-                            metrics: Optional[dict] = None) -> str:
-  """Writes `MODEL_DIR/numpy_checkpoints/<name or checkpoint_<step>>/` atomically; returns the dir.
-
-  `name` is `"best"` or `"task_embedding"` for those exports. Call from process 0 only. `metrics`
-  (e.g. the validation metrics of a best export) are kept in `export.json` for the prompt library.
-  """
-  if name is None:
-    directory = checkpoint_export_dir(model_dir, step)
-  else:
-    if "/" in name or name.startswith(".") or _CHECKPOINT_RE.match(name) and name != f"checkpoint_{step}":
-      raise ValueError(f"export name {name!r} is not a plain directory name consistent with step {step}")
-    directory = fileio.join(model_dir, NUMPY_CHECKPOINTS_DIR, name)
-  info = {"step": int(step)}
-  if metrics:
-    info["metrics"] = metrics
-  return write_t5x_prompt_dir(prompt, directory, info)
-
-
-def peft_adapter_config(prompt_length: int, d_model: int, base_model_name_or_path: Optional[str] = None,
-                        num_attention_heads: Optional[int] = None,
-                        num_layers: Optional[int] = None) -> dict:
-  """The adapter_config.json of a PEFT PromptTuningConfig (PEFT ignores keys it does not know)."""
-  return {
-      "peft_type": "PROMPT_TUNING",
-      "task_type": "SEQ_2_SEQ_LM",
-      "base_model_name_or_path": base_model_name_or_path,
-      "revision": None,
-      "inference_mode": True,
-      "auto_mapping": None,
-      "num_virtual_tokens": int(prompt_length),
-      "token_dim": int(d_model),
-      "num_transformer_submodules": 1,
-      "num_attention_heads": num_attention_heads,
-      "num_layers": num_layers,
-      "prompt_tuning_init": "RANDOM",
-      "prompt_tuning_init_text": None,
-      "tokenizer_name_or_path": None,
-      "tokenizer_kwargs": None,
-  }
-
-
-def export_peft(prompt: Any, directory: str, base_model_name_or_path: Optional[str] = None,
-                num_attention_heads: Optional[int] = None, num_layers: Optional[int] = None) -> str:
-  """Writes a PEFT prompt-tuning adapter directory atomically (replacing an existing one).
-
-  `num_transformer_submodules` is 1: the prompt goes to the encoder only, as in T5X prompt tuning, so
-  PEFT's `PeftModel.from_pretrained(t5, directory)` gets exactly our [P, d] prompt.
-  """
-  from safetensors.numpy import save as st_save  # pylint: disable=g-import-not-at-top
-  arr = validate_prompt(prompt, str(directory))
-  config = peft_adapter_config(arr.shape[0], arr.shape[1], base_model_name_or_path,
-                               num_attention_heads, num_layers)
-  files = {
-      PEFT_CONFIG: json.dumps(config, indent=2, sort_keys=True).encode(),
-      PEFT_WEIGHTS: st_save({PEFT_TENSOR: np.ascontiguousarray(arr)}, metadata={"format": "pt"}),
-  }
-  fileio.atomic_write_dir(str(directory), files)
-  return str(directory)
-
-
-EXPORT_FORMATS = ("npy", "t5x", "peft")
-
-
-# What each export format writes: an existing output may be replaced (with overwrite) only when it
-# holds nothing else, so that a mistyped OUT never deletes a user's files.
-_EXPORT_FILES = {"t5x": {T5X_PROMPT_FILENAME, PROMPT_NPY, EXPORT_INFO}, "peft": {PEFT_CONFIG, PEFT_WEIGHTS}}
-
-
-def check_export_target(out: str, fmt: str, overwrite: bool = False) -> None:
-  """Refuses an `out` that exists, unless `overwrite` and it is an export of the same format."""
-  if fmt not in EXPORT_FORMATS:
-    raise ValueError(f"unknown export format {fmt!r}; use one of {EXPORT_FORMATS}")
-  if not fileio.exists(out):
-    return
-  if fmt == "npy":
-    if fileio.isdir(out):
-      raise IsADirectoryError(f"{out} is a directory, but an npy export is one file: name a .npy path")
-  elif not fileio.isdir(out):
-    raise NotADirectoryError(f"{out} is a file, but a {fmt} export is a directory: name a new directory")
-  else:
-    entries = fileio.listdir(out)
-    others = sorted(e.rstrip("/") for e in entries if e.rstrip("/") not in _EXPORT_FILES[fmt])
-    if others:
-      raise FileExistsError(f"{out} exists and holds files that are not a {fmt} export "
-                            f"({', '.join(others[:5])}): choose another output path")
-    if not entries:
-      return
-  if not overwrite:
-    raise FileExistsError(f"{out} exists: pass --overwrite to replace it, or choose another path")
-
-
-def export_prompt(prompt: Any, out: str, fmt: str, overwrite: bool = False, **peft_kwargs) -> str:
-  """One entry point for `spot-jax export`: fmt "npy" (a file), "t5x" (a directory holding
-  encoder.prompt.prompt.prompt) or "peft" (an adapter directory). An existing `out` is replaced only
-  with `overwrite`, and only when it is an export of that format (`check_export_target`)."""
-  check_export_target(out, fmt, overwrite)
-  if fmt == "npy":
-    return save_npy(prompt, out)
-  if fmt == "t5x":
-    return write_t5x_prompt_dir(prompt, out)
-  if fmt == "peft":
-    return export_peft(prompt, out, **peft_kwargs)
-  raise ValueError(f"unknown export format {fmt!r}; use one of {EXPORT_FORMATS}")
-
-
-# ----------------------------------------------------------------------------------------------------
 # Helpers.
 
 def _step_of(directory: str) -> Optional[int]:
@@ -600,10 +472,3 @@ def _export_file(directory: str) -> Optional[str]:
     if fileio.exists(fileio.join(directory, name)):
       return fileio.join(directory, name)
   return None
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-  """`np.save` to a file handle: exactly the bytes prompt-tuning writes."""
-  buf = io.BytesIO()
-  np.save(buf, arr, allow_pickle=False)
-  return buf.getvalue()

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spot_jax import checkpointing, fileio, input_pipeline, optim, partitioning, prompt_io, prompts
+from spot_jax import checkpointing, fileio, input_pipeline, optim, partitioning, prompt_export, prompt_io, prompts
 from spot_jax import train_step as ts
 from spot_jax.config import T5Config
 from spot_jax.model import init_params, param_logical_axes, param_shapes
@@ -211,7 +211,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     ckpts.save(state, {"step": step, "data_batches_consumed": step, "task": mixture_or_task_name,
                        "data_shards": num_shards})
     if is_main:
-      prompt_io.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step)
+      prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step)
     last_saved = step
 
   def check_finite(state):
@@ -236,7 +236,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         window_steps += 1
         logger.progress(step)  # moves the bar (terminals only); no device sync
         if task_embedding_step and step == task_embedding_step and is_main:
-          prompt_io.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
+          prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
                                             name=prompt_io.TASK_EMBEDDING_EXPORT)
         if step % log_period == 0 or step == train_steps:
           check_finite(state)
@@ -257,7 +257,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           if value is not None and (best_value is None or value > best_value):
             best_value = value
             if is_main:
-              prompt_io.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
+              prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
                                                 name=prompt_io.BEST_EXPORT, metrics=results)
         if step % save_period == 0 or step == train_steps:
           save(state, step)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from spot_jax import fileio
-from spot_jax import prompt_io as pio
+from spot_jax import prompt_export as pexp
 from spot_jax.spot import cli
 from spot_jax.spot.library import PromptLibrary
 
@@ -69,7 +69,7 @@ def test_a_gs_library_is_refused_naming_the_fix(bucket, tmp_path, capsys):
     PromptLibrary("gs://bucket/lib")
   with pytest.raises(ValueError, match="must be a local directory"):  # not "does not exist"
     PromptLibrary.existing("gs://bucket/lib")
-  pio.save_npy(_prompt(0), str(tmp_path / "p.npy"))
+  pexp.save_npy(_prompt(0), str(tmp_path / "p.npy"))
   assert cli.main(["add", "--library", "gs://bucket/lib", "--task", "t", "--model-id", "m",
                    str(tmp_path / "p.npy")]) == 1
   assert "must be a local directory" in capsys.readouterr().err
@@ -82,8 +82,8 @@ def test_a_gs_library_is_refused_naming_the_fix(bucket, tmp_path, capsys):
 def test_library_add_of_a_gs_model_dir_brings_its_task_embedding(bucket, tmp_path):
   """The MODEL_DIR of `spot source` on a TPU VM is gs://: its task-embedding export was skipped (an
   os.path.isdir test), leaving the entry without one."""
-  pio.export_numpy_checkpoint(_prompt(1), "gs://bucket/run", 2, name="task_embedding")
-  pio.export_numpy_checkpoint(_prompt(2), "gs://bucket/run", 20)
+  pexp.export_numpy_checkpoint(_prompt(1), "gs://bucket/run", 2, name="task_embedding")
+  pexp.export_numpy_checkpoint(_prompt(2), "gs://bucket/run", 20)
   lib = PromptLibrary(str(tmp_path / "lib"))
   rec = lib.add("t", "gs://bucket/run", "tiny")
   assert rec["has_task_embedding"] and rec["task_embedding_step"] == 2 and rec["steps"] == 20
@@ -92,15 +92,15 @@ def test_library_add_of_a_gs_model_dir_brings_its_task_embedding(bucket, tmp_pat
 
 def test_a_gs_target_run_without_task_embedding_export_falls_back_to_its_prompt(bucket):
   from spot_jax.spot import retrieval
-  pio.export_numpy_checkpoint(_prompt(3), "gs://bucket/target", 5)
+  pexp.export_numpy_checkpoint(_prompt(3), "gs://bucket/target", 5)
   with pytest.warns(UserWarning, match="has no task_embedding export"):
     np.testing.assert_array_equal(retrieval.load_target_embedding("gs://bucket/target"), _prompt(3))
 
 
 def test_similarity_out_dir_and_metrics_file_on_gs(bucket, tmp_path, capsys):
   lib = str(tmp_path / "lib")
-  pio.save_npy(_prompt(0), str(tmp_path / "a.npy"))
-  pio.save_npy(_prompt(1), str(tmp_path / "b.npy"))
+  pexp.save_npy(_prompt(0), str(tmp_path / "a.npy"))
+  pexp.save_npy(_prompt(1), str(tmp_path / "b.npy"))
   with fileio.open_file("gs://bucket/metrics.json", "w") as f:
     f.write('{"accuracy": 0.75}')
   assert cli.main(["add", "--library", lib, "--task", "a", "--model-id", "m", "--metrics",

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from spot_jax import fileio
+from spot_jax import prompt_export as pexp
 from spot_jax import prompt_io as pio
 from spot_jax.spot import library as lib_mod
 from spot_jax.spot.library import PromptLibrary
@@ -60,9 +61,9 @@ def test_refuses_mismatched_d_model_and_model_id(tmp_path):
 def test_add_model_dir_brings_task_embedding_steps_metrics(tmp_path):
   model_dir = str(tmp_path / "run")
   final, best, emb = _prompt(seed=1), _prompt(seed=2), _prompt(seed=3)
-  pio.export_numpy_checkpoint(emb, model_dir, 50, name="task_embedding")
-  pio.export_numpy_checkpoint(final, model_dir, 1000)
-  pio.export_numpy_checkpoint(best, model_dir, 800, name="best", metrics={"accuracy": 0.9})
+  pexp.export_numpy_checkpoint(emb, model_dir, 50, name="task_embedding")
+  pexp.export_numpy_checkpoint(final, model_dir, 1000)
+  pexp.export_numpy_checkpoint(best, model_dir, 800, name="best", metrics={"accuracy": 0.9})
   lib = PromptLibrary(str(tmp_path / "lib"))
   rec = lib.add("rte", model_dir, "t5_tiny")
   assert rec["steps"] == 800 and rec["metrics"] == {"accuracy": 0.9} and rec["has_task_embedding"]
@@ -77,7 +78,7 @@ def test_add_model_dir_brings_task_embedding_steps_metrics(tmp_path):
 def test_add_model_dir_files_the_trainers_task_keyed_metrics_under_their_own_names(tmp_path):
   """The trainer keys a best export's metrics `<task>/<metric>`; entries keep `spot source`'s names."""
   model_dir = str(tmp_path / "run")
-  pio.export_numpy_checkpoint(_prompt(), model_dir, 80, name="best",
+  pexp.export_numpy_checkpoint(_prompt(), model_dir, 80, name="best",
                               metrics={"spot_bundled_movie/accuracy": 87.0, "other/accuracy": 50.0})
   lib = PromptLibrary(str(tmp_path / "lib"))
   assert lib.add("spot_bundled_movie", model_dir, "m")["metrics"] == {"accuracy": 87.0}
@@ -214,7 +215,7 @@ def test_damaged_entry_is_an_error_naming_the_fix_everywhere(tmp_path):
     lib.list()
   lib.add("cb", _prompt(seed=3), "t5_tiny", overwrite=True)  # the fix the message names works
   assert lib.tasks() == ["cb", "rte"]
-  open(os.path.join(d, "rte", "task_embedding.npy"), "wb").write(pio.npy_bytes(_prompt())[:40])
+  open(os.path.join(d, "rte", "task_embedding.npy"), "wb").write(pexp.npy_bytes(_prompt())[:40])
   with pytest.raises(ValueError, match=r"entry 'rte': .*task_embedding\.npy is not a readable numeric "
                                        r"\.npy .*--task rte --overwrite"):
     lib.prompts("task_embedding")
@@ -319,7 +320,7 @@ def test_spot_jax_exports_keep_their_steps_beside_a_config_gin(tmp_path):
   """spot_jax counts prompt steps from 0 and writes export.json: a config.gin changes nothing."""
   from test_prompt_tuning_compat import T5X_CONFIG_GIN
   model_dir = tmp_path / "run"
-  pio.export_numpy_checkpoint(_prompt(), str(model_dir), 1_200_000)
+  pexp.export_numpy_checkpoint(_prompt(), str(model_dir), 1_200_000)
   (model_dir / "config.gin").write_text(T5X_CONFIG_GIN)
   rec = PromptLibrary(str(tmp_path / "lib")).add("rte", str(model_dir), "t5_tiny")
   assert rec["steps"] == 1_200_000 and "t5x_global_step" not in rec

@@ -7,14 +7,14 @@ import pytest
 from safetensors.numpy import load_file
 
 from spot_jax import __main__ as cli
-from spot_jax import prompt_io
+from spot_jax import prompt_export
 
 
 @pytest.fixture
 def model_dir(tmp_path):
   prompt = np.arange(12, dtype=np.float32).reshape(3, 4)
-  prompt_io.export_numpy_checkpoint(prompt, str(tmp_path / "run"), 10)
-  prompt_io.export_numpy_checkpoint(prompt + 1, str(tmp_path / "run"), 20)
+  prompt_export.export_numpy_checkpoint(prompt, str(tmp_path / "run"), 10)
+  prompt_export.export_numpy_checkpoint(prompt + 1, str(tmp_path / "run"), 20)
   return tmp_path / "run", prompt + 1
 
 

@@ -1,7 +1,7 @@
 """spot_jax's PEFT export against Hugging Face PEFT itself (an independent implementation).
 
 The fixture (tests/fixtures/peft_parity/, made by tests/fixtures/make_peft_parity.py with torch,
-transformers 4.57 and peft 0.21) holds a prompt exported by `prompt_io.export_peft`, and the logits
+transformers 4.57 and peft 0.21) holds a prompt exported by `prompt_export.export_peft`, and the logits
 that `peft.PeftModel.from_pretrained` gave with it on tests/fixtures/hf_parity/t5_1_1.
 """
 import json
@@ -11,7 +11,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 import spot_jax
-from spot_jax import prompt_io
+from spot_jax import prompt_export, prompt_io
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 ADAPTER = os.path.join(FIXTURES, "peft_parity", "adapter")
@@ -38,7 +38,7 @@ def test_peft_logits_with_our_exported_prompt_match_ours():
 def test_export_still_writes_what_peft_loaded(tmp_path):
   """Today's export_peft writes the same adapter files the fixture's PEFT run loaded."""
   ref = _ref()
-  out = prompt_io.export_peft(ref["prompt"], str(tmp_path / "adapter"),
+  out = prompt_export.export_peft(ref["prompt"], str(tmp_path / "adapter"),
                               base_model_name_or_path="tests/fixtures/hf_parity/t5_1_1")
   for name in ("adapter_config.json",):
     with open(os.path.join(out, name)) as a, open(os.path.join(ADAPTER, name)) as b:

@@ -1,15 +1,13 @@
-"""Round trips of every prompt format, auto-detection, errors and atomic writes."""
+"""Reading every prompt format: round trips, auto-detection, prompt-tuning checkpoints, errors."""
 import json
 import os
-import warnings
 
 import numpy as np
 import pytest
 
 from spot_jax import fileio
+from spot_jax import prompt_export as pexp
 from spot_jax import prompt_io as pio
-
-from gfile_stub import LocalGfile
 
 
 def _prompt(p=4, d=6, seed=0):
@@ -18,7 +16,7 @@ def _prompt(p=4, d=6, seed=0):
 
 def test_npy_round_trip_and_dtype(tmp_path):
   p = _prompt().astype(np.float64)
-  path = pio.save_npy(p, str(tmp_path / "sub" / "p.npy"))
+  path = pexp.save_npy(p, str(tmp_path / "sub" / "p.npy"))
   out = pio.load_prompt(path)
   assert out.dtype == np.float32 and out.shape == (4, 6)
   np.testing.assert_allclose(out, p.astype(np.float32))
@@ -57,31 +55,15 @@ def test_prompt_tuning_layout_written_by_hand(tmp_path):
   assert [s for s, _ in pio.list_numpy_checkpoints(str(numpy_dir))] == [100, 300, 1200]
 
 
-def test_export_numpy_checkpoint_layout(tmp_path):
-  model_dir = str(tmp_path / "m")
-  p = _prompt()
-  out = pio.export_numpy_checkpoint(p, model_dir, 7)
-  assert out == pio.checkpoint_export_dir(model_dir, 7)
-  assert out.endswith("numpy_checkpoints/checkpoint_7")
-  assert sorted(os.listdir(out)) == ["encoder.prompt.prompt.prompt", "export.json", "prompt.npy"]
-  np.testing.assert_array_equal(np.load(os.path.join(out, "encoder.prompt.prompt.prompt")), p)
-  np.testing.assert_array_equal(np.load(os.path.join(out, "prompt.npy")), p)
-  assert json.load(open(os.path.join(out, "export.json")))["step"] == 7
-  # overwriting the same step replaces it
-  pio.export_numpy_checkpoint(2 * p, model_dir, 7)
-  np.testing.assert_array_equal(pio.load_prompt(out), 2 * p)
-  assert os.listdir(os.path.join(model_dir, "numpy_checkpoints")) == ["checkpoint_7"]
-
-
 def test_model_dir_prefers_best_and_finds_task_embedding(tmp_path):
   model_dir = str(tmp_path / "m")
   p10, p20, best, emb = (_prompt(seed=s) for s in range(4))
-  pio.export_numpy_checkpoint(p10, model_dir, 10)
-  pio.export_numpy_checkpoint(p20, model_dir, 20)
+  pexp.export_numpy_checkpoint(p10, model_dir, 10)
+  pexp.export_numpy_checkpoint(p20, model_dir, 20)
   assert pio.find_exports(model_dir).best is None
   np.testing.assert_array_equal(pio.load_prompt(model_dir), p20)
-  pio.export_numpy_checkpoint(best, model_dir, 15, name="best", metrics={"accuracy": 0.75})
-  pio.export_numpy_checkpoint(emb, model_dir, 2, name="task_embedding")
+  pexp.export_numpy_checkpoint(best, model_dir, 15, name="best", metrics={"accuracy": 0.75})
+  pexp.export_numpy_checkpoint(emb, model_dir, 2, name="task_embedding")
   np.testing.assert_array_equal(pio.load_prompt(model_dir), best)
   np.testing.assert_array_equal(pio.load_prompt(model_dir, "latest"), p20)
   np.testing.assert_array_equal(pio.load_prompt(model_dir, "task_embedding"), emb)
@@ -97,7 +79,7 @@ def test_model_dir_prefers_best_and_finds_task_embedding(tmp_path):
 def test_peft_round_trip_and_config(tmp_path):
   from safetensors.numpy import load_file
   p = _prompt(5, 8)
-  d = pio.export_peft(p, str(tmp_path / "adapter"), base_model_name_or_path="google/t5-base-lm-adapt",
+  d = pexp.export_peft(p, str(tmp_path / "adapter"), base_model_name_or_path="google/t5-base-lm-adapt",
                       num_attention_heads=12, num_layers=12)
   cfg = json.load(open(os.path.join(d, "adapter_config.json")))
   assert cfg["peft_type"] == "PROMPT_TUNING" and cfg["task_type"] == "SEQ_2_SEQ_LM"
@@ -116,7 +98,7 @@ def test_peft_two_submodules_takes_encoder_rows(tmp_path):
   d = tmp_path / "peft2"
   d.mkdir()
   rows = _prompt(6, 4)  # 2 * P with P = 3
-  cfg = pio.peft_adapter_config(3, 4)
+  cfg = pexp.peft_adapter_config(3, 4)
   cfg["num_transformer_submodules"] = 2
   (d / "adapter_config.json").write_text(json.dumps(cfg))
   save_file({"prompt_embeddings": rows}, str(d / "adapter_model.safetensors"))
@@ -129,23 +111,13 @@ def test_peft_two_submodules_takes_encoder_rows(tmp_path):
     pio.load_prompt(str(d))
 
 
-def test_export_prompt_formats(tmp_path):
-  p = _prompt()
-  for fmt in pio.EXPORT_FORMATS:
-    out = pio.export_prompt(p, str(tmp_path / f"out_{fmt}"), fmt)
-    np.testing.assert_array_equal(pio.load_prompt(out), p)
-  assert os.path.exists(tmp_path / "out_t5x" / "encoder.prompt.prompt.prompt")
-  with pytest.raises(ValueError, match="unknown export format"):
-    pio.export_prompt(p, str(tmp_path / "x"), "pt")
-
-
 def test_errors(tmp_path):
   with pytest.raises(ValueError, match="rank 2"):
-    pio.save_npy(np.zeros((1, 2, 3)), str(tmp_path / "a.npy"))
+    pexp.save_npy(np.zeros((1, 2, 3)), str(tmp_path / "a.npy"))
   bad = _prompt()
   bad[1, 2] = np.nan
   with pytest.raises(ValueError, match="NaN"):
-    pio.save_npy(bad, str(tmp_path / "b.npy"))
+    pexp.save_npy(bad, str(tmp_path / "b.npy"))
   assert not os.path.exists(tmp_path / "b.npy")
   np.save(tmp_path / "nan.npy", bad)
   with pytest.raises(ValueError, match="nan.npy.*NaN"):
@@ -177,44 +149,6 @@ def test_check_prompt_shape_states_both_shapes():
     pio.check_prompt_shape(p, 4, 512)
 
 
-def test_failed_export_leaves_no_partial_directory(tmp_path, monkeypatch):
-  model_dir = str(tmp_path / "m")
-  old = _prompt(seed=1)
-  pio.export_numpy_checkpoint(old, model_dir, 3)
-  real_open = fileio.open_file
-  calls = []
-
-  def failing_open(path, mode):
-    calls.append(path)
-    if len(calls) == 2:
-      raise OSError("disk full")
-    return real_open(path, mode)
-
-  monkeypatch.setattr(fileio, "open_file", failing_open)
-  with pytest.raises(OSError, match="disk full"):
-    pio.export_numpy_checkpoint(_prompt(seed=2), model_dir, 3)
-  calls.clear()
-  with pytest.raises(OSError, match="disk full"):
-    pio.export_numpy_checkpoint(_prompt(seed=2), model_dir, 4)
-  monkeypatch.setattr(fileio, "open_file", real_open)
-  assert sorted(os.listdir(os.path.join(model_dir, "numpy_checkpoints"))) == ["checkpoint_3"]
-  np.testing.assert_array_equal(pio.load_prompt(model_dir), old)  # the old export is intact
-
-
-def test_gcs_paths_go_through_gfile(tmp_path, monkeypatch):
-  fake = LocalGfile(tmp_path)
-  monkeypatch.setattr(fileio, "gfile", lambda: fake)
-  p = _prompt()
-  pio.export_numpy_checkpoint(p, "gs://bucket/run", 5)
-  pio.export_numpy_checkpoint(2 * p, "gs://bucket/run", 5)  # replace an existing export
-  assert {"GFile", "rename", "makedirs", "rmtree"} <= fake.used
-  local = tmp_path / "run" / "numpy_checkpoints" / "checkpoint_5"
-  np.testing.assert_array_equal(np.load(local / "encoder.prompt.prompt.prompt"), 2 * p)
-  np.testing.assert_array_equal(pio.load_prompt("gs://bucket/run"), 2 * p)
-  pio.save_npy(p, "gs://bucket/x/p.npy")
-  np.testing.assert_array_equal(np.load(tmp_path / "x" / "p.npy"), p)
-
-
 PEFT_BF16 = os.path.join(os.path.dirname(__file__), "fixtures", "hf_formats", "peft_bf16")  # make_hf_formats.py
 
 
@@ -231,7 +165,7 @@ def test_peft_adapter_of_a_bfloat16_prompt():
 
 
 def test_truncated_peft_adapter_names_the_fix(tmp_path):
-  d = pio.export_peft(_prompt(), str(tmp_path / "adapter"))
+  d = pexp.export_peft(_prompt(), str(tmp_path / "adapter"))
   weights = os.path.join(d, "adapter_model.safetensors")
   data = open(weights, "rb").read()
   with open(weights, "wb") as f:
@@ -264,7 +198,7 @@ def test_gcs_prompt_without_network_fails_fast(monkeypatch):
 
 
 def test_damaged_npy_names_the_file_and_the_fix(tmp_path):
-  data = pio.npy_bytes(_prompt())
+  data = pexp.npy_bytes(_prompt())
   (tmp_path / "header.npy").write_bytes(data[:40])
   (tmp_path / "data.npy").write_bytes(data[:-12])
   np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -274,7 +208,7 @@ def test_damaged_npy_names_the_file_and_the_fix(tmp_path):
                                          "Export or copy it again"):
       pio.load_prompt(str(tmp_path / f"{name}.npy"))
   run = str(tmp_path / "run")  # a MODEL_DIR whose newest export was cut short
-  pio.export_numpy_checkpoint(_prompt(), run, 10)
+  pexp.export_numpy_checkpoint(_prompt(), run, 10)
   f = os.path.join(pio.checkpoint_export_dir(run, 10), pio.T5X_PROMPT_FILENAME)
   open(f, "wb").write(data[:40])
   with pytest.raises(ValueError, match=r"encoder\.prompt\.prompt\.prompt is not a readable numeric"):
@@ -282,7 +216,7 @@ def test_damaged_npy_names_the_file_and_the_fix(tmp_path):
 
 
 def test_damaged_json_beside_a_prompt(tmp_path):
-  d = pio.export_peft(_prompt(), str(tmp_path / "adapter"))
+  d = pexp.export_peft(_prompt(), str(tmp_path / "adapter"))
   (tmp_path / "adapter" / pio.PEFT_CONFIG).write_text("{x")
   with pytest.raises(ValueError, match=r"adapter_config\.json is not valid JSON.*Save the adapter again"):
     pio.load_prompt(d)
@@ -291,7 +225,7 @@ def test_damaged_json_beside_a_prompt(tmp_path):
     pio.load_prompt(d)
   # export.json is only metadata: the prompt still loads, its step and metrics are unknown
   run = str(tmp_path / "run")
-  exp = pio.export_numpy_checkpoint(_prompt(), run, 10, name="best", metrics={"accuracy": 0.5})
+  exp = pexp.export_numpy_checkpoint(_prompt(), run, 10, name="best", metrics={"accuracy": 0.5})
   open(os.path.join(exp, pio.EXPORT_INFO), "w").write("{x")
   with pytest.warns(UserWarning, match=r"export\.json is not valid JSON.*ignoring it.*export it again"):
     p, src = pio.load_prompt_with_source(run)

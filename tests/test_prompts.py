@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from spot_jax import prompt_io, prompts
+from spot_jax import prompt_export, prompts
 
 EMB = np.random.RandomState(0).normal(size=(50, 8)).astype(np.float32)
 
@@ -73,8 +73,8 @@ def test_from_string_puts_the_tokens_first():
 
 def test_from_file_and_weighted_average(tmp_path):
   a, b = np.ones((3, 8), np.float32), np.full((3, 8), 4.0, np.float32)
-  prompt_io.save_npy(a, str(tmp_path / "a.npy"))
-  prompt_io.save_npy(b, str(tmp_path / "b.npy"))
+  prompt_export.save_npy(a, str(tmp_path / "a.npy"))
+  prompt_export.save_npy(b, str(tmp_path / "b.npy"))
   np.testing.assert_array_equal(prompts.make_prompt(prompts.from_file(str(tmp_path / "a.npy")), 0, 3, 8), a)
   mixed = prompts.make_prompt(prompts.from_files_weighted([str(tmp_path / "a.npy"), str(tmp_path / "b.npy")],
                                                           [3.0, 1.0]), 0, 3, 8)

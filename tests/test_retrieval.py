@@ -3,7 +3,7 @@ and the warning when task embeddings come from different steps."""
 import numpy as np
 import pytest
 
-from spot_jax import prompt_io as pio
+from spot_jax import prompt_export as pexp
 from spot_jax.spot import retrieval
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import PromptLibrary
@@ -104,14 +104,14 @@ def test_rank_sources_takes_a_target_model_dirs_task_embedding_export(tmp_path):
   # embeddings; a MODEL_DIR's best export is a different, fully trained prompt.
   run = str(tmp_path / "cb_short")
   early = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)  # mean (.5, .5)
-  pio.export_numpy_checkpoint(early, run, 10, name="task_embedding")
-  pio.export_numpy_checkpoint(-early, run, 100, name="best")
+  pexp.export_numpy_checkpoint(early, run, 10, name="task_embedding")
+  pexp.export_numpy_checkpoint(-early, run, 100, name="best")
   sources = {"same": early, "opposite": -early}
   # cos((.5,.5), (.5,.5)) = 1; cos((.5,.5), (-.5,-.5)) = -1
   assert rank_sources(run, sources) == [("same", pytest.approx(1.0)), ("opposite", pytest.approx(-1.0))]
   # without a task_embedding export the best export stands in, with a warning
   run2 = str(tmp_path / "no_emb")
-  pio.export_numpy_checkpoint(-early, run2, 100, name="best")
+  pexp.export_numpy_checkpoint(-early, run2, 100, name="best")
   with pytest.warns(UserWarning, match="no task_embedding export"):
     ranked = rank_sources(run2, sources)
   assert [t for t, _ in ranked] == ["opposite", "same"]
@@ -134,15 +134,15 @@ def test_task_embedding_steps_are_recorded_and_a_target_at_another_step_is_warne
   lib = PromptLibrary(str(tmp_path / "lib"))
   for task, step in (("rte", 50), ("mnli", 200)):
     run = str(tmp_path / task)
-    pio.export_numpy_checkpoint(_prompt(seed=step), run, step, name="task_embedding")
-    pio.export_numpy_checkpoint(_prompt(seed=step + 1), run, 1000)
+    pexp.export_numpy_checkpoint(_prompt(seed=step), run, step, name="task_embedding")
+    pexp.export_numpy_checkpoint(_prompt(seed=step + 1), run, 1000)
     assert lib.add(task, run, "t5_tiny")["task_embedding_step"] == step  # read from the export
   # An array gives no step unless told one; a prompt file without an export neither.
   assert lib.add("boolq", _prompt(seed=7), None, task_embedding=_prompt(seed=8))["task_embedding_step"] is None
   assert lib.add("cb", _prompt(seed=9), None, task_embedding=_prompt(seed=10),
                  task_embedding_step=50)["task_embedding_step"] == 50
   target = str(tmp_path / "target")
-  pio.export_numpy_checkpoint(_prompt(seed=11), target, 50, name="task_embedding")
+  pexp.export_numpy_checkpoint(_prompt(seed=11), target, 50, name="task_embedding")
   assert retrieval.target_embedding_step(target) == 50
   with pytest.warns(UserWarning, match=r"from step 50.*mnli \(step 200\)") as caught:
     ranked = rank_sources(target, lib)

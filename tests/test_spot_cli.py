@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from spot_jax import prompt_io as pio
+from spot_jax import prompt_export as pexp
 from spot_jax.spot import cli
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import PromptLibrary
@@ -18,13 +18,13 @@ def sources(tmp_path):
   p = {t: rng.normal(size=(4, 16)).astype(np.float32) for t in ("rte", "boolq", "cb")}
   emb = {t: rng.normal(size=(4, 16)).astype(np.float32) for t in p}
   run = str(tmp_path / "rte_run")
-  pio.export_numpy_checkpoint(emb["rte"], run, 10, name="task_embedding")
-  pio.export_numpy_checkpoint(p["rte"], run, 100, name="best", metrics={"accuracy": 0.7})
-  pio.export_peft(p["boolq"], str(tmp_path / "boolq_peft"))
-  pio.save_npy(emb["boolq"], str(tmp_path / "boolq_emb.npy"))
-  pio.save_npy(p["cb"], str(tmp_path / "cb.npy"))
+  pexp.export_numpy_checkpoint(emb["rte"], run, 10, name="task_embedding")
+  pexp.export_numpy_checkpoint(p["rte"], run, 100, name="best", metrics={"accuracy": 0.7})
+  pexp.export_peft(p["boolq"], str(tmp_path / "boolq_peft"))
+  pexp.save_npy(emb["boolq"], str(tmp_path / "boolq_emb.npy"))
+  pexp.save_npy(p["cb"], str(tmp_path / "cb.npy"))
   target = emb["rte"] + 0.05 * rng.normal(size=(4, 16)).astype(np.float32)
-  pio.save_npy(target, str(tmp_path / "target.npy"))
+  pexp.save_npy(target, str(tmp_path / "target.npy"))
   return tmp_path, p, emb
 
 
@@ -61,7 +61,7 @@ def test_add_errors(sources, tmp_path, capsys):
   tmp_path, _, _ = sources
   lib = _build(tmp_path)
   capsys.readouterr()
-  pio.save_npy(np.ones((4, 32)), str(tmp_path / "big.npy"))
+  pexp.save_npy(np.ones((4, 32)), str(tmp_path / "big.npy"))
   assert cli.main(["add", "--library", lib, "--task", "wide", str(tmp_path / "big.npy")]) == 1
   err = capsys.readouterr().err
   assert "d_model 32" in err and "d_model 16" in err
@@ -159,14 +159,14 @@ def test_target_can_be_a_model_dir(sources, capsys):
   tmp_path, _, emb = sources
   lib = _build(tmp_path)
   short = str(tmp_path / "target_run")
-  pio.export_numpy_checkpoint(emb["boolq"] + 0.01, short, 5)  # no task_embedding export: newest used
+  pexp.export_numpy_checkpoint(emb["boolq"] + 0.01, short, 5)  # no task_embedding export: newest used
   capsys.readouterr()
   with pytest.warns(UserWarning) as caught:
     assert cli.main(["retrieve", "--library", lib, "--target", short, "--json"]) == 0
   said = " | ".join(str(w.message) for w in caught)
   assert "no task_embedding export" in said and "from step 5, " in said  # the newest export's step
   assert json.loads(capsys.readouterr().out)[0]["task"] == "boolq"
-  pio.export_numpy_checkpoint(emb["rte"], short, 2, name="task_embedding")  # preferred when present
+  pexp.export_numpy_checkpoint(emb["rte"], short, 2, name="task_embedding")  # preferred when present
   with pytest.warns(UserWarning, match=r"from step 2, .*rte \(step 10\)"):  # the library's is from 10
     assert cli.main(["retrieve", "--library", lib, "--target", short, "--json"]) == 0
   assert json.loads(capsys.readouterr().out)[0]["task"] == "rte"
@@ -219,10 +219,10 @@ def test_retrieve_and_init_show_a_tie_that_decided_the_top_k(tmp_path, capsys, c
   lib = str(tmp_path / "lib")
   same, other = rng.normal(size=(4, 16)).astype(np.float32), rng.normal(size=(4, 16)).astype(np.float32)
   for task, p in (("twin_b", same), ("twin_a", same), ("other", other)):
-    pio.save_npy(p, str(tmp_path / f"{task}.npy"))
+    pexp.save_npy(p, str(tmp_path / f"{task}.npy"))
     assert cli.main(["add", "--library", lib, "--task", task, "--model-id", "m", "--task-embedding",
                      str(tmp_path / f"{task}.npy"), str(tmp_path / f"{task}.npy")]) == 0
-  pio.save_npy(same + 0.01 * rng.normal(size=(4, 16)).astype(np.float32), str(tmp_path / "target.npy"))
+  pexp.save_npy(same + 0.01 * rng.normal(size=(4, 16)).astype(np.float32), str(tmp_path / "target.npy"))
   capsys.readouterr()
   argv = ["--library", lib, "--target", str(tmp_path / "target.npy"), "--top-k", "1"]
   with caplog.at_level("WARNING", logger="spot_jax.spot"):
@@ -301,7 +301,7 @@ def test_transferability_judges_rankings_of_spot_runs(sources, tmp_path, capsys)
   assert judged["summary"]["best_in_top_1"] == 1 and judged["summary"]["regret@1"] == pytest.approx(12.5)
   # Re-ranked by two measures: t1's run has the target's task embedding (the rte source's, so rte
   # ranks first by cos_avg_tokens, which gives 1 for a prompt against itself).
-  pio.export_numpy_checkpoint(emb["rte"], str(tmp / "t1" / "task_embedding"), 10, name="task_embedding")
+  pexp.export_numpy_checkpoint(emb["rte"], str(tmp / "t1" / "task_embedding"), 10, name="task_embedding")
   assert cli.main(["transferability", str(tmp / "t1"), "--library", lib, "--measure", "cos_avg_tokens",
                    "--measure", "e_average", "--json"]) == 0
   both = json.loads(capsys.readouterr().out)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from spot_jax import fileio, prompt_io
+from spot_jax import fileio, prompt_export
 from spot_jax.spot import transferability as tr
 from spot_jax.spot.library import PromptLibrary
 from spot_jax.spot.pipeline import TargetResult
@@ -116,7 +116,7 @@ def test_rerank_by_other_measures_uses_the_runs_task_embedding(tmp_path):
     lib.add(name, rng.normal(size=(4, 8)).astype(np.float32), "m", task_embedding=rng.normal(size=(4, 8)))
   run = tmp_path / "rte"
   target_emb = rng.normal(size=(4, 8)).astype(np.float32)
-  prompt_io.export_numpy_checkpoint(target_emb, str(run / "task_embedding"), 3, name="task_embedding")
+  prompt_export.export_numpy_checkpoint(target_emb, str(run / "task_embedding"), 3, name="task_embedding")
   transfer = {"mnli": 71.0, "sst2": 55.0, "qqp": 62.0}
   _write_run(run, "rte", [("mnli", 0.8), ("sst2", 0.3), ("qqp", 0.1)], transfer)
   out = tr.evaluate_runs([str(run)], library=lib, measures=["cos_avg_tokens", "cos_per_token"])

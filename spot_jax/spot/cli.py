@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from spot_jax import fileio, prompt_io
+from spot_jax import fileio, prompt_export
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import KINDS, PromptLibrary
 from spot_jax.spot.retrieval import rank_sources, warn_ties, weighted_average_init
@@ -316,7 +316,7 @@ def _cmd_init(args) -> int:
     init, weights = finals[chosen[0][0]], {chosen[0][0]: 1.0}
   else:
     init, weights = weighted_average_init(finals, dict(chosen), top_k=k)
-  prompt_io.save_npy(init, args.out)
+  prompt_export.save_npy(init, args.out)
   summary = {"out": args.out, "strategy": args.strategy, "measure": args.measure, "kind": args.kind,
              "shape": list(init.shape),
              "sources": [{"task": t, "score": s, "weight": weights.get(t, 0.0), "tied": ties.is_tied(t)}

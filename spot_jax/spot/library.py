@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from spot_jax import fileio, prompt_io, prompt_tuning_compat
+from spot_jax import fileio, prompt_export, prompt_io, prompt_tuning_compat
 
 LIBRARY_JSON = "library.json"
 RECORD_JSON = "record.json"
@@ -337,11 +337,11 @@ class PromptLibrary:
       record.update(t5x_global_step=t5x_steps.global_step, t5x_initial_step=t5x_steps.initial_step)
     if emb_t5x_steps is not None and task_embedding is not None:
       record["task_embedding_t5x_global_step"] = emb_t5x_steps.global_step
-    files = {PROMPT_FILE: prompt_io.npy_bytes(prompt),
+    files = {PROMPT_FILE: prompt_export.npy_bytes(prompt),
              RECORD_JSON: json.dumps(record, indent=2, sort_keys=True,
                                      default=fileio.json_default).encode()}
     if task_embedding is not None:
-      files[TASK_EMBEDDING_FILE] = prompt_io.npy_bytes(task_embedding)
+      files[TASK_EMBEDDING_FILE] = prompt_export.npy_bytes(task_embedding)
     os.makedirs(self.path, exist_ok=True)
     fileio.atomic_write_dir(entry_dir, files)
     if not meta:  # after the entry, so a failed first add leaves the library unclaimed

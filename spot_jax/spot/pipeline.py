@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from spot_jax import fileio, prompt_io
+from spot_jax import fileio, prompt_export, prompt_io
 from spot_jax.spot import run_record
 from spot_jax.spot import similarity as sim
 from spot_jax.spot import zero_shot
@@ -453,7 +453,7 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
   baseline_what, baseline_id = f"the base init on {target}", run_record.target_identity("baseline", target)
   if baseline:
     run_record.check_run_init(os.path.join(out_dir, "baseline"), base, baseline_what, **baseline_id)
-  prompt_io.save_npy(init.prompt, os.path.join(out_dir, "init.npy"))
+  prompt_export.save_npy(init.prompt, os.path.join(out_dir, "init.npy"))
 
   if reuse:
     transfer, transfer_metrics = init.trained
