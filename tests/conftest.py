@@ -22,3 +22,45 @@ def shared_fixtures():
       pytest.fail(message + "; CI must have it")
     pytest.skip(message)
   return SHARED_FIXTURES
+
+
+class _DiskFull:
+  """`fileio.open_file` that raises OSError("disk full") on the second call since `arm()`: a write
+  that fails midway. `disarm()` restores the real function."""
+
+  def __init__(self, monkeypatch):
+    from spot_jax import fileio
+    self._monkeypatch, self._fileio, self._real = monkeypatch, fileio, fileio.open_file
+    self.calls = []
+
+  def _open(self, path, mode):
+    self.calls.append(path)
+    if len(self.calls) == 2:
+      raise OSError("disk full")
+    return self._real(path, mode)
+
+  def arm(self):
+    self.calls.clear()
+    self._monkeypatch.setattr(self._fileio, "open_file", self._open)
+
+  def disarm(self):
+    self._monkeypatch.setattr(self._fileio, "open_file", self._real)
+
+
+@pytest.fixture
+def disk_full(monkeypatch):
+  return _DiskFull(monkeypatch)
+
+
+@pytest.fixture
+def orbax_reads(monkeypatch):
+  """The names of the arrays orbax reads from disk (each passes through its numpy handler)."""
+  from orbax.checkpoint import type_handlers
+  read = []
+  deserialize = type_handlers.NumpyHandler.deserialize
+
+  async def spy(self, infos, args=None):
+    read.extend(info.name for info in infos)
+    return await deserialize(self, infos, args)
+  monkeypatch.setattr(type_handlers.NumpyHandler, "deserialize", spy)
+  return read

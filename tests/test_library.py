@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 import pytest
 
-from spot_jax import fileio
 from spot_jax import prompt_export as pexp
 from spot_jax import prompt_io as pio
 from spot_jax.spot import library as lib_mod
@@ -105,29 +104,19 @@ def test_prompts_kinds(tmp_path):
     lib.add("c", _prompt(d=8), "m", task_embedding=_prompt(d=4))
 
 
-def test_failed_add_leaves_no_partial_entry(tmp_path, monkeypatch):
+def test_failed_add_leaves_no_partial_entry(tmp_path, disk_full):
   lib = PromptLibrary(str(tmp_path / "lib"))
-  real_open = fileio.open_file
-  calls = []
-
-  def failing_open(path, mode):
-    calls.append(path)
-    if len(calls) == 2:
-      raise OSError("disk full")
-    return real_open(path, mode)
-
-  monkeypatch.setattr(fileio, "open_file", failing_open)
+  disk_full.arm()
   with pytest.raises(OSError, match="disk full"):
     lib.add("rte", _prompt(d=8), "t5_tiny", task_embedding=_prompt(seed=3))
   assert os.listdir(tmp_path / "lib") == []  # no entry, no temporary, library not claimed
-  monkeypatch.setattr(fileio, "open_file", real_open)
+  disk_full.disarm()
   lib.add("rte", _prompt(d=16), "other")  # the failed add did not fix d_model
   old = lib.get("rte").prompt
-  calls.clear()
-  monkeypatch.setattr(fileio, "open_file", failing_open)
+  disk_full.arm()
   with pytest.raises(OSError):
     lib.add("rte", _prompt(d=16, seed=9), "other", overwrite=True)
-  monkeypatch.setattr(fileio, "open_file", real_open)
+  disk_full.disarm()
   np.testing.assert_array_equal(lib.get("rte").prompt, old)
   assert sorted(os.listdir(tmp_path / "lib")) == ["library.json", "rte"]
 

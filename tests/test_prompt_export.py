@@ -43,26 +43,17 @@ def test_export_prompt_formats(tmp_path):
     pexp.export_prompt(p, str(tmp_path / "x"), "pt")
 
 
-def test_failed_export_leaves_no_partial_directory(tmp_path, monkeypatch):
+def test_failed_export_leaves_no_partial_directory(tmp_path, disk_full):
   model_dir = str(tmp_path / "m")
   old = _prompt(seed=1)
   pexp.export_numpy_checkpoint(old, model_dir, 3)
-  real_open = fileio.open_file
-  calls = []
-
-  def failing_open(path, mode):
-    calls.append(path)
-    if len(calls) == 2:
-      raise OSError("disk full")
-    return real_open(path, mode)
-
-  monkeypatch.setattr(fileio, "open_file", failing_open)
+  disk_full.arm()
   with pytest.raises(OSError, match="disk full"):
     pexp.export_numpy_checkpoint(_prompt(seed=2), model_dir, 3)
-  calls.clear()
+  disk_full.arm()
   with pytest.raises(OSError, match="disk full"):
     pexp.export_numpy_checkpoint(_prompt(seed=2), model_dir, 4)
-  monkeypatch.setattr(fileio, "open_file", real_open)
+  disk_full.disarm()
   assert sorted(os.listdir(os.path.join(model_dir, "numpy_checkpoints"))) == ["checkpoint_3"]
   np.testing.assert_array_equal(pio.load_prompt(model_dir), old)  # the old export is intact
 

@@ -348,21 +348,13 @@ def _prompt_tuning_orbax_checkpoint(model_dir, step, prompt_params, use_ocdbt=Fa
   return write_t5x_orbax(unflatten(flat), model_dir, step, use_ocdbt=use_ocdbt)
 
 
-def test_prompt_out_of_an_orbax_written_t5x_checkpoint_restores_the_prompt_alone(tmp_path, monkeypatch):
-  from orbax.checkpoint import type_handlers
+def test_prompt_out_of_an_orbax_written_t5x_checkpoint_restores_the_prompt_alone(tmp_path, orbax_reads):
   model_dir = tmp_path / "pt_orbax_run"
   old, new = _prompt(5, 6, seed=1), _prompt(5, 6, seed=2)
   old_ckpt = _prompt_tuning_orbax_checkpoint(model_dir, 1_100_500, {pio.T5X_PROMPT_PARAM: old}, use_ocdbt=True)
   ckpt = _prompt_tuning_orbax_checkpoint(model_dir, 1_103_000, {pio.T5X_PROMPT_PARAM: new})
   assert os.path.isdir(os.path.join(ckpt, "state", "target.encoder.prompt.prompt.prompt"))  # T5X's layout
-  # Every array read from disk passes through orbax's numpy handler: record their names.
-  read = []
-  deserialize = type_handlers.NumpyHandler.deserialize
-
-  async def spy(self, infos, args=None):
-    read.extend(info.name for info in infos)
-    return await deserialize(self, infos, args)
-  monkeypatch.setattr(type_handlers.NumpyHandler, "deserialize", spy)
+  read = orbax_reads  # the arrays read from disk
   for path in (ckpt, ckpt + "/", os.path.join(ckpt, "state"), str(model_dir)):
     read.clear()
     p, src = pio.load_prompt_with_source(path)
