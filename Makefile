@@ -1,9 +1,11 @@
 # The two set-up commands of the README: `make demo` (the main job) and `make test` (the suite).
-# Both create .venv and install requirements.txt when missing or out of date.
+# Both create .venv and install requirements.txt when missing or out of date; `make test` adds
+# requirements-test.txt.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test install bench
 
@@ -14,12 +16,17 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# The test tools (pytest, xdist, the local GCS emulator) on top: not part of what users install.
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m spot_jax demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 bench: $(STAMP)
