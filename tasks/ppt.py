@@ -292,8 +292,8 @@ def _postprocess(output, example=None, is_target=False):
 def _dataset_fn(gen, docs_fn, **gen_kwargs):
   """A seqio dataset_fn; seqio's own seed is ignored (ours is fixed)."""
 
-  def dataset_fn(split, shuffle_files):
-    del shuffle_files
+  def dataset_fn(split, shuffle_files, seed=None):
+    del shuffle_files, seed  # our generation seed fixes the examples; seqio shuffles them after
 
     def examples():
       for ex in gen(docs_fn(split), **gen_kwargs):

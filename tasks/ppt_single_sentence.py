@@ -368,8 +368,8 @@ def register_ppt_single_sentence(
                      for e in make(split)]
     return made[split]
 
-  def dataset_fn(split, shuffle_files):
-    del shuffle_files  # the order is fixed by the seed.
+  def dataset_fn(split, shuffle_files, seed=None):
+    del shuffle_files, seed  # the order is fixed by our seed; seqio shuffles the examples after
 
     def gen():
       for ex in examples(split):

@@ -6,6 +6,7 @@ import random
 import pytest
 import seqio
 
+from spot_jax import input_pipeline
 from tasks import bundled
 from tasks import ppt
 
@@ -151,5 +152,9 @@ def test_registered_tasks_batch():
     target = vocab.decode(batch["decoder_target_tokens"][0].tolist())
     assert target.startswith("<extra_id_0>")
     assert task.postprocess_fn(target) in ppt.NSP_LABELS + tuple(ppt.LETTERS)
+    # The trainer's path: a seeded, shuffled, sharded train split (seqio hands the dataset_fn a seed).
+    train = next(input_pipeline.get_batches(name, {"inputs": 64, "targets": 8}, "train", batch_size=4,
+                                            seed=3, num_shards=2, shard_index=1))
+    assert train["encoder_input_tokens"].shape == (2, 64)
   with pytest.raises(ValueError, match="exactly one"):
     ppt.register_ppt_tasks("x", text_file="a", tfds_name="b")

@@ -8,6 +8,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
+from spot_jax import input_pipeline
 from tasks import bundled
 from tasks import ppt
 from tasks import ppt_single_sentence as pss
@@ -126,6 +127,11 @@ def test_single_sentence_task_from_text_file(tmp_path):
       "accuracy": 100.0, "macro_f1": 100.0}
   wrong = score(["<extra_id_0> great", "<extra_id_0> good"])
   assert wrong["accuracy"] == 50.0 and wrong["macro_f1"] < 100.0
+  # The trainer's path: a seeded, shuffled train split (seqio hands the dataset_fn a seed).
+  train = next(input_pipeline.get_batches(name, {"inputs": 32, "targets": 8}, "train", batch_size=4,
+                                          seed=3))
+  assert train["encoder_input_tokens"].shape == (4, 32)
+  assert vocab.decode(train["decoder_target_tokens"][0].tolist()).startswith("<extra_id_0> ")
 
   with pytest.raises(user_data.UserDataError, match="already registered"):
     pss.register_ppt_single_sentence("test_ppt_ssc", text_file=str(path),
