@@ -133,6 +133,10 @@ _CONFIGURABLES = {
     ("DatasetConfig", "split"): "EVAL_SPLIT (eval) or INFER_SPLIT (infer)",
     ("DatasetConfig", "use_cached"): "nothing: spot_jax never reads a seqio cache; drop it",
     ("RestoreCheckpointConfig", "path"): "INITIAL_CHECKPOINT_PATH (train) or CHECKPOINT_PATH (eval, infer)",
+    ("RestoreCheckpointConfig", "mode"): "--gin.PROMPT_STEPS=\"'all'\" (eval, runs/prompt_eval.gin) with "
+                                         "PROMPT_FILE = the training MODEL_DIR to evaluate every prompt export, as "
+                                         "mode='all' does, or --gin.PROMPT_STEPS=[1000,2000] for some; train and "
+                                         "infer restore one checkpoint: drop it",
     ("Adafactor", None): "spot_jax.optim.adafactor.<decay_rate | clipping_threshold | weight_decay | factored>",
     ("SentencePieceVocabulary", None): "the environment variable SPOT_JAX_VOCAB=/path/to/sentencepiece.model",
     ("EncoderDecoderModel", None): "nothing: the loss is fixed to T5X's defaults (z-loss 1e-4, no label smoothing)",

@@ -46,6 +46,22 @@ def test_t5x_configurables_name_the_spot_jax_binding():
   assert compat.configurable_hint("No configurable matching 'spot_jax.trian.train'.") == ""
 
 
+def test_t5x_restore_mode_names_prompt_steps():
+  """t5x.eval's `utils.RestoreCheckpointConfig.mode = 'all'` (every checkpoint of a run) is eval's
+  PROMPT_STEPS='all'; the hint is checked on gin's own error for that binding."""
+  import gin
+  try:
+    with pytest.raises(ValueError, match="No configurable matching 'utils.RestoreCheckpointConfig'") as e:
+      gin.parse_config("utils.RestoreCheckpointConfig.mode = 'all'")
+  finally:
+    gin.clear_config()
+  hint = compat.configurable_hint(str(e.value))
+  assert "in spot_jax set --gin.PROMPT_STEPS=\"'all'\" (eval, runs/prompt_eval.gin) with PROMPT_FILE = the " \
+         "training MODEL_DIR" in hint
+  err = "No configurable matching 'utils.RestoreCheckpointConfig'.\n    utils.RestoreCheckpointConfig.path = '/c'"
+  assert "set INITIAL_CHECKPOINT_PATH" in compat.configurable_hint(err)
+
+
 def test_train_steps_counted_as_t5x_is_refused_with_the_spot_jax_count():
   with pytest.raises(ValueError, match=r"TRAIN_STEPS=1150000 counts past the initial checkpoint's step 1100000 "
                                        r".*means 50000 prompt steps.*set --gin.TRAIN_STEPS=50000"):
