@@ -176,6 +176,9 @@ def _is_remote_file(path: str) -> bool:
   return fileio.is_remote(path) and fileio.exists(path)
 
 
+_SEARCH_PATHS_ADDED: set = set()
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()):
   """Loads gin files and bindings; `finalize()` then reports every missing `%gin.REQUIRED`."""
   import_configurables()
@@ -185,7 +188,9 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
   gin.clear_config()
   paths = list(search_paths) + default_search_paths()
   for path in paths:
-    gin.add_config_file_search_path(path)
+    if path not in _SEARCH_PATHS_ADDED:  # gin keeps them for the process: once each, not once a parse
+      gin.add_config_file_search_path(path)
+      _SEARCH_PATHS_ADDED.add(path)
   files = [_resolve(f, paths) for f in gin_files]
   try:
     gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
@@ -197,7 +202,9 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
   except OSError as e:  # an `include` gin cannot find
     m = re.search(r"Unable to open file: (\S+?)\.? Searched", str(e))
     hint = prompt_tuning_compat.gin_file_hint(m.group(1)) if m else ""
-    raise SystemExit(f"gin configuration error: {str(e)[:300]}{hint}") from None
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # where, on one line
+    raise SystemExit(f"gin configuration error: {text if len(text) <= 500 else text[:500] + '...'}{hint}") \
+        from None
 
 
 def _close_parameters(message: str) -> str:

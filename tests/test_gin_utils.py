@@ -130,8 +130,11 @@ def test_eval_refuses_prompt_length_and_an_include_of_a_prompt_tuning_file(tmp_p
   mine = tmp_path / "mine.gin"
   mine.write_text("include 'prompt_tuning/configs/runs/prompt_eval.gin'\n")
   with pytest.raises(SystemExit, match=r"Unable to open file: prompt_tuning/configs/runs/prompt_eval.gin.*"
-                                       r"spot_jax's equivalent: --gin_file=runs/prompt_eval.gin"):
+                                       r"spot_jax's equivalent: --gin_file=runs/prompt_eval.gin") as caught:
     gin_utils.configure(evals + [f"--gin_file={mine}"])
+  # After three parses in this process, each search path is listed once, and the including file named.
+  said = str(caught.value)
+  assert said.count(repr(gin_utils.default_search_paths()[0])) == 1 and f'In file "{mine}", line 1' in said
 
 
 def test_a_missing_macro_points_only_at_files_that_could_be_added():
