@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 import os
 import re
+import sys
 from typing import Optional, Sequence, Tuple
 
 # prompt-tuning's configs and T5X's, by path under the library folder -> the spot_jax gin files.
@@ -164,17 +165,36 @@ def configurable_hint(gin_error: str) -> str:
 # Acted on.
 
 def import_task_modules(modules) -> None:
-  """Imports MIXTURE_OR_TASK_MODULE (a module name or a list), as T5X does to register seqio tasks."""
+  """Imports MIXTURE_OR_TASK_MODULE (a module name or a list), as T5X does to register seqio tasks.
+
+  A module in the current directory is found as `python -m spot_jax.train` finds it (`-m` puts the
+  directory first on sys.path); the `spot-jax` console script does not, so it is tried there too."""
   if modules is None:
     return
   for name in [modules] if isinstance(modules, str) else list(modules):
     try:
-      importlib.import_module(name)
+      _import_here_too(name)
     except ImportError as e:
       raise SystemExit(
-          f"MIXTURE_OR_TASK_MODULE={name!r} cannot be imported ({e}). Install the package that registers "
-          "your seqio tasks in this environment, or use a task spot_jax registers (tasks/, docs/tasks.md; "
-          "prompt-tuning's own task modules need T5X and are not installed with spot_jax)") from None
+          f"MIXTURE_OR_TASK_MODULE={name!r} cannot be imported ({e}). A module of your own: run from its "
+          "directory or add that directory to PYTHONPATH; a package: install it in this environment. Or use "
+          "a task spot_jax registers (tasks/, docs/tasks.md; prompt-tuning's own task modules need T5X and "
+          "are not installed with spot_jax)") from None
+
+
+def _import_here_too(name: str):
+  try:
+    return importlib.import_module(name)
+  except ModuleNotFoundError as e:
+    here = os.getcwd()
+    if e.name != name.split(".")[0] or here in sys.path or "" in sys.path:
+      raise
+    sys.path.append(here)  # after the installed packages: a local module never shadows one of them
+    try:
+      return importlib.import_module(name)
+    except ModuleNotFoundError:
+      sys.path.remove(here)
+      raise e from None
 
 
 _STEP_OF_CHECKPOINT = re.compile(r"checkpoint_(\d+)/*$")

@@ -180,6 +180,15 @@ def test_given_config_must_agree(tmp_path):
   write_hf(_params(V11), V11, str(tmp_path))
   with pytest.raises(CheckpointError, match="vocab_size: config says 32, checkpoint has 16"):
     read_params(str(tmp_path), config=V11.replace(vocab_size=32))
+  # Gated-GELU with tied embeddings (HF's T5Config default): no variant file has it, the hint binds it.
+  tied = V11.replace(tie_word_embeddings=True)
+  write_hf(_params(tied), tied, str(tmp_path / "tied"))
+  with pytest.raises(CheckpointError, match=r"(?s)tie_word_embeddings: config says False, checkpoint has True.*"
+                                            r"--gin\.spot_jax\.model_config\.tie_word_embeddings=True\.$"):
+    read_params(str(tmp_path / "tied"), config=V11)
+  with pytest.raises(CheckpointError) as shape_only:
+    read_params(str(tmp_path), config=V11.replace(vocab_size=32))
+  assert "field by field" not in str(shape_only.value)  # a size mismatch is not bound away
 
 
 def test_missing_weights_file_is_neither_format(tmp_path):

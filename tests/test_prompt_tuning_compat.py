@@ -72,14 +72,27 @@ def test_train_steps_counted_as_t5x_is_refused_with_the_spot_jax_count():
   compat.check_train_steps(1_150_000, None)
 
 
-def test_missing_task_module_names_the_fix(monkeypatch):
+def test_missing_task_module_names_the_fix(monkeypatch, tmp_path):
   with pytest.raises(SystemExit, match=r"MIXTURE_OR_TASK_MODULE='prompt_tuning.data.glue' cannot be imported "
-                                       r".*Install the package that registers your seqio tasks"):
+                                       r".*add that directory to PYTHONPATH; a package: install it"):
     compat.import_task_modules("prompt_tuning.data.glue")
   mod = types.ModuleType("my_pt_tasks")
   monkeypatch.setitem(sys.modules, "my_pt_tasks", mod)
   compat.import_task_modules(["my_pt_tasks"])
   compat.import_task_modules(None)
+  # A module in the current directory, as the `spot-jax` console script runs (no cwd on sys.path,
+  # where `python -m` has it): imported from there too, placed after the installed packages.
+  (tmp_path / "my_cwd_tasks.py").write_text("REGISTERED = True\n")
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+  compat.import_task_modules("my_cwd_tasks")
+  assert sys.modules["my_cwd_tasks"].REGISTERED and sys.path[-1] == str(tmp_path)
+  monkeypatch.delitem(sys.modules, "my_cwd_tasks")
+  # A module that is there but fails on an import of its own is not retried: its error is shown.
+  (tmp_path / "my_broken_tasks.py").write_text("import not_a_module_anywhere\n")
+  with pytest.raises(SystemExit, match=r"'my_broken_tasks' cannot be imported \(No module named "
+                                       r"'not_a_module_anywhere'\)"):
+    compat.import_task_modules("my_broken_tasks")
 
 
 # A T5X run's MODEL_DIR/config.gin as gin's config_str writes it: imports, a macro section, long values

@@ -133,11 +133,17 @@ def check_agreement(given: T5Config, found: T5Config, source: str) -> None:
   bad = [f"{name}: config says {getattr(given, name)!r}, checkpoint has {getattr(found, name)!r}"
          for name in SHAPE_FIELDS if getattr(given, name) != getattr(found, name)]
   if bad:
+    variant = [name for name in VARIANT_FIELDS if getattr(given, name) != getattr(found, name)]
+    # No shipped variant file has every combination (e.g. gated-GELU with tied embeddings, which HF's
+    # T5Config gives by default): the fields themselves can be bound.
+    bind = (" A variant no models/*.gin file has can be bound field by field: " +
+            " ".join(f"--gin.spot_jax.model_config.{name}={getattr(found, name)!r}" for name in variant) + "."
+            if variant else "")
     raise CheckpointError(f"{source} does not match the given config:\n  " + "\n  ".join(bad) +
                           "\nPass the config (gin size) that the checkpoint was trained with, or take "
                           "its dimensions from the checkpoint: models/sizes/from_checkpoint.gin in "
                           "place of the size file, with the variant file (models/*.gin) that matches "
-                          "it.")
+                          "it." + bind)
 
 
 def check_params(config: T5Config, params: Mapping[str, Any], source: str = "checkpoint") -> Dict[str, Any]:
