@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import argparse
 import sys
+from typing import Optional
 
 USAGE = __doc__
 
@@ -35,7 +36,9 @@ def _export(argv):
   kwargs = {"base_model_name_or_path": args.base_model} if args.format == "peft" else {}
   try:
     prompt_export.check_export_target(args.out, args.format, args.overwrite)  # before reading SRC
-    prompt = prompt_io.load_prompt(args.source, which=args.which)
+    prompt, src = prompt_io.load_prompt_with_source(args.source, which=args.which)
+    if args.format == "peft" and args.base_model is None:
+      kwargs["base_model_name_or_path"] = _peft_base_model(src)
     out = prompt_export.export_prompt(prompt, args.out, args.format, overwrite=args.overwrite, **kwargs)
   except (ValueError, OSError) as e:  # user errors: one line naming the path and the fix
     detail = f"cannot write {args.out}: {e.strerror}" if isinstance(e, PermissionError) else e
@@ -43,6 +46,23 @@ def _export(argv):
     return 1
   print(f"wrote {args.format} prompt {prompt.shape} to {out}")
   return 0
+
+
+def _peft_base_model(src) -> Optional[str]:
+  """The Hugging Face folder the prompt's run trained on (its export records the frozen checkpoint), for
+  PEFT's `base_model_name_or_path`: `AutoPeftModelForSeq2SeqLM.from_pretrained(adapter)` loads it."""
+  from spot_jax import checkpoints, prompt_io
+  frozen = prompt_io.read_export_info(src.export_dir).get("frozen_model") if src.export_dir else None
+  try:
+    if frozen and checkpoints.detect_format(frozen) == "hf":
+      print(f"base_model_name_or_path: {frozen} (the run's frozen checkpoint)")
+      return frozen
+  except (checkpoints.CheckpointError, OSError):
+    pass
+  print("note: the adapter's base_model_name_or_path is unset (the run's frozen model is not a Hugging Face "
+        "folder it recorded): pass --base_model HF_DIR_OR_ID for AutoPeftModelForSeq2SeqLM, or load it with "
+        "PeftModel.from_pretrained(your_t5, ADAPTER_DIR)", file=sys.stderr)
+  return None
 
 
 def main(argv=None) -> int:

@@ -45,11 +45,12 @@ def write_t5x_prompt_dir(prompt: Any, directory: str, info: Optional[dict] = Non
 
 
 def export_numpy_checkpoint(prompt: Any, model_dir: str, step: int, name: Optional[str] = None,
-                            metrics: Optional[dict] = None) -> str:
+                            metrics: Optional[dict] = None, frozen_model: Optional[str] = None) -> str:
   """Writes `MODEL_DIR/numpy_checkpoints/<name or checkpoint_<step>>/` atomically; returns the dir.
 
   `name` is `"best"` or `"task_embedding"` for those exports. Call from process 0 only. `metrics`
-  (e.g. the validation metrics of a best export) are kept in `export.json` for the prompt library.
+  (e.g. the validation metrics of a best export) are kept in `export.json` for the prompt library;
+  `frozen_model`, the frozen checkpoint's path, for a PEFT export's `base_model_name_or_path`.
   """
   if name is None:
     directory = checkpoint_export_dir(model_dir, step)
@@ -60,6 +61,8 @@ def export_numpy_checkpoint(prompt: Any, model_dir: str, step: int, name: Option
   info = {"step": int(step)}
   if metrics:
     info["metrics"] = metrics
+  if frozen_model:
+    info["frozen_model"] = str(frozen_model)
   return write_t5x_prompt_dir(prompt, directory, info)
 
 

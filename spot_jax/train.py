@@ -1,7 +1,7 @@
 """`python -m spot_jax.train`: gin-configured prompt tuning of a frozen T5 (the T5X `train` analogue).
 
 The data path is straight: task → host batches (input_pipeline) → jitted sharded step (train_step)
-→ orbax checkpoint (checkpointing) and numpy exports (prompt_io). This module only orchestrates.
+→ orbax checkpoint (checkpointing) and numpy exports (prompt_export). This module only orchestrates.
 
   python -m spot_jax.train --gin_file=models/t5_1_1.gin --gin_file=prompts/random_uniform.gin \
     --gin_file=models/sizes/tiny.gin --gin_file=runs/prompt_train.gin \
@@ -50,6 +50,41 @@ def load_frozen(initial_checkpoint_path: Optional[str], model_config: Optional[T
                      "(models/sizes/*.gin) to use a fresh initialization")
   log.warning("%s is unset: the frozen model is a fresh random initialization", macro)
   return model_config, init_params(model_config, jax.random.PRNGKey(seed))
+
+
+def frozen_fingerprint(params) -> Optional[str]:
+  """A digest of the frozen weights that tells two frozen models apart cheaply: every parameter's name
+  and shape, and its first 1024 values as float32 (a copied or moved checkpoint agrees, and so does a
+  run with another FROZEN_DTYPE: the cast comes later). None when a parameter cannot be read here."""
+  from spot_jax.checkpoints.infer_config import flatten
+  digest = hashlib.sha256()
+  try:
+    for name, leaf in sorted(flatten(params).items()):
+      digest.update(f"{name}{tuple(leaf.shape)}".encode())
+      head = leaf.reshape(-1)[:1024]  # a view of a host array; a slice computed on the device for a jax one
+      digest.update(np.asarray(jax.device_get(head), np.float32).tobytes())
+  except (RuntimeError, ValueError, TypeError):  # e.g. an array spread over other processes
+    return None
+  return digest.hexdigest()[:16]
+
+
+def check_same_run(model_dir: str, meta: Mapping, task: str, frozen_model: Mapping, step: int) -> None:
+  """Refuses to resume `model_dir` for another task or on another frozen model: the checkpoint's prompt
+  (and its best export) belong to the run that wrote them, and continuing them silently mixes two runs."""
+  fix = (f"use a new MODEL_DIR; to start from this prompt there, add prompts/from_file.gin with "
+         f"PROMPT_FILE={model_dir!r}")
+  if meta.get("task") not in (None, task):
+    raise ValueError(f"{model_dir} holds a prompt trained on {meta['task']!r} (step {step}), but this run "
+                     f"trains {task!r}: {fix}")
+  was = meta.get("frozen_model") or {}
+  if was.get("fingerprint") and frozen_model.get("fingerprint") and \
+      was["fingerprint"] != frozen_model["fingerprint"]:
+    def describe(m):
+      return m.get("path") or f"a fresh initialization (seed {m.get('seed')})"
+    raise ValueError(f"{model_dir} was trained on the frozen model {describe(was)}, but this run loads "
+                     f"{describe(frozen_model)}, whose weights differ (fingerprint {frozen_model['fingerprint']} "
+                     f"!= {was['fingerprint']}). A prompt only works with its own frozen model: set "
+                     f"INITIAL_CHECKPOINT_PATH back, or {fix}")
 
 
 def place_frozen(params, config: T5Config, mesh, frozen_dtype: str = "float32"):
@@ -146,6 +181,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   config, params = frozen if frozen is not None else load_frozen(initial_checkpoint_path, model_config,
                                                                   seed)
   input_pipeline.check_vocabulary_fits(task, config.vocab_size)
+  frozen_model = {"path": None if frozen is not None else initial_checkpoint_path,
+                  "seed": seed if frozen is None and not initial_checkpoint_path else None,
+                  "fingerprint": frozen_fingerprint(params)}
   prompt_init = prompt_init or prompts.random_uniform()
   ckpts = checkpointing.PromptCheckpoints(model_dir, keep_checkpoints, async_checkpoints)
   resume_step = ckpts.latest_step()
@@ -173,6 +211,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     state, meta = ckpts.restore(abstract)
     start_step = int(jax.device_get(state.step))
     log.info("resuming from step %d (%s)", start_step, meta)
+    check_same_run(model_dir, meta, mixture_or_task_name, frozen_model, start_step)
     shards = partitioning.data_layout(mesh)[1]
     if meta.get("data_shards", shards) != shards:
       log.warning("%s was trained reading the data in %d shard(s); this run reads %d (another number of "
@@ -209,9 +248,10 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     nonlocal last_saved
     check_finite(state)  # never label a skipped update's unchanged prompt as a later step
     ckpts.save(state, {"step": step, "data_batches_consumed": step, "task": mixture_or_task_name,
-                       "data_shards": num_shards})
+                       "data_shards": num_shards, "frozen_model": frozen_model})
     if is_main:
-      prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step)
+      prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
+                                            frozen_model=frozen_model["path"])
     last_saved = step
 
   def check_finite(state):
@@ -237,7 +277,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         logger.progress(step)  # moves the bar (terminals only); no device sync
         if task_embedding_step and step == task_embedding_step and is_main:
           prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
-                                            name=prompt_io.TASK_EMBEDDING_EXPORT)
+                                                name=prompt_io.TASK_EMBEDDING_EXPORT,
+                                                frozen_model=frozen_model["path"])
         if step % log_period == 0 or step == train_steps:
           check_finite(state)
           values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -258,7 +299,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
             best_value = value
             if is_main:
               prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
-                                                name=prompt_io.BEST_EXPORT, metrics=results)
+                                                    name=prompt_io.BEST_EXPORT, metrics=results,
+                                                    frozen_model=frozen_model["path"])
         if step % save_period == 0 or step == train_steps:
           save(state, step)
         if hooks:

@@ -36,6 +36,35 @@ def test_export_to_each_format(model_dir, tmp_path, capsys):
   assert "wrote peft prompt (3, 4)" in capsys.readouterr().out
 
 
+def test_peft_export_takes_the_runs_hf_checkpoint_as_its_base_model(tmp_path, capsys):
+  """AutoPeftModel loads an adapter's base_model_name_or_path: a run on a HF folder records it in its
+  exports, and the adapter names it; with none recorded (or a T5X checkpoint) a note says what to pass."""
+  from spot_jax import checkpoints
+  from spot_jax.config import size_config
+  from spot_jax.model import init_params
+  import jax
+  config = size_config("tiny", vocab_size=16, d_model=4, num_heads=1, head_dim=4, d_ff=8)
+  params = init_params(config, jax.random.PRNGKey(0))
+  hf_dir, t5x_dir = str(tmp_path / "hf_t5"), str(tmp_path / "t5x")
+  checkpoints.write_hf(params, config, hf_dir)
+  t5x_ckpt = checkpoints.write_t5x(params, t5x_dir, step=1)
+  prompt = np.ones((3, 4), np.float32)
+  for name, frozen in (("hf_run", hf_dir), ("t5x_run", t5x_ckpt), ("bare_run", None)):
+    prompt_export.export_numpy_checkpoint(prompt, str(tmp_path / name), 5, frozen_model=frozen)
+    assert cli.main(["export", str(tmp_path / name), str(tmp_path / f"{name}_peft"), "--format", "peft"]) == 0
+    base = json.loads((tmp_path / f"{name}_peft" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    out = capsys.readouterr()
+    if frozen == hf_dir:
+      assert base == hf_dir and f"base_model_name_or_path: {hf_dir}" in out.out
+    else:
+      assert base is None and "pass --base_model HF_DIR_OR_ID" in out.err
+  # --base_model wins over what the run recorded.
+  assert cli.main(["export", str(tmp_path / "hf_run"), str(tmp_path / "named"), "--format", "peft",
+                   "--base_model", "google/t5-v1_1-base"]) == 0
+  assert json.loads((tmp_path / "named" / "adapter_config.json").read_text())[
+      "base_model_name_or_path"] == "google/t5-v1_1-base"
+
+
 def test_help_and_unknown_command(capsys):
   assert cli.main([]) == 0
   assert "spot-jax demo" in capsys.readouterr().out

@@ -459,17 +459,21 @@ def test_runs_recorded_before_target_checks_are_resumed_with_a_warning(frozen, t
   for run_dir, init in runs.items():  # what these runs recorded before: the sha256 of the init alone
     with open(os.path.join(run_dir, run_record.INIT_SHA256_FILE), "w") as f:
       f.write(run_record.init_sha256(init))
-  for target in (TARGET, SOURCES[0]):  # which target a legacy run trained on cannot be known
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="spot_jax.spot"):
-      result = pipeline.run_target(frozen, lib, target, str(out), "best_of_top_k", **kw)
-    np.testing.assert_array_equal(result.transfer_prompt, first.transfer_prompt)
-    np.testing.assert_array_equal(result.baseline_prompt, first.baseline_prompt)
-    warned = [r.getMessage() for r in caplog.records if "predates target checking" in r.getMessage()]
-    assert len(warned) == len(runs), warned  # once per run
-    for run_dir in runs:
-      assert sum(run_dir + " " in m and f"trained on {target} cannot be verified" in m
-                 for m in warned) == 1, (run_dir, warned)
+  caplog.clear()
+  with caplog.at_level("WARNING", logger="spot_jax.spot"):  # which target a legacy record ran is unknown
+    result = pipeline.run_target(frozen, lib, TARGET, str(out), "best_of_top_k", **kw)
+  np.testing.assert_array_equal(result.transfer_prompt, first.transfer_prompt)
+  np.testing.assert_array_equal(result.baseline_prompt, first.baseline_prompt)
+  warned = [r.getMessage() for r in caplog.records if "predates target checking" in r.getMessage()]
+  assert len(warned) == len(runs), warned  # once per run
+  for run_dir in runs:
+    assert sum(run_dir + " " in m and f"trained on {TARGET} cannot be verified" in m
+               for m in warned) == 1, (run_dir, warned)
+  assert [_train_records(d) for d in runs] == trained
+  # Another target: the record cannot tell, but the run's training checkpoint names its task.
+  with pytest.raises(ValueError, match=rf"from_src holds a prompt trained on '{TARGET}' \(step 1\), but "
+                                       rf"this run trains '{SOURCES[0]}': use a new MODEL_DIR"):
+    pipeline.run_target(frozen, lib, SOURCES[0], str(out), "best_of_top_k", **kw)
   assert [_train_records(d) for d in runs] == trained
   # Any other recorded hash is still an error that names the run.
   with open(os.path.join(str(out / "baseline"), run_record.INIT_SHA256_FILE), "w") as f:

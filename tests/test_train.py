@@ -327,6 +327,9 @@ def test_sizes_from_checkpoint_takes_the_models_dimensions_from_it(tmp_path):
           f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'"]
   prompt = gin_utils.run(gin.get_configurable(train_lib.train), args)
   assert prompt.shape == (PROMPT_LEN, odd.d_model)
+  # The exports name the frozen checkpoint (a PEFT export's base model when it is a HF folder).
+  assert prompt_io.read_export_info(prompt_io.checkpoint_export_dir(str(tmp_path / "run"), 2))[
+      "frozen_model"] == ckpt
   # The other model_config bindings still apply (here models/gpu_bf16.gin's), shape ones are checked.
   gpu = [a for a in args if "runs/" not in a] + ["--gin_file=models/gpu_bf16.gin", "--gin_file=runs/prompt_train.gin"]
   gin_utils.configure(gpu)
@@ -361,6 +364,15 @@ def test_the_best_export_survives_a_resume(tmp_path, caplog):
     final = train_lib.train(train_steps=3, **common)  # fewer steps than the run already has
   assert "latest checkpoint is step 4, past TRAIN_STEPS=3" in caplog.text
   np.testing.assert_array_equal(final, prompt_io.load_prompt(prompt_io.checkpoint_export_dir(str(tmp_path), 4)))
+  # The MODEL_DIR belongs to its run: another task or another frozen model is refused before a step.
+  with pytest.raises(ValueError, match=r"holds a prompt trained on 'spot_bundled_movie' \(step 4\), but this run "
+                                       r"trains 'spot_bundled_topic': use a new MODEL_DIR.*prompts/from_file.gin"):
+    train_lib.train(train_steps=6, **{**common, "mixture_or_task_name": "spot_bundled_topic"})
+  other = init_params(CFG, jax.random.PRNGKey(1))
+  with pytest.raises(ValueError, match=r"whose weights differ.*set INITIAL_CHECKPOINT_PATH back"):
+    train_lib.train(train_steps=6, **{**common, "frozen": (CFG, other)})
+  # Host or device copies of one model agree (the same run resumed above, with device arrays).
+  assert train_lib.frozen_fingerprint(params) == train_lib.frozen_fingerprint(jax.device_get(params))
 
 
 def test_logs_the_learning_rate_of_each_step_and_t5x_inference_eval_files(tmp_path):
