@@ -157,11 +157,14 @@ class MetricsLogger:
     enabled: False makes every method a no-op (non-zero processes); default: process 0 only.
     tensorboard / jsonl / console: turn each sink on or off.
     progress: show a bar (None: when `total_steps` is given and stderr is a terminal).
+    resume_from: a resumed run's checkpoint step: `metrics.jsonl` lines of later steps, written by
+      the interrupted process after its last checkpoint and about to be logged again, are dropped.
   """
 
   def __init__(self, log_dir: Optional[str], total_steps: Optional[int] = None, start_step: int = 0,
                enabled: Optional[bool] = None, tensorboard: bool = True, jsonl: bool = True,
-               console: bool = True, progress: Optional[bool] = None, desc: str = "train"):
+               console: bool = True, progress: Optional[bool] = None, desc: str = "train",
+               resume_from: Optional[int] = None):
     self.enabled = _default_enabled() if enabled is None else bool(enabled)
     self.log_dir = log_dir
     self.console = console
@@ -176,6 +179,8 @@ class MetricsLogger:
       if tensorboard:
         self._tb = _TensorBoard(log_dir)
       if jsonl:
+        if resume_from is not None:
+          _drop_records_after(os.path.join(log_dir, JSONL_NAME), resume_from)
         self._jsonl = _open_append(os.path.join(log_dir, JSONL_NAME))
     if total_steps is not None and progress is not False:
       self._bar = ProgressBar(total_steps, initial=start_step, desc=desc,
@@ -237,6 +242,24 @@ class MetricsLogger:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  """Rewrites `path` (atomically) without the records of steps after `step`; other lines are kept."""
+  if not fileio.exists(path):
+    return
+  with (fileio.open_file(path, "r") if fileio.is_remote(path) else open(path, encoding="utf-8")) as f:
+    lines = f.read().splitlines(keepends=True)
+  kept = []
+  for line in lines:
+    try:
+      later = int(json.loads(line)["step"]) > step
+    except (ValueError, KeyError, TypeError):
+      later = False  # not a record of ours: left as it is
+    if not later:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if len(kept) != len(lines):
+    fileio.atomic_write_bytes(path, "".join(kept).encode())
 
 
 def _open_append(path: str):

@@ -51,6 +51,24 @@ def test_resume_appends_and_disabled_writes_nothing(tmp_path):
   assert not os.path.exists(tmp_path / "b")
 
 
+def test_a_resumed_run_drops_the_lines_logged_after_its_checkpoint(tmp_path):
+  """A run killed after logging step 6 but checkpointed at 4 logs 5 and 6 again when it resumes:
+  the first copies go, so metrics.jsonl holds each step once (an eval line at 4 stays)."""
+  with ML.MetricsLogger(str(tmp_path), enabled=True, tensorboard=False) as logger:
+    for step in range(1, 7):
+      logger.write(step, {"loss": float(step)}, prefix="train")
+    logger.write(4, {"accuracy": 50.0}, prefix="eval")
+  with ML.MetricsLogger(str(tmp_path), enabled=True, tensorboard=False, resume_from=4) as logger:
+    for step in (5, 6):
+      logger.write(step, {"loss": 10.0 * step}, prefix="train")
+  records = ML.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  assert [r["step"] for r in records] == [1, 2, 3, 4, 4, 5, 6]
+  assert [r.get("train/loss") for r in records if r["step"] > 4] == [50.0, 60.0]
+  with ML.MetricsLogger(str(tmp_path), enabled=True, tensorboard=False, resume_from=6):
+    pass  # nothing after 6: the file is left as it is
+  assert len(ML.read_jsonl(str(tmp_path / "metrics.jsonl"))) == 7
+
+
 def test_progress_bar_shows_step_loss_rate_and_eta(monkeypatch):
   buf = io.StringIO()
   monkeypatch.setattr(ML.sys, "stderr", buf)
