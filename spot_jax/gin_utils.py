@@ -172,6 +172,31 @@ def _open_remote(path: str):
   return fileio.open_file(path, "r")
 
 
+def _gin_resource_exists(config_path: str) -> bool:
+  """gin's check for a gin file inside a Python package (`include 'pkg/sub/file.gin'`), minus two faults:
+  a plain directory named like the path's head (e.g. a `runs/` or `models/` folder in the current
+  directory, a namespace package with no origin) crashed gin with a TypeError in place of "not a
+  package", and each check logged an INFO line on the root logger."""
+  import importlib.util as util  # pylint: disable=g-import-not-at-top
+  head, filename = os.path.split(config_path)
+  if not head:
+    return False
+  try:
+    spec = util.find_spec(head.replace("/", "."))
+  except (ImportError, ValueError, AttributeError):
+    return False
+  return bool(spec and spec.origin) and os.path.isfile(os.path.join(os.path.dirname(spec.origin), filename))
+
+
+def _safe_resource_reader() -> None:
+  """Swaps gin's package-resource existence check for `_gin_resource_exists` (same reader)."""
+  from gin import resource_reader  # pylint: disable=g-import-not-at-top
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  for i, (reader, exists) in enumerate(readers):
+    if reader is resource_reader.system_path_reader and exists is not _gin_resource_exists:
+      readers[i] = (reader, _gin_resource_exists)
+
+
 def _is_remote_file(path: str) -> bool:
   return fileio.is_remote(path) and fileio.exists(path)
 
@@ -185,6 +210,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
   # gin opens files with `open` only (gin.tf registers tf.io.gfile, which we do not import): without
   # this a `--gin_file=gs://...` (or an `include` of one) fails with "Unable to open file".
   gin.config.register_file_reader(_open_remote, _is_remote_file)
+  _safe_resource_reader()
   gin.clear_config()
   paths = list(search_paths) + default_search_paths()
   for path in paths:

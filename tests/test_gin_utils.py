@@ -145,3 +145,22 @@ def test_a_missing_macro_points_only_at_files_that_could_be_added():
   for name in ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS"):
     assert explain(name).endswith(f"Set it with --gin.{name}=... or in a --gin_file.")
   assert "prompts/random_uniform.gin" in explain("PROMPT_INIT")
+
+
+def test_a_runs_or_models_folder_on_the_path_does_not_break_our_includes(tmp_path, monkeypatch):
+  """`include 'runs/prompt_train.gin'` in our gin files: gin also looks for a package `runs`, and a
+  plain `runs/` (or `models/`) folder in the current directory or on PYTHONPATH, where T5X projects
+  keep theirs, crashed it with a TypeError (a namespace package has no origin)."""
+  for name in ("runs", "models"):
+    (tmp_path / name).mkdir()
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  from spot_jax.spot import pipeline_cli  # noqa: F401  (its configurables, which spot_source.gin binds)
+  gin_utils.configure(["--gin_file=models/t5_1_1_lm_adapted.gin", "--gin_file=prompts/random_uniform.gin",
+                       "--gin_file=models/sizes/tiny.gin",
+                       "--gin_file=runs/spot_source.gin", "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_movie'",
+                       "--gin.MODEL_DIR='/tmp/m'", "--gin.INITIAL_CHECKPOINT_PATH=None",
+                       "--gin.LIBRARY_DIR='/tmp/lib'"])
+  import gin
+  assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "spot_bundled_movie"
+  assert not gin_utils._gin_resource_exists("runs/prompt_train.gin")  # a folder, not a package resource
