@@ -315,14 +315,8 @@ def run(fn: Callable, argv: Optional[Sequence[str]] = None, prog: str = "spot_ja
   """Parse T5X-style flags, configure gin, and call the configurable `fn()`; bad input exits with
   `PROG: error: MESSAGE` (SystemExit)."""
   configure(argv, prog)
-  try:
+  with _user_errors_as_one_line(prog):
     return fn()
-  except USER_ERRORS as e:
-    if os.environ.get("SPOT_JAX_TRACEBACK", "") not in ("", "0"):
-      raise
-    # gin appends "In call to configurable ..." lines to the message; the job's own text is enough.
-    text = "\n".join(l for l in str(e).splitlines() if not l.strip().startswith("In call to configurable"))
-    raise SystemExit(f"{prog}: error: {text.strip()}\n(SPOT_JAX_TRACEBACK=1 shows the traceback)") from e
 
 
 def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> argparse.Namespace:
@@ -341,8 +335,9 @@ def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> a
   # orbax and TFDS log every save and read at INFO through absl: keep a run's console to its own lines.
   logging.getLogger("absl").setLevel(max(logging.getLogger("absl").getEffectiveLevel(), logging.WARNING))
   parse_gin(args.gin_file, bindings, search)
-  prompt_tuning_compat.import_task_modules(prompt_tuning_compat.query_macros([TASK_MODULE_MACRO]).get(
-      TASK_MODULE_MACRO))
+  with _user_errors_as_one_line(prog):  # a bad file in the user's task module
+    prompt_tuning_compat.import_task_modules(prompt_tuning_compat.query_macros([TASK_MODULE_MACRO]).get(
+        TASK_MODULE_MACRO))
   check_macros_are_read(bindings)
   finalize_or_explain()
   steps = prompt_tuning_compat.query_macros(["TRAIN_STEPS", "INITIAL_CHECKPOINT_PATH"])
@@ -351,5 +346,26 @@ def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> a
   except ValueError as e:
     raise SystemExit(f"{prog}: error: {e}") from None
   from tasks import user_data  # users' tasks declared in gin files register now, before any lookup
-  user_data.register_from_gin()
+  with _user_errors_as_one_line(prog):
+    user_data.register_from_gin()
   return args
+
+
+class _user_errors_as_one_line:  # pylint: disable=invalid-name
+  """USER_ERRORS inside become `PROG: error: MESSAGE`: the job's, and those of registering the user's
+  tasks (their module, their gin declarations: `UserDataError` names the file, the line, the fix).
+  gin appends "In call to configurable ..." lines to a message; the job's own text is enough."""
+
+  def __init__(self, prog: str):
+    self.prog = prog
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, tb):
+    if error is None or not isinstance(error, USER_ERRORS) or \
+        os.environ.get("SPOT_JAX_TRACEBACK", "") not in ("", "0"):
+      return False
+    text = "\n".join(l for l in str(error).splitlines() if not l.strip().startswith("In call to configurable"))
+    raise SystemExit(f"{self.prog}: error: {text.strip()}\n(SPOT_JAX_TRACEBACK=1 shows the traceback)") \
+        from error

@@ -164,3 +164,21 @@ def test_a_runs_or_models_folder_on_the_path_does_not_break_our_includes(tmp_pat
   import gin
   assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "spot_bundled_movie"
   assert not gin_utils._gin_resource_exists("runs/prompt_train.gin")  # a folder, not a package resource
+
+
+def test_a_mistake_in_the_users_task_files_is_one_error_line(tmp_path, monkeypatch):
+  """Registering the user's tasks reads their files before the job: a bad label there is the same
+  `error:` line as the job's (it came under a 20-frame traceback)."""
+  (tmp_path / "bad.tsv").write_text("x\ty\nhello\tmaybe\n")
+  (tmp_path / "my_bad_tasks.py").write_text(
+      "from tasks import user_data\n"
+      f"user_data.register_task_from_files('my_bad_task', train={str(tmp_path / 'bad.tsv')!r}, "
+      "input_template='{x}', target_field='y', label_names=['a', 'b'])\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  argv = ["--gin_file=models/t5_1_1.gin", "--gin_file=prompts/random_uniform.gin",
+          "--gin_file=models/sizes/tiny.gin", "--gin_file=runs/prompt_train.gin",
+          "--gin.MIXTURE_OR_TASK_MODULE='my_bad_tasks'", "--gin.MIXTURE_OR_TASK_NAME='my_bad_task'",
+          "--gin.MODEL_DIR='/tmp/m'", "--gin.INITIAL_CHECKPOINT_PATH=None"]
+  with pytest.raises(SystemExit, match=r"^spot_jax: error: .*bad.tsv:2: unknown label 'maybe' in field 'y'.*\n"
+                                       r"\(SPOT_JAX_TRACEBACK=1 shows the traceback\)$"):
+    gin_utils.configure(argv)
