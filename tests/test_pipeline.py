@@ -320,10 +320,15 @@ def test_run_target_refuses_to_resume_a_run_started_from_another_init(frozen, li
   np.testing.assert_array_equal(again.transfer_prompt, first.transfer_prompt)
   pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "weighted_average", top_k=1, steps=6, **kw)
   assert os.path.exists(prompt_io.checkpoint_export_dir(str(tmp_path / "transfer"), 6))
-  # Another top-k is another init: the finished transfer run must not be reported under it.
+  # Another top-k is another init: the finished transfer run must not be reported under it. The
+  # finished run's settings refuse it; without result.json (a killed run), the transfer run's record.
+  with pytest.raises(ValueError, match=r"other settings \(top_k 1 \(now 2\)\).*new MODEL_DIR"):
+    pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "weighted_average", top_k=2, steps=6, **kw)
+  os.rename(tmp_path / "result.json", tmp_path / "result.kept")
   with pytest.raises(ValueError, match="new MODEL_DIR") as e:
     pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "weighted_average", top_k=2, steps=6, **kw)
   assert str(tmp_path / "transfer") in str(e.value)
+  os.rename(tmp_path / "result.kept", tmp_path / "result.json")
   np.testing.assert_array_equal(np.load(tmp_path / "init.npy"), init)  # nothing was overwritten
   # Another base init (seed) changes only the baseline run: refused as well.
   with pytest.raises(ValueError, match="baseline"):
@@ -430,8 +435,16 @@ def test_transfer_baseline_and_selection_runs_refuse_another_target_with_the_sam
   np.testing.assert_array_equal(again.transfer_prompt, first.transfer_prompt)
   np.testing.assert_array_equal(again.baseline_prompt, first.baseline_prompt)
   assert [_train_records(d) for d in runs] == trained
-  # Another target: every init is the same (the source prompt, the base init), the runs are not theirs.
+  # Another target or strategy: the finished run's settings (result.json) refuse it before anything.
   other = SOURCES[0]
+  for strategy, target in (("best_of_top_k", other), ("weighted_average", TARGET)):
+    with pytest.raises(ValueError, match=r"holds a finished spot run with other settings") as e:
+      pipeline.run_target(frozen, lib, target, str(out), strategy, **kw)
+    assert (f"target '{TARGET}' (now '{other}')" if target == other else
+            "strategy 'best_of_top_k' (now 'weighted_average')") in str(e.value)
+  # Without result.json (a killed run), every init is the same (the source prompt, the base init), and
+  # each run's own record refuses: the runs are not theirs.
+  os.rename(out / "result.json", out / "result.json.kept")
   with pytest.raises(ValueError, match="new MODEL_DIR") as e:
     pipeline.run_target(frozen, lib, other, str(out), "best_of_top_k", **kw)
   assert runs[0] in str(e.value) and other in str(e.value)
@@ -446,6 +459,7 @@ def test_transfer_baseline_and_selection_runs_refuse_another_target_with_the_sam
   os.rename(runs[1] + "_kept", runs[1])
   assert [_train_records(d) for d in runs] == trained
   np.testing.assert_array_equal(np.load(out / "init.npy"), src)
+  assert not os.path.exists(out / "result.json")  # no refused run wrote one
 
 
 def test_runs_recorded_before_target_checks_are_resumed_with_a_warning(frozen, tmp_path, caplog):
@@ -470,7 +484,18 @@ def test_runs_recorded_before_target_checks_are_resumed_with_a_warning(frozen, t
     assert sum(run_dir + " " in m and f"trained on {TARGET} cannot be verified" in m
                for m in warned) == 1, (run_dir, warned)
   assert [_train_records(d) for d in runs] == trained
-  # Another target: the record cannot tell, but the run's training checkpoint names its task.
+  # Another target: refused by result.json's settings, also as a run from before they were recorded
+  # wrote it (its target field); without result.json the runs' training checkpoints name their task.
+  result_path = os.path.join(str(out), "result.json")
+  for legacy in (False, True):
+    if legacy:
+      result = json.load(open(result_path))
+      del result[run_record.SETTINGS_KEY]
+      json.dump(result, open(result_path, "w"))
+    with pytest.raises(ValueError, match=rf"holds a finished spot run with other settings .*target "
+                                         rf"'{TARGET}' \(now '{SOURCES[0]}'\).*Use a new MODEL_DIR"):
+      pipeline.run_target(frozen, lib, SOURCES[0], str(out), "best_of_top_k", **kw)
+  os.remove(result_path)
   with pytest.raises(ValueError, match=rf"from_src holds a prompt trained on '{TARGET}' \(step 1\), but "
                                        rf"this run trains '{SOURCES[0]}': use a new MODEL_DIR"):
     pipeline.run_target(frozen, lib, SOURCES[0], str(out), "best_of_top_k", **kw)

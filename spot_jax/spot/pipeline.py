@@ -425,6 +425,10 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
     raise ValueError(f"library {lib.path} holds d_model {d} prompts of {lib.model_id!r}, but the frozen "
                      f"model has d_model {frozen[0].d_model}; use the library of this frozen model")
   fileio.makedirs(out_dir)  # out_dir is MODEL_DIR: gs:// on TPU VMs (os.makedirs made a local "gs:")
+  settings = {"target": target, "strategy": strategy, "top_k": top_k, "rank_by": rank_by,
+              "measure": measure if rank_by == "similarity" else None, "kind": kind,
+              "library": os.path.abspath(lib.path), "exclude": sorted(exclude)}
+  run_record.check_target_settings(out_dir, settings)
   target_step = None
   if rank_by == "similarity" and target_embedding is None:
     target_step = task_embedding_steps or max(1, steps // 10)
@@ -474,7 +478,8 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
     result.baseline_metrics = evaluate_prompt(frozen, target, base, run)
     result.baseline_score = score_of(result.baseline_metrics, run.metric)
     result.baseline_prompt = base
-  fileio.write_json_atomic(os.path.join(out_dir, "result.json"), result.to_dict(), default=float)
+  fileio.write_json_atomic(os.path.join(out_dir, "result.json"),
+                           {**result.to_dict(), run_record.SETTINGS_KEY: settings}, default=float)
   return result
 
 

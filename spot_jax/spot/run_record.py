@@ -89,3 +89,34 @@ def rate_id(rate: Any) -> Any:
   if callable(rate):
     return f"{getattr(rate, '__module__', '?')}.{getattr(rate, '__qualname__', repr(rate))}"
   return repr(rate)
+
+
+
+# A finished `spot` target run's result.json records the settings that define it under this key.
+SETTINGS_KEY = "settings"
+# What result.json held of them before it had SETTINGS_KEY.
+_IN_RESULT = ("target", "strategy", "top_k", "rank_by", "measure")
+
+
+def check_target_settings(out_dir: str, settings: Mapping[str, Any]) -> None:
+  """Refuses a `spot` run into an out_dir whose finished run (result.json) had other settings: target,
+  strategy, top-k, ranking, library, exclusions.
+
+  The per-run init checks do not see it all: best-of-top-k at the full budget reuses its selection
+  run as the transfer and writes no transfer/, and weighted_average's transfer/ is not looked at by a
+  best-of-top-k rerun, so switching strategy in one out_dir rewrote result.json over the other
+  strategy's runs. A rerun with the same settings (to resume, or to add --baseline) goes on.
+  """
+  path = fileio.join(out_dir, "result.json")
+  if not fileio.exists(path):
+    return
+  with fileio.open_file(path, "r") as f:
+    result = json.load(f)
+  recorded = result.get(SETTINGS_KEY) or {k: result.get(k) for k in _IN_RESULT}
+  settings = json.loads(json.dumps(dict(settings), default=str))  # as it reads back from the file
+  differ = {k: (recorded[k], settings.get(k)) for k in recorded if recorded[k] != settings.get(k)}
+  if differ:
+    listed = ", ".join(f"{k} {old!r} (now {new!r})" for k, (old, new) in sorted(differ.items()))
+    raise ValueError(f"{out_dir} holds a finished spot run with other settings ({listed}); its runs would "
+                     "be mixed into this one. Use a new MODEL_DIR for these settings, or rerun with the "
+                     "recorded ones to reuse it")
