@@ -130,6 +130,20 @@ def test_multitask_mixture_trains_on_the_top_k_and_the_target_examples_proportio
   assert init.prompt.shape == (P, 32)
 
 
+def test_a_source_trained_on_a_mixture_enters_the_mixture_with_its_tasks_share():
+  """A library source may be a seqio mixture; seqio takes only a number as a sub-mixture's rate (a rate
+  function failed mid-pipeline): it gets the sum of its tasks' examples-proportional rates."""
+  sub = pipeline.register_mixture("test_spot_sub_mix", ["spot_bundled_movie", "spot_bundled_topic"], 1.0)
+  name = pipeline.register_mixture("test_spot_with_sub", [sub, TARGET], pipeline.examples_proportional)
+  mixture = seqio.get_mixture_or_task(name)
+  examples = {t.name: float(t.num_input_examples("train")) for t in mixture.tasks}
+  assert sorted(examples) == sorted(["spot_bundled_movie", "spot_bundled_topic", TARGET])
+  # Each leaf's share of the whole: the target's rate over the sub-mixture's (the sum of its tasks').
+  total = mixture.total_rate
+  assert mixture.get_rate(seqio.get_mixture_or_task(TARGET)) == examples[TARGET]
+  assert total == pytest.approx(sum(examples.values()))
+
+
 def test_best_of_top_k_keeps_the_source_with_the_best_short_run(frozen, library, tmp_path):
   lib = library[0]
   ranked = [("spot_bundled_movie", 0.9), ("spot_bundled_number", 0.5),

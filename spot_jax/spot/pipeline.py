@@ -299,14 +299,24 @@ def examples_proportional(task) -> float:
 
 
 def register_mixture(name: str, tasks: Sequence[str], rate: Any = 1.0) -> str:
-  """(Re)registers a seqio mixture of `tasks` (equal rates by default); returns its name."""
+  """(Re)registers a seqio mixture of `tasks` (equal rates by default); returns its name.
+
+  A member may itself be a mixture (a library source trained on one): seqio takes only a number as a
+  sub-mixture's rate, so a rate function gives it the sum of what it gives the sub-mixture's tasks,
+  the share they would have if they were listed one by one.
+  """
   import seqio  # pylint: disable=g-import-not-at-top
   from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  members = []
   for t in tasks:
-    input_pipeline.get_task(t)  # a clear error for a library task that is not a registered seqio task
+    found = input_pipeline.get_task(t)  # a clear error for a library task that is not a registered one
+    if callable(rate) and isinstance(found, seqio.Mixture):
+      members.append((t, float(sum(rate(leaf) for leaf in found.tasks))))
+    else:
+      members.append((t, rate))
   if name in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(name, [(t, rate) for t in tasks])
+  seqio.MixtureRegistry.add(name, members)
   return name
 
 
