@@ -351,6 +351,16 @@ def test_run_target_refuses_to_resume_a_run_started_from_another_init(frozen, li
                         baseline=True)
 
 
+def test_train_only_macros_are_refused_by_the_pipeline(tmp_path):
+  """runs/prompt_train.gin reads EVAL_PERIOD and EVAL_SPLIT, but the pipeline evaluates each run once on
+  validation: they were accepted and ignored (the library got the last prompt, scored on validation)."""
+  for macro, value in (("EVAL_PERIOD", "10"), ("EVAL_SPLIT", "'test'")):
+    for command in (["source"], ["--target", TARGET, "--library", str(tmp_path / "lib")]):
+      with pytest.raises(SystemExit, match=rf"error: --gin.{macro} has no effect here: .*spot-jax train"):
+        pipeline_cli.main([*command, *_gin_flags(tmp_path / "run", ["--gin_file=runs/spot_source.gin"]),
+                           f"--gin.{macro}={value}"])
+
+
 def test_spot_source_cli_checkpoints_every_save_period(tmp_path, capsys, clean_gin):
   run_dir = tmp_path / "run"
   rc = pipeline_cli.main(["source", *_gin_flags(run_dir, ["--gin_file=runs/spot_source.gin"]),

@@ -44,7 +44,21 @@ def _run_config(s: dict) -> RunConfig:
                    save_period=s["save_period"])
 
 
+# Read by runs/prompt_train.gin (which the spot run files include) for `spot_jax.train` alone: the
+# pipeline evaluates each run once, after training, on validation (EVAL_NUM_EXAMPLES examples).
+_TRAIN_ONLY_MACROS = {
+    "EVAL_PERIOD": "the pipeline trains each run without periodic evaluation and keeps its last prompt",
+    "EVAL_SPLIT": "the pipeline scores every run (sources, selection, transfer, baseline) on validation",
+}
+
+
 def _load_gin(gin_argv: Sequence[str], prog: str) -> dict:
+  for binding in gin_utils.split_gin_flags(list(gin_argv))[0]:
+    name = binding.split("=", 1)[0].strip()
+    if name in _TRAIN_ONLY_MACROS:
+      raise SystemExit(f"{prog}: error: --gin.{name} has no effect here: {_TRAIN_ONLY_MACROS[name]}. Drop it "
+                       "(for periodic evaluation or another split, train with `spot-jax train` and add the run "
+                       "with `spot-jax library add`)")
   gin_utils.configure(gin_argv, prog)
   return gin.get_configurable(spot_settings)()
 
