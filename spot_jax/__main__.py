@@ -3,7 +3,7 @@
   spot-jax demo                      the embedded SPoT demo (offline, tiny model, bundled tasks)
   spot-jax train|eval|infer ...      gin-configured jobs with T5X-style flags
   spot-jax export SRC --format F OUT prompt export (.npy, T5X-prompt-tuning numpy layout, PEFT)
-  spot-jax library ...               the SPoT prompt library (add, list, similarity, retrieve, init,
+  spot-jax library ...               the SPoT prompt library (add, remove, list, similarity, retrieve, init,
                                      transferability)
   spot-jax spot ...                  retrieval + transfer for a target task
   spot-jax bench ...                 throughput benchmarks (bench/)

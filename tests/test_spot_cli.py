@@ -55,6 +55,11 @@ def test_add_and_list(sources, capsys):
   assert cli.main(["list", "--library", lib, "--json"]) == 0
   data = json.loads(capsys.readouterr().out)
   assert [e["task"] for e in data["entries"]] == ["boolq", "cb", "rte"]
+  # A mistaken add is undone from the command line; an unknown task is one error line.
+  assert cli.main(["remove", "--library", lib, "--task", "cb"]) == 0
+  assert "removed cb from" in capsys.readouterr().out and "cb" not in os.listdir(lib)
+  assert cli.main(["remove", "--library", lib, "--task", "cb"]) == 1
+  assert "error: task 'cb' is not in library" in capsys.readouterr().err
 
 
 def test_add_errors(sources, tmp_path, capsys):

@@ -1,7 +1,8 @@
-"""`spot-jax library add|list|similarity|retrieve|init|transferability` (also `python -m
+"""`spot-jax library add|remove|list|similarity|retrieve|init|transferability` (also `python -m
 spot_jax.spot.cli ...`).
 
   add         put a trained prompt (MODEL_DIR, .npy, T5X numpy export, PEFT adapter) in the library
+  remove      delete a task's entry
   list        tasks, shapes, steps and metrics
   similarity  pairwise similarities: ranked table, matrix JSON and heatmap PNG
   retrieve    rank the library's sources for a target task embedding
@@ -33,8 +34,8 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
 
   Each verb sets `func`; run it with `args.func(args)`, which returns an exit code.
   """
-  lib = subparsers.add_parser("library", help="SPoT prompt library: add, list, similarity, retrieve, "
-                              "init, transferability", description=__doc__,
+  lib = subparsers.add_parser("library", help="SPoT prompt library: add, remove, list, similarity, "
+                              "retrieve, init, transferability", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   verbs = lib.add_subparsers(dest="library_verb", metavar="VERB")
   verbs.required = True
@@ -71,6 +72,10 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
                  help="validation metrics as a JSON object or a path to a JSON file")
   p.add_argument("--overwrite", action="store_true", help="replace an existing entry of this task")
   p.set_defaults(func=_cmd_add)
+
+  p = verbs.add_parser("remove", parents=[common], help="delete a task's entry (a mistaken add)")
+  p.add_argument("--task", required=True, help="the entry to delete")
+  p.set_defaults(func=_cmd_remove)
 
   p = verbs.add_parser("list", parents=[common], help="show tasks, shapes, steps and metrics")
   p.add_argument("--json", action="store_true", help="print the records as JSON")
@@ -223,6 +228,13 @@ def _cmd_add(args) -> int:
       if rec.get("t5x_global_step") not in (None, rec["steps"]) else ""
   print(f"added {rec['task']}: prompt [{rec['prompt_length']}, {rec['d_model']}]{emb}, "
         f"steps {rec['steps']}{t5x}, model {rec['model_id']} -> {os.path.join(args.library, args.task)}")
+  return 0
+
+
+def _cmd_remove(args) -> int:
+  lib = PromptLibrary.existing(args.library)
+  lib.remove(args.task)
+  print(f"removed {args.task} from {args.library} ({len(lib)} task(s) left)")
   return 0
 
 
