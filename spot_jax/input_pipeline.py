@@ -30,7 +30,8 @@ def get_task(name: str):
     known = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown task or mixture {name!r}.{hint} List them with `python -m tasks --list`. "
+    raise ValueError(f"unknown task or mixture {name!r}.{hint} List them with `python -m tasks --list` "
+                     "(`--module my_tasks` adds your own). "
                      "A task your own module registers (e.g. with tasks.user_data.register_task_from_files) "
                      "exists only once that module is imported: pass --gin.MIXTURE_OR_TASK_MODULE=\"'my_tasks'\" "
                      "(a module importable from the current directory or PYTHONPATH), or register it from "

@@ -1,7 +1,11 @@
-"""`python -m tasks --list [--markdown]`: every spot task/mixture, splits, metrics."""
+"""`python -m tasks --list [--markdown] [--module M ...]`: every spot task/mixture, splits, metrics,
+and those your own modules register (as MIXTURE_OR_TASK_MODULE names them)."""
 import argparse
 import importlib
+import os
 import sys
+
+import seqio
 
 from tasks import registry_list
 
@@ -15,6 +19,9 @@ def main(argv=None) -> int:
   parser.add_argument("--list", action="store_true",
                       help="print every registered spot task and mixture")
   parser.add_argument("--markdown", action="store_true", help="as a Markdown table")
+  parser.add_argument("--module", action="append", default=[],
+                      help="also import this module (your MIXTURE_OR_TASK_MODULE, from the current "
+                           "directory or PYTHONPATH) and list what it registers; repeatable")
   args = parser.parse_args(argv)
   if not args.list:
     parser.print_help()
@@ -25,7 +32,13 @@ def main(argv=None) -> int:
     except ModuleNotFoundError as e:
       if e.name != f"tasks.{m}":
         raise
-  print(registry_list.format_table(registry_list.entries(), markdown=args.markdown))
+  before = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  if args.module and os.getcwd() not in sys.path:
+    sys.path.append(os.getcwd())  # as `python -m spot_jax.train` finds a module in the current directory
+  for name in args.module:
+    importlib.import_module(name)
+  added = (set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())) - before
+  print(registry_list.format_table(registry_list.entries(also=added), markdown=args.markdown))
   return 0
 
 

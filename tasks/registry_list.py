@@ -6,7 +6,7 @@ registered through `add_task`, which replaces an existing entry of the same
 name (re-registration with another vocabulary, module reloads).
 """
 import dataclasses
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import seqio
 
@@ -97,18 +97,19 @@ def _metric_names(fns) -> List[str]:
           for f in fns]
 
 
-def entries(prefix: str = "spot_") -> List[dict]:
-  """One dict per registered spot task/mixture: name, type, splits, metrics."""
+def entries(prefix: str = "spot_", also: Iterable[str] = ()) -> List[dict]:
+  """One dict per registered spot task/mixture (and the names in `also`): name, type, splits, metrics."""
   rows = []
+  also = set(also)
   for name in sorted(seqio.TaskRegistry.names()):
-    if not name.startswith(prefix):
+    if not name.startswith(prefix) and name not in also:
       continue
     task = seqio.TaskRegistry.get(name)
     splits = list(getattr(task.source, "splits", None) or [])
     rows.append({"name": name, "type": "task", "splits": splits,
                  "metrics": _metric_names(task._metric_fn_constructor_args)})  # pylint: disable=protected-access
   for name in sorted(seqio.MixtureRegistry.names()):
-    if not name.startswith(prefix):
+    if not name.startswith(prefix) and name not in also:
       continue
     mix = seqio.MixtureRegistry.get(name)
     rows.append({"name": name, "type": "mixture",

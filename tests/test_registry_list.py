@@ -19,3 +19,18 @@ def test_list_prints_tasks_and_mixtures(capsys):
   assert "validation_mismatched" in out
   assert cli.main(["--list", "--markdown"]) == 0
   assert "| `spot_squad_v300` | task |" in capsys.readouterr().out
+
+
+def test_list_shows_what_your_own_module_registers(tmp_path, monkeypatch, capsys):
+  """`--module` imports a MIXTURE_OR_TASK_MODULE (found from the current directory) and lists its tasks,
+  whatever their names: the unknown-task error sends users here."""
+  (tmp_path / "words.tsv").write_text("word\tlabel\ncat\tanimal\noak\tplant\n")
+  (tmp_path / "my_listed_tasks.py").write_text(
+      "from tasks import user_data\n"
+      f"user_data.register_task_from_files('words_by_kind', train={str(tmp_path / 'words.tsv')!r}, "
+      f"validation={str(tmp_path / 'words.tsv')!r}, input_template='{{word}}', target_field='label')\n")
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+  assert cli.main(["--list", "--module", "my_listed_tasks"]) == 0
+  rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("words_by_kind ")]
+  assert len(rows) == 1 and "train" in rows[0] and "validation" in rows[0]
