@@ -262,6 +262,12 @@ def test_spot_cli_runs_the_whole_pipeline_with_a_baseline(library, tmp_path, cap
   np.testing.assert_allclose(np.load(out / "init.npy"), manual, rtol=1e-5, atol=1e-6)
   for run in ("transfer", "baseline"):
     assert os.path.exists(prompt_io.checkpoint_export_dir(str(out / run), 6))
+  # A mistyped target: one error line (no gin "In call to configurable"), and nothing created.
+  rc = pipeline_cli.main(["--target", "spot_bundled_prodcut", "--library", lib.path,
+                          *_gin_flags(tmp_path / "typo", ["--gin_file=runs/spot_target.gin"])])
+  err = capsys.readouterr().err
+  assert rc == 1 and "unknown task or mixture 'spot_bundled_prodcut'" in err and "In call to" not in err
+  assert not os.path.exists(tmp_path / "typo")
 
 
 def test_spot_source_cli_adds_one_prompt_to_a_library(tmp_path, capsys, clean_gin):

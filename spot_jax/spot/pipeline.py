@@ -425,6 +425,8 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
   """
   if strategy not in STRATEGIES:
     raise ValueError(f"strategy={strategy!r}: use one of {STRATEGIES}")
+  from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  input_pipeline.get_task(target)  # a mistyped target fails here, not after out_dir's runs are created
   lib = library if isinstance(library, PromptLibrary) else PromptLibrary(library)
   if not len(lib):
     raise ValueError(f"library {lib.path} has no prompts; train sources first (spot-jax spot source, "
