@@ -319,10 +319,18 @@ def run(fn: Callable, argv: Optional[Sequence[str]] = None, prog: str = "spot_ja
     return fn()
 
 
+def plain_warnings() -> None:
+  """A command's warnings as `warning: MESSAGE` lines: Python's default adds the file, line number and
+  source line of the `warnings.warn` call, which tell a user of the command line nothing."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
+
+
 def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> argparse.Namespace:
   """Parse T5X-style flags, start jax.distributed if asked, load and finalize gin, register the
   users' gin-declared tasks. Returns the parsed flags."""
   argv = sys.argv[1:] if argv is None else list(argv)
+  plain_warnings()
   bindings, rest = split_gin_flags(argv)
   args = _parser(prog).parse_args(rest)
   bindings = list(args.gin_bindings) + bindings

@@ -182,3 +182,12 @@ def test_a_mistake_in_the_users_task_files_is_one_error_line(tmp_path, monkeypat
   with pytest.raises(SystemExit, match=r"^spot_jax: error: .*bad.tsv:2: unknown label 'maybe' in field 'y'.*\n"
                                        r"\(SPOT_JAX_TRACEBACK=1 shows the traceback\)$"):
     gin_utils.configure(argv)
+
+
+def test_command_warnings_are_one_plain_line(monkeypatch):
+  """A command's warnings: `warning: MESSAGE`, without the file, line and source line of the call."""
+  import warnings
+  monkeypatch.setattr(warnings, "formatwarning", lambda *a, **k: "file:line: source line")  # restored after
+  said = "the target's task embedding is from step 3"
+  gin_utils.plain_warnings()
+  assert warnings.formatwarning(said, UserWarning, "/x/retrieval.py", 90) == f"warning: {said}\n"

@@ -385,6 +385,8 @@ def run(args) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Entry point: `main(["library", "list", "--library", DIR])`; a leading "library" is optional."""
   argv = list(sys.argv[1:] if argv is None else argv)
+  from spot_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.plain_warnings()
   if not argv or argv[0] != "library":
     argv = ["library"] + argv
   return run(build_parser().parse_args(argv))

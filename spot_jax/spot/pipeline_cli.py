@@ -213,6 +213,7 @@ def source_main(argv: Sequence[str]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """`spot-jax spot ...` (target pipeline) and `spot-jax spot source ...` (one source prompt)."""
   argv = list(sys.argv[1:] if argv is None else argv)
+  gin_utils.plain_warnings()
   if not logging.getLogger().handlers:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("spot_jax").setLevel(logging.INFO)
