@@ -105,6 +105,15 @@ class PromptCheckpoints:
     logging.getLogger("asyncio").removeFilter(_drop_unretrieved_futures)
     return TrainState(**restored.state), dict(restored.meta)
 
+  def saved_meta(self, step: int) -> dict:
+    """The run identity saved with `step` (task, data position, frozen model), read alone: the run can
+    be checked before the prompt and its optimizer state are. {} when it cannot be read (a damaged
+    checkpoint is reported by `restore`)."""
+    try:
+      return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    except Exception:  # pylint: disable=broad-except
+      return {}
+
   def _saved_prompt_shape(self, step: int) -> Optional[tuple]:
     """The prompt's shape from the checkpoint's metadata (no array is read), or None when the
     metadata cannot say."""

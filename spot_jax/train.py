@@ -187,6 +187,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   prompt_init = prompt_init or prompts.random_uniform()
   ckpts = checkpointing.PromptCheckpoints(model_dir, keep_checkpoints, async_checkpoints)
   resume_step = ckpts.latest_step()
+  if resume_step is not None:  # before the weights are placed and the step compiled
+    check_same_run(model_dir, ckpts.saved_meta(resume_step), mixture_or_task_name, frozen_model, resume_step)
   initial_prompt = None
   if resume_step is None:
     embedding = np.asarray(params["token_embedder"]["embedding"], np.float32)
@@ -211,7 +213,6 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     state, meta = ckpts.restore(abstract)
     start_step = int(jax.device_get(state.step))
     log.info("resuming from step %d (%s)", start_step, meta)
-    check_same_run(model_dir, meta, mixture_or_task_name, frozen_model, start_step)
     shards = partitioning.data_layout(mesh)[1]
     if meta.get("data_shards", shards) != shards:
       log.warning("%s was trained reading the data in %d shard(s); this run reads %d (another number of "
