@@ -41,7 +41,7 @@ def _library(path, tasks=("a", "b")):
   return lib
 
 
-def test_spot_transfer_into_a_gs_model_dir_writes_the_bucket(bucket, tmp_path, monkeypatch):
+def test_spot_transfer_into_a_gs_model_dir_writes_the_bucket(bucket, tmp_path, monkeypatch, caplog):
   """`spot --gin.MODEL_DIR=gs://BUCKET/cb` (the README's example): run_target made it with os.makedirs,
   a local `gs:/BUCKET/cb` directory."""
   from spot_jax.spot import pipeline
@@ -54,8 +54,11 @@ def test_spot_transfer_into_a_gs_model_dir_writes_the_bucket(bucket, tmp_path, m
   monkeypatch.setattr(pipeline, "_train_from", fake_train_from)  # training on gs:// is not the point
   monkeypatch.setattr(pipeline, "evaluate_prompt", lambda *a: {"accuracy": 1.0})
   frozen = (types.SimpleNamespace(d_model=8), None)
-  result = pipeline.run_target(frozen, lib, "spot_bundled_product", "gs://bucket/cb", "weighted_average",
-                               top_k=2, steps=3, target_embedding=_prompt(0))  # a registered target
+  with caplog.at_level("WARNING", logger="spot_jax.spot"):
+    result = pipeline.run_target(frozen, lib, "spot_bundled_product", "gs://bucket/cb", "weighted_average",
+                                 top_k=3, steps=3, target_embedding=_prompt(0))  # a registered target
+  assert "top-3 asked for, but library" in caplog.text and "has 2 source(s)" in caplog.text
+  assert len(result.chosen) == 2
   assert trained == ["gs://bucket/cb/transfer"]
   saved = json.loads((bucket / "cb" / "result.json").read_text())
   assert saved["strategy"] == "weighted_average" and saved["out_dir"] == "gs://bucket/cb"

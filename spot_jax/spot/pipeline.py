@@ -448,6 +448,9 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
                                       target_step, run)
   ranked = rank(lib, target_embedding, measure, rank_by, frozen=frozen, target=target, run=run, kind=kind,
                 exclude=exclude, target_step=target_step)
+  if isinstance(top_k, int) and top_k > len(ranked):  # the result still says the top-k asked for
+    log.warning("top-%d asked for, but library %s has %d source(s) for %s: all %d are used", top_k,
+                lib.path, len(ranked), target, len(ranked))
 
   if strategy == "weighted_average":
     init = weighted_average(lib, ranked, top_k)
