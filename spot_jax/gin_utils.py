@@ -359,10 +359,16 @@ def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> a
   return args
 
 
+def user_message(error: BaseException) -> str:
+  """An error's own text: gin appends "In call to configurable ..." lines to errors raised inside a
+  configurable, which say nothing to the user (a KeyError's text without its quotes)."""
+  text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+  return "\n".join(l for l in text.splitlines() if not l.strip().startswith("In call to configurable")).strip()
+
+
 class _user_errors_as_one_line:  # pylint: disable=invalid-name
   """USER_ERRORS inside become `PROG: error: MESSAGE`: the job's, and those of registering the user's
-  tasks (their module, their gin declarations: `UserDataError` names the file, the line, the fix).
-  gin appends "In call to configurable ..." lines to a message; the job's own text is enough."""
+  tasks (their module, their gin declarations: `UserDataError` names the file, the line, the fix)."""
 
   def __init__(self, prog: str):
     self.prog = prog
@@ -374,6 +380,5 @@ class _user_errors_as_one_line:  # pylint: disable=invalid-name
     if error is None or not isinstance(error, USER_ERRORS) or \
         os.environ.get("SPOT_JAX_TRACEBACK", "") not in ("", "0"):
       return False
-    text = "\n".join(l for l in str(error).splitlines() if not l.strip().startswith("In call to configurable"))
-    raise SystemExit(f"{self.prog}: error: {text.strip()}\n(SPOT_JAX_TRACEBACK=1 shows the traceback)") \
+    raise SystemExit(f"{self.prog}: error: {user_message(error)}\n(SPOT_JAX_TRACEBACK=1 shows the traceback)") \
         from error

@@ -222,10 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return source_main(argv[1:])
     return target_main(argv)
   except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
-    msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
-    # gin appends "In call to configurable ..." to errors raised inside a configurable: not the user's.
-    msg = "\n".join(l for l in msg.splitlines() if not l.strip().startswith("In call to configurable"))
-    print(f"error: {msg.strip()}", file=sys.stderr)
+    print(f"error: {gin_utils.user_message(e)}", file=sys.stderr)
     return 1
 
 
