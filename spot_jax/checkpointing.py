@@ -62,9 +62,11 @@ class PromptCheckpoints:
     fileio.check_not_a_file(directory, "the training checkpoints go there")  # else async saves fail unseen
     # Handlers named up front: without them a manager opened on an existing directory (a resumed
     # run) knows no item's metadata until its first save, and cannot check the prompt's shape.
+    # create=False: the first save makes the directory, so a run refused before it (a prompt file of
+    # the wrong shape) leaves no empty checkpoints/ behind to be mistaken for a started run.
     self._manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=False),
         item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> Optional[int]:
