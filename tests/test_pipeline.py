@@ -160,6 +160,24 @@ def test_best_of_top_k_keeps_the_source_with_the_best_short_run(frozen, library,
     assert s["selection_score"] == s["metrics"]["accuracy"]
 
 
+def test_best_of_top_k_never_picks_nan_and_says_a_tie(frozen, library, tmp_path, monkeypatch, caplog):
+  lib = library[0]
+  scores = {"spot_bundled_movie": float("nan"), "spot_bundled_number": 0.5, "spot_bundled_topic": 0.5}
+  monkeypatch.setattr(pipeline, "_train_from", lambda *a, **k: np.zeros((2, 2), np.float32))
+  runs = iter(scores.values())
+  monkeypatch.setattr(pipeline, "evaluate_prompt", lambda *a, **k: {"accuracy": next(runs)})
+  ranked = [(t, 1.0 - i / 10) for i, t in enumerate(scores)]
+  with caplog.at_level("WARNING", logger="spot_jax.spot"):
+    init = pipeline.best_of_top_k(frozen, lib, ranked, TARGET, str(tmp_path), steps=4, top_k=3, run=RUN)
+  # The NaN run came first: a plain `>` never replaces it.
+  assert init.extra["chosen"] == "spot_bundled_number"
+  assert "tied with spot_bundled_topic, the better-ranked is kept" in init.description
+  assert "ties with spot_bundled_topic" in caplog.text
+  runs = iter([float("nan")] * 3)
+  init = pipeline.best_of_top_k(frozen, lib, ranked, TARGET, str(tmp_path), steps=4, top_k=3, run=RUN)
+  assert init.extra["chosen"] == "spot_bundled_movie" and "no source scored a number" in init.description
+
+
 def test_best_of_top_k_at_the_full_budget_keeps_the_winning_run_as_the_transfer(frozen, library, tmp_path):
   """SPoT's best of top-k: k target runs of the whole budget, the best kept, none trained twice."""
   lib = library[0]

@@ -279,10 +279,22 @@ def best_of_top_k(frozen, library, ranked: Sequence[Tuple[str, float]], target: 
     value = score_of(metrics, run.metric)
     sources.append({"task": task, "score": float(score), "metrics": metrics, "selection_score": value})
     log.info("best-of-top-k: %s -> %s after %d steps on %s", task, value, steps, target)
-    if best is None or value > best[1]:  # ties keep the better-ranked source
+    # NaN never wins (it would, placed first: nothing compares above it); ties keep the better-ranked.
+    if best is None or (not np.isnan(value) and (np.isnan(best[1]) or value > best[1])):
       best = (task, value, src, run_dir, prompt, metrics)
+  tied = [s["task"] for s in sources if s["task"] != best[0] and s["selection_score"] == best[1]]
+  note = ""
+  if np.isnan(best[1]):
+    log.warning("best-of-top-k: no source's run on %s scored a number (%s is NaN for all): the "
+                "best-ranked source %s is kept", target, run.metric or "the mean metric", best[0])
+    note = "; no source scored a number, the best-ranked is kept"
+  elif tied:
+    log.warning("best-of-top-k: %s ties with %s on %s's validation (%.4g): the better-ranked %s is kept; "
+                "a longer SELECTION_STEPS or another BEST_METRIC can separate them", best[0], ", ".join(tied),
+                target, best[1], best[0])
+    note = f"; tied with {', '.join(tied)}, the better-ranked is kept"
   desc = (f"best of top-{len(chosen)}: {best[0]} (validation {best[1]:.4g} after {steps} target steps; "
-          + ", ".join(f"{s['task']}={s['selection_score']:.4g}" for s in sources) + ")")
+          + ", ".join(f"{s['task']}={s['selection_score']:.4g}" for s in sources) + note + ")")
   return TransferInit("best_of_top_k", best[2], desc, sources,
                       {"chosen": best[0], "selection_steps": steps, "run_dir": best[3]},
                       trained=(best[4], best[5]))
