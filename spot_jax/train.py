@@ -244,6 +244,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     best_dir = prompt_io.best_export_dir(model_dir)
     if fileio.exists(best_dir):
       best_value = _pick_metric(prompt_io.read_export_info(best_dir).get("metrics") or {}, best_metric)
+      best_value = best_value if best_value is not None and np.isfinite(best_value) else None
 
   def save(state, step):
     nonlocal last_saved
@@ -296,7 +297,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
                               inference_eval_dir(model_dir) if is_main else None)
           logger.write(step, results, prefix="eval")
           value = _pick_metric(results, best_metric)
-          if value is not None and (best_value is None or value > best_value):
+          # NaN (e.g. STS-B's correlations of a prompt that writes one number) is never the best.
+          if value is not None and np.isfinite(value) and (best_value is None or value > best_value):
             best_value = value
             if is_main:
               prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,

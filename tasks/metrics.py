@@ -7,9 +7,11 @@ argument names, so keep those names.
 import collections
 import re
 import string
+import warnings
 from typing import Dict, List, Sequence
 
 import numpy as np
+import scipy.stats
 
 
 def accuracy(targets, predictions) -> Dict[str, float]:
@@ -77,31 +79,25 @@ def mean_multiclass_f1(num_classes: int):
   return metric
 
 
-def _pearson(x, y):
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  x, y = x - x.mean(), y - y.mean()
-  denom = np.sqrt((x * x).sum() * (y * y).sum())
-  return 0.0 if denom == 0 else float((x * y).sum() / denom)
-
-
-def _ranks(x):
-  """Average ranks (ties share the mean rank), as scipy.stats.rankdata."""
-  x = np.asarray(x, np.float64)
-  order = np.argsort(x, kind="mergesort")
-  ranks = np.empty(len(x))
-  ranks[order] = np.arange(1, len(x) + 1)
-  for v in np.unique(x):
-    sel = x == v
-    ranks[sel] = ranks[sel].mean()
-  return ranks
+def _correlation(fn, targets, predictions) -> float:
+  """T5's correlation metrics are scipy's: NaN where the coefficient is undefined (constant
+  predictions or targets, a NaN prediction), not 0 — a prompt that always writes "2.4" has no
+  correlation to report, and 0 would rank it above one that anticorrelates. Under 2 items is NaN too
+  (scipy's pearsonr raises there)."""
+  t, p = np.asarray(targets, np.float64), np.asarray(predictions, np.float64)
+  if len(t) < 2:
+    return float("nan")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # ConstantInputWarning: the NaN says it
+    return float(fn(t, p)[0])
 
 
 def pearson_corrcoef(targets, predictions) -> Dict[str, float]:
-  return {"pearson_corrcoef": 100.0 * _pearson(targets, predictions)}
+  return {"pearson_corrcoef": 100.0 * _correlation(scipy.stats.pearsonr, targets, predictions)}
 
 
 def spearman_corrcoef(targets, predictions) -> Dict[str, float]:
-  return {"spearman_corrcoef": 100.0 * _pearson(_ranks(targets), _ranks(predictions))}
+  return {"spearman_corrcoef": 100.0 * _correlation(scipy.stats.spearmanr, targets, predictions)}
 
 
 # --- SQuAD-style EM / F1 (max over gold answers) ---------------------------

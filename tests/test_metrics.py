@@ -56,6 +56,17 @@ def test_correlations_match_scipy():
   assert M.pearson_corrcoef([1, 2, 3], [2, 4, 6])["pearson_corrcoef"] == pytest.approx(100)
 
 
+@pytest.mark.parametrize("targets,predictions", [
+    ([1.0, 2.0, 3.0, 4.0], [2.4] * 4),  # a prompt that always writes one number
+    ([2.0] * 3, [1.0, 2.0, 3.0]),
+    ([1.0, 2.0, 3.0], [1.0, float("nan"), 3.0]),  # string_to_float("nan")
+    ([1.0], [1.0]), ([], [])])
+def test_undefined_correlations_are_nan_as_in_t5(targets, predictions):
+  # T5 reports scipy's NaN here; 0 would rank a constant prompt above an anticorrelated one.
+  assert np.isnan(M.pearson_corrcoef(targets, predictions)["pearson_corrcoef"])
+  assert np.isnan(M.spearman_corrcoef(targets, predictions)["spearman_corrcoef"])
+
+
 def test_squad_em_f1_max_over_answers():
   out = M.squad([["The cat", "a dog"], ["Paris"]], ["cat", "in Paris France"])
   # ex1: EM 1 (articles dropped); ex2: EM 0, F1 = 2*(1/3*1)/(1/3+1) = 0.5

@@ -408,3 +408,16 @@ def test_logs_the_learning_rate_of_each_step_and_t5x_inference_eval_files(tmp_pa
   for step in (6, 12):
     rows = [json.loads(l) for l in open(inference_eval / f"{TASK}-{step:06d}.jsonl")]
     assert len(rows) == 4 and all("prediction" in r and "target" in r for r in rows)
+
+
+def test_a_nan_evaluation_is_never_the_best_export(tmp_path, monkeypatch):
+  # STS-B's correlations are NaN for a prompt that writes one number (as T5's); placed first, a NaN
+  # best would block every later evaluation (nothing compares above it).
+  values = iter([float("nan"), 50.0])
+  monkeypatch.setattr(train_lib, "_evaluate", lambda *a, **k: {f"{TASK}/pearson_corrcoef": next(values)})
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  train_lib.train(model_dir=str(tmp_path), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
+                  train_steps=4, batch_size=8, prompt_length=PROMPT_LEN, frozen=(CFG, params), eval_period=2,
+                  save_period=4, enable_dropout=False)
+  info = prompt_io.read_export_info(prompt_io.best_export_dir(str(tmp_path)))
+  assert info["step"] == 4 and info["metrics"] == {f"{TASK}/pearson_corrcoef": 50.0}
