@@ -17,8 +17,16 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def _join(parts: Sequence) -> tf.Tensor:
-  """Joined with spaces and every whitespace run collapsed to one space, as T5's `_string_join`."""
-  return tf.strings.regex_replace(tf.strings.join(list(parts), separator=" "), r"\s+", " ")
+  """Joined with single spaces, the text left as it is: T5's GLUE/SuperGLUE, STS-B, WSC, DPR and
+  ReCoRD preprocessors join this way (`tf.strings.join(..., separator=' ')`), so newlines and double
+  spaces in the data stay in `inputs_pretokenized` as they do in T5's."""
+  return tf.strings.join(list(parts), separator=" ")
+
+
+def _string_join(parts: Sequence) -> tf.Tensor:
+  """Joined with spaces and every whitespace run collapsed to one space: T5's `_string_join` (its
+  SQuAD) and the SPoT code's text-classification form."""
+  return tf.strings.regex_replace(_join(parts), r"\s+", " ")
 
 
 def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
@@ -235,9 +243,8 @@ def squad(x, include_context: bool = True):
   """T5's SQuAD format: "question: ... context: ..." -> first answer."""
   answers = pad_punctuation(x["answers"]["text"])
   q, c = pad_punctuation(x["question"]), pad_punctuation(x["context"])
-  inputs = (_join(["question:", q, "context:", c]) if include_context
-            else _join(["squad trivia question:", q]))
-  inputs = tf.strings.regex_replace(inputs, r"\s+", " ")  # T5 collapses the joins too
+  inputs = (_string_join(["question:", q, "context:", c]) if include_context
+            else _string_join(["squad trivia question:", q]))
   first = tf.cond(tf.size(answers) > 0, lambda: answers[0], lambda: tf.constant(UNK))
   return {"inputs": inputs, "targets": first, "answers": answers, "id": x["id"]}
 
@@ -246,7 +253,7 @@ def squad(x, include_context: bool = True):
 def drop(x):
   """DROP: "drop question: ... context: ..." -> answer; all answers kept."""
   answers = tf.concat([[x["answer"]], x["validated_answers"]], axis=0)
-  return {"inputs": _join(["drop question:", x["question"], "context:", x["passage"]]),
+  return {"inputs": _string_join(["drop question:", x["question"], "context:", x["passage"]]),
           "targets": x["answer"], "answers": answers}
 
 
@@ -266,7 +273,7 @@ def multiple_choice_example(prefix: str, fields: Mapping[str, tf.Tensor],
       tf.strings.join([_letters(tf.shape(options)[0]), options], separator=" "),
       separator=" ")
   parts += ["options:", listed]
-  return _classification(_join(parts), label, options)
+  return _classification(_string_join(parts), label, options)
 
 
 @seqio.map_over_dataset
@@ -327,7 +334,7 @@ def nli(x, benchmark_name: str, label_names: Sequence[str],
         premise_key: str = "premise", hypothesis_key: str = "hypothesis"):
   """NLI as the SPoT code registers its sources: "<name> hypothesis: ... <premise_key>: ..." -> label
   (the dataset's own field name: ANLI's premise is "context")."""
-  inputs = _join([benchmark_name, f"{hypothesis_key}:", x[hypothesis_key],
+  inputs = _string_join([benchmark_name, f"{hypothesis_key}:", x[hypothesis_key],
                   f"{premise_key}:", x[premise_key]])
   return _classification(inputs, x["label"], label_names)
 
@@ -336,7 +343,7 @@ def nli(x, benchmark_name: str, label_names: Sequence[str],
 def single_text_classification(x, benchmark_name: str, text_key: str,
                                field_name: str, label_names: Sequence[str]):
   """"<name> <field>: text" -> label word (e.g. Yelp polarity)."""
-  inputs = _join([benchmark_name, f"{field_name}:", x[text_key]])
+  inputs = _string_join([benchmark_name, f"{field_name}:", x[text_key]])
   return _classification(inputs, x["label"], label_names)
 
 

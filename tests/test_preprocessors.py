@@ -26,6 +26,21 @@ def test_glue_rte():
   assert list(out["options"]) == [b"entailment", b"not_entailment"]
 
 
+def test_glue_keeps_the_text_as_t5_joins_it():
+  # T5's `glue` joins with tf.strings.join(separator=' '): no whitespace collapsed (only SQuAD's
+  # `_string_join` collapses); MultiRC's <br> becomes a space next to the one already there.
+  (out,) = run(functools.partial(pre.glue, benchmark_name="rte",
+                                 label_names=("entailment", "not_entailment")),
+               {"sentence1": "A cat  sat.\nIt purred.", "sentence2": "An animal sat.",
+                "label": np.int64(0), "idx": np.int32(7)})
+  assert out["inputs"] == b"rte sentence1: A cat  sat.\nIt purred. sentence2: An animal sat."
+  (out,) = run(functools.partial(pre.glue, benchmark_name="multirc", label_names=("False", "True"),
+                                 feature_names=("question", "answer", "paragraph")),
+               {"paragraph": "Hi. <br>Bye.", "question": "Q?", "answer": "A", "label": np.int64(1),
+                "idx": {"paragraph": np.int32(1), "question": np.int32(2), "answer": np.int32(3)}})
+  assert out["inputs"] == b"multirc question: Q? answer: A paragraph: Hi.  Bye."
+
+
 def test_glue_sorted_keys_and_unknown_label():
   (out,) = run(functools.partial(pre.glue, benchmark_name="mnli",
                                  label_names=("entailment", "neutral", "contradiction")),
