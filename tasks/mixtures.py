@@ -19,8 +19,22 @@ from tasks import registry_list as reg
 DEFAULT_CAP = 2 ** 19  # 524288 examples, T5's examples-proportional limit
 
 
+def num_train_examples(task) -> float:
+  """A task's train examples after preprocessing: seqio's cached count when the task is cached, else
+  the spec's count where preprocessing makes several examples of one TFDS row (ReCoRD, RACE), else
+  the TFDS row count (seqio's fallback)."""
+  if not task.cache_dir and task.name in reg.TRAIN_EXAMPLES:
+    return float(reg.TRAIN_EXAMPLES[task.name])
+  return float(seqio.mixing_rate_num_examples(task))
+
+
+def examples_rate(task, cap: int = DEFAULT_CAP) -> float:
+  """T5's examples-proportional rate: min(#train examples, cap)."""
+  return min(num_train_examples(task), float(cap))
+
+
 def rate(cap: int = DEFAULT_CAP):
-  return functools.partial(seqio.mixing_rate_num_examples, maximum=cap)
+  return functools.partial(examples_rate, cap=cap)
 
 
 def _mixable(spec) -> bool:
@@ -87,7 +101,7 @@ def register_wsc_dpr(name_suffix: str = "") -> str:
 SUPER_GLUE_T5_MIXTURE = "spot_super_glue_t5_mix"
 # T5's SUPER_GLUE_WEIGHT_MAPPING (t5/data/glue_utils.py). Not the TFDS split sizes: ReCoRD counts one
 # row per answer (138854, against 100730 questions), WSC is DPR plus WSC-simple, AX-b/AX-g are
-# evaluated only. spot_super_glue_mix instead weighs our tasks by their TFDS train sizes.
+# evaluated only. spot_super_glue_mix instead weighs our tasks by their train examples (`rate`).
 T5_SUPER_GLUE_WEIGHTS = {"boolq": 9427.0, "cb": 250.0, "copa": 400.0, "multirc": 27243.0,
                          "record": 138854.0, "rte": 2490.0, "wic": 5428.0, "axb": 0.0, "axg": 0.0}
 

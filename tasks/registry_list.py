@@ -13,6 +13,7 @@ import seqio
 from tasks import vocab as vocab_lib
 
 SPECS: Dict[str, "TaskSpec"] = {}
+TRAIN_EXAMPLES: Dict[str, int] = {}  # registered task name -> its spec's train_examples
 
 
 @dataclasses.dataclass
@@ -32,6 +33,10 @@ class TaskSpec:
   benchmark: str
   groups: Sequence[str] = ()
   tokenized: bool = False  # preprocessors already tokenize (C4)
+  # Train examples after preprocessing, where it makes several of one TFDS row (ReCoRD: one per
+  # answer; RACE: one per question of an article). seqio's examples-proportional rate falls back to
+  # the TFDS row count for an uncached task, which would under-weight these in a mixture.
+  train_examples: Optional[int] = None
 
   @property
   def split_names(self) -> List[str]:
@@ -82,6 +87,8 @@ def add_task(spec: TaskSpec, vocabulary=None, name_suffix: str = "") -> seqio.Ta
   """Records the spec (default vocabulary only) and registers the task."""
   if not name_suffix:
     SPECS[spec.name] = spec
+  if spec.train_examples:
+    TRAIN_EXAMPLES[spec.name + name_suffix] = spec.train_examples
   return build_task(spec, vocabulary, name=spec.name + name_suffix)
 
 

@@ -37,9 +37,16 @@ def _nli(benchmark, task, tfds_name, labels, splits=_TVT, premise_key="premise")
                [M.accuracy], "classification", ("nli",))
 
 
-def _mc(benchmark, task, tfds_name, splits, fn, groups):
-  return _spec(benchmark, task, tfds_name, splits, [fn], post.option_index,
+def _mc(benchmark, task, tfds_name, splits, fn, groups, train_examples=None):
+  spec = _spec(benchmark, task, tfds_name, splits, [fn], post.option_index,
                [M.accuracy], "multiple_choice", groups)
+  spec.train_examples = train_examples
+  return spec
+
+
+# RACE's train questions (its TFDS rows are articles, each with several questions): the RACE paper's
+# counts (Lai et al., EMNLP 2017, Table 1), for the examples-proportional mixing rate.
+RACE_TRAIN_QUESTIONS = {"high": 62445, "middle": 25421}
 
 
 def specs():
@@ -75,7 +82,7 @@ def specs():
   for level in ("high", "middle"):
     out.append(_mc("race", level, f"race/{level}:2.0.0",
                    {"train": "train", "validation": "dev", "test": "test"},
-                   pre.race, ("qa",)))
+                   pre.race, ("qa",), train_examples=RACE_TRAIN_QUESTIONS[level]))
   for r in ("r1", "r2", "r3"):
     out.append(_nli("anli", r, f"anli/{r}:0.1.0", _NLI3, premise_key="context"))
   return out

@@ -79,7 +79,13 @@ def spec(task: str) -> reg.TaskSpec:
       splits=("test",) if task in ("axb", "axg") else _SPLITS,
       text_preprocessors=text, postprocess_fn=postprocess,
       metric_fns=list(metric_fns), kind=kind, benchmark="super_glue",
-      groups=("super_glue",) + tuple(groups))
+      groups=("super_glue",) + tuple(groups),
+      train_examples=RECORD_TRAIN_EXAMPLES if task == "record" else None)
+
+
+# ReCoRD's train examples, one per gold answer (100730 TFDS rows): T5's count, from the weight of
+# its super_glue_v102_proportional mixture (t5/data/glue_utils.py).
+RECORD_TRAIN_EXAMPLES = 138854
 
 
 # --- T5's WSC "simple" tasks and DPR ------------------------------------------

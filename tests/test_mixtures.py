@@ -57,3 +57,18 @@ def test_mixture_yields_batches(env, name):
   assert name in seqio.MixtureRegistry.names()
   batch = ct.converted_batch(name, split="validation")
   ct.check_batch(batch, env.vocab_size)
+
+
+def test_record_and_race_are_weighted_by_their_examples_not_tfds_rows(monkeypatch):
+  # One TFDS row of ReCoRD holds several answers, one of RACE several questions: seqio's uncached
+  # fallback counts rows (100730 ReCoRD queries, 18728 RACE-high articles).
+  monkeypatch.setattr(seqio.TfdsDataSource, "num_input_examples", lambda self, split: 18728)
+  mix = seqio.get_mixture_or_task("spot_sources_mix")
+  race = seqio.get_mixture_or_task("spot_race_high_v200")
+  record = seqio.get_mixture_or_task("spot_super_glue_record_v102")
+  assert mix.get_rate(race) == 62445.0
+  assert mix.get_rate(record) == 138854.0
+  assert mix.get_rate(seqio.get_mixture_or_task("spot_glue_mnli_v200")) == 18728.0  # rows = examples
+  assert mixtures.rate(cap=1000)(race) == 1000.0
+  from spot_jax.spot import pipeline
+  assert pipeline.examples_proportional(race) == 62445.0

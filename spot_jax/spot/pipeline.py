@@ -306,8 +306,8 @@ MIXING_CAP = 2 ** 19  # T5's examples-proportional limit K
 def examples_proportional(task) -> float:
   """T5's examples-proportional mixing rate, min(#train examples, 2^19): how SPoT mixes the top-k
   sources with the target (a named function, so a run's recorded identity is stable)."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  return seqio.mixing_rate_num_examples(task, maximum=MIXING_CAP)
+  from tasks import mixtures  # pylint: disable=g-import-not-at-top
+  return mixtures.examples_rate(task, cap=MIXING_CAP)  # ReCoRD, RACE: examples, not TFDS rows
 
 
 def register_mixture(name: str, tasks: Sequence[str], rate: Any = 1.0) -> str:
