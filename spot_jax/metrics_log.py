@@ -5,7 +5,8 @@ One `MetricsLogger` per run directory serves training and evaluation alike:
     with TensorFlow's summary ops (the `tensorboard` package is needed only to view them);
   * `log_dir/metrics.jsonl`: one JSON object per write, `{"step": s, "time": t, "<prefix>/<name>": v}`,
     appended one whole line at a time and flushed, so a crash loses at most the line being written
-    (`read_jsonl` skips a torn last line; after a resume the later line for a step wins);
+    (`read_jsonl` skips a torn last line; a resumed run first drops the lines past its checkpoint,
+    and marks its start for TensorBoard, which then drops those points too);
   * console: one `logging` line per write (through tqdm when a bar is shown, so lines do not tear it);
   * a tqdm progress bar with step, loss, steps/s and ETA when stderr is a terminal.
 Only process 0 writes in a multi-process run (`enabled` defaults to `jax.process_index() == 0`).
@@ -118,6 +119,21 @@ class ProgressBar:
     self._bar.close()
 
 
+def _mark_session_start(log_dir: str, step: int) -> None:
+  """Writes TensorFlow's session marker (a SessionLog START event at `step`) in an event file of its
+  own. TensorBoard reads a run's files in name order and takes every START after the first for a
+  restart: it drops the points at or after that step, which an interrupted run logged past its last
+  checkpoint and the resumed run logs again, so they are not drawn twice. TF2's summary API has no
+  call for it; TF1's FileWriter (in graph mode) writes it, into a file whose name sorts before the
+  new writer's (same time stamp and host, shorter name)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
+  with tf.Graph().as_default():
+    writer = tf.compat.v1.summary.FileWriter(log_dir)
+    writer.add_session_log(event_pb2.SessionLog(status=event_pb2.SessionLog.START), global_step=step)
+    writer.close()
+
+
 class _TensorBoard:
   """Scalar summaries in TensorFlow event files, readable by TensorBoard.
 
@@ -125,10 +141,12 @@ class _TensorBoard:
   `tensorboard` package (which `tf.summary.scalar` and clu's SummaryWriter need) is not required.
   """
 
-  def __init__(self, log_dir: str):
+  def __init__(self, log_dir: str, session_start: Optional[int] = None):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
     self._tf = tf
+    if session_start is not None:  # before the writer: its file must sort after the marker's
+      _mark_session_start(log_dir, session_start)
     self._writer = tf.summary.create_file_writer(log_dir)
     self._metadata = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
@@ -159,12 +177,14 @@ class MetricsLogger:
     progress: show a bar (None: when `total_steps` is given and stderr is a terminal).
     resume_from: a resumed run's checkpoint step: `metrics.jsonl` lines of later steps, written by
       the interrupted process after its last checkpoint and about to be logged again, are dropped.
+    mark_sessions: write TensorBoard's session marker at `start_step + 1` (training runs), so that
+      TensorBoard drops the same later points of an interrupted run when this one resumes it.
   """
 
   def __init__(self, log_dir: Optional[str], total_steps: Optional[int] = None, start_step: int = 0,
                enabled: Optional[bool] = None, tensorboard: bool = True, jsonl: bool = True,
                console: bool = True, progress: Optional[bool] = None, desc: str = "train",
-               resume_from: Optional[int] = None):
+               resume_from: Optional[int] = None, mark_sessions: bool = False):
     self.enabled = _default_enabled() if enabled is None else bool(enabled)
     self.log_dir = log_dir
     self.console = console
@@ -177,7 +197,7 @@ class MetricsLogger:
       if not log_dir.startswith("gs://"):
         os.makedirs(log_dir, exist_ok=True)
       if tensorboard:
-        self._tb = _TensorBoard(log_dir)
+        self._tb = _TensorBoard(log_dir, start_step + 1 if mark_sessions else None)
       if jsonl:
         if resume_from is not None:
           _drop_records_after(os.path.join(log_dir, JSONL_NAME), resume_from)
@@ -288,17 +308,23 @@ def read_jsonl(path: str) -> List[Dict[str, Any]]:
 
 def read_tensorboard_scalars(log_dir: str) -> Dict[str, List[Tuple[int, float]]]:
   """`{tag: [(step, value), ...]}` from every event file under `log_dir`, local or gs:// (for tests and
-  tools)."""
+  tools), read as TensorBoard reads them: each folder's files in name order, and a session START
+  after the folder's first drops the points at or after its step (an interrupted run's, redone)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
   out: Dict[str, List[Tuple[int, float]]] = {}
-  files = sorted(fileio.join(d, f) for d, _, names in fileio.walk(log_dir) for f in names
-                 if f.startswith("events.out.tfevents."))
-  for path in files:
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for v in event.summary.value:
-        if v.HasField("tensor"):
-          value = float(tf.make_ndarray(v.tensor))
-        else:
-          value = float(v.simple_value)
-        out.setdefault(v.tag, []).append((int(event.step), value))
+  for folder, _, names in sorted(fileio.walk(log_dir)):
+    seen: Dict[str, List[Tuple[int, float]]] = {}
+    started = False
+    for name in sorted(n for n in names if n.startswith("events.out.tfevents.")):
+      for event in tf.compat.v1.train.summary_iterator(fileio.join(folder, name)):
+        if event.session_log.status == event_pb2.SessionLog.START:
+          if started:
+            seen = {k: [p for p in v if p[0] < event.step] for k, v in seen.items()}
+          started = True
+        for v in event.summary.value:
+          value = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else float(v.simple_value)
+          seen.setdefault(v.tag, []).append((int(event.step), value))
+    for tag, points in seen.items():
+      out.setdefault(tag, []).extend(points)
   return out

@@ -237,7 +237,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   rng = jax.random.key(seed)
   from spot_jax import metrics_log
   logger = metrics_log.MetricsLogger(model_dir, total_steps=train_steps, start_step=start_step,
-                                     enabled=is_main, resume_from=None if resume_step is None else start_step)
+                                     enabled=is_main, resume_from=None if resume_step is None else start_step,
+                                     mark_sessions=True)
   best_value, last_saved = None, resume_step
   if resume_step is not None and eval_period:
     # The best export survives the restart: a resumed run must beat it, not the first eval after.

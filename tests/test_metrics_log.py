@@ -69,6 +69,29 @@ def test_a_resumed_run_drops_the_lines_logged_after_its_checkpoint(tmp_path):
   assert len(ML.read_jsonl(str(tmp_path / "metrics.jsonl"))) == 7
 
 
+def test_a_resumed_run_marks_its_start_so_tensorboard_drops_the_redone_points(tmp_path):
+  """TensorFlow's restart convention: a SessionLog START after a run folder's first one drops the
+  points at or after its step. (TensorBoard 2.20's own loader, `plugin_event_accumulator`, read this
+  folder as `[1..4, 5'..6']` when tried by hand; `read_tensorboard_scalars` follows the same rule.)"""
+  import time
+  with ML.MetricsLogger(str(tmp_path), enabled=True, jsonl=False, mark_sessions=True) as logger:
+    for step in range(1, 7):
+      logger.write(step, {"loss": float(step)}, prefix="train")
+  time.sleep(1.1)  # event file names carry whole seconds: the marker must sort after the first run's
+  with ML.MetricsLogger(str(tmp_path), enabled=True, jsonl=False, start_step=4, resume_from=4,
+                        mark_sessions=True) as logger:
+    for step in (5, 6):
+      logger.write(step, {"loss": 10.0 * step}, prefix="train")
+  assert ML.read_tensorboard_scalars(str(tmp_path))["train/loss"] == [
+      (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 50.0), (6, 60.0)]
+  starts = sorted(f for f in os.listdir(tmp_path) if not f.endswith(".v2"))
+  assert len(starts) == 2  # one marker file per run, beside the writers' files
+  # Without the marker (a logger that does not mark sessions) both copies stay, as TensorBoard shows.
+  with ML.MetricsLogger(str(tmp_path), enabled=True, jsonl=False) as logger:
+    logger.write(5, {"loss": 0.5}, prefix="train")
+  assert ML.read_tensorboard_scalars(str(tmp_path))["train/loss"][-2:] == [(6, 60.0), (5, 0.5)]
+
+
 def test_progress_bar_shows_step_loss_rate_and_eta(monkeypatch):
   buf = io.StringIO()
   monkeypatch.setattr(ML.sys, "stderr", buf)
