@@ -72,6 +72,16 @@ def _patch_emulator():
       pass
     return download(request, response, storage, *args, **kwargs)
 
+  parse_request = server.RequestHandler.parse_request
+
+  def parse_and_continue(handler):  # libcurl waits 1 s for "100 Continue" before each upload's body
+    ok = parse_request(handler)
+    if ok and (handler.headers.get("Expect") or "").lower() == "100-continue":
+      handler.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+      handler.wfile.flush()
+    return ok
+
+  server.RequestHandler.parse_request = parse_and_continue
   server._read_raw_data, server._read_data, objects._create_resumable_upload = raw, data, create
   objects.download = download_with_generation  # objects.get (alt=media) calls it by this name
   handlers = tuple((regex, {m: download_with_generation if f is download else f for m, f in methods.items()})
