@@ -47,3 +47,25 @@ def test_local_atomic_writes_are_synced_before_the_rename(tmp_path, monkeypatch)
   fileio.atomic_write_dir(str(tmp_path / "d"), {"x": b"1", "y": b"2"})
   assert events == ["fsync", "fsync", "rename"]
   assert (tmp_path / "d" / "y").read_bytes() == b"2"
+
+
+def test_exclusive_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
+  import multiprocessing
+  with fileio.exclusive_lock(str(tmp_path / "run"), "training run"):
+    # flock is per open file: another process (as a second `train` would be) is refused.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+      message = pool.apply(_try_lock, (str(tmp_path / "run"),))
+    assert message.startswith(f"{tmp_path / 'run'} is in use by another training run (pid {os.getpid()} on ")
+  with ctx.Pool(1) as pool:  # released: the next job takes it
+    assert pool.apply(_try_lock, (str(tmp_path / "run"),)) == "locked"
+  with fileio.exclusive_lock("gs://bucket/run", "training run"):
+    pass  # not locked, and nothing is created
+
+
+def _try_lock(directory):
+  try:
+    with fileio.exclusive_lock(directory, "training run"):
+      return "locked"
+  except fileio.InUseError as e:
+    return str(e)
