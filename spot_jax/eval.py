@@ -332,6 +332,10 @@ def evaluate_prompt_steps(mixture_or_task_name: str, output_dir: Optional[str], 
                                       frozen_dtype)
     input_pipeline.check_vocabulary_fits(task, config.vocab_size)
     log_dir = output_dir if is_main else None
+    if log_dir:  # a killed run's seqio records of the steps evaluated again (seqio logs before we do)
+      pending = {s for s, _ in todo}
+      for name in task_names:
+        metrics_log.drop_records(fileio.join(log_dir, f"{name}-metrics.jsonl"), lambda s: s in pending)
     evaluator = evaluation.PromptEvaluator(
         mixture_or_task_name, task_feature_lengths, split, batch_size, num_examples, log_dir=log_dir,
         logger_cls=(seqio.JSONLogger,) if log_dir else ())

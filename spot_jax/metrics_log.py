@@ -200,7 +200,7 @@ class MetricsLogger:
         self._tb = _TensorBoard(log_dir, start_step + 1 if mark_sessions else None)
       if jsonl:
         if resume_from is not None:
-          _drop_records_after(os.path.join(log_dir, JSONL_NAME), resume_from)
+          drop_records_after(os.path.join(log_dir, JSONL_NAME), resume_from)
         self._jsonl = _open_append(os.path.join(log_dir, JSONL_NAME))
     if total_steps is not None and progress is not False:
       self._bar = ProgressBar(total_steps, initial=start_step, desc=desc,
@@ -264,25 +264,44 @@ class MetricsLogger:
     self.close()
 
 
-def _drop_records_after(path: str, step: int) -> None:
-  """Rewrites `path` (atomically) without the records of steps after `step`; other lines are kept."""
+def drop_records(path: str, steps) -> None:
+  """Rewrites the JSONL log `path` (atomically) without the records whose step `steps(step)` says to
+  drop, and without a torn last line; other lines are kept. No file: nothing to do. Also used on
+  seqio's `<task>-metrics.jsonl` logs, whose records carry a "step" too."""
   if not fileio.exists(path):
     return
   with (fileio.open_file(path, "r") if fileio.is_remote(path) else open(path, encoding="utf-8")) as f:
-    lines = f.read().splitlines(keepends=True)
+    text = f.read()
+  lines = text.split("\n")  # not splitlines(): a JSON string may hold U+2028, which it splits at
   kept = []
-  for line in lines:
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
     try:
-      later = int(json.loads(line)["step"]) > step
+      drop = bool(steps(int(json.loads(line)["step"])))
+    except json.JSONDecodeError:
+      drop = i == len(lines) - 1  # a torn last line (the process died writing it)
     except (ValueError, KeyError, TypeError):
-      later = False  # not a record of ours: left as it is
-    if not later:
-      kept.append(line if line.endswith("\n") else line + "\n")
-  if len(kept) != len(lines):
+      drop = False  # not a record of ours: left as it is
+    if not drop:
+      kept.append(line + "\n")
+  if "".join(kept) != text:
     fileio.atomic_write_bytes(path, "".join(kept).encode())
 
 
+def drop_records_after(path: str, step: int) -> None:
+  """`drop_records` of the steps after `step`: what a run resumed from its step-`step` checkpoint
+  (0: a fresh start) logs again."""
+  drop_records(path, lambda s: s > step)
+
+
+_drop_records_after = drop_records_after
+
+
 def _open_append(path: str):
+  """Opens the log for appending, first ending a torn last line: appended to, it would glue the next
+  record onto it and corrupt both."""
+  drop_records(path, lambda s: False)
   if fileio.is_remote(path):  # GCS objects cannot grow: tf.io.gfile emulates append
     return fileio.open_file(path, "a")
   return open(path, "a", encoding="utf-8")

@@ -265,12 +265,19 @@ def test_prompt_steps_list_evaluates_those_and_all_then_adds_only_the_rest(tmp_p
   results = eval_cli.main(_steps_args(out, run_dir, [6, 2]))
   assert counts["evaluated"] == [2, 6] and list(results) == [2, 6]
   assert all(results[s][RANK] == pytest.approx(alone[s][0]) for s in (2, 6))
+  # Killed while logging step 6: seqio's record written, ours torn (no newline, cut short).
+  ours = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
+  (out / "metrics.jsonl").write_text(ours[0] + ours[1][:25])
   gin.clear_config()
   results = eval_cli.main(_steps_args(out, run_dir, "all"))
-  assert counts == {"loads": 2, "evaluators": 2, "evaluated": [2, 6, 4]}
+  assert counts == {"loads": 2, "evaluators": 2, "evaluated": [2, 6, 4, 6]}
   assert list(results) == list(STEPS)
   assert all(results[s][RANK] == pytest.approx(alone[s][0]) for s in STEPS)
+  # Each step once in both logs: the torn line went (it would have glued the next record onto it),
+  # and so did seqio's record of the step evaluated again.
   assert sorted(r["step"] for r in metrics_log.read_jsonl(str(out / "metrics.jsonl"))) == list(STEPS)
+  seqio_log = (out / f"{RANK}-metrics.jsonl").read_text().splitlines()
+  assert sorted(json.loads(line)["step"] for line in seqio_log) == list(STEPS)
 
 
 def test_prompt_steps_errors_name_the_fix_before_any_compute(tmp_path, run_dir, counts):

@@ -92,6 +92,24 @@ def test_a_resumed_run_marks_its_start_so_tensorboard_drops_the_redone_points(tm
   assert ML.read_tensorboard_scalars(str(tmp_path))["train/loss"][-2:] == [(6, 60.0), (5, 0.5)]
 
 
+def test_appending_after_a_torn_line_ends_it_first_and_a_fresh_start_drops_all(tmp_path):
+  """A process killed mid-write leaves a torn last line; the next run appending to the file would
+  glue its first record onto it (both lost, and the file unreadable). A fresh run (resume_from=0,
+  no checkpoint yet) drops what a run killed before its first checkpoint logged."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "tra')
+  with ML.MetricsLogger(str(tmp_path), enabled=True, tensorboard=False) as logger:
+    logger.write(3, {"loss": 1.0}, prefix="train")
+  assert [r["step"] for r in ML.read_jsonl(str(path))] == [1, 3]
+  path.write_text(path.read_text() + '{"step": 4, "train/loss": 0.5}')  # whole, only the newline lost
+  with ML.MetricsLogger(str(tmp_path), enabled=True, tensorboard=False) as logger:
+    logger.write(5, {"loss\u2028": 1.0}, prefix="train")
+  assert [r["step"] for r in ML.read_jsonl(str(path))] == [1, 3, 4, 5]
+  with ML.MetricsLogger(str(tmp_path), enabled=True, tensorboard=False, resume_from=0):
+    pass
+  assert ML.read_jsonl(str(path)) == []
+
+
 def test_progress_bar_shows_step_loss_rate_and_eta(monkeypatch):
   buf = io.StringIO()
   monkeypatch.setattr(ML.sys, "stderr", buf)
