@@ -221,6 +221,9 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
   try:
     gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
   except (ValueError, KeyError, SyntaxError, tokenize.TokenError) as e:
+    unquoted = _unquoted_string_binding(bindings)
+    if unquoted:
+      raise SystemExit(f"gin configuration error: {unquoted}") from None
     raise SystemExit(f"gin configuration error: {e}" + (
         " (an unclosed bracket or quote in a --gin.NAME=VALUE binding or a gin file?)"
         if isinstance(e, tokenize.TokenError) else
@@ -231,6 +234,24 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
     text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # where, on one line
     raise SystemExit(f"gin configuration error: {text if len(text) <= 500 else text[:500] + '...'}{hint}") \
         from None
+
+
+def _unquoted_string_binding(bindings: Sequence[str]) -> str:
+  """The first binding whose value is a bare word or path (`--gin.MODEL_DIR=/tmp/run`): the shell ate
+  no quotes gin could see, and gin says only "Unable to parse value (line 2)"."""
+  import ast  # pylint: disable=g-import-not-at-top
+  for binding in bindings:
+    name, _, value = binding.partition("=")
+    value = value.strip()
+    if not value or value[0] in "@%'\"([{-+." or value in ("True", "False", "None"):
+      continue
+    try:
+      ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      name = name.strip()
+      return (f"the value of {name} is not quoted: {value!r} is read as gin code, not a string. Quote it "
+              f"inside the shell's quotes: --gin.{name}=\"'{value}'\"")
+  return ""
 
 
 def _close_parameters(message: str) -> str:
@@ -377,8 +398,21 @@ class _user_errors_as_one_line:  # pylint: disable=invalid-name
     return self
 
   def __exit__(self, kind, error, tb):
-    if error is None or not isinstance(error, USER_ERRORS) or \
-        os.environ.get("SPOT_JAX_TRACEBACK", "") not in ("", "0"):
+    if error is None or os.environ.get("SPOT_JAX_TRACEBACK", "") not in ("", "0"):
       return False
-    raise SystemExit(f"{self.prog}: error: {user_message(error)}\n(SPOT_JAX_TRACEBACK=1 shows the traceback)") \
-        from error
+    message = user_message(error) if isinstance(error, USER_ERRORS) else out_of_memory_message(error)
+    if message is None:
+      return False
+    raise SystemExit(f"{self.prog}: error: {message}\n(SPOT_JAX_TRACEBACK=1 shows the traceback)") from error
+
+
+def out_of_memory_message(error: BaseException) -> Optional[str]:
+  """XLA's RESOURCE_EXHAUSTED as the fix, not 40 frames: the sizes a run sets are what fills memory
+  (an infer or eval with TASK_FEATURE_LENGTHS=None pads every batch to the longest example)."""
+  text = str(error)
+  if type(error).__name__ not in ("JaxRuntimeError", "XlaRuntimeError") or "RESOURCE_EXHAUSTED" not in text:
+    return None
+  first = next((l.strip() for l in text.splitlines() if "RESOURCE_EXHAUSTED" in l), text)[:300].rstrip(".")
+  return (f"out of memory on the device: {first}. Lower the batch size (BATCH_SIZE), or bound the "
+          f"lengths with TASK_FEATURE_LENGTHS (None pads to the longest example: one very long row can "
+          f"need this much), or shard the model over more devices (NUM_PARTITIONS)")

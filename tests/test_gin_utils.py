@@ -73,6 +73,27 @@ def test_bad_input_from_a_job_exits_with_its_message_or_the_traceback_on_request
     gin_utils.run(bug, argv)
 
 
+def test_an_unquoted_string_value_names_the_binding_and_the_quotes():
+  # What the shell leaves of --gin.MODEL_DIR=/tmp/run and --gin.MIXTURE_OR_TASK_NAME=spot_glue_rte_v200;
+  # gin's own words: "Unable to parse value. (line 2)" and "malformed node or string ... <ast.Name ...>".
+  for value in ("/tmp/run", "spot_glue_rte_v200"):
+    with pytest.raises(SystemExit, match=r"^gin configuration error: the value of MODEL_DIR is not quoted: "
+                                         rf"'{value}' is read as gin code.*--gin.MODEL_DIR=\"'{value}'\"$"):
+      gin_utils.parse_gin(["models/t5_1_1.gin"], ["TRAIN_STEPS = 3", f"MODEL_DIR = {value}"])
+
+
+def test_running_out_of_device_memory_is_one_line_naming_the_sizes(monkeypatch):
+  import jax
+  import jax.numpy as jnp
+  monkeypatch.delenv("SPOT_JAX_TRACEBACK", raising=False)
+  def job():  # 400 GB: what an infer with TASK_FEATURE_LENGTHS=None asked for, for one very long row
+    return jax.jit(lambda a: jnp.zeros((10 ** 11,), jnp.float32) + a)(1.0).block_until_ready()
+  with pytest.raises(SystemExit, match=r"^spot_jax.infer: error: out of memory on the device: "
+                                       r"RESOURCE_EXHAUSTED: .*400000000000 bytes\. Lower the batch size "
+                                       r"\(BATCH_SIZE\), or bound the lengths with TASK_FEATURE_LENGTHS"):
+    gin_utils.run(job, ["--gin_file=models/t5_1_1.gin"], prog="spot_jax.infer")
+
+
 def test_an_unclosed_bracket_in_a_binding_is_a_gin_error_not_a_tokenizer_traceback():
   with pytest.raises(SystemExit, match=r"gin configuration error: .*an unclosed bracket or quote in a "
                                        r"--gin.NAME=VALUE binding"):
