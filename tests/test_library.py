@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import time
 import warnings
 
 import numpy as np
@@ -109,7 +110,8 @@ def test_failed_add_leaves_no_partial_entry(tmp_path, disk_full):
   disk_full.arm()
   with pytest.raises(OSError, match="disk full"):
     lib.add("rte", _prompt(d=8), "t5_tiny", task_embedding=_prompt(seed=3))
-  assert os.listdir(tmp_path / "lib") == []  # no entry, no temporary, library not claimed
+  # no entry, no temporary, library not claimed (the write lock's file stays: it is no entry)
+  assert os.listdir(tmp_path / "lib") == [".lock"]
   disk_full.disarm()
   lib.add("rte", _prompt(d=16), "other")  # the failed add did not fix d_model
   old = lib.get("rte").prompt
@@ -118,7 +120,7 @@ def test_failed_add_leaves_no_partial_entry(tmp_path, disk_full):
     lib.add("rte", _prompt(d=16, seed=9), "other", overwrite=True)
   disk_full.disarm()
   np.testing.assert_array_equal(lib.get("rte").prompt, old)
-  assert sorted(os.listdir(tmp_path / "lib")) == ["library.json", "rte"]
+  assert sorted(os.listdir(tmp_path / "lib")) == [".lock", "library.json", "rte"]
 
 
 def test_meta_survives_lost_library_json(tmp_path):
@@ -205,10 +207,118 @@ def test_damaged_entry_is_an_error_naming_the_fix_everywhere(tmp_path):
   lib.add("cb", _prompt(seed=3), "t5_tiny", overwrite=True)  # the fix the message names works
   assert lib.tasks() == ["cb", "rte"]
   open(os.path.join(d, "rte", "task_embedding.npy"), "wb").write(pexp.npy_bytes(_prompt())[:40])
-  with pytest.raises(ValueError, match=r"entry 'rte': .*task_embedding\.npy is not a readable numeric "
-                                       r"\.npy .*--task rte --overwrite"):
-    lib.prompts("task_embedding")
-  assert sorted(lib.prompts()) == ["cb", "rte"]  # the final prompts are intact
+  for read in (lib.list, lambda: lib.get("rte"), lib.prompts, lambda: lib.prompts("task_embedding")):
+    with pytest.raises(ValueError, match=r"entry 'rte': .*task_embedding\.npy is not a complete \.npy file "
+                                         r"\(truncated\?\).*--task rte --overwrite"):
+      read()
+
+
+def test_missing_or_truncated_entry_files_are_errors_not_silent_drops(tmp_path):
+  """An entry that lost its record.json is not skipped (its prompt would have ranked first); one that
+  lost or truncated its prompt.npy fails `list` too, each naming the entry and the fix."""
+  d = str(tmp_path / "lib")
+  lib = PromptLibrary(d)
+  for i, t in enumerate(("boolq", "cb", "rte")):
+    lib.add(t, _prompt(seed=i), "t5_tiny", task_embedding=_prompt(seed=10 + i))
+  os.makedirs(os.path.join(d, "similarity"))  # `library similarity`'s default output: not an entry
+  open(os.path.join(d, "similarity", "similarity_e_average.json"), "w").write("{}")
+  _crash_copy(d, "rte", "rte.tmp-0badc0de")  # an in-progress write: still ignored
+  os.remove(os.path.join(d, "rte.tmp-0badc0de", "record.json"))
+  os.remove(os.path.join(d, "boolq", "record.json"))
+  assert lib.tasks() == ["boolq", "cb", "rte"]
+  fix = (r"re-add the task with `spot-jax library add --library .* --task boolq --overwrite SOURCE`, or "
+         r"drop the entry with `spot-jax library remove --library .* --task boolq` \(or delete .*boolq\)")
+  for read in (lib.list, lambda: lib.get("boolq"), lib.prompts, lambda: lib.prompts("task_embedding"),
+               lambda: lib.record("boolq")):
+    with pytest.raises(ValueError, match=rf"entry 'boolq': .*boolq/record\.json is missing .*{fix}"):
+      read()
+  os.remove(os.path.join(d, "library.json"))  # lost too: the model id comes from a readable record
+  assert lib.meta["model_id"] == "t5_tiny"
+  lib.add("boolq", _prompt(seed=0), None, overwrite=True)  # the fix the message names works
+  assert [r["task"] for r in lib.list()] == ["boolq", "cb", "rte"]
+  os.remove(os.path.join(d, "boolq", "record.json"))
+  lib.remove("boolq")  # and so does the other
+  assert lib.tasks() == ["cb", "rte"]
+
+  os.remove(os.path.join(d, "rte", "prompt.npy"))
+  for read in (lib.list, lambda: lib.get("rte"), lib.prompts):
+    with pytest.raises(ValueError, match=r"entry 'rte': .*rte/prompt\.npy is missing.*--task rte --overwrite"):
+      read()
+  lib.add("rte", _prompt(seed=2), "t5_tiny", overwrite=True)
+  assert [r["task"] for r in lib.list()] == ["cb", "rte"]
+
+  good = open(os.path.join(d, "cb", "prompt.npy"), "rb").read()
+  open(os.path.join(d, "cb", "prompt.npy"), "wb").write(good[:-8])  # the data cut short
+  with pytest.raises(ValueError, match=r"entry 'cb': .*cb/prompt\.npy is not a complete \.npy file "
+                                       r"\(truncated\?\).*--task cb --overwrite"):
+    lib.list()
+  np.save(os.path.join(d, "cb", "prompt.npy"), _prompt(p=3))  # whole, but not what the record says
+  with pytest.raises(ValueError, match=r"cb/prompt\.npy holds shape \[3, 8\], but its record\.json says "
+                                       r"\[4, 8\]"):
+    lib.prompts()
+  np.save(os.path.join(d, "cb", "prompt.npy"), _prompt(seed=1))
+  os.remove(os.path.join(d, "cb", "task_embedding.npy"))  # the record says it has one
+  os.remove(os.path.join(d, "rte", "record.json"))
+  with pytest.raises(ValueError, match=r"2 damaged entries:\n  library entry 'cb': .*task_embedding\.npy is "
+                                       r"missing.*\n  library entry 'rte': .*record\.json is missing"):
+    lib.list()
+
+
+def test_concurrent_adds_wait_for_each_other_then_check(tmp_path, monkeypatch):
+  """Two adds at the same moment into an empty library: the second waits for the first's write, then
+  is refused (another model's d_model; the same task without overwrite) instead of mixing them."""
+  import threading
+  d = str(tmp_path / "lib")
+  in_write, release = threading.Event(), threading.Event()
+  write = lib_mod.fileio.atomic_write_dir
+
+  def slow_first_write(directory, files):
+    if not in_write.is_set():  # the first add stops inside its write, holding the lock
+      in_write.set()
+      assert release.wait(10)
+    write(directory, files)
+  monkeypatch.setattr(lib_mod.fileio, "atomic_write_dir", slow_first_write)
+  first = threading.Thread(target=lambda: PromptLibrary(d).add("rte", _prompt(d=8), "t5_small"))
+  first.start()
+  assert in_write.wait(10)
+  errors = {}
+
+  def second(name, task, prompt, model_id):
+    try:
+      PromptLibrary(d).add(task, prompt, model_id)
+    except (ValueError, FileExistsError) as e:
+      errors[name] = e
+  others = [threading.Thread(target=second, args=("model", "cb", _prompt(d=16), "t5_base")),
+            threading.Thread(target=second, args=("same_task", "rte", _prompt(d=8, seed=3), "t5_small"))]
+  for t in others:
+    t.start()
+  time.sleep(0.3)
+  assert all(t.is_alive() for t in others)  # waiting for the lock, nothing written
+  assert sorted(os.listdir(d)) == [".lock"]
+  release.set()
+  for t in [first] + others:
+    t.join(10)
+  assert isinstance(errors["model"], ValueError) and "d_model 16" in str(errors["model"])
+  assert isinstance(errors["same_task"], FileExistsError) and "overwrite" in str(errors["same_task"])
+  lib = PromptLibrary(d)
+  assert lib.tasks() == ["rte"] and lib.meta["model_id"] == "t5_small"
+  np.testing.assert_array_equal(lib.get("rte").prompt, _prompt(d=8))
+
+
+def test_a_write_held_too_long_is_refused_naming_its_holder(tmp_path, monkeypatch):
+  d = str(tmp_path / "lib")
+  lib = PromptLibrary(d)
+  lib.add("rte", _prompt(), "t5_tiny")
+  monkeypatch.setattr(lib_mod, "LOCK_TIMEOUT_S", 0.2)
+  with lib_mod.fileio.exclusive_lock(d, "library add"):  # another process's add, as the lock sees it
+    with pytest.raises(lib_mod.fileio.InUseError, match=rf"library {re.escape(d)} is in use by another "
+                                                        rf"library write \(pid {os.getpid()} on .*\) for over"):
+      lib.add("cb", _prompt(), "t5_tiny")
+    with pytest.raises(lib_mod.fileio.InUseError):
+      lib.remove("rte")
+    assert lib.tasks() == ["rte"] and [r["task"] for r in lib.list()] == ["rte"]  # reads do not wait
+  lib.add("cb", _prompt(), "t5_tiny")
+  assert lib.tasks() == ["cb", "rte"]
 
 
 def test_damaged_library_json_loses_nothing(tmp_path):

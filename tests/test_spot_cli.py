@@ -276,6 +276,30 @@ def test_damaged_record_fails_every_command_alike(sources, capsys):
     assert "--task cb --overwrite SOURCE" in err and len(err.splitlines()) == 1
 
 
+def test_entry_without_record_or_prompt_fails_every_command_naming_the_fix(sources, capsys):
+  tmp_path, _, _ = sources
+  lib = _build(tmp_path)
+  target = str(tmp_path / "target.npy")
+  reads = (["list"], ["similarity"], ["retrieve", "--target", target],
+           ["init", "--target", target, "--out", str(tmp_path / "i.npy")])
+  os.remove(os.path.join(lib, "rte", "record.json"))  # rte would rank first for this target
+  capsys.readouterr()
+  for verb in reads:
+    assert cli.main([*verb, "--library", lib]) == 1
+    err = capsys.readouterr().err
+    assert "error: library entry 'rte': " in err and "rte/record.json is missing" in err, verb
+    assert "--task rte --overwrite SOURCE" in err and "library remove --library" in err
+    assert len(err.splitlines()) == 1
+  assert cli.main(["remove", "--library", lib, "--task", "rte"]) == 0
+  os.remove(os.path.join(lib, "cb", "prompt.npy"))
+  capsys.readouterr()
+  for verb in reads:
+    assert cli.main([*verb, "--library", lib]) == 1
+    err = capsys.readouterr().err
+    assert "error: library entry 'cb': " in err and "cb/prompt.npy is missing" in err, verb
+  assert not os.path.exists(tmp_path / "i.npy")
+
+
 def _spot_run(run_dir, target, ranked, transfer):
   """The result.json `spot-jax spot --strategy best_of_top_k` writes, with every source measured."""
   from spot_jax.spot.pipeline import TargetResult

@@ -15,14 +15,22 @@ leaves no partial entry; `*.tmp-*` / `*.old-*` directories left by a killed proc
 gs:// path is refused); the prompts added to it may come from gs://.
 
 Damaged files: an unreadable library.json only repeats what the entries' records say, so it is ignored
-with a warning. An entry whose record.json or prompt file is unreadable is an error naming it and the
-fix in every command (never skipped: a silently missing source would change rankings and similarity
-tables without a word).
+with a warning. An entry whose record.json or prompt file is missing, unreadable or truncated is an
+error naming it and the fix in every command, `list` included (never skipped: a silently missing
+source would change rankings and similarity tables without a word). A directory without record.json
+is such an entry when it holds prompt.npy or task_embedding.npy; other directories (`similarity/`)
+are not entries.
+
+Writes (`add`, `remove`) hold an OS lock on `<lib>/.lock` (the file `fileio.exclusive_lock` uses) for
+their check-and-write: a second write waits for the first (up to LOCK_TIMEOUT_S), then checks the
+library as the first left it, so two concurrent adds cannot mix two models nor both add one task.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,6 +49,11 @@ PROMPT_FILE = "prompt.npy"
 TASK_EMBEDDING_FILE = "task_embedding.npy"
 FORMAT_VERSION = 1
 KINDS = ("prompt", "task_embedding")
+ENTRY_FILES = (PROMPT_FILE, TASK_EMBEDDING_FILE)
+# How long a write (`add`, `remove`) waits for another process's write to the same library to end.
+LOCK_TIMEOUT_S = 60.0
+
+log = logging.getLogger("spot_jax.spot")
 
 # `fileio.atomic_write_dir` writes `<task>.tmp-<id>`, and for an overwrite first moves the old entry to
 # `<task>.old-<id>`. A crash can leave either behind; they are never entries of their own.
@@ -133,7 +146,40 @@ class PromptLibrary:
 
   def _fix(self, task: str) -> str:
     return (f"re-add the task with `spot-jax library add --library {self.path} --task {task} --overwrite "
-            f"SOURCE`, or delete {os.path.join(self.path, task)} to drop the entry")
+            f"SOURCE`, or drop the entry with `spot-jax library remove --library {self.path} --task "
+            f"{task}` (or delete {os.path.join(self.path, task)})")
+
+  @contextlib.contextmanager
+  def _write_lock(self):
+    """Holds `<lib>/.lock` (flock) while a write checks the library and changes it; waits up to
+    LOCK_TIMEOUT_S for another process's write, then raises fileio.InUseError naming the holder.
+    An OS lock: a killed process holds none."""
+    import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
+    import socket  # pylint: disable=g-import-not-at-top
+    os.makedirs(self.path, exist_ok=True)
+    fd = os.open(os.path.join(self.path, fileio.LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      deadline, said = time.monotonic() + LOCK_TIMEOUT_S, False
+      while True:
+        try:
+          fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+          break
+        except BlockingIOError:
+          holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+          if time.monotonic() >= deadline:
+            raise fileio.InUseError(
+                f"library {self.path} is in use by another library write ({holder}) for over "
+                f"{LOCK_TIMEOUT_S:g} s: wait for it to end and retry") from None
+          if not said:
+            log.warning("library %s is in use by another library write (%s): waiting for it (up to %g s)",
+                        self.path, holder, LOCK_TIMEOUT_S)
+            said = True
+          time.sleep(0.05)
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+      yield
+    finally:
+      os.close(fd)  # releases the lock
 
   # -- metadata ------------------------------------------------------------------------------------
   @property
@@ -152,9 +198,11 @@ class PromptLibrary:
         warnings.warn(f"library {self.path}: {e}; ignoring it, the entries' records give the model id "
                       f"and d_model. Delete {p} to silence this (a library without entries rewrites it on "
                       "its next add)")
-    tasks = self.tasks()
-    if tasks:
-      rec = self.record(tasks[0])
+    for task in self.tasks():  # the first readable record (a damaged entry errs where it is read)
+      try:
+        rec = self.record(task)
+      except ValueError:
+        continue
       return {"format_version": FORMAT_VERSION, "d_model": rec["d_model"], "model_id": rec["model_id"]}
     return {}
 
@@ -203,7 +251,18 @@ class PromptLibrary:
     d = os.path.join(self.path, task)
     if os.path.exists(os.path.join(d, RECORD_JSON)):
       return d
-    return self._orphaned_backups().get(task)
+    backup = self._orphaned_backups().get(task)
+    if backup is None and self._is_damaged_entry(task):
+      return d  # reading it is an error naming the fix; `remove` and `add --overwrite` replace it
+    return backup
+
+  def _is_damaged_entry(self, name: str) -> bool:
+    """A directory without record.json that holds an entry's files: an entry whose record was lost.
+    (Other directories, e.g. `similarity/`, are not entries.)"""
+    d = os.path.join(self.path, name)
+    return (not name.startswith(".") and not _PARTIAL_RE.match(name) and os.path.isdir(d)
+            and not os.path.exists(os.path.join(d, RECORD_JSON))
+            and any(os.path.exists(os.path.join(d, f)) for f in ENTRY_FILES))
 
   def _restore_backup(self, task: str) -> None:
     """Renames an orphaned `<task>.old-<id>` back to `<task>` (before a write to that task)."""
@@ -220,13 +279,15 @@ class PromptLibrary:
                   "(left by an interrupted overwrite)")
 
   def tasks(self) -> list:
-    """Task names of the complete entries. `<task>.tmp-<id>` / `<task>.old-<id>` directories left by
-    an interrupted write are skipped; an orphaned `.old-<id>` backup stands for its missing entry."""
+    """Task names of the entries, damaged ones included (reading those is an error naming the fix).
+    `<task>.tmp-<id>` / `<task>.old-<id>` directories left by an interrupted write, hidden names
+    (`.lock`) and directories holding no entry files are skipped; an orphaned `.old-<id>` backup
+    stands for its missing entry."""
     if not os.path.isdir(self.path):
       return []
     names = {n for n in os.listdir(self.path)
              if not n.startswith(".") and not _PARTIAL_RE.match(n)
-             and os.path.exists(os.path.join(self.path, n, RECORD_JSON))}
+             and (os.path.exists(os.path.join(self.path, n, RECORD_JSON)) or self._is_damaged_entry(n))}
     names.update(self._orphaned_backups())
     return sorted(names)
 
@@ -256,19 +317,14 @@ class PromptLibrary:
     global step is recorded with one warning naming `steps` / `task_embedding_step`, which always win.
     """
     _check_task_name(task)
-    meta = self.meta
     steps_given, emb_step_given = steps is not None, task_embedding_step is not None
-    if model_id is None:
-      model_id = meta.get("model_id")
-      if model_id is None:
-        raise ValueError(f"library {self.path} is empty: pass the frozen model's id (model_id) with the "
-                         "first prompt")
-    model_id = str(model_id)
-    entry_dir = os.path.join(self.path, task)
-    self._restore_backup(task)
-    if os.path.exists(entry_dir) and not overwrite:
-      raise FileExistsError(f"task {task!r} is already in library {self.path}; pass overwrite=True "
-                            "(--overwrite) to replace it")
+    # Fail fast, before reading the source; checked again under the lock, just before the write.
+    if os.path.isdir(self.path):
+      with self._write_lock():
+        self._restore_backup(task)
+        self._check_addable(task, model_id, overwrite)
+    else:
+      self._check_addable(task, model_id, overwrite)
 
     source = None
     info: dict = {}
@@ -299,7 +355,36 @@ class PromptLibrary:
         raise ValueError(f"task {task!r}: task embedding shape {task_embedding.shape} and prompt shape "
                          f"{prompt.shape} have different d_model")
 
+    with self._write_lock():  # the check and the write, so a concurrent add sees this one's entry
+      return self._write_entry(task, prompt, task_embedding, model_id, overwrite, dict(
+          steps=steps, metrics=metrics, source=source, info=info, t5x_steps=t5x_steps,
+          emb_t5x_steps=emb_t5x_steps, emb_source=emb_source, task_embedding_step=task_embedding_step,
+          steps_given=steps_given, emb_step_given=emb_step_given))
+
+  def _check_addable(self, task: str, model_id: Optional[str], overwrite: bool) -> tuple:
+    """(library meta, model id) for an add of `task`; refuses an add without a model id to an empty
+    library and, without `overwrite`, an add of a task already in it. Call holding the write lock."""
+    meta = self.meta
+    if model_id is None:
+      model_id = meta.get("model_id")
+      if model_id is None:
+        raise ValueError(f"library {self.path} is empty: pass the frozen model's id (model_id) with the "
+                         "first prompt")
+    if not overwrite and (os.path.exists(os.path.join(self.path, task)) or self._entry_dir(task)):
+      raise FileExistsError(f"task {task!r} is already in library {self.path}; pass overwrite=True "
+                            "(--overwrite) to replace it")
+    return meta, str(model_id)
+
+  def _write_entry(self, task, prompt, task_embedding, model_id, overwrite, src: dict) -> dict:
+    """The check-and-write of `add`, under the write lock."""
+    self._restore_backup(task)
+    meta, model_id = self._check_addable(task, model_id, overwrite)
+    entry_dir = os.path.join(self.path, task)
     d_model = int(prompt.shape[1])
+    steps, metrics, source, info = src["steps"], src["metrics"], src["source"], src["info"]
+    t5x_steps, emb_t5x_steps, emb_source = src["t5x_steps"], src["emb_t5x_steps"], src["emb_source"]
+    task_embedding_step = src["task_embedding_step"]
+    steps_given, emb_step_given = src["steps_given"], src["emb_step_given"]
     if meta:
       if meta.get("d_model") != d_model:
         raise ValueError(
@@ -353,11 +438,14 @@ class PromptLibrary:
   def remove(self, task: str) -> None:
     """Deletes the entry of `task` (renamed aside first, so it vanishes at once)."""
     _check_task_name(task)
-    entry_dir = self._entry_dir(task)
-    if entry_dir is None:
+    if self._entry_dir(task) is None:  # before the lock, which would create a missing library
       raise KeyError(f"task {task!r} is not in library {self.path}; tasks: {self.tasks()}")
-    trash = os.path.join(self.path, f".removed-{task}-{uuid.uuid4().hex[:8]}")
-    os.replace(entry_dir, trash)
+    with self._write_lock():
+      entry_dir = self._entry_dir(task)
+      if entry_dir is None:
+        raise KeyError(f"task {task!r} is not in library {self.path}; tasks: {self.tasks()}")
+      trash = os.path.join(self.path, f".removed-{task}-{uuid.uuid4().hex[:8]}")
+      os.replace(entry_dir, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
   # -- reading -------------------------------------------------------------------------------------
@@ -365,14 +453,49 @@ class PromptLibrary:
     d = self._entry_dir(task) if task and not _PARTIAL_RE.match(task) else None
     if d is None:
       raise KeyError(f"task {task!r} is not in library {self.path}; tasks: {self.tasks()}")
+    path = os.path.join(d, RECORD_JSON)
+    if not os.path.exists(path):
+      held = ", ".join(f for f in ENTRY_FILES if os.path.exists(os.path.join(d, f)))
+      raise ValueError(f"library entry {task!r}: {path} is missing (the directory holds {held} but no "
+                       f"record). Fix: {self._fix(task)}")
     try:
-      rec = prompt_io.read_json_object(os.path.join(d, RECORD_JSON))
+      rec = prompt_io.read_json_object(path)
       missing = [k for k in _RECORD_KEYS if k not in rec]
       if missing:
-        raise ValueError(f"{os.path.join(d, RECORD_JSON)} lacks {missing}")
+        raise ValueError(f"{path} lacks {missing}")
     except ValueError as e:
       raise ValueError(f"library entry {task!r}: {e}. Fix: {self._fix(task)}") from e
     return rec
+
+  def _entry_files(self, task: str) -> tuple:
+    """(record, prompt path, task embedding path or None) of `task`, checked without reading the
+    arrays: the record, and each file it lists present, a complete .npy (not truncated) and of the
+    shape the record gives. A ValueError naming the entry and the fix otherwise."""
+    rec = self.record(task)
+    d = self._entry_dir(task)
+    prompt_path, emb_path = os.path.join(d, PROMPT_FILE), os.path.join(d, TASK_EMBEDDING_FILE)
+    self._check_npy(task, prompt_path, (rec["prompt_length"], rec["d_model"]))
+    if rec.get("has_task_embedding") or os.path.exists(emb_path):
+      length = rec.get("task_embedding_length")
+      self._check_npy(task, emb_path, None if length is None else (length, rec["d_model"]))
+    else:
+      emb_path = None
+    return rec, prompt_path, emb_path
+
+  def _check_npy(self, task: str, path: str, shape: Optional[tuple]) -> None:
+    if not os.path.exists(path):
+      raise ValueError(f"library entry {task!r}: {path} is missing (its record.json lists it). "
+                       f"Fix: {self._fix(task)}")
+    try:  # reads the header only; a file shorter than the header says fails
+      arr = np.load(path, mmap_mode="r", allow_pickle=False)
+      got = tuple(arr.shape)
+      del arr
+    except (OSError, ValueError, EOFError) as e:
+      raise ValueError(f"library entry {task!r}: {path} is not a complete .npy file (truncated?): {e}. "
+                       f"Fix: {self._fix(task)}") from e
+    if shape is not None and got != tuple(int(x) for x in shape):
+      raise ValueError(f"library entry {task!r}: {path} holds shape {list(got)}, but its record.json "
+                       f"says {list(shape)}. Fix: {self._fix(task)}")
 
   def _load(self, task: str, path: str) -> np.ndarray:
     """`prompt_io.load_prompt` of an entry's file, its error saying how to repair the entry."""
@@ -382,22 +505,31 @@ class PromptLibrary:
       raise ValueError(f"library entry {task!r}: {e}; or {self._fix(task)}") from e
 
   def list(self) -> list:  # pylint: disable=redefined-builtin
-    """Records of all entries, sorted by task name."""
-    return [self.record(t) for t in self.tasks()]
+    """Records of all entries, sorted by task name. Each entry's files are checked (not read): a
+    damaged entry is an error, which names every damaged entry of the library."""
+    out, damaged = [], []
+    for t in self.tasks():
+      try:
+        out.append(self._entry_files(t)[0])
+      except ValueError as e:
+        damaged.append(str(e))
+    if len(damaged) == 1:
+      raise ValueError(damaged[0])
+    if damaged:
+      raise ValueError(f"library {self.path} has {len(damaged)} damaged entries:\n  " + "\n  ".join(damaged))
+    return out
 
   def get(self, task: str) -> LibraryEntry:
-    rec = self.record(task)
-    d = self._entry_dir(task)
-    emb_path = os.path.join(d, TASK_EMBEDDING_FILE)
-    emb = self._load(task, emb_path) if os.path.exists(emb_path) else None
-    return LibraryEntry(task, self._load(task, os.path.join(d, PROMPT_FILE)), emb, rec)
+    rec, prompt_path, emb_path = self._entry_files(task)
+    emb = self._load(task, emb_path) if emb_path is not None else None
+    return LibraryEntry(task, self._load(task, prompt_path), emb, rec)
 
   def prompts(self, kind: str = "prompt", missing: str = "prompt") -> dict:
     """{task: array} of the final prompts (kind="prompt") or the task embeddings.
 
     For kind="task_embedding", tasks without one use their final prompt (missing="prompt", with a
-    warning), are left out (missing="skip"), or raise (missing="error"). Each entry's record is read
-    too, so that a damaged entry fails here as it does in `list` (see the module docstring).
+    warning), are left out (missing="skip"), or raise (missing="error"). Each entry's record and files
+    are checked too, so that a damaged entry fails here as it does in `list` (see the module docstring).
     """
     if kind not in KINDS:
       raise ValueError(f"kind={kind!r}: use one of {KINDS}")
@@ -405,12 +537,10 @@ class PromptLibrary:
       raise ValueError(f"missing={missing!r}: use 'prompt', 'skip' or 'error'")
     out, lacking = {}, []
     for t in self.tasks():
-      d = self._entry_dir(t)
-      self.record(t)
+      _, prompt_path, emb_path = self._entry_files(t)
       if kind == "task_embedding":
-        p = os.path.join(d, TASK_EMBEDDING_FILE)
-        if os.path.exists(p):
-          out[t] = self._load(t, p)
+        if emb_path is not None:
+          out[t] = self._load(t, emb_path)
           continue
         lacking.append(t)
         if missing == "skip":
@@ -418,7 +548,7 @@ class PromptLibrary:
         if missing == "error":
           raise ValueError(f"library {self.path}: task(s) {lacking} have no task embedding; add them "
                            "from a MODEL_DIR with a task_embedding export or pass --task-embedding")
-      out[t] = self._load(t, os.path.join(d, PROMPT_FILE))
+      out[t] = self._load(t, prompt_path)
     if lacking:
       what = "their final prompt is used instead" if missing == "prompt" else "they are left out"
       warnings.warn(f"library {self.path}: {lacking} have no task embedding; {what}")
