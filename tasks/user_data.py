@@ -153,13 +153,26 @@ def _json_value(v) -> str:
   return v if isinstance(v, str) else json.dumps(v)
 
 
+def _lines(text: str) -> List[str]:
+  """The lines of a file's text, split on "\n" only (a "\r" before it, of CRLF files, is dropped).
+
+  Not `str.splitlines()`, which also splits on U+2028/U+2029, \x85, \x0b, \x0c and \x1c-\x1e: JSON
+  strings may hold those unescaped, and the training pipeline (tf.data.TextLineDataset) reads a TSV/CSV
+  line up to "\n" too, so that validation and training see the same records.
+  """
+  lines = text.split("\n")
+  if lines and lines[-1] == "":  # the newline that ends the last line starts no line
+    lines.pop()
+  return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def read_records(path: str, fmt: str):
   """Yields `(line_number, record_dict)` from a file, raising on bad lines.
 
-  TSV/CSV: line 1 is the header; JSONL: blank lines are skipped.
+  TSV/CSV: line 1 is the header; JSONL: blank lines are skipped. Lines end at "\n" (or "\r\n").
   """
   with tf.io.gfile.GFile(path, "r") as f:
-    lines = f.read().splitlines()
+    lines = _lines(f.read())
   if fmt == "jsonl":
     for n, line in enumerate(lines, 1):
       if not line.strip():

@@ -85,6 +85,36 @@ def test_jsonl_and_rank_classification(tmp_path):
   assert metrics.rank_classification_accuracy(targets, [-1.0] * 4) == {"accuracy": 50.0}  # ties: first
 
 
+# Characters str.splitlines() splits on that JSON strings and TSV/CSV fields may hold as they are.
+_NOT_NEWLINES = "\u2028\u2029\x85\x0b\x0c\x1c\x1d\x1e"
+
+
+def test_lines_end_at_newline_only(tmp_path):
+  """A JSONL string or a TSV/CSV field holding U+2028 (etc.) is one record, as the training pipeline
+  reads it; CRLF files still read."""
+  weird = "a" + _NOT_NEWLINES + "b"
+  train = tmp_path / "d.jsonl"
+  train.write_text(json.dumps({"q": weird, "label": "yes"}, ensure_ascii=False)
+                   + "\r\n" + json.dumps({"q": "plain", "label": "no"}) + "\r\n", encoding="utf-8")
+  train = str(train)
+  assert [r for _, r in ud.read_records(train, "jsonl")] == [
+      {"q": weird, "label": "yes"}, {"q": "plain", "label": "no"}]
+  ud.register_task_from_files("ud_test_jsonl_u2028", train=train, input_template="q: {q}",
+                              vocabulary=VOCAB, overwrite=True)
+  assert _texts("ud_test_jsonl_u2028") == [("q: " + weird, "yes"), ("q: plain", "no")]
+  for fmt, sep in (("tsv", "\t"), ("csv", ",")):
+    path = tmp_path / f"d.{fmt}"
+    path.write_text(f"text{sep}label\r\n{weird}{sep}good\r\nbye{sep}bad\r\n", encoding="utf-8")
+    path = str(path)
+    assert list(ud.read_records(path, fmt)) == [(2, {"text": weird, "label": "good"}),
+                                                (3, {"text": "bye", "label": "bad"})]
+    name = f"ud_test_{fmt}_u2028"
+    ud.register_task_from_files(name, train=path, input_template="say: {text}", vocabulary=VOCAB,
+                                overwrite=True)
+    assert seqio.get_mixture_or_task(name).num_input_examples("train") == 2
+    assert _texts(name) == [("say: " + weird, "good"), ("say: bye", "bad")]
+
+
 def test_batches_through_feature_converter(tmp_path):
   train = _write(tmp_path / "t.tsv", "premise\thypothesis\tlabel\na\tb\tyes\n" * 1
                  + "c\td\tno\n")
