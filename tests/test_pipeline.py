@@ -3,6 +3,7 @@ three transfer strategies, and `spot-jax spot` end to end."""
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import json
 import os
+import re
 
 import gin
 import jax
@@ -373,6 +374,26 @@ def test_run_target_refuses_to_resume_a_run_started_from_another_init(frozen, li
     pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "weighted_average", top_k=1, steps=6,
                         run=pipeline.RunConfig(**{**vars(RUN), "seed": 1}), target_embedding=emb,
                         baseline=True)
+
+
+def test_a_torn_result_json_is_an_error_naming_it_and_the_fix(frozen, tmp_path):
+  """result.json cut short (a copy interrupted, a full disk): the error names the file and says to
+  delete it (the runs resume), not just the decoder's "Expecting ':' delimiter: line 3 column 13"."""
+  lib, src = _one_source_library(tmp_path / "lib")
+  tmp_path = tmp_path / "out"
+  tmp_path.mkdir()
+  path = tmp_path / "result.json"
+  path.write_text('{\n  "target": "x",\n  "strategy"')
+  fix = (rf"{re.escape(str(path))} is not a readable spot result \(truncated or edited by hand\?\): "
+         rf"Expecting ':' delimiter.* Delete it and rerun the same command: the runs under "
+         rf"{re.escape(str(tmp_path))} resume from their checkpoints")
+  with pytest.raises(ValueError, match=fix):
+    pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "weighted_average", top_k=1, steps=2, run=RUN,
+                        target_embedding=src)
+  assert sorted(os.listdir(tmp_path)) == ["result.json"]  # refused before anything was written
+  path.write_text("[1, 2]")
+  with pytest.raises(ValueError, match=r"holds a JSON list, not an object\. Delete it"):
+    run_record.check_target_settings(str(tmp_path), {"target": TARGET})
 
 
 def test_train_only_macros_are_refused_by_the_pipeline(tmp_path):

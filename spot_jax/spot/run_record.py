@@ -98,6 +98,22 @@ SETTINGS_KEY = "settings"
 _IN_RESULT = ("target", "strategy", "top_k", "rank_by", "measure")
 
 
+def read_result(path: str, out_dir: str) -> dict:
+  """A `spot` run's result.json; a torn or hand-edited one is a ValueError naming the file and the fix
+  (delete it: rerunning the command resumes the runs under out_dir and writes it again)."""
+  try:
+    with fileio.open_file(path, "r") as f:
+      result = json.loads(f.read())
+    if not isinstance(result, dict):
+      raise ValueError(f"it holds a JSON {type(result).__name__}, not an object")
+  except ValueError as e:  # also UnicodeDecodeError: binary junk
+    raise ValueError(
+        f"{path} is not a readable spot result (truncated or edited by hand?): {e}. Delete it and rerun "
+        f"the same command: the runs under {out_dir} resume from their checkpoints (finished ones are "
+        "not trained again) and the result is written anew") from e
+  return result
+
+
 def check_target_settings(out_dir: str, settings: Mapping[str, Any]) -> None:
   """Refuses a `spot` run into an out_dir whose finished run (result.json) had other settings: target,
   strategy, top-k, ranking, library, exclusions.
@@ -110,8 +126,7 @@ def check_target_settings(out_dir: str, settings: Mapping[str, Any]) -> None:
   path = fileio.join(out_dir, "result.json")
   if not fileio.exists(path):
     return
-  with fileio.open_file(path, "r") as f:
-    result = json.load(f)
+  result = read_result(path, out_dir)
   recorded = result.get(SETTINGS_KEY) or {k: result.get(k) for k in _IN_RESULT}
   settings = json.loads(json.dumps(dict(settings), default=str))  # as it reads back from the file
   differ = {k: (recorded[k], settings.get(k)) for k in recorded if recorded[k] != settings.get(k)}
