@@ -6,8 +6,10 @@ the new one, never a partial one. Reading them back, with every other format, is
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import time
 from typing import Any, Optional
 
@@ -26,10 +28,47 @@ def npy_bytes(arr: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
+@contextlib.contextmanager
+def _no_new_dirs_on_failure(path: str):
+  """Removes the (empty) parent directories of `path` that a failed write created: a failed export
+  leaves nothing behind, not even the folders it made for its output. Local paths only."""
+  path = str(path).rstrip("/")
+  created = []
+  if not fileio.is_remote(path):
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent) and parent != os.path.dirname(parent):
+      created.append(parent)
+      parent = os.path.dirname(parent)
+  try:
+    yield
+  except BaseException:
+    for d in created:  # deepest first
+      try:
+        os.rmdir(d)
+      except OSError:  # not empty (another writer's files), or already gone
+        break
+    raise
+
+
+def check_npy_path(path: str) -> None:
+  """Refuses a .npy output path that names a directory: one that exists, or one with a trailing "/"
+  (which would otherwise end in a rename error naming a temporary file)."""
+  path = str(path)
+  if path.endswith("/") or path.endswith(os.sep):
+    raise IsADirectoryError(f"{path} ends in '/', a directory, but a .npy prompt is one file: name a file "
+                            f"path, e.g. {path.rstrip('/' + os.sep) or '.'}/prompt.npy")
+  if fileio.isdir(path):
+    raise IsADirectoryError(f"{path} is a directory, but a .npy prompt is one file: name a file path, e.g. "
+                            f"{path}/prompt.npy")
+
+
 def save_npy(prompt: Any, path: str) -> str:
-  """Writes `prompt` as a float32 `.npy` file atomically; returns the path."""
+  """Writes `prompt` as a float32 `.npy` file atomically; returns the path. A path that names a
+  directory is refused (`check_npy_path`); a failed write leaves no file nor new directory."""
   arr = validate_prompt(prompt, str(path))
-  fileio.atomic_write_bytes(str(path), npy_bytes(arr))
+  check_npy_path(path)
+  with _no_new_dirs_on_failure(path):
+    fileio.atomic_write_bytes(str(path), npy_bytes(arr))
   return str(path)
 
 
@@ -40,7 +79,9 @@ def write_t5x_prompt_dir(prompt: Any, directory: str, info: Optional[dict] = Non
   data = npy_bytes(arr)
   meta = {"shape": list(arr.shape), "created": time.time(), **(info or {})}
   meta_bytes = json.dumps(meta, indent=2, sort_keys=True, default=fileio.json_default).encode()
-  fileio.atomic_write_dir(str(directory), {T5X_PROMPT_FILENAME: data, PROMPT_NPY: data, EXPORT_INFO: meta_bytes})
+  with _no_new_dirs_on_failure(directory):
+    fileio.atomic_write_dir(str(directory), {T5X_PROMPT_FILENAME: data, PROMPT_NPY: data,
+                                             EXPORT_INFO: meta_bytes})
   return str(directory)
 
 
@@ -104,7 +145,8 @@ def export_peft(prompt: Any, directory: str, base_model_name_or_path: Optional[s
       PEFT_CONFIG: json.dumps(config, indent=2, sort_keys=True).encode(),
       PEFT_WEIGHTS: st_save({PEFT_TENSOR: np.ascontiguousarray(arr)}, metadata={"format": "pt"}),
   }
-  fileio.atomic_write_dir(str(directory), files)
+  with _no_new_dirs_on_failure(directory):
+    fileio.atomic_write_dir(str(directory), files)
   return str(directory)
 
 
@@ -120,6 +162,9 @@ def check_export_target(out: str, fmt: str, overwrite: bool = False) -> None:
   """Refuses an `out` that exists, unless `overwrite` and it is an export of the same format."""
   if fmt not in EXPORT_FORMATS:
     raise ValueError(f"unknown export format {fmt!r}; use one of {EXPORT_FORMATS}")
+  if fmt == "npy" and (out.endswith("/") or out.endswith(os.sep)):
+    raise IsADirectoryError(f"{out} ends in '/', a directory, but an npy export is one file: name a .npy "
+                            f"path, e.g. {out.rstrip('/' + os.sep) or '.'}/prompt.npy")
   if not fileio.exists(out):
     return
   if fmt == "npy":

@@ -86,6 +86,42 @@ def test_export_never_replaces_other_files(model_dir, tmp_path, capsys):
   assert "is a directory, but an npy export is one file" in capsys.readouterr().err
 
 
+def test_export_to_a_path_ending_in_a_slash(model_dir, tmp_path, capsys, monkeypatch):
+  """`export RUN x/newdir/ --format npy` said "[Errno 20] Not a directory: 'x/newdir/.tmp-…'" and left an
+  empty x/newdir: a trailing '/' names a directory, which an npy export is not; t5x/peft write into it."""
+  run, latest = model_dir
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "x").mkdir()
+  assert cli.main(["export", str(run), "x/newdir/", "--format", "npy"]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("spot-jax export: error: x/newdir/ ends in '/', a directory, but an npy export is "
+                        "one file: name a .npy path, e.g. x/newdir/prompt.npy") and ".tmp-" not in err
+  assert list((tmp_path / "x").iterdir()) == []  # nothing left behind
+  for fmt in ("t5x", "peft"):
+    assert cli.main(["export", str(run), f"x/{fmt}/", "--format", fmt, "--base_model", "t5"]) == 0
+    assert "Errno" not in capsys.readouterr().err
+  np.testing.assert_array_equal(np.load(tmp_path / "x" / "t5x" / "prompt.npy"), latest)
+  assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["peft", "t5x"]
+
+
+def test_a_failed_export_leaves_no_new_directories(model_dir, tmp_path, capsys, monkeypatch):
+  run, _ = model_dir
+  from spot_jax import fileio
+  real_open = fileio.open_file
+
+  def full(path, mode):  # the disk fills at the export's first write
+    if "w" in mode:
+      raise OSError(errno.ENOSPC, "No space left on device", path)
+    return real_open(path, mode)
+  monkeypatch.setattr(fileio, "open_file", full)
+  (tmp_path / "x").mkdir()
+  for fmt, out in (("npy", tmp_path / "x" / "new" / "deeper" / "p.npy"), ("t5x", tmp_path / "x" / "new" / "t5x"),
+                   ("peft", tmp_path / "x" / "new" / "peft")):
+    assert cli.main(["export", str(run), str(out), "--format", fmt, "--base_model", "t5"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert list((tmp_path / "x").iterdir()) == []  # not even the folders made for OUT
+
+
 def test_export_replaces_its_own_kind_only_with_overwrite(model_dir, tmp_path, capsys):
   run, latest = model_dir
   for fmt, out in (("npy", tmp_path / "p.npy"), ("peft", tmp_path / "peft"), ("t5x", tmp_path / "t5x")):

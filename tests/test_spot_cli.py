@@ -159,6 +159,31 @@ def test_init_writes_weighted_average(sources, capsys):
   np.testing.assert_array_equal(np.load(tmp_path / "top1.npy"), p["rte"])
 
 
+def test_init_out_is_replaced_only_with_overwrite_and_never_a_directory(sources, capsys):
+  """`library init --out` silently replaced an existing file (export refuses without --overwrite) and
+  ended in a raw IsADirectoryError traceback for a directory."""
+  tmp_path, p, _ = sources
+  lib = _build(tmp_path)
+  target = str(tmp_path / "target.npy")
+  out = tmp_path / "mine.npy"
+  np.save(out, np.zeros((2, 2), np.float32))
+  (tmp_path / "a_dir").mkdir()
+  capsys.readouterr()
+  for where, said in ((out, f"error: {out} exists: pass --overwrite to replace it"),
+                      (tmp_path / "a_dir", f"error: {tmp_path / 'a_dir'} is a directory, but an npy export is "
+                       "one file"),
+                      (f"{tmp_path}/new/", f"error: {tmp_path}/new/ ends in '/', a directory")):
+    assert cli.main(["init", "--library", lib, "--target", target, "--out", str(where), "--strategy",
+                     "top1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(said) and len(err.splitlines()) == 1, err
+  np.testing.assert_array_equal(np.load(out), np.zeros((2, 2), np.float32))
+  assert os.listdir(tmp_path / "a_dir") == [] and not os.path.exists(tmp_path / "new")
+  assert cli.main(["init", "--library", lib, "--target", target, "--out", str(out), "--strategy", "top1",
+                   "--overwrite"]) == 0
+  np.testing.assert_array_equal(np.load(out), p["rte"])
+
+
 @pytest.mark.filterwarnings("ignore:.*no task embedding")
 def test_target_can_be_a_model_dir(sources, capsys):
   tmp_path, _, emb = sources
@@ -243,7 +268,7 @@ def test_retrieve_and_init_show_a_tie_that_decided_the_top_k(tmp_path, capsys, c
   summary = json.loads(capsys.readouterr().out)
   assert summary["sources"][0]["tied"] and summary["ties"]["tied"]
   assert summary["ties"]["sources"] == ["twin_a", "twin_b"] and summary["ties"]["chosen"] == ["twin_a"]
-  assert cli.main(["init", *argv, "--out", str(tmp_path / "i.npy")]) == 0
+  assert cli.main(["init", *argv, "--out", str(tmp_path / "i.npy"), "--overwrite"]) == 0
   assert "tie: the top-1 selection is decided by a tie" in capsys.readouterr().out
 
 

@@ -110,7 +110,9 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
       p.add_argument("--top-k", type=int, default=None, help="print only the k best sources")
       p.set_defaults(func=_cmd_retrieve)
     else:
-      p.add_argument("--out", required=True, help="the init .npy to write (PROMPT_FILE for training)")
+      p.add_argument("--out", required=True, help="the init .npy to write (PROMPT_FILE for training); an "
+                     "existing file is replaced only with --overwrite")
+      p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
       p.add_argument("--strategy", choices=["weighted_average", "top1"], default="weighted_average",
                      help="top-k weighted average of source prompts (w ∝ similarity) or the best one")
       p.add_argument("--top-k", type=int, default=3, help="sources averaged (default 3)")
@@ -319,6 +321,7 @@ def _cmd_retrieve(args) -> int:
 
 
 def _cmd_init(args) -> int:
+  prompt_export.check_export_target(args.out, "npy", args.overwrite)  # before any ranking
   lib, ranked = _rank(args)
   k = 1 if args.strategy == "top1" else args.top_k
   ties = warn_ties(ranked, k)
@@ -376,7 +379,8 @@ def run(args) -> int:
   """Runs a parsed `library` command; user errors print one line on stderr and return 1."""
   try:
     return args.func(args)
-  except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
+  except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError,
+          IsADirectoryError) as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"error: {msg}", file=sys.stderr)
     return 1
