@@ -180,25 +180,38 @@ class InUseError(ValueError):
 
 
 @contextlib.contextmanager
-def exclusive_lock(directory: str, what: str):
+def exclusive_lock(directory: str, what: str, wait_s: float = 0.0):
   """Holds `directory/.lock` while a job writes into `directory`: a second job on the same directory
-  (two `train`s on one MODEL_DIR, two `library add`s) is refused at once instead of mixing its files
-  with the first's. An OS lock (flock), so a job killed even by SIGKILL leaves no stale lock behind.
-  Local directories only: a gs:// one is not locked (GCS has no such lock)."""
+  (two `train`s on one MODEL_DIR, two `library add`s) waits up to `wait_s` seconds, then is refused,
+  instead of mixing its files with the first's. An OS lock (flock), so a job killed even by SIGKILL
+  leaves no stale lock behind. Local directories only: a gs:// one is not locked (GCS has no such
+  lock)."""
   if is_remote(directory):
     yield
     return
   import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
+  import logging  # pylint: disable=g-import-not-at-top
   import socket  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
   try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-      raise InUseError(f"{directory} is in use by another {what} ({holder}): wait for it to end, or "
-                         f"use another directory") from None
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+      except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        if time.monotonic() >= deadline:
+          waited = f" for over {wait_s:g} s" if wait_s else ""
+          raise InUseError(f"{directory} is in use by another {what} ({holder}){waited}: wait for it to "
+                           f"end, or use another directory") from None
+        if not said:
+          logging.getLogger("spot_jax").warning("%s is in use by another %s (%s): waiting for it (up to "
+                                                "%g s)", directory, what, holder, wait_s)
+          said = True
+        time.sleep(0.05)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
     yield

@@ -311,7 +311,7 @@ def test_a_write_held_too_long_is_refused_naming_its_holder(tmp_path, monkeypatc
   lib.add("rte", _prompt(), "t5_tiny")
   monkeypatch.setattr(lib_mod, "LOCK_TIMEOUT_S", 0.2)
   with lib_mod.fileio.exclusive_lock(d, "library add"):  # another process's add, as the lock sees it
-    with pytest.raises(lib_mod.fileio.InUseError, match=rf"library {re.escape(d)} is in use by another "
+    with pytest.raises(lib_mod.fileio.InUseError, match=rf"{re.escape(d)} is in use by another "
                                                         rf"library write \(pid {os.getpid()} on .*\) for over"):
       lib.add("cb", _prompt(), "t5_tiny")
     with pytest.raises(lib_mod.fileio.InUseError):

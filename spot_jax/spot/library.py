@@ -27,10 +27,8 @@ library as the first left it, so two concurrent adds cannot mix two models nor b
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import logging
 import os
 import re
 import shutil
@@ -53,7 +51,6 @@ ENTRY_FILES = (PROMPT_FILE, TASK_EMBEDDING_FILE)
 # How long a write (`add`, `remove`) waits for another process's write to the same library to end.
 LOCK_TIMEOUT_S = 60.0
 
-log = logging.getLogger("spot_jax.spot")
 
 # `fileio.atomic_write_dir` writes `<task>.tmp-<id>`, and for an overwrite first moves the old entry to
 # `<task>.old-<id>`. A crash can leave either behind; they are never entries of their own.
@@ -149,37 +146,10 @@ class PromptLibrary:
             f"SOURCE`, or drop the entry with `spot-jax library remove --library {self.path} --task "
             f"{task}` (or delete {os.path.join(self.path, task)})")
 
-  @contextlib.contextmanager
   def _write_lock(self):
-    """Holds `<lib>/.lock` (flock) while a write checks the library and changes it; waits up to
-    LOCK_TIMEOUT_S for another process's write, then raises fileio.InUseError naming the holder.
-    An OS lock: a killed process holds none."""
-    import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
-    import socket  # pylint: disable=g-import-not-at-top
-    os.makedirs(self.path, exist_ok=True)
-    fd = os.open(os.path.join(self.path, fileio.LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      deadline, said = time.monotonic() + LOCK_TIMEOUT_S, False
-      while True:
-        try:
-          fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-          break
-        except BlockingIOError:
-          holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-          if time.monotonic() >= deadline:
-            raise fileio.InUseError(
-                f"library {self.path} is in use by another library write ({holder}) for over "
-                f"{LOCK_TIMEOUT_S:g} s: wait for it to end and retry") from None
-          if not said:
-            log.warning("library %s is in use by another library write (%s): waiting for it (up to %g s)",
-                        self.path, holder, LOCK_TIMEOUT_S)
-            said = True
-          time.sleep(0.05)
-      os.ftruncate(fd, 0)
-      os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-      yield
-    finally:
-      os.close(fd)  # releases the lock
+    """`<lib>/.lock` while a write checks the library and changes it: another process's write is
+    waited for (up to LOCK_TIMEOUT_S), then refused naming its holder."""
+    return fileio.exclusive_lock(self.path, "library write", wait_s=LOCK_TIMEOUT_S)
 
   # -- metadata ------------------------------------------------------------------------------------
   @property
