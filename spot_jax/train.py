@@ -10,9 +10,11 @@ The data path is straight: task → host batches (input_pipeline) → jitted sha
 from __future__ import annotations
 
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
+import contextlib
 import hashlib
 import logging
 import signal
+import sys
 import time
 from typing import Mapping, Optional
 
@@ -68,6 +70,13 @@ def frozen_fingerprint(params) -> Optional[str]:
   return digest.hexdigest()[:16]
 
 
+def frozen_architecture(config: T5Config) -> dict:
+  """The config fields that fix the frozen parameters' names and shapes (`infer_config.SHAPE_FIELDS`),
+  recorded with each checkpoint: a resumed run whose model_config changed is told so by name."""
+  from spot_jax.checkpoints.infer_config import SHAPE_FIELDS
+  return {name: getattr(config, name) for name in SHAPE_FIELDS}
+
+
 def check_same_run(model_dir: str, meta: Mapping, task: str, frozen_model: Mapping, step: int) -> None:
   """Refuses to resume `model_dir` for another task or on another frozen model: the checkpoint's prompt
   (and its best export) belong to the run that wrote them, and continuing them silently mixes two runs."""
@@ -77,20 +86,41 @@ def check_same_run(model_dir: str, meta: Mapping, task: str, frozen_model: Mappi
     raise ValueError(f"{model_dir} holds a prompt trained on {meta['task']!r} (step {step}), but this run "
                      f"trains {task!r}: {fix}")
   was = meta.get("frozen_model") or {}
+  # Checkpoints written before the architecture was recorded have none: the fingerprint decides alone.
+  was_arch, now_arch = was.get("architecture"), frozen_model.get("architecture")
+  if was_arch and now_arch and was_arch != now_arch:
+    changed = ", ".join(f"{k}={now_arch.get(k)!r} (the run was trained with {was_arch.get(k)!r})"
+                        for k in sorted(set(was_arch) | set(now_arch)) if was_arch.get(k) != now_arch.get(k))
+    cause = ("a model_config binding (such as num_heads, d_model, num_encoder_layers) or the size gin "
+             "(models/sizes/*.gin) changed")
+    if was.get("path") != frozen_model.get("path"):
+      cause = (f"the frozen checkpoint changed ({was.get('path') or 'a fresh initialization'} -> "
+               f"{frozen_model.get('path') or 'a fresh initialization'}), or {cause}")
+    raise ValueError(f"{model_dir} was trained on a frozen model whose parameter shapes differ from this "
+                     f"run's: {changed}. {cause[0].upper()}{cause[1:]}: set it back to resume, or {fix}")
   if was.get("fingerprint") and frozen_model.get("fingerprint") and \
       was["fingerprint"] != frozen_model["fingerprint"]:
     def describe(m):
       return m.get("path") or f"a fresh initialization (seed {m.get('seed')})"
-    raise ValueError(f"{model_dir} was trained on the frozen model {describe(was)}, but this run loads "
-                     f"{describe(frozen_model)}, whose weights differ (fingerprint {frozen_model['fingerprint']} "
-                     f"!= {was['fingerprint']}). A prompt only works with its own frozen model: set "
-                     f"INITIAL_CHECKPOINT_PATH back, or {fix}")
+    differ = (f"{model_dir} was trained on the frozen model {describe(was)}, but this run loads "
+              f"{describe(frozen_model)}, whose weights differ (fingerprint {frozen_model['fingerprint']} "
+              f"!= {was['fingerprint']})")
+    if was.get("seed") is not None and was.get("seed") == frozen_model.get("seed"):
+      # Two fresh initializations of one seed: only the model config can tell them apart (a checkpoint
+      # written before the architecture was recorded with it).
+      raise ValueError(f"{differ}: with the same seed, the model config must have changed (a "
+                       f"model_config binding such as num_heads, d_model, num_encoder_layers, or the size "
+                       f"gin). Set it back to resume, or {fix}")
+    raise ValueError(f"{differ}. A prompt only works with its own frozen model: set INITIAL_CHECKPOINT_PATH "
+                     f"back, or {fix}")
 
 
-def place_frozen(params, config: T5Config, mesh, frozen_dtype: str = "float32"):
-  """Put frozen weights on the mesh by logical-axis rules (optionally as bfloat16)."""
-  axes = param_logical_axes(config)
-  partitioning.check_divisible(param_shapes(config), axes, mesh)
+def place_frozen(params, config: T5Config, mesh, frozen_dtype: str = "float32", axes=None):
+  """Put frozen weights on the mesh by logical-axis rules (optionally as bfloat16). `axes`: the
+  config's logical axes, already checked against the mesh (train checks them before it starts)."""
+  if axes is None:
+    axes = param_logical_axes(config)
+    partitioning.check_divisible(param_shapes(config), axes, mesh)
   shardings = partitioning.tree_shardings(axes, mesh)
   dtype = {"float32": np.float32, "bfloat16": jnp.bfloat16}[frozen_dtype]
 
@@ -113,8 +143,25 @@ def _compiled_step(config, tx, mesh, enable_dropout, num_microbatches, frozen_sh
   return _STEP_CACHE[key]
 
 
+class Preempted(BaseException):
+  """train() was stopped by SIGTERM (a preemptible VM, a scheduler) after saving the step it reached:
+  the run is not finished, and rerunning the same command resumes it. A BaseException, as
+  KeyboardInterrupt is, so that no caller's `except Exception` takes the partial prompt for a result
+  (the SPoT pipelines stop: nothing is added to a library, no result.json is written). The command
+  lines print it as one line and exit with `EXIT_CODE` (128 + SIGTERM, the shell's code for it)."""
+  EXIT_CODE = 128 + int(signal.SIGTERM)
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(step, directory)
+    self.step, self.directory = step, directory
+
+  def __str__(self):
+    return (f"stopped by SIGTERM at step {self.step}; the checkpoint is in {self.directory}: rerun the "
+            f"same command to resume")
+
+
 class _Stop:
-  """SIGTERM → checkpoint at the next step, then exit cleanly (preemptible VMs)."""
+  """SIGTERM → checkpoint at the next step, then `Preempted` (preemptible VMs)."""
 
   def __init__(self):
     self.requested = False
@@ -158,7 +205,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   _check_ints(TRAIN_STEPS=train_steps, BATCH_SIZE=batch_size, PROMPT_LENGTH=prompt_length,
               SAVE_PERIOD=save_period, LOG_PERIOD=log_period, EVAL_PERIOD=eval_period,
               NUM_PARTITIONS=num_partitions, num_microbatches=num_microbatches,
-              TASK_EMBEDDING_STEP=task_embedding_step, SEED=seed)
+              TASK_EMBEDDING_STEP=task_embedding_step, SEED=seed, keep_checkpoints=keep_checkpoints)
   fileio.check_not_a_file(model_dir, "MODEL_DIR")
   for sub in (checkpointing.CHECKPOINTS_SUBDIR, prompt_io.NUMPY_CHECKPOINTS_DIR, INFERENCE_EVAL_DIR):
     fileio.check_not_a_file(fileio.join(model_dir, sub), f"the run writes {sub}/ there")
@@ -178,22 +225,6 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   if task_embedding_step is not None and not 0 < task_embedding_step <= train_steps:
     raise ValueError(f"TASK_EMBEDDING_STEP={task_embedding_step} is outside the run's steps 1..{train_steps} "
                      f"(TRAIN_STEPS): no task-embedding export would be written. Set it within them, or None")
-  config, params = frozen if frozen is not None else load_frozen(initial_checkpoint_path, model_config,
-                                                                  seed)
-  input_pipeline.check_vocabulary_fits(task, config.vocab_size)
-  frozen_model = {"path": None if frozen is not None else initial_checkpoint_path,
-                  "seed": seed if frozen is None and not initial_checkpoint_path else None,
-                  "fingerprint": frozen_fingerprint(params)}
-  prompt_init = prompt_init or prompts.random_uniform()
-  ckpts = checkpointing.PromptCheckpoints(model_dir, keep_checkpoints, async_checkpoints)
-  resume_step = ckpts.latest_step()
-  if resume_step is not None:  # before the weights are placed and the step compiled
-    check_same_run(model_dir, ckpts.saved_meta(resume_step), mixture_or_task_name, frozen_model, resume_step)
-  initial_prompt = None
-  if resume_step is None:
-    embedding = np.asarray(params["token_embedder"]["embedding"], np.float32)
-    initial_prompt = prompts.make_prompt(prompt_init, seed, prompt_length, config.d_model, embedding)
-
   mesh = partitioning.make_mesh(num_partitions)
   data_size = mesh.shape["data"]
   if (batch_size // num_microbatches) % data_size:
@@ -201,143 +232,205 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         f"BATCH_SIZE={batch_size} (over {num_microbatches} microbatch(es)) does not split evenly over the "
         f"mesh's {data_size} data-parallel replicas ({len(mesh.devices.flat)} devices / NUM_PARTITIONS="
         f"{num_partitions}): use a batch size whose microbatches are a multiple of {data_size}")
-  frozen_params, frozen_shardings = place_frozen(params, config, mesh, frozen_dtype)
-  tx = optimizer or optim.adafactor()
-  lr_schedule = optim.learning_rate_schedule(tx)  # None for an optimizer built elsewhere
-  rep = partitioning.replicated(mesh)
-  if resume_step is None:
-    state = jax.device_put(ts.init_state(initial_prompt, tx), rep)
-    start_step = 0
-  else:
-    abstract = jax.device_put(ts.init_state(np.zeros((prompt_length, config.d_model), np.float32), tx), rep)
-    state, meta = ckpts.restore(abstract)
-    start_step = int(jax.device_get(state.step))
-    log.info("resuming from step %d (%s)", start_step, meta)
-    shards = partitioning.data_layout(mesh)[1]
-    if meta.get("data_shards", shards) != shards:
-      log.warning("%s was trained reading the data in %d shard(s); this run reads %d (another number of "
-                  "processes or model partitions): it resumes at the same step, but the examples of the "
-                  "remaining steps differ from those of an uninterrupted run", model_dir,
-                  meta["data_shards"], shards)
-    if start_step > train_steps:
-      log.warning("%s's latest checkpoint is step %d, past TRAIN_STEPS=%d: nothing is trained and the "
-                  "step-%d prompt is returned (raise TRAIN_STEPS to continue, or use a new MODEL_DIR)",
-                  model_dir, start_step, train_steps, start_step)
-  if state.prompt.shape != (prompt_length, config.d_model):
-    raise ValueError(f"checkpoint prompt shape {state.prompt.shape} != [PROMPT_LENGTH={prompt_length}, "
-                     f"d_model={config.d_model}]")
+  config, params = frozen if frozen is not None else load_frozen(initial_checkpoint_path, model_config,
+                                                                  seed)
+  input_pipeline.check_vocabulary_fits(task, config.vocab_size)
+  axes = param_logical_axes(config)
+  partitioning.check_divisible(param_shapes(config), axes, mesh)
+  frozen_model = {"path": None if frozen is not None else initial_checkpoint_path,
+                  "seed": seed if frozen is None and not initial_checkpoint_path else None,
+                  "fingerprint": frozen_fingerprint(params), "architecture": frozen_architecture(config)}
+  prompt_init = prompt_init or prompts.random_uniform()
 
-  step_fn = _compiled_step(config, tx, mesh, enable_dropout, num_microbatches, frozen_shardings)
-  shard_index, num_shards = partitioning.data_layout(mesh)
-  batches = input_pipeline.get_batches(mixture_or_task_name, task_feature_lengths, "train", batch_size,
-                                       seed=seed, skip_batches=start_step, shard_index=shard_index,
-                                       num_shards=num_shards)
-  # A threefry key: flax derives one per dropout call from it, and the model stretches each into
-  # mask bits with a cheap counter hash (dropout._hashed_bits; docs/bench.md has the timings).
-  rng = jax.random.key(seed)
-  from spot_jax import metrics_log
-  logger = metrics_log.MetricsLogger(model_dir, total_steps=train_steps, start_step=start_step,
-                                     enabled=is_main, resume_from=None if resume_step is None else start_step,
-                                     mark_sessions=True)
-  best_value, last_saved = None, resume_step
-  if resume_step is not None and eval_period:
-    # The best export survives the restart: a resumed run must beat it, not the first eval after.
-    best_dir = prompt_io.best_export_dir(model_dir)
-    if fileio.exists(best_dir):
-      best_value = _pick_metric(prompt_io.read_export_info(best_dir).get("metrics") or {}, best_metric)
-      best_value = best_value if best_value is not None and np.isfinite(best_value) else None
+  def initial_prompt():
+    embedding = np.asarray(params["token_embedder"]["embedding"], np.float32)
+    return prompts.make_prompt(prompt_init, seed, prompt_length, config.d_model, embedding)
+  # A fresh run's initial prompt is made (and its shape checked) before the lock, which creates
+  # MODEL_DIR: a run refused up to here leaves nothing behind.
+  fresh_prompt = None if _has_checkpoints(model_dir) else initial_prompt()
 
-  def save(state, step):
-    nonlocal last_saved
-    check_finite(state)  # never label a skipped update's unchanged prompt as a later step
-    ckpts.save(state, {"step": step, "data_batches_consumed": step, "task": mixture_or_task_name,
-                       "data_shards": num_shards, "frozen_model": frozen_model})
+  # MODEL_DIR is one run's: a second run started on it is refused while this one holds it.
+  with contextlib.ExitStack() as held:
+    if is_main:  # the other processes of a multi-process run share MODEL_DIR with process 0
+      held.enter_context(fileio.exclusive_lock(model_dir, "spot_jax.train run"))
+    ckpts = checkpointing.PromptCheckpoints(model_dir, keep_checkpoints, async_checkpoints)
+    resume_step = ckpts.latest_step()
+    if resume_step is not None:  # before the weights are placed and the step compiled
+      check_same_run(model_dir, ckpts.saved_meta(resume_step), mixture_or_task_name, frozen_model, resume_step)
+    elif fresh_prompt is None:  # the step directories seen above were none of orbax's
+      fresh_prompt = initial_prompt()
+
+    frozen_params, frozen_shardings = place_frozen(params, config, mesh, frozen_dtype, axes=axes)
+    tx = optimizer or optim.adafactor()
+    lr_schedule = optim.learning_rate_schedule(tx)  # None for an optimizer built elsewhere
+    rep = partitioning.replicated(mesh)
+    shard_index, num_shards = partitioning.data_layout(mesh)
+    if resume_step is None:
+      state = jax.device_put(ts.init_state(fresh_prompt, tx), rep)
+      start_step = 0
+    else:
+      abstract = jax.device_put(ts.init_state(np.zeros((prompt_length, config.d_model), np.float32), tx), rep)
+      state, meta = ckpts.restore(abstract)
+      start_step = int(jax.device_get(state.step))
+      log.info("resuming from step %d (%s)", start_step, meta)
+      if meta.get("data_shards", num_shards) != num_shards:
+        log.warning("%s was trained reading the data in %d shard(s); this run reads %d (another number of "
+                    "processes or model partitions): it resumes at the same step, but the examples of the "
+                    "remaining steps differ from those of an uninterrupted run", model_dir,
+                    meta["data_shards"], num_shards)
+      if meta.get("batch_size", batch_size) != batch_size:  # checkpoints before it was recorded: no warning
+        log.warning("%s was trained with BATCH_SIZE=%d; this run uses %d: it resumes at step %d, but the data "
+                    "position is counted in batches (%d consumed), so the remaining steps read from another "
+                    "place in the data than an uninterrupted run (examples skipped or seen twice). Set "
+                    "BATCH_SIZE=%d back to continue the run as it was", model_dir, meta["batch_size"],
+                    batch_size, start_step, meta.get("data_batches_consumed", start_step), meta["batch_size"])
+      if start_step > train_steps:
+        log.warning("%s's latest checkpoint is step %d, past TRAIN_STEPS=%d: nothing is trained and the "
+                    "step-%d prompt is returned (raise TRAIN_STEPS to continue, or use a new MODEL_DIR)",
+                    model_dir, start_step, train_steps, start_step)
+    if state.prompt.shape != (prompt_length, config.d_model):
+      raise ValueError(f"checkpoint prompt shape {state.prompt.shape} != [PROMPT_LENGTH={prompt_length}, "
+                       f"d_model={config.d_model}]")
+
+    step_fn = _compiled_step(config, tx, mesh, enable_dropout, num_microbatches, frozen_shardings)
+    batches = input_pipeline.get_batches(mixture_or_task_name, task_feature_lengths, "train", batch_size,
+                                         seed=seed, skip_batches=start_step, shard_index=shard_index,
+                                         num_shards=num_shards)
+    # A threefry key: flax derives one per dropout call from it, and the model stretches each into
+    # mask bits with a cheap counter hash (dropout._hashed_bits; docs/bench.md has the timings).
+    rng = jax.random.key(seed)
+    from spot_jax import metrics_log
+    # Records past the step this run starts from (0: a fresh start) were logged by a killed predecessor
+    # and are logged again: metrics.jsonl (the logger) and seqio's inference_eval logs drop them.
+    logger = metrics_log.MetricsLogger(model_dir, total_steps=train_steps, start_step=start_step,
+                                       enabled=is_main, resume_from=start_step, mark_sessions=True)
     if is_main:
-      prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
-                                            frozen_model=frozen_model["path"])
-    last_saved = step
+      eval_dir = inference_eval_dir(model_dir)
+      if fileio.isdir(eval_dir):
+        for name in sorted(fileio.listdir(eval_dir)):
+          if name.rstrip("/").endswith("-metrics.jsonl"):
+            metrics_log.drop_records_after(fileio.join(eval_dir, name.rstrip("/")), start_step)
+    best_value, last_saved = None, resume_step
+    if resume_step is not None and eval_period:
+      # The best export survives the restart: a resumed run must beat it, not the first eval after.
+      best_dir = prompt_io.best_export_dir(model_dir)
+      if fileio.exists(best_dir):
+        best_value = _pick_metric(prompt_io.read_export_info(best_dir).get("metrics") or {}, best_metric)
+        best_value = best_value if best_value is not None and np.isfinite(best_value) else None
 
-  def check_finite(state):
-    bad = int(jax.device_get(state.nonfinite_step))
-    if bad >= 0:
-      ckpts.wait()
-      where = (f"the last good checkpoint is step {last_saved} in {ckpts.directory}"
-               if last_saved is not None else "no checkpoint was written yet")
-      raise FloatingPointError(
-          f"the loss, gradient or prompt became NaN or inf at step {bad} (that update and later ones "
-          f"were skipped); {where}. Lower the learning rate or check the data of {mixture_or_task_name}.")
+    def save(state, step):
+      nonlocal last_saved
+      check_finite(state)  # never label a skipped update's unchanged prompt as a later step
+      ckpts.save(state, {"step": step, "data_batches_consumed": step, "batch_size": batch_size,
+                         "task": mixture_or_task_name, "data_shards": num_shards, "frozen_model": frozen_model})
+      if is_main:
+        prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
+                                              frozen_model=frozen_model["path"])
+      last_saved = step
 
-  step = start_step
-  window_start, window_steps = time.time(), 0
-  try:
-    with _Stop() as stop:
-      for batch in batches:
-        if step >= train_steps:
-          break
-        state, metrics = step_fn(state, frozen_params, partitioning.global_batch(batch, mesh), rng)
-        step += 1
-        window_steps += 1
-        logger.progress(step)  # moves the bar (terminals only); no device sync
-        if task_embedding_step and step == task_embedding_step and is_main:
-          prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
-                                                name=prompt_io.TASK_EMBEDDING_EXPORT,
-                                                frozen_model=frozen_model["path"])
-        if step % log_period == 0 or step == train_steps:
-          check_finite(state)
-          values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          elapsed = time.time() - window_start
-          values["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
-          values["eta_sec"] = (train_steps - step) / max(values["steps_per_sec"], 1e-9)
-          if lr_schedule is not None:  # the rate of the update that made this step (optax counts from 0)
-            values["learning_rate"] = float(jax.device_get(lr_schedule(step - 1)))
-          logger.write(step, values, prefix="train")
-          window_start, window_steps = time.time(), 0
-        if eval_period and (step % eval_period == 0 or step == train_steps):
-          results = _evaluate(mixture_or_task_name, config, frozen_params, state.prompt, task_feature_lengths,
-                              eval_split, eval_batch_size or batch_size, eval_num_examples, step,
-                              inference_eval_dir(model_dir) if is_main else None)
-          logger.write(step, results, prefix="eval")
-          value = _pick_metric(results, best_metric)
-          # NaN (e.g. STS-B's correlations of a prompt that writes one number) is never the best.
-          if value is not None and np.isfinite(value) and (best_value is None or value > best_value):
-            best_value = value
-            if is_main:
-              prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
-                                                    name=prompt_io.BEST_EXPORT, metrics=results,
-                                                    frozen_model=frozen_model["path"])
-        if step % save_period == 0 or step == train_steps:
-          save(state, step)
-        if hooks:
-          for hook in hooks:
-            hook(step, state)
-        if stop.requested:
-          save(state, step)
-          log.warning("SIGTERM: saved step %d to %s; exiting", step, ckpts.directory)
-          break
-    check_finite(state)
-    if step < train_steps and not stop.requested:
-      raise ValueError(f"the training data of {mixture_or_task_name} ended after {step} of "
-                       f"{train_steps} steps: lower TRAIN_STEPS, or use a task whose train split repeats")
-  except BaseException:
-    ckpts.close_after_error()  # an in-flight save completes, so a rerun resumes from it
-    raise
-  ckpts.close()
-  logger.close()
-  final = np.asarray(jax.device_get(state.prompt))
-  log.info("process %d: trained %d steps in %.1fs; final prompt sha256 %s", jax.process_index(),
-           step - start_step, time.time() - t_start, hashlib.sha256(final.tobytes()).hexdigest()[:16])
-  return final
+    def check_finite(state):
+      bad = int(jax.device_get(state.nonfinite_step))
+      if bad >= 0:
+        ckpts.wait()
+        where = (f"the last good checkpoint is step {last_saved} in {ckpts.directory}"
+                 if last_saved is not None else "no checkpoint was written yet")
+        raise FloatingPointError(
+            f"the loss, gradient or prompt became NaN or inf at step {bad} (that update and later ones "
+            f"were skipped); {where}. Lower the learning rate or check the data of {mixture_or_task_name}.")
+
+    step = start_step
+    window_start, window_steps = time.time(), 0
+    try:
+      with _Stop() as stop:
+        for batch in batches:
+          if step >= train_steps:
+            break
+          state, metrics = step_fn(state, frozen_params, partitioning.global_batch(batch, mesh), rng)
+          step += 1
+          window_steps += 1
+          logger.progress(step)  # moves the bar (terminals only); no device sync
+          if task_embedding_step and step == task_embedding_step and is_main:
+            prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
+                                                  name=prompt_io.TASK_EMBEDDING_EXPORT,
+                                                  frozen_model=frozen_model["path"])
+          if step % log_period == 0 or step == train_steps:
+            check_finite(state)
+            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            elapsed = time.time() - window_start
+            values["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
+            values["eta_sec"] = (train_steps - step) / max(values["steps_per_sec"], 1e-9)
+            if lr_schedule is not None:  # the rate of the update that made this step (optax counts from 0)
+              values["learning_rate"] = float(jax.device_get(lr_schedule(step - 1)))
+            logger.write(step, values, prefix="train")
+            window_start, window_steps = time.time(), 0
+          if eval_period and (step % eval_period == 0 or step == train_steps):
+            results = _evaluate(mixture_or_task_name, config, frozen_params, state.prompt, task_feature_lengths,
+                                eval_split, eval_batch_size or batch_size, eval_num_examples, step,
+                                inference_eval_dir(model_dir) if is_main else None)
+            logger.write(step, results, prefix="eval")
+            value = _pick_metric(results, best_metric)
+            # NaN (e.g. STS-B's correlations of a prompt that writes one number) is never the best.
+            if value is not None and np.isfinite(value) and (best_value is None or value > best_value):
+              best_value = value
+              if is_main:
+                prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
+                                                      name=prompt_io.BEST_EXPORT, metrics=results,
+                                                      frozen_model=frozen_model["path"])
+          if step % save_period == 0 or step == train_steps:
+            save(state, step)
+          if hooks:
+            for hook in hooks:
+              hook(step, state)
+          if stop.requested:
+            save(state, step)
+            break
+      check_finite(state)
+      if step < train_steps and not stop.requested:
+        raise ValueError(f"the training data of {mixture_or_task_name} ended after {step} of "
+                         f"{train_steps} steps: lower TRAIN_STEPS, or use a task whose train split repeats")
+    except BaseException:
+      ckpts.close_after_error()  # an in-flight save completes, so a rerun resumes from it
+      raise
+    ckpts.close()
+    logger.close()
+    if stop.requested and step < train_steps:
+      # The run is not finished: its callers must not take this step's prompt for the result.
+      log.warning("SIGTERM: saved step %d to %s; stopping (rerun the same command to resume)", step,
+                  ckpts.directory)
+      raise Preempted(step, ckpts.directory)
+    final = np.asarray(jax.device_get(state.prompt))
+    log.info("process %d: trained %d steps in %.1fs; final prompt sha256 %s", jax.process_index(),
+             step - start_step, time.time() - t_start, hashlib.sha256(final.tobytes()).hexdigest()[:16])
+    return final
 
 
 INFERENCE_EVAL_DIR = "inference_eval"
 
 
+# The least value of each integer setting (None is allowed where the parameter's default is None).
+_INT_MINIMUM = {"SEED": 0}
+
+
 def _check_ints(**values) -> None:
-  """A gin value of the wrong type (`--gin.TRAIN_STEPS="'100'"`) would fail deep in the loop."""
+  """A gin value of the wrong type (`--gin.TRAIN_STEPS="'100'"`) or out of range (`BATCH_SIZE=0`,
+  `SAVE_PERIOD=-1`) would fail deep in the loop, or train nothing and say nothing."""
   for name, value in values.items():
+    flag = f"--gin.{name}" if name.isupper() else f"--gin.spot_jax.train.train.{name}"
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
       raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__}): e.g. "
-                       f"--gin.{name}=100 (no quotes)")
+                       f"{flag}=100 (no quotes)")
+    least = _INT_MINIMUM.get(name, 1)
+    if value is not None and value < least:
+      unset = {"EVAL_PERIOD": " (or None: no periodic evaluation)",
+               "TASK_EMBEDDING_STEP": " (or None: no task-embedding export)",
+               "keep_checkpoints": " (or None: keep every checkpoint)"}.get(name, "")
+      raise ValueError(f"{name} must be {least} or more{unset}, got {value}: set {flag}")
+
+
+def _has_checkpoints(model_dir: str) -> bool:
+  """Whether MODEL_DIR/checkpoints has a step directory (a look, without starting orbax's manager)."""
+  directory = fileio.join(model_dir, checkpointing.CHECKPOINTS_SUBDIR)
+  return fileio.isdir(directory) and any(n.rstrip("/").isdigit() for n in fileio.listdir(directory))
 
 
 def inference_eval_dir(model_dir: str) -> str:
@@ -373,7 +466,11 @@ def main(argv=None):
   from spot_jax import gin_utils
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("spot_jax").setLevel(logging.INFO)
-  gin_utils.run(gin.get_configurable(train), argv, prog="spot_jax.train")
+  try:
+    gin_utils.run(gin.get_configurable(train), argv, prog="spot_jax.train")
+  except Preempted as e:
+    print(f"spot_jax.train: {e}", file=sys.stderr)
+    raise SystemExit(Preempted.EXIT_CODE) from None
 
 
 if __name__ == "__main__":

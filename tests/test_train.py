@@ -156,18 +156,63 @@ def test_a_model_replica_across_two_processes_trains_on_the_whole_batch(tmp_path
                              rtol=0, atol=1e-5)
 
 
-def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
+def test_sigterm_writes_a_checkpoint_and_exits_143_and_the_model_dir_is_locked_meanwhile(tmp_path):
   proc = _train_cli(tmp_path, steps=100000)
   jsonl = tmp_path / "metrics.jsonl"
   deadline = time.time() + 300
   while not (jsonl.exists() and jsonl.read_text().strip()) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
+  # A second run on the running one's MODEL_DIR is refused before it writes anything there.
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))} is in use by another spot_jax.train run "
+                                       rf"\(pid {proc.pid} on "):
+    train_lib.train(model_dir=str(tmp_path), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
+                    train_steps=2, batch_size=8, prompt_length=PROMPT_LEN, frozen=(CFG, params))
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=120)[0]
-  assert proc.returncode == 0, out[-3000:]
+  # Not a finished run: 128 + SIGTERM, so that a pipeline or a scheduler does not carry on.
+  assert proc.returncode == 143, out[-3000:]
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert steps and steps[-1] >= 4
+  assert f"spot_jax.train: stopped by SIGTERM at step {steps[-1]}; the checkpoint is in " \
+         f"{tmp_path / 'checkpoints'}: rerun the same command to resume" in out, out[-3000:]
+  assert "Traceback" not in out, out[-3000:]
   assert (pathlib.Path(prompt_io.checkpoint_export_dir(str(tmp_path), steps[-1])) / "prompt.npy").exists()
+
+
+def test_sigterm_in_a_spot_source_run_adds_nothing_to_the_library_and_a_rerun_resumes(tmp_path, monkeypatch,
+                                                                                      capsys, caplog):
+  import logging
+  import gin
+  from spot_jax.spot import pipeline_cli
+  from spot_jax.spot.library import PromptLibrary
+  argv = ["source", "--gin_file=models/t5_1_1.gin", "--gin_file=prompts/random_uniform.gin",
+          "--gin_file=models/sizes/tiny.gin", "--gin_file=runs/spot_source.gin",
+          "--gin.spot_jax.model_config.vocab_size=1152", "--gin.spot_jax.model_config.d_model=32",
+          "--gin.spot_jax.model_config.num_heads=2", "--gin.spot_jax.model_config.head_dim=16",
+          "--gin.spot_jax.model_config.d_ff=64", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+          f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+          "--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=8", f"--gin.PROMPT_LENGTH={PROMPT_LEN}",
+          "--gin.EVAL_NUM_EXAMPLES=8", f"--gin.LIBRARY_DIR='{tmp_path / 'lib'}'"]
+  real_train = train_lib.train
+
+  def preempted_at_step_2(**kwargs):  # a SIGTERM to this process while the source prompt trains
+    hook = lambda step, state: step == 2 and signal.raise_signal(signal.SIGTERM)
+    return real_train(hooks=[hook], **kwargs)
+  monkeypatch.setattr(train_lib, "train", preempted_at_step_2)
+  try:
+    assert pipeline_cli.main(argv) == 143
+    assert f"stopped by SIGTERM at step 2; the checkpoint is in {tmp_path / 'run' / 'checkpoints'}" in \
+        capsys.readouterr().err
+    assert TASK not in PromptLibrary(str(tmp_path / "lib"))  # the half-trained prompt is not a source
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # train() put the handler back
+    monkeypatch.setattr(train_lib, "train", real_train)
+    with caplog.at_level(logging.INFO, logger="spot_jax"):
+      assert pipeline_cli.main(argv) == 0  # the same command resumes (the lock was released)
+  finally:
+    gin.clear_config()
+  assert "resuming from step 2" in caplog.text
+  assert PromptLibrary(str(tmp_path / "lib")).record(TASK)["steps"] == 4
 
 
 def test_nan_loss_stops_naming_the_step(tmp_path):
@@ -191,6 +236,39 @@ def test_bad_inputs_fail_before_compute(tmp_path):
   with pytest.raises(ValueError, match=r"TASK_EMBEDDING_STEP=5 is outside the run's steps 1..2"):
     train_lib.train(mixture_or_task_name=TASK, frozen=(CFG, params), task_embedding_step=5,
                     **{**common, "model_dir": str(tmp_path / "m4")})
+  # Numbers out of range: one line naming the setting and its range, before any compute or directory.
+  out_of_range = [
+      (dict(train_steps=0), r"TRAIN_STEPS must be 1 or more, got 0: set --gin.TRAIN_STEPS"),
+      (dict(train_steps=-5, task_embedding_step=1), r"TRAIN_STEPS must be 1 or more, got -5"),
+      (dict(batch_size=0), r"BATCH_SIZE must be 1 or more, got 0"),
+      (dict(batch_size=-8), r"BATCH_SIZE must be 1 or more, got -8"),
+      (dict(prompt_length=0), r"PROMPT_LENGTH must be 1 or more, got 0"),
+      (dict(prompt_length=-3), r"PROMPT_LENGTH must be 1 or more, got -3"),
+      (dict(save_period=0), r"SAVE_PERIOD must be 1 or more, got 0"),
+      (dict(save_period=-1), r"SAVE_PERIOD must be 1 or more, got -1"),
+      (dict(log_period=0), r"LOG_PERIOD must be 1 or more, got 0"),
+      (dict(eval_period=0), r"EVAL_PERIOD must be 1 or more \(or None: no periodic evaluation\), got 0"),
+      (dict(num_partitions=0), r"NUM_PARTITIONS must be 1 or more, got 0"),
+      (dict(num_microbatches=0), r"num_microbatches must be 1 or more, got 0: set "
+                                 r"--gin.spot_jax.train.train.num_microbatches"),
+      (dict(task_embedding_step=0), r"TASK_EMBEDDING_STEP must be 1 or more \(or None"),
+      (dict(seed=-1), r"SEED must be 0 or more, got -1"),
+      (dict(keep_checkpoints=0), r"keep_checkpoints must be 1 or more \(or None: keep every checkpoint\), got 0"),
+  ]
+  for i, (bad_value, message) in enumerate(out_of_range):
+    with pytest.raises(ValueError, match=message):
+      train_lib.train(mixture_or_task_name=TASK, frozen=(CFG, params),
+                      **{**common, "model_dir": str(tmp_path / f"range{i}"), **bad_value})
+    assert not (tmp_path / f"range{i}").exists()
+  # A MODEL_DIR another run holds (here this process, through another open file: flock conflicts
+  # between two opens of one file in one process too) is refused before anything is written there.
+  from spot_jax import fileio
+  with fileio.exclusive_lock(str(tmp_path / "held"), "test"):
+    with pytest.raises(fileio.InUseError, match=rf"held is in use by another spot_jax.train run \(pid "
+                                                rf"{os.getpid()} on .*\): wait for it to end"):
+      train_lib.train(mixture_or_task_name=TASK, frozen=(CFG, params),
+                      **{**common, "model_dir": str(tmp_path / "held")})
+  assert os.listdir(tmp_path / "held") == [".lock"]
   assert len(jax.devices()) == 8  # tests/conftest.py: 8 forced CPU devices, so the data axis is 8
   with pytest.raises(ValueError, match=r"BATCH_SIZE=6 .* does not split evenly over the mesh's 8 "
                                        r"data-parallel replicas"):
@@ -256,19 +334,35 @@ def test_an_error_while_a_save_is_in_flight_keeps_that_checkpoint(tmp_path):
   assert checkpointing.PromptCheckpoints(str(tmp_path)).latest_step() == 2
 
 
-def test_resuming_with_another_number_of_data_shards_warns(tmp_path, caplog):
+def test_a_resume_warns_of_another_data_layout_and_each_run_drops_the_records_it_logs_again(tmp_path,
+                                                                                              caplog):
   params = init_params(CFG, jax.random.PRNGKey(0))
   common = dict(model_dir=str(tmp_path), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
                 batch_size=8, prompt_length=PROMPT_LEN, frozen=(CFG, params), save_period=2)
+  # What a run killed before its first checkpoint left: its metrics are logged again by the fresh
+  # start (before, the rerun's steps appeared twice in metrics.jsonl).
+  eval_log = tmp_path / "inference_eval" / f"{TASK}-metrics.jsonl"
+  eval_log.parent.mkdir(parents=True)
+  (tmp_path / "metrics.jsonl").write_text('{"step": 2, "train/loss": 99.0}\n')
+  eval_log.write_text('{"step": 2, "accuracy": 1.0}\n')
   train_lib.train(train_steps=2, **common)
+  assert [r.get("train/loss") != 99.0 for r in map(json.loads, open(tmp_path / "metrics.jsonl"))] == [True]
+  assert eval_log.read_text() == ""
   metas = [f for f in (tmp_path / "checkpoints" / "2").rglob("*")
            if f.is_file() and b'"data_shards": 1' in f.read_bytes()]
   assert len(metas) == 1  # the layout is recorded with the checkpoint
-  metas[0].write_bytes(metas[0].read_bytes().replace(b'"data_shards": 1', b'"data_shards": 2'))
+  assert json.loads(metas[0].read_bytes())["batch_size"] == 8
+  metas[0].write_bytes(metas[0].read_bytes().replace(b'"data_shards": 1', b'"data_shards": 2')
+                       .replace(b'"batch_size": 8', b'"batch_size": 16'))
+  # The killed run's records past the checkpoint (step 2), here seqio's eval log's, are dropped.
+  eval_log.write_text('{"step": 2, "accuracy": 1.0}\n{"step": 3, "accuracy": 2.0}\n')
   import logging
   with caplog.at_level(logging.WARNING, logger="spot_jax"):
     train_lib.train(train_steps=3, **common)
   assert "reading the data in 2 shard(s); this run reads 1" in caplog.text
+  assert "was trained with BATCH_SIZE=16; this run uses 8: it resumes at step 2" in caplog.text
+  assert [json.loads(l)["step"] for l in open(eval_log)] == [2]
+  assert [r["step"] for r in map(json.loads, open(tmp_path / "metrics.jsonl"))] == [2, 3]
 
 
 def test_missing_required_macro_names_it(tmp_path, capsys):
@@ -372,6 +466,21 @@ def test_the_best_export_survives_a_resume(tmp_path, caplog):
   other = init_params(CFG, jax.random.PRNGKey(1))
   with pytest.raises(ValueError, match=r"whose weights differ.*set INITIAL_CHECKPOINT_PATH back"):
     train_lib.train(train_steps=6, **{**common, "frozen": (CFG, other)})
+  # Another model config (--gin.spot_jax.model_config.num_heads=4) is named as such, not as other weights.
+  heads = CFG.replace(num_heads=4, head_dim=8)
+  with pytest.raises(ValueError, match=r"parameter shapes differ from this run's: head_dim=8 \(the run was "
+                                       r"trained with 16\), num_heads=4 \(the run was trained with 2\)\. A "
+                                       r"model_config binding .* changed: set it back to resume"):
+    train_lib.train(train_steps=6, **{**common, "frozen": (heads, init_params(heads, jax.random.PRNGKey(0)))})
+  # A checkpoint written before the architecture was recorded: two fresh initializations of one seed
+  # whose fingerprints differ can only be two configs.
+  was = {"path": None, "seed": 0, "fingerprint": "a" * 16}
+  with pytest.raises(ValueError, match=r"whose weights differ .*with the same seed, the model config must "
+                                       r"have changed \(a model_config binding"):
+    train_lib.check_same_run(str(tmp_path), {"task": TASK, "frozen_model": was}, TASK,
+                             {**was, "fingerprint": "b" * 16, "architecture": {"num_heads": 2}}, 4)
+  train_lib.check_same_run(str(tmp_path), {"task": TASK, "frozen_model": was}, TASK,
+                           {**was, "architecture": {"num_heads": 2}}, 4)  # the same model: accepted
   # Host or device copies of one model agree (the same run resumed above, with device arrays).
   assert train_lib.frozen_fingerprint(params) == train_lib.frozen_fingerprint(jax.device_get(params))
 

@@ -18,6 +18,7 @@ from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import PromptLibrary
 from spot_jax.spot.pipeline import (RANK_BY, STRATEGIES, RunConfig, _fmt, _train, default_model_id,
                                     enable_compilation_cache, evaluate_prompt, run_target)
+from spot_jax.train import Preempted
 
 log = logging.getLogger("spot_jax.spot")
 
@@ -224,6 +225,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
     print(f"error: {gin_utils.user_message(e)}", file=sys.stderr)
     return 1
+  except Preempted as e:  # SIGTERM: the run's checkpoint is saved; nothing after it was done
+    print(f"spot-jax spot{' source' if argv and argv[0] == 'source' else ''}: {e}", file=sys.stderr)
+    return Preempted.EXIT_CODE
 
 
 if __name__ == "__main__":
