@@ -342,8 +342,14 @@ def main(argv=None) -> int:
                 "and conclusion mean nothing; run without --quick for the demo")
   if args.quick:
     print(quick_note, flush=True)
-  run_demo(args.out, backbone_config, demo, cache_dir=args.cache_dir,
-           rebuild_backbone=args.rebuild_backbone)
+  from spot_jax.train import Preempted  # pylint: disable=g-import-not-at-top
+  try:
+    run_demo(args.out, backbone_config, demo, cache_dir=args.cache_dir,
+             rebuild_backbone=args.rebuild_backbone)
+  except Preempted as e:
+    print(f"spot-jax demo: stopped by SIGTERM at step {e.step} of a run; run the demo again (it trains "
+          "its prompts afresh; a pretrained backbone stays cached)", file=sys.stderr, flush=True)
+    return Preempted.EXIT_CODE
   if args.quick:
     print(quick_note, flush=True)
   return 0

@@ -43,6 +43,15 @@ def test_steps_flag_rejects_bad_values():
     demo.main(["--steps", "0"])
 
 
+def test_sigterm_in_a_run_ends_the_demo_with_143_and_one_line(tmp_path, monkeypatch, capsys):
+  from spot_jax import train
+  def preempted(*a, **k):
+    raise train.Preempted(7, str(tmp_path / "runs" / "x" / "checkpoints"))
+  monkeypatch.setattr(demo, "run_demo", preempted)
+  assert demo.main(["--quick", "--out", str(tmp_path / "out")]) == 143
+  assert "spot-jax demo: stopped by SIGTERM at step 7 of a run; run the demo again" in capsys.readouterr().err
+
+
 def test_quick_demo_runs_end_to_end(tmp_path, capsys):
   from spot_jax.spot import similarity as sim
   from spot_jax.spot.library import PromptLibrary
