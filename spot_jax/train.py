@@ -205,7 +205,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   _check_ints(TRAIN_STEPS=train_steps, BATCH_SIZE=batch_size, PROMPT_LENGTH=prompt_length,
               SAVE_PERIOD=save_period, LOG_PERIOD=log_period, EVAL_PERIOD=eval_period,
               NUM_PARTITIONS=num_partitions, num_microbatches=num_microbatches,
-              TASK_EMBEDDING_STEP=task_embedding_step, SEED=seed, keep_checkpoints=keep_checkpoints)
+              TASK_EMBEDDING_STEP=task_embedding_step, SEED=seed, keep_checkpoints=keep_checkpoints,
+              eval_batch_size=eval_batch_size, eval_num_examples=eval_num_examples)
   fileio.check_not_a_file(model_dir, "MODEL_DIR")
   for sub in (checkpointing.CHECKPOINTS_SUBDIR, prompt_io.NUMPY_CHECKPOINTS_DIR, INFERENCE_EVAL_DIR):
     fileio.check_not_a_file(fileio.join(model_dir, sub), f"the run writes {sub}/ there")
@@ -423,7 +424,9 @@ def _check_ints(**values) -> None:
     if value is not None and value < least:
       unset = {"EVAL_PERIOD": " (or None: no periodic evaluation)",
                "TASK_EMBEDDING_STEP": " (or None: no task-embedding export)",
-               "keep_checkpoints": " (or None: keep every checkpoint)"}.get(name, "")
+               "keep_checkpoints": " (or None: keep every checkpoint)",
+               "eval_batch_size": " (or None: BATCH_SIZE)",
+               "eval_num_examples": " (or None: the whole split)"}.get(name, "")
       raise ValueError(f"{name} must be {least} or more{unset}, got {value}: set {flag}")
 
 

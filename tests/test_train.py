@@ -254,6 +254,8 @@ def test_bad_inputs_fail_before_compute(tmp_path):
       (dict(task_embedding_step=0), r"TASK_EMBEDDING_STEP must be 1 or more \(or None"),
       (dict(seed=-1), r"SEED must be 0 or more, got -1"),
       (dict(keep_checkpoints=0), r"keep_checkpoints must be 1 or more \(or None: keep every checkpoint\), got 0"),
+      (dict(eval_batch_size=0), r"eval_batch_size must be 1 or more \(or None: BATCH_SIZE\), got 0"),
+      (dict(eval_num_examples=-1), r"eval_num_examples must be 1 or more \(or None: the whole split\)"),
   ]
   for i, (bad_value, message) in enumerate(out_of_range):
     with pytest.raises(ValueError, match=message):
