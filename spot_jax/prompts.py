@@ -124,6 +124,9 @@ def from_files_weighted(paths: Sequence[str] = gin.REQUIRED,
   def init(rng, prompt_length, d_model, embedding=None):
     from spot_jax import prompt_io
     w = np.ones(len(paths)) if weights is None else np.asarray(weights, np.float64)
+    if not np.all(np.isfinite(w)) or np.any(w < 0):  # a negative weight extrapolates past the prompts
+      raise ValueError(f"PROMPT_WEIGHTS must be numbers >= 0 (SPoT's weights are proportional to "
+                       f"similarities; a negative similarity gets weight 0), got {w.tolist()}")
     if w.sum() <= 0:
       raise ValueError(f"prompt weights must sum to a positive number, got {list(w)}")
     w = w / w.sum()

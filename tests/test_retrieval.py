@@ -40,22 +40,22 @@ def test_retrieval_ranks_planted_prompt_first(tmp_path):
 
 def test_ranking_ties_name_the_sources_that_name_order_decided(caplog):
   ranked = retrieval.sort_ranking({"d": 0.1, "c": 0.5 + 1e-9, "b": 0.5, "a": 0.9})
-  assert [t for t, _ in ranked] == ["a", "c", "b", "d"]  # 1e-9 apart: still sorted by score
+  assert [t for t, _ in ranked] == ["a", "b", "c", "d"]  # 1e-9 apart: a tie, so in name order
   # The top-2 cut falls inside the tie b ~ c: which one is chosen follows the names.
   ties = retrieval.ranking_ties(ranked, top_k=2)
   assert ties.tied and not ties.all_tied
-  assert ties.sources == ["c", "b"] and ties.chosen == ["c"] and ties.score == pytest.approx(0.5)
-  assert ties.groups == [["c", "b"]] and ties.is_tied("b") and not ties.is_tied("a")
+  assert ties.sources == ["b", "c"] and ties.chosen == ["b"] and ties.score == pytest.approx(0.5)
+  assert ties.groups == [["b", "c"]] and ties.is_tied("b") and not ties.is_tied("a")
   with caplog.at_level("WARNING", logger="spot_jax.spot"):
     retrieval.warn_ties(ranked, top_k=2)
-  assert "top-2 selection is decided by a tie" in caplog.text and "c, b" in caplog.text
+  assert "top-2 selection is decided by a tie" in caplog.text and "b, c" in caplog.text
   assert "0.5" in caplog.text
   # A tie inside the top k (or below it) decides nothing: no warning, but still recorded.
   caplog.clear()
   for k in (1, 3, None):
     with caplog.at_level("WARNING", logger="spot_jax.spot"):
       ties = retrieval.warn_ties(ranked, top_k=k)
-    assert not ties.tied and not ties.all_tied and ties.message() is None and ties.groups == [["c", "b"]]
+    assert not ties.tied and not ties.all_tied and ties.message() is None and ties.groups == [["b", "c"]]
   assert caplog.text == ""
   assert retrieval.ranking_ties([("a", 0.5), ("b", 0.5 + 1e-3)], 1).tied is False  # beyond the tolerance
   assert retrieval.ranking_ties([("a", 0.9)], 1).message() is None
@@ -152,7 +152,10 @@ def test_task_embedding_steps_are_recorded_and_a_target_at_another_step_is_warne
     warnings.simplefilter("error")
     rank_sources(target, lib, exclude=["mnli"])  # every known step matches: no warning
     rank_sources(_prompt(seed=11), lib)  # an array target: its step is unknown
-    rank_sources(target, lib, kind="prompt")  # final prompts are not task embeddings
+  # --kind prompt: the sources' final prompts (step 1000 for rte and mnli) against the target's step 50.
+  with pytest.warns(UserWarning, match=r"--kind prompt compares the sources' final prompts with the target's "
+                                       r"prompt of step 50.*mnli \(step 1000\), rte \(step 1000\)"):
+    rank_sources(target, lib, kind="prompt")
   with pytest.warns(UserWarning, match="from step 200"):
     assert retrieval.warn_embedding_steps(lib, 200, lib.tasks()) == {"rte": 50, "cb": 50}
 
@@ -175,3 +178,33 @@ def test_a_prompt_tuning_target_is_compared_at_its_prompt_steps(tmp_path):
   bare = tmp_path / "pt_run_no_config"
   _prompt_tuning_model_dir(bare, config_gin=False)  # no config.gin: T5X's global step, as the library
   assert retrieval.target_embedding_step(str(bare)) == 1_103_000
+
+
+def test_scores_tied_within_float_noise_go_in_name_order_everywhere():
+  # Two scalings of one prompt: cosines 1.0 and 0.99999...9 (float noise), a tie by the tolerance.
+  t = np.random.default_rng(0).normal(size=(4, 6))
+  ranked = rank_sources(t, {"dup1": 2 * t, "dup0": 3 * t})
+  assert [n for n, _ in ranked] == ["dup0", "dup1"]
+  assert "its order (dup0, dup1) is by name" in retrieval.ranking_ties(ranked, 1).message()
+  prompts = {n: np.full((2, 3), v, np.float32) for n, v in (("b", 1.0), ("a", 2.0), ("c", 3.0))}
+  _, weights = weighted_average_init(prompts, {"b": 0.5, "a": 0.5, "c": 0.1}, top_k=1)
+  assert weights == {"a": 1.0}  # by name, as sort_ranking orders: not by the mapping's order
+
+
+def test_a_nan_score_in_the_weighted_average_is_an_error_naming_the_sources():
+  prompts = {n: np.full((2, 3), v, np.float32) for n, v in (("a", 1.0), ("b", 2.0), ("c", 3.0))}
+  scores = dict(retrieval.sort_ranking({"a": 0.4, "b": float("nan"), "c": float("nan")}))
+  with pytest.raises(ValueError, match=r"include no-number scores \(sources \['b', 'c'\]"):
+    weighted_average_init(prompts, scores, top_k=3)
+  _, weights = weighted_average_init(prompts, scores, top_k=1)
+  assert weights == {"a": 1.0}
+
+
+def test_from_files_weighted_refuses_negative_weights(tmp_path):
+  from spot_jax import prompts as prompts_lib
+  for i, v in enumerate((1.0, 2.0)):
+    np.save(tmp_path / f"{i}.npy", np.full((2, 3), v, np.float32))
+  paths = [str(tmp_path / "0.npy"), str(tmp_path / "1.npy")]
+  with pytest.raises(ValueError, match=r"PROMPT_WEIGHTS must be numbers >= 0.*got \[2.0, -1.0\]"):
+    prompts_lib.from_files_weighted(paths=paths, weights=[2.0, -1.0])(None, 2, 3)
+  np.testing.assert_allclose(prompts_lib.from_files_weighted(paths=paths, weights=[3.0, 1.0])(None, 2, 3), 1.25)

@@ -141,3 +141,10 @@ def test_rerank_needs_the_task_embedding_run(tmp_path):
   _write_run(tmp_path / "rte", "rte", [("mnli", 0.8)], {"mnli": 1.0})
   with pytest.raises(FileNotFoundError, match="task_embedding does not exist"):
     tr.evaluate_runs([str(tmp_path / "rte")], library=lib, measures=["cos_avg_tokens"])
+
+
+def test_tau_leaves_out_the_nan_scores_of_a_zero_shot_ranking():
+  r = tr.evaluate_target("t", [("a", 0.5), ("b", 0.3), ("c", float("nan"))], {"a": 3.0, "b": 2.0, "c": 1.0})
+  assert r.kendall_tau == pytest.approx(1.0) and r.best_rank == 1  # a and b, in the same order
+  r = tr.evaluate_target("t", [("a", 0.5), ("b", float("nan"))], {"a": 3.0, "b": 2.0})
+  assert math.isnan(r.kendall_tau)  # one source left: no order

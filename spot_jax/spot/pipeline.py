@@ -430,7 +430,7 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
   """Retrieval + transfer for one target, trained `steps` steps from the chosen init.
 
   The target itself is left out of the sources unless `exclude` says otherwise. Budgets of the
-  auxiliary runs default to: task embedding steps // 10, best-of-top-k short runs steps // 10,
+  auxiliary runs default to: task embedding steps // 10, best-of-top-k runs `steps` (SELECTION_STEPS),
   mixture training `steps`. With `baseline`, a run from the base init gets the same `steps`.
   Layout of out_dir: task_embedding/, selection/from_<src>/, mixture/<name>/, transfer/, baseline/,
   result.json.

@@ -53,8 +53,8 @@ def rank_sources(target_embedding, library, measure: str = sim.DEFAULT_MEASURE,
   candidates = {k: v for k, v in candidates.items() if k not in set(exclude)}
   if not candidates:
     raise ValueError("no source prompts to rank (empty library, or all excluded)")
-  if isinstance(library, PromptLibrary) and kind == "task_embedding":
-    warn_embedding_steps(library, target_step, candidates)
+  if isinstance(library, PromptLibrary):
+    warn_embedding_steps(library, target_step, candidates, kind)
   scores = sim.similarities_to(target, candidates, measure, activations_fn, window)
   return sort_ranking(scores)
 
@@ -90,18 +90,24 @@ def target_embedding_step(path: str) -> Optional[int]:
 
 
 def warn_embedding_steps(library: PromptLibrary, target_step: Optional[int],
-                         tasks: Sequence[str]) -> Dict[str, int]:
-  """Warns about `tasks` whose recorded task-embedding step differs from `target_step`, and returns
-  them {task: step}. SPoT takes every task embedding at one early step: prompts at different
-  stages of training compare less well."""
+                         tasks: Sequence[str], kind: str = "task_embedding") -> Dict[str, int]:
+  """Warns about `tasks` whose compared prompt (`kind`: the task embedding, or the final prompt) is
+  from another step than the target's `target_step`, and returns them {task: step}. SPoT takes every
+  task embedding at one early step: prompts at different stages of training compare less well."""
   if target_step is None:
     return {}
   other = {}
   for task in tasks:
-    step = library.record(task).get("task_embedding_step")
+    step = library.record(task).get("task_embedding_step" if kind == "task_embedding" else "steps")
     if step is not None and int(step) != int(target_step):
       other[task] = int(step)
-  if other:
+  if other and kind != "task_embedding":
+    listed = ", ".join(f"{t} (step {s})" for t, s in sorted(other.items()))
+    warnings.warn(f"--kind {kind} compares the sources' final prompts with the target's prompt of step "
+                  f"{target_step}, but library {library.path} has final prompts from other steps: {listed}. "
+                  "Prompts at different stages of training compare less well: --kind task_embedding "
+                  "compares prompts of one early step (docs/spot_pipeline.md).")
+  elif other:
     listed = ", ".join(f"{t} (step {s})" for t, s in sorted(other.items()))
     warnings.warn(f"the target's task embedding is from step {target_step}, but library {library.path} "
                   f"has task embeddings from other steps: {listed}. Scores of prompts at different "
@@ -116,7 +122,18 @@ def sort_ranking(scores: Mapping[str, float]) -> List[Tuple[str, float]]:
   measures, zero-shot metrics) is ordered here, and `ranking_ties` says where that name order, not
   the score, decided."""
   items = [(k, float(v)) for k, v in scores.items()]
-  return sorted(items, key=lambda kv: (math.isnan(kv[1]), 0.0 if math.isnan(kv[1]) else -kv[1], kv[0]))
+  ranked = sorted(items, key=lambda kv: (math.isnan(kv[1]), 0.0 if math.isnan(kv[1]) else -kv[1], kv[0]))
+  # Scores equal within the tie tolerance (float noise of a cosine) go in name order too, as
+  # `ranking_ties` groups them (from each group's best): the order must not follow the noise.
+  out, i = [], 0
+  while i < len(ranked):
+    j = i + 1
+    while (j < len(ranked) and not math.isnan(ranked[i][1]) and not math.isnan(ranked[j][1])
+           and scores_tie(ranked[j][1], ranked[i][1])):
+      j += 1
+    out += sorted(ranked[i:j], key=lambda kv: kv[0])
+    i = j
+  return out
 
 
 def scores_tie(a: float, b: float) -> bool:
@@ -232,7 +249,17 @@ def weighted_average_init(prompts, scores, top_k: Optional[int] = None):
   k = len(arrs) if top_k is None else int(top_k)
   if k < 1:
     raise ValueError(f"top_k must be >= 1, got {top_k}")
-  order = np.argsort(-vals, kind="stable")[:k]
+  if names is not None:  # best first, ties in name order: the order every ranking here has
+    position = {n: i for i, n in enumerate(names)}
+    order = np.array([position[n] for n, _ in sort_ranking(dict(zip(names, vals)))][:k], dtype=int)
+  else:
+    order = np.argsort(-vals, kind="stable")[:k]
+  if not np.all(np.isfinite(vals[order])):
+    bad = [names[i] if names else int(i) for i in order if not np.isfinite(vals[i])]
+    raise ValueError(f"the top-{k} scores {vals[order].tolist()} include no-number scores (sources {bad}; a "
+                     "zero-shot metric such as a correlation of constant predictions is NaN): a weighted "
+                     "average needs a number for each. Lower the top-k to the sources with scores, or use "
+                     "--strategy best_of_top_k")
   w_sel = np.clip(vals[order], 0.0, None)
   if w_sel.sum() <= 0:
     raise ValueError(f"the top-{k} similarities {vals[order].tolist()} are all <= 0: no source is "

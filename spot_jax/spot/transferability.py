@@ -3,7 +3,7 @@
 A target's *transfer row* is the validation score of one target run from each source prompt, all at
 the same number of steps; `spot --strategy best_of_top_k --top-k all` measures it and keeps it in its
 `result.json`. A ranking of the same sources (by a similarity of task embeddings,
-or zero-shot) is then judged as intermediate-task selection work judges it (SPoT §5; regret@k from
+or zero-shot) is then judged as intermediate-task selection work judges it (SPoT §3.3, Fig. 5 and Table 3; regret@k from
 Poth et al. 2021, "What to Pre-Train on?"):
 
 - Kendall's τ-b between the ranking's scores and the transfer scores (1: the same order);
@@ -58,7 +58,11 @@ class TargetTransferability:
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-  """Kendall's τ-b (ties counted as scipy does); NaN for fewer than two sources or a constant side."""
+  """Kendall's τ-b (ties counted as scipy does) over the sources both sides give a number (a zero-shot
+  ranking can hold NaN scores: one would make the whole τ NaN); NaN for fewer than two such sources
+  or a constant side."""
+  pairs = [(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
+  x, y = [a for a, _ in pairs], [b for _, b in pairs]
   if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
     return float("nan")
   from scipy import stats  # pylint: disable=g-import-not-at-top
