@@ -53,10 +53,18 @@ def _gcloud(args, verb: str, *rest: str) -> List[str]:
 
 
 def _check_job_args(job_args: Sequence[str]):
-  for a in job_args:
-    if a.startswith("--gin.MODEL_DIR=") and "gs://" not in a:
-      raise SystemExit("launch: MODEL_DIR must be on GCS (gs://...) so every worker and later runs see "
-                       f"the same checkpoints; got {a}")
+  """Output directories must be on GCS; read as the job will read its flags (`--gin.X=Y`, `--gin.X Y`,
+  `--gin_bindings=X=Y`), so no spelling slips past."""
+  from spot_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  bindings, rest = gin_utils.split_gin_flags(job_args)
+  bindings += [a.split("=", 1)[1] for a in rest if a.startswith("--gin_bindings=")]
+  bindings += [b for a, b in zip(rest, rest[1:]) if a == "--gin_bindings"]
+  for binding in bindings:
+    name, _, value = binding.partition("=")
+    name = name.strip()
+    if name in ("MODEL_DIR", "EVAL_OUTPUT_DIR", "INFER_OUTPUT_DIR") and "gs://" not in value:
+      raise SystemExit(f"launch: {name} must be on GCS (gs://...) so every worker and later runs see "
+                       f"the same files; got {name}={value.strip()}")
 
 
 # The workers' Python must satisfy pyproject's requires-python (stock TPU VM images may have 3.10).

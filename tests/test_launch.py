@@ -46,6 +46,14 @@ def test_pip_source_and_skip_install():
 def test_model_dir_must_be_on_gcs():
   with pytest.raises(SystemExit, match="MODEL_DIR must be on GCS"):
     _commands("--tpu", "t", "--zone", "z", "train", "--gin.MODEL_DIR='/tmp/local'")
+  # Every spelling the job's own flag parsing accepts (the space-separated one slipped past).
+  for spelling in (["--gin.MODEL_DIR", "'/tmp/local'"], ["--gin_bindings=MODEL_DIR='/tmp/local'"],
+                   ["--gin_bindings", "MODEL_DIR = '/tmp/local'"]):
+    with pytest.raises(SystemExit, match=r"MODEL_DIR must be on GCS .*got MODEL_DIR='/tmp/local'"):
+      _commands("--tpu", "t", "--zone", "z", "train", *spelling)
+  with pytest.raises(SystemExit, match="EVAL_OUTPUT_DIR must be on GCS"):
+    _commands("--tpu", "t", "--zone", "z", "eval", "--gin.EVAL_OUTPUT_DIR='/tmp/e'")
+  _commands("--tpu", "t", "--zone", "z", "train", "--gin.MODEL_DIR", "'gs://b/run'")  # accepted
 
 
 def test_unknown_job_is_rejected(capsys):

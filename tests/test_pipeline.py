@@ -590,3 +590,16 @@ def test_top_k_all_is_every_source_but_the_excluded(tmp_path):
   assert pipeline_cli.resolve_top_k("all", lib, "target") == 2  # the target is left out by default
   assert pipeline_cli.resolve_top_k("all", lib, "target", exclude=["a", "target"]) == 1
   assert pipeline_cli.resolve_top_k("all", lib, "other") == 3 and pipeline_cli.resolve_top_k(5, lib, "x") == 5
+
+
+def test_in_a_multi_process_run_only_process_0_adds_sources(frozen, tmp_path, monkeypatch):
+  # Every process trains (the steps are collective); a second process's add raced the first's and
+  # failed "already in library" (found by a multi-process audit).
+  import jax
+  monkeypatch.setattr(pipeline, "_train", lambda *a, **k: np.zeros((2, 2), np.float32))
+  monkeypatch.setattr(pipeline, "evaluate_prompt", lambda *a, **k: {"accuracy": 50.0})
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  records = pipeline.train_source_prompts(frozen, ["spot_bundled_movie"], str(tmp_path / "lib"),
+                                          str(tmp_path / "runs"), steps=4, run=RUN)
+  assert records == {"spot_bundled_movie": {"task": "spot_bundled_movie", "metrics": {"accuracy": 50.0}}}
+  assert PromptLibrary(str(tmp_path / "lib")).tasks() == []
