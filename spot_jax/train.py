@@ -161,18 +161,34 @@ class Preempted(BaseException):
 
 
 class _Stop:
-  """SIGTERM → checkpoint at the next step, then `Preempted` (preemptible VMs)."""
+  """SIGTERM → checkpoint at the next step, then `Preempted` (preemptible VMs).
+
+  In a multi-process run the processes must stop at one step (the save is collective: one process
+  saving while another steps hangs both). There JAX's preemption service, started by
+  jax.distributed, catches SIGTERM on any process, and `check(step)` is its sync point (T5X's way):
+  every process calls it after every step and it turns true on all of them at the same step."""
 
   def __init__(self):
     self.requested = False
     self._old = None
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    self._sync = (distributed.global_state.client is not None
+                  and distributed.global_state.preemption_sync_manager is not None)
 
   def __enter__(self):
+    if self._sync:  # our handler would replace the preemption service's
+      return self
     try:
       self._old = signal.signal(signal.SIGTERM, self._handler)
     except ValueError:  # not the main thread
       self._old = None
     return self
+
+  def check(self, step: int) -> bool:
+    if self._sync and not self.requested:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      self.requested = bool(multihost_utils.reached_preemption_sync_point(step))
+    return self.requested
 
   def _handler(self, signum, frame):
     self.requested = True
@@ -382,7 +398,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           if hooks:
             for hook in hooks:
               hook(step, state)
-          if stop.requested:
+          if stop.check(step):
             save(state, step)
             break
       check_finite(state)

@@ -132,6 +132,27 @@ def test_two_processes_train_one_prompt_together(tmp_path):
   assert digests[0].group(2) == digests[1].group(2) == hashlib.sha256(prompt.tobytes()).hexdigest()[:16]
 
 
+def test_a_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
+  """A pod preemption may reach one worker first: both must stop at one step (the save is collective),
+  not one saving while the other steps (both hung forever; found by a multi-process audit)."""
+  port, procs = _free_port(), []
+  for pid in range(2):
+    args = _gin_args(tmp_path / "run", steps=100000) + [
+        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"]
+    procs.append(subprocess.Popen([sys.executable, "-m", "spot_jax.train", *args], cwd=REPO, env=_env(4),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  jsonl, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 300
+  while not (jsonl.exists() and jsonl.read_text().strip()) and procs[0].poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=200)[0] for p in procs]
+  stopped = [re.search(r"stopped by SIGTERM at step (\d+)", out) for out in outs]
+  assert all(stopped) and [p.returncode for p in procs] == [143, 143], [out[-2000:] for out in outs]
+  step = int(stopped[0].group(1))
+  assert int(stopped[1].group(1)) == step
+  assert (pathlib.Path(prompt_io.checkpoint_export_dir(str(tmp_path / "run"), step)) / "prompt.npy").exists()
+
+
 def test_a_model_replica_across_two_processes_trains_on_the_whole_batch(tmp_path):
   """NUM_PARTITIONS=8 over 2 processes x 4 devices: one replica spans both, so both must feed the same
   rows (before, each fed half the batch to its half of the model). Same prompt as one process."""
