@@ -16,6 +16,7 @@ import numpy as np
 
 from spot_jax.config import T5Config
 from spot_jax.model import T5, encoder_mask
+from spot_jax.partitioning import to_host
 
 
 def _eval_config(config: T5Config) -> T5Config:
@@ -69,13 +70,13 @@ def greedy_decode(config: T5Config, params, prompt, encoder_input_tokens, max_de
                   eos_id: int = 1) -> np.ndarray:
   """Greedy decode `[B, max_decode_length]` int32; the decoder starts from id 0 and every token after
   the first EOS is 0. `prompt` is `[P, d]`, `[B, P, d]` or None; dropout is always off."""
-  tokens = np.asarray(encoder_input_tokens, np.int32)
+  tokens = to_host(encoder_input_tokens).astype(np.int32)
   if tokens.ndim != 2:
     raise ValueError(f"encoder_input_tokens must be [batch, length], got shape {tokens.shape}")
   if prompt is not None:
     prompt = jnp.asarray(prompt, jnp.float32) if isinstance(prompt, np.ndarray) else prompt
   out = decode_fn(config, int(max_decode_length))(params, prompt, tokens, np.int32(eos_id))
-  return np.asarray(jax.device_get(out))
+  return to_host(out)
 
 
 def trim_after_eos(tokens, eos_id: int = 1) -> list:

@@ -113,3 +113,13 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   return {k: jax.make_array_from_process_local_data(
               sharding, np.asarray(v), (np.shape(v)[0] * num_shards,) + np.shape(v)[1:])
           for k, v in local_batch.items()}
+
+
+def to_host(array) -> np.ndarray:
+  """A whole array on this host: a global array spanning other processes' devices (a batch or result
+  of a multi-process run) is gathered from them first; `np.asarray` refuses it ("spans
+  non-addressable devices"). Every process must call it for the same array (a collective)."""
+  if isinstance(array, jax.Array) and not array.is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+  return np.asarray(jax.device_get(array))

@@ -15,6 +15,7 @@ import numpy as np
 
 from spot_jax.config import T5Config
 from spot_jax.model import T5
+from spot_jax.partitioning import to_host
 
 
 def shift_right(targets, bos_id: int = 0):
@@ -45,13 +46,13 @@ def score(config: T5Config, params, prompt, encoder_input_tokens, decoder_target
   `decoder_input_tokens` defaults to the targets shifted right (right for unpacked examples, as
   seqio's EncDecFeatureConverter(pack=False) produces them).
   """
-  enc = np.asarray(encoder_input_tokens, np.int32)
-  targets = np.asarray(decoder_target_tokens, np.int32)
+  enc = to_host(encoder_input_tokens).astype(np.int32)
+  targets = to_host(decoder_target_tokens).astype(np.int32)
   if enc.ndim != 2 or targets.ndim != 2 or enc.shape[0] != targets.shape[0]:
     raise ValueError(f"expected [B, L] inputs and [B, T] targets, got {enc.shape} and {targets.shape}")
-  dec = shift_right(targets) if decoder_input_tokens is None else np.asarray(decoder_input_tokens,
-                                                                             np.int32)
+  dec = shift_right(targets) if decoder_input_tokens is None else to_host(decoder_input_tokens).astype(
+      np.int32)
   if prompt is not None and isinstance(prompt, np.ndarray):
     prompt = jnp.asarray(prompt, jnp.float32)
   out = score_fn(config)(params, prompt, enc, dec, targets)
-  return np.asarray(jax.device_get(out), np.float32)
+  return to_host(out).astype(np.float32)

@@ -315,3 +315,31 @@ def test_prompt_steps_errors_name_the_fix_before_any_compute(tmp_path, run_dir, 
     eval_cli.main(_steps_args(out, wide, "all"))
   assert counts == {"loads": 0, "evaluators": 0, "evaluated": []}
   assert not os.path.exists(out)
+
+
+def test_eval_in_two_processes_writes_what_one_process_writes(tmp_path, prompt_file):
+  """Two processes x 4 devices (jax.distributed on localhost): the batch is sharded over both, and
+  fetching a decode or score that spans the other process's devices crashed ("spans non-addressable
+  devices"; found by a multi-process audit). Process 0 writes the same predictions as one process."""
+  import socket
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  extra = ["--gin.spot_jax.eval.evaluate_prompt.num_examples=8"]
+  env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  procs = [subprocess.Popen([sys.executable, "-m", "spot_jax.eval",
+                             *_args("prompt_eval.gin", "EVAL_OUTPUT_DIR", tmp_path / "two", prompt_file, extra),
+                             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [out[-2000:] for out in outs]
+  gin.clear_config()
+  eval_cli.main(_args("prompt_eval.gin", "EVAL_OUTPUT_DIR", tmp_path / "one", prompt_file, extra))
+  rows = {d: [json.loads(l)["prediction"] for l in open(tmp_path / d / f"{TASK}-000000.jsonl")]
+          for d in ("two", "one")}
+  assert len(rows["two"]) == 8 and rows["two"] == rows["one"]
