@@ -199,9 +199,7 @@ class MetricsLogger:
       if tensorboard:
         self._tb = _TensorBoard(log_dir, start_step + 1 if mark_sessions else None)
       if jsonl:
-        if resume_from is not None:
-          drop_records_after(os.path.join(log_dir, JSONL_NAME), resume_from)
-        self._jsonl = _open_append(os.path.join(log_dir, JSONL_NAME))
+        self._jsonl = _open_append(os.path.join(log_dir, JSONL_NAME), resume_from)
     if total_steps is not None and progress is not False:
       self._bar = ProgressBar(total_steps, initial=start_step, desc=desc,
                               disable=None if progress is None else not progress)
@@ -295,13 +293,12 @@ def drop_records_after(path: str, step: int) -> None:
   drop_records(path, lambda s: s > step)
 
 
-_drop_records_after = drop_records_after
 
-
-def _open_append(path: str):
-  """Opens the log for appending, first ending a torn last line: appended to, it would glue the next
-  record onto it and corrupt both."""
-  drop_records(path, lambda s: False)
+def _open_append(path: str, resume_from: Optional[int] = None):
+  """Opens the log for appending, first dropping a torn last line (appended to, it would glue the next
+  record onto it and corrupt both) and, for a run resumed from step `resume_from`, the records of
+  later steps (one read and rewrite for both)."""
+  drop_records(path, lambda s: resume_from is not None and s > resume_from)
   if fileio.is_remote(path):  # GCS objects cannot grow: tf.io.gfile emulates append
     return fileio.open_file(path, "a")
   return open(path, "a", encoding="utf-8")
