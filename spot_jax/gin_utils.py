@@ -326,6 +326,69 @@ def init_distributed(args) -> None:
     jax.distributed.initialize()
 
 
+# Bound per process on purpose (each process reads its own shard of the data): never compared.
+_PER_PROCESS_PARAMETERS = ("shard_index",)
+
+
+def shared_settings(config: str) -> dict:
+  """`{binding: value}` of a `gin.config_str()` text (one entry per binding, a value continued over
+  indented lines joined into one line), less the per-process ones."""
+  settings, key = {}, None
+  for line in config.splitlines():
+    if line[:1].isspace() and key is not None:
+      settings[key] = f"{settings[key]} {line.strip()}".strip()
+    elif " = " in line and not line.startswith("#"):
+      key, value = line.split(" = ", 1)
+      settings[key] = "" if value == "\\" else value
+    else:
+      key = None
+  return {k: v for k, v in settings.items() if k.rsplit(".", 1)[-1] not in _PER_PROCESS_PARAMETERS}
+
+
+def settings_differ_message(configs: Sequence[str], most: int = 8) -> str:
+  """The bindings that differ between processes' `shared_settings` texts, with each process's value,
+  and the fix; '' when they agree."""
+  settings = [shared_settings(c) for c in configs]
+  names = list(dict.fromkeys(k for s in settings for k in s))
+  differ = [n for n in names if len({s.get(n) for s in settings}) > 1]
+  if not differ:
+    return ""
+  def value(s, n):
+    v = s.get(n, "(not set)")
+    return v if len(v) <= 100 else v[:97] + "..."
+  parts = [f"{n}: " + ", ".join(f"process {i} has {value(s, n)}" for i, s in enumerate(settings))
+           for n in differ[:most]]
+  more = f"; and {len(differ) - most} more" if len(differ) > most else ""
+  return (f"the processes of this run were started with different gin settings: {'; '.join(parts)}{more}. "
+          "Start every process with the same flags and gin files (only --process_id differs)")
+
+
+def check_same_settings_on_every_process() -> None:
+  """Refuses a multi-process run whose processes have different gin settings (call once gin is final).
+
+  Every process must run the same job, as in T5X: otherwise a process with another BATCH_SIZE or task
+  trains on a mixture of the two without a word, and one with another TRAIN_STEPS waits forever at a
+  collective the others never reach. Equal settings cost one all-gather of a 32-byte digest; only on a
+  mismatch are the texts gathered, so that the ValueError names each differing binding and its values.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  settings = shared_settings(gin.config_str())
+  text = "\n".join(f"{k} = {v}" for k, v in settings.items()).encode()
+  digests = multihost_utils.process_allgather(np.frombuffer(hashlib.sha256(text).digest(), np.uint8))
+  if (digests == digests[0]).all():
+    return
+  sizes = multihost_utils.process_allgather(np.array(len(text), np.int32))
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:len(text)] = np.frombuffer(text, np.uint8)
+  texts = multihost_utils.process_allgather(padded)
+  raise ValueError(settings_differ_message([bytes(t[:n]).decode() for t, n in zip(texts, sizes)]))
+
+
 # What the jobs raise for bad input (they name the problem and the fix): shown as one message, not
 # under gin's 20-30 lines of traceback. SPOT_JAX_TRACEBACK=1 keeps the traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
@@ -369,6 +432,8 @@ def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> a
         TASK_MODULE_MACRO))
   check_macros_are_read(bindings)
   finalize_or_explain()
+  with _user_errors_as_one_line(prog):
+    check_same_settings_on_every_process()
   steps = prompt_tuning_compat.query_macros(["TRAIN_STEPS", "INITIAL_CHECKPOINT_PATH"])
   try:
     prompt_tuning_compat.check_train_steps(steps.get("TRAIN_STEPS"), steps.get("INITIAL_CHECKPOINT_PATH"))

@@ -212,3 +212,63 @@ def test_command_warnings_are_one_plain_line(monkeypatch):
   said = "the target's task embedding is from step 3"
   gin_utils.plain_warnings()
   assert warnings.formatwarning(said, UserWarning, "/x/retrieval.py", 90) == f"warning: {said}\n"
+
+
+def test_the_settings_that_differ_between_processes_are_named_with_each_processs_value():
+  config = ("# Macros:\n# ====\nBATCH_SIZE = 8\nMODEL_DIR = '/tmp/run'\nTASK_FEATURE_LENGTHS = \\\n"
+            "    {'inputs': 512,\n     'targets': 8}\n\n# Parameters for get_batches:\n# ====\n"
+            "get_batches.shard_index = 0\n\n# Parameters for train:\n# ====\ntrain.batch_size = %BATCH_SIZE\n")
+  assert gin_utils.shared_settings(config) == {
+      "BATCH_SIZE": "8", "MODEL_DIR": "'/tmp/run'", "TASK_FEATURE_LENGTHS": "{'inputs': 512, 'targets': 8}",
+      "train.batch_size": "%BATCH_SIZE"}  # shard_index is per process by design
+  assert gin_utils.settings_differ_message([config, config.replace("shard_index = 0", "shard_index = 1")]) == ""
+  other = config.replace("BATCH_SIZE = 8", "BATCH_SIZE = 16").replace("'targets': 8", "'targets': 4")
+  message = gin_utils.settings_differ_message([config, other])
+  assert message == (
+      "the processes of this run were started with different gin settings: BATCH_SIZE: process 0 has 8, "
+      "process 1 has 16; TASK_FEATURE_LENGTHS: process 0 has {'inputs': 512, 'targets': 8}, process 1 has "
+      "{'inputs': 512, 'targets': 4}. Start every process with the same flags and gin files (only "
+      "--process_id differs)")
+  assert "EVAL_PERIOD: process 0 has (not set), process 1 has 4" in gin_utils.settings_differ_message(
+      [config, config + "EVAL_PERIOD = 4\n"])
+
+
+def test_two_processes_with_different_settings_both_refuse_to_start_and_write_nothing(tmp_path):
+  """A process with another BATCH_SIZE trained on a mixture of the two runs' batches, and one with
+  another TRAIN_STEPS hung at a collective (found by a multi-process audit): both must stop, at once,
+  naming the setting and each process's value."""
+  import os
+  import pathlib
+  import socket
+  import subprocess
+  repo = pathlib.Path(gin_utils.__file__).resolve().parents[1]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONPATH=str(repo),
+             TF_CPP_MIN_LOG_LEVEL="2")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  model_dir = tmp_path / "run"
+  procs = []
+  for pid, batch_size in enumerate((8, 16)):
+    args = ["--gin_file=models/t5_1_1.gin", "--gin_file=prompts/random_uniform.gin",
+            "--gin_file=models/sizes/tiny.gin", "--gin_file=runs/prompt_train.gin",
+            f"--gin.MODEL_DIR='{model_dir}'", "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_movie'",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.TRAIN_STEPS=8",
+            f"--gin.BATCH_SIZE={batch_size}", "--gin.PROMPT_LENGTH=4", "--gin.SAVE_PERIOD=4",
+            "--gin.EVAL_PERIOD=None", "--gin.spot_jax.model_config.vocab_size=1152",
+            "--gin.spot_jax.model_config.d_model=32", "--gin.spot_jax.model_config.num_heads=2",
+            "--gin.spot_jax.model_config.head_dim=16", "--gin.spot_jax.model_config.d_ff=64",
+            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"]
+    procs.append(subprocess.Popen([sys.executable, "-m", "spot_jax", "train", *args], cwd=repo, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  try:
+    errs = [p.communicate(timeout=180)[1] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, err in zip(procs, errs):
+    assert p.returncode not in (0, None), err[-3000:]
+    assert "BATCH_SIZE: process 0 has 8, process 1 has 16" in err, err[-3000:]
+    assert "Start every process with the same flags and gin files" in err and "Traceback" not in err
+  assert not (model_dir / "checkpoints").exists() and not (model_dir / "numpy_checkpoints").exists()
