@@ -2,6 +2,9 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
+import warnings
 
 import ml_dtypes
 import numpy as np
@@ -304,3 +307,218 @@ def test_hub_model_id_and_hub_cache(tmp_path, monkeypatch):
                                             f"snapshot folder {snapshot}"):
     read_params(str(repo))
   assert read_params(str(snapshot))[0] == V11
+
+
+# ----------------------------------------------------------------------------- found by an HF/PEFT audit
+
+def _edit_config(folder, drop=(), **changes):
+  d = json.loads((folder / "config.json").read_text())
+  for k in drop:
+    d.pop(k, None)
+  d.update(changes)
+  (folder / "config.json").write_text(json.dumps(d))
+
+
+def test_variant_defaults_follow_the_model_type_as_in_transformers(tmp_path):
+  """MT5Config defaults to untied gated-gelu (T5Config to tied relu): an mT5 config.json without those
+  fields was read as tied, silently dropping lm_head.weight (logits off by up to 10.7)."""
+  params = _params(V11)
+  write_hf(params, V11, str(tmp_path))
+  _edit_config(tmp_path, drop=("tie_word_embeddings",), model_type="mt5",
+               architectures=["MT5ForConditionalGeneration"])
+  config, got = read_params(str(tmp_path))
+  assert config == V11 and not config.tie_word_embeddings and config.gated
+  _assert_same(params, got)
+  for model_type, tied, ff in (("t5", True, "relu"), ("mt5", False, "gated-gelu")):
+    d = {k: v for k, v in _hf_json(model_type=model_type).items()
+         if k not in ("tie_word_embeddings", "feed_forward_proj", "dense_act_fn", "is_gated_act")}
+    config = config_from_hf(d)
+    assert (config.tie_word_embeddings, config.feed_forward) == (tied, ff), model_type
+
+
+@pytest.mark.parametrize("drop_field", [False, True], ids=["says_tied", "t5_default_tied"])
+def test_tied_config_over_a_different_lm_head_is_an_error(tmp_path, drop_field):
+  write_hf(_params(V11), V11, str(tmp_path))  # untied: lm_head.weight differs from shared.weight
+  if drop_field:
+    _edit_config(tmp_path, drop=("tie_word_embeddings",))
+    said = r"config\.json has no \"tie_word_embeddings\", and model_type 't5' defaults to tied"
+  else:
+    _edit_config(tmp_path, tie_word_embeddings=True)
+    said = r"config\.json says \"tie_word_embeddings\": true"
+  with pytest.raises(CheckpointError, match=rf"(?s){said}.*model\.safetensors also holds an lm_head\.weight that "
+                                            r"differs from it \(max \|difference\| .*set \"tie_word_embeddings\": "
+                                            r"false in config\.json"):
+    read_params(str(tmp_path))
+
+
+def test_tied_config_with_an_equal_lm_head_reads_without_a_word(tmp_path):
+  params = _params(V10)
+  write_hf(params, V10, str(tmp_path))
+  tensors = load_file(str(tmp_path / "model.safetensors"))
+  tensors["lm_head.weight"] = tensors["shared.weight"].copy()  # older saves keep every tied copy
+  tensors["decoder.embed_tokens.weight"] = tensors["shared.weight"].copy()
+  save_file(tensors, str(tmp_path / "model.safetensors"))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    _, got = read_params(str(tmp_path))
+  _assert_same(params, got)
+
+
+def test_copies_of_the_embedding_that_differ_are_an_error(tmp_path):
+  write_hf(_params(V11), V11, str(tmp_path))
+  tensors = load_file(str(tmp_path / "model.safetensors"))
+  tensors["encoder.embed_tokens.weight"] = tensors["shared.weight"] + 1
+  save_file(tensors, str(tmp_path / "model.safetensors"))
+  with pytest.raises(CheckpointError, match=r"holds both shared\.weight and encoder\.embed_tokens\.weight, "
+                                            r"which differ \(max \|difference\| 1\)"):
+    read_params(str(tmp_path))
+
+
+def test_tensors_the_config_does_not_use_are_named_in_a_warning(tmp_path):
+  """transformers warns "Some weights ... were not used"; spot_jax read a 3-layer decoder as 2 silently."""
+  deeper = V11.replace(num_decoder_layers=3)
+  write_hf(_params(deeper), deeper, str(tmp_path))
+  _edit_config(tmp_path, num_decoder_layers=2)
+  with pytest.warns(UserWarning, match=r"14 tensor\(s\) of the checkpoint are not used .* 2\+2 layers.*"
+                                       r"decoder\.block\.2\.layer\.0\.SelfAttention\.k\.weight.*the weights hold "
+                                       r"decoder block 2 beyond the 2 that config\.json's num_decoder_layers says; "
+                                       r"if that field is wrong, set it to 3"):
+    config, _ = read_params(str(tmp_path))
+  assert config.num_decoder_layers == 2
+
+
+def test_checkpoints_as_transformers_writes_them_read_without_warnings():
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    for name in ("t5_1_0", "t5_1_1", "t5_1_1_b8"):
+      read_hf(os.path.join(FIXTURES, name))
+    read_params(os.path.join(FORMATS, "mt5_bf16_sharded"))
+
+
+def test_bfloat16_folder_reads_in_a_fresh_process():
+  """safetensors' numpy reader needs numpy to know 'bfloat16' (ml_dtypes): `TypeError: data type
+  'bfloat16' not understood` unless jax or ml_dtypes had been imported first."""
+  code = ("import sys\nfrom spot_jax.checkpoints import read_params\n"
+          "assert 'jax' not in sys.modules\n"
+          f"config, params = read_params({os.path.join(FORMATS, 'mt5_bf16_sharded')!r})\n"
+          "print(params['token_embedder']['embedding'].dtype)\n")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": root})
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == "bfloat16"
+
+
+def _sharded(tmp_path, params):
+  write_hf(params, V11, str(tmp_path / "one"))
+  tensors = load_file(str(tmp_path / "one" / "model.safetensors"))
+  shard_dir = tmp_path / "sharded"
+  shard_dir.mkdir()
+  shutil.copy(tmp_path / "one" / "config.json", shard_dir / "config.json")
+  weight_map = {}
+  for i, part in enumerate((["shared.weight"], sorted(set(tensors) - {"shared.weight"}))):
+    fname = f"model-{i + 1:05d}-of-00002.safetensors"
+    save_file({n: tensors[n] for n in part}, str(shard_dir / fname))
+    weight_map.update({n: fname for n in part})
+  return shard_dir, weight_map
+
+
+def _write_index(folder, index):
+  (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def test_index_naming_the_wrong_shard(tmp_path):
+  """Was safetensors' bare `SafetensorError: File does not contain tensor shared.weight`."""
+  shard_dir, weight_map = _sharded(tmp_path, _params(V11))
+  name = "encoder.final_layer_norm.weight"
+  _write_index(shard_dir, {"weight_map": {**weight_map, name: "model-00001-of-00002.safetensors"}})
+  with pytest.raises(CheckpointError, match=r"model\.safetensors\.index\.json maps tensor 'encoder\.final_layer_norm"
+                                            r"\.weight' to model-00001-of-00002\.safetensors, which does not hold "
+                                            r"it; model-00002-of-00002\.safetensors holds it.*copy the whole folder "
+                                            r"again"):
+    read_params(str(shard_dir))
+
+
+@pytest.mark.parametrize("index,match", [
+    (["weight_map"], r"it holds a JSON list"),
+    ({"weight_map": ["shared.weight"]}, r"its 'weight_map' is a JSON list"),
+    ({"metadata": {}}, r"it has no 'weight_map'"),
+    ({"weight_map": {"shared.weight": 3}}, r"weight_map maps 'shared\.weight' to 3, not the name of a "
+                                           r"\.safetensors shard"),
+    ({"weight_map": {"shared.weight": "pytorch_model-00001-of-00002.bin"}},
+     r"maps 'shared\.weight' to \"pytorch_model-00001-of-00002\.bin\", not the name of a \.safetensors shard"),
+])
+def test_index_that_is_not_a_safetensors_index(tmp_path, index, match):
+  shard_dir, _ = _sharded(tmp_path, _params(V11))
+  _write_index(shard_dir, index)
+  with pytest.raises(CheckpointError, match=rf"model\.safetensors\.index\.json.*{match}"):
+    read_params(str(shard_dir))
+
+
+def test_shard_that_is_not_safetensors(tmp_path):
+  shard_dir, weight_map = _sharded(tmp_path, _params(V11))
+  _write_index(shard_dir, {"weight_map": weight_map})
+  (shard_dir / "model-00002-of-00002.safetensors").write_bytes(b"PK\x03\x04 a zip, not safetensors")
+  with pytest.raises(CheckpointError, match=r"model-00002-of-00002\.safetensors is not a readable safetensors file"):
+    read_params(str(shard_dir))
+
+
+@pytest.mark.parametrize("content,kind", [("[1, 2]", "list"), ('"t5"', "string"), ("null", "null")])
+def test_config_json_that_is_not_an_object(tmp_path, content, kind):
+  """A JSON list used to give `AttributeError: 'list' object has no attribute 'get'`."""
+  write_hf(_params(V11), V11, str(tmp_path))
+  (tmp_path / "config.json").write_text(content)
+  with pytest.raises(CheckpointError, match=rf"config\.json holds a JSON {kind}, not an object"):
+    read_params(str(tmp_path))
+
+
+@pytest.mark.parametrize("changes,match", [
+    # bool("false") is True: a quoted flag silently tied the output layer.
+    (dict(tie_word_embeddings="false"), r"field 'tie_word_embeddings' is \"false\", not true or false"),
+    (dict(tie_word_embeddings=None), r"field 'tie_word_embeddings' is null, not true or false"),
+    (dict(is_encoder_decoder="yes"), r"field 'is_encoder_decoder' is \"yes\", not true or false"),
+    (dict(feed_forward_proj=["gated-gelu"]), r"feed_forward_proj \['gated-gelu'\] is not supported"),
+    (dict(architectures="T5ForConditionalGeneration"), r"field 'architectures' is \"T5ForConditionalGeneration\", "
+                                                       r"not a list of class names"),
+    (dict(architectures=[5]), r"field 'architectures' is \[5\], not a list"),
+    (dict(model_type=["t5"]), r"model_type \['t5'\] is not supported"),
+    # transformers builds the MLP from these two when config.json states them
+    (dict(dense_act_fn="gelu"), r"dense_act_fn \"gelu\" with feed_forward_proj 'gated-gelu': transformers would "
+                                r"apply 'gelu', spot_jax computes 'gelu_new'"),
+    (dict(is_gated_act=False), r"is_gated_act is false but feed_forward_proj 'gated-gelu' is gated"),
+])
+def test_config_json_fields_of_the_wrong_type_or_meaning(changes, match):
+  with pytest.raises(CheckpointError, match=rf"config\.json: {match}"):
+    config_from_hf(_hf_json(**changes))
+
+
+def test_tanh_gelu_under_its_other_names_is_accepted():
+  for act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+    assert config_from_hf(_hf_json(dense_act_fn=act)).feed_forward == "gated-gelu"
+
+
+def test_read_hf_without_config_json(tmp_path):
+  write_hf(_params(V11), V11, str(tmp_path))
+  os.remove(tmp_path / "config.json")
+  with pytest.raises(CheckpointError, match=r"config\.json does not exist: a Hugging Face checkpoint needs"):
+    read_hf(str(tmp_path))
+
+
+def test_unsupported_dtype_in_a_local_file_is_named(tmp_path):
+  """The gs:// reader refused float8 with a message; the local one returned float8 arrays."""
+  write_hf(_params(V11), V11, str(tmp_path))
+  tensors = load_file(str(tmp_path / "model.safetensors"))
+  header, blobs, offset = {}, [], 0
+  for name, arr in sorted(tensors.items()):
+    dtype, data = "F32", arr.astype("<f4").tobytes()
+    if name == "encoder.final_layer_norm.weight":
+      dtype, data = "F8_E4M3", arr.astype(ml_dtypes.float8_e4m3fn).tobytes()
+    header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
+    blobs.append(data)
+    offset += len(data)
+  head = json.dumps(header).encode()
+  head += b" " * (-len(head) % 8)
+  (tmp_path / "model.safetensors").write_bytes(len(head).to_bytes(8, "little") + head + b"".join(blobs))
+  with pytest.raises(CheckpointError, match=r"tensor 'encoder\.final_layer_norm\.weight' has safetensors dtype "
+                                            r"F8_E4M3, which spot_jax does not read"):
+    read_params(str(tmp_path))

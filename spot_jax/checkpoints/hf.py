@@ -10,9 +10,14 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import re
 import tempfile
+import warnings
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+# Registers numpy's 'bfloat16' name: safetensors' numpy reader builds BF16 arrays with
+# `np.dtype("bfloat16")`, which fails in a process that has not imported ml_dtypes (or jax) yet.
+import ml_dtypes  # noqa: F401
 import numpy as np
 
 from spot_jax.checkpoints import t5x as _io
@@ -20,8 +25,15 @@ from spot_jax.checkpoints.infer_config import (CheckpointError, expected_shapes,
                                                unflatten)
 from spot_jax.config import T5Config
 
-SUPPORTED_MODEL_TYPES = ("t5", "mt5")
+# transformers' defaults (T5Config, MT5Config) for the fields that choose the variant: a config.json
+# that leaves them out means what it means to transformers. mT5 is gated-GELU and untied, T5 relu, tied.
+_MODEL_TYPE_DEFAULTS = {"t5": {"feed_forward_proj": "relu", "tie_word_embeddings": True},
+                        "mt5": {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}}
+SUPPORTED_MODEL_TYPES = tuple(_MODEL_TYPE_DEFAULTS)
 _FEED_FORWARD = {"relu": "relu", "gated-gelu": "gated-gelu"}
+# transformers applies `dense_act_fn` from config.json over the one feed_forward_proj implies; these
+# are the activations spot_jax computes (the tanh-approximated GELU under its three names).
+_ACTIVATIONS = {"relu": ("relu",), "gated-gelu": ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")}
 INDEX_FILE = "model.safetensors.index.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -34,20 +46,32 @@ def is_hf_dir(path: str) -> bool:
 # ----------------------------------------------------------------------------- config.json
 
 def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> T5Config:
-  """T5Config from a transformers T5/mT5 config dict; unsupported architectures raise."""
+  """T5Config from a transformers T5/mT5 config dict; unsupported architectures raise.
+
+  Fields left out take transformers' defaults for the `model_type` (mT5: gated-gelu, untied)."""
+  if not isinstance(hf, Mapping):
+    raise CheckpointError(f"{source} holds a JSON {_json_kind(hf)}, not an object: it is not a transformers "
+                          "config.json; copy the model's config.json again (save_pretrained writes one)")
   model_type = hf.get("model_type")
-  if model_type not in SUPPORTED_MODEL_TYPES:
+  if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
     raise CheckpointError(f"{source}: model_type {model_type!r} is not supported; spot_jax reads T5 "
                           f"encoder-decoder checkpoints with model_type in {SUPPORTED_MODEL_TYPES}")
+  defaults = _MODEL_TYPE_DEFAULTS[model_type]
   archs = hf.get("architectures") or []
-  if hf.get("is_decoder") or hf.get("is_encoder_decoder") is False or any("EncoderModel" in a for a in archs):
+  if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+    raise CheckpointError(f"{source}: field 'architectures' is {json.dumps(archs, default=repr)}, not a list of "
+                          'class names; set it to ["T5ForConditionalGeneration"] (or remove it)')
+  flag = lambda key, default: _flag(hf, key, default, source)
+  if flag("is_decoder", False) or not flag("is_encoder_decoder", True) or \
+      any("EncoderModel" in a for a in archs):
     raise CheckpointError(f"{source}: architecture {archs or model_type} (is_decoder="
                           f"{hf.get('is_decoder')}, is_encoder_decoder={hf.get('is_encoder_decoder')}) is "
                           "not an encoder-decoder; spot_jax needs the full T5ForConditionalGeneration weights")
-  proj = hf.get("feed_forward_proj", "relu")
-  if proj not in _FEED_FORWARD:
+  proj = hf.get("feed_forward_proj", defaults["feed_forward_proj"])
+  if not isinstance(proj, str) or proj not in _FEED_FORWARD:
     raise CheckpointError(f"{source}: feed_forward_proj {proj!r} is not supported; spot_jax supports "
                           f"{sorted(_FEED_FORWARD)} (T5 1.0 and T5 1.1/mT5)")
+  _check_activation(hf, proj, source)
   num = lambda key, default=None, kind=int: _number(hf, key, default, kind, source)
   return T5Config(
       vocab_size=num("vocab_size"), d_model=num("d_model"), num_heads=num("num_heads"),
@@ -55,11 +79,43 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> T5Conf
       # transformers reads a null or absent num_decoder_layers as num_layers
       num_decoder_layers=num("num_decoder_layers") if hf.get("num_decoder_layers") is not None
       else num("num_layers"),
-      feed_forward=_FEED_FORWARD[proj], tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
+      feed_forward=_FEED_FORWARD[proj],
+      tie_word_embeddings=flag("tie_word_embeddings", defaults["tie_word_embeddings"]),
       relative_attention_num_buckets=num("relative_attention_num_buckets", 32),
       relative_attention_max_distance=num("relative_attention_max_distance", 128),
       layer_norm_epsilon=num("layer_norm_epsilon", 1e-6, float),
       dropout_rate=num("dropout_rate", 0.1, float))
+
+
+def _json_kind(value: Any) -> str:
+  return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def _flag(hf: Mapping[str, Any], key: str, default: bool, source: str) -> bool:
+  """`hf[key]` as a JSON boolean; anything else (null, "false", 0) is an error naming the field, since
+  transformers would read e.g. "false" as true."""
+  value = hf.get(key, default)
+  if not isinstance(value, bool):
+    raise CheckpointError(f"{source}: field {key!r} is {json.dumps(value, default=repr)}, not true or false; set "
+                          "it to the model's value (as in the config.json the model was released with)")
+  return value
+
+
+def _check_activation(hf: Mapping[str, Any], proj: str, source: str) -> None:
+  """transformers builds the MLP from `is_gated_act` and `dense_act_fn` when config.json states them
+  (over what feed_forward_proj implies): both must describe the MLP spot_jax computes."""
+  gated = proj.startswith("gated-")
+  if "is_gated_act" in hf and hf["is_gated_act"] is not gated:
+    raise CheckpointError(f"{source}: is_gated_act is {json.dumps(hf['is_gated_act'], default=repr)} but "
+                          f"feed_forward_proj {proj!r} is {'' if gated else 'not '}gated; transformers builds the "
+                          f"MLP from is_gated_act: set it to {json.dumps(gated)} (or remove it) if the weights are "
+                          f"{proj!r} ones")
+  act = hf.get("dense_act_fn")
+  if act is not None and act not in _ACTIVATIONS[proj]:
+    raise CheckpointError(f"{source}: dense_act_fn {json.dumps(act, default=repr)} with feed_forward_proj "
+                          f"{proj!r}: transformers would apply {act!r}, spot_jax computes "
+                          f"{_ACTIVATIONS[proj][0]!r} (what T5 {'1.1 and mT5' if gated else '1.0'} use); set "
+                          f'"dense_act_fn": "{_ACTIVATIONS[proj][0]}" (or remove it)')
 
 
 def _number(hf: Mapping[str, Any], key: str, default: Any, kind: type, source: str):
@@ -165,28 +221,24 @@ def load_safetensors_bytes(data: bytes, source: str = "safetensors file") -> Dic
   for name, info in items:
     dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
     if dtype is None:
-      raise CheckpointError(f"{source}: tensor {name!r} has safetensors dtype {info['dtype']}, which spot_jax "
-                            f"does not read (it reads {sorted(_SAFETENSORS_DTYPES)}); re-save it as float32 "
-                            "or bfloat16")
+      raise CheckpointError(_unread_dtype(source, name, info["dtype"]))
     out[name] = np.frombuffer(info["data"], dtype=np_dtype(dtype).newbyteorder("<")).reshape(info["shape"])
   return out
 
 
 class _Tensors:
-  """Lazy access to the tensors of one or several safetensors files."""
+  """Lazy access to the tensors of one or several safetensors files (shards listed by an index)."""
 
   def __init__(self, directory: str):
     self.directory = directory
     self._open: Dict[str, Any] = {}
-    index_path = _io.join(directory, INDEX_FILE)
-    if _io.exists(index_path):
-      try:
-        weight_map = json.loads(_io.read_bytes(index_path))["weight_map"]
-      except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{index_path} is not a safetensors index (needs a 'weight_map'): {e}") from e
-      self.where = dict(weight_map)
+    self._names: Dict[str, set] = {}
+    self.index_path: Optional[str] = _io.join(directory, INDEX_FILE)
+    if _io.exists(self.index_path):
+      self.where = _read_index(self.index_path)
     else:
-      self.where = {name: WEIGHTS_FILE for name in self._keys(WEIGHTS_FILE)}
+      self.index_path = None
+      self.where = {name: WEIGHTS_FILE for name in self.names_in(WEIGHTS_FILE)}
 
   def _file(self, filename: str):
     if filename not in self._open:
@@ -204,32 +256,101 @@ class _Tensors:
           raise CheckpointError(f"{path} is not a readable safetensors file ({e}): {DAMAGED}") from e
     return self._open[filename]
 
-  def _keys(self, filename: str):
-    f = self._file(filename)
-    return list(f.keys())
+  def names_in(self, filename: str) -> set:
+    if filename not in self._names:
+      self._names[filename] = set(self._file(filename).keys())
+    return self._names[filename]
 
   def __contains__(self, name: str) -> bool:
     return name in self.where
 
+  def names(self):
+    return list(self.where)
+
+  def file_of(self, name: str) -> str:
+    return _io.join(self.directory, self.where[name])
+
   def get(self, name: str) -> np.ndarray:
-    f = self._file(self.where[name])
-    return f[name] if isinstance(f, dict) else f.get_tensor(name)
+    filename = self.where[name]
+    f = self._file(filename)
+    if name not in self.names_in(filename):
+      raise CheckpointError(self._not_in_shard(name, filename))
+    if isinstance(f, dict):
+      return f[name]
+    path = _io.join(self.directory, filename)
+    try:
+      stored = f.get_slice(name).get_dtype()
+      if stored not in _SAFETENSORS_DTYPES:
+        raise CheckpointError(_unread_dtype(path, name, stored))
+      return f.get_tensor(name)
+    except CheckpointError:
+      raise
+    except Exception as e:  # safetensors' SafetensorError, an I/O error
+      raise CheckpointError(f"{path}: tensor {name!r} cannot be read ({e}): {DAMAGED}") from e
+
+  def _not_in_shard(self, name: str, filename: str) -> str:
+    holder = None
+    for other in sorted(set(self.where.values()) - {filename}):
+      try:
+        if name in self.names_in(other):
+          holder = other
+          break
+      except CheckpointError:  # a missing or damaged shard is reported when a tensor needs it
+        continue
+    where = f"; {holder} holds it" if holder else "; no other shard it lists holds it either"
+    return (f"{self.index_path} maps tensor {name!r} to {filename}, which does not hold it{where}. The index and "
+            "the shards come from different saves, or the index was edited: copy the whole folder again from "
+            "one save_pretrained (or correct that weight_map entry)")
+
+
+def _unread_dtype(source: str, name: str, dtype: str) -> str:
+  return (f"{source}: tensor {name!r} has safetensors dtype {dtype}, which spot_jax does not read (it reads "
+          f"{sorted(_SAFETENSORS_DTYPES)}); re-save it as float32 or bfloat16")
+
+
+def _read_index(index_path: str) -> Dict[str, str]:
+  """The weight_map of a `model.safetensors.index.json`: `{tensor name: shard file name}`."""
+  fix = "copy it again with its shards from the model's folder (save_pretrained writes it beside them)"
+  try:
+    index = json.loads(_io.read_bytes(index_path))
+  except ValueError as e:
+    raise CheckpointError(f"{index_path} is not valid JSON ({e}): {fix}") from e
+  weight_map = index.get("weight_map") if isinstance(index, dict) else None
+  if not isinstance(weight_map, dict):
+    found = (f"its 'weight_map' is a JSON {_json_kind(weight_map)}" if isinstance(index, dict) and "weight_map" in index
+             else "it has no 'weight_map'" if isinstance(index, dict) else f"it holds a JSON {_json_kind(index)}")
+    raise CheckpointError(f"{index_path} is not a safetensors index (it needs an object 'weight_map' mapping each "
+                          f"tensor name to its shard file; {found}): {fix}")
+  for name, shard in weight_map.items():
+    if not isinstance(shard, str) or not shard.endswith(".safetensors"):
+      raise CheckpointError(f"{index_path}: weight_map maps {name!r} to {json.dumps(shard, default=repr)}, not the "
+                            f"name of a .safetensors shard in this folder (spot_jax reads safetensors only): {fix}")
+  return dict(weight_map)
+
+
+# transformers' T5ForConditionalGeneration drops this one without a word (_keys_to_ignore_on_load_unexpected).
+_IGNORED_UNEXPECTED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
 
 
 def read_hf(path: str, config: Optional[T5Config] = None) -> Tuple[T5Config, Dict[str, Any]]:
-  """Read a HF T5 directory into (config from config.json, T5X-named numpy tree)."""
+  """Read a HF T5 directory into (config from config.json, T5X-named numpy tree).
+
+  Tensors the config leaves unused raise when they contradict it (an `lm_head.weight` other than the
+  embedding under a tied config; embedding copies that differ) and warn otherwise (extra layers)."""
   config_path = _io.join(path, "config.json")
+  if not _io.exists(config_path):
+    raise CheckpointError(f"{config_path} does not exist: a Hugging Face checkpoint needs the config.json "
+                          "save_pretrained writes beside its weights; copy it from where the weights came from")
   try:
     hf_config = json.loads(_io.read_bytes(config_path))
   except ValueError as e:
     raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
-  if config is None:
-    config = config_from_hf(hf_config, config_path)
-  else:
-    config_from_hf(hf_config, config_path)  # still reject unsupported architectures
+  from_file = config_from_hf(hf_config, config_path)  # also rejects unsupported architectures
+  given = config is not None
+  config = config if given else from_file
   tensors = _Tensors(path)
   shapes = expected_shapes(config)
-  flat = {}
+  flat, used = {}, set()
   for ours, (theirs, transpose) in name_map(config).items():
     name = theirs
     if theirs == "shared.weight":
@@ -238,14 +359,91 @@ def read_hf(path: str, config: Optional[T5Config] = None) -> Tuple[T5Config, Dic
       raise CheckpointError(f"{path}: missing tensor {theirs!r} (spot_jax parameter {ours!r}) for "
                             f"{'gated-gelu' if config.gated else 'relu'}, "
                             f"{'tied' if config.tie_word_embeddings else 'untied'} T5 with "
-                            f"{config.num_encoder_layers}+{config.num_decoder_layers} layers")
+                            f"{config.num_encoder_layers}+{config.num_decoder_layers} layers"
+                            + ('; if the model\'s output layer is its embedding, set "tie_word_embeddings": true '
+                               "in config.json" if theirs == "lm_head.weight" and not given else ""))
     arr = tensors.get(name)
     want = shapes[ours][::-1] if transpose else shapes[ours]
     if tuple(arr.shape) != tuple(want):
       raise CheckpointError(f"{path}: tensor {name!r} (spot_jax {ours!r}) has shape {tuple(arr.shape)} "
                             f"but config.json implies {tuple(want)}")
     flat[ours] = np.ascontiguousarray(arr.T) if transpose else np.asarray(arr)
+    used.add(name)
+  if given:
+    tied_by = f"the config passed in has tie_word_embeddings={config.tie_word_embeddings}"
+  elif "tie_word_embeddings" in hf_config:
+    tied_by = 'config.json says "tie_word_embeddings": true'
+  else:
+    tied_by = (f'config.json has no "tie_word_embeddings", and model_type {hf_config["model_type"]!r} defaults '
+               "to tied (as in transformers)")
+  used |= _check_copies_of_the_embedding(path, tensors, config, flat["token_embedder/embedding"], tied_by)
+  _warn_unused(path, tensors, config, used)
   return config, unflatten(flat)
+
+
+def _differ(a: np.ndarray, b: np.ndarray) -> Optional[str]:
+  """None when `a` and `b` hold the same values, else how they differ."""
+  if a.shape != b.shape:
+    return f"shape {tuple(a.shape)} vs {tuple(b.shape)}"
+  a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+  if np.array_equal(a, b, equal_nan=True):
+    return None
+  return f"max |difference| {float(np.nanmax(np.abs(a - b))):.3g}"
+
+
+def _check_copies_of_the_embedding(path: str, tensors: _Tensors, config: T5Config, embedding: np.ndarray,
+                                   tied_by: str) -> set:
+  """Copies of the embedding a HF file may hold beside the one read must equal it; returns their names.
+
+  transformers shares one table among shared / encoder.embed_tokens / decoder.embed_tokens, and with
+  tied embeddings makes lm_head.weight that table too: a file's lm_head.weight that differs is dropped
+  without a word, although it almost always means config.json is wrong for the weights."""
+  read = next(n for n in _EMBEDDING_ALIASES if n in tensors)
+  checked = set()
+  for name in _EMBEDDING_ALIASES[_EMBEDDING_ALIASES.index(read) + 1:]:
+    if name in tensors:
+      how = _differ(tensors.get(name), embedding)
+      if how:
+        raise CheckpointError(f"{path}: holds both {read} and {name}, which differ ({how}), but T5 has one "
+                              f"embedding table for both stacks (spot_jax and transformers use one of them): "
+                              "the weights were edited or come from different models; copy the model again")
+      checked.add(name)
+  if config.tie_word_embeddings and "lm_head.weight" in tensors:
+    how = _differ(tensors.get("lm_head.weight"), embedding)
+    if how:
+      raise CheckpointError(
+          f"{path}: {tied_by}, so the output layer is the embedding {read}; but "
+          f"{tensors.file_of('lm_head.weight')} also holds an lm_head.weight that differs from it ({how}). "
+          "transformers would drop that lm_head.weight without a word and compute other logits than the model "
+          "was trained with. If the model has its own output layer (T5 1.1, LM-adapted and mT5 do), set "
+          '"tie_word_embeddings": false in config.json; if it really is tied, remove lm_head.weight from the '
+          "weights")
+    checked.add("lm_head.weight")
+  return checked
+
+
+def _warn_unused(path: str, tensors: _Tensors, config: T5Config, used: set) -> None:
+  """Warn (as transformers does: "Some weights ... were not used") about tensors the config does not
+  read, naming the layer-count field when the file holds more blocks than the config."""
+  unused = sorted(n for n in tensors.names() if n not in used and n not in _IGNORED_UNEXPECTED)
+  if not unused:
+    return
+  hints = []
+  for stack, field, count in (("encoder", "num_layers", config.num_encoder_layers),
+                              ("decoder", "num_decoder_layers", config.num_decoder_layers)):
+    blocks = {int(m.group(1)) for n in unused for m in [re.match(rf"{stack}\.block\.(\d+)\.", n)] if m}
+    extra = sorted(b for b in blocks if b >= count)
+    if extra:
+      held = f"block {extra[0]}" if len(extra) == 1 else f"blocks {extra[0]}..{extra[-1]}"
+      hints.append(f"the weights hold {stack} {held} beyond the {count} that config.json's {field} says; "
+                   f"if that field is wrong, set it to {extra[-1] + 1}")
+  shown = ", ".join(unused[:8]) + (f", ... ({len(unused)} in all)" if len(unused) > 8 else "")
+  warnings.warn(f"{path}: {len(unused)} tensor(s) of the checkpoint are not used by the "
+                f"{'gated-gelu' if config.gated else 'relu'}, "
+                f"{'tied' if config.tie_word_embeddings else 'untied'} T5 with "
+                f"{config.num_encoder_layers}+{config.num_decoder_layers} layers that its config describes "
+                f"(transformers ignores them too): {shown}" + ("; " + "; ".join(hints) if hints else ""),
+                UserWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- writing
