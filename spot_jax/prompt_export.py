@@ -17,8 +17,8 @@ import numpy as np
 
 from spot_jax import fileio
 from spot_jax.prompt_io import (_CHECKPOINT_RE, EXPORT_INFO, NUMPY_CHECKPOINTS_DIR, PEFT_CONFIG, PEFT_TENSOR,
-                                PEFT_WEIGHTS, PROMPT_NPY, T5X_PROMPT_FILENAME, checkpoint_export_dir,
-                                validate_prompt)
+                                PEFT_WEIGHTS, PROMPT_NPY, T5X_PROMPT_FILENAME, absolute_local_path,
+                                checkpoint_export_dir, validate_prompt)
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
@@ -91,7 +91,9 @@ def export_numpy_checkpoint(prompt: Any, model_dir: str, step: int, name: Option
 
   `name` is `"best"` or `"task_embedding"` for those exports. Call from process 0 only. `metrics`
   (e.g. the validation metrics of a best export) are kept in `export.json` for the prompt library;
-  `frozen_model`, the frozen checkpoint's path, for a PEFT export's `base_model_name_or_path`.
+  `frozen_model`, the frozen checkpoint's path, for a PEFT export's `base_model_name_or_path`: recorded
+  absolute when it is a local path (INITIAL_CHECKPOINT_PATH as typed may be relative to the training
+  directory), unchanged for gs:// paths and Hub ids.
   """
   if name is None:
     directory = checkpoint_export_dir(model_dir, step)
@@ -103,7 +105,7 @@ def export_numpy_checkpoint(prompt: Any, model_dir: str, step: int, name: Option
   if metrics:
     info["metrics"] = metrics
   if frozen_model:
-    info["frozen_model"] = str(frozen_model)
+    info["frozen_model"] = absolute_local_path(str(frozen_model))
   return write_t5x_prompt_dir(prompt, directory, info)
 
 
@@ -136,6 +138,8 @@ def export_peft(prompt: Any, directory: str, base_model_name_or_path: Optional[s
 
   `num_transformer_submodules` is 1: the prompt goes to the encoder only, as in T5X prompt tuning, so
   PEFT's `PeftModel.from_pretrained(t5, directory)` gets exactly our [P, d] prompt.
+  `base_model_name_or_path` is written as given (`export_numpy_checkpoint` and `prompt_io.read_export_info`
+  already make the recorded ones absolute).
   """
   from safetensors.numpy import save as st_save  # pylint: disable=g-import-not-at-top
   arr = validate_prompt(prompt, str(directory))

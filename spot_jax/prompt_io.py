@@ -9,8 +9,11 @@ Formats read by `load_prompt` (auto-detected):
     MODEL_DIR holding only those): the parameter `target/encoder/prompt/prompt/prompt`, read alone;
     also when T5X wrote it with Orbax (`train.use_orbax=True`: `checkpoint_<step>/state/`, or that
     `state/` item), restored alone with orbax's partial restore;
-  * a PEFT prompt-tuning adapter directory (`adapter_config.json` + `adapter_model.safetensors` holding
-    `prompt_embeddings`), or the `.safetensors` file itself;
+  * a PEFT prompt-tuning (or P-tuning) adapter directory (`adapter_config.json` +
+    `adapter_model.safetensors` holding `prompt_embeddings`), or the `.safetensors` file itself, read
+    with the `adapter_config.json` beside it (without one, only an odd row count is unambiguous);
+    its metadata is checked (peft_type, task_type SEQ_2_SEQ_LM, token_dim, num_virtual_tokens x
+    num_transformer_submodules rows) and of PEFT's 2P seq2seq rows the first P, the encoder's, are taken;
   * a training `MODEL_DIR` (its `numpy_checkpoints/best` export if present, else the newest step),
     ours or prompt-tuning's.
 
@@ -63,7 +66,8 @@ ACCEPTED_FORMATS = (
     "a .npy file; a T5X prompt-tuning numpy export file (encoder.prompt.prompt.prompt), its "
     "checkpoint_<step> directory or a numpy_checkpoints directory; a T5X checkpoint_<step> directory of a "
     "prompt-tuning run (target/encoder/prompt/prompt/prompt; msgpack or Orbax-written); a PEFT adapter directory "
-    "(adapter_config.json + adapter_model.safetensors) or its .safetensors file; a training MODEL_DIR "
+    "(PROMPT_TUNING or P_TUNING: adapter_config.json + adapter_model.safetensors) or its .safetensors file "
+    "with the adapter_config.json beside it; a training MODEL_DIR "
     "containing numpy_checkpoints/ (or prompt-tuning's T5X checkpoint_<step>/ directories)")
 
 
@@ -128,9 +132,17 @@ def find_exports(model_dir: str) -> ModelDirExports:
 def read_export_info(export_dir: str) -> dict:
   """The `export.json` beside an export (step, metrics), or {} when absent or unreadable.
 
-  Only metadata: the prompt beside it is intact, so a damaged one is a warning, not an error.
+  Only metadata: the prompt beside it is intact, so a damaged one is a warning, not an error. A PEFT
+  adapter directory has no export.json: its `base_model_name_or_path` is given as `frozen_model`
+  (absolute when it is a local path), so that a PEFT -> PEFT export carries the base model over.
   """
   path = fileio.join(export_dir, EXPORT_INFO)
+  if not fileio.exists(path) and fileio.exists(fileio.join(export_dir, PEFT_CONFIG)):
+    try:
+      base = read_json_object(fileio.join(export_dir, PEFT_CONFIG)).get("base_model_name_or_path")
+    except (OSError, ValueError):
+      return {}
+    return {"frozen_model": absolute_local_path(base)} if isinstance(base, str) and base else {}
   if not fileio.exists(path):
     m = _CHECKPOINT_RE.match(fileio.basename(export_dir))
     return {"step": int(m.group(1))} if m else {}
@@ -153,6 +165,22 @@ def read_json_object(path: str) -> dict:
   if not isinstance(out, dict):
     raise ValueError(f"{path} holds a JSON {type(out).__name__}, not the expected object")
   return out
+
+
+def absolute_local_path(path: Optional[str]) -> Optional[str]:
+  """`path` made absolute when it is a local path (one that exists here, or starts with ./ ../ ~ or /),
+  so that a record of it (export.json's frozen_model, PEFT's base_model_name_or_path) still names it
+  from another working directory. gs:// paths and Hugging Face Hub ids (`google/t5-v1_1-base`) are
+  returned unchanged, as is None."""
+  if not path or fileio.is_remote(path):
+    return path
+  if os.path.isabs(str(path)):
+    return str(path)  # as recorded, trailing "/" included
+  expanded = os.path.expanduser(str(path))
+  if os.path.isabs(expanded) or os.path.exists(expanded) or expanded in (".", "..") or \
+      expanded.startswith(("./", "../", "." + os.sep, ".." + os.sep)):
+    return os.path.abspath(expanded)
+  return str(path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -230,8 +258,10 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
   if not fileio.exists(path):
     raise FileNotFoundError(f"no prompt at {path}: the path does not exist. Accepted: {ACCEPTED_FORMATS}")
   if not fileio.isdir(path):
-    if path.endswith(".safetensors"):
-      return PromptSource(path, "peft")
+    if path.endswith(".safetensors"):  # read with the adapter_config.json beside it, as the directory is
+      parent = os.path.dirname(path.rstrip("/")) or "."
+      return PromptSource(path, "peft", export_dir=parent if fileio.exists(fileio.join(parent, PEFT_CONFIG))
+                          else None)
     if fileio.basename(path) == T5X_CHECKPOINT_FILE and _is_t5x_checkpoint_dir(os.path.dirname(path.rstrip("/"))):
       return resolve_prompt(os.path.dirname(path.rstrip("/")))
     fmt = "t5x" if fileio.basename(path) == T5X_PROMPT_FILENAME else "npy"
@@ -297,6 +327,12 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
   if fileio.isdir(fileio.join(path, "checkpoints")):
     raise FileNotFoundError(f"{path} is a MODEL_DIR with training checkpoints but no numpy export yet. "
                             f"{_WHEN_EXPORTED}")
+  named = _named_peft_adapters(path)
+  if named:
+    raise ValueError(f"{path} holds no adapter_config.json itself but PEFT adapters saved under a name in "
+                     f"{', '.join(n + '/' for n in named)} (save_pretrained of an adapter not named 'default' "
+                     f"writes OUT/<name>/): pass {'one of them, e.g. ' if len(named) > 1 else ''}"
+                     f"{fileio.join(path, named[0])}")
   raise ValueError(f"unknown prompt format at {path}. Accepted: {ACCEPTED_FORMATS}")
 
 
@@ -336,35 +372,104 @@ def load_prompt_with_source(path: str, which: str = "auto"):
 
 
 def _load_peft(src: PromptSource) -> np.ndarray:
+  """The encoder prompt of a PEFT adapter; its adapter_config.json (beside the weights) is read first
+  and checked against the tensor, as PEFT would: another adapter type, another task type, a width or a
+  row count the config does not give are errors naming the fix."""
   # Not safetensors.numpy.load: it cannot decode bfloat16, the dtype of an adapter trained on a bf16 model.
   from spot_jax.checkpoints.hf import load_safetensors_bytes  # pylint: disable=g-import-not-at-top
-  with fileio.open_file(src.file, "rb") as f:
-    tensors = load_safetensors_bytes(f.read(), src.file)
-  keys = [k for k in tensors if k == PEFT_TENSOR or k.endswith("." + PEFT_TENSOR)]
-  if len(keys) != 1:
-    raise ValueError(f"{src.file}: expected one tensor named {PEFT_TENSOR!r}, found keys "
-                     f"{sorted(tensors)}; is this a prompt-tuning adapter?")
-  arr = np.asarray(tensors[keys[0]])
-  config = {}
+  config = None
   if src.export_dir is not None:
     try:
       config = read_json_object(fileio.join(src.export_dir, PEFT_CONFIG))
     except ValueError as e:
       raise ValueError(f"{e}. Save the adapter again (PeftModel.save_pretrained or `spot-jax export "
                        "--format peft`)") from e
-    if config.get("peft_type") not in (None, "PROMPT_TUNING"):
-      raise ValueError(f"{src.export_dir}: peft_type is {config.get('peft_type')!r}; only PROMPT_TUNING "
-                       "adapters hold a soft prompt")
+    _check_peft_kind(config, src.export_dir)
+  with fileio.open_file(src.file, "rb") as f:
+    tensors = load_safetensors_bytes(f.read(), src.file)
+  keys = [k for k in tensors if k == PEFT_TENSOR or k.endswith("." + PEFT_TENSOR)]
+  if len(keys) != 1:
+    names = sorted(tensors)
+    listed = ", ".join(names[:3]) + (f", ... ({len(names)} tensors)" if len(names) > 3 else "")
+    lora = "; its lora_A/lora_B tensors make it a LoRA adapter, not a soft prompt" \
+        if any(".lora_" in n for n in names) else ""
+    raise ValueError(f"{src.file}: expected one tensor named {PEFT_TENSOR!r}, found {listed or 'none'}{lora}. "
+                     "Pass a PEFT prompt-tuning adapter")
+  arr = np.asarray(tensors[keys[0]])
+  if arr.ndim != 2:
+    return arr  # validate_prompt names the rank
+  return _peft_encoder_rows(arr, config, src.file)
+
+
+# What other PEFT adapter types hold instead of one input prompt.
+_PEFT_NOT_A_PROMPT = {
+    "PREFIX_TUNING": "per-layer key/value prefixes, not an input prompt",
+    "MULTITASK_PROMPT_TUNING": "a shared prompt combined with per-task factors, not one prompt",
+    "ADAPTION_PROMPT": "LLaMA-Adapter's per-layer prompts, not an input prompt",
+}
+_PEFT_PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING")  # P_TUNING saves its reparameterized prompt: what PEFT feeds
+
+
+def _check_peft_kind(config: dict, where: str) -> None:
+  """Refuses an adapter_config.json of another adapter type or another kind of model."""
+  kind = config.get("peft_type")
+  if kind is not None and kind not in _PEFT_PROMPT_TYPES:
+    what = _PEFT_NOT_A_PROMPT.get(kind, "it changes the model's weights, which spot_jax keeps frozen")
+    raise ValueError(f"{where}: this is a {kind} adapter, not a soft prompt ({what}); pass a PROMPT_TUNING "
+                     "or P_TUNING adapter, or a .npy prompt")
+  task = config.get("task_type")
+  if task is not None and task != "SEQ_2_SEQ_LM":
+    model = "a decoder-only model's prompt, e.g. GPT-2's" if task == "CAUSAL_LM" else "another kind of model's prompt"
+    raise ValueError(f"{where}: task_type is {task!r} ({model}), not SEQ_2_SEQ_LM (T5): a prompt works only with "
+                     f"the frozen model it was trained with. To use its rows anyway (e.g. as an initialization), "
+                     f"save {PEFT_TENSOR} as a .npy and pass that")
+
+
+def _peft_encoder_rows(arr: np.ndarray, config: Optional[dict], file: str) -> np.ndarray:
+  """The encoder prompt among a PEFT tensor's rows, by the adapter_config.json (None: no config)."""
+  rows, width = arr.shape
+  if config is None:  # a lone .safetensors file: PEFT's seq2seq default stores 2P rows (P encoder + P decoder)
+    if rows % 2:
+      return arr  # an odd count cannot be P encoder + P decoder rows: one prompt
+    raise ValueError(f"{file}: no {PEFT_CONFIG} beside it, so its {rows} rows may be one {rows}-token prompt "
+                     f"or {rows // 2} encoder + {rows // 2} decoder rows (PEFT's seq2seq default, "
+                     f"num_transformer_submodules=2): pass the adapter directory with its {PEFT_CONFIG}, "
+                     "or save the rows you mean as a .npy")
+  token_dim = config.get("token_dim")
+  if token_dim is not None and token_dim != width:
+    raise ValueError(f"{file}: {PEFT_TENSOR} is {width} wide but {PEFT_CONFIG} says token_dim={token_dim} "
+                     "(PEFT refuses to load it): the config belongs to another adapter or was edited; save the "
+                     "adapter again, or correct token_dim")
   p = config.get("num_virtual_tokens")
-  subs = config.get("num_transformer_submodules") or 1
-  if arr.ndim == 2 and p and arr.shape[0] == subs * p and subs > 1:
-    warnings.warn(f"{src.file}: PEFT stored {arr.shape[0]} prompt rows (num_transformer_submodules={subs}"
-                  f"); using the first {p} (the encoder prompt) and ignoring the decoder rows")
-    arr = arr[:p]
-  elif arr.ndim == 2 and p and arr.shape[0] != p:
-    raise ValueError(f"{src.file}: {PEFT_TENSOR} has {arr.shape[0]} rows but adapter_config.json says "
-                     f"num_virtual_tokens={p}, num_transformer_submodules={subs}")
-  return arr
+  given = config.get("num_transformer_submodules")
+  # PEFT's default when the config does not say: 2 for SEQ_2_SEQ_LM, else 1.
+  subs = given if given is not None else (2 if config.get("task_type") == "SEQ_2_SEQ_LM" else 1)
+  if subs not in (1, 2):
+    raise ValueError(f"{file}: {PEFT_CONFIG} says num_transformer_submodules={subs}; PEFT writes 1 or 2. "
+                     "Save the adapter again")
+  if p is None:
+    if subs == 1 or (given is None and rows % 2):
+      return arr
+    raise ValueError(f"{file}: {PEFT_CONFIG} has no num_virtual_tokens, so the encoder rows among {rows} "
+                     f"(num_transformer_submodules={subs}) are unknown: add num_virtual_tokens, or save the "
+                     "adapter again")
+  if rows == subs * p and subs == 2:
+    warnings.warn(f"{file}: PEFT stored {rows} prompt rows (num_transformer_submodules=2); using the first "
+                  f"{p} (the encoder prompt, which PEFT feeds T5's encoder) and ignoring the decoder rows")
+    return arr[:p]
+  if rows == p and (subs == 1 or given is None):
+    return arr
+  raise ValueError(f"{file}: {PEFT_TENSOR} has {rows} rows but {PEFT_CONFIG} says num_virtual_tokens={p}, "
+                   f"num_transformer_submodules={given if given is not None else f'{subs} (PEFT default)'}, "
+                   f"i.e. {subs * p} rows (PEFT refuses to load it): save the adapter again, or correct the config")
+
+
+def _named_peft_adapters(directory: str) -> list:
+  """Sub-directories holding a PEFT adapter: save_pretrained writes an adapter not named 'default' there."""
+  if not fileio.isdir(directory):
+    return []
+  names = sorted(n.rstrip("/") for n in fileio.listdir(directory))
+  return [n for n in names if fileio.exists(fileio.join(directory, n, PEFT_CONFIG))]
 
 
 def _is_t5x_checkpoint_dir(directory: str) -> bool:

@@ -70,3 +70,67 @@ def test_gcs_paths_go_through_gfile(tmp_path, monkeypatch):
   np.testing.assert_array_equal(pio.load_prompt("gs://bucket/run"), 2 * p)
   pexp.save_npy(p, "gs://bucket/x/p.npy")
   np.testing.assert_array_equal(np.load(tmp_path / "x" / "p.npy"), p)
+
+
+# ----------------------------------------------------------------------------------------------------
+# PEFT exports and the base model they name (found by an HF/PEFT audit).
+
+def _fake_hf_dir(path):
+  """What detect_format takes for a Hugging Face folder (the export only names it; nothing is loaded)."""
+  os.makedirs(path)
+  for name in ("config.json", "model.safetensors"):
+    open(os.path.join(path, name), "w").write("{}")
+  return str(path)
+
+
+def test_frozen_model_is_recorded_absolute(tmp_path, monkeypatch):
+  """INITIAL_CHECKPOINT_PATH typed relative: export.json records it absolute, so a PEFT export made from
+  any directory names it for AutoPeftModelForSeq2SeqLM; Hub ids and gs:// are kept as given."""
+  monkeypatch.chdir(tmp_path)
+  _fake_hf_dir(tmp_path / "models" / "t5")
+  exp = pexp.export_numpy_checkpoint(_prompt(), "run", 3, frozen_model="models/t5")
+  assert json.load(open(os.path.join(exp, "export.json")))["frozen_model"] == str(tmp_path / "models" / "t5")
+  for frozen in ("google/t5-v1_1-base", "gs://bucket/t5"):
+    exp = pexp.export_numpy_checkpoint(_prompt(), "run", 3, frozen_model=frozen)
+    assert json.load(open(os.path.join(exp, "export.json")))["frozen_model"] == frozen
+
+
+def test_cli_export_from_another_directory_keeps_the_base_model(tmp_path, monkeypatch, capsys):
+  from spot_jax import __main__ as cli
+  monkeypatch.chdir(tmp_path)
+  hf = _fake_hf_dir(tmp_path / "models" / "t5")
+  pexp.export_numpy_checkpoint(_prompt(), "run", 3, frozen_model="models/t5")  # as the trainer passes it
+  (tmp_path / "elsewhere").mkdir()
+  monkeypatch.chdir(tmp_path / "elsewhere")
+  assert cli.main(["export", "../run", "a1", "--format", "peft"]) == 0
+  assert json.load(open("a1/adapter_config.json"))["base_model_name_or_path"] == hf
+  assert "note:" not in capsys.readouterr().err
+
+
+def test_cli_peft_to_peft_export_carries_the_base_model_over(tmp_path, capsys):
+  from spot_jax import __main__ as cli
+  hf = _fake_hf_dir(tmp_path / "t5")
+  src = pexp.export_peft(_prompt(), str(tmp_path / "a1"), base_model_name_or_path=hf)
+  assert cli.main(["export", src, str(tmp_path / "a2"), "--format", "peft"]) == 0
+  assert json.load(open(tmp_path / "a2" / "adapter_config.json"))["base_model_name_or_path"] == hf
+  assert "note:" not in capsys.readouterr().err
+
+
+def test_cli_export_of_a_peft_safetensors_file_takes_the_encoder_rows(tmp_path, capsys):
+  """The adapter_model.safetensors file of PEFT's default seq2seq adapter (2P rows): the export holds the
+  P encoder rows (it passed all 2P on) and names the adapter's base model."""
+  from safetensors.numpy import save_file
+  from spot_jax import __main__ as cli
+  hf = _fake_hf_dir(tmp_path / "t5")
+  src = tmp_path / "peft_s2"
+  src.mkdir()
+  cfg = pexp.peft_adapter_config(4, 6, base_model_name_or_path=hf)
+  cfg["num_transformer_submodules"] = 2
+  (src / "adapter_config.json").write_text(json.dumps(cfg))
+  rows = _prompt(8, 6)
+  save_file({"prompt_embeddings": rows}, str(src / "adapter_model.safetensors"))
+  with pytest.warns(UserWarning, match="using the first 4"):
+    assert cli.main(["export", str(src / "adapter_model.safetensors"), str(tmp_path / "out"), "--format", "peft"]) == 0
+  out_cfg = json.load(open(tmp_path / "out" / "adapter_config.json"))
+  assert out_cfg["num_virtual_tokens"] == 4 and out_cfg["base_model_name_or_path"] == hf
+  np.testing.assert_array_equal(pio.load_prompt(str(tmp_path / "out")), rows[:4])
