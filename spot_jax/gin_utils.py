@@ -368,8 +368,9 @@ def check_same_settings_on_every_process() -> None:
 
   Every process must run the same job, as in T5X: otherwise a process with another BATCH_SIZE or task
   trains on a mixture of the two without a word, and one with another TRAIN_STEPS hangs at a collective
-  the others never reach (until JAX's shutdown barrier aborts every process, minutes later). Equal settings cost one all-gather of a 32-byte digest; only on a
-  mismatch are the texts gathered, so that the ValueError names each differing binding and its values.
+  the others never reach (until JAX's shutdown barrier aborts every process, minutes later). Equal
+  settings cost one all-gather of a 32-byte digest; only on a mismatch are the texts gathered, so that
+  the ValueError names each differing binding and its values.
   """
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
