@@ -1,14 +1,15 @@
-"""The Flax T5: masks, prompt handling, incremental decoding, parameter names and axes."""
+"""The Flax T5: masks, prompt handling, incremental decoding, parameter names and axes (its layers' own
+tests are test_layers.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spot_jax import layers as layers_lib
 from spot_jax import model as M
-from spot_jax.config import size_config
 
-CFG = size_config("tiny", vocab_size=96, dropout_rate=0.0, relative_attention_num_buckets=8,
-                  relative_attention_max_distance=16)
+from tiny_t5 import CFG, DEC, ENC
+
 V10 = CFG.replace(feed_forward="relu", tie_word_embeddings=True)
 
 
@@ -16,10 +17,6 @@ V10 = CFG.replace(feed_forward="relu", tie_word_embeddings=True)
 def model_and_params(request):
   cfg = request.param
   return cfg, M.T5(cfg), M.init_params(cfg, jax.random.PRNGKey(0))
-
-
-ENC = np.array([[5, 6, 7, 8, 0, 0], [9, 10, 0, 0, 0, 0]], np.int32)
-DEC = np.array([[0, 3, 4, 5], [0, 6, 7, 0]], np.int32)
 
 
 def test_parameter_names_follow_t5x():
@@ -49,13 +46,6 @@ def test_every_parameter_has_logical_axes():
     assert len(spec) == len(flat_shapes[path]) and all(isinstance(a, str) for a in spec), path
   assert axes["token_embedder"]["embedding"] == jax.sharding.PartitionSpec("vocab", "embed")
   assert axes["encoder"]["layers_0"]["mlp"]["wo"]["kernel"] == jax.sharding.PartitionSpec("mlp", "embed")
-
-
-def test_query_kernel_init_is_scaled_by_head_dim():
-  p = M.init_params(CFG.replace(d_model=256, head_dim=64, num_heads=4), jax.random.PRNGKey(1))
-  att = p["encoder"]["layers_0"]["attention"]
-  ratio = np.std(att["key"]["kernel"]) / np.std(att["query"]["kernel"])
-  assert 7.0 < ratio < 9.0  # sqrt(64) = 8
 
 
 def test_padding_does_not_change_logits(model_and_params):
@@ -102,14 +92,6 @@ def test_incremental_decoding_matches_full_forward(model_and_params):
     cache = state["cache"]
     steps.append(logits)
   np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
-
-
-def test_relative_position_buckets_match_t5_definition():
-  b = M.relative_position_buckets(1, 200, True, 32, 128)[0]
-  assert b[0] == 0 and b[1] == 16 + 1 and b[7] == 16 + 7  # exact region for keys to the right
-  assert b[8] == 16 + 8 and b[199] == 31  # log region, clipped at the last bucket
-  c = M.relative_position_buckets(200, 1, False, 32, 128)[:, 0]
-  assert c[0] == 0 and c[15] == 15 and c[16] == 16 and c[199] == 31
 
 
 def test_dropout_is_deterministic_only_when_disabled():
@@ -173,8 +155,8 @@ def test_fused_attention_matches_the_einsum_form_on_right_padded_inputs():
 def test_cross_attention_einsum_beside_a_fused_encoder(monkeypatch):
   """`cross_attention_impl="einsum"` keeps T5X's form for the decoder's cross-attention while the
   encoder uses the fused one: only the encoder's layers call `fused_attention`, same logits."""
-  calls, fused_call = [], M.fused_attention
-  monkeypatch.setattr(M, "fused_attention", lambda *a: calls.append(a[0].shape) or fused_call(*a))
+  calls, fused_call = [], layers_lib.fused_attention
+  monkeypatch.setattr(layers_lib, "fused_attention", lambda *a: calls.append(a[0].shape) or fused_call(*a))
   params = M.init_params(CFG, jax.random.PRNGKey(0))
   prompt = jnp.asarray(np.random.default_rng(0).normal(size=(3, CFG.d_model)), jnp.float32)
   dec = DEC * (DEC < CFG.vocab_size)
@@ -205,26 +187,6 @@ def test_broadcast_prompt_gradient_is_the_batch_sum_computed_as_a_matmul(dtype):
   assert "dot_general" in backward and "preferred_element_type=float32" in backward
   plain_backward = str(jax.make_jaxpr(jax.grad(loss(plain)))(prompt))
   assert "reduce_sum[axes=(0,)" in plain_backward and "reduce_sum[axes=(0,)" not in backward
-
-
-def test_mlp_backward_recompute_gives_the_stored_forms_loss_and_prompt_gradient():
-  from spot_jax import train_step
-  cfg = size_config("tiny", vocab_size=96, dropout_rate=0.3, dropout_bits="per_element")
-  params = M.init_params(cfg, jax.random.PRNGKey(0))
-  batch = {"encoder_input_tokens": ENC, "decoder_input_tokens": DEC,
-           "decoder_target_tokens": np.roll(DEC, -1, axis=1),
-           "decoder_loss_weights": (DEC > 0).astype(np.float32)}
-  prompt = jnp.asarray(np.random.default_rng(0).normal(size=(3, cfg.d_model)), jnp.float32)
-  results = {}
-  for mode in ("store", "recompute"):
-    loss_fn = train_step.make_loss_fn(cfg.replace(mlp_backward=mode), enable_dropout=True)
-    value_and_grad = jax.value_and_grad(lambda p: loss_fn(p, params, batch, jax.random.PRNGKey(1))[0])
-    results[mode] = jax.jit(value_and_grad)(prompt)
-    assert ("prevent_cse" in str(jax.make_jaxpr(value_and_grad)(prompt))) == (mode == "recompute")
-  np.testing.assert_allclose(results["recompute"][0], results["store"][0], rtol=1e-6)
-  np.testing.assert_allclose(results["recompute"][1], results["store"][1], rtol=1e-5, atol=1e-7)
-  with pytest.raises(ValueError, match="mlp_backward"):
-    cfg.replace(mlp_backward="sometimes")
 
 
 def test_matmul_dtype_bfloat16_stays_close_to_float32(model_and_params):
