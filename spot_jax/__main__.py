@@ -33,7 +33,9 @@ def _export(argv):
   p.add_argument("--overwrite", action="store_true",
                  help="replace an existing export of the same format at OUT (never other files)")
   args = p.parse_args(argv)
-  kwargs = {"base_model_name_or_path": args.base_model} if args.format == "peft" else {}
+  # A relative --base_model is made absolute: AutoPeftModel reads it from wherever the adapter is loaded.
+  kwargs = ({"base_model_name_or_path": prompt_io.absolute_local_path(args.base_model)}
+            if args.format == "peft" else {})
   try:
     prompt_export.check_export_target(args.out, args.format, args.overwrite)  # before reading SRC
     prompt, src = prompt_io.load_prompt_with_source(args.source, which=args.which)
@@ -50,9 +52,13 @@ def _export(argv):
 
 def _peft_base_model(src) -> Optional[str]:
   """The Hugging Face folder the prompt's run trained on (its export records the frozen checkpoint), for
-  PEFT's `base_model_name_or_path`: `AutoPeftModelForSeq2SeqLM.from_pretrained(adapter)` loads it."""
+  PEFT's `base_model_name_or_path`: `AutoPeftModelForSeq2SeqLM.from_pretrained(adapter)` loads it. A
+  PEFT source's own base model is kept as it is (a Hub id need not be on this machine)."""
   from spot_jax import checkpoints, prompt_io
   frozen = prompt_io.read_export_info(src.export_dir).get("frozen_model") if src.export_dir else None
+  if frozen and src.format == "peft":
+    print(f"base_model_name_or_path: {frozen} (the source adapter's)")
+    return frozen
   try:
     if frozen and checkpoints.detect_format(frozen) == "hf":
       print(f"base_model_name_or_path: {frozen} (the run's frozen checkpoint)")

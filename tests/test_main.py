@@ -65,6 +65,24 @@ def test_peft_export_takes_the_runs_hf_checkpoint_as_its_base_model(tmp_path, ca
       "base_model_name_or_path"] == "google/t5-v1_1-base"
 
 
+def test_peft_export_keeps_a_hub_base_model_and_makes_a_relative_one_absolute(model_dir, tmp_path,
+                                                                                monkeypatch, capsys):
+  """A PEFT -> PEFT export keeps the source adapter's Hub id (it need not be downloaded here), and a
+  relative --base_model is written absolute, so AutoPeftModel finds it from any working directory."""
+  run, _ = model_dir
+  hub = tmp_path / "hub_adapter"
+  prompt_export.export_peft(np.ones((3, 4), np.float32), str(hub), base_model_name_or_path="google/t5-v1_1-base")
+  assert cli.main(["export", str(hub), str(tmp_path / "again"), "--format", "peft"]) == 0
+  assert json.loads((tmp_path / "again" / "adapter_config.json").read_text())[
+      "base_model_name_or_path"] == "google/t5-v1_1-base"
+  assert "note:" not in capsys.readouterr().err
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "local_t5").mkdir()
+  assert cli.main(["export", str(run), "rel", "--format", "peft", "--base_model", "./local_t5"]) == 0
+  assert json.loads((tmp_path / "rel" / "adapter_config.json").read_text())[
+      "base_model_name_or_path"] == str(tmp_path / "local_t5")
+
+
 def test_help_and_unknown_command(capsys):
   assert cli.main([]) == 0
   assert "spot-jax demo" in capsys.readouterr().out
