@@ -164,7 +164,7 @@ def test_a_prompt_tuning_target_is_compared_at_its_prompt_steps(tmp_path):
   """A google-research/prompt-tuning target counts T5X's global steps; library entries record prompt
   steps (global minus the initial checkpoint's, from config.gin), so the target's step must be counted
   the same way, or every source is warned about."""
-  from test_library import _prompt_tuning_model_dir
+  from test_library_entry import _prompt_tuning_model_dir
   run = tmp_path / "pt_run"
   _prompt_tuning_model_dir(run)  # 3000 steps from checkpoint_1100000, an early export at 1100500
   assert retrieval.target_embedding_step(str(run)) == 3000

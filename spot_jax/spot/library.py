@@ -1,12 +1,5 @@
-"""The SPoT prompt library: trained source prompts on disk (retrieval is `retrieval.py`).
-
-Layout (DESIGN.md §7):
-  <lib>/library.json              {"format_version", "d_model", "model_id", "created"}
-  <lib>/<task>/prompt.npy         the trained prompt [P, d]
-  <lib>/<task>/task_embedding.npy an early-checkpoint prompt (optional), SPoT's task embedding
-  <lib>/<task>/record.json        task, model_id, d_model, prompt_length, steps, metrics, source, created,
-                                  task_embedding_step; from a prompt-tuning (T5X) run also
-                                  t5x_global_step, t5x_initial_step (task_embedding_t5x_global_step)
+"""The SPoT prompt library: a directory of trained source prompts, one entry per task (an entry's
+files and record are `library_entry.py`; retrieval is `retrieval.py`).
 
 All prompts of a library belong to one frozen model: an entry whose d_model or model id differs is
 refused. Entries are written into a temporary directory and renamed into place, so a failed `add`
@@ -27,10 +20,8 @@ library as the first left it, so two concurrent adds cannot mix two models nor b
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import re
 import shutil
 import time
 import uuid
@@ -39,79 +30,18 @@ from typing import Any, Optional
 
 import numpy as np
 
-from spot_jax import fileio, prompt_export, prompt_io, prompt_tuning_compat
+from spot_jax import fileio, prompt_io
+from spot_jax.spot import library_entry
+# The entry format's names, re-exported: callers import them from here.
+from spot_jax.spot.library_entry import (ENTRY_FILES, FORMAT_VERSION, KINDS, LIBRARY_JSON, PARTIAL_RE,
+                                         PROMPT_FILE, RECORD_JSON, RECORD_KEYS, TASK_EMBEDDING_FILE,
+                                         LibraryEntry, check_task_name)
 
-LIBRARY_JSON = "library.json"
-RECORD_JSON = "record.json"
-PROMPT_FILE = "prompt.npy"
-TASK_EMBEDDING_FILE = "task_embedding.npy"
-FORMAT_VERSION = 1
-KINDS = ("prompt", "task_embedding")
-ENTRY_FILES = (PROMPT_FILE, TASK_EMBEDDING_FILE)
+__all__ = ["PromptLibrary", "LibraryEntry", "LOCK_TIMEOUT_S", "LIBRARY_JSON", "RECORD_JSON", "PROMPT_FILE",
+           "TASK_EMBEDDING_FILE", "FORMAT_VERSION", "KINDS", "ENTRY_FILES"]
+
 # How long a write (`add`, `remove`) waits for another process's write to the same library to end.
 LOCK_TIMEOUT_S = 60.0
-
-
-# `fileio.atomic_write_dir` writes `<task>.tmp-<id>`, and for an overwrite first moves the old entry to
-# `<task>.old-<id>`. A crash can leave either behind; they are never entries of their own.
-_PARTIAL_RE = re.compile(r"^(?P<task>.+)\.(?P<kind>tmp|old)-(?P<id>[0-9A-Za-z]+)$")
-
-
-@dataclasses.dataclass
-class LibraryEntry:
-  task: str
-  prompt: np.ndarray
-  task_embedding: Optional[np.ndarray]
-  record: dict
-
-
-def _check_task_name(task: str) -> None:
-  if not task or not isinstance(task, str) or "/" in task or "\\" in task or task.startswith(".") \
-      or task == LIBRARY_JSON or _PARTIAL_RE.match(task):
-    raise ValueError(f"invalid task name {task!r}: use a seqio task name without '/' that does not "
-                     "start with '.' nor end with '.tmp-<id>' or '.old-<id>' (names of partial writes)")
-
-
-def _own_metrics(task: str, metrics: dict, source: Optional[str]) -> dict:
-  """A MODEL_DIR export's validation metrics under the names `spot source` records (`accuracy`).
-
-  The trainer keys them `<task>/<metric>`, one prefix per evaluated task; keys of `task` lose their
-  prefix. Metrics of other tasks only stay (as they are) when none are of `task`, with a warning: the
-  run may have trained another task than the one it is being filed under.
-  """
-  own = {k[len(task) + 1:]: v for k, v in metrics.items() if k.startswith(task + "/")}
-  if own:
-    return own
-  tasks = sorted({k.split("/", 1)[0] for k in metrics if "/" in k})
-  if tasks:
-    warnings.warn(f"library: the metrics of {source} are of {', '.join(tasks)}, not of {task!r}: check "
-                  f"that this run trained {task!r} (the entry is filed under that name)")
-  return dict(metrics)
-
-
-_RECORD_KEYS = ("task", "model_id", "d_model", "prompt_length")
-
-
-def _warn_t5x_global_steps(source, t5x_steps, emb_source, emb_t5x_steps, steps_given: bool,
-                           emb_step_given: bool) -> None:
-  """One warning when a step recorded from a prompt-tuning run is T5X's global step (its config.gin
-  did not give the initial checkpoint's step), naming the flags that record the prompt's own steps."""
-  unknown = []  # (flag, python argument, source, T5XRunSteps)
-  if t5x_steps is not None and t5x_steps.initial_step is None and not steps_given:
-    unknown.append(("--steps", "steps", source, t5x_steps))
-  if emb_t5x_steps is not None and emb_t5x_steps.initial_step is None and not emb_step_given:
-    unknown.append(("--task-embedding-step", "task_embedding_step", emb_source, emb_t5x_steps))
-  if not unknown:
-    return
-  said = "; ".join(f"{src}: step {r.global_step} ({r.why_unknown})" for _, _, src, r in unknown)
-  flags = " and ".join(f for f, _, _, _ in unknown)
-  args = ", ".join(f"{a}=" for _, a, _, _ in unknown)
-  warnings.warn(
-      f"library: the step recorded from a google-research/prompt-tuning run is T5X's global step, which "
-      f"counts the initial checkpoint's steps too (a run of 3000 steps from checkpoint_1100000 writes "
-      f"checkpoint_1103000), and the initial checkpoint's step is unknown: {said}. Pass the "
-      f"prompt's own training steps with {flags} ({args} in Python) so that retrieval compares "
-      f"task-embedding steps correctly")
 
 
 def _check_local(path: str) -> None:
@@ -195,7 +125,7 @@ class PromptLibrary:
       return {}
     found: dict = {}
     for n in os.listdir(self.path):
-      m = _PARTIAL_RE.match(n)
+      m = PARTIAL_RE.match(n)
       if not m or m.group("kind") != "old" or n.startswith("."):
         continue
       task = m.group("task")
@@ -230,7 +160,7 @@ class PromptLibrary:
     """A directory without record.json that holds an entry's files: an entry whose record was lost.
     (Other directories, e.g. `similarity/`, are not entries.)"""
     d = os.path.join(self.path, name)
-    return (not name.startswith(".") and not _PARTIAL_RE.match(name) and os.path.isdir(d)
+    return (not name.startswith(".") and not PARTIAL_RE.match(name) and os.path.isdir(d)
             and not os.path.exists(os.path.join(d, RECORD_JSON))
             and any(os.path.exists(os.path.join(d, f)) for f in ENTRY_FILES))
 
@@ -256,7 +186,7 @@ class PromptLibrary:
     if not os.path.isdir(self.path):
       return []
     names = {n for n in os.listdir(self.path)
-             if not n.startswith(".") and not _PARTIAL_RE.match(n)
+             if not n.startswith(".") and not PARTIAL_RE.match(n)
              and (os.path.exists(os.path.join(self.path, n, RECORD_JSON)) or self._is_damaged_entry(n))}
     names.update(self._orphaned_backups())
     return sorted(names)
@@ -286,7 +216,7 @@ class PromptLibrary:
     them (`t5x_global_step`, `task_embedding_t5x_global_step`); without a config.gin that says, the
     global step is recorded with one warning naming `steps` / `task_embedding_step`, which always win.
     """
-    _check_task_name(task)
+    check_task_name(task)
     steps_given, emb_step_given = steps is not None, task_embedding_step is not None
     # Fail fast, before reading the source; checked again under the lock, just before the write.
     if os.path.isdir(self.path):
@@ -296,40 +226,11 @@ class PromptLibrary:
     else:
       self._check_addable(task, model_id, overwrite)
 
-    source = None
-    info: dict = {}
-    t5x_steps = emb_t5x_steps = None  # prompt_tuning_compat.T5XRunSteps of a prompt-tuning source
-    if isinstance(prompt_or_path, (str, os.PathLike)):
-      source = str(prompt_or_path)
-      prompt, src = prompt_io.load_prompt_with_source(source, which)
-      if src.export_dir is not None and src.format != "peft":
-        info = prompt_io.read_export_info(src.export_dir)
-      t5x_steps = prompt_tuning_compat.t5x_run_steps(src)
-      if task_embedding is None and fileio.isdir(source):  # a MODEL_DIR, also on gs://
-        ex = prompt_io.find_exports(source)
-        if ex.task_embedding is not None:
-          task_embedding = ex.task_embedding
-    else:
-      prompt = prompt_io.validate_prompt(prompt_or_path, f"prompt for task {task!r}")
-    emb_source = None
-    if task_embedding is not None:
-      if isinstance(task_embedding, (str, os.PathLike)):
-        emb_source = str(task_embedding)
-        task_embedding, emb_src = prompt_io.load_prompt_with_source(emb_source, "task_embedding")
-        emb_t5x_steps = prompt_tuning_compat.t5x_run_steps(emb_src)
-        if task_embedding_step is None:
-          task_embedding_step = emb_t5x_steps.prompt_steps if emb_t5x_steps else emb_src.step
-      else:
-        task_embedding = prompt_io.validate_prompt(task_embedding, f"task embedding for {task!r}")
-      if task_embedding.shape[1] != prompt.shape[1]:
-        raise ValueError(f"task {task!r}: task embedding shape {task_embedding.shape} and prompt shape "
-                         f"{prompt.shape} have different d_model")
-
+    prompt, task_embedding, src = library_entry.read_source(task, prompt_or_path, task_embedding, which,
+                                                            task_embedding_step)
     with self._write_lock():  # the check and the write, so a concurrent add sees this one's entry
       return self._write_entry(task, prompt, task_embedding, model_id, overwrite, dict(
-          steps=steps, metrics=metrics, source=source, info=info, t5x_steps=t5x_steps,
-          emb_t5x_steps=emb_t5x_steps, emb_source=emb_source, task_embedding_step=task_embedding_step,
-          steps_given=steps_given, emb_step_given=emb_step_given))
+          src, steps=steps, metrics=metrics, steps_given=steps_given, emb_step_given=emb_step_given))
 
   def _check_addable(self, task: str, model_id: Optional[str], overwrite: bool) -> tuple:
     """(library meta, model id) for an add of `task`; refuses an add without a model id to an empty
@@ -346,15 +247,10 @@ class PromptLibrary:
     return meta, str(model_id)
 
   def _write_entry(self, task, prompt, task_embedding, model_id, overwrite, src: dict) -> dict:
-    """The check-and-write of `add`, under the write lock."""
+    """The check-and-write of `add`, under the write lock (`src`: `library_entry.make_record`'s)."""
     self._restore_backup(task)
     meta, model_id = self._check_addable(task, model_id, overwrite)
-    entry_dir = os.path.join(self.path, task)
     d_model = int(prompt.shape[1])
-    steps, metrics, source, info = src["steps"], src["metrics"], src["source"], src["info"]
-    t5x_steps, emb_t5x_steps, emb_source = src["t5x_steps"], src["emb_t5x_steps"], src["emb_source"]
-    task_embedding_step = src["task_embedding_step"]
-    steps_given, emb_step_given = src["steps_given"], src["emb_step_given"]
     if meta:
       if meta.get("d_model") != d_model:
         raise ValueError(
@@ -366,39 +262,10 @@ class PromptLibrary:
             f"cannot add {task!r} to library {self.path}: its frozen model is {model_id!r} but the "
             f"library holds prompts of {meta.get('model_id')!r}. Prompts only transfer within one "
             "frozen model: use a library per model (or the same model id).")
-
-    if steps is None:
-      steps = t5x_steps.prompt_steps if t5x_steps else info.get("step")
-    _warn_t5x_global_steps(source, t5x_steps, emb_source, emb_t5x_steps, steps_given, emb_step_given)
-    if metrics is None:
-      metrics = _own_metrics(task, info.get("metrics") or {}, source)
-    record = {
-        "task": task,
-        "model_id": model_id,
-        "d_model": d_model,
-        "prompt_length": int(prompt.shape[0]),
-        "steps": None if steps is None else int(steps),
-        "metrics": metrics or {},
-        "source": source,
-        "task_embedding_source": emb_source,
-        "has_task_embedding": task_embedding is not None,
-        "task_embedding_length": None if task_embedding is None else int(task_embedding.shape[0]),
-        "task_embedding_step": (None if task_embedding is None or task_embedding_step is None
-                                else int(task_embedding_step)),
-        "created": time.time(),
-        "format_version": FORMAT_VERSION,
-    }
-    if t5x_steps is not None:
-      record.update(t5x_global_step=t5x_steps.global_step, t5x_initial_step=t5x_steps.initial_step)
-    if emb_t5x_steps is not None and task_embedding is not None:
-      record["task_embedding_t5x_global_step"] = emb_t5x_steps.global_step
-    files = {PROMPT_FILE: prompt_export.npy_bytes(prompt),
-             RECORD_JSON: json.dumps(record, indent=2, sort_keys=True,
-                                     default=fileio.json_default).encode()}
-    if task_embedding is not None:
-      files[TASK_EMBEDDING_FILE] = prompt_export.npy_bytes(task_embedding)
+    record = library_entry.make_record(task, model_id, prompt, task_embedding, src)
+    files = library_entry.entry_files(record, prompt, task_embedding)
     os.makedirs(self.path, exist_ok=True)
-    fileio.atomic_write_dir(entry_dir, files)
+    fileio.atomic_write_dir(os.path.join(self.path, task), files)
     if not meta:  # after the entry, so a failed first add leaves the library unclaimed
       fileio.write_json_atomic(os.path.join(self.path, LIBRARY_JSON),
                                {"format_version": FORMAT_VERSION, "d_model": d_model, "model_id": model_id,
@@ -407,7 +274,7 @@ class PromptLibrary:
 
   def remove(self, task: str) -> None:
     """Deletes the entry of `task` (renamed aside first, so it vanishes at once)."""
-    _check_task_name(task)
+    check_task_name(task)
     if self._entry_dir(task) is None:  # before the lock, which would create a missing library
       raise KeyError(f"task {task!r} is not in library {self.path}; tasks: {self.tasks()}")
     with self._write_lock():
@@ -420,7 +287,7 @@ class PromptLibrary:
 
   # -- reading -------------------------------------------------------------------------------------
   def record(self, task: str) -> dict:
-    d = self._entry_dir(task) if task and not _PARTIAL_RE.match(task) else None
+    d = self._entry_dir(task) if task and not PARTIAL_RE.match(task) else None
     if d is None:
       raise KeyError(f"task {task!r} is not in library {self.path}; tasks: {self.tasks()}")
     path = os.path.join(d, RECORD_JSON)
@@ -430,7 +297,7 @@ class PromptLibrary:
                        f"record). Fix: {self._fix(task)}")
     try:
       rec = prompt_io.read_json_object(path)
-      missing = [k for k in _RECORD_KEYS if k not in rec]
+      missing = [k for k in RECORD_KEYS if k not in rec]
       if missing:
         raise ValueError(f"{path} lacks {missing}")
     except ValueError as e:
@@ -453,19 +320,7 @@ class PromptLibrary:
     return rec, prompt_path, emb_path
 
   def _check_npy(self, task: str, path: str, shape: Optional[tuple]) -> None:
-    if not os.path.exists(path):
-      raise ValueError(f"library entry {task!r}: {path} is missing (its record.json lists it). "
-                       f"Fix: {self._fix(task)}")
-    try:  # reads the header only; a file shorter than the header says fails
-      arr = np.load(path, mmap_mode="r", allow_pickle=False)
-      got = tuple(arr.shape)
-      del arr
-    except (OSError, ValueError, EOFError) as e:
-      raise ValueError(f"library entry {task!r}: {path} is not a complete .npy file (truncated?): {e}. "
-                       f"Fix: {self._fix(task)}") from e
-    if shape is not None and got != tuple(int(x) for x in shape):
-      raise ValueError(f"library entry {task!r}: {path} holds shape {list(got)}, but its record.json "
-                       f"says {list(shape)}. Fix: {self._fix(task)}")
+    library_entry.check_npy(task, path, shape, self._fix(task))
 
   def _load(self, task: str, path: str) -> np.ndarray:
     """`prompt_io.load_prompt` of an entry's file, its error saying how to repair the entry."""

@@ -1,0 +1,198 @@
+"""One entry of the SPoT prompt library on disk: its files, its record, and how the record is filled
+from the prompt's source. The directory of entries, and its locking and crash recovery, is
+`library.py` (`PromptLibrary`).
+
+Layout (DESIGN.md §7):
+  <lib>/library.json              {"format_version", "d_model", "model_id", "created"}
+  <lib>/<task>/prompt.npy         the trained prompt [P, d]
+  <lib>/<task>/task_embedding.npy an early-checkpoint prompt (optional), SPoT's task embedding
+  <lib>/<task>/record.json        task, model_id, d_model, prompt_length, steps, metrics, source, created,
+                                  task_embedding_step; from a prompt-tuning (T5X) run also
+                                  t5x_global_step, t5x_initial_step (task_embedding_t5x_global_step)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+
+from spot_jax import fileio, prompt_export, prompt_io, prompt_tuning_compat
+
+LIBRARY_JSON = "library.json"
+RECORD_JSON = "record.json"
+PROMPT_FILE = "prompt.npy"
+TASK_EMBEDDING_FILE = "task_embedding.npy"
+FORMAT_VERSION = 1
+KINDS = ("prompt", "task_embedding")
+ENTRY_FILES = (PROMPT_FILE, TASK_EMBEDDING_FILE)
+# What a readable record.json holds at least.
+RECORD_KEYS = ("task", "model_id", "d_model", "prompt_length")
+
+# `fileio.atomic_write_dir` writes `<task>.tmp-<id>`, and for an overwrite first moves the old entry to
+# `<task>.old-<id>`. A crash can leave either behind; they are never entries of their own.
+PARTIAL_RE = re.compile(r"^(?P<task>.+)\.(?P<kind>tmp|old)-(?P<id>[0-9A-Za-z]+)$")
+
+
+@dataclasses.dataclass
+class LibraryEntry:
+  task: str
+  prompt: np.ndarray
+  task_embedding: Optional[np.ndarray]
+  record: dict
+
+
+def check_task_name(task: str) -> None:
+  if not task or not isinstance(task, str) or "/" in task or "\\" in task or task.startswith(".") \
+      or task == LIBRARY_JSON or PARTIAL_RE.match(task):
+    raise ValueError(f"invalid task name {task!r}: use a seqio task name without '/' that does not "
+                     "start with '.' nor end with '.tmp-<id>' or '.old-<id>' (names of partial writes)")
+
+
+def read_source(task: str, prompt_or_path: Any, task_embedding: Any, which: str,
+                task_embedding_step: Optional[int]) -> tuple:
+  """(prompt, task embedding or None, what the record takes from the source) for `add`.
+
+  A path is read with `prompt_io`; a training MODEL_DIR also brings its task-embedding export, and its
+  export info (step, metrics); a prompt-tuning run its T5X steps (`prompt_tuning_compat`). The
+  returned dict is what `make_record` reads besides the arrays.
+  """
+  source = None
+  info: dict = {}
+  t5x_steps = emb_t5x_steps = None  # prompt_tuning_compat.T5XRunSteps of a prompt-tuning source
+  if isinstance(prompt_or_path, (str, os.PathLike)):
+    source = str(prompt_or_path)
+    prompt, src = prompt_io.load_prompt_with_source(source, which)
+    if src.export_dir is not None and src.format != "peft":
+      info = prompt_io.read_export_info(src.export_dir)
+    t5x_steps = prompt_tuning_compat.t5x_run_steps(src)
+    if task_embedding is None and fileio.isdir(source):  # a MODEL_DIR, also on gs://
+      ex = prompt_io.find_exports(source)
+      if ex.task_embedding is not None:
+        task_embedding = ex.task_embedding
+  else:
+    prompt = prompt_io.validate_prompt(prompt_or_path, f"prompt for task {task!r}")
+  emb_source = None
+  if task_embedding is not None:
+    if isinstance(task_embedding, (str, os.PathLike)):
+      emb_source = str(task_embedding)
+      task_embedding, emb_src = prompt_io.load_prompt_with_source(emb_source, "task_embedding")
+      emb_t5x_steps = prompt_tuning_compat.t5x_run_steps(emb_src)
+      if task_embedding_step is None:
+        task_embedding_step = emb_t5x_steps.prompt_steps if emb_t5x_steps else emb_src.step
+    else:
+      task_embedding = prompt_io.validate_prompt(task_embedding, f"task embedding for {task!r}")
+    if task_embedding.shape[1] != prompt.shape[1]:
+      raise ValueError(f"task {task!r}: task embedding shape {task_embedding.shape} and prompt shape "
+                       f"{prompt.shape} have different d_model")
+  return prompt, task_embedding, dict(source=source, info=info, t5x_steps=t5x_steps,
+                                      emb_t5x_steps=emb_t5x_steps, emb_source=emb_source,
+                                      task_embedding_step=task_embedding_step)
+
+
+def make_record(task: str, model_id: str, prompt: np.ndarray, task_embedding: Optional[np.ndarray],
+                src: dict) -> dict:
+  """The record.json of an entry. `src`: `read_source`'s dict plus `add`'s `steps`, `metrics` (None:
+  from the source) and whether `steps` / `task_embedding_step` were given (`steps_given`,
+  `emb_step_given`: a T5X global step then needs no warning)."""
+  steps, metrics, source, info = src["steps"], src["metrics"], src["source"], src["info"]
+  t5x_steps, emb_t5x_steps, emb_source = src["t5x_steps"], src["emb_t5x_steps"], src["emb_source"]
+  task_embedding_step = src["task_embedding_step"]
+  if steps is None:
+    steps = t5x_steps.prompt_steps if t5x_steps else info.get("step")
+  _warn_t5x_global_steps(source, t5x_steps, emb_source, emb_t5x_steps, src["steps_given"],
+                         src["emb_step_given"])
+  if metrics is None:
+    metrics = _own_metrics(task, info.get("metrics") or {}, source)
+  record = {
+      "task": task,
+      "model_id": model_id,
+      "d_model": int(prompt.shape[1]),
+      "prompt_length": int(prompt.shape[0]),
+      "steps": None if steps is None else int(steps),
+      "metrics": metrics or {},
+      "source": source,
+      "task_embedding_source": emb_source,
+      "has_task_embedding": task_embedding is not None,
+      "task_embedding_length": None if task_embedding is None else int(task_embedding.shape[0]),
+      "task_embedding_step": (None if task_embedding is None or task_embedding_step is None
+                              else int(task_embedding_step)),
+      "created": time.time(),
+      "format_version": FORMAT_VERSION,
+  }
+  if t5x_steps is not None:
+    record.update(t5x_global_step=t5x_steps.global_step, t5x_initial_step=t5x_steps.initial_step)
+  if emb_t5x_steps is not None and task_embedding is not None:
+    record["task_embedding_t5x_global_step"] = emb_t5x_steps.global_step
+  return record
+
+
+def entry_files(record: dict, prompt: np.ndarray, task_embedding: Optional[np.ndarray]) -> dict:
+  """{file name: bytes} of an entry's directory."""
+  files = {PROMPT_FILE: prompt_export.npy_bytes(prompt),
+           RECORD_JSON: json.dumps(record, indent=2, sort_keys=True,
+                                   default=fileio.json_default).encode()}
+  if task_embedding is not None:
+    files[TASK_EMBEDDING_FILE] = prompt_export.npy_bytes(task_embedding)
+  return files
+
+
+def check_npy(task: str, path: str, shape: Optional[tuple], fix: str) -> None:
+  """A ValueError naming the entry and `fix` unless `path` is a complete .npy of `shape` (None: any)."""
+  if not os.path.exists(path):
+    raise ValueError(f"library entry {task!r}: {path} is missing (its record.json lists it). "
+                     f"Fix: {fix}")
+  try:  # reads the header only; a file shorter than the header says fails
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    got = tuple(arr.shape)
+    del arr
+  except (OSError, ValueError, EOFError) as e:
+    raise ValueError(f"library entry {task!r}: {path} is not a complete .npy file (truncated?): {e}. "
+                     f"Fix: {fix}") from e
+  if shape is not None and got != tuple(int(x) for x in shape):
+    raise ValueError(f"library entry {task!r}: {path} holds shape {list(got)}, but its record.json "
+                     f"says {list(shape)}. Fix: {fix}")
+
+
+def _own_metrics(task: str, metrics: dict, source: Optional[str]) -> dict:
+  """A MODEL_DIR export's validation metrics under the names `spot source` records (`accuracy`).
+
+  The trainer keys them `<task>/<metric>`, one prefix per evaluated task; keys of `task` lose their
+  prefix. Metrics of other tasks only stay (as they are) when none are of `task`, with a warning: the
+  run may have trained another task than the one it is being filed under.
+  """
+  own = {k[len(task) + 1:]: v for k, v in metrics.items() if k.startswith(task + "/")}
+  if own:
+    return own
+  tasks = sorted({k.split("/", 1)[0] for k in metrics if "/" in k})
+  if tasks:
+    warnings.warn(f"library: the metrics of {source} are of {', '.join(tasks)}, not of {task!r}: check "
+                  f"that this run trained {task!r} (the entry is filed under that name)")
+  return dict(metrics)
+
+
+def _warn_t5x_global_steps(source, t5x_steps, emb_source, emb_t5x_steps, steps_given: bool,
+                           emb_step_given: bool) -> None:
+  """One warning when a step recorded from a prompt-tuning run is T5X's global step (its config.gin
+  did not give the initial checkpoint's step), naming the flags that record the prompt's own steps."""
+  unknown = []  # (flag, python argument, source, T5XRunSteps)
+  if t5x_steps is not None and t5x_steps.initial_step is None and not steps_given:
+    unknown.append(("--steps", "steps", source, t5x_steps))
+  if emb_t5x_steps is not None and emb_t5x_steps.initial_step is None and not emb_step_given:
+    unknown.append(("--task-embedding-step", "task_embedding_step", emb_source, emb_t5x_steps))
+  if not unknown:
+    return
+  said = "; ".join(f"{src}: step {r.global_step} ({r.why_unknown})" for _, _, src, r in unknown)
+  flags = " and ".join(f for f, _, _, _ in unknown)
+  args = ", ".join(f"{a}=" for _, a, _, _ in unknown)
+  warnings.warn(
+      f"library: the step recorded from a google-research/prompt-tuning run is T5X's global step, which "
+      f"counts the initial checkpoint's steps too (a run of 3000 steps from checkpoint_1100000 writes "
+      f"checkpoint_1103000), and the initial checkpoint's step is unknown: {said}. Pass the "
+      f"prompt's own training steps with {flags} ({args} in Python) so that retrieval compares "
+      f"task-embedding steps correctly")
