@@ -64,3 +64,40 @@ def orbax_reads(monkeypatch):
     return await deserialize(self, infos, args)
   monkeypatch.setattr(type_handlers.NumpyHandler, "deserialize", spy)
   return read
+
+
+# The SPoT pipeline tests' fixtures (test_pipeline, test_transfer_strategies, test_pipeline_cli; their
+# constants are spot_pipeline_setup.py). One cache directory and one trained library per process.
+@pytest.fixture(scope="session")
+def jax_cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(jax_cache_dir):
+  """JAX's persistent compilation cache on for a module (`pytestmark = usefixtures(...)`)."""
+  import spot_pipeline_setup as setup
+  with setup.compilation_cache(jax_cache_dir) as path:
+    yield path
+
+
+@pytest.fixture(scope="session")
+def frozen():
+  """The tiny frozen model `(config, params)` of the SPoT pipeline tests."""
+  import jax
+  from spot_jax.model import init_params
+  from spot_pipeline_setup import CFG
+  return CFG, init_params(CFG, jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="session")
+def library(frozen, tmp_path_factory, jax_cache_dir):
+  """(library, records, root): the bundled source tasks trained into a library (read-only)."""
+  import spot_pipeline_setup as setup
+  from spot_jax.spot import pipeline
+  from spot_jax.spot.library import PromptLibrary
+  root = tmp_path_factory.mktemp("spot")
+  with setup.compilation_cache(jax_cache_dir):
+    records = pipeline.train_source_prompts(frozen, setup.SOURCES, str(root / "lib"), str(root / "sources"),
+                                            setup.SOURCE_STEPS, setup.RUN)
+  return PromptLibrary(str(root / "lib")), records, root

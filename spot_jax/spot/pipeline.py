@@ -3,17 +3,20 @@
   spot-jax spot --target TASK --library DIR --strategy S --top-k K [--baseline] --gin_file=... --gin.X=Y
   spot-jax spot source --gin_file=... --gin.MIXTURE_OR_TASK_NAME=... --gin.LIBRARY_DIR=...
 
-Library functions (the demo calls them; the CLI is a thin gin layer over them):
+Library functions (the demo calls them; the CLI, `pipeline_cli.py`, is a thin gin layer over them):
   train_source_prompts  train each source task, add prompt + task embedding + metrics to the library
   task_embedding        a short target run; its early prompt is the target's task embedding
   rank                  order library sources by prompt similarity or by zero-shot metric
   best_of_top_k, weighted_average, multitask_mixture   the three SPoT transfer strategies
+                        (`transfer_strategies.py`)
   run_target            all of the above for one target, plus an optional random-init baseline
 
-The frozen model is passed as `frozen=(config, params)` and stays in memory across the many short
-runs. Every run writes an ordinary training MODEL_DIR under `out_dir` (exports, metrics.jsonl), so a
-pipeline can be inspected, and an interrupted one resumes run by run (each run checkpoints every
-`RunConfig.save_period` steps; a run started from another init than the current one is refused).
+How each run trains (the trainer call, its recorded init, the base init) is `training_runs.py`; its
+names and the strategies' are re-exported here. The frozen model is passed as
+`frozen=(config, params)` and stays in memory across the many short runs. Every run writes an
+ordinary training MODEL_DIR under `out_dir` (exports, metrics.jsonl), so a pipeline can be inspected,
+and an interrupted one resumes run by run (each run checkpoints every `RunConfig.save_period` steps;
+a run started from another init than the current one is refused).
 """
 from __future__ import annotations
 
@@ -21,9 +24,7 @@ import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import dataclasses
 import logging
 import os
-import tempfile
-import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,105 +33,29 @@ from spot_jax.spot import run_record
 from spot_jax.spot import similarity as sim
 from spot_jax.spot import zero_shot
 from spot_jax.spot.library import PromptLibrary
-from spot_jax.spot.retrieval import (RankingTies, rank_sources, ranking_ties, warn_ties,
-                                    weighted_average_init)
+from spot_jax.spot.retrieval import RankingTies, rank_sources, ranking_ties
 # Re-exported: the pipeline's public scoring lives in `run` (zero_shot uses it too).
-from spot_jax.spot.run import RunConfig, evaluate_prompt, score_of  # noqa: F401
+from spot_jax.spot.run import RunConfig, evaluate_prompt, score_of
+from spot_jax.spot.training_runs import (_safe, _train, _train_from, base_init, default_model_id,
+                                         enable_compilation_cache, from_array)
+from spot_jax.spot.transfer_strategies import (MIXING_CAP, STRATEGIES, TransferInit, best_of_top_k,
+                                               examples_proportional, multitask_mixture,
+                                               register_mixture, weighted_average)
+
+__all__ = [
+    "RANK_BY", "train_source_prompts", "task_embedding", "rank", "TargetResult", "run_target",
+    # from run.py
+    "RunConfig", "evaluate_prompt", "score_of",
+    # from training_runs.py
+    "enable_compilation_cache", "base_init", "from_array", "default_model_id",
+    # from transfer_strategies.py
+    "STRATEGIES", "TransferInit", "weighted_average", "best_of_top_k", "MIXING_CAP",
+    "examples_proportional", "register_mixture", "multitask_mixture",
+]
 
 log = logging.getLogger("spot_jax.spot")
 
-STRATEGIES = ("best_of_top_k", "weighted_average", "multitask_mixture")
 RANK_BY = ("similarity", "zero_shot")
-
-
-
-def enable_compilation_cache(path: Optional[str] = None, min_compile_time_secs: float = 0.5) -> str:
-  """Turns on JAX's persistent compilation cache for this process; returns its directory.
-
-  A pipeline runs many short trainings of one program shape; the trainer builds a fresh jitted step
-  per run, so without a cache each run recompiles (seconds on a CPU, more for big models). Keeps a
-  cache directory already configured (JAX_COMPILATION_CACHE_DIR); `path` defaults to
-  <tmp>/spot_jax_jax_cache_<uid> (mode 0700). Only use a directory that nobody else can write (JAX trusts its cache).
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
-  current = jax.config.jax_compilation_cache_dir
-  if current and path is None:
-    return current
-  path = path or os.path.join(tempfile.gettempdir(), f"spot_jax_jax_cache_{os.getuid()}")
-  os.makedirs(path, mode=0o700, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_secs)
-  cc.reset_cache()  # a cache checked (and found unset) before this call is looked at again
-  return path
-
-
-def _train(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt_init=None,
-           prompt_length: Optional[int] = None, task_embedding_step: Optional[int] = None) -> np.ndarray:
-  from spot_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  kwargs = dict(model_dir=model_dir, mixture_or_task_name=task,
-                task_feature_lengths=dict(run.task_feature_lengths), train_steps=int(steps),
-                batch_size=run.batch_size, frozen=frozen,
-                prompt_length=prompt_length or run.prompt_length,
-                prompt_init=prompt_init or run.prompt_init, seed=run.seed,
-                num_partitions=run.num_partitions,
-                save_period=max(1, int(run.save_period)),
-                log_period=max(1, min(run.log_period, int(steps))), eval_period=None,
-                task_embedding_step=task_embedding_step, enable_dropout=run.enable_dropout)
-  if run.optimizer is not None:
-    kwargs["optimizer"] = run.optimizer
-  log.info("training %s for %d steps -> %s", task, steps, model_dir)
-  return train_lib.train(**kwargs)
-
-
-def _train_from(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt, what: str,
-                identity: Optional[Mapping[str, Any]] = None, legacy_init_only: bool = False,
-                checked: bool = False, **kwargs) -> np.ndarray:
-  """`_train` from a fixed init array, recording its sha256 (with `identity`) so a later resume can be
-  checked (`checked`: the caller already ran check_run_init with these arguments)."""
-  if not checked:
-    run_record.check_run_init(model_dir, prompt, what, identity, legacy_init_only)
-  if not run_record.has_checkpoints(model_dir):
-    fileio.atomic_write_bytes(fileio.join(model_dir, run_record.INIT_SHA256_FILE),
-                              run_record.init_sha256(prompt, identity).encode())
-  return _train(frozen, run, model_dir, task, steps, prompt_init=from_array(prompt, what),
-                prompt_length=prompt.shape[0], **kwargs)
-
-
-def base_init(frozen, run: RunConfig, prompt_length: int) -> np.ndarray:
-  """The prompt a run from the base init (`run.prompt_init`, `run.seed`) starts from."""
-  from spot_jax import prompts  # pylint: disable=g-import-not-at-top
-  config, params = frozen
-  embedding = np.asarray(params["token_embedder"]["embedding"], np.float32)
-  return prompts.make_prompt(run.prompt_init or prompts.random_uniform(), run.seed, prompt_length,
-                             config.d_model, embedding)
-
-
-def from_array(prompt, source: str = "array"):
-  """A prompt initializer that returns a fixed array (an in-memory transfer init)."""
-  arr = prompt_io.validate_prompt(prompt, source)
-
-  def init(rng, prompt_length, d_model, embedding=None):
-    if arr.shape != (prompt_length, d_model):
-      raise ValueError(f"transfer init from {source} has shape {tuple(arr.shape)} but the run expects "
-                       f"[PROMPT_LENGTH={prompt_length}, d_model={d_model}]; set PROMPT_LENGTH to "
-                       f"{arr.shape[0]} or use prompts trained for this frozen model")
-    return arr.copy()
-  return init
-
-
-def default_model_id(initial_checkpoint_path: Optional[str], config, seed: int = 0) -> str:
-  """A frozen model's identity for the library: the checkpoint's last two path parts, or a
-  description of a fresh initialization (tests, offline demos)."""
-  if initial_checkpoint_path:
-    parts = [p for p in str(initial_checkpoint_path).rstrip("/").split("/") if p]
-    return "/".join(parts[-2:])
-  return (f"fresh-init:{config.feed_forward}-d{config.d_model}-e{config.num_encoder_layers}"
-          f"-dec{config.num_decoder_layers}-v{config.vocab_size}-seed{seed}")
-
-
-def _safe(name: str) -> str:
-  return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -227,140 +152,6 @@ def _activations_fn(frozen, target: Optional[str]):
     if getattr(vocab, "extra_ids", 0):
       extra_id_0 = vocab.vocab_size - 1
   return cli.activations_fn_from_params(frozen[0], frozen[1], (extra_id_0, cli.EOS_ID))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Transfer strategies: each returns a TransferInit.
-
-@dataclasses.dataclass
-class TransferInit:
-  """A target's initial prompt, with where it came from."""
-  strategy: str
-  prompt: np.ndarray
-  description: str
-  sources: List[dict]  # [{"task", "score", and "weight" or "metrics"/"selection_score"}]
-  extra: dict = dataclasses.field(default_factory=dict)
-  trained: Optional[Tuple[np.ndarray, dict]] = None  # best_of_top_k: the winner's trained prompt, metrics
-
-
-def _top(ranked: Sequence[Tuple[str, float]], top_k: int) -> List[Tuple[str, float]]:
-  if top_k < 1:
-    raise ValueError(f"top_k must be >= 1, got {top_k}")
-  if not ranked:
-    raise ValueError("no ranked sources: the library is empty or every source was excluded")
-  if len(ranked) < top_k:
-    warnings.warn(f"top_k={top_k} but only {len(ranked)} source(s) are ranked; using all")
-  warn_ties(ranked, top_k)  # equal scores: the selection (or the whole order) is by name
-  return list(ranked[:top_k])
-
-
-def weighted_average(library, ranked: Sequence[Tuple[str, float]], top_k: int) -> TransferInit:
-  """SPoT's top-k weighted average: init = Σ_k w_k p_k, w ∝ score, normalized over the top k."""
-  lib = library if isinstance(library, PromptLibrary) else PromptLibrary(library)
-  chosen = _top(ranked, top_k)
-  finals = {t: lib.get(t).prompt for t, _ in chosen}
-  init, weights = weighted_average_init(finals, dict(chosen), top_k=len(chosen))
-  desc = "weighted average of " + ", ".join(f"{weights.get(t, 0.0):.3f}·{t}" for t, _ in chosen)
-  return TransferInit("weighted_average", init, desc,
-                      [{"task": t, "score": float(s), "weight": float(weights.get(t, 0.0))}
-                       for t, s in chosen])
-
-
-def best_of_top_k(frozen, library, ranked: Sequence[Tuple[str, float]], target: str, out_dir: str,
-                  steps: int, top_k: int, run: RunConfig = RunConfig()) -> TransferInit:
-  """SPoT's best of top-k: a target run of `steps` from each of the k source prompts; the source whose
-  run scores best on validation (`run.metric`) is the init. Runs go to `out_dir/from_<source>`; the
-  winner's is `extra["run_dir"]` (run_target keeps it as the transfer run when `steps` is its budget)."""
-  lib = library if isinstance(library, PromptLibrary) else PromptLibrary(library)
-  chosen = _top(ranked, top_k)
-  sources, best = [], None
-  for task, score in chosen:
-    src = lib.get(task).prompt
-    run_dir = os.path.join(out_dir, f"from_{_safe(task)}")
-    prompt = _train_from(frozen, run, run_dir, target, steps, src, f"library source {task} on {target}",
-                         **run_record.target_identity("selection", target))
-    metrics = evaluate_prompt(frozen, target, prompt, run)
-    value = score_of(metrics, run.metric)
-    sources.append({"task": task, "score": float(score), "metrics": metrics, "selection_score": value})
-    log.info("best-of-top-k: %s -> %s after %d steps on %s", task, value, steps, target)
-    # NaN never wins (it would, placed first: nothing compares above it); ties keep the better-ranked.
-    if best is None or (not np.isnan(value) and (np.isnan(best[1]) or value > best[1])):
-      best = (task, value, src, run_dir, prompt, metrics)
-  tied = [s["task"] for s in sources if s["task"] != best[0] and s["selection_score"] == best[1]]
-  note = ""
-  if np.isnan(best[1]):
-    log.warning("best-of-top-k: no source's run on %s scored a number (%s is NaN for all): the "
-                "best-ranked source %s is kept", target, run.metric or "the mean metric", best[0])
-    note = "; no source scored a number, the best-ranked is kept"
-  elif tied:
-    log.warning("best-of-top-k: %s ties with %s on %s's validation (%.4g): the better-ranked %s is kept; "
-                "a longer SELECTION_STEPS or another BEST_METRIC can separate them", best[0], ", ".join(tied),
-                target, best[1], best[0])
-    note = f"; tied with {', '.join(tied)}, the better-ranked is kept"
-  desc = (f"best of top-{len(chosen)}: {best[0]} (validation {best[1]:.4g} after {steps} target steps; "
-          + ", ".join(f"{s['task']}={s['selection_score']:.4g}" for s in sources) + note + ")")
-  return TransferInit("best_of_top_k", best[2], desc, sources,
-                      {"chosen": best[0], "selection_steps": steps, "run_dir": best[3]},
-                      trained=(best[4], best[5]))
-
-
-MIXING_CAP = 2 ** 19  # T5's examples-proportional limit K
-
-
-def examples_proportional(task) -> float:
-  """T5's examples-proportional mixing rate, min(#train examples, 2^19): how SPoT mixes the top-k
-  sources with the target (a named function, so a run's recorded identity is stable)."""
-  from tasks import mixtures  # pylint: disable=g-import-not-at-top
-  return mixtures.examples_rate(task, cap=MIXING_CAP)  # ReCoRD, RACE: examples, not TFDS rows
-
-
-def register_mixture(name: str, tasks: Sequence[str], rate: Any = 1.0) -> str:
-  """(Re)registers a seqio mixture of `tasks` (equal rates by default); returns its name.
-
-  A member may itself be a mixture (a library source trained on one): seqio takes only a number as a
-  sub-mixture's rate, so a rate function gives it the sum of what it gives the sub-mixture's tasks,
-  the share they would have if they were listed one by one.
-  """
-  import seqio  # pylint: disable=g-import-not-at-top
-  from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  members = []
-  for t in tasks:
-    found = input_pipeline.get_task(t)  # a clear error for a library task that is not a registered one
-    if callable(rate) and isinstance(found, seqio.Mixture):
-      members.append((t, float(sum(rate(leaf) for leaf in found.tasks))))
-    else:
-      members.append((t, rate))
-  if name in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(name, members)
-  return name
-
-
-def multitask_mixture(frozen, library, ranked: Sequence[Tuple[str, float]], target: str, out_dir: str,
-                      steps: int, top_k: int, run: RunConfig = RunConfig(), mixture_name: Optional[str] = None,
-                      rate: Any = examples_proportional, include_target: bool = True) -> TransferInit:
-  """SPoT's top-k multi-task mixture: one prompt, trained from the base init on the k source tasks
-  mixed with the target task examples-proportionally (T5's mixing, as the SPoT paper does), is the
-  target's init. The mixture is `spot_transfer_<target>_top<k>`; `include_target=False` leaves the
-  target's data out, `rate=1.0` mixes at equal rates."""
-  lib = library if isinstance(library, PromptLibrary) else PromptLibrary(library)
-  chosen = _top(ranked, top_k)
-  sources = [t for t, _ in chosen]
-  lengths = {lib.record(t)["prompt_length"] for t in sources}
-  prompt_length = lengths.pop() if len(lengths) == 1 else run.prompt_length
-  names = sources + ([target] if include_target and target not in sources else [])
-  name = register_mixture(mixture_name or f"spot_transfer_{_safe(target)}_top{len(sources)}", names, rate)
-  # The run is defined by its init and its mixture (a set of tasks, each at `rate`): another top-k set
-  # or rate in the same out_dir is refused (the name spot_transfer_<target>_top<k> says neither).
-  identity = {"run": "multitask_mixture", "mixture": name, "tasks": sorted(names),
-              "rate": run_record.rate_id(rate)}
-  prompt = _train_from(frozen, run, os.path.join(out_dir, _safe(name)), name, steps,
-                       base_init(frozen, run, prompt_length),
-                       f"the base init on mixture {name} of {', '.join(names)}", identity=identity)
-  desc = f"prompt trained {steps} steps on mixture {name} of " + ", ".join(names)
-  return TransferInit("multitask_mixture", prompt, desc,
-                      [{"task": t, "score": float(s)} for t, s in chosen],
-                      {"mixture": name, "mixture_steps": steps, "mixture_tasks": names})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -513,6 +304,3 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
                            {**result.to_dict(), run_record.SETTINGS_KEY: settings}, default=float)
   return result
 
-
-# ---------------------------------------------------------------------------------------------------
-# Gin entry points (gin/runs/spot_target.gin, gin/runs/spot_source.gin).

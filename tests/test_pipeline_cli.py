@@ -1,0 +1,186 @@
+"""`spot-jax spot` and `spot-jax spot source` (pipeline_cli) end to end on a tiny frozen model and the
+bundled tasks: gin flags, the library they fill or read, and their errors."""
+import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+
+from spot_jax import prompt_io
+from spot_jax.spot import pipeline, pipeline_cli
+from spot_jax.spot import similarity as sim
+from spot_jax.spot.library import PromptLibrary
+
+from spot_pipeline_setup import CFG, LENGTHS, P, SOURCES, TARGET
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
+
+@pytest.fixture
+def clean_gin():
+  yield
+  gin.clear_config()
+
+
+def _gin_flags(model_dir, extra=()):
+  return ["--gin_file=models/t5_1_1.gin", "--gin_file=prompts/random_uniform.gin",
+          "--gin_file=models/sizes/tiny.gin", *extra,
+          "--gin.spot_jax.model_config.vocab_size=1152", "--gin.spot_jax.model_config.d_model=32",
+          "--gin.spot_jax.model_config.num_heads=2", "--gin.spot_jax.model_config.head_dim=16",
+          "--gin.spot_jax.model_config.d_ff=64", f"--gin.MODEL_DIR='{model_dir}'",
+          f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=8", f"--gin.PROMPT_LENGTH={P}",
+          "--gin.EVAL_NUM_EXAMPLES=32", "--gin.spot_jax.train.train.log_period=2"]
+
+
+def test_spot_cli_runs_the_whole_pipeline_with_a_baseline(library, tmp_path, capsys, clean_gin):
+  lib = library[0]
+  out = tmp_path / "target"
+  # The sources' task embeddings are from step 1, the target's from step 3: retrieval says so.
+  with pytest.warns(UserWarning, match=r"from step 3, .*spot_bundled_movie \(step 1\)"):
+    rc = pipeline_cli.main(["--target", TARGET, "--library", lib.path, "--strategy", "weighted_average",
+                            "--top-k", "2", "--baseline",
+                            *_gin_flags(out, ["--gin_file=runs/spot_target.gin"]), "--gin.TRAIN_STEPS=6",
+                            "--gin.TASK_EMBEDDING_STEP=3"])
+  text = capsys.readouterr().out
+  assert rc == 0, text
+  assert "init: weighted average of" in text and "baseline (6 steps" in text, text
+  result = json.loads((out / "result.json").read_text())
+  assert result["strategy"] == "weighted_average" and len(result["chosen"]) == 2
+  assert sorted(t["task"] for t in result["ranked"]) == sorted(SOURCES)
+  assert "accuracy" in result["transfer_metrics"] and "accuracy" in result["baseline_metrics"]
+  # The ranking is the similarity of the 3-step target run's prompt to each source embedding.
+  emb = prompt_io.load_prompt(prompt_io.task_embedding_export_dir(str(out / "task_embedding")))
+  assert prompt_io.read_export_info(prompt_io.task_embedding_export_dir(str(out / "task_embedding")))[
+      "step"] == 3
+  expected = sorted(sim.similarities_to(emb, lib.prompts("task_embedding")).items(),
+                    key=lambda kv: (-kv[1], kv[0]))
+  assert [(r["task"], pytest.approx(r["score"])) for r in result["ranked"]] == expected
+  weights = {c["task"]: c["weight"] for c in result["chosen"]}
+  manual = sum(w * lib.get(t).prompt for t, w in weights.items())
+  np.testing.assert_allclose(np.load(out / "init.npy"), manual, rtol=1e-5, atol=1e-6)
+  for run in ("transfer", "baseline"):
+    assert os.path.exists(prompt_io.checkpoint_export_dir(str(out / run), 6))
+  # A mistyped target: one error line (no gin "In call to configurable"), and nothing created.
+  rc = pipeline_cli.main(["--target", "spot_bundled_prodcut", "--library", lib.path,
+                          *_gin_flags(tmp_path / "typo", ["--gin_file=runs/spot_target.gin"])])
+  err = capsys.readouterr().err
+  assert rc == 1 and "unknown task or mixture 'spot_bundled_prodcut'" in err and "In call to" not in err
+  assert not os.path.exists(tmp_path / "typo")
+
+
+def test_spot_source_cli_adds_one_prompt_to_a_library(tmp_path, capsys, clean_gin):
+  rc = pipeline_cli.main(["source", *_gin_flags(tmp_path / "run", ["--gin_file=runs/spot_source.gin"]),
+                      "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_nli'", "--gin.TRAIN_STEPS=4",
+                      f"--gin.LIBRARY_DIR='{tmp_path / 'lib'}'"])
+  text = capsys.readouterr().out
+  assert rc == 0, text
+  rec = PromptLibrary(str(tmp_path / "lib")).record("spot_bundled_nli")
+  assert rec["steps"] == 4 and rec["has_task_embedding"] and "accuracy" in rec["metrics"]
+  assert rec["model_id"] == pipeline.default_model_id(None, CFG.replace(dropout_rate=0.1), 0)
+  assert "added spot_bundled_nli" in text
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys, clean_gin):
+  rc = pipeline_cli.main(["--target", TARGET, "--library", str(tmp_path / "mistyped"),
+                      *_gin_flags(tmp_path / "t", ["--gin_file=runs/spot_target.gin"])])
+  assert rc == 1
+  assert f"library {tmp_path / 'mistyped'} does not exist: check the --library path" in capsys.readouterr().err
+  (tmp_path / "empty").mkdir()
+  rc = pipeline_cli.main(["--target", TARGET, "--library", str(tmp_path / "empty"),
+                      *_gin_flags(tmp_path / "t", ["--gin_file=runs/spot_target.gin"])])
+  assert rc == 1
+  assert "has no prompts" in capsys.readouterr().err
+
+
+def test_spot_cli_refuses_a_library_of_another_frozen_model(library, tmp_path, capsys, clean_gin,
+                                                             monkeypatch):
+  lib = library[0]
+  assert lib.model_id == pipeline.default_model_id(None, CFG, 0)
+  out = tmp_path / "target"
+  argv = ["--target", TARGET, "--library", lib.path,
+          *_gin_flags(out, ["--gin_file=runs/spot_target.gin"]), "--gin.MODEL_ID='t5_other_model'"]
+  rc = pipeline_cli.main(argv)
+  err = capsys.readouterr().err
+  assert rc == 1
+  assert err.startswith("error: ") and "'t5_other_model'" in err and repr(lib.model_id) in err
+  assert "--allow-other-model" in err and "MODEL_ID" in err
+  assert not os.path.exists(out / "task_embedding")  # refused before any training
+  gin.clear_config()
+  calls = []
+
+  class _Result:
+    def format(self):
+      return "stub result"
+
+  monkeypatch.setattr(pipeline_cli, "run_target", lambda *a, **k: calls.append((a, k)) or _Result())
+  with pytest.warns(UserWarning, match="t5_other_model.*--allow-other-model"):
+    rc = pipeline_cli.main(argv + ["--allow-other-model"])
+  assert rc == 0 and len(calls) == 1 and "stub result" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["source", "--help"], ["--help"]])
+def test_spot_help_shows_the_gin_flags(argv, capsys):
+  with pytest.raises(SystemExit) as e:
+    pipeline_cli.main(argv)
+  assert e.value.code == 0
+  text = capsys.readouterr().out
+  assert "--gin.NAME=VALUE" in text and "runs/prompt_train.gin: MODEL_DIR, MIXTURE_OR_TASK_NAME" in text
+
+
+def test_train_only_macros_are_refused_by_the_pipeline(tmp_path):
+  """runs/prompt_train.gin reads EVAL_PERIOD and EVAL_SPLIT, but the pipeline evaluates each run once on
+  validation: they were accepted and ignored (the library got the last prompt, scored on validation)."""
+  for macro, value in (("EVAL_PERIOD", "10"), ("EVAL_SPLIT", "'test'")):
+    for command in (["source"], ["--target", TARGET, "--library", str(tmp_path / "lib")]):
+      with pytest.raises(SystemExit, match=rf"error: --gin.{macro} has no effect here: .*spot-jax train"):
+        pipeline_cli.main([*command, *_gin_flags(tmp_path / "run", ["--gin_file=runs/spot_source.gin"]),
+                           f"--gin.{macro}={value}"])
+
+
+def test_spot_source_cli_checkpoints_every_save_period(tmp_path, capsys, clean_gin):
+  run_dir = tmp_path / "run"
+  rc = pipeline_cli.main(["source", *_gin_flags(run_dir, ["--gin_file=runs/spot_source.gin"]),
+                          "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_nli'", "--gin.TRAIN_STEPS=4",
+                          "--gin.SAVE_PERIOD=2"])
+  assert rc == 0, capsys.readouterr()
+  # A run killed after step 2 resumes from that checkpoint instead of restarting from step 0.
+  assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]
+  assert os.path.exists(prompt_io.checkpoint_export_dir(str(run_dir), 2))
+  assert pipeline.RunConfig().save_period == 1000
+
+
+def test_spot_source_cli_rerun_is_a_no_op_and_overwrite_refuses_a_finished_run(tmp_path, capsys,
+                                                                                 clean_gin):
+  argv = ["source", *_gin_flags(tmp_path / "run", ["--gin_file=runs/spot_source.gin"]),
+          "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_nli'", "--gin.TRAIN_STEPS=4",
+          f"--gin.LIBRARY_DIR='{tmp_path / 'lib'}'"]
+  assert pipeline_cli.main(argv) == 0
+  created = PromptLibrary(str(tmp_path / "lib")).record("spot_bundled_nli")["created"]
+  capsys.readouterr()
+  gin.clear_config()
+  rc = pipeline_cli.main(argv)  # the same finished command: nothing to do, success
+  out = capsys.readouterr().out
+  assert rc == 0 and "already in" in out, out
+  assert PromptLibrary(str(tmp_path / "lib")).record("spot_bundled_nli")["created"] == created
+  gin.clear_config()
+  rc = pipeline_cli.main(argv + ["--gin.EVAL_NUM_EXAMPLES=16", "--overwrite"])
+  err = capsys.readouterr().err
+  assert rc == 1 and "new MODEL_DIR" in err and str(tmp_path / "run") in err, err
+  assert PromptLibrary(str(tmp_path / "lib")).record("spot_bundled_nli")["created"] == created
+
+
+def test_top_k_all_is_every_source_but_the_excluded(tmp_path):
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  for t in ("a", "b", "target"):
+    lib.add(t, np.ones((2, 4), np.float32), "m")
+  parser = pipeline_cli._target_parser()
+  assert parser.parse_args(["--target", "target", "--top-k", "all"]).top_k == "all"
+  assert parser.parse_args(["--target", "target", "--top-k", "2"]).top_k == 2
+  for bad in ("0", "some"):
+    with pytest.raises(SystemExit):
+      parser.parse_args(["--target", "target", "--top-k", bad])
+  assert pipeline_cli.resolve_top_k("all", lib, "target") == 2  # the target is left out by default
+  assert pipeline_cli.resolve_top_k("all", lib, "target", exclude=["a", "target"]) == 1
+  assert pipeline_cli.resolve_top_k("all", lib, "other") == 3 and pipeline_cli.resolve_top_k(5, lib, "x") == 5
