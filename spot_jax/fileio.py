@@ -59,7 +59,14 @@ def check_local(path: str, what: str, fix: str) -> None:
 
 def check_not_a_file(path: str, what: str) -> None:
   """Refuses, before any compute, an output directory that exists as a file (it would fail only at the
-  first write, or in an asynchronous save's background thread)."""
+  first write, or in an asynchronous save's background thread). A gs:// bucket that does not answer
+  is named with the fix, within the GCS timeout, instead of TensorFlow's traceback."""
+  if is_remote(path):
+    from spot_jax.checkpoints.t5x import probe_gcs  # pylint: disable=g-import-not-at-top
+    probe_gcs(path, gfile(), fix=(
+        "Check network access to Google Cloud Storage and the credentials tensorflow sees (`gcloud auth "
+        "application-default login` on a workstation, the VM's service account on GCP), or write "
+        f"{what} to a local directory."))
   if exists(path) and not isdir(path):
     raise NotADirectoryError(f"{path} is a file, but it must be a directory ({what}): move the file away, "
                              "or choose another directory")

@@ -69,3 +69,34 @@ def _try_lock(directory):
       return "locked"
   except fileio.InUseError as e:
     return str(e)
+
+
+class _Unreachable:
+  """tf.io.gfile offline: every call fails as TensorFlow's GCS filesystem does, or never answers."""
+
+  def __init__(self, hang=False):
+    self.hang = hang
+
+  def exists(self, path):
+    if self.hang:
+      import time
+      time.sleep(30)
+    FailedPreconditionError = type("FailedPreconditionError", (Exception,), {})  # tf.errors' name
+    raise FailedPreconditionError(f"Error executing an HTTP request: Could not resolve host: "
+                                  f"www.googleapis.com\n\twhen reading metadata of {path}")
+
+  isdir = exists
+
+
+@pytest.mark.parametrize("hang", [False, True])
+def test_an_unreachable_gs_output_dir_is_one_error_naming_the_fix(monkeypatch, hang):
+  """A gs:// MODEL_DIR/EVAL_OUTPUT_DIR offline or without credentials: it was TensorFlow's 30-line
+  traceback (or, with no answer, minutes of retries); now a ValueError, which the CLIs print as one line."""
+  monkeypatch.setattr(fileio, "gfile", lambda: _Unreachable(hang))
+  monkeypatch.setenv("SPOT_JAX_GCS_TIMEOUT", "0.5")
+  bucket = f"gs://offline-bucket-{int(hang)}/run"  # a fresh bucket: probes are remembered per bucket
+  with pytest.raises(ValueError) as e:
+    fileio.check_not_a_file(bucket, "MODEL_DIR")
+  text = str(e.value)
+  assert bucket in text and "write MODEL_DIR to a local directory" in text and "gsutil" not in text
+  assert ("no answer" in text) if hang else ("Could not resolve host" in text and "\n" not in text)

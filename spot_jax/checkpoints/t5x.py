@@ -72,13 +72,14 @@ def _gcs_timeout() -> float:
     raise CheckpointError(f"{GCS_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
 
 
-def probe_gcs(path: str, gfile: Any = None, timeout: Optional[float] = None) -> None:
+def probe_gcs(path: str, gfile: Any = None, timeout: Optional[float] = None, fix: Optional[str] = None) -> None:
   """Fail fast, naming the fix, when the bucket of a gs:// `path` does not answer.
 
   The first request to each bucket runs in a daemon thread and is given `timeout` seconds
   (default `$SPOT_JAX_GCS_TIMEOUT` or 60); an error or no answer raises a CheckpointError instead
   of a bare TensorFlow error or minutes of silent retries. Later requests to a bucket that
-  answered are not timed. `gfile` defaults to tf.io.gfile.
+  answered are not timed. `gfile` defaults to tf.io.gfile. `fix` replaces the advice for a path that
+  is read (an output directory is not copied to local disk but written there instead).
   """
   m = re.match(r"gs://([^/]+)", str(path))
   if m is None:
@@ -102,10 +103,10 @@ def probe_gcs(path: str, gfile: Any = None, timeout: Optional[float] = None) -> 
   if worker.is_alive():
     raise CheckpointError(
         f"no answer from Google Cloud Storage for {path} within {timeout:g} s: this machine seems to have "
-        f"no network access to GCS. {gcs_help(path)} (Set {GCS_TIMEOUT_ENV}=SECONDS to wait longer.)")
+        f"no network access to GCS. {fix or gcs_help(path)} (Set {GCS_TIMEOUT_ENV}=SECONDS to wait longer.)")
   if "error" in outcome:
     e = outcome["error"]
-    raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {_one_line(e)}. {gcs_help(path)}") from e
+    raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {_one_line(e)}. {fix or gcs_help(path)}") from e
   _GCS_REACHED.add(bucket)
 
 
