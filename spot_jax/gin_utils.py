@@ -413,7 +413,17 @@ def plain_warnings() -> None:
 
 def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> argparse.Namespace:
   """Parse T5X-style flags, start jax.distributed if asked, load and finalize gin, register the
-  users' gin-declared tasks. Returns the parsed flags."""
+  users' gin-declared tasks. Returns the parsed flags. Every refusal reads `PROG: error: MESSAGE`, as
+  the jobs' own errors do, so a script can look for one form."""
+  try:
+    return _configure(argv, prog)
+  except SystemExit as e:
+    if isinstance(e.code, str) and not e.code.startswith(f"{prog}: "):
+      raise SystemExit(f"{prog}: error: {e.code}") from None
+    raise
+
+
+def _configure(argv: Optional[Sequence[str]], prog: str) -> argparse.Namespace:
   argv = sys.argv[1:] if argv is None else list(argv)
   plain_warnings()
   bindings, rest = split_gin_flags(argv)
@@ -421,7 +431,7 @@ def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> a
   bindings = list(args.gin_bindings) + bindings
   search = [p for arg in args.gin_search_paths for p in arg.split(",") if p]
   if not args.gin_file:
-    raise SystemExit(f"{prog}: pass at least one --gin_file (see the gin/ folder)")
+    raise SystemExit(f"{prog}: error: pass at least one --gin_file (see the gin/ folder)")
   if args.tfds_data_dir:
     os.environ["TFDS_DATA_DIR"] = args.tfds_data_dir
   init_distributed(args)

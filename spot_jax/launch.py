@@ -84,9 +84,12 @@ def checkout_root(here: str = os.path.dirname(os.path.dirname(os.path.abspath(__
     raise SystemExit(f"launch: --source local ships this checkout with git archive, but {here} is not a git "
                      "checkout: run from a clone, or pass --source git+https://...") from None
   dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
-                         capture_output=True, text=True).stdout.strip()
-  if dirty:
-    log.warning("launch: %s has uncommitted changes; git archive ships HEAD without them", root)
+                         capture_output=True, text=True).stdout  # "XY path" lines: no strip()
+  if dirty.strip():
+    files = [line[3:] for line in dirty.splitlines() if line.strip()]
+    shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+    log.warning("launch: %s has uncommitted changes (%s); git archive ships HEAD without them: commit them "
+                "to ship them", root, shown)
   return root
 
 

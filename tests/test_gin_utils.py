@@ -158,6 +158,20 @@ def test_eval_refuses_prompt_length_and_an_include_of_a_prompt_tuning_file(tmp_p
   assert said.count(repr(gin_utils.default_search_paths()[0])) == 1 and f'In file "{mine}", line 1' in said
 
 
+def test_every_configuration_refusal_reads_prog_error(monkeypatch):
+  """Gin's refusals (a missing macro, a macro no file reads, a bad value) read `PROG: error: ...` as the
+  jobs' own errors do; they were bare ("missing required gin binding: ..."), so a script looking for
+  `error:` missed them."""
+  base = ["--gin_file=models/t5_1_1.gin", "--gin_file=prompts/random_uniform.gin",
+          "--gin_file=models/sizes/tiny.gin", "--gin_file=runs/prompt_train.gin"]
+  for extra, says in ((["--gin.MIXTURE_OR_TASK_NAME='t'"], "missing required gin binding: the macro MODEL_DIR"),
+                      (["--gin.MODEL_DIR='/x'", "--gin.TRAIN_STEP=3"], "gin macro TRAIN_STEP is set on the"),
+                      (["--gin.MODEL_DIR=/x"], "gin configuration error: the value of MODEL_DIR is not quoted")):
+    with pytest.raises(SystemExit) as e:
+      gin_utils.configure(base + extra, prog="spot_jax.train")
+    assert e.value.code.startswith(f"spot_jax.train: error: {says}"), e.value.code
+
+
 def test_a_missing_macro_points_only_at_files_that_could_be_added():
   """Not a run file (another job's, e.g. prompt_train.gin for an eval) nor a None placeholder
   (spot_target.gin's MIXTURE_OR_TASK_NAME): infer without a task used to be sent there."""

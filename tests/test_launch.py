@@ -90,3 +90,19 @@ def test_a_tpu_spec_given_replaces_the_pinned_one():
 def test_local_source_outside_a_git_checkout_is_refused(tmp_path):
   with pytest.raises(SystemExit, match=r"is not a git checkout: run from a clone, or pass --source git"):
     launch.checkout_root(str(tmp_path))
+
+
+def test_uncommitted_changes_are_named_in_the_warning(tmp_path, caplog):
+  """git archive ships HEAD: the warning names the files left behind (it named only the checkout)."""
+  import subprocess
+  def git(*a):
+    subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
+  git("init", "-q")
+  (tmp_path / "train.gin").write_text("A = 1\n")
+  (tmp_path / "notes.txt").write_text("x\n")
+  git("add", ".")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+  (tmp_path / "train.gin").write_text("A = 2\n")
+  with caplog.at_level("WARNING"):
+    assert launch.checkout_root(str(tmp_path)) == str(tmp_path.resolve())
+  assert "uncommitted changes (train.gin)" in caplog.text and "notes.txt" not in caplog.text

@@ -239,8 +239,8 @@ class PromptLibrary:
     if model_id is None:
       model_id = meta.get("model_id")
       if model_id is None:
-        raise ValueError(f"library {self.path} is empty: pass the frozen model's id (model_id) with the "
-                         "first prompt")
+        raise ValueError(f"library {self.path} is empty: pass the frozen model's id (--model-id; "
+                         "model_id= in Python) with the first prompt")
     if not overwrite and (os.path.exists(os.path.join(self.path, task)) or self._entry_dir(task)):
       raise FileExistsError(f"task {task!r} is already in library {self.path}; pass overwrite=True "
                             "(--overwrite) to replace it")
