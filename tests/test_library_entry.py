@@ -127,3 +127,20 @@ def test_spot_jax_exports_keep_their_steps_beside_a_config_gin(tmp_path):
   (model_dir / "config.gin").write_text(T5X_CONFIG_GIN)
   rec = PromptLibrary(str(tmp_path / "lib")).add("rte", str(model_dir), "t5_tiny")
   assert rec["steps"] == 1_200_000 and "t5x_global_step" not in rec
+
+
+def test_a_task_embedding_step_without_a_task_embedding_is_refused_and_overwrite_says_what_it_drops(
+    tmp_path):
+  """docs/prompt_tuning_migration.md's re-add of a copied export passed --task-embedding-step alone: the
+  step was dropped silently and so was the task embedding the entry had (retrieval then compares the
+  prompt instead)."""
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  lib.add("rte", _prompt(4, seed=0), "t5_tiny", task_embedding=_prompt(4, seed=1), task_embedding_step=500)
+  with pytest.raises(ValueError, match=r"a task-embedding step \(500\) is given but there is no task "
+                                       r"embedding: pass the early export it was taken from too"):
+    lib.add("rte", _prompt(4, seed=2), None, steps=3000, task_embedding_step=500, overwrite=True)
+  assert lib.record("rte")["task_embedding_step"] == 500  # the refused add changed nothing
+  with pytest.warns(UserWarning, match=r"the entry it replaces had a task embedding \(step 500\) and this "
+                                       r"add has none"):
+    rec = lib.add("rte", _prompt(4, seed=2), None, steps=3000, overwrite=True)
+  assert not rec["has_task_embedding"]

@@ -262,6 +262,15 @@ class PromptLibrary:
             f"cannot add {task!r} to library {self.path}: its frozen model is {model_id!r} but the "
             f"library holds prompts of {meta.get('model_id')!r}. Prompts only transfer within one "
             "frozen model: use a library per model (or the same model id).")
+    if overwrite and task_embedding is None and self._entry_dir(task):
+      try:
+        old = self.record(task)
+      except (KeyError, ValueError):  # a damaged entry is replaced whole
+        old = {}
+      if old.get("has_task_embedding"):
+        warnings.warn(f"task {task!r}: the entry it replaces had a task embedding (step "
+                      f"{old.get('task_embedding_step')}) and this add has none, so retrieval will fall "
+                      "back to its prompt; pass --task-embedding PATH (task_embedding=) to keep one")
     record = library_entry.make_record(task, model_id, prompt, task_embedding, src)
     files = library_entry.entry_files(record, prompt, task_embedding)
     os.makedirs(self.path, exist_ok=True)

@@ -90,6 +90,10 @@ def read_source(task: str, prompt_or_path: Any, task_embedding: Any, which: str,
     if task_embedding.shape[1] != prompt.shape[1]:
       raise ValueError(f"task {task!r}: task embedding shape {task_embedding.shape} and prompt shape "
                        f"{prompt.shape} have different d_model")
+  elif task_embedding_step is not None:  # it would be dropped, and the entry left without an embedding
+    raise ValueError(f"task {task!r}: a task-embedding step ({task_embedding_step}) is given but there is "
+                     "no task embedding: pass the early export it was taken from too (--task-embedding "
+                     "PATH, task_embedding= in Python), or leave the step out")
   return prompt, task_embedding, dict(source=source, info=info, t5x_steps=t5x_steps,
                                       emb_t5x_steps=emb_t5x_steps, emb_source=emb_source,
                                       task_embedding_step=task_embedding_step)
