@@ -8,7 +8,7 @@ import collections
 import re
 import string
 import warnings
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import scipy.stats
@@ -76,6 +76,55 @@ def mean_multiclass_f1(num_classes: int):
       scores.append(_f1(tp, fp, fn))
     return {f"mean_{num_classes}class_f1": 100.0 * float(np.mean(scores))}
   metric.__name__ = f"mean_{num_classes}class_f1"
+  return metric
+
+
+def _label(x):
+  """Text labels as users' tasks compare them (bytes decoded, surrounding whitespace stripped);
+  class ids unchanged."""
+  if isinstance(x, bytes):
+    x = x.decode("utf-8")
+  if isinstance(x, str):
+    return x.strip()
+  return x.item() if isinstance(x, np.generic) else x
+
+
+def macro_f1(targets, predictions, labels: Optional[Sequence] = None) -> Dict[str, float]:
+  """Macro F1 in percent: the unweighted mean of each label's F1 (2·tp / (2·tp + fp + fn); 0 when
+  tp is 0).
+
+  `labels`: the task's label set (class ids or label words). Every label counts, also one that no
+  target holds (its F1 is then 0 if it was predicted, as wrong predictions of it are false
+  positives); a prediction outside the set is a miss of its target's label. This is T5's
+  `mean_multiclass_f1(num_classes)` (sklearn's fbeta_score over labels range(num_classes)) and
+  sklearn's `f1_score(targets, predictions, labels=labels, average="macro")`.
+  Without `labels`, the labels are those the targets hold (sklearn with labels=sorted(set(targets))):
+  a predicted label that no target holds is not averaged in, it only counts as a miss.
+  """
+  t = [_label(x) for x in targets]
+  p = [_label(x) for x in predictions]
+  names = [_label(x) for x in labels] if labels is not None else sorted(set(t), key=repr)
+  if not names:
+    return {"macro_f1": 0.0}
+  f1s = []
+  for c in names:
+    tp = sum(a == c and b == c for a, b in zip(t, p))
+    fp = sum(a != c and b == c for a, b in zip(t, p))
+    fn = sum(a == c and b != c for a, b in zip(t, p))
+    f1s.append(_f1(tp, fp, fn))
+  return {"macro_f1": 100.0 * float(np.mean(f1s))}
+
+
+def macro_f1_over(labels: Sequence):
+  """`macro_f1` over a task's known label set, as a seqio metric fn `f(targets, predictions)`
+  (for a task registered with its label words: tasks.user_data's `label_names`)."""
+  labels = tuple(labels)
+  if not labels or len(set(map(_label, labels))) != len(labels):
+    raise ValueError(f"macro_f1 needs distinct labels, got {list(labels)}")
+
+  def metric(targets, predictions):
+    return macro_f1(targets, predictions, labels)
+  metric.__name__ = "macro_f1"
   return metric
 
 

@@ -114,3 +114,33 @@ def test_rank_classification_accuracy_refuses_cut_examples():
   # Unlabelled split (no correct option anywhere) still scores 0 as before.
   assert M.rank_classification_accuracy([(0, 0, False), (0, 1, False)], [-1.0, -2.0]) == {
       "accuracy": 0.0}
+
+
+def test_macro_f1_over_a_known_label_set_counts_every_label_as_t5_and_sklearn():
+  """T5's mean_multiclass_f1 is sklearn's fbeta over labels range(num_classes): a label no target
+  holds still counts (F1 0 when it is predicted). Found by a seqio/user-data audit: the label-free
+  form gave 66.7 here, sklearn with labels=[a, b] gives 33.3 (hand computation below)."""
+  t, p = ["a"] * 4, ["a", "a", "b", "b"]
+  # a: tp 2, fp 0, fn 2 -> F1 2/3; b: tp 0 -> F1 0; mean over [a, b] = 1/3.
+  assert M.macro_f1(t, p, labels=["a", "b"])["macro_f1"] == pytest.approx(100 / 3)
+  assert M.macro_f1_over(["a", "b"])(t, p) == {"macro_f1": pytest.approx(100 / 3)}
+  assert M.macro_f1_over(("a", "b")).__name__ == "macro_f1"
+  # Without a label set: the labels the targets hold (sklearn with labels=sorted(set(targets))).
+  assert M.macro_f1(t, p)["macro_f1"] == pytest.approx(200 / 3)
+  # A label that nobody predicts or holds counts as 0, as in T5 with num_classes=3.
+  assert M.macro_f1(t, ["a"] * 4, labels=["a", "b", "c"])["macro_f1"] == pytest.approx(100 / 3)
+  # Text labels as users' tasks compare them; an answer outside the label set is a miss.
+  assert M.macro_f1([b"a ", "b"], ["a", "maybe"], labels=["a", "b"])["macro_f1"] == pytest.approx(50.0)
+  with pytest.raises(ValueError, match="distinct labels"):
+    M.macro_f1_over(["a", "a"])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_macro_f1_over_class_ids_is_t5s_mean_multiclass_f1(seed):
+  rng = np.random.RandomState(seed)
+  t = rng.randint(0, 3, 20)
+  p = rng.randint(-1, 3, 20)  # -1: an invalid prediction
+  t[t == 2] = 1  # class 2 never a target: counts only where T5 counts it
+  want = M.mean_multiclass_f1(3)(t, p)["mean_3class_f1"]
+  assert M.macro_f1_over([0, 1, 2])(t, p)["macro_f1"] == pytest.approx(want)
+  assert M.macro_f1_over([0, 1, 2])(list(t), [np.int64(x) for x in p])["macro_f1"] == pytest.approx(want)
