@@ -28,8 +28,26 @@ def num_train_examples(task) -> float:
   return float(seqio.mixing_rate_num_examples(task))
 
 
+def _check_has_train(task) -> None:
+  """A task without a train split has no examples to weigh it by; seqio would end in a bare
+  KeyError: 'train'."""
+  try:
+    splits = task.splits
+  except (AttributeError, KeyError):  # TFDS tasks that ask TFDS for their splits
+    return
+  if splits and "train" not in splits:
+    raise ValueError(
+        f"task {task.name!r} has no 'train' split (it has {sorted(splits)}), so the "
+        f"examples-proportional rate (tasks.mixtures.rate(): the number of train examples) cannot "
+        f"weigh it. Give it a train split (tasks.user_data.register_task_from_files(..., "
+        f"train=FILE)), leave it out of the mixture, or give it a fixed rate: "
+        f"seqio.MixtureRegistry.add(name, [({task.name!r}, 0.0), ...]) (0: evaluated, not trained)")
+
+
 def examples_rate(task, cap: int = DEFAULT_CAP) -> float:
-  """T5's examples-proportional rate: min(#train examples, cap)."""
+  """T5's examples-proportional rate: min(#train examples, cap). A task without a train split is a
+  ValueError naming it and the fixes."""
+  _check_has_train(task)
   return min(num_train_examples(task), float(cap))
 
 

@@ -72,3 +72,24 @@ def test_record_and_race_are_weighted_by_their_examples_not_tfds_rows(monkeypatc
   assert mixtures.rate(cap=1000)(race) == 1000.0
   from spot_jax.spot import pipeline
   assert pipeline.examples_proportional(race) == 62445.0
+
+
+class _EvalOnlyTask(_FakeTask):
+  splits = ("validation",)
+
+  def num_input_examples(self, split):
+    raise KeyError(split)  # what seqio's sources raise for a split they lack
+
+
+def test_rate_of_a_task_without_train_split_names_the_task_and_the_fix():
+  """Found by a seqio/user-data audit: a users' task with only a validation file in a mixture with
+  `rate()` ended in seqio's bare `KeyError: 'train'`."""
+  task = _EvalOnlyTask(5)
+  task.name = "my_eval_only"
+  with pytest.raises(ValueError, match=r"task 'my_eval_only' has no 'train' split \(it has \['validation'\]\)") as e:
+    mixtures.rate()(task)
+  msg = str(e.value)
+  assert "train=FILE" in msg and "leave it out of the mixture" in msg and "fixed rate" in msg
+  with_train = _FakeTask(7)
+  with_train.splits = ("train", "validation")
+  assert mixtures.examples_rate(with_train) == 7
