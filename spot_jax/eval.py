@@ -105,6 +105,7 @@ def evaluate_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: Option
   import jax  # pylint: disable=g-import-not-at-top
   from spot_jax import evaluation, input_pipeline, metrics_log  # pylint: disable=g-import-not-at-top
   task = evaluation.get_task(mixture_or_task_name)  # an unknown name fails before the model loads
+  input_pipeline.check_split(task, split)  # so does a missing split or unprepared TFDS data
   if output_dir:
     fileio.check_not_a_file(output_dir, "EVAL_OUTPUT_DIR")
   config, params, prompt, prompt_step, mesh = load_model_and_prompt(
@@ -309,6 +310,7 @@ def evaluate_prompt_steps(mixture_or_task_name: str, output_dir: Optional[str], 
   from spot_jax import evaluation, input_pipeline, metrics_log, prompt_io  # pylint: disable=g-import-not-at-top
   check_prompt_steps(prompt_steps)
   task = evaluation.get_task(mixture_or_task_name)  # an unknown name fails before the model loads
+  input_pipeline.check_split(task, split)  # so does a missing split or unprepared TFDS data
   if output_dir:
     fileio.check_not_a_file(output_dir, "EVAL_OUTPUT_DIR")
   exports = resolve_prompt_steps(model_dir, prompt_steps)

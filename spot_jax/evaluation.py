@@ -35,6 +35,40 @@ def get_task(name: str):
   return input_pipeline.get_task(name)
 
 
+def left_out_of_eval(task, split: str, need_metrics: bool = True) -> List[Tuple[str, str]]:
+  """[(task name, why)] for each task of mixture `task` that evaluating (or, without
+  `need_metrics`, inferring) on `split` leaves out (seqio skips them and says so only at INFO)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  if not isinstance(task, seqio.Mixture):
+    return []
+  out = []
+  for t in seqio.get_subtasks(task):
+    try:
+      splits = t.splits
+    except KeyError:  # a TFDS task that asks TFDS, without prepared data: input_pipeline's check
+      continue
+    if split not in splits:
+      out.append((t.name, f"no {split!r} split; it has {sorted(splits)}"))
+    elif need_metrics and not (t.metric_fns or getattr(t, "metric_objs", None)):
+      out.append((t.name, "no metric functions"))
+  return out
+
+
+def warn_left_out(task, split: str, need_metrics: bool = True) -> Optional[str]:
+  """Logs a warning naming the tasks of mixture `task` left out of evaluation on `split`, and why."""
+  left = left_out_of_eval(task, split, need_metrics)
+  if not left:
+    return None
+  what = "evaluation" if need_metrics else "inference"
+  msg = (f"mixture {task.name!r}: {len(left)} of its tasks are left out of {what} on {split!r}: "
+         + "; ".join(f"{name} ({why})" for name, why in left)
+         + f". To include one, give it a {split!r} split"
+         + (" and metric functions" if need_metrics else "")
+         + ", or evaluate it alone on a split it has (MIXTURE_OR_TASK_NAME, EVAL_SPLIT/INFER_SPLIT)")
+  log.warning("%s", msg)
+  return msg
+
+
 def is_rank_dataset(ds) -> bool:
   """Whether a task dataset holds rank-classification rows (one per option of an example):
   an `idx` feature `[example id, option id]` and an `is_correct` feature."""
@@ -170,10 +204,12 @@ class PromptEvaluator:
     tf.config.set_visible_devices([], "GPU")  # TF must never take accelerator memory from JAX
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     task = get_task(mixture_or_task_name)
     subtasks = seqio.get_subtasks(task)
     if not any(split in getattr(t, "splits", (split,)) for t in subtasks):
       raise ValueError(f"{mixture_or_task_name} has no split {split!r} in any of its tasks")
+    warn_left_out(task, split)
     if log_dir:
       tf.io.gfile.makedirs(log_dir)  # seqio's loggers expect it to exist
     self.name = mixture_or_task_name
@@ -210,6 +246,8 @@ class PromptEvaluator:
     finally:
       absl_logger.removeFilter(quiet)
     self.last_outputs: Dict[str, Any] = {}
+    for t in self.evaluator.eval_tasks:
+      input_pipeline.warn_truncation(t, feature_lengths, split)
     if not self.evaluator.eval_tasks:
       log.warning("%s: no task has a %r split and metric functions; nothing to evaluate",
                   mixture_or_task_name, split)

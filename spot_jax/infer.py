@@ -46,16 +46,20 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
   from spot_jax import evaluation, input_pipeline  # pylint: disable=g-import-not-at-top
   from spot_jax.eval import load_model_and_prompt  # pylint: disable=g-import-not-at-top
   task_or_mixture = evaluation.get_task(mixture_or_task_name)
+  # A missing split or unprepared TFDS data fails here, before the model loads.
+  input_pipeline.check_split(task_or_mixture, split)
   if output_dir:
     fileio.check_not_a_file(output_dir, "INFER_OUTPUT_DIR")
   tasks = [t for t in seqio.get_subtasks(task_or_mixture) if split in getattr(t, "splits", (split,))]
   if not tasks:
     raise ValueError(f"no task of {mixture_or_task_name} has a split {split!r}")
+  evaluation.warn_left_out(task_or_mixture, split, need_metrics=False)
   config, params, prompt, _, mesh = load_model_and_prompt(checkpoint_path, model_config, prompt_file, seed,
                                                           num_partitions, frozen_dtype)
   input_pipeline.check_vocabulary_fits(task_or_mixture, config.vocab_size)
   written = {}
   for task in tasks:
+    input_pipeline.warn_truncation(task, task_feature_lengths, split)
     if evaluation.is_rank_task(task, split):
       rows = evaluation.score_options_task(task.name, config, params, prompt, task_feature_lengths,
                                            split=split, batch_size=batch_size, num_examples=num_examples,

@@ -6,15 +6,23 @@ rows. The pipeline is deterministic for a seed, so resuming at step `s` skips `s
 Everything a user can get wrong fails when `get_batches` is called, before any batch, with the fix:
 a split the task lacks, TFDS data that is not prepared (`DataNotPreparedError`), a vocabulary that
 cannot be read (`tasks.vocab.VocabularyError`), and training on a `_rank` evaluation task.
+Features longer than TASK_FEATURE_LENGTHS are cut (seqio trims them, keeping EOS);
+`warn_truncation` looks at a task's label words and its first examples and warns once when that
+happens (training and evaluation call it), naming the length needed and the gin macro.
 """
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
+import logging
 import os
-from typing import Iterator, List, Mapping, Optional
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
+
+log = logging.getLogger("spot_jax")
 
 FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
             "decoder_loss_weights")
@@ -161,6 +169,137 @@ def check_vocabulary_fits(task, model_vocab_size: int):
           "their own 1100-id vocabulary, for the demo backbone), or load the model it was made for.")
 
 
+# ----------------------------------------------------------------------------------- truncation
+
+TRUNCATION_PEEK = 64  # examples of each task that `warn_truncation` reads (not a data pass)
+_TRUNCATION_CHECKED = set()  # (task, split, lengths) looked at
+_TRUNCATION_WARNED = set()  # (task, feature, length) warned about, whichever split showed it
+
+
+def known_labels(task) -> Optional[Tuple[str, ...]]:
+  """The task's label words when its registration states them (a `label_names=` bound to its
+  postprocessor or a preprocessor, as the GLUE, SuperGLUE and SPoT source tasks do), else None."""
+  for fn in [getattr(task, "postprocessor", None)] + list(getattr(task, "preprocessors", ())):
+    if isinstance(fn, functools.partial) and fn.keywords.get("label_names"):
+      return tuple(str(n) for n in fn.keywords["label_names"])
+  return None
+
+
+def _needs_sequence_length(task) -> bool:
+  for prep in getattr(task, "preprocessors", ()):
+    try:
+      param = inspect.signature(prep).parameters.get("sequence_length")
+    except (TypeError, ValueError):
+      continue
+    if param is not None and param.default is inspect.Parameter.empty:
+      return True
+  return False
+
+
+def _text(value) -> str:
+  return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _cut(ids: Sequence[int], length: int) -> Tuple[int, ...]:
+  """What seqio's append_eos_after_trim keeps of a sequence ending in EOS: length-1 ids + EOS."""
+  ids = tuple(int(i) for i in ids)
+  return ids if len(ids) <= length else ids[:length - 1] + ids[-1:]
+
+
+def _peek(leaf, split: str, n: int) -> List[Mapping]:
+  """The first `n` examples of `split`, tokenized and not trimmed (EOS included)."""
+  ds = leaf.get_dataset(None, split=split, shuffle=False, num_epochs=1, use_cached=False,
+                        try_in_mem_cache=False)
+  return list(ds.take(n).as_numpy_iterator())
+
+
+def truncation_report(leaf, feature_lengths: Mapping[str, int], split: str,
+                      num_examples: int = TRUNCATION_PEEK) -> Dict[str, dict]:
+  """{feature: {"length", "cut", "seen", "needed", "merged"}} for each of `inputs`/`targets` that
+  TASK_FEATURE_LENGTHS cuts in the task's label words or its first `num_examples` examples of
+  `split`: how many of those are cut, the length that keeps them whole (EOS included), and pairs of
+  distinct targets (label words) that become the same target once cut. Empty when nothing is cut."""
+  out: Dict[str, dict] = {}
+  rows = [] if _needs_sequence_length(leaf) else _peek(leaf, split, num_examples)
+  labels = known_labels(leaf)
+  for feature in ("inputs", "targets"):
+    length = feature_lengths.get(feature)
+    spec = leaf.output_features.get(feature)
+    if not length or spec is None:
+      continue
+    seqs = {}  # ids -> text
+    for row in rows:
+      if feature in row:
+        seqs.setdefault(tuple(int(i) for i in row[feature]),
+                        _text(row.get(f"{feature}_pretokenized", "")))
+    cut = sum(1 for row in rows if feature in row and len(row[feature]) > length)
+    if feature == "targets" and labels:
+      eos = [spec.vocabulary.eos_id] if getattr(spec, "add_eos", True) else []
+      for label in labels:
+        seqs.setdefault(tuple(spec.vocabulary.encode(label)) + tuple(eos), label)
+    longest = max((len(ids) for ids in seqs), default=0)
+    if longest <= length:
+      continue
+    merged, by_cut = [], {}
+    if feature == "targets":
+      for ids, text in sorted(seqs.items(), key=lambda kv: kv[1]):
+        first = by_cut.setdefault(_cut(ids, length), (ids, text))
+        if first[0] != ids and len(merged) < 3:
+          merged.append((first[1], text))
+    out[feature] = {"length": int(length), "cut": cut, "seen": len(rows), "needed": longest,
+                    "merged": merged, "labels": bool(labels) and feature == "targets"}
+  return out
+
+
+def _truncation_message(task_name: str, feature: str, r: Mapping, split: str,
+                        fixed: Mapping[str, int]) -> str:
+  where = []
+  if r["cut"]:
+    where.append(f"{r['cut']} of the first {r['seen']} {split!r} examples")
+  if r.get("labels") and not r["cut"]:
+    where.append("its label words")
+  msg = (f"task {task_name!r}: {' and '.join(where) or 'some examples'} have {feature} longer than "
+         f"TASK_FEATURE_LENGTHS[{feature!r}]={r['length']} tokens (up to {r['needed']} with EOS); seqio "
+         f"cuts them to {r['length']} (keeping EOS)")
+  if r["merged"]:
+    pairs = "; ".join(f"{a!r} and {b!r}" for a, b in r["merged"])
+    msg += f", so distinct targets become the same target ({pairs}) and cannot be learned or told apart"
+  return (f"{msg}. Raise it to at least {r['needed']}: --gin.TASK_FEATURE_LENGTHS=\"{fixed}\" "
+          f"(later examples may need more)")
+
+
+def warn_truncation(task, feature_lengths: Optional[Mapping[str, int]], split: str,
+                    num_examples: int = TRUNCATION_PEEK) -> List[str]:
+  """Warns (once per task, feature and length) for each task of `task` (a mixture's tasks with
+  `split`) whose inputs or targets TASK_FEATURE_LENGTHS cuts: `truncation_report` on its label
+  words and first `num_examples` examples, not a pass over the data. Returns the warnings. Never
+  raises: a task whose examples cannot be read here is left to the real pipeline's error."""
+  if not feature_lengths:
+    return []
+  warnings = []
+  for leaf in _leaf_tasks(task):
+    key = (leaf.name, split, tuple(sorted((k, int(v)) for k, v in feature_lengths.items() if v)))
+    if key in _TRUNCATION_CHECKED:
+      continue
+    _TRUNCATION_CHECKED.add(key)
+    try:
+      if split not in leaf.splits:
+        continue
+      report = truncation_report(leaf, feature_lengths, split, num_examples)
+    except Exception as e:  # pylint: disable=broad-except  (a warning must not stop the run)
+      log.debug("truncation check of %s skipped: %s", leaf.name, e)
+      continue
+    fixed = {**{k: int(v) for k, v in feature_lengths.items() if v},
+             **{feature: r["needed"] for feature, r in report.items()}}
+    for feature, r in report.items():
+      if (leaf.name, feature, r["length"]) in _TRUNCATION_WARNED:
+        continue
+      _TRUNCATION_WARNED.add((leaf.name, feature, r["length"]))
+      warnings.append(_truncation_message(leaf.name, feature, r, split, fixed))
+      log.warning("%s", warnings[-1])
+  return warnings
+
+
 @gin.configurable
 def get_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
                 batch_size: int, shuffle: bool = True, seed: Optional[int] = 0,
@@ -197,6 +336,7 @@ def get_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   from tasks import rank_classification as rank_lib
   if split == "train" and rank_lib.is_rank_eval(task, ds.element_spec):
     raise _rank_training_error(task, task)
+  warn_truncation(task, task_feature_lengths, split)
   ds = seqio.EncDecFeatureConverter(pack=False)(ds, dict(task_feature_lengths))
   ds = ds.map(lambda ex: {k: ex[k] for k in FEATURES}, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size // num_shards, drop_remainder=drop_remainder)

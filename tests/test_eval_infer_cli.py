@@ -141,6 +141,61 @@ def test_infer_on_a_rank_task_scores_the_options(tmp_path, prompt_file):
   assert results[rank]["accuracy"] == pytest.approx(accuracy)
 
 
+def test_tfds_task_without_prepared_data_fails_before_the_model_loads(tmp_path, prompt_file, monkeypatch):
+  """Found by a seqio/user-data audit: eval/infer on a TFDS task whose data is not here went to
+  tfds.load(download=True) (a 60-line ModuleNotFoundError offline; a GLUE download online) after
+  loading the model. Now they stop first with train's DataNotPreparedError and its fixes."""
+  import seqio
+  from tensorflow_datasets.core import constants
+  from spot_jax import train as train_lib
+  data_dir = str(tmp_path / "tfds")
+  monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
+  monkeypatch.setattr(constants, "DATA_DIR", data_dir)
+  monkeypatch.setattr(seqio.utils.LazyTfdsLoader, "_MEMOIZED_BUILDERS", {})
+  monkeypatch.setattr(train_lib, "load_frozen", lambda *a, **k: pytest.fail("the model was loaded"))
+  for task in ("spot_glue_rte_v200", "spot_glue_rte_v200_rank"):
+    for run_gin, macro, cli in (("prompt_eval.gin", "EVAL_OUTPUT_DIR", eval_cli),
+                                ("prompt_infer.gin", "INFER_OUTPUT_DIR", infer_cli)):
+      gin.clear_config()
+      with pytest.raises(SystemExit) as e:
+        cli.main(_args(run_gin, macro, tmp_path / macro, prompt_file,
+                       [f"--gin.MIXTURE_OR_TASK_NAME='{task}'"]))
+      msg = str(e.value)
+      assert f"task {task!r} reads the TFDS dataset glue/rte:2.0.0 (split 'validation'), which is not " \
+             "prepared in" in msg and data_dir in msg, msg
+      assert "--tfds_data_dir=DIR" in msg and "tfds build glue/rte:2.0.0" in msg, msg
+      assert not os.path.exists(tmp_path / macro)
+
+
+def test_infer_names_mixture_tasks_left_out(tmp_path, prompt_file, caplog):
+  """Found by a seqio/user-data audit: a mixture member without the split was dropped silently."""
+  import seqio
+  train_only = "spot_test_infer_train_only"
+  mix = "spot_test_infer_left_out_mix"
+  for registry, name in ((seqio.MixtureRegistry, mix), (seqio.TaskRegistry, train_only)):
+    if name in registry.names():
+      registry.remove(name)
+  movie = seqio.get_mixture_or_task(TASK)
+  import tensorflow as tf
+  seqio.TaskRegistry.add(train_only, source=seqio.FunctionDataSource(
+      lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+          {"inputs": ["a fine film"], "targets": ["positive"]}), splits=["train"]),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features=movie.output_features, metric_fns=[])
+  seqio.MixtureRegistry.add(mix, [TASK, train_only], default_rate=1.0)
+  try:
+    with caplog.at_level(logging.WARNING, logger="spot_jax"):
+      written = infer_cli.main(_args("prompt_infer.gin", "INFER_OUTPUT_DIR", tmp_path / "i", prompt_file,
+                                     [f"--gin.MIXTURE_OR_TASK_NAME='{mix}'",
+                                      "--gin.spot_jax.infer.infer_prompt.num_examples=2"]))
+    assert list(written) == [TASK]
+    assert f"mixture {mix!r}: 1 of its tasks are left out of inference on 'validation': {train_only} " \
+           "(no 'validation' split; it has ['train'])" in caplog.text, caplog.text
+  finally:
+    seqio.MixtureRegistry.remove(mix)
+    seqio.TaskRegistry.remove(train_only)
+
+
 # ----------------------------------------------------------------------------------------------------
 # PROMPT_STEPS: every export of a training run (t5x.eval's RestoreCheckpointConfig.mode='all').
 

@@ -228,3 +228,46 @@ def test_score_options_picks_the_best_scored_option_per_example(setup):
   assert [r["prediction"] == r["targets"] for r in rows] == [True, False, True, False]
   two = E.score_options_task(RANK, CFG, params, prompt, LENGTHS, batch_size=BATCH, num_examples=2)
   assert two == rows[:2]
+
+
+def test_mixture_tasks_left_out_of_evaluation_are_named(setup, caplog):
+  """Found by a seqio/user-data audit: seqio drops a mixture's task without the eval split (or
+  without metrics) and says so at INFO only, which absl's WARNING level hides."""
+  import logging
+  train_only, no_metrics, mix = "spot_test_eval_train_only", "spot_test_eval_no_metrics", "spot_test_eval_left_mix"
+  for registry, name in ((seqio.MixtureRegistry, mix), (seqio.TaskRegistry, train_only)):
+    if name in registry.names():
+      registry.remove(name)
+  seqio.TaskRegistry.add(
+      train_only, source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {"inputs": ["a"], "targets": ["b"]}), splits=["train"]),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features=_features(), metric_fns=[accuracy])
+  _register(no_metrics, [{"inputs": "a", "targets": "b"}], [])
+  seqio.MixtureRegistry.add(mix, [PREDICT, train_only, no_metrics], default_rate=1.0)
+  try:
+    with caplog.at_level(logging.WARNING, logger="spot_jax"):
+      ev = E.PromptEvaluator(mix, LENGTHS, batch_size=BATCH)
+    assert ev.task_names == [PREDICT]
+    assert (f"mixture {mix!r}: 2 of its tasks are left out of evaluation on 'validation': "
+            f"{no_metrics} (no metric functions); {train_only} (no 'validation' split; it has ['train']). "
+            "To include one, give it a 'validation' split and metric functions") in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spot_jax"):
+      E.PromptEvaluator(MIX, LENGTHS, batch_size=BATCH)  # every task evaluated: no such warning
+    assert "left out" not in caplog.text
+  finally:
+    seqio.MixtureRegistry.remove(mix)
+    seqio.TaskRegistry.remove(train_only)
+    seqio.TaskRegistry.remove(no_metrics)
+
+
+def test_evaluation_warns_when_targets_are_cut(setup, caplog):
+  """The rank task's options ("yes", "no", "maybe" + EOS: up to 6 bytes) cut to 3 ids."""
+  import logging
+  with caplog.at_level(logging.WARNING, logger="spot_jax"):
+    E.PromptEvaluator(RANK, {"inputs": 16, "targets": 3}, batch_size=BATCH)
+  assert (f"task {RANK!r}: 8 of the first 12 'validation' examples have targets longer than "
+          "TASK_FEATURE_LENGTHS['targets']=3 tokens (up to 6 with EOS)") in caplog.text, caplog.text
+  assert "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 16, 'targets': 6}\"" in caplog.text

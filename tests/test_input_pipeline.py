@@ -148,3 +148,80 @@ def test_train_mode_rank_variants_and_rank_evaluation_splits_are_allowed():
                                       shuffle=False))
   assert b["decoder_target_tokens"].shape == (8, 4)
   assert len({r.tobytes() for r in b["encoder_input_tokens"][:4]}) == 1  # 4 options, one input
+
+
+# --------------------------------------------------- truncation to TASK_FEATURE_LENGTHS
+
+
+def _text_task(name, rows, splits=("train", "validation"), label_names=None):
+  """A byte-vocabulary task over `rows` ({"inputs", "targets"} texts); `label_names` bound to its
+  postprocessor as the GLUE tasks bind theirs."""
+  import functools
+  import seqio
+  import tensorflow as tf
+  from tasks import postprocessors
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  features = {k: seqio.Feature(seqio.ByteVocabulary(), add_eos=True) for k in ("inputs", "targets")}
+  seqio.TaskRegistry.add(
+      name, source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {k: [r[k] for r in rows] for k in ("inputs", "targets")}), splits=list(splits)),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features=features, metric_fns=[],
+      postprocess_fn=(functools.partial(postprocessors.string_label, label_names=label_names)
+                      if label_names else None))
+  return name
+
+
+def _warnings(caplog):
+  return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "spot_jax"]
+
+
+def test_targets_cut_to_one_word_are_named_with_the_length_and_macro(caplog):
+  """Found by a seqio/user-data audit: labels "very negative indeed"/"very positive indeed" with
+  targets length 2 both trained silently as "v"+EOS (here bytes), an unlearnable task."""
+  rows = [{"inputs": f"review {i}", "targets": ("very negative indeed", "very positive indeed")[i % 2]}
+          for i in range(16)]
+  name = _text_task("spot_test_cut_targets", rows)
+  lengths = {"inputs": 16, "targets": 2}
+  with caplog.at_level("WARNING", logger="spot_jax"):
+    b = next(input_pipeline.get_batches(name, lengths, "train", 8, shuffle=False))
+    input_pipeline.get_batches(name, lengths, "train", 8)  # warned once
+  assert (b["decoder_target_tokens"][:, 0] == b["decoder_target_tokens"][0, 0]).all()  # the same target
+  (msg,) = _warnings(caplog)
+  assert "task 'spot_test_cut_targets'" in msg and "16 of the first 16 'train' examples" in msg, msg
+  assert "targets longer than TASK_FEATURE_LENGTHS['targets']=2 tokens (up to 21 with EOS)" in msg, msg
+  assert "'very negative indeed' and 'very positive indeed'" in msg, msg
+  assert """--gin.TASK_FEATURE_LENGTHS="{'inputs': 16, 'targets': 21}\"""" in msg, msg
+  caplog.clear()
+  with caplog.at_level("WARNING", logger="spot_jax"):  # long enough: silent
+    input_pipeline.get_batches(name, {"inputs": 16, "targets": 21}, "train", 8)
+  assert not _warnings(caplog)
+
+
+def test_inputs_cut_and_label_words_beyond_the_first_examples_are_found(caplog):
+  # The first examples hold only the short label; the label words say "negative" needs 9 bytes.
+  rows = [{"inputs": "x" * (40 if i < 3 else 4), "targets": "no"} for i in range(80)]
+  name = _text_task("spot_test_cut_labels", rows, label_names=("no", "negative"))
+  with caplog.at_level("WARNING", logger="spot_jax"):
+    input_pipeline.get_batches(name, {"inputs": 16, "targets": 4}, "train", 8)
+  msgs = _warnings(caplog)
+  assert len(msgs) == 2, msgs
+  inputs, targets = sorted(msgs, key=lambda m: "targets longer" in m)
+  assert "3 of the first 64 'train' examples have inputs longer than TASK_FEATURE_LENGTHS['inputs']=16" \
+      in inputs and "(up to 41 with EOS)" in inputs and "{'inputs': 41, 'targets': 9}" in inputs, inputs
+  assert "its label words have targets longer than TASK_FEATURE_LENGTHS['targets']=4 tokens (up to 9 " \
+      in targets and "'targets': 9" in targets, targets
+
+
+def test_truncation_check_reads_only_the_first_examples(monkeypatch):
+  import seqio
+  name = _text_task("spot_test_cut_peek", [{"inputs": "a", "targets": "b"}] * 500)
+  taken = []
+  real_take = __import__("tensorflow").data.Dataset.take
+  monkeypatch.setattr(__import__("tensorflow").data.Dataset, "take",
+                      lambda self, n: taken.append(int(n)) or real_take(self, n))
+  assert input_pipeline.truncation_report(seqio.get_mixture_or_task(name), {"inputs": 4, "targets": 4},
+                                          "train") == {}
+  assert taken == [input_pipeline.TRUNCATION_PEEK]
