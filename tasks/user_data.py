@@ -647,13 +647,17 @@ def _vocabulary(vocabulary) -> seqio.Vocabulary:
   return vocabulary
 
 
-def _metric_fns(metrics) -> List[Callable]:
+def _metric_fns(metrics, label_names: Optional[Sequence[str]] = None) -> List[Callable]:
+  """The metric functions; "macro_f1" of a task with label_names averages over all of them (T5's
+  mean_multiclass_f1: a class no target holds still counts), else over the labels the targets hold."""
   if isinstance(metrics, str) or callable(metrics):
     metrics = [metrics]  # metrics="macro_f1" means ["macro_f1"], not its letters
   fns = []
   for m in metrics:
     if callable(m):
       fns.append(m)
+    elif m == "macro_f1" and label_names:
+      fns.append(metrics_lib.macro_f1_over([normalize_label(str(n)) for n in label_names]))
     elif m in METRICS:
       fns.append(METRICS[m])
     else:
@@ -787,7 +791,7 @@ def register_task_from_files(
   fmt = fmts.pop()
   fields = template_fields(input_template)
   labels = _label_map(label_names, labels_are)
-  metric_fns = _metric_fns(metrics)
+  metric_fns = _metric_fns(metrics, label_names)
   splits = {s: _check_split(s, fs, fmt, fields, target_field, labels, input_template)
             for s, fs in split_files.items()}
 

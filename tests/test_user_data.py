@@ -136,6 +136,18 @@ def test_metrics():
   assert ud.macro_f1(["a", "a", "b"], ["a", "b", "b"])["macro_f1"] == pytest.approx(200 / 3)
 
 
+def test_macro_f1_of_a_task_with_label_names_counts_every_label_as_t5(tmp_path):
+  """A class no validation target holds still counts (T5's mean_multiclass_f1, sklearn with labels=):
+  targets all 'negative', predictions half 'positive' give 33.3, not 66.7 (the labels seen only)."""
+  train = _write(tmp_path / "t.tsv", "sentence\tlabel\na\tnegative\nb\tpositive\n")
+  ud.register_task_from_files("ud_test_macro_f1", train=train, input_template="{sentence}",
+                              label_names=["negative", "positive"],
+                              metrics="macro_f1", vocabulary=VOCAB, overwrite=True)
+  (metric,) = seqio.get_mixture_or_task("ud_test_macro_f1").metric_fns
+  got = metric(["negative"] * 4, ["negative", "negative", "positive", "positive"])["macro_f1"]
+  assert got == pytest.approx(100 / 3)  # negative: tp 2, fn 2 -> 2/3; positive: fp 2 -> 0
+
+
 @pytest.mark.parametrize("name,text,kwargs,expected", [
     ("bad.tsv", "premise\thypothesis\tlabel\na\tb\tyes\na\tb\tc\tyes\n", {},
      ["bad.tsv:3:", "expected 3 tab-separated fields", "found 4"]),
