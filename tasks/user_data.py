@@ -722,7 +722,6 @@ def _check_names(name: str, rank_classification: bool, overwrite: bool) -> None:
 # ------------------------------------------------------------ public entry
 
 
-@gin.configurable
 def register_task_from_files(
     name: str,
     train: PathSpec = None,
@@ -833,6 +832,11 @@ def register_task_from_files(
       _replace(twin, None)  # the stale twin of an earlier registration of `name`
     del _RANK_TWINS[name]
   return task
+
+
+# For gin files (`@name/tasks.user_data.register_task_from_files()`). Python callers get the plain
+# function, whose errors then read as our one-line messages, without gin's "In call to configurable".
+gin.external_configurable(register_task_from_files, module="tasks.user_data")
 
 
 @gin.configurable

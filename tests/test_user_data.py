@@ -175,6 +175,7 @@ def test_errors_name_file_and_line(tmp_path, name, text, kwargs, expected):
                                 overwrite=True, **kwargs)
   for part in expected:
     assert part in str(e.value)
+  assert "In call to configurable" not in str(e.value)  # gin's line, for Python callers (as documented)
   assert "ud_test_err" not in seqio.TaskRegistry.names()
 
 
