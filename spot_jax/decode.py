@@ -8,7 +8,6 @@ Parameters may be sharded over a mesh; jit propagates their shardings through th
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp

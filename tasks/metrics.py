@@ -8,7 +8,7 @@ import collections
 import re
 import string
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import scipy.stats

@@ -3,7 +3,6 @@
 Expected metrics are computed independently (tokenizing by hand, decoding / scoring directly) and the
 targets are chosen from the model's own outputs so that the accuracies are neither 0 nor 100.
 """
-import functools
 import json
 import os
 

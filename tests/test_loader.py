@@ -28,7 +28,7 @@ def test_load_t5_hf_folder_matches_transformers(reference):
 
 def test_load_t5_t5x_folder_gives_the_same_logits(tmp_path, reference):
   config, params = read_params(FIXTURE)
-  ckpt = write_t5x(params, str(tmp_path / "t5x"), step=7)
+  write_t5x(params, str(tmp_path / "t5x"), step=7)
   model = spot_jax.load_t5(str(tmp_path / "t5x"))  # the parent dir: newest checkpoint_<step>
   assert model.config.d_model == config.d_model
   logits = model.logits(reference["input_ids"], reference["decoder_input_ids"], prompt=reference["prompt"])

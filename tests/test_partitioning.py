@@ -1,5 +1,4 @@
 """Mesh construction, logical-axis rules and the readable divisibility error."""
-import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
