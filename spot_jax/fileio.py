@@ -1,4 +1,4 @@
-"""Files on local disk or `gs://` (through tf.io.gfile), and atomic writes.
+"""Files on local disk or `gs://` (through tf.io.gfile, the first request to a bucket timed), and atomic writes.
 
 One place for what every writer of this project needs: a reader never sees a half-written file or
 export directory, whether it is a prompt export, a library entry, a result JSON or predictions.
@@ -12,8 +12,9 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
-from typing import Any
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -43,6 +44,74 @@ def isdir(path: str) -> bool:
   return gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
 
 
+# How long the first request to a bucket may take before spot_jax gives up: without network, tf.io.gfile
+# retries a request 10 times with growing delays (minutes, with no output), and a firewall that drops
+# packets makes each try wait for its connection timeout.
+GCS_TIMEOUT_ENV = "SPOT_JAX_GCS_TIMEOUT"
+GCS_TIMEOUT_DEFAULT_S = 60.0
+_GCS_REACHED = set()  # buckets that answered in this process
+
+
+class GcsUnreachable(ValueError):
+  """A gs:// bucket that did not answer, or answered with an error; the message names the fix."""
+
+
+def gcs_help(path: str) -> str:
+  """The fix for a gs:// path that cannot be read."""
+  return ("Check network access to Google Cloud Storage and the credentials tensorflow and tensorstore "
+          "see (`gcloud auth application-default login` on a workstation, the VM's service account on "
+          f"GCP), or copy the files to local disk (`gsutil -m cp -r {path} DIR`) and pass DIR.")
+
+
+def _gcs_timeout() -> float:
+  raw = os.environ.get(GCS_TIMEOUT_ENV)
+  if raw is None:
+    return GCS_TIMEOUT_DEFAULT_S
+  try:
+    return float(raw)
+  except ValueError:
+    raise GcsUnreachable(f"{GCS_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+
+
+def probe_gcs(path: str, gfile_: Any = None, timeout: Optional[float] = None, fix: Optional[str] = None) -> None:
+  """Fail fast, naming the fix, when the bucket of a gs:// `path` does not answer.
+
+  The first request to each bucket runs in a daemon thread and is given `timeout` seconds
+  (default `$SPOT_JAX_GCS_TIMEOUT` or 60); an error or no answer raises GcsUnreachable instead
+  of a bare TensorFlow error or minutes of silent retries. Later requests to a bucket that
+  answered are not timed. `gfile_` defaults to tf.io.gfile. `fix` replaces the advice for a path that
+  is read (an output directory is not copied to local disk but written there instead).
+  """
+  m = re.match(r"gs://([^/]+)", str(path))
+  if m is None:
+    raise GcsUnreachable(f"malformed gs:// path {path!r}; expected gs://bucket/dir")
+  bucket = m.group(1)
+  if bucket in _GCS_REACHED:
+    return
+  gfile_ = gfile_ if gfile_ is not None else gfile()  # import TF here, not inside the timed thread
+  timeout = _gcs_timeout() if timeout is None else timeout
+  outcome: Dict[str, Any] = {}
+
+  def _ask():
+    try:
+      outcome["exists"] = gfile_.exists(path)
+    except BaseException as e:  # pylint: disable=broad-except
+      outcome["error"] = e
+
+  worker = threading.Thread(target=_ask, name=f"spot_jax-gcs-probe-{bucket}", daemon=True)
+  worker.start()
+  worker.join(timeout)
+  if worker.is_alive():
+    raise GcsUnreachable(
+        f"no answer from Google Cloud Storage for {path} within {timeout:g} s: this machine seems to have "
+        f"no network access to GCS. {fix or gcs_help(path)} (Set {GCS_TIMEOUT_ENV}=SECONDS to wait longer.)")
+  if "error" in outcome:
+    e = outcome["error"]
+    text = " ".join(str(e).split())[:500]
+    raise GcsUnreachable(f"cannot read {path}: {type(e).__name__}: {text}. {fix or gcs_help(path)}") from e
+  _GCS_REACHED.add(bucket)
+
+
 def short_error(e: BaseException, limit: int = 300) -> str:
   """An orbax/TensorStore error's message without the `[tensorstore_spec='...']` it appends: kilobytes
   of JSON that bury the one line saying what is wrong."""
@@ -62,7 +131,6 @@ def check_not_a_file(path: str, what: str) -> None:
   first write, or in an asynchronous save's background thread). A gs:// bucket that does not answer
   is named with the fix, within the GCS timeout, instead of TensorFlow's traceback."""
   if is_remote(path):
-    from spot_jax.checkpoints.t5x import probe_gcs  # pylint: disable=g-import-not-at-top
     probe_gcs(path, gfile(), fix=(
         "Check network access to Google Cloud Storage and the credentials tensorflow sees (`gcloud auth "
         "application-default login` on a workstation, the VM's service account on GCP), or write "

@@ -253,8 +253,7 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
     raise ValueError(f"which={which!r}: use 'auto', 'best', 'latest' or 'task_embedding'")
   path = str(path)
   if fileio.is_remote(path):  # fail fast, naming the fix, where GCS does not answer (no network)
-    from spot_jax.checkpoints.t5x import probe_gcs  # pylint: disable=g-import-not-at-top
-    probe_gcs(path, fileio.gfile())
+    fileio.probe_gcs(path, fileio.gfile())
   if not fileio.exists(path):
     raise FileNotFoundError(f"no prompt at {path}: the path does not exist. Accepted: {ACCEPTED_FORMATS}")
   if not fileio.isdir(path):

@@ -16,7 +16,6 @@ import copy
 import os
 import re
 import shutil
-import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -47,67 +46,16 @@ def _gfile():
   return tf.io.gfile
 
 
-# How long the first request to a bucket may take before spot_jax gives up: without network, tf.io.gfile
-# retries a request 10 times with growing delays (minutes, with no output), and a firewall that drops
-# packets makes each try wait for its connection timeout.
-GCS_TIMEOUT_ENV = "SPOT_JAX_GCS_TIMEOUT"
-GCS_TIMEOUT_DEFAULT_S = 60.0
-_GCS_REACHED = set()  # buckets that answered in this process
-
-
-def gcs_help(path: str) -> str:
-  """The fix for a gs:// path that cannot be read."""
-  return ("Check network access to Google Cloud Storage and the credentials tensorflow and tensorstore "
-          "see (`gcloud auth application-default login` on a workstation, the VM's service account on "
-          f"GCP), or copy the files to local disk (`gsutil -m cp -r {path} DIR`) and pass DIR.")
-
-
-def _gcs_timeout() -> float:
-  raw = os.environ.get(GCS_TIMEOUT_ENV)
-  if raw is None:
-    return GCS_TIMEOUT_DEFAULT_S
-  try:
-    return float(raw)
-  except ValueError:
-    raise CheckpointError(f"{GCS_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+GCS_TIMEOUT_ENV = fileio.GCS_TIMEOUT_ENV
+gcs_help = fileio.gcs_help
 
 
 def probe_gcs(path: str, gfile: Any = None, timeout: Optional[float] = None, fix: Optional[str] = None) -> None:
-  """Fail fast, naming the fix, when the bucket of a gs:// `path` does not answer.
-
-  The first request to each bucket runs in a daemon thread and is given `timeout` seconds
-  (default `$SPOT_JAX_GCS_TIMEOUT` or 60); an error or no answer raises a CheckpointError instead
-  of a bare TensorFlow error or minutes of silent retries. Later requests to a bucket that
-  answered are not timed. `gfile` defaults to tf.io.gfile. `fix` replaces the advice for a path that
-  is read (an output directory is not copied to local disk but written there instead).
-  """
-  m = re.match(r"gs://([^/]+)", str(path))
-  if m is None:
-    raise CheckpointError(f"malformed gs:// path {path!r}; expected gs://bucket/dir")
-  bucket = m.group(1)
-  if bucket in _GCS_REACHED:
-    return
-  gfile = gfile if gfile is not None else _gfile()  # import TF here, not inside the timed thread
-  timeout = _gcs_timeout() if timeout is None else timeout
-  outcome: Dict[str, Any] = {}
-
-  def _ask():
-    try:
-      outcome["exists"] = gfile.exists(path)
-    except BaseException as e:  # pylint: disable=broad-except
-      outcome["error"] = e
-
-  worker = threading.Thread(target=_ask, name=f"spot_jax-gcs-probe-{bucket}", daemon=True)
-  worker.start()
-  worker.join(timeout)
-  if worker.is_alive():
-    raise CheckpointError(
-        f"no answer from Google Cloud Storage for {path} within {timeout:g} s: this machine seems to have "
-        f"no network access to GCS. {fix or gcs_help(path)} (Set {GCS_TIMEOUT_ENV}=SECONDS to wait longer.)")
-  if "error" in outcome:
-    e = outcome["error"]
-    raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {_one_line(e)}. {fix or gcs_help(path)}") from e
-  _GCS_REACHED.add(bucket)
+  """`fileio.probe_gcs` (fail fast, naming the fix, when a bucket does not answer) as a CheckpointError."""
+  try:
+    fileio.probe_gcs(path, gfile if gfile is not None else _gfile(), timeout, fix)
+  except fileio.GcsUnreachable as e:
+    raise CheckpointError(str(e)) from e.__cause__
 
 
 def _one_line(e: BaseException) -> str:
