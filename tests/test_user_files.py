@@ -1,0 +1,201 @@
+"""Tests for tasks.user_files: reading and checking users' TSV/CSV/JSONL files exactly as the
+training pipeline reads them (lines, fields, encodings, labels), and the errors naming file:line."""
+
+import json
+
+import pytest
+import seqio
+
+from tasks import user_data as ud
+from tasks import user_files as uf
+from user_data_setup import VOCAB, _rows, _texts, _write
+
+
+# Characters str.splitlines() splits on that JSON strings and TSV/CSV fields may hold as they are.
+_NOT_NEWLINES = "\u2028\u2029\x85\x0b\x0c\x1c\x1d\x1e"
+
+
+def test_lines_end_at_newline_only(tmp_path):
+  """A JSONL string or a TSV/CSV field holding U+2028 (etc.) is one record, as the training pipeline
+  reads it; CRLF files still read."""
+  weird = "a" + _NOT_NEWLINES + "b"
+  train = tmp_path / "d.jsonl"
+  train.write_text(json.dumps({"q": weird, "label": "yes"}, ensure_ascii=False)
+                   + "\r\n" + json.dumps({"q": "plain", "label": "no"}) + "\r\n", encoding="utf-8")
+  train = str(train)
+  assert [r for _, r in uf.read_records(train, "jsonl")] == [
+      {"q": weird, "label": "yes"}, {"q": "plain", "label": "no"}]
+  ud.register_task_from_files("ud_test_jsonl_u2028", train=train, input_template="q: {q}",
+                              vocabulary=VOCAB, overwrite=True)
+  assert _texts("ud_test_jsonl_u2028") == [("q: " + weird, "yes"), ("q: plain", "no")]
+  for fmt, sep in (("tsv", "\t"), ("csv", ",")):
+    path = tmp_path / f"d.{fmt}"
+    path.write_text(f"text{sep}label\r\n{weird}{sep}good\r\nbye{sep}bad\r\n", encoding="utf-8")
+    path = str(path)
+    assert list(uf.read_records(path, fmt)) == [(2, {"text": weird, "label": "good"}),
+                                                (3, {"text": "bye", "label": "bad"})]
+    name = f"ud_test_{fmt}_u2028"
+    ud.register_task_from_files(name, train=path, input_template="say: {text}", vocabulary=VOCAB,
+                                overwrite=True)
+    assert seqio.get_mixture_or_task(name).num_input_examples("train") == 2
+    assert _texts(name) == [("say: " + weird, "good"), ("say: bye", "bad")]
+
+
+@pytest.mark.parametrize("name,text,kwargs,expected", [
+    ("bad.tsv", "premise\thypothesis\tlabel\na\tb\tyes\na\tb\tc\tyes\n", {},
+     ["bad.tsv:3:", "expected 3 tab-separated fields", "found 4"]),
+    ("bad.csv", "premise,hypothesis,label\na,b\n", {},
+     ["bad.csv:2:", "expected 3 comma-separated", "quotes"]),
+    ("bad.jsonl", '{"premise": "a", "hypothesis": "b", "label": "x"}\n{"premise": \n', {},
+     ["bad.jsonl:2:", "not valid JSON"]),
+    ("lab.tsv", "premise\thypothesis\tlabel\na\tb\tyes\na\tb\tmaybe\n",
+     {"label_names": ["no", "yes"]},
+     ["lab.tsv:3:", "unknown label 'maybe'", "label_names"]),
+    ("lab.jsonl", '{"premise": "a", "hypothesis": "b", "label": 5}\n',
+     {"label_names": ["no", "yes"]}, ["lab.jsonl:1:", "unknown label '5'"]),
+    ("miss.tsv", "premise\thyp\tlabel\na\tb\tyes\n", {},
+     ["miss.tsv:1:", "no column 'hypothesis'", "input_template"]),
+    ("miss.jsonl", '{"premise": "a", "hypothesis": "b", "label": "x"}\n'
+     '{"premise": "a", "label": "x"}\n', {},
+     ["miss.jsonl:2:", "no field 'hypothesis'"]),
+    ("tgt.tsv", "premise\thypothesis\tgold\na\tb\tyes\n", {},
+     ["tgt.tsv:1:", "no column 'label'", "target_field"]),
+])
+def test_errors_name_file_and_line(tmp_path, name, text, kwargs, expected):
+  path = _write(tmp_path / name, text)
+  with pytest.raises(uf.UserDataError) as e:
+    ud.register_task_from_files("ud_test_err", train=path, vocabulary=VOCAB,
+                                overwrite=True, **kwargs)
+  for part in expected:
+    assert part in str(e.value)
+  assert "In call to configurable" not in str(e.value)  # gin's line, for Python callers (as documented)
+  assert "ud_test_err" not in seqio.TaskRegistry.names()
+
+
+def test_label_whitespace_is_one_definition():
+  """LABEL_STRIP_CHARS is exactly Python's whitespace, and the graph strips it as the check does
+  (ends only, never inside)."""
+  import tensorflow as tf
+  assert set(uf.LABEL_STRIP_CHARS) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
+  samples = [c + "pos itive" + c + c for c in uf.LABEL_STRIP_CHARS]
+  samples += ["", " ", "\u3000x\xa0y\u2029"]
+  got = [t.decode() for t in uf._tf_normalize_label(tf.constant(samples)).numpy()]
+  assert got == [uf.normalize_label(s) for s in samples]
+  assert got[0] == "pos itive" and got[-1] == "x\xa0y"
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "jsonl"])
+def test_labels_with_unicode_whitespace_get_their_own_label(tmp_path, fmt):
+  """A label with U+00A0, U+3000, \\x1c ... around it was accepted by the check (str.strip) but
+  matched nothing in the graph (tf.strings.strip is ASCII only): argmax made it label_names[0]."""
+  every = ("\xa0\u3000" + "".join(map(chr, range(0x2000, 0x200b))) + "\u202f\u205f\u1680\u2028"
+           "\u2029\x85\x1c\x1d\x1e\x1f\x0b\x0c \t\n\r")  # LABEL_STRIP_CHARS, literally
+  chars = [c for c in every if fmt == "jsonl" or c not in "\t\n\r"]
+  labels = [c + "positive" + c for c in chars] + ["negative", "1\u3000"]
+  if fmt == "jsonl":
+    text = "".join(json.dumps({"s": f"x{i}", "label": l}) + "\n" for i, l in enumerate(labels))
+  else:
+    sep = "\t" if fmt == "tsv" else ","
+    text = f"s{sep}label\n" + "".join(f"x{i}{sep}{l}\n" for i, l in enumerate(labels))
+  path = tmp_path / f"d.{fmt}"
+  path.write_text(text, encoding="utf-8")
+  name = f"ud_test_ws_{fmt}"
+  ud.register_task_from_files(name, train=str(path), validation=str(path), test=str(path),
+                              input_template="{s}", label_names=["negative", "positive"],
+                              rank_classification=True, vocabulary=VOCAB, overwrite=True)
+  want = ["positive"] * len(chars) + ["negative", "positive"]
+  for split in ud.SPLITS:
+    assert [t for t, _ in _rows(name, split)] == want
+  rank = _rows(name + "_rank", "validation")
+  assert [t for t, ok in rank if ok] == want
+
+
+@pytest.mark.parametrize("line,expected", [
+    ('5" screen,positive', ["double quote inside the unquoted field", '"5"" screen"']),
+    ('say "hi" now,positive', ["double quote inside the unquoted field", '"say ""hi"" now"']),
+    ('"abc" ,positive', ["followed by ' ' after its closing quote", "remove what follows"]),
+    ('"abc"def,positive', ["followed by 'd' after its closing quote"]),
+    ('x,"positive" ', ["followed by ' ' after its closing quote"]),
+    (' "a,b",positive', ["double quote inside the unquoted field at column 1 (' \"a')"]),
+    ('"line one', ["not closed on this line", "line break inside a quoted field", "one line"]),
+])
+def test_csv_the_pipeline_cannot_read_is_refused(tmp_path, line, expected):
+  """Python's csv module read these; tf.io.decode_csv, which reads them in training, does not."""
+  path = _write(tmp_path / "d.csv", f"s,label\nfine,negative\n{line}\nline two\",negative\n")
+  with pytest.raises(uf.UserDataError) as e:
+    ud.register_task_from_files("ud_test_csvq", train=path, input_template="{s}",
+                                vocabulary=VOCAB, overwrite=True)
+  for part in ["d.csv:3:", "tf.io.decode_csv", "Fix:"] + expected:
+    assert part in str(e.value)
+
+
+def test_decode_fields_is_decode_csv():
+  """The check splits a line as tf.io.decode_csv does, and fails where it fails."""
+  import random
+  import tensorflow as tf
+  rng = random.Random(0)
+  lines = set()
+  for _ in range(1500):
+    lines.add("".join(rng.choice('a",\t "é') for _ in range(rng.randint(1, 9))))
+  for line in sorted(lines):
+    for fmt in ("csv", "tsv"):
+      try:
+        mine = uf.decode_fields(line, fmt)
+      except uf._FieldError:
+        mine = None
+      n = len(mine) if mine else 2
+      try:
+        theirs = [t.numpy().decode() for t in tf.io.decode_csv(
+            line, [""] * n, field_delim="\t" if fmt == "tsv" else ",",
+            use_quote_delim=fmt == "csv")]
+      except tf.errors.InvalidArgumentError:
+        theirs = None
+      assert mine == theirs, (line, fmt)
+
+
+def test_carriage_return_inside_a_line_is_refused(tmp_path):
+  """tf.data.TextLineDataset deletes every \\r: "good\\rmovie" trained as "goodmovie"; \\r-only line
+  ends (old Mac files) made one line of the whole file."""
+  for text in ("s\tlabel\ngood\rmovie\tpositive\n", "s\tlabel\rgood\tpositive\r"):
+    path = tmp_path / "d.tsv"
+    path.write_bytes(text.encode())
+    with pytest.raises(uf.UserDataError, match=r"d.tsv:\d: a carriage return .* deletes every"):
+      ud.register_task_from_files("ud_test_cr", train=str(path), input_template="{s}",
+                                  vocabulary=VOCAB, overwrite=True)
+
+
+def test_encodings(tmp_path):
+  """UTF-8 with a byte-order mark (Excel's 'CSV UTF-8') reads; latin-1 and UTF-16 name the fix."""
+  for fmt, text in (("tsv", "s\tlabel\ncafé\tpositive\n"), ("csv", "s,label\ncafé,positive\n"),
+                    ("jsonl", '{"s": "café", "label": "positive"}\n')):
+    path = tmp_path / f"bom.{fmt}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    ud.register_task_from_files("ud_test_bom", train=str(path), input_template="{s}",
+                                vocabulary=VOCAB, overwrite=True)
+    assert _texts("ud_test_bom") == [("café", "positive")]
+  path = tmp_path / "l1.tsv"
+  path.write_bytes("s\tlabel\nok\tnegative\ncafé\tpositive\n".encode("latin-1"))
+  with pytest.raises(uf.UserDataError, match=r"l1.tsv:3: not UTF-8: byte 0xe9 .*save it as UTF-8"):
+    ud.register_task_from_files("ud_test_enc", train=str(path), input_template="{s}",
+                                vocabulary=VOCAB, overwrite=True)
+  path = tmp_path / "u16.tsv"
+  path.write_bytes("s\tlabel\ncafé\tpositive\n".encode("utf-16"))
+  with pytest.raises(uf.UserDataError,
+                     match=r"u16.tsv:1: the file starts with a UTF-16 byte-order mark.*as UTF-8"):
+    ud.register_task_from_files("ud_test_enc", train=str(path), input_template="{s}",
+                                vocabulary=VOCAB, overwrite=True)
+  path.write_bytes("s\tlabel\ncafé\tpositive\n".encode("utf-16-le"))  # no byte-order mark
+  with pytest.raises(uf.UserDataError, match=r"u16.tsv:1: a NUL byte; .*probably UTF-16"):
+    ud.register_task_from_files("ud_test_enc", train=str(path), input_template="{s}",
+                                vocabulary=VOCAB, overwrite=True)
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv"])
+def test_blank_lines_are_skipped_in_check_and_pipeline(tmp_path, fmt):
+  sep = "\t" if fmt == "tsv" else ","
+  path = tmp_path / f"d.{fmt}"
+  path.write_bytes(f"s{sep}label\r\na{sep}x\r\n\r\n\nb{sep}y\n\n\r\n".encode())
+  ud.register_task_from_files("ud_test_blank", train=str(path), input_template="{s}",
+                              vocabulary=VOCAB, overwrite=True)
+  assert seqio.get_mixture_or_task("ud_test_blank").num_input_examples("train") == 2
+  assert _texts("ud_test_blank") == [("a", "x"), ("b", "y")]
