@@ -212,6 +212,19 @@ def write_json_atomic(path: str, obj: Any, **dump_kwargs) -> None:
   atomic_write_bytes(path, json.dumps(obj, **dump_kwargs).encode())
 
 
+def read_json_object(path: str) -> dict:
+  """The JSON object in `path`; a ValueError naming the file otherwise (not the decoder's bare
+  "line 1 column 2"). Callers add the fix, which depends on what wrote the file."""
+  with open_file(path, "r") as f:
+    try:
+      out = json.loads(f.read())
+    except ValueError as e:  # also UnicodeDecodeError: binary junk
+      raise ValueError(f"{path} is not valid JSON (truncated or edited by hand?): {e}") from e
+  if not isinstance(out, dict):
+    raise ValueError(f"{path} holds a JSON {type(out).__name__}, not the expected object")
+  return out
+
+
 def atomic_write_dir(directory: str, files: dict) -> None:
   """Writes `files` {name: bytes} into a temporary sibling directory, then renames it to `directory`.
 

@@ -13,7 +13,8 @@ Formats read by `load_prompt` (auto-detected):
     `adapter_model.safetensors` holding `prompt_embeddings`), or the `.safetensors` file itself, read
     with the `adapter_config.json` beside it (without one, only an odd row count is unambiguous);
     its metadata is checked (peft_type, task_type SEQ_2_SEQ_LM, token_dim, num_virtual_tokens x
-    num_transformer_submodules rows) and of PEFT's 2P seq2seq rows the first P, the encoder's, are taken;
+    num_transformer_submodules rows) and of PEFT's 2P seq2seq rows the first P, the encoder's, are taken
+    (`prompt_peft` reads it and checks the metadata; its names are re-exported here);
   * a training `MODEL_DIR` (its `numpy_checkpoints/best` export if present, else the newest step),
     ours or prompt-tuning's.
 
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import os
 import re
 import warnings
@@ -41,7 +41,21 @@ from typing import Any, Optional
 
 import numpy as np
 
-from spot_jax import fileio
+from spot_jax import fileio, prompt_peft
+# Re-exported: callers import them from here.
+from spot_jax.fileio import read_json_object
+from spot_jax.prompt_peft import PEFT_CONFIG, PEFT_TENSOR, PEFT_WEIGHTS
+
+__all__ = [
+    "NUMPY_CHECKPOINTS_DIR", "T5X_PROMPT_FILENAME", "T5X_PROMPT_PARAM", "T5X_CHECKPOINT_FILE",
+    "T5X_ORBAX_CHECKPOINT", "PROMPT_NPY", "EXPORT_INFO", "BEST_EXPORT", "TASK_EMBEDDING_EXPORT",
+    "ACCEPTED_FORMATS", "numpy_checkpoints_dir", "checkpoint_export_dir", "best_export_dir",
+    "task_embedding_export_dir", "ModelDirExports", "list_numpy_checkpoints", "find_exports",
+    "read_export_info", "absolute_local_path", "validate_prompt", "check_prompt_shape", "PromptSource",
+    "resolve_prompt", "load_prompt", "load_prompt_with_source",
+    # from prompt_peft.py and fileio.py
+    "PEFT_CONFIG", "PEFT_WEIGHTS", "PEFT_TENSOR", "read_json_object",
+]
 
 NUMPY_CHECKPOINTS_DIR = "numpy_checkpoints"
 T5X_PROMPT_FILENAME = "encoder.prompt.prompt.prompt"
@@ -55,9 +69,6 @@ PROMPT_NPY = "prompt.npy"
 EXPORT_INFO = "export.json"  # {"step": int, "shape": [P, d], "metrics": {...}, "created": float}
 BEST_EXPORT = "best"
 TASK_EMBEDDING_EXPORT = "task_embedding"
-PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_TENSOR = "prompt_embeddings"
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -154,19 +165,6 @@ def read_export_info(export_dir: str) -> dict:
     return {}
 
 
-def read_json_object(path: str) -> dict:
-  """The JSON object in `path`; a ValueError naming the file otherwise (not the decoder's bare
-  "line 1 column 2"). Callers add the fix, which depends on what wrote the file."""
-  with fileio.open_file(path, "r") as f:
-    try:
-      out = json.loads(f.read())
-    except ValueError as e:  # also UnicodeDecodeError: binary junk
-      raise ValueError(f"{path} is not valid JSON (truncated or edited by hand?): {e}") from e
-  if not isinstance(out, dict):
-    raise ValueError(f"{path} holds a JSON {type(out).__name__}, not the expected object")
-  return out
-
-
 def absolute_local_path(path: Optional[str]) -> Optional[str]:
   """`path` made absolute when it is a local path (one that exists here, or starts with ./ ../ ~ or /),
   so that a record of it (export.json's frozen_model, PEFT's base_model_name_or_path) still names it
@@ -258,21 +256,15 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
     raise FileNotFoundError(f"no prompt at {path}: the path does not exist. Accepted: {ACCEPTED_FORMATS}")
   if not fileio.isdir(path):
     if path.endswith(".safetensors"):  # read with the adapter_config.json beside it, as the directory is
-      parent = os.path.dirname(path.rstrip("/")) or "."
-      return PromptSource(path, "peft", export_dir=parent if fileio.exists(fileio.join(parent, PEFT_CONFIG))
-                          else None)
+      return PromptSource(path, "peft", export_dir=prompt_peft.adapter_dir_of(path))
     if fileio.basename(path) == T5X_CHECKPOINT_FILE and _is_t5x_checkpoint_dir(os.path.dirname(path.rstrip("/"))):
       return resolve_prompt(os.path.dirname(path.rstrip("/")))
     fmt = "t5x" if fileio.basename(path) == T5X_PROMPT_FILENAME else "npy"
     parent = os.path.dirname(path.rstrip("/"))
     step = _step_of(parent) if fmt == "t5x" or fileio.basename(path) == PROMPT_NPY else None
     return PromptSource(path, fmt, export_dir=parent if step is not None else None, step=step)
-  if fileio.exists(fileio.join(path, PEFT_CONFIG)):
-    weights = fileio.join(path, PEFT_WEIGHTS)
-    if not fileio.exists(weights):
-      extra = " (adapter_model.bin is a PyTorch pickle: re-save the adapter with safe_serialization=True)" \
-          if fileio.exists(fileio.join(path, "adapter_model.bin")) else ""
-      raise FileNotFoundError(f"PEFT adapter directory {path} has no {PEFT_WEIGHTS}{extra}")
+  weights = prompt_peft.adapter_weights(path)
+  if weights is not None:
     return PromptSource(weights, "peft", export_dir=path)
   f = _export_file(path)
   if f is not None:  # an export directory (checkpoint_<step>, best, task_embedding)
@@ -326,12 +318,7 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
   if fileio.isdir(fileio.join(path, "checkpoints")):
     raise FileNotFoundError(f"{path} is a MODEL_DIR with training checkpoints but no numpy export yet. "
                             f"{_WHEN_EXPORTED}")
-  named = _named_peft_adapters(path)
-  if named:
-    raise ValueError(f"{path} holds no adapter_config.json itself but PEFT adapters saved under a name in "
-                     f"{', '.join(n + '/' for n in named)} (save_pretrained of an adapter not named 'default' "
-                     f"writes OUT/<name>/): pass {'one of them, e.g. ' if len(named) > 1 else ''}"
-                     f"{fileio.join(path, named[0])}")
+  prompt_peft.check_not_named_adapters(path)
   raise ValueError(f"unknown prompt format at {path}. Accepted: {ACCEPTED_FORMATS}")
 
 
@@ -349,7 +336,7 @@ def load_prompt_with_source(path: str, which: str = "auto"):
   """(prompt, PromptSource) — the source tells where the prompt came from (file, format, step)."""
   src = resolve_prompt(path, which)
   if src.format == "peft":
-    arr = _load_peft(src)
+    arr = prompt_peft.read_peft_prompt(src.file, src.export_dir)
   elif src.format == "t5x_checkpoint":
     arr = _load_t5x_checkpoint(src.file)
   elif src.format == T5X_ORBAX_CHECKPOINT:
@@ -368,107 +355,6 @@ def load_prompt_with_source(path: str, which: str = "auto"):
       raise ValueError(f"{src.file} is not a readable numeric .npy (truncated, or written with pickle): "
                        f"{e}. Export or copy it again") from e
   return validate_prompt(arr, src.file), src
-
-
-def _load_peft(src: PromptSource) -> np.ndarray:
-  """The encoder prompt of a PEFT adapter; its adapter_config.json (beside the weights) is read first
-  and checked against the tensor, as PEFT would: another adapter type, another task type, a width or a
-  row count the config does not give are errors naming the fix."""
-  # Not safetensors.numpy.load: it cannot decode bfloat16, the dtype of an adapter trained on a bf16 model.
-  from spot_jax.checkpoints.hf import load_safetensors_bytes  # pylint: disable=g-import-not-at-top
-  config = None
-  if src.export_dir is not None:
-    try:
-      config = read_json_object(fileio.join(src.export_dir, PEFT_CONFIG))
-    except ValueError as e:
-      raise ValueError(f"{e}. Save the adapter again (PeftModel.save_pretrained or `spot-jax export "
-                       "--format peft`)") from e
-    _check_peft_kind(config, src.export_dir)
-  with fileio.open_file(src.file, "rb") as f:
-    tensors = load_safetensors_bytes(f.read(), src.file)
-  keys = [k for k in tensors if k == PEFT_TENSOR or k.endswith("." + PEFT_TENSOR)]
-  if len(keys) != 1:
-    names = sorted(tensors)
-    listed = ", ".join(names[:3]) + (f", ... ({len(names)} tensors)" if len(names) > 3 else "")
-    lora = "; its lora_A/lora_B tensors make it a LoRA adapter, not a soft prompt" \
-        if any(".lora_" in n for n in names) else ""
-    raise ValueError(f"{src.file}: expected one tensor named {PEFT_TENSOR!r}, found {listed or 'none'}{lora}. "
-                     "Pass a PEFT prompt-tuning adapter")
-  arr = np.asarray(tensors[keys[0]])
-  if arr.ndim != 2:
-    return arr  # validate_prompt names the rank
-  return _peft_encoder_rows(arr, config, src.file)
-
-
-# What other PEFT adapter types hold instead of one input prompt.
-_PEFT_NOT_A_PROMPT = {
-    "PREFIX_TUNING": "per-layer key/value prefixes, not an input prompt",
-    "MULTITASK_PROMPT_TUNING": "a shared prompt combined with per-task factors, not one prompt",
-    "ADAPTION_PROMPT": "LLaMA-Adapter's per-layer prompts, not an input prompt",
-}
-_PEFT_PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING")  # P_TUNING saves its reparameterized prompt: what PEFT feeds
-
-
-def _check_peft_kind(config: dict, where: str) -> None:
-  """Refuses an adapter_config.json of another adapter type or another kind of model."""
-  kind = config.get("peft_type")
-  if kind is not None and kind not in _PEFT_PROMPT_TYPES:
-    what = _PEFT_NOT_A_PROMPT.get(kind, "it changes the model's weights, which spot_jax keeps frozen")
-    raise ValueError(f"{where}: this is a {kind} adapter, not a soft prompt ({what}); pass a PROMPT_TUNING "
-                     "or P_TUNING adapter, or a .npy prompt")
-  task = config.get("task_type")
-  if task is not None and task != "SEQ_2_SEQ_LM":
-    model = "a decoder-only model's prompt, e.g. GPT-2's" if task == "CAUSAL_LM" else "another kind of model's prompt"
-    raise ValueError(f"{where}: task_type is {task!r} ({model}), not SEQ_2_SEQ_LM (T5): a prompt works only with "
-                     f"the frozen model it was trained with. To use its rows anyway (e.g. as an initialization), "
-                     f"save {PEFT_TENSOR} as a .npy and pass that")
-
-
-def _peft_encoder_rows(arr: np.ndarray, config: Optional[dict], file: str) -> np.ndarray:
-  """The encoder prompt among a PEFT tensor's rows, by the adapter_config.json (None: no config)."""
-  rows, width = arr.shape
-  if config is None:  # a lone .safetensors file: PEFT's seq2seq default stores 2P rows (P encoder + P decoder)
-    if rows % 2:
-      return arr  # an odd count cannot be P encoder + P decoder rows: one prompt
-    raise ValueError(f"{file}: no {PEFT_CONFIG} beside it, so its {rows} rows may be one {rows}-token prompt "
-                     f"or {rows // 2} encoder + {rows // 2} decoder rows (PEFT's seq2seq default, "
-                     f"num_transformer_submodules=2): pass the adapter directory with its {PEFT_CONFIG}, "
-                     "or save the rows you mean as a .npy")
-  token_dim = config.get("token_dim")
-  if token_dim is not None and token_dim != width:
-    raise ValueError(f"{file}: {PEFT_TENSOR} is {width} wide but {PEFT_CONFIG} says token_dim={token_dim} "
-                     "(PEFT refuses to load it): the config belongs to another adapter or was edited; save the "
-                     "adapter again, or correct token_dim")
-  p = config.get("num_virtual_tokens")
-  given = config.get("num_transformer_submodules")
-  # PEFT's default when the config does not say: 2 for SEQ_2_SEQ_LM, else 1.
-  subs = given if given is not None else (2 if config.get("task_type") == "SEQ_2_SEQ_LM" else 1)
-  if subs not in (1, 2):
-    raise ValueError(f"{file}: {PEFT_CONFIG} says num_transformer_submodules={subs}; PEFT writes 1 or 2. "
-                     "Save the adapter again")
-  if p is None:
-    if subs == 1 or (given is None and rows % 2):
-      return arr
-    raise ValueError(f"{file}: {PEFT_CONFIG} has no num_virtual_tokens, so the encoder rows among {rows} "
-                     f"(num_transformer_submodules={subs}) are unknown: add num_virtual_tokens, or save the "
-                     "adapter again")
-  if rows == subs * p and subs == 2:
-    warnings.warn(f"{file}: PEFT stored {rows} prompt rows (num_transformer_submodules=2); using the first "
-                  f"{p} (the encoder prompt, which PEFT feeds T5's encoder) and ignoring the decoder rows")
-    return arr[:p]
-  if rows == p and (subs == 1 or given is None):
-    return arr
-  raise ValueError(f"{file}: {PEFT_TENSOR} has {rows} rows but {PEFT_CONFIG} says num_virtual_tokens={p}, "
-                   f"num_transformer_submodules={given if given is not None else f'{subs} (PEFT default)'}, "
-                   f"i.e. {subs * p} rows (PEFT refuses to load it): save the adapter again, or correct the config")
-
-
-def _named_peft_adapters(directory: str) -> list:
-  """Sub-directories holding a PEFT adapter: save_pretrained writes an adapter not named 'default' there."""
-  if not fileio.isdir(directory):
-    return []
-  names = sorted(n.rstrip("/") for n in fileio.listdir(directory))
-  return [n for n in names if fileio.exists(fileio.join(directory, n, PEFT_CONFIG))]
 
 
 def _is_t5x_checkpoint_dir(directory: str) -> bool:
