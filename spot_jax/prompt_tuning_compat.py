@@ -138,7 +138,8 @@ _CONFIGURABLES = {
                                          "PROMPT_FILE = the training MODEL_DIR to evaluate every prompt export, as "
                                          "mode='all' does, or --gin.PROMPT_STEPS=[1000,2000] for some; train and "
                                          "infer restore one checkpoint: drop it",
-    ("Adafactor", None): "spot_jax.optim.adafactor.<decay_rate | clipping_threshold | weight_decay | factored>",
+    ("Adafactor", None): "spot_jax.optim.adafactor.<decay_rate | clipping_threshold | weight_decay | factored | "
+                         "step_offset> (the step it counts from: INITIAL_CHECKPOINT_STEP)",
     ("SentencePieceVocabulary", None): "the environment variable SPOT_JAX_VOCAB=/path/to/sentencepiece.model",
     ("EncoderDecoderModel", None): "nothing: the loss is fixed to T5X's defaults (z-loss 1e-4, no label smoothing)",
 }

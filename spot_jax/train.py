@@ -13,6 +13,7 @@ import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import contextlib
 import hashlib
 import logging
+import re
 import signal
 import sys
 import time
@@ -52,6 +53,63 @@ def load_frozen(initial_checkpoint_path: Optional[str], model_config: Optional[T
                      "(models/sizes/*.gin) to use a fresh initialization")
   log.warning("%s is unset: the frozen model is a fresh random initialization", macro)
   return model_config, init_params(model_config, jax.random.PRNGKey(seed))
+
+
+_CHECKPOINT_STEP_DIR = re.compile(r"checkpoint_(\d+)/*$")
+
+
+def checkpoint_step(initial_checkpoint_path: Optional[str]) -> int:
+  """The step T5X restores from INITIAL_CHECKPOINT_PATH: N of the `checkpoint_N` it names (of a T5X
+  model directory, its newest checkpoint's, the one read). 0 for none: a Hugging Face folder, a fresh
+  initialization, a directory not named `checkpoint_N` (set INITIAL_CHECKPOINT_STEP there)."""
+  if not initial_checkpoint_path:
+    return 0
+  from spot_jax import checkpoints
+  from spot_jax.checkpoints import t5x, t5x_orbax
+  try:
+    resolved = checkpoints.resolve_checkpoint_path(initial_checkpoint_path)
+    m = _CHECKPOINT_STEP_DIR.search(resolved)
+    if m:
+      return int(m.group(1))
+    if checkpoints.detect_format(resolved) == "hf":
+      return 0
+    steps = t5x.checkpoint_steps(resolved) + t5x_orbax.orbax_steps(resolved)
+    return max(steps) if steps else 0
+  except Exception:  # pylint: disable=broad-except  (the reader has already named a bad path)
+    return 0
+
+
+def optimizer_initial_step(model_dir: str, meta: Optional[Mapping], explicit: Optional[int], derived: int,
+                           path: Optional[str]) -> int:
+  """The global step Adafactor's second-moment decay counts from (T5X's step restored from the initial
+  checkpoint): INITIAL_CHECKPOINT_STEP when set, else `derived` (the checkpoint's step). A resumed run
+  keeps the value its checkpoints recorded; one set to another value is refused (the decay of the
+  remaining steps would not be the run's). `meta`: the latest checkpoint's metadata (None: a fresh run)."""
+  if meta is None:
+    step = derived if explicit is None else explicit
+    where = (f"INITIAL_CHECKPOINT_STEP={explicit}" if explicit is not None else
+             f"the step of {path}" if derived else
+             f"{path or 'a fresh initialization'} names no T5X checkpoint_<step>; set INITIAL_CHECKPOINT_STEP "
+             f"(1100000 for an HF copy of T5 1.1 LM-adapted) to count as prompt-tuning does")
+    log.info("Adafactor's second-moment decay counts from global step %d (%s)", step, where)
+    return step
+  if "initial_checkpoint_step" not in meta:  # written before it was recorded: the decay counted from 0
+    if explicit not in (None, 0):
+      log.warning("%s's checkpoints do not record INITIAL_CHECKPOINT_STEP (written before it existed; their "
+                  "Adafactor decay counted from 0); this run continues from step %d", model_dir, explicit)
+      return explicit
+    if derived:
+      log.warning("%s's checkpoints were written before INITIAL_CHECKPOINT_STEP existed, with Adafactor's "
+                  "decay counted from 0: the resumed run keeps 0 (not %d, the step of %s); set "
+                  "INITIAL_CHECKPOINT_STEP to change it", model_dir, derived, path)
+    return 0
+  was = int(meta["initial_checkpoint_step"])
+  if explicit is not None and explicit != was:
+    raise ValueError(f"{model_dir} was trained with Adafactor's second-moment decay counting from global "
+                     f"step {was} (INITIAL_CHECKPOINT_STEP), but this run sets INITIAL_CHECKPOINT_STEP="
+                     f"{explicit}: set --gin.INITIAL_CHECKPOINT_STEP={was} (or None) to resume, or use a new "
+                     f"MODEL_DIR")
+  return was
 
 
 def frozen_fingerprint(params) -> Optional[str]:
@@ -209,8 +267,13 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           eval_num_examples: Optional[int] = None, best_metric: Optional[str] = None,
           task_embedding_step: Optional[int] = None, num_microbatches: int = 1,
           enable_dropout: bool = True, frozen_dtype: str = "float32", async_checkpoints: bool = True,
-          frozen=None, hooks=None) -> np.ndarray:
+          initial_checkpoint_step: Optional[int] = None, frozen=None, hooks=None) -> np.ndarray:
   """Train a prompt; returns the final prompt `[P, d]`. Resumes from MODEL_DIR when it has checkpoints.
+
+  `initial_checkpoint_step` (INITIAL_CHECKPOINT_STEP): the global step Adafactor's second-moment decay
+  counts from, as T5X counts from the step it restores from the initial checkpoint. None: the step of
+  the `checkpoint_N` INITIAL_CHECKPOINT_PATH names, 0 without one (a Hugging Face folder, a fresh
+  initialization, `frozen`). Recorded with the checkpoints; a resume keeps it.
 
   `frozen=(config, params)` bypasses checkpoint loading (used by the SPoT pipeline and the demo, which
   keep one frozen model in memory across many short runs).
@@ -222,7 +285,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
               SAVE_PERIOD=save_period, LOG_PERIOD=log_period, EVAL_PERIOD=eval_period,
               NUM_PARTITIONS=num_partitions, num_microbatches=num_microbatches,
               TASK_EMBEDDING_STEP=task_embedding_step, SEED=seed, keep_checkpoints=keep_checkpoints,
-              eval_batch_size=eval_batch_size, eval_num_examples=eval_num_examples)
+              eval_batch_size=eval_batch_size, eval_num_examples=eval_num_examples,
+              INITIAL_CHECKPOINT_STEP=initial_checkpoint_step)
   fileio.check_not_a_file(model_dir, "MODEL_DIR")
   for sub in (checkpointing.CHECKPOINTS_SUBDIR, prompt_io.NUMPY_CHECKPOINTS_DIR, INFERENCE_EVAL_DIR):
     fileio.check_not_a_file(fileio.join(model_dir, sub), f"the run writes {sub}/ there")
@@ -257,6 +321,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   frozen_model = {"path": None if frozen is not None else initial_checkpoint_path,
                   "seed": seed if frozen is None and not initial_checkpoint_path else None,
                   "fingerprint": frozen_fingerprint(params), "architecture": frozen_architecture(config)}
+  derived_step = checkpoint_step(initial_checkpoint_path) if frozen is None else 0
   prompt_init = prompt_init or prompts.random_uniform()
 
   def initial_prompt():
@@ -273,12 +338,20 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     ckpts = checkpointing.PromptCheckpoints(model_dir, keep_checkpoints, async_checkpoints)
     resume_step = ckpts.latest_step()
     if resume_step is not None:  # before the weights are placed and the step compiled
-      check_same_run(model_dir, ckpts.saved_meta(resume_step), mixture_or_task_name, frozen_model, resume_step)
+      saved_meta = ckpts.saved_meta(resume_step)
+      check_same_run(model_dir, saved_meta, mixture_or_task_name, frozen_model, resume_step)
     elif fresh_prompt is None:  # the step directories seen above were none of orbax's
       fresh_prompt = initial_prompt()
+    initial_step = optimizer_initial_step(model_dir, saved_meta if resume_step is not None else None,
+                                          initial_checkpoint_step, derived_step, initial_checkpoint_path)
+    tx = optimizer or optim.adafactor()
+    rebuilt = optim.with_initial_step(tx, initial_step)
+    if rebuilt is None and initial_step:
+      log.warning("the optimizer was not built by spot_jax.optim.adafactor: INITIAL_CHECKPOINT_STEP=%d "
+                  "(the global step its decay would count from) is not applied", initial_step)
+    tx = rebuilt or tx
 
     frozen_params, frozen_shardings = place_frozen(params, config, mesh, frozen_dtype, axes=axes)
-    tx = optimizer or optim.adafactor()
     lr_schedule = optim.learning_rate_schedule(tx)  # None for an optimizer built elsewhere
     rep = partitioning.replicated(mesh)
     shard_index, num_shards = partitioning.data_layout(mesh)
@@ -339,7 +412,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
       nonlocal last_saved
       check_finite(state)  # never label a skipped update's unchanged prompt as a later step
       ckpts.save(state, {"step": step, "data_batches_consumed": step, "batch_size": batch_size,
-                         "task": mixture_or_task_name, "data_shards": num_shards, "frozen_model": frozen_model})
+                         "task": mixture_or_task_name, "data_shards": num_shards, "frozen_model": frozen_model,
+                         "initial_checkpoint_step": initial_step})
       if is_main:
         prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
                                               frozen_model=frozen_model["path"])
@@ -425,7 +499,7 @@ INFERENCE_EVAL_DIR = "inference_eval"
 
 
 # The least value of each integer setting (None is allowed where the parameter's default is None).
-_INT_MINIMUM = {"SEED": 0}
+_INT_MINIMUM = {"SEED": 0, "INITIAL_CHECKPOINT_STEP": 0}
 
 
 def _check_ints(**values) -> None:
@@ -442,7 +516,9 @@ def _check_ints(**values) -> None:
                "TASK_EMBEDDING_STEP": " (or None: no task-embedding export)",
                "keep_checkpoints": " (or None: keep every checkpoint)",
                "eval_batch_size": " (or None: BATCH_SIZE)",
-               "eval_num_examples": " (or None: the whole split)"}.get(name, "")
+               "eval_num_examples": " (or None: the whole split)",
+               "INITIAL_CHECKPOINT_STEP": " (or None: the step of INITIAL_CHECKPOINT_PATH's checkpoint_<step>)",
+               }.get(name, "")
       raise ValueError(f"{name} must be {least} or more{unset}, got {value}: set {flag}")
 
 

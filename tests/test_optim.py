@@ -88,3 +88,37 @@ def test_learning_rate_schedule_is_the_one_the_optimizer_applies():
   g = jnp.array([[1.0, -2.0], [3.0, -4.0], [0.5, 0.25]])
   u, _ = tx.update(g, tx.init(p), p)
   np.testing.assert_allclose(np.asarray(u), -float(s(0)) * np.sign(np.asarray(g)), rtol=1e-5)
+
+
+def test_decay_counts_from_the_initial_checkpoints_step_as_t5x_does():
+  """T5X restores the step of checkpoint_N and decays with β2 = 1 − (step − step_offset + 1)^−0.8:
+  prompt tuning from checkpoint_1100000 starts at β2 ≈ 0.9999853, not at 0."""
+  n = 1_100_000
+  beta2 = 1.0 - (n + 1.0) ** -0.8  # the first update is made at global step N (T5X's step counter)
+  assert abs(beta2 - 0.9999853) < 1e-7
+  np.testing.assert_allclose(optim.second_moment_decay(0, initial_step=n), beta2, atol=1e-7)
+  tx = optim.adafactor(initial_step=n, weight_decay=0.0)
+  p = jnp.asarray(np.random.RandomState(0).normal(size=(4, 3)), jnp.float32)
+  grads = [jnp.asarray(np.random.RandomState(s).normal(size=(4, 3)) * s, jnp.float32) for s in (1, 2, 3)]
+  state = tx.init(p)
+  v = np.zeros((4, 3))
+  for i, g in enumerate(grads):
+    u, state = tx.update(g, state, p)
+    # T5X's update, written out: its float32 decay at global step N + i, step_offset 0.
+    b = 1.0 - (np.float32(n + i) + np.float32(1.0)) ** np.float32(-0.8)
+    v = b * v + (1.0 - b) * (np.square(np.asarray(g, np.float64)) + 1e-30)
+    y = np.asarray(g, np.float64) / np.sqrt(v)
+    y = y / max(1.0, np.sqrt(np.mean(np.square(y))))
+    np.testing.assert_allclose(u, -0.3 * y, rtol=2e-4, atol=1e-6)
+    p = optax.apply_updates(p, u)
+  np.testing.assert_allclose(state[0].v, v, rtol=2e-3)  # the second moment itself (float32 decay)
+  # With N = 0 the decay is optax's count from 0 (β2 = 0 at the first update), as before.
+  assert float(optim.second_moment_decay(0)) == 0.0
+  # The trainer rebuilds the gin-built optimizer with the checkpoint's step (equal settings: one object).
+  base = optim.adafactor(learning_rate=0.2)
+  moved = optim.with_initial_step(base, n)
+  assert moved is optim.with_initial_step(base, n) and moved is not base
+  assert optim.adafactor_arguments(moved)["initial_step"] == n
+  assert float(optim.learning_rate_schedule(moved)(5)) == float(optim.learning_rate_schedule(base)(5))
+  assert optim.with_initial_step(base, 0) is base
+  assert optim.with_initial_step(optax.sgd(0.1), n) is None

@@ -227,3 +227,34 @@ def test_a_nan_evaluation_is_never_the_best_export(tmp_path, monkeypatch):
                   save_period=4, enable_dropout=False)
   info = prompt_io.read_export_info(prompt_io.best_export_dir(str(tmp_path)))
   assert info["step"] == 4 and info["metrics"] == {f"{TASK}/pearson_corrcoef": 50.0}
+
+
+def test_adafactor_decay_counts_from_the_initial_checkpoints_step_and_a_resume_keeps_it(tmp_path):
+  """Training from a T5X checkpoint_N counts Adafactor's decay from step N (T5X restores it), as an
+  explicit INITIAL_CHECKPOINT_STEP=N does; the value is recorded, and a resume that sets another is refused."""
+  from spot_jax import checkpoints, checkpointing
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  ckpt = checkpoints.write_t5x(params, str(tmp_path / "t5x"), step=1_100_000)
+  assert ckpt.rstrip("/").endswith("checkpoint_1100000")
+  assert train_lib.checkpoint_step(ckpt) == 1_100_000
+  assert train_lib.checkpoint_step(str(tmp_path / "t5x")) == 1_100_000  # a model directory: its newest
+  assert train_lib.checkpoint_step(None) == 0
+  common = dict(mixture_or_task_name=TASK, task_feature_lengths=LENGTHS, train_steps=3, batch_size=8,
+                prompt_length=PROMPT_LEN, save_period=3, log_period=3, enable_dropout=False,
+                async_checkpoints=False)
+  from_path = train_lib.train(model_dir=str(tmp_path / "a"), initial_checkpoint_path=ckpt, model_config=CFG,
+                              **common)
+  explicit = train_lib.train(model_dir=str(tmp_path / "b"), frozen=(CFG, params),
+                             initial_checkpoint_step=1_100_000, **common)
+  from_zero = train_lib.train(model_dir=str(tmp_path / "c"), frozen=(CFG, params), **common)
+  np.testing.assert_allclose(from_path, explicit, rtol=1e-6, atol=1e-7)
+  # β2 = 0 at a run's first update (the old count) gives another prompt from the second update on.
+  assert np.abs(from_path - from_zero).max() > 1e-3
+  ckpts = checkpointing.PromptCheckpoints(str(tmp_path / "a"), 3, False)
+  assert ckpts.saved_meta(3)["initial_checkpoint_step"] == 1_100_000
+  ckpts.close()
+  with pytest.raises(ValueError, match=r"trained with Adafactor's second-moment decay counting from global "
+                                       r"step 1100000 .* sets INITIAL_CHECKPOINT_STEP=0: set "
+                                       r"--gin.INITIAL_CHECKPOINT_STEP=1100000 \(or None\) to resume"):
+    train_lib.train(model_dir=str(tmp_path / "a"), initial_checkpoint_path=ckpt, model_config=CFG,
+                    initial_checkpoint_step=0, **{**common, "train_steps": 4})
