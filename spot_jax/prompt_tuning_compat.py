@@ -102,8 +102,9 @@ _MACROS = {
                   "the environment variable SPOT_JAX_VOCAB",
     "PROMPT": "choose the initializer with a prompts/*.gin file (it sets PROMPT_INIT)",
     "NUM_EMBEDDINGS": "bind spot_jax.model_config.vocab_size (models/*.gin: 32128 for T5, 250112 for mT5)",
-    "Z_LOSS": "spot_jax's loss is fixed to T5X's defaults: z-loss 1e-4, no label smoothing, averaged over "
-              "target tokens",
+    "Z_LOSS": "spot_jax's loss is fixed to prompt-tuning's settings: z-loss 1e-4, no label smoothing, "
+              "LOSS_NORMALIZING_FACTOR=None (the gradient is that of the loss summed over the batch's target "
+              "tokens, as T5X sums it; the logged loss is the mean per target token): drop it",
 }
 for _name in ("LABEL_SMOOTHING", "LOSS_NORMALIZING_FACTOR"):
   _MACROS[_name] = _MACROS["Z_LOSS"]
@@ -141,7 +142,8 @@ _CONFIGURABLES = {
     ("Adafactor", None): "spot_jax.optim.adafactor.<decay_rate | clipping_threshold | weight_decay | factored | "
                          "step_offset> (the step it counts from: INITIAL_CHECKPOINT_STEP)",
     ("SentencePieceVocabulary", None): "the environment variable SPOT_JAX_VOCAB=/path/to/sentencepiece.model",
-    ("EncoderDecoderModel", None): "nothing: the loss is fixed to T5X's defaults (z-loss 1e-4, no label smoothing)",
+    ("EncoderDecoderModel", None): "nothing: the loss is fixed to prompt-tuning's settings (z-loss 1e-4, no "
+                                   "label smoothing, summed over target tokens: LOSS_NORMALIZING_FACTOR=None)",
 }
 
 

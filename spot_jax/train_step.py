@@ -57,8 +57,12 @@ def make_train_step(config: T5Config, tx: optax.GradientTransformation, enable_d
                     num_microbatches: int = 1, z_loss: float = 1e-4) -> Callable:
   """`step(state, frozen, batch, rng) -> (state, metrics)`; pure, to be jitted by the caller.
 
-  The loss is the mean over real target tokens of the whole batch; with microbatches the summed
-  gradients are divided by the total token count, so the update equals the full-batch one.
+  The gradient is that of the loss summed over the batch's target tokens (cross-entropy and z-loss),
+  as T5X computes it with prompt-tuning's LOSS_NORMALIZING_FACTOR=None: a batch with more target
+  tokens weighs more. With microbatches the per-microbatch sums are added, so the update equals the
+  full-batch one. Logged: `loss`, the mean over the batch's target tokens (comparable across batches
+  and runs), `target_tokens`, `grad_norm` (of the summed loss's gradient, the one the optimizer gets)
+  and `prompt_norm`.
   """
   loss_fn = make_loss_fn(config, enable_dropout, z_loss)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -78,8 +82,9 @@ def make_train_step(config: T5Config, tx: optax.GradientTransformation, enable_d
 
       zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros_like(state.prompt))
       (loss_sum, count, grad_sum), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(num_microbatches)))
-    count = jnp.maximum(count, 1.0)
-    loss, grads = loss_sum / count, grad_sum / count
+    # Like T5X's loss without a normalizing factor, the update follows the sum; only the logged loss is
+    # divided by the token count.
+    loss, grads = loss_sum / jnp.maximum(count, 1.0), grad_sum
     updates, opt_state = tx.update(grads, state.opt_state, state.prompt)
     new_prompt = optax.apply_updates(state.prompt, updates)
     grad_norm, new_norm = optax.global_norm(grads), optax.global_norm(new_prompt)

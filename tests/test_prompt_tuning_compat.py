@@ -136,3 +136,11 @@ def test_initial_checkpoint_step_of_a_t5x_config_gin():
       ("INITIAL_CHECKPOINT_PATH = 'unterminated\n", r"could not be parsed as gin")):
     step, reason = compat.initial_checkpoint_step_of_gin(text)
     assert step is None and re.search(why, reason), reason
+
+
+def test_the_loss_macros_hint_says_the_loss_is_summed_as_t5x_sums_it():
+  """prompt-tuning's LOSS_NORMALIZING_FACTOR=None: T5X sums the token losses; the hint said 'averaged'."""
+  for name in ("LOSS_NORMALIZING_FACTOR", "Z_LOSS", "LABEL_SMOOTHING"):
+    hint = compat.macro_hint(name)
+    assert "LOSS_NORMALIZING_FACTOR=None" in hint and "summed over the batch's target tokens" in hint
+    assert "averaged" not in hint

@@ -48,6 +48,48 @@ def test_loss_is_mean_token_cross_entropy_plus_z_loss():
   np.testing.assert_allclose(float(total_z), expected, rtol=1e-5)
 
 
+def _summed_token_loss(params, prompt, batch, z_loss=1e-4):
+  """T5X's loss with LOSS_NORMALIZING_FACTOR=None, computed apart from train_step: optax's cross-entropy
+  plus z-loss, summed over the weighted target tokens (not divided by their count)."""
+  import optax
+  from spot_jax.model import T5
+  logits = T5(CFG).apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                         prompt=prompt)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["decoder_target_tokens"])
+  z = z_loss * jnp.square(jax.nn.logsumexp(logits, axis=-1))
+  return jnp.sum((ce + z) * batch["decoder_loss_weights"])
+
+
+@pytest.mark.parametrize("num_microbatches", [1, 2])
+def test_the_gradient_is_that_of_the_summed_token_loss_as_t5x_without_a_normalizing_factor(num_microbatches):
+  """prompt-tuning runs T5X with LOSS_NORMALIZING_FACTOR=None: the loss is summed over target tokens, so a
+  batch with more of them weighs more. Plain SGD at rate 1 shows the gradient each step hands the optimizer."""
+  import optax
+  jax.config.update("jax_default_matmul_precision", "highest")
+  try:
+    params = init_params(CFG, jax.random.PRNGKey(0))
+    tx = optax.sgd(1.0)
+    prompt = np.random.RandomState(1).uniform(-0.5, 0.5, (3, 32)).astype(np.float32)
+    full, sparse = _batch(0), _batch(1)
+    sparse["decoder_loss_weights"] = sparse["decoder_loss_weights"].copy()
+    sparse["decoder_loss_weights"][:, 1:] = 0  # 8 target tokens against the other batch's 28
+    step = jax.jit(ts.make_train_step(CFG, tx, enable_dropout=False, num_microbatches=num_microbatches))
+    state = ts.init_state(prompt, tx)
+    expected = jnp.asarray(prompt)
+    for batch in (full, sparse):
+      counts = float(np.sum(batch["decoder_loss_weights"]))
+      total, grad = jax.value_and_grad(_summed_token_loss, argnums=1)(params, expected, batch)
+      before = np.asarray(state.prompt)
+      state, metrics = step(state, params, batch, jax.random.key(0, impl="rbg"))
+      np.testing.assert_allclose(before - np.asarray(state.prompt), grad, rtol=2e-4, atol=1e-6)
+      # Logged: the mean over target tokens, as before (comparable across batches and runs).
+      np.testing.assert_allclose(float(metrics["loss"]), float(total) / counts, rtol=1e-5)
+      assert float(metrics["target_tokens"]) == counts
+      expected = expected - grad
+  finally:
+    jax.config.update("jax_default_matmul_precision", None)
+
+
 @pytest.mark.parametrize("matmul_dtype", ["activation", "bfloat16"])
 def test_compiled_step_has_no_weight_gradients(matmul_dtype):
   """XLA's FLOP count of the step is close to forward + activation backward, far below full backprop.
