@@ -7,6 +7,7 @@
 
 Metrics go to EVAL_OUTPUT_DIR as TensorBoard events and `metrics.jsonl` (tags `eval/<task>/<metric>`),
 plus seqio's per-task JSON logs (`<task>-metrics.jsonl`, `<task>-<step>.jsonl` with every prediction).
+Evaluating a step again into the same EVAL_OUTPUT_DIR replaces that step's records in all of them.
 
 `--gin.PROMPT_STEPS="'all'"` with PROMPT_FILE = a training MODEL_DIR evaluates every
 `numpy_checkpoints/checkpoint_<step>/` export (a list of steps: those), each logged at its step, with
@@ -90,6 +91,10 @@ def evaluate_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: Option
   (`evaluate_prompt_steps`) and returns `{step: {task: {metric: value}}}`. `best_metric` picks the
   metric that marks each task's best step in its console table (None: the mean of the task's
   metrics, as training picks its best export).
+
+  A step already logged in `output_dir` (an earlier evaluation) is replaced: its values of these
+  tasks leave metrics.jsonl, seqio's `<task>-metrics.jsonl` and TensorBoard before the new ones are
+  written. `num_examples` is None (all) or 1 or more, checked before any compute.
   """
   if prompt_steps is not None:
     check_prompt_steps(prompt_steps)
@@ -103,7 +108,9 @@ def evaluate_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: Option
                                  num_partitions=num_partitions, frozen_dtype=frozen_dtype,
                                  best_metric=best_metric)
   import jax  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top
   from spot_jax import evaluation, input_pipeline, metrics_log  # pylint: disable=g-import-not-at-top
+  evaluation.check_num_examples(num_examples, "spot_jax.eval.evaluate_prompt.num_examples")
   task = evaluation.get_task(mixture_or_task_name)  # an unknown name fails before the model loads
   input_pipeline.check_split(task, split)  # so does a missing split or unprepared TFDS data
   if output_dir:
@@ -113,12 +120,32 @@ def evaluate_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: Option
   input_pipeline.check_vocabulary_fits(task, config.vocab_size)
   step = step if step is not None else (prompt_step or 0)
   is_main = jax.process_index() == 0
+  log_dir = output_dir if is_main else None
+  task_names = [t.name for t in seqio.evaluation.get_valid_eval_tasks(seqio.get_subtasks(task), split)]
+  if log_dir:  # an earlier evaluation's records of this step are replaced (seqio logs before we do)
+    drop_seqio_records(log_dir, task_names, [step])
   results = evaluation.evaluate(mixture_or_task_name, config, params, prompt, task_feature_lengths,
                                 split=split, batch_size=batch_size, num_examples=num_examples, step=step,
-                                log_dir=output_dir if is_main else None, mesh=mesh, reuse=False)
-  with metrics_log.MetricsLogger(output_dir, enabled=is_main) as logger:
+                                log_dir=log_dir, mesh=mesh, reuse=False)
+  with metrics_log.MetricsLogger(output_dir, enabled=is_main, replace_steps=[step],
+                                 replace_tags=eval_tags(task_names)) as logger:
     logger.write(step, results, prefix="eval")
   return results
+
+
+def eval_tags(task_names: Sequence[str]) -> List[str]:
+  """The prefixes of the metrics.jsonl keys and TensorBoard tags evaluating these tasks writes."""
+  return [f"eval/{name}/" for name in task_names]
+
+
+def drop_seqio_records(log_dir: str, task_names: Sequence[str], steps: Sequence[int]) -> None:
+  """Drops the records of `steps` from seqio's `<task>-metrics.jsonl` logs in `log_dir`: an
+  evaluation of those steps again (a re-run, or the step a killed run left) logs them anew, so each
+  step is there once, as seqio's `<task>-<step>.jsonl` (rewritten whole) holds it once."""
+  from spot_jax import metrics_log  # pylint: disable=g-import-not-at-top
+  pending = {int(s) for s in steps}
+  for name in task_names:
+    metrics_log.drop_records(fileio.join(log_dir, f"{name}-metrics.jsonl"), lambda s: s in pending)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -309,6 +336,7 @@ def evaluate_prompt_steps(mixture_or_task_name: str, output_dir: Optional[str], 
   import seqio  # pylint: disable=g-import-not-at-top
   from spot_jax import evaluation, input_pipeline, metrics_log, prompt_io  # pylint: disable=g-import-not-at-top
   check_prompt_steps(prompt_steps)
+  evaluation.check_num_examples(num_examples, "spot_jax.eval.evaluate_prompt.num_examples")
   task = evaluation.get_task(mixture_or_task_name)  # an unknown name fails before the model loads
   input_pipeline.check_split(task, split)  # so does a missing split or unprepared TFDS data
   if output_dir:
@@ -335,13 +363,12 @@ def evaluate_prompt_steps(mixture_or_task_name: str, output_dir: Optional[str], 
     input_pipeline.check_vocabulary_fits(task, config.vocab_size)
     log_dir = output_dir if is_main else None
     if log_dir:  # a killed run's seqio records of the steps evaluated again (seqio logs before we do)
-      pending = {s for s, _ in todo}
-      for name in task_names:
-        metrics_log.drop_records(fileio.join(log_dir, f"{name}-metrics.jsonl"), lambda s: s in pending)
+      drop_seqio_records(log_dir, task_names, [s for s, _ in todo])
     evaluator = evaluation.PromptEvaluator(
         mixture_or_task_name, task_feature_lengths, split, batch_size, num_examples, log_dir=log_dir,
         logger_cls=(seqio.JSONLogger,) if log_dir else ())
-    with metrics_log.MetricsLogger(output_dir, enabled=is_main) as logger:
+    with metrics_log.MetricsLogger(output_dir, enabled=is_main, replace_steps=[s for s, _ in todo],
+                                   replace_tags=eval_tags(task_names)) as logger:
       for i, (step, export_dir) in enumerate(todo):
         log.info("PROMPT_STEPS: step %d (%d of %d): %s", step, i + 1, len(todo), export_dir)
         results[step] = evaluator.evaluate(config, params, prompts[export_dir], step=step, mesh=mesh)

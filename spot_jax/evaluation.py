@@ -79,14 +79,34 @@ def is_rank_dataset(ds) -> bool:
   return shape.rank == 1 and shape[0] == 2
 
 
+NUM_EXAMPLES_RANGE = "1 or more (or None: the whole split)"
+
+
+def check_num_examples(num_examples: Optional[int], name: str = "num_examples") -> None:
+  """Refuses a `num_examples` that is not None or a positive integer, naming `name` (the gin
+  binding) and the range: 0 read the whole split (not "the first 0"), a negative value the whole
+  split of a plain task and nothing of a rank-classification one (seqio then crashed on the empty
+  split, and infer wrote an empty file)."""
+  if num_examples is None:
+    return
+  if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)):
+    raise ValueError(f"{name} must be an integer {NUM_EXAMPLES_RANGE}, got {num_examples!r} "
+                     f"({type(num_examples).__name__}): set --gin.{name}=N (no quotes) or None")
+  if num_examples < 1:
+    raise ValueError(f"{name} must be {NUM_EXAMPLES_RANGE}, got {num_examples}: set --gin.{name}=N "
+                     f"for the first N examples, or None for all of them")
+
+
 def take_examples(ds, num_examples: Optional[int]):
-  """The first `num_examples` examples of a task dataset (all of it when None/0).
+  """The first `num_examples` examples of a task dataset (all of it when None; `check_num_examples`
+  refuses 0 and negative values).
 
   A rank-classification dataset (`is_rank_dataset`) has one row per option of an example; there
   the first N examples are the rows of the first N distinct example ids (`idx[0]`; an example's
   rows are consecutive), so every kept example keeps all its options. Other datasets: N rows.
   """
-  if not num_examples:
+  check_num_examples(num_examples)
+  if num_examples is None:
     return ds
   if not is_rank_dataset(ds):
     return ds.take(num_examples)
@@ -204,6 +224,7 @@ class PromptEvaluator:
     tf.config.set_visible_devices([], "GPU")  # TF must never take accelerator memory from JAX
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_num_examples(num_examples)
     from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     task = get_task(mixture_or_task_name)
     subtasks = seqio.get_subtasks(task)
@@ -321,15 +342,99 @@ def load_examples(task, split: str, feature_lengths: Optional[Mapping[str, int]]
   return list(take_examples(ds, num_examples).as_numpy_iterator())
 
 
+# The target of every example of an unlabelled split: T5's GLUE test splits (label -1) and
+# tasks.user_data's unlabelled test split (its UNLABELLED_TARGET) hold this placeholder.
+UNLABELLED_TARGET = "<unk>"
+# The splits an unlabelled split takes its decode length from, in this order (then the others).
+LABELLED_SPLITS = ("validation", "train")
+
+
+def _target_text(example, vocabulary) -> Optional[str]:
+  if "targets_pretokenized" in example:
+    return _text(example["targets_pretokenized"])
+  if "targets" in example:
+    return vocabulary.decode(list(map(int, example["targets"])))
+  return None
+
+
+def _is_placeholder(example, vocabulary) -> bool:
+  """Whether an example has no target or the placeholder `UNLABELLED_TARGET`."""
+  return _target_text(example, vocabulary) in (None, UNLABELLED_TARGET)
+
+
+def _lengths_flag(inputs: Any = "N", targets: Any = "M") -> str:
+  return f"--gin.TASK_FEATURE_LENGTHS=\"{{'inputs': {inputs}, 'targets': {targets}}}\""
+
+
+def labelled_target_length(task, split: str) -> Tuple[str, int]:
+  """(split, tokens) of the longest target (EOS included) of the first labelled split of `task`
+  other than `split` (`LABELLED_SPLITS` first, then the others by name): the decode length of an
+  unlabelled `split`, whose placeholder targets say nothing of the answers' length. A ValueError
+  naming TASK_FEATURE_LENGTHS when the task has no labelled split."""
+  try:
+    splits = list(task.splits)
+  except KeyError:  # a TFDS task that asks TFDS, without prepared data
+    splits = []
+  others = [s for s in LABELLED_SPLITS if s != split and s in splits]
+  others += sorted(s for s in splits if s != split and s not in others)
+  vocabulary = task.output_features["targets"].vocabulary
+  for other in others:
+    try:
+      lengths = [len(e["targets"]) for e in load_examples(task, other)
+                 if not _is_placeholder(e, vocabulary)]
+    except Exception as e:  # pylint: disable=broad-except  (e.g. TFDS data not prepared for it)
+      log.debug("%s: split %r not read for its target length: %s", task.name, other, e)
+      continue
+    if lengths:
+      return other, max(lengths)
+  raise ValueError(
+      f"task {task.name!r}: every target of its {split!r} split is the placeholder "
+      f"{UNLABELLED_TARGET!r} (an unlabelled split), so the split cannot set the decode length, and "
+      f"the task has no labelled split to take it from (it has {sorted(splits)}). Set it: "
+      f"{_lengths_flag()}, M the longest answer in tokens plus 1 for EOS")
+
+
+def _note_unlabelled(task, split: str, other: str, length: int) -> None:
+  log.info("task %r: every %r target is the placeholder %r (an unlabelled split), so the decode length "
+           "is the longest target of its %r split: %d tokens with EOS (%s sets it)", task.name, split,
+           UNLABELLED_TARGET, other, length, _lengths_flag())
+
+
+def unlabelled_decode_length(task, split: str, feature_lengths: Optional[Mapping[str, int]] = None,
+                             num_examples: Optional[int] = None) -> Optional[int]:
+  """The decode length `predict_task` needs for an unlabelled `split` (its first `num_examples`
+  examples all hold the placeholder target `UNLABELLED_TARGET`, or no target) without
+  TASK_FEATURE_LENGTHS['targets']: `labelled_target_length`, with a one-line note. None when the
+  split is labelled (read up to its first labelled example) or the length is given. Raises, naming
+  the fix, when the task has no labelled split; `infer` calls it before the model loads."""
+  if (feature_lengths or {}).get("targets"):
+    return None
+  vocabulary = task.output_features["targets"].vocabulary
+  ds = task.get_dataset(dict(feature_lengths) if feature_lengths else None, split=split, shuffle=False,
+                        num_epochs=1, use_cached=False, try_in_mem_cache=False)
+  seen = False
+  for example in take_examples(ds, num_examples).as_numpy_iterator():
+    if not _is_placeholder(example, vocabulary):
+      return None
+    seen = True
+  if not seen:
+    return None
+  other, length = labelled_target_length(task, split)
+  _note_unlabelled(task, split, other, length)
+  return length
+
+
 def predict_task(task_name: str, config: T5Config, params, prompt,
                  feature_lengths: Optional[Mapping[str, int]] = None, split: str = "validation",
                  batch_size: int = 32, num_examples: Optional[int] = None, eos_id: int = 1,
-                 mesh=None) -> List[Dict[str, Any]]:
+                 mesh=None, max_decode_length: Optional[int] = None) -> List[Dict[str, Any]]:
   """Greedy predictions of one task's split: `[{"inputs", "prediction", "targets"}]` in order.
 
   Texts are the task's `*_pretokenized` features when present, else the decoded ids. Without
   `feature_lengths`, the longest example sets the input length and the longest target the decode
-  length.
+  length; on an unlabelled split (every target the placeholder `UNLABELLED_TARGET`, as GLUE's test
+  splits) the longest target of a labelled split does (`labelled_target_length`, noted in the
+  log). `max_decode_length` overrides both.
   """
   import seqio  # pylint: disable=g-import-not-at-top
   task = get_task(task_name)
@@ -343,7 +448,11 @@ def predict_task(task_name: str, config: T5Config, params, prompt,
   out_vocab = task.output_features["targets"].vocabulary
   lengths = dict(feature_lengths or {})
   in_len = lengths.get("inputs") or max(len(e["inputs"]) for e in examples)
-  dec_len = lengths.get("targets") or max([len(e.get("targets", ())) for e in examples] + [1])
+  dec_len = max_decode_length or lengths.get("targets")
+  if not dec_len and all(_is_placeholder(e, out_vocab) for e in examples):
+    other, dec_len = labelled_target_length(task, split)
+    _note_unlabelled(task, split, other, dec_len)
+  dec_len = dec_len or max([len(e.get("targets", ())) for e in examples] + [1])
   if prompt is not None:
     prompt = np.asarray(jax.device_get(prompt), np.float32)
   rows = []

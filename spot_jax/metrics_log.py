@@ -20,7 +20,7 @@ import numbers
 import os
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -119,7 +119,7 @@ class ProgressBar:
     self._bar.close()
 
 
-def _mark_session_start(log_dir: str, step: int) -> None:
+def _mark_session_start(log_dir: str, step: int, count: int = 1) -> None:
   """Writes TensorFlow's session marker (a SessionLog START event at `step`) in an event file of its
   own. TensorBoard reads a run's files in name order and takes every START after the first for a
   restart: it drops the points at or after that step, which an interrupted run logged past its last
@@ -130,7 +130,8 @@ def _mark_session_start(log_dir: str, step: int) -> None:
   from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
   with tf.Graph().as_default():
     writer = tf.compat.v1.summary.FileWriter(log_dir)
-    writer.add_session_log(event_pb2.SessionLog(status=event_pb2.SessionLog.START), global_step=step)
+    for _ in range(count):
+      writer.add_session_log(event_pb2.SessionLog(status=event_pb2.SessionLog.START), global_step=step)
     writer.close()
 
 
@@ -141,12 +142,12 @@ class _TensorBoard:
   `tensorboard` package (which `tf.summary.scalar` and clu's SummaryWriter need) is not required.
   """
 
-  def __init__(self, log_dir: str, session_start: Optional[int] = None):
+  def __init__(self, log_dir: str, session_start: Optional[int] = None, starts: int = 1):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
     self._tf = tf
     if session_start is not None:  # before the writer: its file must sort after the marker's
-      _mark_session_start(log_dir, session_start)
+      _mark_session_start(log_dir, session_start, starts)
     self._writer = tf.summary.create_file_writer(log_dir)
     self._metadata = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
@@ -179,12 +180,18 @@ class MetricsLogger:
       the interrupted process after its last checkpoint and about to be logged again, are dropped.
     mark_sessions: write TensorBoard's session marker at `start_step + 1` (training runs), so that
       TensorBoard drops the same later points of an interrupted run when this one resumes it.
+    replace_steps / replace_tags: this run logs these steps again (an evaluation re-run into the
+      same directory): the values already logged at them under tags starting with one of
+      `replace_tags` (all tags when empty) are dropped first, from metrics.jsonl (a record keeps
+      its other values) and from TensorBoard (`_replace_tensorboard_points`), so each log holds the
+      new values once.
   """
 
   def __init__(self, log_dir: Optional[str], total_steps: Optional[int] = None, start_step: int = 0,
                enabled: Optional[bool] = None, tensorboard: bool = True, jsonl: bool = True,
                console: bool = True, progress: Optional[bool] = None, desc: str = "train",
-               resume_from: Optional[int] = None, mark_sessions: bool = False):
+               resume_from: Optional[int] = None, mark_sessions: bool = False,
+               replace_steps: Collection[int] = (), replace_tags: Sequence[str] = ()):
     self.enabled = _default_enabled() if enabled is None else bool(enabled)
     self.log_dir = log_dir
     self.console = console
@@ -193,13 +200,21 @@ class MetricsLogger:
     self._bar = None
     if not self.enabled:
       return
+    replaced = _replaced(replace_steps, replace_tags)
     if log_dir:
       if not log_dir.startswith("gs://"):
         os.makedirs(log_dir, exist_ok=True)
       if tensorboard:
-        self._tb = _TensorBoard(log_dir, start_step + 1 if mark_sessions else None)
+        again = _replace_tensorboard_points(log_dir, replaced) if replaced else None
+        if again is not None:  # mark_sessions is for training runs, which replace nothing
+          start, starts, points = again
+          self._tb = _TensorBoard(log_dir, start, starts)
+          for step in sorted(points):
+            self._tb.write(step, points[step])
+        else:
+          self._tb = _TensorBoard(log_dir, start_step + 1 if mark_sessions else None)
       if jsonl:
-        self._jsonl = _open_append(os.path.join(log_dir, JSONL_NAME), resume_from)
+        self._jsonl = _open_append(os.path.join(log_dir, JSONL_NAME), resume_from, replaced)
     if total_steps is not None and progress is not False:
       self._bar = ProgressBar(total_steps, initial=start_step, desc=desc,
                               disable=None if progress is None else not progress)
@@ -262,10 +277,11 @@ class MetricsLogger:
     self.close()
 
 
-def drop_records(path: str, steps) -> None:
+def drop_records(path: str, steps, replaced: Optional[Callable[[str, int], bool]] = None) -> None:
   """Rewrites the JSONL log `path` (atomically) without the records whose step `steps(step)` says to
-  drop, and without a torn last line; other lines are kept. No file: nothing to do. Also used on
-  seqio's `<task>-metrics.jsonl` logs, whose records carry a "step" too."""
+  drop, and without a torn last line; other lines are kept. With `replaced(key, step)`, the values
+  it names are dropped from the other records too (a record left without values goes). No file:
+  nothing to do. Also used on seqio's `<task>-metrics.jsonl` logs, whose records carry a "step" too."""
   if not fileio.exists(path):
     return
   with (fileio.open_file(path, "r") if fileio.is_remote(path) else open(path, encoding="utf-8")) as f:
@@ -276,11 +292,20 @@ def drop_records(path: str, steps) -> None:
     if not line.strip():
       continue
     try:
-      drop = bool(steps(int(json.loads(line)["step"])))
+      record = json.loads(line)
+      step = int(record["step"])
+      drop = bool(steps(step))
     except json.JSONDecodeError:
       drop = i == len(lines) - 1  # a torn last line (the process died writing it)
     except (ValueError, KeyError, TypeError):
       drop = False  # not a record of ours: left as it is
+    else:
+      if not drop and replaced is not None and any(replaced(k, step) for k in record):
+        record = {k: v for k, v in record.items() if not replaced(k, step)}
+        if set(record) <= {"step", "time"}:
+          drop = True
+        else:
+          line = json.dumps(record, sort_keys=False)
     if not drop:
       kept.append(line + "\n")
   if "".join(kept) != text:
@@ -294,11 +319,45 @@ def drop_records_after(path: str, step: int) -> None:
 
 
 
-def _open_append(path: str, resume_from: Optional[int] = None):
+def _replaced(steps: Collection[int], tags: Sequence[str]) -> Optional[Callable[[str, int], bool]]:
+  """`replaced(tag, step)`: whether a run that logs `steps` again replaces that logged value (tags
+  starting with one of `tags`; every tag when `tags` is empty). None when `steps` is empty."""
+  steps = {int(s) for s in steps}
+  if not steps:
+    return None
+  tags = tuple(tags)
+  return lambda tag, step: step in steps and tag not in ("step", "time") and (
+      not tags or tag.startswith(tags))
+
+
+def _replace_tensorboard_points(log_dir: str, replaced: Callable[[str, int], bool]
+                                ) -> Optional[Tuple[int, int, Dict[int, Dict[str, float]]]]:
+  """How a run that logs some steps again drops the points `replaced(tag, step)` names from
+  `log_dir`'s event files (TensorBoard has no deletion): a session START marker at the first such
+  step, which drops every point at or after it from the earlier files, and those points again but
+  the replaced ones, for the new writer to log after the marker. Returns (marker step, number of
+  START events to write, {step: {tag: value}} to log again), or None when no point is replaced.
+  TensorBoard (2.x) takes a folder's first START for the session's start and only later ones for
+  restarts: a folder without one gets two."""
+  scalars, has_start = _folder_scalars(log_dir)
+  hits = [step for tag, points in scalars.items() for step, _ in points if replaced(tag, step)]
+  if not hits:
+    return None
+  start = min(hits)
+  again: Dict[int, Dict[str, float]] = {}
+  for tag, points in scalars.items():
+    for step, value in points:
+      if step >= start and not replaced(tag, step):
+        again.setdefault(step, {})[tag] = value
+  return start, 1 if has_start else 2, again
+
+
+def _open_append(path: str, resume_from: Optional[int] = None,
+                 replaced: Optional[Callable[[str, int], bool]] = None):
   """Opens the log for appending, first dropping a torn last line (appended to, it would glue the next
-  record onto it and corrupt both) and, for a run resumed from step `resume_from`, the records of
-  later steps (one read and rewrite for both)."""
-  drop_records(path, lambda s: resume_from is not None and s > resume_from)
+  record onto it and corrupt both), for a run resumed from step `resume_from` the records of later
+  steps, and the values `replaced(key, step)` names (one read and rewrite for all)."""
+  drop_records(path, lambda s: resume_from is not None and s > resume_from, replaced)
   if fileio.is_remote(path):  # GCS objects cannot grow: tf.io.gfile emulates append
     return fileio.open_file(path, "a")
   return open(path, "a", encoding="utf-8")
@@ -326,21 +385,30 @@ def read_tensorboard_scalars(log_dir: str) -> Dict[str, List[Tuple[int, float]]]
   """`{tag: [(step, value), ...]}` from every event file under `log_dir`, local or gs:// (for tests and
   tools), read as TensorBoard reads them: each folder's files in name order, and a session START
   after the folder's first drops the points at or after its step (an interrupted run's, redone)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
   out: Dict[str, List[Tuple[int, float]]] = {}
   for folder, _, names in sorted(fileio.walk(log_dir)):
-    seen: Dict[str, List[Tuple[int, float]]] = {}
-    started = False
-    for name in sorted(n for n in names if n.startswith("events.out.tfevents.")):
-      for event in tf.compat.v1.train.summary_iterator(fileio.join(folder, name)):
-        if event.session_log.status == event_pb2.SessionLog.START:
-          if started:
-            seen = {k: [p for p in v if p[0] < event.step] for k, v in seen.items()}
-          started = True
-        for v in event.summary.value:
-          value = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else float(v.simple_value)
-          seen.setdefault(v.tag, []).append((int(event.step), value))
-    for tag, points in seen.items():
+    for tag, points in _folder_scalars(folder, names)[0].items():
       out.setdefault(tag, []).extend(points)
   return out
+
+
+def _folder_scalars(folder: str, names: Optional[Sequence[str]] = None
+                    ) -> Tuple[Dict[str, List[Tuple[int, float]]], bool]:
+  """(`{tag: [(step, value)]}` of the event files directly in `folder` as TensorBoard reads them,
+  whether they hold a session START); `names`: the folder's file names (None: listed here)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
+  if names is None:
+    names = fileio.listdir(folder) if fileio.isdir(folder) else []
+  seen: Dict[str, List[Tuple[int, float]]] = {}
+  started = False
+  for name in sorted(n for n in names if n.startswith("events.out.tfevents.")):
+    for event in tf.compat.v1.train.summary_iterator(fileio.join(folder, name)):
+      if event.session_log.status == event_pb2.SessionLog.START:
+        if started:
+          seen = {k: [p for p in v if p[0] < event.step] for k, v in seen.items()}
+        started = True
+      for v in event.summary.value:
+        value = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else float(v.simple_value)
+        seen.setdefault(v.tag, []).append((int(event.step), value))
+  return seen, started

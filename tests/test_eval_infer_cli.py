@@ -398,3 +398,171 @@ def test_eval_in_two_processes_writes_what_one_process_writes(tmp_path, prompt_f
   rows = {d: [json.loads(l)["prediction"] for l in open(tmp_path / d / f"{TASK}-000000.jsonl")]
           for d in ("two", "one")}
   assert len(rows["two"]) == 8 and rows["two"] == rows["one"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Found by an eval/infer audit.
+
+def _no_model_load(monkeypatch):
+  from spot_jax import train as train_lib
+  monkeypatch.setattr(train_lib, "load_frozen", lambda *a, **k: pytest.fail("the model was loaded"))
+
+
+def _register_user_task(tmp_path, name, **splits):
+  """A user-data task over the bundled vocabulary; `splits`: {split: [(text, label)]}, label "" =
+  unlabelled (a test split only)."""
+  from tasks import bundled, user_data
+  paths = {}
+  for split, rows in splits.items():
+    path = tmp_path / f"{name}-{split}.tsv"
+    path.write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+    paths[split] = str(path)
+  user_data.register_task_from_files(name, format="tsv", input_template="review: {text}",
+                                     target_field="label", label_names=["yes", "absolutely not at all"],
+                                     vocabulary=bundled.get_vocabulary(), overwrite=True, **paths)
+
+
+def test_infer_on_an_unlabelled_split_decodes_as_long_as_the_labelled_splits(tmp_path, prompt_file,
+                                                                             caplog):
+  """An unlabelled test split (every target the placeholder "<unk>", as GLUE's test splits) with
+  TASK_FEATURE_LENGTHS=None took its decode length from the placeholder (4 tokens + EOS), cutting
+  every prediction short. Now it decodes as long as the validation split's longest target, with a
+  note, so the same inputs get the same predictions on both splits."""
+  texts = ["the script is lovely", "the ending felt bad", "my friends picked this"]
+  name = "spot_test_infer_unlabelled"
+  _register_user_task(tmp_path, name, validation=[(t, l) for t, l in zip(texts, ["yes", "absolutely not at all",
+                                                                                  "yes"])],
+                      test=[(t, "") for t in texts])
+  rows = {}
+  for split in ("validation", "test"):
+    gin.clear_config()
+    with caplog.at_level(logging.INFO, logger="spot_jax"):
+      written = infer_cli.main(_args("prompt_infer.gin", "INFER_OUTPUT_DIR", tmp_path / "i", prompt_file,
+                                     [f"--gin.MIXTURE_OR_TASK_NAME='{name}'", "--gin.TASK_FEATURE_LENGTHS=None",
+                                      f"--gin.INFER_SPLIT='{split}'"]))
+    rows[split] = [json.loads(line) for line in open(written[name])]
+  vocabulary = seqio_vocabulary()
+  longest = len(vocabulary.encode("absolutely not at all")) + 1
+  placeholder = len(vocabulary.encode("<unk>")) + 1
+  assert longest > placeholder + 2
+  assert [r["targets"] for r in rows["test"]] == ["<unk>"] * 3
+  # The random model decodes to the length limit: the validation limit shows in its predictions.
+  assert max(len(vocabulary.encode(r["prediction"])) for r in rows["validation"]) > placeholder
+  assert [r["prediction"] for r in rows["test"]] == [r["prediction"] for r in rows["validation"]]
+  assert (f"task {name!r}: every 'test' target is the placeholder '<unk>' (an unlabelled split), so the "
+          f"decode length is the longest target of its 'validation' split: {longest} tokens with EOS "
+          "(--gin.TASK_FEATURE_LENGTHS=\"{'inputs': N, 'targets': M}\" sets it)") in caplog.text, caplog.text
+  from spot_jax import evaluation
+  from tasks import user_data
+  assert evaluation.UNLABELLED_TARGET == user_data.UNLABELLED_TARGET
+
+
+def seqio_vocabulary():
+  from tasks import bundled
+  return bundled.get_vocabulary()
+
+
+def test_infer_on_an_unlabelled_task_without_labelled_splits_needs_feature_lengths(tmp_path, prompt_file,
+                                                                                   monkeypatch):
+  """Without a labelled split nothing tells the decode length: refused before the model loads,
+  naming TASK_FEATURE_LENGTHS; given it, infer runs."""
+  name = "spot_test_infer_unlabelled_only"
+  _register_user_task(tmp_path, name, test=[("all good", ""), ("the food was cold", "")])
+  args = _args("prompt_infer.gin", "INFER_OUTPUT_DIR", tmp_path / "i", prompt_file,
+               [f"--gin.MIXTURE_OR_TASK_NAME='{name}'", "--gin.INFER_SPLIT='test'"])
+  with monkeypatch.context() as mp:
+    _no_model_load(mp)
+    with pytest.raises(SystemExit, match=rf"^spot_jax.infer: error: task '{name}': every target of its 'test' "
+                                         r"split is the placeholder '<unk>' \(an unlabelled split\), so the split "
+                                         r"cannot set the decode length, and the task has no labelled split to "
+                                         r"take it from \(it has \['test'\]\). Set it: --gin.TASK_FEATURE_LENGTHS="):
+      infer_cli.main(args + ["--gin.TASK_FEATURE_LENGTHS=None"])
+  assert not os.path.exists(tmp_path / "i")
+  gin.clear_config()
+  written = infer_cli.main(args)  # TASK_FEATURE_LENGTHS given (LENGTHS)
+  assert len(open(written[name]).readlines()) == 2
+
+
+@pytest.mark.parametrize("value", [0, -1, -5, "'3'", 2.5, True])
+def test_num_examples_other_than_a_positive_integer_or_none_is_refused_before_compute(
+    tmp_path, prompt_file, monkeypatch, value, run_dir):
+  """0 evaluated the whole split (the docs say "the first N"); a negative value the whole split of a
+  plain task, and on a rank task crashed inside seqio (eval) or wrote an empty file (infer)."""
+  _no_model_load(monkeypatch)
+  for run_gin, macro, cli, binding, extra in (
+      ("prompt_eval.gin", "EVAL_OUTPUT_DIR", eval_cli, "spot_jax.eval.evaluate_prompt", []),
+      ("prompt_eval.gin", "EVAL_OUTPUT_DIR", eval_cli, "spot_jax.eval.evaluate_prompt",
+       ["--gin.PROMPT_STEPS='all'"]),
+      ("prompt_infer.gin", "INFER_OUTPUT_DIR", infer_cli, "spot_jax.infer.infer_prompt", [])):
+    for task in (TASK, RANK):
+      gin.clear_config()
+      out = tmp_path / macro
+      prompt = str(run_dir) if extra else prompt_file
+      with pytest.raises(SystemExit, match=rf"error: {binding}.num_examples must be (an integer )?1 or more "
+                                           r"\(or None: the whole split\), got .*: set "
+                                           rf"--gin.{binding}.num_examples=N"):
+        cli.main(_args(run_gin, macro, out, prompt, [f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
+                                                     f"--gin.{binding}.num_examples={value}"] + extra))
+      assert not os.path.exists(out)
+
+
+def test_eval_run_again_into_the_same_dir_replaces_its_step(tmp_path, run_dir):
+  """A second `eval` of step 0 into the same EVAL_OUTPUT_DIR appended a second step-0 record to
+  metrics.jsonl, <task>-metrics.jsonl and TensorBoard (while <task>-000000.jsonl was overwritten).
+  Now it replaces them; another step's records (here step 4) stay."""
+  out = tmp_path / "e"
+  exports = run_dir / "numpy_checkpoints"
+  tag = f"eval/{RANK}/accuracy"
+
+  def run(export, n):
+    gin.clear_config()
+    return eval_cli.main(_args("prompt_eval.gin", "EVAL_OUTPUT_DIR", out, str(exports / f"checkpoint_{export}"),
+                               [f"--gin.MIXTURE_OR_TASK_NAME='{RANK}'",
+                                f"--gin.spot_jax.eval.evaluate_prompt.num_examples={n}"]
+                               + (["--gin.spot_jax.eval.evaluate_prompt.step=0"] if export != 4 else [])))
+
+  at4 = run(4, 4)[RANK]["accuracy"]
+  run(2, 3)
+  last = run(6, 5)[RANK]["accuracy"]
+  records = metrics_log.read_jsonl(str(out / "metrics.jsonl"))
+  assert sorted((r["step"], r[tag]) for r in records) == [(0, last), (4, at4)]
+  seqio_records = [json.loads(line) for line in open(out / f"{RANK}-metrics.jsonl")]
+  assert sorted((r["step"], r["accuracy"]) for r in seqio_records) == [(0, last), (4, at4)]
+  assert sorted(metrics_log.read_tensorboard_scalars(str(out))[tag]) == [(0, pytest.approx(last)),
+                                                                         (4, pytest.approx(at4))]
+  assert len(open(out / f"{RANK}-000000.jsonl").readlines()) == 10  # 5 examples x 2 options
+
+
+def test_an_unknown_split_is_refused_before_the_model_loads_naming_the_splits(tmp_path, prompt_file,
+                                                                             monkeypatch, run_dir):
+  _no_model_load(monkeypatch)
+  for run_gin, macro, cli, split_macro, extra in (
+      ("prompt_eval.gin", "EVAL_OUTPUT_DIR", eval_cli, "EVAL_SPLIT", []),
+      ("prompt_eval.gin", "EVAL_OUTPUT_DIR", eval_cli, "EVAL_SPLIT", ["--gin.PROMPT_STEPS='all'"]),
+      ("prompt_infer.gin", "INFER_OUTPUT_DIR", infer_cli, "INFER_SPLIT", [])):
+    gin.clear_config()
+    with pytest.raises(SystemExit, match=rf"error: {TASK} has no split 'dev'; it has \['test', 'train', "
+                                         r"'validation'\]"):
+      cli.main(_args(run_gin, macro, tmp_path / macro, str(run_dir) if extra else prompt_file,
+                     [f"--gin.{split_macro}='dev'"] + extra))
+    assert not os.path.exists(tmp_path / macro)
+
+
+def test_infer_warns_when_every_option_is_cut_to_the_same_target(tmp_path, prompt_file, caplog, monkeypatch):
+  """TASK_FEATURE_LENGTHS['targets']=1 cuts every option of a rank task to EOS: all score the same
+  and the prediction is always option 0. infer says so (the truncation warning names the options
+  that become one)."""
+  from spot_jax import input_pipeline
+  monkeypatch.setattr(input_pipeline, "_TRUNCATION_CHECKED", set())
+  monkeypatch.setattr(input_pipeline, "_TRUNCATION_WARNED", set())
+  with caplog.at_level(logging.WARNING, logger="spot_jax"):
+    written = infer_cli.main(_args("prompt_infer.gin", "INFER_OUTPUT_DIR", tmp_path / "i", prompt_file,
+                                   [f"--gin.MIXTURE_OR_TASK_NAME='{RANK}'",
+                                    "--gin.TASK_FEATURE_LENGTHS={'inputs': 6, 'targets': 1}",
+                                    "--gin.spot_jax.infer.infer_prompt.num_examples=3"]))
+  rows = [json.loads(line) for line in open(written[RANK])]
+  assert all(r["scores"][0] == r["scores"][1] and r["prediction"] == r["options"][0] for r in rows)
+  assert (f"task {RANK!r}: 64 of the first 64 'validation' examples have targets longer than "
+          "TASK_FEATURE_LENGTHS['targets']=1 tokens (up to 2 with EOS); seqio cuts them to 1 (keeping EOS), "
+          "so distinct targets become the same target ('negative' and 'positive') and cannot be learned or "
+          "told apart") in caplog.text, caplog.text

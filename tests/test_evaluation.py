@@ -270,3 +270,71 @@ def test_evaluation_warns_when_targets_are_cut(setup, caplog):
   assert (f"task {RANK!r}: 8 of the first 12 'validation' examples have targets longer than "
           "TASK_FEATURE_LENGTHS['targets']=3 tokens (up to 6 with EOS)") in caplog.text, caplog.text
   assert "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 16, 'targets': 6}\"" in caplog.text
+
+
+def test_num_examples_must_be_positive_or_none(setup):
+  """Found by an eval/infer audit: 0 took the whole split, a negative value the whole split of a
+  plain dataset and nothing of a rank one (seqio then crashed on the empty split)."""
+  params, prompt, _ = setup
+  plain = tf.data.Dataset.from_tensor_slices({"inputs": np.arange(10)})
+  for bad in (0, -1, 1.5, "3", True):
+    for ds in (plain, _rank_rows(3, 2)):
+      with pytest.raises(ValueError, match=r"num_examples must be (an integer )?1 or more \(or None: the whole "
+                                           r"split\)"):
+        E.take_examples(ds, bad)
+    with pytest.raises(ValueError, match="num_examples must be"):
+      E.PromptEvaluator(PREDICT, LENGTHS, batch_size=BATCH, num_examples=bad)
+    with pytest.raises(ValueError, match="num_examples must be"):
+      E.predict_task(PREDICT, CFG, params, prompt, LENGTHS, num_examples=bad)
+    with pytest.raises(ValueError, match="num_examples must be"):
+      E.score_options_task(RANK, CFG, params, prompt, LENGTHS, num_examples=bad)
+
+
+def _register_splits(name, splits):
+  """A predict task whose `splits` are {split: [(inputs, targets)]}."""
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({"inputs": [i for i, _ in splits[split]],
+                                               "targets": [t for _, t in splits[split]]})
+
+  seqio.TaskRegistry.add(
+      name, source=seqio.FunctionDataSource(dataset_fn, splits=list(splits)),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features=_features(), metric_fns=[accuracy])
+
+
+def test_predict_task_on_an_unlabelled_split_decodes_as_long_as_a_labelled_split(setup, caplog):
+  """Found by an eval/infer audit: without feature lengths, a split whose targets are all the
+  placeholder "<unk>" (an unlabelled test split) decoded only len("<unk>") + EOS tokens. Its decode
+  length is now the longest target of the task's validation split (else train), with a note; a task
+  with no labelled split is refused, naming TASK_FEATURE_LENGTHS."""
+  import logging
+  params, prompt, _ = setup
+  name = "spot_test_eval_unlabelled"
+  answers = ["a rather long answer", "no"]  # 20 bytes + EOS: the validation decode length
+  _register_splits(name, {"train": [("x", "yes")], "validation": list(zip(INPUTS[:2], answers)),
+                          "test": [(i, "<unk>") for i in INPUTS]})
+  want = D.greedy_decode(CFG, params, prompt, _enc(INPUTS), len(answers[0]) + 1)
+  said = [VOCAB.decode(D.trim_after_eos(t, 1)) for t in want]
+  assert max(len(VOCAB.encode(s)) for s in said) > len("<unk>") + 1  # would be cut before
+  with caplog.at_level(logging.INFO, logger="spot_jax"):
+    rows = E.predict_task(name, CFG, params, prompt, split="test", batch_size=BATCH)
+  assert [r["prediction"] for r in rows] == said
+  assert "every 'test' target is the placeholder '<unk>' (an unlabelled split), so the decode length is the " \
+         "longest target of its 'validation' split: 21 tokens with EOS" in caplog.text, caplog.text
+  task = seqio.get_mixture_or_task(name)
+  assert E.unlabelled_decode_length(task, "test") == 21
+  assert E.unlabelled_decode_length(task, "validation") is None  # labelled: its own targets
+  assert E.unlabelled_decode_length(task, "test", {"inputs": 16, "targets": 4}) is None  # given
+  # Only unlabelled splits: nothing to take the length from.
+  _register_splits(name, {"test": [(i, "<unk>") for i in INPUTS]})
+  with pytest.raises(ValueError, match=r"every target of its 'test' split is the placeholder '<unk>' .*no labelled "
+                                       r"split to take it from \(it has \['test'\]\). Set it: "
+                                       r"--gin.TASK_FEATURE_LENGTHS=\"\{'inputs': N, 'targets': M\}\""):
+    E.predict_task(name, CFG, params, prompt, split="test", batch_size=BATCH)
+  rows = E.predict_task(name, CFG, params, prompt, {"inputs": 16, "targets": 3}, split="test", batch_size=BATCH)
+  assert len(rows) == len(INPUTS)
+  seqio.TaskRegistry.remove(name)

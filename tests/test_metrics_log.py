@@ -92,6 +92,40 @@ def test_a_resumed_run_marks_its_start_so_tensorboard_drops_the_redone_points(tm
   assert ML.read_tensorboard_scalars(str(tmp_path))["train/loss"][-2:] == [(6, 60.0), (5, 0.5)]
 
 
+def test_logging_a_step_again_replaces_its_values_in_jsonl_and_tensorboard(tmp_path):
+  """An evaluation run again into its directory (replace_steps, replace_tags) replaces the values it
+  logged at that step: metrics.jsonl loses them (a record keeps other tasks' values), TensorBoard
+  gets a session marker at the step (two in a folder without one: TensorBoard 2.x takes the first
+  START for the session's start) and the later points again; other steps and tags stay. Found by an
+  eval/infer audit (a second step-0 record and point per run)."""
+  import time
+  with ML.MetricsLogger(str(tmp_path), enabled=True) as logger:
+    logger.write(0, {"a": {"accuracy": 1.0}, "b": {"accuracy": 2.0}}, prefix="eval")
+    logger.write(5, {"a": {"accuracy": 3.0}}, prefix="eval")
+  for again, value in enumerate((10.0, 20.0)):
+    time.sleep(1.1)  # event file names carry whole seconds: the marker must sort after the others
+    with ML.MetricsLogger(str(tmp_path), enabled=True, replace_steps=[0], replace_tags=["eval/a/"]) as logger:
+      logger.write(0, {"a": {"accuracy": value}}, prefix="eval")
+    records = [{k: v for k, v in r.items() if k != "time"} for r in ML.read_jsonl(str(tmp_path / "metrics.jsonl"))]
+    assert records == [{"step": 0, "eval/b/accuracy": 2.0}, {"step": 5, "eval/a/accuracy": 3.0},
+                       {"step": 0, "eval/a/accuracy": value}]
+    scalars = ML.read_tensorboard_scalars(str(tmp_path))
+    assert sorted(scalars["eval/a/accuracy"]) == [(0, value), (5, 3.0)]
+    assert scalars["eval/b/accuracy"] == [(0, 2.0)]
+    markers = sorted(f for f in os.listdir(tmp_path) if f.startswith("events") and not f.endswith(".v2"))
+    assert len(markers) == again + 1
+  from tensorflow.core.util import event_pb2
+  import tensorflow as tf
+  starts = [[e.step for e in tf.compat.v1.train.summary_iterator(str(tmp_path / m))
+             if e.session_log.status == event_pb2.SessionLog.START] for m in markers]
+  assert starts == [[0, 0], [0]]
+  # A step not logged before: nothing dropped, no marker.
+  with ML.MetricsLogger(str(tmp_path), enabled=True, replace_steps=[7], replace_tags=["eval/a/"]) as logger:
+    logger.write(7, {"a": {"accuracy": 4.0}}, prefix="eval")
+  assert len([f for f in os.listdir(tmp_path) if f.startswith("events") and not f.endswith(".v2")]) == 2
+  assert sorted(ML.read_tensorboard_scalars(str(tmp_path))["eval/a/accuracy"]) == [(0, 20.0), (5, 3.0), (7, 4.0)]
+
+
 def test_appending_after_a_torn_line_ends_it_first_and_a_fresh_start_drops_all(tmp_path):
   """A process killed mid-write leaves a torn last line; the next run appending to the file would
   glue its first record onto it (both lost, and the file unreadable). A fresh run (resume_from=0,
