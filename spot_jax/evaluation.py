@@ -14,6 +14,7 @@ each task compiles one decode program and one score program.
 from __future__ import annotations
 
 import logging
+import warnings
 from unittest import mock
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -398,6 +399,27 @@ def _note_unlabelled(task, split: str, other: str, length: int) -> None:
   log.info("task %r: every %r target is the placeholder %r (an unlabelled split), so the decode length "
            "is the longest target of its %r split: %d tokens with EOS (%s sets it)", task.name, split,
            UNLABELLED_TARGET, other, length, _lengths_flag())
+
+
+def warn_if_unlabelled(task, split: str, probe: int = 64) -> List[str]:
+  """Warns (and returns the names) of the tasks whose `split` is unlabelled: its first `probe` examples
+  all hold the placeholder target, so an evaluation would score predictions against `<unk>`, a number
+  that means nothing, without a word. `eval` calls it before the model loads."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  names = []
+  for sub in seqio.evaluation.get_valid_eval_tasks(seqio.get_subtasks(task), split):
+    vocabulary = sub.output_features["targets"].vocabulary
+    ds = sub.get_dataset(None, split=split, shuffle=False, num_epochs=1, use_cached=False,
+                         try_in_mem_cache=False)
+    examples = list(ds.take(probe).as_numpy_iterator())
+    if examples and all(_is_placeholder(e, vocabulary) for e in examples):
+      names.append(sub.name)
+  if names:
+    warnings.warn(f"the {split!r} split of {', '.join(map(repr, names))} is unlabelled (every target is the "
+                  f"placeholder {UNLABELLED_TARGET!r}), so its metrics score the predictions against that "
+                  "placeholder and mean nothing: evaluate a labelled split (--gin.EVAL_SPLIT=\"'validation'\"), "
+                  "or write predictions with spot_jax.infer")
+  return names
 
 
 def unlabelled_decode_length(task, split: str, feature_lengths: Optional[Mapping[str, int]] = None,

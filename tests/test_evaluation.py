@@ -338,3 +338,20 @@ def test_predict_task_on_an_unlabelled_split_decodes_as_long_as_a_labelled_split
   rows = E.predict_task(name, CFG, params, prompt, {"inputs": 16, "targets": 3}, split="test", batch_size=BATCH)
   assert len(rows) == len(INPUTS)
   seqio.TaskRegistry.remove(name)
+
+
+def test_eval_of_an_unlabelled_split_warns_that_its_metrics_mean_nothing():
+  """An eval of a split whose targets are all "<unk>" scored predictions against the placeholder and
+  printed the number without a word (left by the eval/infer audit's fixes)."""
+  name = "spot_test_eval_unlabelled_warn"
+  _register_splits(name, {"validation": list(zip(INPUTS, ["yes"] * len(INPUTS))),
+                          "test": [(i, "<unk>") for i in INPUTS]})
+  task = seqio.get_mixture_or_task(name)
+  with pytest.warns(UserWarning, match=r"the 'test' split of 'spot_test_eval_unlabelled_warn' is unlabelled "
+                                       r"\(every target is the placeholder '<unk>'\).*mean nothing.*EVAL_SPLIT"):
+    assert E.warn_if_unlabelled(task, "test") == [name]
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert E.warn_if_unlabelled(task, "validation") == []
+  seqio.TaskRegistry.remove(name)
