@@ -267,13 +267,20 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           eval_num_examples: Optional[int] = None, best_metric: Optional[str] = None,
           task_embedding_step: Optional[int] = None, num_microbatches: int = 1,
           enable_dropout: bool = True, frozen_dtype: str = "float32", async_checkpoints: bool = True,
-          initial_checkpoint_step: Optional[int] = None, frozen=None, hooks=None) -> np.ndarray:
+          initial_checkpoint_step: Optional[int] = None,
+          eval_task_feature_lengths: Optional[Mapping[str, int]] = None, frozen=None,
+          hooks=None) -> np.ndarray:
   """Train a prompt; returns the final prompt `[P, d]`. Resumes from MODEL_DIR when it has checkpoints.
 
   `initial_checkpoint_step` (INITIAL_CHECKPOINT_STEP): the global step Adafactor's second-moment decay
   counts from, as T5X counts from the step it restores from the initial checkpoint. None: the step of
   the `checkpoint_N` INITIAL_CHECKPOINT_PATH names, 0 without one (a Hugging Face folder, a fresh
   initialization, `frozen`). Recorded with the checkpoints; a resume keeps it.
+
+  Evaluation during training (EVAL_PERIOD) reads EVAL_SPLIT whole, as T5X's infer_eval does
+  (`task_feature_lengths=None`): the split's longest input and target set the lengths, so no validation
+  input is cut to TASK_FEATURE_LENGTHS and the best export is picked on the real inputs.
+  `eval_task_feature_lengths` caps them instead (inputs longer are cut, with a warning that names them).
 
   `frozen=(config, params)` bypasses checkpoint loading (used by the SPoT pipeline and the demo, which
   keep one frozen model in memory across many short runs).
@@ -301,6 +308,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   missing = {"inputs", "targets"} - set(task_feature_lengths)
   if missing:
     raise ValueError(f"TASK_FEATURE_LENGTHS lacks {sorted(missing)}; e.g. {{'inputs': 128, 'targets': 8}}")
+  if eval_task_feature_lengths is not None and {"inputs", "targets"} - set(eval_task_feature_lengths):
+    raise ValueError(f"eval_task_feature_lengths lacks {sorted({'inputs', 'targets'} - set(eval_task_feature_lengths))}: "
+                     "give both, or None (the evaluation split's longest example, as T5X's infer_eval)")
   if batch_size % num_microbatches:
     raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by num_microbatches={num_microbatches}")
   if task_embedding_step is not None and not 0 < task_embedding_step <= train_steps:
@@ -455,7 +465,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
             logger.write(step, values, prefix="train")
             window_start, window_steps = time.time(), 0
           if eval_period and (step % eval_period == 0 or step == train_steps):
-            results = _evaluate(mixture_or_task_name, config, frozen_params, state.prompt, task_feature_lengths,
+            results = _evaluate(mixture_or_task_name, config, frozen_params, state.prompt, eval_task_feature_lengths,
                                 eval_split, eval_batch_size or batch_size, eval_num_examples, step,
                                 inference_eval_dir(model_dir) if is_main else None)
             logger.write(step, results, prefix="eval")

@@ -258,3 +258,27 @@ def test_adafactor_decay_counts_from_the_initial_checkpoints_step_and_a_resume_k
                                        r"--gin.INITIAL_CHECKPOINT_STEP=1100000 \(or None\) to resume"):
     train_lib.train(model_dir=str(tmp_path / "a"), initial_checkpoint_path=ckpt, model_config=CFG,
                     initial_checkpoint_step=0, **{**common, "train_steps": 4})
+
+
+def test_evaluation_during_training_reads_whole_inputs_as_t5x_infer_eval(tmp_path, monkeypatch):
+  """T5X's infer_eval evaluates with task_feature_lengths=None (the split's longest example): validation
+  inputs longer than TASK_FEATURE_LENGTHS' training length are not cut, nor is the best export picked on
+  cut inputs. eval_task_feature_lengths caps them on request."""
+  from spot_jax import evaluation
+  seen, real = [], evaluation.evaluate
+
+  def recording(name, config, params, prompt, feature_lengths=None, **kwargs):
+    seen.append(feature_lengths)
+    return real(name, config, params, prompt, feature_lengths, **kwargs)
+  monkeypatch.setattr(evaluation, "evaluate", recording)
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  short = {"inputs": 8, "targets": 4}  # the bundled inputs run to 27 tokens
+  common = dict(mixture_or_task_name=TASK, task_feature_lengths=short, train_steps=2, batch_size=8,
+                prompt_length=PROMPT_LEN, frozen=(CFG, params), eval_period=2, eval_num_examples=8,
+                save_period=2, enable_dropout=False)
+  train_lib.train(model_dir=str(tmp_path / "a"), **common)
+  assert seen == [None]
+  train_lib.train(model_dir=str(tmp_path / "b"), eval_task_feature_lengths=short, **common)
+  assert seen[-1] == short
+  with pytest.raises(ValueError, match=r"eval_task_feature_lengths lacks \['targets'\]"):
+    train_lib.train(model_dir=str(tmp_path / "c"), eval_task_feature_lengths={"inputs": 8}, **common)
