@@ -184,3 +184,26 @@ def test_top_k_all_is_every_source_but_the_excluded(tmp_path):
   assert pipeline_cli.resolve_top_k("all", lib, "target") == 2  # the target is left out by default
   assert pipeline_cli.resolve_top_k("all", lib, "target", exclude=["a", "target"]) == 1
   assert pipeline_cli.resolve_top_k("all", lib, "other") == 3 and pipeline_cli.resolve_top_k(5, lib, "x") == 5
+
+
+def test_pipeline_runs_count_adafactor_decay_from_the_initial_checkpoint_step(tmp_path, monkeypatch):
+  """`spot`/`spot source` hand `train` the frozen model in memory, not INITIAL_CHECKPOINT_PATH, so every
+  pipeline run counted Adafactor's decay from 0 even from checkpoint_1100000 (prompt-tuning: the
+  checkpoint's step). The checkpoint's step now reaches each run; INITIAL_CHECKPOINT_STEP wins."""
+  import jax
+  from spot_jax import train as train_lib
+  from spot_jax.checkpoints import write_t5x
+  from spot_jax.model import init_params
+  from spot_jax.spot import training_runs
+  write_t5x(init_params(CFG, jax.random.PRNGKey(0)), str(tmp_path / "t5x"), step=7)
+  s = dict(task_feature_lengths=LENGTHS, batch_size=2, prompt_length=P, prompt_init=None, seed=0,
+           num_partitions=1, eval_batch_size=None, eval_num_examples=None, best_metric=None, save_period=5,
+           initial_checkpoint_path=str(tmp_path / "t5x"), initial_checkpoint_step=None)
+  run = pipeline_cli._run_config(s)
+  assert run.initial_step == 7
+  assert pipeline_cli._run_config(dict(s, initial_checkpoint_step=1_100_000)).initial_step == 1_100_000
+  assert pipeline_cli._run_config(dict(s, initial_checkpoint_path=None)).initial_step == 0
+  seen = {}
+  monkeypatch.setattr(train_lib, "train", lambda **kw: seen.update(kw) or np.zeros((P, CFG.d_model)))
+  training_runs._train(None, run, str(tmp_path / "m"), "spot_bundled_nli", 2)
+  assert seen["initial_checkpoint_step"] == 7

@@ -32,17 +32,24 @@ def spot_settings(model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[s
                   selection_steps: Optional[int] = None, mixture_steps: Optional[int] = None,
                   eval_batch_size: Optional[int] = None, eval_num_examples: Optional[int] = None,
                   best_metric: Optional[str] = None, library_dir: Optional[str] = None,
-                  mixture_or_task_name: Optional[str] = None, save_period: int = 1000) -> dict:
+                  mixture_or_task_name: Optional[str] = None, save_period: int = 1000,
+                  initial_checkpoint_step: Optional[int] = None) -> dict:
   """Collects the gin macros of a SPoT run (see gin/runs/spot_target.gin)."""
   return dict(locals())
 
 
 def _run_config(s: dict) -> RunConfig:
+  """Every run's settings; Adafactor's decay counts from the initial checkpoint's step as `train` does
+  from INITIAL_CHECKPOINT_PATH (the pipeline hands `train` the frozen model in memory, not the path)."""
+  from spot_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  step = s.get("initial_checkpoint_step")
   return RunConfig(task_feature_lengths=dict(s["task_feature_lengths"]), batch_size=s["batch_size"],
                    prompt_length=s["prompt_length"], prompt_init=s["prompt_init"], seed=s["seed"],
                    num_partitions=s["num_partitions"], eval_batch_size=s["eval_batch_size"],
                    eval_num_examples=s["eval_num_examples"], metric=s["best_metric"],
-                   save_period=s["save_period"])
+                   save_period=s["save_period"],
+                   initial_step=step if step is not None else train_lib.checkpoint_step(
+                       s["initial_checkpoint_path"]))
 
 
 # Read by runs/prompt_train.gin (which the spot run files include) for `spot_jax.train` alone: the

@@ -34,6 +34,9 @@ class RunConfig:
   eval_num_examples: Optional[int] = None
   metric: Optional[str] = None
   optimizer: Any = None
+  # The global step Adafactor's decay counts from (train's INITIAL_CHECKPOINT_STEP); None: train's own
+  # default, which is 0 for the in-memory frozen model the pipeline passes.
+  initial_step: Optional[int] = None
 
 
 def evaluate_prompt(frozen, task: str, prompt, run: RunConfig) -> Dict[str, float]:

@@ -53,6 +53,8 @@ def _train(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt
                 task_embedding_step=task_embedding_step, enable_dropout=run.enable_dropout)
   if run.optimizer is not None:
     kwargs["optimizer"] = run.optimizer
+  if run.initial_step is not None:
+    kwargs["initial_checkpoint_step"] = run.initial_step
   log.info("training %s for %d steps -> %s", task, steps, model_dir)
   return train_lib.train(**kwargs)
 
