@@ -14,9 +14,9 @@ the like keep working.
 import importlib.util  # noqa: F401  (gin 0.5 needs it imported first)
 import os
 import string
+import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from absl import logging
 import gin
 import seqio
 import tensorflow as tf
@@ -261,10 +261,10 @@ def _replace(name: str, new: Optional[seqio.Task]) -> None:
     seqio.TaskRegistry.remove(name)
     stale = _mixtures_holding(old)
     if stale:
-      logging.warning(
-          "task %r was registered again, but mixture(s) %s still hold the old task (seqio looks a "
-          "mixture's tasks up when the mixture is made); register them again "
-          "(seqio.MixtureRegistry.remove(name), then add) to use the new one.", name, stale)
+      warnings.warn(  # a Python warning: a notebook shows it, where absl's log may go unseen
+          f"task {name!r} was registered again, but mixture(s) {stale} still hold the old task (seqio "
+          "looks a mixture's tasks up when the mixture is made); register them again "
+          "(seqio.MixtureRegistry.remove(name), then add) to use the new one.")
   if new is not None:
     seqio.TaskRegistry.add_provider(name, new)
 

@@ -282,15 +282,14 @@ def test_no_half_registration(tmp_path):
   assert "ud_test_own_rank" in seqio.TaskRegistry.names()
 
 
-def test_re_registering_warns_about_mixtures_holding_the_old_task(tmp_path, caplog):
+def test_re_registering_warns_about_mixtures_holding_the_old_task(tmp_path):
   """seqio resolves a mixture's tasks when it is made: the mixture keeps the old Task object."""
   kw = _twin_setup(tmp_path, "ud_test_mx")
   ud.register_task_from_files("ud_test_mx", **kw)
   seqio.MixtureRegistry.add("ud_test_mx_mix", ["ud_test_mx"], default_rate=1.0)
   try:
-    with caplog.at_level("WARNING"):
+    with pytest.warns(UserWarning, match=r"\['ud_test_mx_mix'\] still hold the old task"):
       ud.register_task_from_files("ud_test_mx", overwrite=True, **kw)
-    assert "['ud_test_mx_mix'] still hold the old task" in caplog.text
   finally:
     seqio.MixtureRegistry.remove("ud_test_mx_mix")
 
