@@ -102,16 +102,3 @@ def library(frozen, tmp_path_factory, jax_cache_dir):
                                             setup.SOURCE_STEPS, setup.RUN)
   return PromptLibrary(str(root / "lib")), records, root
 
-
-# The slowest files first (their summed test times on 2026-11-29, longest first): pytest-xdist hands
-# files to the two workers in collection order (`--dist loadfile`), so a long file that came late in
-# the alphabet kept one core busy alone for minutes at the end of the run.
-_SLOW_FILES_FIRST = ("test_train_processes.py", "test_train.py", "test_model.py", "test_eval_infer_cli.py",
-                     "test_pipeline.py", "test_train_step.py", "test_pallas_attention.py",
-                     "test_bench_attention_check.py", "test_gcs_emulator.py", "test_decode.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-  del session, config
-  rank = {name: i for i, name in enumerate(_SLOW_FILES_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
