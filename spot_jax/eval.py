@@ -35,7 +35,7 @@ def load_model(checkpoint_path: Optional[str], model_config: Optional[T5Config],
   """(config, params placed on the mesh, mesh); every prompt of `prompts` ({where it came from:
   [P, d]}) must have the model's width, checked before a fresh initialization when the config says."""
   from spot_jax import partitioning  # pylint: disable=g-import-not-at-top
-  from spot_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from spot_jax import frozen_model as frozen_lib  # pylint: disable=g-import-not-at-top
 
   def check_width(config):
     for source, prompt in prompts.items():
@@ -45,11 +45,11 @@ def load_model(checkpoint_path: Optional[str], model_config: Optional[T5Config],
 
   if not checkpoint_path and isinstance(model_config, T5Config):
     check_width(model_config)  # before a fresh initialization
-  config, params = train_lib.load_frozen(checkpoint_path, model_config, seed, macro="CHECKPOINT_PATH")
+  config, params = frozen_lib.load_frozen(checkpoint_path, model_config, seed, macro="CHECKPOINT_PATH")
   config = config.replace(dropout_rate=0.0)
   check_width(config)
   mesh = partitioning.make_mesh(num_partitions)
-  params, _ = train_lib.place_frozen(params, config, mesh, frozen_dtype)
+  params, _ = frozen_lib.place_frozen(params, config, mesh, frozen_dtype)
   return config, params, mesh
 
 

@@ -97,9 +97,9 @@ def test_gpu_and_cpu_bf16_gins_give_the_benchmarked_settings_and_run(tmp_path, p
   """models/gpu_bf16.gin (after the size): bfloat16 activations and frozen weights, the fused
   attention; models/cpu_bf16.gin: float32 activations, bfloat16 products and frozen weights. infer
   runs with each (the fused form's XLA lowering here). Without them: float32, einsum."""
-  from spot_jax import train as train_lib
-  placed, place = [], train_lib.place_frozen
-  monkeypatch.setattr(train_lib, "place_frozen", lambda params, config, mesh, dtype: placed.append(
+  from spot_jax import frozen_model as frozen_lib
+  placed, place = [], frozen_lib.place_frozen
+  monkeypatch.setattr(frozen_lib, "place_frozen", lambda params, config, mesh, dtype: placed.append(
       (config.dtype, config.matmul_dtype, config.attention_impl, dtype))
       or place(params, config, mesh, dtype))
   for extra, want in (((), ("float32", "activation", "einsum", "float32")),
@@ -147,12 +147,12 @@ def test_tfds_task_without_prepared_data_fails_before_the_model_loads(tmp_path, 
   loading the model. Now they stop first with train's DataNotPreparedError and its fixes."""
   import seqio
   from tensorflow_datasets.core import constants
-  from spot_jax import train as train_lib
+  from spot_jax import frozen_model as frozen_lib
   data_dir = str(tmp_path / "tfds")
   monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
   monkeypatch.setattr(constants, "DATA_DIR", data_dir)
   monkeypatch.setattr(seqio.utils.LazyTfdsLoader, "_MEMOIZED_BUILDERS", {})
-  monkeypatch.setattr(train_lib, "load_frozen", lambda *a, **k: pytest.fail("the model was loaded"))
+  monkeypatch.setattr(frozen_lib, "load_frozen", lambda *a, **k: pytest.fail("the model was loaded"))
   for task in ("spot_glue_rte_v200", "spot_glue_rte_v200_rank"):
     for run_gin, macro, cli in (("prompt_eval.gin", "EVAL_OUTPUT_DIR", eval_cli),
                                 ("prompt_infer.gin", "INFER_OUTPUT_DIR", infer_cli)):
@@ -207,8 +207,8 @@ _FROZEN = {}  # the tiny model's fresh initialization (seed 0: the same every ti
 
 def _count_and_share_the_frozen_model(monkeypatch, counts):
   from spot_jax import evaluation
-  from spot_jax import train as train_lib
-  load = train_lib.load_frozen
+  from spot_jax import frozen_model as frozen_lib
+  load = frozen_lib.load_frozen
 
   def load_frozen(path, config, seed, macro="INITIAL_CHECKPOINT_PATH"):
     counts["loads"] += 1
@@ -225,7 +225,7 @@ def _count_and_share_the_frozen_model(monkeypatch, counts):
       counts["evaluated"].append(step)
       return super().evaluate(*args, step=step, **kwargs)
 
-  monkeypatch.setattr(train_lib, "load_frozen", load_frozen)
+  monkeypatch.setattr(frozen_lib, "load_frozen", load_frozen)
   monkeypatch.setattr(evaluation, "PromptEvaluator", Counted)
 
 
@@ -404,8 +404,8 @@ def test_eval_in_two_processes_writes_what_one_process_writes(tmp_path, prompt_f
 # Found by an eval/infer audit.
 
 def _no_model_load(monkeypatch):
-  from spot_jax import train as train_lib
-  monkeypatch.setattr(train_lib, "load_frozen", lambda *a, **k: pytest.fail("the model was loaded"))
+  from spot_jax import frozen_model as frozen_lib
+  monkeypatch.setattr(frozen_lib, "load_frozen", lambda *a, **k: pytest.fail("the model was loaded"))
 
 
 def _register_user_task(tmp_path, name, **splits):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from spot_jax import gin_utils, optim, prompt_io
+from spot_jax import frozen_model as frozen_lib
 from spot_jax import train as train_lib
 from spot_jax.model import init_params
 
@@ -97,11 +98,11 @@ def test_a_resume_warns_of_another_data_layout_and_each_run_drops_the_records_it
 def test_fresh_initialization_warning_names_the_callers_macro(caplog):
   import logging
   with caplog.at_level(logging.WARNING, logger="spot_jax"):
-    config, _ = train_lib.load_frozen(None, CFG, 0, macro="CHECKPOINT_PATH")
+    config, _ = frozen_lib.load_frozen(None, CFG, 0, macro="CHECKPOINT_PATH")
   assert config == CFG
   assert "CHECKPOINT_PATH is unset" in caplog.text and "INITIAL_CHECKPOINT_PATH" not in caplog.text
   with pytest.raises(ValueError, match="set CHECKPOINT_PATH to a T5X"):
-    train_lib.load_frozen(None, None, 0, macro="CHECKPOINT_PATH")
+    frozen_lib.load_frozen(None, None, 0, macro="CHECKPOINT_PATH")
 
 
 def test_sizes_from_checkpoint_takes_the_models_dimensions_from_it(tmp_path):
@@ -125,15 +126,15 @@ def test_sizes_from_checkpoint_takes_the_models_dimensions_from_it(tmp_path):
   # The other model_config bindings still apply (here models/gpu_bf16.gin's), shape ones are checked.
   gpu = [a for a in args if "runs/" not in a] + ["--gin_file=models/gpu_bf16.gin", "--gin_file=runs/prompt_train.gin"]
   gin_utils.configure(gpu)
-  config, _ = train_lib.load_frozen(ckpt, gin.get_configurable(model_config)(), 0)
+  config, _ = frozen_lib.load_frozen(ckpt, gin.get_configurable(model_config)(), 0)
   assert (config.d_ff, config.num_encoder_layers) == (48, 3)
   assert (config.dtype, config.attention_impl, config.dropout_rate) == ("bfloat16", "fused", 0.1)
   gin_utils.configure([a.replace("t5_1_1.gin", "t5_1_0.gin") for a in args])  # a ReLU variant file
   with pytest.raises(ValueError, match=r"(?s)feed_forward: config says 'relu', checkpoint has 'gated-gelu'"
                                        r".*from_checkpoint.gin"):
-    train_lib.load_frozen(ckpt, gin.get_configurable(model_config)(), 0)
+    frozen_lib.load_frozen(ckpt, gin.get_configurable(model_config)(), 0)
   with pytest.raises(ValueError, match="from_checkpoint.gin takes the model's dimensions from the checkpoint"):
-    train_lib.load_frozen(None, gin.get_configurable(model_config)(), 0)
+    frozen_lib.load_frozen(None, gin.get_configurable(model_config)(), 0)
 
 
 def test_the_best_export_survives_a_resume(tmp_path, caplog):
@@ -174,12 +175,12 @@ def test_the_best_export_survives_a_resume(tmp_path, caplog):
   was = {"path": None, "seed": 0, "fingerprint": "a" * 16}
   with pytest.raises(ValueError, match=r"whose weights differ .*with the same seed, the model config must "
                                        r"have changed \(a model_config binding"):
-    train_lib.check_same_run(str(tmp_path), {"task": TASK, "frozen_model": was}, TASK,
+    frozen_lib.check_same_run(str(tmp_path), {"task": TASK, "frozen_model": was}, TASK,
                              {**was, "fingerprint": "b" * 16, "architecture": {"num_heads": 2}}, 4)
-  train_lib.check_same_run(str(tmp_path), {"task": TASK, "frozen_model": was}, TASK,
+  frozen_lib.check_same_run(str(tmp_path), {"task": TASK, "frozen_model": was}, TASK,
                            {**was, "architecture": {"num_heads": 2}}, 4)  # the same model: accepted
   # Host or device copies of one model agree (the same run resumed above, with device arrays).
-  assert train_lib.frozen_fingerprint(params) == train_lib.frozen_fingerprint(jax.device_get(params))
+  assert frozen_lib.frozen_fingerprint(params) == frozen_lib.frozen_fingerprint(jax.device_get(params))
 
 
 def test_logs_the_learning_rate_of_each_step_and_t5x_inference_eval_files(tmp_path):
@@ -236,9 +237,9 @@ def test_adafactor_decay_counts_from_the_initial_checkpoints_step_and_a_resume_k
   params = init_params(CFG, jax.random.PRNGKey(0))
   ckpt = checkpoints.write_t5x(params, str(tmp_path / "t5x"), step=1_100_000)
   assert ckpt.rstrip("/").endswith("checkpoint_1100000")
-  assert train_lib.checkpoint_step(ckpt) == 1_100_000
-  assert train_lib.checkpoint_step(str(tmp_path / "t5x")) == 1_100_000  # a model directory: its newest
-  assert train_lib.checkpoint_step(None) == 0
+  assert frozen_lib.checkpoint_step(ckpt) == 1_100_000
+  assert frozen_lib.checkpoint_step(str(tmp_path / "t5x")) == 1_100_000  # a model directory: its newest
+  assert frozen_lib.checkpoint_step(None) == 0
   common = dict(mixture_or_task_name=TASK, task_feature_lengths=LENGTHS, train_steps=3, batch_size=8,
                 prompt_length=PROMPT_LEN, save_period=3, log_period=3, enable_dropout=False,
                 async_checkpoints=False)

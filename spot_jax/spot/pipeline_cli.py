@@ -41,14 +41,14 @@ def spot_settings(model_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[s
 def _run_config(s: dict) -> RunConfig:
   """Every run's settings; Adafactor's decay counts from the initial checkpoint's step as `train` does
   from INITIAL_CHECKPOINT_PATH (the pipeline hands `train` the frozen model in memory, not the path)."""
-  from spot_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from spot_jax import frozen_model as frozen_lib  # pylint: disable=g-import-not-at-top
   step = s.get("initial_checkpoint_step")
   return RunConfig(task_feature_lengths=dict(s["task_feature_lengths"]), batch_size=s["batch_size"],
                    prompt_length=s["prompt_length"], prompt_init=s["prompt_init"], seed=s["seed"],
                    num_partitions=s["num_partitions"], eval_batch_size=s["eval_batch_size"],
                    eval_num_examples=s["eval_num_examples"], metric=s["best_metric"],
                    save_period=s["save_period"],
-                   initial_step=step if step is not None else train_lib.checkpoint_step(
+                   initial_step=step if step is not None else frozen_lib.checkpoint_step(
                        s["initial_checkpoint_path"]))
 
 
@@ -72,8 +72,8 @@ def _load_gin(gin_argv: Sequence[str], prog: str) -> dict:
 
 
 def _frozen_from_settings(s: dict):
-  from spot_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  config, params = train_lib.load_frozen(s["initial_checkpoint_path"], s["model_config"], s["seed"])
+  from spot_jax import frozen_model as frozen_lib  # pylint: disable=g-import-not-at-top
+  config, params = frozen_lib.load_frozen(s["initial_checkpoint_path"], s["model_config"], s["seed"])
   model_id = s["model_id"] or default_model_id(s["initial_checkpoint_path"], config, s["seed"])
   return (config, params), model_id
 
