@@ -109,11 +109,11 @@ def evaluate_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: Option
                                  best_metric=best_metric)
   import jax  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
-  from spot_jax import evaluation, input_pipeline, metrics_log  # pylint: disable=g-import-not-at-top
+  from spot_jax import evaluation, inference, input_pipeline, metrics_log  # pylint: disable=g-import-not-at-top
   evaluation.check_num_examples(num_examples, "spot_jax.eval.evaluate_prompt.num_examples")
   task = evaluation.get_task(mixture_or_task_name)  # an unknown name fails before the model loads
   input_pipeline.check_split(task, split)  # so does a missing split or unprepared TFDS data
-  evaluation.warn_if_unlabelled(task, split)
+  inference.warn_if_unlabelled(task, split)
   if output_dir:
     fileio.check_not_a_file(output_dir, "EVAL_OUTPUT_DIR")
   config, params, prompt, prompt_step, mesh = load_model_and_prompt(
@@ -335,12 +335,13 @@ def evaluate_prompt_steps(mixture_or_task_name: str, output_dir: Optional[str], 
   """
   import jax  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
-  from spot_jax import evaluation, input_pipeline, metrics_log, prompt_io  # pylint: disable=g-import-not-at-top
+  from spot_jax import evaluation, inference, input_pipeline  # pylint: disable=g-import-not-at-top
+  from spot_jax import metrics_log, prompt_io  # pylint: disable=g-import-not-at-top
   check_prompt_steps(prompt_steps)
   evaluation.check_num_examples(num_examples, "spot_jax.eval.evaluate_prompt.num_examples")
   task = evaluation.get_task(mixture_or_task_name)  # an unknown name fails before the model loads
   input_pipeline.check_split(task, split)  # so does a missing split or unprepared TFDS data
-  evaluation.warn_if_unlabelled(task, split)
+  inference.warn_if_unlabelled(task, split)
   if output_dir:
     fileio.check_not_a_file(output_dir, "EVAL_OUTPUT_DIR")
   exports = resolve_prompt_steps(model_dir, prompt_steps)

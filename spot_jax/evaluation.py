@@ -9,12 +9,11 @@ enumerated so order survives batching), postprocessing and metrics; we supply it
 seqio calls only the function a task's metrics need. Batches are padded to a fixed `batch_size` so
 each task compiles one decode program and one score program.
 
-`predict_task` runs inference without metrics (for `spot_jax.infer`): it keeps each example's text.
+Inference without metrics (for `spot_jax.infer`, each example's text kept) is `spot_jax.inference`.
 """
 from __future__ import annotations
 
 import logging
-import warnings
 from unittest import mock
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -132,7 +131,7 @@ def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([array, pad], axis=0)
 
 
-def _put(array: np.ndarray, mesh):
+def put_batch(array: np.ndarray, mesh):
   """Shards a batch over the mesh's `data` axis when it divides; else leaves it to jit."""
   if mesh is None or array.shape[0] % mesh.shape["data"]:
     return array
@@ -160,7 +159,7 @@ def make_predict_fn(config: T5Config, params, prompt, batch_size: int, eos_id: i
     out = []
     for indices, feats, n in _batches(dataset, batch_size):
       length = max_decode_length or feats["decoder_target_tokens"].shape[1]
-      tokens = decode_lib.greedy_decode(config, params, prompt, _put(feats["encoder_input_tokens"], mesh),
+      tokens = decode_lib.greedy_decode(config, params, prompt, put_batch(feats["encoder_input_tokens"], mesh),
                                         length, eos_id=eos_id)
       # Full fixed-length rows (zeros after EOS): seqio stacks them into one array, then its
       # vocabulary decode cuts each at EOS.
@@ -175,9 +174,9 @@ def make_score_fn(config: T5Config, params, prompt, batch_size: int, mesh=None):
     del model_feature_shapes
     out = []
     for indices, feats, n in _batches(dataset, batch_size):
-      scores = scoring_lib.score(config, params, prompt, _put(feats["encoder_input_tokens"], mesh),
-                                 _put(feats["decoder_target_tokens"], mesh),
-                                 _put(feats["decoder_input_tokens"], mesh))
+      scores = scoring_lib.score(config, params, prompt, put_batch(feats["encoder_input_tokens"], mesh),
+                                 put_batch(feats["decoder_target_tokens"], mesh),
+                                 put_batch(feats["decoder_input_tokens"], mesh))
       out.extend((int(i), float(s)) for i, s in zip(indices[:n], scores[:n]))
     return out
   return score_fn
@@ -325,256 +324,3 @@ def evaluate(mixture_or_task_name: str, config: T5Config, params, prompt,
     if reuse:
       _EVALUATORS[key] = evaluator
   return evaluator.evaluate(config, params, prompt, step=step, mesh=mesh)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Inference without metrics.
-
-def _text(value) -> str:
-  return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def load_examples(task, split: str, feature_lengths: Optional[Mapping[str, int]] = None,
-                  num_examples: Optional[int] = None) -> List[Dict[str, Any]]:
-  """The task's examples in order (tokenized `inputs`, optional `targets`, their text); with
-  `num_examples`, the first N examples (`take_examples`: all option rows of N rank examples)."""
-  ds = task.get_dataset(dict(feature_lengths) if feature_lengths else None, split=split, shuffle=False,
-                        num_epochs=1, use_cached=False, try_in_mem_cache=False)
-  return list(take_examples(ds, num_examples).as_numpy_iterator())
-
-
-# The target of every example of an unlabelled split: T5's GLUE test splits (label -1) and
-# tasks.user_data's unlabelled test split (its UNLABELLED_TARGET) hold this placeholder.
-UNLABELLED_TARGET = "<unk>"
-# The splits an unlabelled split takes its decode length from, in this order (then the others).
-LABELLED_SPLITS = ("validation", "train")
-
-
-def _target_text(example, vocabulary) -> Optional[str]:
-  if "targets_pretokenized" in example:
-    return _text(example["targets_pretokenized"])
-  if "targets" in example:
-    return vocabulary.decode(list(map(int, example["targets"])))
-  return None
-
-
-def _is_placeholder(example, vocabulary) -> bool:
-  """Whether an example has no target or the placeholder `UNLABELLED_TARGET`."""
-  return _target_text(example, vocabulary) in (None, UNLABELLED_TARGET)
-
-
-def _lengths_flag(inputs: Any = "N", targets: Any = "M") -> str:
-  return f"--gin.TASK_FEATURE_LENGTHS=\"{{'inputs': {inputs}, 'targets': {targets}}}\""
-
-
-def labelled_target_length(task, split: str) -> Tuple[str, int]:
-  """(split, tokens) of the longest target (EOS included) of the first labelled split of `task`
-  other than `split` (`LABELLED_SPLITS` first, then the others by name): the decode length of an
-  unlabelled `split`, whose placeholder targets say nothing of the answers' length. A ValueError
-  naming TASK_FEATURE_LENGTHS when the task has no labelled split."""
-  try:
-    splits = list(task.splits)
-  except KeyError:  # a TFDS task that asks TFDS, without prepared data
-    splits = []
-  others = [s for s in LABELLED_SPLITS if s != split and s in splits]
-  others += sorted(s for s in splits if s != split and s not in others)
-  vocabulary = task.output_features["targets"].vocabulary
-  for other in others:
-    try:
-      lengths = [len(e["targets"]) for e in load_examples(task, other)
-                 if not _is_placeholder(e, vocabulary)]
-    except Exception as e:  # pylint: disable=broad-except  (e.g. TFDS data not prepared for it)
-      log.debug("%s: split %r not read for its target length: %s", task.name, other, e)
-      continue
-    if lengths:
-      return other, max(lengths)
-  raise ValueError(
-      f"task {task.name!r}: every target of its {split!r} split is the placeholder "
-      f"{UNLABELLED_TARGET!r} (an unlabelled split), so the split cannot set the decode length, and "
-      f"the task has no labelled split to take it from (it has {sorted(splits)}). Set it: "
-      f"{_lengths_flag()}, M the longest answer in tokens plus 1 for EOS")
-
-
-def _note_unlabelled(task, split: str, other: str, length: int) -> None:
-  log.info("task %r: every %r target is the placeholder %r (an unlabelled split), so the decode length "
-           "is the longest target of its %r split: %d tokens with EOS (%s sets it)", task.name, split,
-           UNLABELLED_TARGET, other, length, _lengths_flag())
-
-
-def warn_if_unlabelled(task, split: str, probe: int = 64) -> List[str]:
-  """Warns (and returns the names) of the tasks whose `split` is unlabelled: its first `probe` examples
-  all hold the placeholder target, so an evaluation would score predictions against `<unk>`, a number
-  that means nothing, without a word. `eval` calls it before the model loads."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  names = []
-  for sub in seqio.evaluation.get_valid_eval_tasks(seqio.get_subtasks(task), split):
-    vocabulary = sub.output_features["targets"].vocabulary
-    ds = sub.get_dataset(None, split=split, shuffle=False, num_epochs=1, use_cached=False,
-                         try_in_mem_cache=False)
-    examples = list(ds.take(probe).as_numpy_iterator())
-    if examples and all(_is_placeholder(e, vocabulary) for e in examples):
-      names.append(sub.name)
-  if names:
-    warnings.warn(f"the {split!r} split of {', '.join(map(repr, names))} is unlabelled (every target is the "
-                  f"placeholder {UNLABELLED_TARGET!r}), so its metrics score the predictions against that "
-                  "placeholder and mean nothing: evaluate a labelled split (--gin.EVAL_SPLIT=\"'validation'\"), "
-                  "or write predictions with spot_jax.infer")
-  return names
-
-
-def unlabelled_decode_length(task, split: str, feature_lengths: Optional[Mapping[str, int]] = None,
-                             num_examples: Optional[int] = None) -> Optional[int]:
-  """The decode length `predict_task` needs for an unlabelled `split` (its first `num_examples`
-  examples all hold the placeholder target `UNLABELLED_TARGET`, or no target) without
-  TASK_FEATURE_LENGTHS['targets']: `labelled_target_length`, with a one-line note. None when the
-  split is labelled (read up to its first labelled example) or the length is given. Raises, naming
-  the fix, when the task has no labelled split; `infer` calls it before the model loads."""
-  if (feature_lengths or {}).get("targets"):
-    return None
-  vocabulary = task.output_features["targets"].vocabulary
-  ds = task.get_dataset(dict(feature_lengths) if feature_lengths else None, split=split, shuffle=False,
-                        num_epochs=1, use_cached=False, try_in_mem_cache=False)
-  seen = False
-  for example in take_examples(ds, num_examples).as_numpy_iterator():
-    if not _is_placeholder(example, vocabulary):
-      return None
-    seen = True
-  if not seen:
-    return None
-  other, length = labelled_target_length(task, split)
-  _note_unlabelled(task, split, other, length)
-  return length
-
-
-def predict_task(task_name: str, config: T5Config, params, prompt,
-                 feature_lengths: Optional[Mapping[str, int]] = None, split: str = "validation",
-                 batch_size: int = 32, num_examples: Optional[int] = None, eos_id: int = 1,
-                 mesh=None, max_decode_length: Optional[int] = None) -> List[Dict[str, Any]]:
-  """Greedy predictions of one task's split: `[{"inputs", "prediction", "targets"}]` in order.
-
-  Texts are the task's `*_pretokenized` features when present, else the decoded ids. Without
-  `feature_lengths`, the longest example sets the input length and the longest target the decode
-  length; on an unlabelled split (every target the placeholder `UNLABELLED_TARGET`, as GLUE's test
-  splits) the longest target of a labelled split does (`labelled_target_length`, noted in the
-  log). `max_decode_length` overrides both.
-  """
-  import seqio  # pylint: disable=g-import-not-at-top
-  task = get_task(task_name)
-  if not isinstance(task, seqio.Task):
-    raise ValueError(f"{task_name} is a mixture; run inference on one of its tasks: "
-                     f"{[t.name for t in seqio.get_subtasks(task)]}")
-  examples = load_examples(task, split, feature_lengths, num_examples)
-  if not examples:
-    return []
-  in_vocab = task.output_features["inputs"].vocabulary
-  out_vocab = task.output_features["targets"].vocabulary
-  lengths = dict(feature_lengths or {})
-  in_len = lengths.get("inputs") or max(len(e["inputs"]) for e in examples)
-  dec_len = max_decode_length or lengths.get("targets")
-  if not dec_len and all(_is_placeholder(e, out_vocab) for e in examples):
-    other, dec_len = labelled_target_length(task, split)
-    _note_unlabelled(task, split, other, dec_len)
-  dec_len = dec_len or max([len(e.get("targets", ())) for e in examples] + [1])
-  if prompt is not None:
-    prompt = np.asarray(jax.device_get(prompt), np.float32)
-  rows = []
-  for start in range(0, len(examples), batch_size):
-    chunk = examples[start:start + batch_size]
-    enc = np.zeros((batch_size, in_len), np.int32)
-    for r, e in enumerate(chunk):
-      ids = np.asarray(e["inputs"], np.int32)[:in_len]
-      enc[r, :len(ids)] = ids
-    tokens = decode_lib.greedy_decode(config, params, prompt, _put(enc, mesh), dec_len, eos_id)
-    for e, t in zip(chunk, tokens):
-      row = {"inputs": _text(e["inputs_pretokenized"]) if "inputs_pretokenized" in e
-             else in_vocab.decode(list(map(int, e["inputs"]))),
-             "prediction": out_vocab.decode(decode_lib.trim_after_eos(t, eos_id))}
-      if "targets_pretokenized" in e:
-        row["targets"] = _text(e["targets_pretokenized"])
-      elif "targets" in e:
-        row["targets"] = out_vocab.decode(list(map(int, e["targets"])))
-      rows.append(row)
-  return rows
-
-
-def is_rank_task(task, split: Optional[str] = None) -> bool:
-  """Whether `task` is a rank-classification evaluation task (`X_rank`): one row per option of an
-  example, scored rather than decoded (`tasks.rank_classification.is_rank_eval`). An unmarked
-  task is judged by its `split` rows (`idx` [example, option] and `is_correct`, `is_rank_dataset`);
-  without a split, only a marked one counts."""
-  from tasks import rank_classification as rank_lib  # pylint: disable=g-import-not-at-top
-  if rank_lib.rank_mode(task) is not None or split is None or not rank_lib.scores_only(task):
-    return rank_lib.is_rank_eval(task)
-  ds = task.get_dataset(None, split=split, shuffle=False, num_epochs=1, use_cached=False,
-                        try_in_mem_cache=False)
-  return rank_lib.is_rank_eval(task, ds.element_spec) and is_rank_dataset(ds)
-
-
-def _option_rows(task, examples) -> List[Dict[str, Any]]:
-  """Rank rows grouped per example (first-seen order): `{"inputs", "options", "correct", "rows"}`."""
-  in_vocab = task.output_features["inputs"].vocabulary
-  out_vocab = task.output_features["targets"].vocabulary
-  grouped: Dict[int, Dict[str, Any]] = {}
-  for e in examples:
-    ex, opt = (int(x) for x in e["idx"])
-    group = grouped.get(ex)
-    if group is None:
-      group = grouped[ex] = {
-          "inputs": _text(e["inputs_pretokenized"]) if "inputs_pretokenized" in e
-                    else in_vocab.decode(list(map(int, e["inputs"]))),
-          "options": [], "correct": [], "rows": []}
-    group["options"].append((opt, _text(e["targets_pretokenized"]) if "targets_pretokenized" in e
-                             else out_vocab.decode(list(map(int, e["targets"])))))
-    group["correct"].append(bool(e.get("is_correct", False)))
-    group["rows"].append(e)
-  return list(grouped.values())
-
-
-def score_options_task(task_name: str, config: T5Config, params, prompt,
-                       feature_lengths: Optional[Mapping[str, int]] = None, split: str = "validation",
-                       batch_size: int = 32, num_examples: Optional[int] = None,
-                       mesh=None) -> List[Dict[str, Any]]:
-  """Rank-classification inference: every option of each example scored by its target
-  log-likelihood (`spot_jax.scoring`, as evaluation scores it), the best one chosen (ties: the
-  lowest option id, as the metric breaks them). One row per example, in order:
-  `{"inputs", "prediction": chosen option, "targets": the correct option (labelled splits only),
-  "options": [option texts by option id], "scores": [their log-likelihoods]}`.
-
-  Without `feature_lengths`, the longest input and the longest option set the lengths.
-  """
-  task = get_task(task_name)
-  examples = load_examples(task, split, feature_lengths, num_examples)
-  if not examples:
-    return []
-  lengths = dict(feature_lengths or {})
-  in_len = lengths.get("inputs") or max(len(e["inputs"]) for e in examples)
-  tgt_len = lengths.get("targets") or max(len(e["targets"]) for e in examples)
-  if prompt is not None:
-    prompt = np.asarray(jax.device_get(prompt), np.float32)
-  scores = np.zeros(len(examples), np.float32)
-  for start in range(0, len(examples), batch_size):
-    chunk = examples[start:start + batch_size]
-    enc = np.zeros((batch_size, in_len), np.int32)
-    tgt = np.zeros((batch_size, tgt_len), np.int32)
-    for r, e in enumerate(chunk):
-      ids = np.asarray(e["inputs"], np.int32)[:in_len]
-      enc[r, :len(ids)] = ids
-      ids = np.asarray(e["targets"], np.int32)[:tgt_len]
-      tgt[r, :len(ids)] = ids
-    out = scoring_lib.score(config, params, prompt, _put(enc, mesh), _put(tgt, mesh))
-    scores[start:start + len(chunk)] = out[:len(chunk)]
-  by_row = {id(e): float(s) for e, s in zip(examples, scores)}
-  rows = []
-  for group in _option_rows(task, examples):
-    order = sorted(range(len(group["options"])), key=lambda i: group["options"][i][0])
-    options = [group["options"][i][1] for i in order]
-    option_scores = [by_row[id(group["rows"][i])] for i in order]
-    correct = [group["correct"][i] for i in order]
-    best = min(range(len(order)), key=lambda i: (-option_scores[i], group["options"][order[i]][0]))
-    row = {"inputs": group["inputs"], "prediction": options[best]}
-    if any(correct):
-      row["targets"] = options[correct.index(True)]
-    row["options"] = options
-    row["scores"] = option_scores
-    rows.append(row)
-  return rows

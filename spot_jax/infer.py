@@ -40,14 +40,14 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
                  batch_size: int = 32, num_examples: Optional[int] = None, seed: int = 0,
                  num_partitions: int = 1, frozen_dtype: str = "float32") -> Dict[str, str]:
   """Predicts every example of `split` for each task (rank-classification tasks: the best-scored
-  option, `evaluation.score_options_task`); returns `{task: path of its JSONL}`.
+  option, `inference.score_options_task`); returns `{task: path of its JSONL}`.
 
   Without TASK_FEATURE_LENGTHS['targets'], an unlabelled split (every target the placeholder
   '<unk>', as GLUE's test splits) decodes up to the longest target of a labelled split of the task
-  (`evaluation.unlabelled_decode_length`), not the placeholder's length."""
+  (`inference.unlabelled_decode_length`), not the placeholder's length."""
   import jax  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
-  from spot_jax import evaluation, input_pipeline  # pylint: disable=g-import-not-at-top
+  from spot_jax import evaluation, inference, input_pipeline  # pylint: disable=g-import-not-at-top
   from spot_jax.eval import load_model_and_prompt  # pylint: disable=g-import-not-at-top
   evaluation.check_num_examples(num_examples, "spot_jax.infer.infer_prompt.num_examples")
   task_or_mixture = evaluation.get_task(mixture_or_task_name)
@@ -61,8 +61,8 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
   evaluation.warn_left_out(task_or_mixture, split, need_metrics=False)
   # Rank tasks score their options; the others decode, an unlabelled split up to a labelled split's
   # longest target (a task without one is refused here, before the model loads).
-  ranked = {task.name: evaluation.is_rank_task(task, split) for task in tasks}
-  decode_lengths = {task.name: evaluation.unlabelled_decode_length(task, split, task_feature_lengths,
+  ranked = {task.name: inference.is_rank_task(task, split) for task in tasks}
+  decode_lengths = {task.name: inference.unlabelled_decode_length(task, split, task_feature_lengths,
                                                                    num_examples)
                     for task in tasks if not ranked[task.name]}
   config, params, prompt, _, mesh = load_model_and_prompt(checkpoint_path, model_config, prompt_file, seed,
@@ -72,12 +72,12 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
   for task in tasks:
     input_pipeline.warn_truncation(task, task_feature_lengths, split)
     if ranked[task.name]:
-      rows = evaluation.score_options_task(task.name, config, params, prompt, task_feature_lengths,
+      rows = inference.score_options_task(task.name, config, params, prompt, task_feature_lengths,
                                            split=split, batch_size=batch_size, num_examples=num_examples,
                                            mesh=mesh)
       what = "rank-classification predictions (best-scored option)"
     else:
-      rows = evaluation.predict_task(task.name, config, params, prompt, task_feature_lengths, split=split,
+      rows = inference.predict_task(task.name, config, params, prompt, task_feature_lengths, split=split,
                                      batch_size=batch_size, num_examples=num_examples, mesh=mesh,
                                      max_decode_length=decode_lengths[task.name])
       what = "predictions"

@@ -452,9 +452,9 @@ def test_infer_on_an_unlabelled_split_decodes_as_long_as_the_labelled_splits(tmp
   assert (f"task {name!r}: every 'test' target is the placeholder '<unk>' (an unlabelled split), so the "
           f"decode length is the longest target of its 'validation' split: {longest} tokens with EOS "
           "(--gin.TASK_FEATURE_LENGTHS=\"{'inputs': N, 'targets': M}\" sets it)") in caplog.text, caplog.text
-  from spot_jax import evaluation
+  from spot_jax import inference
   from tasks import user_data
-  assert evaluation.UNLABELLED_TARGET == user_data.UNLABELLED_TARGET
+  assert inference.UNLABELLED_TARGET == user_data.UNLABELLED_TARGET
 
 
 def seqio_vocabulary():

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from spot_jax import decode as D
 from spot_jax import evaluation as E
+from spot_jax import inference
 from spot_jax import model as M
 from spot_jax import scoring as S
 from spot_jax.config import size_config
@@ -137,12 +138,12 @@ def test_evaluator_is_reused_and_prompt_matters(setup):
 
 def test_predict_task_rows_and_errors(setup):
   params, prompt, said = setup
-  rows = E.predict_task(PREDICT, CFG, params, prompt, LENGTHS, batch_size=BATCH)
+  rows = inference.predict_task(PREDICT, CFG, params, prompt, LENGTHS, batch_size=BATCH)
   assert [r["inputs"] for r in rows] == INPUTS
   assert [r["prediction"] for r in rows] == said
   assert rows[1]["targets"] == "#wrong"
   with pytest.raises(ValueError, match="mixture"):
-    E.predict_task(MIX, CFG, params, prompt, LENGTHS)
+    inference.predict_task(MIX, CFG, params, prompt, LENGTHS)
   with pytest.raises(ValueError, match="unknown task"):
     E.evaluate("spot_test_no_such_task", CFG, params, prompt, LENGTHS)
   with pytest.raises(ValueError, match="prompt has shape"):
@@ -187,7 +188,7 @@ def test_num_examples_counts_rank_examples_not_rows(setup):
                                                 for k in range(len(OPTIONS))]
     # Even examples label the best-scored option, odd ones the worst.
     assert ev.evaluate(CFG, params, prompt)[task][metric] == pytest.approx(want)
-  rank_rows = E.load_examples(seqio.get_mixture_or_task(name), "validation", LENGTHS, 3)
+  rank_rows = inference.load_examples(seqio.get_mixture_or_task(name), "validation", LENGTHS, 3)
   assert len(rank_rows) == 3 * len(OPTIONS)
 
 
@@ -216,8 +217,8 @@ def test_score_options_picks_the_best_scored_option_per_example(setup):
   best-scored option. The fixture labels the best option of even examples and the worst of odd ones."""
   params, prompt, _ = setup
   rank_task, predict_task = seqio.get_mixture_or_task(RANK), seqio.get_mixture_or_task(PREDICT)
-  assert E.is_rank_task(rank_task, "validation") and not E.is_rank_task(predict_task, "validation")
-  rows = E.score_options_task(RANK, CFG, params, prompt, LENGTHS, batch_size=BATCH)
+  assert inference.is_rank_task(rank_task, "validation") and not inference.is_rank_task(predict_task, "validation")
+  rows = inference.score_options_task(RANK, CFG, params, prompt, LENGTHS, batch_size=BATCH)
   want = S.score(CFG, params, prompt, _enc([i for i in RANK_INPUTS for _ in OPTIONS]),
                  _tgt(OPTIONS * len(RANK_INPUTS))).reshape(len(RANK_INPUTS), -1)
   assert [r["inputs"] for r in rows] == RANK_INPUTS
@@ -225,7 +226,7 @@ def test_score_options_picks_the_best_scored_option_per_example(setup):
   np.testing.assert_allclose([r["scores"] for r in rows], want, rtol=1e-5, atol=1e-5)
   assert [r["prediction"] for r in rows] == [OPTIONS[int(np.argmax(s))] for s in want]
   assert [r["prediction"] == r["targets"] for r in rows] == [True, False, True, False]
-  two = E.score_options_task(RANK, CFG, params, prompt, LENGTHS, batch_size=BATCH, num_examples=2)
+  two = inference.score_options_task(RANK, CFG, params, prompt, LENGTHS, batch_size=BATCH, num_examples=2)
   assert two == rows[:2]
 
 
@@ -285,9 +286,9 @@ def test_num_examples_must_be_positive_or_none(setup):
     with pytest.raises(ValueError, match="num_examples must be"):
       E.PromptEvaluator(PREDICT, LENGTHS, batch_size=BATCH, num_examples=bad)
     with pytest.raises(ValueError, match="num_examples must be"):
-      E.predict_task(PREDICT, CFG, params, prompt, LENGTHS, num_examples=bad)
+      inference.predict_task(PREDICT, CFG, params, prompt, LENGTHS, num_examples=bad)
     with pytest.raises(ValueError, match="num_examples must be"):
-      E.score_options_task(RANK, CFG, params, prompt, LENGTHS, num_examples=bad)
+      inference.score_options_task(RANK, CFG, params, prompt, LENGTHS, num_examples=bad)
 
 
 def _register_splits(name, splits):
@@ -321,21 +322,21 @@ def test_predict_task_on_an_unlabelled_split_decodes_as_long_as_a_labelled_split
   said = [VOCAB.decode(D.trim_after_eos(t, 1)) for t in want]
   assert max(len(VOCAB.encode(s)) for s in said) > len("<unk>") + 1  # would be cut before
   with caplog.at_level(logging.INFO, logger="spot_jax"):
-    rows = E.predict_task(name, CFG, params, prompt, split="test", batch_size=BATCH)
+    rows = inference.predict_task(name, CFG, params, prompt, split="test", batch_size=BATCH)
   assert [r["prediction"] for r in rows] == said
   assert "every 'test' target is the placeholder '<unk>' (an unlabelled split), so the decode length is the " \
          "longest target of its 'validation' split: 21 tokens with EOS" in caplog.text, caplog.text
   task = seqio.get_mixture_or_task(name)
-  assert E.unlabelled_decode_length(task, "test") == 21
-  assert E.unlabelled_decode_length(task, "validation") is None  # labelled: its own targets
-  assert E.unlabelled_decode_length(task, "test", {"inputs": 16, "targets": 4}) is None  # given
+  assert inference.unlabelled_decode_length(task, "test") == 21
+  assert inference.unlabelled_decode_length(task, "validation") is None  # labelled: its own targets
+  assert inference.unlabelled_decode_length(task, "test", {"inputs": 16, "targets": 4}) is None  # given
   # Only unlabelled splits: nothing to take the length from.
   _register_splits(name, {"test": [(i, "<unk>") for i in INPUTS]})
   with pytest.raises(ValueError, match=r"every target of its 'test' split is the placeholder '<unk>' .*no labelled "
                                        r"split to take it from \(it has \['test'\]\). Set it: "
                                        r"--gin.TASK_FEATURE_LENGTHS=\"\{'inputs': N, 'targets': M\}\""):
-    E.predict_task(name, CFG, params, prompt, split="test", batch_size=BATCH)
-  rows = E.predict_task(name, CFG, params, prompt, {"inputs": 16, "targets": 3}, split="test", batch_size=BATCH)
+    inference.predict_task(name, CFG, params, prompt, split="test", batch_size=BATCH)
+  rows = inference.predict_task(name, CFG, params, prompt, {"inputs": 16, "targets": 3}, split="test", batch_size=BATCH)
   assert len(rows) == len(INPUTS)
   seqio.TaskRegistry.remove(name)
 
@@ -349,9 +350,9 @@ def test_eval_of_an_unlabelled_split_warns_that_its_metrics_mean_nothing():
   task = seqio.get_mixture_or_task(name)
   with pytest.warns(UserWarning, match=r"the 'test' split of 'spot_test_eval_unlabelled_warn' is unlabelled "
                                        r"\(every target is the placeholder '<unk>'\).*mean nothing.*EVAL_SPLIT"):
-    assert E.warn_if_unlabelled(task, "test") == [name]
+    assert inference.warn_if_unlabelled(task, "test") == [name]
   import warnings
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    assert E.warn_if_unlabelled(task, "validation") == []
+    assert inference.warn_if_unlabelled(task, "validation") == []
   seqio.TaskRegistry.remove(name)
