@@ -1,4 +1,6 @@
-"""Hugging Face T5 directories: config.json mapping, single and sharded safetensors, errors."""
+"""Hugging Face T5 directories: single and sharded safetensors (and their index), tied and aliased
+embeddings, folders as users bring them, and the errors that name their fix. config.json itself is
+tested in test_checkpoints_hf_config.py."""
 import json
 import os
 import shutil
@@ -12,30 +14,13 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from spot_jax.checkpoints import CheckpointError, detect_format, read_hf, read_params, write_hf
-from spot_jax.checkpoints.hf import config_from_hf, name_map
-from spot_jax.checkpoints.infer_config import expected_shapes, flatten, unflatten
-from spot_jax.config import T5Config
+from spot_jax.checkpoints.hf import name_map
+from spot_jax.checkpoints.infer_config import expected_shapes, flatten
 
 from gfile_stub import LocalGfile
+from hf_checkpoint_setup import V10, V11, _assert_same, _params
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf_parity")
-V11 = T5Config(vocab_size=16, d_model=8, num_heads=2, head_dim=4, d_ff=12, num_encoder_layers=2,
-               num_decoder_layers=1, relative_attention_num_buckets=4, relative_attention_max_distance=20,
-               dropout_rate=0.0)
-V10 = V11.replace(feed_forward="relu", tie_word_embeddings=True)
-
-
-def _params(config, seed=0, dtype=np.float32):
-  rng = np.random.default_rng(seed)
-  return unflatten({n: rng.standard_normal(s).astype(dtype) for n, s in expected_shapes(config).items()})
-
-
-def _assert_same(a, b):
-  fa, fb = flatten(a), flatten(b)
-  assert sorted(fa) == sorted(fb)
-  for k in fa:
-    assert fa[k].dtype == fb[k].dtype, k
-    np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
 
 
 @pytest.mark.parametrize("config", [V10, V11], ids=["t5_1_0", "t5_1_1"])
@@ -104,61 +89,6 @@ def test_parity_fixture_configs():
   assert "logits_dense" not in params["decoder"]
 
 
-def _hf_json(**changes):
-  from spot_jax.checkpoints.hf import config_to_hf
-  d = config_to_hf(V11)
-  d.update(changes)
-  return d
-
-
-@pytest.mark.parametrize("changes,match", [
-    (dict(model_type="bart"), "model_type 'bart' is not supported"),
-    (dict(is_decoder=True), "not an encoder-decoder"),
-    (dict(architectures=["T5EncoderModel"]), "not an encoder-decoder"),
-    (dict(is_encoder_decoder=False), "not an encoder-decoder"),
-    (dict(feed_forward_proj="gated-silu"), "feed_forward_proj 'gated-silu' is not supported"),
-])
-def test_unsupported_architectures(changes, match):
-  with pytest.raises(CheckpointError, match=match):
-    config_from_hf(_hf_json(**changes))
-
-
-@pytest.mark.parametrize("changes,match", [
-    (dict(d_kv=None), r"field 'd_kv' is null, not a positive integer"),
-    (dict(d_model="512"), r"field 'd_model' is \"512\", not a positive integer"),
-    (dict(num_heads=2.5), r"field 'num_heads' is 2.5, not a positive integer"),
-    (dict(num_layers=0), r"field 'num_layers' is 0, not a positive integer"),
-    (dict(relative_attention_num_buckets=None), r"field 'relative_attention_num_buckets' is null, not a positive integer"),
-    (dict(layer_norm_epsilon=None), r"field 'layer_norm_epsilon' is null, not a number >= 0"),
-])
-def test_config_json_field_of_the_wrong_type_is_named(changes, match):
-  """A hand-edited field (`"d_kv": null`) used to surface as `TypeError: int() argument ...`."""
-  with pytest.raises(CheckpointError, match=rf"config.json: {match}; set it to the model's value"):
-    config_from_hf(_hf_json(**changes))
-
-
-def test_config_json_null_num_decoder_layers_means_num_layers():
-  assert config_from_hf(_hf_json(num_decoder_layers=None)).num_decoder_layers == V11.num_encoder_layers
-
-
-def test_read_hf_names_the_config_file_and_field(tmp_path):
-  write_hf(_params(V11), V11, str(tmp_path))
-  d = json.loads((tmp_path / "config.json").read_text())
-  d["d_kv"] = None
-  (tmp_path / "config.json").write_text(json.dumps(d))
-  with pytest.raises(CheckpointError, match=r"config\.json: field 'd_kv' is null"):
-    read_params(str(tmp_path))
-
-
-def test_config_json_defaults_follow_transformers():
-  d = _hf_json()
-  for k in ("tie_word_embeddings", "num_decoder_layers", "relative_attention_max_distance"):
-    del d[k]
-  config = config_from_hf(d)
-  assert config.tie_word_embeddings and config.num_decoder_layers == V11.num_encoder_layers
-  assert config.relative_attention_max_distance == 128
-
-
 def test_missing_tensor_is_named(tmp_path):
   write_hf(_params(V11), V11, str(tmp_path))
   tensors = load_file(str(tmp_path / "model.safetensors"))
@@ -167,31 +97,6 @@ def test_missing_tensor_is_named(tmp_path):
   with pytest.raises(CheckpointError, match=r"missing tensor 'decoder\.block\.0\.layer\.2\.DenseReluDense"
                                             r"\.wi_1\.weight' \(spot_jax parameter 'decoder/layers_0/mlp/wi_1/kernel'\)"):
     read_params(str(tmp_path))
-
-
-def test_shape_contradicting_config_json(tmp_path):
-  write_hf(_params(V11), V11, str(tmp_path))
-  d = json.loads((tmp_path / "config.json").read_text())
-  d["d_ff"] = 16
-  (tmp_path / "config.json").write_text(json.dumps(d))
-  with pytest.raises(CheckpointError, match=r"'encoder\.block\.0\.layer\.1\.DenseReluDense\.wi_0\.weight'.*"
-                                            r"has shape \(12, 8\) but config\.json implies \(16, 8\)"):
-    read_params(str(tmp_path))
-
-
-def test_given_config_must_agree(tmp_path):
-  write_hf(_params(V11), V11, str(tmp_path))
-  with pytest.raises(CheckpointError, match="vocab_size: config says 32, checkpoint has 16"):
-    read_params(str(tmp_path), config=V11.replace(vocab_size=32))
-  # Gated-GELU with tied embeddings (HF's T5Config default): no variant file has it, the hint binds it.
-  tied = V11.replace(tie_word_embeddings=True)
-  write_hf(_params(tied), tied, str(tmp_path / "tied"))
-  with pytest.raises(CheckpointError, match=r"(?s)tie_word_embeddings: config says False, checkpoint has True.*"
-                                            r"--gin\.spot_jax\.model_config\.tie_word_embeddings=True\.$"):
-    read_params(str(tmp_path / "tied"), config=V11)
-  with pytest.raises(CheckpointError) as shape_only:
-    read_params(str(tmp_path), config=V11.replace(vocab_size=32))
-  assert "field by field" not in str(shape_only.value)  # a size mismatch is not bound away
 
 
 def test_missing_weights_file_is_neither_format(tmp_path):
@@ -263,14 +168,6 @@ def test_pytorch_pickle_weights_name_the_conversion(tmp_path):
     assert f"M.from_pretrained('{d}').save_pretrained('{d}_safetensors', safe_serialization=True)" in msg
 
 
-def test_weights_without_config_json(tmp_path):
-  write_hf(_params(V11), V11, str(tmp_path))
-  os.remove(tmp_path / "config.json")
-  with pytest.raises(CheckpointError, match=r"holds weights \(model\.safetensors\) but no config\.json.*"
-                                            r"Copy it from where the weights came from"):
-    read_params(str(tmp_path))
-
-
 def test_shards_without_their_index(tmp_path):
   shutil.copytree(os.path.join(FORMATS, "mt5_bf16_sharded"), tmp_path / "m")
   os.remove(tmp_path / "m" / "model.safetensors.index.json")
@@ -311,59 +208,6 @@ def test_hub_model_id_and_hub_cache(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- found by an HF/PEFT audit
 
-def _edit_config(folder, drop=(), **changes):
-  d = json.loads((folder / "config.json").read_text())
-  for k in drop:
-    d.pop(k, None)
-  d.update(changes)
-  (folder / "config.json").write_text(json.dumps(d))
-
-
-def test_variant_defaults_follow_the_model_type_as_in_transformers(tmp_path):
-  """MT5Config defaults to untied gated-gelu (T5Config to tied relu): an mT5 config.json without those
-  fields was read as tied, silently dropping lm_head.weight (logits off by up to 10.7)."""
-  params = _params(V11)
-  write_hf(params, V11, str(tmp_path))
-  _edit_config(tmp_path, drop=("tie_word_embeddings",), model_type="mt5",
-               architectures=["MT5ForConditionalGeneration"])
-  config, got = read_params(str(tmp_path))
-  assert config == V11 and not config.tie_word_embeddings and config.gated
-  _assert_same(params, got)
-  for model_type, tied, ff in (("t5", True, "relu"), ("mt5", False, "gated-gelu")):
-    d = {k: v for k, v in _hf_json(model_type=model_type).items()
-         if k not in ("tie_word_embeddings", "feed_forward_proj", "dense_act_fn", "is_gated_act")}
-    config = config_from_hf(d)
-    assert (config.tie_word_embeddings, config.feed_forward) == (tied, ff), model_type
-
-
-@pytest.mark.parametrize("drop_field", [False, True], ids=["says_tied", "t5_default_tied"])
-def test_tied_config_over_a_different_lm_head_is_an_error(tmp_path, drop_field):
-  write_hf(_params(V11), V11, str(tmp_path))  # untied: lm_head.weight differs from shared.weight
-  if drop_field:
-    _edit_config(tmp_path, drop=("tie_word_embeddings",))
-    said = r"config\.json has no \"tie_word_embeddings\", and model_type 't5' defaults to tied"
-  else:
-    _edit_config(tmp_path, tie_word_embeddings=True)
-    said = r"config\.json says \"tie_word_embeddings\": true"
-  with pytest.raises(CheckpointError, match=rf"(?s){said}.*model\.safetensors also holds an lm_head\.weight that "
-                                            r"differs from it \(max \|difference\| .*set \"tie_word_embeddings\": "
-                                            r"false in config\.json"):
-    read_params(str(tmp_path))
-
-
-def test_tied_config_with_an_equal_lm_head_reads_without_a_word(tmp_path):
-  params = _params(V10)
-  write_hf(params, V10, str(tmp_path))
-  tensors = load_file(str(tmp_path / "model.safetensors"))
-  tensors["lm_head.weight"] = tensors["shared.weight"].copy()  # older saves keep every tied copy
-  tensors["decoder.embed_tokens.weight"] = tensors["shared.weight"].copy()
-  save_file(tensors, str(tmp_path / "model.safetensors"))
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")
-    _, got = read_params(str(tmp_path))
-  _assert_same(params, got)
-
-
 def test_copies_of_the_embedding_that_differ_are_an_error(tmp_path):
   write_hf(_params(V11), V11, str(tmp_path))
   tensors = load_file(str(tmp_path / "model.safetensors"))
@@ -372,19 +216,6 @@ def test_copies_of_the_embedding_that_differ_are_an_error(tmp_path):
   with pytest.raises(CheckpointError, match=r"holds both shared\.weight and encoder\.embed_tokens\.weight, "
                                             r"which differ \(max \|difference\| 1\)"):
     read_params(str(tmp_path))
-
-
-def test_tensors_the_config_does_not_use_are_named_in_a_warning(tmp_path):
-  """transformers warns "Some weights ... were not used"; spot_jax read a 3-layer decoder as 2 silently."""
-  deeper = V11.replace(num_decoder_layers=3)
-  write_hf(_params(deeper), deeper, str(tmp_path))
-  _edit_config(tmp_path, num_decoder_layers=2)
-  with pytest.warns(UserWarning, match=r"14 tensor\(s\) of the checkpoint are not used .* 2\+2 layers.*"
-                                       r"decoder\.block\.2\.layer\.0\.SelfAttention\.k\.weight.*the weights hold "
-                                       r"decoder block 2 beyond the 2 that config\.json's num_decoder_layers says; "
-                                       r"if that field is wrong, set it to 3"):
-    config, _ = read_params(str(tmp_path))
-  assert config.num_decoder_layers == 2
 
 
 def test_checkpoints_as_transformers_writes_them_read_without_warnings():
@@ -461,47 +292,6 @@ def test_shard_that_is_not_safetensors(tmp_path):
   (shard_dir / "model-00002-of-00002.safetensors").write_bytes(b"PK\x03\x04 a zip, not safetensors")
   with pytest.raises(CheckpointError, match=r"model-00002-of-00002\.safetensors is not a readable safetensors file"):
     read_params(str(shard_dir))
-
-
-@pytest.mark.parametrize("content,kind", [("[1, 2]", "list"), ('"t5"', "string"), ("null", "null")])
-def test_config_json_that_is_not_an_object(tmp_path, content, kind):
-  """A JSON list used to give `AttributeError: 'list' object has no attribute 'get'`."""
-  write_hf(_params(V11), V11, str(tmp_path))
-  (tmp_path / "config.json").write_text(content)
-  with pytest.raises(CheckpointError, match=rf"config\.json holds a JSON {kind}, not an object"):
-    read_params(str(tmp_path))
-
-
-@pytest.mark.parametrize("changes,match", [
-    # bool("false") is True: a quoted flag silently tied the output layer.
-    (dict(tie_word_embeddings="false"), r"field 'tie_word_embeddings' is \"false\", not true or false"),
-    (dict(tie_word_embeddings=None), r"field 'tie_word_embeddings' is null, not true or false"),
-    (dict(is_encoder_decoder="yes"), r"field 'is_encoder_decoder' is \"yes\", not true or false"),
-    (dict(feed_forward_proj=["gated-gelu"]), r"feed_forward_proj \['gated-gelu'\] is not supported"),
-    (dict(architectures="T5ForConditionalGeneration"), r"field 'architectures' is \"T5ForConditionalGeneration\", "
-                                                       r"not a list of class names"),
-    (dict(architectures=[5]), r"field 'architectures' is \[5\], not a list"),
-    (dict(model_type=["t5"]), r"model_type \['t5'\] is not supported"),
-    # transformers builds the MLP from these two when config.json states them
-    (dict(dense_act_fn="gelu"), r"dense_act_fn \"gelu\" with feed_forward_proj 'gated-gelu': transformers would "
-                                r"apply 'gelu', spot_jax computes 'gelu_new'"),
-    (dict(is_gated_act=False), r"is_gated_act is false but feed_forward_proj 'gated-gelu' is gated"),
-])
-def test_config_json_fields_of_the_wrong_type_or_meaning(changes, match):
-  with pytest.raises(CheckpointError, match=rf"config\.json: {match}"):
-    config_from_hf(_hf_json(**changes))
-
-
-def test_tanh_gelu_under_its_other_names_is_accepted():
-  for act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-    assert config_from_hf(_hf_json(dense_act_fn=act)).feed_forward == "gated-gelu"
-
-
-def test_read_hf_without_config_json(tmp_path):
-  write_hf(_params(V11), V11, str(tmp_path))
-  os.remove(tmp_path / "config.json")
-  with pytest.raises(CheckpointError, match=r"config\.json does not exist: a Hugging Face checkpoint needs"):
-    read_hf(str(tmp_path))
 
 
 def test_unsupported_dtype_in_a_local_file_is_named(tmp_path):
