@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(PY) -m spot_jax demo
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25 tests
 
 bench: $(STAMP)
 	$(PY) -m spot_jax bench

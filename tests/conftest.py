@@ -1,5 +1,5 @@
 """Test-wide setup: 8 forced CPU devices (sharding tests) and the shared fixtures folder."""
-import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
+import importlib.util  # gin-config 0.5 needs it imported first
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -7,10 +7,31 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
 SHARED_FIXTURES = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+
+# One persistent compilation cache for the whole run, fresh each run: the tests compile the same tiny
+# programs again and again, in both xdist workers and in the CLI processes they start (which inherit
+# the environment). A training CLI run's compile-bound start-up drops by about half on a warm cache.
+# pytest's main process makes it before the workers start, and removes it at the end.
+_CACHE_OWNER = "SPOT_JAX_TEST_JAX_CACHE_OWNER"
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="spot_jax_test_jax_cache_")
+  os.environ[_CACHE_OWNER] = str(os.getpid())
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  # A size limit (never reached) makes JAX read and write entries under a file lock (filelock): two
+  # processes compiling one program at once could otherwise read a half-written entry and warn.
+  if importlib.util.find_spec("filelock") is not None:  # JAX refuses a size limit without it
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
+
+
+def pytest_unconfigure(config):
+  if os.environ.get(_CACHE_OWNER) == str(os.getpid()):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture
@@ -69,8 +90,8 @@ def orbax_reads(monkeypatch):
 # The SPoT pipeline tests' fixtures (test_pipeline, test_transfer_strategies, test_pipeline_cli; their
 # constants are spot_pipeline_setup.py). One cache directory and one trained library per process.
 @pytest.fixture(scope="session")
-def jax_cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_cache")
+def jax_cache_dir():
+  return pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 @pytest.fixture(scope="module")
