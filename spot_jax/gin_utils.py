@@ -1,8 +1,9 @@
 """T5X-style command lines: repeatable `--gin_file`, `--gin.MACRO=VALUE`, `--gin_search_paths`.
 
-`run(fn, argv)` parses the flags, loads gin, checks that every required binding is present (with a
-message that names the missing macro and the flag that sets it), optionally starts
-`jax.distributed`, and calls the configurable `fn` with everything from gin.
+`run(fn, argv)` parses the flags, optionally starts `jax.distributed`, loads gin, checks that every
+required binding is present (with a message that names the missing macro and the flag that sets it),
+in a run of several processes learns whether every other process started, with the same settings
+(`process_startup`), and calls the configurable `fn` with everything from gin.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import gin
 from spot_jax import prompt_tuning_compat
 
 from spot_jax import fileio
+from spot_jax import process_startup
 
 # gin/ beside the package in a checkout (editable installs too); spot_jax/gin/ in an installed wheel.
 _HERE = pathlib.Path(__file__).resolve().parent
@@ -363,31 +365,17 @@ def settings_differ_message(configs: Sequence[str], most: int = 8) -> str:
           "Start every process with the same flags and gin files (only --process_id differs)")
 
 
-def check_same_settings_on_every_process() -> None:
-  """Refuses a multi-process run whose processes have different gin settings (call once gin is final).
+def settings_text() -> str:
+  """This process's `shared_settings`, one `binding = value` a line: what the processes of a run compare
+  (`process_startup`; call once gin is final).
 
   Every process must run the same job, as in T5X: otherwise a process with another BATCH_SIZE or task
   trains on a mixture of the two without a word, and one with another TRAIN_STEPS hangs at a collective
-  the others never reach (until JAX's shutdown barrier aborts every process, minutes later). Equal
-  settings cost one all-gather of a 32-byte digest; only on a mismatch are the texts gathered, so that
-  the ValueError names each differing binding and its values.
+  the others never reach. Equal settings cost one 64-character digest a process in the coordination
+  service's key-value store; only on a mismatch are the texts read, so that the error names each
+  differing binding and its values (`settings_differ_message`).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_count() == 1:
-    return
-  import hashlib  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  settings = shared_settings(gin.config_str())
-  text = "\n".join(f"{k} = {v}" for k, v in settings.items()).encode()
-  digests = multihost_utils.process_allgather(np.frombuffer(hashlib.sha256(text).digest(), np.uint8))
-  if (digests == digests[0]).all():
-    return
-  sizes = multihost_utils.process_allgather(np.array(len(text), np.int32))
-  padded = np.zeros(int(sizes.max()), np.uint8)
-  padded[:len(text)] = np.frombuffer(text, np.uint8)
-  texts = multihost_utils.process_allgather(padded)
-  raise ValueError(settings_differ_message([bytes(t[:n]).decode() for t, n in zip(texts, sizes)]))
+  return "\n".join(f"{k} = {v}" for k, v in shared_settings(gin.config_str()).items())
 
 
 # What the jobs raise for bad input (they name the problem and the fix): shown as one message, not
@@ -437,22 +425,25 @@ def _configure(argv: Optional[Sequence[str]], prog: str) -> argparse.Namespace:
   init_distributed(args)
   # orbax and TFDS log every save and read at INFO through absl: keep a run's console to its own lines.
   logging.getLogger("absl").setLevel(max(logging.getLogger("absl").getEffectiveLevel(), logging.WARNING))
-  parse_gin(args.gin_file, bindings, search)
-  with _user_errors_as_one_line(prog):  # a bad file in the user's task module
-    prompt_tuning_compat.import_task_modules(prompt_tuning_compat.query_macros([TASK_MODULE_MACRO]).get(
-        TASK_MODULE_MACRO))
-  check_macros_are_read(bindings)
-  finalize_or_explain()
-  with _user_errors_as_one_line(prog):
-    check_same_settings_on_every_process()
-  steps = prompt_tuning_compat.query_macros(["TRAIN_STEPS", "INITIAL_CHECKPOINT_PATH"])
-  try:
-    prompt_tuning_compat.check_train_steps(steps.get("TRAIN_STEPS"), steps.get("INITIAL_CHECKPOINT_PATH"))
-  except ValueError as e:
-    raise SystemExit(f"{prog}: error: {e}") from None
-  from tasks import user_data  # users' tasks declared in gin files register now, before any lookup
-  with _user_errors_as_one_line(prog):
-    user_data.register_from_gin()
+  # In a run of several processes each publishes how its start-up ended (an error, or its settings'
+  # digest) and reads the others': one that stops here stops them all at once, each naming it, and
+  # different settings stop them all with the differing bindings (process_startup).
+  with process_startup.Outcomes(prog, settings_differ_message) as startup:
+    parse_gin(args.gin_file, bindings, search)
+    with _user_errors_as_one_line(prog):  # a bad file in the user's task module
+      prompt_tuning_compat.import_task_modules(prompt_tuning_compat.query_macros([TASK_MODULE_MACRO]).get(
+          TASK_MODULE_MACRO))
+    check_macros_are_read(bindings)
+    finalize_or_explain()
+    startup.settings = settings_text()
+    steps = prompt_tuning_compat.query_macros(["TRAIN_STEPS", "INITIAL_CHECKPOINT_PATH"])
+    try:
+      prompt_tuning_compat.check_train_steps(steps.get("TRAIN_STEPS"), steps.get("INITIAL_CHECKPOINT_PATH"))
+    except ValueError as e:
+      raise SystemExit(f"{prog}: error: {e}") from None
+    from tasks import user_data  # users' tasks declared in gin files register now, before any lookup
+    with _user_errors_as_one_line(prog):
+      user_data.register_from_gin()
   return args
 
 
