@@ -123,3 +123,24 @@ def library(frozen, tmp_path_factory, jax_cache_dir):
                                             setup.SOURCE_STEPS, setup.RUN)
   return PromptLibrary(str(root / "lib")), records, root
 
+
+
+# The longest tests (about 30-70 s each alone on 2 cores: CLI processes, end-to-end runs) go first.
+# pytest-xdist's worksteal hands each worker a contiguous part of the list and lets an idle worker take
+# from the end of the other's: a long test left at the end would keep one core busy alone.
+_LONG_FIRST = (
+    "test_demo.py::test_quick_demo_runs_end_to_end",
+    "test_train_processes.py::",
+    "test_gcs_emulator.py::test_train_resume_and_load_prompt_on_gs",
+    "test_eval_infer_cli.py::test_eval_in_two_processes",
+    "test_pipeline_cli.py::test_spot_cli_runs_the_whole_pipeline_with_a_baseline",
+    "test_bench_attention_check.py::test_checks_each_form_against_its_reference",
+    "test_bench_attention_kernels.py::test_variants_match_the_models_call",
+    "test_fused_norm.py::test_model_gives_the_same_loss_and_prompt_gradient_with_the_kernel",
+    "test_gin_utils.py::test_two_processes_with_different_settings",
+    "test_process_startup.py::",
+)
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: not any(part in item.nodeid for part in _LONG_FIRST))
