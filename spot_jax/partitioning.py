@@ -6,6 +6,7 @@ batches are split over `data`. The same code serves 1 CPU, forced CPU devices, G
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Tuple
 
 import gin
@@ -29,19 +30,55 @@ DEFAULT_RULES = (
 )
 
 
+def divisors(n: int) -> list:
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def num_partitions_error(num_partitions, num_devices=None) -> str:
+  """Why `num_partitions` cannot make a mesh of `num_devices` devices (None: not known yet), or ''.
+  The same words in every job and at start-up (`gin_utils`), each naming values that work."""
+  fits = f" ({', '.join(map(str, divisors(num_devices)))})" if num_devices else ""
+  if isinstance(num_partitions, bool) or not isinstance(num_partitions, (int, np.integer)):
+    example = (num_partitions.strip() if isinstance(num_partitions, str) and num_partitions.strip().isdigit()
+               else "2")
+    return (f"NUM_PARTITIONS must be an integer, got {num_partitions!r} ({type(num_partitions).__name__}): "
+            f"e.g. --gin.NUM_PARTITIONS={example} (no quotes), or --gin_file=partitioning/model_parallel_2.gin"
+            + (f"; it must divide the {num_devices} devices{fits}" if num_devices else ""))
+  if num_partitions < 1:
+    return (f"NUM_PARTITIONS must be 1 or more, got {num_partitions}"
+            + (f": set --gin.NUM_PARTITIONS to a divisor of the {num_devices} devices{fits}" if num_devices
+               else " (1: data parallel; N: the frozen weights split over N devices)"))
+  if num_devices and num_devices % num_partitions:
+    return (f"NUM_PARTITIONS={num_partitions} must divide the {num_devices} devices: set --gin.NUM_PARTITIONS "
+            f"to a divisor of {num_devices}{fits}")
+  return ""
+
+
+_LOGGED_MESHES = set()
+
+
 @gin.configurable
 def make_mesh(num_partitions: int = 1, devices=None) -> Mesh:
-  """A `(data, model)` mesh over all devices with `num_partitions` devices per model replica."""
+  """A `(data, model)` mesh over all devices with `num_partitions` devices per model replica.
+
+  The first mesh of each shape is logged (`mesh: data=4 x model=2 over 8 devices`): what a run's
+  NUM_PARTITIONS ended as."""
   devices = list(devices if devices is not None else jax.devices())
-  if num_partitions < 1 or len(devices) % num_partitions:
-    raise ValueError(f"NUM_PARTITIONS={num_partitions} must divide the {len(devices)} devices: set "
-                     f"--gin.NUM_PARTITIONS to a divisor of {len(devices)}")
+  error = num_partitions_error(num_partitions, len(devices))
+  if error:
+    raise ValueError(error)
   shape = (len(devices) // num_partitions, num_partitions)
   try:
     from jax.experimental import mesh_utils
     grid = mesh_utils.create_device_mesh(shape, devices=devices)
   except Exception:  # pylint: disable=broad-except  (non-TPU topologies without physical layout)
     grid = np.asarray(devices).reshape(shape)
+  key = (shape, tuple(d.id for d in devices))
+  if key not in _LOGGED_MESHES:
+    _LOGGED_MESHES.add(key)
+    logging.getLogger("spot_jax.partitioning").info(
+        "mesh: data=%d x model=%d over %d devices (NUM_PARTITIONS=%d)", shape[0], shape[1], len(devices),
+        num_partitions)
   return Mesh(grid, ("data", "model"))
 
 
@@ -57,16 +94,36 @@ def tree_shardings(logical_specs, mesh: Mesh, rules=None):
 
 
 def check_divisible(shapes, logical_specs, mesh: Mesh, rules=None):
-  """Raise a readable error when a sharded dimension does not divide by its mesh axis."""
+  """Raise a readable error when a sharded dimension does not divide by its mesh axis, naming the
+  NUM_PARTITIONS values for which every dimension divides on these devices."""
   rules = dict(logical_rules() if rules is None else rules)
   is_spec = lambda x: isinstance(x, P)
-  for (path, spec), shape in zip(jax.tree_util.tree_leaves_with_path(logical_specs, is_leaf=is_spec),
-                                 jax.tree_util.tree_leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))):
-    for name, dim in zip(spec, shape):
-      axis = rules.get(name)
-      if axis and dim % mesh.shape[axis]:
-        raise ValueError(f"parameter {jax.tree_util.keystr(path)} dimension '{name}'={dim} does not divide "
-                         f"over mesh axis '{axis}' of size {mesh.shape[axis]}; use fewer model partitions")
+  leaves = list(zip(jax.tree_util.tree_leaves_with_path(logical_specs, is_leaf=is_spec),
+                    jax.tree_util.tree_leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))))
+
+  def axes_size(axes, sizes):
+    return int(np.prod([sizes[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+
+  def first_misfit(sizes):
+    for (path, spec), shape in leaves:
+      for name, dim in zip(spec, shape):
+        axes = rules.get(name)
+        if axes and dim % axes_size(axes, sizes):
+          return path, name, dim, axes, axes_size(axes, sizes)
+    return None
+
+  misfit = first_misfit(dict(mesh.shape))
+  if misfit is None:
+    return
+  path, name, dim, axes, size = misfit
+  n = mesh.devices.size
+  fits = [p for p in divisors(n) if first_misfit({"data": n // p, "model": p}) is None]
+  where = f"mesh axis '{axes}'" if isinstance(axes, str) else f"mesh axes {tuple(axes)}"
+  raise ValueError(
+      f"parameter {jax.tree_util.keystr(path)} dimension '{name}'={dim} does not divide over {where} of size "
+      f"{size} (mesh data={mesh.shape['data']} x model={mesh.shape['model']}); "
+      + (f"NUM_PARTITIONS values that fit this model on {n} devices: {', '.join(map(str, fits))}" if fits else
+         f"no NUM_PARTITIONS fits this model on {n} devices (its dimensions or the logical rules)"))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

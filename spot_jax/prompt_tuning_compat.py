@@ -118,6 +118,8 @@ def macro_hint(name: str) -> str:
   return _MACROS.get(name, "")
 
 
+_SUBMESH = ("NUM_PARTITIONS, the size of the mesh's model axis (a submesh (x, y, z, c) is NUM_PARTITIONS = "
+            "x*y*z*c; spot_jax lays the devices out itself), or a partitioning/model_parallel_*.gin file")
 # T5X / prompt-tuning configurables (last name component, parameter) -> the spot_jax binding.
 _CONFIGURABLES = {
     ("uniform", "scale"): "spot_jax.prompts.random_uniform.scale (add spot_jax.prompts.random_uniform.minval"
@@ -127,6 +129,10 @@ _CONFIGURABLES = {
     ("Prompt", "length"): "PROMPT_LENGTH",
     ("PjitPartitioner", "num_partitions"): "NUM_PARTITIONS (or a partitioning/model_parallel_*.gin file)",
     ("ModelBasedPjitPartitioner", "num_partitions"): "NUM_PARTITIONS (or a partitioning/model_parallel_*.gin file)",
+    ("PjitPartitioner", "model_parallel_submesh"): _SUBMESH,
+    ("ModelBasedPjitPartitioner", "model_parallel_submesh"): _SUBMESH,
+    ("PjitPartitioner", "logical_axis_rules"): "spot_jax.partitioning.logical_rules.rules",
+    ("ModelBasedPjitPartitioner", "logical_axis_rules"): "spot_jax.partitioning.logical_rules.rules",
     ("Trainer", "num_microbatches"): "spot_jax.train.train.num_microbatches",
     ("SaveCheckpointConfig", "period"): "SAVE_PERIOD",
     ("SaveCheckpointConfig", "keep"): "spot_jax.train.train.keep_checkpoints",

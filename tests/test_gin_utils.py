@@ -286,3 +286,112 @@ def test_two_processes_with_different_settings_both_refuse_to_start_and_write_no
     assert "BATCH_SIZE: process 0 has 8, process 1 has 16" in err, err[-3000:]
     assert "Start every process with the same flags and gin files" in err and "Traceback" not in err
   assert not (model_dir / "checkpoints").exists() and not (model_dir / "numpy_checkpoints").exists()
+
+
+# The partitioning of a run: which files and bindings decide NUM_PARTITIONS, and what is refused.
+TINY = ["--gin_file=models/t5_1_1.gin", "--gin_file=prompts/random_uniform.gin", "--gin_file=models/sizes/tiny.gin"]
+NAMED = ["--gin.MODEL_DIR='/tmp/x'", "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_movie'"]
+
+
+def _num_partitions(argv):
+  import gin
+  gin_utils.configure(argv)
+  return gin.query_parameter("%NUM_PARTITIONS")
+
+
+def test_a_partitioning_file_that_a_later_run_files_include_would_undo_is_refused():
+  """Every run file includes partitioning/data_parallel.gin: a partitioning file given before it ended
+  the run with NUM_PARTITIONS = 1, without a word."""
+  with pytest.raises(SystemExit, match=r"^spot_jax: error: --gin_file=partitioning/model_parallel_4.gin sets "
+                                       r"NUM_PARTITIONS = 4, but the later --gin_file=runs/prompt_train.gin sets it "
+                                       r"back to 1 through its include of partitioning/data_parallel.gin.* Give "
+                                       r"--gin_file=partitioning/model_parallel_4.gin after "
+                                       r"--gin_file=runs/prompt_train.gin, or set --gin.NUM_PARTITIONS=4"):
+    _num_partitions(["--gin_file=partitioning/model_parallel_4.gin"] + TINY + ["--gin_file=runs/prompt_train.gin"]
+                    + NAMED)
+  with pytest.raises(SystemExit, match=r"later --gin_file=runs/spot_source.gin sets it back to 1 through its "
+                                       r"include of runs/prompt_train.gin, which includes "
+                                       r"partitioning/data_parallel.gin"):
+    _num_partitions(TINY + ["--gin_file=partitioning/model_parallel_2.gin", "--gin_file=runs/spot_source.gin"]
+                    + NAMED)
+  # Any macro: models/gpu_bf16.gin before the variant it adjusts (whose include resets FROZEN_DTYPE).
+  with pytest.raises(SystemExit, match=r"--gin_file=models/gpu_bf16.gin sets FROZEN_DTYPE = 'bfloat16', but the "
+                                       r"later --gin_file=models/t5_1_1_lm_adapted.gin sets it back to 'float32'"):
+    _num_partitions(["--gin_file=models/gpu_bf16.gin", "--gin_file=models/t5_1_1_lm_adapted.gin"] + TINY[1:]
+                    + ["--gin_file=runs/prompt_train.gin"] + NAMED)
+  # What works: the documented order, a binding anywhere, a later file's own line, the same value again.
+  assert _num_partitions(TINY + ["--gin_file=runs/prompt_train.gin", "--gin_file=partitioning/model_parallel_4.gin"]
+                         + NAMED) == 4
+  assert _num_partitions(["--gin.NUM_PARTITIONS=2"] + TINY + ["--gin_file=runs/prompt_train.gin"] + NAMED) == 2
+  assert _num_partitions(TINY + ["--gin_file=runs/prompt_train.gin", "--gin_file=partitioning/model_parallel_4.gin",
+                                 "--gin_file=partitioning/model_parallel_2.gin"] + NAMED) == 2
+  assert _num_partitions(["--gin_file=partitioning/data_parallel.gin"] + TINY + ["--gin_file=runs/prompt_train.gin"]
+                         + NAMED) == 1
+
+
+def test_a_binding_of_a_parameter_the_jobs_pass_themselves_is_refused_naming_the_macro(tmp_path):
+  """make_mesh is configurable, but train and eval pass num_partitions: the binding was ignored."""
+  base = TINY + ["--gin_file=runs/prompt_train.gin"] + NAMED
+  with pytest.raises(SystemExit, match=r"^spot_jax: error: the binding spot_jax.partitioning.make_mesh.num_partitions "
+                                       r"would have no effect: the jobs pass num_partitions to make_mesh themselves; "
+                                       r"set NUM_PARTITIONS \(e.g. --gin.NUM_PARTITIONS=2"):
+    gin_utils.configure(base + ["--gin.spot_jax.partitioning.make_mesh.num_partitions=8"])
+  mine = tmp_path / "mine.gin"
+  mine.write_text("train/spot_jax.input_pipeline.get_batches.batch_size = 4\n")
+  with pytest.raises(SystemExit, match=r"the binding train/spot_jax.input_pipeline.get_batches.batch_size would "
+                                       r"have no effect: .*set BATCH_SIZE"):
+    gin_utils.configure(base + [f"--gin_file={mine}"])
+
+
+def test_every_parameter_the_jobs_pass_to_a_configurable_is_listed():
+  """The call sites in spot_jax/ of each configurable that no command calls through gin: a parameter
+  given at every one of them must be in PASSED_BY_THE_JOBS (so that a binding of it is refused)."""
+  import ast
+  import inspect
+  import pathlib
+  import gin
+  gin_utils.import_configurables()
+  root = pathlib.Path(gin_utils.__file__).parent
+  sources = [p.read_text() for p in root.rglob("*.py")]
+  registry = gin.config._REGISTRY  # pylint: disable=protected-access
+  by_name = {}
+  for selector in list(registry._selector_map):  # pylint: disable=protected-access
+    info = registry[selector]
+    if selector.startswith("spot_jax.") and not any(f"get_configurable({info.name})" in s for s in sources):
+      by_name.setdefault(info.name, []).append((selector, list(inspect.signature(info.wrapped).parameters)))
+  calls = {}
+  for source in sources:
+    for node in ast.walk(ast.parse(source)):
+      if isinstance(node, ast.Call):
+        name = getattr(node.func, "attr", getattr(node.func, "id", None))
+        if name in by_name:
+          calls.setdefault(name, []).append(node)
+  missing = []
+  for name, nodes in calls.items():
+    for selector, params in by_name[name]:
+      if any(isinstance(a, ast.Starred) for n in nodes for a in n.args) or any(k.arg is None for n in nodes
+                                                                                for k in n.keywords):
+        continue
+      always = set.intersection(*({*params[:len(n.args)], *(k.arg for k in n.keywords)} for n in nodes))
+      missing += [f"{selector}.{p}" for p in sorted(always - set(gin_utils.PASSED_BY_THE_JOBS.get(selector, {})))]
+  assert not missing, missing
+  assert {"make_mesh", "get_batches"} <= set(calls)  # the scan sees the call sites
+
+
+def test_num_partitions_of_the_wrong_type_or_range_is_refused_in_the_same_words_by_every_job():
+  """eval said "NUM_PARTITIONS=0 must divide the 8 devices" and train "must be 1 or more"; a string '2'
+  got train's example --gin.NUM_PARTITIONS=100."""
+  evals = TINY[::2] + ["--gin_file=runs/prompt_eval.gin", "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_movie'",
+                       "--gin.CHECKPOINT_PATH=None", "--gin.PROMPT_FILE=None", "--gin.EVAL_OUTPUT_DIR='/tmp/e'"]
+  for argv in (TINY + ["--gin_file=runs/prompt_train.gin"] + NAMED, evals):
+    with pytest.raises(SystemExit, match=r"^spot_jax: error: NUM_PARTITIONS must be 1 or more, got 0"):
+      gin_utils.configure(argv + ["--gin.NUM_PARTITIONS=0"])
+    with pytest.raises(SystemExit, match=r"^spot_jax: error: NUM_PARTITIONS must be an integer, got '2' \(str\): "
+                                         r"e.g. --gin.NUM_PARTITIONS=2 \(no quotes\)"):
+      gin_utils.configure(argv + ["--gin.NUM_PARTITIONS='2'"])
+
+
+def test_a_t5x_partitioner_submesh_names_num_partitions():
+  with pytest.raises(SystemExit, match=r"No configurable matching 'partitioning.PjitPartitioner'(.|\n)*in spot_jax "
+                                       r"set NUM_PARTITIONS, the size of the mesh's model axis"):
+    gin_utils.configure(TRAIN + ["--gin.partitioning.PjitPartitioner.model_parallel_submesh=(2, 2, 1, 1)"])

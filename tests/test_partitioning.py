@@ -11,8 +11,31 @@ from spot_jax.model import param_logical_axes, param_shapes
 def test_mesh_shape_and_axes():
   mesh = partitioning.make_mesh(2)
   assert mesh.axis_names == ("data", "model") and mesh.devices.shape == (4, 2)
-  with pytest.raises(ValueError, match="NUM_PARTITIONS=3 must divide the 8 devices: set --gin.NUM_PARTITIONS"):
+  with pytest.raises(ValueError, match=r"NUM_PARTITIONS=3 must divide the 8 devices: set --gin.NUM_PARTITIONS "
+                                       r"to a divisor of 8 \(1, 2, 4, 8\)"):
     partitioning.make_mesh(3)
+
+
+def test_a_bad_num_partitions_reads_as_in_train_and_names_the_values_that_work():
+  """make_mesh (eval, infer) said "NUM_PARTITIONS=0 must divide the 8 devices" where train says "must be
+  1 or more", and compared a string with 1 (a TypeError)."""
+  with pytest.raises(ValueError, match=r"^NUM_PARTITIONS must be 1 or more, got 0: set --gin.NUM_PARTITIONS to a "
+                                       r"divisor of the 8 devices \(1, 2, 4, 8\)"):
+    partitioning.make_mesh(0)
+  with pytest.raises(ValueError, match=r"^NUM_PARTITIONS must be an integer, got '2' \(str\): e.g. "
+                                       r"--gin.NUM_PARTITIONS=2 \(no quotes\)"):
+    partitioning.make_mesh("2")
+  with pytest.raises(ValueError, match=r"got True \(bool\)"):
+    partitioning.make_mesh(True)
+
+
+def test_the_mesh_is_logged_once(caplog):
+  partitioning._LOGGED_MESHES.clear()  # pylint: disable=protected-access
+  with caplog.at_level("INFO", logger="spot_jax.partitioning"):
+    partitioning.make_mesh(2)
+    partitioning.make_mesh(2)
+  said = [r.getMessage() for r in caplog.records if r.name == "spot_jax.partitioning"]
+  assert said == ["mesh: data=4 x model=2 over 8 devices (NUM_PARTITIONS=2)"]
 
 
 def test_frozen_weights_follow_the_t5x_rules():
@@ -29,6 +52,15 @@ def test_indivisible_dimension_is_named():
   cfg = size_config("tiny", vocab_size=97)
   with pytest.raises(ValueError, match=r"\['decoder'\]\['logits_dense'\].*'vocab'=97 does not divide over mesh axis 'model'"):
     partitioning.check_divisible(param_shapes(cfg), param_logical_axes(cfg), partitioning.make_mesh(2))
+
+
+
+def test_an_indivisible_model_names_the_num_partitions_that_fit():
+  """'heads'=6 over a model axis of 4 said only "use fewer model partitions"; 2 fits, and 1, not 3."""
+  cfg = size_config("tiny", vocab_size=96, num_heads=6)
+  with pytest.raises(ValueError, match=r"'heads'=6 does not divide over mesh axis 'model' of size 4 \(mesh data=2 x "
+                                       r"model=4\); NUM_PARTITIONS values that fit this model on 8 devices: 1, 2$"):
+    partitioning.check_divisible(param_shapes(cfg), param_logical_axes(cfg), partitioning.make_mesh(4))
 
 
 def test_global_batch_is_split_over_data():
