@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spot_jax import partitioning
+from spot_jax.checkpoints.lazy import is_lazy, normalize_index
 from spot_jax.config import T5Config
 from spot_jax.model import init_params, param_logical_axes, param_shapes
 
@@ -22,18 +23,24 @@ log = logging.getLogger("spot_jax.train")
 
 
 def load_frozen(initial_checkpoint_path: Optional[str], model_config: Optional[T5Config], seed: int,
-                macro: str = "INITIAL_CHECKPOINT_PATH"):
+                macro: str = "INITIAL_CHECKPOINT_PATH", lazy: bool = True):
   """(config, params) from a T5X/HF checkpoint, or a fresh initialization of `model_config`.
-  `macro` is the gin macro that holds the path in the caller's run file (for messages)."""
+  `macro` is the gin macro that holds the path in the caller's run file (for messages).
+
+  `lazy` (default): a T5X native checkpoint's TensorStore arrays (a local HF folder's tensors) are
+  opened, not read (`checkpoints.lazy.LazyArray`); `place_frozen` reads only the shards this process's
+  devices hold.
+  `np.asarray` of one reads it whole. `lazy=False` reads every array into host memory now (a caller
+  that uses the numpy arrays themselves, not `place_frozen`)."""
   from spot_jax.config import FromCheckpoint
   if initial_checkpoint_path:
     from spot_jax import checkpoints
     if isinstance(model_config, FromCheckpoint):  # dimensions from the checkpoint, the rest from gin
       return checkpoints.read_params(initial_checkpoint_path, overrides=dict(model_config.overrides),
-                                     check_shape_overrides=True)
+                                     check_shape_overrides=True, lazy=lazy)
     # With a gin model config, read_params checks every structural field against the checkpoint
     # and keeps the config's run-time fields (dropout, dtype, max distance).
-    return checkpoints.read_params(initial_checkpoint_path, config=model_config)
+    return checkpoints.read_params(initial_checkpoint_path, config=model_config, lazy=lazy)
   if isinstance(model_config, FromCheckpoint):
     raise ValueError(f"models/sizes/from_checkpoint.gin takes the model's dimensions from the checkpoint: "
                      f"set {macro}, or use a size file (models/sizes/*.gin) for a fresh initialization")
@@ -110,7 +117,10 @@ def frozen_fingerprint(params) -> Optional[str]:
   try:
     for name, leaf in sorted(flatten(params).items()):
       digest.update(f"{name}{tuple(leaf.shape)}".encode())
-      head = leaf.reshape(-1)[:1024]  # a view of a host array; a slice computed on the device for a jax one
+      if is_lazy(leaf):  # read lazily: only the leading rows that hold the first 1024 values
+        head = leaf.head(1024)
+      else:  # a view of a host array; a slice computed on the device for a jax one
+        head = leaf.reshape(-1)[:1024]
       digest.update(np.asarray(jax.device_get(head), np.float32).tobytes())
   except (RuntimeError, ValueError, TypeError):  # e.g. an array spread over other processes
     return None
@@ -164,7 +174,11 @@ def check_same_run(model_dir: str, meta: Mapping, task: str, frozen_model: Mappi
 
 def place_frozen(params, config: T5Config, mesh, frozen_dtype: str = "float32", axes=None):
   """Put frozen weights on the mesh by logical-axis rules (optionally as bfloat16). `axes`: the
-  config's logical axes, already checked against the mesh (train checks them before it starts)."""
+  config's logical axes, already checked against the mesh (train checks them before it starts).
+
+  A lazily read array (`load_frozen`'s T5X arrays) is read per shard: each distinct slice this
+  process's devices hold is read once and cast to `frozen_dtype` alone; no process reads, or holds
+  on the host, a slice only other processes' devices hold. Host arrays are cast whole, then sliced."""
   if axes is None:
     axes = param_logical_axes(config)
     partitioning.check_divisible(param_shapes(config), axes, mesh)
@@ -172,6 +186,21 @@ def place_frozen(params, config: T5Config, mesh, frozen_dtype: str = "float32", 
   dtype = {"float32": np.float32, "bfloat16": jnp.bfloat16}[frozen_dtype]
 
   def put(x, sharding):
+    if is_lazy(x):
+      return _put_lazy(x.cast(dtype), sharding)
     x = np.asarray(x).astype(dtype)
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-  return jax.tree.map(put, params, shardings), shardings
+  return jax.tree.map(put, params, shardings, is_leaf=is_lazy), shardings
+
+
+def _put_lazy(x, sharding):
+  """`x` (a `LazyArray`) as a global array of `sharding`: the devices that hold the same slice (the
+  replicas along `data`) share one read of it, made for this array only and dropped once placed."""
+  read = {}
+
+  def shard(index):
+    key = tuple((s.start, s.stop) for s in normalize_index(index, x.shape))
+    if key not in read:
+      read[key] = x[index]
+    return read[key]
+  return jax.make_array_from_callback(x.shape, sharding, shard, dtype=x.dtype)

@@ -156,7 +156,7 @@ def _not_a_checkpoint(path: str) -> str:
 
 def read_params(path: str, config: Optional[T5Config] = None, dtype: Any = None,
                 overrides: Optional[Mapping[str, Any]] = None,
-                check_shape_overrides: bool = False) -> Tuple[T5Config, Dict[str, Any]]:
+                check_shape_overrides: bool = False, lazy: bool = False) -> Tuple[T5Config, Dict[str, Any]]:
   """Read a T5X or HF T5 checkpoint (local or gs://) into `(config, params)`.
 
   - config: when given, its shape fields must agree with the checkpoint (else an error naming each
@@ -167,16 +167,21 @@ def read_params(path: str, config: Optional[T5Config] = None, dtype: Any = None,
     `check_shape_overrides` (`models/sizes/from_checkpoint.gin`), its shape fields are not applied:
     `feed_forward` and `tie_word_embeddings` must agree with the checkpoint, dimensions are its own.
   - dtype: cast every parameter ("float32", "bfloat16"); None keeps the stored dtypes.
+  - lazy: a T5X native checkpoint's TensorStore arrays are opened (metadata checked: a missing or
+    invalid array fails here) but not read; they are `lazy.LazyArray`s that read only the slices asked
+    for (`frozen_model.place_frozen`: each device's shard), and a damaged chunk fails when read. So are
+    a local Hugging Face folder's tensors (safetensors' `get_slice`; dtypes, names and shapes checked
+    now). T5X Orbax checkpoints and gs:// Hugging Face files are read whole either way.
   """
   path = resolve_checkpoint_path(path)
   fmt = detect_format(path)
   if fmt in ("t5x", "t5x_orbax"):
-    ckpt_dir, params = read_t5x(path) if fmt == "t5x" else read_t5x_orbax(path)
+    ckpt_dir, params = read_t5x(path, lazy=lazy) if fmt == "t5x" else read_t5x_orbax(path)
     source = f"T5X checkpoint {ckpt_dir}" if fmt == "t5x" else f"T5X Orbax checkpoint {ckpt_dir}"
     found = infer_config(params, source, base=config)
   else:
     source = f"Hugging Face checkpoint {path}"
-    found, params = read_hf(path)
+    found, params = read_hf(path, lazy=lazy)
   if config is not None:
     check_agreement(config, found, source)
     found = config

@@ -288,6 +288,39 @@ class _Tensors:
     except Exception as e:  # safetensors' SafetensorError, an I/O error
       raise CheckpointError(f"{path}: tensor {name!r} cannot be read ({e}): {DAMAGED}") from e
 
+  def get_lazy(self, name: str, transpose: bool) -> Any:
+    """Tensor `name` (transposed when `transpose`, as `read_hf` stores it) as a `lazy.LazyArray` that
+    reads only the slices asked for (safetensors' `get_slice`): its dtype and shape are checked now,
+    its data read when sliced. A gs:// file is read whole anyway (`get`)."""
+    filename = self.where[name]
+    f = self._file(filename)
+    if name not in self.names_in(filename):
+      raise CheckpointError(self._not_in_shard(name, filename))
+    if isinstance(f, dict):
+      arr = f[name]
+      return np.ascontiguousarray(arr.T) if transpose else arr
+    from spot_jax.checkpoints.lazy import LazyArray
+    path = _io.join(self.directory, filename)
+    try:
+      view = f.get_slice(name)
+      stored, shape = view.get_dtype(), tuple(view.get_shape())
+    except Exception as e:  # safetensors' SafetensorError
+      raise CheckpointError(f"{path}: tensor {name!r} cannot be read ({e}): {DAMAGED}") from e
+    if stored not in _SAFETENSORS_DTYPES:
+      raise CheckpointError(_unread_dtype(path, name, stored))
+    if transpose and len(shape) != 2:
+      raise CheckpointError(f"{path}: tensor {name!r} has shape {shape}, not the 2-D [out, in] of a PyTorch "
+                            "linear weight")
+
+    def read(index):
+      try:
+        if transpose:  # T5X's [in, out] slice is the transpose of PyTorch's [out, in] one
+          return np.ascontiguousarray(view[index[1], index[0]].T)
+        return view[index] if index else view[...]
+      except Exception as e:  # an I/O error of a damaged file
+        raise CheckpointError(f"{path}: tensor {name!r} cannot be read ({e}): {DAMAGED}") from e
+    return LazyArray(shape[::-1] if transpose else shape, np_dtype(_SAFETENSORS_DTYPES[stored]), read, name)
+
   def _not_in_shard(self, name: str, filename: str) -> str:
     holder = None
     for other in sorted(set(self.where.values()) - {filename}):
@@ -332,8 +365,11 @@ def _read_index(index_path: str) -> Dict[str, str]:
 _IGNORED_UNEXPECTED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
 
 
-def read_hf(path: str, config: Optional[T5Config] = None) -> Tuple[T5Config, Dict[str, Any]]:
+def read_hf(path: str, config: Optional[T5Config] = None, lazy: bool = False) -> Tuple[T5Config, Dict[str, Any]]:
   """Read a HF T5 directory into (config from config.json, T5X-named numpy tree).
+
+  `lazy`: local tensors are `lazy.LazyArray`s read slice by slice when placed (`Tensors.get_lazy`);
+  the copies of the embedding a file may hold are still compared whole, when there are any.
 
   Tensors the config leaves unused raise when they contradict it (an `lm_head.weight` other than the
   embedding under a tied config; embedding copies that differ) and warn otherwise (extra layers)."""
@@ -362,12 +398,17 @@ def read_hf(path: str, config: Optional[T5Config] = None) -> Tuple[T5Config, Dic
                             f"{config.num_encoder_layers}+{config.num_decoder_layers} layers"
                             + ('; if the model\'s output layer is its embedding, set "tie_word_embeddings": true '
                                "in config.json" if theirs == "lm_head.weight" and not given else ""))
-    arr = tensors.get(name)
     want = shapes[ours][::-1] if transpose else shapes[ours]
-    if tuple(arr.shape) != tuple(want):
-      raise CheckpointError(f"{path}: tensor {name!r} (spot_jax {ours!r}) has shape {tuple(arr.shape)} "
+    if lazy:
+      arr = tensors.get_lazy(name, transpose)
+      found = tuple(arr.shape)[::-1] if transpose else tuple(arr.shape)
+    else:
+      arr = tensors.get(name)
+      found = tuple(arr.shape)
+    if found != tuple(want):
+      raise CheckpointError(f"{path}: tensor {name!r} (spot_jax {ours!r}) has shape {found} "
                             f"but config.json implies {tuple(want)}")
-    flat[ours] = np.ascontiguousarray(arr.T) if transpose else np.asarray(arr)
+    flat[ours] = arr if lazy else np.ascontiguousarray(arr.T) if transpose else np.asarray(arr)
     used.add(name)
   if given:
     tied_by = f"the config passed in has tie_word_embeddings={config.tie_word_embeddings}"

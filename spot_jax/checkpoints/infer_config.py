@@ -174,7 +174,9 @@ def cast_params(params: Mapping[str, Any], dtype: Any) -> Dict[str, Any]:
   if dtype is None:
     return dict(params)
   target = np_dtype(dtype)
-  return unflatten({k: np.asarray(v).astype(target, copy=False) for k, v in flatten(params).items()})
+  # A lazily read array (checkpoints.lazy) stays lazy: its slices are converted as they are read.
+  return unflatten({k: v.cast(target) if hasattr(v, "cast") else np.asarray(v).astype(target, copy=False)
+                    for k, v in flatten(params).items()})
 
 
 def np_dtype(dtype: Any) -> np.dtype:

@@ -241,53 +241,99 @@ def _ts_location(spec: Mapping[str, Any]) -> str:
 _COPY_AGAIN = "copy the checkpoint again (the copy is incomplete or damaged)"
 
 
-def _read_specs(specs: Mapping[str, Dict[str, Any]], version: int) -> Dict[str, np.ndarray]:
+# Read shard by shard, a chunk that holds several of a process's shards (a checkpoint written with fewer
+# partitions than the mesh has: T5X chunks each array by the shards it was written with) would be
+# decompressed once per shard; a small cache of decoded chunks, shared by the arrays of one read, makes
+# it once. Bounded, and used by lazy reads only (a whole-array read reads each chunk once anyway).
+_LAZY_CACHE_BYTES = 2 * _CHUNK_BYTES
+
+
+def _open_stores(specs: Mapping[str, Dict[str, Any]], cache_bytes: int = 0) -> Dict[str, Any]:
+  """Open every array's TensorStore (metadata only): a missing directory or invalid .zarray fails here."""
   import tensorstore as ts
-  if not specs:
-    return {}
+  context = ts.Context({"cache_pool": {"total_bytes_limit": cache_bytes}}) if cache_bytes else None
   # T5X writes arrays without a fill value, so every chunk is on disk: a missing chunk file is damage,
   # not zeros. (An array that declares a fill value may omit chunks equal to it; read those as fills.)
-  opened = {name: ts.open({**spec, "fill_missing_data_reads": False}, open=True, read=True)
+  opened = {name: ts.open({**spec, "fill_missing_data_reads": False}, open=True, read=True, context=context)
             for name, spec in specs.items()}
-  stores, reads = {}, {}
+  stores = {}
   for name, future in opened.items():
     try:
       stores[name] = future.result()
-      reads[name] = stores[name].read()
     except Exception as e:  # `from None`: the chained TensorStore error repeats the whole spec
       raise CheckpointError(f"cannot open the array of parameter {name!r} at {_ts_location(specs[name])} "
                             f"(its directory or .zarray metadata is missing or invalid): {fileio.short_error(e)}. "
                             f"Fix: {_COPY_AGAIN}") from None
-  out = {}
-  for name, future in reads.items():
+  return stores
+
+
+def _finish_read(name: str, spec: Mapping[str, Any], store: Any, future: Any, version: int,
+                 index: Optional[tuple] = None) -> np.ndarray:
+  """The result of `future` (a read of `store`, or of its slice `index`) as numpy, errors named."""
+  try:
     try:
-      try:
-        arr = np.asarray(future.result())
-      except ValueError as e:
-        if "NOT_FOUND" not in str(e) or stores[name].fill_value is None:
-          raise
-        arr = np.asarray(ts.open({**specs[name], "fill_missing_data_reads": True}, open=True,
-                                 read=True).result().read().result())
-    except Exception as e:
-      raise CheckpointError(f"cannot read the array of parameter {name!r} at {_ts_location(specs[name])} "
-                            f"(a chunk file missing or damaged): {fileio.short_error(e)}. "
-                            f"Fix: {_COPY_AGAIN}") from None
-    if version < 3 and arr.dtype == np.uint16:  # version 2 stored bfloat16 as raw uint16
-      import ml_dtypes
-      arr = arr.view(ml_dtypes.bfloat16)
-    out[name] = arr
-  return out
+      arr = np.asarray(future.result())
+    except ValueError as e:
+      if "NOT_FOUND" not in str(e) or store.fill_value is None:
+        raise
+      import tensorstore as ts
+      filled = ts.open({**spec, "fill_missing_data_reads": True}, open=True, read=True).result()
+      arr = np.asarray((filled[index] if index else filled).read().result())
+  except Exception as e:
+    raise CheckpointError(f"cannot read the array of parameter {name!r} at {_ts_location(spec)} "
+                          f"(a chunk file missing or damaged): {fileio.short_error(e)}. "
+                          f"Fix: {_COPY_AGAIN}") from None
+  if version < 3 and arr.dtype == np.uint16:  # version 2 stored bfloat16 as raw uint16
+    import ml_dtypes
+    arr = arr.view(ml_dtypes.bfloat16)
+  return arr
+
+
+def read_slice(store: Any, index: tuple) -> Any:
+  """Start reading the slice `index` (one `slice` per dimension) of an open TensorStore: only the
+  chunks it touches are read. (Tests spy on this to see what a lazy read asks for.)"""
+  return store[index].read() if index else store.read()
+
+
+def _stored_dtype(store: Any, version: int) -> np.dtype:
+  dtype = np.dtype(store.dtype.numpy_dtype)
+  if version < 3 and dtype == np.uint16:
+    import ml_dtypes
+    return np.dtype(ml_dtypes.bfloat16)
+  return dtype
+
+
+def _read_specs(specs: Mapping[str, Dict[str, Any]], version: int, lazy: bool = False) -> Dict[str, Any]:
+  """Read every spec's array (all reads in flight at once); with `lazy`, open them only and return
+  `LazyArray`s that read the slices asked for (`lazy.py`), with the same errors at read time."""
+  if not specs:
+    return {}
+  stores = _open_stores(specs, _LAZY_CACHE_BYTES if lazy else 0)
+  if lazy:
+    from spot_jax.checkpoints.lazy import LazyArray
+
+    def reader(name):
+      store, spec = stores[name], specs[name]
+      return lambda index: _finish_read(name, spec, store, read_slice(store, index), version, index)
+    return {name: LazyArray(store.domain.shape, _stored_dtype(store, version), reader(name), name)
+            for name, store in stores.items()}
+  reads = {name: read_slice(store, ()) for name, store in stores.items()}
+  return {name: _finish_read(name, specs[name], stores[name], future, version) for name, future in reads.items()}
 
 
 # ----------------------------------------------------------------------------- reading
 
-def read_t5x(path: str, select: Optional[Callable[[str], bool]] = None) -> Tuple[str, Dict[str, Any]]:
+def read_t5x(path: str, select: Optional[Callable[[str], bool]] = None,
+             lazy: bool = False) -> Tuple[str, Dict[str, Any]]:
   """Read `optimizer/target` of a T5X checkpoint as a nested dict of numpy arrays.
 
   `path` is a `checkpoint_<step>` directory or a model directory (newest step). Returns the
   checkpoint directory actually read and the parameter tree; optimizer state is never read.
   `select(name)` (slash-joined name) keeps only some parameters, and only those are read from disk:
   a prompt out of an XXL checkpoint without reading its 11B frozen weights.
+  `lazy`: TensorStore arrays are opened (their metadata checked) but not read; they come back as
+  `lazy.LazyArray`s that read a slice when indexed (`frozen_model.place_frozen` reads each device's
+  shard only). Arrays inline in the msgpack file are numpy arrays either way.
   """
   ckpt_dir = find_checkpoint_dir(path)
   if ckpt_dir is None:
@@ -312,7 +358,7 @@ def read_t5x(path: str, select: Optional[Callable[[str], bool]] = None) -> Tuple
                             "that this reader of T5X's msgpack layout cannot follow; pass the checkpoint_<step> "
                             "directory above its `state/` item (read with orbax), or re-save the checkpoint")
     # Other leaves (None, scalars) are not parameters.
-  inline.update(_read_specs(specs, version))
+  inline.update(_read_specs(specs, version, lazy))
   return ckpt_dir, unflatten(inline)
 
 

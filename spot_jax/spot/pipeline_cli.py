@@ -73,7 +73,8 @@ def _load_gin(gin_argv: Sequence[str], prog: str) -> dict:
 
 def _frozen_from_settings(s: dict):
   from spot_jax import frozen_model as frozen_lib  # pylint: disable=g-import-not-at-top
-  config, params = frozen_lib.load_frozen(s["initial_checkpoint_path"], s["model_config"], s["seed"])
+  # Read whole, once: the pipeline's many runs use these host arrays (evaluation, ON activations) directly.
+  config, params = frozen_lib.load_frozen(s["initial_checkpoint_path"], s["model_config"], s["seed"], lazy=False)
   model_id = s["model_id"] or default_model_id(s["initial_checkpoint_path"], config, s["seed"])
   return (config, params), model_id
 
