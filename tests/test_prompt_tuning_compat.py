@@ -50,6 +50,7 @@ def test_t5x_restore_mode_names_prompt_steps():
   """t5x.eval's `utils.RestoreCheckpointConfig.mode = 'all'` (every checkpoint of a run) is eval's
   PROMPT_STEPS='all'; the hint is checked on gin's own error for that binding."""
   import gin
+  gin.clear_config()  # a job run earlier in this process leaves gin finalized (locked)
   try:
     with pytest.raises(ValueError, match="No configurable matching 'utils.RestoreCheckpointConfig'") as e:
       gin.parse_config("utils.RestoreCheckpointConfig.mode = 'all'")
