@@ -7,7 +7,8 @@ enumerated so order survives batching), postprocessing and metrics; we supply it
   * score_fn: the summed target log-likelihood (`spot_jax.scoring`), for metrics of
     `(targets, scores)` such as rank classification.
 seqio calls only the function a task's metrics need. Batches are padded to a fixed `batch_size` so
-each task compiles one decode program and one score program.
+each task compiles one decode program and one score program; given a `mesh`, each batch is split over
+its `data` axis (each device decodes or scores `batch_size / data` rows).
 
 Inference without metrics (for `spot_jax.infer`, each example's text kept) is `spot_jax.inference`.
 """
@@ -131,12 +132,14 @@ def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([array, pad], axis=0)
 
 
-def put_batch(array: np.ndarray, mesh):
-  """Shards a batch over the mesh's `data` axis when it divides; else leaves it to jit."""
-  if mesh is None or array.shape[0] % mesh.shape["data"]:
-    return array
-  from spot_jax import partitioning  # pylint: disable=g-import-not-at-top
-  return jax.device_put(array, partitioning.batch_sharding(mesh))
+def mesh_of(params):
+  """The mesh `params` were placed on (the first leaf with a NamedSharding), else None: training's
+  periodic evaluation splits its batches over the training mesh's `data` axis."""
+  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+  for leaf in jax.tree_util.tree_leaves(params):
+    if isinstance(getattr(leaf, "sharding", None), NamedSharding):
+      return leaf.sharding.mesh
+  return None
 
 
 def _batches(dataset, batch_size: int) -> Iterator[Tuple[np.ndarray, Dict[str, np.ndarray], int]]:
@@ -159,8 +162,8 @@ def make_predict_fn(config: T5Config, params, prompt, batch_size: int, eos_id: i
     out = []
     for indices, feats, n in _batches(dataset, batch_size):
       length = max_decode_length or feats["decoder_target_tokens"].shape[1]
-      tokens = decode_lib.greedy_decode(config, params, prompt, put_batch(feats["encoder_input_tokens"], mesh),
-                                        length, eos_id=eos_id)
+      tokens = decode_lib.greedy_decode(config, params, prompt, feats["encoder_input_tokens"], length,
+                                        eos_id=eos_id, mesh=mesh)
       # Full fixed-length rows (zeros after EOS): seqio stacks them into one array, then its
       # vocabulary decode cuts each at EOS.
       out.extend((int(i), [int(x) for x in t]) for i, t in zip(indices[:n], tokens[:n]))
@@ -174,9 +177,8 @@ def make_score_fn(config: T5Config, params, prompt, batch_size: int, mesh=None):
     del model_feature_shapes
     out = []
     for indices, feats, n in _batches(dataset, batch_size):
-      scores = scoring_lib.score(config, params, prompt, put_batch(feats["encoder_input_tokens"], mesh),
-                                 put_batch(feats["decoder_target_tokens"], mesh),
-                                 put_batch(feats["decoder_input_tokens"], mesh))
+      scores = scoring_lib.score(config, params, prompt, feats["encoder_input_tokens"],
+                                 feats["decoder_target_tokens"], feats["decoder_input_tokens"], mesh=mesh)
       out.extend((int(i), float(s)) for i, s in zip(indices[:n], scores[:n]))
     return out
   return score_fn

@@ -16,7 +16,7 @@ import numpy as np
 from spot_jax import decode as decode_lib
 from spot_jax import scoring as scoring_lib
 from spot_jax.config import T5Config
-from spot_jax.evaluation import get_task, is_rank_dataset, put_batch, take_examples
+from spot_jax.evaluation import get_task, is_rank_dataset, take_examples
 
 log = logging.getLogger("spot_jax")
 
@@ -175,7 +175,7 @@ def predict_task(task_name: str, config: T5Config, params, prompt,
     for r, e in enumerate(chunk):
       ids = np.asarray(e["inputs"], np.int32)[:in_len]
       enc[r, :len(ids)] = ids
-    tokens = decode_lib.greedy_decode(config, params, prompt, put_batch(enc, mesh), dec_len, eos_id)
+    tokens = decode_lib.greedy_decode(config, params, prompt, enc, dec_len, eos_id, mesh=mesh)
     for e, t in zip(chunk, tokens):
       row = {"inputs": _text(e["inputs_pretokenized"]) if "inputs_pretokenized" in e
              else in_vocab.decode(list(map(int, e["inputs"]))),
@@ -252,7 +252,7 @@ def score_options_task(task_name: str, config: T5Config, params, prompt,
       enc[r, :len(ids)] = ids
       ids = np.asarray(e["targets"], np.int32)[:tgt_len]
       tgt[r, :len(ids)] = ids
-    out = scoring_lib.score(config, params, prompt, put_batch(enc, mesh), put_batch(tgt, mesh))
+    out = scoring_lib.score(config, params, prompt, enc, tgt, mesh=mesh)
     scores[start:start + len(chunk)] = out[:len(chunk)]
   by_row = {id(e): float(s) for e, s in zip(examples, scores)}
   rows = []

@@ -391,10 +391,12 @@ def inference_eval_dir(model_dir: str) -> str:
 
 def _evaluate(name, config, params, prompt, feature_lengths, split, batch_size, num_examples, step=None,
               log_dir=None):
+  """Periodic evaluation on the training mesh (the one `params` are placed on): each batch is split
+  over its `data` axis, as eval's."""
   from spot_jax import evaluation
   results = evaluation.evaluate(name, config, params, np.asarray(jax.device_get(prompt)), feature_lengths,
                                 split=split, batch_size=batch_size, num_examples=num_examples, step=step,
-                                log_dir=log_dir)
+                                log_dir=log_dir, mesh=evaluation.mesh_of(params))
   flat = {}
   for task_name, metrics in results.items():
     for k, v in metrics.items():

@@ -7,6 +7,7 @@ import pytest
 from spot_jax import decode as D
 from spot_jax import model as M
 from spot_jax.config import size_config
+from mesh_setup import rows_per_device, spy_programs
 
 CFG = size_config("tiny", vocab_size=64, dropout_rate=0.0, relative_attention_num_buckets=8,
                   relative_attention_max_distance=16)
@@ -74,3 +75,34 @@ def test_sharded_params_on_a_mesh():
   sharded = jax.device_put(params, shardings)
   np.testing.assert_array_equal(D.greedy_decode(CFG, sharded, None, ENC, 6),
                                 D.greedy_decode(CFG, params, None, ENC, 6))
+
+
+@pytest.mark.parametrize("num_partitions", [1, 2], ids=["8x1", "4x2"])
+def test_a_mesh_splits_the_batch_over_data(monkeypatch, num_partitions):
+  """On 8 devices (data 8 x model 1, data 4 x model 2) each device decodes B / data rows, from `mesh=`
+  or from a batch already split over `data` (as eval placed it); the tokens equal one device's. A
+  batch that does not divide is padded (3 rows: 1 per device on 8x1)."""
+  from spot_jax import partitioning
+  if len(jax.devices()) < 8:
+    pytest.skip("needs 8 forced CPU devices")
+  mesh = partitioning.make_mesh(num_partitions)
+  params = M.init_params(CFG, jax.random.PRNGKey(4))
+  sharded = jax.device_put(params, partitioning.tree_shardings(M.param_logical_axes(CFG), mesh))
+  prompt = np.random.RandomState(2).normal(size=(3, CFG.d_model)).astype(np.float32)
+  enc = np.random.RandomState(3).randint(2, CFG.vocab_size, (16, 8)).astype(np.int32)
+  want = D.greedy_decode(CFG, params, prompt, enc, 6, eos_id=-1)
+  calls = spy_programs(monkeypatch, D, "decode_fn")
+  placed = jax.device_put(enc, partitioning.batch_sharding(mesh))
+  for got in (D.greedy_decode(CFG, sharded, prompt, enc, 6, eos_id=-1, mesh=mesh),
+              D.greedy_decode(CFG, sharded, prompt, placed, 6, eos_id=-1)):
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, want)
+  rows = 16 // mesh.shape["data"]
+  for fn, args in calls:
+    assert rows_per_device(fn, args, 2, CFG.d_model, 3 + 8) == (rows, rows, {rows})
+    assert all(p.sharding == s.sharding for p, s in zip(jax.tree_util.tree_leaves(args[0]),
+                                                          jax.tree_util.tree_leaves(sharded)))
+  np.testing.assert_array_equal(D.greedy_decode(CFG, sharded, prompt, enc[:3], 6, eos_id=-1, mesh=mesh),
+                                want[:3])
+  fn, args = calls[-1]
+  assert args[2].shape[0] == mesh.shape["data"] and rows_per_device(fn, args, 2, CFG.d_model, 11)[:2] == (1, 1)

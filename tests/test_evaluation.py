@@ -18,6 +18,7 @@ from spot_jax import inference
 from spot_jax import model as M
 from spot_jax import scoring as S
 from spot_jax.config import size_config
+from mesh_setup import rows_per_device, spy_programs
 
 VOCAB = seqio.ByteVocabulary()
 CFG = size_config("tiny", vocab_size=VOCAB.vocab_size, dropout_rate=0.0, num_encoder_layers=1,
@@ -148,6 +149,41 @@ def test_predict_task_rows_and_errors(setup):
     E.evaluate("spot_test_no_such_task", CFG, params, prompt, LENGTHS)
   with pytest.raises(ValueError, match="prompt has shape"):
     E.evaluate(PREDICT, CFG, params, prompt[:, :3], LENGTHS, batch_size=BATCH)
+
+
+
+def test_eval_infer_and_training_eval_split_batches_over_the_mesh_data_axis(setup, monkeypatch):
+  """On a data 8 x model 1 mesh with batches of 16, eval (`mesh=`), training's periodic eval (the mesh
+  the frozen params are placed on) and infer decode and score 2 rows per device, with the metrics,
+  predictions and scores of one device. (The byte vocabulary, 259 rows, does not split over model.)"""
+  from spot_jax import partitioning
+  from spot_jax import train as train_lib
+  from spot_jax.frozen_model import place_frozen
+  if len(jax.devices()) < 8:
+    pytest.skip("needs 8 forced CPU devices")
+  params, prompt, said = setup
+  mesh = partitioning.make_mesh(1)
+  placed, _ = place_frozen(params, CFG, mesh)
+  want = E.evaluate(MIX, CFG, params, prompt, LENGTHS, batch_size=16, reuse=False)
+  want_scores = inference.score_options_task(RANK, CFG, params, prompt, LENGTHS, batch_size=16)
+  decoded = spy_programs(monkeypatch, D, "decode_fn")
+  scored = spy_programs(monkeypatch, S, "score_fn")
+  assert E.evaluate(MIX, CFG, placed, prompt, LENGTHS, batch_size=16, reuse=False, mesh=mesh) == want
+  assert E.mesh_of(placed) is mesh and E.mesh_of(params) is None
+  flat = train_lib._evaluate(MIX, CFG, placed, prompt, LENGTHS, "validation", 16, None)  # pylint: disable=protected-access
+  assert flat == {f"{task}/{k}": v for task, metrics in want.items() for k, v in metrics.items()}
+  assert [r["prediction"] for r in inference.predict_task(PREDICT, CFG, placed, prompt, LENGTHS, batch_size=16,
+                                                          mesh=mesh)] == said
+  got = inference.score_options_task(RANK, CFG, placed, prompt, LENGTHS, batch_size=16, mesh=mesh)
+  assert [r["prediction"] for r in got] == [r["prediction"] for r in want_scores]
+  np.testing.assert_allclose([r["scores"] for r in got], [r["scores"] for r in want_scores], rtol=1e-5)
+  # eval, training's eval and infer: 1 predict batch (7 rows) and 1 rank batch (12 rows) each.
+  assert (len(decoded), len(scored)) == (3, 3)
+  programs = {id(fn): (fn, args) for fn, args in decoded + scored}
+  assert len(programs) == 2  # one decode and one score program, shared by all
+  for fn, args in programs.values():
+    assert args[2].shape[0] == 16
+    assert rows_per_device(fn, args, 2, CFG.d_model, 3 + LENGTHS["inputs"]) == (2, 2, {2})
 
 
 def _rank_rows(num_examples, num_options):
