@@ -40,7 +40,8 @@ def _compiled_step(config, tx, mesh, enable_dropout, num_microbatches, frozen_sh
   key = (config, tx, mesh, enable_dropout, num_microbatches)
   if key not in _STEP_CACHE:
     _STEP_CACHE[key] = ts.jit_train_step(
-        ts.make_train_step(config, tx, enable_dropout=enable_dropout, num_microbatches=num_microbatches),
+        ts.make_train_step(config, tx, enable_dropout=enable_dropout, num_microbatches=num_microbatches,
+                           mesh=mesh),
         mesh, frozen_shardings)
   return _STEP_CACHE[key]
 

@@ -12,7 +12,9 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from spot_jax.config import T5Config
 from spot_jax.model import T5
@@ -53,16 +55,46 @@ def make_loss_fn(config: T5Config, enable_dropout: bool, z_loss: float = 1e-4) -
   return loss_fn
 
 
+def split_microbatches(batch, num_microbatches: int, mesh=None):
+  """`[B, ...]` arrays -> `[num_microbatches, B // num_microbatches, ...]`, microbatch `i` holding rows
+  `i, i + num_microbatches, i + 2 * num_microbatches, ...` of the batch.
+
+  Strided, not in contiguous blocks: the batch is split over the mesh's `data` axis in contiguous
+  blocks of rows, so block `i` of a contiguous split lived on `1/num_microbatches` of the data shards,
+  and XLA gathered it and had every device compute the whole microbatch (no memory saved, the work
+  multiplied). Strided, each device's block holds `B / (data * num_microbatches)` rows of every
+  microbatch. Which rows form a microbatch depends only on `B` and `num_microbatches`, never on the
+  mesh, so neither do the dropout masks. With `mesh`, each microbatch is also constrained to stay
+  split as the batch is (where its rows divide over the batch's mesh axes).
+  """
+  def split(x):
+    x = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  micro = jax.tree.map(split, batch)
+  if mesh is None:
+    return micro
+  from spot_jax import partitioning
+  spec = partitioning.batch_sharding(mesh).spec
+  shards = int(np.prod([mesh.shape[a] for a in jax.tree.leaves(tuple(spec))]))
+
+  def constrain(x):
+    if x.shape[1] % shards:
+      return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, *spec)))
+  return jax.tree.map(constrain, micro)
+
+
 def make_train_step(config: T5Config, tx: optax.GradientTransformation, enable_dropout: bool = True,
-                    num_microbatches: int = 1, z_loss: float = 1e-4) -> Callable:
+                    num_microbatches: int = 1, z_loss: float = 1e-4, mesh=None) -> Callable:
   """`step(state, frozen, batch, rng) -> (state, metrics)`; pure, to be jitted by the caller.
 
   The gradient is that of the loss summed over the batch's target tokens (cross-entropy and z-loss),
   as T5X computes it with prompt-tuning's LOSS_NORMALIZING_FACTOR=None: a batch with more target
-  tokens weighs more. With microbatches the per-microbatch sums are added, so the update equals the
-  full-batch one. Logged: `loss`, the mean over the batch's target tokens (comparable across batches
-  and runs), `target_tokens`, `grad_norm` (of the summed loss's gradient, the one the optimizer gets)
-  and `prompt_norm`.
+  tokens weighs more. With microbatches (`split_microbatches`: strided rows, so each stays split over
+  the `data` axis; pass the `mesh` the step is jitted over to pin that) the per-microbatch sums are
+  added, so the update equals the full-batch one. Logged: `loss`, the mean over the batch's target
+  tokens (comparable across batches and runs), `target_tokens`, `grad_norm` (of the summed loss's
+  gradient, the one the optimizer gets) and `prompt_norm`.
   """
   loss_fn = make_loss_fn(config, enable_dropout, z_loss)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -72,8 +104,7 @@ def make_train_step(config: T5Config, tx: optax.GradientTransformation, enable_d
     if num_microbatches == 1:
       (loss_sum, count), grad_sum = grad_fn(state.prompt, frozen, batch, rng)
     else:
-      micro = jax.tree.map(
-          lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:]), batch)
+      micro = split_microbatches(batch, num_microbatches, mesh)
 
       def body(carry, xs):
         mb, i = xs
