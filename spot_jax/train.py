@@ -36,8 +36,11 @@ _STEP_CACHE = {}
 
 
 def _compiled_step(config, tx, mesh, enable_dropout, num_microbatches, frozen_shardings):
-  """One jitted step per (config, optimizer, mesh, options): repeated short runs compile once."""
-  key = (config, tx, mesh, enable_dropout, num_microbatches)
+  """One jitted step per (config, optimizer, mesh, options, frozen weights' shardings): repeated short
+  runs compile once. The shardings are part of the key: a run under other logical rules (e.g. 'embed'
+  over 'data') places the weights otherwise, and a step jitted for the old placement refuses them."""
+  leaves, treedef = jax.tree_util.tree_flatten(frozen_shardings)
+  key = (config, tx, mesh, enable_dropout, num_microbatches, treedef, tuple(leaves))
   if key not in _STEP_CACHE:
     _STEP_CACHE[key] = ts.jit_train_step(
         ts.make_train_step(config, tx, enable_dropout=enable_dropout, num_microbatches=num_microbatches,

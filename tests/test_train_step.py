@@ -247,3 +247,31 @@ def test_microbatches_on_a_mesh_give_the_full_batch_update_and_mesh_independent_
     assert_same(run(model2, 4, True), dropped, "4x2 mb=4 vs 1x1 mb=4, dropout")
   finally:
     jax.config.update("jax_default_matmul_precision", None)
+
+
+def test_the_trainers_step_cache_keys_on_the_frozen_weights_shardings(monkeypatch):
+  """A train() under T5X's 2-D rules ('embed' over 'data') after one under the default rules reused the
+  step jitted for the default placement and failed with JAX's "Sharding passed to jit does not match the
+  sharding on the respective arg"."""
+  import gin
+  from spot_jax import frozen_model
+  from spot_jax import train as train_lib
+  monkeypatch.setattr(train_lib, "_STEP_CACHE", {})
+  mesh = partitioning.make_mesh(2)
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  tx = optim.adafactor()
+  _, default = frozen_model.place_frozen(params, CFG, mesh)
+  first = train_lib._compiled_step(CFG, tx, mesh, False, 1, default)  # pylint: disable=protected-access
+  assert train_lib._compiled_step(CFG, tx, mesh, False, 1, default) is first  # pylint: disable=protected-access
+  rules_2d = tuple((k, "data") if k == "embed" else (k, v) for k, v in partitioning.DEFAULT_RULES)
+  gin.bind_parameter("spot_jax.partitioning.logical_rules.rules", rules_2d)
+  try:
+    frozen, shardings = frozen_model.place_frozen(params, CFG, mesh)
+    assert frozen["token_embedder"]["embedding"].sharding.spec == jax.sharding.PartitionSpec("model", "data")
+    step = train_lib._compiled_step(CFG, tx, mesh, False, 1, shardings)  # pylint: disable=protected-access
+    assert step is not first
+    state = jax.device_put(ts.init_state(np.zeros((3, 32), np.float32), tx), partitioning.replicated(mesh))
+    _, metrics = step(state, frozen, partitioning.global_batch(_batch(), mesh), jax.random.key(0, impl="rbg"))
+    assert np.isfinite(float(metrics["loss"]))
+  finally:
+    gin.clear_config()
