@@ -84,7 +84,25 @@ def make_mesh(num_partitions: int = 1, devices=None) -> Mesh:
 
 @gin.configurable
 def logical_rules(rules=DEFAULT_RULES):
-  return tuple(tuple(r) for r in rules)
+  """The logical-axis rules `(logical name, mesh axis or None)`; gin: `spot_jax.partitioning.logical_rules.rules`
+  (T5X's `PjitPartitioner.logical_axis_rules`). They place the frozen weights; batches always go over
+  `data` (`batch_sharding`), so a `batch` rule naming anything else is refused."""
+  rules = tuple(tuple(r) for r in rules)
+  check_batch_rule(rules)
+  return rules
+
+
+def check_batch_rule(rules):
+  """Refuse a `batch` rule other than `data`: spot_jax splits every batch over the `data` axis, as T5X's
+  PjitPartitioner does (its `data_partition_spec` does not read the logical rules, whose `batch` entry
+  only places activations there); a rule saying otherwise would be silently ignored."""
+  batch = [axis for name, axis in rules if name == "batch"]
+  if batch and batch[0] not in ("data", ("data",)):
+    raise ValueError(
+        f"logical rule ('batch', {batch[0]!r}) in spot_jax.partitioning.logical_rules.rules: spot_jax splits "
+        "every batch over the mesh's 'data' axis, as T5X's PjitPartitioner does; keep ('batch', 'data'). The "
+        "number of devices a batch is split over is set by NUM_PARTITIONS (mesh: data = devices / "
+        "NUM_PARTITIONS, model = NUM_PARTITIONS)")
 
 
 def tree_shardings(logical_specs, mesh: Mesh, rules=None):
@@ -131,6 +149,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batch rows split over `data`, replicated over `model`. The logical rules are read only to refuse a
+  `batch` rule other than `data` (`check_batch_rule`)."""
+  logical_rules()
   return NamedSharding(mesh, P("data"))
 
 

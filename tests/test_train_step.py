@@ -275,3 +275,26 @@ def test_the_trainers_step_cache_keys_on_the_frozen_weights_shardings(monkeypatc
     assert np.isfinite(float(metrics["loss"]))
   finally:
     gin.clear_config()
+
+
+def test_a_batch_rule_other_than_data_is_refused():
+  """Batches are always split over 'data' (as T5X's PjitPartitioner.data_partition_spec, which ignores the
+  rules); a 'batch' rule saying otherwise was silently ignored."""
+  import gin
+  mesh = partitioning.make_mesh(2)
+  for axis in (None, "model", ("data", "model")):
+    rules = tuple((k, axis) if k == "batch" else (k, v) for k, v in partitioning.DEFAULT_RULES)
+    gin.bind_parameter("spot_jax.partitioning.logical_rules.rules", rules)
+    try:
+      with pytest.raises(ValueError, match=r"logical rule \('batch', .*\) in spot_jax.partitioning.logical_rules"
+                                           r".rules: spot_jax splits every batch over the mesh's 'data' axis"):
+        partitioning.batch_sharding(mesh)
+    finally:
+      gin.clear_config()
+  without_batch = tuple(r for r in partitioning.DEFAULT_RULES if r[0] != "batch")
+  gin.bind_parameter("spot_jax.partitioning.logical_rules.rules", without_batch)
+  try:
+    assert partitioning.batch_sharding(mesh).spec == jax.sharding.PartitionSpec("data")
+  finally:
+    gin.clear_config()
+  assert partitioning.batch_sharding(mesh).spec == jax.sharding.PartitionSpec("data")
