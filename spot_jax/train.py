@@ -369,7 +369,7 @@ def _check_ints(**values) -> None:
     flag = f"--gin.{name}" if name.isupper() else f"--gin.spot_jax.train.train.{name}"
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
       raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__}): e.g. "
-                       f"{flag}=100 (no quotes)")
+                       f"{flag}={_integer_example(value)} (no quotes)")
     least = _INT_MINIMUM.get(name, 1)
     if value is not None and value < least:
       unset = {"EVAL_PERIOD": " (or None: no periodic evaluation)",
@@ -380,6 +380,15 @@ def _check_ints(**values) -> None:
                "INITIAL_CHECKPOINT_STEP": " (or None: the step of INITIAL_CHECKPOINT_PATH's checkpoint_<step>)",
                }.get(name, "")
       raise ValueError(f"{name} must be {least} or more{unset}, got {value}: set {flag}")
+
+
+def _integer_example(value) -> str:
+  """The integer a mistyped value meant ('16' or 16.0: 16), else 100."""
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    return "100"
+  return str(int(number)) if number.is_integer() else "100"
 
 
 def _has_checkpoints(model_dir: str) -> bool:

@@ -84,7 +84,7 @@ def test_model_gives_the_same_loss_and_prompt_gradient_with_the_kernel(monkeypat
   with `norm_impl="pallas"` computes what `norm_impl="xla"` computes. (bfloat16 rounding is the
   kernel test's; the interpreted kernels make this test slow, so one dtype.)"""
   cfg = size_config("tiny", vocab_size=96, dropout_rate=0.3, dropout_bits="per_element",
-                    dtype=dtype)
+                    dtype=dtype, num_decoder_layers=1)  # the kernel is the encoder's: one decoder layer
   params = M.init_params(cfg, jax.random.PRNGKey(0))
   assert jax.tree.structure(M.init_params(cfg.replace(norm_impl="pallas"), jax.random.PRNGKey(0))) \
       == jax.tree.structure(params)

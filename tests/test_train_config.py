@@ -103,8 +103,10 @@ def test_files_in_place_of_output_dirs_and_mistyped_values_fail_before_compute(t
     assert sorted(p.name for p in model_dir.iterdir()) == [sub]  # nothing written
   with pytest.raises(ValueError, match=r"TRAIN_STEPS must be an integer, got 'abc' \(str\).*--gin.TRAIN_STEPS=100"):
     train_lib.train(model_dir=str(tmp_path / "m"), **{**common, "train_steps": "abc"})
-  with pytest.raises(ValueError, match=r"BATCH_SIZE must be an integer, got 8.0"):
+  with pytest.raises(ValueError, match=r"BATCH_SIZE must be an integer, got 8.0 \(float\): e.g. --gin.BATCH_SIZE=8 "):
     train_lib.train(model_dir=str(tmp_path / "m"), **{**common, "batch_size": 8.0})
+  with pytest.raises(ValueError, match=r"BATCH_SIZE must be an integer, got '16' \(str\): e.g. --gin.BATCH_SIZE=16 "):
+    train_lib.train(model_dir=str(tmp_path / "m"), **{**common, "batch_size": "16"})
 
 
 def test_missing_required_macro_names_it(tmp_path, capsys):
