@@ -4,6 +4,7 @@ import types
 
 import pytest
 
+from spot_jax import gin_checks
 from spot_jax import gin_utils
 
 
@@ -373,7 +374,7 @@ def test_every_parameter_the_jobs_pass_to_a_configurable_is_listed():
                                                                                 for k in n.keywords):
         continue
       always = set.intersection(*({*params[:len(n.args)], *(k.arg for k in n.keywords)} for n in nodes))
-      missing += [f"{selector}.{p}" for p in sorted(always - set(gin_utils.PASSED_BY_THE_JOBS.get(selector, {})))]
+      missing += [f"{selector}.{p}" for p in sorted(always - set(gin_checks.PASSED_BY_THE_JOBS.get(selector, {})))]
   assert not missing, missing
   assert {"make_mesh", "get_batches"} <= set(calls)  # the scan sees the call sites
 

@@ -1,0 +1,165 @@
+"""Checks of a gin configuration that gin itself does not make: each catches a setting that would
+otherwise be ignored without a word (a file whose macro a later include sets back, a macro no file
+reads, a binding of a parameter the jobs pass themselves) or a value gin would only reject deep in a
+job (an unquoted string, a mistyped parameter, NUM_PARTITIONS). `gin_utils` calls them as it parses."""
+from __future__ import annotations
+
+import difflib
+import os
+import pathlib
+import re
+from typing import Sequence
+
+import gin
+
+from spot_jax import prompt_tuning_compat
+
+# T5X's module-of-tasks macro: spot_jax imports it too, so prompt-tuning command lines keep working.
+TASK_MODULE_MACRO = "MIXTURE_OR_TASK_MODULE"
+
+
+_MACRO_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.*?)\s*(?:#.*)?$")
+_INCLUDE_LINE = re.compile(r"^include\s+['\"]([^'\"]+)['\"]")
+
+
+def _macro_setters(path: str, search_paths: Sequence[str], _depth: int = 0) -> dict:
+  """`{macro: (value text, include chain)}` of the macros a local gin file sets, the last setting of
+  each in gin's reading order; the chain is () for the file's own lines, else the includes (as
+  written) through which it is set. A file that cannot be read here sets nothing (gin will say why)."""
+  try:
+    text = pathlib.Path(path).read_text()
+  except (OSError, ValueError):
+    return {}
+  setters = {}
+  for line in text.splitlines():
+    include = _INCLUDE_LINE.match(line)
+    if include and _depth < 10:
+      found = next((c for c in [include.group(1)] + [os.path.join(b, include.group(1)) for b in search_paths]
+                    if os.path.isfile(c)), None)
+      for name, (value, chain) in (_macro_setters(found, search_paths, _depth + 1) if found else {}).items():
+        setters[name] = (value, (include.group(1),) + chain)
+    macro = _MACRO_LINE.match(line)
+    if macro:
+      setters[macro.group(1)] = (macro.group(2), ())
+  return setters
+
+
+def check_file_order(gin_files: Sequence[str], resolved: Sequence[str], search_paths: Sequence[str],
+                     runs_dir: str) -> None:
+  """Refuses a `--gin_file` whose macro a later `--gin_file` sets again through an include: later files
+  win, so `--gin_file=partitioning/model_parallel_4.gin --gin_file=runs/prompt_train.gin` ended with the
+  NUM_PARTITIONS = 1 of the run file's `include 'partitioning/data_parallel.gin'`, without a word.
+
+  Refused when the earlier file sets the macro on a line of its own, or the later file is a run file
+  (gin/runs/): an earlier file's include undone by a later file's own line, or one user file's include
+  by another's, is the later-wins order doing what it says."""
+  owner = {}  # macro -> (file as given, value text, chain)
+  for given, path in zip(gin_files, resolved):
+    setters = _macro_setters(path, search_paths)
+    is_run_file = os.path.dirname(os.path.abspath(path)) == os.path.abspath(runs_dir)
+    for name, (value, chain) in setters.items():
+      before = owner.get(name)
+      if chain and before and before[1] != value and (not before[2] or is_run_file):
+        raise SystemExit(
+            f"--gin_file={before[0]} sets {name} = {before[1]}, but the later --gin_file={given} sets it "
+            f"back to {value} through its include of {', which includes '.join(chain)}, and later files win: {before[0]} would "
+            f"have no effect. Give --gin_file={before[0]} after --gin_file={given}, or set "
+            f"--gin.{name}={before[1]} (a --gin.NAME=VALUE binding wins wherever it stands)")
+    for name, (value, chain) in setters.items():
+      owner[name] = (given, value, chain)
+
+
+def unquoted_string_binding(bindings: Sequence[str]) -> str:
+  """The first binding whose value is a bare word or path (`--gin.MODEL_DIR=/tmp/run`): the shell ate
+  no quotes gin could see, and gin says only "Unable to parse value (line 2)"."""
+  import ast  # pylint: disable=g-import-not-at-top
+  for binding in bindings:
+    name, _, value = binding.partition("=")
+    value = value.strip()
+    if not value or value[0] in "@%'\"([{-+." or value in ("True", "False", "None"):
+      continue
+    try:
+      ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      name = name.strip()
+      return (f"the value of {name} is not quoted: {value!r} is read as gin code, not a string. Quote it "
+              f"inside the shell's quotes: --gin.{name}=\"'{value}'\"")
+  return ""
+
+
+def close_parameters(message: str) -> str:
+  """' Did you mean ...?' for gin's "Configurable 'X' doesn't have a parameter named 'y'"."""
+  m = re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message)
+  if not m:
+    return ""
+  import inspect  # pylint: disable=g-import-not-at-top
+  try:
+    fn = gin.config._REGISTRY.get_match(m.group(1)).wrapped  # pylint: disable=protected-access
+    names = list(inspect.signature(fn).parameters)
+  except Exception:  # pylint: disable=broad-except  (a hint only)
+    return ""
+  close = difflib.get_close_matches(m.group(2), names, n=3)
+  return f"\nDid you mean {', '.join(close)}?" if close else ""
+
+
+def check_macros_are_read(bindings: Sequence[str]) -> None:
+  """A command-line macro that no gin file reads (`--gin.TRAIN_STEP=5` for TRAIN_STEPS) would be
+  ignored silently: refuse it, naming the macros that are read. Call after `parse_gin`."""
+  config = gin.config_str()
+  read = set(re.findall(r"%([A-Za-z_][A-Za-z0-9_]*)", config))
+  defined = set(re.findall(r"^([A-Z][A-Z0-9_]*) = ", config, re.M))
+  for binding in bindings:
+    name = binding.split("=", 1)[0].strip()
+    if name == TASK_MODULE_MACRO:  # imported by `configure`, as T5X does
+      continue
+    if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and name not in read:
+      close = difflib.get_close_matches(name, sorted((read | defined) - {name}), n=3)
+      hint = f" Did you mean {', '.join(close)}?" if close else ""
+      if prompt_tuning_compat.macro_hint(name):
+        hint = f" (T5X/prompt-tuning macro: {prompt_tuning_compat.macro_hint(name)}.)"
+      raise SystemExit(f"gin macro {name} is set on the command line but no gin file of this run reads "
+                       f"it (as %{name}), so it would have no effect.{hint}")
+
+
+# Parameters of configurables that the jobs always pass themselves: gin lets a caller's argument win,
+# so a binding of one (`--gin.spot_jax.partitioning.make_mesh.num_partitions=8`) would be ignored without
+# a word. Each with what sets it instead. tests/test_gin_utils.py finds these from the call sites in
+# spot_jax/ and fails on one missing here.
+PASSED_BY_THE_JOBS = {
+    "spot_jax.partitioning.make_mesh": {
+        "num_partitions": "set NUM_PARTITIONS (e.g. --gin.NUM_PARTITIONS=2, or "
+                          "--gin_file=partitioning/model_parallel_2.gin after the run file)",
+        "devices": "the mesh is over every device of the run"},
+    "spot_jax.input_pipeline.get_batches": {
+        "mixture_or_task_name": "set MIXTURE_OR_TASK_NAME",
+        "task_feature_lengths": "set TASK_FEATURE_LENGTHS",
+        "split": "training reads the split 'train'",
+        "batch_size": "set BATCH_SIZE (the global batch)",
+        "seed": "set SEED",
+        "skip_batches": "a resumed run skips the batches of the steps it restores",
+        "shard_index": "each process reads the rows of its devices in the mesh",
+        "num_shards": "each process reads the rows of its devices in the mesh"},
+}
+
+
+def check_bindings_are_used() -> None:
+  """Refuses a binding (command line or gin file) of a parameter in PASSED_BY_THE_JOBS, naming what
+  sets it. Call after `parse_gin`."""
+  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    for param in params:
+      instead = PASSED_BY_THE_JOBS.get(selector, {}).get(param)
+      if instead:
+        name = f"{scope + '/' if scope else ''}{selector}.{param}"
+        raise SystemExit(f"the binding {name} would have no effect: the jobs pass {param} to "
+                         f"{selector.rsplit('.', 1)[-1]} themselves; {instead}")
+
+
+def check_num_partitions() -> None:
+  """NUM_PARTITIONS's type and range, in the words of `partitioning.make_mesh` for every job, before the
+  job starts (its divisibility by the devices is checked when the mesh is made)."""
+  value = prompt_tuning_compat.query_macros(["NUM_PARTITIONS"])
+  if "NUM_PARTITIONS" in value:
+    from spot_jax import partitioning  # pylint: disable=g-import-not-at-top
+    error = partitioning.num_partitions_error(value["NUM_PARTITIONS"])
+    if error:
+      raise SystemExit(error)
