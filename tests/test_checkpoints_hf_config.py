@@ -8,13 +8,13 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from spot_jax.checkpoints import CheckpointError, read_hf, read_params, write_hf
-from spot_jax.checkpoints.hf import config_from_hf
+from spot_jax.checkpoints.hf_config import config_from_hf
 
 from hf_checkpoint_setup import V10, V11, _assert_same, _params
 
 
 def _hf_json(**changes):
-  from spot_jax.checkpoints.hf import config_to_hf
+  from spot_jax.checkpoints.hf_config import config_to_hf
   d = config_to_hf(V11)
   d.update(changes)
   return d
