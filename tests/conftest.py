@@ -87,6 +87,10 @@ def orbax_reads(monkeypatch):
   return read
 
 
+# The eval/infer CLI tests' training MODEL_DIR with three exports (test_eval_infer_cli, test_eval_prompt_steps).
+from eval_cli_setup import run_dir  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
+
+
 # The SPoT pipeline tests' fixtures (test_pipeline, test_transfer_strategies, test_pipeline_cli; their
 # constants are spot_pipeline_setup.py). One cache directory and one trained library per process.
 @pytest.fixture(scope="session")
