@@ -113,19 +113,24 @@ def tree_shardings(logical_specs, mesh: Mesh, rules=None):
 
 def check_divisible(shapes, logical_specs, mesh: Mesh, rules=None):
   """Raise a readable error when a sharded dimension does not divide by its mesh axis, naming the
-  NUM_PARTITIONS values for which every dimension divides on these devices."""
-  rules = dict(logical_rules() if rules is None else rules)
+  NUM_PARTITIONS values for which every dimension divides on these devices.
+
+  Each dimension's mesh axes are resolved by Flax's own rule matching (`nn.logical_to_mesh_axes`), so
+  a logical name with several rules (T5X's 2-D rule sets list `('embed', 'model')` before
+  `('embed', None)`) is checked against the rule Flax will place it by: the first whose mesh axes are
+  still free in that array."""
+  rules = tuple(logical_rules() if rules is None else rules)
   is_spec = lambda x: isinstance(x, P)
-  leaves = list(zip(jax.tree_util.tree_leaves_with_path(logical_specs, is_leaf=is_spec),
-                    jax.tree_util.tree_leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))))
+  leaves = [((path, spec, tuple(nn.logical_to_mesh_axes(tuple(spec), rules))), shape)
+            for (path, spec), shape in zip(jax.tree_util.tree_leaves_with_path(logical_specs, is_leaf=is_spec),
+                                           jax.tree_util.tree_leaves(shapes, is_leaf=lambda x: isinstance(x, tuple)))]
 
   def axes_size(axes, sizes):
     return int(np.prod([sizes[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
 
   def first_misfit(sizes):
-    for (path, spec), shape in leaves:
-      for name, dim in zip(spec, shape):
-        axes = rules.get(name)
+    for (path, spec, mesh_axes), shape in leaves:
+      for name, axes, dim in zip(spec, mesh_axes, shape):
         if axes and dim % axes_size(axes, sizes):
           return path, name, dim, axes, axes_size(axes, sizes)
     return None

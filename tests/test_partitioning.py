@@ -55,6 +55,21 @@ def test_indivisible_dimension_is_named():
 
 
 
+def test_a_name_with_several_rules_is_checked_by_the_rule_flax_places_it_by():
+  """Flax takes a name's first rule whose mesh axes are free; the check read the last (a dict of the
+  rules), so T5X-style rule sets that list ('vocab', 'model') before ('vocab', None) passed the check
+  and then failed in placement, and the reverse order was refused though it fits."""
+  cfg = size_config("tiny", vocab_size=97)
+  shapes, axes, mesh = param_shapes(cfg), param_logical_axes(cfg), partitioning.make_mesh(2)
+  first_splits = (("vocab", "model"), ("vocab", None)) + partitioning.DEFAULT_RULES[2:]
+  with pytest.raises(ValueError, match=r"'vocab'=97 does not divide over mesh axis 'model' of size 2"):
+    partitioning.check_divisible(shapes, axes, mesh, rules=first_splits)
+  first_replicates = (("vocab", None), ("vocab", "model")) + partitioning.DEFAULT_RULES[2:]
+  partitioning.check_divisible(shapes, axes, mesh, rules=first_replicates)  # 97 rows replicated: fits
+  shardings = partitioning.tree_shardings(axes, mesh, first_replicates)
+  assert shardings["decoder"]["logits_dense"]["kernel"].spec == P(None, None)  # and that is how Flax places it
+
+
 def test_an_indivisible_model_names_the_num_partitions_that_fit():
   """'heads'=6 over a model axis of 4 said only "use fewer model partitions"; 2 fits, and 1, not 3."""
   cfg = size_config("tiny", vocab_size=96, num_heads=6)
