@@ -172,7 +172,7 @@ def compile_step_for_gpu(target_config: str, size: str = "base", batch: int = 64
                 "decoder_target_tokens": tokens(target_length),
                 "decoder_loss_weights": tokens(target_length, jnp.float32)}
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)
-  step = train_step.make_train_step(config, tx, enable_dropout=dropout > 0)
+  step = train_step.make_train_step(config, tx, enable_dropout=dropout > 0, mesh=mesh)
   jitted = train_step.jit_train_step(step, mesh, frozen_shardings,
                                      compiler_options=compiler_options)
   # Pallas' Triton kernels read the GPU's kind from the mesh in context when no GPU is attached.

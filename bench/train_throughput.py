@@ -173,7 +173,7 @@ def run(size: str = "small", batch: int = 8, input_length: int = 128, target_len
   state = jax.device_put(train_step.init_state(prompt.astype(np.float32), tx),
                          partitioning.replicated(mesh))
   step_fn = train_step.make_train_step(config, tx, enable_dropout=dropout > 0,
-                                       num_microbatches=microbatches)
+                                       num_microbatches=microbatches, mesh=mesh)
   jitted = train_step.jit_train_step(step_fn, mesh, frozen_shardings, donate=donate,
                                      compiler_options=compiler_options)
   compiler_options = train_step.step_compiler_options(mesh, compiler_options)  # as reported
