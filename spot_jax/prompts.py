@@ -29,6 +29,7 @@ def random_uniform(scale: float = 0.5, minval: Optional[float] = None) -> Prompt
   if not low < scale:
     raise ValueError(f"random_uniform: minval {low} must be below scale {scale}")
 
+  @_no_embedding
   def init(rng, prompt_length, d_model, embedding=None):
     return _rng(rng).uniform(low, scale, (prompt_length, d_model)).astype(np.float32)
   return init
@@ -106,6 +107,7 @@ def from_string(vocabulary=gin.REQUIRED, text: str = gin.REQUIRED,
 @gin.configurable
 def from_file(path: str = gin.REQUIRED) -> PromptInit:
   """A prompt saved earlier (SPoT transfer): `.npy`, a T5X-prompt-tuning export, PEFT or MODEL_DIR."""
+  @_no_embedding
   def init(rng, prompt_length, d_model, embedding=None):
     from spot_jax import prompt_io
     prompt = prompt_io.load_prompt(path)
@@ -121,6 +123,7 @@ def from_files_weighted(paths: Sequence[str] = gin.REQUIRED,
   if weights is not None and len(weights) != len(paths):
     raise ValueError(f"{len(paths)} prompt files but {len(weights)} weights")
 
+  @_no_embedding
   def init(rng, prompt_length, d_model, embedding=None):
     from spot_jax import prompt_io
     w = np.ones(len(paths)) if weights is None else np.asarray(weights, np.float64)
@@ -150,9 +153,25 @@ def _check_shape(prompt, prompt_length, d_model, source):
                      f"[PROMPT_LENGTH={prompt_length}, d_model={d_model}]; {fix}")
 
 
-def make_prompt(init: PromptInit, seed, prompt_length: int, d_model: int,
-                embedding: Optional[np.ndarray] = None) -> np.ndarray:
-  """Run an initializer and check what it returns."""
+def needs_embedding(init: PromptInit) -> bool:
+  """Whether an initializer reads the token embedding: all but those marked `needs_embedding = False`
+  (random, from saved prompts), so a user's own initializer gets the table."""
+  return getattr(init, "needs_embedding", True)
+
+
+def _no_embedding(init):
+  init.needs_embedding = False
+  return init
+
+
+def make_prompt(init: PromptInit, seed, prompt_length: int, d_model: int, embedding=None) -> np.ndarray:
+  """Run an initializer and check what it returns.
+
+  `embedding` may be an array-like read on demand (the trainer passes the frozen checkpoint's lazily
+  read table): it is read whole, as float32, only for an initializer that uses it. For a random or a
+  transferred init, a model-parallel T5 XXL host thus reads only its shard of the 0.5 GB table (when
+  the weights are placed), not the whole table too."""
+  embedding = np.asarray(embedding, np.float32) if embedding is not None and needs_embedding(init) else None
   prompt = np.asarray(init(_rng(seed), prompt_length, d_model, embedding), np.float32)
   _check_shape(prompt, prompt_length, d_model, "the prompt initializer")
   if not np.isfinite(prompt).all():

@@ -183,9 +183,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   derived_step = frozen_lib.checkpoint_step(initial_checkpoint_path) if frozen is None else 0
   prompt_init = prompt_init or prompts.random_uniform()
 
-  def initial_prompt():
-    embedding = np.asarray(params["token_embedder"]["embedding"], np.float32)
-    return prompts.make_prompt(prompt_init, seed, prompt_length, config.d_model, embedding)
+  def initial_prompt():  # the embedding is read only if the initializer uses it
+    return prompts.make_prompt(prompt_init, seed, prompt_length, config.d_model,
+                               params["token_embedder"]["embedding"])
   # A fresh run's initial prompt is made (and its shape checked) before the lock, which creates
   # MODEL_DIR: a run refused up to here leaves nothing behind.
   fresh_prompt = None if _has_checkpoints(model_dir) else initial_prompt()

@@ -91,3 +91,24 @@ def test_from_file_and_weighted_average(tmp_path):
 def test_non_finite_init_is_rejected():
   with pytest.raises(ValueError, match="NaN or inf"):
     prompts.make_prompt(lambda rng, p, d, e: np.full((p, d), np.nan), 0, 2, 8)
+
+
+def test_the_embedding_is_read_only_for_initializers_that_use_it(tmp_path):
+  """The trainer hands make_prompt the checkpoint's lazily read table: a random or transferred init
+  must not read it (a T5 XXL host would read the whole 0.5 GB table beside its shard); a user's own
+  initializer, not marked, gets it as float32."""
+  from spot_jax.checkpoints.lazy import LazyArray
+  table = np.arange(40 * 8, dtype=np.float32).reshape(40, 8) / 100
+  reads = []
+  lazy = LazyArray(table.shape, np.float32, lambda index: reads.append(index) or table[index], "embedding")
+  np.save(tmp_path / "p.npy", np.ones((4, 8), np.float32))
+  for init in (prompts.random_uniform(), prompts.from_file(str(tmp_path / "p.npy")),
+               prompts.from_files_weighted([str(tmp_path / "p.npy")] * 2)):
+    assert not prompts.needs_embedding(init)
+    prompts.make_prompt(init, 0, 4, 8, lazy)
+  assert reads == []
+  sampled = prompts.make_prompt(prompts.sampled_vocab(10), 0, 4, 8, lazy)
+  assert len(reads) == 1 and set(map(tuple, sampled)) <= set(map(tuple, table[:10]))
+  seen = []
+  prompts.make_prompt(lambda rng, n, d, emb: seen.append(emb) or emb[:n], 0, 4, 8, lazy)
+  assert seen[0].dtype == np.float32 and np.array_equal(seen[0], table)

@@ -77,9 +77,8 @@ def base_init(frozen, run: RunConfig, prompt_length: int) -> np.ndarray:
   """The prompt a run from the base init (`run.prompt_init`, `run.seed`) starts from."""
   from spot_jax import prompts  # pylint: disable=g-import-not-at-top
   config, params = frozen
-  embedding = np.asarray(params["token_embedder"]["embedding"], np.float32)
   return prompts.make_prompt(run.prompt_init or prompts.random_uniform(), run.seed, prompt_length,
-                             config.d_model, embedding)
+                             config.d_model, params["token_embedder"]["embedding"])
 
 
 def from_array(prompt, source: str = "array"):
