@@ -76,8 +76,44 @@ def gin_flags_help() -> str:
           "macro table.")
 
 
+class FlagError(SystemExit):
+  """argparse's refusal of a flag (exit status 2, as argparse's), with its message kept in `.message`,
+  so that a process of a multi-process run can tell the others why it stopped (`process_startup`)."""
+
+  def __init__(self, message: str):
+    super().__init__(2)
+    self.message = message
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+  def error(self, message):
+    self.print_usage(sys.stderr)
+    text = f"{self.prog}: error: {message}"
+    print(text, file=sys.stderr)
+    raise FlagError(text)
+
+
+def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--coordinator_address", default=None,
+                 help="multi-process: host:port of process 0 (jax.distributed); auto on Cloud TPU")
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
+  p.add_argument("--jax_distributed", "--multiprocess_gpu", dest="jax_distributed", action="store_true",
+                 help="call jax.distributed.initialize() with no arguments: it reads Cloud TPU metadata, "
+                      "SLURM or Open MPI environments (multi-host TPU slices, multi-node GPU)")
+
+
+def _distributed_flags(prog: str, argv: Sequence[str]) -> argparse.Namespace:
+  """Only the flags that start jax.distributed, read before the others: a process whose other flags are
+  refused has then joined the run and can tell the other processes, which otherwise wait in JAX's
+  connect step (up to 5 minutes) for a process that has already exited."""
+  p = _ArgumentParser(prog=prog, add_help=False)
+  _add_distributed_flags(p)
+  return p.parse_known_args(argv)[0]
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = _ArgumentParser(
       prog=prog, description="Gin-configured spot_jax run (T5X-style flags).",
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=gin_flags_help())
   p.add_argument("--gin_file", action="append", default=[],
@@ -87,13 +123,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                  help="comma-separated folders searched for gin files and includes")
   p.add_argument("--gin_bindings", action="append", default=[], help="a gin binding, e.g. 'TRAIN_STEPS=10'")
   p.add_argument("--tfds_data_dir", default=None, help="TFDS data directory (local or gs://)")
-  p.add_argument("--coordinator_address", default=None,
-                 help="multi-process: host:port of process 0 (jax.distributed); auto on Cloud TPU")
-  p.add_argument("--num_processes", type=int, default=None)
-  p.add_argument("--process_id", type=int, default=None)
-  p.add_argument("--jax_distributed", "--multiprocess_gpu", dest="jax_distributed", action="store_true",
-                 help="call jax.distributed.initialize() with no arguments: it reads Cloud TPU metadata, "
-                      "SLURM or Open MPI environments (multi-host TPU slices, multi-node GPU)")
+  _add_distributed_flags(p)
   return p
 
 
@@ -363,20 +393,21 @@ def _configure(argv: Optional[Sequence[str]], prog: str) -> argparse.Namespace:
   argv = sys.argv[1:] if argv is None else list(argv)
   plain_warnings()
   bindings, rest = split_gin_flags(argv)
-  args = _parser(prog).parse_args(rest)
-  bindings = list(args.gin_bindings) + bindings
-  search = [p for arg in args.gin_search_paths for p in arg.split(",") if p]
-  if not args.gin_file:
-    raise SystemExit(f"{prog}: error: pass at least one --gin_file (see the gin/ folder)")
-  if args.tfds_data_dir:
-    os.environ["TFDS_DATA_DIR"] = args.tfds_data_dir
-  init_distributed(args)
+  init_distributed(_distributed_flags(prog, rest))
   # orbax and TFDS log every save and read at INFO through absl: keep a run's console to its own lines.
   logging.getLogger("absl").setLevel(max(logging.getLogger("absl").getEffectiveLevel(), logging.WARNING))
   # In a run of several processes each publishes how its start-up ended (an error, or its settings'
-  # digest) and reads the others': one that stops here stops them all at once, each naming it, and
-  # different settings stop them all with the differing bindings (process_startup).
+  # digest) and reads the others': one that stops here (a refused flag included) stops them all at
+  # once, each naming it, and different settings stop them all with the differing bindings
+  # (process_startup).
   with process_startup.Outcomes(prog, settings_differ_message) as startup:
+    args = _parser(prog).parse_args(rest)
+    bindings = list(args.gin_bindings) + bindings
+    search = [p for arg in args.gin_search_paths for p in arg.split(",") if p]
+    if not args.gin_file:
+      raise SystemExit(f"{prog}: error: pass at least one --gin_file (see the gin/ folder)")
+    if args.tfds_data_dir:
+      os.environ["TFDS_DATA_DIR"] = args.tfds_data_dir
     parse_gin(args.gin_file, bindings, search)
     with _user_errors_as_one_line(prog):  # a bad file in the user's task module
       prompt_tuning_compat.import_task_modules(prompt_tuning_compat.query_macros([TASK_MODULE_MACRO]).get(

@@ -51,9 +51,12 @@ def _state():
 def error_text(error: BaseException) -> str:
   """An error as one line, without a leading `PROG: error: ` and the traceback hint."""
   if isinstance(error, SystemExit):
-    if not isinstance(error.code, str):
+    if getattr(error, "message", None):  # gin_utils.FlagError: argparse's refusal, its status 2
+      text = error.message
+    elif isinstance(error.code, str):
+      text = error.code
+    else:
       return f"exited with status {error.code}"
-    text = error.code
   elif isinstance(error, KeyboardInterrupt):
     return "interrupted"
   else:
