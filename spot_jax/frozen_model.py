@@ -27,8 +27,8 @@ def load_frozen(initial_checkpoint_path: Optional[str], model_config: Optional[T
   """(config, params) from a T5X/HF checkpoint, or a fresh initialization of `model_config`.
   `macro` is the gin macro that holds the path in the caller's run file (for messages).
 
-  `lazy` (default): a T5X native checkpoint's TensorStore arrays (a local HF folder's tensors) are
-  opened, not read (`checkpoints.lazy.LazyArray`); `place_frozen` reads only the shards this process's
+  `lazy` (default): a T5X checkpoint's TensorStore arrays, native or Orbax-written (a local HF folder's
+  tensors), are opened, not read (`checkpoints.lazy.LazyArray`); `place_frozen` reads only the shards this process's
   devices hold.
   `np.asarray` of one reads it whole. `lazy=False` reads every array into host memory now (a caller
   that uses the numpy arrays themselves, not `place_frozen`)."""

@@ -42,13 +42,14 @@ def _param_states(params):
   return unflatten({name: slots(arr) for name, arr in flatten(params).items()})
 
 
-def write_t5x_orbax(params, model_dir, step, use_ocdbt=False):
-  """What T5X's Orbax checkpoint manager writes: MODEL_DIR/checkpoint_<step>/state/."""
+def write_t5x_orbax(params, model_dir, step, use_ocdbt=False, use_zarr3=False):
+  """What T5X's Orbax checkpoint manager writes: MODEL_DIR/checkpoint_<step>/state/. `params` may be
+  numpy arrays or (as T5X saves them) sharded jax.Arrays."""
   state_dict = {"target": params,
                 "state": {"step": np.asarray(step, np.int32), "param_states": _param_states(params)}}
   options = ocp.CheckpointManagerOptions(step_prefix="checkpoint", cleanup_tmp_directories=True)
-  with ocp.CheckpointManager(str(model_dir), options=options,
-                             item_handlers={"state": ocp.PyTreeCheckpointHandler(use_ocdbt=use_ocdbt)}) as mgr:
+  handler = ocp.PyTreeCheckpointHandler(use_ocdbt=use_ocdbt, use_zarr3=use_zarr3)
+  with ocp.CheckpointManager(str(model_dir), options=options, item_handlers={"state": handler}) as mgr:
     mgr.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state_dict)))
     mgr.wait_until_finished()
   return os.path.join(str(model_dir), f"checkpoint_{step}")

@@ -167,16 +167,17 @@ def read_params(path: str, config: Optional[T5Config] = None, dtype: Any = None,
     `check_shape_overrides` (`models/sizes/from_checkpoint.gin`), its shape fields are not applied:
     `feed_forward` and `tie_word_embeddings` must agree with the checkpoint, dimensions are its own.
   - dtype: cast every parameter ("float32", "bfloat16"); None keeps the stored dtypes.
-  - lazy: a T5X native checkpoint's TensorStore arrays are opened (metadata checked: a missing or
-    invalid array fails here) but not read; they are `lazy.LazyArray`s that read only the slices asked
-    for (`frozen_model.place_frozen`: each device's shard), and a damaged chunk fails when read. So are
-    a local Hugging Face folder's tensors (safetensors' `get_slice`; dtypes, names and shapes checked
-    now). T5X Orbax checkpoints and gs:// Hugging Face files are read whole either way.
+  - lazy: a T5X checkpoint's TensorStore arrays (native, or written with Orbax: zarr/zarr3 arrays,
+    OCDBT or not) are opened (metadata checked: a missing or invalid array fails here) but not read;
+    they are `lazy.LazyArray`s that read only the slices asked for (`frozen_model.place_frozen`: each
+    device's shard), and a damaged chunk fails when read. So are a local Hugging Face folder's tensors
+    (safetensors' `get_slice`; dtypes, names and shapes checked now). gs:// Hugging Face files, and
+    Orbax items in a layout `t5x_orbax` does not open itself, are read whole either way.
   """
   path = resolve_checkpoint_path(path)
   fmt = detect_format(path)
   if fmt in ("t5x", "t5x_orbax"):
-    ckpt_dir, params = read_t5x(path, lazy=lazy) if fmt == "t5x" else read_t5x_orbax(path)
+    ckpt_dir, params = read_t5x(path, lazy=lazy) if fmt == "t5x" else read_t5x_orbax(path, lazy=lazy)
     source = f"T5X checkpoint {ckpt_dir}" if fmt == "t5x" else f"T5X Orbax checkpoint {ckpt_dir}"
     found = infer_config(params, source, base=config)
   else:

@@ -16,6 +16,22 @@ native msgpack layout). Only `target` is restored, with orbax's partial restore,
 their stored dtype; the optimizer state is never read. `read_t5x_orbax(path, select=...)` narrows that
 to chosen parameters (a prompt-tuning run's prompt without its frozen T5), and `target_names` lists
 the parameters from the tree metadata alone, opening no array.
+
+`read_t5x_orbax(path, lazy=True)` (what `read_params(..., lazy=True)` and so `frozen_model.load_frozen`
+ask for) opens each parameter's array with TensorStore itself, metadata only, and returns
+`lazy.LazyArray`s that read the slices asked for (`frozen_model.place_frozen`: each device's shard), as
+for the native layout. The TensorStore spec is built as orbax builds its read spec (its
+`ts_utils.build_array_read_spec`), from what `_METADATA` records (`use_ocdbt`, `use_zarr3`,
+`store_array_data_equal_to_fill_value`):
+
+    use_ocdbt=False:  {"driver": "zarr"|"zarr3", "kvstore": <item>/<name>}   (file, or gcs for gs://)
+    use_ocdbt=True:   {"driver": "zarr"|"zarr3", "kvstore": {"driver": "ocdbt", "base": <item>/, "path": <name>}}
+
+where <name> is orbax's parameter name, the tree path joined with "." (`target.encoder.layers_0...`);
+the same spec for leaves orbax saved as numpy arrays and as `jax.Array`s. What is not in that form is
+read whole through orbax as before, even with `lazy=True`: an item without the JSON `_METADATA` (the
+older msgpack aggregate `checkpoint` file), and leaves whose `value_type` is not an array (scalars,
+strings) or that orbax marks `skip_deserialize`.
 """
 from __future__ import annotations
 
@@ -26,6 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from spot_jax import fileio
 from spot_jax.checkpoints import t5x
 from spot_jax.checkpoints.infer_config import CheckpointError, flatten, unflatten
 
@@ -33,6 +50,9 @@ STATE_ITEM = "state"  # T5X's `_STATE_KEY`: the train-state item of each step
 STEP_METADATA = "_CHECKPOINT_METADATA"  # written by orbax's CheckpointManager in each step directory
 TREE_METADATA = "_METADATA"  # written by PyTreeCheckpointHandler in the item directory
 _LEGACY_AGGREGATE = "checkpoint"  # older orbax: msgpack of the tree with PLACEHOLDER:// leaves
+OCDBT_MANIFEST = "manifest.ocdbt"  # an OCDBT item's (merged) manifest; orbax's test for OCDBT when
+                                   # `_METADATA` does not say
+_ARRAY_VALUE_TYPES = ("np.ndarray", "jax.Array")  # orbax's numpy and jax.Array handlers: one zarr array each
 _STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
 
 _COPY_AGAIN = ("an incomplete or damaged copy: copy the whole checkpoint_<step>/ directory again "
@@ -74,15 +94,21 @@ def step_dir_of_item(path: str) -> Optional[str]:
   return None
 
 
-def _tree_structure(item: str) -> Optional[Dict[str, Any]]:
-  """The saved tree's dict structure (leaves 0, as jax drops None leaves) from the item's `_METADATA`
-  JSON (`tree_metadata`: one entry per leaf with its `key_metadata` path), without opening any array;
-  None when the file is not in that form (orbax's own `metadata()` is used then)."""
+def _read_tree_metadata(item: str) -> Optional[Any]:
+  """The item's `_METADATA` JSON, None when there is none (the older msgpack layout)."""
   import json
   path = t5x.join(item, TREE_METADATA)
   if not t5x.exists(path):
     return None
-  meta = json.loads(t5x.read_bytes(path))  # ValueError on a damaged file: reported by the caller
+  return json.loads(t5x.read_bytes(path))  # ValueError on a damaged file: reported by the caller
+
+
+def _tree_structure(meta: Optional[Any]) -> Optional[Dict[str, Any]]:
+  """The saved tree's dict structure (leaves 0, as jax drops None leaves) from the item's `_METADATA`
+  JSON (`tree_metadata`: one entry per leaf with its `key_metadata` path), without opening any array;
+  None when the file is not in that form (orbax's own `metadata()` is used then)."""
+  if meta is None:
+    return None
   leaves = meta.get("tree_metadata") if isinstance(meta, dict) else None
   if not isinstance(leaves, dict):
     return None
@@ -115,14 +141,22 @@ def _local_abspath(item: str) -> str:
 
 def _target_structure(item: str) -> Dict[str, Any]:
   """The `target` subtree's structure (dicts down to placeholder leaves), from the item's metadata."""
+  return _target_and_metadata(item)[0]
+
+
+def _target_and_metadata(item: str) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+  """(`_target_structure`, the item's `_METADATA` JSON when the structure came from it, else None)."""
   import orbax.checkpoint as ocp
   from etils import epath
 
   level = _quiet_absl()
+  meta = None
   try:
     try:
-      tree = _tree_structure(item)
+      meta = _read_tree_metadata(item)
+      tree = _tree_structure(meta)
       if tree is None:  # not the JSON layout: ask orbax (it opens every array's metadata, optimizer's too)
+        meta = None
         tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(_local_abspath(item)))
         tree = getattr(tree, "tree", tree)
     except Exception as e:  # missing or unparsable _METADATA: orbax raises several types
@@ -134,7 +168,7 @@ def _target_structure(item: str) -> Dict[str, Any]:
     keys = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
     raise CheckpointError(f"{item} holds no `target` parameters (top-level keys: {keys}): not a T5X train "
                           "state written by T5X's Orbax checkpoint manager")
-  return tree["target"]
+  return tree["target"], meta
 
 
 def _leaf_names(tree: Any, prefix: str = "") -> List[str]:
@@ -181,6 +215,100 @@ def _restore_target(item: str, target: Dict[str, Any]) -> Dict[str, Any]:
   return restored["target"]
 
 
+class _Layout:
+  """How the item stores its arrays, as its `_METADATA` records it (orbax reads it the same way)."""
+
+  def __init__(self, item: str, meta: Dict[str, Any]):
+    use_ocdbt = meta.get("use_ocdbt")
+    self.use_ocdbt = bool(t5x.exists(t5x.join(item, OCDBT_MANIFEST)) if use_ocdbt is None else use_ocdbt)
+    self.use_zarr3 = bool(meta.get("use_zarr3", False))
+    # Orbax now writes every chunk, fill-valued ones too (a missing chunk is then damage); older
+    # versions left chunks equal to the fill value out (read as fills).
+    self.fill_missing = not meta.get("store_array_data_equal_to_fill_value", False)
+    # slash-joined name under `target` -> orbax's parameter name (the key path joined with ".")
+    self.arrays: Dict[str, str] = {}
+    for entry in meta["tree_metadata"].values():
+      keys = [k["key"] for k in entry["key_metadata"]]
+      value = entry.get("value_metadata")
+      if len(keys) > 1 and keys[0] == "target" and isinstance(value, dict) and \
+          value.get("value_type") in _ARRAY_VALUE_TYPES and not value.get("skip_deserialize"):
+        self.arrays["/".join(keys[1:])] = ".".join(keys)
+
+  @property
+  def metadata_file(self) -> str:
+    return "zarr.json" if self.use_zarr3 else ".zarray"
+
+  def where(self, item: str, param: str) -> str:
+    """Where the array of orbax parameter `param` lies, for messages."""
+    return f"key {param}/ of the OCDBT store {item}" if self.use_ocdbt else t5x.join(item, param)
+
+
+def _kvstore(path: str) -> Dict[str, Any]:
+  """The TensorStore kvstore of a local directory (absolute: `file`) or of gs://bucket/dir (`gcs`)."""
+  if not t5x.is_gcs(path):
+    return {"driver": "file", "path": os.path.abspath(path)}
+  m = re.fullmatch(r"gs://([^/]+)/(.+)", str(path).rstrip("/"), re.DOTALL)
+  if m is None:
+    raise CheckpointError(f"malformed gs:// path {path!r}; expected gs://bucket/dir")
+  return {"driver": "gcs", "bucket": m.group(1), "path": m.group(2)}
+
+
+def array_spec(item: str, param: str, use_ocdbt: bool, use_zarr3: bool = False,
+               fill_missing: bool = False) -> Dict[str, Any]:
+  """The TensorStore spec that opens the array orbax saved as parameter `param` (`target.encoder...`)
+  in the item directory `item` (local or gs://): a zarr (zarr3) directory `item/param`, or, with
+  OCDBT, the key prefix `param/` of the OCDBT database whose manifest is `item/manifest.ocdbt`."""
+  if use_ocdbt:
+    base = _kvstore(item)
+    base["path"] = base["path"].rstrip("/") + "/"  # a directory: the database's files are under it
+    kvstore = {"driver": "ocdbt", "base": base, "path": param + "/"}
+  else:
+    kvstore = _kvstore(t5x.join(item, param))
+  # Checkpoint files never change: what is cached is not checked again.
+  return {"driver": "zarr3" if use_zarr3 else "zarr", "kvstore": kvstore, "recheck_cached_data": False,
+          "recheck_cached_metadata": False, "fill_missing_data_reads": bool(fill_missing)}
+
+
+def _open_lazy(item: str, names: List[str], layout: _Layout) -> Dict[str, Any]:
+  """`LazyArray`s of the parameters `names` (slash-joined, under `target`): every array opened now
+  (its metadata read and checked), none read; a slice is read when asked for, through `t5x.read_slice`."""
+  import tensorstore as ts
+  from spot_jax.checkpoints.lazy import LazyArray
+
+  # One context for all: OCDBT's manifest and b-tree nodes are read once, and a chunk holding several of
+  # this process's shards is decoded once (as for the native layout).
+  context = ts.Context({"cache_pool": {"total_bytes_limit": t5x._LAZY_CACHE_BYTES}})
+  params = {name: layout.arrays[name] for name in names}
+  specs = {name: array_spec(item, param, layout.use_ocdbt, layout.use_zarr3, layout.fill_missing)
+           for name, param in params.items()}
+  opening = {name: ts.open(spec, open=True, read=True, context=context) for name, spec in specs.items()}
+  stores = {}
+  for name, future in opening.items():
+    try:
+      stores[name] = future.result()
+    except Exception as e:  # `from None`: the chained TensorStore error repeats the whole spec
+      raise CheckpointError(
+          f"cannot open the array of parameter {name!r} of the Orbax checkpoint item {item} at "
+          f"{layout.where(item, params[name])} (its {layout.metadata_file} metadata or the array itself is "
+          f"missing or invalid): {fileio.short_error(e)}. Fix: {_COPY_AGAIN}") from None
+
+  def reader(name):
+    store = stores[name]
+
+    def read(index):
+      future = t5x.read_slice(store, index)
+      try:
+        return np.asarray(future.result())
+      except Exception as e:
+        raise CheckpointError(
+            f"cannot read the array of parameter {name!r} of the Orbax checkpoint item {item} at "
+            f"{layout.where(item, params[name])} (a chunk missing or damaged): {fileio.short_error(e)}. "
+            f"Fix: {_COPY_AGAIN}") from None
+    return read
+  return {name: LazyArray(store.domain.shape, np.dtype(store.dtype.numpy_dtype), reader(name), name)
+          for name, store in stores.items()}
+
+
 def _step_item(path: str) -> Tuple[str, str]:
   """(step directory, its `state` item) for a step directory, its item or a model directory (newest
   Orbax step)."""
@@ -205,7 +333,8 @@ def target_names(path: str) -> Tuple[str, List[str]]:
   return step_dir, sorted(_leaf_names(_target_structure(item)))
 
 
-def read_t5x_orbax(path: str, select: Optional[Callable[[str], bool]] = None) -> Tuple[str, Dict[str, Any]]:
+def read_t5x_orbax(path: str, select: Optional[Callable[[str], bool]] = None,
+                   lazy: bool = False) -> Tuple[str, Dict[str, Any]]:
   """Read the parameters (`state` item, `target` subtree) of an Orbax-written T5X checkpoint.
 
   `path` is a `checkpoint_<step>` directory, its `state` item directory, or a model directory (the
@@ -213,16 +342,31 @@ def read_t5x_orbax(path: str, select: Optional[Callable[[str], bool]] = None) ->
   numpy arrays, dtypes as stored. `select(name)` (slash-joined name under `target`) keeps only some
   parameters, and only those are restored from disk: a prompt out of an XXL run's checkpoint without
   reading its frozen weights. Selecting nothing returns an empty tree and opens no array.
+
+  `lazy`: each array is opened with TensorStore (its metadata read: a missing or invalid array fails
+  here, naming the parameter) but not read; it comes back as a `lazy.LazyArray` of the stored dtype that
+  reads the slices asked for (`frozen_model.place_frozen` reads each device's shard only), a damaged
+  chunk failing when read. Only the layouts the module docstring describes are opened so; anything
+  else (an item without the JSON `_METADATA`, a leaf that is not an array) is restored whole by orbax,
+  as without `lazy`.
   """
   step_dir, item = _step_item(path)
-  target = _target_structure(item)
+  target, meta = _target_and_metadata(item)
   if select is not None:
     target = _subtree(target, [name for name in _leaf_names(target) if select(name)])
     if not target:
       return step_dir, {}
-  params = _restore_target(item, target)
+  opened: Dict[str, Any] = {}
+  if lazy and meta is not None:
+    layout = _Layout(item, meta)
+    names = _leaf_names(target)
+    opened = _open_lazy(item, [name for name in names if name in layout.arrays], layout)
+    rest = [name for name in names if name not in opened]
+    target = _subtree(target, rest) if rest else {}
+  params = _restore_target(item, target) if target else {}
   flat = flatten(params)
   odd = sorted(name for name, value in flat.items() if not isinstance(value, np.ndarray))
   if odd:
     raise CheckpointError(f"the Orbax checkpoint item {item} restored no array for {odd[:5]}: {_COPY_AGAIN}")
+  flat.update(opened)
   return step_dir, unflatten(flat)
