@@ -75,10 +75,12 @@ def _free_port():
 
 
 def test_two_processes_train_one_prompt_together(tmp_path):
+  """With evaluation during training (EVAL_PERIOD): both processes decode their rows of each eval batch
+  and process 0 writes the whole validation split's predictions, once."""
   port = _free_port()
   procs = []
   for pid in range(2):
-    args = _gin_args(tmp_path / "shared", steps=8) + [
+    args = _gin_args(tmp_path / "shared", steps=8, extra=["--gin.EVAL_PERIOD=8"]) + [
         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"]
     procs.append(subprocess.Popen([sys.executable, "-m", "spot_jax.train", *args], cwd=REPO, env=_env(4),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -93,6 +95,15 @@ def test_two_processes_train_one_prompt_together(tmp_path):
   assert all(digests), [out[-2000:] for out in outs]
   assert {d.group(1) for d in digests} == {"0", "1"}
   assert digests[0].group(2) == digests[1].group(2) == hashlib.sha256(prompt.tobytes()).hexdigest()[:16]
+  import seqio
+  import tasks  # noqa: F401  (registers TASK)
+  validation = [ex["inputs_pretokenized"].decode() for ex in
+                seqio.get_mixture_or_task(TASK).get_dataset(None, split="validation", shuffle=False).as_numpy_iterator()]
+  with open(tmp_path / "shared" / "inference_eval" / f"{TASK}-000008.jsonl") as f:
+    predicted = [json.loads(line)["input"]["inputs_pretokenized"] for line in f]
+  assert sorted(predicted) == sorted(validation) and len(validation) > 8  # every example, once
+  evals = [r for r in map(json.loads, open(tmp_path / "shared" / "metrics.jsonl")) if any("eval/" in k for k in r)]
+  assert [r["step"] for r in evals] == [8]
 
 
 def test_a_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
