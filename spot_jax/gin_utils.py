@@ -297,13 +297,34 @@ def explain_missing(error: Exception) -> str:
   return f"missing required gin binding: the macro {name} is not set.\nSet it with --gin.{name}=...{files}."
 
 
+def distributed_timeouts() -> dict:
+  """jax.distributed's waits, from the environment: `SPOT_JAX_STARTUP_TIMEOUT_S` (also the start-up
+  exchange's, `process_startup`) bounds the wait for every process to connect; `SPOT_JAX_HEARTBEAT_TIMEOUT_S`
+  is how long a silent process (killed outright, its host lost) goes unnoticed before the others stop
+  (JAX's default 100 s). Unset: JAX's defaults."""
+  out = {}
+  for env, name in (("SPOT_JAX_STARTUP_TIMEOUT_S", "initialization_timeout"),
+                    ("SPOT_JAX_HEARTBEAT_TIMEOUT_S", "heartbeat_timeout_seconds")):
+    value = os.environ.get(env, "").strip()
+    if value:
+      try:
+        seconds = int(float(value))
+      except ValueError:
+        seconds = 0
+      if seconds < 1:
+        raise SystemExit(f"{env}={value!r} must be a number of seconds, 1 or more")
+      out[name] = seconds
+  return out
+
+
 def init_distributed(args) -> None:
   """Start jax.distributed when flags, the environment or a Cloud TPU ask for it."""
   import jax
   if args.coordinator_address or args.num_processes:
-    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                               **distributed_timeouts())
   elif args.jax_distributed or os.environ.get("SPOT_JAX_DISTRIBUTED") == "1":
-    jax.distributed.initialize()
+    jax.distributed.initialize(**distributed_timeouts())
 
 
 # Bound per process on purpose (each process reads its own shard of the data): never compared.

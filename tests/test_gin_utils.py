@@ -396,3 +396,26 @@ def test_a_t5x_partitioner_submesh_names_num_partitions():
   with pytest.raises(SystemExit, match=r"No configurable matching 'partitioning.PjitPartitioner'(.|\n)*in spot_jax "
                                        r"set NUM_PARTITIONS, the size of the mesh's model axis"):
     gin_utils.configure(TRAIN + ["--gin.partitioning.PjitPartitioner.model_parallel_submesh=(2, 2, 1, 1)"])
+
+
+def test_jax_distributed_waits_come_from_the_environment(monkeypatch):
+  """SPOT_JAX_STARTUP_TIMEOUT_S bounds the wait for the other processes to connect and
+  SPOT_JAX_HEARTBEAT_TIMEOUT_S how long a process killed outright goes unnoticed (JAX: 300 s and
+  100 s); unset, JAX's defaults are left alone."""
+  import argparse
+  import jax
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **kw: calls.append((a, kw)))
+  args = argparse.Namespace(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=1,
+                            jax_distributed=False)
+  monkeypatch.delenv("SPOT_JAX_STARTUP_TIMEOUT_S", raising=False)
+  monkeypatch.delenv("SPOT_JAX_HEARTBEAT_TIMEOUT_S", raising=False)
+  gin_utils.init_distributed(args)
+  monkeypatch.setenv("SPOT_JAX_STARTUP_TIMEOUT_S", "30")
+  monkeypatch.setenv("SPOT_JAX_HEARTBEAT_TIMEOUT_S", "10.0")
+  gin_utils.init_distributed(args)
+  assert calls == [(("127.0.0.1:1234", 2, 1), {}),
+                   (("127.0.0.1:1234", 2, 1), {"initialization_timeout": 30, "heartbeat_timeout_seconds": 10})]
+  monkeypatch.setenv("SPOT_JAX_HEARTBEAT_TIMEOUT_S", "soon")
+  with pytest.raises(SystemExit, match=r"SPOT_JAX_HEARTBEAT_TIMEOUT_S='soon' must be a number of seconds"):
+    gin_utils.init_distributed(args)
