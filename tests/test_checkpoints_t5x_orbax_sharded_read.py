@@ -8,12 +8,8 @@ The checkpoints are written by orbax itself in T5X's layout (`test_checkpoints_t
 one zarr array per parameter (`use_ocdbt=False`) or an OCDBT store, zarr or zarr3, the parameters saved as
 numpy arrays or, as T5X saves them, as jax.Arrays sharded over 4 model partitions (a zarr chunk per shard).
 """
-import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import jax
 import ml_dtypes
@@ -134,23 +130,7 @@ def test_two_processes_each_read_only_their_devices_shards(written, tmp_path):
   half of every split array its devices hold, the other process the other half; a replicated array
   (layer-norm scale) is read whole once by each. What each placed is the checkpoint's slice."""
   params, ckpts = written
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": repo}
-  outs = [str(tmp_path / f"p{pid}.json") for pid in range(2)]
-  procs = [subprocess.Popen([sys.executable, "-c", sharded._TWO_PROCESSES, str(port), str(pid), ckpts["ocdbt"],
-                             outs[pid]], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for pid in range(2)]
-  try:
-    errs = [p.communicate(timeout=240)[1] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  assert all(p.returncode == 0 for p in procs), "\n".join(e[-3000:] for e in errs)
-  results = [json.load(open(o)) for o in outs]
+  results = sharded.run_two_processes(ckpts["ocdbt"], tmp_path)
   want = flatten(params)
   reads_of = []
   for result in results:

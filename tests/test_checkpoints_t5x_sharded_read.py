@@ -217,9 +217,9 @@ _TWO_PROCESSES = textwrap.dedent("""
 """)
 
 
-def test_two_processes_each_read_only_their_devices_shards(ckpt, tmp_path):
-  """A `(1, 4)` mesh over 2 processes of 2 devices: each process reads the half of every array its
-  devices hold, and none reads the other half."""
+def run_two_processes(ckpt, tmp_path):
+  """`_TWO_PROCESSES` in two processes over the checkpoint `ckpt`: what each read and placed (JSON)."""
+  import json
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -235,8 +235,13 @@ def test_two_processes_each_read_only_their_devices_shards(ckpt, tmp_path):
       if p.poll() is None:
         p.kill()
   assert all(p.returncode == 0 for p in procs), "\n".join(e[-3000:] for e in errs)
-  import json
-  results = [json.load(open(o)) for o in outs]
+  return [json.load(open(o)) for o in outs]
+
+
+def test_two_processes_each_read_only_their_devices_shards(ckpt, tmp_path):
+  """A `(1, 4)` mesh over 2 processes of 2 devices: each process reads the half of every array its
+  devices hold, and none reads the other half."""
+  results = run_two_processes(ckpt, tmp_path)
   _, eager = read_params(ckpt)
   eager = flatten(eager)
   halves = []
