@@ -18,8 +18,9 @@ from spot_jax.checkpoints.lazy import is_lazy, normalize_index
 from spot_jax.config import T5Config
 from spot_jax.model import init_params, param_logical_axes, param_shapes
 
-# The trainer's logger, as before these left spot_jax.train: their messages read as they did.
-log = logging.getLogger("spot_jax.train")
+# Its own logger: train, eval, infer and the SPoT pipeline load the frozen model through here (under
+# spot_jax.train, an eval's "CHECKPOINT_PATH is unset" warning read as the trainer's).
+log = logging.getLogger("spot_jax.frozen_model")
 
 
 def load_frozen(initial_checkpoint_path: Optional[str], model_config: Optional[T5Config], seed: int,

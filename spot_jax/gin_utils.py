@@ -15,7 +15,7 @@ import pathlib
 import re
 import sys
 import tokenize
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Mapping, Optional, Sequence
 
 import gin
 
@@ -85,7 +85,9 @@ class FlagError(SystemExit):
     self.message = message
 
 
-class _ArgumentParser(argparse.ArgumentParser):
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse's parser whose refusals raise `FlagError` (the message kept for the other processes)."""
+
   def error(self, message):
     self.print_usage(sys.stderr)
     text = f"{self.prog}: error: {message}"
@@ -107,13 +109,13 @@ def _distributed_flags(prog: str, argv: Sequence[str]) -> argparse.Namespace:
   """Only the flags that start jax.distributed, read before the others: a process whose other flags are
   refused has then joined the run and can tell the other processes, which otherwise wait in JAX's
   connect step (up to 5 minutes) for a process that has already exited."""
-  p = _ArgumentParser(prog=prog, add_help=False)
+  p = ArgumentParser(prog=prog, add_help=False)
   _add_distributed_flags(p)
   return p.parse_known_args(argv)[0]
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-  p = _ArgumentParser(
+  p = ArgumentParser(
       prog=prog, description="Gin-configured spot_jax run (T5X-style flags).",
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=gin_flags_help())
   p.add_argument("--gin_file", action="append", default=[],
@@ -398,19 +400,26 @@ def plain_warnings() -> None:
   warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
 
 
-def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax") -> argparse.Namespace:
+def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax",
+              then: Optional[Callable[[], Mapping[str, str]]] = None) -> argparse.Namespace:
   """Parse T5X-style flags, start jax.distributed if asked, load and finalize gin, register the
   users' gin-declared tasks. Returns the parsed flags. Every refusal reads `PROG: error: MESSAGE`, as
-  the jobs' own errors do, so a script can look for one form."""
+  the jobs' own errors do, so a script can look for one form.
+
+  `then()`, for a command with options of its own (`spot-jax spot`), runs last inside the start-up
+  exchange: it parses and checks those options (use `ArgumentParser`) and returns `{name: value}` of
+  what every process must agree on, compared with the gin settings. So a process whose own options
+  are refused, or differ, stops every process as a gin error does."""
   try:
-    return _configure(argv, prog)
+    return _configure(argv, prog, then)
   except SystemExit as e:
     if isinstance(e.code, str) and not e.code.startswith(f"{prog}: "):
       raise SystemExit(f"{prog}: error: {e.code}") from None
     raise
 
 
-def _configure(argv: Optional[Sequence[str]], prog: str) -> argparse.Namespace:
+def _configure(argv: Optional[Sequence[str]], prog: str,
+               then: Optional[Callable[[], Mapping[str, str]]] = None) -> argparse.Namespace:
   argv = sys.argv[1:] if argv is None else list(argv)
   plain_warnings()
   bindings, rest = split_gin_flags(argv)
@@ -437,7 +446,7 @@ def _configure(argv: Optional[Sequence[str]], prog: str) -> argparse.Namespace:
     gin_checks.check_bindings_are_used()
     finalize_or_explain()
     gin_checks.check_num_partitions()
-    startup.settings = settings_text()
+    settings = settings_text()
     steps = prompt_tuning_compat.query_macros(["TRAIN_STEPS", "INITIAL_CHECKPOINT_PATH"])
     try:
       prompt_tuning_compat.check_train_steps(steps.get("TRAIN_STEPS"), steps.get("INITIAL_CHECKPOINT_PATH"))
@@ -446,6 +455,8 @@ def _configure(argv: Optional[Sequence[str]], prog: str) -> argparse.Namespace:
     from tasks import user_data  # users' tasks declared in gin files register now, before any lookup
     with _user_errors_as_one_line(prog):
       user_data.register_from_gin()
+    own = then() if then is not None else {}
+    startup.settings = settings + "".join(f"\n{name} = {value}" for name, value in own.items())
   return args
 
 

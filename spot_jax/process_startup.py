@@ -61,7 +61,8 @@ def error_text(error: BaseException) -> str:
     return "interrupted"
   else:
     text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
-    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if not (text and isinstance(error, ValueError)):  # the jobs' ValueErrors name the problem and fix
+      text = f"{type(error).__name__}: {text}" if text else type(error).__name__
   text = re.sub(r"^[\w.\-]+: error: ", "", text.strip())
   text = text.replace("(SPOT_JAX_TRACEBACK=1 shows the traceback)", "")
   text = " ".join(line.strip() for line in text.splitlines()

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from spot_jax import checkpointing, fileio, input_pipeline, optim, partitioning, prompt_export, prompt_io, prompts
+from spot_jax import process_startup
 from spot_jax import frozen_model as frozen_lib
 from spot_jax import train_step as ts
 from spot_jax.config import T5Config
@@ -192,8 +193,12 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
   # MODEL_DIR is one run's: a second run started on it is refused while this one holds it.
   with contextlib.ExitStack() as held:
-    if is_main:  # the other processes of a multi-process run share MODEL_DIR with process 0
-      held.enter_context(fileio.exclusive_lock(model_dir, "spot_jax.train run"))
+    # Process 0 takes the lock (the other processes of a multi-process run share MODEL_DIR with it); the
+    # others learn whether it got it before their first collective, so that a refused run stops every
+    # process naming the holder (before, the others failed 30 s later in a Gloo key-value timeout).
+    with process_startup.Outcomes("spot_jax.train"):
+      if is_main:
+        held.enter_context(fileio.exclusive_lock(model_dir, "spot_jax.train run"))
     ckpts = checkpointing.PromptCheckpoints(model_dir, keep_checkpoints, async_checkpoints)
     resume_step = ckpts.latest_step()
     if resume_step is not None:  # before the weights are placed and the step compiled

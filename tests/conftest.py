@@ -87,6 +87,16 @@ def orbax_reads(monkeypatch):
   return read
 
 
+@pytest.fixture(autouse=True)
+def fresh_gin():
+  """Each test ends with gin cleared: a test that configured gin (e.g. `gin_utils.configure`) and left
+  it made a later test in the same worker run with its bindings (a `log_period` from another test's
+  command line logged an extra record in test_train's resume test)."""
+  yield
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+
+
 # The eval/infer CLI tests' training MODEL_DIR with three exports (test_eval_infer_cli, test_eval_prompt_steps).
 from eval_cli_setup import run_dir  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
 

@@ -82,6 +82,24 @@ def test_spot_source_cli_adds_one_prompt_to_a_library(tmp_path, capsys, clean_gi
   assert "added spot_bundled_nli" in text
 
 
+def test_spot_source_cli_leaves_the_library_to_process_0(tmp_path, capsys, clean_gin, monkeypatch):
+  """In a multi-process run every process trains the source prompt; only process 0 adds it (both added
+  it before: the second add was refused and that process exited 1, or with --overwrite wrote it twice)."""
+  import jax
+  monkeypatch.setattr(jax, "process_index", lambda *a, **k: 1)
+  trained = []
+  monkeypatch.setattr(pipeline_cli, "_train", lambda *a, **k: trained.append(a[3]) or np.zeros((P, 32), np.float32))
+  monkeypatch.setattr(pipeline_cli, "evaluate_prompt", lambda *a, **k: {"accuracy": 50.0})
+  rc = pipeline_cli.main(["source", *_gin_flags(tmp_path / "run", ["--gin_file=runs/spot_source.gin"]),
+                          "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_nli'", "--gin.TRAIN_STEPS=4",
+                          f"--gin.LIBRARY_DIR='{tmp_path / 'lib'}'"])
+  out = capsys.readouterr().out
+  assert rc == 0 and trained == ["spot_bundled_nli"], out
+  assert "spot_bundled_nli" not in PromptLibrary(str(tmp_path / "lib"))
+  assert f"process 1: trained spot_bundled_nli in {tmp_path / 'run'}" in out
+  assert f"process 0 adds it to {tmp_path / 'lib'}" in out
+
+
 def test_cli_errors_name_the_problem(tmp_path, capsys, clean_gin):
   rc = pipeline_cli.main(["--target", TARGET, "--library", str(tmp_path / "mistyped"),
                       *_gin_flags(tmp_path / "t", ["--gin_file=runs/spot_target.gin"])])

@@ -17,10 +17,17 @@ from spot_jax import process_startup
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _start_two(tmp_path, bad_pid, bad_flag):
-  """Two `spot_jax train` processes (tiny model) on localhost; `bad_flag` is added to process
-  `bad_pid`'s command line only. Returns, for each, (returncode, seconds from start to exit, its
-  stderr lines as (seconds from start, line))."""
+def _train_argv(tmp_path):
+  return ["train", "--gin_file=models/t5_1_1.gin", "--gin_file=prompts/random_uniform.gin",
+          "--gin_file=models/sizes/tiny.gin", "--gin_file=runs/prompt_train.gin",
+          f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_movie'",
+          "--gin.TRAIN_STEPS=8"]
+
+
+def _start_two(tmp_path, bad_pid, bad_flag, argv=None):
+  """Two `spot_jax` processes on localhost running `argv` (default: `train` on the tiny model);
+  `bad_flag` is added to process `bad_pid`'s command line only. Returns, for each, (returncode,
+  seconds from start to exit, its stderr lines as (seconds from start, line))."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=str(REPO),
              TF_CPP_MIN_LOG_LEVEL="2")
   with socket.socket() as s:
@@ -28,12 +35,10 @@ def _start_two(tmp_path, bad_pid, bad_flag):
     port = s.getsockname()[1]
   start, procs = time.time(), []
   for pid in range(2):
-    args = ["--gin_file=models/t5_1_1.gin", "--gin_file=prompts/random_uniform.gin",
-            "--gin_file=models/sizes/tiny.gin", "--gin_file=runs/prompt_train.gin",
-            f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_movie'",
-            "--gin.TRAIN_STEPS=8", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-            f"--process_id={pid}"] + ([bad_flag] if pid == bad_pid else [])
-    procs.append(subprocess.Popen([sys.executable, "-m", "spot_jax", "train", *args], cwd=REPO, env=env,
+    args = list(argv or _train_argv(tmp_path)) + [
+        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+        f"--process_id={pid}"] + ([bad_flag] if pid == bad_pid else [])
+    procs.append(subprocess.Popen([sys.executable, "-m", "spot_jax", *args], cwd=REPO, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
   results = [None, None]
 
@@ -86,6 +91,42 @@ def test_a_bad_binding_on_one_process_stops_both_within_seconds_naming_it(tmp_pa
   assert max(bad_s, ok_s) - failed_at < 15, (failed_at, bad_s, ok_s)
   assert max(bad_s, ok_s) < 90, (bad_s, ok_s)
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_spot_processes_compare_their_own_options_and_library_at_start_up(tmp_path):
+  """`spot-jax spot` parses options of its own beside the gin flags: another --target on one process
+  trained one prompt on two tasks without a word (each process read its own); now both stop at
+  start-up naming the option. The library's contents are compared the same way."""
+  (tmp_path / "lib").mkdir()
+  argv = ["spot", "--library", str(tmp_path / "lib"), "--gin_file=models/t5_1_1.gin",
+          "--gin_file=prompts/random_uniform.gin", "--gin_file=models/sizes/tiny.gin",
+          "--gin_file=runs/spot_target.gin", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+          "--gin.TRAIN_STEPS=8", "--gin.BATCH_SIZE=8"]
+  results = _start_two(tmp_path, 1, "--target=spot_bundled_topic", argv + ["--target=spot_bundled_nli"])
+  said = ("spot-jax spot: error: the processes of this run were started with different gin settings: --target: "
+          "process 0 has 'spot_bundled_nli', process 1 has 'spot_bundled_topic'.")
+  for rc, seconds, lines in results:
+    errors = [line for _, line in lines if line.startswith("spot-jax spot: error:")]
+    assert rc not in (0, None) and errors and errors[-1].startswith(said), _tail(lines)
+    assert seconds < 90, seconds
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_model_dir_in_use_stops_every_process_naming_the_holder(tmp_path):
+  """Process 0 takes MODEL_DIR's lock; when another run holds it, process 1 learns so before its first
+  collective (it failed 30 s later in a Gloo key-value timeout, a traceback that did not say why)."""
+  from spot_jax import fileio
+  from train_setup import _gin_args
+  with fileio.exclusive_lock(str(tmp_path / "run"), "spot_jax.train run"):
+    results = _start_two(tmp_path, None, None, ["train", *_gin_args(tmp_path / "run", steps=8)])
+  said = f"{tmp_path / 'run'} is in use by another spot_jax.train run (pid {os.getpid()} on "
+  (rc0, _, err0), (rc1, seconds, err1) = results
+  assert rc0 == rc1 == 1, [_tail(err0), _tail(err1)]
+  assert [line for line in _error_lines(err0) if said in line], _tail(err0)
+  assert _error_lines(err1) and _error_lines(err1)[-1].startswith(
+      f"spot_jax.train: error: process 0 stopped at start-up: {said}"), _tail(err1)
+  assert not any("Traceback" in line for _, line in err0 + err1)
+  assert seconds < 90, seconds
 
 
 def _tail(lines):

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import argparse
+import hashlib
 import json
 import logging
 import sys
 import warnings
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import gin
 
@@ -60,15 +61,42 @@ _TRAIN_ONLY_MACROS = {
 }
 
 
-def _load_gin(gin_argv: Sequence[str], prog: str) -> dict:
+def _load_gin(gin_argv: Sequence[str], prog: str, own_options: Callable[[dict], Mapping[str, str]]) -> dict:
+  """Gin, then `own_options(settings)`: the command's own options parsed and checked inside the start-up
+  exchange of a multi-process run (`gin_utils.configure`), returning what every process must agree on."""
   for binding in gin_utils.split_gin_flags(list(gin_argv))[0]:
     name = binding.split("=", 1)[0].strip()
     if name in _TRAIN_ONLY_MACROS:
       raise SystemExit(f"{prog}: error: --gin.{name} has no effect here: {_TRAIN_ONLY_MACROS[name]}. Drop it "
                        "(for periodic evaluation or another split, train with `spot-jax train` and add the run "
                        "with `spot-jax library add`)")
-  gin_utils.configure(gin_argv, prog)
-  return gin.get_configurable(spot_settings)()
+  settings = {}
+
+  def then():
+    settings.update(gin.get_configurable(spot_settings)())
+    return own_options(settings)
+  gin_utils.configure(gin_argv, prog, then=then)
+  return settings
+
+
+def _parse_own(parser: argparse.ArgumentParser, own: Sequence[str]) -> None:
+  """`--help` is answered before gin (which wants a --gin_file); other options are parsed in
+  `_load_gin`'s start-up exchange."""
+  if any(a in ("-h", "--help") for a in own):
+    parser.parse_args(["--help"])
+
+
+def _agreed(args: argparse.Namespace, lib: Optional[PromptLibrary]) -> dict:
+  """What the processes of a multi-process `spot` run compare at start-up beside the gin settings: the
+  command's options, and what the library holds (each process reads it: one that sees another library,
+  e.g. a per-host local directory, would rank other sources and train another init, or decide to train
+  where the others do not; the library must be one directory every host sees)."""
+  out = {f"--{name.replace('_', '-')}": repr(value) for name, value in sorted(vars(args).items())}
+  if lib is not None:
+    records = [(task, lib.record(task)) for task in lib.tasks()]
+    out["library contents (sha256 of its records)"] = hashlib.sha256(
+        json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()[:16]
+  return out
 
 
 def _frozen_from_settings(s: dict):
@@ -119,7 +147,7 @@ def resolve_top_k(top_k, lib: PromptLibrary, target: str, exclude: Optional[Sequ
 
 
 def _target_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = gin_utils.ArgumentParser(
       prog="spot-jax spot", description="SPoT targeted transfer: rank the library's sources for a "
       "target task, build the init with a strategy, train the target (and a baseline). Gin flags "
       "(--gin_file, --gin.X=Y, --gin_search_paths) configure the model and the budget "
@@ -148,14 +176,21 @@ def _target_parser() -> argparse.ArgumentParser:
 
 def target_main(argv: Sequence[str]) -> int:
   own, gin_flags = gin_utils.split_run_flags(argv)
-  args = _target_parser().parse_args(own)
-  if args.measure not in sim.SIMILARITIES:
-    raise SystemExit(f"--measure {args.measure!r}: use one of {sorted(sim.SIMILARITIES)}")
-  s = _load_gin(gin_flags, "spot-jax spot")
-  library = args.library or s["library_dir"]
-  if not library:
-    raise SystemExit("spot-jax spot: pass --library DIR (or --gin.LIBRARY_DIR)")
-  lib = PromptLibrary.existing(library)  # a mistyped path fails before the frozen model loads
+  parser = _target_parser()
+  _parse_own(parser, own)
+  found = {}
+
+  def own_options(s):
+    args = parser.parse_args(own)
+    if args.measure not in sim.SIMILARITIES:
+      raise SystemExit(f"--measure {args.measure!r}: use one of {sorted(sim.SIMILARITIES)}")
+    library = args.library or s["library_dir"]
+    if not library:
+      raise SystemExit("spot-jax spot: pass --library DIR (or --gin.LIBRARY_DIR)")
+    found.update(args=args, lib=PromptLibrary.existing(library))  # a mistyped path fails before the model loads
+    return _agreed(args, found["lib"])
+  s = _load_gin(gin_flags, "spot-jax spot", own_options)
+  args, lib = found["args"], found["lib"]
   enable_compilation_cache()
   frozen, model_id = _frozen_from_settings(s)
   check_library_model(lib, model_id, args.allow_other_model)
@@ -171,19 +206,23 @@ def target_main(argv: Sequence[str]) -> int:
 def source_main(argv: Sequence[str]) -> int:
   """`spot-jax spot source`: train MIXTURE_OR_TASK_NAME's prompt; add it to LIBRARY_DIR when set."""
   own, gin_flags = gin_utils.split_run_flags(argv)
-  p = argparse.ArgumentParser(prog="spot-jax spot source",
+  p = gin_utils.ArgumentParser(prog="spot-jax spot source",
                               description="Train one source prompt (runs/spot_source.gin) and add it "
                               "to the library LIBRARY_DIR (set MODEL_DIR and MIXTURE_OR_TASK_NAME).",
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=gin_utils.gin_flags_help())
   p.add_argument("--overwrite", action="store_true", help="retrain a task already in the library")
-  args = p.parse_args(own)
-  s = _load_gin(gin_flags, "spot-jax spot source")
-  task = s["mixture_or_task_name"]
-  if not task:
-    raise SystemExit("spot-jax spot source: set --gin.MIXTURE_OR_TASK_NAME='task'")
-  if s["library_dir"]:
-    PromptLibrary(s["library_dir"])  # a gs:// library fails here, not after the frozen model loads
+  _parse_own(p, own)
+  found = {}
+
+  def own_options(s):
+    found["args"] = args = p.parse_args(own)
+    if not s["mixture_or_task_name"]:
+      raise SystemExit("spot-jax spot source: set --gin.MIXTURE_OR_TASK_NAME='task'")
+    # A gs:// library fails here, not after the frozen model loads.
+    return _agreed(args, PromptLibrary(s["library_dir"]) if s["library_dir"] else None)
+  s = _load_gin(gin_flags, "spot-jax spot source", own_options)
+  args, task = found["args"], s["mixture_or_task_name"]
   enable_compilation_cache()
   frozen, model_id = _frozen_from_settings(s)
   run = _run_config(s)
@@ -207,6 +246,11 @@ def source_main(argv: Sequence[str]) -> int:
                        f"delete {s['model_dir']}) to retrain {task}")
     prompt = _train(frozen, run, s["model_dir"], task, steps, task_embedding_step=te_step)
     metrics = evaluate_prompt(frozen, task, prompt, run)
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_index() != 0:  # every process trained; process 0 adds (a second add would be refused)
+      print(f"process {jax.process_index()}: trained {task} in {s['model_dir']}: validation {_fmt(metrics)}; "
+            f"process 0 adds it to {s['library_dir']}")
+      return 0
     rec = lib.add(task, s["model_dir"], model_id, task_embedding=prompt_io.task_embedding_export_dir(
         s["model_dir"]), steps=steps, metrics=metrics, overwrite=args.overwrite, which="latest")
     print(f"added {task} to {s['library_dir']}: prompt [{rec['prompt_length']}, {rec['d_model']}], "
