@@ -67,13 +67,22 @@ class Preempted(BaseException):
             f"same command to resume")
 
 
+_sync_steps = 0  # steps of this process's training runs, all runs together (`_Stop.check`)
+
+
 class _Stop:
   """SIGTERM → checkpoint at the next step, then `Preempted` (preemptible VMs).
 
   In a multi-process run the processes must stop at one step (the save is collective: one process
   saving while another steps hangs both). There JAX's preemption service, started by
-  jax.distributed, catches SIGTERM on any process, and `check(step)` is its sync point (T5X's way):
-  every process calls it after every step and it turns true on all of them at the same step."""
+  jax.distributed, catches SIGTERM on any process, and `check()` is its sync point (T5X's way): every
+  process calls it after every step and it turns true on all of them at the same step.
+
+  The service's step ids must rise for the whole process (its sync point is the highest id reported
+  + 1), so they count every step of every run of the process (`_sync_steps`), not a run's own step:
+  the SPoT pipeline trains several runs in one process, each from step 1, and a notice that came at
+  a run's last step or between runs set a sync point past the next run's steps (that run, and the
+  pipeline, finished as if nothing had come). Every process runs the same steps, so the counts agree."""
 
   def __init__(self):
     self.requested = False
@@ -91,10 +100,12 @@ class _Stop:
       self._old = None
     return self
 
-  def check(self, step: int) -> bool:
+  def check(self) -> bool:
+    global _sync_steps
     if self._sync and not self.requested:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      self.requested = bool(multihost_utils.reached_preemption_sync_point(step))
+      _sync_steps += 1
+      self.requested = bool(multihost_utils.reached_preemption_sync_point(_sync_steps))
     return self.requested
 
   def _handler(self, signum, frame):
@@ -105,7 +116,7 @@ class _Stop:
       signal.signal(signal.SIGTERM, self._old)
 
 
-@gin.configurable(denylist=["hooks"])
+@gin.configurable(denylist=["hooks", "refuse_past_steps"])
 def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           batch_size: int = gin.REQUIRED, initial_checkpoint_path: Optional[str] = None,
@@ -118,7 +129,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           enable_dropout: bool = True, frozen_dtype: str = "float32", async_checkpoints: bool = True,
           initial_checkpoint_step: Optional[int] = None,
           eval_task_feature_lengths: Optional[Mapping[str, int]] = None, frozen=None,
-          hooks=None) -> np.ndarray:
+          hooks=None, refuse_past_steps: bool = False) -> np.ndarray:
   """Train a prompt; returns the final prompt `[P, d]`. Resumes from MODEL_DIR when it has checkpoints.
 
   `initial_checkpoint_step` (INITIAL_CHECKPOINT_STEP): the global step Adafactor's second-moment decay
@@ -239,6 +250,11 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
                     "place in the data than an uninterrupted run (examples skipped or seen twice). Set "
                     "BATCH_SIZE=%d back to continue the run as it was", model_dir, meta["batch_size"],
                     batch_size, start_step, meta.get("data_batches_consumed", start_step), meta["batch_size"])
+      if start_step > train_steps and refuse_past_steps:  # a caller that reports the run as train_steps'
+        raise ValueError(f"{model_dir}'s latest checkpoint is step {start_step}, past this run's "
+                         f"{train_steps} steps: its step-{start_step} prompt would be reported as a "
+                         f"{train_steps}-step one. Use a new MODEL_DIR for fewer steps, or rerun with at "
+                         f"least {start_step}")
       if start_step > train_steps:
         log.warning("%s's latest checkpoint is step %d, past TRAIN_STEPS=%d: nothing is trained and the "
                     "step-%d prompt is returned (raise TRAIN_STEPS to continue, or use a new MODEL_DIR)",
@@ -337,7 +353,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           if hooks:
             for hook in hooks:
               hook(step, state)
-          if stop.check(step):
+          if stop.check():
             save(state, step)
             break
       check_finite(state)

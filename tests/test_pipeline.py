@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from spot_jax import prompt_io
-from spot_jax.spot import pipeline, run_record
+from spot_jax.spot import pipeline, run_record, training_runs
 from spot_jax.spot.library import PromptLibrary
 
 from spot_pipeline_setup import CFG, P, RUN, SOURCE_STEPS, SOURCES, TARGET, _train_records
@@ -68,6 +68,14 @@ def test_best_of_top_k_at_the_full_budget_keeps_the_winning_run_as_the_transfer(
   best = [c for c in result.chosen if c["task"] == winner][0]
   assert result.transfer_metrics == best["metrics"]
   assert best["selection_score"] == max(c["selection_score"] for c in result.chosen)
+  # A rerun with fewer steps finds its runs trained further: refused (before, result.json was rewritten
+  # saying 2 steps over the 3-step prompts).
+  written = (tmp_path / "result.json").read_bytes()
+  with pytest.raises(ValueError, match=r"latest checkpoint is step 3, past this run's 2 steps: its step-3 "
+                                       r"prompt would be reported as a 2-step one"):
+    pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "best_of_top_k", top_k=2, steps=2, run=RUN,
+                        target_embedding=lib.get("spot_bundled_movie").task_embedding)
+  assert (tmp_path / "result.json").read_bytes() == written
 
 
 def test_best_of_every_source_gives_the_transfer_row_that_transferability_judges(frozen, library, tmp_path):
@@ -287,3 +295,21 @@ def test_in_a_multi_process_run_only_process_0_adds_sources(frozen, tmp_path, mo
                                           str(tmp_path / "runs"), steps=4, run=RUN)
   assert records == {"spot_bundled_movie": {"task": "spot_bundled_movie", "metrics": {"accuracy": 50.0}}}
   assert PromptLibrary(str(tmp_path / "lib")).tasks() == []
+
+
+def test_in_a_multi_process_run_only_process_0_writes_the_pipelines_files(frozen, library, tmp_path,
+                                                                         monkeypatch):
+  """init.npy, result.json and each run's init sha256 are process 0's to write, as checkpoints and
+  exports are (every process wrote them: on gs:// twice the writes, the last writer winning)."""
+  import jax
+  lib = library[0]
+  monkeypatch.setattr(training_runs, "_train", lambda *a, **k: np.zeros((P, CFG.d_model), np.float32))
+  monkeypatch.setattr(pipeline, "evaluate_prompt", lambda *a, **k: {"accuracy": 50.0})
+  for index in (1, 0):
+    monkeypatch.setattr(jax, "process_index", lambda *a, **k: index)
+    out = tmp_path / f"process_{index}"
+    result = pipeline.run_target(frozen, lib, TARGET, str(out), "weighted_average", top_k=2, steps=3, run=RUN,
+                                 target_embedding=lib.get("spot_bundled_movie").task_embedding)
+    assert result.transfer_metrics == {"accuracy": 50.0}
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ([] if index else ["init.npy", "result.json", f"transfer/{run_record.INIT_SHA256_FILE}"])

@@ -208,3 +208,12 @@ def test_from_files_weighted_refuses_negative_weights(tmp_path):
   with pytest.raises(ValueError, match=r"PROMPT_WEIGHTS must be numbers >= 0.*got \[2.0, -1.0\]"):
     prompts_lib.from_files_weighted(paths=paths, weights=[2.0, -1.0])(None, 2, 3)
   np.testing.assert_allclose(prompts_lib.from_files_weighted(paths=paths, weights=[3.0, 1.0])(None, 2, 3), 1.25)
+
+
+def test_weighted_average_refuses_top_scores_that_give_no_weight():
+  """All top-k scores <= 0 (no similar source, or zero-shot metrics of 0) leave no weights: the error
+  says scores (not only similarities, which a zero-shot ranking has not) and names the other strategy."""
+  prompts = {"a": np.ones((2, 3), np.float32), "b": np.zeros((2, 3), np.float32)}
+  with pytest.raises(ValueError, match=r"the top-2 scores \[0\.0, -0\.5\] \(similarities, or zero-shot metrics "
+                                       r"with --rank-by zero_shot\) are all <= 0.*--strategy best_of_top_k"):
+    weighted_average_init(prompts, {"a": 0.0, "b": -0.5}, top_k=2)

@@ -157,6 +157,8 @@ def test_the_best_export_survives_a_resume(tmp_path, caplog):
     final = train_lib.train(train_steps=3, **common)  # fewer steps than the run already has
   assert "latest checkpoint is step 4, past TRAIN_STEPS=3" in caplog.text
   np.testing.assert_array_equal(final, prompt_io.load_prompt(prompt_io.checkpoint_export_dir(str(tmp_path), 4)))
+  with pytest.raises(ValueError, match=r"step 4, past this run's 3 steps.*a new MODEL_DIR for fewer steps"):
+    train_lib.train(train_steps=3, refuse_past_steps=True, **common)  # the SPoT pipeline's runs
   # The MODEL_DIR belongs to its run: another task or another frozen model is refused before a step.
   with pytest.raises(ValueError, match=r"holds a prompt trained on 'spot_bundled_movie' \(step 4\), but this run "
                                        r"trains 'spot_bundled_topic': use a new MODEL_DIR.*prompts/from_file.gin"):
@@ -283,3 +285,30 @@ def test_evaluation_during_training_reads_whole_inputs_as_t5x_infer_eval(tmp_pat
   assert seen[-1] == short
   with pytest.raises(ValueError, match=r"eval_task_feature_lengths lacks \['targets'\]"):
     train_lib.train(model_dir=str(tmp_path / "c"), eval_task_feature_lengths={"inputs": 8}, **common)
+
+
+def test_preemption_sync_ids_rise_across_the_runs_of_a_process(monkeypatch):
+  """In a multi-process run JAX's preemption service stops every process at the sync point, the
+  highest step id reported + 1. The ids were each run's own steps: after a 40-step run, a notice
+  between runs set the point at 41, which the SPoT pipeline's next 40-step run never reached (it and
+  the pipeline finished, exit 0). The ids now count every step of the process."""
+  from jax.experimental import multihost_utils
+  reported, notice = [], []
+
+  def sync_point(step_id):
+    reported.append(step_id)
+    return bool(notice) and step_id == notice[0]
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", sync_point)
+
+  def run(steps):  # one training run's loop: check after every step
+    stop = train_lib._Stop()
+    stop._sync = True  # as under jax.distributed
+    with stop:
+      for step in range(1, steps + 1):
+        if stop.check():
+          return step
+    return None
+  assert run(40) is None
+  notice.append(max(reported) + 1)  # SIGTERM between runs: JAX's sync point
+  assert run(40) == 1  # the next run stops (and saves) at its first step
+  assert reported == sorted(set(reported))  # rising over the process

@@ -37,7 +37,7 @@ from spot_jax.spot.retrieval import RankingTies, rank_sources, ranking_ties
 # Re-exported: the pipeline's public scoring lives in `run` (zero_shot uses it too).
 from spot_jax.spot.run import RunConfig, evaluate_prompt, score_of
 from spot_jax.spot.training_runs import (_safe, _train, _train_from, base_init, default_model_id,
-                                         enable_compilation_cache, from_array)
+                                         enable_compilation_cache, from_array, writes_files)
 from spot_jax.spot.transfer_strategies import (MIXING_CAP, STRATEGIES, TransferInit, best_of_top_k,
                                                examples_proportional, multitask_mixture,
                                                register_mixture, weighted_average)
@@ -279,7 +279,8 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
   baseline_what, baseline_id = f"the base init on {target}", run_record.target_identity("baseline", target)
   if baseline:
     run_record.check_run_init(os.path.join(out_dir, "baseline"), base, baseline_what, **baseline_id)
-  prompt_export.save_npy(init.prompt, os.path.join(out_dir, "init.npy"))
+  if writes_files():
+    prompt_export.save_npy(init.prompt, os.path.join(out_dir, "init.npy"))
 
   if reuse:
     transfer, transfer_metrics = init.trained
@@ -300,7 +301,8 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
     result.baseline_metrics = evaluate_prompt(frozen, target, base, run)
     result.baseline_score = score_of(result.baseline_metrics, run.metric)
     result.baseline_prompt = base
-  fileio.write_json_atomic(os.path.join(out_dir, "result.json"),
-                           {**result.to_dict(), run_record.SETTINGS_KEY: settings}, default=float)
+  if writes_files():
+    fileio.write_json_atomic(os.path.join(out_dir, "result.json"),
+                             {**result.to_dict(), run_record.SETTINGS_KEY: settings}, default=float)
   return result
 

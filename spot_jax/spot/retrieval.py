@@ -262,8 +262,9 @@ def weighted_average_init(prompts, scores, top_k: Optional[int] = None):
                      "--strategy best_of_top_k")
   w_sel = np.clip(vals[order], 0.0, None)
   if w_sel.sum() <= 0:
-    raise ValueError(f"the top-{k} similarities {vals[order].tolist()} are all <= 0: no source is "
-                     "similar to the target; use a random or vocabulary init instead")
+    raise ValueError(f"the top-{k} scores {vals[order].tolist()} (similarities, or zero-shot metrics with "
+                     "--rank-by zero_shot) are all <= 0, so a weighted average has no weights: no source is "
+                     "close to the target. Use --strategy best_of_top_k, or a random or vocabulary init")
   if np.any(vals[order] < 0):
     warnings.warn(f"negative similarities among the top {k} get weight 0: {vals[order].tolist()}")
   w_sel = w_sel / w_sel.sum()

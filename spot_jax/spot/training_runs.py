@@ -50,13 +50,24 @@ def _train(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt
                 num_partitions=run.num_partitions,
                 save_period=max(1, int(run.save_period)),
                 log_period=max(1, min(run.log_period, int(steps))), eval_period=None,
-                task_embedding_step=task_embedding_step, enable_dropout=run.enable_dropout)
+                task_embedding_step=task_embedding_step, enable_dropout=run.enable_dropout,
+                # A run of the pipeline trained further before (a rerun with fewer steps) would be
+                # recorded in result.json with this budget but hold the later prompt.
+                refuse_past_steps=True)
   if run.optimizer is not None:
     kwargs["optimizer"] = run.optimizer
   if run.initial_step is not None:
     kwargs["initial_checkpoint_step"] = run.initial_step
   log.info("training %s for %d steps -> %s", task, steps, model_dir)
   return train_lib.train(**kwargs)
+
+
+def writes_files() -> bool:
+  """Whether this process writes the pipeline's own files (init.npy, result.json, each run's init
+  sha256): process 0 of a multi-process run, as it alone writes checkpoints and exports (the others
+  wrote the same bytes again: on gs:// twice the writes)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
 
 
 def _train_from(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt, what: str,
@@ -66,7 +77,7 @@ def _train_from(frozen, run: RunConfig, model_dir: str, task: str, steps: int, p
   checked (`checked`: the caller already ran check_run_init with these arguments)."""
   if not checked:
     run_record.check_run_init(model_dir, prompt, what, identity, legacy_init_only)
-  if not run_record.has_checkpoints(model_dir):
+  if not run_record.has_checkpoints(model_dir) and writes_files():
     fileio.atomic_write_bytes(fileio.join(model_dir, run_record.INIT_SHA256_FILE),
                               run_record.init_sha256(prompt, identity).encode())
   return _train(frozen, run, model_dir, task, steps, prompt_init=from_array(prompt, what),
