@@ -94,7 +94,7 @@ def _agreed(args: argparse.Namespace, lib: Optional[PromptLibrary]) -> dict:
   out = {f"--{name.replace('_', '-')}": repr(value) for name, value in sorted(vars(args).items())}
   if lib is not None:
     records = [(task, lib.record(task)) for task in lib.tasks()]
-    out["library contents (sha256 of its records)"] = hashlib.sha256(
+    out["library contents (sha256 of its records; every host must see one library directory)"] = hashlib.sha256(
         json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()[:16]
   return out
 
