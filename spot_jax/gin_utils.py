@@ -304,19 +304,10 @@ def distributed_timeouts() -> dict:
   exchange's, `process_startup`) bounds the wait for every process to connect; `SPOT_JAX_HEARTBEAT_TIMEOUT_S`
   is how long a silent process (killed outright, its host lost) goes unnoticed before the others stop
   (JAX's default 100 s). Unset: JAX's defaults."""
-  out = {}
-  for env, name in (("SPOT_JAX_STARTUP_TIMEOUT_S", "initialization_timeout"),
-                    ("SPOT_JAX_HEARTBEAT_TIMEOUT_S", "heartbeat_timeout_seconds")):
-    value = os.environ.get(env, "").strip()
-    if value:
-      try:
-        seconds = int(float(value))
-      except ValueError:
-        seconds = 0
-      if seconds < 1:
-        raise SystemExit(f"{env}={value!r} must be a number of seconds, 1 or more")
-      out[name] = seconds
-  return out
+  waits = {name: process_startup.env_seconds(env) for env, name in (
+      ("SPOT_JAX_STARTUP_TIMEOUT_S", "initialization_timeout"),
+      ("SPOT_JAX_HEARTBEAT_TIMEOUT_S", "heartbeat_timeout_seconds"))}
+  return {name: seconds for name, seconds in waits.items() if seconds is not None}
 
 
 def init_distributed(args) -> None:

@@ -33,8 +33,24 @@ _PREFIX = "spot_jax/startup"
 _rounds = 0  # `configure` may run more than once in a process: each gets its own keys
 
 
+def env_seconds(name: str) -> Optional[int]:
+  """A whole number of seconds (1 or more) from the environment variable `name`; None when unset.
+  Anything else is refused (`SystemExit`) when jax.distributed starts (`gin_utils.init_distributed`)."""
+  value = os.environ.get(name, "").strip()
+  if not value:
+    return None
+  try:
+    seconds = int(float(value))
+  except ValueError:
+    seconds = 0
+  if seconds < 1:
+    raise SystemExit(f"{name}={value!r} must be a number of seconds, 1 or more")
+  return seconds
+
+
 def _timeout_ms() -> int:
-  return int(float(os.environ.get("SPOT_JAX_STARTUP_TIMEOUT_S", TIMEOUT_S)) * 1000)
+  seconds = env_seconds("SPOT_JAX_STARTUP_TIMEOUT_S")
+  return (TIMEOUT_S if seconds is None else seconds) * 1000
 
 
 def _state():

@@ -87,8 +87,7 @@ def train_source_prompts(frozen, tasks: Sequence[str], library_dir: str, out_dir
     prompt = _train(frozen, run, model_dir, task, steps, task_embedding_step=te_step)
     metrics = evaluate_prompt(frozen, task, prompt, run)
     emb_dir = prompt_io.task_embedding_export_dir(model_dir)
-    import jax  # pylint: disable=g-import-not-at-top
-    if jax.process_index() != 0:  # every process trained; one adds (a second add would be refused)
+    if not writes_files():  # every process trained; one adds (a second add would be refused)
       records[task] = {"task": task, "metrics": metrics}
       continue
     records[task] = lib.add(task, model_dir, model_id, task_embedding=emb_dir, steps=steps,

@@ -64,8 +64,8 @@ def _train(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt
 
 def writes_files() -> bool:
   """Whether this process writes the pipeline's own files (init.npy, result.json, each run's init
-  sha256): process 0 of a multi-process run, as it alone writes checkpoints and exports (the others
-  wrote the same bytes again: on gs:// twice the writes)."""
+  sha256, the library entries it adds): process 0 of a multi-process run, as it alone writes
+  checkpoints and exports (the others wrote the same bytes again: on gs:// twice the writes)."""
   import jax  # pylint: disable=g-import-not-at-top
   return jax.process_index() == 0
 
