@@ -1,6 +1,7 @@
 """A Hugging Face folder placed on a model-parallel mesh is read shard by shard (safetensors'
 `get_slice`; PyTorch's [out, in] weights sliced as the transpose of T5X's shard), and the placed weights
 equal, bit for bit, those of a whole read."""
+import json
 import os
 
 import jax
@@ -82,3 +83,97 @@ def test_a_shape_error_comes_at_load_and_slices_read_as_whole_reads(tmp_path):
   assert frozen_lib.frozen_fingerprint(lazy) == frozen_lib.frozen_fingerprint(eager)
   q = flatten(lazy)["encoder/layers_0/attention/query/kernel"]
   np.testing.assert_array_equal(q[2:6, 4:], flatten(eager)["encoder/layers_0/attention/query/kernel"][2:6, 4:])
+
+
+class _CountingGfile:
+  """tf.io.gfile over a local folder (tests/gfile_stub.py) that records each read: (file, offset, bytes)."""
+
+  def __init__(self, root, bucket):
+    from gfile_stub import LocalGfile
+    self._local, self.reads = LocalGfile(root, bucket=bucket), []
+
+  def __getattr__(self, name):
+    return getattr(self._local, name)
+
+  def GFile(self, path, mode):  # noqa: N802 (tf's name)
+    f, reads = self._local.GFile(path, mode), self.reads
+
+    class Counted:
+      def __enter__(self):
+        return self
+
+      def __exit__(self, *exc):
+        f.close()
+
+      def seek(self, *a):
+        return f.seek(*a)
+
+      def tell(self):
+        return f.tell()
+
+      def read(self, n=-1):
+        at = f.tell()
+        data = f.read(n)
+        reads.append((os.path.basename(path), at, len(data)))
+        return data
+    return Counted()
+
+
+@pytest.fixture
+def gcs_mt5(monkeypatch):
+  from spot_jax.checkpoints import t5x
+  gfile = _CountingGfile(os.path.dirname(MT5), "gs://bkt")
+  monkeypatch.setattr(t5x, "_gfile", lambda: gfile)
+  monkeypatch.setattr(t5x, "probe_gcs", lambda path: None)
+  return gfile
+
+
+def test_a_gs_folder_is_read_by_byte_range(gcs_mt5):
+  """gs:// tensors were downloaded whole on every host; now a slice reads only the rows holding it."""
+  config, lazy = read_params("gs://bkt/mt5_bf16_sharded", lazy=True)
+  _, local = read_params(MT5)
+  tensor_files = [r for r in gcs_mt5.reads if r[0].endswith(".safetensors")]
+  assert tensor_files and all(r[1] == 0 and r[2] == 8 or r[1] == 8 for r in tensor_files)  # headers only
+  wi = flatten(lazy)["encoder/layers_0/mlp/wi_0/kernel"]  # T5X [embed, mlp] = PyTorch [mlp, embed] rows
+  want = flatten(local)["encoder/layers_0/mlp/wi_0/kernel"]
+  gcs_mt5.reads.clear()
+  np.testing.assert_array_equal(_bits(wi[:, 4:12]), _bits(want[:, 4:12]))
+  assert [r[2] for r in gcs_mt5.reads] == [8 * wi.shape[0] * 2]  # 8 rows of bfloat16, nothing else
+  mesh = partitioning.make_mesh(4, devices=jax.devices()[:8])
+  placed, _ = frozen_lib.place_frozen(lazy, config, mesh, "float32")
+  want_placed, _ = frozen_lib.place_frozen(local, config, mesh, "float32")
+  for name, w in flatten(want_placed).items():
+    np.testing.assert_array_equal(_bits(flatten(placed)[name]), _bits(w), err_msg=name)
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("truncate", r"the header's entry for tensor '[^']+' does not match the file \(\d+ bytes\): the file is truncated"),
+    ("truncated later", r"tensor '[^']+' ends before its header says \(\d+ of \d+ bytes read\): the file is truncated"),
+    ("header", r"is not a readable safetensors file \(its header is not there or not JSON\)"),
+    ("offsets", r"the header's entry for tensor 'shared.weight' does not match the file")])
+def test_a_damaged_gs_file_names_the_tensor_and_the_fix(damage, match, tmp_path, monkeypatch):
+  from spot_jax.checkpoints import t5x
+  write_hf(_params(V11), V11, str(tmp_path / "m"))
+  f = tmp_path / "m" / "model.safetensors"
+  data = f.read_bytes()
+  n = int.from_bytes(data[:8], "little")
+  if damage == "truncate":  # the header is whole: the last tensor's rows are not all there
+    f.write_bytes(data[:len(data) - 3])
+  elif damage == "truncated later":  # after the header was read (a copy over it, say)
+    damage_now = lambda: f.write_bytes(data[:len(data) - 3])
+  elif damage == "header":
+    f.write_bytes(data[:8] + b"#" + data[9:])
+  else:
+    header = json.loads(data[8:8 + n])
+    header["shared.weight"]["data_offsets"][1] += 4
+    edited = json.dumps(header, separators=(",", ":")).encode()
+    assert len(edited) <= n
+    f.write_bytes(data[:8] + edited.ljust(n) + data[8 + n:])
+  monkeypatch.setattr(t5x, "_gfile", lambda: _CountingGfile(tmp_path, "gs://bkt"))
+  monkeypatch.setattr(t5x, "probe_gcs", lambda path: None)
+  with pytest.raises(CheckpointError, match=match):
+    _, params = read_params("gs://bkt/m", lazy=True)
+    if damage == "truncated later":
+      damage_now()
+    for arr in flatten(params).values():
+      np.asarray(arr)

@@ -241,6 +241,18 @@ run = pipeline.RunConfig(task_feature_lengths={"inputs": 32, "targets": 4}, batc
 result = pipeline.run_target(kw["frozen"], lib, "spot_bundled_movie", "gs://bucket/spot", "weighted_average",
                              top_k=1, steps=2, run=run, task_embedding_steps=1)
 print("SPOT " + json.dumps(result.to_dict()["chosen"], default=float))
+# A Hugging Face folder on gs://, its tensors read by byte range (TF's GFile seek and read).
+import os, tensorflow as tf
+from spot_jax.checkpoints import read_params, write_hf
+from spot_jax.checkpoints.infer_config import flatten
+write_hf(kw["frozen"][1], config, sys.argv[3] + "_hf")
+for name in os.listdir(sys.argv[3] + "_hf"):
+  tf.io.gfile.copy(os.path.join(sys.argv[3] + "_hf", name), "gs://bucket/hf/" + name, overwrite=True)
+lazy, whole = flatten(read_params("gs://bucket/hf", lazy=True)[1]), flatten(read_params(sys.argv[3] + "_hf")[1])
+wi = "encoder/layers_0/mlp/wi_0/kernel"
+same = all(np.array_equal(np.asarray(lazy[k]), whole[k]) for k in whole)
+print("HF " + json.dumps({"same": same, "slice": bool(np.array_equal(lazy[wi][:, 3:7], whole[wi][:, 3:7])),
+                          "lazy": type(lazy[wi]).__name__}))
 """
 
 
@@ -278,4 +290,6 @@ def test_train_resume_and_load_prompt_on_gs(gcs, tmp_path):
           "spot/task_embedding/numpy_checkpoints/task_embedding/prompt.npy"} <= spot, sorted(spot)
   chosen = json.loads(_download(url, "spot/result.json"))["chosen"]
   assert len(chosen) == 1 and chosen[0]["task"] in ("spot_bundled_topic", "spot_bundled_product")
+  hf_read = json.loads(out.stdout.split("HF ", 1)[1].splitlines()[0])
+  assert hf_read == {"same": True, "slice": True, "lazy": "LazyArray"}
   assert not os.path.exists(os.path.join(REPO, "gs:"))  # no local directory named after the URL

@@ -106,6 +106,99 @@ def load_safetensors_bytes(data: bytes, source: str = "safetensors file") -> Dic
   return out
 
 
+class _RemoteSafetensors:
+  """A gs:// safetensors file read by byte range through tf.io.gfile, with safe_open's interface.
+
+  The header is read once; a slice then reads only the rows (along the first dimension) that hold it,
+  so a host of a model-parallel mesh does not download the other hosts' weights. PyTorch's `[out, in]`
+  rows are T5X's output columns: the shards of a `mlp` or `heads` split are contiguous byte ranges."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+    def read_header():
+      with _io._gfile().GFile(path, "rb") as f:
+        head = f.read(8)
+        f.seek(0, 2)
+        size = f.tell()
+        if len(head) < 8:
+          return size, None
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+          return size, None
+        f.seek(8)
+        return size, f.read(n)
+    size, header = _io._gcs("read", path, read_header)
+    try:
+      entries = json.loads(header) if header is not None else None
+    except ValueError:
+      entries = None
+    if not isinstance(entries, dict):
+      raise CheckpointError(f"{path} is not a readable safetensors file (its header is not there or not "
+                            f"JSON): {DAMAGED}")
+    self._data_start = 8 + len(header)
+    self._entries = {}
+    for name, info in entries.items():
+      if name == "__metadata__":
+        continue
+      try:
+        dtype, shape, (begin, end) = info["dtype"], tuple(int(n) for n in info["shape"]), info["data_offsets"]
+        known = _SAFETENSORS_DTYPES.get(dtype)
+        want = int(np.prod(shape, dtype=np.int64)) * np_dtype(known).itemsize if known else end - begin
+        ok = 0 <= begin <= end <= size - self._data_start and end - begin == want
+      except (KeyError, TypeError, ValueError):
+        ok = False
+      if not ok:
+        raise CheckpointError(f"{path}: the header's entry for tensor {name!r} does not match the file "
+                              f"({size} bytes): {DAMAGED}")
+      self._entries[name] = (dtype, shape, self._data_start + begin)
+
+  def keys(self):
+    return self._entries.keys()
+
+  def get_slice(self, name: str) -> "_RemoteSlice":
+    return _RemoteSlice(self, name)
+
+  def get_tensor(self, name: str) -> np.ndarray:
+    return self.get_slice(name)[...]
+
+  def read(self, name: str, index: Any) -> np.ndarray:
+    from spot_jax.checkpoints.lazy import normalize_index
+    stored, shape, offset = self._entries[name]
+    dtype = np_dtype(_SAFETENSORS_DTYPES[stored]).newbyteorder("<")
+    index = normalize_index(index, shape)
+    if not shape:
+      first, rows, rest = 0, 1, ()
+    else:
+      first, rows, rest = index[0].start, index[0].stop - index[0].start, index[1:]
+    row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def read_rows():
+      with _io._gfile().GFile(self.path, "rb") as f:
+        f.seek(offset + first * row)
+        return f.read(rows * row)
+    data = _io._gcs("read", self.path, read_rows) if rows * row else b""
+    if len(data) != rows * row:
+      raise CheckpointError(f"{self.path}: tensor {name!r} ends before its header says ({len(data)} of "
+                            f"{rows * row} bytes read): {DAMAGED}")
+    arr = np.frombuffer(data, dtype=dtype).reshape((rows,) + tuple(shape[1:]) if shape else ())
+    return arr[(slice(None),) + rest] if shape else arr
+
+
+class _RemoteSlice:
+  def __init__(self, f: _RemoteSafetensors, name: str):
+    self._f, self._name = f, name
+
+  def get_dtype(self) -> str:
+    return self._f._entries[self._name][0]
+
+  def get_shape(self):
+    return list(self._f._entries[self._name][1])
+
+  def __getitem__(self, index) -> np.ndarray:
+    return self._f.read(self._name, index)
+
+
 class _Tensors:
   """Lazy access to the tensors of one or several safetensors files (shards listed by an index)."""
 
@@ -127,7 +220,7 @@ class _Tensors:
         raise CheckpointError(f"{path} does not exist (a HF checkpoint needs {WEIGHTS_FILE} or the shards its "
                               f"{INDEX_FILE} lists)")
       if _io.is_gcs(path):
-        self._open[filename] = load_safetensors_bytes(_io.read_bytes(path), path)
+        self._open[filename] = _RemoteSafetensors(path)
       else:
         try:
           from safetensors import safe_open
@@ -155,8 +248,6 @@ class _Tensors:
     f = self._file(filename)
     if name not in self.names_in(filename):
       raise CheckpointError(self._not_in_shard(name, filename))
-    if isinstance(f, dict):
-      return f[name]
     path = _io.join(self.directory, filename)
     try:
       stored = f.get_slice(name).get_dtype()
@@ -171,14 +262,11 @@ class _Tensors:
   def get_lazy(self, name: str, transpose: bool) -> Any:
     """Tensor `name` (transposed when `transpose`, as `read_hf` stores it) as a `lazy.LazyArray` that
     reads only the slices asked for (safetensors' `get_slice`): its dtype and shape are checked now,
-    its data read when sliced. A gs:// file is read whole anyway (`get`)."""
+    its data read when sliced (on gs://, by byte range: `_RemoteSafetensors`)."""
     filename = self.where[name]
     f = self._file(filename)
     if name not in self.names_in(filename):
       raise CheckpointError(self._not_in_shard(name, filename))
-    if isinstance(f, dict):
-      arr = f[name]
-      return np.ascontiguousarray(arr.T) if transpose else arr
     from spot_jax.checkpoints.lazy import LazyArray
     path = _io.join(self.directory, filename)
     try:
@@ -248,7 +336,7 @@ _IGNORED_UNEXPECTED = ("decoder.block.0.layer.1.EncDecAttention.relative_attenti
 def read_hf(path: str, config: Optional[T5Config] = None, lazy: bool = False) -> Tuple[T5Config, Dict[str, Any]]:
   """Read a HF T5 directory into (config from config.json, T5X-named numpy tree).
 
-  `lazy`: local tensors are `lazy.LazyArray`s read slice by slice when placed (`Tensors.get_lazy`);
+  `lazy`: tensors (local or gs://) are `lazy.LazyArray`s read slice by slice when placed (`get_lazy`);
   the copies of the embedding a file may hold are still compared whole, when there are any.
 
   Tensors the config leaves unused raise when they contradict it (an `lm_head.weight` other than the
