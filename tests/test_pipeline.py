@@ -313,3 +313,91 @@ def test_in_a_multi_process_run_only_process_0_writes_the_pipelines_files(frozen
     assert result.transfer_metrics == {"accuracy": 50.0}
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert written == ([] if index else ["init.npy", "result.json", f"transfer/{run_record.INIT_SHA256_FILE}"])
+
+
+def test_a_rerun_reuses_each_runs_stored_evaluation_unless_what_it_depends_on_changed(
+    frozen, library, tmp_path, monkeypatch, caplog):
+  """A finished pipeline's rerun evaluated every run again (minutes each on a real T5). Each run now
+  records its validation metrics with what they were computed from: a rerun reuses them, and evaluates
+  exactly the runs whose prompt or evaluation settings changed, or whose record is damaged."""
+  import jax
+  from spot_jax import evaluation
+  lib = library[0]
+  out = tmp_path / "out"
+  evaluated, real = [], evaluation.evaluate
+
+  def spy(task, config, params, prompt, *a, **k):
+    evaluated.append(run_record.init_sha256(prompt))
+    return real(task, config, params, prompt, *a, **k)
+  monkeypatch.setattr(evaluation, "evaluate", spy)
+  kw = dict(top_k=2, steps=2, selection_steps=1, target_embedding=lib.get(SOURCES[0]).task_embedding)
+
+  def rerun(expected, run=RUN, **extra):
+    evaluated.clear()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="spot_jax.spot"):
+      result = pipeline.run_target(frozen, lib, TARGET, str(out), "best_of_top_k", run=run, **{**kw, **extra})
+    assert len(evaluated) == expected, caplog.text
+    return result
+
+  first = rerun(3)  # two selection runs and the transfer run
+  sel = [str(out / "selection" / f"from_{c['task']}") for c in first.chosen]
+  runs = sel + [str(out / "transfer")]
+  saved = (out / "result.json").read_bytes()
+  records = {d: json.loads(open(os.path.join(d, run_record.EVAL_FILE)).read()) for d in runs}
+  assert records[runs[2]]["metrics"] == first.transfer_metrics
+  assert records[runs[2]]["settings"]["num_examples"] == RUN.eval_num_examples
+  # The identical command: nothing evaluated, one line per run naming it, the same result.json.
+  rerun(0)
+  reused = [r.getMessage() for r in caplog.records if "reusing its stored validation" in r.getMessage()]
+  assert sorted(m.split(":")[0] for m in reused) == sorted(runs), reused
+  assert (out / "result.json").read_bytes() == saved
+  # Adding the baseline evaluates only the baseline; more steps only the runs that trained further.
+  rerun(1, baseline=True)
+  assert os.path.exists(out / "baseline" / run_record.EVAL_FILE)
+  rerun(2, baseline=True, steps=3)  # transfer/ and baseline/ trained on; the 1-step selection runs did not
+  assert len(set(evaluated)) == 2
+  # Other evaluation settings: every run again, and the records say the new ones.
+  fewer = pipeline.RunConfig(**{**vars(RUN), "eval_num_examples": 16})
+  rerun(4, run=fewer, baseline=True, steps=3)
+  assert "num_examples 32 -> 16" in caplog.text
+  assert json.loads((out / "baseline" / run_record.EVAL_FILE).read_text())["settings"]["num_examples"] == 16
+  # Damaged records (torn, not an object, a metric that is not a number) are evaluated again, not a crash.
+  (out / "transfer" / run_record.EVAL_FILE).write_text('{"settings": {"task"')
+  open(os.path.join(sel[0], run_record.EVAL_FILE), "w").write("[1, 2]")
+  record = json.loads((out / "baseline" / run_record.EVAL_FILE).read_text())
+  record["metrics"]["accuracy"] = "high"
+  (out / "baseline" / run_record.EVAL_FILE).write_text(json.dumps(record))
+  # Another process decides alike from the same files and writes none of them: process 0 does.
+  monkeypatch.setattr(jax, "process_index", lambda *a, **k: 1)
+  rerun(3, run=fewer, baseline=True, steps=3)
+  assert caplog.text.count("not a readable evaluation record") == 3
+  assert (out / "transfer" / run_record.EVAL_FILE).read_text() == '{"settings": {"task"'
+  monkeypatch.setattr(jax, "process_index", lambda *a, **k: 0)
+  result = rerun(3, run=fewer, baseline=True, steps=3)
+  for run_dir, metrics in ((sel[0], result.chosen[0]["metrics"]), (out / "transfer", result.transfer_metrics),
+                           (out / "baseline", result.baseline_metrics)):  # written again, whole
+    assert json.loads(open(os.path.join(run_dir, run_record.EVAL_FILE)).read())["metrics"] == metrics
+
+
+def test_every_process_follows_process_0s_reading_of_a_runs_evaluation_record(frozen, tmp_path, monkeypatch):
+  """Deciding by file alone, a slower process of a real two-process rerun (another EVAL_NUM_EXAMPLES)
+  read the record that process 0 had just rewritten and skipped the evaluation the others ran."""
+  import jax
+  from jax.experimental import multihost_utils
+  run_dir = tmp_path / "run"
+  (run_dir / "checkpoints" / "2").mkdir(parents=True)
+  prompt = np.ones((P, CFG.d_model), np.float32)
+  run_record.store_metrics(str(run_dir), run_record.eval_settings(frozen, TARGET, prompt, 2, RUN),
+                           {"accuracy": 1.0})
+  calls = []
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  for process_0_reuses, damaged, evaluated in ((False, False, 1), (True, False, 0), (True, True, 1)):
+    if damaged:  # process 0 read it, this process cannot: it evaluates (the same numbers), not crash
+      (run_dir / run_record.EVAL_FILE).write_text("{")
+    monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x, r=process_0_reuses: np.asarray(r))
+    calls.clear()
+    metrics = training_runs.evaluate_run(lambda *a: calls.append(a) or {"accuracy": 2.0}, frozen, str(run_dir),
+                                         TARGET, prompt, 2, RUN)
+    assert (len(calls), metrics) == (evaluated, {"accuracy": 2.0 if evaluated else 1.0})

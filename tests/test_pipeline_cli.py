@@ -34,17 +34,35 @@ def _gin_flags(model_dir, extra=()):
           "--gin.EVAL_NUM_EXAMPLES=32", "--gin.spot_jax.train.train.log_period=2"]
 
 
-def test_spot_cli_runs_the_whole_pipeline_with_a_baseline(library, tmp_path, capsys, clean_gin):
+def _evaluations(monkeypatch):
+  """A list that records every call of the evaluator (which then runs)."""
+  from spot_jax import evaluation
+  calls, real = [], evaluation.evaluate
+  monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+  return calls
+
+
+def test_spot_cli_runs_the_whole_pipeline_with_a_baseline(library, tmp_path, capsys, clean_gin, monkeypatch,
+                                                          caplog):
   lib = library[0]
   out = tmp_path / "target"
+  argv = ["--target", TARGET, "--library", lib.path, "--strategy", "weighted_average", "--top-k", "2",
+          "--baseline", *_gin_flags(out, ["--gin_file=runs/spot_target.gin"]), "--gin.TRAIN_STEPS=6",
+          "--gin.TASK_EMBEDDING_STEP=3"]
+  evaluated = _evaluations(monkeypatch)
   # The sources' task embeddings are from step 1, the target's from step 3: retrieval says so.
   with pytest.warns(UserWarning, match=r"from step 3, .*spot_bundled_movie \(step 1\)"):
-    rc = pipeline_cli.main(["--target", TARGET, "--library", lib.path, "--strategy", "weighted_average",
-                            "--top-k", "2", "--baseline",
-                            *_gin_flags(out, ["--gin_file=runs/spot_target.gin"]), "--gin.TRAIN_STEPS=6",
-                            "--gin.TASK_EMBEDDING_STEP=3"])
+    rc = pipeline_cli.main(argv)
   text = capsys.readouterr().out
   assert rc == 0, text
+  assert evaluated == [TARGET, TARGET]  # transfer and baseline
+  # The same command again: every run is finished, and so is its evaluation: none is run again.
+  saved, evaluated[:] = (out / "result.json").read_bytes(), []
+  gin.clear_config()
+  with pytest.warns(UserWarning, match="from step 3"), caplog.at_level("INFO", logger="spot_jax.spot"):
+    assert pipeline_cli.main(argv) == 0
+  assert capsys.readouterr().out == text and (out / "result.json").read_bytes() == saved
+  assert evaluated == [] and caplog.text.count("reusing its stored validation metrics") == 2
   assert "init: weighted average of" in text and "baseline (6 steps" in text, text
   result = json.loads((out / "result.json").read_text())
   assert result["strategy"] == "weighted_average" and len(result["chosen"]) == 2
@@ -157,14 +175,19 @@ def test_train_only_macros_are_refused_by_the_pipeline(tmp_path):
                            f"--gin.{macro}={value}"])
 
 
-def test_spot_source_cli_checkpoints_every_save_period(tmp_path, capsys, clean_gin):
+def test_spot_source_cli_checkpoints_every_save_period(tmp_path, capsys, clean_gin, monkeypatch):
   run_dir = tmp_path / "run"
-  rc = pipeline_cli.main(["source", *_gin_flags(run_dir, ["--gin_file=runs/spot_source.gin"]),
-                          "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_nli'", "--gin.TRAIN_STEPS=4",
-                          "--gin.SAVE_PERIOD=2"])
+  argv = ["source", *_gin_flags(run_dir, ["--gin_file=runs/spot_source.gin"]),
+          "--gin.MIXTURE_OR_TASK_NAME='spot_bundled_nli'", "--gin.TRAIN_STEPS=4", "--gin.SAVE_PERIOD=2"]
+  rc = pipeline_cli.main(argv)
   assert rc == 0, capsys.readouterr()
   # A run killed after step 2 resumes from that checkpoint instead of restarting from step 0.
   assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]
+  # Rerun when finished (no LIBRARY_DIR: nothing says it is done), it neither trains nor evaluates again.
+  text, evaluated = capsys.readouterr().out, _evaluations(monkeypatch)
+  gin.clear_config()
+  assert pipeline_cli.main(argv) == 0
+  assert evaluated == [] and capsys.readouterr().out == text
   assert os.path.exists(prompt_io.checkpoint_export_dir(str(run_dir), 2))
   assert pipeline.RunConfig().save_period == 1000
 

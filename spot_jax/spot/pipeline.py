@@ -16,7 +16,8 @@ names and the strategies' are re-exported here. The frozen model is passed as
 `frozen=(config, params)` and stays in memory across the many short runs. Every run writes an
 ordinary training MODEL_DIR under `out_dir` (exports, metrics.jsonl), so a pipeline can be inspected,
 and an interrupted one resumes run by run (each run checkpoints every `RunConfig.save_period` steps;
-a run started from another init than the current one is refused).
+a run started from another init than the current one is refused; a finished run's evaluation is
+reused while its prompt and evaluation settings are the same: `training_runs.evaluate_run`).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from spot_jax.spot.retrieval import RankingTies, rank_sources, ranking_ties
 # Re-exported: the pipeline's public scoring lives in `run` (zero_shot uses it too).
 from spot_jax.spot.run import RunConfig, evaluate_prompt, score_of
 from spot_jax.spot.training_runs import (_safe, _train, _train_from, base_init, default_model_id,
-                                         enable_compilation_cache, from_array, writes_files)
+                                         enable_compilation_cache, evaluate_run, from_array, writes_files)
 from spot_jax.spot.transfer_strategies import (MIXING_CAP, STRATEGIES, TransferInit, best_of_top_k,
                                                examples_proportional, multitask_mixture,
                                                register_mixture, weighted_average)
@@ -85,7 +86,7 @@ def train_source_prompts(frozen, tasks: Sequence[str], library_dir: str, out_dir
       continue
     model_dir = os.path.join(out_dir, _safe(task))
     prompt = _train(frozen, run, model_dir, task, steps, task_embedding_step=te_step)
-    metrics = evaluate_prompt(frozen, task, prompt, run)
+    metrics = evaluate_run(evaluate_prompt, frozen, model_dir, task, prompt, steps, run)
     emb_dir = prompt_io.task_embedding_export_dir(model_dir)
     if not writes_files():  # every process trained; one adds (a second add would be refused)
       records[task] = {"task": task, "metrics": metrics}
@@ -285,9 +286,10 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
     transfer, transfer_metrics = init.trained
     init.extra["transfer_run_dir"] = init.extra["run_dir"]
   else:
-    transfer = _train_from(frozen, run, os.path.join(out_dir, "transfer"), target, steps, init.prompt,
-                           transfer_what, checked=True, **transfer_id)
-    transfer_metrics = evaluate_prompt(frozen, target, transfer, run)
+    transfer_dir = os.path.join(out_dir, "transfer")
+    transfer = _train_from(frozen, run, transfer_dir, target, steps, init.prompt, transfer_what, checked=True,
+                           **transfer_id)
+    transfer_metrics = evaluate_run(evaluate_prompt, frozen, transfer_dir, target, transfer, steps, run)
   result = TargetResult(target=target, strategy=strategy, rank_by=rank_by,
                         measure=measure if rank_by == "similarity" else None, top_k=top_k, steps=steps,
                         ranked=ranked, chosen=init.sources, init_description=init.description,
@@ -295,9 +297,10 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
                         transfer_score=score_of(transfer_metrics, run.metric), out_dir=out_dir,
                         extra=init.extra, transfer_prompt=transfer, ties=ranking_ties(ranked, top_k))
   if baseline:
-    base = _train_from(frozen, run, os.path.join(out_dir, "baseline"), target, steps, base, baseline_what,
-                       checked=True, **baseline_id)
-    result.baseline_metrics = evaluate_prompt(frozen, target, base, run)
+    baseline_dir = os.path.join(out_dir, "baseline")
+    base = _train_from(frozen, run, baseline_dir, target, steps, base, baseline_what, checked=True,
+                       **baseline_id)
+    result.baseline_metrics = evaluate_run(evaluate_prompt, frozen, baseline_dir, target, base, steps, run)
     result.baseline_score = score_of(result.baseline_metrics, run.metric)
     result.baseline_prompt = base
   if writes_files():

@@ -19,7 +19,7 @@ from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import PromptLibrary
 from spot_jax.spot.pipeline import (RANK_BY, STRATEGIES, RunConfig, _fmt, _train, default_model_id,
                                     enable_compilation_cache, evaluate_prompt, run_target)
-from spot_jax.spot.training_runs import writes_files
+from spot_jax.spot.training_runs import evaluate_run, writes_files
 from spot_jax.train import Preempted
 
 log = logging.getLogger("spot_jax.spot")
@@ -246,7 +246,7 @@ def source_main(argv: Sequence[str]) -> int:
                        f"{done[-1]}) that would be re-added, not retrained; use a new MODEL_DIR (or "
                        f"delete {s['model_dir']}) to retrain {task}")
     prompt = _train(frozen, run, s["model_dir"], task, steps, task_embedding_step=te_step)
-    metrics = evaluate_prompt(frozen, task, prompt, run)
+    metrics = evaluate_run(evaluate_prompt, frozen, s["model_dir"], task, prompt, steps, run)
     if not writes_files():  # every process trained; process 0 adds (a second add would be refused)
       import jax  # pylint: disable=g-import-not-at-top
       print(f"process {jax.process_index()}: trained {task} in {s['model_dir']}: validation {_fmt(metrics)}; "
@@ -258,7 +258,7 @@ def source_main(argv: Sequence[str]) -> int:
           f"steps {steps}, model {model_id}, validation {_fmt(metrics)}")
   else:
     prompt = _train(frozen, run, s["model_dir"], task, steps, task_embedding_step=te_step)
-    metrics = evaluate_prompt(frozen, task, prompt, run)
+    metrics = evaluate_run(evaluate_prompt, frozen, s["model_dir"], task, prompt, steps, run)
     print(f"trained {task} in {s['model_dir']}: validation {_fmt(metrics)} (set LIBRARY_DIR to add it "
           "to a library)")
   return 0

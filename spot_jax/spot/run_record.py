@@ -4,9 +4,14 @@ The trainer resumes any checkpoint it finds in a MODEL_DIR. Rerunning `spot-jax 
 out_dir with another strategy, library, top-k, mixture or target would then "continue" (or just
 return) an old run under the new name. Each run therefore records the sha256 of its init, and of what
 else defines it, in INIT_SHA256_FILE, and `check_run_init` refuses a mismatch.
+
+A finished run also records its validation metrics and what they were computed from (EVAL_FILE), so a
+rerun of a finished pipeline reuses them (`stored_metrics`) instead of evaluating every run again
+(minutes each on a real T5).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,6 +27,8 @@ log = logging.getLogger("spot_jax.spot")
 # it trains on. Transfer, baseline and selection runs written before their target was recorded hold
 # the sha256 of the init alone: accepted with a warning (`check_run_init(legacy_init_only=True)`).
 INIT_SHA256_FILE = "init_prompt.sha256"
+# Beside a run's checkpoints: {"settings": eval_settings(...), "metrics": {...}} of its last evaluation.
+EVAL_FILE = "validation_metrics.json"
 
 
 def has_checkpoints(model_dir: str) -> bool:
@@ -90,6 +97,53 @@ def rate_id(rate: Any) -> Any:
     return f"{getattr(rate, '__module__', '?')}.{getattr(rate, '__qualname__', repr(rate))}"
   return repr(rate)
 
+
+def eval_settings(frozen, task: str, prompt, step: int, run) -> dict:
+  """Everything a run's validation metrics depend on: the evaluated prompt (sha256) and its step, the
+  task, split, number of examples, feature lengths, batch size (padding and batch shapes can move a
+  near-tie of greedy decoding), the model config (e.g. its dtypes) and the frozen weights'
+  fingerprint. As it reads back from EVAL_FILE (JSON), so that the two compare equal."""
+  from spot_jax import frozen_model  # pylint: disable=g-import-not-at-top
+  config, params = frozen
+  settings = {"task": task, "step": int(step), "prompt_sha256": init_sha256(prompt),
+              "split": run.eval_split, "num_examples": run.eval_num_examples,
+              "task_feature_lengths": dict(sorted(dict(run.task_feature_lengths).items())),
+              "batch_size": run.eval_batch_size or run.batch_size,
+              "model": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else repr(config),
+              "frozen_fingerprint": frozen_model.frozen_fingerprint(params)}
+  return json.loads(json.dumps(settings, default=str))
+
+
+def stored_metrics(run_dir: str, settings: Mapping[str, Any]) -> Optional[dict]:
+  """The metrics EVAL_FILE in `run_dir` holds when they were computed with `settings`; None (evaluate
+  again) when there are none, when they are of other settings (logged, naming what changed), or when
+  the file is damaged (a warning: a torn or edited record costs an evaluation, never the run)."""
+  path = fileio.join(run_dir, EVAL_FILE)
+  if not fileio.exists(path):
+    return None
+  try:
+    stored = fileio.read_json_object(path)
+    recorded, metrics = stored["settings"], stored["metrics"]
+    if not isinstance(recorded, dict) or not isinstance(metrics, dict):
+      raise TypeError("its settings and metrics must be JSON objects")
+    metrics = {str(k): float(v) for k, v in metrics.items()}
+  except (ValueError, KeyError, TypeError) as e:
+    log.warning("%s is not a readable evaluation record (%s): evaluating %s again", path, e, run_dir)
+    return None
+  if recorded != dict(settings):
+    changed = ", ".join(k if isinstance(settings.get(k), dict) else
+                        f"{k} {recorded.get(k)!r} -> {settings.get(k)!r}"
+                        for k in sorted(set(recorded) | set(settings)) if recorded.get(k) != settings.get(k))
+    log.info("%s: its stored validation metrics are of other settings (%s): evaluating it again", run_dir,
+             changed)
+    return None
+  return metrics
+
+
+def store_metrics(run_dir: str, settings: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+  """Writes EVAL_FILE atomically (a kill while writing leaves the old record or none, never a torn one)."""
+  fileio.write_json_atomic(fileio.join(run_dir, EVAL_FILE), {"settings": dict(settings),
+                                                             "metrics": dict(metrics)})
 
 
 # A finished `spot` target run's result.json records the settings that define it under this key.

@@ -1,13 +1,14 @@
 """How the SPoT pipeline trains one prompt: the trainer called with a `RunConfig` (`_train`), a run
 from a fixed init that records the init's sha256 so that a resume from another init is refused
-(`_train_from`), the base init, and the compilation cache that the pipeline's many short runs share.
+(`_train_from`), its evaluation, recorded so that a rerun reuses it (`evaluate_run`), the base init,
+and the compilation cache that the pipeline's many short runs share.
 """
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import numpy as np
 
@@ -82,6 +83,41 @@ def _train_from(frozen, run: RunConfig, model_dir: str, task: str, steps: int, p
                               run_record.init_sha256(prompt, identity).encode())
   return _train(frozen, run, model_dir, task, steps, prompt_init=from_array(prompt, what),
                 prompt_length=prompt.shape[0], **kwargs)
+
+
+def evaluate_run(evaluate: Callable[..., Dict[str, float]], frozen, run_dir: str, task: str, prompt,
+                 step: int, run: RunConfig) -> Dict[str, float]:
+  """`evaluate(frozen, task, prompt, run)` of the run in `run_dir` (its `step` prompt), or the metrics
+  its record holds for the same prompt and evaluation settings (`run_record.eval_settings`).
+
+  A finished pipeline's rerun returns every run without training it, and evaluated each again
+  (minutes each on a real T5). Process 0 writes the record, after evaluating; its reading of the
+  record decides for every process (read before anyone could rewrite it; by file alone, a slower
+  process read the record process 0 had just written, and skipped an evaluation the others ran).
+  `evaluate` is the caller's evaluate_prompt (looked up there, where tests replace it). A directory
+  without checkpoints holds no run to record.
+  """
+  settings = stored = None
+  if run_record.has_checkpoints(run_dir):
+    settings = run_record.eval_settings(frozen, task, prompt, step, run)
+    stored = run_record.stored_metrics(run_dir, settings)
+  if _process_0s(stored is not None) and stored is not None:  # else: evaluated here, with the same result
+    log.info("%s: reusing its stored validation metrics (step %d on %s, same prompt and evaluation "
+             "settings; delete %s to evaluate again)", run_dir, step, task, run_record.EVAL_FILE)
+    return stored
+  metrics = evaluate(frozen, task, prompt, run)
+  if settings is not None and writes_files():
+    run_record.store_metrics(run_dir, settings, metrics)
+  return metrics
+
+
+def _process_0s(flag: bool) -> bool:
+  """Process 0's `flag`, on every process (collective: every process calls it at the same point)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
 def base_init(frozen, run: RunConfig, prompt_length: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from spot_jax.spot import run_record
 from spot_jax.spot.library import PromptLibrary
 from spot_jax.spot.retrieval import warn_ties, weighted_average_init
 from spot_jax.spot.run import RunConfig, evaluate_prompt, score_of
-from spot_jax.spot.training_runs import _safe, _train_from, base_init
+from spot_jax.spot.training_runs import _safe, _train_from, base_init, evaluate_run
 
 log = logging.getLogger("spot_jax.spot")
 
@@ -73,7 +73,7 @@ def best_of_top_k(frozen, library, ranked: Sequence[Tuple[str, float]], target: 
     run_dir = os.path.join(out_dir, f"from_{_safe(task)}")
     prompt = _train_from(frozen, run, run_dir, target, steps, src, f"library source {task} on {target}",
                          **run_record.target_identity("selection", target))
-    metrics = evaluate_prompt(frozen, target, prompt, run)
+    metrics = evaluate_run(evaluate_prompt, frozen, run_dir, target, prompt, steps, run)
     value = score_of(metrics, run.metric)
     sources.append({"task": task, "score": float(score), "metrics": metrics, "selection_score": value})
     log.info("best-of-top-k: %s -> %s after %d steps on %s", task, value, steps, target)
