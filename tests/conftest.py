@@ -148,6 +148,7 @@ _LONG_FIRST = (
     "test_gcs_emulator.py::test_train_resume_and_load_prompt_on_gs",
     "test_eval_infer_cli.py::test_eval_in_two_processes",
     "test_pipeline_cli.py::test_spot_cli_runs_the_whole_pipeline_with_a_baseline",
+    "test_pipeline.py::test_a_rerun_reuses_each_runs_stored_evaluation_unless_what_it_depends_on_changed",
     "test_bench_attention_check.py::test_checks_each_form_against_its_reference",
     "test_bench_attention_kernels.py::test_variants_match_the_models_call",
     "test_fused_norm.py::test_model_gives_the_same_loss_and_prompt_gradient_with_the_kernel",
