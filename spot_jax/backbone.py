@@ -372,9 +372,15 @@ def prefixed_accuracy(t5_config: T5Config, params, task: str, split: str = "vali
                       data_dir: Optional[str] = None, prefix: Optional[str] = None,
                       limit: Optional[int] = None) -> float:
   """Accuracy (%) of the backbone on a bundled task driven by a textual prefix instead of a prompt,
-  by ranking the task's label words (first-token logits). Shows what the backbone learned."""
+  by ranking the task's label words (first-token logits). Shows what the backbone learned. `task`:
+  the bundled task's short name (`movie`) or its seqio name (`spot_bundled_movie`)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from spot_jax.model import T5  # pylint: disable=g-import-not-at-top
+  short = task[len("spot_bundled_"):] if task.startswith("spot_bundled_") else task
+  if short not in TASK_PREFIXES:
+    raise ValueError(f"{task!r} is not a bundled task: use one of {sorted(TASK_PREFIXES)} (or its seqio name, "
+                     f"e.g. 'spot_bundled_{sorted(TASK_PREFIXES)[0]}')")
+  task = short
   data_dir = data_dir or default_data_dir()
   tok = _Tokenizer(data_dir)
   rows = _read_tsv(os.path.join(data_dir, task, f"{split}.tsv"))[:limit]

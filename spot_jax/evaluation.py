@@ -220,7 +220,8 @@ class PromptEvaluator:
   def __init__(self, mixture_or_task_name: str, feature_lengths: Optional[Mapping[str, int]] = None,
                split: str = "validation", batch_size: int = 32, num_examples: Optional[int] = None,
                log_dir: Optional[str] = None, logger_cls: Sequence[Any] = (),
-               use_memory_cache: bool = False, seed: Optional[int] = 42):
+               use_memory_cache: bool = False, seed: Optional[int] = 42,
+               lengths_setting: str = "TASK_FEATURE_LENGTHS"):
     import seqio  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")  # TF must never take accelerator memory from JAX
@@ -270,7 +271,7 @@ class PromptEvaluator:
       absl_logger.removeFilter(quiet)
     self.last_outputs: Dict[str, Any] = {}
     for t in self.evaluator.eval_tasks:
-      input_pipeline.warn_truncation(t, feature_lengths, split)
+      input_pipeline.warn_truncation(t, feature_lengths, split, setting=lengths_setting)
     if not self.evaluator.eval_tasks:
       log.warning("%s: no task has a %r split and metric functions; nothing to evaluate",
                   mixture_or_task_name, split)
@@ -303,7 +304,8 @@ _EVALUATORS: Dict[Any, PromptEvaluator] = {}
 def evaluate(mixture_or_task_name: str, config: T5Config, params, prompt,
              feature_lengths: Optional[Mapping[str, int]] = None, split: str = "validation",
              batch_size: int = 32, num_examples: Optional[int] = None, step: Optional[int] = None,
-             log_dir: Optional[str] = None, mesh=None, reuse: bool = True) -> Dict[str, Dict[str, Any]]:
+             log_dir: Optional[str] = None, mesh=None, reuse: bool = True,
+             lengths_setting: str = "TASK_FEATURE_LENGTHS") -> Dict[str, Dict[str, Any]]:
   """Evaluate a prompt on a seqio task or mixture: `{task: {metric: value}}`.
 
   Predict metrics use greedy decoding up to the targets length; score metrics (rank classification)
@@ -311,7 +313,8 @@ def evaluate(mixture_or_task_name: str, config: T5Config, params, prompt,
   batch size, examples, log_dir) is built once per process and reused (periodic evaluation in
   training). `log_dir` additionally writes seqio's JSON logs there (`seqio.JSONLogger`: per task
   `<task>-metrics.jsonl` and `<task>-<step:06d>.jsonl` with every example's prediction or score);
-  without it no seqio logger is used and the caller logs the returned metrics.
+  without it no seqio logger is used and the caller logs the returned metrics. `lengths_setting`: the
+  gin binding `feature_lengths` came from, named by the truncation warning.
   """
   key = (mixture_or_task_name, tuple(sorted((feature_lengths or {}).items())), split, batch_size,
          num_examples, log_dir)
@@ -322,7 +325,7 @@ def evaluate(mixture_or_task_name: str, config: T5Config, params, prompt,
       import seqio  # pylint: disable=g-import-not-at-top
       logger_cls = (seqio.JSONLogger,)
     evaluator = PromptEvaluator(mixture_or_task_name, feature_lengths, split, batch_size, num_examples,
-                                log_dir=log_dir, logger_cls=logger_cls)
+                                log_dir=log_dir, logger_cls=logger_cls, lengths_setting=lengths_setting)
     if reuse:
       _EVALUATORS[key] = evaluator
   return evaluator.evaluate(config, params, prompt, step=step, mesh=mesh)

@@ -46,23 +46,25 @@ def _macro_setters(path: str, search_paths: Sequence[str], _depth: int = 0) -> d
 
 def check_file_order(gin_files: Sequence[str], resolved: Sequence[str], search_paths: Sequence[str],
                      runs_dir: str) -> None:
-  """Refuses a `--gin_file` whose macro a later `--gin_file` sets again through an include: later files
-  win, so `--gin_file=partitioning/model_parallel_4.gin --gin_file=runs/prompt_train.gin` ended with the
-  NUM_PARTITIONS = 1 of the run file's `include 'partitioning/data_parallel.gin'`, without a word.
+  """Refuses a `--gin_file` whose macro a later `--gin_file` sets again: later files win, so
+  `--gin_file=partitioning/model_parallel_4.gin --gin_file=runs/prompt_train.gin` ended with the
+  NUM_PARTITIONS = 1 of the run file's `include 'partitioning/data_parallel.gin'`, and a user's task
+  file given before the run file ended with its `MIXTURE_OR_TASK_NAME = %gin.REQUIRED`.
 
-  Refused when the earlier file sets the macro on a line of its own, or the later file is a run file
-  (gin/runs/): an earlier file's include undone by a later file's own line, or one user file's include
-  by another's, is the later-wins order doing what it says."""
+  Refused when the later file is a run file (gin/runs/), or sets the macro through an include over an
+  earlier file's own line: an earlier file's include undone by a later user file's own line, or one
+  user file's include by another's, is the later-wins order doing what it says."""
   owner = {}  # macro -> (file as given, value text, chain)
   for given, path in zip(gin_files, resolved):
     setters = _macro_setters(path, search_paths)
     is_run_file = os.path.dirname(os.path.abspath(path)) == os.path.abspath(runs_dir)
     for name, (value, chain) in setters.items():
       before = owner.get(name)
-      if chain and before and before[1] != value and (not before[2] or is_run_file):
+      if before and before[1] != value and (is_run_file or chain and not before[2]):
+        how = f" through its include of {', which includes '.join(chain)}" if chain else ""
         raise SystemExit(
             f"--gin_file={before[0]} sets {name} = {before[1]}, but the later --gin_file={given} sets it "
-            f"back to {value} through its include of {', which includes '.join(chain)}, and later files win: {before[0]} would "
+            f"back to {value}{how}, and later files win: {before[0]} would "
             f"have no effect. Give --gin_file={before[0]} after --gin_file={given}, or set "
             f"--gin.{name}={before[1]} (a --gin.NAME=VALUE binding wins wherever it stands)")
     for name, (value, chain) in setters.items():

@@ -252,28 +252,29 @@ def truncation_report(leaf, feature_lengths: Mapping[str, int], split: str,
 
 
 def _truncation_message(task_name: str, feature: str, r: Mapping, split: str,
-                        fixed: Mapping[str, int]) -> str:
+                        fixed: Mapping[str, int], setting: str = "TASK_FEATURE_LENGTHS") -> str:
   where = []
   if r["cut"]:
     where.append(f"{r['cut']} of the first {r['seen']} {split!r} examples")
   if r.get("labels") and not r["cut"]:
     where.append("its label words")
   msg = (f"task {task_name!r}: {' and '.join(where) or 'some examples'} have {feature} longer than "
-         f"TASK_FEATURE_LENGTHS[{feature!r}]={r['length']} tokens (up to {r['needed']} with EOS); seqio "
+         f"{setting}[{feature!r}]={r['length']} tokens (up to {r['needed']} with EOS); seqio "
          f"cuts them to {r['length']} (keeping EOS)")
   if r["merged"]:
     pairs = "; ".join(f"{a!r} and {b!r}" for a, b in r["merged"])
     msg += f", so distinct targets become the same target ({pairs}) and cannot be learned or told apart"
-  return (f"{msg}. Raise it to at least {r['needed']}: --gin.TASK_FEATURE_LENGTHS=\"{fixed}\" "
+  return (f"{msg}. Raise it to at least {r['needed']}: --gin.{setting}=\"{fixed}\" "
           f"(later examples may need more)")
 
 
 def warn_truncation(task, feature_lengths: Optional[Mapping[str, int]], split: str,
-                    num_examples: int = TRUNCATION_PEEK) -> List[str]:
+                    num_examples: int = TRUNCATION_PEEK, setting: str = "TASK_FEATURE_LENGTHS") -> List[str]:
   """Warns (once per task, feature and length) for each task of `task` (a mixture's tasks with
-  `split`) whose inputs or targets TASK_FEATURE_LENGTHS cuts: `truncation_report` on its label
+  `split`) whose inputs or targets `feature_lengths` cuts: `truncation_report` on its label
   words and first `num_examples` examples, not a pass over the data. Returns the warnings. Never
-  raises: a task whose examples cannot be read here is left to the real pipeline's error."""
+  raises: a task whose examples cannot be read here is left to the real pipeline's error.
+  `setting` is the gin binding the lengths came from, which the warning tells the user to raise."""
   if not feature_lengths:
     return []
   warnings = []
@@ -295,7 +296,7 @@ def warn_truncation(task, feature_lengths: Optional[Mapping[str, int]], split: s
       if (leaf.name, feature, r["length"]) in _TRUNCATION_WARNED:
         continue
       _TRUNCATION_WARNED.add((leaf.name, feature, r["length"]))
-      warnings.append(_truncation_message(leaf.name, feature, r, split, fixed))
+      warnings.append(_truncation_message(leaf.name, feature, r, split, fixed, setting))
       log.warning("%s", warnings[-1])
   return warnings
 

@@ -430,7 +430,8 @@ def _evaluate(name, config, params, prompt, feature_lengths, split, batch_size, 
   from spot_jax import evaluation
   results = evaluation.evaluate(name, config, params, np.asarray(jax.device_get(prompt)), feature_lengths,
                                 split=split, batch_size=batch_size, num_examples=num_examples, step=step,
-                                log_dir=log_dir, mesh=evaluation.mesh_of(params))
+                                log_dir=log_dir, mesh=evaluation.mesh_of(params),
+                                lengths_setting="spot_jax.train.train.eval_task_feature_lengths")
   flat = {}
   for task_name, metrics in results.items():
     for k, v in metrics.items():

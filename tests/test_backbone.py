@@ -88,3 +88,14 @@ def test_unknown_task_is_a_clear_error():
 def jax_leaves(tree):
   import jax
   return jax.tree.leaves(tree)
+
+
+def test_prefixed_accuracy_takes_the_short_or_the_seqio_name():
+  """docs/demo.md's `prefixed_accuracy(..., task, ...)` with the seqio name raised FileNotFoundError on
+  tasks/data/spot_bundled_movie/validation.tsv."""
+  config, params, _ = bb.pretrain(dataclasses.replace(TINY, steps=2))
+  short = bb.prefixed_accuracy(config, params, "movie", limit=16)
+  assert bb.prefixed_accuracy(config, params, "spot_bundled_movie", limit=16) == short
+  assert 0 <= short <= 100 and (short * 16 / 100).is_integer()  # a share of the 16 examples read
+  with pytest.raises(ValueError, match=r"'spot_bundled_poetry' is not a bundled task: use one of \[.*'movie'"):
+    bb.prefixed_accuracy(config, params, "spot_bundled_poetry")

@@ -1,4 +1,5 @@
 """T5X-style flag handling shared by every gin-configured command."""
+import re
 import sys
 import types
 
@@ -139,6 +140,13 @@ def test_a_prompt_tuning_train_command_line(monkeypatch):
   with pytest.raises(SystemExit, match=r"No configurable matching 'utils.SaveCheckpointConfig'(.|\n)*in "
                                        r"spot_jax set SAVE_PERIOD"):
     gin_utils.configure(TRAIN + ["--gin.utils.SaveCheckpointConfig.period=100"])
+
+
+def test_log_period_is_a_macro_as_its_range_error_says():
+  """train's range error said 'set --gin.LOG_PERIOD', a macro no file read: the binding was refused."""
+  import gin
+  gin_utils.configure(TRAIN + ["--gin.LOG_PERIOD=7"])
+  assert gin.get_bindings("spot_jax.train.train")["log_period"] == 7
 
 
 def test_eval_refuses_prompt_length_and_an_include_of_a_prompt_tuning_file(tmp_path):
@@ -300,7 +308,7 @@ def _num_partitions(argv):
   return gin.query_parameter("%NUM_PARTITIONS")
 
 
-def test_a_partitioning_file_that_a_later_run_files_include_would_undo_is_refused():
+def test_a_partitioning_file_that_a_later_run_files_include_would_undo_is_refused(tmp_path):
   """Every run file includes partitioning/data_parallel.gin: a partitioning file given before it ended
   the run with NUM_PARTITIONS = 1, without a word."""
   with pytest.raises(SystemExit, match=r"^spot_jax: error: --gin_file=partitioning/model_parallel_4.gin sets "
@@ -320,6 +328,17 @@ def test_a_partitioning_file_that_a_later_run_files_include_would_undo_is_refuse
                                        r"later --gin_file=models/t5_1_1_lm_adapted.gin sets it back to 'float32'"):
     _num_partitions(["--gin_file=models/gpu_bf16.gin", "--gin_file=models/t5_1_1_lm_adapted.gin"] + TINY[1:]
                     + ["--gin_file=runs/prompt_train.gin"] + NAMED)
+  # A user's task file before the run file, whose own line declares the macro again: gin then said the
+  # macro was not set, though the file set it.
+  mine = tmp_path / "my_task.gin"
+  mine.write_text("MIXTURE_OR_TASK_NAME = 'spot_bundled_movie'\n")
+  with pytest.raises(SystemExit, match=rf"--gin_file={re.escape(str(mine))} sets MIXTURE_OR_TASK_NAME = "
+                                       r"'spot_bundled_movie', but the later --gin_file=runs/prompt_train.gin sets "
+                                       r"it back to %gin.REQUIRED, and later files win.* Give "
+                                       rf"--gin_file={re.escape(str(mine))} after --gin_file=runs/prompt_train.gin"):
+    _num_partitions(TINY + [f"--gin_file={mine}", "--gin_file=runs/prompt_train.gin", "--gin.MODEL_DIR='/tmp/x'"])
+  assert _num_partitions(TINY + ["--gin_file=runs/prompt_train.gin", f"--gin_file={mine}",
+                                 "--gin.MODEL_DIR='/tmp/x'"]) == 1
   # What works: the documented order, a binding anywhere, a later file's own line, the same value again.
   assert _num_partitions(TINY + ["--gin_file=runs/prompt_train.gin", "--gin_file=partitioning/model_parallel_4.gin"]
                          + NAMED) == 4

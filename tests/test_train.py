@@ -263,7 +263,7 @@ def test_adafactor_decay_counts_from_the_initial_checkpoints_step_and_a_resume_k
                     initial_checkpoint_step=0, **{**common, "train_steps": 4})
 
 
-def test_evaluation_during_training_reads_whole_inputs_as_t5x_infer_eval(tmp_path, monkeypatch):
+def test_evaluation_during_training_reads_whole_inputs_as_t5x_infer_eval(tmp_path, monkeypatch, caplog):
   """T5X's infer_eval evaluates with task_feature_lengths=None (the split's longest example): validation
   inputs longer than TASK_FEATURE_LENGTHS' training length are not cut, nor is the best export picked on
   cut inputs. eval_task_feature_lengths caps them on request."""
@@ -285,6 +285,15 @@ def test_evaluation_during_training_reads_whole_inputs_as_t5x_infer_eval(tmp_pat
   assert seen[-1] == short
   with pytest.raises(ValueError, match=r"eval_task_feature_lengths lacks \['targets'\]"):
     train_lib.train(model_dir=str(tmp_path / "c"), eval_task_feature_lengths={"inputs": 8}, **common)
+  # The cut it warns of names the setting that cuts: it named TASK_FEATURE_LENGTHS, already longer.
+  import logging
+  with caplog.at_level(logging.WARNING, logger="spot_jax"):
+    train_lib.train(model_dir=str(tmp_path / "d"), eval_task_feature_lengths={"inputs": 9, "targets": 4},
+                    **{**common, "task_feature_lengths": {"inputs": 32, "targets": 4}})
+  cuts = [r.getMessage() for r in caplog.records if "'validation' examples have inputs longer" in r.getMessage()]
+  assert len(cuts) == 1, [r.getMessage() for r in caplog.records]
+  assert "than spot_jax.train.train.eval_task_feature_lengths['inputs']=9 tokens" in cuts[0]
+  assert "--gin.spot_jax.train.train.eval_task_feature_lengths=\"{'inputs': " in cuts[0]
 
 
 def test_preemption_sync_ids_rise_across_the_runs_of_a_process(monkeypatch):
