@@ -110,6 +110,7 @@ def test_run_target_zero_shot_ranking_without_task_embedding(frozen, library, tm
     result = pipeline.run_target(frozen, lib, TARGET, str(tmp_path), "best_of_top_k", top_k=1, steps=4,
                                  run=RUN, rank_by="zero_shot")
   assert not (tmp_path / "task_embedding").exists()
+  assert sorted(p.name for p in (tmp_path / "zero_shot" / TARGET).iterdir()) == [f"from_{s}" for s in sorted(SOURCES)]
   assert [t for t, _ in result.ranked] and result.chosen[0]["task"] == result.ranked[0][0]
   np.testing.assert_allclose(np.load(tmp_path / "init.npy"), lib.get(result.ranked[0][0]).prompt)
   assert result.baseline_metrics is None and "accuracy" in result.transfer_metrics

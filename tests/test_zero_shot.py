@@ -88,3 +88,29 @@ def test_equal_zero_shot_scores_are_reported_as_a_tie_not_a_ranking(library, mon
   assert "all 3 sources score 50" in caplog.text and "carries no information" in caplog.text
   assert "source_0, source_1, source_2" in caplog.text
   assert [s["task"] for s in init.sources] == ["source_0", "source_1"]
+
+
+def test_recorded_scores_are_reused_until_the_prompt_or_the_settings_change(frozen, library, tmp_path,
+                                                                            monkeypatch):
+  """A rerun of `spot --rank-by zero_shot` evaluated every library source again on the target."""
+  calls = []
+
+  def planted(frozen_, task, prompt, run):
+    calls.append(float(np.abs(prompt).sum()))
+    return {"accuracy": calls[-1]}
+  monkeypatch.setattr(spot_run, "evaluate_prompt", planted)
+  record = str(tmp_path / "zero_shot")
+  first = zero_shot.rank_zero_shot(frozen, library, TARGETS[0], RUN, record_dir=record)
+  assert len(calls) == 3
+  calls.clear()
+  assert zero_shot.rank_zero_shot(frozen, library, TARGETS[0], RUN, record_dir=record) == first
+  assert calls == []
+  library.add("source_1", np.full((4, 32), 9.0, np.float32), "m", overwrite=True)  # a retrained source
+  again = zero_shot.rank_zero_shot(frozen, library, TARGETS[0], RUN, record_dir=record)
+  assert calls == [4 * 32 * 9.0] and again[0] == ("source_1", 4 * 32 * 9.0)
+  calls.clear()
+  fewer = pipeline.RunConfig(**{**vars(RUN), "eval_num_examples": 16})
+  zero_shot.rank_zero_shot(frozen, library, TARGETS[0], fewer, record_dir=record)
+  assert len(calls) == 3
+  assert sorted(p.name for p in (tmp_path / "zero_shot" / TARGETS[0]).iterdir()) == [
+      "from_source_0", "from_source_1", "from_source_2"]

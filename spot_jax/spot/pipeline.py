@@ -117,12 +117,14 @@ def task_embedding(frozen, target: str, out_dir: str, steps: int, run: RunConfig
 def rank(library, target_embedding=None, measure: str = sim.DEFAULT_MEASURE, rank_by: str = "similarity",
          *, frozen=None, target: Optional[str] = None, run: RunConfig = RunConfig(),
          kind: str = "task_embedding", exclude: Sequence[str] = (), activations_fn=None,
-         window: Optional[int] = 3, target_step: Optional[int] = None) -> List[Tuple[str, float]]:
+         window: Optional[int] = 3, target_step: Optional[int] = None,
+         record_dir: Optional[str] = None) -> List[Tuple[str, float]]:
   """[(source task, score)] best first.
 
   rank_by="similarity": `measure` between the target's task embedding and each source's `kind`
   array ("on" drives the frozen model: pass `frozen`, or `activations_fn`). rank_by="zero_shot": each
-  source's final prompt evaluated on `target` without training (needs `frozen` and `target`).
+  source's final prompt evaluated on `target` without training (needs `frozen` and `target`; with
+  `record_dir`, each score is recorded there and reused by a rerun).
   """
   if rank_by not in RANK_BY:
     raise ValueError(f"rank_by={rank_by!r}: use one of {RANK_BY}")
@@ -131,7 +133,7 @@ def rank(library, target_embedding=None, measure: str = sim.DEFAULT_MEASURE, ran
     if frozen is None or target is None:
       raise ValueError("rank_by='zero_shot' evaluates each source prompt on the target: pass frozen= "
                        "and target=")
-    return zero_shot.rank_zero_shot(frozen, lib, target, run, exclude=exclude)
+    return zero_shot.rank_zero_shot(frozen, lib, target, run, exclude=exclude, record_dir=record_dir)
   if target_embedding is None:
     raise ValueError("rank_by='similarity' needs the target's task embedding (task_embedding())")
   if measure == "on" and activations_fn is None:
@@ -227,8 +229,8 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
   The target itself is left out of the sources unless `exclude` says otherwise. Budgets of the
   auxiliary runs default to: task embedding steps // 10, best-of-top-k runs `steps` (SELECTION_STEPS),
   mixture training `steps`. With `baseline`, a run from the base init gets the same `steps`.
-  Layout of out_dir: task_embedding/, selection/from_<src>/, mixture/<name>/, transfer/, baseline/,
-  result.json.
+  Layout of out_dir: task_embedding/, zero_shot/<target>/from_<src>/ (rank_by="zero_shot": each
+  source's recorded score), selection/from_<src>/, mixture/<name>/, transfer/, baseline/, result.json.
   """
   if strategy not in STRATEGIES:
     raise ValueError(f"strategy={strategy!r}: use one of {STRATEGIES}")
@@ -254,7 +256,7 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
     target_embedding = task_embedding(frozen, target, os.path.join(out_dir, "task_embedding"),
                                       target_step, run)
   ranked = rank(lib, target_embedding, measure, rank_by, frozen=frozen, target=target, run=run, kind=kind,
-                exclude=exclude, target_step=target_step)
+                exclude=exclude, target_step=target_step, record_dir=os.path.join(out_dir, "zero_shot"))
   if isinstance(top_k, int) and top_k > len(ranked):  # the result still says the top-k asked for
     log.warning("top-%d asked for, but library %s has %d source(s) for %s: all %d are used", top_k,
                 lib.path, len(ranked), target, len(ranked))

@@ -86,7 +86,7 @@ def _train_from(frozen, run: RunConfig, model_dir: str, task: str, steps: int, p
 
 
 def evaluate_run(evaluate: Callable[..., Dict[str, float]], frozen, run_dir: str, task: str, prompt,
-                 step: int, run: RunConfig) -> Dict[str, float]:
+                 step: int, run: RunConfig, trained: bool = True) -> Dict[str, float]:
   """`evaluate(frozen, task, prompt, run)` of the run in `run_dir` (its `step` prompt), or the metrics
   its record holds for the same prompt and evaluation settings (`run_record.eval_settings`).
 
@@ -95,10 +95,11 @@ def evaluate_run(evaluate: Callable[..., Dict[str, float]], frozen, run_dir: str
   record decides for every process (read before anyone could rewrite it; by file alone, a slower
   process read the record process 0 had just written, and skipped an evaluation the others ran).
   `evaluate` is the caller's evaluate_prompt (looked up there, where tests replace it). A directory
-  without checkpoints holds no run to record.
+  without checkpoints holds no run to record; `trained=False`: `run_dir` only holds the record of a
+  prompt evaluated as it is (a zero-shot score).
   """
   settings = stored = None
-  if run_record.has_checkpoints(run_dir):
+  if not trained or run_record.has_checkpoints(run_dir):
     settings = run_record.eval_settings(frozen, task, prompt, step, run)
     stored = run_record.stored_metrics(run_dir, settings)
   if _process_0s(stored is not None) and stored is not None:  # else: evaluated here, with the same result

@@ -54,9 +54,13 @@ def _prompts(library_or_prompts, exclude: Sequence[str] = ()) -> Dict[str, np.nd
 
 
 def zero_shot_matrix(frozen, library_or_prompts, targets: Sequence[str], run=None,
-                     exclude: Sequence[str] = ()) -> ZeroShotMatrix:
+                     exclude: Sequence[str] = (), record_dir: Optional[str] = None) -> ZeroShotMatrix:
   """Evaluates every source prompt on every target's validation split (`run`: a RunConfig, which
-  sets lengths, batch size, number of examples and the deciding metric)."""
+  sets lengths, batch size, number of examples and the deciding metric). With `record_dir`, each
+  score is recorded in `record_dir/<target>/from_<source>/` and reused while the prompt and the
+  evaluation settings are the same (`training_runs.evaluate_run`): a rerun of `spot --rank-by
+  zero_shot` evaluated every source again."""
+  from spot_jax.spot.training_runs import _safe, evaluate_run  # pylint: disable=g-import-not-at-top
   run = run or run_lib.RunConfig()
   prompts = _prompts(library_or_prompts, exclude)
   sources = sorted(prompts)
@@ -66,14 +70,19 @@ def zero_shot_matrix(frozen, library_or_prompts, targets: Sequence[str], run=Non
   for j, target in enumerate(targets):
     metrics[target] = {}
     for i, source in enumerate(sources):
-      m = run_lib.evaluate_prompt(frozen, target, prompts[source], run)
+      if record_dir is None:
+        m = run_lib.evaluate_prompt(frozen, target, prompts[source], run)
+      else:
+        m = evaluate_run(run_lib.evaluate_prompt, frozen,
+                         fileio.join(record_dir, _safe(target), f"from_{_safe(source)}"), target, prompts[source],
+                         0, run, trained=False)
       metrics[target][source] = m
       scores[i, j] = run_lib.score_of(m, run.metric)
   return ZeroShotMatrix(sources, targets, scores, metrics, run.metric)
 
 
 def rank_zero_shot(frozen, library_or_prompts, target: str, run=None,
-                   exclude: Sequence[str] = ()) -> List[Tuple[str, float]]:
+                   exclude: Sequence[str] = (), record_dir: Optional[str] = None) -> List[Tuple[str, float]]:
   """[(source, zero-shot score on `target`)] best first; ties in name order (`retrieval.ranking_ties`
   finds them: a random frozen model scores every prompt alike)."""
-  return zero_shot_matrix(frozen, library_or_prompts, [target], run, exclude).ranking(target)
+  return zero_shot_matrix(frozen, library_or_prompts, [target], run, exclude, record_dir).ranking(target)
