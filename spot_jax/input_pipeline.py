@@ -120,10 +120,15 @@ def _rank_training_error(task, leaf) -> ValueError:
 
 def check_trainable(task):
   """Refuses training on rank-classification evaluation tasks (`X_rank`; tasks.rank_classification
-  and tasks.user_data mark their option-expanding preprocessor, see `rank_mode`)."""
+  and tasks.user_data mark their option-expanding preprocessor, see `rank_mode`). One in a mixture at
+  rate 0 is never sampled: it is there to be evaluated (training's periodic evaluation reads the
+  mixture), as tasks/mixtures.py's rate-0 members are."""
+  import seqio
   from tasks import rank_classification as rank_lib
   for leaf in _leaf_tasks(task):
     if rank_lib.is_rank_eval(leaf):  # marked tasks here; unmarked ones once their features are read
+      if isinstance(task, seqio.Mixture) and task.get_rate(leaf) == 0:
+        continue
       raise _rank_training_error(task, leaf)
 
 

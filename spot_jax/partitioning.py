@@ -206,3 +206,13 @@ def to_host(array) -> np.ndarray:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
   return np.asarray(jax.device_get(array))
+
+
+def process_0s(flag: bool) -> bool:
+  """Process 0's `flag`, on every process: a decision read from files (a record, a log) that every
+  process must take alike, even if one host's copy differs (collective: call it at the same point on
+  every process)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))

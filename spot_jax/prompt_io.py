@@ -307,7 +307,8 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
       raise FileNotFoundError(
           f"{path} has no {which if which != 'auto' else 'prompt'} numpy export under "
           f"{NUMPY_CHECKPOINTS_DIR}/ (found steps {[s for s, _ in ex.checkpoints]}, best="
-          f"{ex.best is not None}, task_embedding={ex.task_embedding is not None}). {_WHEN_EXPORTED}")
+          f"{ex.best is not None}, task_embedding={ex.task_embedding is not None}). "
+          + (_WHEN_TASK_EMBEDDING if which == "task_embedding" else _WHEN_EXPORTED))
     return resolve_prompt(chosen)
   t5x_steps = _t5x_checkpoint_steps(path)
   if t5x_steps:  # a prompt-tuning MODEL_DIR without its numpy exports: the newest T5X checkpoint
@@ -319,12 +320,34 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
     raise FileNotFoundError(f"{path} is a MODEL_DIR with training checkpoints but no numpy export yet. "
                             f"{_WHEN_EXPORTED}")
   prompt_peft.check_not_named_adapters(path)
+  own = _training_checkpoint_of(path)
+  if own is not None:
+    model_dir, step = own
+    export = checkpoint_export_dir(model_dir, step) if step is not None else model_dir
+    raise ValueError(f"{path} is spot_jax's training checkpoint (orbax: the prompt with its optimizer state), "
+                     f"not a prompt export: load {export}"
+                     + (f" (or {model_dir}, its newest export)" if step is not None else " (its newest export)"))
   raise ValueError(f"unknown prompt format at {path}. Accepted: {ACCEPTED_FORMATS}")
+
+
+def _training_checkpoint_of(path: str) -> Optional[tuple]:
+  """(MODEL_DIR, step or None) when `path` is MODEL_DIR/checkpoints[/<step>[/<item>]] of a MODEL_DIR
+  with numpy exports."""
+  parts = path.rstrip("/").split("/")
+  for depth in (1, 2, 3):
+    if len(parts) > depth and parts[-depth] == "checkpoints" and (depth == 1 or parts[-depth + 1].isdigit()):
+      model_dir = "/".join(parts[:-depth]) or "/"
+      if fileio.isdir(numpy_checkpoints_dir(model_dir)):
+        return model_dir, int(parts[-depth + 1]) if depth > 1 else None
+  return None
 
 
 _WHEN_EXPORTED = ("Training writes them: numpy_checkpoints/checkpoint_<step>/ with every SAVE_PERIOD "
                   "checkpoint, best/ when EVAL_PERIOD is set, task_embedding/ at TASK_EMBEDDING_STEP; "
                   "run the same train command again to resume the run until it writes one")
+_WHEN_TASK_EMBEDDING = ("Training writes task_embedding/ at TASK_EMBEDDING_STEP: set it (a run resumed "
+                        "past that step takes it from that step's numpy export, when it was saved) and run "
+                        "the train command again")
 
 
 def load_prompt(path: str, which: str = "auto") -> np.ndarray:

@@ -289,16 +289,47 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         best_value = _pick_metric(prompt_io.read_export_info(best_dir).get("metrics") or {}, best_metric)
         best_value = best_value if best_value is not None and np.isfinite(best_value) else None
 
+    def export(state, step, **kwargs):
+      if is_main:
+        prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
+                                              frozen_model=frozen_model["path"], **kwargs)
+
     def save(state, step):
       nonlocal last_saved
       check_finite(state)  # never label a skipped update's unchanged prompt as a later step
+      # The export first: a failed one leaves no checkpoint of this step, so a rerun trains the step
+      # again and writes both (the other way round, a rerun resumed from the checkpoint and never wrote
+      # the export: load_prompt(MODEL_DIR) served the previous step's prompt).
+      export(state, step)
       ckpts.save(state, {"step": step, "data_batches_consumed": step, "batch_size": batch_size,
                          "task": mixture_or_task_name, "data_shards": num_shards, "frozen_model": frozen_model,
                          "initial_checkpoint_step": initial_step})
-      if is_main:
-        prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
-                                              frozen_model=frozen_model["path"])
       last_saved = step
+
+    def evaluate(state, step):
+      nonlocal best_value
+      results = _evaluate(mixture_or_task_name, config, frozen_params, state.prompt, eval_task_feature_lengths,
+                          eval_split, eval_batch_size or batch_size, eval_num_examples, step,
+                          inference_eval_dir(model_dir) if is_main else None)
+      value = _pick_metric(results, best_metric)  # before the log: a refused BEST_METRIC leaves it unevaluated
+      logger.write(step, results, prefix="eval")
+      # NaN (e.g. STS-B's correlations of a prompt that writes one number) is never the best.
+      if value is not None and np.isfinite(value) and (best_value is None or value > best_value):
+        best_value = value
+        export(state, step, name=prompt_io.BEST_EXPORT, metrics=results)
+
+    if resume_step is not None and start_step <= train_steps:
+      # A run stopped between its checkpoint and what follows it at that step: the export of an older
+      # run (written after its checkpoint), the task-embedding export, the evaluation (after the save).
+      if _export_missing(prompt_io.checkpoint_export_dir(model_dir, start_step)):
+        export(state, start_step)
+      if task_embedding_step and task_embedding_step <= start_step and _export_missing(
+          prompt_io.task_embedding_export_dir(model_dir)):
+        _recover_task_embedding(model_dir, task_embedding_step, start_step, is_main)
+      if eval_period and (start_step % eval_period == 0 or start_step == train_steps) and \
+          not partitioning.process_0s(_evaluated_at(model_dir, start_step)):
+        log.info("evaluating step %d, which the stopped run saved but did not evaluate", start_step)
+        evaluate(state, start_step)
 
     def check_finite(state):
       bad = int(jax.device_get(state.nonfinite_step))
@@ -321,10 +352,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           step += 1
           window_steps += 1
           logger.progress(step)  # moves the bar (terminals only); no device sync
-          if task_embedding_step and step == task_embedding_step and is_main:
-            prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
-                                                  name=prompt_io.TASK_EMBEDDING_EXPORT,
-                                                  frozen_model=frozen_model["path"])
+          if task_embedding_step and step == task_embedding_step:
+            export(state, step, name=prompt_io.TASK_EMBEDDING_EXPORT)
           if step % log_period == 0 or step == train_steps:
             check_finite(state)
             values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -335,26 +364,18 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
               values["learning_rate"] = float(jax.device_get(lr_schedule(step - 1)))
             logger.write(step, values, prefix="train")
             window_start, window_steps = time.time(), 0
-          if eval_period and (step % eval_period == 0 or step == train_steps):
-            results = _evaluate(mixture_or_task_name, config, frozen_params, state.prompt, eval_task_feature_lengths,
-                                eval_split, eval_batch_size or batch_size, eval_num_examples, step,
-                                inference_eval_dir(model_dir) if is_main else None)
-            logger.write(step, results, prefix="eval")
-            value = _pick_metric(results, best_metric)
-            # NaN (e.g. STS-B's correlations of a prompt that writes one number) is never the best.
-            if value is not None and np.isfinite(value) and (best_value is None or value > best_value):
-              best_value = value
-              if is_main:
-                prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
-                                                      name=prompt_io.BEST_EXPORT, metrics=results,
-                                                      frozen_model=frozen_model["path"])
+          # Saved before it is evaluated, as T5X does: an evaluation that fails (a metric's error, memory)
+          # or outlasts a preemption's grace period loses no training; a resumed run evaluates it then.
           if step % save_period == 0 or step == train_steps:
             save(state, step)
+          if eval_period and (step % eval_period == 0 or step == train_steps):
+            evaluate(state, step)
           if hooks:
             for hook in hooks:
               hook(step, state)
           if stop.check():
-            save(state, step)
+            if last_saved != step:
+              save(state, step)
             break
       check_finite(state)
       if step < train_steps and not stop.requested:
@@ -416,6 +437,44 @@ def _has_checkpoints(model_dir: str) -> bool:
   """Whether MODEL_DIR/checkpoints has a step directory (a look, without starting orbax's manager)."""
   directory = fileio.join(model_dir, checkpointing.CHECKPOINTS_SUBDIR)
   return fileio.isdir(directory) and any(n.rstrip("/").isdigit() for n in fileio.listdir(directory))
+
+
+def _export_missing(export_dir: str) -> bool:
+  return not fileio.exists(fileio.join(export_dir, prompt_io.PROMPT_NPY)) and not fileio.exists(
+      fileio.join(export_dir, prompt_io.T5X_PROMPT_FILENAME))
+
+
+def _evaluated_at(model_dir: str, step: int) -> bool:
+  """Whether metrics.jsonl holds the evaluation of `step` (every process reads the same file)."""
+  from spot_jax import metrics_log
+  path = fileio.join(model_dir, metrics_log.JSONL_NAME)
+  if not fileio.exists(path):
+    return False
+  return any(r.get("step") == step and any(k.startswith("eval/") for k in r)
+             for r in metrics_log.read_jsonl(path))
+
+
+def _recover_task_embedding(model_dir: str, task_embedding_step: int, start_step: int, is_main: bool) -> None:
+  """The task-embedding export of a run resumed at or past TASK_EMBEDDING_STEP without it (a run first
+  trained without one, or stopped before writing it): the step's checkpoint export when there is one,
+  else a refusal, since this run never trains that step again."""
+  saved = prompt_io.checkpoint_export_dir(model_dir, task_embedding_step)
+  if _export_missing(saved):
+    raise ValueError(
+        f"TASK_EMBEDDING_STEP={task_embedding_step}, but {model_dir} resumes at step {start_step}, past it, and "
+        f"holds no task-embedding export nor a numpy export of step {task_embedding_step} to take it from: "
+        f"this run would never write one. Use a new MODEL_DIR, or set TASK_EMBEDDING_STEP to a step after "
+        f"{start_step} (or to a saved step: {_saved_steps(model_dir)})")
+  if is_main:
+    prompt = prompt_io.load_prompt(saved)
+    prompt_export.export_numpy_checkpoint(prompt, model_dir, task_embedding_step, name=prompt_io.TASK_EMBEDDING_EXPORT,
+                                          frozen_model=prompt_io.read_export_info(saved).get("frozen_model"))
+  log.info("task-embedding export of step %d taken from %s (the run resumed past that step)", task_embedding_step,
+           saved)
+
+
+def _saved_steps(model_dir: str) -> list:
+  return [s for s, _ in prompt_io.find_exports(model_dir).checkpoints]
 
 
 def inference_eval_dir(model_dir: str) -> str:

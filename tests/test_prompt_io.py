@@ -341,3 +341,19 @@ def test_absolute_local_path(tmp_path, monkeypatch):
   assert pio.absolute_local_path("./missing") == str(tmp_path / "missing")
   for unchanged in ("google/t5-v1_1-base", "t5-base", "gs://bucket/ckpt", None, "/abs/path", "/abs/dir/"):
     assert pio.absolute_local_path(unchanged) == unchanged
+
+
+def test_a_training_checkpoint_is_named_with_the_export_to_load_instead(tmp_path):
+  """MODEL_DIR/checkpoints/<step> (orbax, spot_jax's own) was an "unknown prompt format"."""
+  model_dir = tmp_path / "run"
+  (model_dir / "numpy_checkpoints" / "checkpoint_8").mkdir(parents=True)
+  np.save(model_dir / "numpy_checkpoints" / "checkpoint_8" / "prompt.npy", np.zeros((2, 4), np.float32))
+  (model_dir / "checkpoints" / "8" / "state").mkdir(parents=True)
+  (model_dir / "checkpoints" / "8" / "_CHECKPOINT_METADATA").write_text("{}")
+  for path in (model_dir / "checkpoints" / "8", model_dir / "checkpoints" / "8" / "state"):
+    with pytest.raises(ValueError, match=rf"{path} is spot_jax's training checkpoint \(orbax: the prompt with its "
+                                         rf"optimizer state\), not a prompt export: load "
+                                         rf"{model_dir}/numpy_checkpoints/checkpoint_8 \(or {model_dir}, its newest"):
+      pio.resolve_prompt(str(path))
+  with pytest.raises(ValueError, match=rf"not a prompt export: load {model_dir} \(its newest export\)"):
+    pio.resolve_prompt(str(model_dir / "checkpoints"))

@@ -321,3 +321,92 @@ def test_preemption_sync_ids_rise_across_the_runs_of_a_process(monkeypatch):
   notice.append(max(reported) + 1)  # SIGTERM between runs: JAX's sync point
   assert run(40) == 1  # the next run stops (and saves) at its first step
   assert reported == sorted(set(reported))  # rising over the process
+
+
+def _small_run(tmp_path, name, **kw):
+  args = dict(model_dir=str(tmp_path / name), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
+              train_steps=8, batch_size=8, prompt_length=PROMPT_LEN, save_period=4, log_period=4,
+              enable_dropout=False, async_checkpoints=False,
+              frozen=(CFG, init_params(CFG, jax.random.PRNGKey(0))))
+  args.update(kw)
+  return train_lib.train(**args)
+
+
+def test_a_failed_or_missing_numpy_export_is_written_by_the_rerun(tmp_path, monkeypatch):
+  """The numpy export came after the orbax save: when it failed, the rerun resumed from the saved step
+  and never wrote it, and load_prompt(MODEL_DIR) served the previous step's prompt."""
+  from spot_jax import prompt_export
+  real = prompt_export.export_numpy_checkpoint
+
+  def fails_at_8(prompt, model_dir, step, **kw):
+    if step == 8 and kw.get("name") is None:
+      raise OSError("disk full (simulated)")
+    return real(prompt, model_dir, step, **kw)
+  monkeypatch.setattr(prompt_export, "export_numpy_checkpoint", fails_at_8)
+  with pytest.raises(OSError, match="simulated"):
+    _small_run(tmp_path, "a")
+  assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir() if p.name.isdigit()) == ["4"]
+  monkeypatch.setattr(prompt_export, "export_numpy_checkpoint", real)
+  final = _small_run(tmp_path, "a")
+  source = prompt_io.resolve_prompt(str(tmp_path / "a"))
+  assert source.step == 8
+  np.testing.assert_array_equal(prompt_io.load_prompt(str(tmp_path / "a")), final)
+  # A checkpoint whose export is gone (a run stopped between the two before this order): the rerun,
+  # which trains nothing, writes it from the restored prompt.
+  import shutil
+  shutil.rmtree(tmp_path / "a" / "numpy_checkpoints" / "checkpoint_8")
+  np.testing.assert_array_equal(_small_run(tmp_path, "a"), final)
+  np.testing.assert_array_equal(np.load(tmp_path / "a" / "numpy_checkpoints/checkpoint_8/prompt.npy"), final)
+
+
+def test_a_step_is_saved_before_it_is_evaluated_and_a_missed_evaluation_runs_on_resume(tmp_path, monkeypatch,
+                                                                                      caplog):
+  """An evaluation that failed (here a mistyped best_metric) lost the step's checkpoint: the rerun
+  trained the whole SAVE_PERIOD again and failed the same way."""
+  with pytest.raises(ValueError, match="best_metric 'acuracy' is not among"):
+    _small_run(tmp_path, "b", eval_period=4, eval_num_examples=8, best_metric="acuracy")
+  assert (tmp_path / "b" / "checkpoints" / "4").is_dir()
+  assert (tmp_path / "b" / "numpy_checkpoints" / "checkpoint_4").is_dir()
+  # The rerun (metric corrected) evaluates step 4, which was saved but not evaluated, then goes on.
+  import logging
+  with caplog.at_level(logging.INFO, logger="spot_jax"):
+    _small_run(tmp_path, "b", eval_period=4, eval_num_examples=8, best_metric="accuracy")
+  assert "evaluating step 4, which the stopped run saved but did not evaluate" in caplog.text
+  evals = [r["step"] for r in map(json.loads, open(tmp_path / "b" / "metrics.jsonl"))
+           if any(k.startswith("eval/") for k in r)]
+  assert evals == [4, 8]
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger="spot_jax"):
+    _small_run(tmp_path, "b", eval_period=4, eval_num_examples=8)  # finished: nothing evaluated again
+  assert "did not evaluate" not in caplog.text
+
+
+def test_a_task_embedding_step_the_resumed_run_is_past_is_taken_from_its_export_or_refused(tmp_path):
+  """TASK_EMBEDDING_STEP=4 on a run resumed at 8 was never exported, without a word."""
+  _small_run(tmp_path, "c")
+  _small_run(tmp_path, "c", train_steps=12, task_embedding_step=4)
+  np.testing.assert_array_equal(prompt_io.load_prompt(str(tmp_path / "c"), which="task_embedding"),
+                                np.load(tmp_path / "c" / "numpy_checkpoints/checkpoint_4/prompt.npy"))
+  _small_run(tmp_path, "d")
+  with pytest.raises(ValueError, match=r"TASK_EMBEDDING_STEP=2, but .*d resumes at step 8, past it, and holds no "
+                                       r"task-embedding export nor a numpy export of step 2.*Use a new MODEL_DIR, "
+                                       r"or set TASK_EMBEDDING_STEP to a step after 8 \(or to a saved step: \[4, 8\]\)"):
+    _small_run(tmp_path, "d", train_steps=12, task_embedding_step=2)
+  with pytest.raises(FileNotFoundError, match=r"Training writes task_embedding/ at TASK_EMBEDDING_STEP: set it"):
+    prompt_io.load_prompt(str(tmp_path / "d"), which="task_embedding")
+
+
+def test_a_rank_task_at_rate_0_in_the_mixture_is_evaluated_not_refused(tmp_path):
+  """tasks/mixtures.py: rate 0 means evaluated, not trained; training refused such a mixture."""
+  import seqio
+  import tasks.bundled  # noqa: F401  (registers TASK and its _rank twin)
+  name = "test_train_movie_with_rank_eval"
+  seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, [(TASK, 1.0), (TASK + "_rank", 0.0)])
+  _small_run(tmp_path, "e", mixture_or_task_name=name, train_steps=4, eval_period=4, eval_num_examples=8)
+  last = [json.loads(l) for l in open(tmp_path / "e" / "metrics.jsonl")][-1]
+  assert f"eval/{TASK}_rank/accuracy" in last and f"eval/{TASK}/accuracy" in last
+  seqio.MixtureRegistry.remove(name + "_trained")
+  seqio.MixtureRegistry.add(name + "_trained", [(TASK, 1.0), (TASK + "_rank", 0.5)])
+  with pytest.raises(ValueError, match=rf"{TASK}_rank \(in mixture {name}_trained\) is a rank-classification"):
+    _small_run(tmp_path, "f", mixture_or_task_name=name + "_trained", train_steps=4)

@@ -102,7 +102,8 @@ def evaluate_run(evaluate: Callable[..., Dict[str, float]], frozen, run_dir: str
   if not trained or run_record.has_checkpoints(run_dir):
     settings = run_record.eval_settings(frozen, task, prompt, step, run)
     stored = run_record.stored_metrics(run_dir, settings)
-  if _process_0s(stored is not None) and stored is not None:  # else: evaluated here, with the same result
+  from spot_jax.partitioning import process_0s  # pylint: disable=g-import-not-at-top
+  if process_0s(stored is not None) and stored is not None:  # else: evaluated here, with the same result
     log.info("%s: reusing its stored validation metrics (step %d on %s, same prompt and evaluation "
              "settings; delete %s to evaluate again)", run_dir, step, task, run_record.EVAL_FILE)
     return stored
@@ -110,15 +111,6 @@ def evaluate_run(evaluate: Callable[..., Dict[str, float]], frozen, run_dir: str
   if settings is not None and writes_files():
     run_record.store_metrics(run_dir, settings, metrics)
   return metrics
-
-
-def _process_0s(flag: bool) -> bool:
-  """Process 0's `flag`, on every process (collective: every process calls it at the same point)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
 def base_init(frozen, run: RunConfig, prompt_length: int) -> np.ndarray:
