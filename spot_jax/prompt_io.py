@@ -266,6 +266,11 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
   weights = prompt_peft.adapter_weights(path)
   if weights is not None:
     return PromptSource(weights, "peft", export_dir=path)
+  entry = library_entry_record(path)
+  if entry is not None and which == "task_embedding":  # its prompt.npy is the final prompt
+    if not fileio.exists(fileio.join(path, LIBRARY_TASK_EMBEDDING)):
+      raise FileNotFoundError(f"{path} is a prompt library entry without a task embedding")
+    return PromptSource(fileio.join(path, LIBRARY_TASK_EMBEDDING), "npy", step=entry.get("task_embedding_step"))
   f = _export_file(path)
   if f is not None:  # an export directory (checkpoint_<step>, best, task_embedding)
     info = read_export_info(path)
@@ -328,6 +333,22 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
                      f"not a prompt export: load {export}"
                      + (f" (or {model_dir}, its newest export)" if step is not None else " (its newest export)"))
   raise ValueError(f"unknown prompt format at {path}. Accepted: {ACCEPTED_FORMATS}")
+
+
+# A prompt library entry (spot_jax.spot.library_entry): prompt.npy beside these two.
+LIBRARY_RECORD, LIBRARY_TASK_EMBEDDING = "record.json", "task_embedding.npy"
+
+
+def library_entry_record(path: str) -> Optional[dict]:
+  """The record.json of a prompt library entry directory, else None."""
+  record = fileio.join(path, LIBRARY_RECORD)
+  if not (fileio.exists(record) and fileio.exists(fileio.join(path, PROMPT_NPY))):
+    return None
+  try:
+    out = fileio.read_json_object(record)
+  except ValueError:
+    return None
+  return out if "task" in out and "d_model" in out else None
 
 
 def _training_checkpoint_of(path: str) -> Optional[tuple]:

@@ -283,7 +283,8 @@ def _jsonl_records(path: str, lines: List[str]):
       raise UserDataError(
           f"{path}:{n}: expected a JSON object like {{\"field\": ...}}, got "
           f"{type(rec).__name__}.")
-    yield n, {k: _json_value(v) for k, v in rec.items()}
+    # A null is no value (a test split's missing label), as an absent key: it was the text "null".
+    yield n, {k: _json_value(v) for k, v in rec.items() if v is not None}
 
 
 def _text_records(path: str, lines: List[str], header: List[str], fmt: str):

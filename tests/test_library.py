@@ -306,3 +306,41 @@ def test_reading_a_missing_library_says_it_does_not_exist(tmp_path):
     PromptLibrary.existing(str(tmp_path / "typo"))
   PromptLibrary(str(tmp_path / "lib")).add("rte", _prompt(), "t5_tiny")
   assert PromptLibrary.existing(str(tmp_path / "lib")).tasks() == ["rte"]
+
+
+def test_an_entry_of_another_library_brings_its_task_embedding_steps_and_metrics(tmp_path):
+  """Copying an entry into another library dropped its task embedding, steps and metrics."""
+  first = PromptLibrary(str(tmp_path / "one"))
+  first.add("a", _prompt(seed=0), "m", task_embedding=_prompt(seed=1), task_embedding_step=100, steps=1000,
+            metrics={"accuracy": 71.5})
+  second = PromptLibrary(str(tmp_path / "two"))
+  record = second.add("a", str(tmp_path / "one" / "a"), "m")
+  assert (record["has_task_embedding"], record["task_embedding_step"], record["steps"], record["metrics"]) == (
+      True, 100, 1000, {"accuracy": 71.5})
+  np.testing.assert_array_equal(second.get("a").task_embedding, _prompt(seed=1))
+  np.testing.assert_array_equal(second.get("a").prompt, _prompt(seed=0))
+
+
+def test_a_directory_that_is_not_an_entry_is_never_replaced_by_an_add(tmp_path):
+  """`library similarity` writes <lib>/similarity/: `add --task similarity --overwrite` deleted it."""
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  lib.add("a", _prompt(seed=0), "m")
+  (tmp_path / "lib" / "similarity").mkdir()
+  (tmp_path / "lib" / "similarity" / "similarity_cos_avg_tokens.json").write_text("{}")
+  for overwrite in (False, True):
+    with pytest.raises(FileExistsError, match=r"similarity is in the way: it is not an entry of library .*move "
+                                              r"it out of the library"):
+      lib.add("similarity", _prompt(seed=1), "m", overwrite=overwrite)
+  assert os.listdir(tmp_path / "lib" / "similarity") == ["similarity_cos_avg_tokens.json"]
+  assert lib.tasks() == ["a"]
+
+
+def test_a_library_whose_entries_were_all_removed_takes_another_model(tmp_path):
+  """library.json outlived its entries: an emptied library refused another model's prompts."""
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  lib.add("a", _prompt(d=8), "m")
+  lib.remove("a")
+  assert lib.meta == {} and lib.model_id is None
+  lib.add("b", _prompt(d=16), "other")
+  assert (lib.d_model, lib.model_id) == (16, "other")
+  assert json.loads((tmp_path / "lib" / "library.json").read_text())["model_id"] == "other"

@@ -402,3 +402,11 @@ def test_every_process_follows_process_0s_reading_of_a_runs_evaluation_record(fr
     metrics = training_runs.evaluate_run(lambda *a: calls.append(a) or {"accuracy": 2.0}, frozen, str(run_dir),
                                          TARGET, prompt, 2, RUN)
     assert (len(calls), metrics) == (evaluated, {"accuracy": 2.0 if evaluated else 1.0})
+
+
+def test_a_mistyped_exclude_is_refused_before_anything_is_written(frozen, library, tmp_path):
+  """exclude=["typo"] left the task it meant among the sources; the default (the target) may be absent."""
+  with pytest.raises(ValueError, match=r"exclude names \['spot_bundled_topic_'\], which the library does not hold"):
+    pipeline.run_target(frozen, library[0], TARGET, str(tmp_path / "out"), exclude=["spot_bundled_topic_"],
+                        steps=1, run=RUN)
+  assert not (tmp_path / "out").exists()

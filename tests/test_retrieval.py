@@ -217,3 +217,28 @@ def test_weighted_average_refuses_top_scores_that_give_no_weight():
   with pytest.raises(ValueError, match=r"the top-2 scores \[0\.0, -0\.5\] \(similarities, or zero-shot metrics "
                                        r"with --rank-by zero_shot\) are all <= 0.*--strategy best_of_top_k"):
     weighted_average_init(prompts, {"a": 0.0, "b": -0.5}, top_k=2)
+
+
+def test_exclude_refuses_a_name_the_library_lacks_and_takes_a_string_as_one_name(tmp_path):
+  """--exclude rte (for glue_rte) left the target ranked first against itself, and exclude="glue_rte"
+  in Python excluded its letters."""
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  for i, task in enumerate(("glue_rte", "glue_mnli", "boolq")):
+    lib.add(task, _prompt(seed=i), "m")
+  target = lib.get("glue_rte").prompt
+  assert sorted(t for t, _ in rank_sources(target, lib, exclude="glue_rte", kind="prompt")) == ["boolq", "glue_mnli"]
+  with pytest.raises(ValueError, match=r"exclude names \['rte'\], which the library does not hold \(its tasks: "
+                                       r"\['boolq', 'glue_mnli', 'glue_rte'\]\)"):
+    rank_sources(target, lib, exclude=["rte"], kind="prompt")
+
+
+def test_a_library_entry_as_the_target_gives_its_task_embedding(tmp_path):
+  """An entry directory holds prompt.npy: read as an export directory, its final prompt stood for the
+  task embedding, without a word."""
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  lib.add("a", _prompt(seed=0), "m", task_embedding=_prompt(seed=1), task_embedding_step=100)
+  lib.add("b", _prompt(seed=2), "m")
+  np.testing.assert_array_equal(retrieval.load_target_embedding(str(tmp_path / "lib" / "a")), _prompt(seed=1))
+  assert retrieval.target_embedding_step(str(tmp_path / "lib" / "a")) == 100
+  with pytest.warns(UserWarning, match="has no task_embedding export"):  # an entry without one: its prompt
+    np.testing.assert_array_equal(retrieval.load_target_embedding(str(tmp_path / "lib" / "b")), _prompt(seed=2))

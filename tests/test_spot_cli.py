@@ -132,6 +132,14 @@ def test_retrieve_ranks_related_source_first(sources, capsys):
                        "--exclude", "rte", "--top-k", "1", "--measure", "cos_per_token"]) == 0
   out = capsys.readouterr().out
   assert "rte" not in out.split("\n", 1)[1] and len(out.strip().splitlines()) == 3
+  # A k below 1: 0 crashed the table with a TypeError, -1 dropped the last source without a word.
+  for k in ("0", "-1"):
+    with pytest.raises(SystemExit) as e:
+      cli.main(["retrieve", "--library", lib, "--target", str(tmp_path / "target.npy"), "--top-k", k])
+    assert e.value.code == 2 and f"--top-k: must be >= 1, got {k}" in capsys.readouterr().err
+  assert cli.main(["retrieve", "--library", lib, "--target", str(tmp_path / "target.npy"), "--exclude", "rt"]) == 1
+  assert "error: exclude names ['rt'], which the library does not hold (its tasks: ['boolq', 'cb', 'rte'])" in \
+      capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore:.*no task embedding")

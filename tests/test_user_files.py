@@ -199,3 +199,15 @@ def test_blank_lines_are_skipped_in_check_and_pipeline(tmp_path, fmt):
                               vocabulary=VOCAB, overwrite=True)
   assert seqio.get_mixture_or_task("ud_test_blank").num_input_examples("train") == 2
   assert _texts("ud_test_blank") == [("a", "x"), ("b", "y")]
+
+
+def test_a_jsonl_null_is_no_value_not_the_text_null(tmp_path):
+  """`"label": null` became the label "null": a test split counted as labelled, scored against it."""
+  path = tmp_path / "test.jsonl"
+  path.write_text('{"text": "good movie", "label": null}\n{"text": "bad movie", "label": null}\n')
+  assert [rec for _, rec in uf.read_records(str(path), "jsonl")] == [{"text": "good movie"}, {"text": "bad movie"}]
+  train = tmp_path / "train.jsonl"
+  train.write_text('{"text": "good movie", "label": "pos"}\n{"text": null, "label": "neg"}\n')
+  with pytest.raises(ud.UserDataError, match=r"train.jsonl:2: .*text"):
+    ud.register_task_from_files("test_user_files_null", train=str(train), input_template="{text}",
+                                label_names=["pos", "neg"], vocabulary=VOCAB)

@@ -91,6 +91,8 @@ class PromptLibrary:
     when the file is damaged, since deleting it is the fix).
     """
     p = os.path.join(self.path, LIBRARY_JSON)
+    if os.path.exists(p) and not self.tasks():  # every entry removed: the next add claims it anew
+      return {}
     if os.path.exists(p):
       try:
         return prompt_io.read_json_object(p)
@@ -241,7 +243,12 @@ class PromptLibrary:
       if model_id is None:
         raise ValueError(f"library {self.path} is empty: pass the frozen model's id (--model-id; "
                          "model_id= in Python) with the first prompt")
-    if not overwrite and (os.path.exists(os.path.join(self.path, task)) or self._entry_dir(task)):
+    d = os.path.join(self.path, task)
+    if os.path.exists(d) and self._entry_dir(task) is None:  # --overwrite deleted it, without a word
+      raise FileExistsError(f"{d} is in the way: it is not an entry of library {self.path} (e.g. the default "
+                            f"output of `library similarity`, <library>/similarity): move it out of the library "
+                            f"(and give `library similarity` another --out-dir), then add {task!r}")
+    if not overwrite and (os.path.exists(d) or self._entry_dir(task)):
       raise FileExistsError(f"task {task!r} is already in library {self.path}; pass overwrite=True "
                             "(--overwrite) to replace it")
     return meta, str(model_id)

@@ -25,9 +25,9 @@ import numpy as np
 from spot_jax import fileio, prompt_export, prompt_io, prompt_tuning_compat
 
 LIBRARY_JSON = "library.json"
-RECORD_JSON = "record.json"
+RECORD_JSON = prompt_io.LIBRARY_RECORD
 PROMPT_FILE = "prompt.npy"
-TASK_EMBEDDING_FILE = "task_embedding.npy"
+TASK_EMBEDDING_FILE = prompt_io.LIBRARY_TASK_EMBEDDING
 FORMAT_VERSION = 1
 KINDS = ("prompt", "task_embedding")
 ENTRY_FILES = (PROMPT_FILE, TASK_EMBEDDING_FILE)
@@ -71,7 +71,14 @@ def read_source(task: str, prompt_or_path: Any, task_embedding: Any, which: str,
     if src.export_dir is not None and src.format != "peft":
       info = prompt_io.read_export_info(src.export_dir)
     t5x_steps = prompt_tuning_compat.t5x_run_steps(src)
-    if task_embedding is None and fileio.isdir(source):  # a MODEL_DIR, also on gs://
+    entry = prompt_io.library_entry_record(source) if fileio.isdir(source) else None
+    if entry is not None:  # another library's entry: its record's steps, metrics and task embedding
+      info = {"step": entry.get("steps"), "metrics": entry.get("metrics") or {}}
+      if task_embedding is None and entry.get("has_task_embedding"):
+        task_embedding = os.path.join(source, TASK_EMBEDDING_FILE)
+        if task_embedding_step is None:
+          task_embedding_step = entry.get("task_embedding_step")
+    elif task_embedding is None and fileio.isdir(source):  # a MODEL_DIR, also on gs://
       ex = prompt_io.find_exports(source)
       if ex.task_embedding is not None:
         task_embedding = ex.task_embedding

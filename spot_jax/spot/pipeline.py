@@ -34,7 +34,7 @@ from spot_jax.spot import run_record
 from spot_jax.spot import similarity as sim
 from spot_jax.spot import zero_shot
 from spot_jax.spot.library import PromptLibrary
-from spot_jax.spot.retrieval import RankingTies, rank_sources, ranking_ties
+from spot_jax.spot.retrieval import RankingTies, checked_exclude, rank_sources, ranking_ties
 # Re-exported: the pipeline's public scoring lives in `run` (zero_shot uses it too).
 from spot_jax.spot.run import RunConfig, evaluate_prompt, score_of
 from spot_jax.spot.training_runs import (_safe, _train, _train_from, base_init, default_model_id,
@@ -240,7 +240,10 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
   if not len(lib):
     raise ValueError(f"library {lib.path} has no prompts; train sources first (spot-jax spot source, "
                      "or train_source_prompts)")
-  exclude = [target] if exclude is None else list(exclude)
+  if exclude is None:  # the target is left out, when the library holds it (recorded as before either way)
+    exclude, rank_exclude = [target], [target] if target in lib.tasks() else []
+  else:  # names given are checked: a typo left that task ranked
+    exclude = rank_exclude = checked_exclude(exclude, lib.tasks())
   d = lib.d_model
   if d is not None and d != frozen[0].d_model:
     raise ValueError(f"library {lib.path} holds d_model {d} prompts of {lib.model_id!r}, but the frozen "
@@ -256,7 +259,7 @@ def run_target(frozen, library, target: str, out_dir: str, strategy: str = "weig
     target_embedding = task_embedding(frozen, target, os.path.join(out_dir, "task_embedding"),
                                       target_step, run)
   ranked = rank(lib, target_embedding, measure, rank_by, frozen=frozen, target=target, run=run, kind=kind,
-                exclude=exclude, target_step=target_step, record_dir=os.path.join(out_dir, "zero_shot"))
+                exclude=rank_exclude, target_step=target_step, record_dir=os.path.join(out_dir, "zero_shot"))
   if isinstance(top_k, int) and top_k > len(ranked):  # the result still says the top-k asked for
     log.warning("top-%d asked for, but library %s has %d source(s) for %s: all %d are used", top_k,
                 lib.path, len(ranked), target, len(ranked))

@@ -50,6 +50,7 @@ def rank_sources(target_embedding, library, measure: str = sim.DEFAULT_MEASURE,
     candidates = library.prompts(kind)
   else:  # a plain mapping is not checked on the way in: a NaN prompt would score NaN and sort anywhere
     candidates = {k: prompt_io.validate_prompt(v, f"source prompt {k!r}") for k, v in library.items()}
+  exclude = checked_exclude(exclude, library.tasks() if isinstance(library, PromptLibrary) else candidates)
   candidates = {k: v for k, v in candidates.items() if k not in set(exclude)}
   if not candidates:
     raise ValueError("no source prompts to rank (empty library, or all excluded)")
@@ -57,6 +58,18 @@ def rank_sources(target_embedding, library, measure: str = sim.DEFAULT_MEASURE,
     warn_embedding_steps(library, target_step, candidates, kind)
   scores = sim.similarities_to(target, candidates, measure, activations_fn, window)
   return sort_ranking(scores)
+
+
+def checked_exclude(exclude, known) -> list:
+  """`exclude` as a list of the library's task names: a name it does not hold is refused (a typo left
+  that task ranked, the target first against itself), and a bare string is one name (it was excluded
+  letter by letter)."""
+  exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+  unknown = sorted(set(exclude) - set(known))
+  if unknown:
+    raise ValueError(f"exclude names {unknown}, which the library does not hold (its tasks: {sorted(known)}): "
+                     "correct the name")
+  return exclude
 
 
 def load_target_embedding(path: str) -> np.ndarray:
@@ -256,17 +269,18 @@ def weighted_average_init(prompts, scores, top_k: Optional[int] = None):
     order = np.argsort(-vals, kind="stable")[:k]
   if not np.all(np.isfinite(vals[order])):
     bad = [names[i] if names else int(i) for i in order if not np.isfinite(vals[i])]
-    raise ValueError(f"the top-{k} scores {vals[order].tolist()} include no-number scores (sources {bad}; a "
-                     "zero-shot metric such as a correlation of constant predictions is NaN): a weighted "
-                     "average needs a number for each. Lower the top-k to the sources with scores, or use "
-                     "--strategy best_of_top_k")
+    raise ValueError(f"the top-{len(order)} scores {vals[order].tolist()} include no-number scores (sources "
+                     f"{bad}; a zero-shot metric such as a correlation of constant predictions is NaN): a "
+                     "weighted average needs a number for each. Lower the top-k to the sources with scores, "
+                     "or use --strategy best_of_top_k (spot) or top1 (library init)")
   w_sel = np.clip(vals[order], 0.0, None)
   if w_sel.sum() <= 0:
-    raise ValueError(f"the top-{k} scores {vals[order].tolist()} (similarities, or zero-shot metrics with "
-                     "--rank-by zero_shot) are all <= 0, so a weighted average has no weights: no source is "
-                     "close to the target. Use --strategy best_of_top_k, or a random or vocabulary init")
+    raise ValueError(f"the top-{len(order)} scores {vals[order].tolist()} (similarities, or zero-shot metrics "
+                     "with --rank-by zero_shot) are all <= 0, so a weighted average has no weights: no source "
+                     "is close to the target. Use --strategy best_of_top_k (spot) or top1 (library init), or "
+                     "a random or vocabulary init")
   if np.any(vals[order] < 0):
-    warnings.warn(f"negative similarities among the top {k} get weight 0: {vals[order].tolist()}")
+    warnings.warn(f"negative similarities among the top {len(order)} get weight 0: {vals[order].tolist()}")
   w_sel = w_sel / w_sel.sum()
   weights = np.zeros(len(arrs))
   weights[order] = w_sel

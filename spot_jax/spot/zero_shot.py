@@ -15,7 +15,7 @@ import numpy as np
 from spot_jax import fileio
 from spot_jax.spot import run as run_lib
 from spot_jax.spot.library import PromptLibrary
-from spot_jax.spot.retrieval import sort_ranking
+from spot_jax.spot.retrieval import checked_exclude, sort_ranking
 
 
 @dataclasses.dataclass
@@ -47,6 +47,7 @@ def _prompts(library_or_prompts, exclude: Sequence[str] = ()) -> Dict[str, np.nd
     prompts = lib.prompts("prompt")
   else:
     prompts = dict(library_or_prompts)
+  exclude = checked_exclude(exclude, prompts)
   prompts = {k: v for k, v in prompts.items() if k not in set(exclude)}
   if not prompts:
     raise ValueError("no source prompts to evaluate zero-shot (empty library, or all excluded)")
