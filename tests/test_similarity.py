@@ -95,6 +95,15 @@ def test_on_flattens_positions_and_checks_shapes():
     sim.on_similarity(ACT_A, ACT_A[:3])
   with pytest.raises(ValueError, match="window"):
     sim.on_similarity(ACT_A, ACT_B, 0)
+  # Prompts of other lengths: named before the model runs (it blamed the model's input).
+  ran = []
+  fn = lambda p: ran.append(p.shape) or np.ones((4, p.shape[0], 8))
+  prompts = {"four": np.ones((4, 8)), "six": np.ones((6, 8))}
+  for call in (lambda: sim.similarity_matrix(prompts, "on", fn), lambda: sim.similarities_to(np.ones((4, 8)), prompts, "on", fn),
+               lambda: sim.prompt_similarity(prompts["four"], prompts["six"], "on", fn)):
+    with pytest.raises(ValueError, match=r"on: prompts of different lengths cannot be compared position by position"):
+      call()
+  assert ran == []
 
 
 def test_similarity_matrix_and_registry():

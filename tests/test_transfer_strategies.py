@@ -124,3 +124,12 @@ def test_mixture_run_refuses_another_mixture_or_init(frozen, library, tmp_path):
     strategies.multitask_mixture(frozen, lib, ranked, TARGET, str(tmp_path), steps=2, top_k=2,
                                  run=strategies.RunConfig(**{**vars(RUN), "seed": 1}))
   assert _train_records(run_dir) == trained
+
+
+def test_source_names_that_differ_in_an_odd_character_get_their_own_run_directory():
+  """glue:rte and glue_rte (seqio allows ':') shared one selection run directory, whose init record then
+  refused the second as "a previous pipeline run with other settings"."""
+  from spot_jax.spot.training_runs import _safe
+  assert _safe("glue_rte_v200") == "glue_rte_v200"  # plain names keep their directories
+  assert _safe("glue:rte") != _safe("glue_rte") and _safe("glue:rte").startswith("glue_rte_")
+  assert _safe("glue:rte") == _safe("glue:rte")

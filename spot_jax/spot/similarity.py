@@ -140,6 +140,15 @@ def _check_measure(measure: str) -> None:
     raise ValueError(f"unknown similarity measure {measure!r}; choose one of {sorted(SIMILARITIES)}")
 
 
+def _check_on_lengths(prompts: Mapping[str, np.ndarray]) -> None:
+  """ON compares activations position by position, so prompts of other lengths cannot be compared: said
+  here, by name, not as differing activation shapes after the model ran (which blamed the input)."""
+  lengths = {name: int(np.shape(p)[0]) for name, p in prompts.items()}
+  if len(set(lengths.values())) > 1:
+    raise ValueError(f"on: prompts of different lengths cannot be compared position by position ({lengths}); "
+                     "use a prompt-only measure such as cos_avg_tokens, or prompts of one length")
+
+
 def prompt_similarity(a, b, measure: str = DEFAULT_MEASURE,
                activations_fn: Optional[Callable] = None, window: Optional[int] = 3) -> float:
   """One similarity between prompts `a` and `b`; "on" needs `activations_fn(prompt) -> array`."""
@@ -148,6 +157,7 @@ def prompt_similarity(a, b, measure: str = DEFAULT_MEASURE,
     if activations_fn is None:
       raise ValueError("measure 'on' drives the frozen model with each prompt: pass activations_fn "
                        "(e.g. built on spot_jax.model.ffn_preactivations)")
+    _check_on_lengths({"a": a, "b": b})
     return on_similarity(activations_fn(a), activations_fn(b), window)
   return SIMILARITIES[measure](a, b)
 
@@ -164,6 +174,7 @@ def similarity_matrix(prompts: Mapping[str, np.ndarray], measure: str = DEFAULT_
   if measure == "on":
     if activations_fn is None:
       raise ValueError("measure 'on' needs activations_fn(prompt) -> [layers, ..., d_ff] activations")
+    _check_on_lengths(prompts)
     items = {k: activations_fn(prompts[k]) for k in names}
     fn = lambda x, y: on_similarity(x, y, window)
   else:
@@ -184,6 +195,7 @@ def similarities_to(target, candidates: Mapping[str, np.ndarray], measure: str =
   if measure == "on":
     if activations_fn is None:
       raise ValueError("measure 'on' needs activations_fn(prompt) -> [layers, ..., d_ff] activations")
+    _check_on_lengths({"target": target, **candidates})
     ta = activations_fn(target)
     return {k: on_similarity(ta, activations_fn(v), window) for k, v in candidates.items()}
   fn = SIMILARITIES[measure]

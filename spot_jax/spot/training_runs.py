@@ -145,4 +145,10 @@ def default_model_id(initial_checkpoint_path: Optional[str], config, seed: int =
 
 
 def _safe(name: str) -> str:
-  return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+  """`name` as a directory (and seqio) name; one with other characters gets a digest of the original,
+  so that two names that differ there (`glue:rte`, `glue_rte`) get two run directories."""
+  safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+  if safe == name:
+    return name
+  import hashlib  # pylint: disable=g-import-not-at-top
+  return f"{safe}_{hashlib.sha1(name.encode()).hexdigest()[:6]}"
