@@ -229,7 +229,7 @@ def run_demo(out_dir: str, backbone_config=None, demo: DemoConfig = DemoConfig()
   target_dir = os.path.join(runs_dir, "target")
   embedding = pipeline.task_embedding(frozen, target, os.path.join(target_dir, "task_embedding"),
                                       demo.task_embedding_steps, run)
-  ranked = pipeline.rank(lib, embedding, demo.measure, exclude=[target],
+  ranked = pipeline.rank(lib, embedding, demo.measure, exclude=[target] if target in lib else [],
                          target_step=demo.task_embedding_steps)
   for i, (task, score) in enumerate(ranked, 1):
     console.block(f"  {i}. {_short(task):<10} {score:+.3f}")

@@ -32,11 +32,16 @@ def string_to_float(text, default: float = -1.0, example=None,
 def option_index(text, example: Optional[Mapping[str, Any]] = None,
                  is_target: bool = False) -> int:
   """Multiple choice: the target is the gold label, a prediction the index of
-  the option it spells exactly (-1 when it matches none)."""
+  the option it spells exactly (-1 when it matches none). A prediction that
+  spells the gold option is the gold label even when another option has the
+  same text (DPR has such pairs; T5 compares the strings)."""
   if is_target:
     return int(example["label"])
   options = [_text(o).strip() for o in example["options"]]
   text = _text(text).strip()
+  label = example.get("label")
+  if label is not None and 0 <= int(label) < len(options) and options[int(label)] == text:
+    return int(label)
   return options.index(text) if text in options else -1
 
 

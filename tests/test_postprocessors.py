@@ -23,6 +23,10 @@ def test_option_index():
   assert post.option_index(b"case", example=ex, is_target=True) == 1
   assert post.option_index(b"trophy", example=ex) == 0
   assert post.option_index(b"box", example=ex) == -1
+  # Two options of one text (DPR has such pairs): spelling the gold one is right, as T5's string compare.
+  same = {"options": np.array([b"the man", b"the man"]), "label": np.int32(1)}
+  assert post.option_index(b"the man", example=same) == 1
+  assert post.option_index(b"the man", example={**same, "label": np.int32(-1)}) == 0  # unlabelled
 
 
 def test_qa_and_record():

@@ -23,7 +23,7 @@ import numpy as np
 from spot_jax import fileio, prompt_export
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import KINDS, PromptLibrary
-from spot_jax.spot.retrieval import rank_sources, warn_ties, weighted_average_init
+from spot_jax.spot.retrieval import checked_exclude, rank_sources, warn_ties, weighted_average_init
 
 EXTRA_ID_0 = 32099  # `<extra_id_0>` in the T5 SentencePiece vocabulary with 100 extra ids
 EOS_ID = 1
@@ -309,7 +309,8 @@ def _rank(args):
   lib = PromptLibrary.existing(args.library)
   act = _activations(args, [args.measure])
   # A target MODEL_DIR gives its task-embedding export (else its best/newest), and that export's step.
-  return lib, rank_sources(args.target, lib, args.measure, exclude=args.exclude, kind=args.kind,
+  exclude = checked_exclude(args.exclude, lib.tasks())  # a typed name must be a task of the library
+  return lib, rank_sources(args.target, lib, args.measure, exclude=exclude, kind=args.kind,
                            activations_fn=act, window=args.window)
 
 

@@ -50,7 +50,8 @@ def rank_sources(target_embedding, library, measure: str = sim.DEFAULT_MEASURE,
     candidates = library.prompts(kind)
   else:  # a plain mapping is not checked on the way in: a NaN prompt would score NaN and sort anywhere
     candidates = {k: prompt_io.validate_prompt(v, f"source prompt {k!r}") for k, v in library.items()}
-  exclude = checked_exclude(exclude, library.tasks() if isinstance(library, PromptLibrary) else candidates)
+  exclude = checked_exclude(exclude, library.tasks() if isinstance(library, PromptLibrary) else candidates,
+                            strict=False)
   candidates = {k: v for k, v in candidates.items() if k not in set(exclude)}
   if not candidates:
     raise ValueError("no source prompts to rank (empty library, or all excluded)")
@@ -60,15 +61,18 @@ def rank_sources(target_embedding, library, measure: str = sim.DEFAULT_MEASURE,
   return sort_ranking(scores)
 
 
-def checked_exclude(exclude, known) -> list:
-  """`exclude` as a list of the library's task names: a name it does not hold is refused (a typo left
-  that task ranked, the target first against itself), and a bare string is one name (it was excluded
-  letter by letter)."""
+def checked_exclude(exclude, known, strict: bool = True) -> list:
+  """`exclude` as a list, a bare string being one name (it was excluded letter by letter). A name the
+  library does not hold is refused (`strict`: names a user typed, where a typo left that task ranked,
+  the target first against itself), else warned of (the API, where a caller may leave out a target
+  that is not a source)."""
   exclude = [exclude] if isinstance(exclude, str) else list(exclude)
   unknown = sorted(set(exclude) - set(known))
   if unknown:
-    raise ValueError(f"exclude names {unknown}, which the library does not hold (its tasks: {sorted(known)}): "
-                     "correct the name")
+    msg = f"exclude names {unknown}, which the library does not hold (its tasks: {sorted(known)})"
+    if strict:
+      raise ValueError(f"{msg}: correct the name")
+    warnings.warn(f"{msg}: nothing is left out for them")
   return exclude
 
 

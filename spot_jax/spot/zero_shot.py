@@ -47,7 +47,7 @@ def _prompts(library_or_prompts, exclude: Sequence[str] = ()) -> Dict[str, np.nd
     prompts = lib.prompts("prompt")
   else:
     prompts = dict(library_or_prompts)
-  exclude = checked_exclude(exclude, prompts)
+  exclude = checked_exclude(exclude, prompts, strict=False)
   prompts = {k: v for k, v in prompts.items() if k not in set(exclude)}
   if not prompts:
     raise ValueError("no source prompts to evaluate zero-shot (empty library, or all excluded)")
