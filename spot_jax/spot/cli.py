@@ -107,7 +107,7 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
                    help="source task to leave out (repeatable), e.g. the target task itself")
     p.add_argument("--json", action="store_true", help="print JSON")
     if verb == "retrieve":
-      p.add_argument("--top-k", type=_positive_int, default=None, help="print only the k best sources")
+      p.add_argument("--top-k", type=positive_int, default=None, help="print only the k best sources")
       p.set_defaults(func=_cmd_retrieve)
     else:
       p.add_argument("--out", required=True, help="the init .npy to write (PROMPT_FILE for training); an "
@@ -115,7 +115,7 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
       p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
       p.add_argument("--strategy", choices=["weighted_average", "top1"], default="weighted_average",
                      help="top-k weighted average of source prompts (w ∝ similarity) or the best one")
-      p.add_argument("--top-k", type=_positive_int, default=3, help="sources averaged (default 3)")
+      p.add_argument("--top-k", type=positive_int, default=3, help="sources averaged (default 3)")
       p.set_defaults(func=_cmd_init)
 
   p = verbs.add_parser("transferability", parents=[on],
@@ -141,27 +141,25 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
   return lib
 
 
-def _window(value: str) -> Optional[int]:
-  if value in ("all", "none", "None"):
-    return None
+def positive_int(value: str, words: Optional[dict] = None):
+  """An argparse type: an integer >= 1, or one of `words` (the value it stands for). A --top-k of 0
+  crashed `retrieve`'s table, and a negative one dropped the last sources without a word."""
+  words = words or {}
+  if value in words:
+    return words[value]
   try:
     v = int(value)
   except ValueError as e:
-    raise argparse.ArgumentTypeError(f"window must be a positive integer or 'all', got {value!r}") from e
-  if v < 1:
-    raise argparse.ArgumentTypeError(f"window must be >= 1, got {v}")
-  return v
-
-
-def _positive_int(value: str) -> int:
-  """--top-k: 0 crashed the table, a negative k silently dropped the last sources."""
-  try:
-    v = int(value)
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from e
+    alternatives = "".join(f" or {w!r}" for w in words)
+    raise argparse.ArgumentTypeError(f"must be a positive integer{alternatives}, got {value!r}") from e
   if v < 1:
     raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
   return v
+
+
+def _window(value: str) -> Optional[int]:
+  return positive_int(value, {"all": None, "none": None, "None": None})
+
 
 
 def _load_metrics(value: Optional[str]) -> Optional[dict]:

@@ -16,6 +16,7 @@ import gin
 
 from spot_jax import gin_utils, prompt_io
 from spot_jax.spot import similarity as sim
+from spot_jax.spot.cli import positive_int
 from spot_jax.spot.library import PromptLibrary
 from spot_jax.spot.pipeline import (RANK_BY, STRATEGIES, RunConfig, _fmt, _train, default_model_id,
                                     enable_compilation_cache, evaluate_prompt, run_target)
@@ -127,15 +128,7 @@ def check_library_model(lib: PromptLibrary, model_id: str, allow_other_model: bo
 
 
 def _top_k(value: str):
-  if value == "all":
-    return value
-  try:
-    k = int(value)
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f"--top-k must be a positive integer or 'all', got {value!r}") from e
-  if k < 1:
-    raise argparse.ArgumentTypeError(f"--top-k must be >= 1, got {k}")
-  return k
+  return positive_int(value, {"all": "all"})
 
 
 def resolve_top_k(top_k, lib: PromptLibrary, target: str, exclude: Optional[Sequence[str]] = None) -> int:
