@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from spot_jax import fileio
-from spot_jax.prompt_io import (_CHECKPOINT_RE, EXPORT_INFO, NUMPY_CHECKPOINTS_DIR, PEFT_CONFIG, PEFT_TENSOR,
+from spot_jax.prompt_io import (CHECKPOINT_RE, EXPORT_INFO, NUMPY_CHECKPOINTS_DIR, PEFT_CONFIG, PEFT_TENSOR,
                                 PEFT_WEIGHTS, PROMPT_NPY, T5X_PROMPT_FILENAME, absolute_local_path,
                                 checkpoint_export_dir, validate_prompt)
 
@@ -98,7 +98,7 @@ def export_numpy_checkpoint(prompt: Any, model_dir: str, step: int, name: Option
   if name is None:
     directory = checkpoint_export_dir(model_dir, step)
   else:
-    if "/" in name or name.startswith(".") or _CHECKPOINT_RE.match(name) and name != f"checkpoint_{step}":
+    if "/" in name or name.startswith(".") or CHECKPOINT_RE.match(name) and name != f"checkpoint_{step}":
       raise ValueError(f"export name {name!r} is not a plain directory name consistent with step {step}")
     directory = fileio.join(model_dir, NUMPY_CHECKPOINTS_DIR, name)
   info = {"step": int(step)}

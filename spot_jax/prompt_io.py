@@ -21,7 +21,7 @@ Formats read by `load_prompt` (auto-detected):
 prompt-tuning's other prompt modules (multi-task shared + per-task prompts, a decoder-only model's
 prompt) are refused with the files found and what to pass instead: they are not one encoder prompt.
 
-Layout of a training MODEL_DIR's exports (the trainer writes them through `prompt_export.export_numpy_checkpoint`):
+Layout of a training MODEL_DIR's exports (`export_layout`; the trainer writes them through `prompt_export.export_numpy_checkpoint`):
   MODEL_DIR/numpy_checkpoints/checkpoint_<step>/{encoder.prompt.prompt.prompt, prompt.npy, export.json}
   MODEL_DIR/numpy_checkpoints/best/...            best-on-validation export
   MODEL_DIR/numpy_checkpoints/task_embedding/...  early export used as the SPoT task embedding
@@ -35,14 +35,19 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import re
-import warnings
 from typing import Any, Optional
 
 import numpy as np
 
 from spot_jax import fileio, prompt_peft
 # Re-exported: callers import them from here.
+from spot_jax.export_layout import (BEST_EXPORT, CHECKPOINT_RE, EXPORT_INFO, LIBRARY_RECORD,
+                                    LIBRARY_TASK_EMBEDDING, NUMPY_CHECKPOINTS_DIR, PROMPT_NPY,
+                                    T5X_CHECKPOINT_FILE, T5X_ORBAX_CHECKPOINT, T5X_PROMPT_FILENAME,
+                                    T5X_PROMPT_PARAM, TASK_EMBEDDING_EXPORT, ModelDirExports,
+                                    absolute_local_path, best_export_dir, checkpoint_export_dir, export_file,
+                                    find_exports, library_entry_record, list_numpy_checkpoints,
+                                    numpy_checkpoints_dir, read_export_info, step_of, task_embedding_export_dir)
 from spot_jax.fileio import read_json_object
 from spot_jax.prompt_peft import PEFT_CONFIG, PEFT_TENSOR, PEFT_WEIGHTS
 
@@ -52,25 +57,12 @@ __all__ = [
     "ACCEPTED_FORMATS", "numpy_checkpoints_dir", "checkpoint_export_dir", "best_export_dir",
     "task_embedding_export_dir", "ModelDirExports", "list_numpy_checkpoints", "find_exports",
     "read_export_info", "absolute_local_path", "validate_prompt", "check_prompt_shape", "PromptSource",
-    "resolve_prompt", "load_prompt", "load_prompt_with_source",
+    "resolve_prompt", "load_prompt", "load_prompt_with_source", "LIBRARY_RECORD", "LIBRARY_TASK_EMBEDDING",
+    "library_entry_record", "export_file", "step_of", "CHECKPOINT_RE",
     # from prompt_peft.py and fileio.py
     "PEFT_CONFIG", "PEFT_WEIGHTS", "PEFT_TENSOR", "read_json_object",
 ]
 
-NUMPY_CHECKPOINTS_DIR = "numpy_checkpoints"
-T5X_PROMPT_FILENAME = "encoder.prompt.prompt.prompt"
-# The prompt in prompt-tuning's model: PromptEncoderDecoder.encoder -> PromptEncoder.prompt (train
-# Prompt) -> .prompt (prompts.Prompt) -> param "prompt"; its Checkpointer names the numpy file by this
-# path with dots, and T5X stores it under optimizer/target/.
-T5X_PROMPT_PARAM = "encoder/prompt/prompt/prompt"
-T5X_CHECKPOINT_FILE = "checkpoint"
-T5X_ORBAX_CHECKPOINT = "t5x_orbax_checkpoint"  # PromptSource.format of an Orbax-written T5X checkpoint_<step>/
-PROMPT_NPY = "prompt.npy"
-EXPORT_INFO = "export.json"  # {"step": int, "shape": [P, d], "metrics": {...}, "created": float}
-BEST_EXPORT = "best"
-TASK_EMBEDDING_EXPORT = "task_embedding"
-
-_CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
 _NPY_MAGIC = b"\x93NUMPY"
 
 ACCEPTED_FORMATS = (
@@ -80,105 +72,6 @@ ACCEPTED_FORMATS = (
     "(PROMPT_TUNING or P_TUNING: adapter_config.json + adapter_model.safetensors) or its .safetensors file "
     "with the adapter_config.json beside it; a training MODEL_DIR "
     "containing numpy_checkpoints/ (or prompt-tuning's T5X checkpoint_<step>/ directories)")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Layout of MODEL_DIR exports (shared with the trainer).
-
-def numpy_checkpoints_dir(model_dir: str) -> str:
-  return fileio.join(model_dir, NUMPY_CHECKPOINTS_DIR)
-
-
-def checkpoint_export_dir(model_dir: str, step: int) -> str:
-  return fileio.join(model_dir, NUMPY_CHECKPOINTS_DIR, f"checkpoint_{int(step)}")
-
-
-def best_export_dir(model_dir: str) -> str:
-  return fileio.join(model_dir, NUMPY_CHECKPOINTS_DIR, BEST_EXPORT)
-
-
-def task_embedding_export_dir(model_dir: str) -> str:
-  return fileio.join(model_dir, NUMPY_CHECKPOINTS_DIR, TASK_EMBEDDING_EXPORT)
-
-
-@dataclasses.dataclass
-class ModelDirExports:
-  """What a MODEL_DIR holds: `checkpoints` is [(step, dir)] sorted by step; others are dirs or None."""
-  checkpoints: list
-  best: Optional[str]
-  task_embedding: Optional[str]
-
-  @property
-  def latest(self) -> Optional[str]:
-    return self.checkpoints[-1][1] if self.checkpoints else None
-
-
-def list_numpy_checkpoints(numpy_dir: str) -> list:
-  """[(step, dir)] of the complete `checkpoint_<step>` exports in `numpy_dir`, oldest first.
-
-  Temporary (`.tmp-*`) and backup directories left by an interrupted write are ignored.
-  """
-  if not fileio.isdir(numpy_dir):
-    return []
-  out = []
-  for name in fileio.listdir(numpy_dir):
-    m = _CHECKPOINT_RE.match(name.rstrip("/"))
-    if m and _export_file(fileio.join(numpy_dir, name.rstrip("/"))):
-      out.append((int(m.group(1)), fileio.join(numpy_dir, name.rstrip("/"))))
-  return sorted(out)
-
-
-def find_exports(model_dir: str) -> ModelDirExports:
-  """The numpy exports of a training MODEL_DIR (or of its numpy_checkpoints directory)."""
-  numpy_dir = model_dir if fileio.basename(model_dir) == NUMPY_CHECKPOINTS_DIR else numpy_checkpoints_dir(
-      model_dir)
-  best = fileio.join(numpy_dir, BEST_EXPORT)
-  emb = fileio.join(numpy_dir, TASK_EMBEDDING_EXPORT)
-  return ModelDirExports(
-      checkpoints=list_numpy_checkpoints(numpy_dir),
-      best=best if fileio.isdir(best) and _export_file(best) else None,
-      task_embedding=emb if fileio.isdir(emb) and _export_file(emb) else None)
-
-
-def read_export_info(export_dir: str) -> dict:
-  """The `export.json` beside an export (step, metrics), or {} when absent or unreadable.
-
-  Only metadata: the prompt beside it is intact, so a damaged one is a warning, not an error. A PEFT
-  adapter directory has no export.json: its `base_model_name_or_path` is given as `frozen_model`
-  (absolute when it is a local path), so that a PEFT -> PEFT export carries the base model over.
-  """
-  path = fileio.join(export_dir, EXPORT_INFO)
-  if not fileio.exists(path) and fileio.exists(fileio.join(export_dir, PEFT_CONFIG)):
-    try:
-      base = read_json_object(fileio.join(export_dir, PEFT_CONFIG)).get("base_model_name_or_path")
-    except (OSError, ValueError):
-      return {}
-    return {"frozen_model": absolute_local_path(base)} if isinstance(base, str) and base else {}
-  if not fileio.exists(path):
-    m = _CHECKPOINT_RE.match(fileio.basename(export_dir))
-    return {"step": int(m.group(1))} if m else {}
-  try:
-    return read_json_object(path)
-  except (OSError, ValueError) as e:
-    warnings.warn(f"{e}; ignoring it: the export's step and metrics are unknown (export it again to "
-                  "restore them)")
-    return {}
-
-
-def absolute_local_path(path: Optional[str]) -> Optional[str]:
-  """`path` made absolute when it is a local path (one that exists here, or starts with ./ ../ ~ or /),
-  so that a record of it (export.json's frozen_model, PEFT's base_model_name_or_path) still names it
-  from another working directory. gs:// paths and Hugging Face Hub ids (`google/t5-v1_1-base`) are
-  returned unchanged, as is None."""
-  if not path or fileio.is_remote(path):
-    return path
-  if os.path.isabs(str(path)):
-    return str(path)  # as recorded, trailing "/" included
-  expanded = os.path.expanduser(str(path))
-  if os.path.isabs(expanded) or os.path.exists(expanded) or expanded in (".", "..") or \
-      expanded.startswith(("./", "../", "." + os.sep, ".." + os.sep)):
-    return os.path.abspath(expanded)
-  return str(path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -261,7 +154,7 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
       return resolve_prompt(os.path.dirname(path.rstrip("/")))
     fmt = "t5x" if fileio.basename(path) == T5X_PROMPT_FILENAME else "npy"
     parent = os.path.dirname(path.rstrip("/"))
-    step = _step_of(parent) if fmt == "t5x" or fileio.basename(path) == PROMPT_NPY else None
+    step = step_of(parent) if fmt == "t5x" or fileio.basename(path) == PROMPT_NPY else None
     return PromptSource(path, fmt, export_dir=parent if step is not None else None, step=step)
   weights = prompt_peft.adapter_weights(path)
   if weights is not None:
@@ -271,20 +164,20 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
     if not fileio.exists(fileio.join(path, LIBRARY_TASK_EMBEDDING)):
       raise FileNotFoundError(f"{path} is a prompt library entry without a task embedding")
     return PromptSource(fileio.join(path, LIBRARY_TASK_EMBEDDING), "npy", step=entry.get("task_embedding_step"))
-  f = _export_file(path)
+  f = export_file(path)
   if f is not None:  # an export directory (checkpoint_<step>, best, task_embedding)
     info = read_export_info(path)
-    step = info.get("step", _step_of(path))
+    step = info.get("step", step_of(path))
     return PromptSource(f, "t5x" if fileio.basename(f) == T5X_PROMPT_FILENAME else "npy", path, step)
   from spot_jax.checkpoints import t5x_orbax  # pylint: disable=g-import-not-at-top
   step_dir = t5x_orbax.step_dir_of_item(path)  # its `state/` item stands for the step (before
   # the msgpack test: an older orbax writes a `checkpoint` file into that item)
-  if step_dir is None and _step_of(path) is not None and t5x_orbax.is_orbax_step_dir(path):
+  if step_dir is None and step_of(path) is not None and t5x_orbax.is_orbax_step_dir(path):
     step_dir = path.rstrip("/")  # T5X names its Orbax steps checkpoint_<step> (spot_jax's own are <step>)
   if step_dir is not None:
-    return PromptSource(step_dir, T5X_ORBAX_CHECKPOINT, step_dir, _step_of(step_dir))
+    return PromptSource(step_dir, T5X_ORBAX_CHECKPOINT, step_dir, step_of(step_dir))
   if _is_t5x_checkpoint_dir(path):
-    return PromptSource(path, "t5x_checkpoint", path, _step_of(path))
+    return PromptSource(path, "t5x_checkpoint", path, step_of(path))
   other = _other_prompt_files(path)
   if other:
     raise ValueError(_not_one_encoder_prompt(path, other))
@@ -333,22 +226,6 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
                      f"not a prompt export: load {export}"
                      + (f" (or {model_dir}, its newest export)" if step is not None else " (its newest export)"))
   raise ValueError(f"unknown prompt format at {path}. Accepted: {ACCEPTED_FORMATS}")
-
-
-# A prompt library entry (spot_jax.spot.library_entry): prompt.npy beside these two.
-LIBRARY_RECORD, LIBRARY_TASK_EMBEDDING = "record.json", "task_embedding.npy"
-
-
-def library_entry_record(path: str) -> Optional[dict]:
-  """The record.json of a prompt library entry directory, else None."""
-  record = fileio.join(path, LIBRARY_RECORD)
-  if not (fileio.exists(record) and fileio.exists(fileio.join(path, PROMPT_NPY))):
-    return None
-  try:
-    out = fileio.read_json_object(record)
-  except ValueError:
-    return None
-  return out if "task" in out and "d_model" in out else None
 
 
 def _training_checkpoint_of(path: str) -> Optional[tuple]:
@@ -412,7 +289,7 @@ def _t5x_checkpoint_steps(model_dir: str) -> list:
   if not fileio.isdir(model_dir):
     return []
   from spot_jax.checkpoints import t5x_orbax  # pylint: disable=g-import-not-at-top
-  steps = [int(m.group(1)) for m in (_CHECKPOINT_RE.match(n.rstrip("/")) for n in fileio.listdir(model_dir))
+  steps = [int(m.group(1)) for m in (CHECKPOINT_RE.match(n.rstrip("/")) for n in fileio.listdir(model_dir))
            if m and (_is_t5x_checkpoint_dir(fileio.join(model_dir, m.group(0))) or
                      t5x_orbax.is_orbax_step_dir(fileio.join(model_dir, m.group(0))))]
   return sorted(set(steps))
@@ -423,7 +300,7 @@ def _newest_step_dir(numpy_dir: str) -> Optional[str]:
   if not fileio.isdir(numpy_dir):
     return None
   steps = sorted((int(m.group(1)), m.group(0)) for m in
-                 (_CHECKPOINT_RE.match(n.rstrip("/")) for n in fileio.listdir(numpy_dir)) if m)
+                 (CHECKPOINT_RE.match(n.rstrip("/")) for n in fileio.listdir(numpy_dir)) if m)
   return fileio.join(numpy_dir, steps[-1][1]) if steps else None
 
 
@@ -493,16 +370,3 @@ def _no_encoder_prompt(ckpt_dir: str, prompt_names: list, kind: str = "") -> str
           "MODEL_DIR, its numpy_checkpoints/ export or a checkpoint_<step>/ the run wrote")
 
 
-# ----------------------------------------------------------------------------------------------------
-# Helpers.
-
-def _step_of(directory: str) -> Optional[int]:
-  m = _CHECKPOINT_RE.match(fileio.basename(directory))
-  return int(m.group(1)) if m else None
-
-
-def _export_file(directory: str) -> Optional[str]:
-  for name in (T5X_PROMPT_FILENAME, PROMPT_NPY):
-    if fileio.exists(fileio.join(directory, name)):
-      return fileio.join(directory, name)
-  return None

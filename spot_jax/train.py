@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from spot_jax import checkpointing, fileio, input_pipeline, optim, partitioning, prompt_export, prompt_io, prompts
-from spot_jax import process_startup
+from spot_jax import process_startup, resume
 from spot_jax import frozen_model as frozen_lib
 from spot_jax import train_step as ts
 from spot_jax.config import T5Config
@@ -321,13 +321,13 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     if resume_step is not None and start_step <= train_steps:
       # A run stopped between its checkpoint and what follows it at that step: the export of an older
       # run (written after its checkpoint), the task-embedding export, the evaluation (after the save).
-      if _export_missing(prompt_io.checkpoint_export_dir(model_dir, start_step)):
+      if resume.export_missing(prompt_io.checkpoint_export_dir(model_dir, start_step)):
         export(state, start_step)
-      if task_embedding_step and task_embedding_step <= start_step and _export_missing(
+      if task_embedding_step and task_embedding_step <= start_step and resume.export_missing(
           prompt_io.task_embedding_export_dir(model_dir)):
-        _recover_task_embedding(model_dir, task_embedding_step, start_step, is_main)
+        resume.recover_task_embedding(model_dir, task_embedding_step, start_step, is_main)
       if eval_period and (start_step % eval_period == 0 or start_step == train_steps) and \
-          not partitioning.process_0s(_evaluated_at(model_dir, start_step)):
+          not partitioning.process_0s(resume.evaluated_at(model_dir, start_step)):
         log.info("evaluating step %d, which the stopped run saved but did not evaluate", start_step)
         evaluate(state, start_step)
 
@@ -437,44 +437,6 @@ def _has_checkpoints(model_dir: str) -> bool:
   """Whether MODEL_DIR/checkpoints has a step directory (a look, without starting orbax's manager)."""
   directory = fileio.join(model_dir, checkpointing.CHECKPOINTS_SUBDIR)
   return fileio.isdir(directory) and any(n.rstrip("/").isdigit() for n in fileio.listdir(directory))
-
-
-def _export_missing(export_dir: str) -> bool:
-  return not fileio.exists(fileio.join(export_dir, prompt_io.PROMPT_NPY)) and not fileio.exists(
-      fileio.join(export_dir, prompt_io.T5X_PROMPT_FILENAME))
-
-
-def _evaluated_at(model_dir: str, step: int) -> bool:
-  """Whether metrics.jsonl holds the evaluation of `step` (every process reads the same file)."""
-  from spot_jax import metrics_log
-  path = fileio.join(model_dir, metrics_log.JSONL_NAME)
-  if not fileio.exists(path):
-    return False
-  return any(r.get("step") == step and any(k.startswith("eval/") for k in r)
-             for r in metrics_log.read_jsonl(path))
-
-
-def _recover_task_embedding(model_dir: str, task_embedding_step: int, start_step: int, is_main: bool) -> None:
-  """The task-embedding export of a run resumed at or past TASK_EMBEDDING_STEP without it (a run first
-  trained without one, or stopped before writing it): the step's checkpoint export when there is one,
-  else a refusal, since this run never trains that step again."""
-  saved = prompt_io.checkpoint_export_dir(model_dir, task_embedding_step)
-  if _export_missing(saved):
-    raise ValueError(
-        f"TASK_EMBEDDING_STEP={task_embedding_step}, but {model_dir} resumes at step {start_step}, past it, and "
-        f"holds no task-embedding export nor a numpy export of step {task_embedding_step} to take it from: "
-        f"this run would never write one. Use a new MODEL_DIR, or set TASK_EMBEDDING_STEP to a step after "
-        f"{start_step} (or to a saved step: {_saved_steps(model_dir)})")
-  if is_main:
-    prompt = prompt_io.load_prompt(saved)
-    prompt_export.export_numpy_checkpoint(prompt, model_dir, task_embedding_step, name=prompt_io.TASK_EMBEDDING_EXPORT,
-                                          frozen_model=prompt_io.read_export_info(saved).get("frozen_model"))
-  log.info("task-embedding export of step %d taken from %s (the run resumed past that step)", task_embedding_step,
-           saved)
-
-
-def _saved_steps(model_dir: str) -> list:
-  return [s for s, _ in prompt_io.find_exports(model_dir).checkpoints]
 
 
 def inference_eval_dir(model_dir: str) -> str:
