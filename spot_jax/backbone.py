@@ -374,6 +374,7 @@ def prefixed_accuracy(t5_config: T5Config, params, task: str, split: str = "vali
   """Accuracy (%) of the backbone on a bundled task driven by a textual prefix instead of a prompt,
   by ranking the task's label words (first-token logits). Shows what the backbone learned. `task`:
   the bundled task's short name (`movie`) or its seqio name (`spot_bundled_movie`)."""
+  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from spot_jax.model import T5  # pylint: disable=g-import-not-at-top
   short = task[len("spot_bundled_"):] if task.startswith("spot_bundled_") else task
@@ -391,7 +392,7 @@ def prefixed_accuracy(t5_config: T5Config, params, task: str, split: str = "vali
   prefix = TASK_PREFIXES[task] if prefix is None else prefix
   texts = [(prefix + " " if prefix else "") + _templates()[task].format(**r) for r in rows]
   inputs = _pad([tok.encode(t) + [EOS] for t in texts], max(len(tok.encode(t)) + 1 for t in texts))
-  logits = T5(t5_config).apply({"params": params}, jnp.asarray(inputs),
+  logits = jax.jit(T5(t5_config).apply)({"params": params}, jnp.asarray(inputs),
                                jnp.zeros((len(rows), 1), jnp.int32))
   pred = np.asarray(logits[:, 0, :])[:, first].argmax(-1)
   gold = np.array([labels.index(r["label"]) for r in rows])
