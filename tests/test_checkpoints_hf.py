@@ -164,7 +164,7 @@ def test_pytorch_pickle_weights_name_the_conversion(tmp_path):
     with pytest.raises(CheckpointError) as e:
       read_params(str(d))
     msg = str(e.value)
-    assert "PyTorch pickle weights (pytorch_model" in msg and "safetensors only" in msg
+    assert "PyTorch pickle weights (pytorch_model" in msg and "safetensors and Flax msgpack" in msg
     assert f"M.from_pretrained('{d}').save_pretrained('{d}_safetensors', safe_serialization=True)" in msg
 
 

@@ -10,7 +10,7 @@ import os
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from spot_jax.checkpoints import hf, t5x, t5x_orbax
+from spot_jax.checkpoints import hf, hf_flax, t5x, t5x_orbax
 from spot_jax.checkpoints.hf import read_hf, write_hf
 from spot_jax.checkpoints.infer_config import (SHAPE_FIELDS, VARIANT_FIELDS, CheckpointError, cast_params,
                                                check_agreement, check_params, expected_shapes,
@@ -24,12 +24,13 @@ __all__ = ["CheckpointError", "read_params", "detect_format", "resolve_checkpoin
 
 
 # Files that name a checkpoint by its directory: a T5X `checkpoint` msgpack file, or a HF folder's files.
-_FILES_OF_A_CHECKPOINT_DIR = ("checkpoint", "config.json", hf.WEIGHTS_FILE, hf.INDEX_FILE)
+_FILES_OF_A_CHECKPOINT_DIR = ("checkpoint", "config.json", hf.WEIGHTS_FILE, hf.INDEX_FILE, hf_flax.WEIGHTS_FILE,
+                              hf_flax.INDEX_FILE)
 
 
 def resolve_checkpoint_path(path: str) -> str:
   """The checkpoint directory behind `path`: `path` itself, or the directory of a file that belongs
-  to one (T5X's `checkpoint_<step>/checkpoint`, a HF folder's config.json or model.safetensors), or
+  to one (T5X's `checkpoint_<step>/checkpoint`, a HF folder's config.json or weights file), or
   the `checkpoint_<step>` of an Orbax-written T5X checkpoint's `state` item directory."""
   path = str(path)
   step_dir = t5x_orbax.step_dir_of_item(path)
@@ -66,7 +67,7 @@ def detect_format(path: str) -> str:
 
 _T5X_DIR = "a T5X checkpoint (a `checkpoint` msgpack file, or `checkpoint_<step>/` directories holding one)"
 _HF_DIR = ("a Hugging Face T5 directory (config.json + model.safetensors, or sharded *.safetensors + "
-           "model.safetensors.index.json)")
+           "model.safetensors.index.json, or Flax's flax_model.msgpack)")
 _CONVERT = ("python -c \"from transformers import AutoModelForSeq2SeqLM as M; "
             "M.from_pretrained('{src}'{kw}).save_pretrained('{dst}', safe_serialization=True)\"")
 _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "_sharding")
@@ -113,24 +114,28 @@ def _not_a_checkpoint(path: str) -> str:
   found = ", ".join(sorted(names)[:8]) + (", ..." if len(names) > 8 else "")
   safetensors = sorted(n for n in names if n.endswith(".safetensors") or n == hf.INDEX_FILE)
   pickles = sorted(n for n in names if n.startswith("pytorch_model") and n.endswith((".bin", ".bin.index.json")))
-  other = sorted(n for n in names if n in ("tf_model.h5", "flax_model.msgpack"))
+  flax = sorted(n for n in names if n.startswith("flax_model") and n.endswith((".msgpack", ".msgpack.index.json")))
+  other = sorted(n for n in names if n == "tf_model.h5")
   if not names:
     return f"{path} is an empty directory: neither {_T5X_DIR} nor {_HF_DIR}"
-  if (safetensors or pickles or other) and "config.json" not in names:
-    return (f"{path} holds weights ({', '.join((safetensors + pickles + other)[:4])}) but no config.json: a "
+  if (safetensors or flax or pickles or other) and "config.json" not in names:
+    return (f"{path} holds weights ({', '.join((safetensors + flax + pickles + other)[:4])}) but no config.json: a "
             "Hugging Face checkpoint needs the config.json that save_pretrained writes beside them (it gives "
             "the layer counts, feed_forward_proj and tie_word_embeddings). Copy it from where the weights "
             "came from (the model's Hub repository)")
   if safetensors and "config.json" in names:
     return (f"{path} has config.json and {', '.join(safetensors[:3])} but neither {hf.WEIGHTS_FILE} nor "
             f"{hf.INDEX_FILE} (sharded weights need the index save_pretrained writes): copy the missing file")
+  if flax and "config.json" in names:
+    return (f"{path} has config.json and {', '.join(flax[:3])} but neither {hf_flax.WEIGHTS_FILE} nor "
+            f"{hf_flax.INDEX_FILE} (sharded weights need the index save_pretrained writes): copy the missing file")
   if pickles or other:
-    kind = "PyTorch pickle" if pickles else "TensorFlow/Flax"
-    kw = "" if pickles else (", from_tf=True" if "tf_model.h5" in names else ", from_flax=True")
+    kind = "PyTorch pickle" if pickles else "TensorFlow"
+    kw = "" if pickles else ", from_tf=True"
     dst = path.rstrip("/") + "_safetensors"
     return (f"{path} holds {kind} weights ({', '.join((pickles + other)[:3])}), which spot_jax does not read "
-            f"(it reads safetensors only{'; unpickling can run code' if pickles else ''}). Convert them once, "
-            f"in a Python with torch and transformers:\n  {_CONVERT.format(src=path, kw=kw, dst=dst)}\n"
+            f"(it reads safetensors and Flax msgpack{'; unpickling can run code' if pickles else ''}). Convert them once, "
+            f"in a Python with torch{'' if pickles else ', tensorflow'} and transformers:\n  {_CONVERT.format(src=path, kw=kw, dst=dst)}\n"
             f"and pass {dst}")
   if "snapshots" in names and "refs" in names:
     snaps = t5x.listdir(t5x.join(path, "snapshots"))

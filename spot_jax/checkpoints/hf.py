@@ -1,4 +1,5 @@
-"""Hugging Face T5 checkpoints: `config.json` + `model.safetensors` (or shards + index).
+"""Hugging Face T5 checkpoints: `config.json` + `model.safetensors` (or shards + index), or Flax's
+`flax_model.msgpack` (`hf_flax`) when a folder has no safetensors.
 
 PyTorch `nn.Linear` weights are `[out, in]`; T5X kernels are `[in, out]`, so every projection is
 transposed, as is the relative-position table (`[buckets, heads]` in HF, `[heads, buckets]` in
@@ -19,6 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import ml_dtypes  # noqa: F401
 import numpy as np
 
+from spot_jax.checkpoints import hf_flax
 from spot_jax.checkpoints import t5x as _io
 from spot_jax.checkpoints.infer_config import (CheckpointError, expected_shapes, flatten, np_dtype,
                                                unflatten)
@@ -29,9 +31,12 @@ INDEX_FILE = "model.safetensors.index.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+def has_safetensors(path: str) -> bool:
+  return _io.exists(_io.join(path, WEIGHTS_FILE)) or _io.exists(_io.join(path, INDEX_FILE))
+
+
 def is_hf_dir(path: str) -> bool:
-  return _io.exists(_io.join(path, "config.json")) and (
-      _io.exists(_io.join(path, WEIGHTS_FILE)) or _io.exists(_io.join(path, INDEX_FILE)))
+  return _io.exists(_io.join(path, "config.json")) and (has_safetensors(path) or hf_flax.has_weights(path))
 
 
 # ----------------------------------------------------------------------------- config.json
@@ -243,6 +248,9 @@ class _Tensors:
   def file_of(self, name: str) -> str:
     return _io.join(self.directory, self.where[name])
 
+  def label(self, name: str) -> str:
+    return name
+
   def get(self, name: str) -> np.ndarray:
     filename = self.where[name]
     f = self._file(filename)
@@ -325,7 +333,7 @@ def _read_index(index_path: str) -> Dict[str, str]:
   for name, shard in weight_map.items():
     if not isinstance(shard, str) or not shard.endswith(".safetensors"):
       raise CheckpointError(f"{index_path}: weight_map maps {name!r} to {json.dumps(shard, default=repr)}, not the "
-                            f"name of a .safetensors shard in this folder (spot_jax reads safetensors only): {fix}")
+                            f"name of a .safetensors shard in this folder (spot_jax reads safetensors or Flax msgpack, never PyTorch pickles): {fix}")
   return dict(weight_map)
 
 
@@ -352,7 +360,8 @@ def read_hf(path: str, config: Optional[T5Config] = None, lazy: bool = False) ->
   from_file = config_from_hf(hf_config, config_path)  # also rejects unsupported architectures
   given = config is not None
   config = config if given else from_file
-  tensors = _Tensors(path)
+  # safetensors when the folder has them (read slice by slice); else Flax's msgpack (read whole)
+  tensors = _Tensors(path) if has_safetensors(path) else hf_flax.FlaxTensors(path)
   shapes = expected_shapes(config)
   flat, used = {}, set()
   for ours, (theirs, transpose) in name_map(config).items():
@@ -360,7 +369,7 @@ def read_hf(path: str, config: Optional[T5Config] = None, lazy: bool = False) ->
     if theirs == "shared.weight":
       name = next((n for n in _EMBEDDING_ALIASES if n in tensors), theirs)
     if name not in tensors:
-      raise CheckpointError(f"{path}: missing tensor {theirs!r} (spot_jax parameter {ours!r}) for "
+      raise CheckpointError(f"{path}: missing tensor {_missing_label(tensors, theirs)} (spot_jax parameter {ours!r}) for "
                             f"{'gated-gelu' if config.gated else 'relu'}, "
                             f"{'tied' if config.tie_word_embeddings else 'untied'} T5 with "
                             f"{config.num_encoder_layers}+{config.num_decoder_layers} layers"
@@ -374,8 +383,9 @@ def read_hf(path: str, config: Optional[T5Config] = None, lazy: bool = False) ->
       arr = tensors.get(name)
       found = tuple(arr.shape)
     if found != tuple(want):
-      raise CheckpointError(f"{path}: tensor {name!r} (spot_jax {ours!r}) has shape {found} "
-                            f"but config.json implies {tuple(want)}")
+      raise CheckpointError(f"{path}: tensor {tensors.label(name)!r} (spot_jax {ours!r}) has shape {found} "
+                            f"but config.json implies {tuple(want)}"
+                            + (" (PyTorch's [out, in] layout)" if transpose and tensors.label(name) != name else ""))
     flat[ours] = arr if lazy else np.ascontiguousarray(arr.T) if transpose else np.asarray(arr)
     used.add(name)
   if given:
@@ -390,6 +400,16 @@ def read_hf(path: str, config: Optional[T5Config] = None, lazy: bool = False) ->
   return config, unflatten(flat)
 
 
+def _missing_label(tensors: Any, name: str) -> str:
+  """How a missing tensor is named to the user: its Flax key too when the folder holds Flax weights."""
+  if isinstance(tensors, hf_flax.FlaxTensors):
+    key = name.rsplit(".", 1)[0].replace(".", "/")
+    leaf = "embedding" if name in ("shared.weight",) or name.endswith("relative_attention_bias.weight") else (
+        "weight" if "layer_norm" in name else "kernel")
+    return f"{key}/{leaf!s} (PyTorch's {name})"
+  return repr(name)
+
+
 def _differ(a: np.ndarray, b: np.ndarray) -> Optional[str]:
   """None when `a` and `b` hold the same values, else how they differ."""
   if a.shape != b.shape:
@@ -400,7 +420,7 @@ def _differ(a: np.ndarray, b: np.ndarray) -> Optional[str]:
   return f"max |difference| {float(np.nanmax(np.abs(a - b))):.3g}"
 
 
-def _check_copies_of_the_embedding(path: str, tensors: _Tensors, config: T5Config, embedding: np.ndarray,
+def _check_copies_of_the_embedding(path: str, tensors: Any, config: T5Config, embedding: np.ndarray,
                                    tied_by: str) -> set:
   """Copies of the embedding a HF file may hold beside the one read must equal it; returns their names.
 
@@ -431,7 +451,7 @@ def _check_copies_of_the_embedding(path: str, tensors: _Tensors, config: T5Confi
   return checked
 
 
-def _warn_unused(path: str, tensors: _Tensors, config: T5Config, used: set) -> None:
+def _warn_unused(path: str, tensors: Any, config: T5Config, used: set) -> None:
   """Warn (as transformers does: "Some weights ... were not used") about tensors the config does not
   read, naming the layer-count field when the file holds more blocks than the config."""
   unused = sorted(n for n in tensors.names() if n not in used and n not in _IGNORED_UNEXPECTED)
@@ -446,7 +466,7 @@ def _warn_unused(path: str, tensors: _Tensors, config: T5Config, used: set) -> N
       held = f"block {extra[0]}" if len(extra) == 1 else f"blocks {extra[0]}..{extra[-1]}"
       hints.append(f"the weights hold {stack} {held} beyond the {count} that config.json's {field} says; "
                    f"if that field is wrong, set it to {extra[-1] + 1}")
-  shown = ", ".join(unused[:8]) + (f", ... ({len(unused)} in all)" if len(unused) > 8 else "")
+  shown = ", ".join(tensors.label(n) for n in unused[:8]) + (f", ... ({len(unused)} in all)" if len(unused) > 8 else "")
   warnings.warn(f"{path}: {len(unused)} tensor(s) of the checkpoint are not used by the "
                 f"{'gated-gelu' if config.gated else 'relu'}, "
                 f"{'tied' if config.tie_word_embeddings else 'untied'} T5 with "
