@@ -111,20 +111,19 @@ def test_model_gives_the_same_loss_and_prompt_gradient_with_the_kernel(monkeypat
       assert sorted(c for c, _ in copies) == \
           [1] + [2] * cfg.num_encoder_layers + [3] * (cfg.num_encoder_layers - 1)
       assert {tiling for _, tiling in copies} == {(1, 2)}
-    results[impl] = jax.jit(jax.value_and_grad(
-        lambda p: loss_fn(p, params, batch, jax.random.PRNGKey(1))[0]))(prompt)
+    step = jax.jit(jax.value_and_grad(lambda p, key: loss_fn(p, params, batch, key)[0]))
+    results[impl] = step(prompt, jax.random.PRNGKey(1))
   tol = 1e-5 if dtype == "float32" else 3e-2
   np.testing.assert_allclose(results["pallas"][0], results["xla"][0], rtol=tol)
   assert float(jnp.abs(results["xla"][1]).max()) > 1e-4
   np.testing.assert_allclose(results["pallas"][1], results["xla"][1], rtol=tol,
                              atol=tol * float(jnp.abs(results["xla"][1]).max()))
   # Without dropout (evaluation) too, and a different key would have given another loss.
-  logits = {impl: M.T5(cfg.replace(norm_impl=impl)).apply({"params": params}, enc, dec, prompt)
+  logits = {impl: jax.jit(M.T5(cfg.replace(norm_impl=impl)).apply)({"params": params}, enc, dec, prompt)
             for impl in ("xla", "pallas")}
   np.testing.assert_allclose(np.asarray(logits["pallas"], np.float32),
                              np.asarray(logits["xla"], np.float32), rtol=tol, atol=tol)
-  loss_fn = train_step.make_loss_fn(cfg.replace(norm_impl="pallas"), enable_dropout=True)
-  other = loss_fn(prompt, params, batch, jax.random.PRNGKey(2))[0]
+  other = step(prompt, jax.random.PRNGKey(2))[0]  # the kernel's step (the loop's last), another key
   assert abs(float(other) - float(results["pallas"][0])) > 1e-4
 
 
