@@ -43,7 +43,8 @@ __all__ = [
 
 # The default vocabulary is the project's (`tasks.vocab.DEFAULT_VOCABULARY`):
 # `tasks.vocab.set_vocabulary`/`use_vocabulary`, else $SPOT_JAX_VOCAB, else T5's
-# public cc_all.32000.100extra model + 100 sentinels (32100 ids), resolved and
+# public cc_all.32000 model + 100 sentinels (32100 ids; T5X's .100extra copy, which
+# holds them, gives the same ids), resolved and
 # loaded lazily, so nothing is fetched until a task is tokenized.
 DEFAULT_VOCAB_PATH = vocab_lib.DEFAULT_VOCAB_PATH
 DEFAULT_EXTRA_IDS = vocab_lib.DEFAULT_EXTRA_IDS
@@ -328,10 +329,11 @@ def register_task_from_files(
       are compared with surrounding whitespace (`LABEL_STRIP_CHARS`) stripped.
     metrics: a name from `METRICS`, a function `f(targets, predictions)`, or a
       list of them.
-    vocabulary: a seqio Vocabulary, a SentencePiece model path (100 extra ids
-      are appended), or None for the project's vocabulary, resolved when the
-      task is tokenized: `tasks.vocab.set_vocabulary`/`use_vocabulary`, else
-      $SPOT_JAX_VOCAB, else T5's cc_all.32000.100extra + 100 extra ids.
+    vocabulary: a seqio Vocabulary, a SentencePiece model path (100 extra ids,
+      appended unless the file holds them), or None for the project's
+      vocabulary, resolved when the task is tokenized:
+      `tasks.vocab.set_vocabulary`/`use_vocabulary`, else $SPOT_JAX_VOCAB, else
+      T5's cc_all.32000 + 100 extra ids.
     rank_classification: also register `name + "_rank"`: one scored example
       per label option, metric `rank_classification_accuracy` (accuracy of the
       best-scored option, reported as "accuracy"; needs label_names). Train on

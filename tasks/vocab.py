@@ -10,15 +10,24 @@ match wins:
   3. `DEFAULT_VOCAB_PATH`, the public T5 vocabulary.
 A model that cannot be read (no network for the `gs://` default, a wrong path)
 raises `VocabularyError`, naming the path and the ways to point at a local copy.
+
+Two public files give T5's 32100 ids: `cc_all.32000` (T5's default: 32000
+pieces, 100 sentinels appended) and `cc_all.32000.100extra` (T5X's gin files:
+the sentinels already in the file). Both are accepted with the same 100 extra
+ids: `SentinelAwareVocabulary` appends none to a file that holds them (seqio
+would refuse it: "<extra_id_99> is already defined"), as T5X reads it.
 """
 import contextlib
+import logging
 import os
+import re
 import threading
 from typing import Optional, Union
 
 import seqio
 
-DEFAULT_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+# T5's own default (t5.data's DEFAULT_SPM_PATH + DEFAULT_EXTRA_IDS); T5X's `.100extra` copy works too.
+DEFAULT_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 DEFAULT_EXTRA_IDS = 100
 ENV_VAR = "SPOT_JAX_VOCAB"
 
@@ -27,6 +36,39 @@ VocabLike = Union[str, os.PathLike, seqio.Vocabulary]
 
 class VocabularyError(ValueError):
   """The SentencePiece model of the tasks' vocabulary cannot be loaded."""
+
+
+_SENTINEL = re.compile(r"\u2581?<extra_id_(\d+)>")
+
+
+def built_in_sentinels(path: str) -> int:
+  """How many `<extra_id_N>` pieces a SentencePiece model file already holds (T5X's `.100extra`
+  files and mT5's `mc4.250000.100extra` hold 100; `cc_all.32000` none)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (seqio reads model files with it too)
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(path, "rb") as f:
+    model = sentencepiece_model_pb2.ModelProto.FromString(f.read())
+  return sum(1 for piece in model.pieces if _SENTINEL.fullmatch(piece.piece))
+
+
+class SentinelAwareVocabulary(seqio.SentencePieceVocabulary):
+  """A `seqio.SentencePieceVocabulary` that appends no sentinels to a model file already holding
+  them: `extra_ids` is what the ids must include, and the ids are the same either way."""
+
+  def _model_context(self):
+    if self._model is None and self._extra_ids:
+      held = built_in_sentinels(self.sentencepiece_model_file)
+      if held and held != self._extra_ids:
+        raise VocabularyError(
+            f"{self.sentencepiece_model_file} already holds {held} <extra_id_N> pieces, but "
+            f"{self._extra_ids} extra ids were asked for: use extra_ids={held} (or 0), as the file's "
+            "own sentinels are the extra ids")
+      if held:
+        logging.getLogger("spot_jax").info(
+            "%s holds its %d sentinels (<extra_id_N> pieces): none appended", self.sentencepiece_model_file,
+            held)
+        self._extra_ids = 0
+    return super()._model_context()
 
 
 _lock = threading.Lock()
@@ -40,14 +82,14 @@ def get_vocabulary(path: Optional[str] = None,
 
   Args:
     path: SentencePiece model file; default `$SPOT_JAX_VOCAB`, else the T5 one.
-    extra_ids: sentinel ids appended (`<extra_id_0>` = vocab_size - 1); T5
-      uses 100.
+    extra_ids: sentinel ids (`<extra_id_0>` = vocab_size - 1); T5 uses 100.
+      Appended to the file's pieces, unless the file holds them already.
   """
   path = str(path or os.environ.get(ENV_VAR) or DEFAULT_VOCAB_PATH)
   key = (path, extra_ids)
   with _lock:
     if key not in _cache:
-      _cache[key] = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+      _cache[key] = SentinelAwareVocabulary(path, extra_ids=extra_ids)
     return _cache[key]
 
 
@@ -116,7 +158,8 @@ def load_error(path: str, error: BaseException, origin: str = "",
       f"the T5 vocabulary {DEFAULT_VOCAB_PATH}): export {ENV_VAR}=/path/to/sentencepiece.model, "
       f"or call tasks.vocab.set_vocabulary('/path/to/sentencepiece.model') in Python (it wins "
       f"over {ENV_VAR}); "
-      f"{DEFAULT_EXTRA_IDS} extra ids are appended to the model's pieces.")
+      f"{DEFAULT_EXTRA_IDS} extra ids are appended to the model's pieces (none to a file that holds "
+      f"them, as T5X's cc_all.32000.100extra does).")
 
 
 def ensure_loaded(vocab: seqio.Vocabulary, origin: str = "",
@@ -128,6 +171,8 @@ def ensure_loaded(vocab: seqio.Vocabulary, origin: str = "",
   if isinstance(vocab, seqio.SentencePieceVocabulary) and getattr(vocab, "_model", None) is None:
     try:
       vocab.load_model()
+    except VocabularyError:
+      raise
     except Exception as e:  # pylint: disable=broad-except  (TF, OS and protobuf errors alike)
       raise load_error(vocab.sentencepiece_model_file, e, origin, task) from e
   return vocab

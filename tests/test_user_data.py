@@ -198,8 +198,8 @@ def test_explicit_vocabulary_still_wins(tmp_path, monkeypatch, no_vocab_override
 
 def test_default_is_the_t5_vocabulary_with_100_extra_ids(tmp_path, monkeypatch, no_vocab_override,
                                                          shared_fixtures):
-  """The T5 model (cc_all.32000.100extra) has 32000 pieces: + 100 extra ids = 32100 ids and
-  <extra_id_0> = 32099, the same ids the old users'-data default (cc_all.32000 + 100) gave."""
+  """T5's default model (cc_all.32000, the shared fixture) has 32000 pieces: + 100 extra ids = 32100
+  ids and <extra_id_0> = 32099 (T5X's cc_all.32000.100extra gives the same: tests/test_vocab.py)."""
   vocab = no_vocab_override
   assert ud.DEFAULT_VOCAB_PATH == vocab.DEFAULT_VOCAB_PATH
   assert ud.DEFAULT_EXTRA_IDS == vocab.DEFAULT_EXTRA_IDS == 100
