@@ -163,11 +163,39 @@ SIZES = {
 }
 
 
-def size_config(name: str, **overrides: Any) -> T5Config:
-  """The T5 1.1 config of a named size, with field overrides (e.g. `vocab_size=250112` for mT5)."""
-  if name not in SIZES:
-    raise ValueError(f"unknown T5 size {name!r}; known sizes: {sorted(SIZES)}")
-  return SIZES[name].replace(**overrides) if overrides else SIZES[name]
+def _v10(**kw) -> T5Config:
+  return T5Config(feed_forward="relu", tie_word_embeddings=True, **kw)
+
+
+# T5 1.0 sizes (T5X's t5_1_0/*.gin): other widths and depths than 1.1's, and 3B / 11B in place of xl / xxl.
+SIZES_T5_1_0 = {
+    "tiny": SIZES["tiny"].replace(feed_forward="relu", tie_word_embeddings=True),
+    "small": _v10(d_model=512, num_heads=8, head_dim=64, d_ff=2048, num_encoder_layers=6,
+                  num_decoder_layers=6),
+    "base": _v10(d_model=768, num_heads=12, head_dim=64, d_ff=3072, num_encoder_layers=12,
+                 num_decoder_layers=12),
+    "large": _v10(d_model=1024, num_heads=16, head_dim=64, d_ff=4096, num_encoder_layers=24,
+                  num_decoder_layers=24),
+    "3B": _v10(d_model=1024, num_heads=32, head_dim=128, d_ff=16384, num_encoder_layers=24,
+               num_decoder_layers=24),
+    "11B": _v10(d_model=1024, num_heads=128, head_dim=128, d_ff=65536, num_encoder_layers=24,
+                num_decoder_layers=24),
+}
+FAMILIES = {"t5_1_1": SIZES, "t5_1_0": SIZES_T5_1_0}
+
+
+def size_config(name: str, family: str = "t5_1_1", **overrides: Any) -> T5Config:
+  """The config of a named size of `family` ('t5_1_1': T5 1.1, LM-adapted and mT5, whose sizes
+  agree; 't5_1_0'), with field overrides (e.g. `vocab_size=250112` for mT5)."""
+  if family not in FAMILIES:
+    raise ValueError(f"unknown T5 family {family!r}; known: {sorted(FAMILIES)}")
+  sizes = FAMILIES[family]
+  if name not in sizes:
+    others = [f for f, s in FAMILIES.items() if name in s]
+    hint = (f" ({name!r} is a size of {others[0]}: include models/{others[0]}.gin, or use "
+            "models/sizes/from_checkpoint.gin to take the dimensions from the checkpoint)") if others else ""
+    raise ValueError(f"unknown {family} size {name!r}; its sizes: {list(sizes)}{hint}")
+  return sizes[name].replace(**overrides) if overrides else sizes[name]
 
 
 FROM_CHECKPOINT = "from_checkpoint"
@@ -182,13 +210,14 @@ class FromCheckpoint:
   overrides: tuple  # ((field, value), ...): hashable, as gin values are compared
 
 
-def model_config(size: str = "tiny", **overrides: Any):
-  """Gin entry point (`models/*.gin`, `models/sizes/*.gin`): a size plus any field overrides, or
-  `size='from_checkpoint'` (a `FromCheckpoint`, resolved when the checkpoint is read)."""
+def model_config(size: str = "tiny", family: str = "t5_1_1", **overrides: Any):
+  """Gin entry point (`models/*.gin` set the family and variant, `models/sizes/*.gin` the size): a
+  size of the family plus any field overrides, or `size='from_checkpoint'` (a `FromCheckpoint`,
+  resolved when the checkpoint is read)."""
   if size == FROM_CHECKPOINT:
     T5Config().replace(**overrides)  # unknown field names fail here, before anything is read
     return FromCheckpoint(tuple(sorted(overrides.items())))
-  return size_config(size, **overrides)
+  return size_config(size, family, **overrides)
 
 
 def _register_gin():
