@@ -171,7 +171,9 @@ def check_vocabulary_fits(task, model_vocab_size: int):
           f"by fewer than {VOCAB_PADDING} ids), so its token ids would mean other words to the model. "
           "Register the task with the model's SentencePiece model (SPOT_JAX_VOCAB for the GLUE, "
           "SuperGLUE, SPoT and PPT tasks and tasks.user_data; the bundled spot_bundled_* tasks have "
-          "their own 1100-id vocabulary, for the demo backbone), or load the model it was made for.")
+          "their own 1100-id vocabulary, for the demo backbone), or load the model it was made for."
+          + (" mT5's is gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model (a local copy offline): "
+             "export SPOT_JAX_VOCAB=/path/to/it" if model_vocab_size in (250100, 250112) else ""))
 
 
 # ----------------------------------------------------------------------------------- truncation

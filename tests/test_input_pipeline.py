@@ -225,3 +225,13 @@ def test_truncation_check_reads_only_the_first_examples(monkeypatch):
   assert input_pipeline.truncation_report(seqio.get_mixture_or_task(name), {"inputs": 4, "targets": 4},
                                           "train") == {}
   assert taken == [input_pipeline.TRUNCATION_PEEK]
+
+
+def test_a_task_without_mt5s_vocabulary_on_mt5_names_mt5s_file():
+  task = input_pipeline.get_task(TASK)
+  with pytest.raises(ValueError, match=r"1100 ids but the model's vocab_size is 250112.*mc4\.250000\.100extra/"
+                                       r"sentencepiece\.model .*SPOT_JAX_VOCAB"):
+    input_pipeline.check_vocabulary_fits(task, 250112)
+  with pytest.raises(ValueError, match=r"vocab_size is 32128") as e:
+    input_pipeline.check_vocabulary_fits(task, 32128)
+  assert "mc4" not in str(e.value)

@@ -1,4 +1,7 @@
 """Similarity measures against values worked out by hand (DESIGN.md §7)."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -176,10 +179,37 @@ def test_on_refuses_input_ids_outside_the_vocabulary():
   cfg = config_lib.size_config("tiny", vocab_size=128)
   params = jax.tree.map(lambda s: np.zeros(s, np.float32), model_lib.param_shapes(cfg),
                         is_leaf=lambda x: isinstance(x, tuple))
-  with pytest.raises(ValueError, match=r"\[32099\].*vocab_size 128.*--input-ids"):
+  with pytest.raises(ValueError, match=r"no default input ids for a model with vocab_size 128 .*--input-ids"):
     cli.activations_fn_from_params(cfg, params)
+  with pytest.raises(ValueError, match=r"\[32099\].*vocab_size 128.*--input-ids"):
+    cli.activations_fn_from_params(cfg, params, input_ids=(32099, 1))
   with pytest.raises(ValueError, match=r"\[128, -1\].*vocab_size 128"):
     cli.activations_fn_from_params(cfg, params, input_ids=(128, -1, 1))
   with pytest.raises(ValueError, match="at least one"):
     cli.activations_fn_from_params(cfg, params, input_ids=())
   cli.activations_fn_from_params(cfg, params, input_ids=(127, 1))  # in range: accepted
+
+
+def test_on_probes_extra_id_0_of_the_models_own_vocabulary():
+  """T5 and mT5 by default ('<extra_id_0>' is 32099 there, an ordinary word piece in mT5's 250112)."""
+  from spot_jax.spot import cli
+  assert cli.default_input_ids(32128) == (32099, 1) and cli.default_input_ids(250112) == (250099, 1)
+
+
+def test_spots_on_probe_is_the_target_tasks_extra_id_0_whether_appended_or_in_the_file(tmp_path, monkeypatch):
+  """The probe id comes from the target task's vocabulary: the bundled one (1100 ids: 1099), and a
+  model file that holds its sentinels (extra_ids reads 0 there; `<extra_id_0>` is still one piece)."""
+  import seqio
+  sys.path.insert(0, os.path.dirname(__file__))
+  import conftest_tasks as ct  # pylint: disable=g-import-not-at-top
+  from spot_jax.spot import cli, pipeline
+  from tasks import vocab
+  seen = []
+  monkeypatch.setattr(cli, "activations_fn_from_params", lambda config, params, ids: seen.append(ids))
+  pipeline._activations_fn(("config", "params"), "spot_bundled_movie")  # pylint: disable=protected-access
+  built_in = tmp_path / "spm.100extra.model"
+  built_in.write_bytes(seqio.SentencePieceVocabulary(ct.tiny_spm_path(), extra_ids=100).sp_model)
+  with vocab.use_vocabulary(str(built_in)):
+    pipeline._activations_fn(("config", "params"), "spot_glue_rte_v200")  # pylint: disable=protected-access
+  pipeline._activations_fn(("config", "params"), None)  # pylint: disable=protected-access
+  assert seen == [(1099, 1), (399, 1), None]

@@ -107,13 +107,16 @@ def test_similarity_on_needs_model_and_uses_activations(sources, capsys, monkeyp
   seen = {}
 
   def fake_fn(model_path, input_ids):
-    seen["args"] = (model_path, list(input_ids))
+    seen["args"] = (model_path, input_ids)
     return lambda prompt: np.stack([prompt, prompt - 0.5, -prompt])  # [layers=3, P, d]
 
   monkeypatch.setattr(cli, "model_activations_fn", fake_fn)
   assert cli.main(["similarity", "--library", lib, "--measure", "on", "--model", "/ckpt",
                    "--window", "all", "--out-dir", str(tmp_path / "on")]) == 0
-  assert seen["args"] == ("/ckpt", [32099, 1])
+  assert seen["args"] == ("/ckpt", None)  # the model's own '<extra_id_0>' + EOS (cli.default_input_ids)
+  assert cli.main(["similarity", "--library", lib, "--measure", "on", "--model", "/ckpt", "--input-ids", "7,1",
+                   "--window", "all", "--out-dir", str(tmp_path / "on")]) == 0
+  assert seen["args"] == ("/ckpt", [7, 1])
   data = json.load(open(tmp_path / "on" / "similarity_on.json"))
   assert data["window"] is None and np.allclose(np.diag(data["matrix"]), 1.0)
 
@@ -243,7 +246,7 @@ def test_similarity_on_refuses_ids_beyond_a_small_vocabulary(sources, capsys, mo
   assert cli.main(["similarity", "--library", lib, "--measure", "on", "--model", "/ckpt",
                    "--out-dir", out]) == 1
   err = capsys.readouterr().err
-  assert err.startswith("error: ") and "32099" in err and "1152" in err and "--input-ids" in err
+  assert err.startswith("error: ") and "no default input ids" in err and "1152" in err and "--input-ids" in err
   assert not os.path.exists(os.path.join(out, "similarity_on.json"))
   assert cli.main(["similarity", "--library", lib, "--measure", "on", "--model", "/ckpt",
                    "--input-ids", "1000,1", "--window", "all", "--out-dir", out]) == 0

@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,6 +27,17 @@ from spot_jax.spot.retrieval import checked_exclude, rank_sources, warn_ties, we
 
 EXTRA_ID_0 = 32099  # `<extra_id_0>` in the T5 SentencePiece vocabulary with 100 extra ids
 EOS_ID = 1
+# `<extra_id_0>` by the model's (padded) vocab_size: T5's 32100 ids (32128 rows), mT5's 250100 (250112).
+EXTRA_ID_0_BY_VOCAB_SIZE = {32100: 32099, 32128: 32099, 250100: 250099, 250112: 250099}
+
+
+def default_input_ids(vocab_size: int) -> Tuple[int, int]:
+  """ON's default probe, `<extra_id_0>` + EOS, for a model of `vocab_size` (T5 or mT5)."""
+  if int(vocab_size) not in EXTRA_ID_0_BY_VOCAB_SIZE:
+    raise ValueError(f"ON has no default input ids for a model with vocab_size {vocab_size} (it knows T5's "
+                     f"32128 and mT5's 250112): pass --input-ids (input_ids= in Python) with the "
+                     "'<extra_id_0>' id of the model's own vocabulary and 1 for EOS")
+  return EXTRA_ID_0_BY_VOCAB_SIZE[int(vocab_size)], EOS_ID
 
 
 def add_library_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,8 +59,8 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
                   help="ON: layers per window (default 3); 'all' for one window over all layers")
   on.add_argument("--model", default=None,
                   help="ON: frozen model checkpoint (T5X or Hugging Face dir) to drive with each prompt")
-  on.add_argument("--input-ids", default=f"{EXTRA_ID_0},{EOS_ID}",
-                  help="ON: encoder input ids (default '<extra_id_0>' + EOS = 32099,1)")
+  on.add_argument("--input-ids", default=None,
+                  help="ON: encoder input ids (default '<extra_id_0>' + EOS: 32099,1 for T5, 250099,1 for mT5)")
 
   p = verbs.add_parser("add", parents=[common], help="add a trained prompt to the library")
   p.add_argument("source", help="MODEL_DIR, .npy, T5X numpy export (file, checkpoint_<step>, "
@@ -188,15 +199,17 @@ def check_input_ids(input_ids: Sequence[int], vocab_size: int) -> None:
   if bad:
     raise ValueError(
         f"ON input ids {bad} (of {ids}) are outside the frozen model's vocabulary (vocab_size "
-        f"{vocab_size}): the default {EXTRA_ID_0},{EOS_ID} is '<extra_id_0>' + EOS of the 32k T5 "
-        f"vocabulary. Pass --input-ids with ids below {vocab_size} (input_ids= in Python), e.g. the "
+        f"{vocab_size}). Pass --input-ids with ids below {vocab_size} (input_ids= in Python), e.g. the "
         "'<extra_id_0>' id of the model's own vocabulary and 1 for EOS")
 
 
-def activations_fn_from_params(config, params, input_ids: Sequence[int] = (EXTRA_ID_0, EOS_ID)):
+def activations_fn_from_params(config, params, input_ids: Optional[Sequence[int]] = None):
   """activations_fn(prompt) for ON: the frozen model's encoder FFN first-layer pre-activations
-  [layers, 1, P+L, d_ff] when driven by `prompt` with encoder input `input_ids`."""
+  [layers, 1, P+L, d_ff] when driven by `prompt` with encoder input `input_ids` (default
+  `default_input_ids(config.vocab_size)`)."""
   from spot_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  if input_ids is None:
+    input_ids = default_input_ids(config.vocab_size)
   check_input_ids(input_ids, config.vocab_size)
   ids = np.asarray([list(input_ids)], dtype=np.int32)
 
@@ -205,7 +218,7 @@ def activations_fn_from_params(config, params, input_ids: Sequence[int] = (EXTRA
   return fn
 
 
-def model_activations_fn(model_path: str, input_ids: Sequence[int] = (EXTRA_ID_0, EOS_ID)):
+def model_activations_fn(model_path: str, input_ids: Optional[Sequence[int]] = None):
   """`activations_fn_from_params` for the checkpoint at `model_path` (loaded with spot_jax.load_t5)."""
   import spot_jax  # pylint: disable=g-import-not-at-top
   model = spot_jax.load_t5(model_path)
@@ -217,7 +230,7 @@ def _activations(args, measures) -> Optional[object]:
     return None
   if not args.model:
     raise ValueError("measure 'on' drives the frozen model with each prompt: pass --model CHECKPOINT")
-  ids = [int(x) for x in args.input_ids.split(",") if x.strip()]
+  ids = None if args.input_ids is None else [int(x) for x in args.input_ids.split(",") if x.strip()]
   return model_activations_fn(args.model, ids)
 
 

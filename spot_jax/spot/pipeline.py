@@ -145,15 +145,17 @@ def rank(library, target_embedding=None, measure: str = sim.DEFAULT_MEASURE, ran
 
 
 def _activations_fn(frozen, target: Optional[str]):
-  """ON's probe: `<extra_id_0>` + EOS of the target task's vocabulary (the last id with extra ids)."""
+  """ON's probe: `<extra_id_0>` + EOS of the target task's vocabulary (one piece there, whether the
+  sentinels were appended or are in the model file), else the model's default (`cli.default_input_ids`)."""
   from spot_jax.spot import cli  # pylint: disable=g-import-not-at-top
-  extra_id_0 = cli.EXTRA_ID_0
+  ids = None
   if target:
     from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     vocab = input_pipeline.get_task(target).output_features["inputs"].vocabulary
-    if getattr(vocab, "extra_ids", 0):
-      extra_id_0 = vocab.vocab_size - 1
-  return cli.activations_fn_from_params(frozen[0], frozen[1], (extra_id_0, cli.EOS_ID))
+    encoded = list(vocab.encode("<extra_id_0>"))
+    if len(encoded) == 1:
+      ids = (int(encoded[0]), cli.EOS_ID)
+  return cli.activations_fn_from_params(frozen[0], frozen[1], ids)
 
 
 # ---------------------------------------------------------------------------------------------------
