@@ -66,6 +66,13 @@ class T5Config:
   # (least hashing: CPUs), "per_element" hashes each element's index (an elementwise function XLA
   # can fuse: accelerators); "auto" picks by backend. Same distribution either way.
   dropout_bits: str = "auto"
+  # Dropout masks shared across sequence positions (mask [B, 1, D] for [B, L, D]; attention
+  # probabilities [B, H, 1, K]), as T5X's T5 and prompt-tuning's flaxformer draw them
+  # (`broadcast_dims=(-2,)`, `broadcast_dropout=True`), except after the encoder's final norm, where
+  # T5X draws per element too. False: one draw per element (HF's and PyTorch's form; the Python
+  # default, which the benchmarks against HF PEFT keep). `models/t5_1_1.gin` (every variant file)
+  # sets True. The L-times smaller masks also cost L times fewer random bits.
+  dropout_broadcast: bool = False
   # Gated-GELU block, training: "store" keeps GELU's tanh and the dropout mask for the backward
   # pass; "recompute" recomputes both from the two projections, which are kept anyway (less memory
   # traffic: accelerators); "auto" picks by target platform. Same values either way.
@@ -118,6 +125,10 @@ class T5Config:
                        f"{MLP_BACKWARDS}")
     if self.norm_impl not in NORM_IMPLS:
       raise ValueError(f"norm_impl={self.norm_impl!r} is not supported; use one of {NORM_IMPLS}")
+    if self.norm_impl == "pallas" and self.dropout_broadcast and self.dropout_rate > 0:
+      raise ValueError("norm_impl='pallas' draws its dropout masks per element inside its kernel, not shared "
+                       "across positions: set dropout_broadcast=False with it (--gin.spot_jax.model_config."
+                       "dropout_broadcast=False), or keep norm_impl='xla'")
     if self.feed_forward not in FEED_FORWARDS:
       raise ValueError(f"feed_forward={self.feed_forward!r} is not supported; use one of {FEED_FORWARDS}")
     if self.matmul_dtype not in MATMUL_DTYPES:

@@ -6,7 +6,7 @@ Bernoulli masks for a fraction of the work (docs/bench.md has the timings).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -75,8 +75,14 @@ def _keep_mask(key, shape, rate: float, per_element: bool):
   return bits >= threshold, 1.0 - threshold / 65536
 
 
-def _drop(x, key, rate: float, per_element: bool):
-  keep, keep_prob = _keep_mask(key, x.shape, rate, per_element)
+def _mask_shape(shape, broadcast_dims) -> tuple:
+  """`shape` with the `broadcast_dims` (negative counts from the end) set to 1: one draw shared along them."""
+  dims = {d % len(shape) for d in broadcast_dims}
+  return tuple(1 if i in dims else n for i, n in enumerate(shape))
+
+
+def _drop(x, key, rate: float, per_element: bool, broadcast_dims=()):
+  keep, keep_prob = _keep_mask(key, _mask_shape(x.shape, broadcast_dims), rate, per_element)
   return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
 
 
@@ -84,10 +90,12 @@ class Dropout(nn.Module):
   """Inverted dropout with a hashed mask (`_keep_mask`), rescaled by the exact keep probability.
 
   `per_element_bits=None` picks by target platform: 16-bit draws on CPU, one 32-bit hash per
-  element elsewhere.
+  element elsewhere. `broadcast_dims`: dimensions one draw is shared along (flax's meaning; T5X
+  passes `(-2,)`, the sequence positions).
   """
   rate: float
   per_element_bits: Optional[bool] = None
+  broadcast_dims: Sequence[int] = ()
 
   def _per_element(self) -> bool:
     return (target_platform.platform() != "cpu" if self.per_element_bits is None
@@ -99,7 +107,7 @@ class Dropout(nn.Module):
       return x
     if self.rate >= 1.0:
       return jnp.zeros_like(x)
-    return _drop(x, self.make_rng("dropout"), self.rate, self._per_element())
+    return _drop(x, self.make_rng("dropout"), self.rate, self._per_element(), self.broadcast_dims)
 
   def key_words(self, deterministic: bool):
     """The `uint32[2]` words of the key `self(x, deterministic)` would draw its mask with (None
@@ -107,6 +115,8 @@ class Dropout(nn.Module):
     (`spot_jax.fused_norm`, which hashes per element)."""
     if deterministic or self.rate == 0.0:
       return None
+    if self.broadcast_dims:
+      raise ValueError("a kernel that hashes its own dropout mask draws it per element: broadcast_dims must be ()")
     return _key_words(self.make_rng("dropout"))[1]
 
   def recomputed(self, fn, *args, deterministic: bool):
@@ -121,9 +131,14 @@ class Dropout(nn.Module):
       return jax.checkpoint(fn)(*args)  # no mask; `fn`'s intermediates are still not stored
     if self.rate >= 1.0:
       return self(fn(*args), deterministic)
-    rate, per_element = self.rate, self._per_element()
-    return jax.checkpoint(lambda key, *a: _drop(fn(*a), key, rate, per_element))(
+    rate, per_element, dims = self.rate, self._per_element(), self.broadcast_dims
+    return jax.checkpoint(lambda key, *a: _drop(fn(*a), key, rate, per_element, dims))(
         self.make_rng("dropout"), *args)
+
+
+def broadcast_dims(config: T5Config) -> tuple:
+  """`T5Config.dropout_broadcast` as `Dropout.broadcast_dims`: the sequence positions, T5X's `(-2,)`."""
+  return (-2,) if config.dropout_broadcast else ()
 
 
 def per_element_bits(config: T5Config) -> Optional[bool]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from spot_jax import fused_norm, pallas_attention, target_platform
 from spot_jax.config import T5Config
-from spot_jax.dropout import Dropout, per_element_bits
+from spot_jax.dropout import Dropout, broadcast_dims, per_element_bits
 from spot_jax.fused_attention import fused_attention
 from spot_jax.matmul import activation_dtype, matmul_dtype, project
 
@@ -44,10 +44,12 @@ class Dense(nn.Module):
     return project(x, kernel, self.dtype, self.matmul_dtype or self.dtype)
 
 
-def dropout(config: T5Config, enable_dropout: bool):
-  """T5's dropout (rate and mask bits from `config`) as a function of one tensor; each call makes a
-  new `Dropout` submodule, so every site draws its own mask."""
-  return lambda t: Dropout(config.dropout_rate, per_element_bits(config))(
+def dropout(config: T5Config, enable_dropout: bool, broadcast: bool = True):
+  """T5's dropout (rate, mask bits and sharing across positions from `config`) as a function of one
+  tensor; each call makes a new `Dropout` submodule, so every site draws its own mask. `broadcast`
+  False: per element whatever the config says (T5X's one such site, after the encoder's norm)."""
+  dims = broadcast_dims(config) if broadcast else ()
+  return lambda t: Dropout(config.dropout_rate, per_element_bits(config), dims)(
       t, deterministic=not enable_dropout)
 
 
@@ -223,7 +225,7 @@ class MLP(nn.Module):
     cfg = self.config
     dtype = activation_dtype(cfg)
     dense = functools.partial(Dense, axes=("embed", "mlp"), dtype=dtype, matmul_dtype=matmul_dtype(cfg))
-    drop = Dropout(cfg.dropout_rate, per_element_bits(cfg))
+    drop = Dropout(cfg.dropout_rate, per_element_bits(cfg), broadcast_dims(cfg))
     if cfg.gated:
       linear_input = x if linear_input is None else linear_input
       pre, linear = dense(cfg.d_ff, name="wi_0")(x), dense(cfg.d_ff, name="wi_1")(linear_input)

@@ -68,11 +68,11 @@ class Encoder(nn.Module):
       for i in range(cfg.num_encoder_layers):
         x, pending = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, enable_dropout, lengths, pending)
       x = final_norm(x) if pending is None else final_norm(x, *pending, cfg.dropout_rate)[1]
-      return dropout(cfg, enable_dropout)(x)
+      return dropout(cfg, enable_dropout, broadcast=False)(x)
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, enable_dropout, lengths)
     x = final_norm(x)
-    return dropout(cfg, enable_dropout)(x)
+    return dropout(cfg, enable_dropout, broadcast=False)(x)  # per element here in T5X too
 
 
 class Decoder(nn.Module):

@@ -35,6 +35,7 @@ def test_each_variant_and_size_file_gives_t5xs_dimensions(variant, size):
   config = _model_config(f"models/{variant}.gin", "prompts/random_uniform.gin", f"models/sizes/{size}.gin")
   assert tuple(getattr(config, f) for f in FIELDS) == T5X[(variant, size)]
   assert config.dropout_rate == 0.1 and config.relative_attention_num_buckets == 32
+  assert config.dropout_broadcast  # T5X's masks, shared across positions
 
 
 def test_a_size_of_the_other_family_is_refused_naming_the_fix():

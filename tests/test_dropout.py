@@ -88,3 +88,42 @@ def test_recomputed_dropout_equals_dropout_of_the_function_and_its_gradient(per_
     assert "prevent_cse" in str(jax.make_jaxpr(jax.grad(plain))(a, b))
   # some entries are dropped, so the test would notice a mask that differs
   assert np.any(np.asarray(drop.apply({}, a, deterministic=False, rngs={"dropout": jax.random.key(7)})) == 0)
+
+
+@pytest.mark.parametrize("per_element", [False, True])
+def test_broadcast_dropout_shares_one_mask_across_positions_as_t5x(per_element):
+  """`broadcast_dims=(-2,)` (T5X's residual, embedding and MLP dropout; its attention dropout over the
+  queries): one Bernoulli(0.7) draw per [batch, feature], the same at every position, each kept
+  value scaled by 1/keep; the same under `recomputed`."""
+  x = jnp.ones((64, 9, 32), jnp.float32)
+  rngs = {"dropout": jax.random.key(3)}
+  out = np.asarray(D.Dropout(0.3, per_element, (-2,)).apply({}, x, deterministic=False, rngs=rngs))
+  kept = out != 0
+  assert (kept == kept[:, :1]).all()  # shared along the positions
+  assert abs(kept[:, 0].mean() - 0.7) < 0.03 and 0 < kept[:, 0].mean(axis=0).min()  # each feature varies
+  np.testing.assert_allclose(out[kept], 1 / 0.7, rtol=1e-3)
+  per_elem = np.asarray(D.Dropout(0.3, per_element).apply({}, x, deterministic=False, rngs=rngs)) != 0
+  assert not (per_elem == per_elem[:, :1]).all()  # the default draws per element
+  recomputed = D.Dropout(0.3, per_element, (-2,)).apply(
+      {}, x, method=lambda m, a: m.recomputed(jnp.tanh, a, deterministic=False), rngs=rngs)
+  np.testing.assert_allclose(np.asarray(recomputed), np.where(kept, np.tanh(1.0) / 0.7, 0), rtol=1e-3)
+
+
+def test_the_model_shares_masks_where_t5x_does_and_the_kernel_norm_refuses_it():
+  """dropout_broadcast=True: the T5 layers' dropout (`layers.dropout`) shares masks across
+  positions, the one after the encoder's final norm does not (T5X's own exception)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from spot_jax import layers  # pylint: disable=g-import-not-at-top
+  cfg = size_config("tiny", dropout_rate=0.5, dropout_broadcast=True)
+  x = jnp.ones((8, 6, 16), jnp.float32)
+
+  class Sites(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.dropout(cfg, True)(x), layers.dropout(cfg, True, broadcast=False)(x)
+  shared, own = (np.asarray(o) != 0 for o in Sites().apply({}, x, rngs={"dropout": jax.random.key(0)}))
+  assert (shared == shared[:, :1]).all() and not (own == own[:, :1]).all()
+  with pytest.raises(ValueError, match=r"norm_impl='pallas' draws its dropout masks per element.*"
+                                       r"dropout_broadcast=False"):
+    size_config("tiny", norm_impl="pallas", dropout_broadcast=True)
+  assert size_config("tiny", norm_impl="pallas", dropout_broadcast=True, dropout_rate=0.0).norm_impl == "pallas"
