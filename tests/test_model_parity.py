@@ -16,7 +16,14 @@ from spot_jax.checkpoints.infer_config import flatten  # noqa: E402
 from spot_jax.model import T5  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf_parity")
-MODELS = ("t5_1_0", "t5_1_1", "t5_1_1_b8")
+# name -> (heads, head_dim, encoder layers, decoder layers, gated, tied, buckets, max distance, eps), as
+# make_hf_parity.py builds them (d_model 32, d_ff 64 throughout).
+EXPECTED = {"t5_1_0": (4, 8, 2, 2, False, True, 32, 128, 1e-6),
+            "t5_1_1": (4, 8, 2, 2, True, False, 32, 128, 1e-6),
+            "t5_1_1_b8": (4, 8, 2, 2, True, False, 8, 16, 1e-6),
+            "t5_1_0_wide_kv": (4, 16, 2, 2, False, True, 32, 128, 1e-6),  # heads * head_dim != d_model
+            "t5_1_1_3x1_eps": (4, 12, 3, 1, True, False, 32, 128, 1e-2)}
+MODELS = tuple(EXPECTED)
 TOL = 1e-4
 
 
@@ -41,11 +48,10 @@ def _assert_close(got, want, what):
 @pytest.mark.parametrize("name", MODELS)
 def test_config_read_from_hf(name):
   config, _, _ = _load(name)
-  assert (config.d_model, config.num_heads, config.head_dim, config.d_ff) == (32, 4, 8, 64)
-  assert config.gated == (name != "t5_1_0")
-  assert config.tie_word_embeddings == (name == "t5_1_0")
-  assert config.relative_attention_num_buckets == (8 if name.endswith("b8") else 32)
-  assert config.relative_attention_max_distance == (16 if name.endswith("b8") else 128)
+  assert (config.d_model, config.d_ff) == (32, 64)
+  assert (config.num_heads, config.head_dim, config.num_encoder_layers, config.num_decoder_layers, config.gated,
+          config.tie_word_embeddings, config.relative_attention_num_buckets,
+          config.relative_attention_max_distance, config.layer_norm_epsilon) == EXPECTED[name]
 
 
 @pytest.mark.parametrize("name", MODELS)
