@@ -5,6 +5,8 @@ One frozen dataclass so that a config can be a jit static argument and a dict ke
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any
 
 FEED_FORWARDS = ("relu", "gated-gelu")
@@ -94,6 +96,7 @@ class T5Config:
   pallas_attention_backward: str = "two_kernels"
 
   def __post_init__(self):
+    self._check_numbers()
     # Lists (gin, JSON) become tuples: a config is a jit static argument and must hash.
     for name, sizes in (("pallas_attention_launch", (4,)), ("norm_tiling", (0, 2))):
       value = getattr(self, name)
@@ -136,10 +139,26 @@ class T5Config:
                        f"{MATMUL_DTYPES}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype={self.dtype!r} is not supported; use 'float32' or 'bfloat16'")
+
+  def _check_numbers(self):
+    """Numbers out of range would not fail where they are set but give a model that cannot learn
+    (dropout_rate 1: every activation dropped, a zero gradient) or NaN logits (eps <= 0), named as
+    a diverged loss; a string ("64", from an unquoted override) would fail deep in a layer."""
     for name in ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff", "num_encoder_layers",
-                 "num_decoder_layers", "relative_attention_num_buckets"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                 "num_decoder_layers", "relative_attention_num_buckets", "relative_attention_max_distance"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    rate, eps = self.dropout_rate, self.layer_norm_epsilon
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+      raise ValueError(f"dropout_rate must be a number in [0, 1), got {rate!r} (1 drops every activation: "
+                       "nothing would be learned); T5 uses 0.1, and 0 turns dropout off")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
+      raise ValueError(f"layer_norm_epsilon must be a positive finite number, got {eps!r} (every public T5 "
+                       "uses 1e-6)")
+    for name in ("tie_word_embeddings", "float32_attention_logits", "dropout_broadcast"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
   @property
   def gated(self) -> bool:

@@ -46,3 +46,26 @@ def test_a_size_of_the_other_family_is_refused_naming_the_fix():
     size_config("3B")
   with pytest.raises(ValueError, match=r"unknown T5 family 't5_2'"):
     size_config("small", family="t5_2")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("dropout_rate", 1.0, r"dropout_rate must be a number in \[0, 1\), got 1\.0 \(1 drops every activation"),
+    ("dropout_rate", -0.1, r"dropout_rate must be a number in \[0, 1\)"),
+    ("layer_norm_epsilon", -1.0, r"layer_norm_epsilon must be a positive finite number, got -1\.0"),
+    ("layer_norm_epsilon", float("nan"), r"layer_norm_epsilon must be a positive finite number, got nan"),
+    ("relative_attention_max_distance", -1, r"relative_attention_max_distance must be a positive integer"),
+    ("relative_attention_max_distance", "64", r"relative_attention_max_distance must be a positive integer, got '64'"),
+    ("d_ff", 64.0, r"d_ff must be a positive integer, got 64\.0"),
+    ("tie_word_embeddings", "yes", r"tie_word_embeddings must be True or False, got 'yes'"),
+])
+def test_values_a_model_cannot_learn_or_run_with_are_refused_where_they_are_set(field, value, message):
+  """Before: dropout 1 trained with a zero gradient and exit 0, eps -1 or NaN gave NaN logits named as a
+  diverged loss, a string max distance failed deep in a layer."""
+  with pytest.raises(ValueError, match=message):
+    size_config("tiny", **{field: value})
+
+
+def test_in_range_values_and_numpy_integers_are_accepted():
+  import numpy as np
+  config = size_config("tiny", dropout_rate=0, layer_norm_epsilon=1e-2, d_ff=np.int64(96))
+  assert (config.dropout_rate, config.layer_norm_epsilon, config.d_ff) == (0, 1e-2, 96)
