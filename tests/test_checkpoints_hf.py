@@ -312,3 +312,24 @@ def test_unsupported_dtype_in_a_local_file_is_named(tmp_path):
   with pytest.raises(CheckpointError, match=r"tensor 'encoder\.final_layer_norm\.weight' has safetensors dtype "
                                             r"F8_E4M3, which spot_jax does not read"):
     read_params(str(tmp_path))
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_nan_or_inf_weight_is_refused_naming_the_array(tmp_path, lazy):
+  """Before: load_t5 returned NaN logits, eval reported accuracy 0 and train blamed the learning rate."""
+  folder = tmp_path / "hf"
+  shutil.copytree(os.path.join(FIXTURES, "t5_1_1"), folder)
+  tensors = load_file(str(folder / "model.safetensors"))
+  wo = tensors["encoder.block.1.layer.1.DenseReluDense.wo.weight"].copy()
+  wo[3, 5], wo[7, 4] = np.nan, np.inf  # rows 5 and 4 of the T5X [mlp, embed] kernel
+  tensors["encoder.block.1.layer.1.DenseReluDense.wo.weight"] = wo
+  save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+  # eager: spot_jax's name; lazy: the file's own name, when the whole array is read
+  name = r"'encoder\.block\.1\.layer\.1\.DenseReluDense\.wo\.weight'" if lazy else r"'encoder/layers_1/mlp/wo/kernel'"
+  with pytest.raises(CheckpointError, match=name + r" holds 2 NaN/inf value\(s\) \(of 2048\): the checkpoint is "
+                                                  r"damaged or was saved from a diverged run"):
+    _, params = read_params(str(folder), lazy=lazy)
+    if lazy:  # read when placed: a slice, then the whole array
+      kernel = params["encoder"]["layers_1"]["mlp"]["wo"]["kernel"]
+      kernel[0:2, :]  # rows 0-1 of the [mlp, embed] kernel: finite  # pylint: disable=pointless-statement
+      np.asarray(kernel)

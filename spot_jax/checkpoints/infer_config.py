@@ -146,8 +146,23 @@ def check_agreement(given: T5Config, found: T5Config, source: str) -> None:
                           "it." + bind)
 
 
+def nonfinite_error(name: str, values: np.ndarray, where: str = "") -> Optional[str]:
+  """Why `values` (array `name`, or the slice `where` of it) cannot be a frozen weight, or None.
+
+  A NaN or inf weight is never an error where it is read: it gives NaN logits, reported later as a
+  diverged loss ("lower the learning rate") or as an accuracy of 0 from empty predictions."""
+  if values.dtype.kind != "f" and values.dtype.name != "bfloat16":
+    return None
+  bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+  if not bad:
+    return None
+  return (f"array {name!r}{where} holds {bad} NaN/inf value(s) (of {values.size}): the checkpoint is damaged "
+          "or was saved from a diverged run; copy it again, or use an earlier checkpoint of that run")
+
+
 def check_params(config: T5Config, params: Mapping[str, Any], source: str = "checkpoint") -> Dict[str, Any]:
-  """Check every expected array is present with its expected shape; return only those arrays.
+  """Check every expected array is present with its expected shape, and (when already read) finite;
+  return only those arrays. A lazily read array checks each slice when it is read (`lazy.LazyArray`).
 
   Extra arrays (e.g. a prompt stored in a prompt-tuning checkpoint) are dropped: the frozen model
   does not use them.
@@ -161,6 +176,10 @@ def check_params(config: T5Config, params: Mapping[str, Any], source: str = "che
     if found != shape:
       raise CheckpointError(f"{source}: array {name!r} has shape {found} but the config "
                             f"({_describe(config)}) expects {shape}")
+    if isinstance(flat[name], np.ndarray):
+      why = nonfinite_error(name, flat[name])
+      if why:
+        raise CheckpointError(f"{source}: {why}")
     out[name] = flat[name]
   return unflatten(out)
 

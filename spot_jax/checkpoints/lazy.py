@@ -76,6 +76,11 @@ class LazyArray:
     if arr.shape != want:  # the reader's contract; a wrong slice would place wrong weights silently
       raise ValueError(f"reading {self.name or 'a checkpoint array'}{list(index)} gave shape {arr.shape}, "
                        f"not {want}")
+    from spot_jax.checkpoints.infer_config import CheckpointError, nonfinite_error  # pylint: disable=g-import-not-at-top
+    why = nonfinite_error(self.name or "a checkpoint array", arr,
+                          "" if is_whole(index, self.shape) else f" (slice {[(s.start, s.stop) for s in index]})")
+    if why:
+      raise CheckpointError(why)
     return arr.astype(self.dtype, copy=False)
 
   def head(self, n: int) -> np.ndarray:
