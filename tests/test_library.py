@@ -344,3 +344,22 @@ def test_a_library_whose_entries_were_all_removed_takes_another_model(tmp_path):
   lib.add("b", _prompt(d=16), "other")
   assert (lib.d_model, lib.model_id) == (16, "other")
   assert json.loads((tmp_path / "lib" / "library.json").read_text())["model_id"] == "other"
+
+
+def test_steps_below_one_are_refused_and_non_finite_metrics_recorded_as_null(tmp_path):
+  """Before: `--steps -5` was stored, and `{"accuracy": NaN}` written as non-standard JSON."""
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  prompt = np.ones((4, 8), np.float32)
+  for kwargs, message in ((dict(steps=-5), r"steps must be a positive integer \(training steps\), got -5"),
+                          (dict(steps=True), r"steps must be a positive integer"),
+                          (dict(task_embedding=prompt, task_embedding_step=0), r"task_embedding_step must be a positive"),
+                          (dict(metrics=[0.8]), r"metrics must be a JSON object")):
+    with pytest.raises(ValueError, match=message):
+      lib.add("rte", prompt, "tiny", **kwargs)
+  assert lib.tasks() == [] and not os.path.exists(tmp_path / "lib" / "rte")
+  with pytest.warns(UserWarning, match=r"metric\(s\) \['pearson'\] are NaN or infinite: recorded as null"):
+    lib.add("rte", prompt, "tiny", steps=5, metrics={"accuracy": 81.2, "pearson": float("nan"), "note": "x"})
+  assert lib.record("rte")["steps"] == 5
+  with open(tmp_path / "lib" / "rte" / "record.json") as f:
+    assert json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))["metrics"] == {
+        "accuracy": 81.2, "pearson": None, "note": "x"}

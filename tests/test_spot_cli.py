@@ -376,3 +376,11 @@ def test_transferability_judges_rankings_of_spot_runs(sources, tmp_path, capsys)
   assert "needs the library" in capsys.readouterr().err
   assert cli.main(["transferability", str(tmp / "nowhere")]) == 1
   assert "no result.json" in capsys.readouterr().err
+
+
+def test_a_metrics_path_that_is_not_there_is_named_as_such(tmp_path, capsys):
+  np.save(tmp_path / "p.npy", np.ones((4, 8), np.float32))
+  assert cli.main(["add", "--library", str(tmp_path / "lib"), "--task", "rte", "--model-id", "tiny",
+                   str(tmp_path / "p.npy"), "--metrics", str(tmp_path / "missing.json")]) == 1
+  err = capsys.readouterr().err
+  assert "is neither a JSON object nor an existing JSON file: check the path" in err, err

@@ -180,6 +180,9 @@ def _load_metrics(value: Optional[str]) -> Optional[dict]:
   if fileio.exists(value):  # a JSON file, local or gs://
     with fileio.open_file(value, "r") as f:
       text = f.read()
+  elif not value.lstrip().startswith("{"):  # not inline JSON: a path that is not there
+    raise ValueError(f"--metrics {value!r} is neither a JSON object nor an existing JSON file: check the path, "
+                     "or give the object inline, e.g. --metrics '{\"accuracy\": 81.2}'")
   try:
     out = json.loads(text)
   except ValueError as e:

@@ -44,6 +44,27 @@ __all__ = ["PromptLibrary", "LibraryEntry", "LOCK_TIMEOUT_S", "LIBRARY_JSON", "R
 LOCK_TIMEOUT_S = 60.0
 
 
+def _check_record_values(steps: Any, task_embedding_step: Any, metrics: Any) -> Optional[dict]:
+  """Refuses values the record would keep but nothing could use (a step count below 1, metrics that
+  are not a JSON object); returns the metrics with NaN/inf as null, with a warning: NaN would be
+  written as non-standard JSON that other readers refuse (a correlation of constant predictions is
+  NaN, so an evaluation can give one)."""
+  import math  # pylint: disable=g-import-not-at-top
+  import numbers  # pylint: disable=g-import-not-at-top
+  for name, value in (("steps", steps), ("task_embedding_step", task_embedding_step)):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+      raise ValueError(f"{name} must be a positive integer (training steps), got {value!r}")
+  if metrics is None:
+    return None
+  if not isinstance(metrics, dict):
+    raise ValueError(f"metrics must be a JSON object (e.g. {{\"accuracy\": 81.2}}), got {type(metrics).__name__}")
+  bad = sorted(k for k, v in metrics.items()
+               if isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isfinite(v))
+  if bad:
+    warnings.warn(f"metric(s) {bad} are NaN or infinite: recorded as null (no value)", stacklevel=3)
+  return {k: (None if k in bad else v) for k, v in metrics.items()}
+
+
 def _check_local(path: str) -> None:
   """The library is read and written with local renames and listings (its atomicity rests on them);
   its sources and the pipeline's MODEL_DIRs may be on gs://, the library itself may not."""
@@ -219,6 +240,7 @@ class PromptLibrary:
     global step is recorded with one warning naming `steps` / `task_embedding_step`, which always win.
     """
     check_task_name(task)
+    metrics = _check_record_values(steps, task_embedding_step, metrics)
     steps_given, emb_step_given = steps is not None, task_embedding_step is not None
     # Fail fast, before reading the source; checked again under the lock, just before the write.
     if os.path.isdir(self.path):
