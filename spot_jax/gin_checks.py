@@ -104,14 +104,28 @@ def close_parameters(message: str) -> str:
   return f"\nDid you mean {', '.join(close)}?" if close else ""
 
 
-def check_macros_are_read(bindings: Sequence[str]) -> None:
-  """A command-line macro that no gin file reads (`--gin.TRAIN_STEP=5` for TRAIN_STEPS) would be
-  ignored silently: refuse it, naming the macros that are read. Call after `parse_gin`."""
+def _macros_set_in(path: str) -> list:
+  """The macros a gin file sets on a line of its own (`NAME = value`)."""
+  from spot_jax import fileio  # pylint: disable=g-import-not-at-top
+  try:
+    with fileio.open_file(path, "r") as f:
+      text = f.read()
+  except Exception:  # pylint: disable=broad-except  (parsed already; a read that fails now: not checked)
+    return []
+  return re.findall(r"^([A-Z][A-Z0-9_]*)\s*=", text, re.M)
+
+
+def check_macros_are_read(bindings: Sequence[str], user_files: Sequence[str] = ()) -> None:
+  """A macro that no gin file reads would be ignored silently: set on the command line
+  (`--gin.TRAIN_STEP=5` for TRAIN_STEPS) or in a user's own gin file (`user_files`: not the project's,
+  whose macros some runs leave unread). Refuse it, naming the macros that are read. Call after
+  `parse_gin`."""
   config = gin.config_str()
   read = set(re.findall(r"%([A-Za-z_][A-Za-z0-9_]*)", config))
   defined = set(re.findall(r"^([A-Z][A-Z0-9_]*) = ", config, re.M))
-  for binding in bindings:
-    name = binding.split("=", 1)[0].strip()
+  where = [(binding.split("=", 1)[0].strip(), "on the command line") for binding in bindings]
+  where += [(name, f"in {path}") for path in user_files for name in _macros_set_in(path)]
+  for name, place in where:
     if name == TASK_MODULE_MACRO:  # imported by `configure`, as T5X does
       continue
     if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and name not in read:
@@ -119,7 +133,7 @@ def check_macros_are_read(bindings: Sequence[str]) -> None:
       hint = f" Did you mean {', '.join(close)}?" if close else ""
       if prompt_tuning_compat.macro_hint(name):
         hint = f" (T5X/prompt-tuning macro: {prompt_tuning_compat.macro_hint(name)}.)"
-      raise SystemExit(f"gin macro {name} is set on the command line but no gin file of this run reads "
+      raise SystemExit(f"gin macro {name} is set {place} but no gin file of this run reads "
                        f"it (as %{name}), so it would have no effect.{hint}")
 
 

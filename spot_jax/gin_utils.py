@@ -253,13 +253,18 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
       _SEARCH_PATHS_ADDED.add(path)
   files = [_resolve(f, paths) for f in gin_files]
   gin_checks.check_file_order(gin_files, files, paths, GIN_DIR / "runs")
+  global USER_GIN_FILES
+  USER_GIN_FILES = [f for f in files if not _is_ours(f)]
   try:
     gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
   except (ValueError, KeyError, SyntaxError, tokenize.TokenError) as e:
     unquoted = gin_checks.unquoted_string_binding(bindings)
     if unquoted:
       raise SystemExit(f"gin configuration error: {unquoted}") from None
+    where = _failing_file(files, type(e)) if isinstance(e, (SyntaxError, tokenize.TokenError)) else None
     raise SystemExit(f"gin configuration error: {e}" + (
+        f" in {where} (an unclosed bracket or quote?)" if where and isinstance(e, tokenize.TokenError) else
+        f" in {where}" if where and str(where) not in str(e) else
         " (an unclosed bracket or quote in a --gin.NAME=VALUE binding or a gin file?)"
         if isinstance(e, tokenize.TokenError) else
         gin_checks.close_parameters(str(e)) or prompt_tuning_compat.configurable_hint(str(e)))) from None
@@ -272,6 +277,26 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
 
 
 TASK_MODULE_MACRO = gin_checks.TASK_MODULE_MACRO
+USER_GIN_FILES: List[str] = []  # the last parse's --gin_file files that are not the project's own
+
+
+def _is_ours(path: str) -> bool:
+  return not _is_remote_file(path) and pathlib.Path(path).resolve().is_relative_to(GIN_DIR.resolve())
+
+
+def _failing_file(files: Sequence[str], error_type: type) -> Optional[str]:
+  """The first of `files` that fails to parse alone with `error_type` (a tokenizer error does not say
+  which file it came from), or None when none does (then the command line's bindings did)."""
+  for path in files:
+    gin.clear_config()
+    try:
+      gin.parse_config_file(path, skip_unknown=True)
+    except error_type:
+      return path
+    except Exception:  # pylint: disable=broad-except  (another error: not the file that failed so)
+      continue
+  gin.clear_config()
+  return None
 
 
 def finalize_or_explain():
@@ -433,7 +458,7 @@ def _configure(argv: Optional[Sequence[str]], prog: str,
     with _user_errors_as_one_line(prog):  # a bad file in the user's task module
       prompt_tuning_compat.import_task_modules(prompt_tuning_compat.query_macros([TASK_MODULE_MACRO]).get(
           TASK_MODULE_MACRO))
-    gin_checks.check_macros_are_read(bindings)
+    gin_checks.check_macros_are_read(bindings, USER_GIN_FILES)
     gin_checks.check_bindings_are_used()
     finalize_or_explain()
     gin_checks.check_num_partitions()

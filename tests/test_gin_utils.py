@@ -3,6 +3,7 @@ import re
 import sys
 import types
 
+import gin
 import pytest
 
 from spot_jax import gin_checks
@@ -100,6 +101,28 @@ def test_an_unclosed_bracket_in_a_binding_is_a_gin_error_not_a_tokenizer_traceba
   with pytest.raises(SystemExit, match=r"gin configuration error: .*an unclosed bracket or quote in a "
                                        r"--gin.NAME=VALUE binding"):
     gin_utils.parse_gin(["models/t5_1_1.gin"], ["spot_jax.train.train.train_steps = (3"])
+
+
+def test_an_unclosed_bracket_in_a_gin_file_names_the_file(tmp_path):
+  """Before: "('EOF in multi-line statement', (2, 0))" and no file."""
+  broken = tmp_path / "mine.gin"
+  broken.write_text("TRAIN_STEPS = (\n")
+  with pytest.raises(SystemExit, match=r"gin configuration error: .*EOF in multi-line statement.* in "
+                                       + re.escape(str(broken)) + r" \(an unclosed bracket or quote\?\)"):
+    gin_utils.parse_gin(["models/t5_1_1.gin", str(broken)], [])
+
+
+def test_a_macro_a_users_gin_file_sets_and_no_file_reads_is_refused_with_the_close_names(tmp_path):
+  """Before: `TRAIN_STEP = 4` in the user's file (for TRAIN_STEPS) was ignored without a word."""
+  mine = tmp_path / "mine.gin"
+  mine.write_text("# my settings\nTRAIN_STEP = 4\nBATCH_SIZE = 4\n")
+  argv = TRAIN[:4] + [f"--gin_file={mine}"] + TRAIN[4:]
+  with pytest.raises(SystemExit, match=r"gin macro TRAIN_STEP is set in " + re.escape(str(mine)) +
+                     r" but no gin file of this run reads it \(as %TRAIN_STEP\).*Did you mean TRAIN_STEPS"):
+    gin_utils.configure(argv, prog="spot_jax.train")
+  mine.write_text("TRAIN_STEPS = 4\nBATCH_SIZE = 4\n")  # read by the run file: accepted
+  gin_utils.configure(argv, prog="spot_jax.train")
+  assert gin.query_parameter("%TRAIN_STEPS") == 4
 
 
 def test_a_misspelled_parameter_gets_the_close_names():
