@@ -12,6 +12,7 @@ rows) the first P, the encoder's, are taken. An adapter saved under a name (OUT/
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from typing import Optional
@@ -119,6 +120,11 @@ def _peft_encoder_rows(arr: np.ndarray, config: Optional[dict], file: str) -> np
                      f"or {rows // 2} encoder + {rows // 2} decoder rows (PEFT's seq2seq default, "
                      f"num_transformer_submodules=2): pass the adapter directory with its {PEFT_CONFIG}, "
                      "or save the rows you mean as a .npy")
+  for key in ("token_dim", "num_virtual_tokens", "num_transformer_submodules"):
+    value = config.get(key)  # PEFT writes integers; "4" would compare unequal to 4 below
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+      raise ValueError(f"{file}: {PEFT_CONFIG} says {key}={json.dumps(value)}, not a positive integer as PEFT "
+                       f"writes it: correct it (e.g. {key}: 4, without quotes) or save the adapter again")
   token_dim = config.get("token_dim")
   if token_dim is not None and token_dim != width:
     raise ValueError(f"{file}: {PEFT_TENSOR} is {width} wide but {PEFT_CONFIG} says token_dim={token_dim} "

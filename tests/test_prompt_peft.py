@@ -186,3 +186,11 @@ def test_peft_metadata_is_checked(tmp_path):
   cfg["base_model_name_or_path"] = "google/t5-v1_1-base"
   json.dump(cfg, open(os.path.join(nosubs, prompt_peft.PEFT_CONFIG), "w"))
   assert pio.read_export_info(nosubs) == {"frozen_model": "google/t5-v1_1-base"}
+
+
+def test_a_count_written_as_a_string_is_named_as_such(tmp_path):
+  """Before: `"num_virtual_tokens": "4"` gave "4 rows but ... num_virtual_tokens=4 ... i.e. 4 rows"."""
+  adapter = _peft_adapter(tmp_path / "s", _prompt(4, 6), num_virtual_tokens="4", num_transformer_submodules=1)
+  with pytest.raises(ValueError, match=r'adapter_config\.json says num_virtual_tokens="4", not a positive integer '
+                                       r"as PEFT writes it"):
+    pio.load_prompt(adapter)
