@@ -87,11 +87,18 @@ def _expand(paths: PathSpec, split: str) -> List[str]:
     return []
   if isinstance(paths, str):
     paths = [paths]
+  if not paths:
+    raise UserDataError(f"{split}=[] names no file: give a file path or glob (e.g. '/data/{split}.tsv'), "
+                        f"or leave {split} out")
   files = []
   for p in paths:
     matched = sorted(tf.io.gfile.glob(p))
     if not matched:
       raise UserDataError(f"{split} file {p!r} does not exist (no file matches).")
+    folders = [m for m in matched if tf.io.gfile.isdir(m)]
+    if folders:
+      raise UserDataError(f"{split} file {folders[0]!r} is a folder: give its files (e.g. "
+                          f"'{folders[0].rstrip('/')}/*.tsv')")
     files.extend(matched)
   return files
 

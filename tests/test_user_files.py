@@ -211,3 +211,14 @@ def test_a_jsonl_null_is_no_value_not_the_text_null(tmp_path):
   with pytest.raises(ud.UserDataError, match=r"train.jsonl:2: .*text"):
     ud.register_task_from_files("test_user_files_null", train=str(train), input_template="{text}",
                                 label_names=["pos", "neg"], vocabulary=VOCAB)
+
+
+def test_an_empty_file_list_or_a_folder_is_named_as_such(tmp_path):
+  """Before: `train=[]` said "files [] must have the same header; got []", a folder asked for a suffix."""
+  (tmp_path / "data").mkdir()
+  for train, expected in (([], r"train=\[\] names no file: give a file path or glob"),
+                          (str(tmp_path / "data"), r"train file '.*data' is a folder: give its files \(e\.g\. "
+                                                   r"'.*data/\*\.tsv'\)")):
+    with pytest.raises(uf.UserDataError, match=expected):
+      ud.register_task_from_files("ud_test_empty_list", train=train, input_template="q: {q}",
+                                  target_field="label", format="tsv", vocabulary=VOCAB)
