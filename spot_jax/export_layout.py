@@ -76,16 +76,35 @@ def list_numpy_checkpoints(numpy_dir: str) -> list:
   return sorted(out)
 
 
+def _export_or_its_backup(numpy_dir: str, name: str) -> Optional[str]:
+  """`numpy_dir/name` when it is a complete export; else the `name.old-<id>` backup a write killed
+  between its two renames left (`fileio.atomic_write_dir`), with a warning; else None. Without this a
+  reader silently fell back to another export (`which="auto"`: the latest instead of the best)."""
+  path = fileio.join(numpy_dir, name)
+  if fileio.isdir(path) and export_file(path):
+    return path
+  if not fileio.isdir(numpy_dir):
+    return None
+  backups = sorted(fileio.join(numpy_dir, n.rstrip("/")) for n in fileio.listdir(numpy_dir)
+                   if n.rstrip("/").startswith(f"{name}.old-"))
+  backups = [b for b in backups if export_file(b)]
+  if not backups:
+    return None
+  import logging  # pylint: disable=g-import-not-at-top
+  logging.getLogger("spot_jax").warning(
+      "%s is missing but %s is there (an export replaced by a run that was killed between its two renames): "
+      "reading it; the run's next export of %s replaces it", path, backups[-1], name)
+  return backups[-1]
+
+
 def find_exports(model_dir: str) -> ModelDirExports:
   """The numpy exports of a training MODEL_DIR (or of its numpy_checkpoints directory)."""
   numpy_dir = model_dir if fileio.basename(model_dir) == NUMPY_CHECKPOINTS_DIR else numpy_checkpoints_dir(
       model_dir)
-  best = fileio.join(numpy_dir, BEST_EXPORT)
-  emb = fileio.join(numpy_dir, TASK_EMBEDDING_EXPORT)
   return ModelDirExports(
       checkpoints=list_numpy_checkpoints(numpy_dir),
-      best=best if fileio.isdir(best) and export_file(best) else None,
-      task_embedding=emb if fileio.isdir(emb) and export_file(emb) else None)
+      best=_export_or_its_backup(numpy_dir, BEST_EXPORT),
+      task_embedding=_export_or_its_backup(numpy_dir, TASK_EMBEDDING_EXPORT))
 
 
 def read_export_info(export_dir: str) -> dict:

@@ -75,6 +75,23 @@ def test_model_dir_prefers_best_and_finds_task_embedding(tmp_path):
   assert pio.resolve_prompt(model_dir).step == 15
 
 
+def test_a_best_export_left_as_its_backup_by_a_kill_is_still_the_best(tmp_path, caplog):
+  """A kill between `atomic_write_dir`'s two renames leaves `best.old-<id>` and no `best/`: `load_prompt`
+  (which='auto') took the latest export instead, without a word."""
+  model_dir = str(tmp_path / "m")
+  p10, p20, best = (_prompt(seed=s) for s in range(3))
+  pexp.export_numpy_checkpoint(p10, model_dir, 10)
+  pexp.export_numpy_checkpoint(p20, model_dir, 20)
+  pexp.export_numpy_checkpoint(best, model_dir, 10, name="best", metrics={"accuracy": 0.75})
+  numpy_dir = os.path.dirname(pio.best_export_dir(model_dir))
+  os.rename(pio.best_export_dir(model_dir), os.path.join(numpy_dir, "best.old-1a2b3c4d"))
+  with caplog.at_level("WARNING", logger="spot_jax"):
+    np.testing.assert_array_equal(pio.load_prompt(model_dir), best)
+  assert "best.old-1a2b3c4d is there" in caplog.text
+  pexp.export_numpy_checkpoint(p20, model_dir, 20, name="best")  # the run's next best export wins
+  np.testing.assert_array_equal(pio.load_prompt(model_dir, "best"), p20)
+
+
 def test_errors(tmp_path):
   with pytest.raises(ValueError, match="rank 2"):
     pexp.save_npy(np.zeros((1, 2, 3)), str(tmp_path / "a.npy"))
