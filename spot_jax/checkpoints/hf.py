@@ -24,7 +24,7 @@ from spot_jax.checkpoints import hf_flax
 from spot_jax.checkpoints import t5x as _io
 from spot_jax.checkpoints.infer_config import (CheckpointError, expected_shapes, flatten, np_dtype,
                                                unflatten)
-from spot_jax.checkpoints.hf_config import config_from_hf, config_to_hf, json_kind
+from spot_jax.checkpoints.hf_config import config_from_hf, config_to_hf
 from spot_jax.config import T5Config
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -204,7 +204,7 @@ class _RemoteSlice:
     return self._f.read(self._name, index)
 
 
-class _Tensors:
+class _Tensors(hf_flax.TensorIndex):
   """Lazy access to the tensors of one or several safetensors files (shards listed by an index)."""
 
   def __init__(self, directory: str):
@@ -238,18 +238,6 @@ class _Tensors:
     if filename not in self._names:
       self._names[filename] = set(self._file(filename).keys())
     return self._names[filename]
-
-  def __contains__(self, name: str) -> bool:
-    return name in self.where
-
-  def names(self):
-    return list(self.where)
-
-  def file_of(self, name: str) -> str:
-    return _io.join(self.directory, self.where[name])
-
-  def label(self, name: str) -> str:
-    return name
 
   def get(self, name: str) -> np.ndarray:
     filename = self.where[name]
@@ -319,22 +307,8 @@ def _unread_dtype(source: str, name: str, dtype: str) -> str:
 
 def _read_index(index_path: str) -> Dict[str, str]:
   """The weight_map of a `model.safetensors.index.json`: `{tensor name: shard file name}`."""
-  fix = "copy it again with its shards from the model's folder (save_pretrained writes it beside them)"
-  try:
-    index = json.loads(_io.read_bytes(index_path))
-  except ValueError as e:
-    raise CheckpointError(f"{index_path} is not valid JSON ({e}): {fix}") from e
-  weight_map = index.get("weight_map") if isinstance(index, dict) else None
-  if not isinstance(weight_map, dict):
-    found = (f"its 'weight_map' is a JSON {json_kind(weight_map)}" if isinstance(index, dict) and "weight_map" in index
-             else "it has no 'weight_map'" if isinstance(index, dict) else f"it holds a JSON {json_kind(index)}")
-    raise CheckpointError(f"{index_path} is not a safetensors index (it needs an object 'weight_map' mapping each "
-                          f"tensor name to its shard file; {found}): {fix}")
-  for name, shard in weight_map.items():
-    if not isinstance(shard, str) or not shard.endswith(".safetensors"):
-      raise CheckpointError(f"{index_path}: weight_map maps {name!r} to {json.dumps(shard, default=repr)}, not the "
-                            f"name of a .safetensors shard in this folder (spot_jax reads safetensors or Flax msgpack, never PyTorch pickles): {fix}")
-  return dict(weight_map)
+  return hf_flax.read_weight_map(index_path, "safetensors", ".safetensors",
+                                 " (spot_jax reads safetensors or Flax msgpack, never PyTorch pickles)")
 
 
 # transformers' T5ForConditionalGeneration drops this one without a word (_keys_to_ignore_on_load_unexpected).

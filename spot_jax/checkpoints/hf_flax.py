@@ -60,8 +60,9 @@ def _restore(path: str) -> Dict[str, np.ndarray]:
   return {k: v for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
-def _read_index(index_path: str) -> Dict[str, str]:
-  """`{flax key: shard file name}` of a `flax_model.msgpack.index.json`."""
+def read_weight_map(index_path: str, kind: str, suffix: str, note: str = "") -> Dict[str, str]:
+  """The weight_map of a Hugging Face index (`model.safetensors.index.json`, `flax_model.msgpack.index.json`):
+  `{tensor name: shard file name}`, each shard a `suffix` file. `kind` names the index in messages."""
   fix = "copy it again with its shards from the model's folder (save_pretrained writes it beside them)"
   try:
     index = json.loads(_io.read_bytes(index_path))
@@ -69,24 +70,45 @@ def _read_index(index_path: str) -> Dict[str, str]:
     raise CheckpointError(f"{index_path} is not valid JSON ({e}): {fix}") from e
   weight_map = index.get("weight_map") if isinstance(index, dict) else None
   if not isinstance(weight_map, dict):
-    raise CheckpointError(f"{index_path} is not a Flax weights index (it needs an object 'weight_map' mapping "
-                          f"each parameter to its shard file; it holds a JSON {json_kind(index)}"
-                          f"{' without one' if isinstance(index, dict) else ''}): {fix}")
-  for key, shard in weight_map.items():
-    if not isinstance(shard, str) or not shard.endswith(".msgpack"):
-      raise CheckpointError(f"{index_path}: weight_map maps {key!r} to {json.dumps(shard, default=repr)}, not the "
-                            f"name of a .msgpack shard in this folder: {fix}")
+    found = (f"its 'weight_map' is a JSON {json_kind(weight_map)}" if isinstance(index, dict) and "weight_map" in index
+             else "it has no 'weight_map'" if isinstance(index, dict) else f"it holds a JSON {json_kind(index)}")
+    raise CheckpointError(f"{index_path} is not a {kind} index (it needs an object 'weight_map' mapping each "
+                          f"tensor name to its shard file; {found}): {fix}")
+  for name, shard in weight_map.items():
+    if not isinstance(shard, str) or not shard.endswith(suffix):
+      raise CheckpointError(f"{index_path}: weight_map maps {name!r} to {json.dumps(shard, default=repr)}, not the "
+                            f"name of a {suffix} shard in this folder{note}: {fix}")
   return dict(weight_map)
 
 
-class FlaxTensors:
+class TensorIndex:
+  """What `hf.read_hf` asks of a folder's tensors besides reading them: `where` maps each (PyTorch)
+  name to the file that holds it, in `directory`."""
+  directory: str
+  where: Dict[str, str]
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.where
+
+  def names(self):
+    return list(self.where)
+
+  def file_of(self, name: str) -> str:
+    return _io.join(self.directory, self.where[name])
+
+  def label(self, name: str) -> str:
+    """The tensor's name in messages."""
+    return name
+
+
+class FlaxTensors(TensorIndex):
   """The tensors of a Flax weights folder, with `hf._Tensors`' interface (PyTorch names and layout)."""
 
   def __init__(self, directory: str):
     self.directory = directory
     self.index_path: Optional[str] = _io.join(directory, INDEX_FILE)
     if _io.exists(self.index_path):
-      files = _read_index(self.index_path)
+      files = read_weight_map(self.index_path, "Flax weights", ".msgpack")
     else:
       self.index_path = None
       files = None
@@ -108,15 +130,6 @@ class FlaxTensors:
       if missing:
         raise CheckpointError(f"{self.index_path} lists {missing[:3]}{' ...' if len(missing) > 3 else ''} in shards "
                               "that do not hold them: copy the whole folder again from one save_pretrained")
-
-  def __contains__(self, name: str) -> bool:
-    return name in self._arrays
-
-  def names(self):
-    return list(self._arrays)
-
-  def file_of(self, name: str) -> str:
-    return _io.join(self.directory, self.where[name])
 
   def label(self, name: str) -> str:
     return f"{self._flax_key[name]} (PyTorch's {name})" if name in self._flax_key else name
