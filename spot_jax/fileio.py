@@ -173,7 +173,7 @@ def check_writable_dir(path: str) -> None:
   probe = os.path.join(path, f".write-probe-{uuid.uuid4().hex[:8]}")
   try:
     os.makedirs(path, exist_ok=True)
-    with builtins.open(probe, "wb") as f:
+    with open_file(probe, "wb") as f:
       f.write(b"0")
       f.flush()
       os.fsync(f.fileno())
@@ -189,7 +189,8 @@ def check_writable_dir(path: str) -> None:
 def _name_destination(error: BaseException, path: str, tmp: str) -> None:
   """An OSError of a write to `tmp` names `path`, the destination (a full disk's write error names no
   file at all)."""
-  if isinstance(error, OSError) and (error.filename is None or str(error.filename).startswith(tmp)):
+  if (isinstance(error, OSError) and error.errno is not None
+      and (error.filename is None or str(error.filename).startswith(tmp))):
     error.filename = path
 
 
