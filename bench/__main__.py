@@ -166,7 +166,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_json_path(path: str) -> None:
   """Refuses, before minutes of measuring, a --json that names a directory or a place that cannot be
-  written (the benchmark failed only at its end, in a traceback). Makes its folder."""
+  written (the benchmark failed only at its end, in a traceback)."""
   from spot_jax import fileio  # pylint: disable=g-import-not-at-top
   if path.endswith(os.sep) or os.path.isdir(path):
     raise IsADirectoryError(f"--json {path} names a directory: name a file, e.g. "

@@ -165,11 +165,16 @@ def unwritable_message(error: OSError, path: Optional[str] = None) -> str:
 
 
 def check_writable_dir(path: str) -> None:
-  """Creates the local output directory `path` and writes and removes a small file in it, so that a job
-  that writes there only at its end (infer's predictions) is refused before its work, not after. An
-  `is_unwritable` OSError names `path`; gs:// is not probed (its bucket is, by `check_not_a_file`)."""
+  """Makes the local output directory `path` and writes and removes a small file in it, so that a job
+  that writes there only at its end (infer's predictions) is refused before its work, not after. The
+  directories it made are removed again (a job refused later leaves nothing). An `is_unwritable`
+  OSError names `path`; gs:// is not probed (its bucket is, by `check_not_a_file`)."""
   if is_remote(path):
     return
+  made, parent = [], os.path.abspath(path)
+  while not os.path.exists(parent) and parent != os.path.dirname(parent):
+    made.append(parent)
+    parent = os.path.dirname(parent)
   probe = os.path.join(path, f".write-probe-{uuid.uuid4().hex[:8]}")
   try:
     os.makedirs(path, exist_ok=True)
@@ -184,6 +189,11 @@ def check_writable_dir(path: str) -> None:
   finally:
     with contextlib.suppress(OSError):
       os.remove(probe)
+    for d in made:  # deepest first; one another writer filled since stays
+      try:
+        os.rmdir(d)
+      except OSError:
+        break
 
 
 def _name_destination(error: BaseException, path: str, tmp: str) -> None:

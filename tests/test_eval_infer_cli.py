@@ -50,7 +50,7 @@ def test_infer_cli_writes_jsonl(tmp_path, prompt_file):
 
 def test_infer_refuses_an_unwritable_output_dir_before_loading_the_model(tmp_path, prompt_file, monkeypatch):
   """A read-only or full INFER_OUTPUT_DIR failed only after all inference, in a traceback: the directory
-  is now made and written to (a probe file, removed) first."""
+  is now made and written to (a probe file; both removed again) first."""
   import errno
   from spot_jax import eval as eval_lib
   from spot_jax import fileio
@@ -70,7 +70,7 @@ def test_infer_refuses_an_unwritable_output_dir_before_loading_the_model(tmp_pat
   with pytest.raises(SystemExit, match=rf"^spot_jax.infer: error: cannot write {out}: Read-only file system: "
                                        r"choose another directory\n"):
     infer_cli.main(_args("prompt_infer.gin", "INFER_OUTPUT_DIR", out, prompt_file))
-  assert os.listdir(out) == []  # the probe file is gone
+  assert os.listdir(tmp_path) == ["prompt.npy"]  # no probe file, nor the folder made for it
 
 
 def test_wrong_prompt_width_fails_before_compute(tmp_path, prompt_file):

@@ -102,11 +102,14 @@ def test_an_unreachable_gs_output_dir_is_one_error_naming_the_fix(monkeypatch, h
   assert ("no answer" in text) if hang else ("Could not resolve host" in text and "\n" not in text)
 
 
-def test_check_writable_dir_makes_the_directory_leaves_nothing_and_skips_gs(tmp_path, monkeypatch):
+def test_check_writable_dir_leaves_nothing_and_skips_gs(tmp_path, monkeypatch):
   import errno
   out = tmp_path / "a" / "b"
   fileio.check_writable_dir(str(out))
-  assert out.is_dir() and os.listdir(out) == []
+  assert os.listdir(tmp_path) == []  # the folders it made to probe are gone again
+  out.mkdir(parents=True)
+  fileio.check_writable_dir(str(out))
+  assert os.listdir(out) == []
   real_open = fileio.open_file
 
   def full(path, mode):
@@ -118,5 +121,8 @@ def test_check_writable_dir_makes_the_directory_leaves_nothing_and_skips_gs(tmp_
     fileio.check_writable_dir(str(out))
   assert fileio.unwritable_message(e.value) == (f"cannot write {out}: No space left on device: free some space "
                                                 "or choose another directory") and os.listdir(out) == []
+  with pytest.raises(OSError):
+    fileio.check_writable_dir(str(out / "new"))
+  assert os.listdir(out) == []
   monkeypatch.setattr(fileio, "gfile", lambda: pytest.fail("a gs:// directory is not probed"))
   fileio.check_writable_dir("gs://bucket/infer")
