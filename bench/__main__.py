@@ -156,7 +156,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.peer = True
   if args.rounds > 1 and not args.peer:
     parser.error("--rounds alternates our runs with the peer's: add --peer or --peer-python")
+  if args.json:
+    try:
+      check_json_path(args.json)
+    except (ValueError, OSError) as e:
+      parser.error(str(e))
   return args
+
+
+def check_json_path(path: str) -> None:
+  """Refuses, before minutes of measuring, a --json that names a directory or a place that cannot be
+  written (the benchmark failed only at its end, in a traceback)."""
+  from spot_jax import fileio  # pylint: disable=g-import-not-at-top
+  if path.endswith(os.sep) or os.path.isdir(path):
+    raise IsADirectoryError(f"--json {path} names a directory: name a file, e.g. "
+                            f"{os.path.join(path, 'results.json')}")
+  directory = os.path.dirname(os.path.abspath(path))
+  try:
+    fileio.check_writable_dir(directory)
+  except OSError as e:
+    if fileio.is_unwritable(e):
+      raise ValueError(f"--json {path}: {fileio.unwritable_message(e)}") from e
+    raise ValueError(f"--json {path}: cannot make or write {directory}: {e.strerror}: choose another "
+                  "path") from e
 
 
 TIME_KEYS = {"train": "step_s_pipelined", "decode": "decode_s_median"}
@@ -385,9 +407,14 @@ def write_json(path: str, results: dict):
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bench-", suffix=".json")
-  with os.fdopen(fd, "w") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  except BaseException:  # a full disk: no `.bench-*.json` left behind
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def decode_in_child(argv) -> dict:
@@ -486,7 +513,14 @@ def main(argv=None) -> int:
                                             args.rounds) if args.peer else decode_ours())
   print(report(results), flush=True)
   if args.json:
-    write_json(args.json, results)
+    try:
+      write_json(args.json, results)
+    except OSError as e:  # checked at the start; a disk that filled since is one line
+      from spot_jax import fileio  # pylint: disable=g-import-not-at-top
+      if not fileio.is_unwritable(e):
+        raise
+      raise SystemExit(f"spot-jax bench: error: {fileio.unwritable_message(e, args.json)} (the results are "
+                       "printed above)") from None
     print(f"[bench] wrote {args.json}", file=sys.stderr)
   return 0
 

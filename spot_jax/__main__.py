@@ -43,7 +43,9 @@ def _export(argv):
       kwargs["base_model_name_or_path"] = _peft_base_model(src)
     out = prompt_export.export_prompt(prompt, args.out, args.format, overwrite=args.overwrite, **kwargs)
   except (ValueError, OSError) as e:  # user errors: one line naming the path and the fix
-    detail = f"cannot write {args.out}: {e.strerror}" if isinstance(e, PermissionError) else e
+    from spot_jax import fileio  # pylint: disable=g-import-not-at-top
+    # A full disk or read-only place names OUT, not the temporary name the write used.
+    detail = fileio.unwritable_message(e, args.out) if fileio.is_unwritable(e) else e
     print(f"spot-jax export: error: {detail}", file=sys.stderr)
     return 1
   print(f"wrote {args.format} prompt {prompt.shape} to {out}")

@@ -35,6 +35,13 @@ SOURCES = ("movie", "product", "topic", "nli", "number")
 FEATURE_LENGTHS = {"inputs": 32, "targets": 4}  # the longest bundled input is 27 tokens
 RESULTS_JSON = "results.json"
 HEATMAP_PNG = "similarity_heatmap.png"
+# The demo replaces its own outputs on a rerun, and only those: library/ and runs/ are also the docs'
+# names for a user's own prompt library and training runs. Each folder it makes, and --out, carries
+# this marker; a folder without it is never deleted, and the files below only with --out's marker.
+MARKER = ".spot_jax_demo"
+MARKER_TEXT = "made by `spot-jax demo`: a rerun with the same --out replaces this folder's demo outputs\n"
+OWN_DIRS = ("library", "runs")
+OWN_FILES = (RESULTS_JSON, HEATMAP_PNG)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,13 +169,52 @@ def _check_local_dirs(out_dir: str, cache_dir: Optional[str]) -> None:
       fileio.check_local(path, what, "use a local directory, and copy the results with gsutil")
 
 
+def _fresh_out_suggestion(out_dir: str) -> str:
+  candidates = [os.path.join(out_dir, "demo_out")] + [os.path.join(out_dir, f"demo_out_{i}") for i in range(2, 100)]
+  return next((c for c in candidates if not os.path.exists(c)), candidates[0])
+
+
+def check_out_dir(out_dir: str) -> None:
+  """Refuses, before any work, an --out that is a file, or that holds a library/, runs/, results.json or
+  heatmap the demo did not make (no MARKER): it would replace them. Its own previous outputs pass."""
+  fileio.check_not_a_file(out_dir, "the demo's output (--out)")
+  if not os.path.isdir(out_dir):
+    return
+  foreign = [f"{n}/" for n in OWN_DIRS if os.path.lexists(os.path.join(out_dir, n))
+             and not os.path.isfile(os.path.join(out_dir, n, MARKER))]
+  if not os.path.isfile(os.path.join(out_dir, MARKER)):
+    foreign += [n for n in OWN_FILES if os.path.lexists(os.path.join(out_dir, n))]
+  if foreign:
+    raise FileExistsError(
+        f"{out_dir} already holds {', '.join(foreign)}, which the demo did not make and would replace: pass a "
+        f"fresh --out (e.g. --out {_fresh_out_suggestion(out_dir)}), or move them away")
+
+
+def _mark(directory: str) -> None:
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, MARKER), "w") as f:
+    f.write(MARKER_TEXT)
+
+
+def _replace_own_dir(path: str) -> None:
+  """Deletes `path` only if the demo made it (its MARKER: checked again here, as the backbone's minutes
+  of pretraining passed since `check_out_dir`), then makes it afresh, marked."""
+  if os.path.lexists(path):
+    if not os.path.isfile(os.path.join(path, MARKER)):
+      raise FileExistsError(f"{path} was not made by the demo, which would replace it: pass a fresh --out, "
+                            "or move it away")
+    shutil.rmtree(path)
+  _mark(path)
+
+
 def run_demo(out_dir: str, backbone_config=None, demo: DemoConfig = DemoConfig(),
              cache_dir: Optional[str] = None, rebuild_backbone: bool = False,
              console: Optional[_Console] = None) -> dict:
   """Runs the whole demo; returns (and writes to out_dir/results.json) everything it measured."""
   console = console or _Console()
   _check_local_dirs(out_dir, cache_dir)
-  os.makedirs(out_dir, exist_ok=True)
+  check_out_dir(out_dir)
+  _mark(out_dir)
   console("loading JAX, seqio and the bundled tasks ...")
   from spot_jax import backbone as bb
   from spot_jax import evaluation, optim
@@ -199,7 +245,7 @@ def run_demo(out_dir: str, backbone_config=None, demo: DemoConfig = DemoConfig()
   lib_dir = os.path.join(out_dir, "library")
   runs_dir = os.path.join(out_dir, "runs")
   for d in (lib_dir, runs_dir):  # the demo's own outputs: a rerun starts fresh (runs would resume)
-    shutil.rmtree(d, ignore_errors=True)
+    _replace_own_dir(d)
   sources = [PREFIX + s for s in demo.sources]
   target = PREFIX + demo.target
   console(f"step 2/5: training {len(sources)} source prompts ({demo.source_steps} steps each, prompt "
@@ -323,6 +369,11 @@ def main(argv=None) -> int:
     _check_local_dirs(args.out, args.cache_dir)
   except ValueError as e:
     p.error(str(e))
+  try:
+    check_out_dir(args.out)
+  except OSError as e:  # a file, or someone else's library/ or runs/: one line before any work
+    print(f"spot-jax demo: error: {e}", file=sys.stderr)
+    return 2
   # TensorFlow (seqio's data pipeline only) logs a failed CUDA probe as an error on machines
   # without a GPU; level 3 keeps the demo's output to its own lines. Set it to see TF's logs.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -350,6 +401,13 @@ def main(argv=None) -> int:
     print(f"spot-jax demo: stopped by SIGTERM at step {e.step} of a run; run the demo again (it trains "
           "its prompts afresh; a pretrained backbone stays cached)", file=sys.stderr, flush=True)
     return Preempted.EXIT_CODE
+  except OSError as e:  # a full disk or read-only place: the path and the fix; other OSErrors are bugs
+    from spot_jax import gin_utils  # pylint: disable=g-import-not-at-top  (the errors of train, seen through gin)
+    unwritable = gin_utils.unwritable_error(e)
+    if unwritable is None:
+      raise
+    print(f"spot-jax demo: error: {fileio.unwritable_message(unwritable)}", file=sys.stderr, flush=True)
+    return 1
   if args.quick:
     print(quick_note, flush=True)
   return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import json
 import os
 import re
@@ -140,6 +141,69 @@ def check_not_a_file(path: str, what: str) -> None:
                              "or choose another directory")
 
 
+# A place that cannot take a write: a full disk or quota, a read-only file system, no permission. Other
+# OSErrors (EBADF, EINVAL, ...) are bugs and keep their traceback.
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+UNWRITABLE_ERRNOS = NO_SPACE_ERRNOS + (errno.EROFS, errno.EACCES, errno.EPERM)
+_TEMPORARY_RE = re.compile(r"\.(tmp|old)-[0-9a-f]{8}(?=/|$)")
+
+
+def is_unwritable(error: BaseException) -> bool:
+  return isinstance(error, OSError) and error.errno in UNWRITABLE_ERRNOS
+
+
+def unwritable_message(error: OSError, path: Optional[str] = None) -> str:
+  """One line for an `is_unwritable` error: the destination (`path`, else the error's file without the
+  `.tmp-<id>` of an atomic write: the user never named that), what the OS said, and the fix."""
+  where = path or (_TEMPORARY_RE.sub("", str(error.filename)) if error.filename else "")
+  where = f" {where}" if where else ""
+  if error.errno in (errno.EACCES, errno.EPERM):  # a read too, unless the caller says it wrote `path`
+    return (f"cannot {'write' if path else 'access'}{where}: {error.strerror}: fix its permissions or "
+            "choose another directory")
+  fix = "free some space or choose another directory" if error.errno in NO_SPACE_ERRNOS else "choose another directory"
+  return f"cannot write{where}: {error.strerror}: {fix}"
+
+
+def check_writable_dir(path: str) -> None:
+  """Makes the local output directory `path` and writes and removes a small file in it, so that a job
+  that writes there only at its end (infer's predictions) is refused before its work, not after. The
+  directories it made are removed again (a job refused later leaves nothing). An `is_unwritable`
+  OSError names `path`; gs:// is not probed (its bucket is, by `check_not_a_file`)."""
+  if is_remote(path):
+    return
+  made, parent = [], os.path.abspath(path)
+  while not os.path.exists(parent) and parent != os.path.dirname(parent):
+    made.append(parent)
+    parent = os.path.dirname(parent)
+  probe = os.path.join(path, f".write-probe-{uuid.uuid4().hex[:8]}")
+  try:
+    os.makedirs(path, exist_ok=True)
+    with open_file(probe, "wb") as f:
+      f.write(b"0")
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as e:
+    if is_unwritable(e):
+      e.filename = path
+    raise
+  finally:
+    with contextlib.suppress(OSError):
+      os.remove(probe)
+    for d in made:  # deepest first; one another writer filled since stays
+      try:
+        os.rmdir(d)
+      except OSError:
+        break
+
+
+def _name_destination(error: BaseException, path: str, tmp: str) -> None:
+  """An OSError of a write to `tmp` names `path`, the destination (a full disk's write error names no
+  file at all)."""
+  if (isinstance(error, OSError) and error.errno is not None
+      and (error.filename is None or str(error.filename).startswith(tmp))):
+    error.filename = path
+
+
 def listdir(path: str) -> list:
   return gfile().listdir(path) if is_remote(path) else os.listdir(path)
 
@@ -200,7 +264,8 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
   try:
     _write_durably(tmp, data)
     rename(tmp, path)
-  except BaseException:
+  except BaseException as e:
+    _name_destination(e, path, tmp)
     if exists(tmp):
       gfile().remove(tmp) if is_remote(tmp) else os.remove(tmp)
     raise
@@ -242,7 +307,8 @@ def atomic_write_dir(directory: str, files: dict) -> None:
     makedirs(tmp)
     for name, data in files.items():
       _write_durably(join(tmp, name), data)
-  except BaseException:
+  except BaseException as e:
+    _name_destination(e, directory, tmp)
     rmtree(tmp)
     raise
   old = None

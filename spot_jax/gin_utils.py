@@ -397,8 +397,12 @@ def settings_text() -> str:
 
 # What the jobs raise for bad input (they name the problem and the fix): shown as one message, not
 # under gin's 20-30 lines of traceback. SPOT_JAX_TRACEBACK=1 keeps the traceback.
+# A place that cannot be written (a full disk, a read-only file system: `fileio.is_unwritable`) is shown
+# as one line too, naming the path and the fix; other OSErrors are bugs and keep their traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
                PermissionError, FloatingPointError)
+# What a rerun does after such a write error, by program: train saves checkpoints as it goes.
+_RERUN_NOTES = {"spot_jax.train": "; once it can write there, the same command resumes from the last checkpoint"}
 
 
 def run(fn: Callable, argv: Optional[Sequence[str]] = None, prog: str = "spot_jax"):
@@ -496,10 +500,24 @@ class _user_errors_as_one_line:  # pylint: disable=invalid-name
   def __exit__(self, kind, error, tb):
     if error is None or os.environ.get("SPOT_JAX_TRACEBACK", "") not in ("", "0"):
       return False
-    message = user_message(error) if isinstance(error, USER_ERRORS) else out_of_memory_message(error)
+    unwritable = unwritable_error(error)
+    if unwritable is not None:
+      message = fileio.unwritable_message(unwritable) + _RERUN_NOTES.get(self.prog, "")
+    else:
+      message = user_message(error) if isinstance(error, USER_ERRORS) else out_of_memory_message(error)
     if message is None:
       return False
     raise SystemExit(f"{self.prog}: error: {message}\n(SPOT_JAX_TRACEBACK=1 shows the traceback)") from error
+
+
+def unwritable_error(error: BaseException) -> Optional[OSError]:
+  """`error` if `fileio.is_unwritable`, seen through gin's proxy of an error raised in a configurable (a
+  subclass of its type whose errno and filename are None; the original is its `__context__`)."""
+  context = error.__context__
+  if (isinstance(error, OSError) and error.errno is None and context is not None
+      and type(error).__mro__[1] is type(context)):
+    error = context
+  return error if fileio.is_unwritable(error) else None
 
 
 def out_of_memory_message(error: BaseException) -> Optional[str]:

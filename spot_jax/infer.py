@@ -55,6 +55,7 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
   input_pipeline.check_split(task_or_mixture, split)
   if output_dir:
     fileio.check_not_a_file(output_dir, "INFER_OUTPUT_DIR")
+    fileio.check_writable_dir(output_dir)  # predictions are written last: a full disk fails now, not then
   tasks = [t for t in seqio.get_subtasks(task_or_mixture) if split in getattr(t, "splits", (split,))]
   if not tasks:
     raise ValueError(f"no task of {mixture_or_task_name} has a split {split!r}")

@@ -263,3 +263,37 @@ def test_a_mesh_that_does_not_divide_the_devices_names_the_bench_flag():
   with pytest.raises(ValueError, match=rf"--num-partitions {n + 1} must divide the {n} device"):
     train_throughput.run(size="tiny", batch=2, input_length=8, target_length=2, prompt_length=2,
                          num_partitions=n + 1)
+
+
+def test_json_destination_is_checked_before_the_benchmark_and_a_failed_write_leaves_no_temporary(
+    tmp_path, monkeypatch, capsys):
+  """`--json DIR` or an unwritable place failed after the whole benchmark, in a traceback, and a full
+  disk left its `.bench-*.json` temporary behind."""
+  import errno
+  import os
+  from spot_jax import fileio
+  with pytest.raises(SystemExit):
+    cli.parse_args(["--json", str(tmp_path)])
+  assert f"error: --json {tmp_path} names a directory: name a file, e.g. {tmp_path}/results.json" in \
+      capsys.readouterr().err
+  real_open = fileio.open_file
+
+  def read_only(path, mode):
+    if "w" in mode:
+      raise OSError(errno.EROFS, "Read-only file system", path)
+    return real_open(path, mode)
+  monkeypatch.setattr(fileio, "open_file", read_only)
+  with pytest.raises(SystemExit):
+    cli.parse_args(["--json", str(tmp_path / "out" / "r.json")])
+  assert (f"error: --json {tmp_path / 'out' / 'r.json'}: cannot write {tmp_path / 'out'}: Read-only file system: "
+          "choose another directory\n") in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
+  monkeypatch.undo()
+  assert cli.parse_args(["--json", str(tmp_path / "out" / "r.json")]).json  # a writable place passes
+
+  def full(*a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(cli.json, "dump", full)
+  with pytest.raises(OSError, match="No space left"):
+    cli.write_json(str(tmp_path / "out" / "r.json"), {"a": 1})
+  assert os.listdir(tmp_path / "out") == []

@@ -52,6 +52,57 @@ def test_sigterm_in_a_run_ends_the_demo_with_143_and_one_line(tmp_path, monkeypa
   assert "spot-jax demo: stopped by SIGTERM at step 7 of a run; run the demo again" in capsys.readouterr().err
 
 
+def test_an_out_holding_the_users_own_runs_or_library_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+  """`demo --out DIR` deleted DIR/runs/ and DIR/library/ (the docs' names for a user's own runs and
+  library) and exited 0. Folders without the demo's marker are now refused, by name, and kept."""
+  monkeypatch.setattr(demo, "run_demo", lambda *a, **k: pytest.fail("the demo started"))
+  work = tmp_path / "work"
+  (work / "runs" / "my_mnli_run").mkdir(parents=True)
+  (work / "library" / "m4").mkdir(parents=True)
+  (work / demo.RESULTS_JSON).write_text("{}")
+  (work / "notes.txt").write_text("mine")
+  before = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
+  assert demo.main(["--quick", "--out", str(work)]) == 2
+  err = capsys.readouterr().err
+  assert err == (f"spot-jax demo: error: {work} already holds library/, runs/, results.json, which the demo did "
+                 f"not make and would replace: pass a fresh --out (e.g. --out {work / 'demo_out'}), or move "
+                 "them away\n")
+  assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == before
+  # The demo's own previous output passes (a rerun replaces it); its folders only ever go with the marker.
+  own = tmp_path / "own"
+  for d in (own, own / "library", own / "runs"):
+    demo._mark(str(d))
+  (own / "runs" / "sources").mkdir()
+  (own / demo.RESULTS_JSON).write_text("{}")
+  demo.check_out_dir(str(own))
+  demo._replace_own_dir(str(own / "runs"))
+  assert os.listdir(own / "runs") == [demo.MARKER]
+  os.remove(own / "library" / demo.MARKER)  # a user's folder put there since
+  with pytest.raises(FileExistsError, match=r"library/, which the demo did not make"):
+    demo.check_out_dir(str(own))
+  with pytest.raises(FileExistsError, match=r"library was not made by the demo"):
+    demo._replace_own_dir(str(own / "library"))
+  assert (own / "library").is_dir()
+
+
+def test_an_out_that_is_a_file_or_unwritable_is_one_line(tmp_path, monkeypatch, capsys):
+  """`--out FILE` was a FileExistsError traceback; a full disk or read-only place was a traceback too."""
+  import errno
+  f = tmp_path / "f.npy"
+  f.write_bytes(b"x")
+  assert demo.main(["--quick", "--out", str(f)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"spot-jax demo: error: {f} is a file, but it must be a directory") and \
+      err.count("\n") == 1, err
+
+  def full(out_dir, *a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device", os.path.join(out_dir, "runs", "x.tmp-0123abcd"))
+  monkeypatch.setattr(demo, "run_demo", full)
+  assert demo.main(["--quick", "--out", str(tmp_path / "out")]) == 1
+  assert capsys.readouterr().err == (f"spot-jax demo: error: cannot write {tmp_path / 'out' / 'runs' / 'x'}: No "
+                                     "space left on device: free some space or choose another directory\n")
+
+
 def test_quick_demo_runs_end_to_end(tmp_path, capsys):
   from spot_jax.spot import similarity as sim
   from spot_jax.spot.library import PromptLibrary
@@ -108,6 +159,9 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
   assert not res["backbone"]["reused"] and res["backbone"]["final_loss"] < res["backbone"]["initial_loss"]
   assert "heatmap:" in printed and "step 5/5" in printed
   assert printed.rstrip().endswith("mean nothing; run without --quick for the demo")  # not a result
+
+  # The demo marks what it made: only that is replaced by a rerun into the same --out.
+  assert all((out / d / demo.MARKER).is_file() for d in (".", "library", "runs"))
 
   # A second run reuses the cached backbone.
   assert demo.main(["--quick", "--out", str(out), "--cache-dir", str(cache), "--steps", "2", "--seeds", "1"]) == 0

@@ -48,6 +48,31 @@ def test_infer_cli_writes_jsonl(tmp_path, prompt_file):
   assert not [p for p in os.listdir(out) if ".tmp-" in p]
 
 
+def test_infer_refuses_an_unwritable_output_dir_before_loading_the_model(tmp_path, prompt_file, monkeypatch):
+  """A read-only or full INFER_OUTPUT_DIR failed only after all inference, in a traceback: the directory
+  is now made and written to (a probe file; both removed again) first."""
+  import errno
+  from spot_jax import eval as eval_lib
+  from spot_jax import fileio
+  real_open = fileio.open_file
+
+  def read_only(path, mode):
+    if "w" in mode:
+      raise OSError(errno.EROFS, "Read-only file system", path)
+    return real_open(path, mode)
+
+  def load(*a, **k):
+    raise AssertionError("the model was loaded before INFER_OUTPUT_DIR was checked")
+  monkeypatch.setattr(fileio, "open_file", read_only)
+  monkeypatch.setattr(eval_lib, "load_model_and_prompt", load)
+  monkeypatch.delenv("SPOT_JAX_TRACEBACK", raising=False)
+  out = tmp_path / "infer"
+  with pytest.raises(SystemExit, match=rf"^spot_jax.infer: error: cannot write {out}: Read-only file system: "
+                                       r"choose another directory\n"):
+    infer_cli.main(_args("prompt_infer.gin", "INFER_OUTPUT_DIR", out, prompt_file))
+  assert os.listdir(tmp_path) == ["prompt.npy"]  # no probe file, nor the folder made for it
+
+
 def test_wrong_prompt_width_fails_before_compute(tmp_path, prompt_file):
   bad = str(tmp_path / "bad.npy")
   np.save(bad, np.zeros((4, 32), np.float32))

@@ -100,3 +100,29 @@ def test_an_unreachable_gs_output_dir_is_one_error_naming_the_fix(monkeypatch, h
   text = str(e.value)
   assert bucket in text and "write MODEL_DIR to a local directory" in text and "gsutil" not in text
   assert ("no answer" in text) if hang else ("Could not resolve host" in text and "\n" not in text)
+
+
+def test_check_writable_dir_leaves_nothing_and_skips_gs(tmp_path, monkeypatch):
+  import errno
+  out = tmp_path / "a" / "b"
+  fileio.check_writable_dir(str(out))
+  assert os.listdir(tmp_path) == []  # the folders it made to probe are gone again
+  out.mkdir(parents=True)
+  fileio.check_writable_dir(str(out))
+  assert os.listdir(out) == []
+  real_open = fileio.open_file
+
+  def full(path, mode):
+    if "w" in mode:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_open(path, mode)
+  monkeypatch.setattr(fileio, "open_file", full)
+  with pytest.raises(OSError) as e:
+    fileio.check_writable_dir(str(out))
+  assert fileio.unwritable_message(e.value) == (f"cannot write {out}: No space left on device: free some space "
+                                                "or choose another directory") and os.listdir(out) == []
+  with pytest.raises(OSError):
+    fileio.check_writable_dir(str(out / "new"))
+  assert os.listdir(out) == []
+  monkeypatch.setattr(fileio, "gfile", lambda: pytest.fail("a gs:// directory is not probed"))
+  fileio.check_writable_dir("gs://bucket/infer")

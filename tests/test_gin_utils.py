@@ -1,4 +1,5 @@
 """T5X-style flag handling shared by every gin-configured command."""
+import os
 import re
 import sys
 import types
@@ -74,6 +75,41 @@ def test_bad_input_from_a_job_exits_with_its_message_or_the_traceback_on_request
   monkeypatch.delenv("SPOT_JAX_TRACEBACK")
   with pytest.raises(TypeError):
     gin_utils.run(bug, argv)
+
+
+def test_a_full_disk_or_read_only_place_is_one_line_naming_the_destination(tmp_path, monkeypatch):
+  """A full disk (ENOSPC, raised by the write with no file name) or a read-only file system was a
+  traceback: gin's proxy of an OSError raised in a configurable hides its errno. Other OSErrors keep it."""
+  import errno
+  import gin
+  from spot_jax import fileio
+  monkeypatch.delenv("SPOT_JAX_TRACEBACK", raising=False)
+  real_open = fileio.open_file
+  raised = {}
+
+  def full(path, mode):
+    if "w" not in mode:
+      return real_open(path, mode)
+    raise OSError(raised["errno"], os.strerror(raised["errno"]))  # as f.write on a full disk: no file name
+
+  monkeypatch.setattr(fileio, "open_file", full)
+  out = str(tmp_path / "run" / "numpy_checkpoints" / "checkpoint_2")
+  with gin.unlock_config():
+    job = gin.configurable("spot_test_write_job")(lambda: fileio.atomic_write_dir(out, {"p": b"1"}))
+  argv = ["--gin_file=models/t5_1_1.gin"]
+  raised["errno"] = errno.ENOSPC
+  with pytest.raises(SystemExit, match=rf"^spot_jax.train: error: cannot write {re.escape(out)}: No space left "
+                                       r"on device: free some space or choose another directory; once it can "
+                                       r"write there, the same command resumes from the last checkpoint\n"):
+    gin_utils.run(job, argv, prog="spot_jax.train")
+  raised["errno"] = errno.EROFS
+  with pytest.raises(SystemExit, match=rf"^spot_jax.infer: error: cannot write {re.escape(out)}: Read-only file "
+                                       r"system: choose another directory\n"):
+    gin_utils.run(job, argv, prog="spot_jax.infer")
+  assert not os.path.exists(out) and not os.listdir(tmp_path / "run" / "numpy_checkpoints")  # no temporary
+  raised["errno"] = errno.EBADF  # a bug, not the user's disk
+  with pytest.raises(OSError, match="Bad file descriptor"):
+    gin_utils.run(job, argv, prog="spot_jax.infer")
 
 
 def test_an_unquoted_string_value_names_the_binding_and_the_quotes():

@@ -136,7 +136,9 @@ def test_a_failed_export_leaves_no_new_directories(model_dir, tmp_path, capsys, 
   for fmt, out in (("npy", tmp_path / "x" / "new" / "deeper" / "p.npy"), ("t5x", tmp_path / "x" / "new" / "t5x"),
                    ("peft", tmp_path / "x" / "new" / "peft")):
     assert cli.main(["export", str(run), str(out), "--format", fmt, "--base_model", "t5"]) == 1
-    assert "No space left on device" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == (f"spot-jax export: error: cannot write {out}: No space left on device: free some space or "
+                   "choose another directory\n")  # the destination, not its `.tmp-` name
     assert list((tmp_path / "x").iterdir()) == []  # not even the folders made for OUT
 
 

@@ -248,3 +248,22 @@ def test_pipeline_runs_count_adafactor_decay_from_the_initial_checkpoint_step(tm
   monkeypatch.setattr(train_lib, "train", lambda **kw: seen.update(kw) or np.zeros((P, CFG.d_model)))
   training_runs._train(None, run, str(tmp_path / "m"), "spot_bundled_nli", 2)
   assert seen["initial_checkpoint_step"] == 7
+
+
+def test_a_full_disk_is_one_line_naming_the_place(tmp_path, capsys, monkeypatch):
+  """A full disk or read-only file system under `spot`/`spot source` was a traceback (gin's proxy of an
+  error in a configurable hides its errno); a bug's OSError keeps its traceback."""
+  import errno
+
+  def full(argv, errno_=errno.ENOSPC):
+    try:
+      raise OSError(errno_, os.strerror(errno_), str(tmp_path / "lib" / "x.tmp-0123abcd"))
+    except OSError as e:
+      gin.utils.augment_exception_message_and_reraise(e, "\n  In call to configurable 'x'")
+  monkeypatch.setattr(pipeline_cli, "source_main", full)
+  assert pipeline_cli.main(["source"]) == 1
+  assert capsys.readouterr().err == (f"error: cannot write {tmp_path / 'lib' / 'x'}: No space left on device: "
+                                     "free some space or choose another directory\n")
+  monkeypatch.setattr(pipeline_cli, "source_main", lambda argv: full(argv, errno.EBADF))
+  with pytest.raises(OSError, match="Bad file descriptor"):
+    pipeline_cli.main(["source"])

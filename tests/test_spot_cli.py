@@ -195,6 +195,40 @@ def test_init_out_is_replaced_only_with_overwrite_and_never_a_directory(sources,
   np.testing.assert_array_equal(np.load(out), p["rte"])
 
 
+def test_a_read_only_or_full_library_is_one_line_naming_it(sources, capsys, monkeypatch):
+  """`library add` into a read-only file system, `init --out` on a full disk: tracebacks (only a
+  PermissionError was ever expected). Now one line naming the destination and the fix."""
+  import errno
+  from spot_jax import fileio
+  tmp_path, _, _ = sources
+  lib = _build(tmp_path)
+  capsys.readouterr()
+  real_open = fileio.open_file
+  raised = {}
+
+  def unwritable(path, mode):
+    if "w" in mode:
+      raise OSError(raised["errno"], os.strerror(raised["errno"]), path)
+    return real_open(path, mode)
+  monkeypatch.setattr(fileio, "open_file", unwritable)
+  raised["errno"] = errno.EROFS
+  assert cli.main(["add", "--library", lib, "--task", "cb2", str(tmp_path / "cb.npy")]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: cannot write {lib}{os.sep}cb2") and ": Read-only file system: choose another " \
+      "directory" in err and ".tmp-" not in err and len(err.splitlines()) == 1, err
+  raised["errno"] = errno.ENOSPC
+  out = tmp_path / "init.npy"
+  assert cli.main(["init", "--library", lib, "--target", str(tmp_path / "target.npy"), "--out", str(out),
+                   "--strategy", "top1"]) == 1
+  assert capsys.readouterr().err == (f"error: cannot write {out}: No space left on device: free some space or "
+                                     "choose another directory\n")
+  raised["errno"] = errno.EBADF  # a bug keeps its traceback
+  with pytest.raises(OSError, match="Bad file descriptor"):
+    cli.main(["init", "--library", lib, "--target", str(tmp_path / "target.npy"), "--out", str(out),
+              "--strategy", "top1"])
+  assert "cb2" not in PromptLibrary(lib).tasks() and not [n for n in os.listdir(lib) if ".tmp-" in n]
+
+
 @pytest.mark.filterwarnings("ignore:.*no task embedding")
 def test_target_can_be_a_model_dir(sources, capsys):
   tmp_path, _, emb = sources

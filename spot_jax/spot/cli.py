@@ -408,8 +408,12 @@ def run(args) -> int:
   except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError,
           IsADirectoryError) as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"error: {msg}", file=sys.stderr)
-    return 1
+  except OSError as e:  # a full disk or read-only place: the path and the fix; other OSErrors are bugs
+    if not fileio.is_unwritable(e):
+      raise
+    msg = fileio.unwritable_message(e)
+  print(f"error: {msg}", file=sys.stderr)
+  return 1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

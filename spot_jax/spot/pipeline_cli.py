@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import gin
 
-from spot_jax import gin_utils, prompt_io
+from spot_jax import fileio, gin_utils, prompt_io
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.cli import positive_int
 from spot_jax.spot.library import PromptLibrary
@@ -270,6 +270,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return target_main(argv)
   except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
     print(f"error: {gin_utils.user_message(e)}", file=sys.stderr)
+    return 1
+  except OSError as e:  # a full disk or read-only place: the path and the fix; other OSErrors are bugs
+    unwritable = gin_utils.unwritable_error(e)
+    if unwritable is None:
+      raise
+    print(f"error: {fileio.unwritable_message(unwritable)}", file=sys.stderr)
     return 1
   except Preempted as e:  # SIGTERM: the run's checkpoint is saved; nothing after it was done
     print(f"spot-jax spot{' source' if argv and argv[0] == 'source' else ''}: {e}", file=sys.stderr)
