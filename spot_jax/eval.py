@@ -12,7 +12,8 @@ Evaluating a step again into the same EVAL_OUTPUT_DIR replaces that step's recor
 `--gin.PROMPT_STEPS="'all'"` with PROMPT_FILE = a training MODEL_DIR evaluates every
 `numpy_checkpoints/checkpoint_<step>/` export (a list of steps: those), each logged at its step, with
 one model load and one seqio Evaluator (`t5x.eval` with `RestoreCheckpointConfig.mode='all'`); steps
-already in EVAL_OUTPUT_DIR/metrics.jsonl are skipped, so the same command resumes a killed job.
+already in EVAL_OUTPUT_DIR/metrics.jsonl are skipped, so the same command resumes a killed job, when
+EVAL_OUTPUT_DIR/evaluated_prompts.json records them as of the same prompts and settings (`RECORDS`).
 """
 from __future__ import annotations
 
@@ -128,6 +129,10 @@ def evaluate_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: Option
   results = evaluation.evaluate(mixture_or_task_name, config, params, prompt, task_feature_lengths,
                                 split=split, batch_size=batch_size, num_examples=num_examples, step=step,
                                 log_dir=log_dir, mesh=mesh, reuse=False)
+  if log_dir:  # before the metrics: a step logged is always recorded
+    settings = eval_settings(split, task_feature_lengths, num_examples, batch_size, checkpoint_path,
+                             model_config, frozen_dtype, seed)
+    write_records(log_dir, task_names, {step: step_record(prompt_file, prompt, settings)})
   with metrics_log.MetricsLogger(output_dir, enabled=is_main, replace_steps=[step],
                                  replace_tags=eval_tags(task_names)) as logger:
     logger.write(step, results, prefix="eval")
@@ -215,9 +220,11 @@ def resolve_prompt_steps(model_dir: Optional[str], prompt_steps) -> List[Tuple[i
   return [(s, have[s]) for s in wanted]
 
 
-def logged_steps(output_dir: Optional[str], task_names: Sequence[str]) -> Dict[int, Dict[str, Dict[str, float]]]:
+def logged_steps(output_dir: Optional[str], task_names: Sequence[str],
+                 every_task: bool = True) -> Dict[int, Dict[str, Dict[str, float]]]:
   """`{step: {task: {metric: value}}}` of the steps whose `eval/<task>/...` metrics `output_dir`'s
-  metrics.jsonl holds for every task of `task_names` (for one step, a later line wins)."""
+  metrics.jsonl holds for every task of `task_names` (`every_task=False`: for any of them; for one
+  step, a later line wins)."""
   from spot_jax import metrics_log  # pylint: disable=g-import-not-at-top
   if not output_dir or not task_names:
     return {}
@@ -237,7 +244,120 @@ def logged_steps(output_dir: Optional[str], task_names: Sequence[str]) -> Dict[i
             by_step.setdefault(step, {}).setdefault(task, {})[key[len(prefix):]] = float(value)
           except (TypeError, ValueError):
             pass
-  return {s: v for s, v in by_step.items() if all(t in v for t in task_names)}
+  return {s: v for s, v in by_step.items() if not every_task or all(t in v for t in task_names)}
+
+
+# EVAL_OUTPUT_DIR/RECORDS: {task: {step: step_record(...)}}, what each logged step's metrics are of.
+RECORDS = "evaluated_prompts.json"
+
+
+def eval_settings(split, task_feature_lengths, num_examples, batch_size, checkpoint_path, model_config,
+                  frozen_dtype, seed) -> dict:
+  """What an evaluation's metrics depend on besides the prompt: split, lengths, number of examples,
+  batch size (padding can move a near-tie of greedy decoding), the frozen model (its path, gin config,
+  dtype; the seed of a fresh initialization). As it reads back from RECORDS (JSON), to compare equal."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  from spot_jax import prompt_io  # pylint: disable=g-import-not-at-top
+  settings = {"split": split, "num_examples": num_examples, "batch_size": batch_size,
+              "task_feature_lengths": dict(sorted(task_feature_lengths.items())) if task_feature_lengths else None,
+              "checkpoint_path": prompt_io.absolute_local_path(checkpoint_path),
+              "model_config": dataclasses.asdict(model_config) if dataclasses.is_dataclass(model_config) else None,
+              "frozen_dtype": frozen_dtype, "seed": None if checkpoint_path else seed}
+  return json.loads(json.dumps(settings, default=str))
+
+
+def step_record(prompt_path: Optional[str], prompt: Optional[np.ndarray], settings: Mapping[str, Any]) -> dict:
+  """A step's RECORDS entry: the prompt's source (for messages) and sha256 (the array's shape and
+  float32 bytes: the same prompt in any format or folder), and the settings."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  from spot_jax import prompt_io  # pylint: disable=g-import-not-at-top
+  digest = None
+  if prompt is not None:
+    arr = np.ascontiguousarray(np.asarray(prompt, np.float32))
+    digest = hashlib.sha256(repr(arr.shape).encode() + arr.tobytes()).hexdigest()
+  return {"prompt": prompt_io.absolute_local_path(str(prompt_path)) if prompt_path else None,
+          "prompt_sha256": digest, "settings": dict(settings)}
+
+
+def read_records(output_dir: Optional[str]) -> Dict[str, Dict[str, dict]]:
+  """RECORDS of `output_dir`; {} when there is none or it is damaged (its steps then have no record)."""
+  path = fileio.join(output_dir, RECORDS) if output_dir else None
+  if not path or not fileio.exists(path):
+    return {}
+  try:
+    records = fileio.read_json_object(path)
+  except ValueError as e:
+    log.warning("%s; its steps are taken as unrecorded", e)
+    return {}
+  return {t: r for t, r in records.items() if isinstance(r, dict)}
+
+
+def write_records(output_dir: str, task_names: Sequence[str], by_step: Mapping[int, dict]) -> None:
+  """Records `by_step` ({step: step_record}) for each task, atomically (process 0)."""
+  records = read_records(output_dir)
+  for task in task_names:
+    records.setdefault(task, {}).update({str(int(s)): r for s, r in by_step.items()})
+  fileio.write_json_atomic(fileio.join(output_dir, RECORDS), records)
+
+
+def check_logged_steps(output_dir: str, model_dir: str, task_names: Sequence[str],
+                       current: Mapping[int, dict]) -> None:
+  """Refuses to evaluate `current` ({step: step_record}) into `output_dir` when it holds metrics of one
+  of those steps that RECORDS does not show to be of the same prompt (sha256) and settings: another
+  run's exports evaluated there, other settings, or metrics logged before RECORDS existed.
+
+  Skipping such a step reported the other run's numbers under this one's name; evaluating it again
+  would replace them (metrics.jsonl, seqio's logs, TensorBoard). As `t5x.eval`, one EVAL_OUTPUT_DIR
+  holds one run's evaluation: a refusal, naming whose metrics they are, loses nothing. The prompt's
+  folder is not compared: the same exports copied or moved elsewhere give the same numbers."""
+  logged = logged_steps(output_dir, task_names, every_task=False)
+  records = read_records(output_dir)
+  unknown, others, changed, steps = set(), set(), {}, set()
+  for step, now in sorted(current.items()):
+    for task in sorted(logged.get(step, {})):
+      was = records.get(task, {}).get(str(step))
+      if not isinstance(was, dict):
+        unknown.add(step)
+      elif was.get("prompt_sha256") != now["prompt_sha256"]:
+        others.add(_source_name(was.get("prompt")))
+      elif was.get("settings") != now["settings"]:
+        was_settings = was.get("settings") if isinstance(was.get("settings"), dict) else {}
+        for k in sorted(set(was_settings) | set(now["settings"])):
+          if was_settings.get(k) != now["settings"].get(k):
+            changed.setdefault(k, (was_settings.get(k), now["settings"].get(k)))
+      else:
+        continue
+      steps.add(step)
+  if not steps:
+    return
+  steps = sorted(steps)
+  why = []
+  if others:
+    why.append(f"of other prompts ({', '.join(sorted(others))})")
+  if changed:
+    why.append("with other settings (" + ", ".join(
+        k if isinstance(old, dict) or isinstance(new, dict) else f"{k} {old!r} -> {new!r}"
+        for k, (old, new) in changed.items()) + ")")
+  if unknown:
+    why.append(f"with no record of their prompt at step{'s' if len(unknown) > 1 else ''} {sorted(unknown)} "
+               f"(logged before spot_jax wrote {RECORDS})")
+  raise ValueError(
+      f"{output_dir} already holds metrics of step{'s' if len(steps) > 1 else ''} {steps} that are not known "
+      f"to be of {model_dir}'s exports: {'; '.join(why)}. Skipping them would report those numbers as this "
+      f"run's, evaluating them would replace them: use a new EVAL_OUTPUT_DIR, or delete {output_dir} to "
+      f"evaluate into it again")
+
+
+def _source_name(path: Optional[str]) -> str:
+  """A recorded prompt's source as a user names it: the MODEL_DIR of a `checkpoint_<step>` export."""
+  from spot_jax import prompt_io  # pylint: disable=g-import-not-at-top
+  if not path:
+    return "no prompt"
+  parts = path.rstrip("/").rsplit("/", 2)
+  if len(parts) == 3 and parts[1] == prompt_io.NUMPY_CHECKPOINTS_DIR and prompt_io.step_of(parts[2]) is not None:
+    return parts[0]
+  return path
 
 
 def _scalars(metrics: Mapping[str, Any]) -> Dict[str, float]:
@@ -323,10 +443,12 @@ def evaluate_prompt_steps(mixture_or_task_name: str, output_dir: Optional[str], 
 
   The frozen model is loaded once and one seqio Evaluator (with its compiled decode/score programs)
   serves every step. Each step's metrics are logged at that step to `output_dir` (TensorBoard,
-  metrics.jsonl, seqio's JSON logs), so TensorBoard draws a curve. Steps whose metrics.jsonl there
-  already holds every task's metrics are not evaluated again (their logged values are returned), so
-  rerunning a killed job continues it; the skip does not look at the split, lengths or number of
-  examples: evaluate other settings into another `output_dir`. A table of all the steps, each task's
+  metrics.jsonl, seqio's JSON logs), so TensorBoard draws a curve, and recorded in its RECORDS (the
+  prompt's sha256 and the settings). Steps whose metrics.jsonl there already holds every task's
+  metrics, recorded as of the same prompt and settings, are not evaluated again (their logged values
+  are returned), so rerunning a killed job continues it; metrics of a step not so recorded (another
+  run's exports, other settings, a directory written before RECORDS) are refused
+  (`check_logged_steps`): evaluate into another `output_dir`. A table of all the steps, each task's
   best marked (`best_steps`), ends the run on the console.
 
   Every check (the steps, the exports, each prompt's width) runs before any compute. In a
@@ -347,6 +469,14 @@ def evaluate_prompt_steps(mixture_or_task_name: str, output_dir: Optional[str], 
   exports = resolve_prompt_steps(model_dir, prompt_steps)
   task_names = [t.name for t in seqio.evaluation.get_valid_eval_tasks(seqio.get_subtasks(task), split)]
   is_main = jax.process_index() == 0
+  prompts = {d: prompt_io.load_prompt(d) for _, d in exports}  # every prompt read and checked first
+  settings = eval_settings(split, task_feature_lengths, num_examples, batch_size, checkpoint_path,
+                           model_config, frozen_dtype, seed)
+  current = {s: step_record(d, prompts[d], settings) for s, d in exports}
+  from spot_jax import process_startup  # pylint: disable=g-import-not-at-top
+  with process_startup.Outcomes("spot_jax.eval"):  # process 0's refusal stops every process
+    if is_main and output_dir:
+      check_logged_steps(output_dir, model_dir, task_names, current)
   logged = logged_steps(output_dir, task_names) if is_main else {}
   skip = np.array([s in logged for s, _ in exports])
   if jax.process_count() > 1:  # every process must evaluate the same steps
@@ -355,14 +485,13 @@ def evaluate_prompt_steps(mixture_or_task_name: str, output_dir: Optional[str], 
   done = [s for (s, _), k in zip(exports, skip) if k]
   todo = [(s, d) for (s, d), k in zip(exports, skip) if not k]
   if done:
-    log.info("PROMPT_STEPS: skipping steps %s: %s already holds their metrics for %s (a different "
-             "EVAL_SPLIT, TASK_FEATURE_LENGTHS or num_examples needs a new EVAL_OUTPUT_DIR)", done,
-             fileio.join(output_dir, metrics_log.JSONL_NAME), ", ".join(task_names))
+    log.info("PROMPT_STEPS: skipping steps %s: %s already holds their metrics for %s, of the same prompts "
+             "and settings (%s)", done, fileio.join(output_dir, metrics_log.JSONL_NAME), ", ".join(task_names),
+             RECORDS)
   results: Dict[int, Dict[str, Dict[str, Any]]] = {s: logged[s] for s in done if s in logged}
   if todo:
-    prompts = {d: prompt_io.load_prompt(d) for _, d in todo}  # every prompt read and checked first
-    config, params, mesh = load_model(checkpoint_path, model_config, prompts, seed, num_partitions,
-                                      frozen_dtype)
+    config, params, mesh = load_model(checkpoint_path, model_config, {d: prompts[d] for _, d in todo}, seed,
+                                      num_partitions, frozen_dtype)
     input_pipeline.check_vocabulary_fits(task, config.vocab_size)
     log_dir = output_dir if is_main else None
     if log_dir:  # a killed run's seqio records of the steps evaluated again (seqio logs before we do)
@@ -375,6 +504,8 @@ def evaluate_prompt_steps(mixture_or_task_name: str, output_dir: Optional[str], 
       for i, (step, export_dir) in enumerate(todo):
         log.info("PROMPT_STEPS: step %d (%d of %d): %s", step, i + 1, len(todo), export_dir)
         results[step] = evaluator.evaluate(config, params, prompts[export_dir], step=step, mesh=mesh)
+        if log_dir:  # before the metrics: a step logged is always recorded
+          write_records(log_dir, task_names, {step: current[step]})
         logger.write(step, results[step], prefix="eval")
   results = dict(sorted(results.items()))
   if is_main and results:

@@ -371,3 +371,24 @@ def exclusive_lock(directory: str, what: str, wait_s: float = 0.0):
     yield
   finally:
     os.close(fd)  # releases the lock
+
+
+def lock_holder(directory: str) -> Optional[str]:
+  """Who holds `directory/.lock` (`exclusive_lock`), or None when nobody does; only looks, creating
+  nothing (a job refused before it takes the lock leaves the directory as it was)."""
+  path = os.path.join(directory, LOCK_NAME)
+  if is_remote(directory) or not os.path.exists(path):
+    return None
+  import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+    return None
+  finally:
+    os.close(fd)  # releases the shared lock, if taken

@@ -86,14 +86,16 @@ def write_t5x_prompt_dir(prompt: Any, directory: str, info: Optional[dict] = Non
 
 
 def export_numpy_checkpoint(prompt: Any, model_dir: str, step: int, name: Optional[str] = None,
-                            metrics: Optional[dict] = None, frozen_model: Optional[str] = None) -> str:
+                            metrics: Optional[dict] = None, frozen_model: Optional[str] = None,
+                            task: Optional[str] = None) -> str:
   """Writes `MODEL_DIR/numpy_checkpoints/<name or checkpoint_<step>>/` atomically; returns the dir.
 
   `name` is `"best"` or `"task_embedding"` for those exports. Call from process 0 only. `metrics`
   (e.g. the validation metrics of a best export) are kept in `export.json` for the prompt library;
   `frozen_model`, the frozen checkpoint's path, for a PEFT export's `base_model_name_or_path`: recorded
   absolute when it is a local path (INITIAL_CHECKPOINT_PATH as typed may be relative to the training
-  directory), unchanged for gs:// paths and Hub ids.
+  directory), unchanged for gs:// paths and Hub ids. `task`, the run's MIXTURE_OR_TASK_NAME, tells
+  whose results the export is (a fresh start over them names it).
   """
   if name is None:
     directory = checkpoint_export_dir(model_dir, step)
@@ -106,6 +108,8 @@ def export_numpy_checkpoint(prompt: Any, model_dir: str, step: int, name: Option
     info["metrics"] = metrics
   if frozen_model:
     info["frozen_model"] = absolute_local_path(str(frozen_model))
+  if task:
+    info["task"] = str(task)
   return write_t5x_prompt_dir(prompt, directory, info)
 
 

@@ -176,6 +176,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   if task_embedding_step is not None and not 0 < task_embedding_step <= train_steps:
     raise ValueError(f"TASK_EMBEDDING_STEP={task_embedding_step} is outside the run's steps 1..{train_steps} "
                      f"(TRAIN_STEPS): no task-embedding export would be written. Set it within them, or None")
+  fresh = not _has_checkpoints(model_dir)
+  if fresh:  # before the frozen model loads: a refused start costs nothing and leaves MODEL_DIR as it was
+    resume.check_fresh_start(model_dir, mixture_or_task_name)
   mesh = partitioning.make_mesh(num_partitions)
   data_size = mesh.shape["data"]
   if (batch_size // num_microbatches) % data_size:
@@ -200,7 +203,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
                                params["token_embedder"]["embedding"])
   # A fresh run's initial prompt is made (and its shape checked) before the lock, which creates
   # MODEL_DIR: a run refused up to here leaves nothing behind.
-  fresh_prompt = None if _has_checkpoints(model_dir) else initial_prompt()
+  fresh_prompt = initial_prompt() if fresh else None
 
   # MODEL_DIR is one run's: a second run started on it is refused while this one holds it.
   with contextlib.ExitStack() as held:
@@ -216,7 +219,11 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
       saved_meta = ckpts.saved_meta(resume_step)
       frozen_lib.check_same_run(model_dir, saved_meta, mixture_or_task_name, frozen_model, resume_step)
     elif fresh_prompt is None:  # the step directories seen above were none of orbax's
+      resume.check_fresh_start(model_dir, mixture_or_task_name)
       fresh_prompt = initial_prompt()
+    if resume_step is None and is_main:  # before any output: a rerun before the first checkpoint goes on
+      resume.begin_fresh_start(model_dir, mixture_or_task_name)
+    fresh_start_open = resume_step is None
     initial_step = frozen_lib.optimizer_initial_step(model_dir, saved_meta if resume_step is not None else None,
                                                      initial_checkpoint_step, derived_step,
                                                      initial_checkpoint_path)
@@ -292,10 +299,11 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     def export(state, step, **kwargs):
       if is_main:
         prompt_export.export_numpy_checkpoint(np.asarray(jax.device_get(state.prompt)), model_dir, step,
-                                              frozen_model=frozen_model["path"], **kwargs)
+                                              frozen_model=frozen_model["path"], task=mixture_or_task_name,
+                                              **kwargs)
 
     def save(state, step):
-      nonlocal last_saved
+      nonlocal last_saved, fresh_start_open
       check_finite(state)  # never label a skipped update's unchanged prompt as a later step
       # The export first: a failed one leaves no checkpoint of this step, so a rerun trains the step
       # again and writes both (the other way round, a rerun resumed from the checkpoint and never wrote
@@ -305,6 +313,11 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
                          "task": mixture_or_task_name, "data_shards": num_shards, "frozen_model": frozen_model,
                          "initial_checkpoint_step": initial_step})
       last_saved = step
+      if fresh_start_open:  # once the first checkpoint is written, MODEL_DIR's outputs are a run's results
+        ckpts.wait()
+        if is_main:
+          resume.end_fresh_start(model_dir)
+        fresh_start_open = False
 
     def evaluate(state, step):
       nonlocal best_value

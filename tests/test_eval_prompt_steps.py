@@ -201,3 +201,41 @@ def test_eval_run_again_into_the_same_dir_replaces_its_step(tmp_path, run_dir):
   assert sorted(metrics_log.read_tensorboard_scalars(str(out))[tag]) == [(0, pytest.approx(last)),
                                                                          (4, pytest.approx(at4))]
   assert len(open(out / f"{RANK}-000000.jsonl").readlines()) == 10  # 5 examples x 2 options
+
+
+def test_prompt_steps_into_a_dir_holding_another_runs_metrics_is_refused_not_skipped(tmp_path, run_dir, counts):
+  """PROMPT_STEPS='all' of run B into the EVAL_OUTPUT_DIR of run A's evaluation skipped every step and
+  printed A's numbers under B's name. Each logged step now records its prompt's sha256 and the
+  settings: only a step of the same prompt and settings is skipped (the same exports copied elsewhere
+  too); another run's, other settings' or unrecorded metrics are refused before compute, unchanged."""
+  import shutil
+  from spot_jax import prompt_export
+  out = tmp_path / "e"
+  eval_cli.main(_steps_args(out, run_dir, "all"))
+  jsonl = (out / "metrics.jsonl").read_text()
+  other = tmp_path / "other"
+  for step in STEPS:
+    prompt_export.export_numpy_checkpoint(np.full((4, 64), 0.1 * step, np.float32), str(other), step)
+  gin.clear_config()
+  with pytest.raises(SystemExit, match=rf"{out} already holds metrics of steps \[2, 4, 6\] that are not known to "
+                                       rf"be of {other}'s exports: of other prompts \({run_dir}\)\. Skipping them "
+                                       r"would report those numbers as this run's, evaluating them would replace "
+                                       rf"them: use a new EVAL_OUTPUT_DIR, or delete {out} to evaluate into it again"):
+    eval_cli.main(_steps_args(out, other, "all"))
+  gin.clear_config()
+  with pytest.raises(SystemExit, match=r"holds metrics of step \[2\] .*with other settings \(num_examples 4 -> 3\)"):
+    eval_cli.main(_steps_args(out, run_dir, [2]) + ["--gin.spot_jax.eval.evaluate_prompt.num_examples=3"])
+  assert counts == {"loads": 1, "evaluators": 1, "evaluated": list(STEPS)}
+  assert (out / "metrics.jsonl").read_text() == jsonl
+  # The same exports moved elsewhere are the same prompts: skipped.
+  shutil.copytree(run_dir, tmp_path / "moved")
+  gin.clear_config()
+  eval_cli.main(_steps_args(out, tmp_path / "moved", "all"))
+  assert counts["evaluated"] == list(STEPS)
+  # Written before the record existed: not trusted.
+  os.remove(out / eval_cli.RECORDS)
+  gin.clear_config()
+  with pytest.raises(SystemExit, match=r"with no record of their prompt at steps \[2, 4, 6\] \(logged before "
+                                       r"spot_jax wrote evaluated_prompts.json\)"):
+    eval_cli.main(_steps_args(out, run_dir, "all"))
+  assert counts["evaluated"] == list(STEPS) and (out / "metrics.jsonl").read_text() == jsonl

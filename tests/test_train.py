@@ -71,6 +71,12 @@ def test_a_resume_warns_of_another_data_layout_and_each_run_drops_the_records_it
                 batch_size=8, prompt_length=PROMPT_LEN, frozen=(CFG, params), save_period=2)
   # What a run killed before its first checkpoint left: its metrics are logged again by the fresh
   # start (before, the rerun's steps appeared twice in metrics.jsonl).
+
+  def killed(step, state):
+    raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    train_lib.train(train_steps=2, hooks=[killed], log_period=1, **common)
+  assert not (tmp_path / "checkpoints").exists() and (tmp_path / ".fresh_start.json").exists()
   eval_log = tmp_path / "inference_eval" / f"{TASK}-metrics.jsonl"
   eval_log.parent.mkdir(parents=True)
   (tmp_path / "metrics.jsonl").write_text('{"step": 2, "train/loss": 99.0}\n')
@@ -78,6 +84,7 @@ def test_a_resume_warns_of_another_data_layout_and_each_run_drops_the_records_it
   train_lib.train(train_steps=2, **common)
   assert [r.get("train/loss") != 99.0 for r in map(json.loads, open(tmp_path / "metrics.jsonl"))] == [True]
   assert eval_log.read_text() == ""
+  assert not (tmp_path / ".fresh_start.json").exists()  # the first checkpoint ends the fresh start
   metas = [f for f in (tmp_path / "checkpoints" / "2").rglob("*")
            if f.is_file() and b'"data_shards": 1' in f.read_bytes()]
   assert len(metas) == 1  # the layout is recorded with the checkpoint
@@ -93,6 +100,45 @@ def test_a_resume_warns_of_another_data_layout_and_each_run_drops_the_records_it
   assert "was trained with BATCH_SIZE=16; this run uses 8: it resumes at step 2" in caplog.text
   assert [json.loads(l)["step"] for l in open(eval_log)] == [2]
   assert [r["step"] for r in map(json.loads, open(tmp_path / "metrics.jsonl"))] == [2, 3]
+
+
+def _tree(path):
+  return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None for p in sorted(path.rglob("*"))}
+
+
+def test_a_fresh_start_over_another_runs_results_is_refused_before_compute(tmp_path, monkeypatch):
+  """A finished run whose checkpoints/ were deleted (to save space), or an EVAL_OUTPUT_DIR: a fresh
+  start overwrote the exports and dropped metrics.jsonl, even for another task."""
+  import shutil
+  _small_run(tmp_path, "done", task_embedding_step=2)
+  shutil.rmtree(tmp_path / "done" / "checkpoints")
+  before = _tree(tmp_path / "done")
+
+  def no_compute(*a, **k):
+    raise AssertionError("computed before the refusal")
+  monkeypatch.setattr(train_lib.partitioning, "make_mesh", no_compute)
+  for task in ("spot_bundled_topic", TASK):
+    with pytest.raises(ValueError, match=
+                       r"done holds numpy exports \(numpy_checkpoints/: checkpoint_4, checkpoint_8, task_embedding\), "
+                       r"metrics.jsonl \(records of steps 4-8\) but no training checkpoint to resume \(checkpoints/ is "
+                       r"missing or empty\): a fresh start would overwrite them( \(they are of 'spot_bundled_movie'; "
+                       r"this run trains 'spot_bundled_topic'\))?. Use a new MODEL_DIR, or delete numpy_checkpoints/ "
+                       r"and metrics.jsonl in it to start over there\n") as e:
+      _small_run(tmp_path, "done", mixture_or_task_name=task)
+    assert ("spot_bundled_topic" in str(e.value)) == (task != TASK)
+    assert _tree(tmp_path / "done") == before  # nothing written, not even the lock file
+  # An evaluation's output directory.
+  (tmp_path / "ev").mkdir()
+  (tmp_path / "ev" / "metrics.jsonl").write_text('{"step": 2, "eval/x/accuracy": 50.0}\n')
+  with pytest.raises(ValueError, match=r"ev holds metrics.jsonl \(records of step 2\) but no training checkpoint"):
+    _small_run(tmp_path, "ev")
+  assert (tmp_path / "ev" / "metrics.jsonl").read_text() == '{"step": 2, "eval/x/accuracy": 50.0}\n'
+  # An empty MODEL_DIR and an empty metrics.jsonl hold nothing: the run starts.
+  monkeypatch.undo()
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "metrics.jsonl").write_text("")
+  _small_run(tmp_path, "empty", train_steps=4)
+  assert prompt_io.read_export_info(prompt_io.checkpoint_export_dir(str(tmp_path / "empty"), 4))["task"] == TASK
 
 
 def test_fresh_initialization_warning_names_the_callers_macro(caplog):
