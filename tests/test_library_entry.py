@@ -43,6 +43,23 @@ def test_add_model_dir_files_the_trainers_task_keyed_metrics_under_their_own_nam
   assert rec["metrics"] == {"spot_bundled_movie/accuracy": 87.0, "other/accuracy": 50.0}
 
 
+def test_adding_a_run_or_an_entry_under_another_task_than_it_records_warns(tmp_path):
+  """Before: `library add --task spot_bundled_nil runs/movie` was silent; the typo surfaced only in `spot`."""
+  model_dir = str(tmp_path / "run")
+  pexp.export_numpy_checkpoint(_prompt(), model_dir, 80, name="best", task="spot_bundled_movie")
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  with pytest.warns(UserWarning, match=r"holds a prompt of task 'spot_bundled_movie' \(its export\.json says so\), "
+                                       r"added as 'spot_bundled_nil': if that is a mistake, remove the entry and add "
+                                       r"it with --task spot_bundled_movie"):
+    lib.add("spot_bundled_nil", model_dir, "m")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    lib.add("spot_bundled_movie", model_dir, "m")  # the recorded task: no warning
+    PromptLibrary(str(tmp_path / "lib2")).add("spot_bundled_movie", str(tmp_path / "lib" / "spot_bundled_movie"), "m")
+  with pytest.warns(UserWarning, match=r"its record\.json says so\), added as 'movie'"):
+    PromptLibrary(str(tmp_path / "lib3")).add("movie", str(tmp_path / "lib" / "spot_bundled_movie"), "m")
+
+
 # ----------------------------------------------------------------------------------------------------
 # A google-research/prompt-tuning run: its steps are T5X's global steps.
 

@@ -82,6 +82,11 @@ def read_source(task: str, prompt_or_path: Any, task_embedding: Any, which: str,
       ex = prompt_io.find_exports(source)
       if ex.task_embedding is not None:
         task_embedding = ex.task_embedding
+    trained_on = entry.get("task") if entry is not None else info.get("task")
+    if trained_on and trained_on != task:  # a typo'd --task would surface only in `spot`, much later
+      warnings.warn(f"{source} holds a prompt of task {trained_on!r} (its "
+                    f"{'record.json' if entry is not None else 'export.json'} says so), added as {task!r}: if "
+                    f"that is a mistake, remove the entry and add it with --task {trained_on}", stacklevel=3)
   else:
     prompt = prompt_io.validate_prompt(prompt_or_path, f"prompt for task {task!r}")
   emb_source = None
