@@ -493,6 +493,11 @@ def main(argv=None):
   except Preempted as e:
     print(f"spot_jax.train: {e}", file=sys.stderr)
     raise SystemExit(Preempted.EXIT_CODE) from None
+  except KeyboardInterrupt:  # a traceback through the step loop would say nothing a user can act on
+    print("spot_jax.train: interrupted (Ctrl-C): the steps since the last saved checkpoint are lost; rerun the "
+          "same command to resume from it (SIGTERM, `kill PID`, saves the current step first)",
+          file=sys.stderr, flush=True)
+    raise SystemExit(128 + int(signal.SIGINT)) from None
 
 
 if __name__ == "__main__":

@@ -456,3 +456,19 @@ def test_a_rank_task_at_rate_0_in_the_mixture_is_evaluated_not_refused(tmp_path)
   seqio.MixtureRegistry.add(name + "_trained", [(TASK, 1.0), (TASK + "_rank", 0.5)])
   with pytest.raises(ValueError, match=rf"{TASK}_rank \(in mixture {name}_trained\) is a rank-classification"):
     _small_run(tmp_path, "f", mixture_or_task_name=name + "_trained", train_steps=4)
+
+
+def test_ctrl_c_is_one_line_saying_how_to_resume(monkeypatch, capsys):
+  """Before: a traceback through the step loop and orbax's thread errors, and no word of resuming."""
+  from spot_jax import gin_utils
+  from spot_jax import train as train_module
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(gin_utils, "run", interrupted)
+  with pytest.raises(SystemExit) as e:
+    train_module.main(["--gin_file=runs/prompt_train.gin"])
+  assert e.value.code == 130
+  assert capsys.readouterr().err.strip() == (
+      "spot_jax.train: interrupted (Ctrl-C): the steps since the last saved checkpoint are lost; rerun the same "
+      "command to resume from it (SIGTERM, `kill PID`, saves the current step first)")
