@@ -65,14 +65,9 @@ def eval_settings(split, task_feature_lengths, num_examples, batch_size, checkpo
 def step_record(prompt_path: Optional[str], prompt: Optional[np.ndarray], settings: Mapping[str, Any]) -> dict:
   """A step's RECORDS entry: the prompt's source (for messages) and sha256 (the array's shape and
   float32 bytes: the same prompt in any format or folder), and the settings."""
-  import hashlib  # pylint: disable=g-import-not-at-top
   from spot_jax import prompt_io  # pylint: disable=g-import-not-at-top
-  digest = None
-  if prompt is not None:
-    arr = np.ascontiguousarray(np.asarray(prompt, np.float32))
-    digest = hashlib.sha256(repr(arr.shape).encode() + arr.tobytes()).hexdigest()
   return {"prompt": prompt_io.absolute_local_path(str(prompt_path)) if prompt_path else None,
-          "prompt_sha256": digest, "settings": dict(settings)}
+          "prompt_sha256": None if prompt is None else prompt_io.prompt_sha256(prompt), "settings": dict(settings)}
 
 
 def read_records(output_dir: Optional[str]) -> Dict[str, Dict[str, dict]]:

@@ -8,7 +8,7 @@ import difflib
 import os
 import pathlib
 import re
-from typing import Sequence
+from typing import Optional, Sequence
 
 import gin
 
@@ -102,6 +102,21 @@ def close_parameters(message: str) -> str:
     return ""
   close = difflib.get_close_matches(m.group(2), names, n=3)
   return f"\nDid you mean {', '.join(close)}?" if close else ""
+
+
+def file_that_fails(files: Sequence[str], error_type: type) -> Optional[str]:
+  """The first of `files` that fails to parse alone with `error_type` (a tokenizer error does not say
+  which file it came from), or None when none does (then the command line's bindings did)."""
+  for path in files:
+    gin.clear_config()
+    try:
+      gin.parse_config_file(path, skip_unknown=True)
+    except error_type:
+      return path
+    except Exception:  # pylint: disable=broad-except  (another error: not the file that failed so)
+      continue
+  gin.clear_config()
+  return None
 
 
 def _macros_set_in(path: str) -> list:

@@ -261,7 +261,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
     unquoted = gin_checks.unquoted_string_binding(bindings)
     if unquoted:
       raise SystemExit(f"gin configuration error: {unquoted}") from None
-    where = _failing_file(files, type(e)) if isinstance(e, (SyntaxError, tokenize.TokenError)) else None
+    where = gin_checks.file_that_fails(files, type(e)) if isinstance(e, (SyntaxError, tokenize.TokenError)) else None
     raise SystemExit(f"gin configuration error: {e}" + (
         f" in {where} (an unclosed bracket or quote?)" if where and isinstance(e, tokenize.TokenError) else
         f" in {where}" if where and str(where) not in str(e) else
@@ -282,21 +282,6 @@ USER_GIN_FILES: List[str] = []  # the last parse's --gin_file files that are not
 
 def _is_ours(path: str) -> bool:
   return not _is_remote_file(path) and pathlib.Path(path).resolve().is_relative_to(GIN_DIR.resolve())
-
-
-def _failing_file(files: Sequence[str], error_type: type) -> Optional[str]:
-  """The first of `files` that fails to parse alone with `error_type` (a tokenizer error does not say
-  which file it came from), or None when none does (then the command line's bindings did)."""
-  for path in files:
-    gin.clear_config()
-    try:
-      gin.parse_config_file(path, skip_unknown=True)
-    except error_type:
-      return path
-    except Exception:  # pylint: disable=broad-except  (another error: not the file that failed so)
-      continue
-  gin.clear_config()
-  return None
 
 
 def finalize_or_explain():

@@ -77,6 +77,14 @@ ACCEPTED_FORMATS = (
 # ----------------------------------------------------------------------------------------------------
 # Validation.
 
+def prompt_sha256(prompt: Any, extra: bytes = b"") -> str:
+  """sha256 of a prompt's shape and float32 bytes (the same prompt in any format or folder), then of
+  `extra`: what an evaluation record and a SPoT run's init are compared by."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  arr = np.ascontiguousarray(np.asarray(prompt, np.float32))
+  return hashlib.sha256(repr(arr.shape).encode() + arr.tobytes() + extra).hexdigest()
+
+
 def validate_prompt(prompt: Any, source: str = "prompt") -> np.ndarray:
   """Returns `prompt` as a float32 [P, d] array; raises ValueError naming `source` otherwise."""
   arr = np.asarray(prompt)

@@ -12,14 +12,13 @@ rerun of a finished pipeline reuses them (`stored_metrics`) instead of evaluatin
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from spot_jax import fileio
+from spot_jax import fileio, prompt_io
 
 log = logging.getLogger("spot_jax.spot")
 
@@ -40,11 +39,8 @@ def has_checkpoints(model_dir: str) -> bool:
 def init_sha256(prompt, identity: Optional[Mapping[str, Any]] = None) -> str:
   """sha256 of an init array, and of `identity` (what else defines the run, e.g. a mixture's tasks and
   rate) when given; without it the hash is that of the array alone, as runs recorded it before."""
-  arr = np.ascontiguousarray(np.asarray(prompt, np.float32))
-  h = hashlib.sha256(repr(arr.shape).encode() + arr.tobytes())
-  if identity:
-    h.update(json.dumps(identity, sort_keys=True, default=str).encode())
-  return h.hexdigest()
+  return prompt_io.prompt_sha256(prompt, json.dumps(identity, sort_keys=True, default=str).encode()
+                                if identity else b"")
 
 
 def check_run_init(model_dir: str, prompt, what: str, identity: Optional[Mapping[str, Any]] = None,
