@@ -5,6 +5,7 @@ records which calls a test made, so it can check that a path went through gfile 
 """
 import os
 import shutil
+import types
 
 
 class LocalGfile:
@@ -21,6 +22,9 @@ class LocalGfile:
 
   def exists(self, path):
     return os.path.exists(self._p(path, "exists"))
+
+  def stat(self, path):
+    return types.SimpleNamespace(length=os.path.getsize(self._p(path, "stat")))
 
   def isdir(self, path):
     return os.path.isdir(self._p(path, "isdir"))
@@ -50,3 +54,15 @@ class LocalGfile:
   def walk(self, top):
     for d, dirs, files in os.walk(self._p(top, "walk")):
       yield f"{self.bucket}/" + os.path.relpath(d, self.root).replace(os.sep, "/"), dirs, files
+
+
+def serve_bucket(monkeypatch, root, bucket: str = "gs://bucket"):
+  """Point the byte-range reads of gs:// safetensors (tensorstore's kvstore, not tf.io.gfile) at the local
+  directory `root`, as LocalGfile(root, bucket) does for tf.io.gfile: `gs://<bucket>/x` is `root/x`."""
+  from spot_jax.checkpoints import hf
+  prefix = bucket.rstrip("/") + "/"
+
+  def store(path):
+    assert path.startswith(prefix), path
+    return {"driver": "file", "path": os.path.abspath(str(root)) + "/"}, path[len(prefix):]
+  monkeypatch.setattr(hf, "gcs_object_store", store)

@@ -17,7 +17,7 @@ from spot_jax.checkpoints import CheckpointError, detect_format, read_hf, read_p
 from spot_jax.checkpoints.hf import name_map
 from spot_jax.checkpoints.infer_config import expected_shapes, flatten
 
-from gfile_stub import LocalGfile
+from gfile_stub import LocalGfile, serve_bucket
 from hf_checkpoint_setup import V10, V11, _assert_same, _params
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf_parity")
@@ -136,6 +136,7 @@ def test_bfloat16_checkpoint_on_gcs(monkeypatch):
   """A gs:// HF folder is read as bytes: BF16 tensors must decode there too (not a KeyError 'BF16')."""
   from spot_jax.checkpoints import t5x
   monkeypatch.setattr(t5x, "_gfile", lambda: LocalGfile(FORMATS, bucket="gs://bkt"))
+  serve_bucket(monkeypatch, FORMATS, bucket="gs://bkt")
   config, params = read_params("gs://bkt/mt5_bf16_sharded")
   _, local = read_params(os.path.join(FORMATS, "mt5_bf16_sharded"))
   assert config.vocab_size == 64

@@ -31,6 +31,10 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+# (object name, Range header, bytes sent) of every download the emulator served, in order.
+SERVED = []
+
+
 def _patch_emulator():
   """Where gcp-storage-emulator differs from GCS in what TensorFlow's client sends or expects."""
   from gcp_storage_emulator import server
@@ -70,7 +74,11 @@ def _patch_emulator():
       response["x-goog-metageneration"] = str(obj.get("metageneration") or "1")
     except Exception:  # pylint: disable=broad-except  (a missing object: download answers 404)
       pass
-    return download(request, response, storage, *args, **kwargs)
+    out = download(request, response, storage, *args, **kwargs)
+    content = response._content
+    SERVED.append((request.params.get("object_id"), request.get_header("range", None),
+                   len(content.encode() if isinstance(content, str) else content)))
+    return out
 
   parse_request = server.RequestHandler.parse_request
 
@@ -293,3 +301,51 @@ def test_train_resume_and_load_prompt_on_gs(gcs, tmp_path):
   hf_read = json.loads(out.stdout.split("HF ", 1)[1].splitlines()[0])
   assert hf_read == {"same": True, "slice": True, "lazy": "LazyArray"}
   assert not os.path.exists(os.path.join(REPO, "gs:"))  # no local directory named after the URL
+
+
+# A Hugging Face folder on gs:// whose `wo` rows are 1 KiB (HF [d_model=8, d_ff=256] float32), and a
+# `mlp` shard of 1/8 of it (T5X rows 32..64, HF columns 32..64: 128 bytes of each row), read three ways.
+_HF_CHILD = """
+import json, os, sys
+import numpy as np
+import tensorflow as tf
+from spot_jax.checkpoints import read_params, write_hf
+from spot_jax.checkpoints.infer_config import expected_shapes, flatten, unflatten
+from spot_jax.config import T5Config
+config = T5Config(vocab_size=16, d_model=8, num_heads=2, head_dim=4, d_ff=256, num_encoder_layers=1,
+                  num_decoder_layers=1, relative_attention_num_buckets=4, dropout_rate=0.0)
+rng = np.random.default_rng(0)
+write_hf(unflatten({n: rng.standard_normal(s).astype(np.float32) for n, s in expected_shapes(config).items()}),
+         config, sys.argv[1])
+for name in os.listdir(sys.argv[1]):
+  tf.io.gfile.copy(os.path.join(sys.argv[1], name), "gs://bucket/hf/" + name, overwrite=True)
+wo = "encoder/layers_0/mlp/wo/kernel"
+lazy, eager = flatten(read_params("gs://bucket/hf", lazy=True)[1])[wo], flatten(read_params(sys.argv[1])[1])[wo]
+same = [np.array_equal(lazy[32:64], eager[32:64])]            # the default gap rule: one range
+os.environ["SPOT_JAX_GCS_MAX_GAP_BYTES"] = "0"
+same.append(np.array_equal(lazy[32:64], eager[32:64]))        # one range per row
+same.append(np.array_equal(np.asarray(lazy), eager))          # the whole tensor
+print("HF_COLUMNS " + json.dumps({"same": same, "hf_shape": list(lazy.shape[::-1])}))
+"""
+
+
+def test_a_column_slice_of_a_gs_safetensors_reads_only_its_bytes(gcs, tmp_path):
+  """What the emulator sent for the slices of one tensor, counted at the server: through TF's GCS
+  client each seek read a 64 MiB window (here: to the end of the file), so a slice of a few rows, and
+  the header, each cost a whole download of the file; a column slice was read as the whole tensor."""
+  env, url, _ = gcs
+  del SERVED[:]
+  out = subprocess.run([sys.executable, "-c", _HF_CHILD, str(tmp_path / "hf")], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  done = json.loads(out.stdout.split("HF_COLUMNS ", 1)[1].splitlines()[0])
+  assert done == {"same": [True, True, True], "hf_shape": [8, 256]}
+  sent = [n for name, _, n in SERVED if name == "hf/model.safetensors"]
+  file_size = (tmp_path / "hf" / "model.safetensors").stat().st_size
+  header = int.from_bytes((tmp_path / "hf" / "model.safetensors").read_bytes()[:8], "little")
+  row, rows, piece = 256 * 4, 8, 32 * 4
+  assert sent[:2] == [8, header]  # the header: its length, then the JSON
+  assert sent[2] == (rows - 1) * row + piece  # default: one range from the slice's first byte to its last
+  assert sorted(sent[3:3 + rows]) == [piece] * rows  # SPOT_JAX_GCS_MAX_GAP_BYTES=0: a range per row
+  assert sent[3 + rows:] == [rows * row]  # the whole tensor: one range
+  assert sum(sent[3:3 + rows]) == rows * row // 8 and sent[2] < rows * row < file_size

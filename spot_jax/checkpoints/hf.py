@@ -111,29 +111,95 @@ def load_safetensors_bytes(data: bytes, source: str = "safetensors file") -> Dic
   return out
 
 
-class _RemoteSafetensors:
-  """A gs:// safetensors file read by byte range through tf.io.gfile, with safe_open's interface.
+# ----------------------------------------------------------------------------- gs:// by byte range
 
-  The header is read once; a slice then reads only the rows (along the first dimension) that hold it,
-  so a host of a model-parallel mesh does not download the other hosts' weights. PyTorch's `[out, in]`
-  rows are T5X's output columns: the shards of a `mlp` or `heads` split are contiguous byte ranges."""
+# How a slice of a gs:// tensor is fetched. Each byte range is one ranged GET through tensorstore's `gcs`
+# kvstore, which transfers exactly the bytes asked for; all the ranges of a slice are in flight at once.
+# (tf.io.gfile cannot do this: TF's GCS file fills a 64 MiB read-ahead buffer at every seek, so each
+# ranged read of a few rows transferred up to 64 MiB, to the end of the file.)
+#
+# A slice of a row-major PyTorch `[out, in]` weight is rows [r0, r1) and, in each row, the bytes of its
+# columns. A row split (a `mlp` or `heads` shard of `wi`, `q`, `k`, `v`) is one contiguous range. A column
+# split (the `mlp` or `heads` shard of `wo` or of the attention output `o`, whose HF layout is the
+# transpose of T5X's) leaves a gap between the pieces of consecutive rows: the rest of each row. The rule:
+# when that gap is at most SPOT_JAX_GCS_MAX_GAP_BYTES (default 1 MiB), one range spans the rows, gaps
+# included (the bytes from the slice's first to its last); otherwise each row's piece is its own range.
+# Why 1 MiB (an estimate, not measured against GCS here): a request costs about one round trip, some
+# 10-50 ms, in which one connection streams some 1-10 MB, so a gap under 1 MiB is cheaper to read than
+# to skip with another request. At T5's sizes every column split then reads the span: XXL's float32
+# `wo` [4096, 10240] split 8 ways is 4096 pieces of 5 KiB, 4096 requests against one of 160 MiB. Set
+# SPOT_JAX_GCS_MAX_GAP_BYTES=0 where bytes cost more than requests (cross-region egress, a slow link):
+# every column split is then one range per row, 1/8 of the bytes.
+GCS_MAX_GAP_ENV = "SPOT_JAX_GCS_MAX_GAP_BYTES"
+GCS_MAX_GAP_DEFAULT = 1 << 20
+
+
+def gcs_max_gap_bytes() -> int:
+  """The largest gap between two pieces of a slice that is read rather than skipped by a second request."""
+  raw = os.environ.get(GCS_MAX_GAP_ENV, "").strip()
+  if not raw:
+    return GCS_MAX_GAP_DEFAULT
+  try:
+    value = int(raw)
+  except ValueError:
+    value = -1
+  if value < 0:
+    raise CheckpointError(f"{GCS_MAX_GAP_ENV}={raw!r} is not a number of bytes (0 or more; unset: "
+                          f"{GCS_MAX_GAP_DEFAULT})")
+  return value
+
+
+def plan_byte_ranges(offset: int, shape: Tuple[int, ...], itemsize: int, index: Tuple[slice, ...],
+                     max_gap: int) -> Tuple[list, Any]:
+  """How to fetch the slice `index` (one `slice(start, stop)` per dimension) of a row-major tensor at
+  byte `offset`: `(ranges, assemble)`, where `ranges` are `(start, stop)` byte ranges of the file and
+  `assemble(chunks)` turns their bytes (a list, in order) into the slice as a uint8 array of shape
+  `(rows, row bytes asked for)` plus what is left to index in numpy afterwards (see `_RemoteSafetensors.read`)."""
+  if not shape:
+    return [(offset, offset + itemsize)], lambda chunks: (np.frombuffer(chunks[0], np.uint8).reshape(1, itemsize), ())
+  r0, r1 = index[0].start, index[0].stop
+  inner = int(np.prod(shape[2:], dtype=np.int64)) * itemsize
+  row = (shape[1] if len(shape) > 1 else 1) * inner
+  if len(shape) > 1 and all(s.start == 0 and s.stop == n for s, n in zip(index[2:], shape[2:])):
+    b0, b1, rest = index[1].start * inner, index[1].stop * inner, ()  # the columns' bytes in each row
+  else:  # 1-D, or a slice inside the trailing dimensions: whole rows, the rest indexed in numpy
+    b0, b1, rest = 0, row, index[1:]
+  rows, width = r1 - r0, b1 - b0
+  if rows == 0 or width == 0:
+    return [], lambda chunks: (np.zeros((rows, width), np.uint8), rest)
+  first = offset + r0 * row + b0
+  if width == row or row - width <= max_gap:  # one range: the rows' pieces and the gaps between them
+    def span(chunks):
+      data = np.frombuffer(chunks[0], np.uint8)
+      return np.lib.stride_tricks.as_strided(data, (rows, width), (row, 1)), rest
+    return [(first, first + (rows - 1) * row + width)], span
+  ranges = [(first + i * row, first + i * row + width) for i in range(rows)]
+  return ranges, lambda chunks: (np.frombuffer(b"".join(chunks), np.uint8).reshape(rows, width), rest)
+
+
+def gcs_object_store(path: str) -> Tuple[Dict[str, Any], str]:
+  """(tensorstore kvstore spec, key) of the object `gs://bucket/key`. (Tests point it at a local folder.)"""
+  bucket, _, key = path[len("gs://"):].partition("/")
+  return {"driver": "gcs", "bucket": bucket}, key
+
+
+class _RemoteSafetensors:
+  """A gs:// safetensors file read by byte range, with safe_open's interface.
+
+  The header is read once (two ranged reads: its length, then the JSON); a slice then fetches the byte
+  ranges `plan_byte_ranges` picks for it (rows of PyTorch's `[out, in]`: a `mlp` or `heads` shard of
+  `wi`, `q`, `k`, `v` is one contiguous range), so a host of a model-parallel mesh does not download the
+  other hosts' weights. The file's size comes from its metadata (tf.io.gfile's stat)."""
 
   def __init__(self, path: str):
     self.path = path
-
-    def read_header():
-      with _io._gfile().GFile(path, "rb") as f:
-        head = f.read(8)
-        f.seek(0, 2)
-        size = f.tell()
-        if len(head) < 8:
-          return size, None
-        n = int.from_bytes(head, "little")
-        if n > size - 8:
-          return size, None
-        f.seek(8)
-        return size, f.read(n)
-    size, header = _io._gcs("read", path, read_header)
+    self._store, self._key = None, None
+    size = _io._gcs("look up", path, lambda: int(_io._gfile().stat(path).length))
+    header = None
+    if size >= 8:
+      n = int.from_bytes(self._fetch([(0, 8)])[0], "little")
+      if n <= size - 8:
+        header = self._fetch([(8, 8 + n)])[0]
     try:
       entries = json.loads(header) if header is not None else None
     except ValueError:
@@ -158,6 +224,48 @@ class _RemoteSafetensors:
                               f"({size} bytes): {DAMAGED}")
       self._entries[name] = (dtype, shape, self._data_start + begin)
 
+  def _fetch(self, ranges: list, name: Optional[str] = None) -> list:
+    """The bytes of each `(start, stop)` range of the file, all requested at once (tensorstore)."""
+    if not ranges:
+      return []
+
+    def fetch():
+      if self._store is None:
+        import tensorstore as ts
+        spec, self._key = gcs_object_store(self.path)
+        self._store = ts.KvStore.open(spec).result()
+      futures = [self._store.read(self._key, byte_range=slice(a, b)) for a, b in ranges]
+      out = []
+      for (a, b), future in zip(ranges, futures):
+        try:
+          result = future.result()
+          data = result.value if result.state == "value" else None
+        except ValueError as e:  # tensorstore's errors; past the end of the object: OUT_OF_RANGE
+          data = e
+        if not isinstance(data, bytes) or len(data) != b - a:
+          self._short_read(name, max(b for _, b in ranges), data)
+        out.append(data)
+      return out
+    return _io._gcs("read", self.path, fetch)
+
+  def _short_read(self, name: Optional[str], needed: int, error: Any) -> None:
+    """Raise the error of a range that did not come back whole: the file is shorter than its header
+    says (copied over, truncated), gone, or the read failed."""
+    try:
+      size = int(_io._gfile().stat(self.path).length)
+    except Exception:  # pylint: disable=broad-except  (gone since its header was read)
+      size = None
+    what = f"tensor {name!r}" if name else "its header"
+    if size is None:
+      raise CheckpointError(f"{self.path} no longer exists (reading {what}): {DAMAGED}")
+    if size < needed:
+      raise CheckpointError(f"{self.path}: {what} ends before its header says (the file has {size} bytes, "
+                            f"the data runs to byte {needed}): {DAMAGED}")
+    if isinstance(error, Exception):
+      raise error
+    raise CheckpointError(f"{self.path}: reading {what} gave {0 if error is None else len(error)} bytes "
+                          f"where {needed} were asked for: {DAMAGED}")
+
   def keys(self):
     return self._entries.keys()
 
@@ -172,22 +280,16 @@ class _RemoteSafetensors:
     stored, shape, offset = self._entries[name]
     dtype = np_dtype(_SAFETENSORS_DTYPES[stored]).newbyteorder("<")
     index = normalize_index(index, shape)
+    ranges, assemble = plan_byte_ranges(offset, shape, dtype.itemsize, index, gcs_max_gap_bytes())
+    data, rest = assemble(self._fetch(ranges, name))
     if not shape:
-      first, rows, rest = 0, 1, ()
-    else:
-      first, rows, rest = index[0].start, index[0].stop - index[0].start, index[1:]
-    row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-
-    def read_rows():
-      with _io._gfile().GFile(self.path, "rb") as f:
-        f.seek(offset + first * row)
-        return f.read(rows * row)
-    data = _io._gcs("read", self.path, read_rows) if rows * row else b""
-    if len(data) != rows * row:
-      raise CheckpointError(f"{self.path}: tensor {name!r} ends before its header says ({len(data)} of "
-                            f"{rows * row} bytes read): {DAMAGED}")
-    arr = np.frombuffer(data, dtype=dtype).reshape((rows,) + tuple(shape[1:]) if shape else ())
-    return arr[(slice(None),) + rest] if shape else arr
+      return np.ascontiguousarray(data).view(dtype).reshape(())
+    if rest:  # whole rows were read: index the other dimensions here
+      arr = np.ascontiguousarray(data).view(dtype).reshape((data.shape[0],) + tuple(shape[1:]))
+      return arr[(slice(None),) + rest]
+    cols = index[1].stop - index[1].start if len(shape) > 1 else None
+    return np.ascontiguousarray(data).view(dtype).reshape(
+        (data.shape[0],) + ((cols,) + tuple(shape[2:]) if cols is not None else ()))
 
 
 class _RemoteSlice:
