@@ -55,6 +55,47 @@ def write_t5x_orbax(params, model_dir, step, use_ocdbt=False, use_zarr3=False):
   return os.path.join(str(model_dir), f"checkpoint_{step}")
 
 
+def write_legacy_t5x_orbax(params, model_dir, step, use_ocdbt=False, aggregated=()):
+  """What T5X's Orbax checkpoint manager wrote with orbax older than 0.4.3, which turned its JSON tree
+  metadata on by default: the step without `_CHECKPOINT_METADATA` (orbax 0.5.11 added it), the `state`
+  item without `_METADATA`, its tree in the msgpack file `checkpoint`, which PyTreeCheckpointHandler
+  wrote until 0.5.16: each array leaf the string `PLACEHOLDER://<name>`, `<name>` the tree path joined
+  with "."; each leaf in `aggregated` (saved with `SaveArgs(aggregate=True)`, as T5X saved the leaves
+  without mesh axes) its value, with no array of its own.
+
+  Orbax 0.12.8 no longer writes that file, but still has the writer that wrote it
+  (`aggregate_handlers.MsgpackHandler`: flax's msgpack serialization) and still restores such an item
+  (the tests check that it does). The arrays are the ones orbax writes today under the same names: zarr
+  v2 directories (each `.zarray` names its compressor), or an OCDBT store (the default since orbax
+  0.4.0; an aggregated leaf's array stays in it, unreferenced)."""
+  import asyncio
+
+  import jax
+  from etils import epath
+  from orbax.checkpoint import aggregate_handlers, utils as ocp_utils
+
+  ckpt = write_t5x_orbax(params, model_dir, step, use_ocdbt=use_ocdbt)
+  item = os.path.join(ckpt, "state")
+  state_dict = {"target": params,
+                "state": {"step": np.asarray(step, np.int32), "param_states": _param_states(params)}}
+
+  def leaf(path, value):
+    name = ".".join(k.key for k in path)
+    if name not in aggregated:
+      return ocp_utils.leaf_placeholder(name)
+    if not use_ocdbt:
+      shutil.rmtree(os.path.join(item, name))
+    return np.asarray(value)
+  tree = jax.tree_util.tree_map_with_path(leaf, state_dict)
+  os.remove(os.path.join(item, "_METADATA"))
+  os.remove(os.path.join(ckpt, "_CHECKPOINT_METADATA"))
+
+  async def write():
+    (await aggregate_handlers.MsgpackHandler().serialize(epath.Path(item) / "checkpoint", tree)).result()
+  asyncio.run(write())
+  return ckpt
+
+
 @pytest.mark.parametrize("use_ocdbt", [False, True])
 def test_params_and_logits_equal_the_written_ones_bf16_kept(tmp_path, use_ocdbt):
   params = _params()
@@ -84,6 +125,27 @@ def test_params_and_logits_equal_the_written_ones_bf16_kept(tmp_path, use_ocdbt)
   np.testing.assert_array_equal(native.logits(ids, dec), want)
   prompt = np.random.default_rng(1).uniform(-0.5, 0.5, (3, TINY.d_model)).astype(np.float32)
   np.testing.assert_array_equal(model.logits(ids, dec, prompt=prompt), native.logits(ids, dec, prompt=prompt))
+
+
+def test_an_item_without_metadata_is_read_and_its_damage_named(tmp_path):
+  """Older orbax's layout (no `_METADATA`, the tree in the msgpack `checkpoint`; read by slices in
+  test_checkpoints_t5x_orbax_sharded_read.py): every path form finds it, the parameters come back as
+  written (bfloat16 kept), and a missing array or a damaged msgpack names the path and the fix."""
+  params = _params()
+  ckpt = write_legacy_t5x_orbax(params, tmp_path, step=4)
+  item = os.path.join(ckpt, "state")
+  assert detect_format(str(tmp_path)) == detect_format(ckpt) == detect_format(item) == "t5x_orbax"
+  for path in (str(tmp_path), ckpt, item):
+    _assert_same(params, read_params(path)[1])
+  shutil.rmtree(os.path.join(item, "target.encoder.layers_1.mlp.wo.kernel"))
+  with pytest.raises(CheckpointError, match=rf"cannot open the array of parameter 'encoder/layers_1/mlp/wo/kernel' of "
+                                            rf"the Orbax checkpoint item {item} at {item}/target.encoder.layers_1.mlp"
+                                            r".wo.kernel .*copy the whole checkpoint_<step>/ directory again"):
+    read_params(ckpt)
+  with open(os.path.join(item, "checkpoint"), "r+b") as f:
+    f.truncate(100)
+  with pytest.raises(CheckpointError, match=rf"{item}/checkpoint is not a valid msgpack checkpoint file .*copy it again"):
+    read_params(ckpt)
 
 
 def test_optimizer_state_is_not_read(tmp_path):

@@ -25,7 +25,7 @@ from spot_jax.checkpoints import CheckpointError, read_params, read_t5x_orbax, t
 from spot_jax.checkpoints.infer_config import expected_shapes, flatten, unflatten  # noqa: E402
 from spot_jax.checkpoints.lazy import LazyArray  # noqa: E402
 from spot_jax.model import param_logical_axes  # noqa: E402
-from test_checkpoints_t5x_orbax import write_t5x_orbax  # noqa: E402
+from test_checkpoints_t5x_orbax import write_legacy_t5x_orbax, write_t5x_orbax  # noqa: E402
 
 # The native test's config with a larger vocabulary: the embedding (4 KiB as bfloat16) and the logits
 # kernel (8 KiB) are values in the OCDBT store's data files, not inline in its b-tree (values up to 1 KiB
@@ -70,6 +70,93 @@ def written(tmp_path_factory):
   assert os.path.isfile(os.path.join(ckpts["zarr3"], "state", "target.token_embedder.embedding", "zarr.json"))
   assert os.path.isfile(os.path.join(ckpts["ocdbt"], "state", "manifest.ocdbt"))
   return params, ckpts
+
+
+# Items older orbax wrote without `_METADATA` (`write_legacy_t5x_orbax`): zarr, or OCDBT (orbax 0.4.0-0.4.2).
+LEGACY = {"zarr": False, "ocdbt": True}
+AGGREGATED = ("target.decoder.decoder_norm.scale", "state.step")  # values in the msgpack, no array of their own
+
+
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory):
+  """(params, {layout: checkpoint_<step>}): T5X's sharded jax.Arrays (a zarr chunk per shard) written as
+  orbax older than 0.4.3 wrote them."""
+  params = _params()
+  shardings = partitioning.tree_shardings(param_logical_axes(CONFIG), sharded._mesh(1, 4))
+  on_devices = jax.tree.map(jax.device_put, params, shardings)
+  root = tmp_path_factory.mktemp("orbax_legacy")
+  return params, {name: write_legacy_t5x_orbax(on_devices, root / name, step=7, use_ocdbt=ocdbt, aggregated=AGGREGATED)
+                  for name, ocdbt in LEGACY.items()}
+
+
+def _file_bytes_read():
+  """TensorStore's count of bytes read from local files so far (all of this process's kvstores)."""
+  import tensorstore as ts
+  metrics = ts.experimental_collect_matching_metrics("/tensorstore/kvstore/file/bytes_read")
+  return sum(v["value"] for m in metrics for v in m["values"])
+
+
+@pytest.mark.parametrize("layout", LEGACY)
+def test_an_item_without_metadata_is_read_by_slices(legacy, layout, reads, orbax_reads, monkeypatch):
+  """An item with no `_METADATA`, its tree in older orbax's msgpack `checkpoint`, could not be read at all:
+  orbax 0.12.8's `metadata()` needs `_METADATA` (and its partial restore too), so `read_params` stopped
+  with "cannot read the Orbax tree metadata". orbax still restores the item whole, optimizer state included:
+  the reference. Now the tree comes from the msgpack and each placeholder's array is opened with
+  TensorStore, read by slices as with `_METADATA`, and never through orbax."""
+  from etils import epath
+  params, ckpts = legacy
+  item = os.path.join(ckpts[layout], "state")
+  assert not os.path.exists(os.path.join(item, "_METADATA")) and os.path.isfile(os.path.join(item, "checkpoint"))
+  tree = ocp.aggregate_handlers.MsgpackHandler().deserialize(epath.Path(item) / "checkpoint")
+  assert tree["target"]["encoder"]["layers_1"]["attention"]["out"]["kernel"] == (
+      "PLACEHOLDER://target.encoder.layers_1.attention.out.kernel")
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+    restored = checkpointer.restore(epath.Path(item))  # orbax's own reading of the item: everything, whole
+  want = flatten(params)
+  assert int(restored["state"]["step"]) == 7 and len(orbax_reads) > len(want)  # optimizer arrays too
+  for name, arr in flatten(restored["target"]).items():
+    np.testing.assert_array_equal(sharded._bits(arr), sharded._bits(want[name]), err_msg=name)
+  del orbax_reads[:]
+  _never_restored(monkeypatch)
+  config, lazy = read_params(ckpts[layout], lazy=True)
+  assert reads == [] and orbax_reads == []  # opened, nothing read
+  flat = flatten(lazy)
+  assert {n for n, v in flat.items() if not isinstance(v, LazyArray)} == {"decoder/decoder_norm/scale"}
+  assert {n: (v.shape, v.dtype) for n, v in flat.items()} == {n: (a.shape, a.dtype) for n, a in want.items()}
+  assert config == CONFIG.replace(dropout_rate=config.dropout_rate)
+  # A slice reads that slice: of the logits kernel split 4 ways over vocab (a chunk per shard, each 2 KiB,
+  # so that with OCDBT it lies in a data file, not inline in the b-tree read at open), one chunk's bytes.
+  name = "decoder/logits_dense/kernel"
+  before = _file_bytes_read()
+  np.testing.assert_array_equal(sharded._bits(flat[name][:, 64:128]), sharded._bits(want[name][:, 64:128]))
+  one_shard = _file_bytes_read() - before
+  assert reads == [("target.decoder.logits_dense.kernel", (slice(0, CONFIG.d_model), slice(64, 128)))]
+  if layout == "zarr":
+    assert one_shard == os.path.getsize(os.path.join(item, "target.decoder.logits_dense.kernel", "0.1"))
+  before = _file_bytes_read()
+  np.testing.assert_array_equal(sharded._bits(np.asarray(flat[name])), sharded._bits(want[name]))
+  assert 0 < one_shard < (_file_bytes_read() - before) / 2  # the whole array: 4 chunks
+  # Placed on a 2x4 mesh: each distinct shard once, never a split array whole, as orbax's restore has it.
+  del reads[:]
+  mesh = sharded._mesh(2, 4)
+  placed, shardings = frozen_lib.place_frozen(lazy, config, mesh, "float32")
+  assert sharded._assert_read_by_shards(reads, placed, shardings, config) == N_SPLIT
+  want_placed, _ = frozen_lib.place_frozen(restored["target"], config, mesh, "float32")
+  sharded._assert_placed_equal(placed, want_placed)
+  # Read whole (lazy=False): the `target` arrays each once, whole, through TensorStore; no optimizer array.
+  del reads[:]
+  _, eager = read_params(ckpts[layout])
+  assert sorted(reads) == sorted((sharded._zarr_name(n), ()) for n in want if n != "decoder/decoder_norm/scale")
+  assert orbax_reads == []
+  for name, arr in flatten(eager).items():
+    assert arr.dtype == want[name].dtype, name
+    np.testing.assert_array_equal(sharded._bits(arr), sharded._bits(want[name]), err_msg=name)
+  # `select` opens the chosen array only.
+  del reads[:]
+  pick = "encoder/layers_1/attention/out/kernel"
+  step_dir, got = read_t5x_orbax(item, select=lambda n: n == pick, lazy=True)
+  assert step_dir == ckpts[layout] and list(flatten(got)) == [pick] and reads == []
+  assert t5x_orbax.target_names(item) == (ckpts[layout], sorted(want))
 
 
 def _copy(ckpt, tmp_path):

@@ -28,10 +28,20 @@ for the native layout. The TensorStore spec is built as orbax builds its read sp
     use_ocdbt=True:   {"driver": "zarr"|"zarr3", "kvstore": {"driver": "ocdbt", "base": <item>/, "path": <name>}}
 
 where <name> is orbax's parameter name, the tree path joined with "." (`target.encoder.layers_0...`);
-the same spec for leaves orbax saved as numpy arrays and as `jax.Array`s. What is not in that form is
-read whole through orbax as before, even with `lazy=True`: an item without the JSON `_METADATA` (the
-older msgpack aggregate `checkpoint` file), and leaves whose `value_type` is not an array (scalars,
-strings) or that orbax marks `skip_deserialize`.
+the same spec for leaves orbax saved as numpy arrays and as `jax.Array`s. Leaves whose `value_type` is
+not an array (scalars, strings) or that orbax marks `skip_deserialize` are restored whole through orbax.
+
+An item without `_METADATA` is one orbax older than 0.4.3 wrote (it turned the JSON tree metadata on
+by default in 0.4.3; until 0.5.16 it also wrote the msgpack below). Its tree is the msgpack file
+`checkpoint` in the item (flax's serialization, orbax's "aggregate" file): the saved tree, each leaf
+either its value (a leaf saved with `SaveArgs(aggregate=True)`: T5X aggregates those without mesh axes)
+or the string `PLACEHOLDER://<name>` for an array saved with TensorStore under orbax's parameter name, as
+above: a zarr directory `<item>/<name>`, or, when the item holds `manifest.ocdbt` (orbax 0.4.0 made
+OCDBT the default), the key `<name>/` of that OCDBT store; zarr v2 (zarr3 came after `_METADATA`). Orbax
+0.12.8 still restores such an item (a whole restore only: its partial restore needs `_METADATA`, and
+`metadata()` refuses the item), so it is read here without orbax, from that msgpack: the placeholders'
+arrays opened with TensorStore as above (lazily, or read whole, all in flight at once, when not
+`lazy`), the values taken from the msgpack.
 """
 from __future__ import annotations
 
@@ -50,6 +60,7 @@ STATE_ITEM = "state"  # T5X's `_STATE_KEY`: the train-state item of each step
 STEP_METADATA = "_CHECKPOINT_METADATA"  # written by orbax's CheckpointManager in each step directory
 TREE_METADATA = "_METADATA"  # written by PyTreeCheckpointHandler in the item directory
 _LEGACY_AGGREGATE = "checkpoint"  # older orbax: msgpack of the tree with PLACEHOLDER:// leaves
+_PLACEHOLDERS = ("PLACEHOLDER://", "AGGREGATED://")  # orbax's `utils.leaf_is_placeholder` prefixes
 OCDBT_MANIFEST = "manifest.ocdbt"  # an OCDBT item's (merged) manifest; orbax's test for OCDBT when
                                    # `_METADATA` does not say
 _ARRAY_VALUE_TYPES = ("np.ndarray", "jax.Array")  # orbax's numpy and jax.Array handlers: one zarr array each
@@ -103,6 +114,19 @@ def _read_tree_metadata(item: str) -> Optional[Any]:
   return json.loads(t5x.read_bytes(path))  # ValueError on a damaged file: reported by the caller
 
 
+def _read_legacy_tree(item: str) -> Optional[Dict[str, Any]]:
+  """The saved tree from older orbax's msgpack `checkpoint` file (leaves: values, or
+  `PLACEHOLDER://<name>` for arrays saved with TensorStore); None when the item has no such file."""
+  path = t5x.join(item, _LEGACY_AGGREGATE)
+  if not t5x.exists(path):
+    return None
+  return t5x.decode_msgpack(t5x.read_bytes(path), path)
+
+
+def _is_placeholder(leaf: Any) -> bool:
+  return isinstance(leaf, str) and leaf.startswith(_PLACEHOLDERS)
+
+
 def _tree_structure(meta: Optional[Any]) -> Optional[Dict[str, Any]]:
   """The saved tree's dict structure (leaves 0, as jax drops None leaves) from the item's `_METADATA`
   JSON (`tree_metadata`: one entry per leaf with its `key_metadata` path), without opening any array;
@@ -144,21 +168,28 @@ def _target_structure(item: str) -> Dict[str, Any]:
   return _target_and_metadata(item)[0]
 
 
-def _target_and_metadata(item: str) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
-  """(`_target_structure`, the item's `_METADATA` JSON when the structure came from it, else None)."""
+def _target_and_metadata(item: str) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]], bool]:
+  """(`_target_structure`, the item's `_METADATA` JSON when the structure came from it, else None,
+  whether the structure came from older orbax's msgpack `checkpoint`: then its leaves are that file's,
+  values or `PLACEHOLDER://` strings)."""
   import orbax.checkpoint as ocp
   from etils import epath
 
   level = _quiet_absl()
-  meta = None
+  meta, legacy = None, False
   try:
     try:
       meta = _read_tree_metadata(item)
       tree = _tree_structure(meta)
+      if tree is None and meta is None:  # no _METADATA: older orbax, whose tree is the msgpack file
+        tree = _read_legacy_tree(item)
+        legacy = tree is not None
       if tree is None:  # not the JSON layout: ask orbax (it opens every array's metadata, optimizer's too)
         meta = None
         tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(_local_abspath(item)))
         tree = getattr(tree, "tree", tree)
+    except CheckpointError:
+      raise
     except Exception as e:  # missing or unparsable _METADATA: orbax raises several types
       raise CheckpointError(f"cannot read the Orbax tree metadata of {item} ({type(e).__name__}: "
                             f"{t5x._one_line(e)}): {_COPY_AGAIN}") from e
@@ -168,7 +199,7 @@ def _target_and_metadata(item: str) -> Tuple[Dict[str, Any], Optional[Dict[str, 
     keys = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
     raise CheckpointError(f"{item} holds no `target` parameters (top-level keys: {keys}): not a T5X train "
                           "state written by T5X's Orbax checkpoint manager")
-  return tree["target"], meta
+  return tree["target"], meta, legacy
 
 
 def _leaf_names(tree: Any, prefix: str = "") -> List[str]:
@@ -179,6 +210,12 @@ def _leaf_names(tree: Any, prefix: str = "") -> List[str]:
   for key, value in tree.items():
     out.extend(_leaf_names(value, f"{prefix}/{key}" if prefix else str(key)))
   return out
+
+
+def _leaf(tree: Dict[str, Any], name: str) -> Any:
+  for key in name.split("/"):
+    tree = tree[key]
+  return tree
 
 
 def _subtree(tree: Dict[str, Any], names: List[str]) -> Dict[str, Any]:
@@ -234,6 +271,21 @@ class _Layout:
           value.get("value_type") in _ARRAY_VALUE_TYPES and not value.get("skip_deserialize"):
         self.arrays["/".join(keys[1:])] = ".".join(keys)
 
+  @classmethod
+  def legacy(cls, item: str, target: Dict[str, Any]) -> "_Layout":
+    """The layout of an item older orbax wrote without `_METADATA` (the module docstring): zarr v2,
+    OCDBT when the item holds its manifest (orbax's own test), chunks equal to the fill value left out;
+    the arrays are the `target` leaves its msgpack holds as placeholders."""
+    layout = cls.__new__(cls)
+    layout.use_ocdbt = bool(t5x.exists(t5x.join(item, OCDBT_MANIFEST)))
+    layout.use_zarr3, layout.fill_missing = False, True
+    layout.arrays = {}
+    for name in _leaf_names(target):
+      leaf = _leaf(target, name)
+      if _is_placeholder(leaf):
+        layout.arrays[name] = leaf.split("://", 1)[1]
+    return layout
+
   @property
   def metadata_file(self) -> str:
     return "zarr.json" if self.use_zarr3 else ".zarray"
@@ -269,9 +321,10 @@ def array_spec(item: str, param: str, use_ocdbt: bool, use_zarr3: bool = False,
           "recheck_cached_metadata": False, "fill_missing_data_reads": bool(fill_missing)}
 
 
-def _open_lazy(item: str, names: List[str], layout: _Layout) -> Dict[str, Any]:
+def _open_lazy(item: str, names: List[str], layout: _Layout, whole: bool = False) -> Dict[str, Any]:
   """`LazyArray`s of the parameters `names` (slash-joined, under `target`): every array opened now
-  (its metadata read and checked), none read; a slice is read when asked for, through `t5x.read_slice`."""
+  (its metadata read and checked), none read; a slice is read when asked for, through `t5x.read_slice`.
+  `whole`: numpy arrays instead, each read whole, all reads in flight at once."""
   import tensorstore as ts
   from spot_jax.checkpoints.lazy import LazyArray
 
@@ -292,21 +345,42 @@ def _open_lazy(item: str, names: List[str], layout: _Layout) -> Dict[str, Any]:
           f"{layout.where(item, params[name])} (its {layout.metadata_file} metadata or the array itself is "
           f"missing or invalid): {fileio.short_error(e)}. Fix: {_COPY_AGAIN}") from None
 
+  def finish(name, future):
+    try:
+      return np.asarray(future.result())
+    except Exception as e:
+      raise CheckpointError(
+          f"cannot read the array of parameter {name!r} of the Orbax checkpoint item {item} at "
+          f"{layout.where(item, params[name])} (a chunk missing or damaged): {fileio.short_error(e)}. "
+          f"Fix: {_COPY_AGAIN}") from None
+
+  if whole:
+    reading = {name: t5x.read_slice(store, ()) for name, store in stores.items()}
+    return {name: finish(name, future) for name, future in reading.items()}
+
   def reader(name):
     store = stores[name]
-
-    def read(index):
-      future = t5x.read_slice(store, index)
-      try:
-        return np.asarray(future.result())
-      except Exception as e:
-        raise CheckpointError(
-            f"cannot read the array of parameter {name!r} of the Orbax checkpoint item {item} at "
-            f"{layout.where(item, params[name])} (a chunk missing or damaged): {fileio.short_error(e)}. "
-            f"Fix: {_COPY_AGAIN}") from None
-    return read
+    return lambda index: finish(name, t5x.read_slice(store, index))
   return {name: LazyArray(store.domain.shape, np.dtype(store.dtype.numpy_dtype), reader(name), name)
           for name, store in stores.items()}
+
+
+def _read_legacy(item: str, target: Dict[str, Any], lazy: bool) -> Dict[str, Any]:
+  """The `target` leaves of an item older orbax wrote (the module docstring): placeholders' arrays opened
+  with TensorStore (lazily, or read whole), values as its msgpack holds them."""
+  layout = _Layout.legacy(item, target)
+  names = _leaf_names(target)
+  flat = _open_lazy(item, [name for name in names if name in layout.arrays], layout, whole=not lazy)
+  for name in names:
+    if name in layout.arrays:
+      continue
+    value = _leaf(target, name)
+    if not isinstance(value, (np.ndarray, np.generic, int, float, bool)) or _is_placeholder(value):
+      raise CheckpointError(f"the Orbax checkpoint item {item} holds {value!r} for parameter {name!r} in its "
+                            f"msgpack `{_LEGACY_AGGREGATE}` file, neither an array nor a placeholder of one: "
+                            f"{_COPY_AGAIN}")
+    flat[name] = np.asarray(value)
+  return unflatten(flat)
 
 
 def _step_item(path: str) -> Tuple[str, str]:
@@ -346,16 +420,18 @@ def read_t5x_orbax(path: str, select: Optional[Callable[[str], bool]] = None,
   `lazy`: each array is opened with TensorStore (its metadata read: a missing or invalid array fails
   here, naming the parameter) but not read; it comes back as a `lazy.LazyArray` of the stored dtype that
   reads the slices asked for (`frozen_model.place_frozen` reads each device's shard only), a damaged
-  chunk failing when read. Only the layouts the module docstring describes are opened so; anything
-  else (an item without the JSON `_METADATA`, a leaf that is not an array) is restored whole by orbax,
-  as without `lazy`.
+  chunk failing when read. Only the layouts the module docstring describes are opened so; a leaf that
+  is not an array is restored whole by orbax, as without `lazy`. An item older orbax wrote without
+  `_METADATA` is read without orbax, from its msgpack tree (the module docstring), lazily or not.
   """
   step_dir, item = _step_item(path)
-  target, meta = _target_and_metadata(item)
+  target, meta, legacy = _target_and_metadata(item)
   if select is not None:
     target = _subtree(target, [name for name in _leaf_names(target) if select(name)])
     if not target:
       return step_dir, {}
+  if legacy:  # older orbax: no _METADATA, the tree from its msgpack; orbax cannot restore a part of it
+    return step_dir, _read_legacy(item, target, lazy)
   opened: Dict[str, Any] = {}
   if lazy and meta is not None:
     layout = _Layout(item, meta)
