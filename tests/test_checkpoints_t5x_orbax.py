@@ -134,8 +134,9 @@ def test_an_item_without_metadata_is_read_and_its_damage_named(tmp_path):
   params = _params()
   ckpt = write_legacy_t5x_orbax(params, tmp_path, step=4)
   item = os.path.join(ckpt, "state")
-  assert detect_format(str(tmp_path)) == detect_format(ckpt) == detect_format(item) == "t5x_orbax"
-  for path in (str(tmp_path), ckpt, item):
+  tree_file = os.path.join(item, "checkpoint")
+  assert {detect_format(p) for p in (str(tmp_path), ckpt, item, tree_file)} == {"t5x_orbax"}
+  for path in (str(tmp_path), ckpt, item, tree_file):
     _assert_same(params, read_params(path)[1])
   shutil.rmtree(os.path.join(item, "target.encoder.layers_1.mlp.wo.kernel"))
   with pytest.raises(CheckpointError, match=rf"cannot open the array of parameter 'encoder/layers_1/mlp/wo/kernel' of "

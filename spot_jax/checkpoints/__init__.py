@@ -31,7 +31,8 @@ _FILES_OF_A_CHECKPOINT_DIR = ("checkpoint", "config.json", hf.WEIGHTS_FILE, hf.I
 def resolve_checkpoint_path(path: str) -> str:
   """The checkpoint directory behind `path`: `path` itself, or the directory of a file that belongs
   to one (T5X's `checkpoint_<step>/checkpoint`, a HF folder's config.json or weights file), or
-  the `checkpoint_<step>` of an Orbax-written T5X checkpoint's `state` item directory."""
+  the `checkpoint_<step>` of an Orbax-written T5X checkpoint's `state` item directory (or of the msgpack
+  `checkpoint` file older orbax wrote in it)."""
   path = str(path)
   step_dir = t5x_orbax.step_dir_of_item(path)
   if step_dir is not None:
@@ -39,6 +40,9 @@ def resolve_checkpoint_path(path: str) -> str:
   base = path.rstrip("/").rsplit("/", 1)[-1]
   if base in _FILES_OF_A_CHECKPOINT_DIR and t5x.exists(path) and not t5x.isdir(path):
     parent = path.rstrip("/").rsplit("/", 1)[0] if t5x.is_gcs(path) else os.path.dirname(os.path.abspath(path))
+    step_dir = t5x_orbax.step_dir_of_item(parent) if base == "checkpoint" else None
+    if step_dir is not None:  # older orbax's msgpack tree of a `state` item: the step
+      return step_dir
     if base != "checkpoint" or t5x.find_checkpoint_dir(parent) == parent:
       return parent
   return path
