@@ -180,8 +180,8 @@ def read_params(path: str, config: Optional[T5Config] = None, dtype: Any = None,
     OCDBT or not) are opened (metadata checked: a missing or invalid array fails here) but not read;
     they are `lazy.LazyArray`s that read only the slices asked for (`frozen_model.place_frozen`: each
     device's shard), and a damaged chunk fails when read. So are a Hugging Face folder's tensors
-    (safetensors' `get_slice` locally, byte ranges of the rows a slice needs on gs://; dtypes, names
-    and shapes checked now). Orbax items in a layout `t5x_orbax` does not open itself are read whole
+    (safetensors' `get_slice` locally, on gs:// the byte ranges `hf.plan_byte_ranges` picks for a
+    slice; dtypes, names and shapes checked now). Orbax leaves that are not arrays are read whole
     either way.
   """
   path = resolve_checkpoint_path(path)
