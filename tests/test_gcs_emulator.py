@@ -293,3 +293,33 @@ def test_train_resume_and_load_prompt_on_gs(gcs, tmp_path):
   hf_read = json.loads(out.stdout.split("HF ", 1)[1].splitlines()[0])
   assert hf_read == {"same": True, "slice": True, "lazy": "LazyArray"}
   assert not os.path.exists(os.path.join(REPO, "gs:"))  # no local directory named after the URL
+
+
+_CHILD_RERUN = """
+import json, logging, sys
+from spot_jax import fileio, infer
+path = "gs://bucket/rerun/t-validation.jsonl"
+out = [infer.write_jsonl(path, [{"prediction": "a"}]),
+       infer.write_jsonl(path, [{"prediction": "a"}]),  # the same bytes: nothing written
+       infer.write_jsonl(path, [{"prediction": "b"}])]
+print("RERUN " + json.dumps(out))
+"""
+
+
+def test_infer_predictions_rerun_on_gs_keeps_the_earlier_file(gcs, tmp_path):
+  """infer's predictions file on gs://: a rerun with other predictions keeps the earlier object as
+  `<file>.old-<id>` through TensorFlow's GCS client, as on disk."""
+  import hashlib
+  env, url, proxy = gcs
+  out = subprocess.run([sys.executable, "-c", _CHILD_RERUN], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  digest = hashlib.sha256(b'{"prediction": "a"}\n').hexdigest()[:8]
+  backup = f"gs://bucket/rerun/t-validation.jsonl.old-{digest}"
+  assert json.loads(out.stdout.split("RERUN ", 1)[1].splitlines()[0]) == [[True, None], [False, None],
+                                                                          [True, backup]]
+  objects = sorted(n for n in _objects(url, "rerun/") if not n.endswith("/"))  # not makedirs' marker
+  assert objects == ["rerun/t-validation.jsonl", f"rerun/t-validation.jsonl.old-{digest}"], objects
+  assert _download(url, "rerun/t-validation.jsonl") == b'{"prediction": "b"}\n'
+  assert _download(url, f"rerun/t-validation.jsonl.old-{digest}") == b'{"prediction": "a"}\n'
+  assert {"www.googleapis.com:443", "storage.googleapis.com:443"} & proxy.hosts  # TF's GCS client was used
