@@ -501,5 +501,5 @@ def test_a_run_reports_the_examples_cut_among_all_it_trained_on(tmp_path, caplog
   ours = [r.getMessage() for r in caplog.records if r.name == "spot_jax" and name in r.getMessage()]
   assert not any("of the first 64" in m for m in ours), ours  # the first 64 are short
   (total,) = [m for m in ours if "examples this run read (" in m]
-  assert f" of the 120 'train' examples this run read (batches 1-15) had inputs longer than " \
+  assert " of the 120 'train' examples this run read (batches 1-15) had inputs longer than " \
          "TASK_FEATURE_LENGTHS['inputs']=16 tokens (up to 41 with EOS)" in total, total
