@@ -9,13 +9,14 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
 import shutil
 import threading
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -255,12 +256,24 @@ def _write_durably(path: str, data: bytes) -> None:
       os.fsync(f.fileno())
 
 
+def _new_token() -> str:
+  """The 8 hex digits of a `.tmp-<id>` / `.old-<id>` name."""
+  return uuid.uuid4().hex[:8]
+
+
+def backup_name(path: str, token: Optional[str] = None) -> str:
+  """`<path>.old-<id>` (`id`: `token`, else 8 random hex digits): the one name this project gives an
+  earlier file or directory set aside, by `atomic_write_dir` for the moment of its swap and by
+  `replace_keeping_earlier` for good. Readers of exports and library entries skip such names."""
+  return f"{str(path).rstrip('/')}.old-{token or _new_token()}"
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
   """Write to `<path>.tmp-<id>`, then rename over `path`; the temporary file is removed on failure."""
   parent = os.path.dirname(path)
   if parent:
     makedirs(parent)
-  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+  tmp = f"{path}.tmp-{_new_token()}"
   try:
     _write_durably(tmp, data)
     rename(tmp, path)
@@ -269,6 +282,50 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     if exists(tmp):
       gfile().remove(tmp) if is_remote(tmp) else os.remove(tmp)
     raise
+
+
+def read_bytes(path: str) -> bytes:
+  with open_file(path, "rb") as f:
+    return f.read()
+
+
+def _keep_aside(path: str, backup: str, data: bytes) -> None:
+  """Makes `backup` hold `data`, the bytes of `path`, while `path` stays where it is: locally a hard
+  link (no copy, and the file keeps its time), else (gs://, or a file system without links) an
+  atomic write of the bytes."""
+  if not is_remote(path):
+    try:
+      os.link(path, backup)
+      return
+    except FileExistsError:
+      raise
+    except OSError:
+      pass  # EPERM, EXDEV, ENOTSUP, ...: a copy does it
+  atomic_write_bytes(backup, data)
+
+
+def replace_keeping_earlier(path: str, data: bytes) -> Tuple[bool, Optional[str]]:
+  """Writes `data` to `path` atomically (`atomic_write_bytes`) without losing an earlier file there.
+
+  Returns `(written, backup)`. An earlier `path` with other bytes is first kept as
+  `backup_name(path, <first 8 hex digits of its sha256>)` (on disk, or gs://, before `path` is
+  replaced, so there is no moment without it): a file kept once is not kept again, under another name,
+  by later reruns. An earlier `path` with exactly these bytes is left as it is: `(False, None)`, and
+  nothing is written. `(True, None)`: there was no earlier file.
+  """
+  if not exists(path):
+    atomic_write_bytes(path, data)
+    return True, None
+  earlier = read_bytes(path)
+  if earlier == data:
+    return False, None
+  backup = backup_name(path, hashlib.sha256(earlier).hexdigest()[:8])
+  if exists(backup) and read_bytes(backup) != earlier:  # another content whose digest starts alike
+    backup = backup_name(path)
+  if not exists(backup):
+    _keep_aside(path, backup, earlier)
+  atomic_write_bytes(path, data)
+  return True, backup
 
 
 def write_json_atomic(path: str, obj: Any, **dump_kwargs) -> None:
@@ -301,7 +358,7 @@ def atomic_write_dir(directory: str, files: dict) -> None:
   parent = os.path.dirname(directory)
   if parent:
     makedirs(parent)
-  token = uuid.uuid4().hex[:8]
+  token = _new_token()
   tmp = f"{directory}.tmp-{token}"
   try:
     makedirs(tmp)
@@ -313,7 +370,7 @@ def atomic_write_dir(directory: str, files: dict) -> None:
     raise
   old = None
   if exists(directory):
-    old = f"{directory}.old-{token}"
+    old = backup_name(directory, token)
     rename(directory, old)
   try:
     rename(tmp, directory)

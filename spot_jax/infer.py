@@ -6,7 +6,9 @@
     --gin.PROMPT_FILE="'/tmp/rte_prompt'" --gin.INFER_OUTPUT_DIR="'/tmp/rte_infer'"
 
 Writes INFER_OUTPUT_DIR/<task>-<split>.jsonl with one `{"inputs", "prediction", "targets"}` object per
-example, in the task's order (a mixture writes one file per sub-task). A rank-classification task
+example, in the task's order (a mixture writes one file per sub-task). An earlier run's file there
+with other content is kept as `<task>-<split>.jsonl.old-<id>` (a warning names it); a rerun that
+predicts the same bytes leaves the file as it was. A rank-classification task
 (`X_rank`) is not decoded: every option is scored by its log-likelihood and the best one is the
 prediction; its objects add `"options"` and their `"scores"`.
 """
@@ -16,7 +18,7 @@ import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import json
 import logging
 import os
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import gin
 
@@ -26,10 +28,12 @@ from spot_jax.config import T5Config
 log = logging.getLogger("spot_jax.infer")
 
 
-def write_jsonl(path: str, rows: List[dict]) -> None:
-  """Atomically writes rows as JSON lines (temporary file, then rename)."""
+def write_jsonl(path: str, rows: List[dict]) -> Tuple[bool, Optional[str]]:
+  """Atomically writes rows as JSON lines (temporary file, then rename), keeping an earlier file at
+  `path` with other content as `<path>.old-<id>` (`fileio.replace_keeping_earlier`); one with the same
+  bytes is left as it is. Returns `(written, backup)` as that function does."""
   data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-  fileio.atomic_write_bytes(path, data.encode("utf-8"))
+  return fileio.replace_keeping_earlier(path, data.encode("utf-8"))
 
 
 @gin.configurable
@@ -83,9 +87,15 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
                                      max_decode_length=decode_lengths[task.name])
       what = "predictions"
     path = os.path.join(output_dir, f"{task.name}-{split}.jsonl")
-    if jax.process_index() == 0:
-      write_jsonl(path, rows)
-      log.info("wrote %d %s of %s to %s", len(rows), what, task.name, path)
+    if jax.process_index() == 0:  # the others computed the same rows
+      changed, backup = write_jsonl(path, rows)
+      if backup:
+        log.warning("%s held other predictions (an earlier run's): kept them as %s", path, backup)
+      if changed:
+        log.info("wrote %d %s of %s to %s", len(rows), what, task.name, path)
+      else:
+        log.info("%s already holds these %d %s of %s (the same bytes): left as it was", path, len(rows),
+                 what, task.name)
     written[task.name] = path
   return written
 

@@ -8,7 +8,11 @@ a split the task lacks, TFDS data that is not prepared (`DataNotPreparedError`),
 cannot be read (`tasks.vocab.VocabularyError`), and training on a `_rank` evaluation task.
 Features longer than TASK_FEATURE_LENGTHS are cut (seqio trims them, keeping EOS);
 `warn_truncation` looks at a task's label words and its first examples and warns once when that
-happens (training and evaluation call it), naming the length needed and the gin macro.
+happens (training and evaluation call it), naming the length needed and the gin macro. The batches
+`get_batches` returns also count the cut examples among all they hold, as they flow
+(`TruncationCount`: each example's untrimmed length rides beside it to the host and is taken out
+there), so a task whose long examples come later is reported too: at the first one, and in total
+when the run calls `Batches.close()`.
 """
 from __future__ import annotations
 
@@ -181,6 +185,7 @@ def check_vocabulary_fits(task, model_vocab_size: int):
 TRUNCATION_PEEK = 64  # examples of each task that `warn_truncation` reads (not a data pass)
 _TRUNCATION_CHECKED = set()  # (task, split, lengths) looked at
 _TRUNCATION_WARNED = set()  # (task, feature, length) warned about, whichever split showed it
+_TRUNCATION_NEEDED = {}  # (task, feature, length) -> the length the start-up check found needed
 
 
 def known_labels(task) -> Optional[Tuple[str, ...]]:
@@ -259,7 +264,8 @@ def truncation_report(leaf, feature_lengths: Mapping[str, int], split: str,
 
 
 def _truncation_message(task_name: str, feature: str, r: Mapping, split: str,
-                        fixed: Mapping[str, int], setting: str = "TASK_FEATURE_LENGTHS") -> str:
+                        fixed: Mapping[str, int], setting: str = "TASK_FEATURE_LENGTHS",
+                        counted: bool = False) -> str:
   where = []
   if r["cut"]:
     where.append(f"{r['cut']} of the first {r['seen']} {split!r} examples")
@@ -271,17 +277,22 @@ def _truncation_message(task_name: str, feature: str, r: Mapping, split: str,
   if r["merged"]:
     pairs = "; ".join(f"{a!r} and {b!r}" for a, b in r["merged"])
     msg += f", so distinct targets become the same target ({pairs}) and cannot be learned or told apart"
-  return (f"{msg}. Raise it to at least {r['needed']}: --gin.{setting}=\"{fixed}\" "
-          f"(later examples may need more)")
+  later = ("later examples may need more: this run counts every example it reads that is cut, and "
+           "reports them" if counted else
+           "only these were read: later examples may need more")
+  return f"{msg}. Raise it to at least {r['needed']}: --gin.{setting}=\"{fixed}\" ({later})"
 
 
 def warn_truncation(task, feature_lengths: Optional[Mapping[str, int]], split: str,
-                    num_examples: int = TRUNCATION_PEEK, setting: str = "TASK_FEATURE_LENGTHS") -> List[str]:
+                    num_examples: int = TRUNCATION_PEEK, setting: str = "TASK_FEATURE_LENGTHS",
+                    counted: Sequence[str] = ()) -> List[str]:
   """Warns (once per task, feature and length) for each task of `task` (a mixture's tasks with
   `split`) whose inputs or targets `feature_lengths` cuts: `truncation_report` on its label
-  words and first `num_examples` examples, not a pass over the data. Returns the warnings. Never
-  raises: a task whose examples cannot be read here is left to the real pipeline's error.
-  `setting` is the gin binding the lengths came from, which the warning tells the user to raise."""
+  words and first `num_examples` examples, not a pass over the data (the warning says which
+  examples it read). Returns the warnings. Never raises: a task whose examples cannot be read here is
+  left to the real pipeline's error. `setting` is the gin binding the lengths came from, which the
+  warning tells the user to raise; `counted`: the features whose cut examples the caller counts over
+  all it reads (`get_batches`' `TruncationCount`), as the warning then says."""
   if not feature_lengths:
     return []
   warnings = []
@@ -300,12 +311,173 @@ def warn_truncation(task, feature_lengths: Optional[Mapping[str, int]], split: s
     fixed = {**{k: int(v) for k, v in feature_lengths.items() if v},
              **{feature: r["needed"] for feature, r in report.items()}}
     for feature, r in report.items():
+      key = (leaf.name, feature, r["length"])
+      _TRUNCATION_NEEDED[key] = max(_TRUNCATION_NEEDED.get(key, 0), r["needed"])
       if (leaf.name, feature, r["length"]) in _TRUNCATION_WARNED:
         continue
       _TRUNCATION_WARNED.add((leaf.name, feature, r["length"]))
-      warnings.append(_truncation_message(leaf.name, feature, r, split, fixed, setting))
+      warnings.append(_truncation_message(leaf.name, feature, r, split, fixed, setting, feature in counted))
       log.warning("%s", warnings[-1])
   return warnings
+
+
+# Each example's length before seqio trims it (EOS included), carried beside the batch from the task's
+# dataset to `Batches`, which takes it out again: the model and the trainer never see it.
+_UNTRIMMED = "{}_untrimmed_length"
+
+
+def countable_features(task, feature_lengths: Mapping[str, int], element_spec) -> Dict[str, Tuple]:
+  """{feature: (vocabulary, EOS ids appended)} for `inputs`/`targets` whose cut examples the pipeline
+  can count: the ids seqio tokenized from the example's `<feature>_pretokenized` text
+  (`seqio.preprocessors.tokenize`), which the dataset keeps. Empty for a task whose preprocessors
+  make the ids from `sequence_length` (span corruption, prefix LM: they fit by construction, and their
+  text is not the ids' source)."""
+  import tensorflow as tf
+  if any(_needs_sequence_length(leaf) for leaf in _leaf_tasks(task)):
+    return {}
+  out = {}
+  for feature in ("inputs", "targets"):
+    spec = task.output_features.get(feature)
+    text = element_spec.get(f"{feature}_pretokenized") if isinstance(element_spec, Mapping) else None
+    if (not feature_lengths.get(feature) or spec is None or getattr(spec, "vocabulary", None) is None
+        or text is None or text.dtype != tf.string or text.shape.rank != 0):
+      continue
+    out[feature] = (spec.vocabulary, 1 if getattr(spec, "add_eos", True) else 0)
+  return out
+
+
+def _with_untrimmed_lengths(ds, feature_lengths: Mapping[str, int], countable: Mapping[str, Tuple]):
+  """Adds `<feature>_untrimmed_length` ([1] int32) to each example of the task's (trimmed) dataset: its
+  kept length when shorter than the limit (nothing was cut), else the length of its text tokenized
+  again, EOS included. Only examples that fill the limit are tokenized again."""
+  import tensorflow as tf
+
+  def record(ex):
+    out = dict(ex)
+    for feature, (vocabulary, eos) in countable.items():
+      kept = tf.size(ex[feature], out_type=tf.int32)
+      text = ex[f"{feature}_pretokenized"]
+      full = tf.cond(kept >= int(feature_lengths[feature]),
+                     lambda v=vocabulary, t=text, e=eos: tf.size(v.encode_tf(t), out_type=tf.int32) + e,
+                     lambda k=kept: k)
+      out[_UNTRIMMED.format(feature)] = tf.reshape(full, [1])
+    return out
+  return ds.map(record, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class TruncationCount:
+  """Counts, over the batches a run actually reads, the examples whose inputs or targets
+  TASK_FEATURE_LENGTHS cut (seqio trims them, keeping EOS), and says so: one warning at the first cut
+  example that the start-up check (`warn_truncation`, the first examples only) did not already warn
+  about, and `report()`, one line per cut feature with the count, once, when the run ends."""
+
+  def __init__(self, task, split: str, feature_lengths: Mapping[str, int], features: Sequence[str],
+               setting: str = "TASK_FEATURE_LENGTHS", first_batch: int = 0, shard: Tuple[int, int] = (0, 1)):
+    self.task_name = task.name
+    self.leaf_names = [leaf.name for leaf in _leaf_tasks(task)]
+    self.split, self.setting, self.shard = split, setting, shard
+    self.lengths = {k: int(v) for k, v in feature_lengths.items() if v}
+    self.features = tuple(features)
+    self.first_batch = first_batch  # batches skipped (a resumed run): this count starts after them
+    self.batches = 0
+    self.examples = 0
+    self.cut = {f: 0 for f in self.features}
+    self.needed = {f: 0 for f in self.features}
+    self._reported = False
+
+  def _need(self, feature: str) -> int:
+    """The length that keeps whole what this count and the start-up check saw of `feature`."""
+    return max([self.needed.get(feature, 0)] + [
+        _TRUNCATION_NEEDED.get((name, feature, self.lengths.get(feature)), 0)
+        for name in [self.task_name] + self.leaf_names])
+
+  def _fixed(self) -> Dict[str, int]:
+    return {f: max(n, self._need(f)) for f, n in self.lengths.items()}
+
+  def _what(self) -> str:
+    kind = "mixture" if self.leaf_names != [self.task_name] else "task"
+    return f"{kind} {self.task_name!r}"
+
+  def _warned_at_start(self, feature: str) -> bool:
+    return any((name, feature, self.lengths[feature]) in _TRUNCATION_WARNED
+               for name in [self.task_name] + self.leaf_names)
+
+  def add(self, untrimmed: Mapping[str, np.ndarray]) -> None:
+    self.batches += 1
+    rows = 0
+    for feature in self.features:
+      full = np.asarray(untrimmed[feature]).reshape(-1)
+      rows = max(rows, full.size)
+      cut = full > self.lengths[feature]
+      if not cut.any():
+        continue
+      first_cut = not self.cut[feature]
+      self.cut[feature] += int(cut.sum())
+      self.needed[feature] = max(self.needed[feature], int(full.max()))
+      if first_cut and not self._warned_at_start(feature):
+        _TRUNCATION_WARNED.add((self.task_name, feature, self.lengths[feature]))
+        log.warning(
+            "%s: an example in batch %d of its %r data (example %d this run read) has %s of %d tokens with "
+            "EOS, longer than %s[%r]=%d; seqio cuts it to %d (keeping EOS). The examples checked at the start "
+            "had none that long. Raise it to at least %d: --gin.%s=\"%s\" (later examples may need more: "
+            "the count of all that are cut is reported when the run ends)", self._what(),
+            self.first_batch + self.batches, self.split, self.examples + int(np.argmax(cut)) + 1, feature,
+            int(full[cut][0]), self.setting, feature, self.lengths[feature], self.lengths[feature],
+            self._need(feature), self.setting, self._fixed())
+    self.examples += rows
+
+  def messages(self) -> List[str]:
+    """One line per feature with cut examples: how many of the examples read, and the length needed."""
+    out = []
+    where = f" (this process's shard {self.shard[0]} of {self.shard[1]})" if self.shard[1] > 1 else ""
+    span = (f"batches {self.first_batch + 1}-{self.first_batch + self.batches}" if self.batches > 1
+            else f"batch {self.first_batch + 1}")
+    for feature in self.features:
+      if not self.cut[feature]:
+        continue
+      out.append(
+          f"{self._what()}: {self.cut[feature]} of the {self.examples} {self.split!r} examples this run read "
+          f"({span}){where} had {feature} longer than {self.setting}[{feature!r}]={self.lengths[feature]} "
+          f"tokens (up to {self.needed[feature]} with EOS); seqio cut them to {self.lengths[feature]} "
+          f"(keeping EOS). Raise it to at least {self._need(feature)}: --gin.{self.setting}=\"{self._fixed()}\"")
+    return out
+
+  def report(self) -> List[str]:
+    """Logs `messages()` as warnings, once (later calls return them without logging again)."""
+    out = self.messages()
+    if not self._reported:
+      self._reported = True
+      for msg in out:
+        log.warning("%s", msg)
+      if not out and self.batches:
+        log.info("%s: none of the %d %r examples this run read had %s longer than %s", self._what(),
+                 self.examples, self.split, " or ".join(self.features), self.setting)
+    return out
+
+
+class Batches:
+  """What `get_batches` returns: an iterator of numpy batches of the model's `FEATURES`, with a
+  `truncation` (`TruncationCount`, None when the task's examples cannot be counted) of the batches it
+  returned. `close()` reports that count (a training run calls it when it ends)."""
+
+  def __init__(self, ds, truncation: Optional[TruncationCount]):
+    self._ds, self._it = ds, None
+    self.truncation = truncation
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self._it is None:
+      self._it = self._ds.as_numpy_iterator()
+    batch = next(self._it)
+    if self.truncation is not None:
+      self.truncation.add({f: batch.pop(_UNTRIMMED.format(f)) for f in self.truncation.features})
+    return {k: np.asarray(v, np.int32) for k, v in batch.items()}
+
+  def close(self) -> List[str]:
+    """Reports the truncation count (once); returns its messages."""
+    return self.truncation.report() if self.truncation is not None else []
 
 
 @gin.configurable
@@ -314,10 +486,12 @@ def get_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
                 num_epochs: Optional[int] = None, skip_batches: int = 0,
                 shard_index: Optional[int] = None, num_shards: Optional[int] = None,
                 drop_remainder: bool = True) -> Iterator[dict]:
-  """Numpy batches of `batch_size // num_shards` rows for this process (EncDec features).
+  """Numpy batches of `batch_size // num_shards` rows for this process (EncDec features), as `Batches`.
 
   The checks and the dataset are done on the call (errors surface here, not at the first batch);
-  split "train" of a rank-classification evaluation task (`X_rank`) is refused.
+  split "train" of a rank-classification evaluation task (`X_rank`) is refused. Examples cut to
+  `task_feature_lengths` are warned about from the first examples at once (`warn_truncation`), and
+  counted in every batch returned (`Batches.truncation`), reported by `Batches.close()`.
   """
   import jax
   import seqio
@@ -332,10 +506,19 @@ def get_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
     check_trainable(task)
   check_split(task, split)
   load_vocabularies(task)
+  kwargs = dict(split=split, use_cached=False, shuffle=shuffle, seed=seed,
+                shard_info=seqio.ShardInfo(shard_index, num_shards), num_epochs=num_epochs,
+                try_in_mem_cache=False)
   try:
-    ds = task.get_dataset(dict(task_feature_lengths), split=split, use_cached=False, shuffle=shuffle,
-                          seed=seed, shard_info=seqio.ShardInfo(shard_index, num_shards),
-                          num_epochs=num_epochs, try_in_mem_cache=False)
+    ds = None
+    if isinstance(task, seqio.Mixture):  # a mixture keeps its tasks' texts only when asked to
+      try:
+        ds = task.get_dataset(dict(task_feature_lengths), passthrough_features=[
+            f"{f}_pretokenized" for f in ("inputs", "targets")], **kwargs)
+      except (TypeError, ValueError):  # a task without them: mixed without them (and not counted)
+        ds = None
+    if ds is None:
+      ds = task.get_dataset(dict(task_feature_lengths), **kwargs)
   except KeyError as e:
     if "generated" not in str(e):
       raise
@@ -344,19 +527,23 @@ def get_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   from tasks import rank_classification as rank_lib
   if split == "train" and rank_lib.is_rank_eval(task, ds.element_spec):
     raise _rank_training_error(task, task)
-  warn_truncation(task, task_feature_lengths, split)
-  ds = seqio.EncDecFeatureConverter(pack=False)(ds, dict(task_feature_lengths))
-  ds = ds.map(lambda ex: {k: ex[k] for k in FEATURES}, num_parallel_calls=tf.data.AUTOTUNE)
+  countable = countable_features(task, task_feature_lengths, ds.element_spec)
+  warn_truncation(task, task_feature_lengths, split, counted=tuple(countable))
+  lengths = dict(task_feature_lengths)
+  carried = {}
+  if countable:
+    ds = _with_untrimmed_lengths(ds, task_feature_lengths, countable)
+    carried = {_UNTRIMMED.format(f): seqio.FeatureConverter.FeatureSpec(dtype=tf.int32) for f in countable}
+    lengths.update({k: 1 for k in carried})
+  ds = seqio.EncDecFeatureConverter(pack=False, passthrough_features=carried or None)(ds, lengths)
+  ds = ds.map(lambda ex: {k: ex[k] for k in FEATURES + tuple(carried)}, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size // num_shards, drop_remainder=drop_remainder)
   if skip_batches:
     ds = ds.skip(skip_batches)
   ds = ds.prefetch(tf.data.AUTOTUNE)
-  return _numpy_batches(ds)
-
-
-def _numpy_batches(ds) -> Iterator[dict]:
-  for batch in ds.as_numpy_iterator():
-    yield {k: np.asarray(v, np.int32) for k, v in batch.items()}
+  count = (TruncationCount(task, split, task_feature_lengths, tuple(countable), first_batch=skip_batches,
+                           shard=(shard_index, num_shards)) if countable else None)
+  return Batches(ds, count)
 
 
 @gin.configurable

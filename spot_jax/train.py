@@ -358,8 +358,10 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     window_start, window_steps = time.time(), 0
     try:
       with _Stop() as stop:
-        for batch in batches:
-          if step >= train_steps:
+        # No batch is read past the last step: the batches count the examples they hand out.
+        while step < train_steps:
+          batch = next(batches, None)
+          if batch is None:
             break
           state, metrics = step_fn(state, frozen_params, partitioning.global_batch(batch, mesh), rng)
           step += 1
@@ -391,6 +393,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
               save(state, step)
             break
       check_finite(state)
+      batches.close()  # examples TASK_FEATURE_LENGTHS cut among those the steps trained on, if any
       if step < train_steps and not stop.requested:
         raise ValueError(f"the training data of {mixture_or_task_name} ended after {step} of "
                          f"{train_steps} steps: lower TRAIN_STEPS, or use a task whose train split repeats")

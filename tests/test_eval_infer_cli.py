@@ -48,6 +48,34 @@ def test_infer_cli_writes_jsonl(tmp_path, prompt_file):
   assert not [p for p in os.listdir(out) if ".tmp-" in p]
 
 
+def test_infer_rerun_keeps_the_earlier_predictions(tmp_path, prompt_file, caplog):
+  """A second `infer` into the same INFER_OUTPUT_DIR replaced the first run's predictions without a word
+  (another prompt, another num_examples: the earlier file was lost). Now it is kept aside under
+  `<file>.old-<id>`, named in a warning; a rerun that predicts the same bytes leaves everything as it was."""
+  out = tmp_path / "infer"
+  path = out / f"{TASK}-validation.jsonl"
+
+  def run(n):
+    gin.clear_config()
+    with caplog.at_level(logging.INFO, logger="spot_jax"):
+      infer_cli.main(_args("prompt_infer.gin", "INFER_OUTPUT_DIR", out, prompt_file,
+                           [f"--gin.spot_jax.infer.infer_prompt.num_examples={n}"]))
+  run(5)
+  first = path.read_bytes()
+  caplog.clear()
+  run(3)
+  backups = [n for n in os.listdir(out) if n != path.name]
+  assert len(backups) == 1 and backups[0].startswith(f"{path.name}.old-"), os.listdir(out)
+  assert (out / backups[0]).read_bytes() == first and len(path.read_text().splitlines()) == 3
+  warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "kept them" in r.getMessage()]
+  assert warned == [f"{path} held other predictions (an earlier run's): kept them as {out / backups[0]}"]
+  second, caplog_before = path.read_bytes(), len(caplog.records)
+  run(3)  # the same predictions again: no second backup, no warning
+  assert sorted(os.listdir(out)) == sorted([path.name, backups[0]]) and path.read_bytes() == second
+  assert not [r for r in caplog.records[caplog_before:] if "kept them" in r.getMessage()]
+  assert "(the same bytes): left as it was" in caplog.text
+
+
 def test_infer_refuses_an_unwritable_output_dir_before_loading_the_model(tmp_path, prompt_file, monkeypatch):
   """A read-only or full INFER_OUTPUT_DIR failed only after all inference, in a traceback: the directory
   is now made and written to (a probe file; both removed again) first."""
@@ -239,6 +267,37 @@ def test_eval_in_two_processes_writes_what_one_process_writes(tmp_path, prompt_f
   rows = {d: [json.loads(l)["prediction"] for l in open(tmp_path / d / f"{TASK}-000000.jsonl")]
           for d in ("two", "one")}
   assert len(rows["two"]) == 8 and rows["two"] == rows["one"]
+
+
+def test_infer_in_two_processes_keeps_an_earlier_file_once(tmp_path, prompt_file):
+  """Only process 0 writes the predictions, so an earlier file in INFER_OUTPUT_DIR is kept aside once
+  (not once per process, nor moved again by the second process) and no temporary file is left."""
+  import socket
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / "two"
+  out.mkdir()
+  path = out / f"{TASK}-validation.jsonl"
+  path.write_text('{"prediction": "an earlier run"}\n')
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  procs = [subprocess.Popen([sys.executable, "-m", "spot_jax.infer",
+                             *_args("prompt_infer.gin", "INFER_OUTPUT_DIR", out, prompt_file,
+                                    ["--gin.spot_jax.infer.infer_prompt.num_examples=4"]),
+                             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+  backups = sorted(n for n in os.listdir(out) if n != path.name)
+  assert len(backups) == 1 and backups[0].startswith(f"{path.name}.old-"), os.listdir(out)
+  assert (out / backups[0]).read_text() == '{"prediction": "an earlier run"}\n'
+  assert len(path.read_text().splitlines()) == 4
+  assert [sum("kept them as" in line for line in o.splitlines()) for o in outs] == [1, 0]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -126,3 +126,68 @@ def test_check_writable_dir_leaves_nothing_and_skips_gs(tmp_path, monkeypatch):
   assert os.listdir(out) == []
   monkeypatch.setattr(fileio, "gfile", lambda: pytest.fail("a gs:// directory is not probed"))
   fileio.check_writable_dir("gs://bucket/infer")
+
+
+# ----------------------------------------------------------------------------------------------------
+# A rerun's output does not destroy the earlier run's (infer's predictions file).
+
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_replace_keeping_earlier_keeps_other_content_once_and_leaves_identical_bytes(tmp_path, monkeypatch,
+                                                                                     where):
+  import hashlib
+  from gfile_stub import LocalGfile
+  root = tmp_path / "disk"
+  root.mkdir()
+  if where == "gs":
+    stub = LocalGfile(root)
+    monkeypatch.setattr(fileio, "gfile", lambda: stub)
+    d = "gs://bucket/infer"
+  else:
+    d = str(root / "infer")
+  path = f"{d}/t-validation.jsonl"
+  local = root / "infer"
+
+  def files():
+    return {n: (local / n).read_bytes() for n in sorted(os.listdir(local))}
+  assert fileio.replace_keeping_earlier(path, b"first\n") == (True, None)
+  assert files() == {"t-validation.jsonl": b"first\n"}
+  assert fileio.replace_keeping_earlier(path, b"first\n") == (False, None)  # the same bytes: untouched
+  assert files() == {"t-validation.jsonl": b"first\n"}
+  written, backup = fileio.replace_keeping_earlier(path, b"second\n")
+  digest = hashlib.sha256(b"first\n").hexdigest()[:8]
+  assert written and backup == f"{path}.old-{digest}"
+  assert files() == {"t-validation.jsonl": b"second\n", f"t-validation.jsonl.old-{digest}": b"first\n"}
+  # first -> second -> first -> second: each content is kept once, under its own name
+  fileio.replace_keeping_earlier(path, b"first\n")
+  fileio.replace_keeping_earlier(path, b"second\n")
+  second = hashlib.sha256(b"second\n").hexdigest()[:8]
+  assert files() == {"t-validation.jsonl": b"second\n", f"t-validation.jsonl.old-{digest}": b"first\n",
+                     f"t-validation.jsonl.old-{second}": b"second\n"}
+  if where == "gs":
+    assert "GFile" in stub.used and "rename" in stub.used  # through tf.io.gfile's calls
+
+
+def test_replace_keeping_earlier_never_overwrites_a_backup_of_other_bytes(tmp_path):
+  """Two contents whose digests begin alike (forged here): the second backup takes a random name."""
+  import hashlib
+  path = str(tmp_path / "p.jsonl")
+  digest = hashlib.sha256(b"earlier\n").hexdigest()[:8]
+  (tmp_path / f"p.jsonl.old-{digest}").write_bytes(b"something else\n")
+  (tmp_path / "p.jsonl").write_bytes(b"earlier\n")
+  written, backup = fileio.replace_keeping_earlier(path, b"new\n")
+  assert written and backup != f"{path}.old-{digest}" and open(backup, "rb").read() == b"earlier\n"
+  assert (tmp_path / f"p.jsonl.old-{digest}").read_bytes() == b"something else\n"
+  assert (tmp_path / "p.jsonl").read_bytes() == b"new\n" and len(os.listdir(tmp_path)) == 3
+
+
+def test_replace_keeping_earlier_leaves_both_files_when_the_write_fails(tmp_path, monkeypatch):
+  import errno
+  path = str(tmp_path / "p.jsonl")
+  fileio.replace_keeping_earlier(path, b"earlier\n")
+  monkeypatch.setattr(fileio, "_write_durably", lambda p, d: (_ for _ in ()).throw(
+      OSError(errno.ENOSPC, "No space left on device")))
+  with pytest.raises(OSError) as e:
+    fileio.replace_keeping_earlier(path, b"new\n")
+  assert fileio.unwritable_message(e.value).startswith(f"cannot write {path}: No space left")
+  assert open(path, "rb").read() == b"earlier\n"
+  assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]

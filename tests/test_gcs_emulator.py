@@ -349,3 +349,33 @@ def test_a_column_slice_of_a_gs_safetensors_reads_only_its_bytes(gcs, tmp_path):
   assert sorted(sent[3:3 + rows]) == [piece] * rows  # SPOT_JAX_GCS_MAX_GAP_BYTES=0: a range per row
   assert sent[3 + rows:] == [rows * row]  # the whole tensor: one range
   assert sum(sent[3:3 + rows]) == rows * row // 8 and sent[2] < rows * row < file_size
+
+
+_CHILD_RERUN = """
+import json, logging, sys
+from spot_jax import fileio, infer
+path = "gs://bucket/rerun/t-validation.jsonl"
+out = [infer.write_jsonl(path, [{"prediction": "a"}]),
+       infer.write_jsonl(path, [{"prediction": "a"}]),  # the same bytes: nothing written
+       infer.write_jsonl(path, [{"prediction": "b"}])]
+print("RERUN " + json.dumps(out))
+"""
+
+
+def test_infer_predictions_rerun_on_gs_keeps_the_earlier_file(gcs, tmp_path):
+  """infer's predictions file on gs://: a rerun with other predictions keeps the earlier object as
+  `<file>.old-<id>` through TensorFlow's GCS client, as on disk."""
+  import hashlib
+  env, url, proxy = gcs
+  out = subprocess.run([sys.executable, "-c", _CHILD_RERUN], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  digest = hashlib.sha256(b'{"prediction": "a"}\n').hexdigest()[:8]
+  backup = f"gs://bucket/rerun/t-validation.jsonl.old-{digest}"
+  assert json.loads(out.stdout.split("RERUN ", 1)[1].splitlines()[0]) == [[True, None], [False, None],
+                                                                          [True, backup]]
+  objects = sorted(n for n in _objects(url, "rerun/") if not n.endswith("/"))  # not makedirs' marker
+  assert objects == ["rerun/t-validation.jsonl", f"rerun/t-validation.jsonl.old-{digest}"], objects
+  assert _download(url, "rerun/t-validation.jsonl") == b'{"prediction": "b"}\n'
+  assert _download(url, f"rerun/t-validation.jsonl.old-{digest}") == b'{"prediction": "a"}\n'
+  assert {"www.googleapis.com:443", "storage.googleapis.com:443"} & proxy.hosts  # TF's GCS client was used

@@ -1,5 +1,7 @@
 """Task → host batches: shapes, per-process shards, deterministic resume by skipping; clear errors
 for TFDS data that is not prepared and for training on a rank-classification (`_rank`) task."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -225,6 +227,90 @@ def test_truncation_check_reads_only_the_first_examples(monkeypatch):
   assert input_pipeline.truncation_report(seqio.get_mixture_or_task(name), {"inputs": 4, "targets": 4},
                                           "train") == {}
   assert taken == [input_pipeline.TRUNCATION_PEEK]
+
+
+def _late_long_rows(n=200, every=10, start=100):
+  """Short examples, and from `start` on every `every`-th one with a 40-byte input: none among the
+  first TRUNCATION_PEEK (64), which were all the truncation check read."""
+  return [{"inputs": "x" * (40 if i >= start and i % every == 0 else 4), "targets": "no"} for i in range(n)]
+
+
+def test_long_examples_after_the_first_ones_are_counted_as_the_batches_flow(caplog):
+  """A task whose long examples all come after the first 64 trained with them cut and no word said (the
+  check read only the first 64). The batches now count every cut example they hand out: one warning at
+  the first, and the total over the run when it closes them."""
+  name = _text_task("spot_test_cut_late", _late_long_rows())
+  with caplog.at_level("WARNING", logger="spot_jax"):
+    batches = input_pipeline.get_batches(name, {"inputs": 16, "targets": 4}, "train", 8, shuffle=False,
+                                         num_epochs=1)
+    assert not _warnings(caplog)  # the first 64 are short: nothing to say yet
+    got = list(batches)
+    (first,) = _warnings(caplog)
+    assert (f"task '{name}': an example in batch 13 of its 'train' data (example 101 this run read) has "
+            "inputs of 41 tokens with EOS, longer than TASK_FEATURE_LENGTHS['inputs']=16") in first, first
+    caplog.clear()
+    assert batches.close() == batches.close()  # reported once
+  assert len(got) == 25 and all(set(b) == set(input_pipeline.FEATURES) for b in got)  # the model's features only
+  (total,) = _warnings(caplog)
+  assert total == (f"task '{name}': 10 of the 200 'train' examples this run read (batches 1-25) had inputs "
+                   "longer than TASK_FEATURE_LENGTHS['inputs']=16 tokens (up to 41 with EOS); seqio cut them "
+                   "to 16 (keeping EOS). Raise it to at least 41: "
+                   """--gin.TASK_FEATURE_LENGTHS="{'inputs': 41, 'targets': 4}\"""")
+  np.testing.assert_array_equal(got[12]["encoder_input_tokens"][4, -1], 1)  # example 101: cut, EOS kept
+
+
+def test_the_count_covers_the_batches_handed_out_after_a_resume_and_in_a_mixture(caplog):
+  import seqio
+  late = _text_task("spot_test_cut_late_mix", _late_long_rows())
+  short = _text_task("spot_test_cut_short_mix", [{"inputs": "y", "targets": "yes"}] * 50)
+  mix = "spot_test_cut_mixture"
+  if mix in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(mix)
+  seqio.MixtureRegistry.add(mix, [(late, 1.0), (short, 1.0)])
+  try:
+    resumed = input_pipeline.get_batches(late, {"inputs": 16, "targets": 4}, "train", 8, shuffle=False,
+                                         num_epochs=1, skip_batches=20)
+    assert len(list(resumed)) == 5
+    (msg,) = resumed.truncation.messages()  # batches 21-25 hold examples 160-199: 4 long ones
+    assert f"task '{late}': 4 of the 40 'train' examples this run read (batches 21-25) had inputs" in msg, msg
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spot_jax"):
+      batches = input_pipeline.get_batches(mix, {"inputs": 16, "targets": 4}, "train", 8, seed=1)
+      got = [next(batches) for _ in range(40)]
+      batches.close()
+    assert all(set(b) == set(input_pipeline.FEATURES) for b in got)
+    # Here an input is cut exactly when it fills all 16 positions (the short ones are 5 long with EOS).
+    cut = sum(int((b["encoder_input_tokens"][:, -1] != 0).sum()) for b in got)
+    (total,) = [m for m in _warnings(caplog) if m.startswith(f"mixture '{mix}'")]
+    assert cut > 0 and total.startswith(f"mixture '{mix}': {cut} of the 320 'train' examples this run read "
+                                        "(batches 1-40) had inputs longer than"), (cut, total)
+  finally:
+    seqio.MixtureRegistry.remove(mix)
+
+
+def test_without_the_examples_text_the_warning_says_only_the_first_examples_were_read(caplog):
+  """A task that keeps no `inputs_pretokenized` cannot be counted: the start-up warning says what it read."""
+  import seqio
+  import tensorflow as tf
+  name = "spot_test_cut_no_text"
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  rows = [{"inputs": "x" * 40, "targets": "no"}] * 80
+  seqio.TaskRegistry.add(
+      name, source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {k: [r[k] for r in rows] for k in ("inputs", "targets")}), splits=["train"]),
+      preprocessors=[functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features={k: seqio.Feature(seqio.ByteVocabulary(), add_eos=True) for k in ("inputs", "targets")},
+      metric_fns=[])
+  with caplog.at_level("WARNING", logger="spot_jax"):
+    batches = input_pipeline.get_batches(name, {"inputs": 16, "targets": 4}, "train", 8)
+    next(batches)
+  assert batches.truncation is None and batches.close() == []
+  (msg,) = _warnings(caplog)
+  assert "64 of the first 64 'train' examples have inputs longer" in msg
+  assert msg.endswith("(only these were read: later examples may need more)"), msg
 
 
 def test_a_task_without_mt5s_vocabulary_on_mt5_names_mt5s_file():

@@ -472,3 +472,34 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(monkeypatch, capsys):
   assert capsys.readouterr().err.strip() == (
       "spot_jax.train: interrupted (Ctrl-C): the steps since the last saved checkpoint are lost; rerun the same "
       "command to resume from it (SIGTERM, `kill PID`, saves the current step first)")
+
+
+def test_a_run_reports_the_examples_cut_among_all_it_trained_on(tmp_path, caplog):
+  """The truncation check read only the first 64 examples of the task, so a task whose long examples
+  came later trained on them cut without a word. The run now counts the cut examples in the batches
+  its steps take (exactly TRAIN_STEPS of them: the loop no longer reads one past the last step) and
+  reports the total when it ends."""
+  import dataclasses
+  import seqio
+  import tensorflow as tf
+  name = "spot_test_train_cut_late"
+  rows = [{"inputs": "x" * (40 if i >= 64 and i % 2 else 4), "targets": "no"} for i in range(200)]
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name, source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {k: [r[k] for r in rows] for k in ("inputs", "targets")}), splits=["train"]),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features={k: seqio.Feature(seqio.ByteVocabulary(), add_eos=True) for k in ("inputs", "targets")},
+      metric_fns=[])
+  config = dataclasses.replace(CFG, vocab_size=384)  # the byte vocabulary's 259 ids, padded
+  with caplog.at_level("WARNING", logger="spot_jax"):
+    train_lib.train(model_dir=str(tmp_path), mixture_or_task_name=name, task_feature_lengths={"inputs": 16,
+                    "targets": 4}, train_steps=15, batch_size=8, frozen=(config, init_params(config, jax.random.PRNGKey(0))),
+                    prompt_length=PROMPT_LEN, save_period=15, log_period=5, enable_dropout=False)
+  ours = [r.getMessage() for r in caplog.records if r.name == "spot_jax" and name in r.getMessage()]
+  assert not any("of the first 64" in m for m in ours), ours  # the first 64 are short
+  (total,) = [m for m in ours if "examples this run read (" in m]
+  assert " of the 120 'train' examples this run read (batches 1-15) had inputs longer than " \
+         "TASK_FEATURE_LENGTHS['inputs']=16 tokens (up to 41 with EOS)" in total, total
