@@ -280,7 +280,8 @@ def _model_checkpoint_of(path: str) -> Optional[str]:
   weights = sorted(n for n in names if n.endswith(_HF_WEIGHTS))
   if not weights:
     return None
-  where = "a Hugging Face model folder" if folder == path.rstrip("/") else f"a file of the Hugging Face model folder {folder}"
+  where = ("a Hugging Face model folder" if folder == path.rstrip("/") else
+           f"a file of the Hugging Face model folder {folder}")
   return f"{where} (config.json + {', '.join(weights[:3])}): a model checkpoint"
 
 

@@ -114,7 +114,8 @@ def _missing_path(path: str) -> str:
   return msg
 
 
-_AS_PROMPT = "PROMPT_FILE in eval/infer, from_file's path in training, or prompt=prompt_io.load_prompt(path) with load_t5"
+_AS_PROMPT = ("PROMPT_FILE in eval/infer, from_file's path in training, or prompt=prompt_io.load_prompt(path) "
+              "with load_t5")
 
 
 def _a_prompt_not_a_model(path: str) -> Optional[str]:
