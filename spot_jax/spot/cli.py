@@ -67,7 +67,10 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
                  "numpy_checkpoints) or PEFT adapter directory")
   p.add_argument("--task", required=True, help="source task name (seqio task)")
   p.add_argument("--model-id", default=None,
-                 help="frozen model identity, e.g. t5_1_1_lm100k_base (default: the library's)")
+                 help="frozen model identity (default: the one the prompt's records give, named as `spot` "
+                 "names it: the last two parts of the checkpoint path in its export.json frozen_model or "
+                 "PEFT base_model_name_or_path, e.g. t5_1_1_lm100k_base/checkpoint_1100000; else the library's). An id "
+                 "other than the library's is refused")
   p.add_argument("--task-embedding", default=None,
                  help="early-checkpoint prompt used as the task embedding (default: the MODEL_DIR's "
                  "task_embedding export, if any)")
