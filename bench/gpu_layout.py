@@ -181,9 +181,21 @@ def compile_step_for_gpu(target_config: str, size: str = "base", batch: int = 64
   return lowered.compile()
 
 
+TARGET_CONFIG_HELP = (
+    "It names the GPU to compile for: an XLA GPU target description (GpuTargetConfigProto in text form), "
+    "which this repository does not ship. Take XLA's xla/backends/gpu/target_config/specs/<gpu>.txtpb "
+    "(h100/h200 ...) from the openxla/xla sources of the installed jaxlib's version, or the "
+    "gpu_target_config.pbtxt that XLA_FLAGS=--xla_dump_to=DIR writes when any jax program runs on a "
+    "machine with that GPU. Compiling also needs the CUDA plugin of the installed jax, no GPU: pip install "
+    "jax-cuda13-plugin==$JAX jax-cuda13-pjrt==$JAX (docs/bench.md, 'Without a GPU')")
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--target-config", required=True, help="GpuTargetConfigProto text file")
+  p.add_argument("--target-config", required=True,
+                 help="XLA GPU target description (GpuTargetConfigProto text file; not shipped: XLA's "
+                 "xla/backends/gpu/target_config/specs/*.txtpb, or the gpu_target_config.pbtxt that "
+                 "--xla_dump_to writes on that GPU)")
   from bench.__main__ import add_shape_arguments, launch_type, xla_options
   from spot_jax import config as C  # the flags' choices are T5Config's own
   add_shape_arguments(p, size="base")
@@ -205,7 +217,7 @@ def main(argv=None) -> int:
   p.add_argument("--out", default="", help="write step.hlo.txt and layout.json here")
   args = p.parse_args(argv)
   if not os.path.isfile(args.target_config):
-    p.error(f"--target-config {args.target_config} is not a file")
+    p.error(f"--target-config {args.target_config} is not a file. {TARGET_CONFIG_HELP}")
   with open(args.target_config) as f:
     target = f.read()
   options = xla_options(args.xla_option)

@@ -148,6 +148,67 @@ def absolute_local_path(path: Optional[str]) -> Optional[str]:
   return str(path)
 
 
+# spot_jax's own training checkpoints (orbax; `checkpointing.CHECKPOINTS_SUBDIR`): MODEL_DIR/checkpoints/<step>/
+# {state,meta}/, the run's identity in meta/metadata (JSON).
+TRAINING_CHECKPOINTS_DIR = "checkpoints"
+
+
+def training_run_of(path: str) -> Optional[str]:
+  """The spot_jax training MODEL_DIR that `path` is, or lies in (`checkpoints/[<step>/[<item>]]`,
+  `numpy_checkpoints/[<export>/[<file>]]`), else None. A MODEL_DIR holds numpy_checkpoints/, or
+  checkpoints/ with orbax's numbered step directories."""
+  parts = str(path).rstrip("/").split("/")
+  for depth in range(min(4, len(parts))):  # `path` is MODEL_DIR itself, or lies `depth` levels below it
+    if depth:
+      top, below = parts[-depth], parts[len(parts) - depth + 1:]
+      if not (top == NUMPY_CHECKPOINTS_DIR or
+              (top == TRAINING_CHECKPOINTS_DIR and (not below or below[0].isdigit()))):
+        continue
+    model_dir = "/".join(parts[:len(parts) - depth]) or "/"
+    if _is_training_run(model_dir):
+      return model_dir
+  return None
+
+
+def _is_training_run(model_dir: str) -> bool:
+  if fileio.isdir(numpy_checkpoints_dir(model_dir)):
+    return True
+  ckpts = fileio.join(model_dir, TRAINING_CHECKPOINTS_DIR)
+  return fileio.isdir(ckpts) and any(n.rstrip("/").isdigit() for n in fileio.listdir(ckpts))
+
+
+def recorded_frozen_model(model_dir: str) -> Optional[tuple]:
+  """(frozen model, the file recording it) of a training MODEL_DIR: `frozen_model` of its exports'
+  export.json (best, task_embedding, then the newest step first), else of its newest orbax
+  checkpoint's metadata (`{"path": ..., "seed": ...}`; no path: "a fresh initialization (seed N)").
+  None when no record names one."""
+  ex = find_exports(model_dir)
+  exports = [d for d in (ex.best, ex.task_embedding) if d] + [d for _, d in reversed(ex.checkpoints)]
+  for d in exports:
+    f = fileio.join(d, EXPORT_INFO)
+    try:
+      frozen = read_json_object(f).get("frozen_model") if fileio.exists(f) else None
+    except (OSError, ValueError):
+      continue
+    if isinstance(frozen, str) and frozen:
+      return frozen, f
+  ckpts = fileio.join(model_dir, TRAINING_CHECKPOINTS_DIR)
+  steps = sorted(int(n.rstrip("/")) for n in fileio.listdir(ckpts) if n.rstrip("/").isdigit()) \
+      if fileio.isdir(ckpts) else []
+  for step in reversed(steps):
+    f = fileio.join(ckpts, str(step), "meta", "metadata")
+    try:
+      frozen = read_json_object(f).get("frozen_model") if fileio.exists(f) else None
+    except (OSError, ValueError):
+      continue
+    if isinstance(frozen, dict):
+      if isinstance(frozen.get("path"), str) and frozen["path"]:
+        return frozen["path"], f
+      if frozen.get("seed") is not None:
+        return f"a fresh random initialization (seed {frozen['seed']}; no checkpoint)", f
+  return None
+
+
 # A prompt library entry (spot_jax.spot.library_entry): prompt.npy beside these two.
 LIBRARY_RECORD, LIBRARY_TASK_EMBEDDING = "record.json", "task_embedding.npy"
 

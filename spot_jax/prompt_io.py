@@ -157,6 +157,9 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
     raise FileNotFoundError(f"no prompt at {path}: the path does not exist. Accepted: {ACCEPTED_FORMATS}")
   if not fileio.isdir(path):
     if path.endswith(".safetensors"):  # read with the adapter_config.json beside it, as the directory is
+      model = _model_checkpoint_of(path) if prompt_peft.adapter_dir_of(path) is None else None
+      if model is not None:
+        raise ValueError(f"{path} looks like {model}, not a prompt: {_SWAPPED}")
       return PromptSource(path, "peft", export_dir=prompt_peft.adapter_dir_of(path))
     if fileio.basename(path) == T5X_CHECKPOINT_FILE and _is_t5x_checkpoint_dir(os.path.dirname(path.rstrip("/"))):
       return resolve_prompt(os.path.dirname(path.rstrip("/")))
@@ -230,10 +233,56 @@ def resolve_prompt(path: str, which: str = "auto") -> PromptSource:
   if own is not None:
     model_dir, step = own
     export = checkpoint_export_dir(model_dir, step) if step is not None else model_dir
+    loads = what_model_dir_loads(model_dir)
     raise ValueError(f"{path} is spot_jax's training checkpoint (orbax: the prompt with its optimizer state), "
                      f"not a prompt export: load {export}"
-                     + (f" (or {model_dir}, its newest export)" if step is not None else " (its newest export)"))
+                     + (f" (the prompt of step {step}); {model_dir} itself loads {loads}" if step is not None
+                        else f", which loads {loads}"))
+  model = _model_checkpoint_of(path)
+  if model is not None:
+    raise ValueError(f"{path} looks like {model}, not a prompt: {_SWAPPED}")
   raise ValueError(f"unknown prompt format at {path}. Accepted: {ACCEPTED_FORMATS}")
+
+
+_SWAPPED = ("were CHECKPOINT_PATH (INITIAL_CHECKPOINT_PATH when training; load_t5's path) and PROMPT_FILE "
+            "swapped? The frozen T5 goes to CHECKPOINT_PATH, the trained prompt (a .npy, a numpy export, a "
+            "training MODEL_DIR or a PEFT adapter) to PROMPT_FILE")
+
+
+def what_model_dir_loads(model_dir: str) -> str:
+  """Which export `load_prompt(model_dir)` (which="auto") reads, in words: the best export when the
+  run wrote one, else the newest step's; PROMPT_FILE=MODEL_DIR is read the same way."""
+  ex = find_exports(model_dir)
+  if ex.best is not None:
+    step = read_export_info(ex.best).get("step")
+    newest = ex.checkpoints[-1][0] if ex.checkpoints else None
+    return (f"its best-on-validation export {ex.best}" + (f" (step {step})" if step is not None else "")
+            + (f", not its newest (step {newest})" if newest is not None and newest != step else ""))
+  if ex.checkpoints:
+    return f"its newest export (step {ex.checkpoints[-1][0]}), as it has no best/ export"
+  return "its best export when it has one (best/, written when EVAL_PERIOD is set), else its newest step's"
+
+
+_HF_WEIGHTS = (".safetensors", ".safetensors.index.json", ".msgpack", ".msgpack.index.json", ".bin",
+               ".bin.index.json", ".h5")
+
+
+def _model_checkpoint_of(path: str) -> Optional[str]:
+  """What kind of model checkpoint `path` is ("a Hugging Face model folder (...)"), when it is a Hugging
+  Face model folder or one of its files (config.json beside weights, no adapter_config.json); else None.
+  T5X checkpoints are named where their prompt is looked for (`_no_encoder_prompt`)."""
+  folder = path.rstrip("/") if fileio.isdir(path) else os.path.dirname(path.rstrip("/"))
+  if not folder or not fileio.isdir(folder):
+    return None
+  names = [n.rstrip("/") for n in fileio.listdir(folder)]
+  if "config.json" not in names or PEFT_CONFIG in names:
+    return None
+  weights = sorted(n for n in names if n.endswith(_HF_WEIGHTS))
+  if not weights:
+    return None
+  where = ("a Hugging Face model folder" if folder == path.rstrip("/") else
+           f"a file of the Hugging Face model folder {folder}")
+  return f"{where} (config.json + {', '.join(weights[:3])}): a model checkpoint"
 
 
 def _training_checkpoint_of(path: str) -> Optional[tuple]:
@@ -274,6 +323,9 @@ def load_prompt_with_source(path: str, which: str = "auto"):
     with fileio.open_file(src.file, "rb") as f:
       head = f.read(len(_NPY_MAGIC))
       if head != _NPY_MAGIC:
+        model = _model_checkpoint_of(src.file)
+        if model is not None:
+          raise ValueError(f"{src.file} looks like {model}, not a prompt: {_SWAPPED}")
         raise ValueError(f"unknown prompt format at {src.file}: not a numpy .npy file (no numpy header)."
                          f" Accepted: {ACCEPTED_FORMATS}")
       f.seek(0)
@@ -373,8 +425,8 @@ def _no_encoder_prompt(ckpt_dir: str, prompt_names: list, kind: str = "") -> str
   """Why a T5X checkpoint without target/encoder/prompt/prompt/prompt is not a prompt, and the fix."""
   if prompt_names:
     return _not_one_encoder_prompt(ckpt_dir, sorted(f"target/{n}" for n in prompt_names), "/")
-  return (f"{ckpt_dir} is a T5X checkpoint{kind} without a prompt (no target/{T5X_PROMPT_PARAM}): a "
-          "frozen model's checkpoint, not one written by a prompt-tuning run. Pass the run's "
-          "MODEL_DIR, its numpy_checkpoints/ export or a checkpoint_<step>/ the run wrote")
+  return (f"{ckpt_dir} is a T5X checkpoint{kind} without a prompt (no target/{T5X_PROMPT_PARAM}): it looks "
+          "like a frozen model's checkpoint, not one written by a prompt-tuning run. Pass the run's "
+          f"MODEL_DIR, its numpy_checkpoints/ export or a checkpoint_<step>/ the run wrote; {_SWAPPED}")
 
 

@@ -87,6 +87,13 @@ def test_without_the_cuda_plugin_it_says_what_to_install(tmp_path):
                      "--input-length", "8", "--target-length", "4", "--prompt-length", "2"])
 
 
-def test_a_missing_target_config_is_named(tmp_path):
+def test_a_missing_target_config_is_named(tmp_path, capsys):
+  """The error said only "is not a file", though the repository ships no target config: it now says
+  what the file is, where to get one, and that the CUDA plugin is needed too."""
   with pytest.raises(SystemExit):
     gpu_layout.main(["--target-config", str(tmp_path / "nope.txtpb")])
+  err = " ".join(capsys.readouterr().err.split())
+  assert f"--target-config {tmp_path / 'nope.txtpb'} is not a file. It names the GPU to compile for" in err
+  assert "GpuTargetConfigProto" in err and "this repository does not ship" in err
+  assert "xla/backends/gpu/target_config/specs/<gpu>.txtpb" in err and "XLA_FLAGS=--xla_dump_to=DIR" in err
+  assert "pip install jax-cuda13-plugin==" in err

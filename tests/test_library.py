@@ -57,6 +57,45 @@ def test_refuses_mismatched_d_model_and_model_id(tmp_path):
     lib.add("glue/rte", _prompt(), "t5_tiny")
 
 
+def test_add_without_model_id_takes_the_frozen_model_the_source_records(tmp_path, capsys):
+  """`library add` needed --model-id for an empty library, where `spot` names the frozen model by its
+  checkpoint path's last two parts; a library built with another id then refused `spot`'s runs. Now
+  the id comes from the source's records by the same rule; --model-id wins; a mismatch is refused."""
+  from spot_jax.spot import cli
+  from spot_jax.spot.training_runs import default_model_id
+  frozen = str(tmp_path / "models" / "aud" / "hf_t5")
+  run = str(tmp_path / "runs" / "rte")
+  pexp.export_numpy_checkpoint(_prompt(seed=1), run, 8, frozen_model=frozen, task="rte")
+  lib_dir = str(tmp_path / "lib")
+  assert cli.main(["add", "--library", lib_dir, "--task", "rte", run]) == 0
+  assert "model aud/hf_t5 ->" in capsys.readouterr().out
+  lib = PromptLibrary(lib_dir)
+  assert lib.model_id == "aud/hf_t5" == default_model_id(frozen, None)  # what `spot` would compare
+  # A PEFT adapter's base_model_name_or_path, and another library's entry, are records too.
+  adapter = pexp.export_peft(_prompt(seed=2), str(tmp_path / "adapter"), base_model_name_or_path=frozen)
+  assert lib.add("cb", adapter, None)["model_id"] == "aud/hf_t5"
+  assert PromptLibrary(str(tmp_path / "lib2")).add("rte", os.path.join(lib_dir, "rte"), None)["model_id"] == \
+      "aud/hf_t5"
+  # The explicit id wins over the record (and a mismatch with the library is still refused).
+  assert PromptLibrary(str(tmp_path / "lib3")).add("rte", run, "hf_tiny")["model_id"] == "hf_tiny"
+  other = str(tmp_path / "runs" / "boolq")
+  pexp.export_numpy_checkpoint(_prompt(seed=3), other, 8, frozen_model=str(tmp_path / "hf_tiny"), task="boolq")
+  with pytest.raises(ValueError, match=rf"its frozen model is '{tmp_path.name}/hf_tiny' \(from {tmp_path}/hf_tiny, "
+                                       r"which .*boolq/numpy_checkpoints/checkpoint_8/export\.json \(frozen_model\) "
+                                       r"records\) but the library holds prompts of 'aud/hf_t5'.*--model-id aud/hf_t5"):
+    lib.add("boolq", other, None)
+  assert "boolq" not in lib
+  # A library named after the same folder by a shorter path (INITIAL_CHECKPOINT_PATH=hf_t5 as typed) takes it.
+  short = PromptLibrary(str(tmp_path / "lib4"))
+  short.add("cb", _prompt(seed=4), "hf_t5")
+  assert short.add("rte", run, None)["model_id"] == "hf_t5"
+  # Without a record (a .npy), an empty library still needs the id, and says why.
+  np.save(tmp_path / "p.npy", _prompt())
+  with pytest.raises(ValueError, match=r"lib5 is empty and the prompt's source records no frozen model.*"
+                                       r"--model-id"):
+    PromptLibrary(str(tmp_path / "lib5")).add("x", str(tmp_path / "p.npy"), None)
+
+
 def test_prompts_kinds(tmp_path):
   lib = PromptLibrary(str(tmp_path / "lib"))
   lib.add("a", _prompt(seed=1), "m", task_embedding=_prompt(seed=11))

@@ -1,5 +1,6 @@
 """`spot_jax.load_t5`: the public numpy API on a Hugging Face folder and on a T5X checkpoint."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -46,6 +47,61 @@ def test_load_t5_rejects_a_path_of_neither_format(tmp_path):
   (tmp_path / "notes.txt").write_text("hello")
   with pytest.raises(ValueError, match="neither a T5X checkpoint"):
     spot_jax.load_t5(str(tmp_path))
+
+
+def test_load_t5_on_a_peft_prompt_adapter_names_the_swap_and_its_base_model(tmp_path):
+  """A PEFT prompt adapter (adapter_config.json + adapter_model.safetensors) was "holds weights but no
+  config.json ... Copy it from the model's Hub repository"."""
+  import json
+  from spot_jax import prompt_export
+  adapter = prompt_export.export_peft(np.zeros((4, 32), np.float32), str(tmp_path / "adapter"),
+                                      base_model_name_or_path=FIXTURE)
+  for path in (adapter, os.path.join(adapter, "adapter_model.safetensors")):
+    with pytest.raises(ValueError) as e:
+      spot_jax.load_t5(path)
+    said = str(e.value)
+    assert said.startswith(f"{adapter} is a PEFT prompt adapter (PROMPT_TUNING: adapter_config.json + "
+                           "adapter_model.safetensors), a trained soft prompt, not a model checkpoint: pass it as "
+                           "the prompt (PROMPT_FILE"), said
+    assert said.endswith(f"its base model: {FIXTURE} (adapter_config.json's base_model_name_or_path)"), said
+    assert "no config.json" not in said
+  config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+  config.update(peft_type="LORA", base_model_name_or_path=None)
+  (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError, match=r"is a PEFT LORA adapter .*not a soft prompt either.*Load its base model: "
+                                       r"its base model, the T5 it was trained on \(adapter_config\.json's "
+                                       r"base_model_name_or_path names none\)"):
+    spot_jax.load_t5(adapter)
+
+
+def test_load_t5_on_a_training_model_dir_names_the_swap_and_its_frozen_model(tmp_path):
+  """A spot_jax training MODEL_DIR (or its checkpoints/<step>, numpy_checkpoints/...) passed as the model:
+  a listing of the folder, or "holds no `target` parameters" for checkpoints/<step>."""
+  import jax.numpy as jnp
+  from spot_jax import checkpointing, optim, prompt_export
+  from spot_jax.train_step import init_state
+  run = str(tmp_path / "run")
+  state = init_state(np.zeros((4, 32), np.float32), optim.adafactor())._replace(step=jnp.asarray(4))
+  ckpts = checkpointing.PromptCheckpoints(run, async_save=False)
+  ckpts.save(state, {"step": 4, "frozen_model": {"path": "/models/from_meta", "seed": None}})
+  ckpts.close()
+  frozen_meta = f"/models/from_meta (recorded in {run}/checkpoints/4/meta/metadata)"
+  with pytest.raises(ValueError, match=rf"{run} is a spot_jax prompt-tuning run's folder: it holds checkpoints/ of "
+                                       rf"a trained prompt, not a T5 model.*the model that run was trained on: "
+                                       rf"{re.escape(frozen_meta)}$"):
+    spot_jax.load_t5(run)  # no export yet: the orbax checkpoint's metadata names the model
+  prompt_export.export_numpy_checkpoint(np.zeros((4, 32), np.float32), run, 4, name="best", frozen_model=FIXTURE)
+  frozen = f"{FIXTURE} (recorded in {run}/numpy_checkpoints/best/export.json)"
+  for path in (run, f"{run}/checkpoints", f"{run}/checkpoints/4", f"{run}/checkpoints/4/state",
+               f"{run}/numpy_checkpoints", f"{run}/numpy_checkpoints/best"):
+    with pytest.raises(ValueError) as e:
+      spot_jax.load_t5(path)
+    said = str(e.value)
+    start = (f"{run} is a spot_jax prompt-tuning run's folder: it" if path == run else
+             f"{path} lies in a spot_jax prompt-tuning run's folder, {run}, which")
+    assert said.startswith(f"{start} holds numpy_checkpoints/ and checkpoints/ of a trained prompt, not a T5 "
+                           "model. Pass the run's folder as the prompt (PROMPT_FILE"), said
+    assert said.endswith(f"the model that run was trained on: {frozen}"), said
 
 
 def test_peft_bfloat16_adapter_gives_the_logits_peft_gives():

@@ -370,7 +370,56 @@ def test_a_training_checkpoint_is_named_with_the_export_to_load_instead(tmp_path
   for path in (model_dir / "checkpoints" / "8", model_dir / "checkpoints" / "8" / "state"):
     with pytest.raises(ValueError, match=rf"{path} is spot_jax's training checkpoint \(orbax: the prompt with its "
                                          rf"optimizer state\), not a prompt export: load "
-                                         rf"{model_dir}/numpy_checkpoints/checkpoint_8 \(or {model_dir}, its newest"):
+                                         rf"{model_dir}/numpy_checkpoints/checkpoint_8 \(the prompt of step 8\); "
+                                         rf"{model_dir} itself loads its newest export \(step 8\), as it has no "
+                                         r"best/ export"):
       pio.resolve_prompt(str(path))
-  with pytest.raises(ValueError, match=rf"not a prompt export: load {model_dir} \(its newest export\)"):
+  with pytest.raises(ValueError, match=rf"not a prompt export: load {model_dir}, which loads its newest export "
+                                       r"\(step 8\)"):
     pio.resolve_prompt(str(model_dir / "checkpoints"))
+
+
+def test_a_training_checkpoint_names_what_the_model_dir_loads_its_best_export(tmp_path):
+  """The message said MODEL_DIR gave "its newest export" (step 8) where load_prompt(MODEL_DIR) reads best/
+  (step 2)."""
+  model_dir = tmp_path / "run"
+  pexp.export_numpy_checkpoint(_prompt(seed=2), str(model_dir), 2, name="best", metrics={"accuracy": 0.9})
+  pexp.export_numpy_checkpoint(_prompt(seed=8), str(model_dir), 8)
+  (model_dir / "checkpoints" / "8" / "state").mkdir(parents=True)
+  best = model_dir / "numpy_checkpoints" / "best"
+  with pytest.raises(ValueError) as e:
+    pio.resolve_prompt(str(model_dir / "checkpoints" / "8"))
+  said = str(e.value)
+  assert f"load {model_dir}/numpy_checkpoints/checkpoint_8 (the prompt of step 8)" in said
+  assert f"{model_dir} itself loads its best-on-validation export {best} (step 2), not its newest (step 8)" in said
+  assert "its newest export" not in said
+  with pytest.raises(ValueError, match=rf"load {model_dir}, which loads its best-on-validation export {best} "
+                                       r"\(step 2\), not its newest \(step 8\)"):
+    pio.resolve_prompt(str(model_dir / "checkpoints"))
+  src = pio.resolve_prompt(str(model_dir))  # what the message says
+  assert (src.export_dir, src.step) == (str(best), 2)
+
+
+def test_a_model_checkpoint_as_the_prompt_names_the_swap(tmp_path):
+  """A Hugging Face model folder (or one of its files) and a T5X model checkpoint passed as PROMPT_FILE:
+  an "unknown prompt format" (HF) or no hint that the two paths were swapped (T5X)."""
+  from spot_jax.checkpoints import write_hf, write_t5x
+  from spot_jax.checkpoints.infer_config import expected_shapes, unflatten
+  from spot_jax.config import T5Config
+  config = T5Config(vocab_size=16, d_model=6, num_heads=2, head_dim=3, d_ff=12, num_encoder_layers=1,
+                    num_decoder_layers=1, relative_attention_num_buckets=4, dropout_rate=0.0)
+  params = unflatten({n: np.zeros(s, np.float32) for n, s in expected_shapes(config).items()})
+  hf = str(tmp_path / "hf")
+  write_hf(params, config, hf)
+  swapped = r"were CHECKPOINT_PATH \(INITIAL_CHECKPOINT_PATH when training; load_t5's path\) and PROMPT_FILE swapped\?"
+  with pytest.raises(ValueError, match=rf"{hf} looks like a Hugging Face model folder \(config\.json \+ "
+                                       rf"model\.safetensors\): a model checkpoint, not a prompt: {swapped}"):
+    pio.load_prompt(hf)
+  for name in ("model.safetensors", "config.json"):
+    with pytest.raises(ValueError, match=rf"a file of the Hugging Face model folder {hf} .*: {swapped}"):
+      pio.load_prompt(os.path.join(hf, name))
+  t5x_dir = write_t5x(params, str(tmp_path / "t5x"), step=5)
+  for path in (t5x_dir, str(tmp_path / "t5x")):
+    with pytest.raises(ValueError, match=rf"checkpoint_5 is a T5X checkpoint without a prompt .*frozen model's "
+                                         rf"checkpoint.*{swapped}"):
+      pio.load_prompt(path)

@@ -82,7 +82,7 @@ def test_similarity_writes_json_and_png(sources, capsys):
   capsys.readouterr()
   out_dir = str(tmp_path / "sim")
   assert cli.main(["similarity", "--library", lib, "--measure", "c_concat", "--measure", "e_average",
-                   "--out-dir", out_dir]) == 0
+                   "--kind", "prompt", "--out-dir", out_dir]) == 0
   out = capsys.readouterr().out
   assert "== c_concat (prompt): 3 pairs" in out
   data = json.load(open(os.path.join(out_dir, "similarity_c_concat.json")))
@@ -97,6 +97,40 @@ def test_similarity_writes_json_and_png(sources, capsys):
   scores = [float(line.split()[-1]) for line in out.split("== e_average")[0].splitlines()
             if line.strip()[:1].isdigit()]
   assert scores == sorted(scores, reverse=True) and len(scores) == 3
+
+
+def test_similarity_compares_task_embeddings_by_default_as_retrieve_does(sources, capsys):
+  """`library similarity` compared final prompts by default (--kind prompt) where `retrieve` and `spot`
+  rank by task embeddings, as SPoT measures task similarity."""
+  tmp_path, p, emb = sources
+  lib = _build(tmp_path)  # rte and boolq have a task embedding, cb has none
+  capsys.readouterr()
+  out_dir = str(tmp_path / "sim")
+  with pytest.warns(UserWarning, match=r"\['cb'\] have no task embedding; their final prompt is used instead"):
+    assert cli.main(["similarity", "--library", lib, "--measure", "e_average", "--out-dir", out_dir]) == 0
+  out = capsys.readouterr().out
+  assert "== e_average (task_embedding; final prompt of cb): 3 pairs" in out
+  data = json.load(open(os.path.join(out_dir, "similarity_e_average_task_embedding.json")))
+  assert data["kind"] == "task_embedding" and data["final_prompt_for"] == ["cb"]
+  assert data["names"] == ["boolq", "cb", "rte"]
+  m = np.array(data["matrix"])
+  assert m[0, 2] == pytest.approx(sim.e_average(emb["boolq"], emb["rte"]), rel=1e-5)
+  assert m[1, 2] == pytest.approx(sim.e_average(p["cb"], emb["rte"]), rel=1e-5)
+  assert not os.path.exists(os.path.join(out_dir, "similarity_e_average.json"))
+  # A library without any task embedding compares its final prompts, with a note; asked for, it is refused.
+  bare = str(tmp_path / "bare")
+  for task in ("rte", "cb"):
+    pexp.save_npy(p[task], str(tmp_path / f"{task}_final.npy"))
+    assert cli.main(["add", "--library", bare, "--task", task, "--model-id", "m",
+                     str(tmp_path / f"{task}_final.npy")]) == 0
+  capsys.readouterr()
+  assert cli.main(["similarity", "--library", bare, "--out-dir", out_dir]) == 0
+  out, err = capsys.readouterr()
+  assert "== cos_avg_tokens (prompt): 1 pairs" in out
+  assert f"note: no entry of library {bare} has a task embedding" in err and "--kind prompt" in err
+  assert json.load(open(os.path.join(out_dir, "similarity_cos_avg_tokens.json")))["kind"] == "prompt"
+  assert cli.main(["similarity", "--library", bare, "--kind", "task_embedding", "--out-dir", out_dir]) == 1
+  assert "no entry has a task embedding" in capsys.readouterr().err
 
 
 def test_similarity_on_needs_model_and_uses_activations(sources, capsys, monkeypatch):
@@ -117,7 +151,7 @@ def test_similarity_on_needs_model_and_uses_activations(sources, capsys, monkeyp
   assert cli.main(["similarity", "--library", lib, "--measure", "on", "--model", "/ckpt", "--input-ids", "7,1",
                    "--window", "all", "--out-dir", str(tmp_path / "on")]) == 0
   assert seen["args"] == ("/ckpt", [7, 1])
-  data = json.load(open(tmp_path / "on" / "similarity_on.json"))
+  data = json.load(open(tmp_path / "on" / "similarity_on_task_embedding.json"))
   assert data["window"] is None and np.allclose(np.diag(data["matrix"]), 1.0)
 
 
@@ -281,10 +315,10 @@ def test_similarity_on_refuses_ids_beyond_a_small_vocabulary(sources, capsys, mo
                    "--out-dir", out]) == 1
   err = capsys.readouterr().err
   assert err.startswith("error: ") and "no default input ids" in err and "1152" in err and "--input-ids" in err
-  assert not os.path.exists(os.path.join(out, "similarity_on.json"))
+  assert not os.path.exists(os.path.join(out, "similarity_on_task_embedding.json"))
   assert cli.main(["similarity", "--library", lib, "--measure", "on", "--model", "/ckpt",
                    "--input-ids", "1000,1", "--window", "all", "--out-dir", out]) == 0
-  m = np.array(json.load(open(os.path.join(out, "similarity_on.json")))["matrix"])
+  m = np.array(json.load(open(os.path.join(out, "similarity_on_task_embedding.json")))["matrix"])
   assert np.allclose(np.diag(m), 1.0) and 0 < m[0, 1] < 1  # real scores, not zeros
 
 

@@ -6,6 +6,7 @@ dict of numpy arrays named as in T5X, without a `params`/`target` wrapper.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -59,6 +60,9 @@ def detect_format(path: str) -> str:
   native = t5x.find_checkpoint_dir(path)
   if native == path:
     return "t5x"
+  prompt = _a_prompt_not_a_model(path)  # before the Orbax test: spot_jax's own checkpoints/<step> is one
+  if prompt is not None:
+    raise CheckpointError(prompt)
   if t5x_orbax.is_orbax_step_dir(path):
     return "t5x_orbax"
   orbax_steps = t5x_orbax.orbax_steps(path)
@@ -108,6 +112,57 @@ def _missing_path(path: str) -> str:
     if cached:
       msg += f"; transformers' cache already holds it: {cached[-1]}"
   return msg
+
+
+_AS_PROMPT = ("PROMPT_FILE in eval/infer, from_file's path in training, or prompt=prompt_io.load_prompt(path) "
+              "with load_t5")
+
+
+def _a_prompt_not_a_model(path: str) -> Optional[str]:
+  """Why `path` is a trained prompt, not a frozen model, and what to pass where: a PEFT adapter (its
+  folder or weights file), or a spot_jax training MODEL_DIR (or a folder in it). None otherwise."""
+  from spot_jax import export_layout, prompt_peft  # pylint: disable=g-import-not-at-top
+  folder = path.rstrip("/") if t5x.isdir(path) else path.rstrip("/").rpartition("/")[0] or "."
+  config_file = t5x.join(folder, prompt_peft.PEFT_CONFIG)
+  if t5x.exists(config_file):
+    return _peft_adapter(folder, config_file)
+  run = export_layout.training_run_of(path)
+  if run is None:
+    return None
+  held = [d + "/" for d in (export_layout.NUMPY_CHECKPOINTS_DIR, export_layout.TRAINING_CHECKPOINTS_DIR)
+          if t5x.isdir(t5x.join(run, d))]
+  what = (f"{path} is a spot_jax prompt-tuning run's folder: it" if run == path.rstrip("/") else
+          f"{path} lies in a spot_jax prompt-tuning run's folder, {run}, which")
+  recorded = export_layout.recorded_frozen_model(run)
+  if recorded is not None:
+    frozen = f"{recorded[0]} (recorded in {recorded[1]})"
+  else:
+    frozen = "the checkpoint its train command's INITIAL_CHECKPOINT_PATH named (its records do not name it)"
+  return (f"{what} holds {' and '.join(held)} of a trained prompt, not a T5 model. Pass the run's folder "
+          f"as the prompt ({_AS_PROMPT}; it gives the run's best export, else its newest; or one export of "
+          f"{export_layout.NUMPY_CHECKPOINTS_DIR}/), and as the frozen model (CHECKPOINT_PATH, "
+          f"INITIAL_CHECKPOINT_PATH, load_t5's path) the model that run was trained on: {frozen}")
+
+
+def _peft_adapter(folder: str, config_file: str) -> str:
+  """Why a PEFT adapter folder is not a model, naming its base model (base_model_name_or_path)."""
+  from spot_jax import prompt_peft  # pylint: disable=g-import-not-at-top
+  try:
+    config = json.loads(t5x.read_bytes(config_file))
+  except (OSError, ValueError):
+    config = {}
+  config = config if isinstance(config, dict) else {}
+  kind = config.get("peft_type") or "PROMPT_TUNING"
+  base = config.get("base_model_name_or_path")
+  base = (f"{base} (adapter_config.json's base_model_name_or_path)" if isinstance(base, str) and base else
+          "its base model, the T5 it was trained on (adapter_config.json's base_model_name_or_path names none)")
+  files = f"{prompt_peft.PEFT_CONFIG} + {prompt_peft.PEFT_WEIGHTS}"
+  if kind in ("PROMPT_TUNING", "P_TUNING"):
+    return (f"{folder} is a PEFT prompt adapter ({kind}: {files}), a trained soft prompt, not a model "
+            f"checkpoint: pass it as the prompt ({_AS_PROMPT}), and as the frozen model (CHECKPOINT_PATH, "
+            f"INITIAL_CHECKPOINT_PATH, load_t5's path) its base model: {base}")
+  return (f"{folder} is a PEFT {kind} adapter ({files}), not a model checkpoint, and not a soft prompt either: "
+          f"spot_jax keeps the model frozen and reads no {kind} weights. Load its base model: {base}")
 
 
 def _not_a_checkpoint(path: str) -> str:

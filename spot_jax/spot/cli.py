@@ -67,7 +67,10 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
                  "numpy_checkpoints) or PEFT adapter directory")
   p.add_argument("--task", required=True, help="source task name (seqio task)")
   p.add_argument("--model-id", default=None,
-                 help="frozen model identity, e.g. t5_1_1_lm100k_base (default: the library's)")
+                 help="frozen model identity (default: the one the prompt's records give, named as `spot` "
+                 "names it: the last two parts of the checkpoint path in its export.json frozen_model or "
+                 "PEFT base_model_name_or_path, e.g. t5_1_1_lm100k_base/checkpoint_1100000; else the library's). An id "
+                 "other than the library's is refused")
   p.add_argument("--task-embedding", default=None,
                  help="early-checkpoint prompt used as the task embedding (default: the MODEL_DIR's "
                  "task_embedding export, if any)")
@@ -97,8 +100,10 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--measure", action="append", default=None,
                  help=measure_help + "; repeatable; 'all' for every prompt-only measure "
                  "(default cos_avg_tokens)")
-  p.add_argument("--kind", choices=KINDS, default="prompt",
-                 help="compare final prompts or task embeddings (default prompt)")
+  p.add_argument("--kind", choices=KINDS, default=None,
+                 help="compare task embeddings (default, as retrieve and spot rank sources, and as SPoT "
+                 "measures task similarity; entries without one use their final prompt, with a warning; a "
+                 "library without any compares final prompts, with a note) or the final prompts")
   p.add_argument("--out-dir", default=None, help="where to write similarity_<measure>.{json,png} "
                  "(default <library>/similarity)")
   p.add_argument("--top", type=int, default=20, help="pairs to print per measure (default 20)")
@@ -296,7 +301,8 @@ def _cmd_similarity(args) -> int:
   for m in measures:
     if m not in sim.SIMILARITIES:
       raise ValueError(f"unknown measure {m!r}; choose from {sorted(sim.SIMILARITIES)} or 'all'")
-  prompts = lib.prompts(args.kind)
+  kind, lacking = _similarity_kind(lib, args)
+  prompts = lib.prompts(kind)  # task embeddings: warns naming the entries that use their final prompt
   if len(prompts) < 2:
     raise ValueError(f"library {args.library} has {len(prompts)} task(s); similarity needs at least 2")
   act = _activations(args, measures)
@@ -304,19 +310,41 @@ def _cmd_similarity(args) -> int:
   fileio.makedirs(out_dir)  # --out-dir may be gs://
   for m in measures:
     names, matrix = sim.similarity_matrix(prompts, m, activations_fn=act, window=args.window)
-    base = os.path.join(out_dir, f"similarity_{m}{'' if args.kind == 'prompt' else '_' + args.kind}")
-    fileio.atomic_write_bytes(base + ".json", json.dumps(
-        {"measure": m, "kind": args.kind, "window": args.window if m == "on" else None,
-         "names": names, "matrix": matrix.tolist()}, indent=2).encode())
-    save_heatmap(names, matrix, base + ".png", title=f"{m} ({args.kind})")
+    base = os.path.join(out_dir, f"similarity_{m}{'' if kind == 'prompt' else '_' + kind}")
+    record = {"measure": m, "kind": kind, "window": args.window if m == "on" else None,
+              "names": names, "matrix": matrix.tolist()}
+    if kind == "task_embedding":
+      record["final_prompt_for"] = lacking  # entries without a task embedding
+    fileio.atomic_write_bytes(base + ".json", json.dumps(record, indent=2).encode())
+    save_heatmap(names, matrix, base + ".png", title=f"{m} ({kind})")
     pairs = sim.ranked_pairs(names, matrix)
-    print(f"== {m} ({args.kind}): {len(pairs)} pairs, most similar first")
+    fallback = f"; final prompt of {', '.join(lacking)}" if lacking else ""
+    print(f"== {m} ({kind}{fallback}): {len(pairs)} pairs, most similar first")
     w = max(6, *(len(n) for n in names))
     print(f"{'rank':>4}  {'task_a':<{w}}  {'task_b':<{w}}  score")
     for i, (a, b, s) in enumerate(pairs[:args.top], 1):
       print(f"{i:>4}  {a:<{w}}  {b:<{w}}  {s:.4f}")
     print(f"wrote {base}.json and {base}.png")
   return 0
+
+
+def _similarity_kind(lib: PromptLibrary, args) -> Tuple[str, list]:
+  """(kind compared, entries without a task embedding) for `library similarity`: task embeddings
+  unless --kind prompt; a library where no entry has one compares final prompts, with a note (an
+  explicit --kind task_embedding is refused there)."""
+  if args.kind == "prompt":
+    return "prompt", []
+  lacking = sorted(r["task"] for r in lib.list() if not r.get("has_task_embedding"))
+  if lacking and len(lacking) == len(lib):
+    if args.kind == "task_embedding":
+      raise ValueError(f"library {args.library}: no entry has a task embedding (the early export SPoT compares "
+                       "tasks by; `library add` takes a MODEL_DIR's task_embedding export, or --task-embedding "
+                       "PATH): add them, or pass --kind prompt to compare the final prompts")
+    print(f"note: no entry of library {args.library} has a task embedding (the early export SPoT compares tasks "
+          "by): comparing the final prompts (--kind prompt). `library add` takes a MODEL_DIR's task_embedding "
+          "export, or --task-embedding PATH", file=sys.stderr)
+    return "prompt", []
+  return "task_embedding", lacking
 
 
 def _rank(args):

@@ -230,8 +230,12 @@ class PromptLibrary:
     brings its task-embedding export, its step and its validation metrics (from the best export) unless
     given here. The task embedding's training step (read from its export, or `task_embedding_step`)
     is recorded, so that retrieval can tell when the target's was taken at another step. `model_id`
-    names the frozen model (e.g. "t5_1_1_lm100k_base"); None means the library's. `which` picks a
-    MODEL_DIR export ("auto" = best, else newest).
+    names the frozen model (e.g. "t5_1_1_lm100k_base"). None means the one the source records, by the
+    rule `spot` names its frozen model with (`library_entry.model_id_of_path`: the last two parts of the
+    checkpoint path of its export.json's `frozen_model` or PEFT's `base_model_name_or_path`; another
+    library's entry: its model id), else the library's; a recorded path that ends with the library's id
+    (the same folder, typed shorter) takes the library's id. An id other than the library's is refused.
+    `which` picks a MODEL_DIR export ("auto" = best, else newest).
 
     A prompt (or task embedding) out of a google-research/prompt-tuning run carries T5X's global step,
     which continues the initial checkpoint's count. Its steps are recorded as prompt steps (global
@@ -246,25 +250,42 @@ class PromptLibrary:
     if os.path.isdir(self.path):
       with self._write_lock():
         self._restore_backup(task)
-        self._check_addable(task, model_id, overwrite)
+        self._check_addable(task, model_id, overwrite, source_may_say=True)
     else:
-      self._check_addable(task, model_id, overwrite)
+      self._check_addable(task, model_id, overwrite, source_may_say=True)
 
     prompt, task_embedding, src = library_entry.read_source(task, prompt_or_path, task_embedding, which,
                                                             task_embedding_step)
+    recorded = src.pop("recorded_model")
     with self._write_lock():  # the check and the write, so a concurrent add sees this one's entry
       return self._write_entry(task, prompt, task_embedding, model_id, overwrite, dict(
-          src, steps=steps, metrics=metrics, steps_given=steps_given, emb_step_given=emb_step_given))
+          src, steps=steps, metrics=metrics, steps_given=steps_given, emb_step_given=emb_step_given),
+          recorded if model_id is None else None)
 
-  def _check_addable(self, task: str, model_id: Optional[str], overwrite: bool) -> tuple:
+  def _model_id_of(self, recorded: Optional[library_entry.RecordedModel]) -> Optional[str]:
+    """The model id an add without one takes from its source's record (None: the library's)."""
+    if recorded is None:
+      return None
+    ours = self.meta.get("model_id")
+    if ours is not None and recorded.path is not None and \
+        ("/" + recorded.path.rstrip("/")).endswith("/" + str(ours).strip("/")):
+      return str(ours)  # the library named the same folder by a shorter path (INITIAL_CHECKPOINT_PATH as typed)
+    return recorded.model_id
+
+  def _check_addable(self, task: str, model_id: Optional[str], overwrite: bool,
+                     source_may_say: bool = False) -> tuple:
     """(library meta, model id) for an add of `task`; refuses an add without a model id to an empty
-    library and, without `overwrite`, an add of a task already in it. Call holding the write lock."""
+    library (unless `source_may_say`: the source's records, not read yet, may give it) and, without
+    `overwrite`, an add of a task already in it. Call holding the write lock."""
     meta = self.meta
     if model_id is None:
       model_id = meta.get("model_id")
-      if model_id is None:
-        raise ValueError(f"library {self.path} is empty: pass the frozen model's id (--model-id; "
-                         "model_id= in Python) with the first prompt")
+      if model_id is None and not source_may_say:
+        raise ValueError(f"library {self.path} is empty and the prompt's source records no frozen model (no "
+                         "export.json frozen_model, no PEFT base_model_name_or_path: a .npy, or a run trained "
+                         "from a fresh initialization): pass the frozen model's id (--model-id; model_id= in "
+                         "Python) with the first prompt, as `spot` names it: the last two parts of its "
+                         "INITIAL_CHECKPOINT_PATH (e.g. t5_1_1_lm100k_base/checkpoint_1100000)")
     d = os.path.join(self.path, task)
     if os.path.exists(d) and self._entry_dir(task) is None:  # --overwrite deleted it, without a word
       raise FileExistsError(f"{d} is in the way: it is not an entry of library {self.path} (e.g. the default "
@@ -273,11 +294,14 @@ class PromptLibrary:
     if not overwrite and (os.path.exists(d) or self._entry_dir(task)):
       raise FileExistsError(f"task {task!r} is already in library {self.path}; pass overwrite=True "
                             "(--overwrite) to replace it")
-    return meta, str(model_id)
+    return meta, None if model_id is None else str(model_id)
 
-  def _write_entry(self, task, prompt, task_embedding, model_id, overwrite, src: dict) -> dict:
-    """The check-and-write of `add`, under the write lock (`src`: `library_entry.make_record`'s)."""
+  def _write_entry(self, task, prompt, task_embedding, model_id, overwrite, src: dict,
+                   recorded: Optional[library_entry.RecordedModel] = None) -> dict:
+    """The check-and-write of `add`, under the write lock (`src`: `library_entry.make_record`'s;
+    `recorded`: the frozen model the source records, for an add without a model id)."""
     self._restore_backup(task)
+    model_id = model_id if model_id is not None else self._model_id_of(recorded)
     meta, model_id = self._check_addable(task, model_id, overwrite)
     d_model = int(prompt.shape[1])
     if meta:
@@ -287,10 +311,12 @@ class PromptLibrary:
             f"(shape {tuple(prompt.shape)}) but the library holds d_model {meta.get('d_model')} prompts "
             f"of model {meta.get('model_id')!r}. Use a library per frozen model.")
       if meta.get("model_id") != model_id:
+        origin = f" (from {recorded.describe()})" if recorded is not None else ""
         raise ValueError(
-            f"cannot add {task!r} to library {self.path}: its frozen model is {model_id!r} but the "
+            f"cannot add {task!r} to library {self.path}: its frozen model is {model_id!r}{origin} but the "
             f"library holds prompts of {meta.get('model_id')!r}. Prompts only transfer within one "
-            "frozen model: use a library per model (or the same model id).")
+            "frozen model: use a library per model (or the same model id"
+            + (f": --model-id {meta.get('model_id')} if both name one model)." if recorded is not None else ")."))
     if overwrite and task_embedding is None and self._entry_dir(task):
       try:
         old = self.record(task)

@@ -54,16 +54,61 @@ def check_task_name(task: str) -> None:
                      "start with '.' nor end with '.tmp-<id>' or '.old-<id>' (names of partial writes)")
 
 
+def model_id_of_path(checkpoint_path: str) -> str:
+  """A frozen model's id from its checkpoint path: the last two path parts
+  (`t5_1_1_lm100k_base/checkpoint_1100000` of gs://t5-data/pretrained_models/t5x/t5_1_1_lm100k_base/
+  checkpoint_1100000, `google/t5-v1_1-base` of a Hub id). The rule of `spot`/`spot source`
+  (`training_runs.default_model_id`) and of `library add` without --model-id."""
+  parts = [p for p in str(checkpoint_path).rstrip("/").split("/") if p]
+  return "/".join(parts[-2:])
+
+
+@dataclasses.dataclass
+class RecordedModel:
+  """The frozen model a prompt's source records: `model_id` (by `model_id_of_path`, or a library entry's
+  own), the `path` it was derived from (None for a library entry) and the file that records it."""
+  model_id: str
+  path: Optional[str]
+  where: str
+
+  def describe(self) -> str:
+    return (f"{self.path}, which {self.where} records" if self.path is not None else
+            f"which {self.where} records")
+
+
+def recorded_model(source: Optional[str], src: Optional[Any], info: dict,
+                   entry: Optional[dict]) -> Optional[RecordedModel]:
+  """The frozen model a prompt source records, else None: another library entry's `model_id`, an
+  export's `export.json` `frozen_model` (the checkpoint path its run was trained from), or a PEFT
+  adapter's `base_model_name_or_path`. `src` is `prompt_io.PromptSource`."""
+  if entry is not None:
+    mid = entry.get("model_id")
+    return RecordedModel(str(mid), None, fileio.join(source, RECORD_JSON)) if mid else None
+  if src is None or src.export_dir is None:
+    return None
+  if src.format == "peft":
+    frozen = prompt_io.read_export_info(src.export_dir).get("frozen_model")
+    where = fileio.join(src.export_dir, prompt_io.PEFT_CONFIG) + " (base_model_name_or_path)"
+  else:
+    frozen = info.get("frozen_model")
+    where = fileio.join(src.export_dir, prompt_io.EXPORT_INFO) + " (frozen_model)"
+  if not isinstance(frozen, str) or not model_id_of_path(frozen):
+    return None
+  return RecordedModel(model_id_of_path(frozen), frozen, where)
+
+
 def read_source(task: str, prompt_or_path: Any, task_embedding: Any, which: str,
                 task_embedding_step: Optional[int]) -> tuple:
   """(prompt, task embedding or None, what the record takes from the source) for `add`.
 
   A path is read with `prompt_io`; a training MODEL_DIR also brings its task-embedding export, and its
   export info (step, metrics); a prompt-tuning run its T5X steps (`prompt_tuning_compat`). The
-  returned dict is what `make_record` reads besides the arrays.
+  returned dict is what `make_record` reads besides the arrays, and `recorded_model`: the frozen model
+  the source records (`recorded_model`), `add`'s model id when none is given.
   """
   source = None
   info: dict = {}
+  model = None
   t5x_steps = emb_t5x_steps = None  # prompt_tuning_compat.T5XRunSteps of a prompt-tuning source
   if isinstance(prompt_or_path, (str, os.PathLike)):
     source = str(prompt_or_path)
@@ -82,6 +127,7 @@ def read_source(task: str, prompt_or_path: Any, task_embedding: Any, which: str,
       ex = prompt_io.find_exports(source)
       if ex.task_embedding is not None:
         task_embedding = ex.task_embedding
+    model = recorded_model(source, src, info, entry)
     trained_on = entry.get("task") if entry is not None else info.get("task")
     if trained_on and trained_on != task:  # a typo'd --task would surface only in `spot`, much later
       warnings.warn(f"{source} holds a prompt of task {trained_on!r} (its "
@@ -108,7 +154,7 @@ def read_source(task: str, prompt_or_path: Any, task_embedding: Any, which: str,
                      "PATH, task_embedding= in Python), or leave the step out")
   return prompt, task_embedding, dict(source=source, info=info, t5x_steps=t5x_steps,
                                       emb_t5x_steps=emb_t5x_steps, emb_source=emb_source,
-                                      task_embedding_step=task_embedding_step)
+                                      task_embedding_step=task_embedding_step, recorded_model=model)
 
 
 def make_record(task: str, model_id: str, prompt: np.ndarray, task_embedding: Optional[np.ndarray],

@@ -137,9 +137,9 @@ def from_array(prompt, source: str = "array"):
 def default_model_id(initial_checkpoint_path: Optional[str], config, seed: int = 0) -> str:
   """A frozen model's identity for the library: the checkpoint's last two path parts, or a
   description of a fresh initialization (tests, offline demos)."""
-  if initial_checkpoint_path:
-    parts = [p for p in str(initial_checkpoint_path).rstrip("/").split("/") if p]
-    return "/".join(parts[-2:])
+  if initial_checkpoint_path:  # the rule `library add` applies to a prompt's recorded frozen model too
+    from spot_jax.spot.library_entry import model_id_of_path  # pylint: disable=g-import-not-at-top
+    return model_id_of_path(initial_checkpoint_path)
   return (f"fresh-init:{config.feed_forward}-d{config.d_model}-e{config.num_encoder_layers}"
           f"-dec{config.num_decoder_layers}-v{config.vocab_size}-seed{seed}")
 
