@@ -1,5 +1,11 @@
 """spot_jax: soft-prompt tuning of a frozen T5 in JAX, and SPoT prompt transfer."""
-from spot_jax.config import T5Config, size_config
+from spot_jax import import_guard as _import_guard  # noqa: E402
+
+# A user's own `tasks.py` (or `bench.py`) never stands in for spot_jax's top-level `tasks` (`bench`)
+# package: importing it is one clear error (spot_jax/import_guard.py).
+_import_guard.install()
+
+from spot_jax.config import T5Config, size_config  # noqa: E402
 
 __version__ = "0.1.0"
 

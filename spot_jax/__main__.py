@@ -79,6 +79,15 @@ def main(argv=None) -> int:
     print(USAGE)
     return 0
   command, rest = argv[0], argv[1:]
+  from spot_jax import import_guard  # pylint: disable=g-import-not-at-top
+  try:
+    return _dispatch(command, rest)
+  except import_guard.ShadowedPackageError as e:  # a user's tasks.py or bench.py in place of spot_jax's
+    print(f"spot-jax {command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _dispatch(command: str, rest) -> int:
   if command in ("train", "eval", "infer"):
     module = __import__(f"spot_jax.{command}", fromlist=["main"])
     module.main(rest)
