@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import argparse
+import difflib
 import sys
 from typing import Optional
 
@@ -73,6 +74,9 @@ def _peft_base_model(src) -> Optional[str]:
   return None
 
 
+COMMANDS = ("demo", "train", "eval", "infer", "export", "library", "spot", "bench", "tasks", "launch")
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if not argv or argv[0] in ("-h", "--help", "help"):
@@ -112,7 +116,9 @@ def _dispatch(command: str, rest) -> int:
   if command == "tasks":
     import tasks.__main__ as tasks_main
     return tasks_main.main(rest)
-  print(f"spot-jax: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+  close = difflib.get_close_matches(command, COMMANDS, n=1)
+  hint = f" (did you mean {close[0]!r}?)" if close else ""
+  print(f"spot-jax: unknown command {command!r}{hint}\n{USAGE}", file=sys.stderr)
   return 2
 
 
