@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util  # noqa: F401  (gin-config 0.5 needs it imported first)
 import argparse
+import difflib
 import sys
 from typing import Optional
 
@@ -73,12 +74,24 @@ def _peft_base_model(src) -> Optional[str]:
   return None
 
 
+COMMANDS = ("demo", "train", "eval", "infer", "export", "library", "spot", "bench", "tasks", "launch")
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(USAGE)
     return 0
   command, rest = argv[0], argv[1:]
+  from spot_jax import import_guard  # pylint: disable=g-import-not-at-top
+  try:
+    return _dispatch(command, rest)
+  except import_guard.ShadowedPackageError as e:  # a user's tasks.py or bench.py in place of spot_jax's
+    print(f"spot-jax {command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _dispatch(command: str, rest) -> int:
   if command in ("train", "eval", "infer"):
     module = __import__(f"spot_jax.{command}", fromlist=["main"])
     module.main(rest)
@@ -103,7 +116,9 @@ def main(argv=None) -> int:
   if command == "tasks":
     import tasks.__main__ as tasks_main
     return tasks_main.main(rest)
-  print(f"spot-jax: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+  close = difflib.get_close_matches(command, COMMANDS, n=1)
+  hint = f" (did you mean {close[0]!r}?)" if close else ""
+  print(f"spot-jax: unknown command {command!r}{hint}\n{USAGE}", file=sys.stderr)
   return 2
 
 

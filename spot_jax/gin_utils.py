@@ -23,6 +23,7 @@ from spot_jax import prompt_tuning_compat
 
 from spot_jax import fileio
 from spot_jax import gin_checks
+from spot_jax import import_guard
 from spot_jax import process_startup
 
 # gin/ beside the package in a checkout (editable installs too); spot_jax/gin/ in an installed wheel.
@@ -417,6 +418,8 @@ def configure(argv: Optional[Sequence[str]] = None, prog: str = "spot_jax",
   are refused, or differ, stops every process as a gin error does."""
   try:
     return _configure(argv, prog, then)
+  except import_guard.ShadowedPackageError as e:  # a user's tasks.py in place of spot_jax's `tasks`
+    raise SystemExit(f"{prog}: error: {user_message(e)}") from None
   except SystemExit as e:
     if isinstance(e.code, str) and not e.code.startswith(f"{prog}: "):
       raise SystemExit(f"{prog}: error: {e.code}") from None
@@ -485,6 +488,8 @@ class _user_errors_as_one_line:  # pylint: disable=invalid-name
   def __exit__(self, kind, error, tb):
     if error is None or os.environ.get("SPOT_JAX_TRACEBACK", "") not in ("", "0"):
       return False
+    if isinstance(error, import_guard.ShadowedPackageError):  # its file and the fix: no traceback to see
+      raise SystemExit(f"{self.prog}: error: {user_message(error)}") from None
     unwritable = unwritable_error(error)
     if unwritable is not None:
       message = fileio.unwritable_message(unwritable) + _RERUN_NOTES.get(self.prog, "")

@@ -180,9 +180,17 @@ def import_task_modules(modules) -> None:
   directory first on sys.path); the `spot-jax` console script does not, so it is tried there too."""
   if modules is None:
     return
+  from spot_jax import import_guard  # pylint: disable=g-import-not-at-top
   for name in [modules] if isinstance(modules, str) else list(modules):
+    # `tasks` names spot_jax's own package, imported already; a user's tasks.py here or on sys.path is
+    # the one meant, and would be skipped without a word.
+    foreign = import_guard.foreign_origin(name, [os.getcwd()] + sys.path)
+    if foreign:
+      raise import_guard.ShadowedPackageError(import_guard.shadow_message(name.split(".")[0], foreign))
     try:
       _import_here_too(name)
+    except import_guard.ShadowedPackageError:
+      raise
     except ImportError as e:
       raise SystemExit(
           f"MIXTURE_OR_TASK_MODULE={name!r} cannot be imported ({e}). A module of your own: run from its "

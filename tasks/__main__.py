@@ -7,6 +7,7 @@ import sys
 
 import seqio
 
+from spot_jax import import_guard
 from tasks import registry_list
 
 # Modules that register tasks; missing ones (another helper's) are skipped.
@@ -36,6 +37,12 @@ def main(argv=None) -> int:
   if args.module and os.getcwd() not in sys.path:
     sys.path.append(os.getcwd())  # as `python -m spot_jax.train` finds a module in the current directory
   for name in args.module:
+    # `--module tasks` would list spot_jax's own package again (already imported), not a tasks.py here.
+    foreign = import_guard.foreign_origin(name, [os.getcwd()] + sys.path)
+    if foreign:
+      print(f"{parser.prog}: error: {import_guard.shadow_message(name.split('.')[0], foreign)}",
+            file=sys.stderr)
+      return 2
     importlib.import_module(name)
   added = (set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())) - before
   print(registry_list.format_table(registry_list.entries(also=added), markdown=args.markdown))

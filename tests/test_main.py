@@ -87,7 +87,13 @@ def test_help_and_unknown_command(capsys):
   assert cli.main([]) == 0
   assert "spot-jax demo" in capsys.readouterr().out
   assert cli.main(["frobnicate"]) == 2
-  assert "unknown command 'frobnicate'" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "unknown command 'frobnicate'\n" in err and "did you mean" not in err
+  # A typo of a command names the command.
+  assert cli.main(["trian"]) == 2
+  assert "unknown command 'trian' (did you mean 'train'?)" in capsys.readouterr().err
+  assert cli.main(["libary"]) == 2
+  assert "(did you mean 'library'?)" in capsys.readouterr().err
 
 
 def test_export_never_replaces_other_files(model_dir, tmp_path, capsys):

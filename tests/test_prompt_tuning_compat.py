@@ -4,6 +4,7 @@ import re
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from spot_jax import prompt_tuning_compat as compat
@@ -44,6 +45,25 @@ def test_t5x_configurables_name_the_spot_jax_binding():
   assert "spot_jax.optim.adafactor.<decay_rate" in compat.configurable_hint(err)
   assert "spot_jax's are spot_jax.*" in compat.configurable_hint("No configurable matching 'utils.Foo'.")
   assert compat.configurable_hint("No configurable matching 'spot_jax.trian.train'.") == ""
+
+
+def test_migration_doc_maps_flax_uniform_with_its_range():
+  """flax's `uniform(scale)` draws from [0, scale) and `random_uniform` from [-scale, scale): the
+  migration doc's mapping of `uniform.scale` must also set minval=0.0, as the error hint does."""
+  import pathlib
+  import jax
+  from flax import linen
+  from spot_jax import prompts
+  doc = (pathlib.Path(compat.__file__).resolve().parents[1] / "docs" / "prompt_tuning_migration.md").read_text()
+  start = doc.index("`prompt_init/linen.initializers.uniform.scale` →")
+  mapping = doc[start:doc.index("`prompt_init/prompts.from_sample_of_embeddings", start)]
+  assert "`spot_jax.prompts.random_uniform.minval=0.0`" in mapping, mapping
+  theirs = np.asarray(linen.initializers.uniform(scale=0.5)(jax.random.PRNGKey(0), (64, 32)))
+  ours = prompts.random_uniform(scale=0.5, minval=0.0)(0, 64, 32)
+  default = prompts.random_uniform(scale=0.5)(0, 64, 32)
+  for drawn in (theirs, ours):
+    assert drawn.min() >= 0.0 and drawn.max() < 0.5
+  assert default.min() < -0.4
 
 
 def test_t5x_restore_mode_names_prompt_steps():

@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from spot_jax import fileio, prompt_export
+from spot_jax import fileio, import_guard, prompt_export
 from spot_jax.spot import similarity as sim
 from spot_jax.spot.library import KINDS, PromptLibrary
 from spot_jax.spot.retrieval import checked_exclude, rank_sources, warn_ties, weighted_average_init
@@ -434,7 +434,7 @@ def run(args) -> int:
   try:
     return args.func(args)
   except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError,
-          IsADirectoryError) as e:
+          IsADirectoryError, import_guard.ShadowedPackageError) as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
   except OSError as e:  # a full disk or read-only place: the path and the fix; other OSErrors are bugs
     if not fileio.is_unwritable(e):
