@@ -189,7 +189,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   config, params = frozen if frozen is not None else frozen_lib.load_frozen(initial_checkpoint_path,
                                                                              model_config, seed)
   input_pipeline.check_vocabulary_fits(task, config.vocab_size,
-                                       fresh_init=frozen is None and not initial_checkpoint_path)
+                                       fresh_init=frozen is None and not initial_checkpoint_path,
+                                       checkpoint_path=initial_checkpoint_path)
   axes = param_logical_axes(config)
   partitioning.check_divisible(param_shapes(config), axes, mesh)
   frozen_model = {"path": None if frozen is not None else initial_checkpoint_path,
