@@ -177,8 +177,10 @@ def test_sizes_from_checkpoint_takes_the_models_dimensions_from_it(tmp_path):
   assert (config.dtype, config.attention_impl, config.dropout_rate) == ("bfloat16", "fused", 0.1)
   gin_utils.configure([a.replace("t5_1_1.gin", "t5_1_0.gin") for a in args])  # a ReLU variant file
   with pytest.raises(ValueError, match=r"(?s)feed_forward: config says 'relu', checkpoint has 'gated-gelu'"
-                                       r".*from_checkpoint.gin"):
+                                       r".*those of --gin_file=models/t5_1_1.gin: give it in place of the "
+                                       r"variant file") as e:
     frozen_lib.load_frozen(ckpt, gin.get_configurable(model_config)(), 0)
+  assert "from_checkpoint" not in str(e.value).split("\n", 1)[1]  # the file in use is not the fix
   with pytest.raises(ValueError, match="from_checkpoint.gin takes the model's dimensions from the checkpoint"):
     frozen_lib.load_frozen(None, gin.get_configurable(model_config)(), 0)
 
