@@ -122,7 +122,8 @@ def evaluate_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: Option
     fileio.check_not_a_file(output_dir, "EVAL_OUTPUT_DIR")
   config, params, prompt, prompt_step, mesh = load_model_and_prompt(
       checkpoint_path, model_config, prompt_file, seed, num_partitions, frozen_dtype)
-  input_pipeline.check_vocabulary_fits(task, config.vocab_size)
+  input_pipeline.check_vocabulary_fits(task, config.vocab_size, fresh_init=not checkpoint_path,
+                                       checkpoint_macro="CHECKPOINT_PATH", checkpoint_path=checkpoint_path)
   step = step if step is not None else (prompt_step or 0)
   is_main = jax.process_index() == 0
   log_dir = output_dir if is_main else None
@@ -355,7 +356,8 @@ def evaluate_prompt_steps(mixture_or_task_name: str, output_dir: Optional[str], 
   if todo:
     config, params, mesh = load_model(checkpoint_path, model_config, {d: prompts[d] for _, d in todo}, seed,
                                       num_partitions, frozen_dtype)
-    input_pipeline.check_vocabulary_fits(task, config.vocab_size)
+    input_pipeline.check_vocabulary_fits(task, config.vocab_size, fresh_init=not checkpoint_path,
+                                         checkpoint_macro="CHECKPOINT_PATH", checkpoint_path=checkpoint_path)
     log_dir = output_dir if is_main else None
     if log_dir:  # a killed run's seqio records of the steps evaluated again (seqio logs before we do)
       drop_seqio_records(log_dir, task_names, [s for s, _ in todo])

@@ -19,13 +19,42 @@ TASK_MODULE_MACRO = "MIXTURE_OR_TASK_MODULE"
 
 
 _MACRO_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.*?)\s*(?:#.*)?$")
+# A parameter binding on a line of its own (`spot_jax.model_config.dtype = 'float32'`, scoped `train/...`).
+_BINDING_LINE = re.compile(r"^((?:[A-Za-z_][\w.]*/)*[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)+)\s*=\s*(.*?)\s*(?:#.*)?$")
 _INCLUDE_LINE = re.compile(r"^include\s+['\"]([^'\"]+)['\"]")
+
+# The project's gin files in the order the README gives them (T5X's): variant, prompt initializer, size,
+# bfloat16 setting, run file, partitioning. The first pattern a file of gin/ matches gives its place.
+_PLACES = (("models/sizes/*.gin", 2), ("models/*_bf16.gin", 3), ("models/*.gin", 0), ("prompts/*.gin", 1),
+           ("runs/*.gin", 4), ("partitioning/*.gin", 5))
+
+
+def _place(path: str, gin_dir: str) -> Optional[int]:
+  """The place of one of the project's gin files in the documented order; None for any other file."""
+  import fnmatch  # pylint: disable=g-import-not-at-top
+  try:
+    relative = pathlib.Path(path).resolve().relative_to(pathlib.Path(gin_dir).resolve()).as_posix()
+  except (ValueError, OSError):
+    return None
+  return next((place for pattern, place in _PLACES if fnmatch.fnmatch(relative, pattern)), None)
+
+
+def _same_value(a: str, b: str) -> bool:
+  """Whether two gin value texts are one value (`'x'` and `"x"` are)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  if a == b:
+    return True
+  try:
+    return ast.literal_eval(a) == ast.literal_eval(b)
+  except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+    return False
 
 
 def _macro_setters(path: str, search_paths: Sequence[str], _depth: int = 0) -> dict:
-  """`{macro: (value text, include chain)}` of the macros a local gin file sets, the last setting of
-  each in gin's reading order; the chain is () for the file's own lines, else the includes (as
-  written) through which it is set. A file that cannot be read here sets nothing (gin will say why)."""
+  """`{name: (value text, include chain)}` of the macros and parameter bindings a local gin file sets,
+  the last setting of each in gin's reading order; the chain is () for the file's own lines, else the
+  includes (as written) through which it is set. A file that cannot be read here sets nothing (gin
+  will say why)."""
   try:
     text = pathlib.Path(path).read_text()
   except (OSError, ValueError):
@@ -37,38 +66,71 @@ def _macro_setters(path: str, search_paths: Sequence[str], _depth: int = 0) -> d
       found = next((c for c in [include.group(1)] + [os.path.join(b, include.group(1)) for b in search_paths]
                     if os.path.isfile(c)), None)
       for name, (value, chain) in (_macro_setters(found, search_paths, _depth + 1) if found else {}).items():
+        setters.pop(name, None)  # keeps gin's reading order: the last setting of a name comes last
         setters[name] = (value, (include.group(1),) + chain)
-    macro = _MACRO_LINE.match(line)
-    if macro:
-      setters[macro.group(1)] = (macro.group(2), ())
+    setting = _MACRO_LINE.match(line) or _BINDING_LINE.match(line)
+    if setting:
+      setters.pop(setting.group(1), None)
+      setters[setting.group(1)] = (setting.group(2), ())
   return setters
+
+
+def _shell_binding(name: str, value: str) -> str:
+  """`--gin.NAME=VALUE` as a shell takes it: a value with quotes inside the shell's own."""
+  return f"--gin.{name}=\"{value}\"" if "'" in value and '"' not in value else f"--gin.{name}={value}"
 
 
 def check_file_order(gin_files: Sequence[str], resolved: Sequence[str], search_paths: Sequence[str],
                      runs_dir: str) -> None:
-  """Refuses a `--gin_file` whose macro a later `--gin_file` sets again: later files win, so
-  `--gin_file=partitioning/model_parallel_4.gin --gin_file=runs/prompt_train.gin` ended with the
-  NUM_PARTITIONS = 1 of the run file's `include 'partitioning/data_parallel.gin'`, and a user's task
-  file given before the run file ended with its `MIXTURE_OR_TASK_NAME = %gin.REQUIRED`.
+  """Refuses a `--gin_file` whose setting (a macro or a parameter binding) a later `--gin_file` sets
+  again: later files win, so `--gin_file=partitioning/model_parallel_4.gin --gin_file=runs/prompt_train.gin`
+  ended with the NUM_PARTITIONS = 1 of the run file's `include 'partitioning/data_parallel.gin'`, a
+  user's task file given before the run file ended with its `MIXTURE_OR_TASK_NAME = %gin.REQUIRED`, and
+  `--gin_file=models/gpu_bf16.gin --gin_file=models/t5_1_1.gin` trained with the variant's float32
+  FROZEN_DTYPE and activations beside the fused attention (half the GPU setting).
 
-  Refused when the later file is a run file (gin/runs/), or sets the macro through an include over an
-  earlier file's own line: an earlier file's include undone by a later user file's own line, or one
-  user file's include by another's, is the later-wins order doing what it says."""
-  owner = {}  # macro -> (file as given, value text, chain)
+  Refused when the later file is a run file (gin/runs/); when it is another of the project's files
+  (`runs_dir`'s parent) and the earlier file is the user's own or comes later in the documented order
+  (`_PLACES`: variant, prompts, size, bfloat16, runs, partitioning); or when it sets the value through an
+  include over an earlier file's own line. Otherwise later wins, as it says: a user's file (its own
+  lines) after any file, one user file's include undone by another's, or two project files of one place
+  (`partitioning/model_parallel_4.gin` then `partitioning/model_parallel_2.gin`)."""
+  gin_dir = os.path.dirname(os.path.abspath(runs_dir))
+  owner = {}  # name -> (file as given, value text, chain, the file's place, its path)
   for given, path in zip(gin_files, resolved):
     setters = _macro_setters(path, search_paths)
     is_run_file = os.path.dirname(os.path.abspath(path)) == os.path.abspath(runs_dir)
+    place = _place(path, gin_dir)
+    undone = []  # (name, the earlier owner, value, chain)
     for name, (value, chain) in setters.items():
       before = owner.get(name)
-      if before and before[1] != value and (is_run_file or chain and not before[2]):
-        how = f" through its include of {', which includes '.join(chain)}" if chain else ""
-        raise SystemExit(
-            f"--gin_file={before[0]} sets {name} = {before[1]}, but the later --gin_file={given} sets it "
-            f"back to {value}{how}, and later files win: {before[0]} would "
-            f"have no effect. Give --gin_file={before[0]} after --gin_file={given}, or set "
-            f"--gin.{name}={before[1]} (a --gin.NAME=VALUE binding wins wherever it stands)")
+      if before and not _same_value(before[1], value) and (
+          is_run_file or (chain and not before[2]) or
+          (place is not None and (before[3] is None or place < before[3]))):
+        undone.append((name, before, value, chain))
+    if undone:
+      _refuse_order(given, undone, search_paths)
     for name, (value, chain) in setters.items():
-      owner[name] = (given, value, chain)
+      owner[name] = (given, value, chain, place, path)
+
+
+def _refuse_order(given: str, undone: list, search_paths: Sequence[str]) -> None:
+  """The refusal of `check_file_order`: every setting of the first earlier file that `given` undoes,
+  macros first, with the order to use and the bindings that would do the same."""
+  earlier, earlier_path = undone[0][1][0], undone[0][1][4]
+  undone = sorted((u for u in undone if u[1][4] == earlier_path),
+                  key=lambda u: re.fullmatch(r"[A-Z][A-Z0-9_]*", u[0]) is None)  # macros first
+  (name, before, value, chain), rest = undone[0], undone[1:]
+  how = f" through its include of {', which includes '.join(chain)}" if chain else ""
+  also = f" (and {', '.join(f'{n} = {b[1]} back to {v}' for n, b, v, _ in rest)})" if rest else ""
+  every = len(undone) == len(_macro_setters(earlier_path, search_paths))
+  effect = "have no effect" if every else "be applied only in part"
+  bindings = " ".join(_shell_binding(n, b[1]) for n, b, _, _ in undone)
+  raise SystemExit(
+      f"--gin_file={earlier} sets {name} = {before[1]}, but the later --gin_file={given} sets it "
+      f"back to {value}{how}{also}, and later files win: {earlier} would {effect}. Give "
+      f"--gin_file={earlier} after --gin_file={given}, or set {bindings} (a --gin.NAME=VALUE binding "
+      "wins wherever it stands)")
 
 
 def unquoted_string_binding(bindings: Sequence[str]) -> str:

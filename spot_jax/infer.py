@@ -72,7 +72,8 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
                     for task in tasks if not ranked[task.name]}
   config, params, prompt, _, mesh = load_model_and_prompt(checkpoint_path, model_config, prompt_file, seed,
                                                           num_partitions, frozen_dtype)
-  input_pipeline.check_vocabulary_fits(task_or_mixture, config.vocab_size)
+  input_pipeline.check_vocabulary_fits(task_or_mixture, config.vocab_size, fresh_init=not checkpoint_path,
+                                       checkpoint_macro="CHECKPOINT_PATH", checkpoint_path=checkpoint_path)
   written = {}
   for task in tasks:
     input_pipeline.warn_truncation(task, task_feature_lengths, split)

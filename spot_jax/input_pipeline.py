@@ -136,14 +136,25 @@ def check_trainable(task):
       raise _rank_training_error(task, leaf)
 
 
-def load_vocabularies(task):
-  """Reads the SentencePiece models of a task's features now, with an error that names the path."""
+def load_vocabularies(task, checkpoint_path: Optional[str] = None):
+  """Reads the SentencePiece models of a task's features now, with an error that names the path.
+
+  `checkpoint_path`: the frozen model's; when the project's vocabulary cannot be read and it is a
+  Hugging Face folder holding its own `spiece.model` (T5's and mT5's downloads do), the error names that
+  file as the one to use (offline, the default gs://t5-data/... cannot be read)."""
   from tasks import vocab as vocab_lib
   for leaf in _leaf_tasks(task):
     for feature in leaf.output_features.values():
       vocabulary = getattr(feature, "vocabulary", None)
       if vocabulary is not None:
-        vocab_lib.ensure_loaded(vocabulary, task=leaf.name)
+        try:
+          vocab_lib.ensure_loaded(vocabulary, task=leaf.name)
+        except vocab_lib.VocabularyError as e:
+          from spot_jax.checkpoints import hf  # pylint: disable=g-import-not-at-top  (files only, no model)
+          local_copy = hf.sentencepiece_model(checkpoint_path)
+          if local_copy is None:
+            raise
+          raise e.with_local_copy(local_copy) from e.__cause__
 
 
 # T5 checkpoints pad their embedding to a multiple of 128 rows (32100 ids -> 32128, mT5's 250100 ->
@@ -151,33 +162,56 @@ def load_vocabularies(task):
 VOCAB_PADDING = 128
 
 
-def check_vocabulary_fits(task, model_vocab_size: int):
+def padded_vocab_size(size: int) -> int:
+  """`size` rounded up to a multiple of `VOCAB_PADDING`, as T5 checkpoints pad their embeddings (the
+  bundled tasks' 1100 ids -> 1152, the demo backbone's; T5's 32100 -> 32128)."""
+  return -(-size // VOCAB_PADDING) * VOCAB_PADDING
+
+
+def check_vocabulary_fits(task, model_vocab_size: int, fresh_init: bool = False,
+                          checkpoint_macro: str = "INITIAL_CHECKPOINT_PATH", checkpoint_path: Optional[str] = None):
   """Refuses, before any compute, a task whose vocabulary is not the model's.
 
   Larger: ids the model has no embedding row for would gather NaN and poison the loss. Much smaller
   (by `VOCAB_PADDING` ids or more): the task tokenizes with another SentencePiece model (e.g. a
   bundled `spot_bundled_*` task on a real T5), so training would run on meaningless ids.
+
+  `fresh_init`: the model is a fresh initialization of the gin size (`checkpoint_macro` is None), whose
+  vocab_size is the gin's to choose: the error gives the binding that fits the task. `checkpoint_path`:
+  the frozen model's, for `load_vocabularies`' error.
   """
-  load_vocabularies(task)
-  for feature in ("inputs", "targets"):
-    spec = task.output_features.get(feature)
-    size = getattr(getattr(spec, "vocabulary", None), "vocab_size", None)
-    if size is not None and size > model_vocab_size:
+  load_vocabularies(task, checkpoint_path)
+  sizes = {feature: getattr(getattr(task.output_features.get(feature), "vocabulary", None), "vocab_size", None)
+           for feature in ("inputs", "targets")}
+  largest = max((size for size in sizes.values() if size is not None), default=None)
+  for feature, size in sizes.items():
+    if size is None or VOCAB_PADDING > model_vocab_size - size >= 0:
+      continue
+    said = f"{task.name}'s {feature} vocabulary has {size} ids but the model's vocab_size is {model_vocab_size}"
+    if fresh_init:
       raise ValueError(
-          f"{task.name}'s {feature} vocabulary has {size} ids but the model's vocab_size is "
-          f"{model_vocab_size}: ids from {model_vocab_size} on have no embedding. Use a checkpoint "
+          f"{said}, and the model is a fresh initialization of the gin size ({checkpoint_macro} is None), "
+          f"whose vocab_size is the gin configuration's (T5's 32128 in models/t5_1_1.gin): give it the task's "
+          f"vocabulary, padded to a multiple of {VOCAB_PADDING} as T5 checkpoints pad theirs, with "
+          f"--gin.spot_jax.model_config.vocab_size={padded_vocab_size(largest)}, or set {checkpoint_macro} "
+          "to the model the task was made for")
+    from spot_jax.checkpoints import hf  # pylint: disable=g-import-not-at-top  (files only, no model)
+    local_copy = hf.sentencepiece_model(checkpoint_path)
+    own = (f" The checkpoint's folder holds the model's own SentencePiece model: export SPOT_JAX_VOCAB="
+           f"{local_copy} (for the tasks that read SPOT_JAX_VOCAB)" if local_copy else "")
+    if size > model_vocab_size:
+      raise ValueError(
+          f"{said}: ids from {model_vocab_size} on have no embedding. Use a checkpoint "
           f"(or model config) with vocab_size >= {size}, or register the task with the model's "
-          "vocabulary.")
-    if size is not None and model_vocab_size - size >= VOCAB_PADDING:
-      raise ValueError(
-          f"{task.name}'s {feature} vocabulary has {size} ids but the model's vocab_size is "
-          f"{model_vocab_size}: the task does not use the model's vocabulary (checkpoints pad theirs "
-          f"by fewer than {VOCAB_PADDING} ids), so its token ids would mean other words to the model. "
-          "Register the task with the model's SentencePiece model (SPOT_JAX_VOCAB for the GLUE, "
-          "SuperGLUE, SPoT and PPT tasks and tasks.user_data; the bundled spot_bundled_* tasks have "
-          "their own 1100-id vocabulary, for the demo backbone), or load the model it was made for."
-          + (" mT5's is gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model (a local copy offline): "
-             "export SPOT_JAX_VOCAB=/path/to/it" if model_vocab_size in (250100, 250112) else ""))
+          "vocabulary." + own)
+    raise ValueError(
+        f"{said}: the task does not use the model's vocabulary (checkpoints pad theirs "
+        f"by fewer than {VOCAB_PADDING} ids), so its token ids would mean other words to the model. "
+        "Register the task with the model's SentencePiece model (SPOT_JAX_VOCAB for the GLUE, "
+        "SuperGLUE, SPoT and PPT tasks and tasks.user_data; the bundled spot_bundled_* tasks have "
+        "their own 1100-id vocabulary, for the demo backbone), or load the model it was made for."
+        + (own or (" mT5's is gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model (a local copy "
+                   "offline): export SPOT_JAX_VOCAB=/path/to/it" if model_vocab_size in (250100, 250112) else "")))
 
 
 # ----------------------------------------------------------------------------------- truncation

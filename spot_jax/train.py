@@ -116,7 +116,7 @@ class _Stop:
       signal.signal(signal.SIGTERM, self._old)
 
 
-@gin.configurable(denylist=["hooks", "refuse_past_steps"])
+@gin.configurable(denylist=["hooks", "refuse_past_steps", "config_gin"])
 def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           batch_size: int = gin.REQUIRED, initial_checkpoint_path: Optional[str] = None,
@@ -129,7 +129,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           enable_dropout: bool = True, frozen_dtype: str = "float32", async_checkpoints: bool = True,
           initial_checkpoint_step: Optional[int] = None,
           eval_task_feature_lengths: Optional[Mapping[str, int]] = None, frozen=None,
-          hooks=None, refuse_past_steps: bool = False) -> np.ndarray:
+          hooks=None, refuse_past_steps: bool = False, config_gin: Optional[str] = None) -> np.ndarray:
   """Train a prompt; returns the final prompt `[P, d]`. Resumes from MODEL_DIR when it has checkpoints.
 
   `initial_checkpoint_step` (INITIAL_CHECKPOINT_STEP): the global step Adafactor's second-moment decay
@@ -144,6 +144,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
   `frozen=(config, params)` bypasses checkpoint loading (used by the SPoT pipeline and the demo, which
   keep one frozen model in memory across many short runs).
+
+  `config_gin`: the run's gin configuration, written to MODEL_DIR/config.gin once the run's checks pass
+  and before its first step (`write_config_gin`; `main` passes `gin.config_str()`).
   """
   t_start = time.time()
   is_main = jax.process_index() == 0
@@ -188,7 +191,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         f"{num_partitions}): use a batch size whose microbatches are a multiple of {data_size}")
   config, params = frozen if frozen is not None else frozen_lib.load_frozen(initial_checkpoint_path,
                                                                              model_config, seed)
-  input_pipeline.check_vocabulary_fits(task, config.vocab_size)
+  input_pipeline.check_vocabulary_fits(task, config.vocab_size,
+                                       fresh_init=frozen is None and not initial_checkpoint_path,
+                                       checkpoint_path=initial_checkpoint_path)
   axes = param_logical_axes(config)
   partitioning.check_divisible(param_shapes(config), axes, mesh)
   frozen_model = {"path": None if frozen is not None else initial_checkpoint_path,
@@ -269,6 +274,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     if state.prompt.shape != (prompt_length, config.d_model):
       raise ValueError(f"checkpoint prompt shape {state.prompt.shape} != [PROMPT_LENGTH={prompt_length}, "
                        f"d_model={config.d_model}]")
+    if config_gin is not None and is_main:  # the run is accepted: its settings are MODEL_DIR's record
+      write_config_gin(model_dir, config_gin)
 
     step_fn = _compiled_step(config, tx, mesh, enable_dropout, num_microbatches, frozen_shardings)
     batches = input_pipeline.get_batches(mixture_or_task_name, task_feature_lengths, "train", batch_size,
@@ -449,6 +456,32 @@ def _integer_example(value) -> str:
   return str(int(number)) if number.is_integer() else "100"
 
 
+def write_config_gin(model_dir: str, config_gin: str) -> None:
+  """Writes a run's gin configuration to MODEL_DIR/config.gin, the file T5X's train writes there, as T5X
+  writes it: the whole `gin.config_str()` (every binding of the files and flags, with macros as given),
+  at the start of each run (a resumed one too), before the first step.
+
+  That, and not gin's operative config after the first step, is what a T5X user finds in config.gin
+  and reads back: it holds the settings whether or not the run got to a step (a run that failed or was
+  stopped early leaves the record of what it was asked), and the macros (`TRAIN_STEPS`,
+  `MIXTURE_OR_TASK_NAME`, `INITIAL_CHECKPOINT_PATH`) stay macros, as prompt-tuning's tools and
+  `prompt_tuning_compat.initial_checkpoint_step_of_gin` read them.
+
+  Atomic, local or gs:// alike (`fileio.replace_keeping_earlier`): a rerun with the same settings leaves
+  the file as it is; one with other settings (more TRAIN_STEPS on a resume, another flag) keeps the
+  earlier file as `config.gin.old-<id>`, so that every configuration the run's steps were trained with
+  stays in MODEL_DIR. Call on process 0 only. A config.gin is no result of a run: a fresh start is not
+  refused for one (`resume.check_fresh_start`), and `library add` reads a config.gin only beside a
+  prompt-tuning run's exports (spot_jax's own exports record their steps themselves)."""
+  from spot_jax import prompt_tuning_compat  # pylint: disable=g-import-not-at-top
+  path = fileio.join(model_dir, prompt_tuning_compat.T5X_CONFIG_GIN)
+  written, backup = fileio.replace_keeping_earlier(path, config_gin.encode("utf-8"))
+  if backup:
+    log.info("%s: this run's gin configuration differs from the earlier run's, kept as %s", path, backup)
+  elif written:
+    log.info("gin configuration written to %s", path)
+
+
 def _has_checkpoints(model_dir: str) -> bool:
   """Whether MODEL_DIR/checkpoints has a step directory (a look, without starting orbax's manager)."""
   directory = fileio.join(model_dir, checkpointing.CHECKPOINTS_SUBDIR)
@@ -492,7 +525,8 @@ def main(argv=None):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("spot_jax").setLevel(logging.INFO)
   try:
-    gin_utils.run(gin.get_configurable(train), argv, prog="spot_jax.train")
+    # config_str() once gin is parsed, before the job: MODEL_DIR/config.gin, as T5X writes it.
+    gin_utils.run(lambda: gin.get_configurable(train)(config_gin=gin.config_str()), argv, prog="spot_jax.train")
   except Preempted as e:
     print(f"spot_jax.train: {e}", file=sys.stderr)
     raise SystemExit(Preempted.EXIT_CODE) from None

@@ -35,7 +35,22 @@ VocabLike = Union[str, os.PathLike, seqio.Vocabulary]
 
 
 class VocabularyError(ValueError):
-  """The SentencePiece model of the tasks' vocabulary cannot be loaded."""
+  """The SentencePiece model of the tasks' vocabulary cannot be loaded. `load_error` sets what it was
+  made of (`path`, the `cause`, its `origin`, the `task` that registered it), so that a caller who knows
+  a local copy (a checkpoint folder's own `spiece.model`) can say it again naming that file
+  (`with_local_copy`)."""
+
+  def __init__(self, message: str, path: Optional[str] = None, cause: Optional[BaseException] = None,
+               origin: str = "", task: Optional[str] = None):
+    super().__init__(message)
+    self.path, self.cause, self.origin, self.task = path, cause, origin, task
+
+  def with_local_copy(self, local_copy: str) -> "VocabularyError":
+    """This error naming `local_copy` as the model file to use; itself when it was not made by
+    `load_error` for the project's vocabulary (a task's own vocabulary is not SPOT_JAX_VOCAB's to change)."""
+    if self.cause is None or self.task is not None:
+      return self
+    return load_error(self.path, self.cause, self.origin, local_copy=local_copy)
 
 
 _SENTINEL = re.compile(r"\u2581?<extra_id_(\d+)>")
@@ -141,25 +156,33 @@ def _origin(vocab: seqio.Vocabulary) -> str:
 
 
 def load_error(path: str, error: BaseException, origin: str = "",
-               task: Optional[str] = None) -> VocabularyError:
+               task: Optional[str] = None, local_copy: Optional[str] = None) -> VocabularyError:
   """A `VocabularyError` for a model file that could not be read (chain `error` to it). `task`: the
-  vocabulary is the one that task was registered with, which SPOT_JAX_VOCAB does not change."""
+  vocabulary is the one that task was registered with, which SPOT_JAX_VOCAB does not change.
+  `local_copy`: a model file this machine has that fits the model (a Hugging Face T5 or mT5 folder's
+  `spiece.model`), named as the value to use."""
   cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
   if task is not None:
     return VocabularyError(
         f"cannot load the SentencePiece vocabulary {path} that task {task} was registered with: "
         f"{type(error).__name__}: {cause}. Register the task with a model file this machine can "
         f"read (a local path), or with vocabulary=None for the project's vocabulary (tasks.vocab: "
-        f"set_vocabulary, else ${ENV_VAR}).")
-  origin = f" ({origin})" if origin else ""
+        f"set_vocabulary, else ${ENV_VAR}).", path, error, origin, task)
+  said = f"cannot load the SentencePiece vocabulary {path}{f' ({origin})' if origin else ''}: " \
+         f"{type(error).__name__}: {cause}. "
+  if local_copy:
+    return VocabularyError(
+        f"{said}The checkpoint's folder holds its own SentencePiece model, {local_copy}: point the tasks "
+        f"at it with export {ENV_VAR}={local_copy}, or call tasks.vocab.set_vocabulary('{local_copy}') "
+        f"in Python (it wins over {ENV_VAR}); {DEFAULT_EXTRA_IDS} extra ids are appended to its pieces, "
+        "as the Hugging Face tokenizer appends them.", path, error, origin)
   return VocabularyError(
-      f"cannot load the SentencePiece vocabulary {path}{origin}: {type(error).__name__}: {cause}. "
-      f"Point the tasks at a model file this machine can read (without network, a local copy of "
+      f"{said}Point the tasks at a model file this machine can read (without network, a local copy of "
       f"the T5 vocabulary {DEFAULT_VOCAB_PATH}): export {ENV_VAR}=/path/to/sentencepiece.model, "
       f"or call tasks.vocab.set_vocabulary('/path/to/sentencepiece.model') in Python (it wins "
       f"over {ENV_VAR}); "
       f"{DEFAULT_EXTRA_IDS} extra ids are appended to the model's pieces (none to a file that holds "
-      f"them, as T5X's cc_all.32000.100extra does).")
+      f"them, as T5X's cc_all.32000.100extra does).", path, error, origin)
 
 
 def ensure_loaded(vocab: seqio.Vocabulary, origin: str = "",

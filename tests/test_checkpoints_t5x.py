@@ -116,6 +116,51 @@ def test_given_config_must_agree(tmp_path):
   assert "head_dim: config says 2, checkpoint has 4" in msg and "d_model" not in msg
 
 
+def test_a_variant_mismatch_names_the_variant_file_that_matches(tmp_path):
+  """models/t5_1_0.gin with models/sizes/from_checkpoint.gin on a gated-GELU checkpoint said "...
+  models/sizes/from_checkpoint.gin in place of the size file", the file already in use, and named no
+  variant file. Now: the variant file of the checkpoint's kind, and from_checkpoint.gin only when a
+  dimension differs."""
+  write_t5x(_params(), str(tmp_path / "gated"), step=1)  # TINY: gated-GELU, untied (T5 1.1)
+  t5_1_0 = {"feed_forward": "relu", "tie_word_embeddings": True}
+  with pytest.raises(CheckpointError) as e:  # models/t5_1_0.gin + from_checkpoint.gin
+    read_params(str(tmp_path / "gated"), overrides=t5_1_0, check_shape_overrides=True)
+  msg = str(e.value)
+  assert "feed_forward: config says 'relu', checkpoint has 'gated-gelu'" in msg, msg
+  assert ("The checkpoint's MLP and output embedding are those of --gin_file=models/t5_1_1.gin: give it in place "
+          "of the variant file (or models/t5_1_1_lm_adapted.gin, the same architecture).") in msg, msg
+  assert "from_checkpoint" not in msg and "field by field" not in msg, msg
+  with pytest.raises(CheckpointError) as e:  # a size file too: its dimensions differ as well
+    read_params(str(tmp_path / "gated"), config=TINY.replace(d_ff=64, **t5_1_0))
+  msg = str(e.value)
+  assert ("models/sizes/from_checkpoint.gin in place of the size file, with the variant file (models/*.gin) "
+          "that matches it: --gin_file=models/t5_1_1.gin (or models/t5_1_1_lm_adapted.gin") in msg, msg
+  relu = TINY.replace(**t5_1_0)
+  write_t5x(_params(relu), str(tmp_path / "relu"), step=1)
+  with pytest.raises(CheckpointError, match=r"those of --gin_file=models/t5_1_0.gin: give it in place of the "
+                                            r"variant file\.$"):
+    read_params(str(tmp_path / "relu"), overrides={"feed_forward": "gated-gelu", "tie_word_embeddings": False},
+                check_shape_overrides=True)
+
+
+def test_the_variant_files_are_those_gin_models_sets():
+  """`VARIANT_GIN_FILES` names each variant file by the kind its bindings set."""
+  import pathlib
+  import gin
+  from spot_jax import gin_utils
+  from spot_jax.checkpoints.infer_config import variant_gin_file
+  files = sorted(p for p in (gin_utils.GIN_DIR / "models").glob("*.gin") if not p.name.endswith("_bf16.gin"))
+  assert {p.name for p in files} == {"t5_1_0.gin", "t5_1_1.gin", "t5_1_1_lm_adapted.gin", "mt5.gin"}
+  for path in files:
+    gin_utils.parse_gin([str(path)], [])
+    config = T5Config(**{name: gin.query_parameter(f"spot_jax.model_config.{name}")
+                         for name in ("feed_forward", "tie_word_embeddings", "vocab_size")})
+    want = "models/t5_1_1.gin" if path.name == "t5_1_1_lm_adapted.gin" else f"models/{path.name}"
+    assert variant_gin_file(config) == want, path
+    assert pathlib.Path(gin_utils.GIN_DIR / want).is_file()
+  gin.clear_config()
+
+
 def test_missing_array_is_named(tmp_path):
   flat = flatten(_params())
   del flat["encoder/layers_1/mlp/wo/kernel"]

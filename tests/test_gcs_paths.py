@@ -126,6 +126,18 @@ def test_metrics_jsonl_on_gs_is_read_back(bucket):
   assert [r["step"] for r in metrics_log.read_jsonl("gs://bucket/eval/metrics.jsonl")] == [1, 2]
 
 
+def test_a_runs_config_gin_on_a_gs_model_dir_is_written_to_the_bucket(bucket):
+  """MODEL_DIR/config.gin goes where the run's other files go (through fileio: gs:// is the bucket);
+  a rerun with other settings keeps the earlier file there."""
+  from spot_jax import train as train_lib
+  train_lib.write_config_gin("gs://bucket/run", "TRAIN_STEPS = 2\n")
+  assert (bucket / "run" / "config.gin").read_text() == "TRAIN_STEPS = 2\n"
+  train_lib.write_config_gin("gs://bucket/run", "TRAIN_STEPS = 4\n")
+  assert (bucket / "run" / "config.gin").read_text() == "TRAIN_STEPS = 4\n"
+  assert [p.read_text() for p in (bucket / "run").glob("config.gin.old-*")] == ["TRAIN_STEPS = 2\n"]
+  assert not [p for p in (bucket / "run").iterdir() if ".tmp-" in p.name]  # written atomically, no leftover
+
+
 def test_a_gin_file_on_gs_is_read(bucket):
   import gin
   from spot_jax import gin_utils

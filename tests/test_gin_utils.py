@@ -408,6 +408,40 @@ def test_a_partitioning_file_that_a_later_run_files_include_would_undo_is_refuse
                          + NAMED) == 1
 
 
+def test_a_bf16_file_before_the_variant_that_sets_its_values_directly_is_refused(tmp_path):
+  """models/t5_1_1.gin sets FROZEN_DTYPE and dtype on lines of its own (no include): given after
+  models/gpu_bf16.gin it trained with float32 frozen weights and activations beside the fused attention,
+  half the GPU setting, without a word; after models/cpu_bf16.gin, with float32 frozen weights."""
+  import gin
+  rest = TINY[1:] + ["--gin_file=runs/prompt_train.gin"] + NAMED
+  for bf16, also in (("models/gpu_bf16.gin", r" \(and spot_jax.model_config.dtype = 'bfloat16' back to "
+                                             r"'float32'\)"), ("models/cpu_bf16.gin", "")):
+    for variant in ("models/t5_1_1.gin", "models/t5_1_1_lm_adapted.gin"):
+      how = " through its include of models/t5_1_1.gin" if variant.endswith("adapted.gin") else ""
+      with pytest.raises(SystemExit, match=rf"^spot_jax: error: --gin_file={bf16} sets FROZEN_DTYPE = 'bfloat16', "
+                                           rf"but the later --gin_file={variant} sets it back to 'float32'{how}{also}, "
+                                           rf"and later files win: {bf16} would be applied only in part. Give "
+                                           rf"--gin_file={bf16} after --gin_file={variant}, or set "
+                                           rf"--gin.FROZEN_DTYPE=\"'bfloat16'\""):
+        gin_utils.configure([f"--gin_file={bf16}", f"--gin_file={variant}"] + rest)
+      # The documented order: after the size.
+      gin_utils.configure([f"--gin_file={variant}"] + TINY[1:] + [f"--gin_file={bf16}"] + rest[2:])
+      assert gin.query_parameter("%FROZEN_DTYPE") == "bfloat16"
+      assert gin.query_parameter("spot_jax.model_config.dtype") == ("bfloat16" if "gpu" in bf16 else "float32")
+  # A user's file before the variant, setting a binding the variant sets too: refused; after it, it wins.
+  mine = tmp_path / "mine.gin"
+  mine.write_text("spot_jax.model_config.dropout_broadcast = False\n")
+  with pytest.raises(SystemExit, match=rf"--gin_file={re.escape(str(mine))} sets spot_jax.model_config."
+                                       r"dropout_broadcast = False, but the later --gin_file=models/t5_1_1.gin sets "
+                                       r"it back to True, and later files win: .* would have no effect"):
+    gin_utils.configure([f"--gin_file={mine}"] + TINY + ["--gin_file=runs/prompt_train.gin"] + NAMED)
+  gin_utils.configure(TINY + [f"--gin_file={mine}", "--gin_file=runs/prompt_train.gin"] + NAMED)
+  assert gin.query_parameter("spot_jax.model_config.dropout_broadcast") is False
+  # Two files of one place: the later wins, as it says (T5 1.1 then mT5's vocabulary).
+  gin_utils.configure(["--gin_file=models/t5_1_1.gin", "--gin_file=models/mt5.gin"] + rest)
+  assert gin.query_parameter("spot_jax.model_config.vocab_size") == 250112
+
+
 def test_a_binding_of_a_parameter_the_jobs_pass_themselves_is_refused_naming_the_macro(tmp_path):
   """make_mesh is configurable, but train and eval pass num_partitions: the binding was ignored."""
   base = TINY + ["--gin_file=runs/prompt_train.gin"] + NAMED

@@ -1,6 +1,7 @@
 """A vocabulary that cannot be read (no network for the gs:// default, a wrong path) fails with an
 error naming the path and the fixes, not a raw TensorFlow traceback; set_vocabulary with a path."""
 import os
+import re
 import threading
 
 import pytest
@@ -82,4 +83,56 @@ def test_set_vocabulary_with_a_path_returns():
 
   threading.Thread(target=call, daemon=True).start()
   assert done.wait(30), "set_vocabulary(path) deadlocked"
+  assert vocab.resolve().vocab_size == 1100
+
+
+def test_an_hf_folder_holding_spiece_model_is_named_as_the_vocabulary_to_use(tmp_path, monkeypatch):
+  """Offline, the default gs://t5-data/... vocabulary cannot be read; a Hugging Face download of T5 or
+  mT5 holds the model's own SentencePiece model as spiece.model, which the error did not mention (it
+  said export SPOT_JAX_VOCAB=/path/to/sentencepiece.model). Now it names that file; the error of a
+  folder without one, or of no checkpoint, is as before."""
+  import shutil
+  import gin
+  import jax
+  from spot_jax import checkpoints, gin_utils
+  from spot_jax import train as train_lib
+  from spot_jax.model import init_params
+  from train_setup import CFG
+  missing = str(tmp_path / "t5" / "sentencepiece.model")  # stands in for gs://t5-data/... offline
+  monkeypatch.delenv(vocab.ENV_VAR, raising=False)
+  monkeypatch.setattr(vocab, "DEFAULT_VOCAB_PATH", missing)
+  monkeypatch.setattr(vocab, "_cache", {})
+  folder = tmp_path / "t5_hf"
+  checkpoints.write_hf(init_params(CFG, jax.random.PRNGKey(0)), CFG, str(folder))
+  task = input_pipeline.get_task("spot_glue_rte_v200")  # the lazy project vocabulary
+  with pytest.raises(vocab.VocabularyError) as info:  # no spiece.model: as before
+    input_pipeline.check_vocabulary_fits(task, 32128, checkpoint_path=str(folder))
+  _assert_names_path_and_fixes(info.value, missing)
+  shutil.copy(BUNDLED_SPM, folder / "spiece.model")
+  spiece = str(folder / "spiece.model")
+  with pytest.raises(vocab.VocabularyError) as info:
+    input_pipeline.check_vocabulary_fits(task, 32128, checkpoint_path=str(folder))
+  said = str(info.value)
+  assert f"cannot load the SentencePiece vocabulary {missing}" in said, said
+  assert f"The checkpoint's folder holds its own SentencePiece model, {spiece}" in said, said
+  assert f"export SPOT_JAX_VOCAB={spiece}" in said and f"set_vocabulary('{spiece}')" in said, said
+  assert isinstance(info.value.__cause__, tf.errors.NotFoundError)
+  with pytest.raises(vocab.VocabularyError) as info:  # no checkpoint: as before
+    input_pipeline.check_vocabulary_fits(task, 32128)
+  _assert_names_path_and_fixes(info.value, missing)
+  # Through `train` with INITIAL_CHECKPOINT_PATH the folder, on a user's task of the project vocabulary.
+  _user_task(tmp_path, "spot_test_vocab_hf")
+  args = ["--gin_file=models/t5_1_1.gin", "--gin_file=prompts/random_uniform.gin",
+          "--gin_file=models/sizes/from_checkpoint.gin", "--gin_file=runs/prompt_train.gin",
+          f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.MIXTURE_OR_TASK_NAME='spot_test_vocab_hf'",
+          f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8",
+          "--gin.EVAL_PERIOD=None", f"--gin.INITIAL_CHECKPOINT_PATH='{folder}'"]
+  try:
+    with pytest.raises(SystemExit, match=rf"spot_jax: error: cannot load the SentencePiece vocabulary .* "
+                                         rf"export SPOT_JAX_VOCAB={re.escape(spiece)}"):
+      gin_utils.run(gin.get_configurable(train_lib.train), args)
+  finally:
+    seqio.TaskRegistry.remove("spot_test_vocab_hf")
+  # Once pointed at it, the file loads: 1000 pieces here, and the sentinels the HF tokenizer appends.
+  monkeypatch.setenv(vocab.ENV_VAR, spiece)
   assert vocab.resolve().vocab_size == 1100

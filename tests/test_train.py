@@ -177,8 +177,10 @@ def test_sizes_from_checkpoint_takes_the_models_dimensions_from_it(tmp_path):
   assert (config.dtype, config.attention_impl, config.dropout_rate) == ("bfloat16", "fused", 0.1)
   gin_utils.configure([a.replace("t5_1_1.gin", "t5_1_0.gin") for a in args])  # a ReLU variant file
   with pytest.raises(ValueError, match=r"(?s)feed_forward: config says 'relu', checkpoint has 'gated-gelu'"
-                                       r".*from_checkpoint.gin"):
+                                       r".*those of --gin_file=models/t5_1_1.gin: give it in place of the "
+                                       r"variant file") as e:
     frozen_lib.load_frozen(ckpt, gin.get_configurable(model_config)(), 0)
+  assert "from_checkpoint" not in str(e.value).split("\n", 1)[1]  # the file in use is not the fix
   with pytest.raises(ValueError, match="from_checkpoint.gin takes the model's dimensions from the checkpoint"):
     frozen_lib.load_frozen(None, gin.get_configurable(model_config)(), 0)
 
@@ -503,3 +505,38 @@ def test_a_run_reports_the_examples_cut_among_all_it_trained_on(tmp_path, caplog
   (total,) = [m for m in ours if "examples this run read (" in m]
   assert " of the 120 'train' examples this run read (batches 1-15) had inputs longer than " \
          "TASK_FEATURE_LENGTHS['inputs']=16 tokens (up to 41 with EOS)" in total, total
+
+
+def test_a_run_writes_its_gin_config_to_model_dir_as_t5x_does(tmp_path):
+  """T5X's train writes MODEL_DIR/config.gin (gin.config_str(), at the start of each run); spot_jax's
+  wrote none, so a finished MODEL_DIR held no record of its settings. A resume with other settings
+  keeps the earlier file beside the new one; a config.gin alone is no result a fresh start must keep."""
+  import gin
+  from spot_jax import prompt_tuning_compat, resume
+  from train_setup import _gin_args
+  run = tmp_path / "run"
+  train_lib.main(_gin_args(run, steps=2))
+  text = (run / "config.gin").read_text()
+  assert "TRAIN_STEPS = 2\n" in text and f"MIXTURE_OR_TASK_NAME = '{TASK}'\n" in text, text
+  gin.clear_config()
+  gin.parse_config(text)  # gin reads it back
+  assert gin.query_parameter("%TRAIN_STEPS") == 2 and gin.query_parameter("%MIXTURE_OR_TASK_NAME") == TASK
+  assert gin.query_parameter("%NUM_PARTITIONS") == 2
+  gin.clear_config()
+  # library add reads a config.gin only beside a prompt-tuning run's exports: spot_jax's are unaffected.
+  _, source = prompt_io.load_prompt_with_source(str(run))
+  assert source.step == 2 and prompt_tuning_compat.t5x_run_steps(source) is None
+  # Resumed with more steps: the new settings, and the earlier file kept; the same again: no new file.
+  for _ in range(2):
+    train_lib.main(_gin_args(run, steps=4))
+    assert "TRAIN_STEPS = 4\n" in (run / "config.gin").read_text()
+    (kept,) = run.glob("config.gin.old-*")
+    assert kept.read_text() == text
+  # A MODEL_DIR holding only another run's config.gin: a fresh start goes on (and keeps it aside).
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "config.gin").write_text("TRAIN_STEPS = 7\n")
+  resume.check_fresh_start(str(other), "spot_bundled_topic")
+  train_lib.write_config_gin(str(other), text)
+  assert (other / "config.gin").read_text() == text
+  assert [p.read_text() for p in other.glob("config.gin.old-*")] == ["TRAIN_STEPS = 7\n"]

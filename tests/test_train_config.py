@@ -139,3 +139,25 @@ def test_a_misspelled_macro_is_refused_with_the_close_name(tmp_path):
   with pytest.raises(SystemExit, match=r"gin macro TRAIN_STEP is set on the command line but no gin "
                                        r"file of this run reads it.*Did you mean TRAIN_STEPS"):
     gin_utils.run(lambda: None, _gin_args(tmp_path, extra=["--gin.TRAIN_STEP=5"]))
+
+
+def test_a_fresh_init_whose_vocab_size_is_not_the_tasks_names_the_binding_that_fits(tmp_path):
+  """models/sizes/tiny.gin with no INITIAL_CHECKPOINT_PATH is a fresh init of T5's 32128 rows: the
+  bundled task's 1100 ids were refused with "or load the model it was made for", which a fresh init
+  has none of; the error names the vocab_size binding, 1100 padded to a multiple of 128."""
+  import gin
+  from spot_jax import input_pipeline
+  args = _gin_args(tmp_path / "run", extra=["--gin.spot_jax.model_config.vocab_size=32128"])
+  with pytest.raises(SystemExit, match=r"spot_bundled_movie's inputs vocabulary has 1100 ids but the model's "
+                                       r"vocab_size is 32128, and the model is a fresh initialization of the gin "
+                                       r"size \(INITIAL_CHECKPOINT_PATH is None\).* with "
+                                       r"--gin.spot_jax.model_config.vocab_size=1152, or set INITIAL_CHECKPOINT_PATH"):
+    gin_utils.run(gin.get_configurable(train_lib.train), args)
+  task = input_pipeline.get_task(TASK)
+  input_pipeline.check_vocabulary_fits(task, 1152, fresh_init=True)  # the binding it names fits
+  with pytest.raises(ValueError, match=r"has 1100 ids but the model's vocab_size is 1024.*\(CHECKPOINT_PATH is "
+                                       r"None\).*--gin.spot_jax.model_config.vocab_size=1152"):
+    input_pipeline.check_vocabulary_fits(task, 1024, fresh_init=True, checkpoint_macro="CHECKPOINT_PATH")
+  with pytest.raises(ValueError, match=r"or load the model it was made for") as e:  # a checkpoint: as before
+    input_pipeline.check_vocabulary_fits(task, 32128)
+  assert "vocab_size=1152" not in str(e.value)

@@ -104,6 +104,9 @@ def test_two_processes_train_one_prompt_together(tmp_path):
   assert sorted(predicted) == sorted(validation) and len(validation) > 8  # every example, once
   evals = [r for r in map(json.loads, open(tmp_path / "shared" / "metrics.jsonl")) if any("eval/" in k for k in r)]
   assert [r["step"] for r in evals] == [8]
+  # The run's gin configuration, as T5X writes it (process 0), once.
+  assert "TRAIN_STEPS = 8\n" in (tmp_path / "shared" / "config.gin").read_text()
+  assert not list((tmp_path / "shared").glob("config.gin.*"))
 
 
 def test_a_sigterm_to_one_process_stops_both_at_one_step(tmp_path):

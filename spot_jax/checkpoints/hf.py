@@ -39,6 +39,23 @@ def is_hf_dir(path: str) -> bool:
   return _io.exists(_io.join(path, "config.json")) and (has_safetensors(path) or hf_flax.has_weights(path))
 
 
+# The SentencePiece model T5's and mT5's Hugging Face tokenizers keep beside the weights (`T5Tokenizer`'s
+# vocab_file): the pieces of the model's vocabulary, to which the tokenizer appends 100 sentinels.
+SENTENCEPIECE_FILE = "spiece.model"
+
+
+def sentencepiece_model(path: Optional[str]) -> Optional[str]:
+  """`PATH/spiece.model` when `path` is a Hugging Face folder holding one (a download of T5 or mT5 does),
+  else None: a local copy of the model's vocabulary that the tasks can read offline."""
+  if not path:
+    return None
+  try:
+    found = _io.join(path, SENTENCEPIECE_FILE)
+    return found if is_hf_dir(path) and _io.exists(found) else None
+  except Exception:  # pylint: disable=broad-except  (a hint for an error message only)
+    return None
+
+
 # ----------------------------------------------------------------------------- config.json
 
 # ----------------------------------------------------------------------------- name mapping

@@ -128,22 +128,51 @@ def infer_config(params: Mapping[str, Any], source: str = "checkpoint",
   return (base or T5Config()).replace(**fields)
 
 
+# The variant files of gin/models/ by the kind of T5 they set, (feed_forward, tie_word_embeddings), and
+# the vocabulary size that picks mT5's among the gated-GELU ones (tests/test_checkpoints_t5x.py checks
+# these against the files).
+VARIANT_GIN_FILES = {("gated-gelu", False): "models/t5_1_1.gin", ("relu", True): "models/t5_1_0.gin"}
+MT5_GIN_FILE, MT5_VOCAB_SIZE = "models/mt5.gin", 250112
+_SAME_ARCHITECTURE = {"models/t5_1_1.gin": " (or models/t5_1_1_lm_adapted.gin, the same architecture)"}
+
+
+def variant_gin_file(config: T5Config) -> Optional[str]:
+  """The `models/*.gin` variant file whose MLP and output embedding are `config`'s (mT5's for its
+  vocabulary size), or None when no file has that combination (e.g. gated-GELU with tied embeddings)."""
+  found = VARIANT_GIN_FILES.get((config.feed_forward, config.tie_word_embeddings))
+  return MT5_GIN_FILE if found == "models/t5_1_1.gin" and config.vocab_size == MT5_VOCAB_SIZE else found
+
+
 def check_agreement(given: T5Config, found: T5Config, source: str) -> None:
-  """Raise naming every shape field where a caller's config contradicts the checkpoint."""
+  """Raise naming every shape field where a caller's config contradicts the checkpoint, and the fix:
+  the variant file that matches the checkpoint when its kind (MLP, tied output) differs, and
+  models/sizes/from_checkpoint.gin only when a dimension differs (with that file in use, none does:
+  the dimensions are the checkpoint's own, only the variant's kind is checked)."""
   bad = [f"{name}: config says {getattr(given, name)!r}, checkpoint has {getattr(found, name)!r}"
          for name in SHAPE_FIELDS if getattr(given, name) != getattr(found, name)]
-  if bad:
-    variant = [name for name in VARIANT_FIELDS if getattr(given, name) != getattr(found, name)]
+  if not bad:
+    return
+  variant = [name for name in VARIANT_FIELDS if getattr(given, name) != getattr(found, name)]
+  dimensions = [name for name in SHAPE_FIELDS if name not in VARIANT_FIELDS and getattr(given, name) !=
+                getattr(found, name)]
+  matching = variant_gin_file(found)
+  fix = []
+  if dimensions:
+    fix.append("Pass the config (gin size) that the checkpoint was trained with, or take its dimensions from "
+               "the checkpoint: models/sizes/from_checkpoint.gin in place of the size file, with the variant "
+               "file (models/*.gin) that matches it" +
+               (f": --gin_file={matching}{_SAME_ARCHITECTURE.get(matching, '')}." if matching and (
+                   variant or (matching == MT5_GIN_FILE and "vocab_size" in dimensions)) else "."))
+  elif variant and matching:
+    fix.append(f"The checkpoint's MLP and output embedding are those of --gin_file={matching}: give it in place "
+               f"of the variant file{_SAME_ARCHITECTURE.get(matching, '')}.")
+  if variant and not matching:
     # No shipped variant file has every combination (e.g. gated-GELU with tied embeddings, which HF's
     # T5Config gives by default): the fields themselves can be bound.
-    bind = (" A variant no models/*.gin file has can be bound field by field: " +
-            " ".join(f"--gin.spot_jax.model_config.{name}={getattr(found, name)!r}" for name in variant) + "."
-            if variant else "")
-    raise CheckpointError(f"{source} does not match the given config:\n  " + "\n  ".join(bad) +
-                          "\nPass the config (gin size) that the checkpoint was trained with, or take "
-                          "its dimensions from the checkpoint: models/sizes/from_checkpoint.gin in "
-                          "place of the size file, with the variant file (models/*.gin) that matches "
-                          "it." + bind)
+    fix.append("A variant no models/*.gin file has can be bound field by field: " +
+               " ".join(f"--gin.spot_jax.model_config.{name}={getattr(found, name)!r}" for name in variant) + ".")
+  raise CheckpointError(f"{source} does not match the given config:\n  " + "\n  ".join(bad) + "\n" +
+                        " ".join(fix))
 
 
 def nonfinite_error(name: str, values: np.ndarray, where: str = "") -> Optional[str]:
