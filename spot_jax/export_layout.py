@@ -12,7 +12,6 @@ from typing import Optional
 
 from spot_jax import fileio
 from spot_jax.fileio import read_json_object
-from spot_jax.prompt_peft import PEFT_CONFIG
 
 NUMPY_CHECKPOINTS_DIR = "numpy_checkpoints"
 T5X_PROMPT_FILENAME = "encoder.prompt.prompt.prompt"
@@ -26,6 +25,11 @@ PROMPT_NPY = "prompt.npy"
 EXPORT_INFO = "export.json"  # {"step": int, "shape": [P, d], "metrics": {...}, "created": float}
 BEST_EXPORT = "best"
 TASK_EMBEDDING_EXPORT = "task_embedding"
+# A Hugging Face PEFT prompt adapter's files and tensor (`prompt_peft` reads them, `prompt_export` writes
+# them; the checkpoint readers name them when an adapter is given as the model).
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_TENSOR = "prompt_embeddings"
 
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
 

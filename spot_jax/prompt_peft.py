@@ -20,10 +20,7 @@ from typing import Optional
 import numpy as np
 
 from spot_jax import fileio
-
-PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_TENSOR = "prompt_embeddings"
+from spot_jax.export_layout import PEFT_CONFIG, PEFT_TENSOR, PEFT_WEIGHTS  # noqa: F401  (re-exported)
 
 
 def adapter_dir_of(weights_file: str) -> Optional[str]:

@@ -121,9 +121,9 @@ _AS_PROMPT = ("PROMPT_FILE in eval/infer, from_file's path in training, or promp
 def _a_prompt_not_a_model(path: str) -> Optional[str]:
   """Why `path` is a trained prompt, not a frozen model, and what to pass where: a PEFT adapter (its
   folder or weights file), or a spot_jax training MODEL_DIR (or a folder in it). None otherwise."""
-  from spot_jax import export_layout, prompt_peft  # pylint: disable=g-import-not-at-top
+  from spot_jax import export_layout  # pylint: disable=g-import-not-at-top
   folder = path.rstrip("/") if t5x.isdir(path) else path.rstrip("/").rpartition("/")[0] or "."
-  config_file = t5x.join(folder, prompt_peft.PEFT_CONFIG)
+  config_file = t5x.join(folder, export_layout.PEFT_CONFIG)
   if t5x.exists(config_file):
     return _peft_adapter(folder, config_file)
   run = export_layout.training_run_of(path)
@@ -146,7 +146,7 @@ def _a_prompt_not_a_model(path: str) -> Optional[str]:
 
 def _peft_adapter(folder: str, config_file: str) -> str:
   """Why a PEFT adapter folder is not a model, naming its base model (base_model_name_or_path)."""
-  from spot_jax import prompt_peft  # pylint: disable=g-import-not-at-top
+  from spot_jax import export_layout  # pylint: disable=g-import-not-at-top
   try:
     config = json.loads(t5x.read_bytes(config_file))
   except (OSError, ValueError):
@@ -156,7 +156,7 @@ def _peft_adapter(folder: str, config_file: str) -> str:
   base = config.get("base_model_name_or_path")
   base = (f"{base} (adapter_config.json's base_model_name_or_path)" if isinstance(base, str) and base else
           "its base model, the T5 it was trained on (adapter_config.json's base_model_name_or_path names none)")
-  files = f"{prompt_peft.PEFT_CONFIG} + {prompt_peft.PEFT_WEIGHTS}"
+  files = f"{export_layout.PEFT_CONFIG} + {export_layout.PEFT_WEIGHTS}"
   if kind in ("PROMPT_TUNING", "P_TUNING"):
     return (f"{folder} is a PEFT prompt adapter ({kind}: {files}), a trained soft prompt, not a model "
             f"checkpoint: pass it as the prompt ({_AS_PROMPT}), and as the frozen model (CHECKPOINT_PATH, "
