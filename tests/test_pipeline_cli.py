@@ -75,6 +75,9 @@ def test_spot_cli_runs_the_whole_pipeline_with_a_baseline(library, tmp_path, cap
   expected = sorted(sim.similarities_to(emb, lib.prompts("task_embedding")).items(),
                     key=lambda kv: (-kv[1], kv[0]))
   assert [(r["task"], pytest.approx(r["score"])) for r in result["ranked"]] == expected
+  run_dirs = sorted(p.parent for p in out.rglob("numpy_checkpoints"))
+  assert len(run_dirs) == 3, run_dirs  # the target's task embedding, transfer and baseline runs
+  assert all("TRAIN_STEPS = 6" in (d / "config.gin").read_text() for d in run_dirs)
   weights = {c["task"]: c["weight"] for c in result["chosen"]}
   manual = sum(w * lib.get(t).prompt for t, w in weights.items())
   np.testing.assert_allclose(np.load(out / "init.npy"), manual, rtol=1e-5, atol=1e-6)
@@ -98,6 +101,9 @@ def test_spot_source_cli_adds_one_prompt_to_a_library(tmp_path, capsys, clean_gi
   assert rec["steps"] == 4 and rec["has_task_embedding"] and "accuracy" in rec["metrics"]
   assert rec["model_id"] == pipeline.default_model_id(None, CFG.replace(dropout_rate=0.1), 0)
   assert "added spot_bundled_nli" in text
+  # The run's MODEL_DIR records the command's gin configuration, as `spot_jax.train` writes its own.
+  config_gin = (tmp_path / "run" / "config.gin").read_text()
+  assert "TRAIN_STEPS = 4" in config_gin and "'spot_bundled_nli'" in config_gin
 
 
 def test_spot_source_cli_leaves_the_library_to_process_0(tmp_path, capsys, clean_gin, monkeypatch):

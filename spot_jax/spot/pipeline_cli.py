@@ -50,7 +50,7 @@ def _run_config(s: dict) -> RunConfig:
                    prompt_length=s["prompt_length"], prompt_init=s["prompt_init"], seed=s["seed"],
                    num_partitions=s["num_partitions"], eval_batch_size=s["eval_batch_size"],
                    eval_num_examples=s["eval_num_examples"], metric=s["best_metric"],
-                   save_period=s["save_period"],
+                   save_period=s["save_period"], config_gin=gin.config_str(),
                    initial_step=step if step is not None else frozen_lib.checkpoint_step(
                        s["initial_checkpoint_path"]))
 

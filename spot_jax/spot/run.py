@@ -37,6 +37,9 @@ class RunConfig:
   # The global step Adafactor's decay counts from (train's INITIAL_CHECKPOINT_STEP); None: train's own
   # default, which is 0 for the in-memory frozen model the pipeline passes.
   initial_step: Optional[int] = None
+  # The gin configuration of the `spot` / `spot source` command (gin.config_str()), written to each
+  # run's MODEL_DIR/config.gin as `spot_jax.train` writes its own; None (the Python API): none written.
+  config_gin: Optional[str] = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def evaluate_prompt(frozen, task: str, prompt, run: RunConfig) -> Dict[str, float]:

@@ -59,6 +59,8 @@ def _train(frozen, run: RunConfig, model_dir: str, task: str, steps: int, prompt
     kwargs["optimizer"] = run.optimizer
   if run.initial_step is not None:
     kwargs["initial_checkpoint_step"] = run.initial_step
+  if run.config_gin is not None:
+    kwargs["config_gin"] = run.config_gin
   log.info("training %s for %d steps -> %s", task, steps, model_dir)
   return train_lib.train(**kwargs)
 
