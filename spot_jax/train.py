@@ -146,7 +146,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   keep one frozen model in memory across many short runs).
 
   `config_gin`: the run's gin configuration, written to MODEL_DIR/config.gin once the run's checks pass
-  and before its first step (`write_config_gin`; `main` passes `gin.config_str()`).
+  (its data's too) and before its first step, when it has steps to train (`write_config_gin`; `main`
+  passes `gin.config_str()`).
   """
   t_start = time.time()
   is_main = jax.process_index() == 0
@@ -274,13 +275,14 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     if state.prompt.shape != (prompt_length, config.d_model):
       raise ValueError(f"checkpoint prompt shape {state.prompt.shape} != [PROMPT_LENGTH={prompt_length}, "
                        f"d_model={config.d_model}]")
-    if config_gin is not None and is_main:  # the run is accepted: its settings are MODEL_DIR's record
-      write_config_gin(model_dir, config_gin)
 
     step_fn = _compiled_step(config, tx, mesh, enable_dropout, num_microbatches, frozen_shardings)
     batches = input_pipeline.get_batches(mixture_or_task_name, task_feature_lengths, "train", batch_size,
                                          seed=seed, skip_batches=start_step, shard_index=shard_index,
                                          num_shards=num_shards)
+    # The run is accepted (its data too) and will train: its settings become MODEL_DIR's record.
+    if config_gin is not None and is_main and start_step < train_steps:
+      write_config_gin(model_dir, config_gin)
     # A threefry key: flax derives one per dropout call from it, and the model stretches each into
     # mask bits with a cheap counter hash (dropout._hashed_bits; docs/bench.md has the timings).
     rng = jax.random.key(seed)

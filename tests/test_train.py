@@ -532,6 +532,9 @@ def test_a_run_writes_its_gin_config_to_model_dir_as_t5x_does(tmp_path):
     assert "TRAIN_STEPS = 4\n" in (run / "config.gin").read_text()
     (kept,) = run.glob("config.gin.old-*")
     assert kept.read_text() == text
+  # A rerun with nothing left to train (TRAIN_STEPS below the latest checkpoint) leaves the record alone.
+  train_lib.main(_gin_args(run, steps=3))
+  assert "TRAIN_STEPS = 4\n" in (run / "config.gin").read_text() and len(list(run.glob("config.gin.old-*"))) == 1
   # A MODEL_DIR holding only another run's config.gin: a fresh start goes on (and keeps it aside).
   other = tmp_path / "other"
   other.mkdir()
