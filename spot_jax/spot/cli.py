@@ -104,8 +104,8 @@ def add_library_parser(subparsers) -> argparse.ArgumentParser:
                  help="compare task embeddings (default, as retrieve and spot rank sources, and as SPoT "
                  "measures task similarity; entries without one use their final prompt, with a warning; a "
                  "library without any compares final prompts, with a note) or the final prompts")
-  p.add_argument("--out-dir", default=None, help="where to write similarity_<measure>.{json,png} "
-                 "(default <library>/similarity)")
+  p.add_argument("--out-dir", default=None, help="where to write similarity_<measure>_task_embedding.{json,png} "
+                 "(with --kind prompt: similarity_<measure>.{json,png}; default <library>/similarity)")
   p.add_argument("--top", type=int, default=20, help="pairs to print per measure (default 20)")
   p.set_defaults(func=_cmd_similarity)
 
