@@ -89,6 +89,18 @@ def test_add_without_model_id_takes_the_frozen_model_the_source_records(tmp_path
   short = PromptLibrary(str(tmp_path / "lib4"))
   short.add("cb", _prompt(seed=4), "hf_t5")
   assert short.add("rte", run, None)["model_id"] == "hf_t5"
+  # A library named by the model's folder alone, as the docs name it (t5_1_1_lm100k_base), takes a run
+  # whose record is that folder's checkpoint; a part of a folder's name is no match.
+  step_run = str(tmp_path / "runs" / "wsc")
+  pexp.export_numpy_checkpoint(_prompt(seed=5), step_run, 8, task="wsc",
+                               frozen_model=str(tmp_path / "t5_1_1_lm100k_base" / "checkpoint_1100000"))
+  by_folder = PromptLibrary(str(tmp_path / "lib6"))
+  by_folder.add("cb", _prompt(seed=4), "t5_1_1_lm100k_base")
+  assert by_folder.add("wsc", step_run, None)["model_id"] == "t5_1_1_lm100k_base"
+  partial = PromptLibrary(str(tmp_path / "lib7"))
+  partial.add("cb", _prompt(seed=4), "lm100k_base")
+  with pytest.raises(ValueError, match="but the library holds prompts of 'lm100k_base'"):
+    partial.add("wsc", step_run, None)
   # Without a record (a .npy), an empty library still needs the id, and says why.
   np.save(tmp_path / "p.npy", _prompt())
   with pytest.raises(ValueError, match=r"lib5 is empty and the prompt's source records no frozen model.*"

@@ -72,6 +72,13 @@ def _check_local(path: str) -> None:
                      f"cp -r {path} /data/spot_library`; the prompts added to it may come from gs://")
 
 
+def _names_a_folder_of(model_id: str, path: str) -> bool:
+  """Whether `model_id`'s path parts are a run of whole consecutive parts of `path`."""
+  ids = [p for p in model_id.strip("/").split("/") if p]
+  parts = [p for p in path.rstrip("/").split("/") if p]
+  return bool(ids) and any(parts[i:i + len(ids)] == ids for i in range(len(parts) - len(ids) + 1))
+
+
 class PromptLibrary:
   """A directory of source-task prompts for one frozen model."""
 
@@ -267,9 +274,10 @@ class PromptLibrary:
     if recorded is None:
       return None
     ours = self.meta.get("model_id")
-    if ours is not None and recorded.path is not None and \
-        ("/" + recorded.path.rstrip("/")).endswith("/" + str(ours).strip("/")):
-      return str(ours)  # the library named the same folder by a shorter path (INITIAL_CHECKPOINT_PATH as typed)
+    if ours is not None and recorded.path is not None and _names_a_folder_of(str(ours), recorded.path):
+      # The library named the same model by fewer parts of its path: INITIAL_CHECKPOINT_PATH as typed,
+      # or the model's folder without its checkpoint step (t5_1_1_lm100k_base, as the docs name it).
+      return str(ours)
     return recorded.model_id
 
   def _check_addable(self, task: str, model_id: Optional[str], overwrite: bool,
