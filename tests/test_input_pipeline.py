@@ -259,6 +259,24 @@ def test_long_examples_after_the_first_ones_are_counted_as_the_batches_flow(capl
   np.testing.assert_array_equal(got[12]["encoder_input_tokens"][4, -1], 1)  # example 101: cut, EOS kept
 
 
+def test_a_feature_cut_in_the_first_examples_is_warned_about_once_and_not_counted(caplog):
+  """A task cut by design (long inputs from the first example on): the start-up warning says so and
+  which examples it read; counting its inputs too would tokenize nearly every example twice (in the
+  tf.data map), so its inputs are not counted, while its short targets still are."""
+  name = _text_task("spot_test_cut_early", [{"inputs": "x" * 40, "targets": "no"}] * 80)
+  with caplog.at_level("WARNING", logger="spot_jax"):
+    batches = input_pipeline.get_batches(name, {"inputs": 16, "targets": 4}, "train", 8, shuffle=False,
+                                         num_epochs=1)
+    (start,) = _warnings(caplog)
+    assert "64 of the first 64 'train' examples have inputs longer" in start and \
+        "only these were read: later examples may need more" in start, start
+    assert batches.truncation is not None and batches.truncation.features == ("targets",)
+    got = list(batches)
+    caplog.clear()
+    assert batches.close() == []
+  assert len(got) == 10 and not _warnings(caplog)
+
+
 def test_the_count_covers_the_batches_handed_out_after_a_resume_and_in_a_mixture(caplog):
   import seqio
   late = _text_task("spot_test_cut_late_mix", _late_long_rows())
