@@ -8,9 +8,11 @@ import difflib
 import os
 import pathlib
 import re
-from typing import Optional, Sequence
+import tokenize
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import gin
+from gin import config_parser
 
 from spot_jax import prompt_tuning_compat
 
@@ -39,45 +41,134 @@ def _place(path: str, gin_dir: str) -> Optional[int]:
   return next((place for pattern, place in _PLACES if fnmatch.fnmatch(relative, pattern)), None)
 
 
-def _same_value(a: str, b: str) -> bool:
-  """Whether two gin value texts are one value (`'x'` and `"x"` are)."""
-  import ast  # pylint: disable=g-import-not-at-top
-  if a == b:
-    return True
+class _Setting(NamedTuple):
+  """One setting of a name in a gin file, as `_macro_setters` finds it."""
+  text: str  # the value as written (a value of several lines on one line, comments left out)
+  value: Any  # gin's reading of it (`@name()` and `%NAME` as tuples), or _UNPARSED
+  chain: tuple  # the includes (as written) through which the file sets it; () for the file's own line
+  origin: str  # the file whose own line sets it: the file itself, or the end of `chain`
+
+
+_UNPARSED = object()  # a value gin's parser does not take alone (gin will say so when it parses)
+
+
+def _full_selector(selector: str) -> str:
+  """A configurable's selector (scopes kept) with the configurable's full name from gin's registry:
+  `model_config` is `spot_jax.model_config` once spot_jax.config is imported. As written when gin knows
+  no configurable or more than one by it."""
+  scope, slash, name = selector.rpartition("/")
   try:
-    return ast.literal_eval(a) == ast.literal_eval(b)
-  except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-    return False
+    matches = gin.config._REGISTRY.matching_selectors(name)  # pylint: disable=protected-access
+  except Exception:  # pylint: disable=broad-except  (a name gin cannot match: compared as written)
+    matches = []
+  return scope + slash + (matches[0] if len(matches) == 1 else name)
 
 
-def _macro_setters(path: str, search_paths: Sequence[str], _depth: int = 0) -> dict:
-  """`{name: (value text, include chain)}` of the macros and parameter bindings a local gin file sets,
-  the last setting of each in gin's reading order; the chain is () for the file's own lines, else the
-  includes (as written) through which it is set. A file that cannot be read here sets nothing (gin
-  will say why)."""
+def _full_name(name: str) -> str:
+  """A macro as written; a parameter binding (`model_config.dtype`) with its configurable's full name."""
+  configurable, dot, param = name.rpartition(".")
+  return _full_selector(configurable) + dot + param if dot else name
+
+
+class _References(config_parser.ParserDelegate):
+  """gin's parser with references kept as comparable tuples (gin's own delegate makes objects that
+  compare by identity, and needs the macros and configurables of a parse)."""
+
+  def configurable_reference(self, scoped_configurable_name, evaluate):
+    return ("@", _full_selector(scoped_configurable_name), evaluate)
+
+  def macro(self, macro_name):
+    return ("%", macro_name)
+
+
+def _parse_value(text: str) -> Any:
+  """gin's reading of one value's text; raises tokenize.TokenError while a bracket is still open."""
+  parser = config_parser.ConfigParser(text, _References())
+  value = parser.parse_value()
+  if parser.current_token.type not in (tokenize.NEWLINE, tokenize.ENDMARKER):
+    raise SyntaxError(f"more than one value: {text!r}")
+  return value
+
+
+def _without_comments(text: str) -> str:
+  """A value of several lines on one line, its comments left out (for messages)."""
+  lines = text.splitlines()
+  try:
+    for token in tokenize.generate_tokens(iter(line + "\n" for line in lines).__next__):
+      if token.type == tokenize.COMMENT:
+        row, col = token.start
+        lines[row - 1] = lines[row - 1][:col]
+  except (tokenize.TokenError, SyntaxError):
+    pass
+  return " ".join(line.strip() for line in lines if line.strip())
+
+
+def _read_value(first: str, line: str, following: Sequence[str]) -> Tuple[str, Any, int]:
+  """(text without comments, gin's reading, how many of `following` lines it takes) of the value that
+  starts on `line` after its `=` (`first`: the text there as a regex cut it, kept for a value gin's
+  parser does not take, which is compared by that text)."""
+  start = line.partition("=")[2].lstrip()
+  for taken in range(0, min(len(following), 500) + 1):
+    text = "\n".join([start, *following[:taken]])
+    try:
+      return _without_comments(text), _parse_value(text), taken
+    except tokenize.TokenError:  # a bracket still open: the value goes on on the next line
+      continue
+    except Exception:  # pylint: disable=broad-except  (gin will say what is wrong with it)
+      break
+  return first, _UNPARSED, 0
+
+
+def _same_value(a: _Setting, b: _Setting) -> bool:
+  """Whether two settings give one value, as gin reads them (`'x'` and `"x"` are one; so are two
+  dicts written over several lines that differ after their first line only when their values do)."""
+  if a.value is not _UNPARSED and b.value is not _UNPARSED:
+    return a.value == b.value
+  return a.text == b.text
+
+
+def _macro_setters(path: str, search_paths: Sequence[str], _depth: int = 0) -> Dict[str, _Setting]:
+  """`{name: _Setting}` of the macros and parameter bindings a local gin file sets, the last setting of
+  each in gin's reading order, a binding under its configurable's full name (`_full_name`). A file that
+  cannot be read here sets nothing (gin will say why)."""
   try:
     text = pathlib.Path(path).read_text()
   except (OSError, ValueError):
     return {}
   setters = {}
-  for line in text.splitlines():
+  lines = text.splitlines()
+  i = 0
+  while i < len(lines):
+    line = lines[i]
+    i += 1
     include = _INCLUDE_LINE.match(line)
     if include and _depth < 10:
       found = next((c for c in [include.group(1)] + [os.path.join(b, include.group(1)) for b in search_paths]
                     if os.path.isfile(c)), None)
-      for name, (value, chain) in (_macro_setters(found, search_paths, _depth + 1) if found else {}).items():
+      for name, setting in (_macro_setters(found, search_paths, _depth + 1) if found else {}).items():
         setters.pop(name, None)  # keeps gin's reading order: the last setting of a name comes last
-        setters[name] = (value, (include.group(1),) + chain)
-    setting = _MACRO_LINE.match(line) or _BINDING_LINE.match(line)
-    if setting:
-      setters.pop(setting.group(1), None)
-      setters[setting.group(1)] = (setting.group(2), ())
+        setters[name] = setting._replace(chain=(include.group(1),) + setting.chain)
+    found_setting = _MACRO_LINE.match(line) or _BINDING_LINE.match(line)
+    if found_setting:
+      value_text, value, taken = _read_value(found_setting.group(2), line, lines[i:])
+      i += taken
+      name = _full_name(found_setting.group(1))
+      setters.pop(name, None)
+      setters[name] = _Setting(value_text, value, (), path)
   return setters
 
 
 def _shell_binding(name: str, value: str) -> str:
   """`--gin.NAME=VALUE` as a shell takes it: a value with quotes inside the shell's own."""
   return f"--gin.{name}=\"{value}\"" if "'" in value and '"' not in value else f"--gin.{name}={value}"
+
+
+class _Owner(NamedTuple):
+  """The `--gin_file` whose setting of a name stands so far."""
+  given: str  # as given
+  path: str  # as resolved
+  setting: _Setting
+  place: Optional[int]  # the place (`_PLACES`) of the file that sets the value: setting.origin's
 
 
 def check_file_order(gin_files: Sequence[str], resolved: Sequence[str], search_paths: Sequence[str],
@@ -90,47 +181,53 @@ def check_file_order(gin_files: Sequence[str], resolved: Sequence[str], search_p
   FROZEN_DTYPE and activations beside the fused attention (half the GPU setting).
 
   Refused when the later file is a run file (gin/runs/); when it is another of the project's files
-  (`runs_dir`'s parent) and the earlier file is the user's own or comes later in the documented order
-  (`_PLACES`: variant, prompts, size, bfloat16, runs, partitioning); or when it sets the value through an
-  include over an earlier file's own line. Otherwise later wins, as it says: a user's file (its own
-  lines) after any file, one user file's include undone by another's, or two project files of one place
-  (`partitioning/model_parallel_4.gin` then `partitioning/model_parallel_2.gin`)."""
+  (`runs_dir`'s parent) and the file that set the value before (the earlier file's own line, or the
+  project file at the end of its include chain) is the user's own or comes later in the documented
+  order (`_PLACES`: variant, prompts, size, bfloat16, runs, partitioning); or when it sets the value
+  through an include over an earlier file's own line. Otherwise later wins, as it says: a user's file
+  (its own lines) after any file; one user file's include undone by another's; two project files of
+  one place (`partitioning/model_parallel_4.gin` then `partitioning/model_parallel_2.gin`); a project
+  file after a user's file that includes project files of its place or before
+  (`my_model.gin` with `include 'models/t5_1_1.gin'`, then `models/gpu_bf16.gin`, as T5X users wrap
+  the project's files)."""
   gin_dir = os.path.dirname(os.path.abspath(runs_dir))
-  owner = {}  # name -> (file as given, value text, chain, the file's place, its path)
+  owner: Dict[str, _Owner] = {}
   for given, path in zip(gin_files, resolved):
     setters = _macro_setters(path, search_paths)
     is_run_file = os.path.dirname(os.path.abspath(path)) == os.path.abspath(runs_dir)
     place = _place(path, gin_dir)
-    undone = []  # (name, the earlier owner, value, chain)
-    for name, (value, chain) in setters.items():
+    undone = []  # (name, the earlier owner, the later setting)
+    for name, setting in setters.items():
       before = owner.get(name)
-      if before and not _same_value(before[1], value) and (
-          is_run_file or (chain and not before[2]) or
-          (place is not None and (before[3] is None or place < before[3]))):
-        undone.append((name, before, value, chain))
+      if before and not _same_value(before.setting, setting) and (
+          is_run_file or (setting.chain and not before.setting.chain) or
+          (place is not None and (before.place is None or place < before.place))):
+        undone.append((name, before, setting))
     if undone:
       _refuse_order(given, undone, search_paths)
-    for name, (value, chain) in setters.items():
-      owner[name] = (given, value, chain, place, path)
+    for name, setting in setters.items():
+      owner[name] = _Owner(given, path, setting, _place(setting.origin, gin_dir))
 
 
 def _refuse_order(given: str, undone: list, search_paths: Sequence[str]) -> None:
   """The refusal of `check_file_order`: every setting of the first earlier file that `given` undoes,
   macros first, with the order to use and the bindings that would do the same."""
-  earlier, earlier_path = undone[0][1][0], undone[0][1][4]
-  undone = sorted((u for u in undone if u[1][4] == earlier_path),
+  earlier, earlier_path = undone[0][1].given, undone[0][1].path
+  undone = sorted((u for u in undone if u[1].path == earlier_path),
                   key=lambda u: re.fullmatch(r"[A-Z][A-Z0-9_]*", u[0]) is None)  # macros first
-  (name, before, value, chain), rest = undone[0], undone[1:]
-  how = f" through its include of {', which includes '.join(chain)}" if chain else ""
-  also = f" (and {', '.join(f'{n} = {b[1]} back to {v}' for n, b, v, _ in rest)})" if rest else ""
+  (name, before, setting), rest = undone[0], undone[1:]
+  def through(chain):
+    return f" through its include of {', which includes '.join(chain)}" if chain else ""
+  also = (f" (and {', '.join(f'{n} = {b.setting.text} back to {s.text}' for n, b, s in rest)})"
+          if rest else "")
   every = len(undone) == len(_macro_setters(earlier_path, search_paths))
   effect = "have no effect" if every else "be applied only in part"
-  bindings = " ".join(_shell_binding(n, b[1]) for n, b, _, _ in undone)
+  bindings = " ".join(_shell_binding(n, b.setting.text) for n, b, _ in undone)
   raise SystemExit(
-      f"--gin_file={earlier} sets {name} = {before[1]}, but the later --gin_file={given} sets it "
-      f"back to {value}{how}{also}, and later files win: {earlier} would {effect}. Give "
-      f"--gin_file={earlier} after --gin_file={given}, or set {bindings} (a --gin.NAME=VALUE binding "
-      "wins wherever it stands)")
+      f"--gin_file={earlier} sets {name} = {before.setting.text}{through(before.setting.chain)}, but the "
+      f"later --gin_file={given} sets it back to {setting.text}{through(setting.chain)}{also}, and later "
+      f"files win: {earlier} would {effect}. Give --gin_file={earlier} after --gin_file={given}, or set "
+      f"{bindings} (a --gin.NAME=VALUE binding wins wherever it stands)")
 
 
 def unquoted_string_binding(bindings: Sequence[str]) -> str:

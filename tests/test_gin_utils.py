@@ -442,6 +442,64 @@ def test_a_bf16_file_before_the_variant_that_sets_its_values_directly_is_refused
   assert gin.query_parameter("spot_jax.model_config.vocab_size") == 250112
 
 
+def test_a_users_file_that_includes_the_projects_files_comes_before_the_files_of_later_places(tmp_path):
+  """T5X users wrap the project's files in a gin file of their own. Its values through an include have
+  the place of the file that sets them (models/t5_1_1.gin's FROZEN_DTYPE is the variant's), so the
+  README's order after it (models/gpu_bf16.gin after the size, a partitioning file after the run file)
+  was refused as if the wrapper set them on lines of its own, with advice that undid the bf16 setting."""
+  import gin
+  model = tmp_path / "my_model.gin"
+  model.write_text("include 'models/t5_1_1.gin'\ninclude 'prompts/random_uniform.gin'\n"
+                   "include 'models/sizes/base.gin'\n")
+  gin_utils.configure([f"--gin_file={model}", "--gin_file=models/gpu_bf16.gin", "--gin_file=runs/prompt_train.gin"]
+                      + NAMED)
+  assert gin.query_parameter("%FROZEN_DTYPE") == "bfloat16"
+  assert gin.query_parameter("spot_jax.model_config.dtype") == "bfloat16"
+  assert gin.query_parameter("spot_jax.model_config.attention_impl") == "fused"
+  assert gin.query_parameter("spot_jax.model_config.size") == "base"
+  run = tmp_path / "my_run.gin"
+  run.write_text("include 'models/t5_1_1.gin'\ninclude 'prompts/random_uniform.gin'\n"
+                 "include 'models/sizes/tiny.gin'\ninclude 'runs/prompt_train.gin'\n")
+  assert _num_partitions([f"--gin_file={run}", "--gin_file=partitioning/model_parallel_4.gin"] + NAMED) == 4
+  # Still refused: a wrapper's include of a later place before an earlier place's file ...
+  bf16 = tmp_path / "my_bf16.gin"
+  bf16.write_text("include 'models/gpu_bf16.gin'\n")
+  with pytest.raises(SystemExit, match=rf"--gin_file={re.escape(str(bf16))} sets FROZEN_DTYPE = 'bfloat16' through "
+                                       r"its include of models/gpu_bf16.gin, but the later "
+                                       r"--gin_file=models/t5_1_1.gin sets it back to 'float32'.* Give "
+                                       rf"--gin_file={re.escape(str(bf16))} after --gin_file=models/t5_1_1.gin"):
+    gin_utils.configure([f"--gin_file={bf16}"] + TINY + ["--gin_file=runs/prompt_train.gin"] + NAMED)
+  # ... and a wrapper's own line that a later project file sets back.
+  model.write_text(model.read_text() + "spot_jax.model_config.attention_impl = 'einsum'\n")
+  with pytest.raises(SystemExit, match=rf"--gin_file={re.escape(str(model))} sets spot_jax.model_config."
+                                       r"attention_impl = 'einsum', but the later --gin_file=models/gpu_bf16.gin "
+                                       r"sets it back to 'fused', and later files win"):
+    gin_utils.configure([f"--gin_file={model}", "--gin_file=models/gpu_bf16.gin", "--gin_file=runs/prompt_train.gin"]
+                        + NAMED)
+
+
+def test_the_order_guard_compares_values_as_gin_reads_them_and_bindings_by_their_configurable(tmp_path):
+  """It compared the text of a binding's first line (every `X = {` ... `}` was one value) and names as
+  written (`model_config.dtype` was not `spot_jax.model_config.dtype`)."""
+  runs = gin_utils.GIN_DIR / "runs"
+  def check(*files):
+    gin_checks.check_file_order([str(f) for f in files], [str(f) for f in files], [str(tmp_path)], runs)
+  mine, theirs, wrapper = tmp_path / "mine.gin", tmp_path / "theirs.gin", tmp_path / "wrapper.gin"
+  mine.write_text("X = {  # the lengths\n    'inputs': 64,\n    'targets': 4,\n}\n")
+  wrapper.write_text("include 'theirs.gin'\n")
+  theirs.write_text("X = {\n    'inputs': 512,  # T5X's\n    'targets': 4,\n}\n")
+  with pytest.raises(SystemExit, match=r"sets X = \{ 'inputs': 64, 'targets': 4, \}, but the later "
+                                       rf"--gin_file={re.escape(str(wrapper))} sets it back to "
+                                       r"\{ 'inputs': 512, 'targets': 4, \} through its include of theirs.gin"):
+    check(mine, wrapper)
+  theirs.write_text("X = {'targets': 4,\n     \"inputs\": 64}\n")  # the same value, written otherwise
+  check(mine, wrapper)
+  mine.write_text("model_config.dropout_broadcast = False\n")
+  with pytest.raises(SystemExit, match=r"sets spot_jax.model_config.dropout_broadcast = False, but the later "
+                                       r"--gin_file=models/t5_1_1.gin sets it back to True"):
+    gin_utils.configure([f"--gin_file={mine}"] + TINY + ["--gin_file=runs/prompt_train.gin"] + NAMED)
+
+
 def test_a_binding_of_a_parameter_the_jobs_pass_themselves_is_refused_naming_the_macro(tmp_path):
   """make_mesh is configurable, but train and eval pass num_partitions: the binding was ignored."""
   base = TINY + ["--gin_file=runs/prompt_train.gin"] + NAMED
