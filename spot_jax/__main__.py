@@ -110,6 +110,9 @@ def _dispatch(command: str, rest) -> int:
   if command == "demo":
     from spot_jax import demo
     return demo.main(rest)
+  if command in ("bench", "tasks"):
+    from spot_jax import import_guard  # pylint: disable=g-import-not-at-top
+    import_guard.check_loaded(command)  # a user's module of that name, imported before
   if command == "bench":
     import bench.__main__ as bench_main
     return bench_main.main(rest)

@@ -448,6 +448,7 @@ def _configure(argv: Optional[Sequence[str]], prog: str,
       os.environ["TFDS_DATA_DIR"] = args.tfds_data_dir
     parse_gin(args.gin_file, bindings, search)
     with _user_errors_as_one_line(prog):  # a bad file in the user's task module
+      import_guard.check_loaded()  # a user's tasks.py imported before (by their script): not spot_jax's
       prompt_tuning_compat.import_task_modules(prompt_tuning_compat.query_macros([TASK_MODULE_MACRO]).get(
           TASK_MODULE_MACRO))
     gin_checks.check_macros_are_read(bindings, USER_GIN_FILES)

@@ -11,6 +11,17 @@ first on `sys.meta_path` that, for those two top-level names only, looks where t
   file, spot_jax's package and the fix;
 - nothing, or only a plain folder of that name (a namespace package): spot_jax's own.
 
+Only spot_jax's own imports are checked (those of its modules, of its `tasks` and `bench` packages and
+of its commands, `python -m spot_jax.train` included): the finder looks past importlib's frames at the
+module that imports. A user's own `import tasks` (their Celery or invoke tasks.py, a notebook that uses
+spot_jax.checkpoints) after `import spot_jax` gets the user's module, as without spot_jax.
+
+A foreign `tasks` (`bench`) already imported (in `sys.modules`, which no finder is asked about) is
+refused where spot_jax comes to use its own: `check_loaded` (the commands' start-up, get_task) and the
+finder, for a submodule (`tasks.vocab`) spot_jax imports of a user's package of that name. A user's
+plain tasks.py imported first otherwise reads as Python's own "cannot import name ... from 'tasks'
+(PATH)".
+
 Every other import passes after one membership test.
 """
 from __future__ import annotations
@@ -23,6 +34,7 @@ import sys
 from typing import Iterable, Optional
 
 GUARDED = frozenset({"tasks", "bench"})
+_HERE = os.path.realpath(__file__)
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _WHAT = {"tasks": "its seqio task registry", "bench": "its benchmarks"}
 
@@ -65,6 +77,55 @@ def foreign_origin(name: str, paths: Iterable[str]) -> Optional[str]:
   return None
 
 
+def loaded_origin(name: str) -> Optional[str]:
+  """The file of the module `name` (`tasks` or `bench`) in sys.modules when it is not spot_jax's own
+  (a user's, imported first), else None."""
+  module = sys.modules.get(name)
+  origin = getattr(module, "__file__", None) if module is not None else None
+  if not origin or not os.path.isfile(own_init(name)) or _same_file(origin, own_init(name)):
+    return None
+  return origin
+
+
+def check_loaded(*names: str) -> None:
+  """ShadowedPackageError when a module of the user's already stands in sys.modules as spot_jax's
+  `tasks` / `bench` (all of GUARDED without names): for spot_jax's code that is about to use its own."""
+  for name in names or sorted(GUARDED):
+    origin = loaded_origin(name)
+    if origin is not None:
+      raise ShadowedPackageError(shadow_message(name, origin) + f" (it was imported before spot_jax needed "
+                                 f"its own {name!r}: import your module under the new name too)",
+                                 name=name, path=origin)
+
+
+_IMPORTLIB_DIR = os.path.dirname(os.path.realpath(importlib.__file__))
+_OWN_DIRS = tuple(os.path.join(os.path.realpath(_ROOT), n) + os.sep for n in ("spot_jax",) + tuple(sorted(GUARDED)))
+
+
+def _is_importlib(filename: str) -> bool:
+  """importlib's frames (frozen, or its package's files: import_module) and this module's."""
+  if filename.startswith("<frozen importlib"):
+    return True
+  real = os.path.realpath(filename)
+  return real == _HERE or os.path.dirname(real) == _IMPORTLIB_DIR
+
+
+def _imported_by_spot_jax() -> bool:
+  """Whether the code importing now (the first frame past importlib's own and this module's) is
+  spot_jax's: a file of spot_jax's packages (spot_jax, its `tasks` and `bench`; a command run as
+  `python -m spot_jax.train` included) or a module named spot_jax.*. A user's module named `tasks` is
+  not spot_jax's, so only files count for those two names."""
+  frame = sys._getframe(1)  # pylint: disable=protected-access
+  while frame is not None and _is_importlib(frame.f_code.co_filename):
+    frame = frame.f_back
+  if frame is None:
+    return False
+  name = frame.f_globals.get("__name__")
+  if isinstance(name, str) and name.partition(".")[0] == "spot_jax":
+    return True
+  return os.path.realpath(frame.f_code.co_filename).startswith(_OWN_DIRS)
+
+
 class _Finder(importlib.abc.MetaPathFinder):
   """See the module docstring. Class attribute `spot_jax_import_guard` marks it (a reload installs
   no second one)."""
@@ -72,9 +133,15 @@ class _Finder(importlib.abc.MetaPathFinder):
 
   def find_spec(self, fullname, path=None, target=None):
     if fullname not in GUARDED or path is not None:
+      top = fullname.partition(".")[0]
+      # spot_jax's `import tasks.vocab` where a user's package `tasks` was imported first.
+      if path is not None and top in GUARDED and loaded_origin(top) and _imported_by_spot_jax():
+        check_loaded(top)
       return None
     own = own_init(fullname)
     if not os.path.isfile(own):  # spot_jax installed without it: nothing to protect
+      return None
+    if not _imported_by_spot_jax():  # the user's own `import tasks`: theirs, as without spot_jax
       return None
     spec = importlib.machinery.PathFinder.find_spec(fullname, path)
     if _has_file(spec):

@@ -63,6 +63,15 @@ def test_the_finder_on_its_own(tmp_path, monkeypatch):
   own = import_guard.own_init("tasks")
   assert os.path.isfile(own) and pathlib.Path(own).resolve() == REPO / "tasks" / "__init__.py"
   finder = import_guard._Finder()  # pylint: disable=protected-access
+  # Called from here, a module that is not spot_jax's, it leaves the import to Python (the user's own
+  # `import tasks`); the checks below are those of an import of spot_jax's.
+  (tmp_path / "user").mkdir()
+  (tmp_path / "user" / "tasks.py").write_text(USER_TASKS)
+  monkeypatch.syspath_prepend(str(tmp_path / "user"))
+  importlib.invalidate_caches()
+  assert finder.find_spec("tasks") is None
+  monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path / "user")])
+  monkeypatch.setattr(import_guard, "_imported_by_spot_jax", lambda: True)
   assert finder.find_spec("json") is None and finder.find_spec("tasks.vocab", ["x"]) is None
   # spot_jax's own package, found on sys.path as usual.
   assert pathlib.Path(finder.find_spec("tasks").origin).resolve() == pathlib.Path(own).resolve()
@@ -96,3 +105,60 @@ def test_tasks_list_with_module_tasks_is_one_error(tmp_path, monkeypatch, capsys
   assert cli.main(["tasks", "--list", "--module", "tasks"]) == 2
   err = capsys.readouterr().err
   assert str(tmp_path / "tasks.py") in err and "my_tasks.py" in err and len(err.strip().splitlines()) == 1
+
+
+_USER_TASKS_MODULE = "def hello():\n  return 'the user value'\n"
+
+
+def test_a_users_own_import_of_tasks_gets_the_users_module(tmp_path):
+  """The guard is spot_jax's: after `import spot_jax`, a user's own `import tasks` (a Celery or invoke
+  tasks.py, a notebook using only spot_jax.checkpoints) raised ShadowedPackageError."""
+  (tmp_path / "tasks.py").write_text(_USER_TASKS_MODULE)
+  script = ("import importlib, spot_jax.checkpoints, spot_jax.import_guard\n"
+            "import tasks\n"
+            "print(tasks.hello())\n"
+            "del __import__('sys').modules['tasks']\n"
+            "print(importlib.import_module('tasks').hello())\n")
+  out = _run(["-c", script], tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.splitlines() == ["the user value", "the user value"], out.stdout
+
+
+def test_spot_jax_after_the_users_own_tasks_is_imported_is_one_error(tmp_path):
+  """A user's tasks.py imported first stands in sys.modules, where no finder is asked: spot_jax's command
+  names it rather than failing on `from tasks import user_data`."""
+  (tmp_path / "tasks.py").write_text(_USER_TASKS_MODULE)
+  script = ("import sys, tasks\n"
+            "from spot_jax import __main__ as cli\n"
+            "sys.exit(cli.main(['tasks', '--list']))\n")
+  out = _run(["-c", script], tmp_path)
+  assert out.returncode == 2, out.stderr[-3000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("spot-jax tasks: error: "), out.stderr[-3000:]
+  assert str(tmp_path / "tasks.py") in lines[0] and "my_tasks.py" in lines[0], lines[0]
+  script = ("import tasks\n"
+            "from spot_jax import gin_utils\n"
+            "gin_utils.configure(['--gin_file=models/t5_1_1.gin'], 'spot_jax.train')\n")
+  out = _run(["-c", script], tmp_path)
+  assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  errors = _error_lines(out.stderr)
+  assert len(errors) == 1 and errors[0].startswith("spot_jax.train: error: "), out.stderr[-3000:]
+  assert str(tmp_path / "tasks.py") in errors[0], errors[0]
+
+
+def test_spot_jax_importing_a_submodule_of_the_users_tasks_package_is_the_error(tmp_path):
+  (tmp_path / "tasks").mkdir()
+  (tmp_path / "tasks" / "__init__.py").write_text(_USER_TASKS_MODULE)
+  (tmp_path / "tasks" / "vocab.py").write_text("")
+  fake = REPO / "spot_jax" / "not_a_module_of_spot_jax.py"  # as if spot_jax's code imported it
+  script = ("import spot_jax, tasks\n"
+            "import tasks.vocab\n"  # the user's own: theirs
+            "del __import__('sys').modules['tasks.vocab']\n"
+            "from spot_jax import import_guard\n"
+            "try:\n"
+            f"  exec(compile('import tasks.vocab', {str(fake)!r}, 'exec'), {{'__name__': 'x'}})\n"
+            "except import_guard.ShadowedPackageError as e:\n"
+            "  print('REFUSED', e)\n")
+  out = _run(["-c", script], tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.startswith("REFUSED ") and str(tmp_path / "tasks" / "__init__.py") in out.stdout, out.stdout

@@ -104,6 +104,47 @@ def test_load_t5_on_a_training_model_dir_names_the_swap_and_its_frozen_model(tmp
     assert said.endswith(f"the model that run was trained on: {frozen}"), said
 
 
+def test_load_t5_on_a_prompt_tuning_model_dir_loads_its_newest_t5x_checkpoint(tmp_path, reference):
+  """google-research/prompt-tuning's MODEL_DIR: T5X checkpoint_<step>/ (the frozen model's weights and the
+  prompt) beside numpy_checkpoints/. It loads as the model, its newest step, as it did before spot_jax's
+  own training MODEL_DIRs were refused ("a spot_jax prompt-tuning run's folder ... do not name it")."""
+  from spot_jax.checkpoints import detect_format
+  from spot_jax.checkpoints.infer_config import flatten, unflatten
+  config, params = read_params(FIXTURE)
+  run = tmp_path / "pt_run"
+  prompt = reference["prompt"].astype(np.float32)
+  with_prompt = unflatten({**flatten(params), "encoder/prompt/prompt/prompt": prompt})
+  write_t5x(with_prompt, str(run), step=1_100_500)
+  write_t5x(with_prompt, str(run), step=1_101_000)
+  export = run / "numpy_checkpoints" / "checkpoint_1101000"
+  export.mkdir(parents=True)
+  with open(export / "encoder.prompt.prompt.prompt", "wb") as f:
+    np.save(f, prompt)
+  assert detect_format(str(run)) == "t5x"
+  model = spot_jax.load_t5(str(run))
+  assert model.config.d_model == config.d_model
+  logits = model.logits(reference["input_ids"], reference["decoder_input_ids"], prompt=reference["prompt"])
+  assert np.abs(logits - reference["logits_prompt"]).max() <= 1e-4
+  # Its exports are still a prompt, not a model.
+  with pytest.raises(ValueError, match=r"numpy_checkpoints lies in a spot_jax prompt-tuning run's folder"):
+    spot_jax.load_t5(str(run / "numpy_checkpoints"))
+
+
+def test_a_prompt_tuning_model_dir_written_with_orbax_is_a_model(tmp_path):
+  """The same MODEL_DIR of a prompt-tuning run whose T5X saved with Orbax (checkpoint_<step>/state/)."""
+  pytest.importorskip("orbax.checkpoint")
+  from spot_jax.checkpoints import detect_format
+  from spot_jax.checkpoints.infer_config import unflatten
+  from test_checkpoints_t5x_orbax import write_t5x_orbax
+  run = tmp_path / "pt_run"
+  write_t5x_orbax(unflatten({"token_embedder/embedding": np.ones((16, 6), np.float32),
+                             "encoder/prompt/prompt/prompt": np.zeros((4, 6), np.float32)}), str(run), 3)
+  (run / "numpy_checkpoints" / "checkpoint_3").mkdir(parents=True)
+  with open(run / "numpy_checkpoints" / "checkpoint_3" / "encoder.prompt.prompt.prompt", "wb") as f:
+    np.save(f, np.zeros((4, 6), np.float32))
+  assert detect_format(str(run)) == "t5x_orbax"
+
+
 def test_peft_bfloat16_adapter_gives_the_logits_peft_gives():
   """A prompt PEFT saved in bfloat16 (tests/fixtures/make_hf_formats.py) on the model it was made for."""
   import warnings

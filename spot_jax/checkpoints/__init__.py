@@ -60,12 +60,15 @@ def detect_format(path: str) -> str:
   native = t5x.find_checkpoint_dir(path)
   if native == path:
     return "t5x"
-  prompt = _a_prompt_not_a_model(path)  # before the Orbax test: spot_jax's own checkpoints/<step> is one
+  orbax_steps = t5x_orbax.orbax_steps(path)
+  # Before the Orbax test (spot_jax's own checkpoints/<step> is one): a spot_jax training MODEL_DIR, or
+  # a folder in it, holds a prompt only. A prompt-tuning (T5X) MODEL_DIR also holds numpy_checkpoints/,
+  # but its checkpoint_<step>/ are T5X checkpoints with the frozen model's weights: loaded as before.
+  prompt = _a_prompt_not_a_model(path) if native is None and not orbax_steps else None
   if prompt is not None:
     raise CheckpointError(prompt)
   if t5x_orbax.is_orbax_step_dir(path):
     return "t5x_orbax"
-  orbax_steps = t5x_orbax.orbax_steps(path)
   if native is not None and not (orbax_steps and orbax_steps[-1] > t5x.checkpoint_steps(path)[-1]):
     return "t5x"
   if orbax_steps:
