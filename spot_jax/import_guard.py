@@ -126,6 +126,14 @@ def _imported_by_spot_jax() -> bool:
   return os.path.realpath(frame.f_code.co_filename).startswith(_OWN_DIRS)
 
 
+def check_user_module(name: str) -> None:
+  """Raises ShadowedPackageError when `name` (a MIXTURE_OR_TASK_MODULE, `tasks --module`) would be a
+  user's module in the current directory or on sys.path that spot_jax's own `tasks`/`bench` stands for."""
+  foreign = foreign_origin(name, [os.getcwd()] + sys.path)
+  if foreign:
+    raise ShadowedPackageError(shadow_message(name.split(".")[0], foreign))
+
+
 class _Finder(importlib.abc.MetaPathFinder):
   """See the module docstring. Class attribute `spot_jax_import_guard` marks it (a reload installs
   no second one)."""

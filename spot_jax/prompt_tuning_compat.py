@@ -184,9 +184,7 @@ def import_task_modules(modules) -> None:
   for name in [modules] if isinstance(modules, str) else list(modules):
     # `tasks` names spot_jax's own package, imported already; a user's tasks.py here or on sys.path is
     # the one meant, and would be skipped without a word.
-    foreign = import_guard.foreign_origin(name, [os.getcwd()] + sys.path)
-    if foreign:
-      raise import_guard.ShadowedPackageError(import_guard.shadow_message(name.split(".")[0], foreign))
+    import_guard.check_user_module(name)
     try:
       _import_here_too(name)
     except import_guard.ShadowedPackageError:

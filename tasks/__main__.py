@@ -38,10 +38,10 @@ def main(argv=None) -> int:
     sys.path.append(os.getcwd())  # as `python -m spot_jax.train` finds a module in the current directory
   for name in args.module:
     # `--module tasks` would list spot_jax's own package again (already imported), not a tasks.py here.
-    foreign = import_guard.foreign_origin(name, [os.getcwd()] + sys.path)
-    if foreign:
-      print(f"{parser.prog}: error: {import_guard.shadow_message(name.split('.')[0], foreign)}",
-            file=sys.stderr)
+    try:
+      import_guard.check_user_module(name)
+    except import_guard.ShadowedPackageError as e:
+      print(f"{parser.prog}: error: {e}", file=sys.stderr)
       return 2
     importlib.import_module(name)
   added = (set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())) - before
