@@ -228,7 +228,7 @@ class PromptEvaluator:
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_num_examples(num_examples)
-    from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    from spot_jax import truncation  # pylint: disable=g-import-not-at-top
     task = get_task(mixture_or_task_name)
     subtasks = seqio.get_subtasks(task)
     if not any(split in getattr(t, "splits", (split,)) for t in subtasks):
@@ -270,8 +270,14 @@ class PromptEvaluator:
     finally:
       absl_logger.removeFilter(quiet)
     self.last_outputs: Dict[str, Any] = {}
+    # Cut examples: the label words, then every example this evaluation holds (it reads them all).
     for t in self.evaluator.eval_tasks:
-      input_pipeline.warn_truncation(t, feature_lengths, split, setting=lengths_setting)
+      truncation.warn_truncation(t, feature_lengths, split, num_examples=0, setting=lengths_setting)
+      if feature_lengths:
+        cached = self.evaluator.cached_task_datasets[t.name]
+        truncation.warn_cut_examples(t, split, cached.as_numpy_iterator(), feature_lengths,
+                                     "its metrics", lengths_setting,
+                                     unit="option rows" if is_rank_dataset(cached) else "examples")
     if not self.evaluator.eval_tasks:
       log.warning("%s: no task has a %r split and metric functions; nothing to evaluate",
                   mixture_or_task_name, split)

@@ -51,7 +51,7 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
   (`inference.unlabelled_decode_length`), not the placeholder's length."""
   import jax  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
-  from spot_jax import evaluation, inference, input_pipeline  # pylint: disable=g-import-not-at-top
+  from spot_jax import evaluation, inference, input_pipeline, truncation  # pylint: disable=g-import-not-at-top
   from spot_jax.eval import load_model_and_prompt  # pylint: disable=g-import-not-at-top
   evaluation.check_num_examples(num_examples, "spot_jax.infer.infer_prompt.num_examples")
   task_or_mixture = evaluation.get_task(mixture_or_task_name)
@@ -76,7 +76,7 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
                                        checkpoint_macro="CHECKPOINT_PATH", checkpoint_path=checkpoint_path)
   written = {}
   for task in tasks:
-    input_pipeline.warn_truncation(task, task_feature_lengths, split)
+    truncation.warn_truncation(task, task_feature_lengths, split, num_examples=0)  # its label words
     if ranked[task.name]:
       rows = inference.score_options_task(task.name, config, params, prompt, task_feature_lengths,
                                            split=split, batch_size=batch_size, num_examples=num_examples,

@@ -15,6 +15,7 @@ import numpy as np
 
 from spot_jax import decode as decode_lib
 from spot_jax import scoring as scoring_lib
+from spot_jax import truncation
 from spot_jax.config import T5Config
 from spot_jax.evaluation import get_task, is_rank_dataset, take_examples
 
@@ -157,6 +158,8 @@ def predict_task(task_name: str, config: T5Config, params, prompt,
   examples = load_examples(task, split, feature_lengths, num_examples)
   if not examples:
     return []
+  if feature_lengths:
+    truncation.warn_cut_examples(task, split, examples, feature_lengths, "its predictions")
   in_vocab = task.output_features["inputs"].vocabulary
   out_vocab = task.output_features["targets"].vocabulary
   lengths = dict(feature_lengths or {})
@@ -237,6 +240,9 @@ def score_options_task(task_name: str, config: T5Config, params, prompt,
   examples = load_examples(task, split, feature_lengths, num_examples)
   if not examples:
     return []
+  if feature_lengths:
+    truncation.warn_cut_examples(task, split, examples, feature_lengths, "its option scores",
+                                 unit="option rows")
   lengths = dict(feature_lengths or {})
   in_len = lengths.get("inputs") or max(len(e["inputs"]) for e in examples)
   tgt_len = lengths.get("targets") or max(len(e["targets"]) for e in examples)

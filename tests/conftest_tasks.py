@@ -155,3 +155,21 @@ def check_tokenized(examples, vocab_size: int):
       assert np.all((ids >= 0) & (ids < vocab_size)), (k, ids)
       assert len(ids) <= FEATURE_LENGTHS[k]
     assert ex["targets"][-1] == 1, "targets must end with eos (id 1)"
+
+
+def byte_text_task(name, rows, splits=("train", "validation"), label_names=None, metric_fns=()):
+  """Registers (again) a byte-vocabulary task over `rows` ({"inputs", "targets"} texts) for every
+  split in `splits`; `label_names` bound to its postprocessor as the GLUE tasks bind theirs."""
+  from tasks import postprocessors  # pylint: disable=import-outside-toplevel
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  features = {k: seqio.Feature(seqio.ByteVocabulary(), add_eos=True) for k in ("inputs", "targets")}
+  seqio.TaskRegistry.add(
+      name, source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {k: [r[k] for r in rows] for k in ("inputs", "targets")}), splits=list(splits)),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features=features, metric_fns=list(metric_fns),
+      postprocess_fn=(functools.partial(postprocessors.string_label, label_names=label_names)
+                      if label_names else None))
+  return name

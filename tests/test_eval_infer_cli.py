@@ -423,19 +423,21 @@ def test_an_unknown_split_is_refused_before_the_model_loads_naming_the_splits(tm
 
 def test_infer_warns_when_every_option_is_cut_to_the_same_target(tmp_path, prompt_file, caplog, monkeypatch):
   """TASK_FEATURE_LENGTHS['targets']=1 cuts every option of a rank task to EOS: all score the same
-  and the prediction is always option 0. infer says so (the truncation warning names the options
-  that become one)."""
-  from spot_jax import input_pipeline
-  monkeypatch.setattr(input_pipeline, "_TRUNCATION_CHECKED", set())
-  monkeypatch.setattr(input_pipeline, "_TRUNCATION_WARNED", set())
+  and the prediction is always option 0. infer says so, counting the option rows it scored (all of
+  them, not a first few) and naming the options that become one."""
+  from spot_jax import truncation
+  monkeypatch.setattr(truncation, "_TRUNCATION_CHECKED", set())
+  monkeypatch.setattr(truncation, "_TRUNCATION_WARNED", set())
   with caplog.at_level(logging.WARNING, logger="spot_jax"):
     written = infer_cli.main(_args("prompt_infer.gin", "INFER_OUTPUT_DIR", tmp_path / "i", prompt_file,
                                    [f"--gin.MIXTURE_OR_TASK_NAME='{RANK}'",
                                     "--gin.TASK_FEATURE_LENGTHS={'inputs': 6, 'targets': 1}",
                                     "--gin.spot_jax.infer.infer_prompt.num_examples=3"]))
   rows = [json.loads(line) for line in open(written[RANK])]
+  assert len(rows) == 3
   assert all(r["scores"][0] == r["scores"][1] and r["prediction"] == r["options"][0] for r in rows)
-  assert (f"task {RANK!r}: 64 of the first 64 'validation' examples have targets longer than "
+  assert (f"task {RANK!r}: 6 of the 6 'validation' option rows have targets longer than "
           "TASK_FEATURE_LENGTHS['targets']=1 tokens (up to 2 with EOS); seqio cuts them to 1 (keeping EOS), "
-          "so distinct targets become the same target ('negative' and 'positive') and cannot be learned or "
-          "told apart") in caplog.text, caplog.text
+          "so its option scores come from cut targets, and distinct targets become the same target "
+          "('negative' and 'positive'), which cannot be told apart") in caplog.text, caplog.text
+  assert "first 64" not in caplog.text, caplog.text

@@ -304,8 +304,9 @@ def test_evaluation_warns_when_targets_are_cut(setup, caplog):
   import logging
   with caplog.at_level(logging.WARNING, logger="spot_jax"):
     E.PromptEvaluator(RANK, {"inputs": 16, "targets": 3}, batch_size=BATCH)
-  assert (f"task {RANK!r}: 8 of the first 12 'validation' examples have targets longer than "
-          "TASK_FEATURE_LENGTHS['targets']=3 tokens (up to 6 with EOS)") in caplog.text, caplog.text
+  assert (f"task {RANK!r}: 8 of the 12 'validation' option rows have targets longer than "
+          "TASK_FEATURE_LENGTHS['targets']=3 tokens (up to 6 with EOS); seqio cuts them to 3 (keeping EOS), "
+          "so its metrics come from cut targets") in caplog.text, caplog.text
   assert "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 16, 'targets': 6}\"" in caplog.text
 
 

@@ -5,7 +5,8 @@ import functools
 import numpy as np
 import pytest
 
-from spot_jax import input_pipeline
+from conftest_tasks import byte_text_task
+from spot_jax import input_pipeline, truncation
 
 TASK, LENGTHS = "spot_bundled_topic", {"inputs": 32, "targets": 4}
 
@@ -155,27 +156,6 @@ def test_train_mode_rank_variants_and_rank_evaluation_splits_are_allowed():
 # --------------------------------------------------- truncation to TASK_FEATURE_LENGTHS
 
 
-def _text_task(name, rows, splits=("train", "validation"), label_names=None):
-  """A byte-vocabulary task over `rows` ({"inputs", "targets"} texts); `label_names` bound to its
-  postprocessor as the GLUE tasks bind theirs."""
-  import functools
-  import seqio
-  import tensorflow as tf
-  from tasks import postprocessors
-  if name in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.remove(name)
-  features = {k: seqio.Feature(seqio.ByteVocabulary(), add_eos=True) for k in ("inputs", "targets")}
-  seqio.TaskRegistry.add(
-      name, source=seqio.FunctionDataSource(
-          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
-              {k: [r[k] for r in rows] for k in ("inputs", "targets")}), splits=list(splits)),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-      output_features=features, metric_fns=[],
-      postprocess_fn=(functools.partial(postprocessors.string_label, label_names=label_names)
-                      if label_names else None))
-  return name
-
-
 def _warnings(caplog):
   return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "spot_jax"]
 
@@ -185,7 +165,7 @@ def test_targets_cut_to_one_word_are_named_with_the_length_and_macro(caplog):
   targets length 2 both trained silently as "v"+EOS (here bytes), an unlearnable task."""
   rows = [{"inputs": f"review {i}", "targets": ("very negative indeed", "very positive indeed")[i % 2]}
           for i in range(16)]
-  name = _text_task("spot_test_cut_targets", rows)
+  name = byte_text_task("spot_test_cut_targets", rows)
   lengths = {"inputs": 16, "targets": 2}
   with caplog.at_level("WARNING", logger="spot_jax"):
     b = next(input_pipeline.get_batches(name, lengths, "train", 8, shuffle=False))
@@ -205,7 +185,7 @@ def test_targets_cut_to_one_word_are_named_with_the_length_and_macro(caplog):
 def test_inputs_cut_and_label_words_beyond_the_first_examples_are_found(caplog):
   # The first examples hold only the short label; the label words say "negative" needs 9 bytes.
   rows = [{"inputs": "x" * (40 if i < 3 else 4), "targets": "no"} for i in range(80)]
-  name = _text_task("spot_test_cut_labels", rows, label_names=("no", "negative"))
+  name = byte_text_task("spot_test_cut_labels", rows, label_names=("no", "negative"))
   with caplog.at_level("WARNING", logger="spot_jax"):
     input_pipeline.get_batches(name, {"inputs": 16, "targets": 4}, "train", 8)
   msgs = _warnings(caplog)
@@ -219,14 +199,14 @@ def test_inputs_cut_and_label_words_beyond_the_first_examples_are_found(caplog):
 
 def test_truncation_check_reads_only_the_first_examples(monkeypatch):
   import seqio
-  name = _text_task("spot_test_cut_peek", [{"inputs": "a", "targets": "b"}] * 500)
+  name = byte_text_task("spot_test_cut_peek", [{"inputs": "a", "targets": "b"}] * 500)
   taken = []
   real_take = __import__("tensorflow").data.Dataset.take
   monkeypatch.setattr(__import__("tensorflow").data.Dataset, "take",
                       lambda self, n: taken.append(int(n)) or real_take(self, n))
-  assert input_pipeline.truncation_report(seqio.get_mixture_or_task(name), {"inputs": 4, "targets": 4},
-                                          "train") == {}
-  assert taken == [input_pipeline.TRUNCATION_PEEK]
+  assert truncation.truncation_report(seqio.get_mixture_or_task(name), {"inputs": 4, "targets": 4},
+                                     "train") == {}
+  assert taken == [truncation.TRUNCATION_PEEK]
 
 
 def _late_long_rows(n=200, every=10, start=100):
@@ -239,7 +219,7 @@ def test_long_examples_after_the_first_ones_are_counted_as_the_batches_flow(capl
   """A task whose long examples all come after the first 64 trained with them cut and no word said (the
   check read only the first 64). The batches now count every cut example they hand out: one warning at
   the first, and the total over the run when it closes them."""
-  name = _text_task("spot_test_cut_late", _late_long_rows())
+  name = byte_text_task("spot_test_cut_late", _late_long_rows())
   with caplog.at_level("WARNING", logger="spot_jax"):
     batches = input_pipeline.get_batches(name, {"inputs": 16, "targets": 4}, "train", 8, shuffle=False,
                                          num_epochs=1)
@@ -263,7 +243,7 @@ def test_a_feature_cut_in_the_first_examples_is_warned_about_once_and_not_counte
   """A task cut by design (long inputs from the first example on): the start-up warning says so and
   which examples it read; counting its inputs too would tokenize nearly every example twice (in the
   tf.data map), so its inputs are not counted, while its short targets still are."""
-  name = _text_task("spot_test_cut_early", [{"inputs": "x" * 40, "targets": "no"}] * 80)
+  name = byte_text_task("spot_test_cut_early", [{"inputs": "x" * 40, "targets": "no"}] * 80)
   with caplog.at_level("WARNING", logger="spot_jax"):
     batches = input_pipeline.get_batches(name, {"inputs": 16, "targets": 4}, "train", 8, shuffle=False,
                                          num_epochs=1)
@@ -279,8 +259,8 @@ def test_a_feature_cut_in_the_first_examples_is_warned_about_once_and_not_counte
 
 def test_the_count_covers_the_batches_handed_out_after_a_resume_and_in_a_mixture(caplog):
   import seqio
-  late = _text_task("spot_test_cut_late_mix", _late_long_rows())
-  short = _text_task("spot_test_cut_short_mix", [{"inputs": "y", "targets": "yes"}] * 50)
+  late = byte_text_task("spot_test_cut_late_mix", _late_long_rows())
+  short = byte_text_task("spot_test_cut_short_mix", [{"inputs": "y", "targets": "yes"}] * 50)
   mix = "spot_test_cut_mixture"
   if mix in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.remove(mix)
