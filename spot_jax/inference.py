@@ -59,11 +59,28 @@ def _lengths_flag(inputs: Any = "N", targets: Any = "M") -> str:
   return f"--gin.TASK_FEATURE_LENGTHS=\"{{'inputs': {inputs}, 'targets': {targets}}}\""
 
 
+# What `labelled_target_length` names as its source when the task's label words set the length.
+LABEL_WORDS = "label words"
+
+
+def _label_words_length(task) -> Optional[int]:
+  """Tokens (EOS included) of the longest label word the task's registration names
+  (`input_pipeline.known_labels`), or None."""
+  from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  labels = input_pipeline.known_labels(task)
+  if not labels:
+    return None
+  feature = task.output_features["targets"]
+  eos = 1 if getattr(feature, "add_eos", True) else 0
+  return max(len(feature.vocabulary.encode(label)) for label in labels) + eos
+
+
 def labelled_target_length(task, split: str) -> Tuple[str, int]:
   """(split, tokens) of the longest target (EOS included) of the first labelled split of `task`
   other than `split` (`LABELLED_SPLITS` first, then the others by name): the decode length of an
-  unlabelled `split`, whose placeholder targets say nothing of the answers' length. A ValueError
-  naming TASK_FEATURE_LENGTHS when the task has no labelled split."""
+  unlabelled `split`, whose placeholder targets say nothing of the answers' length. A task with no
+  labelled split whose registration names its label words (GLUE's AX, test split only) gets
+  (`LABEL_WORDS`, tokens of the longest label word). Else a ValueError naming TASK_FEATURE_LENGTHS."""
   try:
     splits = list(task.splits)
   except KeyError:  # a TFDS task that asks TFDS, without prepared data
@@ -80,6 +97,9 @@ def labelled_target_length(task, split: str) -> Tuple[str, int]:
       continue
     if lengths:
       return other, max(lengths)
+  length = _label_words_length(task)
+  if length:
+    return LABEL_WORDS, length
   raise ValueError(
       f"task {task.name!r}: every target of its {split!r} split is the placeholder "
       f"{UNLABELLED_TARGET!r} (an unlabelled split), so the split cannot set the decode length, and "
@@ -88,9 +108,10 @@ def labelled_target_length(task, split: str) -> Tuple[str, int]:
 
 
 def _note_unlabelled(task, split: str, other: str, length: int) -> None:
+  source = "of its label words" if other == LABEL_WORDS else f"target of its {other!r} split"
   log.info("task %r: every %r target is the placeholder %r (an unlabelled split), so the decode length "
-           "is the longest target of its %r split: %d tokens with EOS (%s sets it)", task.name, split,
-           UNLABELLED_TARGET, other, length, _lengths_flag())
+           "is the longest %s: %d tokens with EOS (%s sets it)", task.name, split,
+           UNLABELLED_TARGET, source, length, _lengths_flag())
 
 
 def warn_if_unlabelled(task, split: str, probe: int = 64) -> List[str]:

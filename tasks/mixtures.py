@@ -5,9 +5,14 @@ the cap keeps the large datasets (QQP, MNLI, Yelp, DocNLI, SNLI) from
 swamping the small ones. C4 is left out of every mixture here.
 
 T5's WSC-simple tasks and DPR (tasks.super_glue) are in none of those (our
-WSC already is); spot_wsc_dpr_simple_mix mixes them as T5's
-wsc_dpr_simple_proportional does, and spot_super_glue_t5_mix is T5's
-super_glue_v102_proportional (its fixed weights, WSC the T5 way).
+WSC already is), nor is T5's WNLI-simple (tasks.glue); spot_wsc_dpr_simple_mix
+mixes them as T5's wsc_dpr_simple_proportional does, and spot_super_glue_t5_mix
+is T5's super_glue_v102_proportional (its fixed weights, WSC the T5 way).
+
+Some mixtures also hold tasks at rate 0 (`eval_only_definitions`): seqio never
+samples them in training (a task without the train split is skipped), but
+evaluating or inferring on the mixture includes them: MNLI-mismatched wherever
+MNLI is, and GLUE's AX in the GLUE mixtures, as T5's glue_v002_proportional.
 """
 import functools
 
@@ -84,14 +89,35 @@ def definitions():
   }
 
 
+# Evaluated, never trained on: the GLUE tasks T5's glue_v002_proportional holds at rate 0.
+GLUE_EVAL_ONLY = tuple(glue.name(t) for t in glue.GLUE_EVAL_ONLY_TASKS)
+MNLI_MISMATCHED = glue.name("mnli_mismatched")
+
+
+def eval_only_definitions():
+  """Mixture name -> the tasks it also holds at rate 0 (evaluated, or inferred, with the mixture;
+  never sampled in training). spot_glue_mix and spot_glue_super_glue_mix hold MNLI-mismatched and
+  AX, as T5's glue_v002_proportional does; every other mixture with MNLI holds MNLI-mismatched, so
+  that its evaluation reports MNLI-mm beside MNLI-m."""
+  out = {}
+  for name, members in definitions().items():
+    if name in ("spot_glue_mix", "spot_glue_super_glue_mix"):
+      out[name] = list(GLUE_EVAL_ONLY)
+    elif glue.name("mnli") in members:
+      out[name] = [MNLI_MISMATCHED]
+  return out
+
+
 def register(cap: int = DEFAULT_CAP, name_suffix: str = ""):
-  """Registers the mixtures (over tasks named `<task><name_suffix>`); T5's
-  WSC/DPR and SuperGLUE mixtures are `register_wsc_dpr(name_suffix)` and
-  `register_super_glue_t5(name_suffix)`."""
+  """Registers the mixtures (over tasks named `<task><name_suffix>`): `definitions()`' tasks at
+  `rate(cap)`, `eval_only_definitions()`' at 0. T5's WSC/DPR and SuperGLUE mixtures are
+  `register_wsc_dpr(name_suffix)` and `register_super_glue_t5(name_suffix)`."""
   names = []
+  eval_only = eval_only_definitions()
   for name, members in definitions().items():
     reg.add_mixture(name.replace("_mix", name_suffix + "_mix") if name_suffix else name,
-                    [m + name_suffix for m in members], rate(cap))
+                    [m + name_suffix for m in members]
+                    + [(m + name_suffix, 0.0) for m in eval_only.get(name, ())], rate(cap))
     names.append(name)
   return names
 

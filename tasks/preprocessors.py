@@ -7,6 +7,7 @@ and the string vector "options" (every possible target), which the
 rank-classification variants and the postprocessors read.
 """
 import functools
+import re
 from typing import Mapping, Optional, Sequence
 
 import seqio
@@ -207,6 +208,132 @@ def dpr_simple(x):
   sentence = tf.strings.regex_replace(x["sentence"], pattern, r" *\1*\2",
                                       replace_global=False)
   return _classification(_join(["wsc:", sentence]), x["label"], x["candidates"])
+
+
+# --- T5's WNLI in the WSC-simple form (`wnli_simple`) ---------------------------------------------
+# Plain Python on each example (tf.py_function), as T5 does: the pronoun is found by matching the
+# words around each pronoun of sentence1 with sentence2, which tf.strings cannot express.
+
+WNLI_PRONOUNS = frozenset(("he", "she", "they", "it", "her", "his", "their", "them", "him"))
+_END_MARKS = (".", ",", "!", "?")
+
+
+def _wnli_words(text: str) -> list:
+  """Lower-cased words split on single spaces, one trailing . , ? or ! dropped, empty words left out."""
+  words = (re.sub(r"(\.|,|\?|\!)$", "", w) for w in text.strip().lower().split(" "))
+  return [w for w in words if w]
+
+
+def _prefix_found(words: Sequence[str], text: str) -> int:
+  """How many of `words`, from the first on, joined by spaces, are a substring of `text`."""
+  for n in range(len(words)):
+    if " ".join(words[:n + 1]) not in text:
+      return n
+  return len(words)
+
+
+def _search(pattern_words: Sequence[str], text: str):
+  """re.search of the words joined by spaces (T5 does not escape them: a word is a pattern). A word
+  that is no valid pattern (T5 stops there) is matched literally."""
+  try:
+    return re.search(" ".join(pattern_words), text)
+  except re.error:
+    literal = [w if w in (r"(.+)", r"^(.+)", r"(.+)$") else re.escape(w) for w in pattern_words]
+    return re.search(" ".join(literal), text)
+
+
+def _wnli_pronoun_match(premise: Sequence[str], hypothesis: Sequence[str], index: int):
+  """(score, candidate) of the pronoun premise[index]: score = how many words just before it and
+  just after it sentence2 repeats; candidate = what sentence2 has in the pronoun's place."""
+  before, after = premise[:index], premise[index + 1:]
+  n_before = _prefix_found(list(reversed(before)), " ".join(reversed(hypothesis)))
+  n_after = _prefix_found(after, " ".join(hypothesis))
+  score = n_before + n_after
+  if not score:
+    return score, ""
+  before = before[len(before) - n_before:]
+  after = after[:n_after]
+  text = " ".join(hypothesis)
+  m = (_search(before + [r"(.+)"] + after, text) or _search([r"^(.+)"] + after, text)
+       or _search(before + [r"(.+)$"], text))
+  return score, (m.group(1) if m else "")
+
+
+def _wnli_referent(candidate: str, hypothesis: str) -> str:
+  """The candidate as sentence2 writes it: from its last article ("a", "an", "the") on, found in
+  sentence2 (case-insensitively, a trailing . , ? or ! allowed after each word), without its
+  trailing mark or possessive ("Bill's" -> "Bill"). T5 raises where sentence2 does not hold it (e.g.
+  two spaces between its words); the candidate is kept as it is then."""
+  words = candidate.split(" ")
+  start = max([words.index(a) for a in ("a", "an", "the") if a in words] or [0])
+  candidate = " ".join(words[start:])
+  pattern = " ".join(re.escape(w) + r"(?:\.|,|\?|\!)?" for w in candidate.split(" "))
+  m = re.search(f"({pattern})", hypothesis, re.IGNORECASE)
+  if m:
+    candidate = m.group(1)
+  if candidate and candidate[-1] in _END_MARKS:
+    candidate = candidate[:-1]
+  if candidate.endswith("'"):
+    return candidate[:-1]
+  if candidate.endswith("'s"):
+    return candidate[:-2]
+  return candidate
+
+
+def _star_word(sentence: str, index: int) -> str:
+  """sentence's word `index` (split on single spaces) between stars, a trailing . , ! or ? moved out
+  after a space ("her." -> "*her* ."). An index past the words, or an empty word, where T5 would
+  fail, leaves the sentence as it is."""
+  words = sentence.split(" ")
+  if not 0 <= index < len(words) or not words[index]:
+    return sentence
+  word = words[index]
+  starred = f"*{word[:-1]}* {word[-1]}" if word[-1] in _END_MARKS else f"*{word}*"
+  return " ".join(words[:index] + [starred] + words[index + 1:])
+
+
+def wnli_simple_text(sentence1: str, sentence2: str, prefix: str = "wsc:"):
+  """(inputs, targets) of T5's `wnli_simple` for one WNLI pair, e.g. ("The fish ate the worm. It
+  was tasty.", "The worm was tasty.") -> ("wsc: The fish ate the worm. *It* was tasty.", "The worm").
+
+  Each pronoun of sentence1 (`WNLI_PRONOUNS`, compared lower-cased and without a trailing mark) is
+  scored by how many of the words right before and right after it sentence2 repeats; the first best
+  one is starred, and the words sentence2 has in its place are the target (`_wnli_referent`). The
+  word positions are counted on sentence1's cleaned words and applied to its words split on single
+  spaces, as T5 does. A sentence1 without a pronoun (T5 fails on it) gets no star and an empty target.
+  """
+  premise, hypothesis = _wnli_words(sentence1), _wnli_words(sentence2)
+  best = None
+  for i, word in enumerate(premise):
+    if word in WNLI_PRONOUNS:
+      score, candidate = _wnli_pronoun_match(premise, hypothesis, i)
+      if best is None or score > best[0]:
+        best = (score, i, candidate)
+  if best is None:
+    return f"{prefix} {sentence1}", ""
+  _, index, candidate = best
+  return f"{prefix} {_star_word(sentence1, index)}", _wnli_referent(candidate, sentence2)
+
+
+@seqio.map_over_dataset
+def wnli_simple(x, prefix: str = "wsc:"):
+  """T5's `wnli_simple` (its `glue_wnli_v002_simple_eval`): GLUE WNLI as a WSC-simple example, the
+  referent to generate, for evaluation only.
+
+  sentence1 -> "wsc: <sentence1 with the pronoun starred>", target = the candidate referent that
+  sentence2 puts in the pronoun's place (`wnli_simple_text`). `label` (1: sentence2 is entailed,
+  i.e. the candidate is the referent; -1 unlabelled) and `idx` come along for the
+  `postprocessors.wsc_simple` check; sentence1/sentence2 stay as `premise`/`hypothesis`.
+  """
+  def texts(sentence1, sentence2):
+    return wnli_simple_text(sentence1.numpy().decode("utf-8"), sentence2.numpy().decode("utf-8"),
+                            prefix)
+
+  inputs, targets = tf.py_function(texts, inp=[x["sentence1"], x["sentence2"]],
+                                   Tout=[tf.string, tf.string])
+  return {"inputs": tf.reshape(inputs, []), "targets": tf.reshape(targets, []),
+          "premise": x["sentence1"], "hypothesis": x["sentence2"],
+          "label": tf.cast(x["label"], tf.int32), "idx": x["idx"]}
 
 
 def record(dataset: tf.data.Dataset) -> tf.data.Dataset:

@@ -100,10 +100,12 @@ def rank_name(task_name: str) -> str:
 
 
 def register(vocabulary=None, name_suffix: str = "", mode: str = "eval"):
-  """Registers `<task>_rank` for every rank-able spec; returns the names."""
+  """Registers `<task>_rank` for every rank-able spec (a classification or multiple-choice task with
+  metrics: GLUE's AX, unlabelled and without metrics as in T5, has nothing to score against); returns
+  the names."""
   names = []
   for spec in list(reg.SPECS.values()):
-    if spec.kind not in RANK_KINDS:
+    if spec.kind not in RANK_KINDS or not spec.metric_fns:
       continue
     task = reg.build_task(
         spec, vocabulary, name=rank_name(spec.name) + name_suffix,

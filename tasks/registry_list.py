@@ -120,8 +120,15 @@ def entries(prefix: str = "spot_", also: Iterable[str] = ()) -> List[dict]:
       continue
     mix = seqio.MixtureRegistry.get(name)
     rows.append({"name": name, "type": "mixture",
-                 "splits": [f"{len(mix.tasks)} tasks"], "metrics": []})
+                 "splits": [f"{len(mix.tasks)} tasks" + _at_rate_zero(mix)], "metrics": []})
   return rows
+
+
+def _at_rate_zero(mix) -> str:
+  """" (K at rate 0)" for the K tasks the mixture evaluates but never trains on (fixed rate 0; a rate
+  function is not called here: it may read TFDS data)."""
+  zero = sum(1 for r in mix.rate_per_task_name.values() if not callable(r) and float(r) == 0.0)
+  return f" ({zero} at rate 0)" if zero else ""
 
 
 def format_table(rows: Sequence[dict], markdown: bool = False) -> str:

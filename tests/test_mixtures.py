@@ -93,3 +93,75 @@ def test_rate_of_a_task_without_train_split_names_the_task_and_the_fix():
   with_train = _FakeTask(7)
   with_train.splits = ("train", "validation")
   assert mixtures.examples_rate(with_train) == 7
+
+
+# --- tasks held at rate 0: evaluated (or inferred) with the mixture, never trained on --------------
+AX, MNLI, MNLI_MM = "spot_glue_ax_v200", "spot_glue_mnli_v200", "spot_glue_mnli_mismatched_v200"
+
+
+def test_eval_only_members_are_t5s_glue_ones_and_follow_mnli():
+  """T5's glue_v002_proportional (t5/data/glue_utils.py GLUE_WEIGHT_MAPPING) holds
+  glue_mnli_mismatched_v002 and glue_ax_v002 at rate 0 (its glue_mnli_matched_v002 is our MNLI's
+  validation split)."""
+  defs, eval_only = mixtures.definitions(), mixtures.eval_only_definitions()
+  assert eval_only["spot_glue_mix"] == [MNLI_MM, AX]
+  assert eval_only["spot_glue_super_glue_mix"] == [MNLI_MM, AX]
+  for name, members in defs.items():  # every other mixture that trains on MNLI evaluates MNLI-mm
+    if name not in ("spot_glue_mix", "spot_glue_super_glue_mix"):
+      assert eval_only.get(name, []) == ([MNLI_MM] if MNLI in members else []), name
+  assert set(eval_only) == {"spot_glue_mix", "spot_glue_super_glue_mix", "spot_nli_mix",
+                            "spot_sources_mix", "spot_everything_mix"}
+  for name, extra in eval_only.items():
+    assert not set(extra) & set(defs[name]), name  # never also trained on
+  for name in seqio.MixtureRegistry.names():  # T5's WNLI is evaluated alone, as T5's WSC-simple eval
+    assert glue.WNLI_SIMPLE_EVAL not in [t.name for t in seqio.get_mixture_or_task(name).tasks], name
+
+
+def test_glue_mix_rates(env):
+  del env  # mock TFDS: every split has 3 examples
+  mix = seqio.get_mixture_or_task("spot_glue_mix")
+  rates = {t.name: mix.get_rate(t) for t in mix.tasks}
+  assert rates == {**{glue.name(t): 3.0 for t in glue.GLUE_MIXTURE_TASKS}, MNLI_MM: 0.0, AX: 0.0}
+  for name in mixtures.MIXTURE_NAMES:  # each task once: the rate-0 ones beside, not among, the trained
+    mix = seqio.get_mixture_or_task(name)
+    members = mixtures.definitions()[name] + mixtures.eval_only_definitions().get(name, [])
+    assert sorted(t.name for t in mix.tasks) == sorted(members), name
+    assert [t.name for t in mix.tasks if mix.get_rate(t) == 0.0] == sorted(
+        mixtures.eval_only_definitions().get(name, [])), name
+
+
+def _sampled_benchmarks(mixture_tasks, n=60):
+  """The first word ("rte", "mnli") of `n` training examples drawn from a mixture of these tasks."""
+  name = "test_spot_rate0_mix"
+  reg.add_mixture(name, mixture_tasks, None)
+  ds = seqio.get_mixture_or_task(name).get_dataset(ct.FEATURE_LENGTHS, split="train", shuffle=False,
+                                                   seed=0, copy_pretokenized=True)
+  seen = [ex["inputs_pretokenized"].split(b" ")[0].decode() for ex in ds.take(n).as_numpy_iterator()]
+  seqio.MixtureRegistry.remove(name)
+  return seen
+
+
+def test_training_never_samples_a_task_at_rate_0(env):
+  del env
+  rte = glue.name("rte")
+  # Even one with a train split: seqio builds its dataset, but the sampler never draws from it.
+  assert set(_sampled_benchmarks([(rte, 1.0), (MNLI, 0.0)])) == {"rte"}
+  assert set(_sampled_benchmarks([(rte, 1.0), (MNLI, 1.0)])) == {"rte", "mnli"}
+  # spot_glue_mix's rate-0 tasks have no train split: seqio leaves them out of training.
+  mix = seqio.get_mixture_or_task("spot_glue_mix")
+  assert [t.name for t in mix.tasks if "train" not in t.splits] == [AX, MNLI_MM]
+  from spot_jax import input_pipeline
+  input_pipeline.check_trainable(mix)  # neither refused nor counted
+
+
+def test_evaluating_the_glue_mix_evaluates_mnli_mismatched_and_infers_ax(env):
+  from spot_jax import evaluation
+  mix = seqio.get_mixture_or_task("spot_glue_mix")
+  evaluated = [t.name for t in seqio.evaluation.get_valid_eval_tasks(seqio.get_subtasks(mix), "validation")]
+  assert MNLI_MM in evaluated and MNLI in evaluated and AX not in evaluated
+  assert len(evaluated) == 9
+  assert evaluation.left_out_of_eval(mix, "validation") == [(AX, "no 'validation' split; it has ['test']")]
+  # Inferring on the test split writes AX's and MNLI-mm's predictions (MNLI's test sets are
+  # test_matched/test_mismatched: inferred on the MNLI task itself).
+  assert [n for n, _ in evaluation.left_out_of_eval(mix, "test", need_metrics=False)] == [MNLI]
+  ct.check_batch(ct.converted_batch("spot_glue_mix", split="test"), env.vocab_size)

@@ -94,6 +94,64 @@ def test_wsc_marks_spans():
   assert out["targets"] == b"False"
 
 
+# T5's `wnli_simple` (t5/data/preprocessors.py), worked by hand for each pair: the words of both
+# sentences lower-cased, split on single spaces, one trailing . , ? ! dropped; each pronoun of
+# sentence1 scored by how many words right before it (read backwards) and right after it sentence2
+# holds as a substring; the first best starred in sentence1 (its word split on single spaces, a
+# trailing mark moved out: "her." -> "*her* ."); the target is what sentence2 has in the pronoun's
+# place (regex "<before> (.+) <after>", then "^(.+) <after>", then "<before> (.+)$"), cut to its last
+# article, found again in sentence2 as written, without a trailing mark or "'s".
+WNLI_T5 = [
+    # T5's docstring example: "it" scores 2 + 2; "the worm (.+) was tasty" fails, "^(.+) was tasty" holds.
+    ("The fish ate the worm. It was tasty.", "The worm was tasty.",
+     "wsc: The fish ate the worm. *It* was tasty.", "The worm"),
+    # Only the words after match (3); the candidate is written as sentence2 writes it.
+    ("The trophy doesn't fit into the brown suitcase because it is too large.",
+     "The trophy is too large.",
+     "wsc: The trophy doesn't fit into the brown suitcase because *it* is too large.", "The trophy"),
+    # "him" scores 0, "he" 3: the best pronoun, not the first.
+    ("John couldn't see the stage with Billy in front of him because he is so short.",
+     "John is so short.",
+     "wsc: John couldn't see the stage with Billy in front of him because *he* is so short.", "John"),
+    # A possessive pronoun: the target loses its "'s".
+    ("Bill passed the gameboy to John because his turn was over.", "Bill's turn was over.",
+     "wsc: Bill passed the gameboy to John because *his* turn was over.", "Bill"),
+    # The pronoun with a full stop: "*her* ."; "thanked (.+)" takes "anna", sentence2 has "Anna.".
+    ("Mary gave the book to Anna, and thanked her.", "Mary thanked Anna.",
+     "wsc: Mary gave the book to Anna, and thanked *her* .", "Anna"),
+    # "^(.+) was tasty" takes "so the worm": cut to its last article.
+    ("The fish ate the worm. It was tasty.", "So the worm was tasty.",
+     "wsc: The fish ate the worm. *It* was tasty.", "the worm"),
+    # "he" and "him" both score 2: T5's max() keeps the first.
+    ("Tom told Ben that he should thank him.", "Tom should thank Ben.",
+     "wsc: Tom told Ben that *he* should thank him.", "Tom"),
+]
+
+
+@pytest.mark.parametrize("sentence1,sentence2,inputs,targets", WNLI_T5)
+def test_wnli_simple_matches_t5(sentence1, sentence2, inputs, targets):
+  assert pre.wnli_simple_text(sentence1, sentence2) == (inputs, targets)
+  (out,) = run(pre.wnli_simple, {"sentence1": sentence1, "sentence2": sentence2,
+                                 "label": np.int64(1), "idx": np.int32(4)})
+  assert (out["inputs"].decode(), out["targets"].decode()) == (inputs, targets)
+  assert out["premise"].decode() == sentence1 and out["hypothesis"].decode() == sentence2
+  assert out["label"] == 1 and out["label"].dtype == np.int32 and out["idx"] == 4
+
+
+def test_wnli_simple_where_t5_would_stop():
+  # No pronoun (T5's max() of nothing fails): no star, an empty target.
+  assert pre.wnli_simple_text("Dogs bark.", "Cats meow.") == ("wsc: Dogs bark.", "")
+  # A sentence2 word that is no valid regex ("(quietly"; T5 puts the words in its pattern unescaped
+  # and fails): matched literally.
+  assert pre.wnli_simple_text("Then she (quietly left.", "Then Ann (quietly left.") == (
+      "wsc: Then *she* (quietly left.", "Ann")
+  # Unlabelled test rows keep label -1.
+  (out,) = run(pre.wnli_simple, {"sentence1": "The fish ate the worm. It was tasty.",
+                                 "sentence2": "The worm was tasty.", "label": np.int64(-1),
+                                 "idx": np.int32(0)})
+  assert out["label"] == -1 and out["targets"] == b"The worm"
+
+
 def test_copa():
   (out,) = run(pre.copa, {"premise": "The man broke his toe.", "question": "cause",
                           "choice1": "He dropped a hammer.", "choice2": "He sang.",

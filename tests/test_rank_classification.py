@@ -57,10 +57,14 @@ def test_metric_over_postprocessed_rows():
 
 
 def test_every_rankable_spec_has_a_variant():
+  """Every classification / multiple-choice task with metrics; not GLUE's AX (unlabelled, no metrics,
+  as in T5: no options to score against a label)."""
   import seqio
   for name, spec in reg.SPECS.items():
     registered = rank_classification.rank_name(name) in seqio.TaskRegistry.names()
-    assert registered == (spec.kind in rank_classification.RANK_KINDS), name
+    assert registered == (spec.kind in rank_classification.RANK_KINDS and bool(spec.metric_fns)), name
+  assert reg.SPECS["spot_glue_ax_v200"].kind == "classification"
+  assert "spot_glue_ax_v200_rank" not in seqio.TaskRegistry.names()
 
 
 def test_registered_variant_end_to_end():

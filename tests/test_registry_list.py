@@ -18,7 +18,12 @@ def test_list_prints_tasks_and_mixtures(capsys):
   assert "spot_glue_mix" in out and "matthews_corrcoef" in out
   assert "validation_mismatched" in out
   assert cli.main(["--list", "--markdown"]) == 0
-  assert "| `spot_squad_v300` | task |" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "| `spot_squad_v300` | task |" in out
+  # Tasks a mixture evaluates but never trains on (rate 0) are counted apart.
+  assert "| `spot_glue_mix` | mixture | 10 tasks (2 at rate 0) |  |" in out
+  assert "| `spot_super_glue_t5_mix` | mixture | 12 tasks (3 at rate 0) |  |" in out
+  assert "| `spot_super_glue_mix` | mixture | 8 tasks |  |" in out
 
 
 def test_list_shows_what_your_own_module_registers(tmp_path, monkeypatch, capsys):

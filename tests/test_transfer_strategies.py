@@ -68,6 +68,25 @@ def test_a_source_trained_on_a_mixture_enters_the_mixture_with_its_tasks_share()
   assert total == pytest.approx(sum(examples.values()))
 
 
+def test_a_source_mixture_s_tasks_at_rate_0_add_nothing_to_its_share():
+  """A source trained on a mixture with tasks it only evaluates (spot_glue_mix's MNLI-mismatched and
+  AX, spot_super_glue_t5_mix's WSC-simple eval, AX-b, AX-g: no train split) failed: the rate function
+  was asked to weigh them and raised "has no 'train' split"."""
+  import tasks  # noqa: F401  (registers spot_glue_ax_v200)
+  sub = "test_spot_sub_mix_with_eval_only"
+  if sub in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(sub)
+  seqio.MixtureRegistry.add(sub, [("spot_bundled_movie", 1.0), ("spot_glue_ax_v200", 0.0)])
+  name = strategies.register_mixture("test_spot_with_sub_eval_only", [sub, TARGET],
+                                     strategies.examples_proportional)
+  mixture = seqio.get_mixture_or_task(name)
+  movie, target, ax = (seqio.get_mixture_or_task(t) for t in ("spot_bundled_movie", TARGET, "spot_glue_ax_v200"))
+  assert mixture.rate_per_task_name[sub] == float(movie.num_input_examples("train"))
+  assert mixture.get_rate(movie) == pytest.approx(float(movie.num_input_examples("train")))
+  assert mixture.get_rate(target) == float(target.num_input_examples("train"))
+  assert mixture.get_rate(ax) == 0.0
+
+
 def test_best_of_top_k_keeps_the_source_with_the_best_short_run(frozen, library, tmp_path):
   lib = library[0]
   ranked = [("spot_bundled_movie", 0.9), ("spot_bundled_number", 0.5),

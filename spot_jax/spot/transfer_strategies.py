@@ -108,12 +108,23 @@ def examples_proportional(task) -> float:
   return mixtures.examples_rate(task, cap=MIXING_CAP)  # ReCoRD, RACE: examples, not TFDS rows
 
 
+def _trained_tasks(mixture) -> list:
+  """The tasks of `mixture` that training samples: all but those it holds at a fixed rate 0."""
+  rates = mixture.rate_per_task_name
+  def at_zero(task):
+    r = rates.get(task.name)
+    return r is not None and not callable(r) and float(r) == 0.0
+  return [task for task in mixture.tasks if not at_zero(task)]
+
+
 def register_mixture(name: str, tasks: Sequence[str], rate: Any = 1.0) -> str:
   """(Re)registers a seqio mixture of `tasks` (equal rates by default); returns its name.
 
   A member may itself be a mixture (a library source trained on one): seqio takes only a number as a
-  sub-mixture's rate, so a rate function gives it the sum of what it gives the sub-mixture's tasks,
-  the share they would have if they were listed one by one.
+  sub-mixture's rate, so a rate function gives it the sum of what it gives the sub-mixture's trained
+  tasks, the share they would have if they were listed one by one. Its tasks at a fixed rate 0
+  (evaluated only, e.g. MNLI-mismatched and AX in spot_glue_mix; often without a train split to
+  weigh) add nothing, and stay unsampled inside it.
   """
   import seqio  # pylint: disable=g-import-not-at-top
   from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -121,7 +132,7 @@ def register_mixture(name: str, tasks: Sequence[str], rate: Any = 1.0) -> str:
   for t in tasks:
     found = input_pipeline.get_task(t)  # a clear error for a library task that is not a registered one
     if callable(rate) and isinstance(found, seqio.Mixture):
-      members.append((t, float(sum(rate(leaf) for leaf in found.tasks))))
+      members.append((t, float(sum(rate(leaf) for leaf in _trained_tasks(found)))))
     else:
       members.append((t, rate))
   if name in seqio.MixtureRegistry.names():
