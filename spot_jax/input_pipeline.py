@@ -35,6 +35,15 @@ def get_task(name: str):
   try:
     return seqio.get_mixture_or_task(name)
   except ValueError:
+    base = name[:-len("_rank")] if name.endswith("_rank") else None
+    if base and base in seqio.TaskRegistry.names():
+      # The module that registers `base` was imported: the module hint below would mislead.
+      raise ValueError(
+          f"unknown task or mixture {name!r}: task {base!r} is registered, but without rank "
+          f"classification, so it has no {name!r} twin. Register {base!r} with "
+          "rank_classification=True (tasks.user_data.register_task_from_files(..., "
+          "rank_classification=True, label_names=[...]), or `rank_classification = True` in its gin "
+          f"scope) to also get {name!r}, or use {base!r} itself (docs/user_data.md).") from None
     known = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -27,8 +27,8 @@ from tasks import rank_classification as rank_lib
 from tasks import vocab as vocab_lib
 # Reading and checking the files; the public names are re-exported: callers import them from here.
 from tasks.user_files import (LABEL_STRIP_CHARS, UNLABELLED_TARGET, PathSpec, UserDataError,
-                              decode_fields, infer_format, normalize_label, read_records, read_text,
-                              validate_file)
+                              decode_fields, infer_format, is_blank, normalize_label, read_records,
+                              read_text, validate_file)
 from tasks.user_files import (_UNLABELLED, _Labels, _TextFileSource, _check_split, _expand,
                               _jsonl_source, _tf_normalize_label)
 
@@ -38,7 +38,7 @@ __all__ = [
     "register_task_from_files", "register_from_gin",
     # from user_files.py
     "UserDataError", "UNLABELLED_TARGET", "PathSpec", "LABEL_STRIP_CHARS", "normalize_label",
-    "infer_format", "read_text", "decode_fields", "read_records", "validate_file",
+    "infer_format", "read_text", "decode_fields", "read_records", "validate_file", "is_blank",
 ]
 
 # The default vocabulary is the project's (`tasks.vocab.DEFAULT_VOCABULARY`):
@@ -293,6 +293,41 @@ def _check_names(name: str, rank_classification: bool, overwrite: bool) -> None:
         "overwrite=True (nothing was registered).")
 
 
+_FORMATS = ("tsv", "csv", "jsonl")
+
+
+# pylint: disable-next=redefined-builtin
+def _file_format(name: str, format: Optional[str], files: Sequence[str]) -> str:
+  """The one format of all of a task's files: `format` (any case), else from each file's suffix."""
+  if format is not None:
+    fmt = format.lower() if isinstance(format, str) else format
+    if fmt not in _FORMATS:
+      raise UserDataError(f"task {name!r}: format={format!r}: use 'tsv', 'csv' or 'jsonl' (any "
+                          "case), or None to take it from the files' suffix.")
+    return fmt
+  by_format: Dict[str, List[str]] = {}
+  for f in files:
+    by_format.setdefault(infer_format(f), []).append(f)
+  if len(by_format) > 1:
+    got = "; ".join(f"{fmt}: {fs}" for fmt, fs in by_format.items())
+    # Convert into CSV or JSONL (pandas' to_csv quotes fields, which a TSV reads literally).
+    into = next(f for f in by_format if f != "tsv")
+    other = next(f for f in by_format if f != into)
+    raise UserDataError(
+        f"task {name!r}: all files of a task must share one format, but these mix "
+        f"{' and '.join(by_format)} ({got}). Convert the {other} files to {into}, e.g. with "
+        f"pandas: {_PANDAS_READ[other]}{_PANDAS_WRITE[into]}, or pass only files of one format.")
+  return next(iter(by_format))
+
+
+# For the mixed-format error: how to convert a file from one format to another with pandas.
+_PANDAS_READ = {"tsv": "pd.read_csv(path, sep='\\t', quoting=3, dtype=str, keep_default_na=False)",
+                "csv": "pd.read_csv(path, dtype=str, keep_default_na=False)",
+                "jsonl": "pd.read_json(path, lines=True, dtype=False)"}
+_PANDAS_WRITE = {"csv": ".to_csv(out, index=False)",
+                 "jsonl": ".to_json(out, orient='records', lines=True, force_ascii=False)"}
+
+
 # ------------------------------------------------------------ public entry
 
 
@@ -320,7 +355,8 @@ def register_task_from_files(
       The test split may be unlabelled (no target column, or with label_names
       every label empty): its target is then `UNLABELLED_TARGET` ("<unk>"),
       for `infer`; metrics on it mean nothing.
-    format: "tsv", "csv" or "jsonl"; inferred from the file suffix if None.
+    format: "tsv", "csv" or "jsonl" (any case); inferred from the file suffix if None (all
+      files must then have the same format).
     input_template: Python format string over the record's fields producing
       the `inputs` text; no task prefix is added.
     target_field: the field holding the target text or label.
@@ -357,12 +393,7 @@ def register_task_from_files(
   if not split_files:
     raise UserDataError(f"task {name!r}: give at least one of train=, "
                         "validation=, test= (a file path or glob).")
-  all_files = [f for fs in split_files.values() for f in fs]
-  fmts = {format or infer_format(f) for f in all_files}
-  if len(fmts) != 1 or not fmts <= {"tsv", "csv", "jsonl"}:
-    raise UserDataError(f"task {name!r}: all files must share one format of "
-                        f"tsv/csv/jsonl; got {sorted(fmts)} for {all_files}.")
-  fmt = fmts.pop()
+  fmt = _file_format(name, format, [f for fs in split_files.values() for f in fs])
   fields = template_fields(input_template)
   labels = _label_map(label_names, labels_are)
   metric_fns = _metric_fns(metrics, label_names)

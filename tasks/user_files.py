@@ -17,6 +17,7 @@ UTF-8 (`read_text`); labels are compared with `LABEL_STRIP_CHARS` stripped (`nor
 """
 
 import json
+import os
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import seqio
@@ -45,6 +46,18 @@ LABEL_STRIP_CHARS = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
                      + "".join(map(chr, range(0x2000, 0x200b))) + "\u2028\u2029\u202f\u205f\u3000")
 _STRIP_CLASS = "".join(f"\\x{{{ord(c):x}}}" for c in LABEL_STRIP_CHARS)
 _TF_STRIP_PATTERN = f"^[{_STRIP_CLASS}]+|[{_STRIP_CLASS}]+$"  # RE2: `$` is the end of the text
+
+
+def is_blank(line: str) -> bool:
+  """Whether a line holds nothing but whitespace (`LABEL_STRIP_CHARS`, i.e. `str.isspace()`; a TSV
+  line of tabs and spaces too): it is skipped as an empty line, by the check and by the pipeline
+  (`_tf_is_blank`) alike, in every format."""
+  return not line.strip(LABEL_STRIP_CHARS)
+
+
+def _tf_is_blank(line: tf.Tensor) -> tf.Tensor:
+  """`is_blank` on a tf.string tensor (UTF-8), in the graph."""
+  return tf.strings.regex_full_match(line, f"[{_STRIP_CLASS}]*")
 
 
 def normalize_label(value: str) -> str:
@@ -82,6 +95,18 @@ def infer_format(path: str) -> str:
       ".csv or .jsonl, or pass format='tsv'|'csv'|'jsonl'.")
 
 
+def _relative_hint(path: str) -> str:
+  """For a relative path that matched nothing: what it was resolved against, and the fixes."""
+  if os.path.isabs(path) or "://" in path:
+    return ""
+  tilde = (f" `~` is not expanded: pass os.path.expanduser({path!r})."
+           if path.startswith("~") else "")
+  return tilde + (f" A relative path is resolved against the current directory ({os.getcwd()}), not "
+          "against your tasks module's or gin file's folder; pass an absolute path (in a module: "
+          f"os.path.join(os.path.dirname(os.path.abspath(__file__)), {path!r})) or run from the "
+          "folder that holds it.")
+
+
 def _expand(paths: PathSpec, split: str) -> List[str]:
   if paths is None:
     return []
@@ -94,7 +119,7 @@ def _expand(paths: PathSpec, split: str) -> List[str]:
   for p in paths:
     matched = sorted(tf.io.gfile.glob(p))
     if not matched:
-      raise UserDataError(f"{split} file {p!r} does not exist (no file matches).")
+      raise UserDataError(f"{split} file {p!r} does not exist (no file matches).{_relative_hint(p)}")
     folders = [m for m in matched if tf.io.gfile.isdir(m)]
     if folders:
       raise UserDataError(f"{split} file {folders[0]!r} is a folder: give its files (e.g. "
@@ -247,9 +272,10 @@ def _header(path: str, lines: List[str], fmt: str) -> List[str]:
   if not lines:
     raise UserDataError(f"{path}: empty file; a {fmt.upper()} file needs a "
                         "header line naming its columns.")
-  if not lines[0]:
-    raise UserDataError(f"{path}:1: the first line is empty; a {fmt.upper()} file's first line "
-                        "must be the header naming its columns (remove the blank lines above it).")
+  if is_blank(lines[0]):
+    raise UserDataError(f"{path}:1: the first line is empty (or only whitespace); a {fmt.upper()} "
+                        "file's first line must be the header naming its columns (remove the blank "
+                        "lines above it).")
   header = _fields_or_raise(path, 1, lines[0], fmt)
   if len(set(header)) != len(header):
     raise UserDataError(f"{path}:1: duplicate column names in header {header}.")
@@ -260,8 +286,8 @@ def read_records(path: str, fmt: str):
   """Yields `(line_number, record_dict)` from a file, raising on bad lines.
 
   TSV/CSV: line 1 is the header; lines are read as the training pipeline reads them (see
-  `_text_lines`, `decode_fields`). Blank lines are skipped in every format (TSV/CSV: empty lines;
-  JSONL: lines of whitespace), by the check and by the pipeline alike.
+  `_text_lines`, `decode_fields`). Blank lines (empty or only whitespace, `is_blank`) are skipped
+  in every format, by the check and by the pipeline alike.
   """
   return _read(path, fmt)[1]
 
@@ -278,7 +304,7 @@ def _read(path: str, fmt: str):
 
 def _jsonl_records(path: str, lines: List[str]):
   for n, line in enumerate(lines, 1):
-    if not line.strip():
+    if is_blank(line):
       continue
     try:
       rec = json.loads(line)
@@ -297,7 +323,7 @@ def _jsonl_records(path: str, lines: List[str]):
 def _text_records(path: str, lines: List[str], header: List[str], fmt: str):
   sep = "tab" if fmt == "tsv" else "comma"
   for n, line in enumerate(lines[1:], 2):
-    if not line:
+    if is_blank(line):
       continue  # the pipeline skips it too (_parse_text_lines)
     values = _fields_or_raise(path, n, line, fmt)
     if len(values) != len(header):
@@ -419,7 +445,8 @@ def _check_split(split: str, files: List[str], fmt: str, fields: Sequence[str], 
 def _parse_text_lines(ds: tf.data.Dataset, header: Sequence[str], fmt: str,
                       columns: Sequence[str], unlabelled: bool) -> tf.data.Dataset:
   """Turns header-less lines into dicts of string `columns` (a column the header lacks, the
-  target of an unlabelled test split, is ""), skipping empty lines as `read_records` does."""
+  target of an unlabelled test split, is ""), skipping blank lines (`is_blank`: empty or only
+  whitespace) as `read_records` does."""
   defaults = [""] * len(header)
 
   def parse(line):
@@ -431,7 +458,7 @@ def _parse_text_lines(ds: tf.data.Dataset, header: Sequence[str], fmt: str,
     out[_UNLABELLED] = tf.constant(unlabelled)
     return out
 
-  ds = ds.filter(lambda line: tf.strings.length(line) > 0)
+  ds = ds.filter(lambda line: tf.logical_not(_tf_is_blank(line)))
   return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 

@@ -48,6 +48,41 @@ def test_unknown_split_and_task_are_named():
     input_pipeline.get_task("spot_bundled_topik")
 
 
+def test_the_rank_twin_of_a_task_registered_without_it_says_how_to_get_it(tmp_path):
+  """A user asked for `my_sent_rank` of a task registered with the default rank_classification=False
+  and was told to pass --gin.MIXTURE_OR_TASK_MODULE, which they had passed."""
+  import seqio
+  from tasks import user_data
+  train = tmp_path / "train.tsv"
+  train.write_text("sentence\tlabel\nnice one\tpos\nawful\tneg\n")
+  user_data.register_task_from_files("spot_test_my_sent", train=str(train), input_template="{sentence}",
+                                     label_names=["pos", "neg"], vocabulary=seqio.ByteVocabulary(),
+                                     overwrite=True)
+  try:
+    with pytest.raises(ValueError) as info:
+      input_pipeline.get_task("spot_test_my_sent_rank")
+    assert str(info.value) == (
+        "unknown task or mixture 'spot_test_my_sent_rank': task 'spot_test_my_sent' is registered, but "
+        "without rank classification, so it has no 'spot_test_my_sent_rank' twin. Register "
+        "'spot_test_my_sent' with rank_classification=True (tasks.user_data.register_task_from_files(..., "
+        "rank_classification=True, label_names=[...]), or `rank_classification = True` in its gin scope) "
+        "to also get 'spot_test_my_sent_rank', or use 'spot_test_my_sent' itself (docs/user_data.md).")
+    assert "MIXTURE_OR_TASK_MODULE" not in str(info.value)
+    # Other unknown names keep the module hint, `_rank` ones whose base is unknown too.
+    for name in ("spot_test_not_registered_rank", "spot_test_not_registered"):
+      with pytest.raises(ValueError, match=rf"unknown task or mixture '{name}'\. .*"
+                         r"pass --gin\.MIXTURE_OR_TASK_MODULE=\"'my_tasks'\""):
+        input_pipeline.get_task(name)
+    user_data.register_task_from_files("spot_test_my_sent", train=str(train), input_template="{sentence}",
+                                       label_names=["pos", "neg"], vocabulary=seqio.ByteVocabulary(),
+                                       rank_classification=True, overwrite=True)
+    assert input_pipeline.get_task("spot_test_my_sent_rank").name == "spot_test_my_sent_rank"
+  finally:
+    for name in ("spot_test_my_sent", "spot_test_my_sent_rank"):
+      if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+
+
 # ------------------------------------------------------ TFDS data that is not prepared
 
 

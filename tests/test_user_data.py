@@ -1,7 +1,11 @@
 """Tests for tasks.user_data: registration from TSV/CSV/JSONL, errors, gin."""
 
 import importlib.util  # noqa: F401  (before gin: gin 0.5 bug)
+import ast
+import inspect
 import json
+import pathlib
+import re
 
 import gin
 import pytest
@@ -339,3 +343,60 @@ def test_unlabelled_test_split(tmp_path, fmt):
     ud.register_task_from_files("ud_test_unl", validation=no_column, label_names=labels, **kw)
   with pytest.raises(ud.UserDataError, match="unknown label '' .*only a test split"):
     ud.register_task_from_files("ud_test_unl", validation=empty, label_names=labels, **kw)
+
+
+def test_format_is_case_insensitive_and_a_format_mix_names_the_fix(tmp_path):
+  """format="CSV" said "all files must share one format of tsv/csv/jsonl; got ['CSV']"; a csv+jsonl
+  task was refused without a word on what to do."""
+  csv = _write(tmp_path / "train.csv", "s,label\nnice one,pos\nawful,neg\n")
+  jsonl = _write(tmp_path / "dev.jsonl", '{"s": "fine", "label": "pos"}\n')
+  kw = dict(input_template="{s}", vocabulary=VOCAB, overwrite=True)
+  for fmt, path in (("CSV", csv), ("Csv", csv), ("JSONL", jsonl)):
+    ud.register_task_from_files("ud_test_fmt", train=path, format=fmt, **kw)
+    assert len(_texts("ud_test_fmt")) == (2 if path == csv else 1)
+  with pytest.raises(ud.UserDataError) as e:
+    ud.register_task_from_files("ud_test_fmt", train=csv, format="txt", **kw)
+  assert str(e.value) == ("task 'ud_test_fmt': format='txt': use 'tsv', 'csv' or 'jsonl' (any case), "
+                          "or None to take it from the files' suffix.")
+  with pytest.raises(ud.UserDataError) as e:
+    ud.register_task_from_files("ud_test_fmt", train=csv, validation=jsonl, **kw)
+  assert str(e.value) == (
+      f"task 'ud_test_fmt': all files of a task must share one format, but these mix csv and jsonl "
+      f"(csv: [{csv!r}]; jsonl: [{jsonl!r}]). Convert the jsonl files to csv, e.g. with pandas: "
+      "pd.read_json(path, lines=True, dtype=False).to_csv(out, index=False), or pass only files of "
+      "one format.")
+  tsv = _write(tmp_path / "dev.tsv", "s\tlabel\nfine\tpos\n")  # never converted into TSV
+  with pytest.raises(ud.UserDataError, match=r"mix tsv and csv .* Convert the tsv files to csv, e\.g\. "
+                     r"with pandas: pd\.read_csv\(path, sep='\\t', quoting=3, dtype=str, "
+                     r"keep_default_na=False\)\.to_csv\(out, index=False\), or pass only"):
+    ud.register_task_from_files("ud_test_fmt", train=tsv, validation=csv, **kw)
+
+
+_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "user_data.md"
+
+
+def test_the_documented_call_shows_the_defaults_it_claims():
+  """docs/user_data.md listed `rank_classification=True  # also registers "my_rte_rank"` among
+  default arguments; the default is False, and a user then asked for a `_rank` task that was not there."""
+  doc = _DOC.read_text()
+  block = doc[doc.index("user_data.register_task_from_files(\n"):]
+  block = block[:block.index("\n)\n")]
+  shown = dict(re.findall(r"^    (\w+)=(.*?),\s*(?:#.*)?$", block, re.M))
+  assert {"rank_classification", "format", "labels_are", "metrics", "vocabulary", "test"} <= set(shown)
+  defaults = inspect.signature(ud.register_task_from_files).parameters
+  for arg, value in shown.items():
+    if arg not in ("train", "validation", "label_names"):  # the doc says these are examples
+      assert ast.literal_eval(value) == defaults[arg].default, arg
+  assert "Besides `name`, `train`, `validation` and `label_names`, every argument shown is at its " \
+         "default." in doc
+
+
+def test_user_data_error_is_one_class_and_the_docs_say_where_it_lives():
+  """Tracebacks print tasks.user_files.UserDataError; the docs named only tasks.user_data's."""
+  from tasks import user_files
+  assert ud.UserDataError is user_files.UserDataError
+  assert f"{ud.UserDataError.__module__}.{ud.UserDataError.__qualname__}" == "tasks.user_files.UserDataError"
+  doc = " ".join(_DOC.read_text().split())
+  assert ("All errors are `tasks.user_data.UserDataError` (a `ValueError`). The class is defined in "
+          "`tasks.user_files`") in doc
+  assert "a traceback prints it as `tasks.user_files.UserDataError`: one class under two names" in doc

@@ -222,3 +222,68 @@ def test_an_empty_file_list_or_a_folder_is_named_as_such(tmp_path):
     with pytest.raises(uf.UserDataError, match=expected):
       ud.register_task_from_files("ud_test_empty_list", train=train, input_template="q: {q}",
                                   target_field="label", format="tsv", vocabulary=VOCAB)
+
+
+def test_a_relative_path_that_matches_nothing_names_the_current_directory(tmp_path, monkeypatch):
+  """Run from another folder, `train="data dir/train.csv"` said only "does not exist"."""
+  (tmp_path / "proj" / "data dir").mkdir(parents=True)
+  (tmp_path / "elsewhere").mkdir()
+  _write(tmp_path / "proj" / "data dir" / "train.csv", "s,label\nnice one,pos\nawful,neg\n")
+  kw = dict(input_template="{s}", vocabulary=VOCAB, overwrite=True)
+  monkeypatch.chdir(tmp_path / "elsewhere")
+  with pytest.raises(uf.UserDataError) as e:
+    ud.register_task_from_files("ud_test_relative", train="data dir/train.csv", **kw)
+  assert str(e.value) == (
+      "train file 'data dir/train.csv' does not exist (no file matches). A relative path is resolved "
+      f"against the current directory ({tmp_path / 'elsewhere'}), not against your tasks module's or gin "
+      "file's folder; pass an absolute path (in a module: "
+      "os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data dir/train.csv')) or run from the "
+      "folder that holds it.")
+  missing = str(tmp_path / "proj" / "no.csv")  # an absolute path: no word about the current directory
+  with pytest.raises(uf.UserDataError) as e:
+    ud.register_task_from_files("ud_test_relative", validation=missing, **kw)
+  assert str(e.value) == f"validation file {missing!r} does not exist (no file matches)."
+  with pytest.raises(uf.UserDataError, match=r"^train file '~/d\.csv' does not exist \(no file matches\)\. "
+                     r"`~` is not expanded: pass os\.path\.expanduser\('~/d\.csv'\)\. A relative path"):
+    ud.register_task_from_files("ud_test_relative", train="~/d.csv", **kw)
+  monkeypatch.chdir(tmp_path / "proj")  # paths still resolve as before: from the current directory
+  ud.register_task_from_files("ud_test_relative", train="data dir/train.csv", **kw)
+  assert _texts("ud_test_relative") == [("nice one", "pos"), ("awful", "neg")]
+
+
+# Lines of only whitespace (an editor's leftover indentation): spaces, a tab, NBSP, U+3000, mixed.
+_BLANKS = ["   ", "\t", " \t ", "\xa0", "\u3000 ", "\t\t"]
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "jsonl"])
+def test_lines_of_only_whitespace_are_skipped_as_empty_lines(tmp_path, fmt):
+  """A CSV line of spaces said "wsline.csv:3: expected 2 comma-separated fields ... but found 1",
+  though empty lines are skipped: now the check, the example count and the pipeline skip it."""
+  sep = "\t" if fmt == "tsv" else ","
+  rows = [("nice one", "pos"), ("awful", "neg")]
+  if fmt == "jsonl":
+    good = [json.dumps({"s": s, "label": label}) for s, label in rows]
+  else:
+    good = [f"s{sep}label"] + [f"{s}{sep}{label}" for s, label in rows]
+  lines = good[:-1] + _BLANKS + good[-1:] + ["  "]
+  path = _write(tmp_path / f"wsline.{fmt}", "\n".join(lines) + "\n")
+  first = 1 if fmt == "jsonl" else 2
+  assert list(uf.read_records(path, fmt)) == [
+      (first, {"s": "nice one", "label": "pos"}),
+      (first + 1 + len(_BLANKS), {"s": "awful", "label": "neg"})]
+  ud.register_task_from_files("ud_test_wsline", train=path, validation=path, input_template="{s}",
+                              label_names=["pos", "neg"], rank_classification=True,
+                              vocabulary=VOCAB, overwrite=True)
+  task = seqio.get_mixture_or_task("ud_test_wsline")
+  assert task.num_input_examples("train") == task.num_input_examples("validation") == 2
+  assert _texts("ud_test_wsline") == _texts("ud_test_wsline", "validation") == list(rows)
+  assert len(_rows("ud_test_wsline_rank", "validation")) == 4  # 2 examples x 2 options
+  assert uf.is_blank(" \t\xa0\u3000") and not uf.is_blank(" ,") and not uf.is_blank("\u200b")
+  if fmt != "jsonl":  # a header line of only whitespace is an empty first line
+    header_ws = _write(tmp_path / f"hdr.{fmt}", "  \n" + "\n".join(good) + "\n")
+    with pytest.raises(uf.UserDataError) as e:
+      ud.register_task_from_files("ud_test_wsline", train=header_ws, input_template="{s}",
+                                  vocabulary=VOCAB, overwrite=True)
+    assert str(e.value) == (
+        f"{header_ws}:1: the first line is empty (or only whitespace); a {fmt.upper()} file's first "
+        "line must be the header naming its columns (remove the blank lines above it).")
