@@ -293,6 +293,13 @@ def test_mixture_tasks_left_out_of_evaluation_are_named(setup, caplog):
     with caplog.at_level(logging.WARNING, logger="spot_jax"):
       E.PromptEvaluator(MIX, LENGTHS, batch_size=BATCH)  # every task evaluated: no such warning
     assert "left out" not in caplog.text
+    # Members at rate 0 (never trained on, as T5's GLUE mixture holds AX) take part where they can.
+    seqio.MixtureRegistry.remove(mix)
+    seqio.MixtureRegistry.add(mix, [(PREDICT, 1.0), (train_only, 0), (no_metrics, 0.0)])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spot_jax"):
+      assert E.PromptEvaluator(mix, LENGTHS, batch_size=BATCH).task_names == [PREDICT]
+    assert "left out" not in caplog.text
   finally:
     seqio.MixtureRegistry.remove(mix)
     seqio.TaskRegistry.remove(train_only)
