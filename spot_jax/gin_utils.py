@@ -491,6 +491,7 @@ class _user_errors_as_one_line:  # pylint: disable=invalid-name
       return False
     if isinstance(error, import_guard.ShadowedPackageError):  # its file and the fix: no traceback to see
       raise SystemExit(f"{self.prog}: error: {user_message(error)}") from None
+    error = staged_user_error(error) or error
     unwritable = unwritable_error(error)
     if unwritable is not None:
       message = fileio.unwritable_message(unwritable) + _RERUN_NOTES.get(self.prog, "")
@@ -499,6 +500,30 @@ class _user_errors_as_one_line:  # pylint: disable=invalid-name
     if message is None:
       return False
     raise SystemExit(f"{self.prog}: error: {message}\n(SPOT_JAX_TRACEBACK=1 shows the traceback)") from error
+
+
+# The project's errors that name their fix, raised where TensorFlow may be tracing a tf.data function
+# (a vocabulary read first by seqio's tokenize map): `staged_user_error` finds them in autograph's wrapping.
+_STAGED_USER_ERRORS = (("tasks.vocab", "VocabularyError"),)
+
+
+def staged_user_error(error: BaseException) -> Optional[BaseException]:
+  """The project's own error (`_STAGED_USER_ERRORS`: a `tasks.vocab.VocabularyError`, naming
+  SPOT_JAX_VOCAB) that TensorFlow's autograph wrapped in a `StagingError` ("in user code:" and 100
+  lines of frames) because it was raised while a tf.data function was traced: eval's and infer's split
+  checks read the first examples before the model loads, and the vocabulary is read then. Found in the
+  error's cause/context chain (gin's proxy of the StagingError first); None for any other error, and for
+  a StagingError around anything else (a bug: its traceback is kept)."""
+  if not any(k.__name__ == "StagingError" and k.__module__.startswith("tensorflow") for k in type(error).__mro__):
+    return None
+  seen = set()
+  inner = error
+  while inner is not None and id(inner) not in seen:
+    seen.add(id(inner))
+    if any((k.__module__, k.__name__) in _STAGED_USER_ERRORS for k in type(inner).__mro__):
+      return inner
+    inner = inner.__cause__ or inner.__context__
+  return None
 
 
 def unwritable_error(error: BaseException) -> Optional[OSError]:

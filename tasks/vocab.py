@@ -71,19 +71,47 @@ class SentinelAwareVocabulary(seqio.SentencePieceVocabulary):
   them: `extra_ids` is what the ids must include, and the ids are the same either way."""
 
   def _model_context(self):
-    if self._model is None and self._extra_ids:
-      held = built_in_sentinels(self.sentencepiece_model_file)
-      if held and held != self._extra_ids:
-        raise VocabularyError(
-            f"{self.sentencepiece_model_file} already holds {held} <extra_id_N> pieces, but "
-            f"{self._extra_ids} extra ids were asked for: use extra_ids={held} (or 0), as the file's "
-            "own sentinels are the extra ids")
-      if held:
-        logging.getLogger("spot_jax").info(
-            "%s holds its %d sentinels (<extra_id_N> pieces): none appended", self.sentencepiece_model_file,
-            held)
-        self._extra_ids = 0
-    return super()._model_context()
+    if self._model is not None:
+      return super()._model_context()
+    try:  # the first use: reads the file
+      if self._extra_ids:
+        held = built_in_sentinels(self.sentencepiece_model_file)
+        if held and held != self._extra_ids:
+          raise VocabularyError(
+              f"{self.sentencepiece_model_file} already holds {held} <extra_id_N> pieces, but "
+              f"{self._extra_ids} extra ids were asked for: use extra_ids={held} (or 0), as the file's "
+              "own sentinels are the extra ids")
+        if held:
+          logging.getLogger("spot_jax").info(
+              "%s holds its %d sentinels (<extra_id_N> pieces): none appended", self.sentencepiece_model_file,
+              held)
+          self._extra_ids = 0
+      return super()._model_context()
+    except VocabularyError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (TF, OS and protobuf errors alike)
+      raise self._load_error(e) from e
+
+  def _load_error(self, error: BaseException) -> "VocabularyError":
+    """`load_error` for this file, whoever reads it first (a task's dataset, tokenizing in tf.data): the
+    project's vocabulary names SPOT_JAX_VOCAB and set_vocabulary, a task's own the tasks registered with
+    it (`register_task_from_files(..., vocabulary=PATH)`), whose fix is another path."""
+    if self is _override or (_override is None and self is get_vocabulary()):
+      return load_error(self.sentencepiece_model_file, error, _origin(self))
+    return load_error(self.sentencepiece_model_file, error, task=", ".join(_tasks_using(self)))
+
+
+def _tasks_using(vocabulary: seqio.Vocabulary) -> list:
+  """The registered tasks whose features hold `vocabulary` (for an error's text)."""
+  names = []
+  for name in sorted(seqio.TaskRegistry.names()):
+    try:
+      features = seqio.TaskRegistry.get(name).output_features.values()
+    except Exception:  # pylint: disable=broad-except  (a message only)
+      continue
+    if any(getattr(f, "vocabulary", None) is vocabulary for f in features):
+      names.append(name)
+  return names
 
 
 _lock = threading.Lock()
@@ -160,11 +188,13 @@ def load_error(path: str, error: BaseException, origin: str = "",
   """A `VocabularyError` for a model file that could not be read (chain `error` to it). `task`: the
   vocabulary is the one that task was registered with, which SPOT_JAX_VOCAB does not change.
   `local_copy`: a model file this machine has that fits the model (a Hugging Face T5 or mT5 folder's
-  `spiece.model`), named as the value to use."""
+  `spiece.model`), named as the value to use. `task` may name several ("a, b"), or none ("": a task's
+  own vocabulary, the task not known)."""
   cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
   if task is not None:
+    tasks = f"tasks {task} were" if ", " in task else f"task {task} was" if task else "a task was"
     return VocabularyError(
-        f"cannot load the SentencePiece vocabulary {path} that task {task} was registered with: "
+        f"cannot load the SentencePiece vocabulary {path} that {tasks} registered with: "
         f"{type(error).__name__}: {cause}. Register the task with a model file this machine can "
         f"read (a local path), or with vocabulary=None for the project's vocabulary (tasks.vocab: "
         f"set_vocabulary, else ${ENV_VAR}).", path, error, origin, task)
@@ -194,8 +224,10 @@ def ensure_loaded(vocab: seqio.Vocabulary, origin: str = "",
   if isinstance(vocab, seqio.SentencePieceVocabulary) and getattr(vocab, "_model", None) is None:
     try:
       vocab.load_model()
-    except VocabularyError:
-      raise
+    except VocabularyError as e:  # a `SentinelAwareVocabulary`'s: said again with what the caller knows
+      if e.cause is None or (not origin and task is None):
+        raise
+      raise load_error(vocab.sentencepiece_model_file, e.cause, origin, task) from e.cause
     except Exception as e:  # pylint: disable=broad-except  (TF, OS and protobuf errors alike)
       raise load_error(vocab.sentencepiece_model_file, e, origin, task) from e
   return vocab

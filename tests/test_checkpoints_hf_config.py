@@ -93,6 +93,23 @@ def test_given_config_must_agree(tmp_path):
   assert "field by field" not in str(shape_only.value)  # a size mismatch is not bound away
 
 
+def test_the_field_by_field_hint_works_pasted_into_bash():
+  """A string field was suggested as --gin.spot_jax.model_config.feed_forward='gated-gelu': bash removes the
+  quotes, and gin refused the bare word gated-gelu."""
+  import subprocess
+  from spot_jax import gin_checks
+  from spot_jax.checkpoints.infer_config import check_agreement
+  tied = V11.replace(tie_word_embeddings=True)  # gated-GELU, tied: no variant file has it
+  with pytest.raises(CheckpointError) as e:
+    check_agreement(V10.replace(tie_word_embeddings=False), tied, "the checkpoint")
+  hint = str(e.value).rpartition("field by field: ")[2]
+  assert hint == "--gin.spot_jax.model_config.feed_forward=\"'gated-gelu'\" " \
+                 "--gin.spot_jax.model_config.tie_word_embeddings=True.", hint
+  words = subprocess.run(["bash", "-c", f"printf '%s\\0' {hint[:-1]}"], capture_output=True, text=True,
+                         check=True).stdout.split("\0")[:-1]
+  assert [gin_checks._parse_value(w.partition("=")[2]) for w in words] == ["gated-gelu", True]
+
+
 def test_weights_without_config_json(tmp_path):
   write_hf(_params(V11), V11, str(tmp_path))
   os.remove(tmp_path / "config.json")

@@ -441,3 +441,96 @@ def test_infer_warns_when_every_option_is_cut_to_the_same_target(tmp_path, promp
           "so its option scores come from cut targets, and distinct targets become the same target "
           "('negative' and 'positive'), which cannot be told apart") in caplog.text, caplog.text
   assert "first 64" not in caplog.text, caplog.text
+
+
+# ----------------------------------------------------------------------------------------------------
+# Found by a user walking docs/user_data.md and docs/eval_infer.md.
+
+def _vocabulary_task_file(tmp_path, name, vocabulary=None):
+  """A user's gin file registering a task as docs/user_data.md does (`vocabulary`: a gin value, None for
+  the project's vocabulary)."""
+  data = tmp_path / "data.tsv"
+  data.write_text("premise\thypothesis\tlabel\na b\tc\tyes\nd e\tf\tno\n")
+  path = tmp_path / f"{name}.gin"
+  path.write_text(f'import tasks.user_data\n\n{name}/tasks.user_data.register_task_from_files:\n'
+                  f'  name = "{name}"\n  train = "{data}"\n  validation = "{data}"\n'
+                  f'  input_template = "premise: {{premise}} hypothesis: {{hypothesis}}"\n'
+                  f'  label_names = ["yes", "no"]\n  vocabulary = {vocabulary}\n  overwrite = True  # each command registers it again\n\n'
+                  f'tasks.user_data.register_from_gin.tasks = [@{name}/tasks.user_data.register_task_from_files()]\n'
+                  f'MIXTURE_OR_TASK_NAME = "{name}"\n')
+  return str(path)
+
+
+def _cli_error(argv, monkeypatch, model_loads=False):
+  """What `spot-jax ARGV` prints and exits with, run in process (the model must not load, unless
+  `model_loads`: train initializes a fresh model before it reads the data)."""
+  from spot_jax import __main__ as cli
+  with monkeypatch.context() as mp:
+    if not model_loads:
+      _no_model_load(mp)
+    with pytest.raises(SystemExit) as e:
+      cli.main(argv)
+  gin.clear_config()
+  return str(e.value.code)
+
+
+def test_a_missing_spot_jax_vocab_is_one_line_from_eval_and_infer_as_from_train(tmp_path, prompt_file,
+                                                                               monkeypatch):
+  """eval and infer read a split's first examples before the model loads; a vocabulary that cannot be
+  read (SPOT_JAX_VOCAB unset offline, or pointing at a missing file) then failed inside tf.data, and the
+  user got ~110 lines ending in TensorFlow's `StagingError: in user code:`, the VocabularyError with its
+  fix buried inside. train said it in one line; now all three do."""
+  import seqio
+  from tasks import vocab
+  missing = str(tmp_path / "no_such" / "sentencepiece.model")
+  monkeypatch.setenv(vocab.ENV_VAR, missing)
+  monkeypatch.setattr(vocab, "_override", None)
+  monkeypatch.delenv("SPOT_JAX_TRACEBACK", raising=False)
+  name = "spot_test_cli_vocab_missing"
+  mine = _vocabulary_task_file(tmp_path, name)
+  said = (f"cannot load the SentencePiece vocabulary {missing} (from the environment variable SPOT_JAX_VOCAB): "
+          f"NotFoundError: {missing}; No such file or directory. Point the tasks at a model file this machine can "
+          f"read (without network, a local copy of the T5 vocabulary {vocab.DEFAULT_VOCAB_PATH}): "
+          "export SPOT_JAX_VOCAB=/path/to/sentencepiece.model, or call "
+          "tasks.vocab.set_vocabulary('/path/to/sentencepiece.model') in Python (it wins over SPOT_JAX_VOCAB); "
+          "100 extra ids are appended to the model's pieces (none to a file that holds them, as T5X's "
+          "cc_all.32000.100extra does).\n(SPOT_JAX_TRACEBACK=1 shows the traceback)")
+  try:
+    for command, run_gin, macro in (("eval", "prompt_eval.gin", "EVAL_OUTPUT_DIR"),
+                                    ("infer", "prompt_infer.gin", "INFER_OUTPUT_DIR")):
+      argv = [command] + [a for a in _args(run_gin, macro, tmp_path / command, prompt_file)
+                          if not a.startswith("--gin.MIXTURE_OR_TASK_NAME")] + [f"--gin_file={mine}"]
+      argv.append("--gin.TASK_FEATURE_LENGTHS=None")  # the run files' default: the split's longest example
+      assert _cli_error(argv, monkeypatch) == f"spot_jax.{command}: error: {said}"
+    train = ["train", "--gin_file=models/t5_1_1.gin", "--gin_file=prompts/random_uniform.gin",
+             "--gin_file=models/sizes/tiny.gin", "--gin_file=runs/prompt_train.gin", f"--gin_file={mine}",
+             f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8",
+             "--gin.spot_jax.model_config.vocab_size=1152"]
+    assert _cli_error(train, monkeypatch, model_loads=True) == f"spot_jax.train: error: {said}"
+  finally:
+    for n in (name, name + "_rank"):
+      if n in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(n)
+
+
+def test_infer_on_a_task_registered_with_a_missing_vocabulary_file_names_the_fix(tmp_path, prompt_file,
+                                                                                 monkeypatch):
+  """`register_task_from_files(..., vocabulary="/nonexistent/spm.model")`: infer said only
+  `NotFoundError: /nonexistent/spm.model; No such file or directory` under TensorFlow's frames, not the
+  documented VocabularyError naming the task and what to register it with."""
+  import seqio
+  monkeypatch.delenv("SPOT_JAX_TRACEBACK", raising=False)
+  name = "spot_test_cli_vocab_explicit"
+  missing = str(tmp_path / "nonexistent" / "spm.model")
+  mine = _vocabulary_task_file(tmp_path, name, vocabulary=f'"{missing}"')
+  try:
+    argv = ["infer"] + [a for a in _args("prompt_infer.gin", "INFER_OUTPUT_DIR", tmp_path / "i", prompt_file)
+                        if not a.startswith("--gin.MIXTURE_OR_TASK_NAME")] + [f"--gin_file={mine}",
+                                                                               "--gin.TASK_FEATURE_LENGTHS=None"]
+    assert _cli_error(argv, monkeypatch) == (
+        f"spot_jax.infer: error: cannot load the SentencePiece vocabulary {missing} that task {name} was "
+        f"registered with: NotFoundError: {missing}; No such file or directory. Register the task with a model "
+        "file this machine can read (a local path), or with vocabulary=None for the project's vocabulary "
+        "(tasks.vocab: set_vocabulary, else $SPOT_JAX_VOCAB).\n(SPOT_JAX_TRACEBACK=1 shows the traceback)")
+  finally:
+    seqio.TaskRegistry.remove(name)

@@ -589,3 +589,59 @@ def test_jax_distributed_waits_come_from_the_environment(monkeypatch):
   monkeypatch.setenv("SPOT_JAX_HEARTBEAT_TIMEOUT_S", "soon")
   with pytest.raises(SystemExit, match=r"SPOT_JAX_HEARTBEAT_TIMEOUT_S='soon' must be a number of seconds"):
     gin_utils.init_distributed(args)
+
+
+def _pasted_into_bash(text):
+  """The words bash makes of `text` (a suggested flag pasted onto a command line)."""
+  import subprocess
+  out = subprocess.run(["bash", "-c", f"printf '%s\\0' {text}"], capture_output=True, text=True, check=True)
+  return out.stdout.split("\0")[:-1]
+
+
+@pytest.mark.parametrize("written", ['"spot_bundled_movie"', "'spot_bundled_movie'"])
+def test_the_order_refusal_suggests_a_binding_that_works_pasted_into_bash(tmp_path, written):
+  """A task file written as docs/user_data.md writes it (`MIXTURE_OR_TASK_NAME = "my_sent"`) before the run
+  file was refused suggesting `--gin.MIXTURE_OR_TASK_NAME="my_sent"`: bash removes those quotes, and gin
+  then refused the bare word ("the value of MIXTURE_OR_TASK_NAME is not quoted")."""
+  mine = tmp_path / "my_task.gin"
+  mine.write_text(f"MIXTURE_OR_TASK_NAME = {written}\n")
+  with pytest.raises(SystemExit) as e:
+    gin_utils.configure(TINY + [f"--gin_file={mine}", "--gin_file=runs/prompt_train.gin", "--gin.MODEL_DIR='/tmp/x'"])
+  said = str(e.value)
+  assert said.endswith(f"Give --gin_file={mine} after --gin_file=runs/prompt_train.gin, or set "
+                       "--gin.MIXTURE_OR_TASK_NAME=\"'spot_bundled_movie'\" (a --gin.NAME=VALUE binding wins "
+                       "wherever it stands)"), said
+  flag = re.search(r", or set (.*) \(a --gin\.NAME=VALUE binding", said).group(1)
+  gin_utils.configure(TINY + ["--gin_file=runs/prompt_train.gin", "--gin.MODEL_DIR='/tmp/x'",
+                              *_pasted_into_bash(flag)])
+  assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "spot_bundled_movie"
+
+
+@pytest.mark.parametrize("value", [
+    '"my_sent"', "'my_sent'", '{"inputs": 16, "targets": 4}', "{'inputs': 16,   'targets': 4}", "[1000, 2000]",
+    "None", "100", "%gin.REQUIRED", "'gs://b/run dir'", "\"it's\"", "'say \"hi\"'", "'$HOME/`x`'",
+    "\"a\\\\b\"", "\"it's $HOME\"", "['x', \"y\"]", "'!x'"])
+def test_a_suggested_binding_gives_gin_the_files_value_through_bash(value):
+  flag = gin_checks.shell_binding("X", value)
+  (word,) = _pasted_into_bash(flag)
+  assert word.startswith("--gin.X=")
+  assert gin_checks._parse_value(word[len("--gin.X="):]) == gin_checks._parse_value(value), (value, flag, word)
+
+
+def test_a_suggested_binding_writes_strings_as_the_docs_do():
+  """Gin strings in single quotes inside the shell's double quotes (`--gin.X="'x'"`), as the docs write them."""
+  assert gin_checks.shell_binding("X", '"my_sent"') == "--gin.X=\"'my_sent'\""
+  assert gin_checks.shell_binding("X", "'my_sent'") == "--gin.X=\"'my_sent'\""
+  assert gin_checks.shell_binding("X", '{"inputs": 16, "targets": 4}') == "--gin.X=\"{'inputs': 16, 'targets': 4}\""
+  assert gin_checks.shell_binding("X", "4") == "--gin.X=4"
+  assert gin_checks.shell_binding("X", "%gin.REQUIRED") == "--gin.X=%gin.REQUIRED"
+  assert gin_checks.shell_binding("X", '"$HOME"') == "--gin.X='\"$HOME\"'"
+  assert gin_checks.shell_binding("X", "'say \"hi\"'") == "--gin.X=\"'say \\\"hi\\\"'\""
+
+
+def test_the_unquoted_string_hint_quotes_any_value_for_bash():
+  said = gin_checks.unquoted_string_binding(["MODEL_DIR = /tmp/run"])
+  assert said.endswith("Quote it inside the shell's quotes: --gin.MODEL_DIR=\"'/tmp/run'\""), said
+  said = gin_checks.unquoted_string_binding(["MODEL_DIR = /tmp/$run"])
+  (word,) = _pasted_into_bash(said.rpartition("quotes: ")[2])
+  assert gin_checks._parse_value(word.partition("=")[2]) == "/tmp/$run"

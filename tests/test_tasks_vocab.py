@@ -136,3 +136,44 @@ def test_an_hf_folder_holding_spiece_model_is_named_as_the_vocabulary_to_use(tmp
   # Once pointed at it, the file loads: 1000 pieces here, and the sentinels the HF tokenizer appends.
   monkeypatch.setenv(vocab.ENV_VAR, spiece)
   assert vocab.resolve().vocab_size == 1100
+
+
+def _in_chain(error, kind):
+  while error is not None and not isinstance(error, kind):
+    error = error.__cause__ or error.__context__
+  return error
+
+
+def test_a_task_registered_with_a_missing_model_file_fails_with_the_vocabulary_error(tmp_path, monkeypatch):
+  """`register_task_from_files(..., vocabulary="/nonexistent/spm.model")`, then `get_dataset`: a bare
+  `NotFoundError: /nonexistent/spm.model; No such file or directory` (the file was first read to count its
+  sentinels, outside the error wrapping), not the documented VocabularyError naming the fix."""
+  monkeypatch.setattr(vocab, "_cache", {})
+  missing = str(tmp_path / "nonexistent" / "spm.model")
+  name = "spot_test_vocab_explicit_dataset"
+  said = (f"cannot load the SentencePiece vocabulary {missing} that task {name} was registered with: "
+          f"NotFoundError: {missing}; No such file or directory. Register the task with a model file this "
+          "machine can read (a local path), or with vocabulary=None for the project's vocabulary (tasks.vocab: "
+          "set_vocabulary, else $SPOT_JAX_VOCAB).")
+  _user_task(tmp_path, name, vocabulary=missing)
+  try:
+    task = seqio.get_mixture_or_task(name)
+    with pytest.raises(Exception) as info:  # tokenized in tf.data: TensorFlow wraps it (StagingError)
+      next(iter(task.get_dataset(None, split="train", shuffle=False)))
+    error = _in_chain(info.value, vocab.VocabularyError)
+    assert error is not None and str(error) == said, info.value
+    assert isinstance(error.__cause__, tf.errors.NotFoundError)
+    with pytest.raises(vocab.VocabularyError) as info:  # in Python, as it is
+      task.output_features["inputs"].vocabulary.encode("a b")
+    assert str(info.value) == said
+  finally:
+    seqio.TaskRegistry.remove(name)
+  # A path the project's vocabulary is read from names SPOT_JAX_VOCAB or set_vocabulary, as the lazy one does.
+  monkeypatch.setenv(vocab.ENV_VAR, missing)
+  with pytest.raises(vocab.VocabularyError) as info:
+    vocab.get_vocabulary().encode("a b")
+  _assert_names_path_and_fixes(info.value, missing)
+  assert "(from the environment variable SPOT_JAX_VOCAB)" in str(info.value)
+  vocab.set_vocabulary(missing)
+  with pytest.raises(vocab.VocabularyError, match=r"\(set by tasks\.vocab\.set_vocabulary/use_vocabulary\)"):
+    vocab.resolve().encode("a b")
