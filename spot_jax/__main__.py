@@ -49,7 +49,9 @@ def _export(argv):
     detail = fileio.unwritable_message(e, args.out) if fileio.is_unwritable(e) else e
     print(f"spot-jax export: error: {detail}", file=sys.stderr)
     return 1
-  print(f"wrote {args.format} prompt {prompt.shape} to {out}")
+  # From a MODEL_DIR: which export it took (best, not always the last step trained) and why.
+  taken = prompt_io.export_taken(args.source, src, args.which)
+  print(f"wrote {args.format} prompt {prompt.shape} to {out}" + (f": {taken}" if taken else ""))
   return 0
 
 
@@ -68,9 +70,15 @@ def _peft_base_model(src) -> Optional[str]:
       return frozen
   except (checkpoints.CheckpointError, OSError):
     pass
-  print("note: the adapter's base_model_name_or_path is unset (the run's frozen model is not a Hugging Face "
-        "folder it recorded): pass --base_model HF_DIR_OR_ID for AutoPeftModelForSeq2SeqLM, or load it with "
-        "PeftModel.from_pretrained(your_t5, ADAPTER_DIR)", file=sys.stderr)
+  if src.format == "peft":  # an adapter, not a run: it names no base model
+    why = "the source adapter names none either"
+  elif src.export_dir:  # a training run's export or checkpoint
+    why = "the run's frozen model is not a Hugging Face folder it recorded"
+  else:  # a bare .npy: no run, no record
+    why = "a .npy file records no model"
+  print(f"note: the adapter's base_model_name_or_path is unset ({why}): pass --base_model HF_DIR_OR_ID for "
+        "AutoPeftModelForSeq2SeqLM, or load it with PeftModel.from_pretrained(your_t5, ADAPTER_DIR)",
+        file=sys.stderr)
   return None
 
 

@@ -7,7 +7,9 @@
 
 Metrics go to EVAL_OUTPUT_DIR as TensorBoard events and `metrics.jsonl` (tags `eval/<task>/<metric>`),
 plus seqio's per-task JSON logs (`<task>-metrics.jsonl`, `<task>-<step>.jsonl` with every prediction).
-Evaluating a step again into the same EVAL_OUTPUT_DIR replaces that step's records in all of them.
+Evaluating a step again into the same EVAL_OUTPUT_DIR replaces that step's records in all of them; where
+they are another prompt's (EVAL_OUTPUT_DIR/evaluated_prompts.json says whose), copies of those files
+are kept first, as `<file>.old-<id>` (a warning names them), as `infer` keeps another run's predictions.
 
 `--gin.PROMPT_STEPS="'all'"` with PROMPT_FILE = a training MODEL_DIR evaluates every
 `numpy_checkpoints/checkpoint_<step>/` export (a list of steps: those), each logged at its step, with
@@ -27,8 +29,8 @@ import numpy as np
 from spot_jax import fileio
 from spot_jax.config import T5Config
 # What each logged step's metrics are of, and the refusal of another run's (`eval_records`).
-from spot_jax.eval_records import (RECORDS, check_logged_steps, eval_settings, logged_steps, step_record,
-                                   write_records)
+from spot_jax.eval_records import (RECORDS, check_logged_steps, eval_settings, keep_results_of_other_prompts,
+                                   logged_steps, step_record, write_records)
 
 log = logging.getLogger("spot_jax.eval")
 
@@ -98,7 +100,10 @@ def evaluate_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: Option
 
   A step already logged in `output_dir` (an earlier evaluation) is replaced: its values of these
   tasks leave metrics.jsonl, seqio's `<task>-metrics.jsonl` and TensorBoard before the new ones are
-  written. `num_examples` is None (all) or 1 or more, checked before any compute.
+  written. When RECORDS does not show them to be of this prompt (another prompt's, or unrecorded), the
+  files holding them are first kept beside as `<file>.old-<id>`, with one warning naming them
+  (`keep_results_of_other_prompts`). `num_examples` is None (all) or 1 or more, checked before any
+  compute.
   """
   if prompt_steps is not None:
     check_prompt_steps(prompt_steps)
@@ -128,15 +133,17 @@ def evaluate_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: Option
   is_main = jax.process_index() == 0
   log_dir = output_dir if is_main else None
   task_names = [t.name for t in seqio.evaluation.get_valid_eval_tasks(seqio.get_subtasks(task), split)]
-  if log_dir:  # an earlier evaluation's records of this step are replaced (seqio logs before we do)
+  record = step_record(prompt_file, prompt, eval_settings(split, task_feature_lengths, num_examples, batch_size,
+                                                         checkpoint_path, model_config, frozen_dtype, seed))
+  if log_dir:  # an earlier evaluation's records of this step are replaced (seqio logs before we do),
+    # another prompt's first kept beside them (as infer keeps another run's predictions)
+    keep_results_of_other_prompts(log_dir, task_names, step, record)
     drop_seqio_records(log_dir, task_names, [step])
   results = evaluation.evaluate(mixture_or_task_name, config, params, prompt, task_feature_lengths,
                                 split=split, batch_size=batch_size, num_examples=num_examples, step=step,
                                 log_dir=log_dir, mesh=mesh, reuse=False)
   if log_dir:  # before the metrics: a step logged is always recorded
-    settings = eval_settings(split, task_feature_lengths, num_examples, batch_size, checkpoint_path,
-                             model_config, frozen_dtype, seed)
-    write_records(log_dir, task_names, {step: step_record(prompt_file, prompt, settings)})
+    write_records(log_dir, task_names, {step: record})
   with metrics_log.MetricsLogger(output_dir, enabled=is_main, replace_steps=[step],
                                  replace_tags=eval_tags(task_names)) as logger:
     logger.write(step, results, prefix="eval")

@@ -1,12 +1,14 @@
 """What an EVAL_OUTPUT_DIR's metrics are of: `evaluated_prompts.json` (`RECORDS`) records, per task and
 step, the prompt (its sha256) and the settings each step was evaluated with, so that `eval`'s
 `PROMPT_STEPS` skips only the steps already evaluated for the same prompt and settings, and refuses a
-directory holding another run's (`check_logged_steps`).
+directory holding another run's (`check_logged_steps`); and that one prompt evaluated at a step
+holding another prompt's results keeps a copy of them (`keep_results_of_other_prompts`).
 """
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -148,3 +150,73 @@ def _source_name(path: Optional[str]) -> str:
   if len(parts) == 3 and parts[1] == prompt_io.NUMPY_CHECKPOINTS_DIR and prompt_io.step_of(parts[2]) is not None:
     return parts[0]
   return path
+
+
+def seqio_files(output_dir: str, task: str, step: int) -> Tuple[str, str]:
+  """seqio's JSONLogger files of `task` in `output_dir`: (`<task>-metrics.jsonl`, a record per step;
+  `<task>-<step, 6 digits>.jsonl`, every example of one step)."""
+  return fileio.join(output_dir, f"{task}-metrics.jsonl"), fileio.join(output_dir, f"{task}-{int(step):06d}.jsonl")
+
+
+def _seqio_logs_step(path: str, step: int) -> bool:
+  """Whether seqio's `<task>-metrics.jsonl` at `path` holds a record of `step`."""
+  if not fileio.exists(path):
+    return False
+  with fileio.open_file(path, "r") as f:
+    for line in f.read().split("\n"):
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict) and record.get("step") == step:
+        return True
+  return False
+
+
+def keep_results_of_other_prompts(output_dir: str, task_names: Sequence[str], step: int,
+                                  record: Mapping[str, Any]) -> List[str]:
+  """Before one prompt (`record`: its `step_record`) is evaluated at `step` into `output_dir`, keeps a
+  copy of the files whose results of that step it is about to replace when RECORDS does not show them
+  to be of the same prompt (its sha256): another prompt's (a .npy, then a PEFT adapter, both step 0),
+  or results with no record. Kept as `fileio.replace_keeping_earlier` keeps `infer`'s predictions,
+  `<file>.old-<first 8 hex digits of its sha256>` beside each file, whole as it was: seqio's
+  `<task>-<step>.jsonl` and `<task>-metrics.jsonl`, metrics.jsonl, and RECORDS (which says whose
+  they are). One warning names them. The same prompt evaluated again (other settings included)
+  replaces its results without a copy, as before. Returns the copies' paths (process 0 calls this:
+  only it writes)."""
+  from spot_jax import metrics_log  # pylint: disable=g-import-not-at-top
+  step = int(step)
+  logged = logged_steps(output_dir, task_names, every_task=False).get(step, {})
+  records = read_records(output_dir)
+  others: Dict[str, Optional[dict]] = {}  # task: its recorded step_record (None: none)
+  for task in task_names:
+    seqio_metrics, seqio_examples = seqio_files(output_dir, task, step)
+    if not (task in logged or fileio.exists(seqio_examples) or _seqio_logs_step(seqio_metrics, step)):
+      continue  # nothing of this step to replace
+    was = records.get(task, {}).get(str(step))
+    if isinstance(was, dict) and was.get("prompt_sha256") == record.get("prompt_sha256"):
+      continue  # the same prompt: its results are replaced
+    others[task] = was if isinstance(was, dict) else None
+  if not others:
+    return []
+  paths = []
+  for task in others:
+    seqio_metrics, seqio_examples = seqio_files(output_dir, task, step)
+    paths.append(seqio_examples)
+    if _seqio_logs_step(seqio_metrics, step):
+      paths.append(seqio_metrics)
+  if any(task in logged for task in others):
+    paths.append(fileio.join(output_dir, metrics_log.JSONL_NAME))
+  if any(was is not None for was in others.values()):
+    paths.append(fileio.join(output_dir, RECORDS))
+  kept = [k for k in (fileio.keep_earlier(p) for p in paths) if k]
+  whose = sorted({_source_name(was.get("prompt")) for was in others.values() if was is not None})
+  why = [f"of {'another prompt' if len(whose) == 1 else 'other prompts'} ({', '.join(whose)}, as {RECORDS} "
+         f"records)"] if whose else []
+  if any(was is None for was in others.values()):
+    why.append(f"with no record of their prompt in {RECORDS}")
+  log.warning("%s held the step %d results of %s %s: kept them as %s; the results of %s replace them "
+              "there (TensorBoard shows only the new values). To keep both in the logs, evaluate into another "
+              "EVAL_OUTPUT_DIR or bind spot_jax.eval.evaluate_prompt.step", output_dir, step, ", ".join(others),
+              " and ".join(why), ", ".join(kept), record.get("prompt") or "no prompt")
+  return kept

@@ -304,6 +304,32 @@ def _keep_aside(path: str, backup: str, data: bytes) -> None:
   atomic_write_bytes(backup, data)
 
 
+def _backup_of(path: str, earlier: bytes) -> Tuple[str, bool]:
+  """(`backup_name(path, <first 8 hex digits of the sha256 of earlier>)`, whether it already holds
+  exactly `earlier`); another content whose digest starts alike gets a random name instead."""
+  backup = backup_name(path, hashlib.sha256(earlier).hexdigest()[:8])
+  if exists(backup):
+    if read_bytes(backup) == earlier:
+      return backup, True
+    backup = backup_name(path)
+  return backup, False
+
+
+def keep_earlier(path: str) -> Optional[str]:
+  """Keeps a copy of the file `path` beside it, as `replace_keeping_earlier` names its backups
+  (`<path>.old-<first 8 hex digits of its sha256>`), and leaves `path` as it is; returns the copy's
+  name, or None when there is no `path`. A content kept once is not copied again. For a file that
+  another writer is about to replace or rewrite in place (seqio's loggers truncate and rewrite theirs,
+  so a hard link would change with it): the copy is written (atomically) before the caller goes on."""
+  if not exists(path):
+    return None
+  earlier = read_bytes(path)
+  backup, kept = _backup_of(path, earlier)
+  if not kept:
+    atomic_write_bytes(backup, earlier)
+  return backup
+
+
 def replace_keeping_earlier(path: str, data: bytes) -> Tuple[bool, Optional[str]]:
   """Writes `data` to `path` atomically (`atomic_write_bytes`) without losing an earlier file there.
 
@@ -319,10 +345,8 @@ def replace_keeping_earlier(path: str, data: bytes) -> Tuple[bool, Optional[str]
   earlier = read_bytes(path)
   if earlier == data:
     return False, None
-  backup = backup_name(path, hashlib.sha256(earlier).hexdigest()[:8])
-  if exists(backup) and read_bytes(backup) != earlier:  # another content whose digest starts alike
-    backup = backup_name(path)
-  if not exists(backup):
+  backup, kept = _backup_of(path, earlier)
+  if not kept:
     _keep_aside(path, backup, earlier)
   atomic_write_bytes(path, data)
   return True, backup

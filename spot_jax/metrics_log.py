@@ -13,6 +13,7 @@ Only process 0 writes in a multi-process run (`enabled` defaults to `jax.process
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -392,6 +393,32 @@ def read_tensorboard_scalars(log_dir: str) -> Dict[str, List[Tuple[int, float]]]
   return out
 
 
+class _DropTfRecordIteratorDeprecation(logging.Filter):
+  """Drops TensorFlow's 5-line "tf_record_iterator (from tensorflow.python.lib.io.tf_record) is
+  deprecated" warning, which `summary_iterator` (TF1's reader of event files, the one that reads them
+  as they are, session markers included) triggers on its first use in a process: a re-evaluation
+  into an existing EVAL_OUTPUT_DIR printed it. Any other record passes."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    try:
+      message = record.getMessage()
+    except Exception:  # pylint: disable=broad-except
+      return True
+    return not ("tf_record_iterator" in message and "is deprecated" in message)
+
+
+@contextlib.contextmanager
+def _no_tf_record_iterator_deprecation():
+  """Silences that one warning on TensorFlow's logger while the iterator is made (where TF logs it)."""
+  tf_logger = logging.getLogger("tensorflow")
+  dropped = _DropTfRecordIteratorDeprecation()
+  tf_logger.addFilter(dropped)
+  try:
+    yield
+  finally:
+    tf_logger.removeFilter(dropped)
+
+
 def _folder_scalars(folder: str, names: Optional[Sequence[str]] = None
                     ) -> Tuple[Dict[str, List[Tuple[int, float]]], bool]:
   """(`{tag: [(step, value)]}` of the event files directly in `folder` as TensorBoard reads them,
@@ -403,7 +430,9 @@ def _folder_scalars(folder: str, names: Optional[Sequence[str]] = None
   seen: Dict[str, List[Tuple[int, float]]] = {}
   started = False
   for name in sorted(n for n in names if n.startswith("events.out.tfevents.")):
-    for event in tf.compat.v1.train.summary_iterator(fileio.join(folder, name)):
+    with _no_tf_record_iterator_deprecation():  # the iterator is made here; read below
+      events = tf.compat.v1.train.summary_iterator(fileio.join(folder, name))
+    for event in events:
       if event.session_log.status == event_pb2.SessionLog.START:
         if started:
           seen = {k: [p for p in v if p[0] < event.step] for k, v in seen.items()}

@@ -263,6 +263,40 @@ def what_model_dir_loads(model_dir: str) -> str:
   return "its best export when it has one (best/, written when EVAL_PERIOD is set), else its newest step's"
 
 
+def export_taken(path: str, src: PromptSource, which: str = "auto") -> Optional[str]:
+  """Which of its prompts `path` gave (`src`, as `resolve_prompt(path, which)` found it), in words, when
+  `path` is a MODEL_DIR (or its numpy_checkpoints/) and an export was picked from it: the step and why
+  that one, e.g. "step 10 of run1, its best-on-validation export (numpy_checkpoints/best), not its
+  newest step 30: --which latest takes that one". None when `path` names the prompt itself (a file, one
+  export, a PEFT adapter): nothing was picked."""
+  if not src.export_dir or not fileio.isdir(path):
+    return None
+  here, taken = path.rstrip("/"), src.export_dir.rstrip("/")
+  if taken == here or not taken.startswith(here + "/"):
+    return None
+  name = fileio.basename(taken)
+  step = src.step if src.step is not None else read_export_info(taken).get("step")
+  ex = find_exports(path)
+  newest = ex.checkpoints[-1][0] if ex.checkpoints else None
+  asked = f", --which {which}" if which != "auto" else ""
+  if name.startswith(BEST_EXPORT):
+    why = f"its best-on-validation export ({NUMPY_CHECKPOINTS_DIR}/{BEST_EXPORT}{asked})"
+    if newest is not None and step is not None and newest != step:
+      why += f", not its newest step {newest}" + ("" if asked else ": --which latest takes that one")
+    elif newest is not None and newest == step:
+      why += ", also its newest step"
+  elif name.startswith(TASK_EMBEDDING_EXPORT):
+    why = f"its task-embedding export ({NUMPY_CHECKPOINTS_DIR}/{TASK_EMBEDDING_EXPORT}{asked})"
+  elif src.format in ("t5x_checkpoint", T5X_ORBAX_CHECKPOINT):
+    why = f"its newest T5X checkpoint, as it has no {NUMPY_CHECKPOINTS_DIR}/ export"
+  elif which == "auto" and fileio.basename(here) != NUMPY_CHECKPOINTS_DIR:
+    why = (f"its newest export, as it has no {NUMPY_CHECKPOINTS_DIR}/{BEST_EXPORT} (training writes one "
+           f"when it evaluates: EVAL_PERIOD)")
+  else:
+    why = f"its newest export{' (' + asked[2:] + ')' if asked else ''}"
+  return (f"step {step} of {path}, " if step is not None else f"the prompt of {path}, ") + why
+
+
 _HF_WEIGHTS = (".safetensors", ".safetensors.index.json", ".msgpack", ".msgpack.index.json", ".bin",
                ".bin.index.json", ".h5")
 

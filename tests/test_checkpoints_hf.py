@@ -334,3 +334,65 @@ def test_a_nan_or_inf_weight_is_refused_naming_the_array(tmp_path, lazy):
       kernel = params["encoder"]["layers_1"]["mlp"]["wo"]["kernel"]
       kernel[0:2, :]  # rows 0-1 of the [mlp, embed] kernel: finite  # pylint: disable=pointless-statement
       np.asarray(kernel)
+
+
+# ----------------------------------------------------------------------------- writing over a model
+
+def test_write_hf_refuses_a_folder_holding_a_model_and_overwrite_leaves_no_stale_shard(tmp_path, monkeypatch):
+  """write_hf into a folder holding a sharded model replaced config.json but left the shards and
+  model.safetensors.index.json; read_params then read the stale index and failed with a shape error
+  naming neither. Now it is refused, naming the files and the fix (as write_t5x refuses a step);
+  overwrite=True replaces the model and leaves none of its files (the tokenizer's stay), and a crash
+  midway leaves the earlier model whole or no model, never a folder that reads as a mix of two."""
+  shard_dir, weight_map = _sharded(tmp_path, _params(V11))
+  _write_index(shard_dir, {"metadata": {}, "weight_map": weight_map})
+  (shard_dir / "spiece.model").write_bytes(b"tokenizer")
+  before = {p.name: p.read_bytes() for p in shard_dir.iterdir()}
+  bigger = V11.replace(d_ff=2 * V11.d_ff)
+  new = _params(bigger, seed=5)
+  with pytest.raises(FileExistsError) as e:
+    write_hf(new, bigger, str(shard_dir))
+  assert str(e.value) == (
+      f"{shard_dir} already holds a model (config.json, model-00001-of-00002.safetensors, "
+      f"model-00002-of-00002.safetensors, model.safetensors.index.json): writing into it would leave the "
+      f"earlier files beside the new model.safetensors (an index or shards there are read instead of it). "
+      f"Pass overwrite=True to replace that model (its config.json and weights; other files stay), or write "
+      f"into a new directory")
+  assert {p.name: p.read_bytes() for p in shard_dir.iterdir()} == before
+  # A crash while the new weights are written: the earlier model stays whole, nothing else is left.
+  from spot_jax.checkpoints import hf as hf_lib
+  import safetensors.numpy
+
+  def dies(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(safetensors.numpy, "save_file", dies)
+  with pytest.raises(KeyboardInterrupt):
+    write_hf(new, bigger, str(shard_dir), overwrite=True)
+  monkeypatch.undo()
+  assert {p.name: p.read_bytes() for p in shard_dir.iterdir()} == before
+  assert read_params(str(shard_dir))[0] == V11
+  # A crash after the earlier model's files are gone, before the new config.json is in place: no model.
+  replace = os.replace
+  monkeypatch.setattr(hf_lib.os, "replace", lambda a, b: replace(a, b) if not b.endswith("config.json")
+                      else dies())
+  with pytest.raises(KeyboardInterrupt):
+    write_hf(new, bigger, str(shard_dir), overwrite=True)
+  monkeypatch.undo()
+  assert sorted(p.name for p in shard_dir.iterdir()) == ["model.safetensors", "spiece.model"]
+  with pytest.raises(CheckpointError, match=r"holds weights \(model\.safetensors\) but no config\.json"):
+    read_params(str(shard_dir))
+  # overwrite=True: the new model alone, the tokenizer kept.
+  write_hf(new, bigger, str(shard_dir), overwrite=True)
+  assert sorted(p.name for p in shard_dir.iterdir()) == ["config.json", "model.safetensors", "spiece.model"]
+  assert (shard_dir / "spiece.model").read_bytes() == b"tokenizer"
+  config, got = read_params(str(shard_dir))
+  assert config == bigger
+  _assert_same(new, got)
+  # Over a single-file model too; a folder without a model (only other files) is written as before.
+  with pytest.raises(FileExistsError, match=r"already holds a model \(config\.json, model\.safetensors\)"):
+    write_hf(_params(V11), V11, str(shard_dir))
+  other = tmp_path / "tokenizer_only"
+  other.mkdir()
+  (other / "spiece.model").write_bytes(b"tokenizer")
+  write_hf(_params(V11), V11, str(other))
+  assert read_params(str(other))[0] == V11

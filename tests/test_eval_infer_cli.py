@@ -300,6 +300,51 @@ def test_infer_in_two_processes_keeps_an_earlier_file_once(tmp_path, prompt_file
   assert [sum("kept them as" in line for line in o.splitlines()) for o in outs] == [1, 0]
 
 
+def test_eval_in_two_processes_keeps_another_prompts_results_once(tmp_path, prompt_file):
+  """EVAL_OUTPUT_DIR holds another prompt's step-0 results (evaluated_prompts.json says whose): an eval
+  in two processes keeps each file it replaces once, beside itself as `<file>.old-<id>`, in process 0
+  (the only writer), which alone warns; the live files hold this prompt's step 0 once."""
+  import hashlib
+  import socket
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / "two"
+  out.mkdir()
+  earlier = {
+      f"{TASK}-000000.jsonl": '{"target": "positive", "prediction": "an earlier prompt\'s"}\n',
+      f"{TASK}-metrics.jsonl": '{"step": 0, "accuracy": 12.5}\n',
+      "metrics.jsonl": json.dumps({"step": 0, "time": 1.0, f"eval/{TASK}/accuracy": 12.5}) + "\n",
+      eval_cli.RECORDS: json.dumps({TASK: {"0": {"prompt": "/elsewhere/p.npy", "prompt_sha256": "0" * 64,
+                                                  "settings": {}}}}),
+  }
+  for name, text in earlier.items():
+    (out / name).write_text(text)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  procs = [subprocess.Popen([sys.executable, "-m", "spot_jax.eval",
+                             *_args("prompt_eval.gin", "EVAL_OUTPUT_DIR", out, prompt_file,
+                                    ["--gin.spot_jax.eval.evaluate_prompt.num_examples=4"]),
+                             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+  kept = sorted(n for n in os.listdir(out) if ".old-" in n)
+  assert kept == sorted(f"{n}.old-{hashlib.sha256(t.encode()).hexdigest()[:8]}" for n, t in earlier.items())
+  assert all((out / f"{n}.old-{hashlib.sha256(t.encode()).hexdigest()[:8]}").read_text() == t
+             for n, t in earlier.items())
+  assert [sum("/elsewhere/p.npy" in line and "kept them as" in line for line in o.splitlines())
+          for o in outs] == [1, 0]
+  assert [r["step"] for r in metrics_log.read_jsonl(str(out / "metrics.jsonl"))] == [0]
+  assert json.loads((out / eval_cli.RECORDS).read_text())[TASK]["0"]["prompt"] == prompt_file
+  assert len(open(out / f"{TASK}-000000.jsonl").readlines()) == 4
+  assert not [n for n in os.listdir(out) if ".tmp" in n]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Found by an eval/infer audit.
 

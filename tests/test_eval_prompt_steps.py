@@ -176,10 +176,12 @@ def test_prompt_steps_errors_name_the_fix_before_any_compute(tmp_path, run_dir, 
   assert not os.path.exists(out)
 
 
-def test_eval_run_again_into_the_same_dir_replaces_its_step(tmp_path, run_dir):
+def test_eval_run_again_into_the_same_dir_replaces_its_step(tmp_path, run_dir, caplog):
   """A second `eval` of step 0 into the same EVAL_OUTPUT_DIR appended a second step-0 record to
   metrics.jsonl, <task>-metrics.jsonl and TensorBoard (while <task>-000000.jsonl was overwritten).
-  Now it replaces them; another step's records (here step 4) stay."""
+  Now it replaces them; another step's records (here step 4) stay. The same prompt evaluated again
+  (here with more examples) replaces its results without a copy or a warning (another prompt's:
+  `test_eval_of_another_prompt_at_the_same_step_keeps_the_earlier_results`)."""
   out = tmp_path / "e"
   exports = run_dir / "numpy_checkpoints"
   tag = f"eval/{RANK}/accuracy"
@@ -193,7 +195,8 @@ def test_eval_run_again_into_the_same_dir_replaces_its_step(tmp_path, run_dir):
 
   at4 = run(4, 4)[RANK]["accuracy"]
   run(2, 3)
-  last = run(6, 5)[RANK]["accuracy"]
+  with caplog.at_level(logging.WARNING, logger="spot_jax"):
+    last = run(2, 5)[RANK]["accuracy"]
   records = metrics_log.read_jsonl(str(out / "metrics.jsonl"))
   assert sorted((r["step"], r[tag]) for r in records) == [(0, last), (4, at4)]
   seqio_records = [json.loads(line) for line in open(out / f"{RANK}-metrics.jsonl")]
@@ -201,6 +204,59 @@ def test_eval_run_again_into_the_same_dir_replaces_its_step(tmp_path, run_dir):
   assert sorted(metrics_log.read_tensorboard_scalars(str(out))[tag]) == [(0, pytest.approx(last)),
                                                                          (4, pytest.approx(at4))]
   assert len(open(out / f"{RANK}-000000.jsonl").readlines()) == 10  # 5 examples x 2 options
+  assert not [n for n in os.listdir(out) if ".old-" in n] and "kept them" not in caplog.text
+
+
+def test_eval_of_another_prompt_at_the_same_step_keeps_the_earlier_results(tmp_path, caplog):
+  """`eval` of PROMPT_FILE=exp/p.npy, then of exp/peft2 (a PEFT adapter) into the same EVAL_OUTPUT_DIR:
+  both are step 0, and the second replaced the first's <task>-000000.jsonl, its metrics.jsonl values
+  and seqio record without a word, although evaluated_prompts.json recorded them as another prompt's.
+  Now, as `infer` keeps another run's predictions, each file is first kept whole beside itself as
+  `<file>.old-<first 8 hex digits of its sha256>`, named in one warning; the same prompt evaluated
+  again replaces its results as before (no copy, no warning)."""
+  from spot_jax import prompt_export
+  exp, out = tmp_path / "exp", tmp_path / "e"
+  exp.mkdir()
+  np.save(exp / "p.npy", np.random.RandomState(1).uniform(-0.5, 0.5, (4, 64)).astype(np.float32))
+  prompt_export.export_peft(np.random.RandomState(2).uniform(-0.5, 0.5, (4, 64)).astype(np.float32),
+                            str(exp / "peft2"))
+  names = ("metrics.jsonl", f"{RANK}-metrics.jsonl", f"{RANK}-000000.jsonl", eval_cli.RECORDS)
+  tag = f"eval/{RANK}/accuracy"
+
+  def run(prompt):
+    gin.clear_config()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spot_jax"):
+      results = eval_cli.main(_args("prompt_eval.gin", "EVAL_OUTPUT_DIR", out, str(prompt), RANK_ARGS))
+    return results[RANK], [r.getMessage() for r in caplog.records if "kept them" in r.getMessage()]
+
+  first_results, warned = run(exp / "p.npy")
+  assert warned == []
+  first = {n: (out / n).read_bytes() for n in names}
+  second_results, warned = run(exp / "peft2")
+  kept = {n: sorted(k for k in os.listdir(out) if k.startswith(n + ".old-")) for n in names}
+  assert all(len(k) == 1 for k in kept.values()), os.listdir(out)
+  for n in names:  # each file kept whole, as it was, under the name infer's backups have
+    import hashlib
+    assert kept[n] == [f"{n}.old-{hashlib.sha256(first[n]).hexdigest()[:8]}"]
+    assert (out / kept[n][0]).read_bytes() == first[n]
+  assert json.loads(first[eval_cli.RECORDS])[RANK]["0"]["prompt"] == str(exp / "p.npy")
+  kept_paths = ", ".join(str(out / kept[n][0]) for n in (f"{RANK}-000000.jsonl", f"{RANK}-metrics.jsonl",
+                                                          "metrics.jsonl", eval_cli.RECORDS))
+  assert warned == [f"{out} held the step 0 results of {RANK} of another prompt ({exp / 'p.npy'}, as "
+                    f"evaluated_prompts.json records): kept them as {kept_paths}; the results of {exp / 'peft2'} "
+                    f"replace them there (TensorBoard shows only the new values). To keep both in the logs, "
+                    f"evaluate into another EVAL_OUTPUT_DIR or bind spot_jax.eval.evaluate_prompt.step"]
+  # The live files hold the second prompt's step 0 once; the kept ones the first's.
+  assert [(r["step"], r[tag]) for r in metrics_log.read_jsonl(str(out / "metrics.jsonl"))] == [
+      (0, second_results["accuracy"])]
+  assert [(r["step"], r[tag]) for r in metrics_log.read_jsonl(str(out / kept["metrics.jsonl"][0]))] == [
+      (0, first_results["accuracy"])]
+  assert json.loads((out / eval_cli.RECORDS).read_text())[RANK]["0"]["prompt"] == str(exp / "peft2")
+  # The same prompt again: replaced, nothing more kept, no warning.
+  listing = sorted(n for n in os.listdir(out) if ".old-" in n)
+  _, warned = run(exp / "peft2")
+  assert warned == [] and sorted(n for n in os.listdir(out) if ".old-" in n) == listing
 
 
 def test_prompt_steps_into_a_dir_holding_another_runs_metrics_is_refused_not_skipped(tmp_path, run_dir, counts):

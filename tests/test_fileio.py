@@ -191,3 +191,20 @@ def test_replace_keeping_earlier_leaves_both_files_when_the_write_fails(tmp_path
   assert fileio.unwritable_message(e.value).startswith(f"cannot write {path}: No space left")
   assert open(path, "rb").read() == b"earlier\n"
   assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+
+def test_keep_earlier_copies_a_file_that_is_then_rewritten_in_place(tmp_path):
+  """eval keeps another prompt's seqio logs before seqio rewrites them in place (it truncates
+  `<task>-<step>.jsonl`): the copy must be one, not a hard link that the rewrite would change too.
+  Named as replace_keeping_earlier names its backups; a content kept once is not copied again."""
+  import hashlib
+  path = tmp_path / "task-000000.jsonl"
+  assert fileio.keep_earlier(str(path)) is None and not list(tmp_path.iterdir())
+  path.write_text("earlier\n")
+  kept = fileio.keep_earlier(str(path))
+  assert kept == str(path) + ".old-" + hashlib.sha256(b"earlier\n").hexdigest()[:8]
+  with open(path, "w") as f:  # as seqio writes it: the same inode, truncated
+    f.write("new\n")
+  assert open(kept).read() == "earlier\n" and os.stat(kept).st_ino != os.stat(path).st_ino
+  path.write_text("earlier\n")
+  assert fileio.keep_earlier(str(path)) == kept and len(list(tmp_path.iterdir())) == 2

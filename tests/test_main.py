@@ -175,3 +175,45 @@ def test_export_to_an_unwritable_place_names_it(model_dir, tmp_path, capsys, mon
   err = capsys.readouterr().err
   assert f"cannot write {tmp_path / 'p.npy'}: Permission denied" in err and ".tmp-" not in err
   assert not list(tmp_path.glob("p.npy*"))
+
+
+def test_export_from_a_model_dir_says_which_step_it_took_and_why(tmp_path, capsys, monkeypatch):
+  """`spot-jax export run1 exp/p.npy` said `wrote npy prompt (5, 4)`, not that it took the best step
+  (10) rather than the last (30). It now names the step and why that one."""
+  monkeypatch.chdir(tmp_path)
+  prompt = np.ones((5, 4), np.float32)
+  for step in (10, 20, 30):
+    prompt_export.export_numpy_checkpoint(prompt * step, "run1", step)
+  assert cli.main(["export", "run1", "exp/newest.npy", "--format", "npy"]) == 0
+  assert capsys.readouterr().out == (
+      "wrote npy prompt (5, 4) to exp/newest.npy: step 30 of run1, its newest export, as it has no "
+      "numpy_checkpoints/best (training writes one when it evaluates: EVAL_PERIOD)\n")
+  prompt_export.export_numpy_checkpoint(prompt * 10, "run1", 10, name="best", metrics={"accuracy": 90.0})
+  assert cli.main(["export", "run1", "exp/p.npy", "--format", "npy"]) == 0
+  assert capsys.readouterr().out == (
+      "wrote npy prompt (5, 4) to exp/p.npy: step 10 of run1, its best-on-validation export "
+      "(numpy_checkpoints/best), not its newest step 30: --which latest takes that one\n")
+  np.testing.assert_array_equal(np.load(tmp_path / "exp" / "p.npy"), prompt * 10)
+  assert cli.main(["export", "run1", "exp/l.npy", "--format", "npy", "--which", "latest"]) == 0
+  assert capsys.readouterr().out == ("wrote npy prompt (5, 4) to exp/l.npy: step 30 of run1, its newest export "
+                                     "(--which latest)\n")
+  # A source that is the prompt itself (one export, a file): nothing was picked, nothing more is said.
+  assert cli.main(["export", "run1/numpy_checkpoints/checkpoint_20", "exp/c.npy", "--format", "npy"]) == 0
+  assert cli.main(["export", "exp/p.npy", "exp/again.npy", "--format", "npy"]) == 0
+  assert capsys.readouterr().out == "wrote npy prompt (5, 4) to exp/c.npy\nwrote npy prompt (5, 4) to exp/again.npy\n"
+
+
+def test_peft_export_without_a_base_model_speaks_of_a_run_only_when_there_is_one(tmp_path, capsys):
+  """Exporting a PEFT adapter (or a .npy) that names no base model printed a note about "the run's
+  frozen model" although there was no run. The note now says what the source is."""
+  prompt = np.ones((3, 4), np.float32)
+  prompt_export.export_peft(prompt, str(tmp_path / "adapter"))
+  np.save(tmp_path / "p.npy", prompt)
+  prompt_export.export_numpy_checkpoint(prompt, str(tmp_path / "run"), 5)
+  fix = ("pass --base_model HF_DIR_OR_ID for AutoPeftModelForSeq2SeqLM, or load it with "
+         "PeftModel.from_pretrained(your_t5, ADAPTER_DIR)\n")
+  for source, why in (("adapter", "the source adapter names none either"),
+                      ("p.npy", "a .npy file records no model"),
+                      ("run", "the run's frozen model is not a Hugging Face folder it recorded")):
+    assert cli.main(["export", str(tmp_path / source), str(tmp_path / f"{source}_out"), "--format", "peft"]) == 0
+    assert capsys.readouterr().err == f"note: the adapter's base_model_name_or_path is unset ({why}): {fix}"

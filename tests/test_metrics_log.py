@@ -157,3 +157,35 @@ def test_progress_bar_shows_step_loss_rate_and_eta(monkeypatch):
   assert "<" in text  # elapsed<remaining (ETA)
   assert bar.rate is None or bar.rate > 0
   bar.close()
+
+
+def test_reading_event_files_prints_no_tf_record_iterator_deprecation(tmp_path, monkeypatch):
+  """Re-evaluating into an existing EVAL_OUTPUT_DIR (which reads its event files to replace a step's
+  points) printed TensorFlow's 5-line "tf_record_iterator ... is deprecated" warning, from TF1's
+  summary_iterator. That one warning is now dropped where the iterator is made; other TensorFlow
+  warnings still pass."""
+  import logging
+  from tensorflow.python.util import deprecation
+  # TF prints each deprecation once per process: as in a fresh process, whatever ran before.
+  monkeypatch.setattr(deprecation, "_PRINTED_WARNING", {})
+  monkeypatch.setattr(deprecation, "_PRINT_DEPRECATION_WARNINGS", True)
+  seen = []
+
+  class Collect(logging.Handler):
+    def emit(self, record):
+      seen.append(record.getMessage())
+  tf_logger = logging.getLogger("tensorflow")
+  handler = Collect(level=logging.DEBUG)
+  tf_logger.addHandler(handler)
+  try:
+    with ML.MetricsLogger(str(tmp_path), enabled=True, console=False) as logger:
+      logger.write(0, {"accuracy": 50.0}, prefix="eval/task")
+    with ML.MetricsLogger(str(tmp_path), enabled=True, console=False, replace_steps=[0],
+                          replace_tags=["eval/task/"]) as logger:
+      logger.write(0, {"accuracy": 75.0}, prefix="eval/task")
+    assert ML.read_tensorboard_scalars(str(tmp_path))["eval/task/accuracy"][-1] == (0, 75.0)
+    tf_logger.warning("another TensorFlow warning")
+  finally:
+    tf_logger.removeHandler(handler)
+  assert not [m for m in seen if "tf_record_iterator" in m], seen
+  assert "another TensorFlow warning" in seen and not tf_logger.filters

@@ -570,23 +570,64 @@ def _warn_unused(path: str, tensors: Any, config: T5Config, used: set) -> None:
 
 # ----------------------------------------------------------------------------- writing
 
-def _atomic_write(path: str, write) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-" + os.path.basename(path))
+def _temp_write(directory: str, name: str, write) -> str:
+  """Writes a file through `write(tmp)` under a temporary name in `directory` (`.tmp-<name>...`, which no
+  reader takes for a checkpoint file), synced to disk; returns that name (removed on failure)."""
+  fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=".tmp-" + name)
   os.close(fd)
   try:
     write(tmp)
-    os.replace(tmp, path)
+    with open(tmp, "rb+") as f:
+      os.fsync(f.fileno())
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+  return tmp
 
 
-def write_hf(params: Mapping[str, Any], config: T5Config, directory: str) -> str:
-  """Write `config.json` + `model.safetensors` that transformers' T5ForConditionalGeneration loads."""
+def model_files(directory: str) -> list:
+  """The files of `directory` that make it a Hugging Face model (what `write_hf` replaces): config.json
+  and the weights in any format save_pretrained writes (safetensors and their index, Flax msgpack,
+  PyTorch pickles, TensorFlow h5, each with its shards). A PEFT adapter's files and other files (the
+  tokenizer's, generation_config.json, a README) are not among them."""
+  if not os.path.isdir(directory):
+    return []
+  out = []
+  for name in sorted(os.listdir(directory)):
+    if name.startswith((".", "adapter_")) or not os.path.isfile(os.path.join(directory, name)):
+      continue
+    if (name == "config.json" or name.endswith((".safetensors", ".safetensors.index.json"))
+        or (name.startswith("flax_model") and name.endswith((".msgpack", ".msgpack.index.json")))
+        or (name.startswith("pytorch_model") and name.endswith((".bin", ".bin.index.json")))
+        or (name.startswith("tf_model") and name.endswith((".h5", ".h5.index.json")))):
+      out.append(name)
+  return out
+
+
+def write_hf(params: Mapping[str, Any], config: T5Config, directory: str, overwrite: bool = False) -> str:
+  """Write `config.json` + `model.safetensors` that transformers' T5ForConditionalGeneration loads.
+
+  A `directory` that already holds a model (`model_files`: config.json or weights of any format, one
+  file or shards with their index) is refused, naming its files, unless `overwrite=True` (as
+  `write_t5x` refuses an existing step): writing beside them would leave the earlier shards and index,
+  which readers take over the new `model.safetensors`. With `overwrite=True` those files are replaced
+  and none of them is left; the folder's other files (the tokenizer's, a README) stay. The new files
+  are written to temporary names first, then config.json is removed (from then on the folder is no
+  model: a crash cannot leave it reading as a mix of two), the earlier weights after it, and the new
+  weights and last config.json renamed into place. Local directories only.
+  """
   from safetensors.numpy import save_file
   if _io.is_gcs(directory):  # os calls would write a local directory named `gs:`
     raise CheckpointError("write_hf writes local directories only; copy the result with gsutil")
+  earlier = model_files(directory)
+  if earlier and not overwrite:
+    shown = ", ".join(earlier[:6]) + (f", ... ({len(earlier)} files)" if len(earlier) > 6 else "")
+    raise FileExistsError(
+        f"{directory} already holds a model ({shown}): writing into it would leave the earlier files "
+        f"beside the new {WEIGHTS_FILE} (an index or shards there are read instead of it). Pass "
+        f"overwrite=True to replace that model (its config.json and weights; other files stay), or write "
+        f"into a new directory")
   flat = flatten(params)
   tensors = {}
   for ours, (theirs, transpose) in name_map(config).items():
@@ -595,11 +636,26 @@ def write_hf(params: Mapping[str, Any], config: T5Config, directory: str) -> str
     arr = np.asarray(flat[ours])
     tensors[theirs] = np.ascontiguousarray(arr.T if transpose else arr)
   os.makedirs(directory, exist_ok=True)
-  _atomic_write(os.path.join(directory, WEIGHTS_FILE),
-                lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
 
   def _json(tmp):
     with open(tmp, "w") as f:
       json.dump(config_to_hf(config), f, indent=2, sort_keys=True)
-  _atomic_write(os.path.join(directory, "config.json"), _json)
+  weights = _temp_write(directory, WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+  try:
+    config_tmp = _temp_write(directory, "config.json", _json)
+  except BaseException:
+    os.remove(weights)
+    raise
+  try:
+    # config.json first: without it the folder is no model until the new one is in place.
+    for name in sorted(model_files(directory), key=lambda n: n != "config.json"):
+      if name != WEIGHTS_FILE:  # replaced by the rename below
+        os.remove(os.path.join(directory, name))
+    os.replace(weights, os.path.join(directory, WEIGHTS_FILE))
+    os.replace(config_tmp, os.path.join(directory, "config.json"))
+  except BaseException:
+    for tmp in (weights, config_tmp):
+      if os.path.exists(tmp):
+        os.remove(tmp)
+    raise
   return directory
