@@ -273,3 +273,38 @@ def test_a_full_disk_is_one_line_naming_the_place(tmp_path, capsys, monkeypatch)
   monkeypatch.setattr(pipeline_cli, "source_main", lambda argv: full(argv, errno.EBADF))
   with pytest.raises(OSError, match="Bad file descriptor"):
     pipeline_cli.main(["source"])
+
+
+def test_a_vocabulary_error_raised_inside_tf_data_is_one_line(tmp_path, capsys, monkeypatch):
+  """A vocabulary read first while tf.data traces a map (a task's first examples) reaches the CLI wrapped
+  in TensorFlow's StagingError (~100 lines of frames); `spot-jax spot` says the VocabularyError's one
+  line, as train, eval and infer do. Any other error inside tf.data keeps its traceback."""
+  import seqio
+  from tasks import user_data
+  name = "spot_test_pipeline_cli_vocab"
+  train = tmp_path / "train.tsv"
+  train.write_text("premise\thypothesis\tlabel\na\tb\tyes\nc\td\tno\n")
+  missing = str(tmp_path / "missing.model")
+  user_data.register_task_from_files(name, train=str(train), overwrite=True, vocabulary=missing)
+  monkeypatch.delenv("SPOT_JAX_TRACEBACK", raising=False)
+  try:
+    task = seqio.get_mixture_or_task(name)
+    monkeypatch.setattr(pipeline_cli, "target_main", lambda argv: next(iter(
+        task.get_dataset(None, split="train", shuffle=False))))
+    assert pipeline_cli.main(["--target", name]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot load the SentencePiece vocabulary {missing} that task {name} was registered "
+                   f"with: NotFoundError: {missing}; No such file or directory. Register the task with a model "
+                   "file this machine can read (a local path), or with vocabulary=None for the project's "
+                   "vocabulary (tasks.vocab: set_vocabulary, else $SPOT_JAX_VOCAB)."], err
+  finally:
+    for n in (name, name + "_rank"):
+      if n in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(n)
+  import tensorflow as tf
+
+  def fails(x):  # raised while tf.data traces it: a StagingError around a RuntimeError
+    raise RuntimeError("a bug inside a map")
+  monkeypatch.setattr(pipeline_cli, "target_main", lambda argv: tf.data.Dataset.range(2).map(fails))
+  with pytest.raises(Exception, match="a bug inside a map"):
+    pipeline_cli.main(["--target", name])

@@ -280,6 +280,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except Preempted as e:  # SIGTERM: the run's checkpoint is saved; nothing after it was done
     print(f"spot-jax spot{' source' if argv and argv[0] == 'source' else ''}: {e}", file=sys.stderr)
     return Preempted.EXIT_CODE
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless it wraps the user's error)
+    staged = gin_utils.staged_user_error(e)  # e.g. a missing SPOT_JAX_VOCAB, read while tf.data traced
+    if staged is None:
+      raise
+    print(f"error: {gin_utils.user_message(staged)}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
