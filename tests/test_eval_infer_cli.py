@@ -579,3 +579,36 @@ def test_infer_on_a_task_registered_with_a_missing_vocabulary_file_names_the_fix
         "(tasks.vocab: set_vocabulary, else $SPOT_JAX_VOCAB).\n(SPOT_JAX_TRACEBACK=1 shows the traceback)")
   finally:
     seqio.TaskRegistry.remove(name)
+
+
+def test_eval_and_infer_name_the_hf_folders_own_vocabulary_as_train_does(tmp_path, prompt_file, monkeypatch):
+  """Offline, the project's default vocabulary (gs://t5-data/...) cannot be read; train's error names a
+  Hugging Face CHECKPOINT_PATH's own spiece.model as the SPOT_JAX_VOCAB to use, eval's and infer's
+  gave the generic advice (their split checks read the vocabulary first, without the checkpoint)."""
+  import seqio
+  from tasks import bundled, vocab
+  monkeypatch.delenv(vocab.ENV_VAR, raising=False)
+  monkeypatch.setattr(vocab, "DEFAULT_VOCAB_PATH", str(tmp_path / "t5" / "sentencepiece.model"))
+  monkeypatch.setattr(vocab, "_cache", {})
+  monkeypatch.setattr(vocab, "_override", None)
+  monkeypatch.delenv("SPOT_JAX_TRACEBACK", raising=False)
+  folder = tmp_path / "t5_hf"  # what the error needs of a download: config.json, weights, spiece.model
+  folder.mkdir()
+  (folder / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 64}))
+  (folder / "model.safetensors").write_bytes(b"")  # never read: the error comes before the model loads
+  (folder / "spiece.model").write_bytes(open(bundled.VOCAB_PATH, "rb").read())
+  name = "spot_test_cli_vocab_hf_copy"
+  mine = _vocabulary_task_file(tmp_path, name)
+  try:
+    for command, run_gin, macro in (("eval", "prompt_eval.gin", "EVAL_OUTPUT_DIR"),
+                                    ("infer", "prompt_infer.gin", "INFER_OUTPUT_DIR")):
+      argv = [command] + [a for a in _args(run_gin, macro, tmp_path / command, prompt_file)
+                          if not a.startswith(("--gin.MIXTURE_OR_TASK_NAME", "--gin.CHECKPOINT_PATH"))]
+      argv += [f"--gin_file={mine}", f"--gin.CHECKPOINT_PATH='{folder}'"]
+      said = _cli_error(argv, monkeypatch)
+      assert said.startswith(f"spot_jax.{command}: error: cannot load the SentencePiece vocabulary "), said
+      assert f"export SPOT_JAX_VOCAB={folder / 'spiece.model'}" in said, said
+  finally:
+    for n in (name, name + "_rank"):
+      if n in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(n)
