@@ -36,18 +36,12 @@ def get_task(name: str):
   return input_pipeline.get_task(name)
 
 
-def _rate(mixture, task) -> Optional[float]:
-  try:
-    return float(mixture.get_rate(task))
-  except Exception:  # pylint: disable=broad-except  (a nested mixture's member, a rate that fails)
-    return None
-
-
 def left_out_of_eval(task, split: str, need_metrics: bool = True) -> List[Tuple[str, str]]:
   """[(task name, why)] for each task of mixture `task` that evaluating (or, without
   `need_metrics`, inferring) on `split` leaves out (seqio skips them and says so only at INFO).
   A member at rate 0 is there for the splits it has (never trained on), so it is not named."""
   import seqio  # pylint: disable=g-import-not-at-top
+  from tasks import registry_list  # pylint: disable=g-import-not-at-top
   if not isinstance(task, seqio.Mixture):
     return []
   out = []
@@ -56,7 +50,7 @@ def left_out_of_eval(task, split: str, need_metrics: bool = True) -> List[Tuple[
       splits = t.splits
     except KeyError:  # a TFDS task that asks TFDS, without prepared data: input_pipeline's check
       continue
-    if _rate(task, t) == 0:  # a member for evaluation and inference only (T5's GLUE AX): by design
+    if registry_list.at_rate_zero(task, t.name):  # evaluated and inferred only, by design
       continue
     if split not in splits:
       out.append((t.name, f"no {split!r} split; it has {sorted(splits)}"))
@@ -280,10 +274,11 @@ class PromptEvaluator:
     finally:
       absl_logger.removeFilter(quiet)
     self.last_outputs: Dict[str, Any] = {}
-    # Cut examples: the label words, then every example this evaluation holds (it reads them all).
+    # Cut examples: the label words, then every example this evaluation reads (once more, here; on
+    # process 0, which says it for all: every process evaluates the same examples).
     for t in self.evaluator.eval_tasks:
       truncation.warn_truncation(t, feature_lengths, split, num_examples=0, setting=lengths_setting)
-      if feature_lengths:
+      if feature_lengths and jax.process_index() == 0:
         cached = self.evaluator.cached_task_datasets[t.name]
         truncation.warn_cut_examples(t, split, cached.as_numpy_iterator(), feature_lengths,
                                      "its metrics", lengths_setting,

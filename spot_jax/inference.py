@@ -65,9 +65,8 @@ LABEL_WORDS = "label words"
 
 def _label_words_length(task) -> Optional[int]:
   """Tokens (EOS included) of the longest label word the task's registration names
-  (`input_pipeline.known_labels`), or None."""
-  from spot_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  labels = input_pipeline.known_labels(task)
+  (`truncation.known_labels`), or None."""
+  labels = truncation.known_labels(task)
   if not labels:
     return None
   feature = task.output_features["targets"]
@@ -179,7 +178,7 @@ def predict_task(task_name: str, config: T5Config, params, prompt,
   examples = load_examples(task, split, feature_lengths, num_examples)
   if not examples:
     return []
-  if feature_lengths:
+  if feature_lengths and jax.process_index() == 0:  # the same examples in every process
     truncation.warn_cut_examples(task, split, examples, feature_lengths, "its predictions")
   in_vocab = task.output_features["inputs"].vocabulary
   out_vocab = task.output_features["targets"].vocabulary
@@ -261,7 +260,7 @@ def score_options_task(task_name: str, config: T5Config, params, prompt,
   examples = load_examples(task, split, feature_lengths, num_examples)
   if not examples:
     return []
-  if feature_lengths:
+  if feature_lengths and jax.process_index() == 0:  # the same examples in every process
     truncation.warn_cut_examples(task, split, examples, feature_lengths, "its option scores",
                                  unit="option rows")
   lengths = dict(feature_lengths or {})

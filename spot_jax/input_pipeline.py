@@ -134,9 +134,10 @@ def check_trainable(task):
   mixture), as tasks/mixtures.py's rate-0 members are."""
   import seqio
   from tasks import rank_classification as rank_lib
+  from tasks import registry_list
   for leaf in _leaf_tasks(task):
     if rank_lib.is_rank_eval(leaf):  # marked tasks here; unmarked ones once their features are read
-      if isinstance(task, seqio.Mixture) and task.get_rate(leaf) == 0:
+      if isinstance(task, seqio.Mixture) and registry_list.at_rate_zero(task, leaf.name):
         continue
       raise _rank_training_error(task, leaf)
 

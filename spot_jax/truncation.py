@@ -7,8 +7,9 @@ reads:
   pass over the data; the warning says which examples it read).
 - `TruncationCount`, over training batches as they flow: each example's untrimmed length rides beside
   it (`with_untrimmed_lengths`) to the host, where `input_pipeline.Batches` takes it out and counts it.
-- `warn_cut_examples`, over a whole evaluation or inference split, which those runs hold in memory
-  anyway: each example that fills its length is tokenized again to tell a cut from an exact fit.
+- `warn_cut_examples`, over a whole evaluation or inference split (infer holds it in memory; eval
+  reads it once more at start-up): each distinct text that fills its length is tokenized again to
+  tell a cut from an exact fit.
 """
 from __future__ import annotations
 
@@ -173,8 +174,8 @@ def count_cut_examples(task, examples: Iterable[Mapping], feature_lengths: Mappi
   """{feature: {"length", "cut", "seen", "needed", "merged"}} for each of `inputs`/`targets` that
   `feature_lengths` cut in `examples`: a task's examples as seqio hands them to a run (trimmed,
   numpy). An example whose ids fill the length is tokenized again from its `<feature>_pretokenized`
-  text (where the ids came from) to tell a cut from an exact fit; "merged" holds up to 3 pairs of
-  distinct target texts that the cut made the same ids. Features whose ids a preprocessor makes from
+  text (where the ids came from; once per distinct text) to tell a cut from an exact fit; "merged"
+  holds up to 3 pairs of distinct target texts that the cut made the same ids. Features whose ids a preprocessor makes from
   the lengths (span corruption) are not counted: they fit by construction."""
   lengths = {f: int(feature_lengths[f]) for f in ("inputs", "targets")
              if feature_lengths and feature_lengths.get(f)}
@@ -186,7 +187,7 @@ def count_cut_examples(task, examples: Iterable[Mapping], feature_lengths: Mappi
     if spec is not None and getattr(spec, "vocabulary", None) is not None:
       counts[feature] = {"length": length, "cut": 0, "seen": 0, "needed": 0, "merged": [],
                          "vocabulary": spec.vocabulary, "eos": 1 if getattr(spec, "add_eos", True) else 0,
-                         "by_ids": {}}
+                         "by_ids": {}, "full": {}}
   for ex in examples:
     for feature, c in counts.items():
       if feature not in ex:
@@ -196,12 +197,13 @@ def count_cut_examples(task, examples: Iterable[Mapping], feature_lengths: Mappi
       if len(ex[feature]) < c["length"] or text is None or np.ndim(text) != 0:
         continue
       text = _text(text)
-      full = len(c["vocabulary"].encode(text)) + c["eos"]
-      if full <= c["length"]:
-        continue
-      c["cut"] += 1
-      c["needed"] = max(c["needed"], full)
-      if feature == "targets":  # distinct texts whose cut ids are the same
+      full = c["full"].get(text)  # rank rows repeat their example's input: tokenized once
+      if full is None:
+        full = c["full"][text] = len(c["vocabulary"].encode(text)) + c["eos"]
+      if full > c["length"]:
+        c["cut"] += 1
+        c["needed"] = max(c["needed"], full)
+      if feature == "targets":  # distinct texts whose kept ids (cut, or filling the length) are the same
         first = c["by_ids"].setdefault(tuple(int(i) for i in ex[feature]), text)
         pair = tuple(sorted((first, text)))
         if first != text and pair not in c["merged"] and len(c["merged"]) < 3:
@@ -212,9 +214,8 @@ def count_cut_examples(task, examples: Iterable[Mapping], feature_lengths: Mappi
 
 def warn_cut_examples(task, split: str, examples: Iterable[Mapping], feature_lengths: Mapping[str, int],
                       what: str, setting: str = "TASK_FEATURE_LENGTHS", unit: str = "examples") -> List[str]:
-  """Counts the cut examples of a split a run reads whole (`count_cut_examples`; evaluation and
-  inference hold it in memory anyway) and warns once per feature with the count and the length that
-  keeps them all. `what` says what the cut inputs or targets spoil ("its metrics", "its
+  """Counts the cut examples of a split a run reads whole (`count_cut_examples`) and warns once per
+  feature with the count and the length that keeps them all. `what` says what the cut inputs or targets spoil ("its metrics", "its
   predictions"); `unit` what a row is ("option rows" for rank classification). Returns the warnings."""
   report = count_cut_examples(task, examples, feature_lengths)
   fixed = {**{k: int(v) for k, v in feature_lengths.items() if v},

@@ -42,15 +42,18 @@ GLUE_TASKS = {
 }
 # The 8 tasks of the GLUE mixture (WNLI is left out, as usual).
 GLUE_MIXTURE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
-# Members of T5's glue_v002_proportional at rate 0: evaluated (MNLI-mm) or inferred (AX), never
-# trained on. (T5's glue_mnli_matched_v002, also at 0 there, is our MNLI's "validation".)
-GLUE_EVAL_ONLY_TASKS = ("mnli_mismatched", "ax")
+# Members of T5's glue_v002_proportional at rate 0 that ours hold too: evaluated, never trained on.
+# (T5's glue_mnli_matched_v002, also at 0 there, is our MNLI's "validation". T5's glue_ax_v002 is
+# left out: every eval or infer of the mixture would then need TFDS's glue/ax prepared; infer
+# spot_glue_ax_v200 on its own.)
+GLUE_EVAL_ONLY_TASKS = ("mnli_mismatched",)
 
 _DEFAULT_SPLITS = ("train", "validation", "test")
 _SPLITS = {
     "mnli": {"train": "train", "validation": "validation_matched",
              "validation_matched": "validation_matched",
              "validation_mismatched": "validation_mismatched",
+             "test": "test_matched",  # so that a mixture's "test" split holds MNLI-m's test set
              "test_matched": "test_matched", "test_mismatched": "test_mismatched"},
     # T5 reads TFDS's glue/mnli_mismatched config; the same rows are glue/mnli's, which MNLI's users
     # have prepared already.

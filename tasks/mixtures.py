@@ -12,7 +12,8 @@ is T5's super_glue_v102_proportional (its fixed weights, WSC the T5 way).
 Some mixtures also hold tasks at rate 0 (`eval_only_definitions`): seqio never
 samples them in training (a task without the train split is skipped), but
 evaluating or inferring on the mixture includes them: MNLI-mismatched wherever
-MNLI is, and GLUE's AX in the GLUE mixtures, as T5's glue_v002_proportional.
+MNLI is, as in T5's glue_v002_proportional (which also holds GLUE's AX, here a
+task of its own: the mixture would otherwise need glue/ax prepared).
 """
 import functools
 
@@ -91,21 +92,14 @@ def definitions():
 
 # Evaluated, never trained on: the GLUE tasks T5's glue_v002_proportional holds at rate 0.
 GLUE_EVAL_ONLY = tuple(glue.name(t) for t in glue.GLUE_EVAL_ONLY_TASKS)
-MNLI_MISMATCHED = glue.name("mnli_mismatched")
 
 
 def eval_only_definitions():
   """Mixture name -> the tasks it also holds at rate 0 (evaluated, or inferred, with the mixture;
-  never sampled in training). spot_glue_mix and spot_glue_super_glue_mix hold MNLI-mismatched and
-  AX, as T5's glue_v002_proportional does; every other mixture with MNLI holds MNLI-mismatched, so
-  that its evaluation reports MNLI-mm beside MNLI-m."""
-  out = {}
-  for name, members in definitions().items():
-    if name in ("spot_glue_mix", "spot_glue_super_glue_mix"):
-      out[name] = list(GLUE_EVAL_ONLY)
-    elif glue.name("mnli") in members:
-      out[name] = [MNLI_MISMATCHED]
-  return out
+  never sampled in training): every mixture with MNLI holds MNLI-mismatched (`GLUE_EVAL_ONLY`), so
+  that its evaluation reports MNLI-mm beside MNLI-m, as T5's glue_v002_proportional does."""
+  return {name: list(GLUE_EVAL_ONLY) for name, members in definitions().items()
+          if glue.name("mnli") in members}
 
 
 def register(cap: int = DEFAULT_CAP, name_suffix: str = ""):

@@ -124,10 +124,17 @@ def entries(prefix: str = "spot_", also: Iterable[str] = ()) -> List[dict]:
   return rows
 
 
+def at_rate_zero(mixture, task_name: str) -> bool:
+  """Whether `mixture` holds task `task_name` at a fixed rate 0: evaluated or inferred with it, never
+  trained on (T5's convention; seqio's sampler never draws it). A rate function is not called: it may
+  read TFDS data, and a task it happens to weigh 0 is not made evaluation-only by that."""
+  rate = mixture.rate_per_task_name.get(task_name)
+  return rate is not None and not callable(rate) and float(rate) == 0.0
+
+
 def _at_rate_zero(mix) -> str:
-  """" (K at rate 0)" for the K tasks the mixture evaluates but never trains on (fixed rate 0; a rate
-  function is not called here: it may read TFDS data)."""
-  zero = sum(1 for r in mix.rate_per_task_name.values() if not callable(r) and float(r) == 0.0)
+  """" (K at rate 0)" for the K tasks the mixture evaluates but never trains on (`at_rate_zero`)."""
+  zero = sum(1 for name in mix.rate_per_task_name if at_rate_zero(mix, name))
   return f" ({zero} at rate 0)" if zero else ""
 
 

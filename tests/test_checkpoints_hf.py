@@ -347,6 +347,7 @@ def test_write_hf_refuses_a_folder_holding_a_model_and_overwrite_leaves_no_stale
   shard_dir, weight_map = _sharded(tmp_path, _params(V11))
   _write_index(shard_dir, {"metadata": {}, "weight_map": weight_map})
   (shard_dir / "spiece.model").write_bytes(b"tokenizer")
+  (shard_dir / "prompt.safetensors").write_bytes(b"a user's own file")  # not a model file: kept
   before = {p.name: p.read_bytes() for p in shard_dir.iterdir()}
   bigger = V11.replace(d_ff=2 * V11.d_ff)
   new = _params(bigger, seed=5)
@@ -378,12 +379,16 @@ def test_write_hf_refuses_a_folder_holding_a_model_and_overwrite_leaves_no_stale
   with pytest.raises(KeyboardInterrupt):
     write_hf(new, bigger, str(shard_dir), overwrite=True)
   monkeypatch.undo()
-  assert sorted(p.name for p in shard_dir.iterdir()) == ["model.safetensors", "spiece.model"]
-  with pytest.raises(CheckpointError, match=r"holds weights \(model\.safetensors\) but no config\.json"):
+  assert sorted(p.name for p in shard_dir.iterdir()) == ["model.safetensors", "prompt.safetensors",
+                                                         "spiece.model"]
+  with pytest.raises(CheckpointError,
+                     match=r"holds weights \(model\.safetensors, prompt\.safetensors\) but no config\.json"):
     read_params(str(shard_dir))
   # overwrite=True: the new model alone, the tokenizer kept.
   write_hf(new, bigger, str(shard_dir), overwrite=True)
-  assert sorted(p.name for p in shard_dir.iterdir()) == ["config.json", "model.safetensors", "spiece.model"]
+  assert sorted(p.name for p in shard_dir.iterdir()) == ["config.json", "model.safetensors",
+                                                         "prompt.safetensors", "spiece.model"]
+  assert (shard_dir / "prompt.safetensors").read_bytes() == b"a user's own file"
   assert (shard_dir / "spiece.model").read_bytes() == b"tokenizer"
   config, got = read_params(str(shard_dir))
   assert config == bigger

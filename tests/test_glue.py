@@ -85,6 +85,7 @@ _ROWS = {
     ("mnli", "validation_mismatched"): [_mnli_row("Mismatched premise.", "Mismatched hypothesis.", 2, 0),
                                         _mnli_row("Second premise.", "Second hypothesis.", 1, 1)],
     ("mnli", "test_mismatched"): [_mnli_row("Test premise.", "Test hypothesis.", -1, 0)],
+    ("mnli", "test_matched"): [_mnli_row("Matched test premise.", "Matched test hypothesis.", -1, 0)],
     ("wnli", "validation"): [
         {"sentence1": "The fish ate the worm. It was tasty.", "sentence2": "The worm was tasty.",
          "label": np.int64(1), "idx": np.int32(0)},
@@ -134,6 +135,13 @@ def test_ax_is_the_diagnostic_test_set_cast_as_mnli_like_t5(rows_env):
   assert registry_list.SPECS[AX].text_preprocessors[0].keywords == \
       registry_list.SPECS["spot_glue_mnli_v200"].text_preprocessors[0].keywords
   assert task.postprocess_fn("neutral") == 1 and task.postprocess_fn("maybe") == -1
+
+
+def test_mnli_test_is_the_matched_test_set_as_validation_is_the_matched_one(rows_env):
+  """A mixture's "test" split then holds MNLI-m's test set (GLUE submissions need it)."""
+  assert _texts("spot_glue_mnli_v200", "test") == [
+      ("mnli hypothesis: Matched test hypothesis. premise: Matched test premise.", "<unk>")]
+  assert _texts("spot_glue_mnli_v200", "test") == _texts("spot_glue_mnli_v200", "test_matched")
 
 
 def test_mnli_mismatched_reads_the_mismatched_sets(rows_env):

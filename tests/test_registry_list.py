@@ -21,7 +21,7 @@ def test_list_prints_tasks_and_mixtures(capsys):
   out = capsys.readouterr().out
   assert "| `spot_squad_v300` | task |" in out
   # Tasks a mixture evaluates but never trains on (rate 0) are counted apart.
-  assert "| `spot_glue_mix` | mixture | 10 tasks (2 at rate 0) |  |" in out
+  assert "| `spot_glue_mix` | mixture | 9 tasks (1 at rate 0) |  |" in out
   assert "| `spot_super_glue_t5_mix` | mixture | 12 tasks (3 at rate 0) |  |" in out
   assert "| `spot_super_glue_mix` | mixture | 8 tasks |  |" in out
 

@@ -588,16 +588,18 @@ def _temp_write(directory: str, name: str, write) -> str:
 
 def model_files(directory: str) -> list:
   """The files of `directory` that make it a Hugging Face model (what `write_hf` replaces): config.json
-  and the weights in any format save_pretrained writes (safetensors and their index, Flax msgpack,
-  PyTorch pickles, TensorFlow h5, each with its shards). A PEFT adapter's files and other files (the
-  tokenizer's, generation_config.json, a README) are not among them."""
+  and the weights in any format save_pretrained writes, by its names (`model*.safetensors` and their
+  index, Flax msgpack, PyTorch pickles, TensorFlow h5, each with its shards). A PEFT adapter's files
+  and other files (the tokenizer's, generation_config.json, a README, a user's `prompt.safetensors`)
+  are not among them."""
   if not os.path.isdir(directory):
     return []
   out = []
   for name in sorted(os.listdir(directory)):
     if name.startswith((".", "adapter_")) or not os.path.isfile(os.path.join(directory, name)):
       continue
-    if (name == "config.json" or name.endswith((".safetensors", ".safetensors.index.json"))
+    if (name == "config.json"
+        or (name.startswith("model") and name.endswith((".safetensors", ".safetensors.index.json")))
         or (name.startswith("flax_model") and name.endswith((".msgpack", ".msgpack.index.json")))
         or (name.startswith("pytorch_model") and name.endswith((".bin", ".bin.index.json")))
         or (name.startswith("tf_model") and name.endswith((".h5", ".h5.index.json")))):

@@ -110,11 +110,8 @@ def examples_proportional(task) -> float:
 
 def _trained_tasks(mixture) -> list:
   """The tasks of `mixture` that training samples: all but those it holds at a fixed rate 0."""
-  rates = mixture.rate_per_task_name
-  def at_zero(task):
-    r = rates.get(task.name)
-    return r is not None and not callable(r) and float(r) == 0.0
-  return [task for task in mixture.tasks if not at_zero(task)]
+  from tasks import registry_list  # pylint: disable=g-import-not-at-top
+  return [task for task in mixture.tasks if not registry_list.at_rate_zero(mixture, task.name)]
 
 
 def register_mixture(name: str, tasks: Sequence[str], rate: Any = 1.0) -> str:
