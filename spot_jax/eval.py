@@ -121,8 +121,8 @@ def evaluate_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: Option
   from spot_jax import evaluation, inference, input_pipeline, metrics_log  # pylint: disable=g-import-not-at-top
   evaluation.check_num_examples(num_examples, "spot_jax.eval.evaluate_prompt.num_examples")
   task = evaluation.get_task(mixture_or_task_name)  # an unknown name fails before the model loads
-  input_pipeline.load_vocabularies(task, checkpoint_path)  # so does an unreadable vocabulary
   input_pipeline.check_split(task, split)  # so does a missing split or unprepared TFDS data
+  input_pipeline.load_vocabularies(task, checkpoint_path)  # and an unreadable vocabulary
   inference.warn_if_unlabelled(task, split)
   if output_dir:
     fileio.check_not_a_file(output_dir, "EVAL_OUTPUT_DIR")
@@ -334,8 +334,8 @@ def evaluate_prompt_steps(mixture_or_task_name: str, output_dir: Optional[str], 
   check_prompt_steps(prompt_steps)
   evaluation.check_num_examples(num_examples, "spot_jax.eval.evaluate_prompt.num_examples")
   task = evaluation.get_task(mixture_or_task_name)  # an unknown name fails before the model loads
-  input_pipeline.load_vocabularies(task, checkpoint_path)  # so does an unreadable vocabulary
   input_pipeline.check_split(task, split)  # so does a missing split or unprepared TFDS data
+  input_pipeline.load_vocabularies(task, checkpoint_path)  # and an unreadable vocabulary
   inference.warn_if_unlabelled(task, split)
   if output_dir:
     fileio.check_not_a_file(output_dir, "EVAL_OUTPUT_DIR")

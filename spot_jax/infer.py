@@ -56,8 +56,8 @@ def infer_prompt(mixture_or_task_name: str = gin.REQUIRED, output_dir: str = gin
   evaluation.check_num_examples(num_examples, "spot_jax.infer.infer_prompt.num_examples")
   task_or_mixture = evaluation.get_task(mixture_or_task_name)
   # An unreadable vocabulary, a missing split or unprepared TFDS data fails here, before the model loads.
-  input_pipeline.load_vocabularies(task_or_mixture, checkpoint_path)
   input_pipeline.check_split(task_or_mixture, split)
+  input_pipeline.load_vocabularies(task_or_mixture, checkpoint_path)
   if output_dir:
     fileio.check_not_a_file(output_dir, "INFER_OUTPUT_DIR")
     fileio.check_writable_dir(output_dir)  # predictions are written last: a full disk fails now, not then

@@ -215,8 +215,9 @@ def count_cut_examples(task, examples: Iterable[Mapping], feature_lengths: Mappi
 def warn_cut_examples(task, split: str, examples: Iterable[Mapping], feature_lengths: Mapping[str, int],
                       what: str, setting: str = "TASK_FEATURE_LENGTHS", unit: str = "examples") -> List[str]:
   """Counts the cut examples of a split a run reads whole (`count_cut_examples`) and warns once per
-  feature with the count and the length that keeps them all. `what` says what the cut inputs or targets spoil ("its metrics", "its
-  predictions"); `unit` what a row is ("option rows" for rank classification). Returns the warnings."""
+  feature with the count and the length that keeps them all. `what` says what the cut inputs or
+  targets spoil ("its metrics", "its predictions"); `unit` what a row is ("option rows" for rank
+  classification). Returns the warnings."""
   report = count_cut_examples(task, examples, feature_lengths)
   fixed = {**{k: int(v) for k, v in feature_lengths.items() if v},
            **{feature: r["needed"] for feature, r in report.items()}}

@@ -335,11 +335,12 @@ def test_evaluation_during_training_reads_whole_inputs_as_t5x_infer_eval(tmp_pat
     train_lib.train(model_dir=str(tmp_path / "c"), eval_task_feature_lengths={"inputs": 8}, **common)
   # The cut it warns of names the setting that cuts: it named TASK_FEATURE_LENGTHS, already longer.
   import logging
+  caplog.clear()  # run "b" warned of its own cut (inputs 8)
   with caplog.at_level(logging.WARNING, logger="spot_jax"):
     train_lib.train(model_dir=str(tmp_path / "d"), eval_task_feature_lengths={"inputs": 9, "targets": 4},
                     **{**common, "task_feature_lengths": {"inputs": 32, "targets": 4}})
   cuts = [r.getMessage() for r in caplog.records if "'validation' examples have inputs longer" in r.getMessage()]
-  assert len(cuts) == 1, [r.getMessage() for r in caplog.records]
+  assert len(cuts) == 1, cuts
   assert "than spot_jax.train.train.eval_task_feature_lengths['inputs']=9 tokens" in cuts[0]
   assert "--gin.spot_jax.train.train.eval_task_feature_lengths=\"{'inputs': " in cuts[0]
 
