@@ -109,6 +109,10 @@ def truncation_report(leaf, feature_lengths: Mapping[str, int], split: str,
   return out
 
 
+def _merged(pairs) -> str:
+  return "distinct targets become the same target (" + "; ".join(f"{a!r} and {b!r}" for a, b in pairs) + ")"
+
+
 def _truncation_message(task_name: str, feature: str, r: Mapping, split: str,
                         fixed: Mapping[str, int], setting: str = "TASK_FEATURE_LENGTHS") -> str:
   where = []
@@ -120,8 +124,7 @@ def _truncation_message(task_name: str, feature: str, r: Mapping, split: str,
          f"{setting}[{feature!r}]={r['length']} tokens (up to {r['needed']} with EOS); seqio "
          f"cuts them to {r['length']} (keeping EOS)")
   if r["merged"]:
-    pairs = "; ".join(f"{a!r} and {b!r}" for a, b in r["merged"])
-    msg += f", so distinct targets become the same target ({pairs}) and cannot be learned or told apart"
+    msg += f", so {_merged(r['merged'])} and cannot be learned or told apart"
   return (f"{msg}. Raise it to at least {r['needed']}: --gin.{setting}=\"{fixed}\""
           + (" (only these were read: later examples may need more)" if r["seen"] else ""))
 
@@ -227,8 +230,7 @@ def warn_cut_examples(task, split: str, examples: Iterable[Mapping], feature_len
            f"{setting}[{feature!r}]={r['length']} tokens (up to {r['needed']} with EOS); seqio cuts them to "
            f"{r['length']} (keeping EOS), so {what} come from cut {feature}")
     if r["merged"]:
-      pairs = "; ".join(f"{a!r} and {b!r}" for a, b in r["merged"])
-      msg += f", and distinct targets become the same target ({pairs}), which cannot be told apart"
+      msg += f", and {_merged(r['merged'])}, which cannot be told apart"
     out.append(f"{msg}. Raise it to at least {r['needed']}: --gin.{setting}=\"{fixed}\"")
     log.warning("%s", out[-1])
   return out

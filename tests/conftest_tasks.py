@@ -173,3 +173,18 @@ def byte_text_task(name, rows, splits=("train", "validation"), label_names=None,
       postprocess_fn=(functools.partial(postprocessors.string_label, label_names=label_names)
                       if label_names else None))
   return name
+
+
+@contextlib.contextmanager
+def mock_tfds_rows(rows_of):
+  """TFDS mock data that serves `rows_of(builder, split)` (a list of feature dicts, hand-made as a
+  TFDS config's rows) for each read, under the tiny vocabulary; yields that vocabulary. Use it per
+  test: it must not outlive the test and shadow another mock's data."""
+  from tasks import vocab  # pylint: disable=import-outside-toplevel
+
+  def as_dataset(builder, split, **kwargs):
+    del kwargs
+    rows = rows_of(builder, str(split))
+    return tf.data.Dataset.from_tensor_slices({k: np.array([r[k] for r in rows]) for k in rows[0]})
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset), vocab.use_vocabulary(tiny_vocabulary()) as v:
+    yield v

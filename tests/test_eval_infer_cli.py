@@ -241,10 +241,9 @@ def test_infer_names_mixture_tasks_left_out(tmp_path, prompt_file, caplog):
 
 
 # ----------------------------------------------------------------------------------------------------
-def test_eval_in_two_processes_writes_what_one_process_writes(tmp_path, prompt_file):
-  """Two processes x 4 devices (jax.distributed on localhost): the batch is sharded over both, and
-  fetching a decode or score that spans the other process's devices crashed ("spans non-addressable
-  devices"; found by a multi-process audit). Process 0 writes the same predictions as one process."""
+def _two_processes(command, run_gin, macro, out_dir, prompt_file, extra, devices_per_process=2):
+  """Runs `python -m spot_jax.<command>` as two processes (jax.distributed on localhost); returns their
+  outputs once both have exited 0."""
   import socket
   import subprocess
   import sys
@@ -252,16 +251,25 @@ def test_eval_in_two_processes_writes_what_one_process_writes(tmp_path, prompt_f
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  extra = ["--gin.spot_jax.eval.evaluate_prompt.num_examples=8"]
   env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  procs = [subprocess.Popen([sys.executable, "-m", "spot_jax.eval",
-                             *_args("prompt_eval.gin", "EVAL_OUTPUT_DIR", tmp_path / "two", prompt_file, extra),
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+  procs = [subprocess.Popen([sys.executable, "-m", f"spot_jax.{command}",
+                             *_args(run_gin, macro, out_dir, prompt_file, extra),
                              f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
                             cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(2)]
   outs = [p.communicate(timeout=300)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], [out[-2000:] for out in outs]
+  assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+  return outs
+
+
+def test_eval_in_two_processes_writes_what_one_process_writes(tmp_path, prompt_file):
+  """Two processes x 4 devices (jax.distributed on localhost): the batch is sharded over both, and
+  fetching a decode or score that spans the other process's devices crashed ("spans non-addressable
+  devices"; found by a multi-process audit). Process 0 writes the same predictions as one process."""
+  extra = ["--gin.spot_jax.eval.evaluate_prompt.num_examples=8"]
+  _two_processes("eval", "prompt_eval.gin", "EVAL_OUTPUT_DIR", tmp_path / "two", prompt_file, extra,
+                 devices_per_process=4)
   gin.clear_config()
   eval_cli.main(_args("prompt_eval.gin", "EVAL_OUTPUT_DIR", tmp_path / "one", prompt_file, extra))
   rows = {d: [json.loads(l)["prediction"] for l in open(tmp_path / d / f"{TASK}-000000.jsonl")]
@@ -272,27 +280,12 @@ def test_eval_in_two_processes_writes_what_one_process_writes(tmp_path, prompt_f
 def test_infer_in_two_processes_keeps_an_earlier_file_once(tmp_path, prompt_file):
   """Only process 0 writes the predictions, so an earlier file in INFER_OUTPUT_DIR is kept aside once
   (not once per process, nor moved again by the second process) and no temporary file is left."""
-  import socket
-  import subprocess
-  import sys
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = tmp_path / "two"
   out.mkdir()
   path = out / f"{TASK}-validation.jsonl"
   path.write_text('{"prediction": "an earlier run"}\n')
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  procs = [subprocess.Popen([sys.executable, "-m", "spot_jax.infer",
-                             *_args("prompt_infer.gin", "INFER_OUTPUT_DIR", out, prompt_file,
-                                    ["--gin.spot_jax.infer.infer_prompt.num_examples=4"]),
-                             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+  outs = _two_processes("infer", "prompt_infer.gin", "INFER_OUTPUT_DIR", out, prompt_file,
+                        ["--gin.spot_jax.infer.infer_prompt.num_examples=4"])
   backups = sorted(n for n in os.listdir(out) if n != path.name)
   assert len(backups) == 1 and backups[0].startswith(f"{path.name}.old-"), os.listdir(out)
   assert (out / backups[0]).read_text() == '{"prediction": "an earlier run"}\n'
@@ -305,10 +298,6 @@ def test_eval_in_two_processes_keeps_another_prompts_results_once(tmp_path, prom
   in two processes keeps each file it replaces once, beside itself as `<file>.old-<id>`, in process 0
   (the only writer), which alone warns; the live files hold this prompt's step 0 once."""
   import hashlib
-  import socket
-  import subprocess
-  import sys
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = tmp_path / "two"
   out.mkdir()
   earlier = {
@@ -320,19 +309,8 @@ def test_eval_in_two_processes_keeps_another_prompts_results_once(tmp_path, prom
   }
   for name, text in earlier.items():
     (out / name).write_text(text)
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  procs = [subprocess.Popen([sys.executable, "-m", "spot_jax.eval",
-                             *_args("prompt_eval.gin", "EVAL_OUTPUT_DIR", out, prompt_file,
-                                    ["--gin.spot_jax.eval.evaluate_prompt.num_examples=4"]),
-                             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+  outs = _two_processes("eval", "prompt_eval.gin", "EVAL_OUTPUT_DIR", out, prompt_file,
+                        ["--gin.spot_jax.eval.evaluate_prompt.num_examples=4"])
   kept = sorted(n for n in os.listdir(out) if ".old-" in n)
   assert kept == sorted(f"{n}.old-{hashlib.sha256(t.encode()).hexdigest()[:8]}" for n, t in earlier.items())
   assert all((out / f"{n}.old-{hashlib.sha256(t.encode()).hexdigest()[:8]}").read_text() == t

@@ -6,7 +6,6 @@ import sys
 import numpy as np
 import pytest
 import seqio
-import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(__file__))
 import conftest_tasks as ct  # noqa: E402
@@ -95,17 +94,9 @@ _ROWS = {
 _ROWS[("wnli", "test")] = [dict(r, label=np.int64(-1)) for r in _ROWS[("wnli", "validation")]]
 
 
-def _as_dataset(builder, split, **kwargs):
-  del kwargs
-  rows = _ROWS[(builder.builder_config.name, str(split))]
-  return tf.data.Dataset.from_tensor_slices({k: np.array([r[k] for r in rows]) for k in rows[0]})
-
-
 @pytest.fixture()  # per test: must not outlive it and shadow `env`'s random mock data
 def rows_env():
-  import tensorflow_datasets as tfds
-  with tfds.testing.mock_data(as_dataset_fn=_as_dataset), \
-      vocab.use_vocabulary(ct.tiny_vocabulary()) as v:
+  with ct.mock_tfds_rows(lambda builder, split: _ROWS[(builder.builder_config.name, split)]) as v:
     yield v
 
 

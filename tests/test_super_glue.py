@@ -131,18 +131,10 @@ _DPR_ROWS = {
 _DPR_ROWS["test"] = _DPR_ROWS["train"]
 
 
-def _as_dataset(builder, split, **kwargs):
-  del kwargs
-  rows = (_DPR_ROWS if builder.name == "definite_pronoun_resolution" else _WSC_ROWS)[str(split)]
-  return tf.data.Dataset.from_tensor_slices(
-      {k: np.array([r[k] for r in rows]) for k in rows[0]})
-
-
 @pytest.fixture()  # per test: must not outlive it and shadow `env`'s random mock data
 def wsc_env():
-  import tensorflow_datasets as tfds
-  with tfds.testing.mock_data(as_dataset_fn=_as_dataset), \
-      vocab.use_vocabulary(ct.tiny_vocabulary()) as v:
+  with ct.mock_tfds_rows(lambda builder, split: (
+      _DPR_ROWS if builder.name == "definite_pronoun_resolution" else _WSC_ROWS)[split]) as v:
     yield v
 
 
