@@ -8,6 +8,7 @@ import gin
 import pytest
 
 from spot_jax import gin_checks
+from spot_jax import gin_flags
 from spot_jax import gin_utils
 
 
@@ -622,7 +623,7 @@ def test_the_order_refusal_suggests_a_binding_that_works_pasted_into_bash(tmp_pa
     "None", "100", "%gin.REQUIRED", "'gs://b/run dir'", "\"it's\"", "'say \"hi\"'", "'$HOME/`x`'",
     "\"a\\\\b\"", "\"it's $HOME\"", "['x', \"y\"]", "'!x'"])
 def test_a_suggested_binding_gives_gin_the_files_value_through_bash(value):
-  flag = gin_checks.shell_binding("X", value)
+  flag = gin_flags.shell_binding("X", value)
   (word,) = _pasted_into_bash(flag)
   assert word.startswith("--gin.X=")
   assert gin_checks._parse_value(word[len("--gin.X="):]) == gin_checks._parse_value(value), (value, flag, word)
@@ -630,13 +631,13 @@ def test_a_suggested_binding_gives_gin_the_files_value_through_bash(value):
 
 def test_a_suggested_binding_writes_strings_as_the_docs_do():
   """Gin strings in single quotes inside the shell's double quotes (`--gin.X="'x'"`), as the docs write them."""
-  assert gin_checks.shell_binding("X", '"my_sent"') == "--gin.X=\"'my_sent'\""
-  assert gin_checks.shell_binding("X", "'my_sent'") == "--gin.X=\"'my_sent'\""
-  assert gin_checks.shell_binding("X", '{"inputs": 16, "targets": 4}') == "--gin.X=\"{'inputs': 16, 'targets': 4}\""
-  assert gin_checks.shell_binding("X", "4") == "--gin.X=4"
-  assert gin_checks.shell_binding("X", "%gin.REQUIRED") == "--gin.X=%gin.REQUIRED"
-  assert gin_checks.shell_binding("X", '"$HOME"') == "--gin.X='\"$HOME\"'"
-  assert gin_checks.shell_binding("X", "'say \"hi\"'") == "--gin.X=\"'say \\\"hi\\\"'\""
+  assert gin_flags.shell_binding("X", '"my_sent"') == "--gin.X=\"'my_sent'\""
+  assert gin_flags.shell_binding("X", "'my_sent'") == "--gin.X=\"'my_sent'\""
+  assert gin_flags.shell_binding("X", '{"inputs": 16, "targets": 4}') == "--gin.X=\"{'inputs': 16, 'targets': 4}\""
+  assert gin_flags.shell_binding("X", "4") == "--gin.X=4"
+  assert gin_flags.shell_binding("X", "%gin.REQUIRED") == "--gin.X=%gin.REQUIRED"
+  assert gin_flags.shell_binding("X", '"$HOME"') == "--gin.X='\"$HOME\"'"
+  assert gin_flags.shell_binding("X", "'say \"hi\"'") == "--gin.X=\"'say \\\"hi\\\"'\""
 
 
 def test_the_unquoted_string_hint_quotes_any_value_for_bash():

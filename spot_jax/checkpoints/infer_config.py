@@ -11,6 +11,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from spot_jax.config import T5Config
+from spot_jax.gin_flags import shell_binding
 
 
 class CheckpointError(ValueError):
@@ -169,7 +170,6 @@ def check_agreement(given: T5Config, found: T5Config, source: str) -> None:
   if variant and not matching:
     # No shipped variant file has every combination (e.g. gated-GELU with tied embeddings, which HF's
     # T5Config gives by default): the fields themselves can be bound.
-    from spot_jax.gin_checks import shell_binding  # pylint: disable=g-import-not-at-top  (gin, for a message)
     fix.append("A variant no models/*.gin file has can be bound field by field: " +
                " ".join(shell_binding(f"spot_jax.model_config.{name}", repr(getattr(found, name)))
                         for name in variant) + ".")
