@@ -184,7 +184,8 @@ def _not_a_checkpoint(path: str) -> str:
     return (f"{path} holds weights ({', '.join((safetensors + flax + pickles + other)[:4])}) but no config.json: a "
             "Hugging Face checkpoint needs the config.json that save_pretrained writes beside them (it gives "
             "the layer counts, feed_forward_proj and tie_word_embeddings). Copy it from where the weights "
-            "came from (the model's Hub repository)")
+            "came from (the model's Hub repository); if a write_hf(..., overwrite=True) into it was "
+            "interrupted, write the model again")
   if safetensors and "config.json" in names:
     return (f"{path} has config.json and {', '.join(safetensors[:3])} but neither {hf.WEIGHTS_FILE} nor "
             f"{hf.INDEX_FILE} (sharded weights need the index save_pretrained writes): copy the missing file")
